@@ -1,0 +1,11 @@
+"""Exact targets stored under a content hash of the decoded pixels plus the labeller fingerprint.
+
+:class:`TargetCache` is the on-disk store (diskcache; process-safe, atomic, self-checking);
+:mod:`saliencyssl.cache.codec` is its compact value format.
+"""
+
+from saliencyssl.cache.codec import CorruptTargetError, decode_target, encode_target
+from saliencyssl.cache.store import CacheStats, TargetCache, VerifyReport, default_cache_dir
+
+__all__ = ["TargetCache", "CacheStats", "VerifyReport", "default_cache_dir", "encode_target", "decode_target",
+           "CorruptTargetError"]

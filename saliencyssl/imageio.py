@@ -1,0 +1,132 @@
+"""Reading images from disk into the one pixel convention the package uses.
+
+Every image inside saliency-ssl is a C-contiguous ``(H, W, 3)`` uint8 array in **RGB** order.
+:func:`read_image` decodes a file into that form and :func:`to_rgb_uint8` converts an
+in-memory array; both accept grayscale, RGBA, 16-bit and palette images:
+
+- grayscale is repeated into three channels;
+- an alpha channel is dropped (as OpenCV's ``IMREAD_COLOR`` does, and so Cheng's C++ did);
+- 16-bit values are divided by 257 and rounded, floats in [0, 1] are scaled by 255;
+- palette images are expanded by the decoder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+#: File name endings :func:`list_images` picks up (case-insensitive).
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class ImageDecodeError(ValueError):
+    """A file that could not be decoded as an image; ``path`` names it."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: cannot decode image ({reason}); check the file or remove it from the folder")
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """All image files below ``root`` (recursive), sorted by their path relative to ``root``.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist or is not a folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
+    files = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image file into an ``(H, W, 3)`` uint8 RGB array.
+
+    Raises:
+        ImageDecodeError: the file is missing, empty, truncated or not an image.
+    """
+    import cv2
+
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as error:
+        raise ImageDecodeError(path, str(error)) from error
+    if data.size == 0:
+        raise ImageDecodeError(path, "the file is empty")
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None:
+        image = _read_with_pillow(path)
+    elif image.ndim == 3 and image.shape[2] >= 3:
+        image = cv2.cvtColor(image[:, :, :3], cv2.COLOR_BGR2RGB)
+    elif image.ndim == 3 and image.shape[2] == 2:  # grey + alpha
+        image = image[:, :, 0]
+    return to_rgb_uint8(image, source=path)
+
+
+def _read_with_pillow(path: Path) -> np.ndarray:
+    """Fallback decoder for formats OpenCV lacks (for example some palette or WebP variants)."""
+    try:
+        from PIL import Image
+    except ImportError as error:  # pragma: no cover - pillow comes with torchvision
+        raise ImageDecodeError(path, "OpenCV could not decode it and Pillow is not installed") from error
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
+                img = img.convert("RGB")
+            elif img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                return np.asarray(img).astype(np.uint16 if img.mode.startswith("I;16") else np.int64)
+            elif img.mode == "LA":
+                img = img.convert("L")
+            elif img.mode == "RGBA":
+                img = img.convert("RGB")
+            return np.asarray(img)
+    except Exception as error:  # Pillow raises many types for bad files
+        raise ImageDecodeError(path, f"{type(error).__name__}: {error}") from error
+
+
+def to_rgb_uint8(image: np.ndarray, source: str | Path | None = None) -> np.ndarray:
+    """Convert an in-memory image to an ``(H, W, 3)`` uint8 RGB array.
+
+    Args:
+        image: ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)`` array of uint8, uint16,
+            bool, other integers (clipped to 0..255) or floats in [0, 1]. Channel order is taken to
+            be RGB(A) already.
+        source: named in error messages.
+
+    Raises:
+        ImageDecodeError: the array has no pixels or an unsupported shape.
+    """
+    where = source if source is not None else "<array>"
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    if image.ndim == 3 and image.shape[2] == 2:
+        image = image[:, :, 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+        raise ImageDecodeError(where, f"unsupported array shape {image.shape}; expected (H, W) or (H, W, 3|4)")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ImageDecodeError(where, f"the image has no pixels (shape {image.shape})")
+    if image.dtype == np.uint8:
+        pass
+    elif image.dtype == np.bool_:
+        image = image.astype(np.uint8) * 255
+    elif image.dtype == np.uint16:
+        image = np.rint(image.astype(np.float32) / 257.0).astype(np.uint8)
+    elif np.issubdtype(image.dtype, np.floating):
+        if not np.isfinite(image).all():
+            raise ImageDecodeError(where, "the image has NaN or infinite values")
+        image = np.clip(np.rint(image.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+    elif np.issubdtype(image.dtype, np.integer):
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    else:
+        raise ImageDecodeError(where, f"unsupported dtype {image.dtype}")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(image)

@@ -1,0 +1,45 @@
+"""The one registry of self-supervised methods: name -> class, and :func:`build_method`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from saliencyssl.ssl.barlowtwins import BarlowTwins
+from saliencyssl.ssl.byol import BYOL
+from saliencyssl.ssl.method import SSLMethod
+from saliencyssl.ssl.moco import MoCo
+from saliencyssl.ssl.simclr import SimCLR
+from saliencyssl.ssl.simsiam import SimSiam
+from saliencyssl.ssl.swav import SwAV
+
+#: Every method by its registry name (``SSLMethod.name``).
+METHODS: dict[str, type[SSLMethod]] = {cls.name: cls for cls in (SimCLR, SimSiam, BYOL, MoCo, SwAV, BarlowTwins)}
+
+
+def build_method(name: str, backbone: nn.Module, *, distributed: bool = False, **overrides: Any) -> SSLMethod:
+    """Build a registered method around ``backbone``.
+
+    Args:
+        name: one of :data:`METHODS` (case-insensitive; ``-``/``_`` ignored, so ``"barlow_twins"``
+            and ``"MoCo"`` work).
+        backbone: the network to train, mapping images to ``(B, feature_dim)`` features.
+        distributed: gather across processes where the loss needs the global batch.
+        **overrides: hyperparameters replacing the method's :meth:`~SSLMethod.default_hparams`.
+
+    Raises:
+        ValueError: unknown method name (the message lists the registered ones), or an unknown
+            or invalid hyperparameter.
+
+    Examples:
+        >>> method = build_method("moco", resnet18_backbone(cifar_stem=True), memory_bank_size=8192)
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"method name must be a string, one of {sorted(METHODS)}; got {name!r}")
+    key = name.strip().lower().replace("-", "").replace("_", "")
+    if key == "mocov2":
+        key = "moco"
+    if key not in METHODS:
+        raise ValueError(f"unknown SSL method {name!r}; choose one of {sorted(METHODS)}")
+    return METHODS[key](backbone, distributed=distributed, **overrides)

@@ -1,0 +1,71 @@
+"""SimSiam: a predictor and a stop-gradient, no negatives and no momentum encoder."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping
+
+from lightly.loss import NegativeCosineSimilarity
+from lightly.models.modules import SimSiamPredictionHead
+from lightly.models.modules.heads import ProjectionHead
+from torch import Tensor, nn
+
+from saliencyssl.ssl.method import OptimizerRecipe, SSLMethod, _check_int
+
+
+class SimSiam(SSLMethod):
+    """SimSiam[0]: each view's prediction matches the other view's projection, under stop-grad.
+
+    ``loss = 0.5 * (ncs(p_a, stopgrad(z_b)) + ncs(p_b, stopgrad(z_a)))`` with lightly's
+    :class:`~lightly.loss.NegativeCosineSimilarity` (symmetrised as in the paper, Eq. 2-4).
+
+    Defaults follow lightly's CIFAR-10 benchmark[1] and SimSiam's CIFAR setting (Appendix D): a
+    2-layer projection MLP 512-2048-2048 with batch norm on both layers (ReLU on the hidden one),
+    a prediction MLP 2048-512-2048 (lightly's :class:`~lightly.models.modules.SimSiamPredictionHead`),
+    and SGD lr 0.06 *not* scaled with the batch size, as lightly's benchmark does for stability.
+
+    - [0] SimSiam, 2020, https://arxiv.org/abs/2011.10566
+    - [1] lightly CIFAR-10 benchmark, https://docs.lightly.ai/self-supervised-learning/getting_started/benchmarks.html
+
+    Examples:
+        >>> method = SimSiam(resnet18_backbone(cifar_stem=True))
+        >>> loss = method.training_loss(view_a, view_b)
+        >>> loss.backward()
+    """
+
+    name: ClassVar[str] = "simsiam"
+    optimizer_recipe: ClassVar[OptimizerRecipe] = OptimizerRecipe(kind="sgd", base_lr=0.06, scale_with_batch=False)
+    _DEFAULTS: ClassVar[Mapping[str, Any]] = {
+        "projection_hidden_dim": 2048,
+        "output_dim": 2048,
+        "prediction_hidden_dim": 512,
+    }
+
+    def __init__(self, backbone: nn.Module, *, distributed: bool = False, **hparams: Any) -> None:
+        super().__init__(backbone, distributed=distributed, **hparams)
+        hp = self.hparams
+        hidden, out = hp["projection_hidden_dim"], hp["output_dim"]
+        self.projection_head = ProjectionHead([
+            (hp["feature_dim"], hidden, nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)),
+            (hidden, out, nn.BatchNorm1d(out), None),
+        ])
+        self.prediction_head = SimSiamPredictionHead(out, hp["prediction_hidden_dim"], out)
+        self.criterion = NegativeCosineSimilarity()
+
+    @classmethod
+    def _validate_hparams(cls, hparams: dict[str, Any]) -> None:
+        _check_int(cls, hparams, "projection_hidden_dim", minimum=1)
+        _check_int(cls, hparams, "output_dim", minimum=1)
+        _check_int(cls, hparams, "prediction_hidden_dim", minimum=1)
+
+    def _branch(self, view: Tensor) -> tuple[Tensor, Tensor]:
+        z = self.projection_head(self._features(view))
+        return z, self.prediction_head(z)
+
+    def _symmetric_loss(self, p_a: Tensor, p_b: Tensor, z_a: Tensor, z_b: Tensor) -> Tensor:
+        return 0.5 * (self.criterion(p_a, z_b) + self.criterion(p_b, z_a))
+
+    def training_loss(self, view_a: Tensor, view_b: Tensor) -> Tensor:
+        self._check_views(view_a, view_b)
+        z_a, p_a = self._branch(view_a)
+        z_b, p_b = self._branch(view_b)
+        return self._fp32_loss(self._symmetric_loss, p_a, p_b, z_a.detach(), z_b.detach())
