@@ -245,6 +245,27 @@ class TargetBatch:
         return cls(torch.cat([b.saliency for b in batches]), torch.cat([b.mask for b in batches]),
                    torch.cat([b.regions for b in batches]))
 
+    @classmethod
+    def from_channels(cls, channels: "torch.Tensor", threshold: float = 0.5) -> "TargetBatch":
+        """Targets from dense channels, e.g. a surrogate's prediction.
+
+        Args:
+            channels: ``(B, 3, H, W)`` float probabilities in [0, 1] in the order of
+                :data:`TARGET_CHANNELS` (saliency, mask, boundary).
+            threshold: mask and boundary cut-off.
+
+        Returns:
+            A batch on the same device; regions are the 4-connected components of the
+            non-boundary pixels (:func:`label_components`), boundary pixels joining a neighbour.
+        """
+        if channels.ndim != 4 or channels.shape[1] != len(TARGET_CHANNELS):
+            raise ValueError(f"expected (B, {len(TARGET_CHANNELS)}, H, W) channels {TARGET_CHANNELS}, "
+                             f"got {tuple(channels.shape)}")
+        saliency = channels[:, 0:1].float().clamp(0, 1)
+        mask = channels[:, 1:2] > threshold
+        regions = label_components(channels[:, 2:3] <= threshold)
+        return cls(saliency, mask, regions)
+
     def channels(self) -> "torch.Tensor":
         """``(B, 3, H, W)`` float32 dense channels (:data:`TARGET_CHANNELS`)."""
         import torch
@@ -254,3 +275,44 @@ class TargetBatch:
         edge[..., :, :-1] |= reg[..., :, :-1] != reg[..., :, 1:]
         edge[..., :-1, :] |= reg[..., :-1, :] != reg[..., 1:, :]
         return torch.cat([self.saliency, self.mask.float(), edge.float()], dim=1)
+
+
+def label_components(inside: "torch.Tensor", max_iterations: int | None = None) -> "torch.Tensor":
+    """Batched 4-connected component labelling on any device (torch, no Python loop over pixels).
+
+    Every pixel of ``inside`` starts with its own index as label; labels spread to 4-neighbours
+    inside by repeated maximum until nothing changes. Pixels outside (boundaries) then take the
+    largest label among their 4-neighbours, repeatedly, so every pixel ends in some segment.
+
+    Args:
+        inside: ``(B, 1, H, W)`` bool.
+        max_iterations: cap on spreading steps (default ``H * W``, enough for any shape).
+
+    Returns:
+        ``(B, 1, H, W)`` int64 labels, equal within a component and distinct between
+        components of one image (not consecutive).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    b, _, h, w = inside.shape
+    index = torch.arange(1, h * w + 1, device=inside.device, dtype=torch.int64).view(1, 1, h, w)
+    labels = torch.where(inside, index.expand(b, 1, h, w), torch.zeros((), dtype=torch.int64, device=inside.device))
+
+    def neighbour_max(x: "torch.Tensor") -> "torch.Tensor":
+        padded = F.pad(x, (1, 1, 1, 1))
+        return torch.stack([padded[..., 1:-1, :-2], padded[..., 1:-1, 2:], padded[..., :-2, 1:-1],
+                            padded[..., 2:, 1:-1], x]).amax(0)
+
+    limit = max_iterations or h * w
+    for step in range(limit):
+        spread = torch.where(inside, neighbour_max(labels), labels)
+        if step % 8 == 7 and torch.equal(spread, labels):
+            break
+        labels = spread
+    for _ in range(h + w):
+        todo = labels == 0
+        if not bool(todo.any()):
+            break
+        labels = torch.where(todo, neighbour_max(labels), labels)
+    return labels

@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "picks the stem: CIFAR stem up to 64 px)")
     p.add_argument("--backbone-seed", type=int, default=0, metavar="S",
                    help="initialisation seed of --backbone random (default %(default)s)")
+    p.add_argument("--random-stem", default="auto", choices=("auto", "cifar", "imagenet"),
+                   help="stem of --backbone random: auto = CIFAR stem up to 64 px, else the ImageNet stem; set it to "
+                        "match the pretrained backbone you compare with (default %(default)s)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where features are computed "
                                                                             "(default %(default)s)")
     p.add_argument("--batch-size", type=int, default=256, metavar="B",
@@ -140,7 +143,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         Path("runs") / f"eval-random-seed{args.backbone_seed}" if args.backbone == "random"
         else Path(args.backbone).resolve().parent / "eval")
 
-    model, info = feats.load_frozen_backbone(args.backbone, args.image_size, args.backbone_seed, args.device)
+    model, info = feats.load_frozen_backbone(args.backbone, args.image_size, args.backbone_seed, args.device,
+                                              args.random_stem)
     cache = None if args.no_cache else feats.FeatureCache(args.cache_dir)
     test_set = open_image_set(args.test)
     train_set = open_image_set(args.train) if args.train and supervised else None

@@ -5,9 +5,9 @@ penultimate-layer features of a frozen ResNet-18, one row per image, with images
 backbone's training size by :func:`saliencyssl.datasets.fit_square` and normalised by
 :func:`saliencyssl.ssl.backbone.to_model_input`.
 
-- :func:`load_frozen_backbone` opens ``backbone.pt`` (or a plain torchvision ResNet-18 state
-  dict), or builds a seeded random ResNet-18 for ``"random"``, and returns it with a
-  :class:`BackboneInfo` (config, image size, cache identity);
+- :func:`open_backbone` opens ``backbone.pt`` (or a plain torchvision ResNet-18 state dict), or
+  builds a seeded random ResNet-18 for ``"random"``, and returns it with a :class:`BackboneInfo`
+  (config, image size, cache identity); :func:`load_frozen_backbone` also freezes it;
 - :func:`extract_features` runs it over a ``(N, 3, S, S)`` uint8 stack, with a progress bar;
 - :class:`FeatureCache` stores the result under a key made of the backbone's identity (the
   BLAKE2b hash of the checkpoint's bytes, or ``random`` + seed + stem), the dataset's content
@@ -84,43 +84,53 @@ def random_backbone(seed: int, cifar_stem: bool) -> nn.Module:
         return resnet18_backbone(cifar_stem)
 
 
-def load_frozen_backbone(backbone: str | Path, image_size: int | None = None, seed: int = 0,
-                         device: str | torch.device = "cpu") -> tuple[nn.Module, BackboneInfo]:
-    """Open a backbone for feature extraction (eval mode, no gradients).
+def open_backbone(backbone: str | Path, image_size: int | None = None, seed: int = 0, stem: str = "auto",
+                  default_random_size: int = DEFAULT_RANDOM_IMAGE_SIZE) -> tuple[nn.Module, BackboneInfo]:
+    """Open a ResNet-18 backbone on the CPU (trainable, in train mode, as built).
 
     Args:
         backbone: path of ``backbone.pt`` (or a plain torchvision ResNet-18 state dict), or
             ``"random"`` for a seeded random initialisation.
         image_size: input side length; default: the checkpoint config's ``image_size``
-            (32 for ``random``, 224 for a checkpoint with the ImageNet stem and no size). For
-            ``random`` it also chooses the stem (CIFAR stem up to 64 px).
+            (``default_random_size`` for ``random``, 224 for a checkpoint with the ImageNet stem
+            and no size).
         seed: initialisation seed of ``random`` (ignored for checkpoints).
-        device: where the model lives.
+        stem: for ``random`` only: ``"auto"`` (CIFAR stem up to 64 px, as
+            :func:`~saliencyssl.ssl.backbone.uses_cifar_stem`), ``"cifar"`` or ``"imagenet"``.
+            A checkpoint's stem is whatever it was trained with.
 
     Returns:
         ``(model, info)``; ``model`` maps ``(B, 3, S, S)`` normalised float32 to ``(B, 512)``.
 
     Raises:
         FileNotFoundError: the checkpoint does not exist (the message says how to make one).
-        ValueError: the file is not a ResNet-18 backbone, or ``image_size`` is not positive.
+        ValueError: the file is not a ResNet-18 backbone, or a bad ``image_size`` / ``stem``.
     """
     if image_size is not None and int(image_size) <= 0:
         raise ValueError(f"--image-size {image_size}: give a positive side length in pixels, e.g. 32")
+    if stem not in ("auto", "cifar", "imagenet"):
+        raise ValueError(f"stem {stem!r}: choose auto, cifar or imagenet")
     if str(backbone) == "random":
-        size = int(image_size or DEFAULT_RANDOM_IMAGE_SIZE)
-        cifar_stem = uses_cifar_stem(size)
+        size = int(image_size or default_random_size)
+        cifar_stem = uses_cifar_stem(size) if stem == "auto" else stem == "cifar"
         model = random_backbone(seed, cifar_stem)
         config = {"arch": "resnet18", "cifar_stem": cifar_stem, "feature_dim": FEATURE_DIM, "image_size": size,
                   "source": "random", "seed": int(seed)}
         identity = f"random:seed={int(seed)}:cifar_stem={cifar_stem}"
-        info = BackboneInfo("random", config, size, identity)
-    else:
-        path = Path(backbone)
-        model, config = load_backbone(path, map_location="cpu")
-        size = image_size or config.get("image_size")
-        if size is None:
-            size = DEFAULT_RANDOM_IMAGE_SIZE if config.get("cifar_stem") else DEFAULT_IMAGENET_IMAGE_SIZE
-        info = BackboneInfo(str(path), config, int(size), f"file:{file_digest(path)}")
+        return model, BackboneInfo("random", config, size, identity)
+    path = Path(backbone)
+    model, config = load_backbone(path, map_location="cpu")
+    size = image_size or config.get("image_size")
+    if size is None:
+        size = DEFAULT_RANDOM_IMAGE_SIZE if config.get("cifar_stem") else DEFAULT_IMAGENET_IMAGE_SIZE
+    return model, BackboneInfo(str(path), config, int(size), f"file:{file_digest(path)}")
+
+
+def load_frozen_backbone(backbone: str | Path, image_size: int | None = None, seed: int = 0,
+                         device: str | torch.device = "cpu", stem: str = "auto") -> tuple[nn.Module, BackboneInfo]:
+    """Open a backbone for feature extraction: :func:`open_backbone`, moved to ``device``, in
+    eval mode, with gradients off. For ``random`` the default image size is 32 (CIFAR stem)."""
+    model, info = open_backbone(backbone, image_size, seed, stem)
     model = model.to(device).eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -274,6 +284,6 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-__all__ = ["FEATURE_RECIPE", "BackboneInfo", "file_digest", "random_backbone", "load_frozen_backbone",
+__all__ = ["FEATURE_RECIPE", "BackboneInfo", "file_digest", "random_backbone", "open_backbone", "load_frozen_backbone",
            "extract_features", "default_cache_dir", "feature_key", "FeatureCache", "CachedFeatures",
            "dataset_features"]

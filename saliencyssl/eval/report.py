@@ -160,13 +160,13 @@ def segmentation_markdown(results: Mapping[str, Any], rows: Sequence[Mapping[str
     return "\n".join(parts)
 
 
-def plot_fraction_curves(series: Mapping[str, Sequence[FractionScore]], metric: str, ylabel: str, path: str | Path,
-                         title: str = "", chance: float | None = None) -> Path:
+def plot_fraction_curves(series: Mapping[str, Sequence[FractionScore]], metric: str | Mapping[str, str], ylabel: str,
+                         path: str | Path, title: str = "", chance: float | None = None) -> Path:
     """Metric against label fraction, one line per series, error bars = std over seeds; saved as PNG.
 
     Args:
         series: line label -> fraction scores.
-        metric: which metric of the scores to plot (e.g. ``"accuracy"``).
+        metric: which metric of the scores to plot (e.g. ``"accuracy"``), or line label -> metric.
         chance: draw a dashed horizontal line at this value (e.g. ``1 / n_classes``).
     """
     from matplotlib.figure import Figure
@@ -174,9 +174,10 @@ def plot_fraction_curves(series: Mapping[str, Sequence[FractionScore]], metric: 
     fig = Figure(figsize=(6, 4), dpi=120)
     ax = fig.add_subplot(1, 1, 1)
     for name, entries in series.items():
+        key = metric if isinstance(metric, str) else metric[name]
         entries = sorted(entries, key=lambda e: e.value)
         x = [e.value for e in entries]
-        ax.errorbar(x, [e.mean(metric) for e in entries], yerr=[e.std(metric) for e in entries], marker="o",
+        ax.errorbar(x, [e.mean(key) for e in entries], yerr=[e.std(key) for e in entries], marker="o",
                     capsize=3, label=PROTOCOL_TITLES.get(name, name))
     if chance is not None:
         ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.2f})")

@@ -1,0 +1,148 @@
+"""Where labelling work runs: in this process, a local process pool, or a Dask cluster.
+
+An executor maps a picklable function over chunks of work and yields the results as they
+complete (in any order). The caller, one process, is the only one that writes the cache, so
+no SQLite database is ever shared between machines.
+
+- :class:`InlineExecutor`: runs in this process (tests, debugging, ``--workers 0``).
+- :class:`PoolExecutor`: ``concurrent.futures.ProcessPoolExecutor`` with N worker processes
+  (the default of ``scripts/label.py``).
+- :class:`DaskExecutor`: a ``dask.distributed`` client, either to a running scheduler
+  (``tcp://host:8786``) or to a LocalCluster of N worker processes (``local:N``). Dask
+  reschedules the tasks of a lost worker on the others, so a killed worker loses no finished
+  result. Needs the optional dependency ``saliency-ssl[cluster]``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from typing import Any, Callable, Iterable, Iterator
+
+
+class InlineExecutor:
+    """Run every chunk in this process, in order."""
+
+    workers = 1
+    description = "this process"
+
+    def imap_unordered(self, fn: Callable[[Any], Any], chunks: Iterable[Any]) -> Iterator[Any]:
+        for chunk in chunks:
+            yield fn(chunk)
+
+    def close(self) -> None:
+        pass
+
+
+class PoolExecutor:
+    """A pool of ``workers`` processes (spawned, so nothing of the parent's state is shared).
+
+    At most ``2 * workers`` chunks are in flight, so memory stays bounded however many images
+    a job has.
+    """
+
+    def __init__(self, workers: int):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.workers = int(workers)
+        self.description = f"{self.workers} local worker process{'es' if self.workers > 1 else ''}"
+        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def imap_unordered(self, fn: Callable[[Any], Any], chunks: Iterable[Any]) -> Iterator[Any]:
+        pending = set()
+        iterator = iter(chunks)
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < 2 * self.workers:
+                try:
+                    pending.add(self._pool.submit(fn, next(iterator)))
+                except StopIteration:
+                    exhausted = True
+            if not pending:
+                return
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class DaskExecutor:
+    """Chunks run as tasks on a Dask cluster.
+
+    Args:
+        address: ``"local:N"`` to start a LocalCluster of N single-threaded worker processes
+            on this machine, or the address of a running scheduler (``tcp://host:8786``).
+        retries: how many times a task is retried after its worker died (Dask also reschedules
+            the tasks of a lost worker by itself).
+    """
+
+    def __init__(self, address: str, retries: int = 3):
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError as error:
+            raise ImportError("labelling on a Dask cluster needs dask.distributed: "
+                              "pip install 'saliency-ssl[cluster]'") from error
+        self._cluster = None
+        self.retries = retries
+        if address.startswith("local:"):
+            try:
+                workers = int(address.split(":", 1)[1])
+            except ValueError as error:
+                raise ValueError(f"--scheduler local:N needs a number of workers, got {address!r}") from error
+            if workers < 1:
+                raise ValueError(f"--scheduler local:N needs N >= 1, got {address!r}")
+            self._cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                         dashboard_address=None, silence_logs=40)
+            self._client = Client(self._cluster)
+            self.description = f"a Dask LocalCluster of {workers} worker process{'es' if workers > 1 else ''}"
+        else:
+            self._client = Client(address, timeout="30s")
+            self.description = f"the Dask scheduler at {address}"
+        self.workers = max(1, len(self._client.scheduler_info().get("workers", {})))
+
+    @property
+    def client(self):
+        return self._client
+
+    def imap_unordered(self, fn: Callable[[Any], Any], chunks: Iterable[Any]) -> Iterator[Any]:
+        from distributed import as_completed
+
+        iterator = iter(chunks)
+        window = max(4, 4 * self._n_workers())
+        futures = as_completed()
+        submitted = 0
+        for chunk in iterator:
+            futures.add(self._client.submit(fn, chunk, pure=False, retries=self.retries))
+            submitted += 1
+            if submitted >= window:
+                break
+        for future in futures:
+            result = future.result()
+            future.release()
+            yield result
+            for chunk in iterator:
+                futures.add(self._client.submit(fn, chunk, pure=False, retries=self.retries))
+                break
+
+    def _n_workers(self) -> int:
+        try:
+            return max(1, len(self._client.scheduler_info().get("workers", {})))
+        except Exception:  # the scheduler may be restarting
+            return self.workers
+
+    def close(self) -> None:
+        self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+
+
+def make_executor(workers: int | None = None, scheduler: str | None = None):
+    """The executor ``scripts/label.py`` uses for ``--workers`` / ``--scheduler``."""
+    if scheduler:
+        return DaskExecutor(scheduler)
+    if workers is None:
+        workers = max(1, (os.cpu_count() or 1))
+    return InlineExecutor() if workers == 0 else PoolExecutor(workers)

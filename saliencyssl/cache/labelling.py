@@ -1,0 +1,304 @@
+"""Filling a cache with exact targets for every image below a folder (``scripts/label.py``).
+
+The job runs in two passes over an executor (:mod:`saliencyssl.cache.executors`):
+
+1. **hash**: workers decode each file and return its content hash; a file that cannot be
+   decoded is recorded as failed, by path, and skipped;
+2. **label**: the images whose key the cache lacks are labelled by the workers, which return
+   encoded targets (and HC maps when exporting).
+
+Only this process writes the cache, in small transactions as results arrive, so a job killed
+at any moment (even SIGKILL) leaves every stored entry whole, and a rerun skips them: the job
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from saliencyssl.cache.codec import decode_target, encode_target
+from saliencyssl.cache.store import TargetCache
+from saliencyssl.hashing import content_hash
+from saliencyssl.imageio import ImageDecodeError, list_images, read_image
+from saliencyssl.saliency.labeller import Labeller, LabellerConfig
+
+#: Above this share of images without an object, the summary warns and suggests ``--scale``.
+NO_OBJECT_WARNING_SHARE = 0.5
+
+
+@dataclass
+class LabelSummary:
+    """What a labelling job did.
+
+    Attributes:
+        total: images found.
+        labelled: images labelled by this run.
+        cached: images the cache already held.
+        failed: ``(path, reason)`` of files that could not be decoded or labelled.
+        no_object: images (labelled or cached) whose SaliencyCut mask is empty.
+        label_seconds: labelling seconds per image as measured inside the workers.
+        wall_seconds: the whole job.
+        exported: images whose maps were written to the export folder.
+        executor: where the work ran.
+    """
+
+    total: int = 0
+    labelled: int = 0
+    cached: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    no_object: int = 0
+    label_seconds: list[float] = field(default_factory=list)
+    wall_seconds: float = 0.0
+    exported: int = 0
+    executor: str = ""
+
+    @property
+    def with_target(self) -> int:
+        return self.labelled + self.cached
+
+    @property
+    def no_object_share(self) -> float:
+        return self.no_object / self.with_target if self.with_target else 0.0
+
+    @property
+    def seconds_per_image(self) -> float:
+        """Mean labelling seconds per labelled image (worker time, not wall time)."""
+        return float(np.mean(self.label_seconds)) if self.label_seconds else 0.0
+
+    def warnings(self) -> list[str]:
+        out = []
+        if self.with_target and self.no_object_share > NO_OBJECT_WARNING_SHARE:
+            out.append(f"the cut found no object in {self.no_object_share:.0%} of the images. Small images lose "
+                       f"their segments to Cheng's 200-pixel minimum segment; label at a larger working size, "
+                       f"e.g. --scale 2 (or --scale 4 for 32 px images)")
+        return out
+
+    def lines(self) -> list[str]:
+        """Human-readable end summary."""
+        lines = [
+            f"images found        {self.total}",
+            f"labelled now        {self.labelled}",
+            f"already cached      {self.cached}",
+            f"failed              {len(self.failed)}",
+            f"no object found     {self.no_object} of {self.with_target} ({self.no_object_share:.1%})",
+            f"seconds per image   {self.seconds_per_image:.4f} (labelling, per worker)",
+            f"wall time           {self.wall_seconds:.1f} s on {self.executor}",
+        ]
+        if self.labelled and self.wall_seconds > 0:
+            lines.append(f"throughput          {self.labelled / self.wall_seconds:.2f} images/s")
+        if self.exported:
+            lines.append(f"exported            {self.exported}")
+        for path, reason in self.failed[:20]:
+            lines.append(f"FAILED {path}: {reason}")
+        if len(self.failed) > 20:
+            lines.append(f"... and {len(self.failed) - 20} more failures")
+        return lines
+
+    def as_dict(self) -> dict:
+        return {"total": self.total, "labelled": self.labelled, "cached": self.cached,
+                "failed": [list(f) for f in self.failed], "no_object": self.no_object,
+                "no_object_share": self.no_object_share, "seconds_per_image": self.seconds_per_image,
+                "wall_seconds": self.wall_seconds, "exported": self.exported, "executor": self.executor}
+
+
+# -- work done in the workers (module-level functions, so they pickle) -------------------------
+def hash_files(paths: Sequence[str]) -> list[tuple[str, str | None, str | None]]:
+    """``(path, content hash, error)`` for each file."""
+    out = []
+    for path in paths:
+        try:
+            out.append((path, content_hash(read_image(path)), None))
+        except ImageDecodeError as error:
+            out.append((path, None, error.reason))
+        except Exception as error:  # a worker must report, not die
+            out.append((path, None, f"{type(error).__name__}: {error}"))
+    return out
+
+
+def label_files(job: tuple[dict, Sequence[tuple[str, bool, bool]]]) -> list[dict]:
+    """Label ``(path, need_target, want_hc)`` items with a labeller built from a config dict.
+
+    Returns one dict per item: ``path``, ``hash``, ``target`` (encoded bytes or ``None``),
+    ``hc`` (uint8 map or ``None``), ``seconds``, ``error``.
+    """
+    config_fields, items = job
+    labeller = _labeller(config_fields)
+    out = []
+    for path, need_target, want_hc in items:
+        record = {"path": path, "hash": None, "target": None, "hc": None, "seconds": 0.0, "error": None}
+        try:
+            image = read_image(path)
+            record["hash"] = content_hash(image)
+            if need_target:
+                result = labeller.label(image, with_hc=want_hc)
+                record["target"] = encode_target(result.target)
+                record["seconds"] = result.seconds["total"]
+                hc = result.hc
+            elif want_hc:
+                from saliencyssl.saliency.hc import hc_saliency
+                import cv2
+
+                bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR).astype(np.float32) / np.float32(255.0)
+                hc = hc_saliency(bgr)
+            else:
+                hc = None
+            if want_hc and hc is not None:
+                record["hc"] = np.clip(np.rint(hc * 255), 0, 255).astype(np.uint8)
+        except ImageDecodeError as error:
+            record["error"] = error.reason
+        except Exception as error:
+            record["error"] = f"{type(error).__name__}: {error}"
+        out.append(record)
+    return out
+
+
+_LABELLERS: dict[tuple, Labeller] = {}
+
+
+def _labeller(config_fields: dict) -> Labeller:
+    key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config_fields.items()))
+    if key not in _LABELLERS:
+        _LABELLERS[key] = Labeller(LabellerConfig(**config_fields))
+    return _LABELLERS[key]
+
+
+def _config_fields(config: LabellerConfig) -> dict:
+    params = config.params()
+    params.pop("version")
+    return params
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield list(items[start:start + size])
+
+
+# -- the job ---------------------------------------------------------------------------------
+def export_maps(export_dir: Path, relative: Path, target, hc: np.ndarray | None) -> None:
+    """Write ``<stem>_rc.png``, ``<stem>_cut.png`` and (if given) ``<stem>_hc.png`` under ``export_dir``."""
+    import cv2
+
+    folder = export_dir / relative.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = relative.stem
+    cv2.imwrite(str(folder / f"{stem}_rc.png"), target.saliency)
+    cv2.imwrite(str(folder / f"{stem}_cut.png"), np.where(target.mask, 255, 0).astype(np.uint8))
+    if hc is not None:
+        cv2.imwrite(str(folder / f"{stem}_hc.png"), hc)
+
+
+def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerConfig, executor=None,
+                 export_dir: str | Path | None = None, progress: bool = True,
+                 paths: Iterable[Path] | None = None, chunk_size: int | None = None) -> LabelSummary:
+    """Label every image below ``images_dir`` into ``cache`` (see the module docstring).
+
+    Args:
+        images_dir: folder searched recursively (:func:`saliencyssl.imageio.list_images`).
+        cache: the store; its fingerprint must be ``config``'s.
+        config: labeller parameters.
+        executor: from :func:`saliencyssl.cache.executors.make_executor`; default: in-process.
+        export_dir: also write 8-bit HC/RC maps and 0/255 masks per image, keeping sub-folders.
+        progress: show tqdm progress bars.
+        paths: the files to label (default: all images below ``images_dir``).
+        chunk_size: images per task (default: adapted to the number of images and workers).
+
+    Raises:
+        ValueError: the cache was opened with another fingerprint.
+        FileNotFoundError: the folder does not exist or holds no images.
+    """
+    from tqdm import tqdm
+
+    from saliencyssl.cache.executors import InlineExecutor
+
+    if cache.fingerprint != config.fingerprint():
+        raise ValueError(f"cache fingerprint {cache.fingerprint} does not match the labeller's "
+                         f"{config.fingerprint()}; open the cache with Labeller(config).fingerprint")
+    root = Path(images_dir)
+    files = list(paths) if paths is not None else list_images(root)
+    if not files:
+        raise FileNotFoundError(f"no images below {root} (looked for .jpg .png .bmp .tif .webp, recursively)")
+    executor = executor or InlineExecutor()
+    export = Path(export_dir) if export_dir is not None else None
+    summary = LabelSummary(total=len(files), executor=executor.description)
+    start = time.perf_counter()
+    workers = max(1, getattr(executor, "workers", 1))
+    size = chunk_size or int(np.clip(len(files) // (8 * workers), 1, 64))
+    str_paths = [str(p) for p in files]
+
+    # Pass 1: content hashes.
+    hashes: dict[str, str] = {}
+    hash_chunk = max(size, 16)
+    bar = tqdm(total=len(files), desc="hashing", unit="img", disable=not progress, leave=False)
+    for results in executor.imap_unordered(hash_files, _chunks(str_paths, hash_chunk)):
+        for path, image_hash, error in results:
+            if error is not None:
+                summary.failed.append((path, error))
+            else:
+                hashes[path] = image_hash
+        bar.update(len(results))
+    bar.close()
+
+    # Which images need a target; cached ones still count towards the no-object share.
+    todo: list[tuple[str, bool, bool]] = []
+    for path in str_paths:
+        if path not in hashes:
+            continue
+        cached = cache.get(hashes[path])
+        if cached is not None:
+            summary.cached += 1
+            summary.no_object += int(not cached.mask.any())
+            if export is not None:
+                todo.append((path, False, True))
+        else:
+            todo.append((path, True, export is not None))
+
+    # Pass 2: label what is missing (and HC maps for exports of cached images).
+    config_fields = _config_fields(config)
+    bar = tqdm(total=len(todo), desc="labelling", unit="img", disable=not progress)
+    jobs = ((config_fields, chunk) for chunk in _chunks(todo, size))
+    for results in executor.imap_unordered(label_files, jobs):
+        with cache._cache.transact():
+            for record in results:
+                _store(record, cache, summary, export, root)
+        bar.update(len(results))
+        if summary.label_seconds:
+            bar.set_postfix(s_per_img=f"{summary.seconds_per_image:.3f}", failed=len(summary.failed))
+    bar.close()
+    summary.wall_seconds = time.perf_counter() - start
+    return summary
+
+
+def _store(record: dict, cache: TargetCache, summary: LabelSummary, export: Path | None, root: Path) -> None:
+    path = record["path"]
+    if record["error"] is not None:
+        summary.failed.append((path, record["error"]))
+        return
+    if record["target"] is not None:
+        cache.put_encoded(record["hash"], record["target"])
+        target = decode_target(record["target"])
+        summary.labelled += 1
+        summary.label_seconds.append(record["seconds"])
+        summary.no_object += int(not target.mask.any())
+    else:
+        target = cache.get(record["hash"])
+    if export is not None and target is not None:
+        try:
+            relative = Path(path).relative_to(root)
+        except ValueError:
+            relative = Path(Path(path).name)
+        export_maps(export, relative, target, record["hc"])
+        summary.exported += 1
+
+
+def default_workers() -> int:
+    """Worker processes used when ``--workers`` is not given: the CPUs this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)

@@ -1,0 +1,344 @@
+"""Foreground segmentation on a pretrained ResNet-18 encoder: data, model, training and scores.
+
+This protocol asks how well the backbone's features *localise* the salient object when a small
+segmentation model is trained on top of it with few masks:
+
+- :func:`load_mask_pairs` pairs each image with its binary mask (same relative path and stem,
+  ``.png``) and :func:`to_arrays` brings both to ``S x S`` with the same
+  :func:`~saliencyssl.datasets.fit_square` geometry (masks with nearest-neighbour);
+- :func:`split_by_hash` fixes the test split by the images' content hashes, so it does not
+  depend on file names, order or seed;
+- :class:`FPNSegmenter` puts a feature pyramid (:class:`torchvision.ops.FeaturePyramidNetwork`)
+  over ResNet-18's layers 1-4, sums its levels at the finest one and predicts one foreground
+  logit per pixel, upsampled bilinearly to the input size;
+- :func:`train_segmenter` fine-tunes it (or trains the decoder only, ``freeze_encoder=True``)
+  with binary cross-entropy plus soft Dice, seeded;
+- :func:`mask_scores` gives per-image foreground IoU and F-measure (beta^2 = 0.3, the
+  salient-object-detection convention) of the thresholded prediction.
+
+Scores are computed at the model's ``S x S`` resolution on the centre crop that ``fit_square``
+keeps, not at each image's full resolution.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from saliencyssl.datasets import ImageSet, fit_square, open_image_set
+from saliencyssl.ssl.backbone import to_model_input
+
+#: beta^2 of the F-measure (weights precision over recall, as in salient object detection).
+F_BETA2 = 0.3
+#: Probability above which a pixel counts as foreground.
+THRESHOLD = 0.5
+
+
+# --------------------------------------------------------------------------------------- data
+@dataclass
+class MaskPairs:
+    """Images and their binary masks.
+
+    Attributes:
+        images: the image set (names are paths relative to the image folder).
+        masks: one ``(H, W)`` bool array per image, the same size as the image; True = foreground.
+        mask_paths: where each mask came from.
+    """
+
+    images: ImageSet
+    masks: list[np.ndarray]
+    mask_paths: list[Path]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A binary mask PNG as ``(H, W)`` bool: values above half the range are foreground
+    (0/255 and 0/1 masks both work; colour masks are reduced to their first channel).
+
+    Raises:
+        ValueError: the file cannot be decoded (naming it).
+    """
+    import cv2
+
+    path = Path(path)
+    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else np.zeros(0, np.uint8)
+    mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if mask is None:
+        raise ValueError(f"{path}: cannot decode the mask; masks must be binary PNGs (foreground 255 or 1)")
+    if mask.ndim == 3:
+        mask = mask[:, :, 0]
+    top = 1 if mask.max() <= 1 else (65535 if mask.dtype == np.uint16 else 255)
+    return mask > top / 2
+
+
+def load_mask_pairs(images_dir: str | Path, masks_dir: str | Path) -> MaskPairs:
+    """Pair every image below ``images_dir`` with ``masks_dir/<same relative path>.png``.
+
+    Raises:
+        FileNotFoundError: a folder is missing, or some images have no mask (the message names them).
+        ValueError: a mask's size differs from its image's.
+    """
+    images_dir, masks_dir = Path(images_dir), Path(masks_dir)
+    if not masks_dir.is_dir():
+        raise FileNotFoundError(f"--masks {masks_dir} does not exist or is not a folder; give the folder of binary "
+                                f"mask PNGs named like the images")
+    images = open_image_set(images_dir, keep_decoded=False)
+    mask_paths = [masks_dir / Path(name).with_suffix(".png") for name in images.names]
+    missing = [name for name, path in zip(images.names, mask_paths) if not path.is_file()]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise FileNotFoundError(f"{len(missing)} of {len(images)} images in {images_dir} have no mask in {masks_dir} "
+                                f"(expected <same name>.png): {shown}; add their masks or move the images out")
+    masks = []
+    for i, path in enumerate(mask_paths):
+        mask = read_mask(path)
+        shape = images.image(i).shape[:2]
+        if mask.shape != shape:
+            raise ValueError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but image {images_dir / images.names[i]} "
+                             f"is {shape[1]}x{shape[0]}; masks must have their image's size")
+        masks.append(mask)
+    return MaskPairs(images, masks, mask_paths)
+
+
+def to_arrays(pairs: MaskPairs, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and masks at ``size x size`` (shorter side resized, centre crop; masks nearest).
+
+    Returns:
+        ``images``: ``(N, 3, S, S)`` uint8 in 0..255; ``masks``: ``(N, 1, S, S)`` float32 in {0, 1}.
+    """
+    images = pairs.images.stack(int(size))
+    masks = np.stack([fit_square(m.astype(np.uint8), int(size), nearest=True) for m in pairs.masks])
+    return images, torch.from_numpy(masks.astype(np.float32)).unsqueeze(1)
+
+
+def split_by_hash(hashes: list[str], test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed train/test split: images sorted by content hash, the first ``round(test_fraction * N)``
+    (at least 1, and leaving at least 1 for training) are the test split.
+
+    Args:
+        hashes: one content hash per image.
+        test_fraction: in (0, 1).
+
+    Returns:
+        ``(train_indices, test_indices)``, each sorted ascending int64.
+
+    Raises:
+        ValueError: ``test_fraction`` outside (0, 1) or fewer than 2 images.
+    """
+    n = len(hashes)
+    if not 0.0 < float(test_fraction) < 1.0:
+        raise ValueError(f"--test-split {test_fraction}: give the share of images held out for testing, in (0, 1), "
+                         f"e.g. 0.3")
+    if n < 2:
+        raise ValueError(f"segmentation needs at least 2 images (one to train, one to test), got {n}")
+    n_test = min(n - 1, max(1, int(math.floor(test_fraction * n + 0.5))))
+    order = sorted(range(n), key=lambda i: (hashes[i], i))
+    test = np.sort(np.array(order[:n_test], np.int64))
+    train = np.sort(np.array(order[n_test:], np.int64))
+    return train, test
+
+
+# -------------------------------------------------------------------------------------- model
+class FPNSegmenter(nn.Module):
+    """ResNet-18 encoder + feature pyramid + 1-channel head.
+
+    Args:
+        encoder: a torchvision ResNet-18 (as :func:`saliencyssl.ssl.backbone.resnet18_backbone`
+            builds; its ``fc`` is unused). Its stem, ``layer1``..``layer4`` are used.
+        fpn_channels: channels of every pyramid level.
+
+    ``forward`` maps ``(B, 3, H, W)`` normalised float32 (:func:`to_model_input`) to ``(B, 1, H, W)``
+    foreground logits.
+    """
+
+    IN_CHANNELS = (64, 128, 256, 512)
+
+    def __init__(self, encoder: nn.Module, fpn_channels: int = 64):
+        super().__init__()
+        from torchvision.ops import FeaturePyramidNetwork
+
+        self.stem = nn.Sequential(encoder.conv1, encoder.bn1, encoder.relu, encoder.maxpool)
+        self.layers = nn.ModuleList([encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4])
+        self.fpn = FeaturePyramidNetwork(list(self.IN_CHANNELS), fpn_channels)
+        self.head = nn.Sequential(nn.Conv2d(fpn_channels, fpn_channels, 3, padding=1), nn.ReLU(inplace=True),
+                                  nn.Conv2d(fpn_channels, 1, 1))
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        return [p for m in (self.stem, self.layers) for p in m.parameters()]
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        return [p for m in (self.fpn, self.head) for p in m.parameters()]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = OrderedDict()
+        h = self.stem(x)
+        for i, layer in enumerate(self.layers):
+            h = layer(h)
+            features[f"layer{i + 1}"] = h
+        pyramid = list(self.fpn(features).values())
+        finest = pyramid[0].shape[-2:]
+        fused = pyramid[0]
+        for level in pyramid[1:]:
+            fused = fused + F.interpolate(level, size=finest, mode="bilinear", align_corners=False)
+        logits = self.head(fused)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def build_segmenter(encoder: nn.Module, seed: int, fpn_channels: int = 64) -> FPNSegmenter:
+    """A fresh segmenter on a *copy* of ``encoder``, decoder initialised from ``seed`` (the global
+    torch RNG state is left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return FPNSegmenter(copy.deepcopy(encoder), fpn_channels)
+
+
+# ----------------------------------------------------------------------------------- training
+@dataclass
+class TrainConfig:
+    """How :func:`train_segmenter` trains.
+
+    Attributes:
+        steps: optimisation steps (the scripts use ``epochs x ceil(n_train_split / batch_size)``,
+            the same for every label fraction).
+        batch_size: images per step (drawn from the labelled subset, reshuffled on each pass).
+        lr: Adam learning rate of the decoder (FPN and head).
+        encoder_lr: Adam learning rate of the encoder when fine-tuned.
+        weight_decay: Adam L2 weight decay.
+        freeze_encoder: keep the encoder fixed (eval-mode BatchNorm, no gradients).
+        flip: random horizontal flips.
+    """
+
+    steps: int = 100
+    batch_size: int = 8
+    lr: float = 1e-3
+    encoder_lr: float = 1e-4
+    weight_decay: float = 1e-4
+    freeze_encoder: bool = False
+    flip: bool = True
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy plus soft Dice (1 - Dice over each image, averaged).
+
+    Args:
+        logits: ``(B, 1, H, W)`` float; target: ``(B, 1, H, W)`` in {0, 1}.
+    """
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    prob = torch.sigmoid(logits).flatten(1)
+    t = target.flatten(1)
+    dice = (2 * (prob * t).sum(1) + 1.0) / (prob.sum(1) + t.sum(1) + 1.0)
+    return bce + (1 - dice).mean()
+
+
+def train_segmenter(model: FPNSegmenter, images: torch.Tensor, masks: torch.Tensor, indices: np.ndarray,
+                    config: TrainConfig, seed: int, device: str | torch.device = "cpu",
+                    on_step: Callable[[int, float], None] | None = None) -> FPNSegmenter:
+    """Train ``model`` on the labelled images ``indices``.
+
+    Args:
+        model: from :func:`build_segmenter`.
+        images: ``(N, 3, S, S)`` uint8; masks: ``(N, 1, S, S)`` float32 in {0, 1}.
+        indices: the labelled subset (indices into ``images``).
+        config: see :class:`TrainConfig`.
+        seed: batch order and flips (with the same seed, model and data, runs on CPU repeat exactly).
+        device: where to train.
+        on_step: called as ``on_step(step, loss)`` after each step (e.g. a progress bar).
+
+    Returns:
+        The trained model (the same object), in eval mode.
+    """
+    if len(indices) == 0:
+        raise ValueError("train_segmenter needs at least one labelled image")
+    model = model.to(device)
+    if config.freeze_encoder:
+        for p in model.encoder_parameters():
+            p.requires_grad_(False)
+        groups = [{"params": model.decoder_parameters(), "lr": config.lr}]
+    else:
+        groups = [{"params": model.decoder_parameters(), "lr": config.lr},
+                  {"params": model.encoder_parameters(), "lr": config.encoder_lr}]
+    optimiser = torch.optim.Adam(groups, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(int(seed))
+    pool = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+    order = pool[torch.randperm(len(pool), generator=generator)]
+    cursor = 0
+    model.train()
+    if config.freeze_encoder:
+        model.stem.eval()
+        model.layers.eval()
+    for step in range(int(config.steps)):
+        take = []
+        while len(take) < min(config.batch_size, len(pool)):
+            if cursor == len(order):
+                order, cursor = pool[torch.randperm(len(pool), generator=generator)], 0
+            take.append(order[cursor])
+            cursor += 1
+        batch = torch.stack(take)
+        x, y = images[batch], masks[batch]
+        if config.flip:
+            flip = torch.rand(len(batch), generator=generator) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            y = torch.where(flip.view(-1, 1, 1, 1), y.flip(-1), y)
+        x, y = to_model_input(x.to(device)), y.to(device)
+        loss = segmentation_loss(model(x), y)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        if on_step is not None:
+            on_step(step, float(loss.detach()))
+    return model.eval()
+
+
+@torch.no_grad()
+def predict_probabilities(model: nn.Module, images: torch.Tensor, batch_size: int = 16,
+                          device: str | torch.device = "cpu") -> torch.Tensor:
+    """Foreground probabilities ``(N, 1, S, S)`` float32 in [0, 1] for ``(N, 3, S, S)`` uint8 images."""
+    model.eval()
+    out = [torch.sigmoid(model(to_model_input(images[i:i + batch_size].to(device)))).cpu()
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out) if out else torch.zeros((0, 1, *images.shape[-2:]))
+
+
+# ------------------------------------------------------------------------------------- scores
+def mask_scores(probabilities: torch.Tensor, masks: torch.Tensor, threshold: float = THRESHOLD,
+                beta2: float = F_BETA2) -> dict[str, np.ndarray]:
+    """Per-image foreground IoU and F-measure of thresholded predictions.
+
+    Args:
+        probabilities: ``(N, 1, H, W)`` in [0, 1]; masks: ``(N, 1, H, W)`` in {0, 1}.
+        threshold: a pixel is predicted foreground when its probability exceeds it.
+        beta2: F-measure weight, ``F = (1 + b2) P R / (b2 P + R)``.
+
+    Returns:
+        ``{"iou": (N,), "f": (N,), "precision": (N,), "recall": (N,)}`` float64 in [0, 1]. An
+        image whose mask and prediction are both empty scores 1 everywhere; an empty prediction
+        against a non-empty mask has precision 0 (and F 0).
+    """
+    pred = (probabilities > threshold).flatten(1).to(torch.float64)
+    gt = (masks > 0.5).flatten(1).to(torch.float64)
+    tp = (pred * gt).sum(1)
+    n_pred, n_gt = pred.sum(1), gt.sum(1)
+    union = n_pred + n_gt - tp
+    both_empty = (n_pred == 0) & (n_gt == 0)
+    iou = torch.where(union > 0, tp / union.clamp_min(1), torch.ones_like(tp))
+    precision = torch.where(n_pred > 0, tp / n_pred.clamp_min(1), both_empty.to(torch.float64))
+    recall = torch.where(n_gt > 0, tp / n_gt.clamp_min(1), torch.ones_like(tp))
+    denom = beta2 * precision + recall
+    f = torch.where(denom > 0, (1 + beta2) * precision * recall / denom.clamp_min(1e-12), torch.zeros_like(tp))
+    return {"iou": iou.numpy(), "f": f.numpy(), "precision": precision.numpy(), "recall": recall.numpy()}
+
+
+__all__ = ["F_BETA2", "THRESHOLD", "MaskPairs", "read_mask", "load_mask_pairs", "to_arrays", "split_by_hash",
+           "FPNSegmenter", "build_segmenter", "TrainConfig", "segmentation_loss", "train_segmenter",
+           "predict_probabilities", "mask_scores"]

@@ -1,0 +1,113 @@
+"""The target cache: round trip, invalidation, damage, several writers."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+
+import numpy as np
+import pytest
+
+from saliencyssl.cache import CorruptTargetError, TargetCache, decode_target, encode_target
+from saliencyssl.hashing import content_hash
+from saliencyssl.saliency import Labeller, LabellerConfig
+from saliencyssl.target import Target
+
+
+def _random_target(seed: int, h: int = 32, w: int = 32, regions: int = 6) -> Target:
+    rng = np.random.default_rng(seed)
+    return Target.from_maps(rng.random((h, w)), rng.random((h, w)) > 0.5, rng.integers(0, regions, (h, w)))
+
+
+def test_codec_round_trip_and_size():
+    for regions in (3, 300):
+        target = _random_target(0, regions=regions)
+        assert decode_target(encode_target(target)).equals(target)
+    small = Target.empty(32, 32)
+    assert len(encode_target(small)) < 200
+
+
+def test_codec_detects_damage():
+    data = bytearray(encode_target(_random_target(1)))
+    data[-5] ^= 0xFF
+    with pytest.raises(CorruptTargetError, match="checksum"):
+        decode_target(bytes(data))
+    with pytest.raises(CorruptTargetError):
+        decode_target(bytes(data[:10]))
+    with pytest.raises(CorruptTargetError, match="magic"):
+        decode_target(b"XXXX" + bytes(data[4:]))
+
+
+def test_real_target_round_trip_and_invalidation(tmp_path, photo):
+    labeller = Labeller(max_side=120)
+    target = labeller(photo)
+    cache = TargetCache(tmp_path / "c", labeller.fingerprint, params=labeller.config.params())
+    assert cache.get(photo) is None and photo not in cache
+    cache.put(photo, target)
+    assert photo in cache and cache.contains(content_hash(photo))
+    assert cache.get(photo).equals(target)
+    stats = cache.stats()
+    assert (stats.entries, stats.hits, stats.misses) == (1, 1, 1)
+    assert stats.bytes < target.saliency.nbytes * 3
+    # Another parameter, another fingerprint: the old entry is a miss.
+    other = TargetCache(tmp_path / "c", LabellerConfig(max_side=121).fingerprint())
+    assert other.get(photo) is None and photo not in other
+    # One changed pixel is another image.
+    changed = photo.copy()
+    changed[0, 0, 0] ^= 1
+    assert cache.get(changed) is None
+    assert cache.fingerprints()[labeller.fingerprint]["max_side"] == 120
+
+
+def test_damaged_entry_is_reported_removed_and_never_returned(tmp_path, caplog):
+    cache = TargetCache(tmp_path / "c", "f" * 16)
+    good, bad = _random_target(2), _random_target(3)
+    cache.put("a" * 32, good)
+    cache.put("b" * 32, bad)
+    raw = bytearray(cache.get_encoded("b" * 32))
+    raw[-1] ^= 0x55
+    cache._cache.set(f"{'f' * 16}/{'b' * 32}", bytes(raw))  # damage it behind the cache's back
+    report = cache.verify(remove=False)
+    assert report.checked == 2 and report.damaged == ["b" * 32]
+    with caplog.at_level(logging.WARNING):
+        assert cache.get("b" * 32) is None
+    assert "damaged entry" in caplog.text and "b" * 32 in caplog.text
+    assert "b" * 32 not in cache and cache.damaged == 1
+    assert cache.get("a" * 32).equals(good)
+
+
+def _writer(directory: str, worker: int, count: int) -> None:
+    cache = TargetCache(directory, "f" * 16, timeout=60)
+    for i in range(count):
+        key = f"{(i + worker * 7) % (count * 2):032x}"  # overlapping keys across writers
+        cache.put(key, _random_target(i + worker * 7))
+    cache.close()
+
+
+def test_several_processes_write_one_cache(tmp_path):
+    directory = str(tmp_path / "shared-cache")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(directory, w, 40)) for w in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    cache = TargetCache(directory, "f" * 16)
+    expected = {f"{(i + w * 7) % 80:032x}": i + w * 7 for w in range(3) for i in range(40)}
+    assert set(cache.hashes()) == set(expected)
+    for key, seed in expected.items():
+        # Overlapping keys hold one of the writers' targets, whole.
+        got = cache.get(key)
+        assert got is not None and got.shape == (32, 32)
+    assert cache.verify().damaged == []
+
+
+def test_invalid_inputs(tmp_path):
+    with pytest.raises(ValueError, match="fingerprint"):
+        TargetCache(tmp_path / "c", "")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="--cache"):
+        TargetCache(tmp_path / "file", "f" * 16)
+    with pytest.raises(TypeError, match="Target"):
+        TargetCache(tmp_path / "c", "f" * 16).put("a" * 32, np.zeros((2, 2)))

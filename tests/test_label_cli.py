@@ -1,0 +1,136 @@
+"""scripts/label.py end to end: odd files, failures, export, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from saliencyssl.cache import TargetCache
+from saliencyssl.imageio import read_image
+from saliencyssl.saliency import LabellerConfig
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+import label  # noqa: E402  (scripts/label.py)
+
+
+def _variants(photo: np.ndarray, n: int, size=(96, 144)) -> list[np.ndarray]:
+    """Distinct real images: shifted crops of the photo."""
+    out = []
+    for i in range(n):
+        crop = photo[i % 5: photo.shape[0] - 5 + i % 5, (i * 3) % 20: photo.shape[1] - 20 + (i * 3) % 20]
+        out.append(cv2.resize(crop, (size[1], size[0]), interpolation=cv2.INTER_AREA))
+    return out
+
+
+@pytest.fixture
+def odd_folder(tmp_path, photo) -> Path:
+    root = tmp_path / "images"
+    (root / "sub").mkdir(parents=True)
+    small = _variants(photo, 2)
+    Image.fromarray(small[0]).save(root / "photo.jpg", quality=95)
+    Image.fromarray(small[1]).convert("L").save(root / "sub" / "gray.png")
+    Image.fromarray(small[1]).convert("RGBA").save(root / "rgba.png")
+    Image.fromarray(small[0]).convert("P", palette=Image.ADAPTIVE).save(root / "palette.png")
+    cv2.imwrite(str(root / "sixteen.png"), (cv2.cvtColor(small[1], cv2.COLOR_RGB2BGR).astype(np.uint16) * 257))
+    Image.fromarray(np.full((1, 1, 3), 7, np.uint8)).save(root / "one.png")
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(root / "uniform.bmp")
+    (root / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" * 3)
+    (root / "empty.png").write_bytes(b"")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_odd_files_are_converted_and_failures_named(odd_folder, tmp_path, capsys):
+    cache_dir, export = tmp_path / "cache", tmp_path / "export"
+    status = label.main([str(odd_folder), "--cache", str(cache_dir), "--workers", "0", "--export", str(export),
+                         "--quiet", "--json", str(tmp_path / "summary.json")])
+    out, err = capsys.readouterr()
+    assert status == 1, "a failed file makes the exit status non-zero"
+    assert "corrupt.jpg" in out and "empty.png" in out
+    assert "images found        9" in out and "labelled now        7" in out and "failed              2" in out
+    # Every decodable image has an entry; conversions happened.
+    cache = TargetCache(cache_dir, LabellerConfig().fingerprint())
+    for name in ("photo.jpg", "sub/gray.png", "rgba.png", "palette.png", "sixteen.png", "one.png", "uniform.bmp"):
+        image = read_image(odd_folder / name)
+        assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8
+        target = cache.get(image)
+        assert target is not None and target.shape == image.shape[:2], name
+    assert not cache.get(read_image(odd_folder / "uniform.bmp")).mask.any()
+    # Export keeps sub-folders and writes the three maps.
+    for stem in ("photo", "sub/gray"):
+        for kind in ("hc", "rc", "cut"):
+            assert (export / f"{stem}_{kind}.png").is_file()
+    cut = cv2.imread(str(export / "photo_cut.png"), cv2.IMREAD_GRAYSCALE)
+    assert set(np.unique(cut)) <= {0, 255}
+    # A rerun labels nothing and says so.
+    status = label.main([str(odd_folder), "--cache", str(cache_dir), "--workers", "0", "--quiet"])
+    out, _ = capsys.readouterr()
+    assert status == 1 and "labelled now        0" in out and "already cached      7" in out
+
+
+def test_pool_labels_the_same_targets_as_in_process(tmp_path, photo):
+    root = tmp_path / "images"
+    root.mkdir()
+    for i, img in enumerate(_variants(photo, 4)):
+        Image.fromarray(img).save(root / f"{i}.png")
+    assert label.main([str(root), "--cache", str(tmp_path / "a"), "--workers", "0", "--quiet"]) == 0
+    assert label.main([str(root), "--cache", str(tmp_path / "b"), "--workers", "2", "--quiet"]) == 0
+    fp = LabellerConfig().fingerprint()
+    a, b = TargetCache(tmp_path / "a", fp), TargetCache(tmp_path / "b", fp)
+    assert sorted(a.hashes()) == sorted(b.hashes()) and len(a) == 4
+    for h in a.hashes():
+        assert a.get(h).equals(b.get(h))
+
+
+def test_missing_folder_is_a_clear_error(tmp_path, capsys):
+    assert label.main([str(tmp_path / "nope"), "--cache", str(tmp_path / "c"), "--quiet"]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_killed_job_resumes_with_every_entry_valid(tmp_path, photo):
+    root = tmp_path / "images"
+    root.mkdir()
+    images = _variants(photo, 16, size=(150, 225))
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(root / f"{i:02d}.png")
+    cache_dir = tmp_path / "cache"
+    cmd = [sys.executable, str(REPO / "scripts" / "label.py"), str(root), "--cache", str(cache_dir),
+           "--workers", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    fp = LabellerConfig().fingerprint()
+    deadline = time.time() + 120
+    stored = 0
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            stored = len(TargetCache(cache_dir, fp))
+        except Exception:
+            continue
+        if stored >= 2:
+            break
+    assert proc.poll() is None, "the job finished before it could be killed; use more or larger images"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    cache = TargetCache(cache_dir, fp)
+    assert 2 <= len(cache) < 16
+    assert cache.verify().damaged == []
+    done = subprocess.run(cmd + ["--json", str(tmp_path / "s.json")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    import json
+
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["cached"] >= 2 and summary["cached"] + summary["labelled"] == 16
+    cache = TargetCache(cache_dir, fp)
+    assert len(cache) == 16 and cache.verify().damaged == []
+    for img in images:
+        assert cache.get(img) is not None

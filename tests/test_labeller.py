@@ -1,0 +1,114 @@
+"""The exact labeller against Cheng's C++ outputs, and on odd input."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from saliencyssl.saliency import Labeller, LabellerConfig, hc_saliency, rc_saliency, saliency_cut
+from saliencyssl.target import Target, region_boundary, regions_from_boundary
+
+# Images whose C++ cut is quick (timings.csv), so the agreement test stays fast.
+FAST_IMAGES = ("0017", "0013", "0014")
+
+
+def _read_bgr(path) -> np.ndarray:
+    return cv2.imread(str(path)).astype(np.float32) / 255.0
+
+
+def _ref(salbench, stem: str, kind: str) -> np.ndarray:
+    return cv2.imread(str(salbench / "cheng_cpp" / f"{stem}_{kind}.png"), cv2.IMREAD_GRAYSCALE)
+
+
+@pytest.mark.parametrize("stem", FAST_IMAGES)
+def test_maps_and_cut_agree_with_cheng_cpp(salbench, stem):
+    bgr = _read_bgr(salbench / "images" / f"{stem}.jpg")
+    hc = np.rint(hc_saliency(bgr) * 255)
+    rc = rc_saliency(bgr)
+    assert np.abs(hc - _ref(salbench, stem, "hc")).mean() / 255 <= 0.005
+    assert np.abs(np.rint(rc.saliency * 255) - _ref(salbench, stem, "rc")).mean() / 255 <= 0.005
+    mask = saliency_cut(bgr, rc.saliency)
+    ref = _ref(salbench, stem, "cut") > 128
+    assert ref.any(), "reference mask should not be empty for these images"
+    iou = (mask & ref).sum() / (mask | ref).sum()
+    assert iou >= 0.98
+
+
+def test_opencv_engine_finds_the_same_object(salbench):
+    bgr = _read_bgr(salbench / "images" / "0017.jpg")
+    rc = rc_saliency(bgr).saliency
+    mask = saliency_cut(bgr, rc, engine="opencv")
+    ref = _ref(salbench, "0017", "cut") > 128
+    assert mask.shape == ref.shape
+    assert (mask & ref).sum() / max((mask | ref).sum(), 1) > 0.5
+
+
+def test_labeller_on_a_real_photo(photo):
+    labelling = Labeller().label(photo, with_hc=True)
+    target = labelling.target
+    assert isinstance(target, Target)
+    assert target.shape == photo.shape[:2]
+    assert target.mask.any(), "the cat is a salient object"
+    assert 2 <= target.num_regions < 200
+    assert target.saliency.max() > 200
+    # The salient object is more salient than the rest on average.
+    assert target.saliency[target.mask].mean() > target.saliency[~target.mask].mean() + 50
+    assert np.isfinite(labelling.hc).all() and labelling.hc.shape == photo.shape[:2]
+    assert set(labelling.seconds) >= {"rc", "cut", "total"}
+
+
+def test_small_images_are_upscaled_to_the_working_size(photo):
+    small = cv2.resize(photo, (48, 32), interpolation=cv2.INTER_AREA)
+    labelling = Labeller().label(small)
+    assert labelling.working_size == (64, 96)
+    assert labelling.target.shape == (32, 48)
+    assert Labeller(scale=1.0).label(small).working_size == (32, 48)
+    assert Labeller(max_side=100).label(photo).working_size == (67, 100)
+
+
+def test_fingerprint_follows_every_parameter():
+    base = LabellerConfig().fingerprint()
+    assert LabellerConfig().fingerprint() == base
+    changed = {LabellerConfig(scale=2.0).fingerprint(), LabellerConfig(max_side=200).fingerprint(),
+               LabellerConfig(cut_engine="opencv").fingerprint(), LabellerConfig(seg_k=60).fingerprint(),
+               LabellerConfig(min_side=96).fingerprint(), LabellerConfig(t1=0.2).fingerprint()}
+    assert base not in changed and len(changed) == 6
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ValueError, match="cut_engine"):
+        LabellerConfig(cut_engine="pymaxflow")
+    with pytest.raises(ValueError, match="scale"):
+        LabellerConfig(scale=0)
+
+
+@pytest.mark.parametrize("image", [
+    np.zeros((1, 1, 3), np.uint8),                                # 1x1
+    np.zeros((5, 40, 3), np.uint8),                               # under 8 px
+    np.full((40, 60, 3), 200, np.uint8),                          # uniform colour
+    np.tile(np.array([0, 255], np.uint8), (40, 30))[..., None].repeat(3, 2),  # two colours
+    (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16),  # 16-bit grayscale
+    np.random.default_rng(0).integers(0, 256, (48, 48, 4), dtype=np.uint8),  # RGBA noise
+    np.random.default_rng(1).random((40, 40)),                    # float grayscale
+], ids=["1x1", "tiny", "uniform", "two-colours", "gray16", "rgba", "float-gray"])
+def test_odd_images_give_a_finite_target(image):
+    labelling = Labeller().label(image, with_hc=True)
+    target = labelling.target
+    assert target.shape == image.shape[:2]
+    assert np.isfinite(labelling.hc).all()
+    if image.ndim == 3 and image.shape[2] == 3 and len(np.unique(image.reshape(-1, 3), axis=0)) <= 2:
+        assert not target.mask.any() and target.saliency.max() == 0
+
+
+def test_boundary_round_trip_recovers_regions(photo):
+    regions = Labeller(max_side=120).label(photo).target.regions
+    boundary = region_boundary(regions)
+    recovered = regions_from_boundary(boundary)
+    inside = ~boundary
+    # Off the boundary, no recovered segment spans two regions ...
+    pairs = np.unique(np.stack([recovered[inside], regions[inside]]), axis=1)
+    assert len(np.unique(pairs[0])) == pairs.shape[1]
+    # ... and the partition is recovered, up to regions split into 4-connected parts.
+    assert regions.max() + 1 <= recovered.max() + 1 <= 2 * (regions.max() + 1)
+    assert recovered.shape == regions.shape and recovered.dtype == np.uint16
