@@ -256,14 +256,15 @@ class TargetBatch:
 
         Returns:
             A batch on the same device; regions are the 4-connected components of the
-            non-boundary pixels (:func:`label_components`), boundary pixels joining a neighbour.
+            non-boundary pixels (:func:`label_components`), boundary pixels joining a neighbour,
+            numbered 0..R-1 within each image like the cache's labels (:func:`compact_labels`).
         """
         if channels.ndim != 4 or channels.shape[1] != len(TARGET_CHANNELS):
             raise ValueError(f"expected (B, {len(TARGET_CHANNELS)}, H, W) channels {TARGET_CHANNELS}, "
                              f"got {tuple(channels.shape)}")
         saliency = channels[:, 0:1].float().clamp(0, 1)
         mask = channels[:, 1:2] > threshold
-        regions = label_components(channels[:, 2:3] <= threshold)
+        regions = compact_labels(label_components(channels[:, 2:3] <= threshold))
         return cls(saliency, mask, regions)
 
     def channels(self) -> "torch.Tensor":
@@ -316,3 +317,20 @@ def label_components(inside: "torch.Tensor", max_iterations: int | None = None) 
             break
         labels = torch.where(todo, neighbour_max(labels), labels)
     return labels
+
+
+def compact_labels(labels: "torch.Tensor") -> "torch.Tensor":
+    """Renumber ``(B, 1, H, W)`` labels to 0..R-1 within each image (in increasing label order)."""
+    import torch
+
+    b = labels.shape[0]
+    flat = labels.reshape(b, -1).long()
+    if flat.numel() == 0:
+        return labels.long()
+    flat = flat - flat.min()
+    span = int(flat.max()) + 1
+    keyed = flat + torch.arange(b, device=labels.device).view(b, 1) * span
+    uniq, inverse = torch.unique(keyed, return_inverse=True)
+    counts = torch.bincount(torch.div(uniq, span, rounding_mode="floor"), minlength=b)
+    starts = torch.cumsum(counts, 0) - counts
+    return (inverse - starts.view(b, 1)).view_as(labels)

@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import numpy as np
     import torch
     from tqdm import tqdm
 
@@ -167,7 +168,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return {"iou": float(scores["iou"].mean()), "f": float(scores["f"].mean())}
 
     # One "class" for the whole training split: subsets are plain random draws of round(fraction * n).
-    train_labels = torch.zeros(len(train_idx), dtype=torch.long).numpy()
+    train_labels = np.zeros(len(train_idx), np.int64)
     results_by_fraction = frac.sweep(train_labels, fractions, seeds, score)
     bar.close()
 

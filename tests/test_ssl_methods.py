@@ -261,25 +261,23 @@ def test_swav_prototypes_normalised_and_frozen_in_epoch_zero(views):
     assert any(p is weight for group in optimizer.param_groups for p in group["params"])
     assert method.prototypes_frozen(0) and not method.prototypes_frozen(1)
 
-    def step(epoch: int) -> None:
+    def step(epoch: int) -> bool:
+        """One training step; whether it changed the prototypes."""
         method.before_step(0.1, epoch)
         assert torch.allclose(weight.norm(dim=1), torch.ones(16), atol=1e-5)
+        start = [p.detach().clone() for p in method.prototypes.parameters()]
         optimizer.zero_grad(set_to_none=True)
         method.training_loss(*views).backward()
         assert weight.grad is not None and weight.requires_grad
         method.after_backward(epoch)
+        assert (weight.grad is None) == (epoch == 0)
         optimizer.step()
+        return not all(torch.equal(a, p) for a, p in zip(start, method.prototypes.parameters()))
 
-    frozen = [p.detach().clone() for p in method.prototypes.parameters()]
     conv = method.backbone[0].weight.detach().clone()
-    for _ in range(2):
-        step(epoch=0)
-        assert weight.grad is None
-        assert all(torch.equal(a, p) for a, p in zip(frozen, method.prototypes.parameters()))
-    assert not torch.equal(conv, method.backbone[0].weight)  # the rest trains meanwhile
-
-    step(epoch=1)
-    assert not torch.equal(frozen[0], weight)
+    assert not step(epoch=0) and not step(epoch=0)  # Adam (with weight decay) leaves them exactly
+    assert not torch.equal(conv, method.backbone[0].weight)  # while the rest trains
+    assert step(epoch=1)
     method.before_step(0.2, 1)
     assert torch.allclose(weight.norm(dim=1), torch.ones(16), atol=1e-5)
 
@@ -390,6 +388,7 @@ def _gloo_worker(rank: int, world: int, store: str, results: dict) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_distributed_gather_matches_the_global_batch(tmp_path):
     """Two gloo processes with 4 images each give the loss of one process with all 8."""
     import torch.multiprocessing as mp

@@ -1,0 +1,20 @@
+"""From targets to training views: the router, the frozen pack, the renderer and the policies.
+
+Per batch: :class:`TargetRouter` serves targets from the :class:`FrozenPack` (cache), the
+surrogate or the exact labeller; :class:`SSLAugmentation` renders the saliency view
+(:class:`SaliencyView`) and applies the Kornia SSL augmentations of a policy
+(:func:`parse_policy`, :data:`PRESETS`), all on the training device.
+"""
+
+from saliencyssl.augment.data import CachedTargets, TrainingImages, target_at_size
+from saliencyssl.augment.pack import FrozenPack, PackReport
+from saliencyssl.augment.policy import PRESETS, PolicyConfig, SSLAugmentation, parse_policy, policy_summary
+from saliencyssl.augment.predictor import TargetPredictor
+from saliencyssl.augment.render import DEFAULT_PALETTE, VIEW_KINDS, SaliencyView, render_views
+from saliencyssl.augment.router import (SOURCE_ORDERS, MissingPieceError, SourceCounters, TargetRouter,
+                                        parse_sources)
+
+__all__ = ["TrainingImages", "CachedTargets", "target_at_size", "FrozenPack", "PackReport", "PRESETS", "PolicyConfig",
+           "SSLAugmentation", "parse_policy", "policy_summary", "TargetPredictor", "SaliencyView", "render_views",
+           "VIEW_KINDS", "DEFAULT_PALETTE", "TargetRouter", "SourceCounters", "MissingPieceError", "parse_sources",
+           "SOURCE_ORDERS"]

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping
 
@@ -170,10 +171,11 @@ class SSLMethod(nn.Module):
         """Raise ``ValueError`` on invalid values; subclasses extend this."""
 
     def _check_progress(self, progress: float, epoch: int) -> None:
-        if not isinstance(progress, (int, float)) or not math.isfinite(progress) or not -1e-6 <= progress <= 1 + 1e-6:
+        if (not isinstance(progress, numbers.Real) or isinstance(progress, bool) or not math.isfinite(progress)
+                or not -1e-6 <= progress <= 1 + 1e-6):
             raise ValueError(f"{self.name}.before_step: progress must be the fraction of the run done, in [0, 1] "
                              f"(step / (total_steps - 1)), got {progress!r}")
-        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        if not isinstance(epoch, numbers.Integral) or isinstance(epoch, bool) or epoch < 0:
             raise ValueError(f"{self.name}: epoch must be an int >= 0 counted from 0, got {epoch!r}")
 
     def _check_views(self, view_a: Tensor, view_b: Tensor) -> None:

@@ -1,0 +1,180 @@
+#!/usr/bin/env python
+"""Seconds per batch of the augmentation pipeline for each target source, in one run.
+
+For one policy (default ``sal+default``), times what a training step spends before the model:
+gather the batch's images, get its targets (``none``: no saliency view; ``cache``: the frozen
+pack; ``surrogate``: one batched surrogate call; ``exact``: the exact labeller in worker
+processes), render the saliency view and apply the Kornia augmentations, twice (two views).
+Also the frozen pack's raw gather rate (images per second).
+
+Without --cache it labels the images it needs into a temporary cache; without --surrogate it
+uses a freshly initialised surrogate of the default architecture (timing does not depend on
+its weights).
+
+Example (the figures in docs/benchmarks.md):
+  python benchmarks/bench_router.py --data ../shared/data/cifar10/train --num-images 1024 --image-size 32 --json runs/router32.json
+  python benchmarks/bench_router.py --data ../shared/data/cifar10/train --num-images 1024 --image-size 96 --json runs/router96.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from saliencyssl.augment import FrozenPack, SSLAugmentation, TargetRouter, TrainingImages, parse_policy
+from saliencyssl.cache import TargetCache
+from saliencyssl.cache.executors import make_executor
+from saliencyssl.cache.labelling import default_workers, label_folder
+from saliencyssl.datasets import open_image_set
+from saliencyssl.saliency import Labeller, LabellerConfig
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_batches(router, augment, images, batches, device) -> float:
+    """Median seconds per batch over ``batches`` (index tensors), after one warm-up batch."""
+    times = []
+    for i, index in enumerate(batches):
+        sync(device)
+        start = time.perf_counter()
+        x = images.index_select(0, index.to(images.device))
+        targets = router.targets(index, x)
+        v1, v2 = augment(x, targets), augment(x, targets)
+        sync(device)
+        if i > 0:
+            times.append(time.perf_counter() - start)
+        del v1, v2
+    return float(np.median(times))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="image folder or CIFAR-10 python batches")
+    parser.add_argument("--num-images", type=int, default=1024, help="images used (default %(default)s)")
+    parser.add_argument("--image-size", type=int, default=32, help="training side length (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batches", type=int, default=8, help="timed batches per source (exact: at most 3)")
+    parser.add_argument("--policy", default="sal+default", help="policy for every source (default %(default)s)")
+    parser.add_argument("--sources", default="none,cache,surrogate,exact")
+    parser.add_argument("--cache", type=Path, help="a cache holding the images' targets (default: label into a temp one)")
+    parser.add_argument("--surrogate", type=Path, help="surrogate checkpoint (default: a fresh one)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--workers", type=int, default=default_workers(), help="exact-labelling processes")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    image_set = open_image_set(args.data)
+    rng = np.random.default_rng(0)
+    chosen = np.sort(rng.choice(len(image_set), size=min(args.num_images, len(image_set)), replace=False))
+    image_set = image_set.subset(chosen.tolist())
+    images = TrainingImages(image_set, args.image_size)
+    stack = images.stack(device)
+    labeller = Labeller(LabellerConfig())
+    sources = args.sources.split(",")
+
+    tmp = None
+    cache_dir = args.cache
+    if cache_dir is None and ("cache" in sources or "surrogate" in sources):
+        tmp = tempfile.TemporaryDirectory()
+        cache_dir = Path(tmp.name)
+    pack = None
+    if cache_dir is not None:
+        cache = TargetCache(cache_dir, labeller.fingerprint)
+        missing = [i for i, h in enumerate(images.hashes) if h not in cache]
+        if missing:
+            paths = getattr(image_set, "paths", None)
+            if paths is not None:
+                print(f"labelling {len(missing)} images into {cache_dir} ...", flush=True)
+                executor = make_executor(args.workers)
+                label_folder(args.data, cache, labeller.config, executor=executor, paths=[paths[i] for i in missing],
+                             progress=False)
+                executor.close()
+            else:  # CIFAR batches: no files, label in process
+                for i in missing:
+                    cache.put(images.hashes[i], labeller(image_set.image(i)))
+        pack = FrozenPack.build(images.hashes, cache, args.image_size).to(device)
+        print(pack.report.line())
+
+    from saliencyssl.surrogate.model import Surrogate
+
+    if args.surrogate:
+        surrogate = Surrogate.load(args.surrogate, device=device)
+    else:
+        surrogate = Surrogate.fresh(args.image_size, labeller.fingerprint, device=device)
+
+    config = parse_policy(args.policy)
+    augment = SSLAugmentation(config, args.image_size).to(device)
+    augment_plain = SSLAugmentation(replace(config, saliency=0.0), args.image_size).to(device)
+    n = len(images)
+    order = torch.randperm(n)
+    batches = [order[(i * args.batch_size) % n:][: args.batch_size] for i in range(args.batches + 1)]
+    batches = [b if len(b) == args.batch_size else order[: args.batch_size] for b in batches]
+
+    result = {"device": device_name(device), "torch": torch.__version__, "image_size": args.image_size,
+              "batch_size": args.batch_size, "policy": config.name, "num_images": n, "seconds_per_batch": {}}
+    for source in sources:
+        if source == "none":
+            router, aug, todo = TargetRouter("none", args.image_size), augment_plain, batches
+        elif source == "cache":
+            router, aug, todo = TargetRouter("cache", args.image_size, pack=pack), augment, batches
+        elif source == "surrogate":
+            router, aug, todo = TargetRouter("surrogate", args.image_size, surrogate=surrogate), augment, batches
+        elif source == "exact":
+            router = TargetRouter("exact", args.image_size, labeller=labeller, image_set=image_set,
+                                  exact_workers=args.workers)
+            aug, todo = augment, batches[: min(4, len(batches))]
+        else:
+            parser.error(f"unknown source {source}")
+        seconds = time_batches(router, aug, stack, todo, device)
+        router.close()
+        result["seconds_per_batch"][source] = seconds
+        print(f"{source:10s} {seconds * 1000:9.1f} ms per batch of {args.batch_size}", flush=True)
+    base = result["seconds_per_batch"].get("none")
+    if base:
+        result["ratio_to_none"] = {k: v / base for k, v in result["seconds_per_batch"].items()}
+
+    if pack is not None:
+        index = torch.randint(0, n, (args.batch_size,), device=device)
+        for _ in range(10):
+            pack.gather_raw(index)
+        sync(device)
+        reps = 2000
+        start = time.perf_counter()
+        for _ in range(reps):
+            pack.gather_raw(index)
+        sync(device)
+        result["pack_gather_images_per_second"] = reps * args.batch_size / (time.perf_counter() - start)
+        print(f"frozen-pack gather: {result['pack_gather_images_per_second']:,.0f} images/s")
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

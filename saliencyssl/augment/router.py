@@ -1,0 +1,283 @@
+"""The router: per image, the cache if it holds the target, else the surrogate, else the exact labeller.
+
+A *source order* is a comma list (:func:`parse_sources`):
+
+=================  ==========================================================================
+``none``           no saliency view (targets are never asked for)
+``cache``          every target from the frozen pack; a miss is an error that says how many
+                   images miss and the ``label.py`` command that fixes it
+``cache,surrogate`` hits from the pack; the misses of a batch go to the surrogate in one
+                   batched call on the training device
+``cache,exact``    misses are labelled exactly (in worker processes), written back to the
+                   cache and to the pack, so the next epoch hits
+``surrogate``      every target from the surrogate
+``exact``          every target labelled exactly, every time (the paper's slow baseline)
+=================  ==========================================================================
+
+:class:`SourceCounters` count hits, surrogate and exact calls and the seconds spent in each,
+readable after every epoch. Missing pieces (no cache, no surrogate checkpoint, misses under
+``cache`` alone) are caught by :meth:`TargetRouter.check_ready`, before the first step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from saliencyssl.augment.pack import FrozenPack
+from saliencyssl.augment.predictor import TargetPredictor
+from saliencyssl.target import Target, TargetBatch
+
+SOURCE_ORDERS = ("none", "cache", "cache,surrogate", "cache,exact", "surrogate", "exact")
+
+
+class MissingPieceError(RuntimeError):
+    """Something the chosen sources need is absent; the message says what to run."""
+
+
+def parse_sources(text: str) -> tuple[str, ...]:
+    """``"cache,surrogate"`` -> ``("cache", "surrogate")``; raises ValueError for other orders."""
+    normal = ",".join(part.strip() for part in text.split(",") if part.strip())
+    if normal not in SOURCE_ORDERS:
+        raise ValueError(f"unknown --aug-source {text!r}; choose one of: {' | '.join(SOURCE_ORDERS)}")
+    return tuple(normal.split(","))
+
+
+@dataclass
+class SourceCounters:
+    """What the router did since the last reset.
+
+    Attributes:
+        images: targets asked for.
+        cache_hits: served from the frozen pack.
+        surrogate_calls, surrogate_images: batched surrogate calls and the images they covered.
+        exact_calls, exact_images: exact labelling calls (one per batch) and images labelled.
+        seconds: wall time spent per source (``cache``, ``surrogate``, ``exact``).
+    """
+
+    images: int = 0
+    cache_hits: int = 0
+    surrogate_calls: int = 0
+    surrogate_images: int = 0
+    exact_calls: int = 0
+    exact_images: int = 0
+    seconds: dict[str, float] = field(default_factory=lambda: {"cache": 0.0, "surrogate": 0.0, "exact": 0.0})
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        return (f"{self.images} targets: {self.cache_hits} cache hits ({self.seconds['cache']:.2f}s), "
+                f"{self.surrogate_images} from the surrogate in {self.surrogate_calls} calls "
+                f"({self.seconds['surrogate']:.2f}s), {self.exact_images} labelled exactly "
+                f"({self.seconds['exact']:.2f}s)")
+
+
+def _label_chunk(job: tuple[dict, list[tuple[int, np.ndarray]]]) -> list[tuple[int, bytes]]:
+    """Worker: label ``(position, image)`` pairs with a labeller built from config fields."""
+    from saliencyssl.cache.codec import encode_target
+    from saliencyssl.cache.labelling import _labeller
+
+    fields_, items = job
+    labeller = _labeller(fields_)
+    return [(pos, encode_target(labeller(image))) for pos, image in items]
+
+
+class TargetRouter:
+    """Serve the targets of training batches from the configured sources.
+
+    Args:
+        sources: a source order (string or tuple), see :data:`SOURCE_ORDERS`.
+        image_size: the training side length ``S``; targets come out at ``S x S``.
+        pack: the frozen pack of the data set (needed by ``cache``).
+        surrogate: a :class:`TargetPredictor` (needed by ``surrogate``).
+        labeller: a :class:`~saliencyssl.saliency.Labeller` (needed by ``exact``).
+        image_set: the :class:`~saliencyssl.datasets.ImageSet` (``exact`` labels its originals).
+        cache: the :class:`~saliencyssl.cache.TargetCache` that ``cache,exact`` writes back to.
+        exact_workers: processes for exact labelling (0 = in this process).
+        data_hint: the data folder, named in error messages.
+    """
+
+    def __init__(self, sources: str | Sequence[str], image_size: int, *, pack: FrozenPack | None = None,
+                 surrogate: TargetPredictor | None = None, labeller=None, image_set=None, cache=None,
+                 exact_workers: int = 0, data_hint: str = "DATA"):
+        self.sources = parse_sources(sources) if isinstance(sources, str) else tuple(sources)
+        self.image_size = int(image_size)
+        self.pack, self.surrogate, self.labeller = pack, surrogate, labeller
+        self.image_set, self.cache = image_set, cache
+        self.exact_workers = int(exact_workers)
+        self.data_hint = data_hint
+        self.counters = SourceCounters()
+        self._pool = None
+
+    # -- readiness ---------------------------------------------------------------------------
+    @property
+    def enabled(self) -> bool:
+        return self.sources != ("none",)
+
+    def check_ready(self) -> None:
+        """Raise :class:`MissingPieceError` if a needed piece is absent (call before training)."""
+        fp = self.labeller.fingerprint if self.labeller is not None else None
+        if "cache" in self.sources:
+            if self.pack is None:
+                raise MissingPieceError(f"--aug-source {','.join(self.sources)} needs a cache: pass --cache CACHE_DIR "
+                                        f"(fill it with: python scripts/label.py {self.data_hint} --cache CACHE_DIR)")
+            if self.pack.image_size != self.image_size:
+                raise MissingPieceError(f"the frozen pack holds {self.pack.image_size}px targets but training runs "
+                                        f"at {self.image_size}px; rebuild the pack at --image-size {self.image_size}")
+            if self.sources == ("cache",) and self.pack.report.misses:
+                raise MissingPieceError(
+                    f"{self.pack.report.misses} of {len(self.pack)} images miss in the cache (labeller fingerprint "
+                    f"{self.pack.fingerprint}); label them with: python scripts/label.py {self.data_hint} "
+                    f"--cache CACHE_DIR (same labeller options), or use --aug-source cache,surrogate or cache,exact")
+            fp = fp or self.pack.fingerprint
+        if "surrogate" in self.sources:
+            if self.surrogate is None:
+                raise MissingPieceError(f"--aug-source {','.join(self.sources)} needs a surrogate: pass --surrogate "
+                                        f"RUN_DIR/surrogate.pt (train one with: python scripts/train_surrogate.py "
+                                        f"{self.data_hint} --cache CACHE_DIR --out RUN_DIR)")
+            if self.pack is not None and self.surrogate.fingerprint != self.pack.fingerprint:
+                raise MissingPieceError(f"the surrogate learned targets of labeller fingerprint "
+                                        f"{self.surrogate.fingerprint} but the cache holds {self.pack.fingerprint}; "
+                                        f"train the surrogate on this cache or label with the surrogate's options")
+        if "exact" in self.sources:
+            if self.labeller is None or self.image_set is None:
+                raise MissingPieceError("--aug-source exact needs the labeller and the data set's original images")
+            if "cache" in self.sources and self.cache is None:
+                raise MissingPieceError("--aug-source cache,exact writes labels back: pass --cache CACHE_DIR")
+
+    # -- serving -----------------------------------------------------------------------------
+    def targets(self, indices: torch.Tensor, images: torch.Tensor) -> TargetBatch | None:
+        """Targets of a batch, on the images' device.
+
+        Args:
+            indices: ``(B,)`` long data-set positions of the batch.
+            images: ``(B, 3, S, S)`` uint8 images at the training size (the surrogate's input).
+
+        Returns:
+            A :class:`TargetBatch` of ``(B, 1, S, S)`` parts, or ``None`` for ``none``.
+        """
+        if not self.enabled:
+            return None
+        device = images.device
+        b = images.shape[0]
+        self.counters.images += b
+        if self.sources[0] != "cache":
+            return self._surrogate(images) if self.sources[0] == "surrogate" else self._exact(indices, write=False)
+
+        start = time.perf_counter()
+        present = self.pack.present_at(indices).to(device)
+        n_hit = int(present.sum())
+        if n_hit == b:
+            out = self.pack.gather(indices, device=device)
+            self.counters.cache_hits += b
+            self.counters.seconds["cache"] += time.perf_counter() - start
+            return out
+        if len(self.sources) == 1:
+            raise MissingPieceError(f"{b - n_hit} of {b} images of this batch miss in the cache; label them with: "
+                                    f"python scripts/label.py {self.data_hint} --cache CACHE_DIR")
+        hit_pos = torch.nonzero(present).flatten()
+        miss_pos = torch.nonzero(~present).flatten()
+        parts, order = [], []
+        if n_hit:
+            parts.append(self.pack.gather(indices[hit_pos.to(indices.device)], device=device))
+            order.append(hit_pos)
+        self.counters.cache_hits += n_hit
+        self.counters.seconds["cache"] += time.perf_counter() - start
+        if self.sources[1] == "surrogate":
+            parts.append(self._surrogate(images.index_select(0, miss_pos)))
+        else:
+            parts.append(self._exact(indices[miss_pos.to(indices.device)], write=True).to(device))
+        order.append(miss_pos)
+        merged = TargetBatch.cat(parts)
+        inverse = torch.empty(b, dtype=torch.long, device=device)
+        inverse[torch.cat(order)] = torch.arange(b, device=device)
+        return merged.index_select(inverse)
+
+    def _surrogate(self, images: torch.Tensor) -> TargetBatch:
+        start = time.perf_counter()
+        size = self.surrogate.image_size
+        x = images
+        if x.shape[-1] != size:
+            x = F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False,
+                              antialias=x.shape[-1] > size).round_().clamp_(0, 255).to(torch.uint8)
+        out = self.surrogate.predict(x)
+        if out.saliency.shape[-1] != self.image_size:
+            s = self.image_size
+            out = TargetBatch(F.interpolate(out.saliency, size=(s, s), mode="bilinear", align_corners=False),
+                              F.interpolate(out.mask.float(), size=(s, s), mode="nearest") > 0.5,
+                              F.interpolate(out.regions.float(), size=(s, s), mode="nearest").long())
+        if images.device.type == "cuda":
+            torch.cuda.synchronize(images.device)
+        self.counters.surrogate_calls += 1
+        self.counters.surrogate_images += images.shape[0]
+        self.counters.seconds["surrogate"] += time.perf_counter() - start
+        return out
+
+    def _exact(self, indices: torch.Tensor, write: bool) -> TargetBatch:
+        """Label the original images at ``indices`` exactly; with ``write``, store them in cache and pack."""
+        from saliencyssl.augment.data import target_at_size
+        from saliencyssl.cache.codec import decode_target
+
+        start = time.perf_counter()
+        positions = indices.cpu().tolist()
+        items = [(pos, self.image_set.image(pos)) for pos in positions]
+        if self.exact_workers > 0:
+            if self._pool is None:
+                from saliencyssl.cache.executors import PoolExecutor
+
+                self._pool = PoolExecutor(self.exact_workers)
+            params = self.labeller.config.params()
+            params.pop("version")
+            chunk = max(1, len(items) // (2 * self.exact_workers) + 1)
+            jobs = [(params, items[i:i + chunk]) for i in range(0, len(items), chunk)]
+            encoded = dict(pair for result in self._pool.imap_unordered(_label_chunk, jobs) for pair in result)
+            full = {pos: decode_target(encoded[pos]) for pos in positions}
+        else:
+            full = {pos: self.labeller(image) for pos, image in items}
+        if write:
+            hashes = self.image_set.hashes()
+            with self.cache._cache.transact():
+                for pos, target in full.items():
+                    self.cache.put(hashes[pos], target)
+        sized = [target_at_size(full[pos], self.image_size) for pos in positions]
+        if write and self.pack is not None:
+            self.pack.update(positions, sized)
+        self.counters.exact_calls += 1
+        self.counters.exact_images += len(positions)
+        self.counters.seconds["exact"] += time.perf_counter() - start
+        return TargetBatch.from_targets(sized)
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def reset_counters(self) -> SourceCounters:
+        """Return the counters so far and start new ones (call at the end of each epoch)."""
+        counters, self.counters = self.counters, SourceCounters()
+        return counters
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __repr__(self) -> str:
+        return f"TargetRouter(sources={','.join(self.sources)}, image_size={self.image_size})"
+
+
+def targets_to_list(batch: TargetBatch) -> list[Target]:
+    """A batch back to numpy :class:`Target` objects (for inspection and tests)."""
+    out = []
+    for i in range(len(batch)):
+        out.append(Target.from_maps(batch.saliency[i, 0].cpu().numpy(), batch.mask[i, 0].cpu().numpy(),
+                                    _compact(batch.regions[i, 0].cpu().numpy())))
+    return out
+
+
+def _compact(regions: np.ndarray) -> np.ndarray:
+    from saliencyssl.target import relabel_raster
+
+    return relabel_raster(regions)

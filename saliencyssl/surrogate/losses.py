@@ -1,0 +1,135 @@
+"""Losses of the surrogate: the conditional GAN term and the per-channel reconstruction terms.
+
+Pix2Pix trains its generator on ``GAN + lambda * L1`` (lambda = 100). The surrogate predicts
+three channels of different kinds (:data:`~saliencyssl.target.TARGET_CHANNELS`), so each gets
+a loss that suits it, all on the generator's logits ``z`` (probabilities ``p = sigmoid(z)``):
+
+===========  ===========================================  ================================
+channel      kind                                         loss
+===========  ===========================================  ================================
+saliency     continuous map in [0, 1]                     ``lambda_l1 * |p - y|`` (mean)
+mask         binary, often empty (no object found)        ``lambda_mask * (BCE + soft Dice)``
+boundary     binary, sparse (region borders)              ``lambda_boundary * (weighted BCE + soft Dice)``
+===========  ===========================================  ================================
+
+The soft Dice is computed per image with a smoothing of 1 pixel, so an image whose exact mask is
+empty is pushed towards an empty prediction too (its Dice loss is ``1 - 1 / (sum(p) + 1)``).
+The boundary BCE weights boundary pixels by ``boundary_pos_weight`` because they are few.
+
+:class:`GANLoss` is Pix2Pix's: least squares (``"lsgan"``, targets 1 and 0 on the patch
+logits) or the vanilla cross-entropy (``"vanilla"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+GAN_MODES = ("lsgan", "vanilla")
+
+
+class GANLoss(nn.Module):
+    """Pix2Pix's adversarial loss on PatchGAN logits.
+
+    Args:
+        mode: ``"lsgan"`` (mean squared error to 1 / 0) or ``"vanilla"`` (binary cross-entropy
+            with logits).
+
+    Example:
+        >>> loss = GANLoss("lsgan")
+        >>> float(loss(torch.ones(2, 1, 4, 4), True))
+        0.0
+    """
+
+    def __init__(self, mode: str = "lsgan"):
+        super().__init__()
+        if mode not in GAN_MODES:
+            raise ValueError(f"GAN mode must be one of {', '.join(GAN_MODES)}, got {mode!r} (--gan-mode)")
+        self.mode = mode
+
+    def forward(self, logits: torch.Tensor, real: bool) -> torch.Tensor:
+        """Mean loss of ``(B, 1, P, P)`` patch logits against all-real (``True``) or all-fake labels."""
+        logits = logits.float()
+        target = torch.full_like(logits, 1.0 if real else 0.0)
+        if self.mode == "lsgan":
+            return F.mse_loss(logits, target)
+        return F.binary_cross_entropy_with_logits(logits, target)
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Mean over images of ``1 - (2 sum(p y) + s) / (sum(p) + sum(y) + s)``.
+
+    Args:
+        logits: ``(B, 1, H, W)`` float logits.
+        target: ``(B, 1, H, W)`` float in {0, 1}.
+        smooth: ``s``, in pixels.
+    """
+    p = torch.sigmoid(logits.float()).flatten(1)
+    y = target.float().flatten(1)
+    dice = (2.0 * (p * y).sum(1) + smooth) / (p.sum(1) + y.sum(1) + smooth)
+    return (1.0 - dice).mean()
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the generator's loss terms (see the module docstring).
+
+    Attributes:
+        gan: weight of the adversarial term (0 trains a plain regression U-Net).
+        l1: ``lambda`` of the L1 term on the saliency map (Pix2Pix: 100).
+        mask: weight of the mask's BCE + soft Dice.
+        boundary: weight of the boundary's weighted BCE + soft Dice.
+        boundary_pos_weight: BCE weight of boundary pixels against the others.
+    """
+
+    gan: float = 1.0
+    l1: float = 100.0
+    mask: float = 20.0
+    boundary: float = 10.0
+    boundary_pos_weight: float = 2.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class TargetLoss(nn.Module):
+    """Reconstruction loss of predicted channels against the exact ones.
+
+    Args:
+        weights: :class:`LossWeights` (``gan`` is not used here).
+
+    Example:
+        >>> loss = TargetLoss()
+        >>> total, parts = loss(torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 8, 8))
+        >>> sorted(parts)
+        ['boundary', 'l1', 'mask']
+    """
+
+    def __init__(self, weights: LossWeights | None = None):
+        super().__init__()
+        self.weights = weights or LossWeights()
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total weighted loss and its unweighted parts.
+
+        Args:
+            logits: ``(B, 3, H, W)`` generator output (logits of saliency, mask, boundary).
+            target: ``(B, 3, H, W)`` exact channels in [0, 1].
+
+        Returns:
+            ``(total, {"l1", "mask", "boundary"})``; the parts are detached scalars.
+        """
+        w = self.weights
+        logits = logits.float()
+        sal = torch.sigmoid(logits[:, 0:1])
+        l1 = (sal - target[:, 0:1]).abs().mean()
+        mask = (F.binary_cross_entropy_with_logits(logits[:, 1:2], target[:, 1:2])
+                + soft_dice_loss(logits[:, 1:2], target[:, 1:2]))
+        pos_weight = torch.tensor(w.boundary_pos_weight, device=logits.device)
+        boundary = (F.binary_cross_entropy_with_logits(logits[:, 2:3], target[:, 2:3], pos_weight=pos_weight)
+                    + soft_dice_loss(logits[:, 2:3], target[:, 2:3]))
+        total = w.l1 * l1 + w.mask * mask + w.boundary * boundary
+        return total, {"l1": l1.detach(), "mask": mask.detach(), "boundary": boundary.detach()}

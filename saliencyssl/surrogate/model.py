@@ -1,0 +1,282 @@
+"""The trained surrogate: a Pix2Pix generator with the metadata that says what it learned.
+
+:class:`Surrogate` is what the router calls for images the cache misses. It meets the
+:class:`~saliencyssl.augment.predictor.TargetPredictor` protocol: ``image_size``,
+``fingerprint`` and a batched :meth:`Surrogate.predict` that takes ``(B, 3, S, S)`` uint8
+images on any device and returns a :class:`~saliencyssl.target.TargetBatch` on that device
+(no gradients; fp16 autocast on CUDA).
+
+A surrogate travels as one ``torch.save`` file (``RUN_DIR/surrogate.pt``), a dict::
+
+    format            "saliency-ssl-surrogate"      (CHECKPOINT_FORMAT)
+    format_version    1
+    image_size        S, the side of the square images it takes
+    target_channels   ["saliency", "mask", "boundary"]  (TARGET_CHANNELS when it was trained)
+    fingerprint       the labeller fingerprint whose targets it learned
+    labeller_params   that labeller's parameters (or None)
+    arch              Architecture.as_dict(): ngf, max_mult, depth, dropout_blocks, ndf, d_layers
+    generator         the generator's state dict (CPU tensors)
+    meta              training record: epoch, step, seconds, training-set size and hashes digest,
+                      held-out fidelity, the command's options ...
+
+Training checkpoints (``RUN_DIR/last.pt``) hold the same keys plus the discriminator, the
+optimiser and scaler states and the trainer's counters, so either file loads here.
+:meth:`Surrogate.load` refuses, with a message saying which, a file that is not a surrogate
+checkpoint, one for another image size, target layout or labeller fingerprint, and weights that
+do not fit the recorded architecture.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saliencyssl.surrogate.networks import Architecture, UNetGenerator, build_networks, image_to_input
+from saliencyssl.target import TARGET_CHANNELS, TargetBatch
+
+CHECKPOINT_FORMAT = "saliency-ssl-surrogate"
+FORMAT_VERSION = 1
+#: Images per forward pass inside :meth:`Surrogate.predict` (larger batches are split).
+DEFAULT_MAX_BATCH = 1024
+
+
+class SurrogateCheckpointError(ValueError):
+    """A surrogate checkpoint that cannot be used here (the message says why and what to do)."""
+
+
+def checkpoint_dict(generator: UNetGenerator, fingerprint: str, labeller_params: dict | None,
+                    meta: dict | None = None, **extra: Any) -> dict:
+    """The dict a surrogate checkpoint holds (see the module docstring); ``extra`` keys are added."""
+    arch = generator.arch
+    state = {k: v.detach().to("cpu", copy=True) for k, v in generator.state_dict().items()}
+    return {"format": CHECKPOINT_FORMAT, "format_version": FORMAT_VERSION, "image_size": int(arch.image_size),
+            "target_channels": list(TARGET_CHANNELS), "fingerprint": str(fingerprint),
+            "labeller_params": labeller_params, "arch": arch.as_dict(), "generator": state, "meta": dict(meta or {}),
+            **extra}
+
+
+def save_checkpoint(path: str | Path, blob: dict) -> Path:
+    """Write a checkpoint dict atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(blob, tmp)
+    tmp.replace(path)
+    return path
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load and check a surrogate checkpoint's dict (format and target layout).
+
+    Raises:
+        FileNotFoundError: no such file.
+        SurrogateCheckpointError: not a surrogate checkpoint, another format version or another
+            target layout.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"surrogate checkpoint {path} not found; train one with "
+                                f"python scripts/train_surrogate.py IMAGES_DIR --cache CACHE_DIR --out RUN_DIR "
+                                f"(it writes RUN_DIR/surrogate.pt)")
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # pickle errors, zip errors, foreign objects
+        raise SurrogateCheckpointError(
+            f"{path} is not a surrogate checkpoint (torch.load failed: {type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); give the surrogate.pt or last.pt that "
+            f"scripts/train_surrogate.py writes") from error
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        found = type(blob).__name__ if not isinstance(blob, dict) else f"a dict with keys {sorted(blob)[:8]}"
+        raise SurrogateCheckpointError(
+            f"{path} is not a surrogate checkpoint (found {found}, expected format {CHECKPOINT_FORMAT!r}); give "
+            f"the surrogate.pt or last.pt that scripts/train_surrogate.py writes")
+    if blob.get("format_version") != FORMAT_VERSION:
+        raise SurrogateCheckpointError(f"{path} is surrogate format version {blob.get('format_version')}, this "
+                                       f"saliency-ssl reads version {FORMAT_VERSION}; retrain it with "
+                                       f"scripts/train_surrogate.py")
+    layout = tuple(blob.get("target_channels") or ())
+    if layout != TARGET_CHANNELS:
+        raise SurrogateCheckpointError(
+            f"{path} has the wrong target layout: it predicts channels {list(layout)}, this saliency-ssl expects "
+            f"{list(TARGET_CHANNELS)}; retrain it with scripts/train_surrogate.py")
+    return blob
+
+
+class Surrogate:
+    """A trained (or fresh) generator that predicts exact targets for uint8 images.
+
+    Args:
+        generator: the :class:`~saliencyssl.surrogate.networks.UNetGenerator`.
+        fingerprint: the labeller fingerprint whose targets it learned (or imitates).
+        labeller_params: that labeller's parameters, if known.
+        meta: training record (see the module docstring).
+        device: where it runs (default: the generator's device).
+        amp: fp16 autocast during prediction; default: on for CUDA, off elsewhere.
+        max_batch: images per forward pass inside :meth:`predict`.
+
+    Attributes:
+        image_size: side ``S`` of the square images it takes and the targets it returns.
+        fingerprint: as above.
+        arch: the :class:`~saliencyssl.surrogate.networks.Architecture`.
+
+    Example:
+        >>> s = Surrogate.fresh(32, "0123456789abcdef")
+        >>> batch = s.predict(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+        >>> tuple(batch.mask.shape), batch.mask.dtype
+        ((2, 1, 32, 32), torch.bool)
+    """
+
+    def __init__(self, generator: UNetGenerator, fingerprint: str, labeller_params: dict | None = None,
+                 meta: dict | None = None, device: str | torch.device | None = None, amp: bool | None = None,
+                 max_batch: int = DEFAULT_MAX_BATCH):
+        if device is None:
+            device = next(generator.parameters()).device
+        self.device = torch.device(device)
+        self.generator = generator.to(self.device).eval()
+        self.arch: Architecture = generator.arch
+        self.image_size: int = int(self.arch.image_size)
+        self.fingerprint: str = str(fingerprint)
+        self.labeller_params = labeller_params
+        self.meta = dict(meta or {})
+        self.amp = (self.device.type == "cuda") if amp is None else bool(amp)
+        self.max_batch = int(max_batch)
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def fresh(cls, image_size: int, fingerprint: str = "untrained", device: str | torch.device = "cpu",
+              seed: int = 0, **arch_overrides: Any) -> "Surrogate":
+        """A freshly initialised surrogate of the default architecture (``arch_overrides`` change it).
+
+        Its predictions are meaningless, but it costs exactly what a trained one of the same
+        architecture costs, so benchmarks time it.
+        """
+        arch = Architecture(int(image_size), **arch_overrides)
+        generator, _ = build_networks(arch, seed=seed)
+        return cls(generator, fingerprint, device=device)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", expect_image_size: int | None = None,
+             expect_fingerprint: str | None = None, amp: bool | None = None) -> "Surrogate":
+        """Load ``surrogate.pt`` (or a training ``last.pt``).
+
+        Args:
+            path: the checkpoint file.
+            device: where the surrogate runs.
+            expect_image_size: refuse a surrogate trained for another image size.
+            expect_fingerprint: refuse a surrogate that learned another labeller's targets.
+            amp: see the class.
+
+        Raises:
+            FileNotFoundError: no such file.
+            SurrogateCheckpointError: not a surrogate checkpoint; wrong target layout, image
+                size or labeller fingerprint; weights of the wrong shape. The message says which.
+        """
+        path = Path(path)
+        blob = read_checkpoint(path)
+        size = int(blob["image_size"])
+        if expect_image_size is not None and size != int(expect_image_size):
+            raise SurrogateCheckpointError(
+                f"{path} has the wrong image size: it was trained on {size}x{size} px images, {expect_image_size} px "
+                f"were asked for; train one at that size (scripts/train_surrogate.py --size {expect_image_size}) "
+                f"or use --image-size {size}")
+        if expect_fingerprint is not None and blob["fingerprint"] != expect_fingerprint:
+            raise SurrogateCheckpointError(
+                f"{path} has the wrong labeller fingerprint: it learned the targets of labeller {blob['fingerprint']} "
+                f"(parameters {blob.get('labeller_params')}), not {expect_fingerprint}; train one on a cache "
+                f"labelled with the wanted parameters (scripts/label.py, then scripts/train_surrogate.py)")
+        try:
+            arch = Architecture.from_dict(dict(blob["arch"]))
+        except (TypeError, ValueError, KeyError) as error:
+            raise SurrogateCheckpointError(f"{path}: unreadable architecture record {blob.get('arch')!r}: {error}") \
+                from error
+        if arch.image_size != size:
+            raise SurrogateCheckpointError(f"{path}: architecture is for {arch.image_size} px but the checkpoint says "
+                                           f"{size} px; the file is inconsistent, retrain it")
+        generator = UNetGenerator(arch)
+        try:
+            generator.load_state_dict(blob["generator"])
+        except (RuntimeError, KeyError, TypeError) as error:
+            raise SurrogateCheckpointError(
+                f"{path}: the weights do not fit the recorded architecture {arch.as_dict()} (wrong shape or "
+                f"missing keys: {str(error).splitlines()[0][:300]}); the file is damaged or was edited, retrain "
+                f"it") from error
+        meta = dict(blob.get("meta") or {})
+        meta.setdefault("path", str(path))
+        return cls(generator, blob["fingerprint"], blob.get("labeller_params"), meta, device=device, amp=amp)
+
+    def save(self, path: str | Path, meta: dict | None = None) -> Path:
+        """Write this surrogate as a checkpoint (atomically); ``meta`` is merged into its record."""
+        return save_checkpoint(path, checkpoint_dict(self.generator, self.fingerprint, self.labeller_params,
+                                                     {**self.meta, **(meta or {})}))
+
+    def to(self, device: str | torch.device) -> "Surrogate":
+        """Move to another device (in place); returns self."""
+        self.device = torch.device(device)
+        self.generator.to(self.device)
+        if self.amp and self.device.type != "cuda":
+            self.amp = False
+        return self
+
+    # -- inference -----------------------------------------------------------------------------
+    def _check(self, images: torch.Tensor) -> None:
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"Surrogate.predict expects a torch tensor, got {type(images).__name__}")
+        if images.dtype != torch.uint8:
+            raise TypeError(f"Surrogate.predict expects uint8 RGB images (0..255), got {images.dtype}; convert "
+                            f"float images in [0, 1] with (x * 255).round().to(torch.uint8)")
+        s = self.image_size
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != s or images.shape[3] != s:
+            raise ValueError(f"Surrogate.predict expects (B, 3, {s}, {s}) images, got {tuple(images.shape)}; bring "
+                             f"images to {s} px with saliencyssl.datasets.fit_square, or load a surrogate trained "
+                             f"at their size")
+
+    @torch.inference_mode()
+    def predict_channels(self, images: torch.Tensor) -> torch.Tensor:
+        """Predicted channel probabilities.
+
+        Args:
+            images: ``(B, 3, S, S)`` uint8 RGB on any device.
+
+        Returns:
+            ``(B, 3, S, S)`` float32 in [0, 1] on the surrogate's device, in the order of
+            :data:`~saliencyssl.target.TARGET_CHANNELS` (saliency, mask, boundary).
+        """
+        self._check(images)
+        self.generator.eval()
+        out = []
+        for start in range(0, int(images.shape[0]), self.max_batch):
+            x = image_to_input(images[start:start + self.max_batch].to(self.device, non_blocking=True))
+            if self.device.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type=self.device.type, dtype=torch.float16,
+                                enabled=self.amp and self.device.type == "cuda"):
+                logits = self.generator(x)
+            out.append(torch.sigmoid(logits.float()))
+        if not out:
+            s = self.image_size
+            return torch.zeros(0, len(TARGET_CHANNELS), s, s, device=self.device)
+        return torch.cat(out) if len(out) > 1 else out[0]
+
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor) -> TargetBatch:
+        """Targets of a batch of images (the :class:`TargetPredictor` call).
+
+        Args:
+            images: ``(B, 3, S, S)`` uint8 RGB on any device, ``S == image_size``.
+
+        Returns:
+            A :class:`~saliencyssl.target.TargetBatch` of ``(B, 1, S, S)`` tensors on
+            ``images.device``: saliency float32 in [0, 1], mask bool (probability > 0.5),
+            regions int64 (4-connected components of the non-boundary pixels), from
+            :meth:`TargetBatch.from_channels`.
+        """
+        probabilities = self.predict_channels(images)
+        return TargetBatch.from_channels(probabilities).to(images.device)
+
+    __call__ = predict
+
+    def __repr__(self) -> str:
+        return (f"Surrogate(image_size={self.image_size}, fingerprint={self.fingerprint!r}, ngf={self.arch.ngf}, "
+                f"depth={self.arch.depth}, device={self.device}, amp={self.amp})")

@@ -1,0 +1,243 @@
+"""The Pix2Pix networks of the surrogate: a U-Net generator and a conditional PatchGAN.
+
+Isola et al., "Image-to-Image Translation with Conditional Adversarial Networks" (CVPR 2017),
+as in their reference code (``junyanz/pytorch-CycleGAN-and-pix2pix``), with the sizes adapted
+so that small images work:
+
+- :class:`UNetGenerator` encodes with 4x4 stride-2 convolutions (LeakyReLU 0.2 before each but
+  the first, batch norm after each but the first and the innermost), decodes with 4x4 stride-2
+  transposed convolutions (ReLU before, batch norm after, dropout 0.5 in the innermost decoder
+  blocks) and concatenates the encoder feature of the same scale (skip connections). Its depth
+  follows the image size (:func:`unet_depth`): the side is halved while it stays even, at most
+  8 times, so 256 px goes down to 1x1 (8 levels, as in Pix2Pix), 32 px to 1x1 (5 levels) and
+  96 = 3 x 32 px to 3x3 (5 levels). Its last layer has no tanh: it returns one *logit* per
+  target channel (:data:`~saliencyssl.target.TARGET_CHANNELS`), and ``sigmoid`` turns them
+  into the saliency map in [0, 1] and the mask and boundary probabilities.
+- :class:`PatchDiscriminator` is the conditional PatchGAN on the image concatenated with the
+  target channels. At 256 px it has three stride-2 layers (70x70 receptive field); small images
+  get fewer (:func:`patch_layers`: 1 at 32 px, 16x16 field; 2 at 64-96 px, 34x34 field).
+- :func:`init_weights` draws convolution weights from N(0, 0.02) and batch-norm scales from
+  N(1, 0.02), biases 0, as Pix2Pix does.
+
+Channel widths start at ``ngf`` and double per level up to ``ngf * max_mult``. The default
+(``ngf=16``, ``max_mult=8``) keeps CPU inference at 32 px well under a millisecond per image;
+Pix2Pix itself uses ``ngf=64``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from saliencyssl.target import TARGET_CHANNELS
+
+#: At most this many stride-2 levels (Pix2Pix's 256 px U-Net).
+MAX_DEPTH = 8
+#: At least this many levels (the image side must be a multiple of 2**MIN_DEPTH).
+MIN_DEPTH = 3
+
+
+def unet_depth(image_size: int) -> int:
+    """Number of stride-2 levels of the U-Net for a square side: halve while even, at most 8.
+
+    Examples:
+        >>> [unet_depth(s) for s in (32, 64, 96, 128, 256)]
+        [5, 6, 5, 7, 8]
+
+    Raises:
+        ValueError: the side is not a multiple of 8 (fewer than 3 levels would fit).
+    """
+    size = int(image_size)
+    depth = 0
+    while size % 2 == 0 and size >= 2 and depth < MAX_DEPTH:
+        size //= 2
+        depth += 1
+    if depth < MIN_DEPTH:
+        raise ValueError(f"image size {image_size} cannot be halved {MIN_DEPTH} times; use a multiple of "
+                         f"{2 ** MIN_DEPTH} such as 32, 64, 96, 128 or 256 (--size)")
+    return depth
+
+
+def patch_layers(image_size: int) -> int:
+    """Stride-2 layers of the PatchGAN: 1 up to 48 px, 2 up to 96 px, 3 above (70x70 field at 256 px)."""
+    if image_size <= 48:
+        return 1
+    if image_size <= 96:
+        return 2
+    return 3
+
+
+def patch_receptive_field(n_layers: int) -> int:
+    """Receptive field in pixels of :class:`PatchDiscriminator` with ``n_layers`` stride-2 layers."""
+    field = 1
+    # Layers from the output back to the input: two stride-1 4x4 convolutions, then n stride-2 ones.
+    strides = [2] * n_layers + [1, 1]
+    for stride in reversed(strides):
+        field = (field - 1) * stride + 4
+    return field
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Everything that fixes the shapes of the generator's (and discriminator's) weights.
+
+    Attributes:
+        image_size: side of the square input, in pixels.
+        ngf: generator channels at the first level.
+        max_mult: widest level has ``ngf * max_mult`` channels.
+        depth: stride-2 levels of the U-Net (:func:`unet_depth` of ``image_size``).
+        dropout_blocks: innermost decoder blocks (excluding the innermost itself) with dropout 0.5.
+        ndf: discriminator channels at its first layer.
+        d_layers: stride-2 layers of the discriminator (:func:`patch_layers`).
+        out_channels: predicted channels (``len(TARGET_CHANNELS)``).
+    """
+
+    image_size: int
+    ngf: int = 16
+    max_mult: int = 8
+    depth: int = 0
+    dropout_blocks: int = 3
+    ndf: int = 32
+    d_layers: int = 0
+    out_channels: int = len(TARGET_CHANNELS)
+
+    def __post_init__(self) -> None:
+        if self.ngf < 1 or self.ndf < 1 or self.max_mult < 1:
+            raise ValueError(f"ngf, ndf and max_mult must be positive, got {self.ngf}, {self.ndf}, {self.max_mult}")
+        if not self.depth:
+            object.__setattr__(self, "depth", unet_depth(self.image_size))
+        if not self.d_layers:
+            object.__setattr__(self, "d_layers", patch_layers(self.image_size))
+        if self.depth != unet_depth(self.image_size):
+            raise ValueError(f"depth {self.depth} does not fit image size {self.image_size} "
+                             f"(expected {unet_depth(self.image_size)})")
+
+    def as_dict(self) -> dict:
+        return {"name": "pix2pix-unet", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Architecture":
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**fields)
+
+    def widths(self) -> list[int]:
+        """Channels after each encoder level, outermost first."""
+        return [self.ngf * min(2 ** i, self.max_mult) for i in range(self.depth)]
+
+
+class UNetGenerator(nn.Module):
+    """Pix2Pix U-Net: ``(B, 3, S, S)`` image in [-1, 1] to ``(B, C, S, S)`` logits.
+
+    Args:
+        arch: the :class:`Architecture` (image size, widths, dropout).
+
+    Example:
+        >>> g = UNetGenerator(Architecture(32))
+        >>> g(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 3, 32, 32])
+    """
+
+    def __init__(self, arch: Architecture):
+        super().__init__()
+        self.arch = arch
+        widths = arch.widths()
+        depth = arch.depth
+        self.down = nn.ModuleList()
+        self.up = nn.ModuleList()
+        in_ch = 3
+        for i, out_ch in enumerate(widths):
+            layers: list[nn.Module] = []
+            if i > 0:
+                layers.append(nn.LeakyReLU(0.2, inplace=True))
+            layers.append(nn.Conv2d(in_ch, out_ch, 4, 2, 1, bias=(i == 0 or i == depth - 1)))
+            if 0 < i < depth - 1:
+                layers.append(nn.BatchNorm2d(out_ch))
+            self.down.append(nn.Sequential(*layers))
+            in_ch = out_ch
+        # Decoder, innermost first: up[j] brings level depth-1-j back to the size of level depth-2-j.
+        for j in range(depth):
+            level = depth - 1 - j
+            in_ch = widths[level] if j == 0 else 2 * widths[level]
+            outermost = level == 0
+            out_ch = arch.out_channels if outermost else widths[level - 1]
+            layers = [nn.ReLU(inplace=True), nn.ConvTranspose2d(in_ch, out_ch, 4, 2, 1, bias=outermost)]
+            if not outermost:
+                layers.append(nn.BatchNorm2d(out_ch))
+                if 1 <= j <= arch.dropout_blocks:
+                    layers.append(nn.Dropout(0.5))
+            self.up.append(nn.Sequential(*layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, S, S)`` float image (scaled to [-1, 1]) to ``(B, C, S, S)`` float logits."""
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+        x = self.up[0](skips[-1])
+        for j in range(1, len(self.up)):
+            x = self.up[j](torch.cat([x, skips[-1 - j]], dim=1))
+        return x
+
+
+class PatchDiscriminator(nn.Module):
+    """Conditional PatchGAN: image and target channels in, one real/fake logit per patch out.
+
+    Args:
+        arch: the :class:`Architecture` (``ndf``, ``d_layers``).
+        in_channels: image channels plus target channels (default 3 + 3).
+
+    Shapes:
+        input ``(B, in_channels, S, S)`` float; output ``(B, 1, P, P)`` logits with
+        ``P = S / 2**d_layers - 2`` (30x30 at 256 px, 14x14 at 32 px).
+    """
+
+    def __init__(self, arch: Architecture, in_channels: int = 3 + len(TARGET_CHANNELS)):
+        super().__init__()
+        ndf, n_layers = arch.ndf, arch.d_layers
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+        mult = 1
+        for n in range(1, n_layers):
+            prev, mult = mult, min(2 ** n, 8)
+            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * mult),
+                       nn.LeakyReLU(0.2, inplace=True)]
+        prev, mult = mult, min(2 ** n_layers, 8)
+        layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, 1, 1, bias=False), nn.BatchNorm2d(ndf * mult),
+                   nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(ndf * mult, 1, 4, 1, 1)]
+        self.model = nn.Sequential(*layers)
+        self.receptive_field = patch_receptive_field(n_layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def init_weights(module: nn.Module, gain: float = 0.02) -> nn.Module:
+    """Pix2Pix initialisation: conv weights N(0, gain), batch-norm weights N(1, gain), biases 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, gain)
+            nn.init.zeros_(m.bias)
+    return module
+
+
+def image_to_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB ``(B, 3, S, S)`` in 0..255 to float ``(B, 3, S, S)`` in [-1, 1] (Pix2Pix's scaling)."""
+    if images.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 images (0..255), got {images.dtype}")
+    return images.float().mul_(2.0 / 255.0).sub_(1.0)
+
+
+def build_networks(arch: Architecture, seed: int | None = None) -> tuple[UNetGenerator, PatchDiscriminator]:
+    """A freshly initialised generator and discriminator (seeded when ``seed`` is given)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    return init_weights(UNetGenerator(arch)), init_weights(PatchDiscriminator(arch))
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,384 @@
+"""Image/target pairs for the surrogate: images from a folder, exact targets from a cache.
+
+:func:`load_pairs` opens an image folder (:func:`saliencyssl.datasets.open_image_set`), finds
+each image's exact target in a :class:`~saliencyssl.cache.TargetCache` by content hash, and
+brings both to one square size with the same :func:`~saliencyssl.datasets.fit_square`
+geometry (the image and the saliency map with area/bicubic interpolation, the mask and the
+region labels with nearest-neighbour), so a target stays aligned with its image. Everything is
+decoded once and kept as tensors (:class:`PairSet`); the training loop only indexes them.
+
+The labeller fingerprint is taken from the cache (:func:`choose_fingerprint`): the one whose
+entries cover the most images, or the one of explicit labeller options. Images without a
+target are *misses*: they are listed, with the ``scripts/label.py`` command that fills them
+(:func:`label_command`); when every image misses, :class:`MissingTargetsError` says so.
+
+The held-out split (:func:`held_out_mask`) is chosen by content hash: an image is held out when
+a salted hash of its content hash falls below the fraction, so its membership depends on its
+pixels alone, not on file names, order, ``--limit`` or seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from saliencyssl.datasets import ImageSet, fit_square, open_image_set
+from saliencyssl.saliency.labeller import LabellerConfig
+from saliencyssl.target import TARGET_CHANNELS, Target, TargetBatch
+
+#: Salt of the held-out split (changing it changes which images are held out).
+SPLIT_SALT = b"saliency-ssl surrogate held-out v1"
+
+
+class MissingTargetsError(FileNotFoundError):
+    """The cache has no usable targets for the images (the message holds the command that fixes it)."""
+
+
+# ------------------------------------------------------------------------------ tensors
+@dataclass
+class TargetTensors:
+    """Exact targets of ``N`` images at one size, as tensors.
+
+    Attributes:
+        saliency: ``(N, 1, S, S)`` uint8 RC saliency, 0..255.
+        mask: ``(N, 1, S, S)`` bool SaliencyCut mask.
+        regions: ``(N, 1, S, S)`` int32 region labels (distinct per region within an image).
+    """
+
+    saliency: torch.Tensor
+    mask: torch.Tensor
+    regions: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.saliency.shape[0])
+
+    @classmethod
+    def from_targets(cls, targets: Sequence[Target]) -> "TargetTensors":
+        """Stack same-sized :class:`Target` objects (CPU tensors)."""
+        return cls(torch.from_numpy(np.stack([t.saliency for t in targets]))[:, None],
+                   torch.from_numpy(np.stack([t.mask for t in targets]))[:, None],
+                   torch.from_numpy(np.stack([t.regions.astype(np.int32) for t in targets]))[:, None])
+
+    def index(self, index: torch.Tensor | slice) -> "TargetTensors":
+        return TargetTensors(self.saliency[index], self.mask[index], self.regions[index])
+
+    def to(self, device) -> "TargetTensors":
+        return TargetTensors(self.saliency.to(device), self.mask.to(device), self.regions.to(device))
+
+    def flip(self, which: torch.Tensor) -> "TargetTensors":
+        """Mirror left-right the targets where ``which`` (``(N,)`` bool) is True."""
+        w = which.view(-1, 1, 1, 1)
+        return TargetTensors(torch.where(w, self.saliency.flip(-1), self.saliency),
+                             torch.where(w, self.mask.flip(-1), self.mask),
+                             torch.where(w, self.regions.flip(-1), self.regions))
+
+    def channels(self) -> torch.Tensor:
+        """``(N, 3, S, S)`` float32 dense channels (:data:`TARGET_CHANNELS`) in [0, 1].
+
+        The boundary is computed from the region labels here, so that a flipped target gets
+        the boundary of its flipped regions (a pixel whose right or lower neighbour differs).
+        """
+        reg = self.regions
+        edge = torch.zeros(reg.shape, dtype=torch.bool, device=reg.device)
+        edge[..., :, :-1] |= reg[..., :, :-1] != reg[..., :, 1:]
+        edge[..., :-1, :] |= reg[..., :-1, :] != reg[..., 1:, :]
+        return torch.cat([self.saliency.float() / 255.0, self.mask.float(), edge.float()], dim=1)
+
+    def batch(self) -> TargetBatch:
+        """The targets as a :class:`~saliencyssl.target.TargetBatch` on their device."""
+        return TargetBatch(self.saliency.float() / 255.0, self.mask.clone(), self.regions.long())
+
+
+@dataclass
+class PairSet:
+    """Images and their exact targets at one square size.
+
+    Attributes:
+        images: ``(N, 3, S, S)`` uint8 RGB.
+        targets: the exact targets, :class:`TargetTensors` of ``(N, 1, S, S)``.
+        hashes: content hash of each image (of the decoded file, before resizing).
+        names: each image's path relative to the image folder.
+        image_size: ``S``.
+        fingerprint: the labeller fingerprint the targets come from.
+        labeller_params: that labeller's parameters (``None`` when the cache did not record them).
+        misses: names of the images below the folder that have no target (not in the set).
+        fix_command: the ``scripts/label.py`` command that labels the misses.
+    """
+
+    images: torch.Tensor
+    targets: TargetTensors
+    hashes: list[str]
+    names: list[str]
+    image_size: int
+    fingerprint: str
+    labeller_params: dict | None = None
+    misses: list[str] = field(default_factory=list)
+    fix_command: str = ""
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> "PairSet":
+        """The pairs at ``indices`` (misses and command kept)."""
+        idx = torch.as_tensor(np.asarray(indices, np.int64))
+        return PairSet(self.images[idx], self.targets.index(idx), [self.hashes[int(i)] for i in idx],
+                       [self.names[int(i)] for i in idx], self.image_size, self.fingerprint,
+                       self.labeller_params, list(self.misses), self.fix_command)
+
+    def split(self, held_out: float) -> tuple["PairSet", "PairSet"]:
+        """``(train, held_out)`` by :func:`held_out_mask` of the content hashes."""
+        mask = held_out_mask(self.hashes, held_out)
+        return self.subset(np.flatnonzero(~mask)), self.subset(np.flatnonzero(mask))
+
+    def digest(self) -> str:
+        """:func:`hashes_digest` of this set's content hashes."""
+        return hashes_digest(self.hashes)
+
+    def nbytes(self) -> int:
+        t = self.targets
+        return sum(x.numel() * x.element_size() for x in (self.images, t.saliency, t.mask, t.regions))
+
+
+# ------------------------------------------------------------------------------ splits and digests
+def _salted(image_hash: str) -> float:
+    digest = hashlib.blake2b(image_hash.encode(), digest_size=8, key=SPLIT_SALT[:64]).digest()
+    return int.from_bytes(digest, "big") / 2.0 ** 64
+
+
+def held_out_mask(hashes: Sequence[str], fraction: float) -> np.ndarray:
+    """``(N,)`` bool: True for images held out from training.
+
+    An image is held out when a salted hash of its content hash, read as a number in [0, 1),
+    is below ``fraction``, so membership depends only on the image. When that picks none of
+    two or more images, the one with the smallest salted value is held out; when it picks all,
+    the largest is kept for training.
+
+    Raises:
+        ValueError: ``fraction`` outside [0, 1).
+    """
+    if not 0.0 <= float(fraction) < 1.0:
+        raise ValueError(f"held-out fraction must be in [0, 1), got {fraction} (--held-out)")
+    values = np.array([_salted(h) for h in hashes], np.float64)
+    mask = values < fraction
+    if fraction > 0 and len(hashes) >= 2:
+        if not mask.any():
+            mask[int(np.argmin(values))] = True
+        if mask.all():
+            mask[int(np.argmax(values))] = False
+    return mask
+
+
+def hashes_digest(hashes: Sequence[str]) -> str:
+    """A 32-hex digest of a set of content hashes (order-independent)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for h in sorted(hashes):
+        digest.update(h.encode())
+    return digest.hexdigest()
+
+
+def hash_prefixes(hashes: Sequence[str]) -> torch.Tensor:
+    """``(N,)`` int64 tensor of the first 64 bits of each content hash (compact membership record)."""
+    return torch.tensor([int(h[:16], 16) - (1 << 63) for h in hashes], dtype=torch.int64)
+
+
+def contains_hashes(prefixes: torch.Tensor, hashes: Sequence[str]) -> np.ndarray:
+    """``(N,)`` bool: which ``hashes`` have their 64-bit prefix in ``prefixes``."""
+    known = set(prefixes.tolist())
+    return np.array([int(h[:16], 16) - (1 << 63) in known for h in hashes], bool)
+
+
+# ------------------------------------------------------------------------------ cache and fingerprint
+def label_command(images_dir: str | Path, cache_dir: str | Path, params: dict | None) -> str:
+    """The ``scripts/label.py`` command that fills ``cache_dir`` for ``images_dir`` with ``params``."""
+    parts = ["python", "scripts/label.py", str(images_dir), "--cache", str(cache_dir)]
+    defaults = LabellerConfig()
+    if params:
+        if params.get("scale") is not None:
+            parts += ["--scale", f"{params['scale']:g}"]
+        if params.get("max_side") is not None:
+            parts += ["--max-side", str(params["max_side"])]
+        if params.get("min_side", defaults.min_side) != defaults.min_side and params.get("scale") is None:
+            parts += ["--min-side", str(params["min_side"])]
+        if params.get("cut_engine", defaults.cut_engine) != defaults.cut_engine:
+            parts += ["--cut-engine", str(params["cut_engine"])]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _open_cache(cache_dir: Path, fingerprint: str):
+    from saliencyssl.cache import TargetCache
+
+    return TargetCache(cache_dir, fingerprint)
+
+
+def choose_fingerprint(cache_dir: str | Path, hashes: Sequence[str], config: LabellerConfig | None = None,
+                       images_dir: str | Path = "IMAGES_DIR") -> tuple[str, dict | None, int]:
+    """The labeller fingerprint to learn: explicit (``config``) or the one covering most images.
+
+    Args:
+        cache_dir: an existing cache folder.
+        hashes: content hashes of the images.
+        config: explicit labeller options (as in ``scripts/label.py``), or ``None`` to choose
+            from the fingerprints the cache holds.
+        images_dir: for the command in error messages.
+
+    Returns:
+        ``(fingerprint, params or None, number of images covered)``.
+
+    Raises:
+        MissingTargetsError: the folder is not a cache, or no fingerprint covers any image.
+    """
+    cache_dir = Path(cache_dir)
+    if not (cache_dir / "cache.db").is_file():
+        raise MissingTargetsError(
+            f"{cache_dir} is not a target cache (no cache.db); fill it first with: "
+            f"{label_command(images_dir, cache_dir, config.params() if config else None)}")
+    probe = _open_cache(cache_dir, "probe")
+    try:
+        found = probe.fingerprints()
+    finally:
+        probe.close()
+    if config is not None:
+        fingerprint = config.fingerprint()
+        candidates = {fingerprint: found.get(fingerprint) or config.params()}
+    else:
+        candidates = found
+    best = ("", None, -1)
+    for fingerprint, params in sorted(candidates.items()):
+        cache = _open_cache(cache_dir, fingerprint)
+        try:
+            covered = sum(1 for h in hashes if h in cache)
+        finally:
+            cache.close()
+        if covered > best[2]:
+            best = (fingerprint, params, covered)
+    if best[2] <= 0:
+        wanted = config.params() if config is not None else None
+        listing = ", ".join(sorted(found)) or "none"
+        raise MissingTargetsError(
+            f"cache {cache_dir} holds no target for any of the {len(hashes)} images in {images_dir} "
+            f"(fingerprints in the cache: {listing}"
+            f"{'; wanted ' + config.fingerprint() if config is not None else ''}); label them with: "
+            f"{label_command(images_dir, cache_dir, wanted)}")
+    return best
+
+
+# ------------------------------------------------------------------------------ loading
+def fit_target(target: Target, size: int) -> Target:
+    """A target brought to ``size x size`` with the geometry :func:`fit_square` gives its image.
+
+    The saliency map is resized like the image (area when shrinking, bicubic when enlarging);
+    the mask and the region labels with nearest-neighbour.
+    """
+    if target.shape == (size, size):
+        return target
+    saliency = fit_square(target.saliency, size)
+    mask = fit_square(target.mask.astype(np.uint8), size, nearest=True) > 0
+    regions = fit_square(target.regions, size, nearest=True)
+    return Target(np.ascontiguousarray(saliency), np.ascontiguousarray(mask), np.ascontiguousarray(regions))
+
+
+def select_limit(hashes: Sequence[str], limit: int | None) -> np.ndarray:
+    """Indices of at most ``limit`` images, chosen by content hash (a spread over classes), ascending."""
+    n = len(hashes)
+    if limit is None or limit >= n:
+        return np.arange(n)
+    if limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {limit}")
+    order = sorted(range(n), key=lambda i: (hashes[i], i))
+    return np.sort(np.array(order[:limit], np.int64))
+
+
+def load_pairs(images_dir: str | Path, cache_dir: str | Path, image_size: int, fingerprint: str | None = None,
+               config: LabellerConfig | None = None, limit: int | None = None, progress: bool = True,
+               image_set: ImageSet | None = None) -> PairSet:
+    """Pair every image below ``images_dir`` with its exact target from ``cache_dir``.
+
+    Args:
+        images_dir: image folder (class sub-folders allowed) or CIFAR-10 python batches.
+        cache_dir: the target cache filled by ``scripts/label.py``.
+        image_size: side ``S`` both images and targets are brought to (:func:`fit_square`).
+        fingerprint: use exactly this labeller fingerprint (e.g. a checkpoint's); default:
+            ``config``'s, or the one covering most images (:func:`choose_fingerprint`).
+        config: explicit labeller options selecting the fingerprint.
+        limit: use at most this many images, chosen by content hash (:func:`select_limit`).
+        progress: show progress bars.
+        image_set: an already opened set for ``images_dir`` (skips opening it again).
+
+    Returns:
+        A :class:`PairSet` of the images that have targets; ``misses`` names the others.
+
+    Raises:
+        FileNotFoundError: the image folder does not exist or holds no images.
+        MissingTargetsError: no image has a target (the message holds the label.py command).
+    """
+    from tqdm import tqdm
+
+    images = image_set if image_set is not None else open_image_set(images_dir)
+    all_hashes = images.hashes(progress=progress)
+    chosen = select_limit(all_hashes, limit)
+    hashes = [all_hashes[i] for i in chosen]
+    cache_dir = Path(cache_dir)
+    if fingerprint is None:
+        fingerprint, params, _ = choose_fingerprint(cache_dir, hashes, config, images_dir)
+    else:
+        if not (cache_dir / "cache.db").is_file():
+            raise MissingTargetsError(f"{cache_dir} is not a target cache (no cache.db); fill it first with: "
+                                      f"{label_command(images_dir, cache_dir, None)}")
+        probe = _open_cache(cache_dir, fingerprint)
+        params = probe.fingerprints().get(fingerprint)
+        probe.close()
+    command = label_command(images_dir, cache_dir, params)
+    cache = _open_cache(cache_dir, fingerprint)
+    keep: list[int] = []
+    targets: list[Target] = []
+    misses: list[str] = []
+    indices = tqdm(chosen, desc=f"reading targets at {image_size}px", unit="img", disable=not progress,
+                   leave=False)
+    pixels = []
+    try:
+        for i in indices:
+            target = cache.get(all_hashes[i])
+            if target is None:
+                misses.append(images.names[i])
+                continue
+            image = images.image(int(i))
+            if target.shape != image.shape[:2]:
+                misses.append(images.names[i])
+                continue
+            keep.append(int(i))
+            targets.append(fit_target(target, image_size))
+            pixels.append(fit_square(image, image_size))
+    finally:
+        cache.close()
+    if not keep:
+        raise MissingTargetsError(
+            f"none of the {len(chosen)} images in {images_dir} has a target under labeller fingerprint "
+            f"{fingerprint} in cache {cache_dir}; label them with: {command}")
+    image_tensor = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
+    return PairSet(images=image_tensor, targets=TargetTensors.from_targets(targets),
+                   hashes=[all_hashes[i] for i in keep], names=[images.names[i] for i in keep],
+                   image_size=int(image_size), fingerprint=fingerprint, labeller_params=params, misses=misses,
+                   fix_command=command)
+
+
+def describe_misses(pairs: PairSet, show: int = 10) -> list[str]:
+    """Lines naming the images without a target and the command that labels them (empty when none)."""
+    if not pairs.misses:
+        return []
+    lines = [f"{len(pairs.misses)} image(s) have no target under fingerprint {pairs.fingerprint} and are left out:"]
+    lines += [f"  {name}" for name in pairs.misses[:show]]
+    if len(pairs.misses) > show:
+        lines.append(f"  ... and {len(pairs.misses) - show} more")
+    lines.append(f"label them with: {pairs.fix_command}")
+    return lines
+
+
+__all__ = ["PairSet", "TargetTensors", "MissingTargetsError", "load_pairs", "choose_fingerprint", "held_out_mask",
+           "hashes_digest", "hash_prefixes", "contains_hashes", "label_command", "fit_target", "select_limit",
+           "describe_misses", "TARGET_CHANNELS"]

@@ -1,0 +1,508 @@
+"""Training the surrogate: Pix2Pix's alternating discriminator and generator steps on preloaded pairs.
+
+:class:`SurrogateTrainer` holds everything a run needs and owns its folder::
+
+    RUN_DIR/last.pt          after every epoch (and when stopped): generator, discriminator, optimisers,
+                             scalers, counters, RNG states; what --resume continues from
+    RUN_DIR/surrogate.pt     at the end: the generator and its metadata (Surrogate.load reads it)
+    RUN_DIR/history.json     per-epoch losses and held-out fidelity
+    RUN_DIR/tensorboard/     losses per step; held-out fidelity (and the predict-nothing baseline) and an
+                             image | exact | surrogate grid per epoch
+
+One step (Isola et al. 2017): the discriminator learns to tell ``(image, exact channels)`` from
+``(image, predicted channels)`` (:class:`~saliencyssl.surrogate.losses.GANLoss`, halved), then
+the generator learns to fool it while matching the exact channels
+(:class:`~saliencyssl.surrogate.losses.TargetLoss`). Adam with rate 2e-4 and beta1 = 0.5; the
+rate stays constant for the first ``decay_start`` of the run and then falls linearly to zero.
+"The run" is ``epochs`` passes, or the time budget when one is set, whichever is nearer its end,
+so a run cut by ``max_minutes`` still ends with a decayed rate.
+
+Data: every image and target is a tensor on the training device from the start (uint8 images,
+uint8/bool/int32 targets); a step only indexes, flips (image and target together, the boundary
+recomputed from the flipped regions) and converts. Seeds fix the initial weights, the batch
+order, the flips and dropout, so a run on the CPU is repeatable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from saliencyssl.surrogate.losses import GANLoss, LossWeights, TargetLoss
+from saliencyssl.surrogate.model import (Surrogate, SurrogateCheckpointError, checkpoint_dict, read_checkpoint,
+                                         save_checkpoint)
+from saliencyssl.surrogate.networks import Architecture, build_networks, image_to_input
+from saliencyssl.surrogate.pairs import PairSet, TargetTensors, hash_prefixes
+
+#: Keep the data on the training device when it takes less than this many bytes.
+DEVICE_DATA_LIMIT = 6 * 2 ** 30
+
+
+@dataclass
+class TrainConfig:
+    """Options of a surrogate training run (``scripts/train_surrogate.py`` sets them).
+
+    Attributes:
+        image_size: side of the square images and targets.
+        epochs: passes over the training split (``None``: 100, or unbounded with ``max_minutes``).
+        batch_size: pairs per step.
+        lr, beta1: Adam's rate and first momentum coefficient (Pix2Pix: 2e-4, 0.5).
+        decay_start: share of the run after which the rate decays linearly to zero.
+        max_minutes: wall-clock budget of the whole run (all resumptions together); ``None`` = none.
+        held_out: share of the images held out by content hash for fidelity.
+        flip: mirror training pairs left-right at random (image and target together).
+        amp: fp16 autocast and gradient scaling (CUDA only).
+        seed: seeds weights, batch order, flips and dropout.
+        gan_mode: ``"lsgan"`` or ``"vanilla"``.
+        weights: the loss weights (:class:`LossWeights`).
+        ngf, max_mult, ndf: network widths (:class:`Architecture`).
+        grid_images: held-out images shown in the TensorBoard grid.
+    """
+
+    image_size: int = 32
+    epochs: int | None = None
+    batch_size: int = 64
+    lr: float = 2e-4
+    beta1: float = 0.5
+    decay_start: float = 0.5
+    max_minutes: float | None = None
+    held_out: float = 0.05
+    flip: bool = True
+    amp: bool = False
+    seed: int = 0
+    gan_mode: str = "lsgan"
+    weights: LossWeights = field(default_factory=LossWeights)
+    ngf: int = Architecture.ngf
+    max_mult: int = Architecture.max_mult
+    ndf: int = Architecture.ndf
+    grid_images: int = 8
+
+    def __post_init__(self) -> None:
+        if isinstance(self.weights, dict):
+            self.weights = LossWeights(**self.weights)
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"--max-minutes must be positive, got {self.max_minutes}")
+        if not 0.0 <= self.decay_start <= 1.0:
+            raise ValueError(f"decay_start must be in [0, 1], got {self.decay_start}")
+
+    @property
+    def total_epochs(self) -> int:
+        if self.epochs is not None:
+            return int(self.epochs)
+        return 10 ** 6 if self.max_minutes is not None else 100
+
+    def architecture(self) -> Architecture:
+        return Architecture(self.image_size, ngf=self.ngf, max_mult=self.max_mult, ndf=self.ndf)
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["weights"] = self.weights.as_dict()
+        return out
+
+
+@dataclass
+class TrainResult:
+    """How a run ended.
+
+    Attributes:
+        surrogate_path: ``RUN_DIR/surrogate.pt``.
+        epochs_done: complete epochs.
+        steps: optimiser steps.
+        seconds: wall time of the run (all resumptions).
+        stopped_by: ``"epochs"`` or ``"time budget"``.
+        held_out: the last held-out fidelity report (``None`` without a held-out split).
+    """
+
+    surrogate_path: Path
+    epochs_done: int
+    steps: int
+    seconds: float
+    stopped_by: str
+    held_out: dict | None
+
+
+class SurrogateTrainer:
+    """Trains a surrogate on a :class:`~saliencyssl.surrogate.pairs.PairSet`.
+
+    Args:
+        config: :class:`TrainConfig`.
+        train: the training pairs.
+        held_out: pairs for fidelity after each epoch (may be ``None`` or empty).
+        run_dir: the run's folder.
+        device: ``"cpu"``, ``"cuda"`` ...
+        progress: show tqdm progress bars.
+        log: where messages go (default ``print``).
+        tensorboard: write TensorBoard events.
+        run_info: extra facts recorded in the checkpoints' metadata (paths, command line).
+
+    Example:
+        >>> trainer = SurrogateTrainer(TrainConfig(epochs=5), train, held, "runs/sur")  # doctest: +SKIP
+        >>> result = trainer.fit()  # doctest: +SKIP
+    """
+
+    def __init__(self, config: TrainConfig, train: PairSet, held_out: PairSet | None, run_dir: str | Path,
+                 device: str | torch.device = "cpu", progress: bool = True, log: Callable[[str], None] = print,
+                 tensorboard: bool = True, run_info: dict | None = None):
+        if len(train) == 0:
+            raise ValueError("the training split is empty; give more images (or a smaller --held-out)")
+        if train.image_size != config.image_size:
+            raise ValueError(f"pairs are at {train.image_size} px but the config says {config.image_size} px")
+        self.config = config
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+        self.amp = bool(config.amp) and self.device.type == "cuda"
+        if config.amp and not self.amp:
+            log("note: --amp needs CUDA; training in float32 on the CPU")
+        self.train_pairs, self.held_pairs = train, (held_out if held_out is not None and len(held_out) else None)
+        self.run_dir = Path(run_dir)
+        self.progress, self.log, self.use_tensorboard = progress, log, tensorboard
+        self.run_info = dict(run_info or {})
+
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed % 2 ** 32)
+        self.arch = config.architecture()
+        g, d = build_networks(self.arch, seed=config.seed)
+        self.generator, self.discriminator = g.to(self.device), d.to(self.device)
+        betas = (config.beta1, 0.999)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr, betas=betas)
+        self.scaler_g = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.scaler_d = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.gan_loss = GANLoss(config.gan_mode)
+        self.target_loss = TargetLoss(config.weights)
+
+        data_device = self.device if train.nbytes() < DEVICE_DATA_LIMIT else torch.device("cpu")
+        self.images = train.images.to(data_device)
+        self.targets = train.targets.to(data_device)
+        self.steps_per_epoch = math.ceil(len(train) / config.batch_size)
+
+        self.epoch = 0
+        self.step = 0
+        self.elapsed = 0.0
+        self.history: list[dict] = []
+        self.last_report: dict | None = None
+        self._writer = None
+
+    # -- schedule ------------------------------------------------------------------------------
+    def run_progress(self, elapsed: float) -> float:
+        """Share of the run done, in [0, 1]: by steps, or by time when a budget is set (the larger)."""
+        by_steps = self.step / max(1, self.config.total_epochs * self.steps_per_epoch)
+        by_time = elapsed / (60.0 * self.config.max_minutes) if self.config.max_minutes else 0.0
+        return min(1.0, max(by_steps, by_time))
+
+    def lr_at(self, progress: float) -> float:
+        """Constant ``lr`` until ``decay_start``, then linear to zero at the end of the run."""
+        start = self.config.decay_start
+        if progress <= start or start >= 1.0:
+            return self.config.lr
+        return self.config.lr * max(0.0, 1.0 - (progress - start) / (1.0 - start))
+
+    def _set_lr(self, lr: float) -> None:
+        for opt in (self.opt_g, self.opt_d):
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+    # -- one step ------------------------------------------------------------------------------
+    def batch(self, index: torch.Tensor, flips: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images uint8 (B,3,S,S), exact channels float (B,3,S,S))`` on the device, flipped where asked."""
+        images = self.images[index]
+        targets: TargetTensors = self.targets.index(index)
+        if flips is not None:
+            which = flips.to(images.device)
+            images = torch.where(which.view(-1, 1, 1, 1), images.flip(-1), images)
+            targets = targets.flip(which)
+        return images.to(self.device, non_blocking=True), targets.to(self.device).channels()
+
+    def train_step(self, images: torch.Tensor, exact: torch.Tensor) -> dict[str, float]:
+        """One discriminator and one generator update.
+
+        Args:
+            images: ``(B, 3, S, S)`` uint8 on the device.
+            exact: ``(B, 3, S, S)`` float exact channels in [0, 1] on the device.
+
+        Returns:
+            Losses as floats: ``d`` (discriminator), ``g_gan``, ``l1``, ``mask``, ``boundary``,
+            ``g`` (the generator's total).
+        """
+        g, d = self.generator, self.discriminator
+        g.train()
+        d.train()
+        x = image_to_input(images)
+        use_gan = self.config.weights.gan > 0
+        autocast = torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp)
+        with autocast:
+            logits = g(x)
+        fake = torch.sigmoid(logits.float())
+        out: dict[str, float] = {}
+        real_in = torch.cat([x, exact * 2 - 1], 1)
+        if use_gan:
+            d.requires_grad_(True)
+            self.opt_d.zero_grad(set_to_none=True)
+            with autocast:
+                d_real = d(real_in)
+                d_fake = d(torch.cat([x, fake.detach() * 2 - 1], 1))
+            loss_d = 0.5 * (self.gan_loss(d_real, True) + self.gan_loss(d_fake, False))
+            self.scaler_d.scale(loss_d).backward()
+            self.scaler_d.step(self.opt_d)
+            self.scaler_d.update()
+            d.requires_grad_(False)
+            out["d"] = float(loss_d.detach())
+        self.opt_g.zero_grad(set_to_none=True)
+        recon, parts = self.target_loss(logits, exact)
+        loss_g = recon
+        if use_gan:
+            with autocast:
+                g_gan = self.gan_loss(d(torch.cat([x, fake * 2 - 1], 1)), True)
+            loss_g = loss_g + self.config.weights.gan * g_gan
+            out["g_gan"] = float(g_gan.detach())
+        self.scaler_g.scale(loss_g).backward()
+        self.scaler_g.step(self.opt_g)
+        self.scaler_g.update()
+        d.requires_grad_(True)
+        out.update({k: float(v) for k, v in parts.items()})
+        out["g"] = float(loss_g.detach())
+        self.step += 1
+        return out
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def surrogate(self) -> Surrogate:
+        """The current generator as a :class:`~saliencyssl.surrogate.model.Surrogate` (shares weights)."""
+        return Surrogate(self.generator, self.train_pairs.fingerprint, self.train_pairs.labeller_params,
+                         meta=self._meta(), device=self.device, amp=self.amp)
+
+    def evaluate(self) -> dict | None:
+        """Fidelity on the held-out split (:func:`saliencyssl.eval.fidelity.evaluate_surrogate`)."""
+        if self.held_pairs is None:
+            return None
+        from saliencyssl.eval.fidelity import evaluate_surrogate
+
+        held = self.held_pairs
+        result = evaluate_surrogate(self.surrogate(), held.images, held.targets.batch(),
+                                    batch_size=max(256, self.config.batch_size))
+        self.generator.train()
+        self._last_result = result
+        return result.report
+
+    def _grid(self) -> np.ndarray | None:
+        result = getattr(self, "_last_result", None)
+        if result is None or self.held_pairs is None:
+            return None
+        from saliencyssl.eval.fidelity import comparison_rows
+        from saliencyssl.visualize import image_grid
+
+        k = min(self.config.grid_images, len(self.held_pairs))
+        rows = comparison_rows(self.held_pairs.images, self.held_pairs.targets.batch(), result.prediction,
+                               range(k), result.scores, tile=64)
+        from saliencyssl.eval.fidelity import GRID_HEADER
+
+        return image_grid(rows, tile_height=64, header=GRID_HEADER)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def _meta(self) -> dict:
+        train = self.train_pairs
+        return {
+            "epoch": self.epoch, "step": self.step, "seconds": round(self.elapsed, 2),
+            "n_train": len(train), "train_hashes_digest": train.digest(), "train_hash_prefixes": hash_prefixes(
+                train.hashes), "n_held_out": len(self.held_pairs) if self.held_pairs is not None else 0,
+            "held_out_hashes_digest": self.held_pairs.digest() if self.held_pairs is not None else None,
+            "config": self.config.as_dict(), "heldout_fidelity": _plain(self.last_report),
+            "torch": torch.__version__, "device": str(self.device), **self.run_info}
+
+    def save_last(self) -> Path:
+        """Write ``RUN_DIR/last.pt`` (everything ``--resume`` needs)."""
+        rng = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        blob = checkpoint_dict(
+            self.generator, self.train_pairs.fingerprint, self.train_pairs.labeller_params, self._meta(),
+            discriminator={k: v.detach().cpu() for k, v in self.discriminator.state_dict().items()},
+            optim_g=self.opt_g.state_dict(), optim_d=self.opt_d.state_dict(),
+            scaler_g=self.scaler_g.state_dict(), scaler_d=self.scaler_d.state_dict(),
+            trainer={"epoch": self.epoch, "step": self.step, "elapsed": self.elapsed, "history": self.history},
+            rng=rng)
+        return save_checkpoint(self.run_dir / "last.pt", blob)
+
+    def resume(self, path: str | Path | None = None) -> None:
+        """Continue from ``RUN_DIR/last.pt`` (or ``path``): weights, optimisers, counters, RNG.
+
+        Raises:
+            FileNotFoundError: no checkpoint to resume from.
+            SurrogateCheckpointError: it belongs to another image size, labeller, architecture or
+                training set.
+        """
+        path = Path(path) if path is not None else self.run_dir / "last.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume: {path} not found; start the run without --resume")
+        blob = read_checkpoint(path, map_location="cpu")
+        meta = blob.get("meta") or {}
+        problems = []
+        if int(blob["image_size"]) != self.config.image_size:
+            problems.append(f"image size {blob['image_size']} (now {self.config.image_size}, --size)")
+        if blob["fingerprint"] != self.train_pairs.fingerprint:
+            problems.append(f"labeller fingerprint {blob['fingerprint']} (now {self.train_pairs.fingerprint})")
+        if Architecture.from_dict(dict(blob["arch"])) != self.arch:
+            problems.append(f"architecture {blob['arch']} (now {self.arch.as_dict()})")
+        if meta.get("train_hashes_digest") != self.train_pairs.digest():
+            problems.append(f"training set of {meta.get('n_train')} images (now {len(self.train_pairs)}, another "
+                            f"set: same IMAGES_DIR, --limit and --held-out needed)")
+        if "trainer" not in blob or "optim_g" not in blob:
+            problems.append("no optimiser state (a final surrogate.pt, not a last.pt)")
+        if problems:
+            raise SurrogateCheckpointError(f"cannot resume from {path}: it was trained with " + "; ".join(problems)
+                                           + ". Use the original options, or start a new run in another --out")
+        self.generator.load_state_dict(blob["generator"])
+        self.discriminator.load_state_dict(blob["discriminator"])
+        self.opt_g.load_state_dict(blob["optim_g"])
+        self.opt_d.load_state_dict(blob["optim_d"])
+        self.scaler_g.load_state_dict(blob["scaler_g"])
+        self.scaler_d.load_state_dict(blob["scaler_d"])
+        state = blob["trainer"]
+        self.epoch, self.step, self.elapsed = int(state["epoch"]), int(state["step"]), float(state["elapsed"])
+        self.history = list(state.get("history") or [])
+        self.last_report = meta.get("heldout_fidelity")
+        rng = blob.get("rng") or {}
+        if "cpu" in rng:
+            torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self.log(f"resumed from {path}: epoch {self.epoch}, step {self.step}, {self.elapsed / 60:.1f} min trained")
+
+    def save_final(self, stopped_by: str) -> Path:
+        """Write ``RUN_DIR/surrogate.pt`` (generator and metadata only)."""
+        meta = {**self._meta(), "stopped_by": stopped_by}
+        return save_checkpoint(self.run_dir / "surrogate.pt", checkpoint_dict(
+            self.generator, self.train_pairs.fingerprint, self.train_pairs.labeller_params, meta))
+
+    # -- the loop --------------------------------------------------------------------------------
+    def _tb(self):
+        if self._writer is None and self.use_tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        return self._writer
+
+    def _log_epoch(self, losses: dict[str, float], report: dict | None) -> None:
+        entry = {"epoch": self.epoch, "step": self.step, "minutes": round(self.elapsed / 60, 3),
+                 "lr": self.opt_g.param_groups[0]["lr"], "losses": losses}
+        if report is not None:
+            entry["held_out"] = {k: report[k] for k in ("presence_accuracy", "mask_iou", "mask_iou_present",
+                                                        "mask_f", "saliency_mae", "saliency_mae_present",
+                                                        "boundary_f")}
+        self.history.append(entry)
+        (self.run_dir / "history.json").write_text(json.dumps(self.history, indent=1))
+        writer = self._tb()
+        if writer is not None and report is not None:
+            base = report["baseline"]
+            for key, value in report.items():
+                if isinstance(value, float):
+                    writer.add_scalar(f"heldout/{key}", value, self.epoch)
+                    if isinstance(base.get(key), float):
+                        writer.add_scalar(f"heldout_baseline/{key}", base[key], self.epoch)
+            grid = self._grid()
+            if grid is not None:
+                writer.add_image("heldout/image|exact|surrogate", grid, self.epoch, dataformats="HWC")
+            writer.flush()
+        if report is not None:
+            self.log(f"epoch {self.epoch}: held-out presence acc {report['presence_accuracy']:.3f} "
+                     f"(nothing {report['baseline']['presence_accuracy']:.3f}), IoU present "
+                     f"{_f(report['mask_iou_present'])}, MAE {report['saliency_mae']:.4f} "
+                     f"(nothing {report['baseline']['saliency_mae']:.4f}), boundary F {report['boundary_f']:.3f} "
+                     f"(nothing {report['baseline']['boundary_f']:.3f})")
+
+    def fit(self) -> TrainResult:
+        """Train until ``epochs`` or the time budget, then write ``surrogate.pt``.
+
+        Every epoch ends with the held-out fidelity, TensorBoard records and ``last.pt``; a run
+        stopped by the budget mid-epoch writes them too, then ``surrogate.pt``.
+        """
+        from tqdm import tqdm
+
+        cfg = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        budget = 60.0 * cfg.max_minutes if cfg.max_minutes else math.inf
+        started = time.perf_counter() - self.elapsed
+        stopped_by = "epochs"
+        writer = self._tb()
+        total_epochs = cfg.total_epochs
+        while self.epoch < total_epochs:
+            if time.perf_counter() - started >= budget:
+                stopped_by = "time budget"
+                break
+            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch)
+            order = torch.randperm(len(self.train_pairs), generator=gen)
+            flips = (torch.rand(len(order), generator=gen) < 0.5) if cfg.flip else None
+            sums: dict[str, float] = {}
+            count = 0
+            label = f"epoch {self.epoch + 1}" + (f"/{total_epochs}" if cfg.epochs or not cfg.max_minutes else "")
+            bar = tqdm(range(self.steps_per_epoch), desc=label, unit="step", disable=not self.progress, leave=False)
+            cut = False
+            for b in bar:
+                now = time.perf_counter() - started
+                if now >= budget:
+                    cut = True
+                    break
+                lr = self.lr_at(self.run_progress(now))
+                self._set_lr(lr)
+                index = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                images, exact = self.batch(index.to(self.images.device),
+                                           flips[b * cfg.batch_size:(b + 1) * cfg.batch_size] if flips is not None
+                                           else None)
+                losses = self.train_step(images, exact)
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+                if writer is not None and self.step % 10 == 0:
+                    for k, v in losses.items():
+                        writer.add_scalar(f"loss/{k}", v, self.step)
+                    writer.add_scalar("lr", lr, self.step)
+                if b % 5 == 0:
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items() if k in ("d", "l1", "mask", "boundary")})
+            bar.close()
+            self.elapsed = time.perf_counter() - started
+            if cut:
+                stopped_by = "time budget"
+                self.log(f"time budget of {cfg.max_minutes:g} min reached in epoch {self.epoch + 1} "
+                         f"(step {self.step}); writing the final checkpoint")
+                break
+            self.epoch += 1
+            self.last_report = self.evaluate()
+            self.elapsed = time.perf_counter() - started
+            self._log_epoch({k: v / max(1, count) for k, v in sums.items()}, self.last_report)
+            self.save_last()
+        if stopped_by == "time budget" or self.last_report is None:
+            self.last_report = self.evaluate()
+        self.elapsed = time.perf_counter() - started
+        self.save_last()
+        path = self.save_final(stopped_by)
+        if writer is not None:
+            writer.flush()
+            writer.close()
+            self._writer = None
+        return TrainResult(surrogate_path=path, epochs_done=self.epoch, steps=self.step, seconds=self.elapsed,
+                           stopped_by=stopped_by, held_out=self.last_report)
+
+
+def _f(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _plain(report: dict | None) -> dict | None:
+    """A report with plain Python values only (loadable with ``weights_only=True``)."""
+    if report is None:
+        return None
+    return json.loads(json.dumps(report))
+
+
+__all__ = ["TrainConfig", "TrainResult", "SurrogateTrainer", "DEVICE_DATA_LIMIT"]

@@ -1,0 +1,181 @@
+#!/usr/bin/env python
+"""Train the Pix2Pix surrogate that predicts exact SaliencyCut targets (RC map, cut mask, region boundary).
+
+Reads the images below IMAGES_DIR, pairs each with its exact target from the cache that
+scripts/label.py filled (by content hash; the labeller fingerprint is taken from the cache),
+holds out a share of the images by content hash, trains, and writes RUN_DIR/surrogate.pt.
+The work itself lives in saliencyssl.surrogate (pairs, training, model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+EPILOG = """\
+examples:
+  # label CIFAR-10 once, then train on 5,000 of its images for 30 CPU minutes
+  python scripts/label.py ../shared/data/cifar10/train --cache runs/cache --workers 2
+  python scripts/train_surrogate.py ../shared/data/cifar10/train --cache runs/cache --out runs/sur32 \\
+      --limit 5000 --max-minutes 30
+
+  # a GPU run on every image, fp16 autocast, larger batches
+  python scripts/train_surrogate.py ../shared/data/cifar10/train --cache runs/cache --out runs/sur32_gpu \\
+      --device cuda --amp --batch-size 256 --epochs 200
+
+  # photos at 96 px (label at a capped size first), then continue it after an interruption
+  python scripts/label.py ../shared/data/bsds500_test/images --cache runs/cache_photos --max-side 200
+  python scripts/train_surrogate.py ../shared/data/bsds500_test/images --cache runs/cache_photos \\
+      --out runs/sur96 --size 96 --max-minutes 10
+  python scripts/train_surrogate.py ../shared/data/bsds500_test/images --cache runs/cache_photos \\
+      --out runs/sur96 --size 96 --max-minutes 20 --resume
+
+labeller: the cache may hold targets of several labellers (fingerprints); the one covering the most
+images is used. --scale/--max-side/--min-side/--cut-engine (as in scripts/label.py) pick one
+explicitly. Images without a target are listed with the label.py command that fills them.
+
+outputs (in --out): surrogate.pt (load with saliencyssl.surrogate.Surrogate.load), last.pt (for
+--resume), history.json, tensorboard/ (tensorboard --logdir RUN_DIR). --max-minutes is the
+wall-clock budget of the whole run, resumptions included; the learning rate decays over it.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from saliencyssl.saliency import CUT_ENGINES
+    from saliencyssl.surrogate.losses import GAN_MODES, LossWeights
+    from saliencyssl.surrogate.networks import Architecture
+    from saliencyssl.surrogate.training import TrainConfig
+
+    d, w = TrainConfig(), LossWeights()
+    p = argparse.ArgumentParser(prog="train_surrogate.py", description=__doc__.split("\n\n")[0] + "\n\n"
+                                + __doc__.split("\n\n")[1], epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", type=Path, metavar="IMAGES_DIR",
+                   help="image folder (class sub-folders allowed) or CIFAR-10 python batches")
+    p.add_argument("--cache", type=Path, required=True, metavar="CACHE_DIR",
+                   help="target cache filled by scripts/label.py for these images")
+    p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder (created)")
+    p.add_argument("--size", type=int, default=d.image_size, metavar="S",
+                   help="side the images and targets are brought to (shorter side resized, centre crop); a "
+                        "multiple of 8: 32, 64, 96, 128, 256 ... (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=None, metavar="N",
+                   help="passes over the training split (default: 100, or as many as --max-minutes allows)")
+    p.add_argument("--max-minutes", type=float, default=None, metavar="M",
+                   help="stop cleanly after M minutes of wall time (resumptions included) and still write "
+                        "surrogate.pt; the learning rate decays over the budget")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, metavar="B", help="default %(default)s")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N); default %(default)s")
+    p.add_argument("--amp", action="store_true", help="fp16 autocast and gradient scaling (CUDA only)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt after an interruption")
+    p.add_argument("--seed", type=int, default=d.seed, help="seeds weights, order, flips, dropout (default 0)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="use N images, chosen by content hash (a spread over classes), before the held-out split")
+    p.add_argument("--held-out", type=float, default=d.held_out, metavar="F",
+                   help="share of the images held out by content hash for fidelity each epoch (default %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default %(default)s)")
+    p.add_argument("--decay-start", type=float, default=d.decay_start, metavar="F",
+                   help="share of the run after which the rate decays linearly to 0 (default %(default)s)")
+    p.add_argument("--no-flip", action="store_true", help="do not mirror training pairs left-right")
+    p.add_argument("--gan-mode", choices=GAN_MODES, default=d.gan_mode, help="default %(default)s")
+    p.add_argument("--lambda-gan", type=float, default=w.gan, help="weight of the GAN term (default %(default)s)")
+    p.add_argument("--lambda-l1", type=float, default=w.l1, help="L1 weight on the saliency map (default %(default)s)")
+    p.add_argument("--lambda-mask", type=float, default=w.mask, help="mask BCE + Dice weight (default %(default)s)")
+    p.add_argument("--lambda-boundary", type=float, default=w.boundary,
+                   help="boundary weighted BCE + Dice weight (default %(default)s)")
+    p.add_argument("--ngf", type=int, default=Architecture.ngf,
+                   help="generator width at the first level (default %(default)s; Pix2Pix uses 64)")
+    p.add_argument("--ndf", type=int, default=Architecture.ndf, help="discriminator width (default %(default)s)")
+    lab = p.add_argument_group("labeller (pick the cache's fingerprint explicitly, as in scripts/label.py)")
+    lab.add_argument("--scale", type=float, default=None, metavar="F")
+    lab.add_argument("--max-side", type=int, default=None, metavar="N")
+    lab.add_argument("--min-side", type=int, default=None, metavar="N")
+    lab.add_argument("--cut-engine", choices=CUT_ENGINES, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def labeller_config(args):
+    """The explicit LabellerConfig when any labeller option is given, else None."""
+    from saliencyssl.saliency import LabellerConfig
+
+    if args.scale is None and args.max_side is None and args.min_side is None and args.cut_engine is None:
+        return None
+    defaults = LabellerConfig()
+    return LabellerConfig(min_side=args.min_side if args.min_side is not None else defaults.min_side,
+                          scale=args.scale, max_side=args.max_side, cut_engine=args.cut_engine or defaults.cut_engine)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    from saliencyssl.surrogate.losses import LossWeights
+    from saliencyssl.surrogate.model import SurrogateCheckpointError
+    from saliencyssl.surrogate.networks import unet_depth
+    from saliencyssl.surrogate.pairs import MissingTargetsError, describe_misses, load_pairs
+    from saliencyssl.surrogate.training import SurrogateTrainer, TrainConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        unet_depth(args.size)
+        config = TrainConfig(image_size=args.size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                             decay_start=args.decay_start, max_minutes=args.max_minutes, held_out=args.held_out,
+                             flip=not args.no_flip, amp=args.amp, seed=args.seed, gan_mode=args.gan_mode,
+                             weights=LossWeights(gan=args.lambda_gan, l1=args.lambda_l1, mask=args.lambda_mask,
+                                                 boundary=args.lambda_boundary),
+                             ngf=args.ngf, ndf=args.ndf)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if (args.out / "last.pt").exists() and not args.resume:
+        print(f"error: {args.out} already holds a run (last.pt); pass --resume to continue it, or choose another "
+              f"--out", file=sys.stderr)
+        return 2
+
+    start = time.perf_counter()
+    try:
+        pairs = load_pairs(args.images, args.cache, args.size, config=labeller_config(args), limit=args.limit,
+                           progress=not args.quiet)
+    except (MissingTargetsError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for line in describe_misses(pairs):
+        print(line, file=sys.stderr)
+    train, held = pairs.split(args.held_out)
+    n_present = int(train.targets.mask.flatten(1).any(1).sum())
+    print(f"labeller {pairs.fingerprint}: {len(pairs)} pairs at {args.size}px in {time.perf_counter() - start:.1f}s "
+          f"-> {len(train)} training ({n_present / max(1, len(train)):.0%} with a mask), {len(held)} held out")
+
+    run_info = {"images_dir": str(args.images), "cache_dir": str(args.cache), "limit": args.limit,
+                "argv": list(sys.argv[1:] if argv is None else argv)}
+    trainer = SurrogateTrainer(config, train, held, args.out, device=args.device, progress=not args.quiet,
+                               run_info=run_info)
+    if args.resume:
+        try:
+            trainer.resume()
+        except (FileNotFoundError, SurrogateCheckpointError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    print(f"training on {trainer.device}: {trainer.steps_per_epoch} steps per epoch of {args.batch_size}, "
+          f"U-Net depth {trainer.arch.depth}, ngf {trainer.arch.ngf}; TensorBoard: tensorboard --logdir {args.out}")
+    result = trainer.fit()
+    print(f"wrote {result.surrogate_path} after {result.epochs_done} epochs, {result.steps} steps, "
+          f"{result.seconds / 60:.1f} min (stopped by {result.stopped_by})")
+    if result.held_out is not None:
+        from saliencyssl.eval.fidelity import format_report
+
+        print("held-out fidelity:")
+        print("\n".join(format_report(result.held_out)))
+        (args.out / "heldout_fidelity.json").write_text(json.dumps(result.held_out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""The router, the frozen pack, the view renderer and the policies, on real labelled images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from saliencyssl.augment import (PRESETS, CachedTargets, FrozenPack, MissingPieceError, SaliencyView,
+                                 SSLAugmentation, TargetPredictor, TargetRouter, TrainingImages, parse_policy,
+                                 parse_sources, target_at_size)
+from saliencyssl.cache import TargetCache
+from saliencyssl.datasets import open_image_set
+from saliencyssl.embedded import write_embedded_dataset
+from saliencyssl.saliency import Labeller, LabellerConfig
+from saliencyssl.target import TargetBatch
+
+SIZE = 48
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """Generated shape images (12) plus two real photo crops, all labelled except the last three."""
+    import skimage.data
+
+    root = tmp_path_factory.mktemp("aug")
+    paths = write_embedded_dataset(root / "data", per_class_train=3, per_class_test=0, size=SIZE, photos=False)
+    photo_dir = paths["train"] / "photo"
+    photo_dir.mkdir()
+    Image.fromarray(skimage.data.chelsea()[::3, ::3]).save(photo_dir / "chelsea.png")
+    Image.fromarray(skimage.data.coffee()[::4, ::4]).save(photo_dir / "coffee.png")
+    image_set = open_image_set(paths["train"])
+    labeller = Labeller()
+    cache = TargetCache(root / "cache", labeller.fingerprint)
+    for i in range(len(image_set) - 3):
+        cache.put(image_set.image(i), labeller(image_set.image(i)))
+    return {"set": image_set, "cache": cache, "labeller": labeller, "root": root, "data": paths["train"]}
+
+
+class StandIn:
+    """A stand-in surrogate: every prediction is a full mask with one region, saliency 0.5."""
+
+    def __init__(self, image_size: int, fingerprint: str):
+        self.image_size, self.fingerprint, self.calls = image_size, fingerprint, []
+
+    def predict(self, images: torch.Tensor) -> TargetBatch:
+        self.calls.append(images.shape[0])
+        b, _, h, w = images.shape
+        return TargetBatch(torch.full((b, 1, h, w), 0.5), torch.ones(b, 1, h, w, dtype=torch.bool),
+                           torch.zeros(b, 1, h, w, dtype=torch.long))
+
+
+def test_policy_presets_and_free_probabilities():
+    for name in PRESETS:
+        config = parse_policy(name)
+        assert config.uses_saliency == name.startswith("sal")
+    sal = parse_policy("sal")
+    assert sal.saliency == 1.0 and sal.crop == sal.jitter == sal.hflip == 0.0
+    assert parse_policy("sal0.5+default").saliency == 0.5 and parse_policy("sal0.5+default").crop == 1.0
+    j = parse_policy("sal0.8+jitter0.8")
+    assert (j.saliency, j.jitter, j.crop) == (0.8, 0.8, 0.0)
+    free = parse_policy("sal0.3+default,vflip=0.5,rotation=0.25,view=cut")
+    assert (free.saliency, free.vflip, free.rotation, free.view) == (0.3, 0.5, 0.25, "cut")
+    for bad, message in (("salt", "unknown policy part"), ("sal1.5", "probability"), ("default,zoom=1", "unknown policy key"),
+                         ("default,view=blobs", "view")):
+        with pytest.raises(ValueError, match=message):
+            parse_policy(bad)
+
+
+def test_source_orders():
+    assert parse_sources("cache, surrogate") == ("cache", "surrogate")
+    with pytest.raises(ValueError, match="choose one of"):
+        parse_sources("surrogate,cache")
+
+
+def test_pack_reports_hits_and_misses_and_gathers_cache_targets(labelled):
+    images = TrainingImages(labelled["set"], SIZE)
+    pack = FrozenPack.build(images.hashes, labelled["cache"], SIZE)
+    n = len(images)
+    assert (pack.report.hits, pack.report.misses) == (n - 3, 3)
+    assert pack.report.missing_indices == [n - 3, n - 2, n - 1]
+    batch = pack.gather(torch.tensor([0, n - 4]))
+    for row, index in enumerate((0, n - 4)):
+        expected = target_at_size(labelled["cache"].get(images.hashes[index]), SIZE)
+        assert torch.equal(batch.mask[row, 0], torch.from_numpy(expected.mask))
+        assert torch.allclose(batch.saliency[row, 0] * 255, torch.from_numpy(expected.saliency).float())
+    # A labeller-parameter change makes every old entry a miss.
+    other = TargetCache(labelled["root"] / "cache", LabellerConfig(scale=2.0).fingerprint())
+    assert FrozenPack.build(images.hashes, other, SIZE).report.hits == 0
+
+
+def test_router_sources(labelled):
+    images = TrainingImages(labelled["set"], SIZE)
+    x = images.stack()
+    n = len(images)
+    pack = FrozenPack.build(images.hashes, labelled["cache"], SIZE)
+    indices = torch.tensor([n - 1, 0, n - 2, 1])
+
+    only_cache = TargetRouter("cache", SIZE, pack=pack, data_hint="my/images")
+    with pytest.raises(MissingPieceError, match=r"3 of \d+ images miss.*scripts/label.py my/images"):
+        only_cache.check_ready()
+    with pytest.raises(MissingPieceError, match="2 of 4 images of this batch miss"):
+        only_cache.targets(indices, x[indices])
+
+    with pytest.raises(MissingPieceError, match="needs a surrogate"):
+        TargetRouter("cache,surrogate", SIZE, pack=pack).check_ready()
+    with pytest.raises(MissingPieceError, match="needs a cache"):
+        TargetRouter("cache", SIZE).check_ready()
+    with pytest.raises(MissingPieceError, match="fingerprint"):
+        TargetRouter("cache,surrogate", SIZE, pack=pack, surrogate=StandIn(SIZE, "0" * 16)).check_ready()
+
+    stand_in = StandIn(SIZE, pack.fingerprint)
+    assert isinstance(stand_in, TargetPredictor)
+    router = TargetRouter("cache,surrogate", SIZE, pack=pack, surrogate=stand_in)
+    router.check_ready()
+    out = router.targets(indices, x[indices])
+    assert stand_in.calls == [2], "the misses of a batch go to the surrogate in one call"
+    assert out.mask[0].all() and out.mask[2].all(), "misses come from the surrogate, in batch order"
+    cached0 = pack.gather(torch.tensor([0]))
+    assert torch.equal(out.mask[1], cached0.mask[0]) and torch.equal(out.regions[1], cached0.regions[0])
+    counters = router.reset_counters()
+    assert (counters.images, counters.cache_hits, counters.surrogate_calls, counters.surrogate_images) == (4, 2, 1, 2)
+    assert router.counters.images == 0
+
+    assert TargetRouter("none", SIZE).targets(indices, x[indices]) is None
+    surrogate_only = TargetRouter("surrogate", SIZE, surrogate=StandIn(SIZE, pack.fingerprint))
+    assert surrogate_only.targets(indices, x[indices]).mask.all()
+
+
+def test_cache_exact_writes_back_so_the_next_epoch_hits(labelled, tmp_path):
+    images = TrainingImages(labelled["set"], SIZE)
+    x = images.stack()
+    n = len(images)
+    cache = TargetCache(tmp_path / "c", labelled["labeller"].fingerprint)
+    for i in range(n - 3):
+        cache.put_encoded(images.hashes[i], labelled["cache"].get_encoded(images.hashes[i]))
+    pack = FrozenPack.build(images.hashes, cache, SIZE)
+    assert pack.report.misses == 3
+    router = TargetRouter("cache,exact", SIZE, pack=pack, labeller=labelled["labeller"], image_set=labelled["set"],
+                          cache=cache)
+    router.check_ready()
+    indices = torch.tensor([n - 1, 3, n - 2])
+    first = router.targets(indices, x[indices])
+    assert router.counters.exact_images == 2 and router.counters.cache_hits == 1
+    assert cache.get(images.hashes[n - 1]) is not None, "written back to the cache"
+    assert pack.report.misses == 1
+    router.reset_counters()
+    second = router.targets(indices, x[indices])
+    assert router.counters.cache_hits == 3 and router.counters.exact_images == 0
+    assert torch.equal(first.mask, second.mask) and torch.equal(first.saliency, second.saliency)
+    exact = TargetRouter("exact", SIZE, labeller=labelled["labeller"], image_set=labelled["set"])
+    assert torch.equal(exact.targets(indices, x[indices]).mask, first.mask)
+
+
+def _batch(labelled, count=6):
+    images = TrainingImages(labelled["set"], SIZE)
+    pack = FrozenPack.build(images.hashes, labelled["cache"], SIZE)
+    index = torch.arange(len(images) - 3 - count, len(images) - 3)  # includes the two photos
+    return images.stack()[index].float() / 255, pack.gather(index)
+
+
+def test_segments_view_paints_regions_with_permuted_palette(labelled):
+    images, targets = _batch(labelled)
+    view = SaliencyView("segments", p=1.0)
+    g = torch.Generator().manual_seed(0)
+    a = view(images, targets, view.generate_parameters(len(images), generator=g))
+    b = view(images, targets, view.generate_parameters(len(images), generator=g))
+    assert a.shape == images.shape and 0 <= a.min() and a.max() <= 1
+    assert not torch.allclose(a, b), "palette permuted and jittered per view"
+    for i in range(len(images)):
+        regions, mask = targets.regions[i, 0], targets.mask[i, 0]
+        colours = a[i].permute(1, 2, 0)
+        for r in regions.unique()[:5]:
+            for part in (mask, ~mask):  # within a region, one colour on each side of the mask
+                sel = (regions == r) & part
+                if sel.sum() > 1:
+                    assert torch.allclose(colours[sel], colours[sel][0].expand_as(colours[sel]), atol=1e-6)
+    # Salient pixels are brighter than the background on average (the background is dimmed).
+    i = len(images) - 1
+    m = targets.mask[i, 0]
+    if m.any() and (~m).any():
+        assert a[i][:, m].mean() > 0.9 * a[i][:, ~m].mean()
+
+
+def test_cut_and_saliency_views(labelled):
+    images, targets = _batch(labelled)
+    cut = SaliencyView("cut", p=1.0)(images, targets)
+    for i in range(len(images)):
+        m = targets.mask[i, 0]
+        if m.any():
+            assert torch.equal(cut[i][:, m], images[i][:, m])
+            outside = cut[i][:, ~m]
+            assert torch.allclose(outside, outside[:, :1].expand_as(outside))
+    empty = TargetBatch(targets.saliency, torch.zeros_like(targets.mask), targets.regions)
+    assert torch.equal(SaliencyView("cut")(images, empty), images), "no object: the image stays"
+    grey = SaliencyView("saliency")(images, targets)
+    assert torch.equal(grey[:, 0:1], targets.saliency) and torch.equal(grey[:, 0], grey[:, 2])
+
+
+def test_one_renderer_for_cache_and_surrogate_layouts(labelled):
+    """A target from the cache and the same target through the surrogate's channel layout
+    render the same partition into segments."""
+    images, targets = _batch(labelled)
+    via_channels = TargetBatch.from_channels(targets.channels())
+    palette = torch.rand(64, 3, generator=torch.Generator().manual_seed(3))
+    view = SaliencyView("segments", p=1.0, gain_jitter=0.0, palette=palette)
+    params = view.generate_parameters(len(images), generator=torch.Generator().manual_seed(1))
+    a, b = view(images, targets, params), view(images, via_channels, params)
+    for i in range(len(images)):
+        edge = targets.channels()[i, 2] > 0.5
+        ca = a[i].permute(1, 2, 0)[~edge]
+        cb = b[i].permute(1, 2, 0)[~edge]
+        # Off the boundary, pixels that share a colour through the channel layout share it from
+        # the cache too (regions split into 4-connected parts may get two colours; both layouts
+        # number regions 0..R-1, and R stays within the palette here, so no two regions collide).
+        assert via_channels.regions[i].unique().numel() <= 64
+        same_a = (ca[:, None] == ca[None]).all(-1)
+        same_b = (cb[:, None] == cb[None]).all(-1)
+        assert not (same_b & ~same_a).any()
+        assert same_b.sum() >= 0.8 * same_a.sum()
+
+
+def test_policy_applies_saliency_before_geometry(labelled):
+    images, targets = _batch(labelled)
+    torch.manual_seed(0)
+    sal_only = SSLAugmentation("sal", SIZE)
+    out = sal_only(images, targets)
+    assert out.shape == images.shape and out.dtype == torch.float32
+    default = SSLAugmentation("sal+default", SIZE)
+    v1, v2 = default(images, targets), default(images, targets)
+    assert not torch.allclose(v1, v2)
+    with pytest.raises(ValueError, match="no targets"):
+        SSLAugmentation("sal", SIZE)(images, None)
+    SSLAugmentation("default", SIZE)(images, None)  # no saliency: no targets needed
+
+
+def test_dataloader_workers_read_one_cache_and_never_render_a_damaged_entry(labelled, tmp_path):
+    images = TrainingImages(labelled["set"], SIZE)
+    cache = TargetCache(tmp_path / "c", labelled["labeller"].fingerprint)
+    for h in images.hashes[:6]:
+        cache.put_encoded(h, labelled["cache"].get_encoded(h))
+    raw = bytearray(cache.get_encoded(images.hashes[2]))
+    raw[-1] ^= 0xFF
+    cache._cache.set(f"{cache.fingerprint}/{images.hashes[2]}", bytes(raw))
+    dataset = CachedTargets(images, cache)
+    loader = DataLoader(torch.utils.data.Subset(dataset, range(8)), batch_size=4, num_workers=2)
+    present = torch.cat([batch["present"] for batch in loader]).tolist()
+    assert present == [True, True, False, True, True, True, False, False]
+
+
+def test_empty_and_unreadable_data_give_clear_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no images"):
+        open_image_set(tmp_path / "empty")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "broken.png").write_bytes(b"\x89PNG broken")
+    image_set = open_image_set(bad)
+    with pytest.raises(ValueError, match="broken.png"):
+        TrainingImages(image_set, 32)

@@ -1,0 +1,231 @@
+"""Tests of the segmentation protocol (``saliencyssl.eval.segmentation``, ``scripts/eval_segmentation.py``).
+
+Generated image/mask pairs cover data handling, the model, training and scores without shared
+data; the end-to-end run on real salbench photos needs ``/work/shared`` (or
+``$SALIENCYSSL_SHARED``) and skips with the reason when it is absent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from saliencyssl.eval import segmentation as seg
+from saliencyssl.eval.features import open_backbone, random_backbone
+from saliencyssl.ssl.backbone import save_backbone
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SALIENCYSSL_SHARED") or REPO.parent / "shared")
+SALBENCH = SHARED / "data" / "salbench"
+needs_salbench = pytest.mark.skipif(not (SALBENCH / "images").is_dir() or not (SALBENCH / "masks").is_dir(),
+                                    reason=f"salbench images/masks not found at {SALBENCH}; set SALIENCYSSL_SHARED to "
+                                           f"the shared data folder to run this test")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One CPU thread: on a 2-core machine shared with other jobs, more threads only spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _write_pairs(root: Path, n: int, size=(40, 48), seed: int = 0, mask_scale: int = 255) -> tuple[Path, Path]:
+    """Noisy dark images with one bright rectangle each; the mask is the rectangle."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    images, masks = root / "images", root / "masks"
+    images.mkdir(parents=True)
+    masks.mkdir(parents=True)
+    h, w = size
+    for i in range(n):
+        image = rng.integers(0, 60, (h, w, 3)).astype(np.uint8)
+        mask = np.zeros((h, w), np.uint8)
+        top, left = rng.integers(2, h // 2), rng.integers(2, w // 2)
+        bh, bw = rng.integers(h // 4, h // 2), rng.integers(w // 4, w // 2)
+        mask[top:top + bh, left:left + bw] = mask_scale
+        image[mask > 0] = np.clip(image[mask > 0].astype(int) + 180, 0, 255)
+        cv2.imwrite(str(images / f"img{i:02d}.jpg"), image)
+        cv2.imwrite(str(masks / f"img{i:02d}.png"), mask)
+    return images, masks
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ------------------------------------------------------------------------------------------ data
+def test_pairs_masks_and_arrays(tmp_path):
+    images, masks = _write_pairs(tmp_path / "a", 4)
+    pairs = seg.load_mask_pairs(images, masks)
+    assert len(pairs) == 4 and all(m.dtype == np.bool_ and m.shape == (40, 48) for m in pairs.masks)
+    assert 0.0 < np.mean(pairs.masks[0]) < 0.5
+    x, y = seg.to_arrays(pairs, 32)
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.uint8
+    assert y.shape == (4, 1, 32, 32) and y.dtype == torch.float32 and set(y.unique().tolist()) <= {0.0, 1.0}
+    # the mask stays on the bright rectangle after resizing and cropping
+    bright = x.float().mean(1, keepdim=True) > 100
+    assert (bright == (y > 0.5)).float().mean() > 0.95
+
+    # 0/1 masks read the same as 0/255 masks
+    _, masks01 = _write_pairs(tmp_path / "b", 1, mask_scale=1)
+    assert np.array_equal(seg.read_mask(masks01 / "img00.png"), seg.read_mask(masks / "img00.png"))
+
+
+def test_missing_or_mismatched_masks_are_named(tmp_path):
+    import cv2
+
+    images, masks = _write_pairs(tmp_path, 3)
+    (masks / "img01.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 of 3 images .* img01\.jpg"):
+        seg.load_mask_pairs(images, masks)
+    cv2.imwrite(str(masks / "img01.png"), np.zeros((10, 10), np.uint8))
+    with pytest.raises(ValueError, match=r"img01\.png is 10x10 but image .*img01\.jpg is 48x40"):
+        seg.load_mask_pairs(images, masks)
+    with pytest.raises(FileNotFoundError, match="--masks"):
+        seg.load_mask_pairs(images, tmp_path / "nowhere")
+
+
+def test_split_by_hash_is_fixed_and_disjoint():
+    hashes = [f"{h:032x}" for h in np.random.default_rng(0).integers(0, 2**62, 20)]
+    train, test = seg.split_by_hash(hashes, 0.3)
+    assert len(test) == 6 and len(train) == 14 and not set(train) & set(test)
+    assert sorted(np.concatenate([train, test]).tolist()) == list(range(20))
+    # the same images in another order are split the same way
+    order = np.random.default_rng(1).permutation(20)
+    train2, test2 = seg.split_by_hash([hashes[i] for i in order], 0.3)
+    assert sorted(hashes[order[i]] for i in test2) == sorted(hashes[i] for i in test)
+    assert len(seg.split_by_hash(hashes[:2], 0.9)[0]) == 1  # always one left to train on
+    with pytest.raises(ValueError, match="--test-split"):
+        seg.split_by_hash(hashes, 1.0)
+
+
+# ---------------------------------------------------------------------------------------- scores
+def test_mask_scores_known_values():
+    gt = torch.zeros(4, 1, 4, 4)
+    gt[0, 0, :2] = 1   # 8 px
+    gt[1, 0, :2] = 1
+    gt[3, 0, 0, 0] = 1
+    prob = torch.zeros(4, 1, 4, 4)
+    prob[0] = gt[0]                    # perfect
+    prob[1, 0, 1:3] = 0.9              # 4 of 8 right, 4 wrong: IoU 4/12, P = R = 0.5
+    # image 2: both empty; image 3: empty prediction, non-empty mask
+    scores = seg.mask_scores(prob, gt)
+    np.testing.assert_allclose(scores["iou"], [1.0, 1 / 3, 1.0, 0.0])
+    np.testing.assert_allclose(scores["f"], [1.0, 0.5, 1.0, 0.0])
+    prob[1, 0, 0] = 0.9                # now P = 8/12, R = 1
+    p, r = 8 / 12, 1.0
+    assert seg.mask_scores(prob, gt)["f"][1] == pytest.approx(1.3 * p * r / (0.3 * p + r))
+
+
+# ------------------------------------------------------------------------------- model, training
+@pytest.mark.parametrize("size,stem", [(32, "cifar"), (64, "imagenet")])
+def test_segmenter_shapes(size, stem):
+    encoder, _ = open_backbone("random", size, 0, stem)
+    model = seg.build_segmenter(encoder, seed=0, fpn_channels=16)
+    logits = model(torch.randn(2, 3, size, size))
+    assert logits.shape == (2, 1, size, size)
+    # the segmenter works on a copy: training it leaves the given encoder alone
+    assert model.stem[0].weight is not encoder.conv1.weight
+    torch.testing.assert_close(model.stem[0].weight, encoder.conv1.weight)
+
+
+def test_training_is_deterministic_learns_and_freezing_keeps_encoder(tmp_path):
+    pairs = seg.load_mask_pairs(*_write_pairs(tmp_path, 12))
+    x, y = seg.to_arrays(pairs, 32)
+    encoder = random_backbone(0, True)
+    config = seg.TrainConfig(steps=3, batch_size=4)
+    runs = [seg.train_segmenter(seg.build_segmenter(encoder, 0, 16), x, y, np.arange(8), config, seed=0)
+            for _ in range(2)]
+    for a, b in zip(runs[0].state_dict().values(), runs[1].state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    other = seg.train_segmenter(seg.build_segmenter(encoder, 1, 16), x, y, np.arange(8), config, seed=1)
+    assert not torch.equal(other.head[-1].weight, runs[0].head[-1].weight)
+
+    frozen = seg.train_segmenter(seg.build_segmenter(encoder, 0, 16), x, y, np.arange(8),
+                                 seg.TrainConfig(steps=2, batch_size=4, freeze_encoder=True), seed=0)
+    torch.testing.assert_close(frozen.layers[0][0].conv1.weight, encoder.layer1[0].conv1.weight)
+    torch.testing.assert_close(frozen.stem[1].running_mean, encoder.bn1.running_mean)
+
+    # bright rectangles on dark noise: a short fine-tune segments the held-out images well
+    model = seg.train_segmenter(seg.build_segmenter(encoder, 0, 16), x, y, np.arange(8),
+                                seg.TrainConfig(steps=40, batch_size=4, lr=3e-3, encoder_lr=1e-3), seed=0)
+    scores = seg.mask_scores(seg.predict_probabilities(model, x[8:]), y[8:])
+    assert scores["iou"].mean() > 0.6, scores["iou"]
+
+
+# ------------------------------------------------------------------------------ the script
+def test_script_with_a_checkpoint_and_errors(tmp_path, capsys):
+    script = _load_script("eval_segmentation")
+    images, masks = _write_pairs(tmp_path / "data", 6)
+    checkpoint = tmp_path / "run" / "backbone.pt"
+    save_backbone(checkpoint, random_backbone(3, True), {"cifar_stem": True, "image_size": 32})
+    assert script.main(["--backbone", str(checkpoint), "--images", str(images), "--masks", str(masks),
+                        "--fractions", "0.5,1.0", "--seeds", "2", "--epochs", "1", "--batch-size", "4",
+                        "--fpn-channels", "16"]) == 0
+    results = json.loads((tmp_path / "run" / "seg" / "results.json").read_text())  # default --out: RUN_DIR/seg
+    assert list(results) == ["0.5", "1.0", "meta"]
+    assert results["meta"]["split"]["n_test"] == 2 and results["1.0"]["n_labelled"] == 4
+    assert results["meta"]["backbone"]["image_size"] == 32
+
+    (masks / "img03.png").unlink()
+    assert script.main(["--backbone", "random", "--images", str(images), "--masks", str(masks),
+                        "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "img03.jpg" in err and str(masks) in err
+    assert script.main(["--backbone", str(tmp_path / "missing.pt"), "--images", str(images), "--masks",
+                        str(masks)]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.main(["--backbone", "random", "--images", str(images), "--masks", str(masks), "--fractions", "0"])
+    assert "outside (0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--images", "--masks", "--epochs", "--test-split", "--freeze-encoder", "examples:", "IoU"):
+        assert option in text
+
+
+@needs_salbench
+def test_script_end_to_end_on_salbench(tmp_path):
+    names = sorted(p.stem for p in (SALBENCH / "images").glob("*.jpg"))[:10]
+    for sub, suffix in (("images", ".jpg"), ("masks", ".png")):
+        (tmp_path / sub).mkdir()
+        for name in names:
+            (tmp_path / sub / f"{name}{suffix}").symlink_to(SALBENCH / sub / f"{name}{suffix}")
+    out = tmp_path / "out"
+    command = [sys.executable, str(REPO / "scripts" / "eval_segmentation.py"), "--backbone", "random",
+               "--images", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"), "--image-size", "32",
+               "--fractions", "0.5,1.0", "--seeds", "2", "--epochs", "1", "--batch-size", "4", "--threads", "1",
+               "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert list(results) == ["0.5", "1.0", "meta"]
+    for fraction in ("0.5", "1.0"):
+        entry = results[fraction]
+        assert set(entry) == {"iou_mean", "iou_std", "f_mean", "f_std", "n_labelled"}
+        assert 0.0 <= entry["iou_mean"] <= 1.0 and 0.0 <= entry["f_mean"] <= 1.0 and entry["iou_std"] >= 0.0
+    assert results["0.5"]["n_labelled"] == 4 and results["1.0"]["n_labelled"] == 7
+    assert results["meta"]["split"]["n_test"] == 3
+    for name in ("results.csv", "results.md", "scores_vs_fraction.png"):
+        assert (out / name).stat().st_size > 0
+    # deterministic: the same command gives the same numbers
+    done = subprocess.run(command[:-1] + [str(tmp_path / "again")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert again["1.0"] == results["1.0"] and again["0.5"] == results["0.5"]
