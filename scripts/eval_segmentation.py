@@ -172,10 +172,13 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     results_by_fraction = frac.sweep(train_labels, fractions, seeds, score)
     bar.close()
 
+    baselines = seg.prior_baselines(test_masks)
     lines = {"foreground IoU": "iou", "F-measure (beta^2=0.3)": "f"}
     plot = report.plot_fraction_curves({name: results_by_fraction for name in lines}, lines, "score on the test split",
                                        out_dir / "scores_vs_fraction.png",
-                                       title=f"foreground segmentation at {info.image_size}px")
+                                       title=f"foreground segmentation at {info.image_size}px",
+                                       references={"centre-box IoU": baselines["centre_box"]["iou"],
+                                                   "centre-box F": baselines["centre_box"]["f"]})
     elapsed = time.time() - started
     meta = {
         "backbone": info.to_json(),
@@ -191,6 +194,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                      "loss": "BCE + soft Dice", "augmentation": "horizontal flip"},
         "scores": {"threshold": seg.THRESHOLD, "f_beta2": seg.F_BETA2, "resolution": info.image_size,
                    "averaged": "over test images, then mean/std over seeds"},
+        "baselines": baselines,
         "device": args.device, "threads": torch.get_num_threads(), "plots": {"scores": str(plot)},
         "timings": {"total_s": elapsed}, "command": args.command,
         "versions": {"python": platform.python_version(), "torch": torch.__version__},

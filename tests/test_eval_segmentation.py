@@ -131,6 +131,14 @@ def test_mask_scores_known_values():
     assert seg.mask_scores(prob, gt)["f"][1] == pytest.approx(1.3 * p * r / (0.3 * p + r))
 
 
+def test_prior_baselines():
+    masks = torch.zeros(2, 1, 8, 8)
+    masks[:, :, 2:6, 2:6] = 1  # exactly the centre box, a quarter of the pixels
+    baselines = seg.prior_baselines(masks)
+    assert baselines["centre_box"] == {"iou": 1.0, "f": 1.0}
+    assert baselines["all_foreground"]["iou"] == pytest.approx(0.25)
+
+
 # ------------------------------------------------------------------------------- model, training
 @pytest.mark.parametrize("size,stem", [(32, "cifar"), (64, "imagenet")])
 def test_segmenter_shapes(size, stem):
@@ -222,6 +230,7 @@ def test_script_end_to_end_on_salbench(tmp_path):
         assert 0.0 <= entry["iou_mean"] <= 1.0 and 0.0 <= entry["f_mean"] <= 1.0 and entry["iou_std"] >= 0.0
     assert results["0.5"]["n_labelled"] == 4 and results["1.0"]["n_labelled"] == 7
     assert results["meta"]["split"]["n_test"] == 3
+    assert set(results["meta"]["baselines"]) == {"all_foreground", "centre_box"}
     for name in ("results.csv", "results.md", "scores_vs_fraction.png"):
         assert (out / name).stat().st_size > 0
     # deterministic: the same command gives the same numbers

@@ -74,8 +74,13 @@ def _random_int_graph(rng, H, W, zero_frac=0.3):
     return tcap, ncap
 
 
-def _grabcut_like_int_graph(rng, H, W):
-    """Smooth image, contrast-sensitive n-links, log-likelihood-like t-links, 20% fixed."""
+def _grabcut_like_int_graph(rng, H, W, band=False):
+    """Smooth image, contrast-sensitive n-links, log-likelihood-like t-links, fixed pixels.
+
+    Fixed pixels (capacity 401 > the at most 8 * 50 of their n-links) are either 20% of the
+    pixels at random (``band=False``) or, as in SaliencyCut's trimap, a core inside the object
+    and everything outside a dilated object (``band=True``).
+    """
     img = rng.standard_normal((H + 8, W + 8)).cumsum(0).cumsum(1)
     img = img[8:, 8:] - img[:-8, 8:] - img[8:, :-8] + img[:-8, :-8]  # box-smoothed noise
     yy, xx = np.mgrid[:H, :W]
@@ -90,9 +95,14 @@ def _grabcut_like_int_graph(rng, H, W):
         dy, dx = GRID_DIRECTIONS[d]
         ncap[d, y0, x0] = np.rint(50.0 / (np.sqrt(2) if dy and dx else 1) * np.exp(-beta * s))
     tcap = np.rint(4.0 * ((img - 0.0) ** 2 - (img - 3.0) ** 2) + rng.normal(0, 3, (H, W)))
-    fixed = rng.random((H, W)) < 0.2
-    tcap[fixed & fg] = 401
-    tcap[fixed & ~fg] = -401
+    if band:
+        e = ((yy - H / 2) / (0.35 * H)) ** 2 + ((xx - W / 2) / (0.3 * W)) ** 2
+        tcap[e < 0.3] = 401
+        tcap[e > 1.8] = -401
+    else:
+        fixed = rng.random((H, W)) < 0.2
+        tcap[fixed & fg] = 401
+        tcap[fixed & ~fg] = -401
     return tcap, ncap
 
 
@@ -114,8 +124,8 @@ def test_random_grids_match_scipy(shape):
 @pytest.mark.parametrize("shape", [(16, 16), (20, 31), (1, 40), (40, 1), (33, 25)])
 def test_grabcut_like_grids_match_scipy(shape):
     rng = np.random.default_rng(sum(shape))
-    for _ in range(4):
-        tcap, ncap = _grabcut_like_int_graph(rng, *shape)
+    for i in range(6):
+        tcap, ncap = _grabcut_like_int_graph(rng, *shape, band=bool(i % 2))
         flow, source_side = grid_maxflow(tcap, ncap)
         ref_flow, ref_side = _reference(tcap, ncap)
         assert flow == ref_flow
@@ -133,6 +143,37 @@ def test_many_ties_match_scipy():
         ref_flow, ref_side = _reference(tcap, ncap)
         assert flow == ref_flow
         np.testing.assert_array_equal(source_side, ref_side)
+
+
+def test_decided_pixels_and_their_ties_match_scipy():
+    # pixels whose terminal capacity reaches the sum of their n-links are decided up front;
+    # equality is a tie that goes to the source side for a source pixel but not a sink pixel
+    rng = np.random.default_rng(5)
+    for _ in range(80):
+        H, W = rng.integers(1, 8, 2)
+        ncap = rng.integers(0, 4, (4, H, W)).astype(float)
+        total = np.zeros((H, W))
+        for d, y0, x0, y1, x1 in _edges(H, W):
+            np.add.at(total, (y0, x0), ncap[d, y0, x0])
+            np.add.at(total, (y1, x1), ncap[d, y0, x0])
+        sign = rng.choice([-1.0, 1.0], (H, W))
+        tcap = sign * (total + rng.integers(-2, 3, (H, W)))
+        tcap[rng.random((H, W)) < 0.2] = 0
+        flow, source_side = grid_maxflow(tcap, ncap)
+        ref_flow, ref_side = _reference(tcap, ncap)
+        assert flow == ref_flow
+        np.testing.assert_array_equal(source_side, ref_side)
+
+
+def test_all_pixels_decided():
+    rng = np.random.default_rng(9)
+    ncap = rng.integers(0, 10, (4, 8, 9)).astype(float)
+    tcap = rng.choice([-1000.0, 1000.0], (8, 9))
+    flow, source_side = grid_maxflow(tcap, ncap)
+    ref_flow, ref_side = _reference(tcap, ncap)
+    assert flow == ref_flow
+    np.testing.assert_array_equal(source_side, tcap > 0)
+    np.testing.assert_array_equal(ref_side, tcap > 0)
 
 
 def test_known_cut_two_halves():

@@ -100,6 +100,7 @@ def test_unknown_method_name_lists_the_six():
     ("swav", {"n_prototypes": 1.5}, ["n_prototypes", "int"]),
     ("swav", {"sinkhorn_epsilon": 0.001}, ["sinkhorn_epsilon", "overflows"]),
     ("moco", {"symmetric": "yes"}, ["symmetric", "True or False"]),
+    ("barlowtwins", {"loss_scale": 0.0}, ["loss_scale", "1/output_dim"]),
 ])
 def test_invalid_hyperparameters_say_how_to_fix(name, overrides, words):
     with pytest.raises(ValueError) as info:
@@ -280,6 +281,21 @@ def test_swav_prototypes_normalised_and_frozen_in_epoch_zero(views):
     assert step(epoch=1)
     method.before_step(0.2, 1)
     assert torch.allclose(weight.norm(dim=1), torch.ones(16), atol=1e-5)
+
+
+def test_barlow_twins_loss_is_lightlys_sum_over_output_dim(views):
+    from lightly.loss import BarlowTwinsLoss
+
+    torch.manual_seed(0)
+    method = build_method("barlowtwins", _tiny_backbone(), feature_dim=16, **SMALL_HEADS["barlowtwins"]).eval()
+    with torch.no_grad():
+        z_a = method.projection_head(method.backbone(views[0]))
+        z_b = method.projection_head(method.backbone(views[1]))
+        summed = BarlowTwinsLoss(lambda_param=5e-3)(z_a, z_b)
+        assert method.training_loss(*views).item() == pytest.approx(summed.item() / 64, rel=1e-5)
+        method.loss_scale = 1.0  # what loss_scale=1.0 sets
+        assert method.training_loss(*views).item() == pytest.approx(summed.item(), rel=1e-5)
+    assert build_method("barlowtwins", _tiny_backbone(), feature_dim=16, loss_scale=1.0).loss_scale == 1.0
 
 
 # ---------------------------------------------------------------------- optimizer recipe

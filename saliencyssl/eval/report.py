@@ -136,8 +136,8 @@ def classification_markdown(results: Mapping[str, Any], rows: Sequence[Mapping[s
     fraction_rows = [r for r in rows if r.get("protocol") in ("linear", "knn")]
     if fraction_rows:
         parts += ["## Accuracy against label fraction (mean ± std over seeds)", "",
-                  markdown_table([{**r, "protocol": PROTOCOL_TITLES.get(r["protocol"], r["protocol"])}
-                                  for r in fraction_rows],
+                  markdown_table([{**r, "protocol": PROTOCOL_TITLES.get(r["protocol"], r["protocol"]),
+                                   "accuracy_per_seed": _per_seed(r.get("accuracy_per_seed"))} for r in fraction_rows],
                                  [("protocol", "protocol"), ("label fraction", "fraction"), ("labelled images", "n_labelled"),
                                   ("top-1 accuracy", "accuracy_mean±accuracy_std"), ("per seed", "accuracy_per_seed")]), ""]
     if "kmeans" in results:
@@ -157,17 +157,25 @@ def segmentation_markdown(results: Mapping[str, Any], rows: Sequence[Mapping[str
              "## Foreground IoU and F-measure (beta^2 = 0.3) against label fraction (mean ± std over seeds)", "",
              markdown_table(rows, [("label fraction", "fraction"), ("labelled images", "n_labelled"),
                                    ("IoU", "iou_mean±iou_std"), ("F-measure", "f_mean±f_std")]), ""]
+    baselines = meta.get("baselines")
+    if baselines:
+        titles = {"all_foreground": "every pixel foreground", "centre_box": "centred square of half the side"}
+        parts += ["Image-blind predictions on the same test split (a trained segmenter should beat these):", "",
+                  markdown_table([{"name": titles.get(k, k), **v} for k, v in baselines.items()],
+                                 [("prediction", "name"), ("IoU", "iou"), ("F-measure", "f")]), ""]
     return "\n".join(parts)
 
 
 def plot_fraction_curves(series: Mapping[str, Sequence[FractionScore]], metric: str | Mapping[str, str], ylabel: str,
-                         path: str | Path, title: str = "", chance: float | None = None) -> Path:
+                         path: str | Path, title: str = "", chance: float | None = None,
+                         references: Mapping[str, float] | None = None) -> Path:
     """Metric against label fraction, one line per series, error bars = std over seeds; saved as PNG.
 
     Args:
         series: line label -> fraction scores.
         metric: which metric of the scores to plot (e.g. ``"accuracy"``), or line label -> metric.
         chance: draw a dashed horizontal line at this value (e.g. ``1 / n_classes``).
+        references: more dotted horizontal lines, label -> value (e.g. an image-blind baseline).
     """
     from matplotlib.figure import Figure
 
@@ -181,6 +189,8 @@ def plot_fraction_curves(series: Mapping[str, Sequence[FractionScore]], metric: 
                     capsize=3, label=PROTOCOL_TITLES.get(name, name))
     if chance is not None:
         ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.2f})")
+    for i, (name, value) in enumerate((references or {}).items()):
+        ax.axhline(value, color=f"C{len(series) + i}", linestyle=":", linewidth=1.2, label=f"{name} ({value:.2f})")
     ax.set_xlabel("label fraction")
     ax.set_ylabel(ylabel)
     ax.set_xlim(0, 1.05)
@@ -256,6 +266,11 @@ def _meta_lines(meta: Mapping[str, Any]) -> list[str]:
     if "seeds" in meta:
         lines.append(f"- seeds: {', '.join(str(s) for s in meta['seeds'])}")
     return lines
+
+
+def _per_seed(text: str | None) -> str:
+    """``"0.123456;0.234567"`` as ``"0.1235, 0.2346"``."""
+    return ", ".join(f"{float(v):.4f}" for v in text.split(";") if v) if text else ""
 
 
 def _fmt(value: Any) -> str:

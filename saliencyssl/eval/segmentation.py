@@ -339,6 +339,28 @@ def mask_scores(probabilities: torch.Tensor, masks: torch.Tensor, threshold: flo
     return {"iou": iou.numpy(), "f": f.numpy(), "precision": precision.numpy(), "recall": recall.numpy()}
 
 
+def prior_baselines(masks: torch.Tensor) -> dict[str, dict[str, float]]:
+    """Scores of two image-blind predictions, the floor a trained segmenter should clear.
+
+    Args:
+        masks: ``(N, 1, S, S)`` in {0, 1} (the test split).
+
+    Returns:
+        ``{"all_foreground": {"iou", "f"}, "centre_box": {"iou", "f"}}``: mean scores of predicting
+        every pixel, or the centred square of half the side, as foreground. Salient objects are
+        usually large and central, so the centre box is a strong floor.
+    """
+    full = torch.ones_like(masks)
+    box = torch.zeros_like(masks)
+    size = masks.shape[-1]
+    box[..., size // 4:size - size // 4, size // 4:size - size // 4] = 1
+    out = {}
+    for name, prediction in (("all_foreground", full), ("centre_box", box)):
+        scores = mask_scores(prediction, masks)
+        out[name] = {"iou": float(scores["iou"].mean()), "f": float(scores["f"].mean())}
+    return out
+
+
 __all__ = ["F_BETA2", "THRESHOLD", "MaskPairs", "read_mask", "load_mask_pairs", "to_arrays", "split_by_hash",
            "FPNSegmenter", "build_segmenter", "TrainConfig", "segmentation_loss", "train_segmenter",
-           "predict_probabilities", "mask_scores"]
+           "predict_probabilities", "mask_scores", "prior_baselines"]

@@ -9,6 +9,13 @@ orphans to a valid tree node or frees them (with BK's timestamp/distance heurist
 origin checks). It stops when no active (growing) node is left. The grid is padded by one
 node of zero capacity on each side so that no neighbour look-up needs a bounds check.
 
+Before BK runs, pixels whose side is already decided are contracted into their terminal
+(``_contract_decided``): a pixel with source capacity >= the sum of its n-links never reaches
+the sink, one with sink capacity > that sum always does. GrabCut's hard-labelled pixels
+(lambda = 8 * gamma + 1 > any sum of n-links) are all of this kind, which removes them and the
+long-range flow they would otherwise push through the grid (4x faster on graphs with 20% of
+scattered hard pixels, no change where they form solid regions).
+
 Segmentation semantics: a pixel is on the sink side iff it can reach the sink through edges
 with positive residual capacity in the final residual graph; every other pixel (including one
 that reaches neither terminal) is on the source side. This is BK's ``what_segment()`` with its
@@ -16,8 +23,9 @@ default ``SOURCE``. At termination BK's T tree is exactly that set: every T node
 sink along its parent edges (each has positive residual capacity; an edge that saturates makes
 its child an orphan), and no node outside T has a positive residual edge into T (a T node that
 stopped being active had every such neighbour in T, and whenever a T node is freed its T
-neighbours it had a positive edge to are re-activated). Because the set of nodes that can
-reach the sink is the same for every maximum flow, the returned segmentation is unique.
+neighbours it had a positive edge to are re-activated). That set is the sink side of the
+minimum cut with the smallest sink side, the same for every maximum flow, so the segmentation
+is unique; contraction keeps it (see ``_contract_decided``).
 """
 
 from __future__ import annotations
@@ -46,6 +54,83 @@ _INF_D = 1 << 60
 
 
 @numba.njit(cache=True)
+def _contract_decided(rc, tr, off, H, W, Wp):
+    """Merge pixels whose side is decided before any flow is computed into their terminal.
+
+    A pixel v with ``tr[v] > 0`` and ``tr[v] >= sum(rc[v])`` can never reach the sink (its
+    source link is either unsaturated, so v is reachable from the source, or saturated with
+    every outgoing n-link saturated); one with ``-tr[v] > sum(rc[v])`` always reaches the sink
+    (its sink link can never saturate). Either way the pixel is on the same side of every
+    minimum cut that matters here, so it is contracted into its terminal: each n-link (v, w)
+    becomes a terminal link of w (folded into ``tr[w]``, the folded-away ``min(source, sink)``
+    counted as flow) and v leaves the graph. Neighbours are re-checked, so decisions cascade.
+    GrabCut's hard-labelled pixels (lambda larger than the summed n-links) all go this way.
+
+    Why the answer is unchanged: a source-decided pixel is outside the smallest sink side of a
+    minimum cut and a sink-decided one inside it, so the contracted graph's minimum cuts are
+    the original ones that put v on its decided side, among them the one with the smallest
+    sink side; cut values only shift by the folded amounts added to the flow.
+
+    Modifies ``rc`` and ``tr`` in place; returns (flow0, decided) with decided[v] = +1 (source
+    side), -1 (sink side) or 0.
+    """
+    N = rc.shape[0]
+    decided = np.zeros(N, np.int8)
+    flag = np.zeros(N, np.bool_)
+    stack = np.empty(N, np.int32)
+    ns = 0
+    for y in range(H):
+        for x in range(W):
+            v = (y + 1) * Wp + (x + 1)
+            if tr[v] != 0.0:
+                stack[ns] = v
+                ns += 1
+                flag[v] = True
+    flow0 = 0.0
+    while ns > 0:
+        ns -= 1
+        v = stack[ns]
+        flag[v] = False
+        t = tr[v]
+        if t == 0.0:
+            continue
+        tot = 0.0
+        for k in range(8):
+            tot += rc[v, k]
+        if t > 0.0:
+            if t < tot:
+                continue
+            side = 1
+        else:
+            if -t <= tot:
+                continue
+            side = -1
+        decided[v] = side
+        tr[v] = 0.0
+        for k in range(8):
+            c = rc[v, k]
+            if c == 0.0:
+                continue
+            w = v + off[k]
+            rc[v, k] = 0.0
+            rc[w, (k + 4) & 7] = 0.0
+            tw = tr[w]
+            if side > 0:  # w gains a source link of capacity c
+                if tw < 0.0:
+                    flow0 += c if c < -tw else -tw
+                tr[w] = tw + c
+            else:  # w gains a sink link of capacity c
+                if tw > 0.0:
+                    flow0 += c if c < tw else tw
+                tr[w] = tw - c
+            if not flag[w]:
+                flag[w] = True
+                stack[ns] = w
+                ns += 1
+    return flow0, decided
+
+
+@numba.njit(cache=True)
 def _bk_grid(tcap, ncap, dys, dxs):
     """BK max-flow on the padded grid; returns (flow, (H, W) bool source side)."""
     H, W = tcap.shape
@@ -70,6 +155,8 @@ def _bk_grid(tcap, ncap, dys, dxs):
                     c = ncap[d, y, x]
                     rc[v, d] = c
                     rc[v + off[d], d + 4] = c
+
+    flow, decided = _contract_decided(rc, tr, off, H, W, Wp)
 
     tree = np.zeros(N, np.int8)
     parent = np.full(N, _NO_PARENT, np.int8)
@@ -99,7 +186,6 @@ def _bk_grid(tcap, ncap, dys, dxs):
                     qt = 0
                 qn += 1
 
-    flow = 0.0
     time = 0
     cur = -1
     while True:
@@ -334,11 +420,13 @@ def _bk_grid(tcap, ncap, dys, dxs):
     source_side = np.empty((H, W), np.bool_)
     for y in range(H):
         for x in range(W):
-            source_side[y, x] = tree[(y + 1) * Wp + (x + 1)] != _SNK
+            v = (y + 1) * Wp + (x + 1)
+            source_side[y, x] = decided[v] > 0 or (decided[v] == 0 and tree[v] != _SNK)
     return flow, source_side
 
 
 def _validate(tcap, ncap) -> tuple[np.ndarray, np.ndarray]:
+    """Check shapes and values; return C-contiguous float64 copies (or views) of both."""
     tcap = np.asarray(tcap)
     ncap = np.asarray(ncap)
     if tcap.ndim != 2:
@@ -347,7 +435,8 @@ def _validate(tcap, ncap) -> tuple[np.ndarray, np.ndarray]:
     if ncap.shape != (4, H, W):
         raise ValueError(f"ncap must have shape (4, H, W) = {(4, H, W)}, got {ncap.shape}")
     for name, arr in (("tcap", tcap), ("ncap", ncap)):
-        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_) or np.iscomplexobj(arr):
+        real = np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
+        if not real or np.iscomplexobj(arr):
             raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     tcap = np.ascontiguousarray(tcap, dtype=np.float64)
     ncap = np.ascontiguousarray(ncap, dtype=np.float64)
@@ -356,10 +445,11 @@ def _validate(tcap, ncap) -> tuple[np.ndarray, np.ndarray]:
     # only entries whose neighbour lies inside the grid are used (and checked)
     for d, (dy, dx) in enumerate(GRID_DIRECTIONS):
         used = ncap[d, : H - dy, max(0, -dx) : W - max(0, dx)]
+        what = f"ncap[{d}] (direction {(dy, dx)})"
         if not np.all(np.isfinite(used)):
-            raise ValueError(f"ncap[{d}] (direction {(dy, dx)}) must be finite (found NaN or inf)")
+            raise ValueError(f"{what} must be finite (found NaN or inf)")
         if used.size and used.min() < 0:
-            raise ValueError(f"ncap[{d}] (direction {(dy, dx)}) must be non-negative, min is {used.min()}")
+            raise ValueError(f"{what} must be non-negative, min is {used.min()}")
     return tcap, ncap
 
 

@@ -76,11 +76,11 @@ class BYOL(SSLMethod):
         self.current_momentum = momentum
 
     def _online(self, view: Tensor) -> Tensor:
-        return self.prediction_head(self.projection_head(self._features(view)))
+        return self._fp32(lambda f: self.prediction_head(self.projection_head(f)), self._features(view))
 
     @torch.no_grad()
     def _target(self, view: Tensor) -> Tensor:
-        return self.projection_head_momentum(self.backbone_momentum(view).flatten(start_dim=1))
+        return self._fp32(self.projection_head_momentum, self.backbone_momentum(view).flatten(start_dim=1))
 
     def _symmetric_loss(self, p_a: Tensor, p_b: Tensor, z_a: Tensor, z_b: Tensor) -> Tensor:
         return 0.5 * (self.criterion(p_a, z_b) + self.criterion(p_b, z_a))

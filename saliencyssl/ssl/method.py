@@ -22,10 +22,12 @@ Under DistributedDataParallel wrap the method itself and call it (``ddp(view_a, 
 :meth:`~SSLMethod.before_step` / :meth:`~SSLMethod.after_backward` on ``ddp.module``. Build the
 method with ``distributed=True`` so that losses which need the whole global batch gather it.
 
-Losses are always evaluated in float32 with autocast disabled (the projections are cast up
-first): SwAV's Sinkhorn exponentiates scores divided by 0.05 and would overflow float16, and the
-contrastive/correlation losses are cheap next to the backbone. Backbones and heads themselves run
-under whatever autocast the loop chooses (float16 works; nothing needs bfloat16).
+Projection/prediction heads, prototypes and losses always run in float32 with autocast disabled
+(the backbone features are cast up first): SwAV's Sinkhorn exponentiates scores divided by 0.05,
+which float16 cannot hold, and the heads are cheap next to the backbone, which runs under whatever
+autocast the loop chooses. Float16 with a GradScaler works for all six methods (checked on an H200
+under DDP; Barlow Twins needed its loss divided by ``output_dim``, see
+:class:`~saliencyssl.ssl.barlowtwins.BarlowTwins`); nothing needs bfloat16.
 """
 
 from __future__ import annotations
@@ -200,6 +202,17 @@ class SSLMethod(nn.Module):
                              f"feature_dim={self.hparams['feature_dim']}; pass feature_dim="
                              f"{features.shape[1]} to build_method")
         return features
+
+    @staticmethod
+    def _fp32(module: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        """``module(x)`` in float32 with autocast disabled (projection/prediction heads).
+
+        Heads are tiny next to the backbone; keeping them (and their unnormalised outputs, such
+        as Barlow Twins' last linear layer) in float32 is a cheap precaution against float16
+        overflow.
+        """
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return module(x.float())
 
     def _dist_initialised(self) -> bool:
         return (self.distributed and torch.distributed.is_available() and torch.distributed.is_initialized()

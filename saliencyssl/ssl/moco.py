@@ -93,13 +93,13 @@ class MoCo(SSLMethod):
         self.current_momentum = momentum
 
     def _query(self, view: Tensor) -> Tensor:
-        return self.projection_head(self._features(view))
+        return self._fp32(self.projection_head, self._features(view))
 
     @torch.no_grad()
     def _key(self, view: Tensor) -> Tensor:
         distributed = self._dist_initialised()
         shuffled, shuffle = batch_shuffle(view, distributed=distributed)
-        keys = self.projection_head_momentum(self.backbone_momentum(shuffled).flatten(start_dim=1))
+        keys = self._fp32(self.projection_head_momentum, self.backbone_momentum(shuffled).flatten(start_dim=1))
         return batch_unshuffle(keys, shuffle, distributed=distributed)
 
     def training_loss(self, view_a: Tensor, view_b: Tensor) -> Tensor:

@@ -75,6 +75,6 @@ class SimCLR(SSLMethod):
 
     def training_loss(self, view_a: Tensor, view_b: Tensor) -> Tensor:
         self._check_views(view_a, view_b)
-        z_a = self.projection_head(self._features(view_a))
-        z_b = self.projection_head(self._features(view_b))
+        z_a = self._fp32(self.projection_head, self._features(view_a))
+        z_b = self._fp32(self.projection_head, self._features(view_b))
         return self._fp32_loss(self.criterion, z_a, z_b)

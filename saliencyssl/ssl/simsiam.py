@@ -58,8 +58,8 @@ class SimSiam(SSLMethod):
         _check_int(cls, hparams, "prediction_hidden_dim", minimum=1)
 
     def _branch(self, view: Tensor) -> tuple[Tensor, Tensor]:
-        z = self.projection_head(self._features(view))
-        return z, self.prediction_head(z)
+        z = self._fp32(self.projection_head, self._features(view))
+        return z, self._fp32(self.prediction_head, z)
 
     def _symmetric_loss(self, p_a: Tensor, p_b: Tensor, z_a: Tensor, z_b: Tensor) -> Tensor:
         return 0.5 * (self.criterion(p_a, z_b) + self.criterion(p_b, z_a))

@@ -96,8 +96,10 @@ class SwAV(SSLMethod):
                 parameter.grad = None
 
     def _scores(self, view: Tensor) -> Tensor:
-        z = F.normalize(self.projection_head(self._features(view)), dim=1, p=2)
-        return self.prototypes(z)
+        return self._fp32(self._project_and_score, self._features(view))
+
+    def _project_and_score(self, features: Tensor) -> Tensor:
+        return self.prototypes(F.normalize(self.projection_head(features), dim=1, p=2))
 
     def _swapped_loss(self, scores_a: Tensor, scores_b: Tensor) -> Tensor:
         return self.criterion([scores_a, scores_b], [])

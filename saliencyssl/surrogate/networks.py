@@ -92,6 +92,8 @@ class Architecture:
         ndf: discriminator channels at its first layer.
         d_layers: stride-2 layers of the discriminator (:func:`patch_layers`).
         out_channels: predicted channels (``len(TARGET_CHANNELS)``).
+        coords: append two coordinate channels (x, y in [-1, 1]) to the generator's input, so
+            position (RC's border suppression and centre weighting) is given, not inferred.
     """
 
     image_size: int
@@ -99,9 +101,10 @@ class Architecture:
     max_mult: int = 8
     depth: int = 0
     dropout_blocks: int = 3
-    ndf: int = 32
+    ndf: int = 16
     d_layers: int = 0
     out_channels: int = len(TARGET_CHANNELS)
+    coords: bool = False
 
     def __post_init__(self) -> None:
         if self.ngf < 1 or self.ndf < 1 or self.max_mult < 1:
@@ -146,7 +149,7 @@ class UNetGenerator(nn.Module):
         depth = arch.depth
         self.down = nn.ModuleList()
         self.up = nn.ModuleList()
-        in_ch = 3
+        in_ch = 3 + (2 if arch.coords else 0)
         for i, out_ch in enumerate(widths):
             layers: list[nn.Module] = []
             if i > 0:
@@ -171,6 +174,11 @@ class UNetGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, S, S)`` float image (scaled to [-1, 1]) to ``(B, C, S, S)`` float logits."""
+        if self.arch.coords:
+            b, _, h, w = x.shape
+            ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
+            xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
+            x = torch.cat([x, xs, ys], 1)
         skips = []
         for block in self.down:
             x = block(x)

@@ -305,7 +305,8 @@ def load_pairs(images_dir: str | Path, cache_dir: str | Path, image_size: int, f
         image_size: side ``S`` both images and targets are brought to (:func:`fit_square`).
         fingerprint: use exactly this labeller fingerprint (e.g. a checkpoint's); default:
             ``config``'s, or the one covering most images (:func:`choose_fingerprint`).
-        config: explicit labeller options selecting the fingerprint.
+        config: explicit labeller options selecting the fingerprint (with ``fingerprint``
+            given: only used to write the label.py command for misses).
         limit: use at most this many images, chosen by content hash (:func:`select_limit`).
         progress: show progress bars.
         image_set: an already opened set for ``images_dir`` (skips opening it again).
@@ -331,7 +332,7 @@ def load_pairs(images_dir: str | Path, cache_dir: str | Path, image_size: int, f
             raise MissingTargetsError(f"{cache_dir} is not a target cache (no cache.db); fill it first with: "
                                       f"{label_command(images_dir, cache_dir, None)}")
         probe = _open_cache(cache_dir, fingerprint)
-        params = probe.fingerprints().get(fingerprint)
+        params = probe.fingerprints().get(fingerprint) or (config.params() if config is not None else None)
         probe.close()
     command = label_command(images_dir, cache_dir, params)
     cache = _open_cache(cache_dir, fingerprint)

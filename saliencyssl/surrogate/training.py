@@ -82,6 +82,7 @@ class TrainConfig:
     ngf: int = Architecture.ngf
     max_mult: int = Architecture.max_mult
     ndf: int = Architecture.ndf
+    coords: bool = Architecture.coords
     grid_images: int = 8
 
     def __post_init__(self) -> None:
@@ -103,7 +104,7 @@ class TrainConfig:
         return 10 ** 6 if self.max_minutes is not None else 100
 
     def architecture(self) -> Architecture:
-        return Architecture(self.image_size, ngf=self.ngf, max_mult=self.max_mult, ndf=self.ndf)
+        return Architecture(self.image_size, ngf=self.ngf, max_mult=self.max_mult, ndf=self.ndf, coords=self.coords)
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -318,7 +319,7 @@ class SurrogateTrainer:
                 train.hashes), "n_held_out": len(self.held_pairs) if self.held_pairs is not None else 0,
             "held_out_hashes_digest": self.held_pairs.digest() if self.held_pairs is not None else None,
             "config": self.config.as_dict(), "heldout_fidelity": _plain(self.last_report),
-            "torch": torch.__version__, "device": str(self.device), **self.run_info}
+            "torch": str(torch.__version__), "device": str(self.device), **self.run_info}
 
     def save_last(self) -> Path:
         """Write ``RUN_DIR/last.pt`` (everything ``--resume`` needs)."""

@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""Seconds per epoch of real pretraining for each target source, in one run (the paper's headline).
+
+The paper measured about 50 minutes per epoch on a K80 for 790 images with SaliencyCut computed
+on the fly, and about 30 with its Pix2Pix surrogate. This script prepares what it needs (labels
+the images into a temporary cache; without --surrogate, a freshly initialised surrogate of the
+default architecture, as timing does not depend on its weights), then runs whole epochs of
+scripts/pretrain.py's loop for each source and reports seconds per epoch and the ratio to
+``none``. Sources other than ``none`` use --policy (default ``sal+default``); ``none`` uses the
+same policy without the saliency view, so the difference is the cost of getting and rendering
+targets. ``exact`` labels every batch from scratch in --workers processes.
+
+Example (the figures in docs/benchmarks.md):
+  python benchmarks/bench_epoch.py --data ../shared/data/cifar10/train --num-images 790 --image-size 32 \\
+      --batch-size 128 --sources none,cache,surrogate,exact --epochs 2 --json runs/epoch.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from saliencyssl.augment import TrainingImages, parse_policy
+from saliencyssl.cache import TargetCache
+from saliencyssl.cache.labelling import default_workers
+from saliencyssl.datasets import open_image_set
+from saliencyssl.saliency import Labeller
+from saliencyssl.ssl.pretrain import PretrainConfig, Pretrainer
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--num-images", type=int, default=790)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--sources", default="none,cache,surrogate,exact")
+    parser.add_argument("--method", default="simclr")
+    parser.add_argument("--policy", default="sal+default")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per source; the first is a warm-up when > 1")
+    parser.add_argument("--surrogate", type=Path, help="surrogate checkpoint (default: a fresh one)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--amp", action="store_true")
+    parser.add_argument("--workers", type=int, default=default_workers(), help="exact-labelling processes")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+
+    policy = parse_policy(args.policy)
+    if not policy.uses_saliency:
+        parser.error("--policy must use the saliency view (e.g. sal+default) to compare sources")
+    image_set = open_image_set(args.data)
+    n = min(args.num_images, len(image_set))
+    image_set = image_set.subset(range(n))
+    labeller = Labeller()
+    sources = [s for s in args.sources.split(",") if s]
+    result = {"device": device_name(args.device), "torch": torch.__version__, "num_images": n,
+              "image_size": args.image_size, "batch_size": args.batch_size, "method": args.method,
+              "policy": policy.name, "epochs": args.epochs, "seconds_per_epoch": {}, "seconds_split": {}}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        cache_dir = tmp / "cache"
+        if {"cache", "surrogate"} & set(sources) or args.surrogate is None:
+            cache = TargetCache(cache_dir, labeller.fingerprint, params=labeller.config.params())
+            hashes = TrainingImages(image_set, args.image_size).hashes
+            todo = [i for i, h in enumerate(hashes) if h not in cache]
+            if todo:
+                print(f"labelling {len(todo)} images into a temporary cache ...", flush=True)
+                from tqdm import tqdm
+
+                for i in tqdm(todo, unit="img"):
+                    cache.put(hashes[i], labeller(image_set.image(i)))
+        surrogate = args.surrogate
+        if surrogate is None and "surrogate" in sources:
+            from saliencyssl.surrogate.model import Surrogate
+
+            surrogate = Surrogate.fresh(args.image_size, labeller.fingerprint).save(tmp / "fresh_surrogate.pt")
+        for source in sources:
+            config = PretrainConfig(
+                data=str(args.data), out=str(tmp / f"run_{source}"), method=args.method,
+                aug_source=source if source != "surrogate" else "surrogate",
+                policy=policy.name if source != "none" else f"{policy.name},saliency=0",
+                epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
+                cache=str(cache_dir) if source == "cache" else None,
+                surrogate=str(surrogate) if source == "surrogate" else None, device=args.device, amp=args.amp,
+                workers=args.workers if source == "exact" else 0, limit=n, progress=False, tensorboard=False)
+            trainer = Pretrainer(config)
+            history = trainer.run().history
+            timed = history[1:] if len(history) > 1 else history
+            seconds = float(np.mean([h.seconds["epoch"] for h in timed]))
+            result["seconds_per_epoch"][source] = seconds
+            result["seconds_split"][source] = {k: float(np.mean([h.seconds[k] for h in timed]))
+                                        for k in ("data", "augmentation", "compute")}
+            print(f"{source:10s} {seconds:8.2f} s per epoch", flush=True)
+    base = result["seconds_per_epoch"].get("none")
+    if base:
+        result["ratio_to_none"] = {k: v / base for k, v in result["seconds_per_epoch"].items()}
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

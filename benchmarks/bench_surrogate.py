@@ -1,0 +1,183 @@
+#!/usr/bin/env python
+"""Speed of the surrogate against the exact labeller, per image, on the same machine in one run.
+
+For N images from --data brought to --image-size (fit_square), it times:
+
+- the exact labeller (saliencyssl.saliency.Labeller, default parameters) on each image, one by
+  one, as scripts/label.py runs it (after one warm-up image);
+- the surrogate's batched predict() (uint8 images in, TargetBatch out: network plus the
+  connected-component labelling of the predicted boundaries) and its network alone
+  (predict_channels), after a warm-up batch, best of --repeats passes over the N images.
+
+The surrogate is a freshly initialised one of the default architecture (Surrogate.fresh), since
+its weights do not change its cost, or --surrogate PATH. On CUDA it also reports images per
+second at 32 and 96 px (--gpu-sizes), fp16 autocast as in training and the router.
+
+Examples:
+  python benchmarks/bench_surrogate.py --data ../shared/data/cifar10/test --num-images 512 \\
+      --json runs/bench_surrogate_cpu.json
+  python benchmarks/bench_surrogate.py --data ../shared/data/bsds500_test/images --image-size 96 --num-images 128
+  python benchmarks/bench_surrogate.py --data ../shared/data/cifar10/test --device cuda --batch-size 512 \\
+      --json runs/bench_surrogate_gpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_name()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_surrogate(surrogate, images: torch.Tensor, batch_size: int, repeats: int, full: bool) -> float:
+    """Best-of-``repeats`` seconds per image for predict (``full``) or predict_channels."""
+    device = surrogate.device
+    images = images.to(device)
+    fn = surrogate.predict if full else surrogate.predict_channels
+    fn(images[:batch_size])  # warm-up (allocations, kernel selection)
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i in range(0, len(images), batch_size):
+            fn(images[i:i + batch_size])
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best / len(images)
+
+
+def time_labeller(images: np.ndarray) -> tuple[float, list[float]]:
+    """Median seconds per image of the exact labeller (one warm-up image first)."""
+    from saliencyssl.saliency import Labeller
+
+    labeller = Labeller()
+    labeller(images[0])
+    times = []
+    for image in images:
+        start = time.perf_counter()
+        labeller(image)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), times
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, metavar="DIR", help="image folder (or CIFAR batches)")
+    p.add_argument("--image-size", type=int, default=32, metavar="S", help="side of the images (default 32)")
+    p.add_argument("--batch-size", type=int, default=128, metavar="B", help="surrogate batch (default 128)")
+    p.add_argument("--num-images", type=int, default=512, metavar="N", help="images timed (default 512)")
+    p.add_argument("--labeller-images", type=int, default=None, metavar="N",
+                   help="images the exact labeller is timed on (default: min(N, 200))")
+    p.add_argument("--device", default="cpu", help="surrogate device: cpu or cuda (default %(default)s)")
+    p.add_argument("--surrogate", type=Path, default=None, metavar="PATH",
+                   help="time this surrogate.pt instead of a fresh default one (same cost for the same arch)")
+    p.add_argument("--repeats", type=int, default=3, help="passes over the images, best kept (default 3)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--gpu-sizes", default="32,96", metavar="S,S",
+                   help="on CUDA, also images/s at these sizes (default %(default)s)")
+    p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the figures as JSON")
+    args = p.parse_args(argv)
+
+    from saliencyssl.datasets import fit_square, open_image_set
+    from saliencyssl.surrogate.model import Surrogate
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    image_set = open_image_set(args.data)
+    n = min(args.num_images, len(image_set))
+    step = max(1, len(image_set) // n)
+    chosen = list(range(0, len(image_set), step))[:n]
+    pixels = np.stack([fit_square(image_set.image(i), args.image_size) for i in chosen])
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
+
+    if args.surrogate:
+        surrogate = Surrogate.load(args.surrogate, device=device, expect_image_size=args.image_size)
+    else:
+        surrogate = Surrogate.fresh(args.image_size, device=device)
+    result = {
+        "device": str(device), "device_name": device_name(device), "cpu": cpu_name(),
+        "torch": str(torch.__version__), "threads": torch.get_num_threads(), "image_size": args.image_size,
+        "batch_size": args.batch_size, "num_images": n, "surrogate": str(args.surrogate or "fresh default"),
+        "arch": surrogate.arch.as_dict(), "amp": surrogate.amp,
+    }
+    full = time_surrogate(surrogate, images, args.batch_size, args.repeats, full=True)
+    net = time_surrogate(surrogate, images, args.batch_size, args.repeats, full=False)
+    result["surrogate_ms_per_image"] = full * 1e3
+    result["surrogate_network_ms_per_image"] = net * 1e3
+    result["surrogate_images_per_second"] = 1.0 / full
+    print(f"surrogate on {result['device_name']}: {full * 1e3:.4f} ms/image predict (network alone "
+          f"{net * 1e3:.4f} ms), batch {args.batch_size}, {torch.get_num_threads()} threads", flush=True)
+
+    n_label = min(n, args.labeller_images or 200)
+    label_median, label_times = time_labeller(pixels[:n_label])
+    result["labeller_images"] = n_label
+    result["labeller_ms_per_image"] = label_median * 1e3
+    result["labeller_ms_per_image_mean"] = float(np.mean(label_times)) * 1e3
+    print(f"exact labeller on {cpu_name()}: {label_median * 1e3:.2f} ms/image (median of {n_label}; mean "
+          f"{np.mean(label_times) * 1e3:.2f})", flush=True)
+    if device.type == "cpu":
+        result["speedup"] = label_median / full
+        result["speedup_network_only"] = label_median / net
+        print(f"speed-up on the same CPU: {result['speedup']:.1f}x (network alone {result['speedup_network_only']:.1f}x)")
+    else:
+        # The same comparison on the CPU of this machine, so the speed-up is like for like.
+        cpu_surrogate = Surrogate.fresh(args.image_size, device="cpu") if not args.surrogate else \
+            Surrogate.load(args.surrogate, device="cpu")
+        cpu_full = time_surrogate(cpu_surrogate, images, args.batch_size, 1, full=True)
+        result["surrogate_cpu_ms_per_image"] = cpu_full * 1e3
+        result["speedup_cpu"] = label_median / cpu_full
+        result["speedup_gpu_vs_labeller_cpu"] = label_median / full
+        print(f"surrogate on this CPU: {cpu_full * 1e3:.4f} ms/image -> {result['speedup_cpu']:.1f}x; GPU vs one CPU "
+              f"labeller: {result['speedup_gpu_vs_labeller_cpu']:.0f}x")
+    if device.type == "cuda" and args.gpu_sizes:
+        rates = {}
+        for size in (int(s) for s in args.gpu_sizes.split(",") if s):
+            sized = torch.from_numpy(np.stack([fit_square(image_set.image(i), size) for i in chosen]))
+            sized = sized.permute(0, 3, 1, 2).contiguous()
+            reps = max(1, 4096 // len(sized))
+            sized = sized.repeat(reps, 1, 1, 1)
+            s = Surrogate.fresh(size, device=device)
+            per = time_surrogate(s, sized, args.batch_size, args.repeats, full=True)
+            per_net = time_surrogate(s, sized, args.batch_size, args.repeats, full=False)
+            rates[str(size)] = {"images_per_second": 1.0 / per, "network_images_per_second": 1.0 / per_net,
+                                "images": len(sized)}
+            print(f"GPU {size}px: {1.0 / per:,.0f} images/s predict, {1.0 / per_net:,.0f} images/s network alone")
+        result["gpu_images_per_second"] = rates
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

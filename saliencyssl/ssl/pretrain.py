@@ -1,0 +1,438 @@
+"""The pretraining loop: one loop for all six methods, fed by the router.
+
+:class:`Pretrainer` wires the pieces in the order the data flows: images at one size (preloaded
+as one uint8 tensor), the labeller fingerprint, the target sources (frozen pack from the cache,
+surrogate checkpoint, exact labeller) behind a :class:`~saliencyssl.augment.TargetRouter`, the
+policy (:class:`~saliencyssl.augment.SSLAugmentation`), the ResNet-18 and its method
+(:func:`~saliencyssl.ssl.registry.build_method`), lightly's recipe optimizer, and then:
+
+- per epoch: a progress bar; the loss, learning rate, seconds split into data (gathering the
+  batch), augmentation (targets + views) and compute (forward, backward, step), the router's
+  counters per source and, when labelled sets are given, kNN accuracy (lightly's
+  ``knn_predict``), all to TensorBoard (``RUN_DIR/tb``) and ``RUN_DIR/history.json``;
+- a checkpoint after each epoch (``RUN_DIR/checkpoint.pt``: weights, optimizer, schedule, grad
+  scaler and every RNG state), so ``resume=True`` continues exactly where a run stopped;
+- at the end ``RUN_DIR/backbone.pt`` for the evaluation tools.
+
+Under ``torchrun`` each process takes its share of every epoch's permutation, the method
+gathers what its loss needs across processes, and rank 0 alone writes files. On the CPU a
+run is reproducible from its seed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from saliencyssl.augment import (FrozenPack, MissingPieceError, SSLAugmentation, TargetRouter, TrainingImages,
+                                 parse_policy, parse_sources, policy_summary)
+from saliencyssl.datasets import open_image_set
+from saliencyssl.saliency import Labeller, LabellerConfig
+from saliencyssl.ssl.backbone import resnet18_backbone, save_backbone, uses_cifar_stem
+from saliencyssl.ssl.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "saliency-ssl-pretrain-1"
+
+
+@dataclass
+class PretrainConfig:
+    """Everything a pretraining run depends on (``scripts/pretrain.py``'s options).
+
+    ``batch_size`` is the global batch; under torchrun each of N processes takes
+    ``batch_size / N``. ``limit`` keeps the first N images (benchmarks). ``workers`` is the
+    number of processes for exact labelling (``--aug-source exact`` / ``cache,exact``).
+    """
+
+    data: str
+    out: str
+    method: str = "simclr"
+    aug_source: str = "cache"
+    policy: str = "sal+default"
+    epochs: int = 100
+    batch_size: int = 128
+    image_size: int = 32
+    cache: str | None = None
+    pack: str | None = None
+    surrogate: str | None = None
+    device: str = "cpu"
+    amp: bool = False
+    workers: int = 0
+    knn_train: str | None = None
+    knn_test: str | None = None
+    knn_every: int = 1
+    resume: bool = False
+    seed: int = 0
+    lr: float | None = None
+    scale: float | None = None
+    max_side: int | None = None
+    min_side: int = 64
+    cut_engine: str = "faithful"
+    limit: int | None = None
+    progress: bool = True
+    tensorboard: bool = True
+
+    def labeller_config(self) -> LabellerConfig:
+        return LabellerConfig(min_side=self.min_side, scale=self.scale, max_side=self.max_side,
+                              cut_engine=self.cut_engine)
+
+
+@dataclass
+class EpochRecord:
+    """What one epoch did (one entry of ``history.json``)."""
+
+    epoch: int
+    loss: float
+    lr: float
+    seconds: dict[str, float]
+    router: dict[str, Any]
+    knn_accuracy: float | None = None
+    steps: int = 0
+
+
+@dataclass
+class PretrainResult:
+    backbone_path: Path | None
+    history: list[EpochRecord] = field(default_factory=list)
+
+
+class Pretrainer:
+    """Set up and run one pretraining run (see the module docstring).
+
+    Example:
+        >>> trainer = Pretrainer(PretrainConfig(data="cifar/train", out="runs/simclr", method="simclr",
+        ...                                     aug_source="cache", cache="runs/cache", epochs=10))  # doctest: +SKIP
+        >>> trainer.run()  # doctest: +SKIP
+    """
+
+    def __init__(self, config: PretrainConfig, dist_info: DistInfo | None = None):
+        self.config = config
+        self.dist = dist_info or init_distributed(config.device)
+        self.device = self.dist.device
+        self.out = Path(config.out)
+        self.history: list[EpochRecord] = []
+        self.start_epoch = 0
+        self._setup()
+
+    # -- setup ------------------------------------------------------------------------------------
+    def _say(self, message: str) -> None:
+        if self.dist.is_main:
+            print(message, flush=True)
+
+    def _setup(self) -> None:
+        c = self.config
+        if c.epochs < 1:
+            raise ValueError(f"--epochs must be at least 1, got {c.epochs}")
+        _seed_everything(c.seed + self.dist.rank)
+        self.policy = parse_policy(c.policy)
+        self.sources = parse_sources(c.aug_source)
+        if self.policy.uses_saliency and self.sources == ("none",):
+            raise MissingPieceError(f"policy {c.policy!r} renders saliency views but --aug-source is none; "
+                                    f"choose --aug-source cache (or cache,surrogate), or a policy without 'sal'")
+        if not self.policy.uses_saliency and self.sources != ("none",):
+            self._say(f"note: policy {c.policy!r} uses no saliency view; --aug-source {c.aug_source} is not consulted")
+            self.sources = ("none",)
+
+        image_set = open_image_set(c.data)
+        if c.limit is not None:
+            image_set = image_set.subset(range(min(c.limit, len(image_set))))
+        self.image_set = image_set
+        self.images = TrainingImages(image_set, c.image_size)
+        n, world = len(self.images), self.dist.world_size
+        if c.batch_size % world:
+            raise ValueError(f"--batch-size {c.batch_size} must be divisible by the {world} processes")
+        self.local_batch = c.batch_size // world
+        self.steps_per_epoch = (n // world) // self.local_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"--batch-size {c.batch_size} is larger than the {n} images of {c.data} "
+                             f"(per process {n // world}); use a smaller batch")
+        on_gpu = self.device.type == "cuda"
+        self.stack = self.images.stack(self.device if on_gpu else "cpu")
+        self._say(f"data: {n} images from {c.data} at {c.image_size}px; {self.steps_per_epoch} steps of "
+                  f"{c.batch_size} per epoch" + (f" over {world} processes" if world > 1 else ""))
+
+        self.labeller = Labeller(c.labeller_config())
+        self.router = self._build_router()
+        self.router.check_ready()
+        self._say(f"policy {policy_summary(self.policy)}; targets from {','.join(self.router.sources)}")
+        self.augment = SSLAugmentation(self.policy, c.image_size).to(self.device)
+
+        from saliencyssl.ssl.registry import build_method
+        from saliencyssl.ssl.optim import build_optimizer
+
+        backbone = resnet18_backbone(uses_cifar_stem(c.image_size))
+        self.method = build_method(c.method, backbone, distributed=self.dist.enabled).to(self.device)
+        self.model: torch.nn.Module = self.method
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.method, device_ids=ids)
+        self.optimizer, self.scheduler = build_optimizer(self.method, batch_size=c.batch_size, epochs=c.epochs,
+                                                         steps_per_epoch=self.steps_per_epoch, lr=c.lr)
+        self.amp = bool(c.amp and self.device.type == "cuda")
+        if c.amp and not self.amp:
+            self._say("note: --amp needs CUDA; running in float32")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+
+        self.knn = None
+        if c.knn_train and c.knn_test:
+            self.knn = self._knn_sets(c.knn_train, c.knn_test)
+        elif bool(c.knn_train) != bool(c.knn_test):
+            raise ValueError("kNN monitoring needs both --knn-train and --knn-test")
+
+        self.writer = None
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if c.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(self.out / "tb"))
+        if c.resume:
+            self._resume()
+
+    def _build_router(self) -> TargetRouter:
+        c = self.config
+        pack = cache = surrogate = None
+        fingerprint = self.labeller.fingerprint
+        if "cache" in self.sources:
+            if c.pack:
+                from saliencyssl.cache.packfile import load_pack
+
+                pack = load_pack(c.pack, self.images.hashes, c.image_size)
+            elif c.cache:
+                from saliencyssl.cache import TargetCache
+
+                cache = TargetCache(c.cache, fingerprint, params=self.labeller.config.params())
+                pack = FrozenPack.build(self.images.hashes, cache, c.image_size, progress=self.dist.is_main)
+            if pack is not None:
+                self._say(pack.report.line())
+                pack = pack.to(self.device) if self.device.type == "cuda" else pack
+        if "surrogate" in self.sources and c.surrogate:
+            from saliencyssl.surrogate.model import Surrogate
+
+            surrogate = Surrogate.load(c.surrogate, device=self.device)
+        return TargetRouter(self.sources, c.image_size, pack=pack, surrogate=surrogate, labeller=self.labeller,
+                            image_set=self.image_set, cache=cache, exact_workers=c.workers, data_hint=str(c.data))
+
+    def _knn_sets(self, train: str, test: str) -> dict:
+        sets = {}
+        for name, path in (("train", train), ("test", test)):
+            image_set = open_image_set(path)
+            if not image_set.has_labels:
+                raise ValueError(f"kNN monitoring needs labelled images (class sub-folders) in {path}")
+            sets[name] = (TrainingImages(image_set, self.config.image_size).stack(), image_set.labels,
+                          len(image_set.classes))
+        return sets
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    def _save_checkpoint(self, epoch: int) -> None:
+        if not self.dist.is_main:
+            return
+        state = {
+            "format": CHECKPOINT_FORMAT, "epoch": epoch, "config": asdict(self.config),
+            "method": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "rng": _rng_state(), "history": [asdict(h) for h in self.history],
+        }
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.checkpoint_path)
+
+    def _resume(self) -> None:
+        path = self.checkpoint_path
+        if not path.is_file():
+            self._say(f"--resume: no checkpoint at {path}; starting from epoch 1")
+            return
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is not a saliency-ssl pretraining checkpoint; remove it or choose another --out")
+        saved = state["config"]
+        for key in ("method", "image_size", "batch_size", "epochs"):
+            if saved.get(key) != getattr(self.config, key):
+                raise ValueError(f"{path} was written with --{key.replace('_', '-')} {saved.get(key)}, this run has "
+                                 f"{getattr(self.config, key)}; resume with the same value or use another --out")
+        try:
+            self.method.load_state_dict(state["method"])
+        except RuntimeError as error:
+            raise ValueError(f"{path}: weights do not fit this {self.config.method} model: "
+                             f"{str(error).splitlines()[0]}") from error
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        self.history = [EpochRecord(**h) for h in state["history"]]
+        self.start_epoch = int(state["epoch"]) + 1
+        self._say(f"resumed from {path} after epoch {self.start_epoch}")
+
+    # -- training ----------------------------------------------------------------------------------
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        """This process's share of the epoch's permutation (same permutation on every process)."""
+        n, world = len(self.images), self.dist.world_size
+        g = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        perm = torch.randperm(n, generator=g)[: (n // world) * world]
+        return perm[self.dist.rank::world]
+
+    def train_epoch(self, epoch: int) -> EpochRecord:
+        c = self.config
+        self.model.train()
+        order = self._epoch_order(epoch)
+        total_steps = c.epochs * self.steps_per_epoch
+        seconds = {"data": 0.0, "augmentation": 0.0, "compute": 0.0}
+        loss_sum = 0.0
+        steps = range(self.steps_per_epoch)
+        bar = None
+        if c.progress and self.dist.is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(steps, desc=f"epoch {epoch + 1}/{c.epochs}", unit="step", leave=False)
+            steps = bar
+        epoch_start = time.perf_counter()
+        for step in steps:
+            t0 = time.perf_counter()
+            index = order[step * self.local_batch:(step + 1) * self.local_batch]
+            x = self.stack.index_select(0, index.to(self.stack.device)).to(self.device, non_blocking=True)
+            self._sync()
+            t1 = time.perf_counter()
+            targets = self.router.targets(index, x) if self.policy.uses_saliency else None
+            view_a, view_b = self.augment(x, targets), self.augment(x, targets)
+            self._sync()
+            t2 = time.perf_counter()
+            global_step = epoch * self.steps_per_epoch + step
+            self.method.before_step(global_step / max(total_steps - 1, 1), epoch)
+            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+                loss = self.model(view_a, view_b)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.method.after_backward(epoch)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            value = float(loss.detach())
+            if not np.isfinite(value):
+                raise FloatingPointError(f"loss became {value} at epoch {epoch + 1}, step {step + 1}; lower --lr "
+                                         f"(now {self.optimizer.param_groups[0]['lr']:.4g}) or turn off --amp")
+            loss_sum += value
+            self._sync()
+            t3 = time.perf_counter()
+            seconds["data"] += t1 - t0
+            seconds["augmentation"] += t2 - t1
+            seconds["compute"] += t3 - t2
+            if bar is not None:
+                bar.set_postfix(loss=f"{value:.3f}")
+        if bar is not None:
+            bar.close()
+        seconds["epoch"] = time.perf_counter() - epoch_start
+        counters = self.router.reset_counters()
+        record = EpochRecord(epoch=epoch + 1, loss=all_reduce_mean(loss_sum / self.steps_per_epoch, self.dist),
+                             lr=float(self.optimizer.param_groups[0]["lr"]), seconds=seconds,
+                             router=counters.as_dict(), steps=self.steps_per_epoch)
+        if self.knn is not None and ((epoch + 1) % max(c.knn_every, 1) == 0 or epoch + 1 == c.epochs):
+            if self.dist.is_main:
+                record.knn_accuracy = self.knn_accuracy()
+            barrier(self.dist)
+        return record
+
+    @torch.no_grad()
+    def knn_accuracy(self) -> float:
+        """kNN top-1 accuracy of the current backbone on the --knn-train / --knn-test sets."""
+        from saliencyssl.eval.features import extract_features
+        from saliencyssl.eval.knn import knn_accuracy
+
+        backbone = self.method.backbone
+        was_training = backbone.training
+        train_x, train_y, classes = self.knn["train"]
+        test_x, test_y, _ = self.knn["test"]
+        f_train = extract_features(backbone, train_x, device=self.device, progress=None)
+        f_test = extract_features(backbone, test_x, device=self.device, progress=None)
+        backbone.train(was_training)
+        return knn_accuracy(f_train, train_y, f_test, test_y, classes)
+
+    def _log(self, record: EpochRecord) -> None:
+        if not self.dist.is_main:
+            return
+        parts = [f"epoch {record.epoch}/{self.config.epochs}", f"loss {record.loss:.4f}", f"lr {record.lr:.4g}",
+                 f"{record.seconds['epoch']:.1f}s (data {record.seconds['data']:.1f}, augmentation "
+                 f"{record.seconds['augmentation']:.1f}, compute {record.seconds['compute']:.1f})"]
+        if record.knn_accuracy is not None:
+            parts.append(f"kNN {record.knn_accuracy:.4f}")
+        print(" | ".join(parts), flush=True)
+        if self.router.enabled:
+            from saliencyssl.augment import SourceCounters
+
+            print(f"  router: {SourceCounters(**record.router).line()}", flush=True)
+        if self.writer is not None:
+            w, e = self.writer, record.epoch
+            w.add_scalar("loss", record.loss, e)
+            w.add_scalar("lr", record.lr, e)
+            for key, value in record.seconds.items():
+                w.add_scalar(f"seconds/{key}", value, e)
+            for key in ("cache_hits", "surrogate_calls", "surrogate_images", "exact_calls", "exact_images"):
+                w.add_scalar(f"router/{key}", record.router[key], e)
+            for key, value in record.router["seconds"].items():
+                w.add_scalar(f"router_seconds/{key}", value, e)
+            if record.knn_accuracy is not None:
+                w.add_scalar("knn_accuracy", record.knn_accuracy, e)
+            w.flush()
+        (self.out / "history.json").write_text(json.dumps([asdict(h) for h in self.history], indent=2))
+
+    def run(self) -> PretrainResult:
+        """Train the remaining epochs; write checkpoints, history and, at the end, ``backbone.pt``."""
+        c = self.config
+        for epoch in range(self.start_epoch, c.epochs):
+            record = self.train_epoch(epoch)
+            self.history.append(record)
+            self._log(record)
+            self._save_checkpoint(epoch)
+            barrier(self.dist)
+        path = None
+        if self.dist.is_main:
+            path = save_backbone(self.out / "backbone.pt", self.method.backbone, {
+                "cifar_stem": uses_cifar_stem(c.image_size), "image_size": c.image_size, "method": c.method,
+                "policy": self.policy.name, "aug_source": ",".join(self.router.sources), "epochs": c.epochs,
+                "batch_size": c.batch_size, "seed": c.seed, "data": str(c.data),
+                "labeller_fingerprint": self.labeller.fingerprint,
+                "final_knn_accuracy": self.history[-1].knn_accuracy if self.history else None})
+            if self.writer is not None:
+                self.writer.close()
+            print(f"wrote {path}", flush=True)
+        self.router.close()
+        return PretrainResult(path, self.history)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

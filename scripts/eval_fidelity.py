@@ -1,0 +1,130 @@
+#!/usr/bin/env python
+"""Fidelity of a trained surrogate: its targets against the exact ones, image by image.
+
+Loads RUN_DIR/surrogate.pt, pairs the images below IMAGES_DIR with their exact targets from the
+cache (under the labeller fingerprint the surrogate learned, at its image size), predicts, and
+compares: mask IoU, Dice, F-measure (beta^2 = 0.3), precision, recall and the mask-or-no-mask
+decision; RC saliency MAE; region boundary F-score (1-pixel tolerance). Every figure is printed
+beside the predict-nothing baseline's. The work lives in saliencyssl.eval.fidelity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+EPILOG = """\
+examples:
+  # CIFAR-10 test images the surrogate never saw (label them first)
+  python scripts/label.py ../shared/data/cifar10/test --cache runs/cache --workers 2
+  python scripts/eval_fidelity.py ../shared/data/cifar10/test --cache runs/cache \\
+      --surrogate runs/sur32/surrogate.pt --json runs/sur32/fidelity_test.json --grid runs/sur32/fidelity_test.png
+
+  # a quick look at 500 images on the GPU
+  python scripts/eval_fidelity.py photos/ --cache runs/cache_photos --surrogate runs/sur96/surrogate.pt \\
+      --limit 500 --device cuda
+
+figures (per image, then the mean and the mean of the worst decile):
+  presence_accuracy     share of images where surrogate and exact agree on mask empty / not empty
+  mask_iou              IoU of the masks; two empty masks count as 1
+  mask_iou_present      mask IoU over the images whose exact mask is not empty
+  mask_f, mask_dice, mask_precision, mask_recall
+  saliency_mae          mean absolute difference of the RC maps in [0, 1]
+  saliency_mae_present  the same over images whose exact map is not all zero
+  boundary_f            F-score of the region boundaries, 1 pixel of tolerance
+  baseline              the same keys for predicting nothing (zero map, empty mask, one region)
+
+Exact masks are often empty, so plain means flatter any predictor that says "nothing"; judge a
+surrogate by the *_present figures and presence_accuracy, each against the baseline's.
+The JSON also says how many evaluated images were in the surrogate's training set (n_seen_in_training).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="eval_fidelity.py", description=__doc__.split("\n\n")[0],
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", type=Path, metavar="IMAGES_DIR", help="image folder or CIFAR-10 python batches")
+    p.add_argument("--cache", type=Path, required=True, metavar="CACHE_DIR",
+                   help="target cache holding these images' exact targets (scripts/label.py)")
+    p.add_argument("--surrogate", type=Path, required=True, metavar="PATH",
+                   help="RUN_DIR/surrogate.pt (or last.pt) from scripts/train_surrogate.py")
+    p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the figures as JSON")
+    p.add_argument("--grid", type=Path, default=None, metavar="OUT.png",
+                   help="write a picture of the best and worst images (image | exact | surrogate)")
+    p.add_argument("--grid-rows", type=int, default=8, metavar="K", help="best and worst rows each (default 8)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N images, chosen by content hash")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=256, metavar="B", help="images per prediction (default 256)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    from saliencyssl.eval.fidelity import evaluate_surrogate, fidelity_grid, format_report
+    from saliencyssl.saliency import LabellerConfig
+    from saliencyssl.surrogate.model import Surrogate, SurrogateCheckpointError
+    from saliencyssl.surrogate.pairs import MissingTargetsError, contains_hashes, describe_misses, load_pairs
+    from saliencyssl.visualize import save_rgb
+
+    try:
+        surrogate = Surrogate.load(args.surrogate, device=args.device)
+    except (FileNotFoundError, SurrogateCheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    config = None
+    params = surrogate.labeller_params
+    if params:
+        try:
+            config = LabellerConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in params.items()
+                                       if k != "version"})
+        except (TypeError, ValueError):
+            config = None
+    start = time.perf_counter()
+    try:
+        pairs = load_pairs(args.images, args.cache, surrogate.image_size, fingerprint=surrogate.fingerprint,
+                           config=config, limit=args.limit, progress=not args.quiet)
+    except (MissingTargetsError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for line in describe_misses(pairs):
+        print(line, file=sys.stderr)
+    seen = 0
+    prefixes = surrogate.meta.get("train_hash_prefixes")
+    if isinstance(prefixes, torch.Tensor):
+        seen = int(contains_hashes(prefixes, pairs.hashes).sum())
+        if seen:
+            print(f"WARNING: {seen} of the {len(pairs)} images were in the surrogate's training set; these figures "
+                  f"are not on unseen images", file=sys.stderr)
+    result = evaluate_surrogate(surrogate, pairs.images, pairs.targets.batch(), batch_size=args.batch_size,
+                                progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    report = result.report
+    print(f"surrogate {args.surrogate} ({surrogate.image_size}px, labeller {surrogate.fingerprint}) on "
+          f"{len(pairs)} images of {args.images}:")
+    print("\n".join(format_report(report)))
+    if args.json:
+        out = {**report, "surrogate": str(args.surrogate), "images_dir": str(args.images), "cache": str(args.cache),
+               "image_size": surrogate.image_size, "fingerprint": surrogate.fingerprint, "limit": args.limit,
+               "misses": len(pairs.misses), "n_seen_in_training": seen, "seconds": round(seconds, 2),
+               "device": str(surrogate.device), "torch": str(torch.__version__), "machine": platform.machine()}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.json}")
+    if args.grid:
+        grid = fidelity_grid(pairs.images, pairs.targets.batch(), result.prediction, result.scores, k=args.grid_rows)
+        save_rgb(args.grid, grid)
+        print(f"wrote {args.grid} (top: best {min(args.grid_rows, len(pairs))}, bottom: worst)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

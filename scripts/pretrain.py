@@ -1,0 +1,94 @@
+#!/usr/bin/env python
+"""Contrastive self-supervised pretraining of a ResNet-18 with saliency views.
+
+Each step takes a batch of images, gets their targets from --aug-source (the cache, the
+surrogate, or the exact labeller; see below), renders the saliency view and applies the
+--policy's Kornia augmentations twice, and trains the --method. At the end RUN_DIR/backbone.pt
+holds the backbone for scripts/evaluate.py.
+
+--aug-source:
+  none              no saliency view (use with a policy without 'sal', e.g. default)
+  cache             targets from --cache (fill it first: python scripts/label.py DATA --cache CACHE)
+  cache,surrogate   cached targets; misses predicted by --surrogate in one batched call
+  cache,exact       cached targets; misses labelled exactly and written back to the cache
+  surrogate         every target from --surrogate
+  exact             every target labelled on the fly (the paper's slow baseline)
+--policy: default, sal, sal+default, sal0.5+default, sal+jitter, sal0.5+jitter, sal0.8+jitter0.8,
+  or free probabilities such as "sal0.3+default,vflip=0.5,view=cut".
+
+Examples:
+  python scripts/pretrain.py --data runs/quickstart/data/train --method simclr --aug-source cache \\
+      --policy sal+default --cache runs/quickstart/cache --epochs 20 --batch-size 64 --image-size 64 --out runs/simclr
+  python scripts/pretrain.py --data ../shared/data/cifar10/train --method byol --aug-source cache,surrogate \\
+      --policy sal+default --cache runs/cache --surrogate runs/surrogate/surrogate.pt --epochs 200 \\
+      --device cuda --amp --knn-train ../shared/data/cifar10/train --knn-test ../shared/data/cifar10/test --out runs/byol
+  torchrun --nproc_per_node 4 scripts/pretrain.py ... --device cuda        (DDP, one process per GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from saliencyssl.augment import PRESETS, SOURCE_ORDERS, MissingPieceError
+from saliencyssl.saliency import CUT_ENGINES
+from saliencyssl.ssl.pretrain import PretrainConfig, Pretrainer
+
+METHODS = ("simclr", "simsiam", "byol", "moco", "swav", "barlowtwins")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="image folder (class sub-folders optional) or CIFAR-10 python batches")
+    p.add_argument("--method", required=True, choices=METHODS, help="SSL method (lightly's losses and heads)")
+    p.add_argument("--aug-source", default="cache", choices=SOURCE_ORDERS, help="where targets come from (default %(default)s)")
+    p.add_argument("--policy", default="sal+default", help=f"augmentation policy: {', '.join(PRESETS)} or free (default %(default)s)")
+    p.add_argument("--cache", help="target cache folder (from scripts/label.py)")
+    p.add_argument("--pack", help="portable pack file (scripts/cache.py export) instead of --cache")
+    p.add_argument("--surrogate", help="surrogate checkpoint (RUN_DIR/surrogate.pt from scripts/train_surrogate.py)")
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=128, help="global batch size (split over torchrun processes)")
+    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, history.json, tb/, backbone.pt")
+    p.add_argument("--image-size", type=int, default=32, help="training side length; <= 64 uses the CIFAR stem (default %(default)s)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--amp", action="store_true", help="fp16 autocast with a grad scaler (CUDA only; fine on old GPUs)")
+    p.add_argument("--workers", type=int, default=0, help="processes for exact labelling (aug-source exact, cache,exact)")
+    p.add_argument("--knn-train", help="labelled folder: kNN bank for monitoring")
+    p.add_argument("--knn-test", help="labelled folder: kNN queries for monitoring")
+    p.add_argument("--knn-every", type=int, default=1, help="epochs between kNN evaluations (default %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the method's recipe)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    g = p.add_argument_group("labeller options (must match how the cache was filled)")
+    g.add_argument("--scale", type=float, default=None)
+    g.add_argument("--max-side", type=int, default=None)
+    g.add_argument("--min-side", type=int, default=64)
+    g.add_argument("--cut-engine", choices=CUT_ENGINES, default="faithful")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = PretrainConfig(
+        data=args.data, out=args.out, method=args.method, aug_source=args.aug_source, policy=args.policy,
+        epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size, cache=args.cache, pack=args.pack,
+        surrogate=args.surrogate, device=args.device, amp=args.amp, workers=args.workers, knn_train=args.knn_train,
+        knn_test=args.knn_test, knn_every=args.knn_every, resume=args.resume, seed=args.seed, lr=args.lr,
+        scale=args.scale, max_side=args.max_side, min_side=args.min_side, cut_engine=args.cut_engine,
+        limit=args.limit, progress=not args.quiet)
+    try:
+        trainer = Pretrainer(config)
+    except (MissingPieceError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    trainer.run()
+    from saliencyssl.ssl.distributed import cleanup
+
+    cleanup(trainer.dist)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""scripts/pretrain.py: a real (tiny) run, reproducibility, resume, missing pieces, DDP on gloo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from saliencyssl.cache import TargetCache
+from saliencyssl.datasets import open_image_set
+from saliencyssl.embedded import write_embedded_dataset
+from saliencyssl.saliency import Labeller
+from saliencyssl.ssl.backbone import load_backbone
+from saliencyssl.ssl.pretrain import PretrainConfig, Pretrainer
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+import pretrain  # noqa: E402  (scripts/pretrain.py)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain")
+    paths = write_embedded_dataset(root / "data", per_class_train=8, per_class_test=4, size=32, photos=False)
+    labeller = Labeller()
+    cache = TargetCache(root / "cache", labeller.fingerprint)
+    image_set = open_image_set(paths["train"])
+    for i in range(len(image_set)):
+        cache.put(image_set.image(i), labeller(image_set.image(i)))
+    return {"train": paths["train"], "test": paths["test"], "cache": root / "cache", "root": root}
+
+
+def _config(shapes, out, **kw) -> PretrainConfig:
+    base = dict(data=str(shapes["train"]), out=str(out), method="simclr", aug_source="cache", policy="sal+default",
+                epochs=2, batch_size=8, image_size=32, cache=str(shapes["cache"]), progress=False, seed=3)
+    base.update(kw)
+    return PretrainConfig(**base)
+
+
+def _weights(path: Path) -> dict:
+    model, _ = load_backbone(path)
+    return model.state_dict()
+
+
+def test_tiny_run_writes_backbone_history_and_logs(shapes, tmp_path):
+    result = Pretrainer(_config(shapes, tmp_path / "run", knn_train=str(shapes["train"]),
+                                knn_test=str(shapes["test"]))).run()
+    assert result.backbone_path.is_file()
+    _, config = load_backbone(result.backbone_path)
+    assert config["method"] == "simclr" and config["cifar_stem"] and config["aug_source"] == "cache"
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    for h in history:
+        assert h["steps"] == 4 and torch.isfinite(torch.tensor(h["loss"]))
+        assert set(h["seconds"]) == {"data", "augmentation", "compute", "epoch"}
+        assert h["router"]["cache_hits"] == 32
+        assert 0.0 <= h["knn_accuracy"] <= 1.0
+    assert any((tmp_path / "run" / "tb").iterdir())
+
+
+def test_same_seed_same_weights_and_resume_continues_exactly(shapes, tmp_path):
+    a = Pretrainer(_config(shapes, tmp_path / "a")).run().backbone_path
+    b = Pretrainer(_config(shapes, tmp_path / "b")).run().backbone_path
+    wa, wb = _weights(a), _weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    c = Pretrainer(_config(shapes, tmp_path / "c", seed=4)).run().backbone_path
+    assert not all(torch.equal(wa[k], _weights(c)[k]) for k in wa)
+
+    # Interrupted after epoch 1, then resumed: the same weights as the uninterrupted run.
+    first = Pretrainer(_config(shapes, tmp_path / "r"))
+    first.history.append(first.train_epoch(0))
+    first._save_checkpoint(0)
+    resumed = Pretrainer(_config(shapes, tmp_path / "r", resume=True))
+    assert resumed.start_epoch == 1
+    wr = _weights(resumed.run().backbone_path)
+    assert all(torch.allclose(wa[k].float(), wr[k].float(), atol=1e-6) for k in wa)
+
+
+def test_resume_refuses_another_configuration(shapes, tmp_path):
+    run = Pretrainer(_config(shapes, tmp_path / "x", epochs=1))
+    run.run()
+    with pytest.raises(ValueError, match="--image-size"):
+        Pretrainer(_config(shapes, tmp_path / "x", epochs=1, image_size=40, resume=True))
+
+
+def test_missing_pieces_are_caught_before_the_first_step(shapes, tmp_path, capsys):
+    common = ["--data", str(shapes["train"]), "--method", "byol", "--epochs", "1", "--out", str(tmp_path / "m"),
+              "--batch-size", "8", "--quiet"]
+    assert pretrain.main(common + ["--aug-source", "cache"]) == 2
+    assert "needs a cache" in capsys.readouterr().err
+    assert pretrain.main(common + ["--aug-source", "surrogate"]) == 2
+    assert "scripts/train_surrogate.py" in capsys.readouterr().err
+    assert pretrain.main(common + ["--aug-source", "none", "--policy", "sal"]) == 2
+    assert "--aug-source is none" in capsys.readouterr().err
+    empty = tmp_path / "empty-cache"
+    assert pretrain.main(common + ["--aug-source", "cache", "--cache", str(empty)]) == 2
+    assert "miss in the cache" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["simsiam", "byol", "moco", "swav", "barlowtwins"])
+def test_every_method_runs_an_epoch(shapes, tmp_path, method):
+    result = Pretrainer(_config(shapes, tmp_path / method, method=method, epochs=1)).run()
+    assert result.backbone_path.is_file() and torch.isfinite(torch.tensor(result.history[0].loss))
+
+
+def test_two_processes_on_gloo(shapes, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "scripts" / "pretrain.py"), "--data", str(shapes["train"]), "--method", "simclr",
+           "--aug-source", "cache", "--cache", str(shapes["cache"]), "--epochs", "1", "--batch-size", "8",
+           "--out", str(out), "--quiet"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    history = json.loads((out / "history.json").read_text())
+    assert history[0]["steps"] == 4, "each of 2 processes takes 4 steps of 4 images"
+    assert (out / "backbone.pt").is_file()

@@ -1,0 +1,323 @@
+"""The Pix2Pix surrogate: shapes, a training step, prediction, checkpoints, pairs and the training CLI."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from saliencyssl.augment.predictor import TargetPredictor
+from saliencyssl.cache import TargetCache
+from saliencyssl.saliency import Labeller, LabellerConfig
+from saliencyssl.surrogate.losses import GANLoss, LossWeights, TargetLoss, soft_dice_loss
+from saliencyssl.surrogate.model import Surrogate, SurrogateCheckpointError
+from saliencyssl.surrogate.networks import (Architecture, PatchDiscriminator, UNetGenerator, build_networks,
+                                            image_to_input, patch_receptive_field, unet_depth)
+from saliencyssl.surrogate.pairs import (MissingTargetsError, PairSet, TargetTensors, held_out_mask, label_command,
+                                         load_pairs)
+from saliencyssl.surrogate.training import SurrogateTrainer, TrainConfig
+from saliencyssl.target import TARGET_CHANNELS, TargetBatch, region_boundary
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+import train_surrogate  # noqa: E402  (scripts/train_surrogate.py)
+
+TINY = dict(ngf=4, ndf=4)
+
+
+def crops(photo: np.ndarray, n: int, size: int = 32) -> list[np.ndarray]:
+    """``n`` distinct real images: shifted crops of the photo, resized to ``size``."""
+    out = []
+    for i in range(n):
+        y, x = (i * 7) % 40, (i * 13) % 80
+        crop = photo[y:y + 110, x:x + 140]
+        out.append(cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA))
+    return out
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory, photo) -> tuple[Path, Path, str]:
+    """A folder of 10 real 32 px images, their exact targets in a cache, and the fingerprint."""
+    root = tmp_path_factory.mktemp("surrogate")
+    images, cache_dir = root / "images", root / "cache"
+    images.mkdir()
+    config = LabellerConfig()
+    labeller = Labeller(config)
+    cache = TargetCache(cache_dir, config.fingerprint(), params=config.params())
+    for i, image in enumerate(crops(photo, 10)):
+        cv2.imwrite(str(images / f"{i:02d}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        cache.put(image, labeller(image))
+    cache.close()
+    return images, cache_dir, config.fingerprint()
+
+
+@pytest.fixture(scope="module")
+def pairs(labelled) -> PairSet:
+    images, cache_dir, _ = labelled
+    return load_pairs(images, cache_dir, 32, progress=False)
+
+
+# ---------------------------------------------------------------------------------- networks
+@pytest.mark.parametrize("size,depth", [(32, 5), (64, 6), (96, 5), (128, 7), (256, 8)])
+def test_generator_output_shape(size, depth):
+    arch = Architecture(size, ngf=4)
+    assert arch.depth == depth == unet_depth(size)
+    g = UNetGenerator(arch).eval()
+    with torch.no_grad():
+        out = g(torch.zeros(2, 3, size, size))
+    assert out.shape == (2, len(TARGET_CHANNELS), size, size)
+
+
+def test_depth_rejects_sizes_that_cannot_be_halved():
+    with pytest.raises(ValueError, match="multiple of 8"):
+        unet_depth(36)
+
+
+@pytest.mark.parametrize("size,patches", [(32, 14), (64, 14), (96, 22), (128, 14), (256, 30)])
+def test_discriminator_patch_shape(size, patches):
+    arch = Architecture(size, ngf=4, ndf=4)
+    d = PatchDiscriminator(arch)
+    out = d(torch.zeros(2, 3 + len(TARGET_CHANNELS), size, size))
+    assert out.shape == (2, 1, patches, patches)
+    assert patch_receptive_field(arch.d_layers) == {1: 16, 2: 34, 3: 70}[arch.d_layers]
+
+
+def test_init_weights_follow_pix2pix():
+    g, _ = build_networks(Architecture(32, ngf=8), seed=0)
+    conv = g.down[1][1].weight
+    assert abs(float(conv.mean())) < 0.005 and 0.015 < float(conv.std()) < 0.025
+    bn = g.down[1][2].weight
+    assert abs(float(bn.mean()) - 1.0) < 0.02
+
+
+def test_coordinate_channels_change_the_first_layer():
+    g = UNetGenerator(Architecture(32, ngf=4, coords=True))
+    assert g.down[0][0].in_channels == 5
+    assert g(torch.zeros(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+
+
+# ---------------------------------------------------------------------------------- losses
+def test_losses_are_zero_or_small_at_the_answer():
+    gan = GANLoss("lsgan")
+    assert float(gan(torch.ones(1, 1, 3, 3), True)) == 0.0
+    assert float(gan(torch.zeros(1, 1, 3, 3), False)) == 0.0
+    with pytest.raises(ValueError, match="GAN mode"):
+        GANLoss("wgan")
+    target = torch.zeros(1, 1, 8, 8)
+    target[..., 2:6, 2:6] = 1
+    good = soft_dice_loss((target * 2 - 1) * 20, target)
+    bad = soft_dice_loss(-(target * 2 - 1) * 20, target)
+    assert float(good) < 0.01 < 0.9 < float(bad)
+    total, parts = TargetLoss()(torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 8, 8))
+    assert set(parts) == {"l1", "mask", "boundary"} and float(total) > 0
+
+
+def test_one_training_step_lowers_the_loss(pairs, tmp_path):
+    config = TrainConfig(image_size=32, batch_size=8, lr=1e-3, seed=0, flip=False, **TINY)
+    trainer = SurrogateTrainer(config, pairs, None, tmp_path, progress=False, tensorboard=False, log=lambda s: None)
+    for block in trainer.generator.up:  # no dropout noise in this comparison
+        for m in block:
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+    images, exact = trainer.batch(torch.arange(8), None)
+    loss = TargetLoss(config.weights)
+
+    def current() -> float:
+        with torch.no_grad():
+            trainer.generator.train()
+            return float(loss(trainer.generator(image_to_input(images)), exact)[0])
+
+    before = current()
+    out = trainer.train_step(images, exact)
+    after = current()
+    assert {"d", "g_gan", "l1", "mask", "boundary", "g"} <= set(out)
+    assert after < before, f"loss did not fall after one step: {before:.4f} -> {after:.4f}"
+
+
+def test_learning_rate_is_constant_then_decays(pairs, tmp_path):
+    trainer = SurrogateTrainer(TrainConfig(image_size=32, epochs=10, **TINY), pairs, None, tmp_path,
+                               progress=False, tensorboard=False)
+    assert trainer.lr_at(0.0) == trainer.lr_at(0.5) == 2e-4
+    assert trainer.lr_at(0.75) == pytest.approx(1e-4)
+    assert trainer.lr_at(1.0) == 0.0
+    budget = SurrogateTrainer(TrainConfig(image_size=32, max_minutes=10, **TINY), pairs, None, tmp_path,
+                              progress=False, tensorboard=False)
+    assert budget.run_progress(300.0) == pytest.approx(0.5)  # the time budget drives the schedule
+
+
+# ---------------------------------------------------------------------------------- prediction and checkpoints
+def test_predict_returns_a_target_batch_and_meets_the_protocol():
+    s = Surrogate.fresh(32, "0123456789abcdef", ngf=4)
+    assert isinstance(s, TargetPredictor)
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    batch = s.predict(images)
+    assert isinstance(batch, TargetBatch) and len(batch) == 3
+    assert batch.saliency.shape == batch.mask.shape == batch.regions.shape == (3, 1, 32, 32)
+    assert batch.saliency.dtype == torch.float32 and batch.mask.dtype == torch.bool
+    assert batch.regions.dtype == torch.int64 and batch.device == images.device
+    assert 0.0 <= float(batch.saliency.min()) and float(batch.saliency.max()) <= 1.0
+    assert not batch.saliency.requires_grad
+    with pytest.raises(ValueError, match=r"\(B, 3, 32, 32\)"):
+        s.predict(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="uint8"):
+        s.predict(torch.zeros(1, 3, 32, 32))
+
+
+def test_save_load_round_trip_gives_identical_predictions(tmp_path):
+    s = Surrogate.fresh(32, "0123456789abcdef", seed=3, ngf=4)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    path = s.save(tmp_path / "surrogate.pt", meta={"note": "test"})
+    loaded = Surrogate.load(path, expect_image_size=32, expect_fingerprint="0123456789abcdef")
+    assert loaded.meta["note"] == "test" and loaded.arch == s.arch
+    assert torch.equal(s.predict_channels(images), loaded.predict_channels(images))
+    a, b = s.predict(images), loaded.predict(images)
+    assert torch.equal(a.mask, b.mask) and torch.equal(a.regions, b.regions)
+
+
+def test_wrong_checkpoints_fail_with_the_reason(tmp_path):
+    path = Surrogate.fresh(32, "0123456789abcdef", ngf=4).save(tmp_path / "surrogate.pt")
+    with pytest.raises(SurrogateCheckpointError, match="wrong image size.*32x32"):
+        Surrogate.load(path, expect_image_size=96)
+    with pytest.raises(SurrogateCheckpointError, match="wrong labeller fingerprint.*0123456789abcdef"):
+        Surrogate.load(path, expect_fingerprint="fedcba9876543210")
+    blob = torch.load(path, weights_only=True)
+    blob["target_channels"] = ["saliency", "mask"]
+    torch.save(blob, tmp_path / "layout.pt")
+    with pytest.raises(SurrogateCheckpointError, match="wrong target layout"):
+        Surrogate.load(tmp_path / "layout.pt")
+    blob = torch.load(path, weights_only=True)
+    blob["arch"]["ngf"] = 8
+    torch.save(blob, tmp_path / "shape.pt")
+    with pytest.raises(SurrogateCheckpointError, match="weights do not fit"):
+        Surrogate.load(tmp_path / "shape.pt")
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    with pytest.raises(SurrogateCheckpointError, match="is not a surrogate checkpoint"):
+        Surrogate.load(tmp_path / "notes.pt")
+    torch.save({"state_dict": {}, "config": {}}, tmp_path / "backbone.pt")
+    with pytest.raises(SurrogateCheckpointError, match="is not a surrogate checkpoint"):
+        Surrogate.load(tmp_path / "backbone.pt")
+    with pytest.raises(FileNotFoundError, match="train_surrogate.py"):
+        Surrogate.load(tmp_path / "missing.pt")
+
+
+# ---------------------------------------------------------------------------------- pairs
+def test_pairs_hold_aligned_tensors(pairs, labelled):
+    _, _, fingerprint = labelled
+    assert len(pairs) == 10 and pairs.fingerprint == fingerprint and not pairs.misses
+    assert pairs.images.shape == (10, 3, 32, 32) and pairs.images.dtype == torch.uint8
+    ch = pairs.targets.channels()
+    assert ch.shape == (10, 3, 32, 32) and float(ch.min()) >= 0 and float(ch.max()) <= 1
+    regions = pairs.targets.regions[0, 0].numpy()
+    assert np.array_equal(ch[0, 2].numpy() > 0, region_boundary(regions))
+
+
+def test_flip_recomputes_the_boundary_of_flipped_regions(pairs):
+    flipped = pairs.targets.flip(torch.ones(len(pairs), dtype=torch.bool)).channels()
+    regions = pairs.targets.regions[:, 0].numpy()
+    for i in range(len(pairs)):
+        assert np.array_equal(flipped[i, 2].numpy() > 0, region_boundary(np.fliplr(regions[i])))
+        assert torch.equal(flipped[i, 1], pairs.targets.channels()[i, 1].flip(-1))
+
+
+def test_held_out_split_is_by_content_hash():
+    hashes = [f"{i:032x}" for i in range(400)]
+    mask = held_out_mask(hashes, 0.1)
+    assert 20 < mask.sum() < 60
+    assert np.array_equal(mask[::-1], held_out_mask(hashes[::-1], 0.1))  # order does not matter
+    assert np.array_equal(held_out_mask(hashes[:100], 0.1), mask[:100])  # membership is per image
+    assert held_out_mask(hashes[:2], 0.01).sum() == 1
+
+
+def test_misses_are_listed_with_the_command(labelled, photo, tmp_path):
+    images, cache_dir, _ = labelled
+    folder = tmp_path / "more"
+    folder.mkdir()
+    for i, name in enumerate(sorted(images.iterdir())[:3]):
+        (folder / name.name).write_bytes(name.read_bytes())
+    extra = cv2.resize(photo[:64, :64], (32, 32))
+    cv2.imwrite(str(folder / "new.png"), cv2.cvtColor(extra, cv2.COLOR_RGB2BGR))
+    result = load_pairs(folder, cache_dir, 32, progress=False)
+    assert len(result) == 3 and result.misses == ["new.png"]
+    assert result.fix_command.startswith("python scripts/label.py") and "--cache" in result.fix_command
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    cv2.imwrite(str(lonely / "new.png"), cv2.cvtColor(extra, cv2.COLOR_RGB2BGR))
+    with pytest.raises(MissingTargetsError, match="scripts/label.py"):
+        load_pairs(lonely, cache_dir, 32, progress=False)
+    with pytest.raises(MissingTargetsError, match="not a target cache"):
+        load_pairs(lonely, tmp_path / "nocache", 32, progress=False)
+
+
+def test_label_command_repeats_the_labeller_options():
+    params = LabellerConfig(max_side=200, cut_engine="opencv").params()
+    command = label_command("imgs", "cache", params)
+    assert "--max-side 200" in command and "--cut-engine opencv" in command and "--scale" not in command
+
+
+# ---------------------------------------------------------------------------------- the CLI
+def _train(labelled, out: Path, *extra: str) -> int:
+    images, cache_dir, _ = labelled
+    return train_surrogate.main([str(images), "--cache", str(cache_dir), "--out", str(out), "--batch-size", "4",
+                                 "--ngf", "4", "--ndf", "4", "--quiet", "--held-out", "0.2", *extra])
+
+
+def test_max_minutes_stops_and_still_writes_the_surrogate(labelled, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(labelled, out, "--epochs", "100000", "--max-minutes", "0.03") == 0
+    text = capsys.readouterr().out
+    assert "stopped by time budget" in text
+    surrogate = Surrogate.load(out / "surrogate.pt", expect_image_size=32, expect_fingerprint=labelled[2])
+    assert surrogate.meta["stopped_by"] == "time budget" and surrogate.meta["n_train"] + surrogate.meta[
+        "n_held_out"] == 10
+    assert (out / "last.pt").is_file() and list((out / "tensorboard").iterdir())
+    assert surrogate.meta["seconds"] < 20
+
+
+def test_resume_continues_from_the_saved_epoch(labelled, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(labelled, out, "--epochs", "1") == 0
+    first = Surrogate.load(out / "surrogate.pt")
+    assert first.meta["epoch"] == 1
+    assert _train(labelled, out, "--epochs", "2") == 2  # refuses to overwrite a run without --resume
+    assert "--resume" in capsys.readouterr().err
+    assert _train(labelled, out, "--epochs", "3", "--resume") == 0
+    text = capsys.readouterr().out
+    assert "resumed from" in text
+    second = Surrogate.load(out / "surrogate.pt")
+    assert second.meta["epoch"] == 3 and second.meta["step"] == 3 * first.meta["step"]
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert _train(labelled, out, "--epochs", "4", "--resume", "--size", "64") == 2  # another size: refused
+    assert "image size 32" in capsys.readouterr().err
+
+
+def test_cli_reports_a_cache_without_targets(labelled, tmp_path, capsys):
+    images, _, _ = labelled
+    empty = tmp_path / "cache"
+    TargetCache(empty, LabellerConfig().fingerprint()).close()
+    code = train_surrogate.main([str(images), "--cache", str(empty), "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no target" in err and "scripts/label.py" in err
+
+
+def test_training_is_deterministic(pairs, tmp_path):
+    def run(folder):
+        config = TrainConfig(image_size=32, epochs=1, batch_size=4, seed=5, **TINY)
+        trainer = SurrogateTrainer(config, pairs, None, tmp_path / folder, progress=False, tensorboard=False,
+                                   log=lambda s: None)
+        trainer.fit()
+        return trainer.surrogate().predict_channels(pairs.images)
+
+    assert torch.equal(run("a"), run("b"))
+
+
+def test_target_tensors_batch_matches_target_batch(pairs):
+    batch = pairs.targets.batch()
+    assert isinstance(pairs.targets, TargetTensors)
+    assert torch.equal(batch.channels(), pairs.targets.channels())
