@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     defaults = TrainConfig()
     p = argparse.ArgumentParser(
-        prog="eval_segmentation.py", description=__doc__.splitlines()[0] + " Trains a segmenter per label fraction "
-        "and seed and scores foreground IoU and F-measure on a fixed test split.",
+        prog="eval_segmentation.py", description=__doc__.splitlines()[0] + "\nTrains a segmenter per label "
+        "fraction and seed and scores foreground IoU and F-measure on a fixed test split.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", required=True, metavar="PATH|random",
                    help="RUN_DIR/backbone.pt written by scripts/pretrain.py, a plain torchvision ResNet-18 state dict, "

@@ -50,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     from saliencyssl.eval.probe import DEFAULT_C
 
     p = argparse.ArgumentParser(
-        prog="evaluate.py", description=__doc__.splitlines()[0] + " Features come from the frozen backbone's "
-        "512-d penultimate layer; the labelled subset at each fraction is drawn class-balanced per seed.",
+        prog="evaluate.py", description=__doc__.splitlines()[0] + "\nFeatures come from the frozen backbone's "
+        "512-d penultimate layer (cached on disk);\nthe labelled subset at each fraction is drawn class-balanced per "
+        "seed; results are mean and std over seeds.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", required=True, metavar="PATH|random",
                    help="RUN_DIR/backbone.pt written by scripts/pretrain.py, a plain torchvision ResNet-18 state dict "
@@ -81,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "match the pretrained backbone you compare with (default %(default)s)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where features are computed "
                                                                             "(default %(default)s)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for torch during feature extraction (default: torch's choice; 1 is often faster "
+                        "on a busy machine)")
     p.add_argument("--batch-size", type=int, default=256, metavar="B",
                    help="images per forward pass during feature extraction (default %(default)s)")
     p.add_argument("--clusters", type=int, metavar="K",
@@ -131,6 +135,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"--batch-size {args.batch_size}: give a positive number of images per forward pass")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible to torch here; use --device cpu")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads {args.threads}: give a positive number")
+        torch.set_num_threads(args.threads)
     supervised = [p for p in protocols if p in ("linear", "knn")]
     if supervised and not args.train:
         parser.error(f"--protocol {','.join(supervised)} needs --train DIR (labelled training images); "
@@ -226,7 +234,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 "k_capped_at_labelled_count": True},
         "kmeans": kmeans_meta,
         "feature_cache": {"train": _cache_meta(train_feats), "test": _cache_meta(test_feats)},
-        "device": args.device, "batch_size": args.batch_size, "plots": plots, "timings": timings,
+        "device": args.device, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
+        "plots": plots, "timings": timings,
         "command": args.command,
         "versions": _versions(), "host": platform.node(),
     }

@@ -89,9 +89,9 @@ def test_discriminator_patch_shape(size, patches):
 
 def test_init_weights_follow_pix2pix():
     g, _ = build_networks(Architecture(32, ngf=8), seed=0)
-    conv = g.down[1][1].weight
+    conv = g.down[1][1].weight.detach()
     assert abs(float(conv.mean())) < 0.005 and 0.015 < float(conv.std()) < 0.025
-    bn = g.down[1][2].weight
+    bn = g.down[1][2].weight.detach()
     assert abs(float(bn.mean()) - 1.0) < 0.02
 
 

@@ -51,17 +51,23 @@ class FrozenPack:
     """Targets of a data set as contiguous tensors (see the module docstring).
 
     Args:
-        saliency, mask, regions, present: the tensors described above.
+        saliency, mask, regions: the stored tensors, one row per stored target.
+        present: ``(N,)`` bool per data-set position.
         hashes: content hash per data-set position.
         fingerprint: the labeller fingerprint of the targets.
+        rows: ``(N,)`` long, the stored row of each data-set position, when rows and positions
+            differ (a memory-mapped pack file); ``None`` when row ``i`` is position ``i``.
     """
 
     def __init__(self, saliency: torch.Tensor, mask: torch.Tensor, regions: torch.Tensor, present: torch.Tensor,
-                 hashes: Sequence[str], fingerprint: str):
+                 hashes: Sequence[str], fingerprint: str, rows: torch.Tensor | None = None):
         n = len(hashes)
-        if not (saliency.shape[0] == mask.shape[0] == regions.shape[0] == present.shape[0] == n):
+        if present.shape[0] != n or (rows is not None and rows.shape[0] != n):
+            raise ValueError("pack index and hashes differ in length")
+        if rows is None and not (saliency.shape[0] == mask.shape[0] == regions.shape[0] == n):
             raise ValueError("pack tensors and hashes differ in length")
         self.saliency, self.mask, self.regions, self.present = saliency, mask, regions, present
+        self.rows = rows
         self.hashes = list(hashes)
         self.fingerprint = fingerprint
         self.report = PackReport(n, int(present.sum()), n - int(present.sum()),
@@ -121,6 +127,8 @@ class FrozenPack:
 
     def update(self, indices: Sequence[int], targets: Sequence[Target]) -> None:
         """Add targets (already at the pack's size) labelled after the pack was built."""
+        if self.rows is not None:
+            raise ValueError("a pack loaded from a pack file is read-only; use --cache to label misses into")
         for index, target in zip(indices, targets):
             if target.shape != (self.image_size, self.image_size):
                 raise ValueError(f"target of size {target.shape} does not fit a {self.image_size}px pack")
@@ -132,8 +140,8 @@ class FrozenPack:
         tensors = [t.to(device) for t in (self.saliency, self.mask, self.regions, self.present)]
         if pin and torch.device(device).type == "cpu" and torch.cuda.is_available():
             tensors = [t.pin_memory() for t in tensors]
-        pack = FrozenPack(*tensors, hashes=self.hashes, fingerprint=self.fingerprint)
-        return pack
+        rows = self.rows.to(device) if self.rows is not None else None
+        return FrozenPack(*tensors, hashes=self.hashes, fingerprint=self.fingerprint, rows=rows)
 
     def present_at(self, indices: torch.Tensor) -> torch.Tensor:
         """``(B,)`` bool: which of these data-set positions have a target."""
@@ -142,6 +150,8 @@ class FrozenPack:
     def gather_raw(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The stored tensors at ``indices``: ``(B, S, S)`` uint8, bool and int16."""
         indices = indices.to(self.saliency.device)
+        if self.rows is not None:
+            indices = self.rows.index_select(0, indices)
         return (self.saliency.index_select(0, indices), self.mask.index_select(0, indices),
                 self.regions.index_select(0, indices))
 
@@ -157,6 +167,8 @@ class FrozenPack:
                            regions.unsqueeze(1).long())
 
     def target(self, index: int) -> Target:
-        """One stored target as a numpy :class:`Target` (for inspection and tests)."""
+        """The target of data-set position ``index`` as a numpy :class:`Target` (for inspection and tests)."""
+        if self.rows is not None:
+            index = int(self.rows[index])
         return Target(self.saliency[index].cpu().numpy(), self.mask[index].cpu().numpy(),
                       self.regions[index].cpu().numpy().astype(np.uint16))

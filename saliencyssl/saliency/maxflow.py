@@ -65,6 +65,8 @@ def _contract_decided(rc, tr, off, H, W, Wp):
     becomes a terminal link of w (folded into ``tr[w]``, the folded-away ``min(source, sink)``
     counted as flow) and v leaves the graph. Neighbours are re-checked, so decisions cascade.
     GrabCut's hard-labelled pixels (lambda larger than the summed n-links) all go this way.
+    Only pixels that pass the test by more than a relative 1e-12 are contracted (ties are left
+    to BK), so rounding in the sum cannot wrongly decide one.
 
     Why the answer is unchanged: a source-decided pixel is outside the smallest sink side of a
     minimum cut and a sink-decided one inside it, so the contracted graph's minimum cuts are
@@ -97,8 +99,11 @@ def _contract_decided(rc, tr, off, H, W, Wp):
         tot = 0.0
         for k in range(8):
             tot += rc[v, k]
+        # strict, with a margin far above the rounding error of the sum: a pixel that only
+        # just qualifies (or ties) is simply left to BK, which is always correct
+        tot += tot * 1e-12
         if t > 0.0:
-            if t < tot:
+            if t <= tot:
                 continue
             side = 1
         else:
