@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--surrogate", type=Path, default=None, metavar="PATH",
                    help="time this surrogate.pt instead of a fresh default one (same cost for the same arch)")
     p.add_argument("--repeats", type=int, default=3, help="passes over the images, best kept (default 3)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: one core, as one labeller worker uses; 0 = torch's choice)")
     p.add_argument("--gpu-sizes", default="32,96", metavar="S,S",
                    help="on CUDA, also images/s at these sizes (default %(default)s)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the figures as JSON")
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     from saliencyssl.datasets import fit_square, open_image_set
     from saliencyssl.surrogate.model import Surrogate
 
-    if args.threads:
+    if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     image_set = open_image_set(args.data)

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from saliencyssl.surrogate.networks import Architecture, UNetGenerator, build_networks, image_to_input
-from saliencyssl.target import TARGET_CHANNELS, TargetBatch
+from saliencyssl.target import TARGET_CHANNELS, TargetBatch, compact_labels
 
 CHECKPOINT_FORMAT = "saliency-ssl-surrogate"
 FORMAT_VERSION = 1
@@ -44,6 +44,68 @@ DEFAULT_MAX_BATCH = 1024
 
 class SurrogateCheckpointError(ValueError):
     """A surrogate checkpoint that cannot be used here (the message says why and what to do)."""
+
+
+def label_components_cpu(inside: torch.Tensor) -> torch.Tensor:
+    """:func:`saliencyssl.target.label_components` for CPU tensors, with OpenCV: same labels, ~100x faster.
+
+    The batch is laid out as one tall image with a separating row of non-inside pixels after
+    every image, labelled by one ``cv2.connectedComponents`` call (4-connectivity); each
+    component is then renamed to ``1 + the largest raster index of its pixels`` (the label
+    the iterative torch version converges to), and pixels outside take the largest label among
+    their 4-neighbours, repeatedly, exactly as there. The result is identical to
+    ``label_components(inside)``.
+
+    Args:
+        inside: ``(B, 1, H, W)`` bool on the CPU.
+
+    Returns:
+        ``(B, 1, H, W)`` int64 labels.
+    """
+    import cv2
+    import numpy as np
+    import torch.nn.functional as F
+
+    b, _, h, w = inside.shape
+    canvas = np.zeros((b, h + 1, w), np.uint8)
+    canvas[:, :h] = inside[:, 0].numpy()
+    count, comp = cv2.connectedComponents(canvas.reshape(b * (h + 1), w), connectivity=4, ltype=cv2.CV_32S)
+    comp = torch.from_numpy(comp.reshape(b, h + 1, w)[:, :h].astype(np.int64))
+    index = torch.arange(1, h * w + 1, dtype=torch.int64).view(1, h, w).expand(b, h, w)
+    top = torch.zeros(count, dtype=torch.int64)
+    top.scatter_reduce_(0, comp.reshape(-1), index.reshape(-1), reduce="amax")
+    labels = torch.where(comp > 0, top[comp], torch.zeros((), dtype=torch.int64))[:, None]
+
+    def neighbour_max(x: torch.Tensor) -> torch.Tensor:
+        padded = F.pad(x, (1, 1, 1, 1))
+        return torch.stack([padded[..., 1:-1, :-2], padded[..., 1:-1, 2:], padded[..., :-2, 1:-1],
+                            padded[..., 2:, 1:-1], x]).amax(0)
+
+    for _ in range(h + w):
+        todo = labels == 0
+        if not bool(todo.any()):
+            break
+        labels = torch.where(todo, neighbour_max(labels), labels)
+    return labels
+
+
+def targets_from_probabilities(channels: torch.Tensor, threshold: float = 0.5) -> TargetBatch:
+    """:meth:`TargetBatch.from_channels`, with :func:`label_components_cpu` for CPU tensors.
+
+    Args:
+        channels: ``(B, 3, H, W)`` float probabilities (:data:`TARGET_CHANNELS`).
+        threshold: mask and boundary cut-off.
+
+    Returns:
+        The same :class:`TargetBatch` as ``TargetBatch.from_channels(channels, threshold)``.
+    """
+    if channels.device.type != "cpu":
+        return TargetBatch.from_channels(channels, threshold)
+    if channels.ndim != 4 or channels.shape[1] != len(TARGET_CHANNELS):
+        raise ValueError(f"expected (B, {len(TARGET_CHANNELS)}, H, W) channels {TARGET_CHANNELS}, "
+                         f"got {tuple(channels.shape)}")
+    return TargetBatch(channels[:, 0:1].float().clamp(0, 1), channels[:, 1:2] > threshold,
+                       compact_labels(label_components_cpu(channels[:, 2:3] <= threshold)))
 
 
 def checkpoint_dict(generator: UNetGenerator, fingerprint: str, labeller_params: dict | None,
@@ -269,11 +331,12 @@ class Surrogate:
         Returns:
             A :class:`~saliencyssl.target.TargetBatch` of ``(B, 1, S, S)`` tensors on
             ``images.device``: saliency float32 in [0, 1], mask bool (probability > 0.5),
-            regions int64 (4-connected components of the non-boundary pixels), from
-            :meth:`TargetBatch.from_channels`.
+            regions int64 (4-connected components of the non-boundary pixels), as
+            :meth:`TargetBatch.from_channels` makes them (on the CPU through the identical,
+            faster :func:`label_components_cpu`).
         """
         probabilities = self.predict_channels(images)
-        return TargetBatch.from_channels(probabilities).to(images.device)
+        return targets_from_probabilities(probabilities).to(images.device)
 
     __call__ = predict
 
