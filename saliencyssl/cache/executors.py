@@ -15,10 +15,36 @@ no SQLite database is ever shared between machines.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Callable, Iterable, Iterator
+
+
+_MALLOC_TUNED = False
+
+
+def restore_malloc_defaults() -> None:
+    """Undo Dask's ``MALLOC_TRIM_THRESHOLD_`` in this worker process (glibc only; a no-op elsewhere).
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also freezes glibc's
+    mmap threshold at 128 KB: every large numpy temporary is then a fresh ``mmap`` with page
+    faults, and the labeller ran about 45% slower in a Dask worker than in a plain process. Raising
+    the thresholds again with ``mallopt`` restores the speed. Called once per process by the
+    labelling tasks when that variable is set.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED or "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        return
+    _MALLOC_TUNED = True
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)
+    libc.mallopt(m_trim_threshold, 128 * 1024 * 1024)
 
 
 class InlineExecutor:
@@ -94,8 +120,12 @@ class DaskExecutor:
                 raise ValueError(f"--scheduler local:N needs a number of workers, got {address!r}") from error
             if workers < 1:
                 raise ValueError(f"--scheduler local:N needs N >= 1, got {address!r}")
-            self._cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                         dashboard_address=None, silence_logs=40)
+            import dask
+
+            # Workers without Dask's malloc trimming (see restore_malloc_defaults).
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}):
+                self._cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                             dashboard_address=None, silence_logs=40)
             self._client = Client(self._cluster)
             self.description = f"a Dask LocalCluster of {workers} worker process{'es' if workers > 1 else ''}"
         else:

@@ -83,6 +83,8 @@ class LossWeights:
         mask: weight of the mask's BCE + soft Dice.
         boundary: weight of the boundary's weighted BCE + soft Dice.
         boundary_pos_weight: BCE weight of boundary pixels against the others.
+        presence: weight of the image-level presence term: BCE of the largest mask logit of an
+            image against "the exact mask is not empty" (the decision ``predict`` makes).
     """
 
     gan: float = 1.0
@@ -90,6 +92,7 @@ class LossWeights:
     mask: float = 20.0
     boundary: float = 10.0
     boundary_pos_weight: float = 2.0
+    presence: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -132,4 +135,11 @@ class TargetLoss(nn.Module):
         boundary = (F.binary_cross_entropy_with_logits(logits[:, 2:3], target[:, 2:3], pos_weight=pos_weight)
                     + soft_dice_loss(logits[:, 2:3], target[:, 2:3]))
         total = w.l1 * l1 + w.mask * mask + w.boundary * boundary
-        return total, {"l1": l1.detach(), "mask": mask.detach(), "boundary": boundary.detach()}
+        parts = {"l1": l1.detach(), "mask": mask.detach(), "boundary": boundary.detach()}
+        if w.presence > 0:
+            top = logits[:, 1].flatten(1).amax(1)
+            present = (target[:, 1].flatten(1).amax(1) > 0.5).float()
+            presence = F.binary_cross_entropy_with_logits(top, present)
+            total = total + w.presence * presence
+            parts["presence"] = presence.detach()
+        return total, parts

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from saliencyssl.surrogate.networks import Architecture, UNetGenerator, build_networks, image_to_input
-from saliencyssl.target import TARGET_CHANNELS, TargetBatch, compact_labels
+from saliencyssl.target import TARGET_CHANNELS, TargetBatch
 
 CHECKPOINT_FORMAT = "saliency-ssl-surrogate"
 FORMAT_VERSION = 1
@@ -46,47 +46,58 @@ class SurrogateCheckpointError(ValueError):
     """A surrogate checkpoint that cannot be used here (the message says why and what to do)."""
 
 
-def label_components_cpu(inside: torch.Tensor) -> torch.Tensor:
+def label_components_cpu(inside: torch.Tensor, compact: bool = False) -> torch.Tensor:
     """:func:`saliencyssl.target.label_components` for CPU tensors, with OpenCV: same labels, ~100x faster.
 
     The batch is laid out as one tall image with a separating row of non-inside pixels after
-    every image, labelled by one ``cv2.connectedComponents`` call (4-connectivity); each
-    component is then renamed to ``1 + the largest raster index of its pixels`` (the label
-    the iterative torch version converges to), and pixels outside take the largest label among
-    their 4-neighbours, repeatedly, exactly as there. The result is identical to
-    ``label_components(inside)``.
+    every image and labelled by one ``cv2.connectedComponents`` call (4-connectivity); each
+    component is renamed to ``1 + the largest raster index of its pixels`` (the label the
+    iterative torch version converges to); pixels outside then take the largest label among
+    their 4-neighbours, repeatedly (a cross-shaped ``cv2.dilate``), exactly as there. The
+    result equals ``label_components(inside)``, and with ``compact=True``
+    ``compact_labels(label_components(inside))``.
 
     Args:
         inside: ``(B, 1, H, W)`` bool on the CPU.
+        compact: renumber 0..R-1 within each image, in increasing label order.
 
     Returns:
         ``(B, 1, H, W)`` int64 labels.
     """
     import cv2
     import numpy as np
-    import torch.nn.functional as F
 
     b, _, h, w = inside.shape
+    if b == 0 or h == 0 or w == 0:
+        return torch.zeros(inside.shape, dtype=torch.int64)
     canvas = np.zeros((b, h + 1, w), np.uint8)
     canvas[:, :h] = inside[:, 0].numpy()
     count, comp = cv2.connectedComponents(canvas.reshape(b * (h + 1), w), connectivity=4, ltype=cv2.CV_32S)
-    comp = torch.from_numpy(comp.reshape(b, h + 1, w)[:, :h].astype(np.int64))
-    index = torch.arange(1, h * w + 1, dtype=torch.int64).view(1, h, w).expand(b, h, w)
-    top = torch.zeros(count, dtype=torch.int64)
-    top.scatter_reduce_(0, comp.reshape(-1), index.reshape(-1), reduce="amax")
-    labels = torch.where(comp > 0, top[comp], torch.zeros((), dtype=torch.int64))[:, None]
-
-    def neighbour_max(x: torch.Tensor) -> torch.Tensor:
-        padded = F.pad(x, (1, 1, 1, 1))
-        return torch.stack([padded[..., 1:-1, :-2], padded[..., 1:-1, 2:], padded[..., :-2, 1:-1],
-                            padded[..., 2:, 1:-1], x]).amax(0)
-
+    comp = torch.from_numpy(comp.reshape(b, h + 1, w))
+    index = torch.zeros((1, h + 1, w), dtype=torch.int32)
+    index[0, :h] = torch.arange(1, h * w + 1, dtype=torch.int32).view(h, w)
+    top = torch.zeros(count, dtype=torch.int32)
+    top.scatter_reduce_(0, comp.reshape(-1).long(), index.expand(b, h + 1, w).reshape(-1), reduce="amax")
+    top[0] = 0
+    labels = top[comp.long()].numpy().astype(np.float32).reshape(b * (h + 1), w)  # exact: labels <= H*W
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    image_rows = np.ones((b, h + 1, w), bool)
+    image_rows[:, h] = False
+    image_rows = image_rows.reshape(b * (h + 1), w)
     for _ in range(h + w):
-        todo = labels == 0
-        if not bool(todo.any()):
+        todo = (labels == 0) & image_rows
+        if not todo.any():
             break
-        labels = torch.where(todo, neighbour_max(labels), labels)
-    return labels
+        grown = cv2.dilate(labels, cross, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+        labels = np.where(todo, grown, labels)
+    out = torch.from_numpy(labels.reshape(b, h + 1, w)[:, :h].astype(np.int64))[:, None]
+    if compact:
+        # Rank of each label among the labels used in its image (labels are 0..H*W).
+        used = torch.zeros(b, h * w + 1, dtype=torch.int64)
+        used.scatter_(1, out.view(b, -1), 1)
+        rank = used.cumsum(1) - 1
+        out = rank.gather(1, out.view(b, -1)).view(b, 1, h, w)
+    return out
 
 
 def targets_from_probabilities(channels: torch.Tensor, threshold: float = 0.5) -> TargetBatch:
@@ -105,7 +116,7 @@ def targets_from_probabilities(channels: torch.Tensor, threshold: float = 0.5) -
         raise ValueError(f"expected (B, {len(TARGET_CHANNELS)}, H, W) channels {TARGET_CHANNELS}, "
                          f"got {tuple(channels.shape)}")
     return TargetBatch(channels[:, 0:1].float().clamp(0, 1), channels[:, 1:2] > threshold,
-                       compact_labels(label_components_cpu(channels[:, 2:3] <= threshold)))
+                       label_components_cpu(channels[:, 2:3] <= threshold, compact=True))
 
 
 def checkpoint_dict(generator: UNetGenerator, fingerprint: str, labeller_params: dict | None,
