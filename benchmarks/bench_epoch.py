@@ -63,8 +63,8 @@ def main(argv=None) -> int:
     if not policy.uses_saliency:
         parser.error("--policy must use the saliency view (e.g. sal+default) to compare sources")
     image_set = open_image_set(args.data)
-    n = min(args.num_images, len(image_set))
-    image_set = image_set.subset(range(n))
+    image_set = image_set.spread(args.num_images)
+    n = len(image_set)
     labeller = Labeller()
     sources = [s for s in args.sources.split(",") if s]
     result = {"device": device_name(args.device), "torch": torch.__version__, "num_images": n,

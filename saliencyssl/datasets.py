@@ -93,6 +93,18 @@ class ImageSet:
             _hashes=[hashes[i] for i in indices] if hashes is not None else None,
             _cached={j: self._cached[i] for j, i in enumerate(indices) if i in self._cached})
 
+    def spread(self, count: int) -> "ImageSet":
+        """``count`` images evenly spaced through the set (all of it when ``count >= len``).
+
+        Folders are sorted by class, so an evenly spaced subset keeps the classes' proportions,
+        where the first ``count`` images would hold only the first classes.
+        """
+        if count >= len(self):
+            return self
+        if count < 1:
+            raise ValueError(f"need at least one image, got a limit of {count}")
+        return self.subset(np.linspace(0, len(self) - 1, int(count)).round().astype(int).tolist())
+
     def stack(self, size: int, progress: bool = False) -> "torch.Tensor":  # noqa: F821
         """All images resized by :func:`fit_square` to ``size``, as ``(N, 3, size, size)`` uint8."""
         import torch

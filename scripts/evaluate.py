@@ -9,14 +9,12 @@ plots. The work itself lives in :mod:`saliencyssl.eval`.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PROTOCOLS = ("linear", "knn", "kmeans")
+from saliencyssl.eval.classification import PROTOCOLS  # noqa: E402
 
 EPILOG = """\
 examples:
@@ -97,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inverse L2 strength of the logistic-regression probe (default %(default)s)")
     p.add_argument("--tsne-points", type=int, default=2000, metavar="N",
                    help="t-SNE picture on at most N test images (random subsample); 0 skips it (default %(default)s)")
+    p.add_argument("--train-limit", type=int, metavar="N",
+                   help="use N training images evenly spaced through --train (keeps the classes' proportions)")
+    p.add_argument("--test-limit", type=int, metavar="N", help="use N test images evenly spaced through --test")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="feature cache (default $SALIENCYSSL_FEATURE_CACHE or ~/.cache/saliencyssl/features)")
     p.add_argument("--no-cache", action="store_true", help="always recompute features and store nothing")
@@ -117,16 +118,15 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import torch
 
-    from saliencyssl.datasets import open_image_set
-    from saliencyssl.eval import clustering, features as feats, fractions as frac, knn, probe, report
+    from saliencyssl.eval import fractions as frac
+    from saliencyssl.eval.classification import ClassificationSettings, evaluate_classification
 
-    started = time.time()
     protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown or not protocols:
         parser.error(f"--protocol {args.protocol!r}: unknown {unknown or 'empty list'}; choose from {', '.join(PROTOCOLS)}")
     try:
-        fractions = frac.parse_fractions(args.fractions)
+        frac.parse_fractions(args.fractions)
     except ValueError as error:
         parser.error(str(error))
     if args.seeds < 1:
@@ -146,145 +146,19 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.backbone != "random" and not Path(args.backbone).is_file():
         raise FileNotFoundError(f"--backbone {args.backbone}: no such file; pass RUN_DIR/backbone.pt written by "
                                 f"scripts/pretrain.py, a ResNet-18 state dict, or 'random' for the random baseline")
-    seeds = list(range(args.seeds))
     out_dir = Path(args.out) if args.out else (
         Path("runs") / f"eval-random-seed{args.backbone_seed}" if args.backbone == "random"
         else Path(args.backbone).resolve().parent / "eval")
 
-    model, info = feats.load_frozen_backbone(args.backbone, args.image_size, args.backbone_seed, args.device,
-                                              args.random_stem)
-    cache = None if args.no_cache else feats.FeatureCache(args.cache_dir)
-    test_set = open_image_set(args.test)
-    train_set = open_image_set(args.train) if args.train and supervised else None
-    if supervised:
-        _require_labels(train_set, args.train, "--train", supervised)
-        _require_labels(test_set, args.test, "--test", supervised)
-        if train_set.classes != test_set.classes:
-            only_train = sorted(set(train_set.classes) - set(test_set.classes))
-            only_test = sorted(set(test_set.classes) - set(train_set.classes))
-            raise ValueError(f"--train {args.train} and --test {args.test} have different classes (only in train: "
-                             f"{only_train}, only in test: {only_test}); give both the same class sub-folders")
-
-    timings: dict[str, float] = {}
-    t0 = time.time()
-    test_feats = feats.dataset_features(test_set, model, info, cache, args.batch_size, args.device, "test")
-    train_feats = (feats.dataset_features(train_set, model, info, cache, args.batch_size, args.device, "train")
-                   if train_set is not None else None)
-    timings["features_s"] = time.time() - t0
-
-    scores: dict[str, list[frac.FractionScore]] = {}
-    n_classes = len(test_set.classes)
-    for protocol in supervised:
-        X, y = train_feats.features, train_set.labels
-        Xt, yt = test_feats.features, test_set.labels
-        if protocol == "linear":
-            def score(idx, seed, X=X, y=y, Xt=Xt, yt=yt):
-                return {"accuracy": probe.linear_probe_accuracy(X[idx], y[idx], Xt, yt, C=args.probe_c)}
-        else:
-            def score(idx, seed, X=X, y=y, Xt=Xt, yt=yt):
-                return {"accuracy": knn.knn_accuracy(X[idx], y[idx], Xt, yt, n_classes, args.knn_k,
-                                                     args.knn_temperature)}
-        t0 = time.time()
-        scores[protocol] = frac.sweep(y, fractions, seeds, score, progress=f"{protocol} over fractions x seeds")
-        timings[f"{protocol}_s"] = time.time() - t0
-
-    kmeans_summary = None
-    kmeans_meta: dict = {}
-    tsne_path = None
-    if "kmeans" in protocols:
-        n_clusters = args.clusters or n_classes
-        if not n_clusters:
-            raise ValueError(f"--test {args.test} has no class sub-folders, so the number of clusters is unknown; "
-                             f"give --clusters K")
-        t0 = time.time()
-        labels = test_set.labels if test_set.has_labels else None
-        result = clustering.kmeans_clusters(test_feats.features, n_clusters, labels, seed=0)
-        kmeans_summary = {"nmi": result.nmi, "ari": result.ari, "n_clusters": n_clusters}
-        kmeans_meta = {"n_clusters": n_clusters, "on": "test", "features": "L2-normalised", "seed": 0,
-                       "n_init": clustering.DEFAULT_N_INIT}
-        timings["kmeans_s"] = time.time() - t0
-        if args.tsne_points > 0:
-            t0 = time.time()
-            idx, embedding = clustering.tsne_map(test_feats.features, args.tsne_points, seed=0)
-            tsne_path = report.plot_tsne(embedding, result.assignments[idx],
-                                         labels[idx] if labels is not None else None, test_set.classes,
-                                         out_dir / "tsne.png", title=f"t-SNE of {len(idx)} test images' features")
-            kmeans_meta["tsne_points"] = int(len(idx))
-            timings["tsne_s"] = time.time() - t0
-
-    plots = {}
-    if scores:
-        plots["accuracy"] = str(report.plot_fraction_curves(
-            scores, "accuracy", "top-1 test accuracy", out_dir / "accuracy_vs_fraction.png",
-            title=f"{Path(args.backbone).name if args.backbone != 'random' else 'random init'}: accuracy vs labels",
-            chance=1.0 / n_classes if n_classes else None))
-    if tsne_path is not None:
-        plots["tsne"] = str(tsne_path)
-    timings["total_s"] = time.time() - started
-
-    meta = {
-        "backbone": info.to_json(),
-        "datasets": {name: _describe(s, path) for name, s, path in
-                     (("train", train_set, args.train), ("test", test_set, args.test)) if s is not None},
-        "protocols": protocols, "fractions": [t for t, _ in fractions], "seeds": seeds,
-        "subsets": "class-balanced (round(fraction * class size) per class, at least 1), nested across fractions "
-                   "per seed",
-        "linear": {"C": args.probe_c, "max_iter": probe.DEFAULT_MAX_ITER, "standardised": True},
-        "knn": {"k": args.knn_k, "temperature": args.knn_temperature, "features": "L2-normalised",
-                "k_capped_at_labelled_count": True},
-        "kmeans": kmeans_meta,
-        "feature_cache": {"train": _cache_meta(train_feats), "test": _cache_meta(test_feats)},
-        "device": args.device, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
-        "plots": plots, "timings": timings,
-        "command": args.command,
-        "versions": _versions(), "host": platform.node(),
-    }
-    results = report.classification_results(scores, kmeans_summary, meta)
-    rows = report.classification_rows(scores, kmeans_summary)
-    paths = report.write_report(out_dir, results, rows, report.classification_markdown(results, rows))
-    for protocol, entries in scores.items():
-        print(f"{protocol:>6}: " + ", ".join(f"{e.fraction}: {e.mean('accuracy'):.3f}±{e.std('accuracy'):.3f}"
-                                             for e in entries))
-    if kmeans_summary is not None:
-        nmi, ari = kmeans_summary["nmi"], kmeans_summary["ari"]
-        print(f"kmeans: NMI {nmi:.3f}, ARI {ari:.3f}" if nmi is not None else "kmeans: no labels, no NMI/ARI")
-    print(f"wrote {paths['json']}, {paths['csv'].name}, {paths['md'].name} and plots to {out_dir} "
-          f"in {timings['total_s']:.1f}s")
+    settings = ClassificationSettings(
+        backbone=args.backbone, test=args.test, train=args.train, out=out_dir, fractions=args.fractions,
+        protocols=protocols, seeds=args.seeds, image_size=args.image_size, backbone_seed=args.backbone_seed,
+        random_stem=args.random_stem, device=args.device, batch_size=args.batch_size, clusters=args.clusters,
+        knn_k=args.knn_k, knn_temperature=args.knn_temperature, probe_c=args.probe_c, tsne_points=args.tsne_points,
+        cache_dir=args.cache_dir, no_cache=args.no_cache, train_limit=args.train_limit, test_limit=args.test_limit,
+        command=args.command)
+    evaluate_classification(settings)
     return 0
-
-
-def _require_labels(image_set, path, flag, protocols) -> None:
-    if image_set is None or not image_set.has_labels:
-        raise ValueError(f"{flag} {path} has no labels (its images are not in class sub-folders {path}/<class>/...), "
-                         f"but --protocol {','.join(protocols)} needs them; arrange it as {path}/<class>/*.png, or run "
-                         f"--protocol kmeans alone")
-    if len(image_set.classes) < 2:
-        raise ValueError(f"{flag} {path} has only {len(image_set.classes)} class sub-folder; classification needs "
-                         f"at least two")
-
-
-def _describe(image_set, path) -> dict:
-    import numpy as np
-
-    counts = np.bincount(image_set.labels[image_set.labels >= 0], minlength=len(image_set.classes))
-    return {"path": str(path), "n_images": len(image_set), "classes": list(image_set.classes),
-            "images_per_class": [int(c) for c in counts]}
-
-
-def _cache_meta(cached) -> dict | None:
-    if cached is None:
-        return None
-    return {"path": str(cached.path) if cached.path else None, "hit": cached.hit}
-
-
-def _versions() -> dict:
-    import lightly
-    import sklearn
-    import torch
-    import torchvision
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "lightly": lightly.__version__, "scikit-learn": sklearn.__version__}
 
 
 if __name__ == "__main__":

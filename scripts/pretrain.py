@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the method's recipe)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    p.add_argument("--limit", type=int, default=None, help="use N images evenly spaced through the set (keeps every class)")
     g = p.add_argument_group("labeller options (must match how the cache was filled)")
     g.add_argument("--scale", type=float, default=None)
     g.add_argument("--max-side", type=int, default=None)

@@ -9,8 +9,18 @@ parameter fingerprint that keys the cache.
 
 from saliencyssl.saliency.hc import hc_saliency
 from saliencyssl.saliency.labeller import LABELLER_VERSION, Labeller, LabellerConfig, Labelling
+from saliencyssl.saliency.params import CUT_ENGINES
 from saliencyssl.saliency.rc import RCResult, rc_saliency
-from saliencyssl.saliency.saliencycut import CUT_ENGINES, saliency_cut
+
+
+def __getattr__(name: str):
+    # SaliencyCut needs numba; import it on first use so that the rest (configs, fingerprints,
+    # HC, RC) works where numba is absent (e.g. a GPU machine that only trains).
+    if name == "saliency_cut":
+        from saliencyssl.saliency.saliencycut import saliency_cut
+
+        return saliency_cut
+    raise AttributeError(f"module 'saliencyssl.saliency' has no attribute {name!r}")
 
 __all__ = ["hc_saliency", "rc_saliency", "RCResult", "saliency_cut", "CUT_ENGINES", "Labeller", "LabellerConfig",
            "Labelling", "LABELLER_VERSION"]

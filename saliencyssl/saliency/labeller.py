@@ -29,9 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from saliencyssl.imageio import to_rgb_uint8
-from saliencyssl.saliency.hc import hc_saliency
-from saliencyssl.saliency.rc import rc_saliency
-from saliencyssl.saliency.saliencycut import CUT_ENGINES, T2_VALUES, saliency_cut
+from saliencyssl.saliency.params import CUT_ENGINES, T2_VALUES
 from saliencyssl.target import Target, relabel_raster
 
 #: Bump when a change to the algorithms changes their output, so old cache entries become misses.
@@ -146,6 +144,10 @@ class Labeller:
             with_hc: also compute the HC map.
         """
         import cv2
+
+        from saliencyssl.saliency.hc import hc_saliency
+        from saliencyssl.saliency.rc import rc_saliency
+        from saliencyssl.saliency.saliencycut import saliency_cut  # numba kernels: imported on first use
 
         start = time.perf_counter()
         image = to_rgb_uint8(image)

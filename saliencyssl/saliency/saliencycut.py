@@ -24,10 +24,8 @@ from __future__ import annotations
 import numpy as np
 
 from saliencyssl.saliency.grabcut import BACKGROUND, FOREGROUND, UNKNOWN, SalGrabCut
+from saliencyssl.saliency.params import CUT_ENGINES, T2_VALUES
 from saliencyssl.saliency.quantize import minmax
-
-CUT_ENGINES = ("faithful", "opencv")
-T2_VALUES = (0.9, 0.7, 0.5, 0.3)
 
 
 def saliency_cut(image_bgr: np.ndarray, rc_map: np.ndarray, engine: str = "faithful", t1: float = 0.1,

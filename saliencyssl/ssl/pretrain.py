@@ -49,7 +49,7 @@ class PretrainConfig:
     """Everything a pretraining run depends on (``scripts/pretrain.py``'s options).
 
     ``batch_size`` is the global batch; under torchrun each of N processes takes
-    ``batch_size / N``. ``limit`` keeps the first N images (benchmarks). ``workers`` is the
+    ``batch_size / N``. ``limit`` keeps N images evenly spaced through the set (all classes). ``workers`` is the
     number of processes for exact labelling (``--aug-source exact`` / ``cache,exact``).
     """
 
@@ -144,7 +144,7 @@ class Pretrainer:
 
         image_set = open_image_set(c.data)
         if c.limit is not None:
-            image_set = image_set.subset(range(min(c.limit, len(image_set))))
+            image_set = image_set.spread(c.limit)
         self.image_set = image_set
         self.images = TrainingImages(image_set, c.image_size)
         n, world = len(self.images), self.dist.world_size

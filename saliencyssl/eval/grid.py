@@ -1,0 +1,276 @@
+"""The experiment grid: methods x policies, each pretrained and evaluated at label fractions.
+
+A grid is a JSON file (:class:`GridConfig`); :func:`run_grid` works through its cells:
+
+1. label the pretraining images into the cache (skipping what it holds) when a policy needs
+   saliency views;
+2. per cell (method, policy): pretrain (``RUN/runs/<method>__<policy>/backbone.pt``; a finished
+   cell is skipped, an interrupted one resumes from its checkpoint), then evaluate
+   (``RUN/evals/<method>__<policy>/results.json``, skipped when present);
+3. the baselines (``random``: a randomly initialised ResNet-18) are evaluated the same way;
+4. everything is collected into ``RUN/grid_results.csv``, ``RUN/grid_results.md`` and one plot
+   per method and protocol with one line per policy (the paper's Fig. 11 style).
+
+Paths in the config are relative to the current directory (run from the repository root).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from saliencyssl.augment import parse_policy
+
+_PRETRAIN_KEYS = {"image_size", "epochs", "batch_size", "limit", "device", "amp", "aug_source", "seed", "lr",
+                  "knn_every", "workers"}
+_EVAL_KEYS = {"fractions", "protocols", "seeds", "train_limit", "test_limit", "device", "batch_size", "knn_k"}
+
+
+@dataclass
+class GridConfig:
+    """One grid (see ``configs/*.json``).
+
+    Attributes:
+        name: shown in reports.
+        out: the grid's folder.
+        train, test: labelled image folders (pretraining uses ``train``'s images without labels).
+        cache: the target cache folder.
+        methods, policies: the grid's axes.
+        pretrain: :class:`~saliencyssl.ssl.pretrain.PretrainConfig` fields shared by every cell.
+        evaluation: :class:`~saliencyssl.eval.classification.ClassificationSettings` fields.
+        labeller: labeller options (``min_side``, ``scale``, ``max_side``, ``cut_engine``).
+        baselines: ``["random"]`` or ``[]``.
+    """
+
+    name: str
+    out: str
+    train: str
+    test: str
+    cache: str
+    methods: list[str]
+    policies: list[str]
+    pretrain: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    labeller: dict[str, Any] = field(default_factory=dict)
+    baselines: list[str] = field(default_factory=lambda: ["random"])
+    description: str = ""
+
+    @classmethod
+    def load(cls, path: str | Path) -> "GridConfig":
+        """Read and check a grid file; errors name the file and the key."""
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"grid config {path} not found (see configs/ for examples)") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from error
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
+        missing = sorted(f.name for f in fields(cls)
+                         if f.default is MISSING and f.default_factory is MISSING and f.name not in raw)
+        if missing:
+            raise ValueError(f"{path}: missing keys {missing}")
+        config = cls(**raw)
+        for key, allowed, section in (("pretrain", _PRETRAIN_KEYS, config.pretrain),
+                                      ("evaluation", _EVAL_KEYS, config.evaluation)):
+            bad = sorted(set(section) - allowed)
+            if bad:
+                raise ValueError(f"{path}: unknown {key} keys {bad}; allowed: {sorted(allowed)}")
+        for policy in config.policies:
+            try:
+                parse_policy(policy)
+            except ValueError as error:
+                raise ValueError(f"{path}: policy {policy!r}: {error}") from error
+        from saliencyssl.ssl.registry import METHODS
+
+        for method in config.methods:
+            if method not in METHODS:
+                raise ValueError(f"{path}: unknown method {method!r}; choose from {sorted(METHODS)}")
+        return config
+
+
+@dataclass
+class Cell:
+    method: str
+    policy: str
+    run_dir: Path
+    eval_dir: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}__{self.policy}"
+
+
+def _slug(policy: str) -> str:
+    return policy.replace("+", "_plus_").replace(",", "__").replace("=", "-")
+
+
+def cells(config: GridConfig) -> list[Cell]:
+    out = Path(config.out)
+    return [Cell(m, p, out / "runs" / f"{m}__{_slug(p)}", out / "evals" / f"{m}__{_slug(p)}")
+            for m in config.methods for p in config.policies]
+
+
+def _label(config: GridConfig, pretrain: dict) -> None:
+    from saliencyssl.cache import TargetCache
+    from saliencyssl.cache.executors import make_executor
+    from saliencyssl.cache.labelling import default_workers, label_folder
+    from saliencyssl.datasets import open_image_set
+    from saliencyssl.saliency import LabellerConfig
+
+    labeller = LabellerConfig(**config.labeller)
+    image_set = open_image_set(config.train, keep_decoded=False)
+    if pretrain.get("limit"):
+        image_set = image_set.spread(int(pretrain["limit"]))
+    paths = getattr(image_set, "paths", None)
+    cache = TargetCache(config.cache, labeller.fingerprint(), params=labeller.params())
+    if paths is None:  # CIFAR batches: label in this process
+        for i, h in enumerate(image_set.hashes()):
+            if h not in cache:
+                from saliencyssl.saliency import Labeller
+
+                cache.put(h, Labeller(labeller)(image_set.image(i)))
+        return
+    executor = make_executor(default_workers())
+    try:
+        summary = label_folder(config.train, cache, labeller, executor=executor, paths=paths)
+    finally:
+        executor.close()
+    print("labelling: " + "; ".join(line.strip() for line in summary.lines()[1:6]), flush=True)
+
+
+def _evaluation_settings(config: GridConfig, backbone: str, out: Path, image_size: int):
+    from saliencyssl.eval.classification import ClassificationSettings
+
+    e = dict(config.evaluation)
+    protocols = e.pop("protocols", ["linear", "knn"])
+    return ClassificationSettings(backbone=backbone, test=config.test, train=config.train, out=out,
+                                  protocols=list(protocols), image_size=image_size, tsne_points=0, **e)
+
+
+def run_grid(config: GridConfig, progress: bool = True) -> list[dict]:
+    """Run every unfinished cell and the baselines, then collect the results (see the module docstring)."""
+    from saliencyssl.eval.classification import evaluate_classification
+    from saliencyssl.ssl.pretrain import PretrainConfig, Pretrainer
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "grid.json").write_text(json.dumps(asdict(config), indent=2))
+    pretrain = dict(config.pretrain)
+    image_size = int(pretrain.get("image_size", 32))
+    if any(parse_policy(p).uses_saliency for p in config.policies):
+        _label(config, pretrain)
+    todo = cells(config)
+    for i, cell in enumerate(todo, 1):
+        print(f"\n[{i}/{len(todo)}] {cell.method} with policy {cell.policy}", flush=True)
+        if (cell.run_dir / "backbone.pt").is_file():
+            print(f"  pretraining done earlier: {cell.run_dir / 'backbone.pt'}")
+        else:
+            uses = parse_policy(cell.policy).uses_saliency
+            settings = dict(pretrain, image_size=image_size)
+            aug_source = settings.pop("aug_source", "cache") if uses else "none"
+            settings.pop("aug_source", None)
+            run = PretrainConfig(data=config.train, out=str(cell.run_dir), method=cell.method, policy=cell.policy,
+                                 aug_source=aug_source, cache=config.cache, progress=progress,
+                                 resume=(cell.run_dir / "checkpoint.pt").is_file(), **config.labeller, **settings)
+            Pretrainer(run).run()
+        if (cell.eval_dir / "results.json").is_file():
+            print(f"  evaluation done earlier: {cell.eval_dir / 'results.json'}")
+        else:
+            evaluate_classification(_evaluation_settings(config, str(cell.run_dir / "backbone.pt"), cell.eval_dir,
+                                                         image_size))
+    for baseline in config.baselines:
+        if baseline != "random":
+            raise ValueError(f"unknown baseline {baseline!r}; only 'random' is supported")
+        target = out / "evals" / "random"
+        if not (target / "results.json").is_file():
+            print("\n[baseline] random ResNet-18", flush=True)
+            evaluate_classification(_evaluation_settings(config, "random", target, image_size))
+    return collect(config)
+
+
+def collect(config: GridConfig) -> list[dict]:
+    """Gather every finished evaluation into rows; write the CSV, markdown table and plots."""
+    out = Path(config.out)
+    rows: list[dict] = []
+    sources = [(c.method, c.policy, c.eval_dir, c.run_dir) for c in cells(config)]
+    sources += [("random", "random init", out / "evals" / "random", None) for b in config.baselines]
+    for method, policy, eval_dir, run_dir in sources:
+        path = eval_dir / "results.json"
+        if not path.is_file():
+            continue
+        results = json.loads(path.read_text())
+        knn_final = None
+        if run_dir is not None and (run_dir / "history.json").is_file():
+            history = json.loads((run_dir / "history.json").read_text())
+            knn_final = history[-1].get("knn_accuracy") if history else None
+        for protocol in ("linear", "knn"):
+            for fraction, entry in results.get(protocol, {}).items():
+                rows.append({"method": method, "policy": policy, "protocol": protocol, "fraction": fraction,
+                             "n_labelled": entry["n_labelled"], "accuracy_mean": entry["accuracy_mean"],
+                             "accuracy_std": entry["accuracy_std"], "pretrain_final_knn": knn_final})
+    if not rows:
+        return rows
+    with open(out / "grid_results.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "grid_results.md").write_text(_markdown(config, rows))
+    _plots(config, rows)
+    return rows
+
+
+def _markdown(config: GridConfig, rows: list[dict]) -> str:
+    fractions = list(dict.fromkeys(r["fraction"] for r in rows))
+    lines = [f"# {config.name}", "", config.description, ""]
+    for protocol in ("linear", "knn"):
+        sub = [r for r in rows if r["protocol"] == protocol]
+        if not sub:
+            continue
+        lines += [f"## {protocol} accuracy (mean ± std over seeds) by label fraction", "",
+                  "| method | policy | " + " | ".join(fractions) + " |",
+                  "| --- | --- | " + " | ".join("---" for _ in fractions) + " |"]
+        for key in dict.fromkeys((r["method"], r["policy"]) for r in sub):
+            cells_ = {r["fraction"]: r for r in sub if (r["method"], r["policy"]) == key}
+            values = [f"{cells_[f]['accuracy_mean']:.3f} ± {cells_[f]['accuracy_std']:.3f}" if f in cells_ else ""
+                      for f in fractions]
+            lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(values) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _plots(config: GridConfig, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(config.out)
+    for method in config.methods:
+        for protocol in ("linear", "knn"):
+            sub = [r for r in rows if r["protocol"] == protocol and r["method"] in (method, "random")]
+            if not sub:
+                continue
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for key in dict.fromkeys((r["method"], r["policy"]) for r in sub):
+                series = [r for r in sub if (r["method"], r["policy"]) == key]
+                x = [float(r["fraction"]) for r in series]
+                y = [r["accuracy_mean"] for r in series]
+                err = [r["accuracy_std"] for r in series]
+                style = "--" if key[0] == "random" else "-"
+                ax.errorbar(x, y, yerr=err, fmt=style + "o", capsize=3, label=key[1], markersize=4)
+            ax.set_xscale("log")
+            ax.set_xlabel("label fraction of the training set")
+            ax.set_ylabel(f"{protocol} test accuracy")
+            ax.set_title(f"{config.name}: {method}, {protocol}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            fig.savefig(out / f"grid_{method}_{protocol}.png", dpi=120)
+            plt.close(fig)
