@@ -76,8 +76,8 @@ def generate_shape(rng: np.random.Generator, shape_class: str, size: int = 64) -
     background = cv2.GaussianBlur(background.astype(np.float32), (0, 0), 0.8)
 
     mask = np.zeros((s, s), np.uint8)
-    cx, cy = rng.uniform(0.35, 0.65, 2) * s
-    r = rng.uniform(0.16, 0.3) * s
+    cx, cy = rng.uniform(0.42, 0.58, 2) * s
+    r = rng.uniform(0.26, 0.36) * s
     rot = rng.uniform(0, 180)
     if shape_class == "ellipse":
         cv2.ellipse(mask, (int(cx), int(cy)), (int(r), int(r * rng.uniform(0.55, 1.0))), rot, 0, 360, 1, -1)

@@ -2,7 +2,8 @@
 """Draw a batch as the model sees it under a policy (the paper's Fig. 8), for a person to look at.
 
 Rows of the picture: the images, then two independent views of each (saliency view rendered
-from the whole image first, then the policy's augmentations).
+from the whole image first, then the policy's augmentations). Images are drawn at random among
+those the cache holds a target for.
 
 Examples:
   python scripts/show_views.py runs/quickstart/data/train --cache runs/quickstart/cache --policy sal+default --out views.png
@@ -20,7 +21,6 @@ import numpy as np
 import torch
 
 from saliencyssl.augment import PRESETS, FrozenPack, SSLAugmentation, TargetRouter, TrainingImages, parse_policy
-from saliencyssl.augment.router import MissingPieceError
 from saliencyssl.cache import TargetCache
 from saliencyssl.saliency import LabellerConfig
 from saliencyssl.ssl.backbone import IMAGENET_MEAN, IMAGENET_STD
@@ -50,24 +50,24 @@ def main(argv=None) -> int:
     policy = parse_policy(args.policy)
     images = TrainingImages(args.data, args.image_size)
     generator = torch.Generator().manual_seed(args.seed)
-    index = torch.randperm(len(images), generator=generator)[: args.count]
-    x = images.stack()[index]
+    candidates = torch.randperm(len(images), generator=generator)
     targets = None
     if policy.uses_saliency:
         if args.cache is None:
             parser.error(f"policy {args.policy!r} renders saliency views: pass --cache CACHE_DIR "
                          f"(fill it with python scripts/label.py {args.data} --cache CACHE_DIR)")
         config = LabellerConfig(scale=args.scale, max_side=args.max_side)
-        pack = FrozenPack.build([images.hashes[i] for i in index.tolist()], TargetCache(args.cache, config.fingerprint()),
-                                args.image_size)
+        pack = FrozenPack.build(images.hashes, TargetCache(args.cache, config.fingerprint()), args.image_size)
         print(pack.report.line())
-        router = TargetRouter("cache", args.image_size, pack=pack, data_hint=str(args.data))
-        try:
-            router.check_ready()
-        except MissingPieceError as error:
-            print(f"error: {error}", file=sys.stderr)
+        candidates = candidates[pack.present_at(candidates)]
+        if len(candidates) == 0:
+            print(f"error: no image of {args.data} has a target in {args.cache}; label them with: "
+                  f"python scripts/label.py {args.data} --cache {args.cache}", file=sys.stderr)
             return 2
-        targets = router.targets(torch.arange(len(index)), x)
+    index = candidates[: args.count]
+    x = images.stack()[index]
+    if policy.uses_saliency:
+        targets = TargetRouter("cache", args.image_size, pack=pack).targets(index, x)
     torch.manual_seed(args.seed)
     augment = SSLAugmentation(policy, args.image_size)
     rows = [[img.permute(1, 2, 0).numpy() for img in x], to_uint8(augment(x, targets)), to_uint8(augment(x, targets))]

@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambda-mask", type=float, default=w.mask, help="mask BCE + Dice weight (default %(default)s)")
     p.add_argument("--lambda-boundary", type=float, default=w.boundary,
                    help="boundary weighted BCE + Dice weight (default %(default)s)")
+    p.add_argument("--lambda-presence", type=float, default=w.presence,
+                   help="weight of the image-level mask-or-no-mask term (BCE of the largest mask logit; "
+                        "default %(default)s)")
+    p.add_argument("--select", choices=("best", "last"), default=d.select,
+                   help="surrogate.pt holds the epoch with the best held-out presence accuracy + present-mask IoU "
+                        "(best, early stopping) or the last one (default %(default)s)")
     p.add_argument("--ngf", type=int, default=Architecture.ngf,
                    help="generator width at the first level (default %(default)s; Pix2Pix uses 64)")
     p.add_argument("--ndf", type=int, default=Architecture.ndf, help="discriminator width (default %(default)s)")
@@ -129,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                              decay_start=args.decay_start, max_minutes=args.max_minutes, held_out=args.held_out,
                              flip=not args.no_flip, amp=args.amp, seed=args.seed, gan_mode=args.gan_mode,
                              weights=LossWeights(gan=args.lambda_gan, l1=args.lambda_l1, mask=args.lambda_mask,
-                                                 boundary=args.lambda_boundary),
-                             ngf=args.ngf, ndf=args.ndf)
+                                                 boundary=args.lambda_boundary, presence=args.lambda_presence),
+                             ngf=args.ngf, ndf=args.ndf, select=args.select)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -167,11 +173,12 @@ def main(argv: list[str] | None = None) -> int:
           f"U-Net depth {trainer.arch.depth}, ngf {trainer.arch.ngf}; TensorBoard: tensorboard --logdir {args.out}")
     result = trainer.fit()
     print(f"wrote {result.surrogate_path} after {result.epochs_done} epochs, {result.steps} steps, "
-          f"{result.seconds / 60:.1f} min (stopped by {result.stopped_by})")
+          f"{result.seconds / 60:.1f} min (stopped by {result.stopped_by}); it holds the generator of epoch "
+          f"{result.selected_epoch} ({args.select})")
     if result.held_out is not None:
         from saliencyssl.eval.fidelity import format_report
 
-        print("held-out fidelity:")
+        print(f"held-out fidelity of epoch {result.selected_epoch}:")
         print("\n".join(format_report(result.held_out)))
         (args.out / "heldout_fidelity.json").write_text(json.dumps(result.held_out, indent=2))
     return 0

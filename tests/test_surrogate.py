@@ -321,3 +321,40 @@ def test_target_tensors_batch_matches_target_batch(pairs):
     batch = pairs.targets.batch()
     assert isinstance(pairs.targets, TargetTensors)
     assert torch.equal(batch.channels(), pairs.targets.channels())
+
+
+def test_cpu_component_labelling_equals_target_from_channels():
+    from saliencyssl.surrogate.model import label_components_cpu, targets_from_probabilities
+    from saliencyssl.target import compact_labels, label_components
+
+    g = torch.Generator().manual_seed(1)
+    for density in (0.0, 0.1, 0.4, 0.8, 1.0):
+        inside = torch.rand(6, 1, 20, 17, generator=g) > density
+        assert torch.equal(label_components_cpu(inside), label_components(inside))
+        assert torch.equal(label_components_cpu(inside, compact=True), compact_labels(label_components(inside)))
+    smooth = torch.nn.functional.avg_pool2d(torch.rand(8, 3, 40, 40, generator=g), 9, 1)
+    probs = torch.cat([smooth[:, :2], ((smooth[:, 2:] - 0.5).abs() < 0.03).float()], 1)
+    a, b = TargetBatch.from_channels(probs), targets_from_probabilities(probs)
+    assert torch.equal(a.regions, b.regions) and torch.equal(a.mask, b.mask) and torch.equal(a.saliency, b.saliency)
+
+
+def test_presence_term_is_reported_and_trained(pairs):
+    loss = TargetLoss(LossWeights(presence=5.0))
+    exact = pairs.targets.index(slice(0, 4)).channels()
+    total, parts = loss(torch.zeros(4, 3, 32, 32), exact)
+    assert "presence" in parts and float(parts["presence"]) == pytest.approx(np.log(2), abs=1e-4)
+    total0, _ = TargetLoss()(torch.zeros(4, 3, 32, 32), exact)
+    assert float(total) == pytest.approx(float(total0) + 5.0 * np.log(2), rel=1e-4)
+
+
+def test_surrogate_keeps_the_best_held_out_epoch(labelled, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(labelled, out, "--epochs", "3") == 0
+    best = Surrogate.load(out / "best.pt")
+    final = Surrogate.load(out / "surrogate.pt")
+    assert final.meta["selected_epoch"] == best.meta["epoch"] <= 3 and final.meta["final_epoch"] == 3
+    assert final.meta["select"] == "best" and "selection_score" in final.meta
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    assert torch.equal(best.predict_channels(images), final.predict_channels(images))
+    assert _train(labelled, tmp_path / "last", "--epochs", "2", "--select", "last") == 0
+    assert Surrogate.load(tmp_path / "last" / "surrogate.pt").meta["selected_epoch"] == 2

@@ -198,37 +198,52 @@ def run_grid(config: GridConfig, progress: bool = True) -> list[dict]:
 def collect(config: GridConfig) -> list[dict]:
     """Gather every finished evaluation into rows; write the CSV, markdown table and plots."""
     out = Path(config.out)
-    rows: list[dict] = []
     sources = [(c.method, c.policy, c.eval_dir, c.run_dir) for c in cells(config)]
-    sources += [("random", "random init", out / "evals" / "random", None) for b in config.baselines]
+    sources += [("random", "random init", out / "evals" / "random", None) for _ in config.baselines]
+    rows = result_rows(sources)
+    if not rows:
+        return rows
+    write_rows_csv(out / "grid_results.csv", rows)
+    (out / "grid_results.md").write_text(rows_markdown(config.name, config.description, rows))
+    for method in config.methods:
+        for protocol in ("linear", "knn"):
+            plot_rows([r for r in rows if r["method"] in (method, "random")], protocol,
+                      out / f"grid_{method}_{protocol}.png", f"{config.name}: {method}, {protocol}")
+    return rows
+
+
+def result_rows(sources: list[tuple[str, str, Path, Path | None]]) -> list[dict]:
+    """One row per (method, policy, protocol, fraction) from ``(method, policy, eval_dir, run_dir)``
+    entries whose ``eval_dir/results.json`` exists; ``run_dir/history.json`` adds the final kNN."""
+    rows: list[dict] = []
     for method, policy, eval_dir, run_dir in sources:
-        path = eval_dir / "results.json"
+        path = Path(eval_dir) / "results.json"
         if not path.is_file():
             continue
         results = json.loads(path.read_text())
         knn_final = None
-        if run_dir is not None and (run_dir / "history.json").is_file():
-            history = json.loads((run_dir / "history.json").read_text())
+        if run_dir is not None and (Path(run_dir) / "history.json").is_file():
+            history = json.loads((Path(run_dir) / "history.json").read_text())
             knn_final = history[-1].get("knn_accuracy") if history else None
         for protocol in ("linear", "knn"):
             for fraction, entry in results.get(protocol, {}).items():
                 rows.append({"method": method, "policy": policy, "protocol": protocol, "fraction": fraction,
                              "n_labelled": entry["n_labelled"], "accuracy_mean": entry["accuracy_mean"],
                              "accuracy_std": entry["accuracy_std"], "pretrain_final_knn": knn_final})
-    if not rows:
-        return rows
-    with open(out / "grid_results.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "grid_results.md").write_text(_markdown(config, rows))
-    _plots(config, rows)
     return rows
 
 
-def _markdown(config: GridConfig, rows: list[dict]) -> str:
+def write_rows_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def rows_markdown(title: str, description: str, rows: list[dict]) -> str:
+    """Markdown tables (one per protocol): accuracy mean ± std by label fraction, one line per run."""
     fractions = list(dict.fromkeys(r["fraction"] for r in rows))
-    lines = [f"# {config.name}", "", config.description, ""]
+    lines = [f"# {title}", "", description, ""] if title else []
     for protocol in ("linear", "knn"):
         sub = [r for r in rows if r["protocol"] == protocol]
         if not sub:
@@ -237,40 +252,38 @@ def _markdown(config: GridConfig, rows: list[dict]) -> str:
                   "| method | policy | " + " | ".join(fractions) + " |",
                   "| --- | --- | " + " | ".join("---" for _ in fractions) + " |"]
         for key in dict.fromkeys((r["method"], r["policy"]) for r in sub):
-            cells_ = {r["fraction"]: r for r in sub if (r["method"], r["policy"]) == key}
-            values = [f"{cells_[f]['accuracy_mean']:.3f} ± {cells_[f]['accuracy_std']:.3f}" if f in cells_ else ""
-                      for f in fractions]
+            by_fraction = {r["fraction"]: r for r in sub if (r["method"], r["policy"]) == key}
+            values = [f"{by_fraction[f]['accuracy_mean']:.3f} ± {by_fraction[f]['accuracy_std']:.3f}"
+                      if f in by_fraction else "" for f in fractions]
             lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(values) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
-def _plots(config: GridConfig, rows: list[dict]) -> None:
+def plot_rows(rows: list[dict], protocol: str, path: Path, title: str) -> Path | None:
+    """Accuracy against label fraction, one line per (method, policy); random baselines dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = Path(config.out)
-    for method in config.methods:
-        for protocol in ("linear", "knn"):
-            sub = [r for r in rows if r["protocol"] == protocol and r["method"] in (method, "random")]
-            if not sub:
-                continue
-            fig, ax = plt.subplots(figsize=(6, 4))
-            for key in dict.fromkeys((r["method"], r["policy"]) for r in sub):
-                series = [r for r in sub if (r["method"], r["policy"]) == key]
-                x = [float(r["fraction"]) for r in series]
-                y = [r["accuracy_mean"] for r in series]
-                err = [r["accuracy_std"] for r in series]
-                style = "--" if key[0] == "random" else "-"
-                ax.errorbar(x, y, yerr=err, fmt=style + "o", capsize=3, label=key[1], markersize=4)
-            ax.set_xscale("log")
-            ax.set_xlabel("label fraction of the training set")
-            ax.set_ylabel(f"{protocol} test accuracy")
-            ax.set_title(f"{config.name}: {method}, {protocol}")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-            fig.tight_layout()
-            fig.savefig(out / f"grid_{method}_{protocol}.png", dpi=120)
-            plt.close(fig)
+    sub = [r for r in rows if r["protocol"] == protocol]
+    if not sub:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in dict.fromkeys((r["method"], r["policy"]) for r in sub):
+        series = [r for r in sub if (r["method"], r["policy"]) == key]
+        style = "--" if key[0] == "random" else "-"
+        ax.errorbar([float(r["fraction"]) for r in series], [r["accuracy_mean"] for r in series],
+                    yerr=[r["accuracy_std"] for r in series], fmt=style + "o", capsize=3, markersize=4,
+                    label=key[1] if key[0] in ("random",) else f"{key[0]} {key[1]}")
+    ax.set_xscale("log")
+    ax.set_xlabel("label fraction of the training set")
+    ax.set_ylabel(f"{protocol} test accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

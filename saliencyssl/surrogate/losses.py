@@ -2,12 +2,13 @@
 
 Pix2Pix trains its generator on ``GAN + lambda * L1`` (lambda = 100). The surrogate predicts
 three channels of different kinds (:data:`~saliencyssl.target.TARGET_CHANNELS`), so each gets
-a loss that suits it, all on the generator's logits ``z`` (probabilities ``p = sigmoid(z)``):
+a loss that suits it, on the generator's raw outputs ``z`` (the saliency channel is linear, the
+mask and boundary channels are logits, ``p = sigmoid(z)``):
 
 ===========  ===========================================  ================================
 channel      kind                                         loss
 ===========  ===========================================  ================================
-saliency     continuous map in [0, 1]                     ``lambda_l1 * |p - y|`` (mean)
+saliency     continuous map in [0, 1]                     ``lambda_l1 * |z - y|`` (mean)
 mask         binary, often empty (no object found)        ``lambda_mask * (BCE + soft Dice)``
 boundary     binary, sparse (region borders)              ``lambda_boundary * (weighted BCE + soft Dice)``
 ===========  ===========================================  ================================
@@ -119,7 +120,7 @@ class TargetLoss(nn.Module):
         """Total weighted loss and its unweighted parts.
 
         Args:
-            logits: ``(B, 3, H, W)`` generator output (logits of saliency, mask, boundary).
+            logits: ``(B, 3, H, W)`` generator output (raw saliency, mask and boundary logits).
             target: ``(B, 3, H, W)`` exact channels in [0, 1].
 
         Returns:
@@ -127,8 +128,9 @@ class TargetLoss(nn.Module):
         """
         w = self.weights
         logits = logits.float()
-        sal = torch.sigmoid(logits[:, 0:1])
-        l1 = (sal - target[:, 0:1]).abs().mean()
+        # L1 on the raw (unclamped) saliency output: its gradient never vanishes, and since the
+        # target lies in [0, 1], |z - y| >= |clamp(z, 0, 1) - y| with the same minimiser.
+        l1 = (logits[:, 0:1] - target[:, 0:1]).abs().mean()
         mask = (F.binary_cross_entropy_with_logits(logits[:, 1:2], target[:, 1:2])
                 + soft_dice_loss(logits[:, 1:2], target[:, 1:2]))
         pos_weight = torch.tensor(w.boundary_pos_weight, device=logits.device)

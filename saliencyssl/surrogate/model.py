@@ -33,7 +33,8 @@ from typing import Any
 
 import torch
 
-from saliencyssl.surrogate.networks import Architecture, UNetGenerator, build_networks, image_to_input
+from saliencyssl.surrogate.networks import (Architecture, UNetGenerator, build_networks, image_to_input,
+                                            to_probabilities)
 from saliencyssl.target import TARGET_CHANNELS, TargetBatch
 
 CHECKPOINT_FORMAT = "saliency-ssl-surrogate"
@@ -326,7 +327,7 @@ class Surrogate:
             with torch.autocast(device_type=self.device.type, dtype=torch.float16,
                                 enabled=self.amp and self.device.type == "cuda"):
                 logits = self.generator(x)
-            out.append(torch.sigmoid(logits.float()))
+            out.append(to_probabilities(logits))
         if not out:
             s = self.image_size
             return torch.zeros(0, len(TARGET_CHANNELS), s, s, device=self.device)

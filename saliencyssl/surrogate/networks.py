@@ -10,9 +10,12 @@ so that small images work:
   blocks) and concatenates the encoder feature of the same scale (skip connections). Its depth
   follows the image size (:func:`unet_depth`): the side is halved while it stays even, at most
   8 times, so 256 px goes down to 1x1 (8 levels, as in Pix2Pix), 32 px to 1x1 (5 levels) and
-  96 = 3 x 32 px to 3x3 (5 levels). Its last layer has no tanh: it returns one *logit* per
-  target channel (:data:`~saliencyssl.target.TARGET_CHANNELS`), and ``sigmoid`` turns them
-  into the saliency map in [0, 1] and the mask and boundary probabilities.
+  96 = 3 x 32 px to 3x3 (5 levels). Its last layer has no tanh: it returns one raw output per
+  target channel (:data:`~saliencyssl.target.TARGET_CHANNELS`) and :func:`to_probabilities`
+  turns them into the saliency map (the raw value clamped to [0, 1]) and the mask and boundary
+  probabilities (``sigmoid`` of their logits). The saliency channel is linear, not a sigmoid,
+  so that its L1 loss keeps a gradient where the map is 0 (a sigmoid saturates there and the
+  map stops learning: most of an RC map is exactly 0).
 - :class:`PatchDiscriminator` is the conditional PatchGAN on the image concatenated with the
   target channels. At 256 px it has three stride-2 layers (70x70 receptive field); small images
   get fewer (:func:`patch_layers`: 1 at 32 px, 16x16 field; 2 at 64-96 px, 34x34 field).
@@ -231,6 +234,12 @@ def init_weights(module: nn.Module, gain: float = 0.02) -> nn.Module:
             nn.init.normal_(m.weight, 1.0, gain)
             nn.init.zeros_(m.bias)
     return module
+
+
+def to_probabilities(raw: torch.Tensor) -> torch.Tensor:
+    """Generator output ``(B, 3, S, S)`` to channels in [0, 1]: saliency clamped, mask and boundary sigmoid."""
+    raw = raw.float()
+    return torch.cat([raw[:, 0:1].clamp(0.0, 1.0), torch.sigmoid(raw[:, 1:])], dim=1)
 
 
 def image_to_input(images: torch.Tensor) -> torch.Tensor:

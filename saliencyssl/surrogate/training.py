@@ -4,7 +4,9 @@
 
     RUN_DIR/last.pt          after every epoch (and when stopped): generator, discriminator, optimisers,
                              scalers, counters, RNG states; what --resume continues from
-    RUN_DIR/surrogate.pt     at the end: the generator and its metadata (Surrogate.load reads it)
+    RUN_DIR/best.pt          the generator of the epoch with the best held-out fidelity so far
+    RUN_DIR/surrogate.pt     at the end: that best generator (or the last, with select="last") and its
+                             metadata (Surrogate.load reads it)
     RUN_DIR/history.json     per-epoch losses and held-out fidelity
     RUN_DIR/tensorboard/     losses per step; held-out fidelity (and the predict-nothing baseline) and an
                              image | exact | surrogate grid per epoch
@@ -17,6 +19,13 @@ rate stays constant for the first ``decay_start`` of the run and then falls line
 "The run" is ``epochs`` passes, or the time budget when one is set, whichever is nearer its end,
 so a run cut by ``max_minutes`` still ends with a decayed rate.
 
+Model selection: the exact labels are brittle (the labeller itself agrees with its own output on a
+one-pixel shift of the image only about 0.89 of the time on whether there is an object), so a
+generator memorises them and its held-out fidelity peaks and then falls while the training loss
+keeps falling. After every epoch the held-out split is scored with :func:`selection_score`
+(presence accuracy + mask IoU on images with an exact mask) and the best epoch is kept; that is
+the one ``surrogate.pt`` holds (early stopping on the held-out split, never on test images).
+
 Data: every image and target is a tensor on the training device from the start (uint8 images,
 uint8/bool/int32 targets); a step only indexes, flips (image and target together, the boundary
 recomputed from the flipped regions) and converts. Seeds fix the initial weights, the batch
@@ -28,7 +37,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -38,7 +47,8 @@ import torch
 from saliencyssl.surrogate.losses import GANLoss, LossWeights, TargetLoss
 from saliencyssl.surrogate.model import (Surrogate, SurrogateCheckpointError, checkpoint_dict, read_checkpoint,
                                          save_checkpoint)
-from saliencyssl.surrogate.networks import Architecture, build_networks, image_to_input
+from saliencyssl.surrogate.networks import (Architecture, UNetGenerator, build_networks, image_to_input,
+                                            to_probabilities)
 from saliencyssl.surrogate.pairs import PairSet, TargetTensors, hash_prefixes
 
 #: Keep the data on the training device when it takes less than this many bytes.
@@ -64,6 +74,8 @@ class TrainConfig:
         weights: the loss weights (:class:`LossWeights`).
         ngf, max_mult, ndf: network widths (:class:`Architecture`).
         grid_images: held-out images shown in the TensorBoard grid.
+        select: ``"best"`` (the epoch with the best held-out :func:`selection_score`) or
+            ``"last"``: which generator ``surrogate.pt`` holds.
     """
 
     image_size: int = 32
@@ -84,6 +96,7 @@ class TrainConfig:
     ndf: int = Architecture.ndf
     coords: bool = Architecture.coords
     grid_images: int = 8
+    select: str = "best"
 
     def __post_init__(self) -> None:
         if isinstance(self.weights, dict):
@@ -96,6 +109,8 @@ class TrainConfig:
             raise ValueError(f"--max-minutes must be positive, got {self.max_minutes}")
         if not 0.0 <= self.decay_start <= 1.0:
             raise ValueError(f"decay_start must be in [0, 1], got {self.decay_start}")
+        if self.select not in ("best", "last"):
+            raise ValueError(f"select must be 'best' or 'last', got {self.select!r} (--select)")
 
     @property
     def total_epochs(self) -> int:
@@ -122,7 +137,9 @@ class TrainResult:
         steps: optimiser steps.
         seconds: wall time of the run (all resumptions).
         stopped_by: ``"epochs"`` or ``"time budget"``.
-        held_out: the last held-out fidelity report (``None`` without a held-out split).
+        held_out: the held-out fidelity report of the generator in ``surrogate.pt`` (``None``
+            without a held-out split).
+        selected_epoch: the epoch whose generator ``surrogate.pt`` holds.
     """
 
     surrogate_path: Path
@@ -131,6 +148,7 @@ class TrainResult:
     seconds: float
     stopped_by: str
     held_out: dict | None
+    selected_epoch: int = 0
 
 
 class SurrogateTrainer:
@@ -194,6 +212,8 @@ class SurrogateTrainer:
         self.elapsed = 0.0
         self.history: list[dict] = []
         self.last_report: dict | None = None
+        self.best: dict | None = None  # {"score", "epoch", "step", "report"} of best.pt
+        self._best_state: dict | None = None
         self._writer = None
 
     # -- schedule ------------------------------------------------------------------------------
@@ -245,7 +265,7 @@ class SurrogateTrainer:
         autocast = torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp)
         with autocast:
             logits = g(x)
-        fake = torch.sigmoid(logits.float())
+        fake = to_probabilities(logits)
         out: dict[str, float] = {}
         real_in = torch.cat([x, exact * 2 - 1], 1)
         if use_gan:
@@ -331,7 +351,8 @@ class SurrogateTrainer:
             discriminator={k: v.detach().cpu() for k, v in self.discriminator.state_dict().items()},
             optim_g=self.opt_g.state_dict(), optim_d=self.opt_d.state_dict(),
             scaler_g=self.scaler_g.state_dict(), scaler_d=self.scaler_d.state_dict(),
-            trainer={"epoch": self.epoch, "step": self.step, "elapsed": self.elapsed, "history": self.history},
+            trainer={"epoch": self.epoch, "step": self.step, "elapsed": self.elapsed, "history": self.history,
+                     "best": _plain(self.best)},
             rng=rng)
         return save_checkpoint(self.run_dir / "last.pt", blob)
 
@@ -373,6 +394,12 @@ class SurrogateTrainer:
         self.epoch, self.step, self.elapsed = int(state["epoch"]), int(state["step"]), float(state["elapsed"])
         self.history = list(state.get("history") or [])
         self.last_report = meta.get("heldout_fidelity")
+        self.best = state.get("best")
+        best_path = self.run_dir / "best.pt"
+        if self.best is not None and best_path.is_file():
+            self._best_state = read_checkpoint(best_path)["generator"]
+        elif self.best is not None:
+            self.best = None
         rng = blob.get("rng") or {}
         if "cpu" in rng:
             torch.set_rng_state(rng["cpu"])
@@ -380,11 +407,39 @@ class SurrogateTrainer:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.log(f"resumed from {path}: epoch {self.epoch}, step {self.step}, {self.elapsed / 60:.1f} min trained")
 
-    def save_final(self, stopped_by: str) -> Path:
-        """Write ``RUN_DIR/surrogate.pt`` (generator and metadata only)."""
-        meta = {**self._meta(), "stopped_by": stopped_by}
-        return save_checkpoint(self.run_dir / "surrogate.pt", checkpoint_dict(
-            self.generator, self.train_pairs.fingerprint, self.train_pairs.labeller_params, meta))
+    def consider(self, report: dict | None) -> bool:
+        """Keep the current generator as ``best.pt`` when its held-out score beats the best so far."""
+        if report is None:
+            return False
+        score = selection_score(report)
+        if self.best is not None and score <= self.best["score"]:
+            return False
+        self.best = {"score": score, "epoch": self.epoch, "step": self.step, "report": _plain(report)}
+        self._best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.generator.state_dict().items()}
+        save_checkpoint(self.run_dir / "best.pt", checkpoint_dict(
+            self.generator, self.train_pairs.fingerprint, self.train_pairs.labeller_params,
+            {**self._meta(), "heldout_fidelity": _plain(report), "selection_score": score}))
+        return True
+
+    def save_final(self, stopped_by: str) -> tuple[Path, int, dict | None]:
+        """Write ``RUN_DIR/surrogate.pt``: the best (or last) generator and its metadata.
+
+        Returns:
+            ``(path, selected epoch, its held-out report)``.
+        """
+        meta = {**self._meta(), "stopped_by": stopped_by, "final_epoch": self.epoch,
+                "final_heldout_fidelity": _plain(self.last_report), "select": self.config.select}
+        generator, epoch, report = self.generator, self.epoch, self.last_report
+        if self.config.select == "best" and self.best is not None and self._best_state is not None:
+            generator = UNetGenerator(self.arch)
+            generator.load_state_dict(self._best_state)
+            epoch, report = int(self.best["epoch"]), self.best["report"]
+            meta.update({"epoch": epoch, "step": int(self.best["step"]), "heldout_fidelity": report,
+                         "selection_score": self.best["score"]})
+        meta["selected_epoch"] = epoch
+        path = save_checkpoint(self.run_dir / "surrogate.pt", checkpoint_dict(
+            generator, self.train_pairs.fingerprint, self.train_pairs.labeller_params, meta))
+        return path, epoch, report
 
     # -- the loop --------------------------------------------------------------------------------
     def _tb(self):
@@ -479,20 +534,28 @@ class SurrogateTrainer:
                 break
             self.epoch += 1
             self.last_report = self.evaluate()
+            self.consider(self.last_report)
             self.elapsed = time.perf_counter() - started
             self._log_epoch({k: v / max(1, count) for k, v in sums.items()}, self.last_report)
             self.save_last()
         if stopped_by == "time budget" or self.last_report is None:
             self.last_report = self.evaluate()
+            self.consider(self.last_report)
         self.elapsed = time.perf_counter() - started
         self.save_last()
-        path = self.save_final(stopped_by)
+        path, selected, report = self.save_final(stopped_by)
         if writer is not None:
             writer.flush()
             writer.close()
             self._writer = None
         return TrainResult(surrogate_path=path, epochs_done=self.epoch, steps=self.step, seconds=self.elapsed,
-                           stopped_by=stopped_by, held_out=self.last_report)
+                           stopped_by=stopped_by, held_out=report, selected_epoch=selected)
+
+
+def selection_score(report: dict) -> float:
+    """Held-out score that picks the epoch ``surrogate.pt`` keeps: presence accuracy + mask IoU on
+    images with an exact mask (the two figures the predict-nothing baseline cannot win)."""
+    return float(report.get("presence_accuracy") or 0.0) + float(report.get("mask_iou_present") or 0.0)
 
 
 def _f(value) -> str:
@@ -506,4 +569,4 @@ def _plain(report: dict | None) -> dict | None:
     return json.loads(json.dumps(report))
 
 
-__all__ = ["TrainConfig", "TrainResult", "SurrogateTrainer", "DEVICE_DATA_LIMIT"]
+__all__ = ["TrainConfig", "TrainResult", "SurrogateTrainer", "selection_score", "DEVICE_DATA_LIMIT"]
