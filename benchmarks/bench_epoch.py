@@ -53,6 +53,7 @@ def main(argv=None) -> int:
     parser.add_argument("--policy", default="sal+default")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per source; the first is a warm-up when > 1")
     parser.add_argument("--surrogate", type=Path, help="surrogate checkpoint (default: a fresh one)")
+    parser.add_argument("--cache", type=Path, help="a cache holding the images' targets (default: label into a temp one)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--workers", type=int, default=default_workers(), help="exact-labelling processes")
@@ -73,8 +74,8 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        cache_dir = tmp / "cache"
-        if {"cache", "surrogate"} & set(sources) or args.surrogate is None:
+        cache_dir = args.cache or tmp / "cache"
+        if "cache" in sources:
             cache = TargetCache(cache_dir, labeller.fingerprint, params=labeller.config.params())
             hashes = TrainingImages(image_set, args.image_size).hashes
             todo = [i for i, h in enumerate(hashes) if h not in cache]
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
                     cache.put(hashes[i], labeller(image_set.image(i)))
         surrogate = args.surrogate
         if surrogate is None and "surrogate" in sources:
-            from saliencyssl.surrogate.model import Surrogate
+            from saliencyssl.surrogate import Surrogate
 
             surrogate = Surrogate.fresh(args.image_size, labeller.fingerprint).save(tmp / "fresh_surrogate.pt")
         for source in sources:

@@ -117,7 +117,7 @@ def main(argv=None) -> int:
         pack = FrozenPack.build(images.hashes, cache, args.image_size).to(device)
         print(pack.report.line())
 
-    from saliencyssl.surrogate.model import Surrogate
+    from saliencyssl.surrogate import Surrogate
 
     if args.surrogate:
         surrogate = Surrogate.load(args.surrogate, device=device)

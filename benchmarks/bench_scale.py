@@ -97,7 +97,7 @@ def main(argv=None) -> int:
         build_seconds = time.perf_counter() - start
         with tempfile.TemporaryDirectory() as tmp:
             pack_path = Path(tmp) / "data.pack"
-            from saliencyssl.augment.data import target_at_size
+            from saliencyssl.datasets import target_at_size
 
             write_pack(pack_path, [(h, target_at_size(cache.get(h), args.image_size)) for h in dict.fromkeys(data.hashes)],
                        config.fingerprint(), config.params())

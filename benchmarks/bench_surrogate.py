@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         "device": str(device), "device_name": device_name(device), "cpu": cpu_name(),
         "torch": str(torch.__version__), "threads": torch.get_num_threads(), "image_size": args.image_size,
         "batch_size": args.batch_size, "num_images": n, "surrogate": str(args.surrogate or "fresh default"),
-        "arch": surrogate.arch.as_dict(), "amp": surrogate.amp,
+        "arch": surrogate.arch.as_dict(),
+        "autocast": str(surrogate.autocast_dtype).replace("torch.", "") if surrogate.autocast_dtype else "float32",
     }
     full = time_surrogate(surrogate, images, args.batch_size, args.repeats, full=True)
     net = time_surrogate(surrogate, images, args.batch_size, args.repeats, full=False)
@@ -136,7 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     result["surrogate_network_ms_per_image"] = net * 1e3
     result["surrogate_images_per_second"] = 1.0 / full
     print(f"surrogate on {result['device_name']}: {full * 1e3:.4f} ms/image predict (network alone "
-          f"{net * 1e3:.4f} ms), batch {args.batch_size}, {torch.get_num_threads()} threads", flush=True)
+          f"{net * 1e3:.4f} ms), batch {args.batch_size}, {torch.get_num_threads()} threads, autocast "
+          f"{result['autocast']}", flush=True)
+    if surrogate.autocast_dtype is not None:
+        surrogate.amp = False
+        fp32 = time_surrogate(surrogate, images, args.batch_size, args.repeats, full=True)
+        surrogate.amp = True
+        result["surrogate_float32_ms_per_image"] = fp32 * 1e3
+        print(f"  in float32: {fp32 * 1e3:.4f} ms/image predict", flush=True)
 
     n_label = min(n, args.labeller_images or 200)
     label_median, label_times = time_labeller(pixels[:n_label])
@@ -149,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         result["speedup"] = label_median / full
         result["speedup_network_only"] = label_median / net
         print(f"speed-up on the same CPU: {result['speedup']:.1f}x (network alone {result['speedup_network_only']:.1f}x)")
+        if "surrogate_float32_ms_per_image" in result:
+            result["speedup_float32"] = label_median / (result["surrogate_float32_ms_per_image"] / 1e3)
+            print(f"  in float32: {result['speedup_float32']:.1f}x")
     else:
         # The same comparison on the CPU of this machine, so the speed-up is like for like.
         cpu_surrogate = Surrogate.fresh(args.image_size, device="cpu") if not args.surrogate else \

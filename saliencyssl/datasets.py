@@ -242,4 +242,20 @@ def fit_square(array: np.ndarray, size: int, nearest: bool = False) -> np.ndarra
     return np.ascontiguousarray(out.astype(array.dtype) if out.dtype != array.dtype else out)
 
 
-__all__ = ["ImageSet", "open_image_set", "fit_square", "to_rgb_uint8"]
+def target_at_size(target: "Target", size: int) -> "Target":
+    """A target brought to ``size`` x ``size`` with the geometry :func:`fit_square` gives its image.
+
+    The saliency map is resized like the image (area when shrinking, bicubic when enlarging),
+    the mask and the region labels with nearest neighbour (labels renumbered in raster order).
+    """
+    from saliencyssl.target import Target, relabel_raster
+
+    if target.shape == (size, size):
+        return target
+    saliency = fit_square(target.saliency, size)
+    mask = fit_square(target.mask.astype(np.uint8), size, nearest=True) > 0
+    regions = relabel_raster(fit_square(target.regions.astype(np.int32), size, nearest=True))
+    return Target(saliency, mask, regions)
+
+
+__all__ = ["ImageSet", "open_image_set", "fit_square", "target_at_size", "to_rgb_uint8"]

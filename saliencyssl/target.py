@@ -285,6 +285,9 @@ def label_components(inside: "torch.Tensor", max_iterations: int | None = None) 
     inside by repeated maximum until nothing changes. Pixels outside (boundaries) then take the
     largest label among their 4-neighbours, repeatedly, so every pixel ends in some segment.
 
+    On the CPU the same labels come from one OpenCV call (:func:`_label_components_opencv`);
+    on other devices from the iterative torch version below.
+
     Args:
         inside: ``(B, 1, H, W)`` bool.
         max_iterations: cap on spreading steps (default ``H * W``, enough for any shape).
@@ -295,6 +298,9 @@ def label_components(inside: "torch.Tensor", max_iterations: int | None = None) 
     """
     import torch
     import torch.nn.functional as F
+
+    if inside.device.type == "cpu" and max_iterations is None:
+        return _label_components_opencv(inside)
 
     b, _, h, w = inside.shape
     index = torch.arange(1, h * w + 1, device=inside.device, dtype=torch.int64).view(1, 1, h, w)
@@ -317,6 +323,68 @@ def label_components(inside: "torch.Tensor", max_iterations: int | None = None) 
             break
         labels = torch.where(todo, neighbour_max(labels), labels)
     return labels
+
+
+def _label_components_opencv(inside: "torch.Tensor", compact: bool = False) -> "torch.Tensor":
+    """:func:`label_components` for CPU tensors, with OpenCV: the same labels, about 100x faster.
+
+    The batch is laid out as one tall image with a separating row of non-inside pixels after
+    every image and labelled by one ``cv2.connectedComponents`` call (4-connectivity); each
+    component is renamed to ``1 + the largest raster index of its pixels`` (the label the
+    iterative torch version converges to); pixels outside then take the largest label among
+    their 4-neighbours, repeatedly (visiting only the pixels still unfilled), exactly as there. The
+    result equals ``label_components(inside)``, and with ``compact=True``
+    ``compact_labels(label_components(inside))``.
+
+    Args:
+        inside: ``(B, 1, H, W)`` bool on the CPU.
+        compact: renumber 0..R-1 within each image, in increasing label order.
+
+    Returns:
+        ``(B, 1, H, W)`` int64 labels.
+    """
+    import cv2
+    import torch
+
+    b, _, h, w = inside.shape
+    if b == 0 or h == 0 or w == 0:
+        return torch.zeros(inside.shape, dtype=torch.int64)
+    canvas = np.zeros((b, h + 1, w), np.uint8)
+    canvas[:, :h] = inside[:, 0].numpy()
+    count, comp = cv2.connectedComponents(canvas.reshape(b * (h + 1), w), connectivity=4, ltype=cv2.CV_32S)
+    comp = torch.from_numpy(comp.reshape(b, h + 1, w))
+    index = torch.zeros((1, h + 1, w), dtype=torch.int32)
+    index[0, :h] = torch.arange(1, h * w + 1, dtype=torch.int32).view(h, w)
+    top = torch.zeros(count, dtype=torch.int32)
+    top.scatter_reduce_(0, comp.reshape(-1).long(), index.expand(b, h + 1, w).reshape(-1), reduce="amax")
+    top[0] = 0
+    # Fill the pixels outside from their 4-neighbours, every pixel of a round reading the labels
+    # of the previous round (as the torch version does), visiting only the pixels still unfilled.
+    # Layout: a zero row on top, a zero column left and right, a zero row after every image.
+    width = w + 2
+    grid = np.zeros((b * (h + 1) + 1, width), np.int32)
+    grid[1:, 1:-1] = top[comp.long()].numpy().reshape(b * (h + 1), w)
+    flat = grid.reshape(-1)
+    pixel = np.zeros((b, h + 1, w), bool)
+    pixel[:, :h] = True
+    todo = np.flatnonzero((grid[1:, 1:-1] == 0) & pixel.reshape(b * (h + 1), w))
+    todo = (todo // w + 1) * width + todo % w + 1
+    while todo.size:
+        grown = np.maximum(np.maximum(flat[todo - 1], flat[todo + 1]),
+                           np.maximum(flat[todo - width], flat[todo + width]))
+        done = grown > 0
+        if not done.any():
+            break  # images without any inside pixel stay one segment (label 0)
+        flat[todo[done]] = grown[done]
+        todo = todo[~done]
+    out = grid[1:, 1:-1].reshape(b, h + 1, w)[:, :h].reshape(b, h * w)
+    if compact:
+        # Rank of each label among the labels used in its image (labels are 0..H*W).
+        used = np.zeros((b, h * w + 1), bool)
+        used[np.arange(b)[:, None], out] = True
+        rank = np.cumsum(used, axis=1, dtype=np.int32) - 1
+        out = np.take_along_axis(rank, out, axis=1)
+    return torch.from_numpy(out.astype(np.int64)).view(b, 1, h, w)
 
 
 def compact_labels(labels: "torch.Tensor") -> "torch.Tensor":

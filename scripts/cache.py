@@ -94,7 +94,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from saliencyssl.augment.data import target_at_size
+    from saliencyssl.datasets import target_at_size
     from saliencyssl.datasets import open_image_set
 
     config = labeller_config(args)

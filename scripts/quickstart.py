@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t = stage("3. the surrogate: Pix2Pix trained on the cached targets, fidelity on unseen images")
     surrogate = out / "surrogate"
-    run(train_surrogate, "train_surrogate.py", [train, "--cache", str(cache_dir), "--out", str(surrogate),
+    run(train_surrogate, "train_surrogate.py", [train, "--cache", str(cache_dir), "--out", str(surrogate), "--lr", "1e-3",
                                                 "--size", str(SIZE), "--max-minutes", str(args.surrogate_minutes),
                                                 "--seed", str(args.seed), "--quiet"])
     run(eval_fidelity, "eval_fidelity.py", [test, "--cache", str(cache_dir), "--surrogate",

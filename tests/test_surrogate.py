@@ -288,8 +288,9 @@ def test_resume_continues_from_the_saved_epoch(labelled, tmp_path, capsys):
     assert _train(labelled, out, "--epochs", "3", "--resume") == 0
     text = capsys.readouterr().out
     assert "resumed from" in text
-    second = Surrogate.load(out / "surrogate.pt")
-    assert second.meta["epoch"] == 3 and second.meta["step"] == 3 * first.meta["step"]
+    last = Surrogate.load(out / "last.pt")
+    assert last.meta["epoch"] == 3 and last.meta["step"] == 3 * first.meta["step"]
+    assert Surrogate.load(out / "surrogate.pt").meta["final_epoch"] == 3
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert _train(labelled, out, "--epochs", "4", "--resume", "--size", "64") == 2  # another size: refused
@@ -323,19 +324,16 @@ def test_target_tensors_batch_matches_target_batch(pairs):
     assert torch.equal(batch.channels(), pairs.targets.channels())
 
 
-def test_cpu_component_labelling_equals_target_from_channels():
-    from saliencyssl.surrogate.model import label_components_cpu, targets_from_probabilities
-    from saliencyssl.target import compact_labels, label_components
+def test_cpu_component_labelling_equals_the_torch_loop():
+    from saliencyssl.target import _label_components_opencv, compact_labels, label_components
 
     g = torch.Generator().manual_seed(1)
     for density in (0.0, 0.1, 0.4, 0.8, 1.0):
         inside = torch.rand(6, 1, 20, 17, generator=g) > density
-        assert torch.equal(label_components_cpu(inside), label_components(inside))
-        assert torch.equal(label_components_cpu(inside, compact=True), compact_labels(label_components(inside)))
-    smooth = torch.nn.functional.avg_pool2d(torch.rand(8, 3, 40, 40, generator=g), 9, 1)
-    probs = torch.cat([smooth[:, :2], ((smooth[:, 2:] - 0.5).abs() < 0.03).float()], 1)
-    a, b = TargetBatch.from_channels(probs), targets_from_probabilities(probs)
-    assert torch.equal(a.regions, b.regions) and torch.equal(a.mask, b.mask) and torch.equal(a.saliency, b.saliency)
+        loop = label_components(inside, max_iterations=20 * 17)  # the device-generic torch version
+        assert torch.equal(_label_components_opencv(inside), loop)
+        assert torch.equal(label_components(inside), loop)
+        assert torch.equal(_label_components_opencv(inside, compact=True), compact_labels(loop))
 
 
 def test_presence_term_is_reported_and_trained(pairs):

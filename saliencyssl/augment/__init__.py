@@ -6,7 +6,8 @@ surrogate or the exact labeller; :class:`SSLAugmentation` renders the saliency v
 (:func:`parse_policy`, :data:`PRESETS`), all on the training device.
 """
 
-from saliencyssl.augment.data import CachedTargets, TrainingImages, target_at_size
+from saliencyssl.augment.data import CachedTargets, TrainingImages
+from saliencyssl.datasets import target_at_size
 from saliencyssl.augment.pack import FrozenPack, PackReport
 from saliencyssl.augment.policy import PRESETS, PolicyConfig, SSLAugmentation, parse_policy, policy_summary
 from saliencyssl.augment.predictor import TargetPredictor

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from saliencyssl.datasets import ImageSet, fit_square, open_image_set
+from saliencyssl.datasets import ImageSet, fit_square, open_image_set, target_at_size
 from saliencyssl.target import Target
 
 
@@ -67,18 +67,6 @@ class TrainingImages(Dataset):
         if pin and out.device.type == "cpu" and torch.cuda.is_available():
             out = out.pin_memory()
         return out
-
-
-def target_at_size(target: Target, size: int) -> Target:
-    """A target brought to ``size`` x ``size`` with the same geometry as :func:`fit_square` gives its image."""
-    if target.shape == (size, size):
-        return target
-    from saliencyssl.target import relabel_raster
-
-    saliency = fit_square(target.saliency, size)
-    mask = fit_square(target.mask.astype(np.uint8), size, nearest=True) > 0
-    regions = relabel_raster(fit_square(target.regions.astype(np.int32), size, nearest=True))
-    return Target(saliency, mask, regions)
 
 
 class CachedTargets(Dataset):

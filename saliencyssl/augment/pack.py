@@ -96,7 +96,7 @@ class FrozenPack:
 
         Damaged entries are treated as misses (the cache reports and removes them).
         """
-        from saliencyssl.augment.data import target_at_size
+        from saliencyssl.datasets import target_at_size
 
         pack = cls.empty(hashes, image_size, cache.fingerprint)
         iterator = range(len(pack.hashes))

@@ -221,7 +221,7 @@ class TargetRouter:
 
     def _exact(self, indices: torch.Tensor, write: bool) -> TargetBatch:
         """Label the original images at ``indices`` exactly; with ``write``, store them in cache and pack."""
-        from saliencyssl.augment.data import target_at_size
+        from saliencyssl.datasets import target_at_size
         from saliencyssl.cache.codec import decode_target
 
         start = time.perf_counter()

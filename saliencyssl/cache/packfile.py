@@ -205,7 +205,7 @@ def load_pack(path: str | Path, hashes: Sequence[str], image_size: int, expect_f
     """
     import torch
 
-    from saliencyssl.augment.data import target_at_size
+    from saliencyssl.datasets import target_at_size
     from saliencyssl.augment.pack import FrozenPack
 
     pack = open_pack(path, expect_fingerprint)

@@ -14,6 +14,8 @@ from saliencyssl.eval import report, segmentation
 from saliencyssl.eval.clustering import ClusterResult, kmeans_clusters, tsne_map
 from saliencyssl.eval.features import (BackboneInfo, CachedFeatures, FeatureCache, dataset_features, extract_features,
                                        load_frozen_backbone, open_backbone, random_backbone)
+from saliencyssl.eval.fidelity import (FidelityResult, boundary_scores, evaluate_surrogate, fidelity_grid,
+                                       fidelity_report, mask_scores, per_image_scores)
 from saliencyssl.eval.fractions import DEFAULT_FRACTIONS, FractionScore, balanced_subset, parse_fractions, sweep
 from saliencyssl.eval.knn import knn_accuracy, knn_predictions
 from saliencyssl.eval.probe import fit_linear_probe, linear_probe_accuracy
@@ -21,4 +23,5 @@ from saliencyssl.eval.probe import fit_linear_probe, linear_probe_accuracy
 __all__ = ["DEFAULT_FRACTIONS", "FractionScore", "balanced_subset", "parse_fractions", "sweep", "BackboneInfo",
            "CachedFeatures", "FeatureCache", "dataset_features", "extract_features", "load_frozen_backbone",
            "open_backbone", "random_backbone", "fit_linear_probe", "linear_probe_accuracy", "knn_accuracy",
-           "knn_predictions", "ClusterResult", "kmeans_clusters", "tsne_map", "report", "segmentation"]
+           "knn_predictions", "fidelity_report", "evaluate_surrogate", "per_image_scores", "mask_scores", "boundary_scores",
+           "fidelity_grid", "FidelityResult", "ClusterResult", "kmeans_clusters", "tsne_map", "report", "segmentation"]

@@ -218,7 +218,7 @@ class Pretrainer:
                 self._say(pack.report.line())
                 pack = pack.to(self.device) if self.device.type == "cuda" else pack
         if "surrogate" in self.sources and c.surrogate:
-            from saliencyssl.surrogate.model import Surrogate
+            from saliencyssl.surrogate import Surrogate
 
             surrogate = Surrogate.load(c.surrogate, device=self.device)
         return TargetRouter(self.sources, c.image_size, pack=pack, surrogate=surrogate, labeller=self.labeller,

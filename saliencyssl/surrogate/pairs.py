@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from saliencyssl.datasets import ImageSet, fit_square, open_image_set
+from saliencyssl.datasets import ImageSet, fit_square, open_image_set, target_at_size
 from saliencyssl.saliency.labeller import LabellerConfig
 from saliencyssl.target import TARGET_CHANNELS, Target, TargetBatch
 
@@ -269,20 +269,6 @@ def choose_fingerprint(cache_dir: str | Path, hashes: Sequence[str], config: Lab
 
 
 # ------------------------------------------------------------------------------ loading
-def fit_target(target: Target, size: int) -> Target:
-    """A target brought to ``size x size`` with the geometry :func:`fit_square` gives its image.
-
-    The saliency map is resized like the image (area when shrinking, bicubic when enlarging);
-    the mask and the region labels with nearest-neighbour.
-    """
-    if target.shape == (size, size):
-        return target
-    saliency = fit_square(target.saliency, size)
-    mask = fit_square(target.mask.astype(np.uint8), size, nearest=True) > 0
-    regions = fit_square(target.regions, size, nearest=True)
-    return Target(np.ascontiguousarray(saliency), np.ascontiguousarray(mask), np.ascontiguousarray(regions))
-
-
 def select_limit(hashes: Sequence[str], limit: int | None) -> np.ndarray:
     """Indices of at most ``limit`` images, chosen by content hash (a spread over classes), ascending."""
     n = len(hashes)
@@ -353,7 +339,7 @@ def load_pairs(images_dir: str | Path, cache_dir: str | Path, image_size: int, f
                 misses.append(images.names[i])
                 continue
             keep.append(int(i))
-            targets.append(fit_target(target, image_size))
+            targets.append(target_at_size(target, image_size))
             pixels.append(fit_square(image, image_size))
     finally:
         cache.close()
@@ -381,5 +367,5 @@ def describe_misses(pairs: PairSet, show: int = 10) -> list[str]:
 
 
 __all__ = ["PairSet", "TargetTensors", "MissingTargetsError", "load_pairs", "choose_fingerprint", "held_out_mask",
-           "hashes_digest", "hash_prefixes", "contains_hashes", "label_command", "fit_target", "select_limit",
+           "hashes_digest", "hash_prefixes", "contains_hashes", "label_command", "select_limit",
            "describe_misses", "TARGET_CHANNELS"]
