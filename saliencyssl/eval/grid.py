@@ -26,7 +26,7 @@ from saliencyssl.augment import parse_policy
 
 _PRETRAIN_KEYS = {"image_size", "epochs", "batch_size", "limit", "device", "amp", "aug_source", "seed", "lr",
                   "knn_every", "workers"}
-_EVAL_KEYS = {"fractions", "protocols", "seeds", "train_limit", "test_limit", "device", "batch_size", "knn_k"}
+_EVAL_KEYS = {"fractions", "protocols", "seeds", "train_limit", "test_limit", "device", "batch_size", "knn_k", "no_cache"}
 
 
 @dataclass
@@ -43,6 +43,10 @@ class GridConfig:
         evaluation: :class:`~saliencyssl.eval.classification.ClassificationSettings` fields.
         labeller: labeller options (``min_side``, ``scale``, ``max_side``, ``cut_engine``).
         baselines: ``["random"]`` or ``[]``.
+        cells: explicit ``[method, policy]`` pairs to run instead of every method with every policy.
+        evaluation_name: the folder of the evaluations under ``out`` (default ``evals``); a second
+            config with the same ``out`` and ``pretrain`` but another ``evaluation_name`` evaluates
+            the same backbones another way without pretraining them again.
     """
 
     name: str
@@ -57,6 +61,8 @@ class GridConfig:
     labeller: dict[str, Any] = field(default_factory=dict)
     baselines: list[str] = field(default_factory=lambda: ["random"])
     description: str = ""
+    cells: list[list[str]] | None = None
+    evaluation_name: str = "evals"
 
     @classmethod
     def load(cls, path: str | Path) -> "GridConfig":
@@ -89,9 +95,17 @@ class GridConfig:
                 raise ValueError(f"{path}: policy {policy!r}: {error}") from error
         from saliencyssl.ssl.registry import METHODS
 
-        for method in config.methods:
+        pairs = [tuple(c) for c in config.cells] if config.cells is not None else []
+        if any(len(p) != 2 for p in pairs):
+            raise ValueError(f"{path}: cells must be [method, policy] pairs")
+        for method in set(config.methods) | {m for m, _ in pairs}:
             if method not in METHODS:
                 raise ValueError(f"{path}: unknown method {method!r}; choose from {sorted(METHODS)}")
+        for _, policy in pairs:
+            try:
+                parse_policy(policy)
+            except ValueError as error:
+                raise ValueError(f"{path}: policy {policy!r}: {error}") from error
         return config
 
 
@@ -113,8 +127,10 @@ def _slug(policy: str) -> str:
 
 def cells(config: GridConfig) -> list[Cell]:
     out = Path(config.out)
-    return [Cell(m, p, out / "runs" / f"{m}__{_slug(p)}", out / "evals" / f"{m}__{_slug(p)}")
-            for m in config.methods for p in config.policies]
+    pairs = [tuple(c) for c in config.cells] if config.cells is not None else \
+        [(m, p) for m in config.methods for p in config.policies]
+    return [Cell(m, p, out / "runs" / f"{m}__{_slug(p)}", out / config.evaluation_name / f"{m}__{_slug(p)}")
+            for m, p in pairs]
 
 
 def _label(config: GridConfig, pretrain: dict) -> None:
@@ -164,9 +180,9 @@ def run_grid(config: GridConfig, progress: bool = True) -> list[dict]:
     (out / "grid.json").write_text(json.dumps(asdict(config), indent=2))
     pretrain = dict(config.pretrain)
     image_size = int(pretrain.get("image_size", 32))
-    if any(parse_policy(p).uses_saliency for p in config.policies):
-        _label(config, pretrain)
     todo = cells(config)
+    if any(parse_policy(c.policy).uses_saliency for c in todo):
+        _label(config, pretrain)
     for i, cell in enumerate(todo, 1):
         print(f"\n[{i}/{len(todo)}] {cell.method} with policy {cell.policy}", flush=True)
         if (cell.run_dir / "backbone.pt").is_file():
@@ -188,7 +204,7 @@ def run_grid(config: GridConfig, progress: bool = True) -> list[dict]:
     for baseline in config.baselines:
         if baseline != "random":
             raise ValueError(f"unknown baseline {baseline!r}; only 'random' is supported")
-        target = out / "evals" / "random"
+        target = out / config.evaluation_name / "random"
         if not (target / "results.json").is_file():
             print("\n[baseline] random ResNet-18", flush=True)
             evaluate_classification(_evaluation_settings(config, "random", target, image_size))
@@ -199,16 +215,17 @@ def collect(config: GridConfig) -> list[dict]:
     """Gather every finished evaluation into rows; write the CSV, markdown table and plots."""
     out = Path(config.out)
     sources = [(c.method, c.policy, c.eval_dir, c.run_dir) for c in cells(config)]
-    sources += [("random", "random init", out / "evals" / "random", None) for _ in config.baselines]
+    sources += [("random", "random init", out / config.evaluation_name / "random", None) for _ in config.baselines]
     rows = result_rows(sources)
     if not rows:
         return rows
-    write_rows_csv(out / "grid_results.csv", rows)
-    (out / "grid_results.md").write_text(rows_markdown(config.name, config.description, rows))
-    for method in config.methods:
+    stem = "grid" if config.evaluation_name == "evals" else config.evaluation_name
+    write_rows_csv(out / f"{stem}_results.csv", rows)
+    (out / f"{stem}_results.md").write_text(rows_markdown(config.name, config.description, rows))
+    for method in dict.fromkeys(c.method for c in cells(config)):
         for protocol in ("linear", "knn"):
             plot_rows([r for r in rows if r["method"] in (method, "random")], protocol,
-                      out / f"grid_{method}_{protocol}.png", f"{config.name}: {method}, {protocol}")
+                      out / f"{stem}_{method}_{protocol}.png", f"{config.name}: {method}, {protocol}")
     return rows
 
 

@@ -1,0 +1,63 @@
+"""scripts/run_grid.py: config checks, a tiny real grid, and resuming without redoing finished cells."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from saliencyssl.embedded import write_embedded_dataset
+from saliencyssl.eval.grid import GridConfig, cells, run_grid
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+import run_grid as run_grid_cli  # noqa: E402  (scripts/run_grid.py)
+
+
+def _write(tmp_path: Path, **overrides) -> Path:
+    data = write_embedded_dataset(tmp_path / "data", per_class_train=6, per_class_test=3, size=32, photos=False)
+    config = {
+        "name": "tiny", "out": str(tmp_path / "grid"), "train": str(data["train"]), "test": str(data["test"]),
+        "cache": str(tmp_path / "cache"), "methods": ["simclr"], "policies": ["default", "sal"],
+        "pretrain": {"image_size": 32, "epochs": 1, "batch_size": 8, "device": "cpu", "seed": 0},
+        "evaluation": {"fractions": "0.5,1.0", "protocols": ["linear", "knn"], "seeds": 2, "no_cache": True},
+        **overrides}
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_config_errors_name_the_file_and_key(tmp_path):
+    path = _write(tmp_path, colour="blue")
+    with pytest.raises(ValueError, match="unknown keys.*colour"):
+        GridConfig.load(path)
+    with pytest.raises(ValueError, match="policy 'salt'"):
+        GridConfig.load(_write(tmp_path, policies=["salt"]))
+    with pytest.raises(ValueError, match="unknown method"):
+        GridConfig.load(_write(tmp_path, methods=["dino"]))
+    with pytest.raises(FileNotFoundError, match="configs/"):
+        GridConfig.load(tmp_path / "nope.json")
+    assert run_grid_cli.main([str(tmp_path / "nope.json")]) == 2
+
+
+def test_shipped_configs_load():
+    for path in (REPO / "configs").glob("*.json"):
+        config = GridConfig.load(path)
+        assert cells(config), path
+
+
+def test_tiny_grid_runs_collects_and_skips_finished_cells(tmp_path, monkeypatch):
+    config = GridConfig.load(_write(tmp_path))
+    rows = run_grid(config, progress=False)
+    out = Path(config.out)
+    assert {(r["policy"], r["protocol"], r["fraction"]) for r in rows} >= {
+        ("default", "linear", "0.5"), ("sal", "knn", "1.0"), ("random init", "linear", "1.0")}
+    assert (out / "grid_results.md").read_text().count("| simclr |") == 4
+    assert (out / "grid_simclr_linear.png").is_file() and (out / "grid_results.csv").is_file()
+
+    calls = []
+    monkeypatch.setattr("saliencyssl.ssl.pretrain.Pretrainer.run", lambda self: calls.append(self))
+    assert len(run_grid(config, progress=False)) == len(rows)
+    assert calls == [], "finished cells are not pretrained again"
