@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SALIENCYSSL_SHARED", REPO.parent / "shared"))
+from _paths import MISSING_REASON, SHARED
 
 
 def shared_path(*parts: str) -> Path:
     """A path under ../shared, or skip the test with the reason when it is absent."""
     path = SHARED.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"needs real data at {path} (the ../shared folder beside the checkout, or set SALIENCYSSL_SHARED)")
+        pytest.skip(MISSING_REASON.format(path=path))
     return path
 
 
@@ -38,3 +37,12 @@ def photo() -> np.ndarray:
 
     img = skimage.data.chelsea()
     return cv2.resize(img, (225, 150), interpolation=cv2.INTER_AREA)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One CPU thread for the module: on a 2-core machine shared with other jobs, more threads only spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -23,21 +23,13 @@ from saliencyssl.datasets import open_image_set
 from saliencyssl.eval import clustering, features as feats, fractions as frac, knn, probe, report
 from saliencyssl.ssl.backbone import save_backbone
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SALIENCYSSL_SHARED") or REPO.parent / "shared")
+from _paths import MISSING_REASON, REPO, SHARED
+
 CIFAR = SHARED / "data" / "cifar10"
 needs_cifar = pytest.mark.skipif(not (CIFAR / "train").is_dir() or not (CIFAR / "test").is_dir(),
-                                 reason=f"CIFAR-10 image folders not found at {CIFAR}/{{train,test}}; set "
-                                        f"SALIENCYSSL_SHARED to the shared data folder to run this test")
+                                 reason=MISSING_REASON.format(path=SHARED / "data"))
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One CPU thread: on a 2-core machine shared with other jobs, more threads only spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _load_script(name: str):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,21 +21,13 @@ from saliencyssl.eval import segmentation as seg
 from saliencyssl.eval.features import open_backbone, random_backbone
 from saliencyssl.ssl.backbone import save_backbone
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SALIENCYSSL_SHARED") or REPO.parent / "shared")
+from _paths import MISSING_REASON, REPO, SHARED
+
 SALBENCH = SHARED / "data" / "salbench"
 needs_salbench = pytest.mark.skipif(not (SALBENCH / "images").is_dir() or not (SALBENCH / "masks").is_dir(),
-                                    reason=f"salbench images/masks not found at {SALBENCH}; set SALIENCYSSL_SHARED to "
-                                           f"the shared data folder to run this test")
+                                    reason=MISSING_REASON.format(path=SHARED / "data"))
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One CPU thread: on a 2-core machine shared with other jobs, more threads only spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _write_pairs(root: Path, n: int, size=(40, 48), seed: int = 0, mask_scale: int = 255) -> tuple[Path, Path]:
