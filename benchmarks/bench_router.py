@@ -51,20 +51,24 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_batches(router, augment, images, batches, device) -> float:
-    """Median seconds per batch over ``batches`` (index tensors), after one warm-up batch."""
-    times = []
+def time_sources(setups: dict, images: torch.Tensor, batches: list, device: torch.device) -> dict[str, float]:
+    """Median seconds per batch for each source, the sources interleaved batch by batch (so drift in
+    the machine's speed hits them alike), after one untimed warm-up batch each."""
+    times: dict[str, list[float]] = {name: [] for name in setups}
     for i, index in enumerate(batches):
-        sync(device)
-        start = time.perf_counter()
-        x = images.index_select(0, index.to(images.device))
-        targets = router.targets(index, x)
-        v1, v2 = augment(x, targets), augment(x, targets)
-        sync(device)
-        if i > 0:
-            times.append(time.perf_counter() - start)
-        del v1, v2
-    return float(np.median(times))
+        for name, (router, augment, limit) in setups.items():
+            if i > limit:
+                continue
+            sync(device)
+            start = time.perf_counter()
+            x = images.index_select(0, index.to(images.device))
+            targets = router.targets(index, x)
+            v1, v2 = augment(x, targets), augment(x, targets)
+            sync(device)
+            if i > 0:
+                times[name].append(time.perf_counter() - start)
+            del v1, v2
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def main(argv=None) -> int:
@@ -133,24 +137,26 @@ def main(argv=None) -> int:
     batches = [b if len(b) == args.batch_size else order[: args.batch_size] for b in batches]
 
     result = {"device": device_name(device), "torch": torch.__version__, "image_size": args.image_size,
-              "batch_size": args.batch_size, "policy": config.name, "num_images": n, "seconds_per_batch": {}}
+              "batch_size": args.batch_size, "policy": config.name, "num_images": n}
+    setups = {}
     for source in sources:
         if source == "none":
-            router, aug, todo = TargetRouter("none", args.image_size), augment_plain, batches
+            setups[source] = (TargetRouter("none", args.image_size), augment_plain, len(batches))
         elif source == "cache":
-            router, aug, todo = TargetRouter("cache", args.image_size, pack=pack), augment, batches
+            setups[source] = (TargetRouter("cache", args.image_size, pack=pack), augment, len(batches))
         elif source == "surrogate":
-            router, aug, todo = TargetRouter("surrogate", args.image_size, surrogate=surrogate), augment, batches
+            setups[source] = (TargetRouter("surrogate", args.image_size, surrogate=surrogate), augment, len(batches))
         elif source == "exact":
             router = TargetRouter("exact", args.image_size, labeller=labeller, image_set=image_set,
                                   exact_workers=args.workers)
-            aug, todo = augment, batches[: min(4, len(batches))]
+            setups[source] = (router, augment, 3)  # the slow baseline: three timed batches
         else:
             parser.error(f"unknown source {source}")
-        seconds = time_batches(router, aug, stack, todo, device)
+    result["seconds_per_batch"] = time_sources(setups, stack, batches, device)
+    for source, (router, _, _) in setups.items():
         router.close()
-        result["seconds_per_batch"][source] = seconds
-        print(f"{source:10s} {seconds * 1000:9.1f} ms per batch of {args.batch_size}", flush=True)
+        print(f"{source:10s} {result['seconds_per_batch'][source] * 1000:9.1f} ms per batch of {args.batch_size}",
+              flush=True)
     base = result["seconds_per_batch"].get("none")
     if base:
         result["ratio_to_none"] = {k: v / base for k, v in result["seconds_per_batch"].items()}

@@ -67,7 +67,7 @@ def render_views(images: torch.Tensor, targets: TargetBatch, kind: str, params: 
     """
     if kind == "saliency":
         return targets.saliency.to(images.dtype).expand(-1, 3, -1, -1).clone()
-    b = images.shape[0]
+    b, _, h, w = images.shape
     colours = palette.to(images.device, images.dtype).unsqueeze(0).expand(b, -1, -1)
     colours = _rotate_hue(colours, params["hue"]) * params["gain"].unsqueeze(-1)
     colours = colours.clamp_(0, 1)  # (B, P, 3): this view's palette
@@ -80,12 +80,12 @@ def render_views(images: torch.Tensor, targets: TargetBatch, kind: str, params: 
     if kind != "segments":
         raise ValueError(f"unknown view kind {kind!r}; choose one of {', '.join(VIEW_KINDS)}")
     p = palette.shape[0]
-    slot = torch.remainder(targets.regions.to(images.device).squeeze(1), p)  # (B, H, W)
-    index = torch.gather(params["perm"], 1, slot.flatten(1)).view_as(slot)  # palette index per pixel
-    painted = torch.gather(colours, 1, index.flatten(1).unsqueeze(-1).expand(-1, -1, 3))  # (B, HW, 3)
-    painted = painted.transpose(1, 2).reshape(images.shape)
+    # This view's colour of each palette slot: lut[b, s] = colours[b, perm[b, s]], channels first.
+    lut = torch.gather(colours, 1, params["perm"].unsqueeze(-1).expand(-1, -1, 3)).transpose(1, 2)  # (B, 3, P)
+    slot = torch.remainder(targets.regions.to(images.device), p).view(b, 1, h * w)
+    painted = torch.gather(lut, 2, slot.expand(b, 3, h * w)).view(b, 3, h, w)
     dim = params["dim"].to(images.dtype).view(b, 1, 1, 1)
-    return torch.where(mask, painted, painted * dim)
+    return painted.mul_(torch.where(mask, torch.ones_like(dim), dim))
 
 
 class SaliencyView(nn.Module):
