@@ -177,9 +177,12 @@ class SSLAugmentation(nn.Module):
         return f"policy={self.config.name!r}, image_size={self.image_size}"
 
 
-def policy_summary(config: PolicyConfig) -> str:
-    """One line naming every non-zero probability, for logs."""
-    parts = [f"{k}={v:g}" for k, v in config.as_dict().items()
+def policy_summary(config: PolicyConfig, image_size: int | None = None) -> str:
+    """One line naming every probability in effect (blur is off at 32 px and less), for logs."""
+    values = config.as_dict()
+    if image_size is not None and image_size <= 32:
+        values["blur"] = 0.0
+    parts = [f"{k}={v:g}" for k, v in values.items()
              if k not in ("name", "view", "min_scale", "jitter_strength") and v]
     if config.uses_saliency:
         parts.append(f"view={config.view}")

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from saliencyssl.augment.pack import FrozenPack
 from saliencyssl.augment.predictor import TargetPredictor
-from saliencyssl.target import Target, TargetBatch
+from saliencyssl.target import TargetBatch
 
 SOURCE_ORDERS = ("none", "cache", "cache,surrogate", "cache,exact", "surrogate", "exact")
 
@@ -242,7 +242,7 @@ class TargetRouter:
             full = {pos: self.labeller(image) for pos, image in items}
         if write:
             hashes = self.image_set.hashes()
-            with self.cache._cache.transact():
+            with self.cache.transaction():
                 for pos, target in full.items():
                     self.cache.put(hashes[pos], target)
         sized = [target_at_size(full[pos], self.image_size) for pos in positions]
@@ -267,17 +267,3 @@ class TargetRouter:
     def __repr__(self) -> str:
         return f"TargetRouter(sources={','.join(self.sources)}, image_size={self.image_size})"
 
-
-def targets_to_list(batch: TargetBatch) -> list[Target]:
-    """A batch back to numpy :class:`Target` objects (for inspection and tests)."""
-    out = []
-    for i in range(len(batch)):
-        out.append(Target.from_maps(batch.saliency[i, 0].cpu().numpy(), batch.mask[i, 0].cpu().numpy(),
-                                    _compact(batch.regions[i, 0].cpu().numpy())))
-    return out
-
-
-def _compact(regions: np.ndarray) -> np.ndarray:
-    from saliencyssl.target import relabel_raster
-
-    return relabel_raster(regions)

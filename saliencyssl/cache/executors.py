@@ -122,8 +122,12 @@ class DaskExecutor:
                 raise ValueError(f"--scheduler local:N needs N >= 1, got {address!r}")
             import dask
 
-            # Workers without Dask's malloc trimming (see restore_malloc_defaults).
-            with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}):
+            # Workers without Dask's malloc trimming (see restore_malloc_defaults) and without its
+            # statistical profiler and GIL monitor, which sample every 10 ms and 1 ms and cost the
+            # labeller CPU time on a machine with as many workers as cores.
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": {},
+                                  "distributed.worker.profile.enabled": False,
+                                  "distributed.admin.system-monitor.gil.enabled": False}):
                 self._cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                              dashboard_address=None, silence_logs=40)
             self._client = Client(self._cluster)

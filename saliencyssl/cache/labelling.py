@@ -266,7 +266,7 @@ def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerCon
     bar = tqdm(total=len(todo), desc="labelling", unit="img", disable=not progress)
     jobs = ((config_fields, chunk) for chunk in _chunks(todo, size))
     for results in executor.imap_unordered(label_files, jobs):
-        with cache._cache.transact():
+        with cache.transaction():
             for record in results:
                 _store(record, cache, summary, export, root)
         bar.update(len(results))

@@ -161,10 +161,14 @@ class TargetCache:
             raise TypeError(f"TargetCache.put expects a Target, got {type(target).__name__}")
         self._cache.set(_key(self.fingerprint, self.hash_of(image_or_hash)), encode_target(target))
 
+    def transaction(self):
+        """A context in which several puts form one transaction (all stored, or none if interrupted)."""
+        return self._cache.transact()
+
     def put_many(self, items: Iterable[tuple[str, Target]]) -> int:
         """Store several targets in one transaction; returns how many."""
         count = 0
-        with self._cache.transact():
+        with self.transaction():
             for image_hash, target in items:
                 self._cache.set(_key(self.fingerprint, image_hash), encode_target(target))
                 count += 1

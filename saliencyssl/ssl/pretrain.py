@@ -163,7 +163,7 @@ class Pretrainer:
         self.labeller = Labeller(c.labeller_config())
         self.router = self._build_router()
         self.router.check_ready()
-        self._say(f"policy {policy_summary(self.policy)}; targets from {','.join(self.router.sources)}")
+        self._say(f"policy {policy_summary(self.policy, c.image_size)}; targets from {','.join(self.router.sources)}")
         self.augment = SSLAugmentation(self.policy, c.image_size).to(self.device)
 
         from saliencyssl.ssl.registry import build_method
