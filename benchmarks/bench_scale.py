@@ -29,7 +29,6 @@ from saliencyssl.cache import TargetCache
 from saliencyssl.cache.executors import DaskExecutor, PoolExecutor
 from saliencyssl.cache.labelling import label_folder
 from saliencyssl.cache.packfile import load_pack, write_pack
-from saliencyssl.datasets import open_image_set
 from saliencyssl.imageio import list_images
 from saliencyssl.saliency import LabellerConfig
 

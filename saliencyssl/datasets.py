@@ -22,9 +22,14 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from saliencyssl.target import Target
 
 from saliencyssl.hashing import content_hash
 from saliencyssl.imageio import ImageDecodeError, list_images, read_image, to_rgb_uint8

@@ -29,8 +29,12 @@ parts as tensors of shape ``(B, 1, H, W)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch is imported where a batch is built, so numpy-only users need not load it
+    import torch
 
 #: The dense channels of a target, in the order the surrogate predicts them.
 TARGET_CHANNELS: tuple[str, ...] = ("saliency", "mask", "boundary")

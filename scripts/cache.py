@@ -30,19 +30,12 @@ from pathlib import Path
 
 from saliencyssl.cache import TargetCache
 from saliencyssl.cache.packfile import MAGIC, PackError, open_pack, verify_pack, write_pack
-from saliencyssl.saliency import CUT_ENGINES, LabellerConfig
-
-
-def add_labeller_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("labeller options (select the fingerprint, as in scripts/label.py)")
-    g.add_argument("--scale", type=float, default=None)
-    g.add_argument("--max-side", type=int, default=None)
-    g.add_argument("--min-side", type=int, default=64)
-    g.add_argument("--cut-engine", choices=CUT_ENGINES, default="faithful")
+from saliencyssl.saliency import LabellerConfig
+from saliencyssl.saliency.options import add_labeller_options, labeller_config_from_args
 
 
 def labeller_config(args) -> LabellerConfig:
-    return LabellerConfig(min_side=args.min_side, scale=args.scale, max_side=args.max_side, cut_engine=args.cut_engine)
+    return labeller_config_from_args(args)
 
 
 def is_pack(path: Path) -> bool:

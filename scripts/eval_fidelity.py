@@ -17,8 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 EPILOG = """\
 examples:
   # CIFAR-10 test images the surrogate never saw (label them first)
@@ -84,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     params = surrogate.labeller_params
     if params:
         try:
-            config = LabellerConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in params.items()
-                                       if k != "version"})
+            config = LabellerConfig.from_params(params)
         except (TypeError, ValueError):
             config = None
     start = time.perf_counter()

@@ -16,8 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 EPILOG = """\
 examples:
   # fine-tune a pretrained backbone on salient-object masks, 10 fractions x 3 seeds

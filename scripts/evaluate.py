@@ -12,8 +12,6 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from saliencyssl.eval.classification import PROTOCOLS  # noqa: E402
 
 EPILOG = """\

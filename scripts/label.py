@@ -24,7 +24,7 @@ from pathlib import Path
 from saliencyssl.cache import TargetCache
 from saliencyssl.cache.executors import make_executor
 from saliencyssl.cache.labelling import default_workers, label_folder
-from saliencyssl.saliency import CUT_ENGINES, LabellerConfig
+from saliencyssl.saliency.options import add_labeller_options, labeller_config_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,19 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="send the work to Dask instead of a local pool: a scheduler address "
                              "(tcp://host:8786; workers must see IMAGES_DIR at the same path) or local:N for a "
                              "LocalCluster of N processes; needs pip install 'saliency-ssl[cluster]'")
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--scale", type=float, default=None, metavar="F",
-                      help="label at F times the image size (the paper's 100%% = 1, 200%% = 2); "
-                           "default: upscale images under --min-side only")
-    size.add_argument("--max-side", type=int, default=None, metavar="N",
-                      help="shrink images whose longer side exceeds N pixels before labelling "
-                           "(much faster on large photos)")
-    parser.add_argument("--min-side", type=int, default=LabellerConfig.min_side, metavar="N",
-                        help="upscale images whose shorter side is under N pixels (default %(default)s; "
-                             "ignored with --scale)")
-    parser.add_argument("--cut-engine", choices=CUT_ENGINES, default="faithful",
-                        help="faithful: Cheng's own GrabCut (matches the C++ masks); opencv: cv2.grabCut in the "
-                             "same loop (agrees less). Part of the cache key. Default: %(default)s")
+    add_labeller_options(parser, title="labeller options (part of the cache key)")
     parser.add_argument("--export", type=Path, default=None, metavar="EXPORT_DIR",
                         help="also write <stem>_hc.png, <stem>_rc.png (8-bit maps) and <stem>_cut.png (0/255) "
                              "per image, keeping sub-folders")
@@ -64,13 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    config = LabellerConfig(min_side=args.min_side, scale=args.scale, max_side=args.max_side,
-                            cut_engine=args.cut_engine)
+    config = labeller_config_from_args(args)
     if not args.images.is_dir():
         print(f"error: {args.images} is not a folder; give the folder that holds the images", file=sys.stderr)
         return 2
-    cache = TargetCache(args.cache, config.fingerprint(), params=config.params())
-    executor = make_executor(args.workers if args.workers is not None else default_workers(), args.scheduler)
+    if args.workers is not None and args.workers < 0:
+        print(f"error: --workers {args.workers}: give 0 (this process) or more worker processes", file=sys.stderr)
+        return 2
+    try:
+        cache = TargetCache(args.cache, config.fingerprint(), params=config.params())
+        executor = make_executor(args.workers if args.workers is not None else default_workers(), args.scheduler)
+    except (OSError, ImportError, ValueError) as error:  # a --cache that is a file, no Dask, a bad --scheduler
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
         summary = label_folder(args.images, cache, config, executor=executor, export_dir=args.export,
                                progress=not args.quiet)

@@ -31,16 +31,15 @@ import argparse
 import sys
 
 from saliencyssl.augment import PRESETS, SOURCE_ORDERS, MissingPieceError
-from saliencyssl.saliency import CUT_ENGINES
+from saliencyssl.saliency.options import add_labeller_options
+from saliencyssl.ssl.registry import METHODS
 from saliencyssl.ssl.pretrain import PretrainConfig, Pretrainer
-
-METHODS = ("simclr", "simsiam", "byol", "moco", "swav", "barlowtwins")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="image folder (class sub-folders optional) or CIFAR-10 python batches")
-    p.add_argument("--method", required=True, choices=METHODS, help="SSL method (lightly's losses and heads)")
+    p.add_argument("--method", required=True, choices=sorted(METHODS), help="SSL method (lightly's losses and heads)")
     p.add_argument("--aug-source", default="cache", choices=SOURCE_ORDERS, help="where targets come from (default %(default)s)")
     p.add_argument("--policy", default="sal+default", help=f"augmentation policy: {', '.join(PRESETS)} or free (default %(default)s)")
     p.add_argument("--cache", help="target cache folder (from scripts/label.py)")
@@ -60,11 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the method's recipe)")
     p.add_argument("--limit", type=int, default=None, help="use N images evenly spaced through the set (keeps every class)")
-    g = p.add_argument_group("labeller options (must match how the cache was filled)")
-    g.add_argument("--scale", type=float, default=None)
-    g.add_argument("--max-side", type=int, default=None)
-    g.add_argument("--min-side", type=int, default=64)
-    g.add_argument("--cut-engine", choices=CUT_ENGINES, default="faithful")
+    add_labeller_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -83,10 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     except (MissingPieceError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    trainer.run()
     from saliencyssl.ssl.distributed import cleanup
 
-    cleanup(trainer.dist)
+    try:
+        trainer.run()
+    finally:
+        cleanup(trainer.dist)
     return 0
 
 

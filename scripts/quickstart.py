@@ -85,8 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     t = stage("2. exact labelling into the cache (two thirds of the training images)")
     cache_dir = out / "cache"
     config = LabellerConfig()
-    run(label, "label.py", [str(data["photos"]), "--cache", str(cache_dir), "--quiet", "--export", str(out / "maps")])
-    run(label, "label.py", [test, "--cache", str(cache_dir), "--quiet"])
+    workers = ["--workers", str(args.workers)] if args.workers is not None else []
+    run(label, "label.py", [str(data["photos"]), "--cache", str(cache_dir), "--quiet", "--export", str(out / "maps"),
+                            *workers])
+    run(label, "label.py", [test, "--cache", str(cache_dir), "--quiet", *workers])
     train_set = open_image_set(train, keep_decoded=False)
     keep = [p for i, p in enumerate(train_set.paths) if i % 3 != 2]
     print(f"  labelling {len(keep)} of {len(train_set)} training images; the other {len(train_set) - len(keep)} "

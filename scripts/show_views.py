@@ -22,7 +22,7 @@ import torch
 
 from saliencyssl.augment import PRESETS, FrozenPack, SSLAugmentation, TargetRouter, TrainingImages, parse_policy
 from saliencyssl.cache import TargetCache
-from saliencyssl.saliency import LabellerConfig
+from saliencyssl.saliency.options import add_labeller_options, labeller_config_from_args
 from saliencyssl.ssl.backbone import IMAGENET_MEAN, IMAGENET_STD
 from saliencyssl.visualize import image_grid, save_rgb
 
@@ -42,8 +42,7 @@ def main(argv=None) -> int:
     parser.add_argument("--image-size", type=int, default=64, help="training side length (default %(default)s)")
     parser.add_argument("--count", type=int, default=8, help="images to show (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="which images and which random views")
-    parser.add_argument("--scale", type=float, default=None, help="labeller --scale the cache was filled with")
-    parser.add_argument("--max-side", type=int, default=None, help="labeller --max-side the cache was filled with")
+    add_labeller_options(parser)
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = parser.parse_args(argv)
 
@@ -56,7 +55,7 @@ def main(argv=None) -> int:
         if args.cache is None:
             parser.error(f"policy {args.policy!r} renders saliency views: pass --cache CACHE_DIR "
                          f"(fill it with python scripts/label.py {args.data} --cache CACHE_DIR)")
-        config = LabellerConfig(scale=args.scale, max_side=args.max_side)
+        config = labeller_config_from_args(args)
         pack = FrozenPack.build(images.hashes, TargetCache(args.cache, config.fingerprint()), args.image_size)
         print(pack.report.line())
         candidates = candidates[pack.present_at(candidates)]

@@ -15,8 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 EPILOG = """\
 examples:
   # label CIFAR-10 once, then train on 5,000 of its images for 30 CPU minutes
@@ -46,7 +44,7 @@ wall-clock budget of the whole run, resumptions included; the learning rate deca
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from saliencyssl.saliency import CUT_ENGINES
+    from saliencyssl.saliency.options import add_labeller_options
     from saliencyssl.surrogate.losses import GAN_MODES, LossWeights
     from saliencyssl.surrogate.networks import Architecture
     from saliencyssl.surrogate.training import TrainConfig
@@ -97,31 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ngf", type=int, default=Architecture.ngf,
                    help="generator width at the first level (default %(default)s; Pix2Pix uses 64)")
     p.add_argument("--ndf", type=int, default=Architecture.ndf, help="discriminator width (default %(default)s)")
-    lab = p.add_argument_group("labeller (pick the cache's fingerprint explicitly, as in scripts/label.py)")
-    lab.add_argument("--scale", type=float, default=None, metavar="F")
-    lab.add_argument("--max-side", type=int, default=None, metavar="N")
-    lab.add_argument("--min-side", type=int, default=None, metavar="N")
-    lab.add_argument("--cut-engine", choices=CUT_ENGINES, default=None)
+    add_labeller_options(p, title="labeller (pick the cache's fingerprint explicitly, as in scripts/label.py)",
+                         optional=True)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
-
-
-def labeller_config(args):
-    """The explicit LabellerConfig when any labeller option is given, else None."""
-    from saliencyssl.saliency import LabellerConfig
-
-    if args.scale is None and args.max_side is None and args.min_side is None and args.cut_engine is None:
-        return None
-    defaults = LabellerConfig()
-    return LabellerConfig(min_side=args.min_side if args.min_side is not None else defaults.min_side,
-                          scale=args.scale, max_side=args.max_side, cut_engine=args.cut_engine or defaults.cut_engine)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
+    from saliencyssl.saliency.options import labeller_config_from_args
     from saliencyssl.surrogate.losses import LossWeights
     from saliencyssl.surrogate.model import SurrogateCheckpointError
     from saliencyssl.surrogate.networks import unet_depth
@@ -148,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     try:
-        pairs = load_pairs(args.images, args.cache, args.size, config=labeller_config(args), limit=args.limit,
+        pairs = load_pairs(args.images, args.cache, args.size, config=labeller_config_from_args(args), limit=args.limit,
                            progress=not args.quiet)
     except (MissingTargetsError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -23,7 +23,6 @@ import torch
 from torch.utils.data import Dataset
 
 from saliencyssl.datasets import ImageSet, fit_square, open_image_set, target_at_size
-from saliencyssl.target import Target
 
 
 class TrainingImages(Dataset):

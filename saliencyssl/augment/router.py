@@ -168,7 +168,9 @@ class TargetRouter:
         b = images.shape[0]
         self.counters.images += b
         if self.sources[0] != "cache":
-            return self._surrogate(images) if self.sources[0] == "surrogate" else self._exact(indices, write=False)
+            if self.sources[0] == "surrogate":
+                return self._surrogate(images)
+            return self._exact(indices, write=False).to(device)
 
         start = time.perf_counter()
         present = self.pack.present_at(indices).to(device)

@@ -5,7 +5,7 @@
 """
 
 from saliencyssl.cache.codec import CorruptTargetError, decode_target, encode_target
-from saliencyssl.cache.store import CacheStats, TargetCache, VerifyReport, default_cache_dir
+from saliencyssl.cache.store import CacheStats, TargetCache, VerifyReport
 
-__all__ = ["TargetCache", "CacheStats", "VerifyReport", "default_cache_dir", "encode_target", "decode_target",
+__all__ = ["TargetCache", "CacheStats", "VerifyReport", "encode_target", "decode_target",
            "CorruptTargetError"]

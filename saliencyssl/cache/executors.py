@@ -130,10 +130,18 @@ class DaskExecutor:
                                   "distributed.admin.system-monitor.gil.enabled": False}):
                 self._cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                              dashboard_address=None, silence_logs=40)
-            self._client = Client(self._cluster)
+            try:
+                self._client = Client(self._cluster)
+            except Exception:
+                self._cluster.close()
+                raise
             self.description = f"a Dask LocalCluster of {workers} worker process{'es' if workers > 1 else ''}"
         else:
-            self._client = Client(address, timeout="30s")
+            try:
+                self._client = Client(address, timeout="30s")
+            except OSError as error:
+                raise OSError(f"cannot reach the Dask scheduler at {address} ({error}); start one with "
+                              f"'dask scheduler' or use --scheduler local:N") from error
             self.description = f"the Dask scheduler at {address}"
         self.workers = max(1, len(self._client.scheduler_info().get("workers", {})))
 

@@ -144,11 +144,7 @@ def label_files(job: tuple[dict, Sequence[tuple[str, bool, bool]]]) -> list[dict
                 record["seconds"] = result.seconds["total"]
                 hc = result.hc
             elif want_hc:
-                from saliencyssl.saliency.hc import hc_saliency
-                import cv2
-
-                bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR).astype(np.float32) / np.float32(255.0)
-                hc = hc_saliency(bgr)
+                hc = labeller.hc(image)
             else:
                 hc = None
             if want_hc and hc is not None:
@@ -167,7 +163,7 @@ _LABELLERS: dict[tuple, Labeller] = {}
 def _labeller(config_fields: dict) -> Labeller:
     key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config_fields.items()))
     if key not in _LABELLERS:
-        _LABELLERS[key] = Labeller(LabellerConfig(**config_fields))
+        _LABELLERS[key] = Labeller(LabellerConfig.from_params(config_fields))
     return _LABELLERS[key]
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -269,8 +268,3 @@ class TargetCache:
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["directory"], state["fingerprint"])
 
-
-def default_cache_dir() -> Path:
-    """``$SALIENCYSSL_CACHE`` or ``~/.cache/saliency-ssl/targets``."""
-    env = os.environ.get("SALIENCYSSL_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "saliency-ssl" / "targets"

@@ -87,10 +87,12 @@ def segmentation_rows(scores: Sequence[FractionScore]) -> list[dict[str, Any]]:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    """Pretty JSON (NaN written as ``null``)."""
+    """Pretty JSON (NaN written as ``null``), written atomically (temp file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(obj), indent=2) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_finite(obj), indent=2) + "\n")
+    tmp.replace(path)
     return path
 
 
@@ -297,12 +299,13 @@ def _finite(obj: Any) -> Any:
 
 def write_report(out_dir: str | Path, results: Mapping[str, Any], rows: Iterable[Mapping[str, Any]],
                  markdown: str) -> dict[str, Path]:
-    """Write ``results.json``, ``results.csv`` and ``results.md`` into ``out_dir``; returns their paths."""
+    """Write ``results.csv``, ``results.md`` and, last and atomically, ``results.json`` into ``out_dir``
+    (so a finished ``results.json`` marks a finished evaluation); returns their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return {"json": write_json(out_dir / "results.json", results),
-            "csv": write_csv(out_dir / "results.csv", list(rows)),
-            "md": _write_text(out_dir / "results.md", markdown)}
+    paths = {"csv": write_csv(out_dir / "results.csv", list(rows)), "md": _write_text(out_dir / "results.md", markdown)}
+    paths["json"] = write_json(out_dir / "results.json", results)
+    return paths
 
 
 def _write_text(path: Path, text: str) -> Path:

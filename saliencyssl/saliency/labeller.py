@@ -73,6 +73,12 @@ class LabellerConfig:
             raise ValueError(f"min_side must be positive, got {self.min_side}")
         object.__setattr__(self, "t2_values", tuple(float(t) for t in self.t2_values))
 
+    @classmethod
+    def from_params(cls, params: dict) -> "LabellerConfig":
+        """Inverse of :meth:`params` (the ``version`` key, and keys this version lacks, are ignored)."""
+        names = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in params.items() if k in names})
+
     def params(self) -> dict:
         """The parameters as a JSON-friendly dict, with the labeller version."""
         return {"version": LABELLER_VERSION, **asdict(self), "t2_values": list(self.t2_values)}
@@ -143,8 +149,6 @@ class Labeller:
                 :func:`saliencyssl.imageio.to_rgb_uint8`).
             with_hc: also compute the HC map.
         """
-        import cv2
-
         from saliencyssl.saliency.hc import hc_saliency
         from saliencyssl.saliency.rc import rc_saliency
         from saliencyssl.saliency.saliencycut import saliency_cut  # numba kernels: imported on first use
@@ -157,12 +161,7 @@ class Labeller:
             seconds["total"] = time.perf_counter() - start
             return Labelling(Target.empty(h, w), np.zeros((h, w), np.float32) if with_hc else None, seconds, (h, w))
 
-        wh, ww = self.config.working_size(h, w)
-        work = image
-        if (wh, ww) != (h, w):
-            interpolation = cv2.INTER_CUBIC if wh * ww > h * w else cv2.INTER_AREA
-            work = cv2.resize(image, (ww, wh), interpolation=interpolation)
-        bgr = cv2.cvtColor(work, cv2.COLOR_RGB2BGR).astype(np.float32) / np.float32(255.0)
+        bgr, (wh, ww) = self._working_image(image)
 
         hc = None
         if with_hc:
@@ -184,6 +183,39 @@ class Labeller:
         target = Target.from_maps(saliency, mask, regions)
         seconds["total"] = time.perf_counter() - start
         return Labelling(target, hc, seconds, (wh, ww))
+
+    def hc(self, image: np.ndarray) -> np.ndarray:
+        """The HC map alone, computed at the working size like :meth:`label` does.
+
+        Returns:
+            ``(H, W)`` float32 in [0, 1] at the input's size.
+        """
+        import cv2
+
+        from saliencyssl.saliency.hc import hc_saliency
+
+        image = to_rgb_uint8(image)
+        h, w = image.shape[:2]
+        if min(h, w) < TINY_SIDE:
+            return np.zeros((h, w), np.float32)
+        bgr, size = self._working_image(image)
+        hc = hc_saliency(bgr)
+        if size != (h, w):
+            shrink = size[0] * size[1] > h * w
+            hc = np.clip(cv2.resize(hc, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR), 0, 1)
+        return hc
+
+    def _working_image(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        """The RGB uint8 image at the working size as BGR float32 in [0, 1], and that size."""
+        import cv2
+
+        h, w = image.shape[:2]
+        wh, ww = self.config.working_size(h, w)
+        work = image
+        if (wh, ww) != (h, w):
+            interpolation = cv2.INTER_CUBIC if wh * ww > h * w else cv2.INTER_AREA
+            work = cv2.resize(image, (ww, wh), interpolation=interpolation)
+        return cv2.cvtColor(work, cv2.COLOR_RGB2BGR).astype(np.float32) / np.float32(255.0), (wh, ww)
 
 
 def _resize_back(saliency, mask, regions, hc, size):

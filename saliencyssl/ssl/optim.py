@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from saliencyssl.ssl.method import SSLMethod
 
@@ -100,7 +99,3 @@ def build_optimizer(method: SSLMethod, *, batch_size: int, epochs: int, steps_pe
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, CosineDecay(epochs * steps_per_epoch))
     return optimizer, scheduler
 
-
-def trainable_parameter_count(module: nn.Module) -> int:
-    """Number of scalar parameters with ``requires_grad`` (handy for logs)."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)

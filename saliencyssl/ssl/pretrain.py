@@ -208,7 +208,7 @@ class Pretrainer:
             if c.pack:
                 from saliencyssl.cache.packfile import load_pack
 
-                pack = load_pack(c.pack, self.images.hashes, c.image_size)
+                pack = load_pack(c.pack, self.images.hashes, c.image_size, expect_fingerprint=fingerprint)
             elif c.cache:
                 from saliencyssl.cache import TargetCache
 
@@ -220,7 +220,7 @@ class Pretrainer:
         if "surrogate" in self.sources and c.surrogate:
             from saliencyssl.surrogate import Surrogate
 
-            surrogate = Surrogate.load(c.surrogate, device=self.device)
+            surrogate = Surrogate.load(c.surrogate, device=self.device, expect_fingerprint=fingerprint)
         return TargetRouter(self.sources, c.image_size, pack=pack, surrogate=surrogate, labeller=self.labeller,
                             image_set=self.image_set, cache=cache, exact_workers=c.workers, data_hint=str(c.data))
 
@@ -273,9 +273,13 @@ class Pretrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
         self.history = [EpochRecord(**h) for h in state["history"]]
         self.start_epoch = int(state["epoch"]) + 1
+        if self.dist.enabled:
+            # Only rank 0's generators were saved: give every process its own stream again.
+            _seed_everything(self.config.seed + self.dist.rank + 7919 * self.start_epoch)
+        else:
+            _set_rng_state(state["rng"])
         self._say(f"resumed from {path} after epoch {self.start_epoch}")
 
     # -- training ----------------------------------------------------------------------------------
@@ -394,7 +398,19 @@ class Pretrainer:
         (self.out / "history.json").write_text(json.dumps([asdict(h) for h in self.history], indent=2))
 
     def run(self) -> PretrainResult:
-        """Train the remaining epochs; write checkpoints, history and, at the end, ``backbone.pt``."""
+        """Train the remaining epochs; write checkpoints, history and, at the end, ``backbone.pt``.
+
+        Whatever happens (an error, Ctrl-C), the exact-labelling workers and the TensorBoard
+        writer are closed; the last finished epoch's checkpoint stays for ``--resume``.
+        """
+        try:
+            return self._run()
+        finally:
+            self.router.close()
+            if self.writer is not None:
+                self.writer.close()
+
+    def _run(self) -> PretrainResult:
         c = self.config
         for epoch in range(self.start_epoch, c.epochs):
             record = self.train_epoch(epoch)
@@ -410,10 +426,7 @@ class Pretrainer:
                 "batch_size": c.batch_size, "seed": c.seed, "data": str(c.data),
                 "labeller_fingerprint": self.labeller.fingerprint,
                 "final_knn_accuracy": self.history[-1].knn_accuracy if self.history else None})
-            if self.writer is not None:
-                self.writer.close()
             print(f"wrote {path}", flush=True)
-        self.router.close()
         return PretrainResult(path, self.history)
 
 

@@ -255,6 +255,3 @@ def build_networks(arch: Architecture, seed: int | None = None) -> tuple[UNetGen
         torch.manual_seed(seed)
     return init_weights(UNetGenerator(arch)), init_weights(PatchDiscriminator(arch))
 
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
