@@ -10,10 +10,7 @@ in :mod:`saliencyssl.eval.segmentation`.
 from __future__ import annotations
 
 import argparse
-import math
-import platform
 import sys
-import time
 from pathlib import Path
 
 EPILOG = """\
@@ -111,16 +108,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    import numpy as np
     import torch
-    from tqdm import tqdm
 
-    from saliencyssl.eval import fractions as frac, report, segmentation as seg
-    from saliencyssl.eval.features import open_backbone
+    from saliencyssl.eval import fractions as frac
+    from saliencyssl.eval.segmentation import SegmentationSettings, evaluate_segmentation
 
-    started = time.time()
     try:
-        fractions = frac.parse_fractions(args.fractions)
+        frac.parse_fractions(args.fractions)
     except ValueError as error:
         parser.error(str(error))
     for flag, value in (("--seeds", args.seeds), ("--epochs", args.epochs), ("--batch-size", args.batch_size),
@@ -141,69 +135,14 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     out_dir = Path(args.out) if args.out else (
         Path("runs") / f"seg-random-seed{args.backbone_seed}" if args.backbone == "random"
         else Path(args.backbone).resolve().parent / "seg")
-    seeds = list(range(args.seeds))
 
-    encoder, info = open_backbone(args.backbone, args.image_size, args.backbone_seed, args.random_stem)
-    pairs = seg.load_mask_pairs(args.images, args.masks)
-    images, masks = seg.to_arrays(pairs, info.image_size)
-    train_idx, test_idx = seg.split_by_hash(pairs.images.hashes(), args.test_split)
-    steps = args.epochs * math.ceil(len(train_idx) / args.batch_size)
-    config = seg.TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, encoder_lr=args.encoder_lr,
-                             freeze_encoder=args.freeze_encoder)
-    test_images, test_masks = images[test_idx], masks[test_idx]
-    bar = tqdm(total=steps * len(fractions) * len(seeds), desc="training segmenters", unit="step")
-
-    def score(subset, seed):
-        labelled = train_idx[subset]
-        model = seg.build_segmenter(encoder, seed, args.fpn_channels)
-
-        def on_step(step, loss):
-            bar.update(1)
-            bar.set_postfix(n=len(labelled), seed=seed, loss=f"{loss:.3f}")
-
-        seg.train_segmenter(model, images, masks, labelled, config, seed, args.device, on_step)
-        scores = seg.mask_scores(seg.predict_probabilities(model, test_images, device=args.device), test_masks)
-        return {"iou": float(scores["iou"].mean()), "f": float(scores["f"].mean())}
-
-    # One "class" for the whole training split: subsets are plain random draws of round(fraction * n).
-    train_labels = np.zeros(len(train_idx), np.int64)
-    results_by_fraction = frac.sweep(train_labels, fractions, seeds, score)
-    bar.close()
-
-    baselines = seg.prior_baselines(test_masks)
-    lines = {"foreground IoU": "iou", "F-measure (beta^2=0.3)": "f"}
-    plot = report.plot_fraction_curves({name: results_by_fraction for name in lines}, lines, "score on the test split",
-                                       out_dir / "scores_vs_fraction.png",
-                                       title=f"foreground segmentation at {info.image_size}px",
-                                       references={"centre-box IoU": baselines["centre_box"]["iou"],
-                                                   "centre-box F": baselines["centre_box"]["f"]})
-    elapsed = time.time() - started
-    meta = {
-        "backbone": info.to_json(),
-        "datasets": {"images": {"path": str(args.images), "n_images": len(pairs)},
-                     "masks": {"path": str(args.masks), "n_images": len(pairs)}},
-        "split": {"test_split": args.test_split, "by": "content hash (sorted, first round(T*n))",
-                  "n_train": int(len(train_idx)), "n_test": int(len(test_idx)),
-                  "test_images": [pairs.images.names[i] for i in test_idx]},
-        "fractions": [t for t, _ in fractions], "seeds": seeds,
-        "training": {"epochs": args.epochs, "steps": steps, "batch_size": args.batch_size, "lr": args.lr,
-                     "encoder_lr": args.encoder_lr if not args.freeze_encoder else None,
-                     "freeze_encoder": args.freeze_encoder, "fpn_channels": args.fpn_channels,
-                     "loss": "BCE + soft Dice", "augmentation": "horizontal flip"},
-        "scores": {"threshold": seg.THRESHOLD, "f_beta2": seg.F_BETA2, "resolution": info.image_size,
-                   "averaged": "over test images, then mean/std over seeds"},
-        "baselines": baselines,
-        "device": args.device, "threads": torch.get_num_threads(), "plots": {"scores": str(plot)},
-        "timings": {"total_s": elapsed}, "command": args.command,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__},
-    }
-    results = report.segmentation_results(results_by_fraction, meta)
-    rows = report.segmentation_rows(results_by_fraction)
-    paths = report.write_report(out_dir, results, rows, report.segmentation_markdown(results, rows))
-    print("IoU: " + ", ".join(f"{e.fraction}: {e.mean('iou'):.3f}±{e.std('iou'):.3f}" for e in results_by_fraction))
-    print("F:   " + ", ".join(f"{e.fraction}: {e.mean('f'):.3f}±{e.std('f'):.3f}" for e in results_by_fraction))
-    print(f"wrote {paths['json']}, {paths['csv'].name}, {paths['md'].name} and {Path(plot).name} to {out_dir} "
-          f"in {elapsed:.1f}s")
+    settings = SegmentationSettings(
+        backbone=args.backbone, images=args.images, masks=args.masks, out=out_dir, fractions=args.fractions,
+        seeds=args.seeds, epochs=args.epochs, image_size=args.image_size, test_split=args.test_split,
+        freeze_encoder=args.freeze_encoder, batch_size=args.batch_size, lr=args.lr, encoder_lr=args.encoder_lr,
+        fpn_channels=args.fpn_channels, backbone_seed=args.backbone_seed, random_stem=args.random_stem,
+        device=args.device, command=args.command)
+    evaluate_segmentation(settings)
     return 0
 
 

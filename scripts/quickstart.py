@@ -25,23 +25,22 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The stages run the other scripts in this folder (python puts it first on sys.path).
+import eval_fidelity
+import evaluate
+import label
+import pretrain
+import show_views
+import train_surrogate
 
-import eval_fidelity  # noqa: E402  (scripts/eval_fidelity.py)
-import evaluate  # noqa: E402
-import label  # noqa: E402
-import pretrain  # noqa: E402
-import show_views  # noqa: E402
-import train_surrogate  # noqa: E402
-
-from saliencyssl.cache import TargetCache  # noqa: E402
-from saliencyssl.cache.executors import make_executor  # noqa: E402
-from saliencyssl.cache.labelling import default_workers, label_folder  # noqa: E402
-from saliencyssl.datasets import open_image_set  # noqa: E402
-from saliencyssl.embedded import write_embedded_dataset  # noqa: E402
-from saliencyssl.eval.grid import plot_rows, result_rows, rows_markdown  # noqa: E402
-from saliencyssl.saliency import Labeller, LabellerConfig  # noqa: E402
-from saliencyssl.visualize import LABEL_GRID_HEADER, image_grid, labeller_grid_row, save_rgb  # noqa: E402
+from saliencyssl.cache import TargetCache
+from saliencyssl.cache.executors import make_executor
+from saliencyssl.cache.labelling import default_workers, label_folder
+from saliencyssl.datasets import open_image_set
+from saliencyssl.embedded import write_embedded_dataset
+from saliencyssl.eval.grid import plot_rows, result_rows, rows_markdown
+from saliencyssl.saliency import Labeller, LabellerConfig
+from saliencyssl.visualize import LABEL_GRID_HEADER, image_grid, labeller_grid_row, save_rgb
 
 SIZE = 32
 

@@ -364,3 +364,116 @@ def prior_baselines(masks: torch.Tensor) -> dict[str, dict[str, float]]:
 __all__ = ["F_BETA2", "THRESHOLD", "MaskPairs", "read_mask", "load_mask_pairs", "to_arrays", "split_by_hash",
            "FPNSegmenter", "build_segmenter", "TrainConfig", "segmentation_loss", "train_segmenter",
            "predict_probabilities", "mask_scores", "prior_baselines"]
+
+
+# ------------------------------------------------------------------------------ the protocol
+@dataclass
+class SegmentationSettings:
+    """The options of one segmentation evaluation (the flags of ``scripts/eval_segmentation.py``)."""
+
+    backbone: str
+    images: str
+    masks: str
+    out: Path
+    fractions: str = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0"
+    seeds: int = 3
+    epochs: int = 20
+    image_size: int | None = None
+    test_split: float = 0.3
+    freeze_encoder: bool = False
+    batch_size: int = TrainConfig.batch_size
+    lr: float = TrainConfig.lr
+    encoder_lr: float = TrainConfig.encoder_lr
+    fpn_channels: int = 64
+    backbone_seed: int = 0
+    random_stem: str = "auto"
+    device: str = "cpu"
+    command: str = ""
+
+
+def evaluate_segmentation(s: SegmentationSettings, verbose: bool = True) -> dict:
+    """Train a segmenter per label fraction and seed, score it on the fixed test split and write the
+    report (results.json, results.csv, results.md, scores_vs_fraction.png) to ``s.out``.
+
+    Returns:
+        The results, as written to ``results.json``.
+    """
+    import platform
+    import time
+
+    from tqdm import tqdm
+
+    from saliencyssl.eval import fractions as frac, report
+    from saliencyssl.eval.features import open_backbone
+
+    started = time.time()
+    fractions = frac.parse_fractions(s.fractions)
+    seeds = list(range(s.seeds))
+    out_dir = Path(s.out)
+
+    encoder, info = open_backbone(s.backbone, s.image_size, s.backbone_seed, s.random_stem)
+    pairs = load_mask_pairs(s.images, s.masks)
+    images, masks = to_arrays(pairs, info.image_size)
+    train_idx, test_idx = split_by_hash(pairs.images.hashes(), s.test_split)
+    steps = s.epochs * math.ceil(len(train_idx) / s.batch_size)
+    config = TrainConfig(steps=steps, batch_size=s.batch_size, lr=s.lr, encoder_lr=s.encoder_lr,
+                             freeze_encoder=s.freeze_encoder)
+    test_images, test_masks = images[test_idx], masks[test_idx]
+    bar = tqdm(total=steps * len(fractions) * len(seeds), desc="training segmenters", unit="step")
+
+    def score(subset, seed):
+        labelled = train_idx[subset]
+        model = build_segmenter(encoder, seed, s.fpn_channels)
+
+        def on_step(step, loss):
+            bar.update(1)
+            bar.set_postfix(n=len(labelled), seed=seed, loss=f"{loss:.3f}")
+
+        train_segmenter(model, images, masks, labelled, config, seed, s.device, on_step)
+        scores = mask_scores(predict_probabilities(model, test_images, device=s.device), test_masks)
+        return {"iou": float(scores["iou"].mean()), "f": float(scores["f"].mean())}
+
+    # One "class" for the whole training split: subsets are plain random draws of round(fraction * n).
+    train_labels = np.zeros(len(train_idx), np.int64)
+    results_by_fraction = frac.sweep(train_labels, fractions, seeds, score)
+    bar.close()
+
+    baselines = prior_baselines(test_masks)
+    lines = {"foreground IoU": "iou", "F-measure (beta^2=0.3)": "f"}
+    plot = report.plot_fraction_curves({name: results_by_fraction for name in lines}, lines, "score on the test split",
+                                       out_dir / "scores_vs_fraction.png",
+                                       title=f"foreground segmentation at {info.image_size}px",
+                                       references={"centre-box IoU": baselines["centre_box"]["iou"],
+                                                   "centre-box F": baselines["centre_box"]["f"]})
+    elapsed = time.time() - started
+    meta = {
+        "backbone": info.to_json(),
+        "datasets": {"images": {"path": str(s.images), "n_images": len(pairs)},
+                     "masks": {"path": str(s.masks), "n_images": len(pairs)}},
+        "split": {"test_split": s.test_split, "by": "content hash (sorted, first round(T*n))",
+                  "n_train": int(len(train_idx)), "n_test": int(len(test_idx)),
+                  "test_images": [pairs.images.names[i] for i in test_idx]},
+        "fractions": [t for t, _ in fractions], "seeds": seeds,
+        "training": {"epochs": s.epochs, "steps": steps, "batch_size": s.batch_size, "lr": s.lr,
+                     "encoder_lr": s.encoder_lr if not s.freeze_encoder else None,
+                     "freeze_encoder": s.freeze_encoder, "fpn_channels": s.fpn_channels,
+                     "loss": "BCE + soft Dice", "augmentation": "horizontal flip"},
+        "scores": {"threshold": THRESHOLD, "f_beta2": F_BETA2, "resolution": info.image_size,
+                   "averaged": "over test images, then mean/std over seeds"},
+        "baselines": baselines,
+        "device": s.device, "threads": torch.get_num_threads(), "plots": {"scores": str(plot)},
+        "timings": {"total_s": elapsed}, "command": s.command,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+    }
+    results = report.segmentation_results(results_by_fraction, meta)
+    rows = report.segmentation_rows(results_by_fraction)
+    paths = report.write_report(out_dir, results, rows, report.segmentation_markdown(results, rows))
+    if not verbose:
+        return results
+    print("IoU: " + ", ".join(f"{e.fraction}: {e.mean('iou'):.3f}±{e.std('iou'):.3f}" for e in results_by_fraction))
+    print("F:   " + ", ".join(f"{e.fraction}: {e.mean('f'):.3f}±{e.std('f'):.3f}" for e in results_by_fraction))
+    print(f"wrote {paths['json']}, {paths['csv'].name}, {paths['md'].name} and {Path(plot).name} to {out_dir} "
+          f"in {elapsed:.1f}s")
+    return results
+
+
