@@ -63,11 +63,13 @@ def _ratio(num: torch.Tensor, den: torch.Tensor, when_empty: torch.Tensor) -> to
     return torch.where(den > 0, num / den.clamp(min=1), when_empty)
 
 
-def mask_scores(pred: torch.Tensor | np.ndarray, exact: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
-    """Per-image mask agreement.
+def mask_scores(pred: torch.Tensor | np.ndarray, exact: torch.Tensor | np.ndarray,
+                beta2: float = F_BETA2) -> dict[str, np.ndarray]:
+    """Per-image mask agreement (also the downstream segmentation's scores).
 
     Args:
         pred, exact: ``(N, H, W)`` or ``(N, 1, H, W)`` bool masks (numpy or torch).
+        beta2: F-measure weight, ``F = (1 + b2) P R / (b2 P + R)``.
 
     Returns:
         ``(N,)`` float64 arrays ``iou``, ``dice``, ``precision``, ``recall``, ``f`` and bool
@@ -90,8 +92,8 @@ def mask_scores(pred: torch.Tensor | np.ndarray, exact: torch.Tensor | np.ndarra
     dice = _ratio(2 * tp, n_p + n_e, one)
     precision = torch.where(n_p > 0, tp / n_p.clamp(min=1), both_empty.double())
     recall = torch.where(n_e > 0, tp / n_e.clamp(min=1), one)
-    denom = F_BETA2 * precision + recall
-    f = torch.where(denom > 0, (1 + F_BETA2) * precision * recall / denom.clamp(min=1e-12), torch.zeros_like(tp))
+    denom = beta2 * precision + recall
+    f = torch.where(denom > 0, (1 + beta2) * precision * recall / denom.clamp(min=1e-12), torch.zeros_like(tp))
     f = torch.where(both_empty, one, torch.where((n_e == 0) & (n_p > 0), torch.zeros_like(tp), f))
     return {"iou": iou.cpu().numpy(), "dice": dice.cpu().numpy(), "precision": precision.cpu().numpy(),
             "recall": recall.cpu().numpy(), "f": f.cpu().numpy(), "present": (n_e > 0).cpu().numpy(),

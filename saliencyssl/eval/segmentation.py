@@ -35,10 +35,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from saliencyssl.datasets import ImageSet, fit_square, open_image_set
+from saliencyssl.eval import fidelity
+from saliencyssl.eval.fidelity import F_BETA2
 from saliencyssl.ssl.backbone import to_model_input
+from saliencyssl.surrogate.losses import soft_dice_loss
 
-#: beta^2 of the F-measure (weights precision over recall, as in salient object detection).
-F_BETA2 = 0.3
 #: Probability above which a pixel counts as foreground.
 THRESHOLD = 0.5
 
@@ -234,11 +235,7 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     Args:
         logits: ``(B, 1, H, W)`` float; target: ``(B, 1, H, W)`` in {0, 1}.
     """
-    bce = F.binary_cross_entropy_with_logits(logits, target)
-    prob = torch.sigmoid(logits).flatten(1)
-    t = target.flatten(1)
-    dice = (2 * (prob * t).sum(1) + 1.0) / (prob.sum(1) + t.sum(1) + 1.0)
-    return bce + (1 - dice).mean()
+    return F.binary_cross_entropy_with_logits(logits, target) + soft_dice_loss(logits, target)
 
 
 def train_segmenter(model: FPNSegmenter, images: torch.Tensor, masks: torch.Tensor, indices: np.ndarray,
@@ -325,18 +322,8 @@ def mask_scores(probabilities: torch.Tensor, masks: torch.Tensor, threshold: flo
         image whose mask and prediction are both empty scores 1 everywhere; an empty prediction
         against a non-empty mask has precision 0 (and F 0).
     """
-    pred = (probabilities > threshold).flatten(1).to(torch.float64)
-    gt = (masks > 0.5).flatten(1).to(torch.float64)
-    tp = (pred * gt).sum(1)
-    n_pred, n_gt = pred.sum(1), gt.sum(1)
-    union = n_pred + n_gt - tp
-    both_empty = (n_pred == 0) & (n_gt == 0)
-    iou = torch.where(union > 0, tp / union.clamp_min(1), torch.ones_like(tp))
-    precision = torch.where(n_pred > 0, tp / n_pred.clamp_min(1), both_empty.to(torch.float64))
-    recall = torch.where(n_gt > 0, tp / n_gt.clamp_min(1), torch.ones_like(tp))
-    denom = beta2 * precision + recall
-    f = torch.where(denom > 0, (1 + beta2) * precision * recall / denom.clamp_min(1e-12), torch.zeros_like(tp))
-    return {"iou": iou.numpy(), "f": f.numpy(), "precision": precision.numpy(), "recall": recall.numpy()}
+    scores = fidelity.mask_scores(probabilities > threshold, masks > 0.5, beta2=beta2)
+    return {key: scores[key] for key in ("iou", "f", "precision", "recall")}
 
 
 def prior_baselines(masks: torch.Tensor) -> dict[str, dict[str, float]]:
