@@ -18,7 +18,6 @@ Example (the figures in docs/benchmarks.md):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -26,20 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench_common import device_name, emit
 from saliencyssl.augment import TrainingImages, parse_policy
 from saliencyssl.cache import TargetCache
 from saliencyssl.cache.labelling import default_workers
 from saliencyssl.datasets import open_image_set
 from saliencyssl.saliency import Labeller
 from saliencyssl.ssl.pretrain import PretrainConfig, Pretrainer
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
-    import platform
-
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def main(argv=None) -> int:
@@ -110,10 +102,7 @@ def main(argv=None) -> int:
     base = result["seconds_per_epoch"].get("none")
     if base:
         result["ratio_to_none"] = {k: v / base for k, v in result["seconds_per_epoch"].items()}
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    emit(result, args.json)
     return 0
 
 

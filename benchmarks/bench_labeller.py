@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import platform
 import sys
 import tempfile
 import time
@@ -28,6 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bench_common import cpu_name, emit
 from saliencyssl.cache import TargetCache
 from saliencyssl.cache.executors import PoolExecutor
 from saliencyssl.cache.labelling import label_folder
@@ -140,7 +139,7 @@ def main(argv=None) -> int:
         stems.append(path.stem)
         print(f"{path.name}: " + " ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()), flush=True)
 
-    result = {"images": len(files), "machine": platform.processor() or platform.machine(),
+    result = {"images": len(files), "machine": cpu_name(),
               "seconds": {k: {"median": pct(v, 50), "p90": pct(v, 90)} for k, v in times.items()}}
 
     if args.reference:
@@ -183,10 +182,7 @@ def main(argv=None) -> int:
         two = throughput(args.images, 2, files)
         result["labelling_images_per_second"] = {"1": one, "2": two, "ratio": two / one}
 
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    emit(result, args.json)
     return 0
 
 

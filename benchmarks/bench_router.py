@@ -19,7 +19,6 @@ Example (the figures in docs/benchmarks.md):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -29,20 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench_common import device_name, emit
 from saliencyssl.augment import FrozenPack, SSLAugmentation, TargetRouter, TrainingImages, parse_policy
 from saliencyssl.cache import TargetCache
 from saliencyssl.cache.executors import make_executor
 from saliencyssl.cache.labelling import default_workers, label_folder
 from saliencyssl.datasets import open_image_set
 from saliencyssl.saliency import Labeller, LabellerConfig
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def sync(device: torch.device) -> None:
@@ -172,10 +164,7 @@ def main(argv=None) -> int:
         sync(device)
         result["pack_gather_images_per_second"] = reps * args.batch_size / (time.perf_counter() - start)
         print(f"frozen-pack gather: {result['pack_gather_images_per_second']:,.0f} images/s")
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    emit(result, args.json)
     if tmp is not None:
         tmp.cleanup()
     return 0

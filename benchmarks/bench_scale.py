@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_common import emit
 from saliencyssl.augment import FrozenPack, TrainingImages
 from saliencyssl.cache import TargetCache
 from saliencyssl.cache.executors import DaskExecutor, PoolExecutor
@@ -109,10 +110,7 @@ def main(argv=None) -> int:
                 "frozen_pack_from_cache_seconds": build_seconds, "frozen_pack_from_pack_file_seconds": load_seconds}
         print(json.dumps(result["pack_vs_cache"], indent=2), flush=True)
 
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    emit(result, args.json)
     return 0
 
 

@@ -24,8 +24,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,21 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return cpu_name()
+from bench_common import cpu_name, device_name, emit  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -184,10 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "images": len(sized)}
             print(f"GPU {size}px: {1.0 / per:,.0f} images/s predict, {1.0 / per_net:,.0f} images/s network alone")
         result["gpu_images_per_second"] = rates
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    emit(result, args.json)
     return 0
 
 
