@@ -38,7 +38,7 @@ from saliencyssl.cache.executors import make_executor
 from saliencyssl.cache.labelling import default_workers, label_folder
 from saliencyssl.datasets import open_image_set
 from saliencyssl.embedded import write_embedded_dataset
-from saliencyssl.eval.grid import plot_rows, result_rows, rows_markdown
+from saliencyssl.eval.grid import plot_rows, policy_gap, result_rows, rows_markdown
 from saliencyssl.saliency import Labeller, LabellerConfig
 from saliencyssl.visualize import LABEL_GRID_HEADER, image_grid, labeller_grid_row, save_rgb
 
@@ -162,19 +162,13 @@ def write_report(out: Path, backbones: dict[str, str], seconds: dict[str, float]
     history = {name: json.loads((Path(b).parent / "history.json").read_text())
                for name, b in backbones.items() if b != "random"}
 
-    def mean_gap(protocol: str) -> tuple[float, float]:
-        sal = {r["fraction"]: r for r in rows if r["policy"] == "sal+default" and r["protocol"] == protocol}
-        base = {r["fraction"]: r for r in rows if r["policy"] == "default" and r["protocol"] == protocol}
-        gaps = [sal[f]["accuracy_mean"] - base[f]["accuracy_mean"] for f in sal if f in base]
-        spread = max(max(sal[f]["accuracy_std"], base[f]["accuracy_std"]) for f in sal if f in base)
-        return sum(gaps) / len(gaps), spread
-
     lines = ["# saliency-ssl quickstart report", "",
              "SimCLR on a ResNet-18 (CIFAR stem, 32 px) pretrained on 240 generated images of four shapes, with and "
              "without the saliency view, then scored by a linear probe and kNN on frozen features at label "
              "fractions (3 seeds), beside a randomly initialised backbone.", ""]
     for protocol in ("linear", "knn"):
-        gap, spread = mean_gap(protocol)
+        comparison = policy_gap(rows, "sal+default", "default", protocol)
+        gap, spread = comparison["mean_gap"], comparison["spread"]
         better = "better" if gap > 0 else "worse"
         verdict = "within the spread over seeds" if abs(gap) <= spread else "larger than the spread over seeds"
         lines.append(f"- **{protocol}**: `sal+default` did {better} than `default` by {abs(gap) * 100:.1f} "

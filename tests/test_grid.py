@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from saliencyssl.embedded import write_embedded_dataset
-from saliencyssl.eval.grid import GridConfig, cells, run_grid
+from saliencyssl.eval.grid import GridConfig, cells, policy_gap, run_grid
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -56,6 +56,15 @@ def test_tiny_grid_runs_collects_and_skips_finished_cells(tmp_path, monkeypatch)
         ("default", "linear", "0.5"), ("sal", "knn", "1.0"), ("random init", "linear", "1.0")}
     assert (out / "grid_results.md").read_text().count("| simclr |") == 4
     assert (out / "grid_simclr_linear.png").is_file() and (out / "grid_results.csv").is_file()
+
+    sal, ref = (json.loads((out / "evals" / f"simclr__{p}" / "results.json").read_text())["linear"]
+                for p in ("sal", "default"))
+    gap = policy_gap(rows, "sal", "default", "linear")
+    assert gap["fractions"] == ["0.5", "1.0"]
+    assert gap["mean_gap"] == pytest.approx(sum(sal[f]["accuracy_mean"] - ref[f]["accuracy_mean"]
+                                                for f in ("0.5", "1.0")) / 2)
+    assert gap["spread"] == max(e["accuracy_std"] for e in (*sal.values(), *ref.values()))
+    assert policy_gap(rows, "sal", "sal+default", "linear") is None  # not in this grid
 
     calls = []
     monkeypatch.setattr("saliencyssl.ssl.pretrain.Pretrainer.run", lambda self: calls.append(self))

@@ -250,6 +250,24 @@ def result_rows(sources: list[tuple[str, str, Path, Path | None]]) -> list[dict]
     return rows
 
 
+def policy_gap(rows: list[dict], policy: str, reference: str, protocol: str) -> dict | None:
+    """How far ``policy`` is from ``reference`` under ``protocol``, over the label fractions both have.
+
+    Returns:
+        ``{"mean_gap", "spread", "fractions"}``: the mean over fractions of (policy's mean accuracy
+        - reference's), the largest standard deviation over seeds of either at those fractions, and
+        the fractions compared; ``None`` when they share no fraction.
+    """
+    mine = {r["fraction"]: r for r in rows if r["policy"] == policy and r["protocol"] == protocol}
+    theirs = {r["fraction"]: r for r in rows if r["policy"] == reference and r["protocol"] == protocol}
+    shared = [f for f in mine if f in theirs]
+    if not shared:
+        return None
+    gaps = [mine[f]["accuracy_mean"] - theirs[f]["accuracy_mean"] for f in shared]
+    spread = max(max(mine[f]["accuracy_std"], theirs[f]["accuracy_std"]) for f in shared)
+    return {"mean_gap": sum(gaps) / len(gaps), "spread": spread, "fractions": shared}
+
+
 def write_rows_csv(path: Path, rows: list[dict]) -> None:
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
