@@ -21,7 +21,7 @@ def _write(tmp_path: Path, **overrides) -> Path:
     config = {
         "name": "tiny", "out": str(tmp_path / "grid"), "train": str(data["train"]), "test": str(data["test"]),
         "cache": str(tmp_path / "cache"), "methods": ["simclr"], "policies": ["default", "sal"],
-        "pretrain": {"image_size": 32, "epochs": 1, "batch_size": 8, "device": "cpu", "seed": 0},
+        "pretrain": {"image_size": 32, "epochs": 1, "batch_size": 8, "device": "cpu", "seed": 0, "knn_every": 1},
         "evaluation": {"fractions": "0.5,1.0", "protocols": ["linear", "knn"], "seeds": 2, "no_cache": True},
         **overrides}
     path = tmp_path / "grid.json"
@@ -56,6 +56,8 @@ def test_tiny_grid_runs_collects_and_skips_finished_cells(tmp_path, monkeypatch)
         ("default", "linear", "0.5"), ("sal", "knn", "1.0"), ("random init", "linear", "1.0")}
     assert (out / "grid_results.md").read_text().count("| simclr |") == 4
     assert (out / "grid_simclr_linear.png").is_file() and (out / "grid_results.csv").is_file()
+    monitored = [r["pretrain_final_knn"] for r in rows if r["method"] == "simclr"]
+    assert all(0.0 <= k <= 1.0 for k in monitored), "knn_every monitors kNN on the grid's train/test sets"
 
     sal, ref = (json.loads((out / "evals" / f"simclr__{p}" / "results.json").read_text())["linear"]
                 for p in ("sal", "default"))

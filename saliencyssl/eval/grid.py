@@ -39,7 +39,8 @@ class GridConfig:
         train, test: labelled image folders (pretraining uses ``train``'s images without labels).
         cache: the target cache folder.
         methods, policies: the grid's axes.
-        pretrain: :class:`~saliencyssl.ssl.pretrain.PretrainConfig` fields shared by every cell.
+        pretrain: :class:`~saliencyssl.ssl.pretrain.PretrainConfig` fields shared by every cell;
+            ``knn_every: N`` monitors kNN accuracy every N epochs on ``train`` / ``test``.
         evaluation: :class:`~saliencyssl.eval.classification.ClassificationSettings` fields.
         labeller: labeller options (``min_side``, ``scale``, ``max_side``, ``cut_engine``).
         baselines: ``["random"]`` or ``[]``.
@@ -192,6 +193,8 @@ def run_grid(config: GridConfig, progress: bool = True) -> list[dict]:
             settings = dict(pretrain, image_size=image_size)
             aug_source = settings.pop("aug_source", "cache") if uses else "none"
             settings.pop("aug_source", None)
+            if settings.get("knn_every"):  # monitor kNN during pretraining on the grid's own train/test sets
+                settings.update(knn_train=config.train, knn_test=config.test)
             run = PretrainConfig(data=config.train, out=str(cell.run_dir), method=cell.method, policy=cell.policy,
                                  aug_source=aug_source, cache=config.cache, progress=progress,
                                  resume=(cell.run_dir / "checkpoint.pt").is_file(), **config.labeller, **settings)
