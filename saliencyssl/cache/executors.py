@@ -47,6 +47,30 @@ def restore_malloc_defaults() -> None:
     libc.mallopt(m_trim_threshold, 128 * 1024 * 1024)
 
 
+_WORKER_PREPARED = False
+
+
+def prepare_worker_process() -> None:
+    """Once per labelling worker process: one OpenCV thread, and glibc's malloc defaults back.
+
+    The pool and the LocalCluster start one single-threaded worker per core, but OpenCV's own
+    thread pool would still spread each worker's colour conversions, blurs and resizes over every
+    core, so N workers would run about 2N busy threads on N cores. Called at the start of every
+    labelling task; a no-op after the first call in a process, and in the main process (labelling
+    inline, ``--workers 0``, leaves the caller's thread settings alone).
+    """
+    global _WORKER_PREPARED
+    if _WORKER_PREPARED:
+        return
+    _WORKER_PREPARED = True
+    if multiprocessing.current_process().name == "MainProcess":
+        return
+    restore_malloc_defaults()
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 class InlineExecutor:
     """Run every chunk in this process, in order."""
 

@@ -23,7 +23,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from saliencyssl.cache.codec import decode_target, encode_target
-from saliencyssl.cache.executors import restore_malloc_defaults
+from saliencyssl.cache.executors import prepare_worker_process
 from saliencyssl.cache.store import TargetCache
 from saliencyssl.hashing import content_hash
 from saliencyssl.imageio import ImageDecodeError, list_images, read_image
@@ -111,7 +111,7 @@ class LabelSummary:
 # -- work done in the workers (module-level functions, so they pickle) -------------------------
 def hash_files(paths: Sequence[str]) -> list[tuple[str, str | None, str | None]]:
     """``(path, content hash, error)`` for each file."""
-    restore_malloc_defaults()
+    prepare_worker_process()
     out = []
     for path in paths:
         try:
@@ -129,7 +129,7 @@ def label_files(job: tuple[dict, Sequence[tuple[str, bool, bool]]]) -> list[dict
     Returns one dict per item: ``path``, ``hash``, ``target`` (encoded bytes or ``None``),
     ``hc`` (uint8 map or ``None``), ``seconds``, ``error``.
     """
-    restore_malloc_defaults()
+    prepare_worker_process()
     config_fields, items = job
     labeller = _labeller(config_fields)
     out = []
