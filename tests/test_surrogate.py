@@ -356,3 +356,25 @@ def test_surrogate_keeps_the_best_held_out_epoch(labelled, tmp_path, capsys):
     assert torch.equal(best.predict_channels(images), final.predict_channels(images))
     assert _train(labelled, tmp_path / "last", "--epochs", "2", "--select", "last") == 0
     assert Surrogate.load(tmp_path / "last" / "surrogate.pt").meta["selected_epoch"] == 2
+
+
+def test_expected_label_variants_map_back_onto_the_original_grid():
+    """benchmarks/surrogate_expected_labels.py: a variant's target, mapped back, lines up with the image."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import surrogate_expected_labels as exp
+
+    rng = np.random.default_rng(0)
+    regions = np.repeat(np.repeat(rng.integers(0, 5, (4, 4)), 4, 0), 4, 1).astype(np.uint16)  # 16x16, 4x4 blocks
+    from saliencyssl.target import Target
+    target = Target(rng.integers(0, 256, (16, 16), dtype=np.uint8), rng.random((16, 16)) > 0.5, regions)
+    original = exp._variant_channels(target, False, 0, 0)
+    for mirror, dy, dx in exp.VARIANTS.values():
+        # The target a perfectly equivariant labeller would give for the variant image ...
+        moved = Target(*(p[:, ::-1].copy() if mirror else exp.shift(p, dy, dx).copy()
+                         for p in (target.saliency, target.mask, target.regions)))
+        back = exp._variant_channels(moved, mirror, dy, dx)
+        # ... maps back to the original target, except on the row or column the shift lost.
+        inner = (slice(1, -1), slice(1, -1))
+        np.testing.assert_allclose(back[(slice(None),) + inner], original[(slice(None),) + inner])
+        if mirror:
+            np.testing.assert_array_equal(back, original)
