@@ -30,6 +30,7 @@ from pathlib import Path
 
 from saliencyssl.cache import TargetCache
 from saliencyssl.cache.packfile import MAGIC, PackError, open_pack, verify_pack, write_pack
+from saliencyssl.imageio import ImageDecodeError
 from saliencyssl.saliency import LabellerConfig
 from saliencyssl.saliency.options import add_labeller_options, labeller_config_from_args
 
@@ -46,8 +47,9 @@ def is_pack(path: Path) -> bool:
 
 
 def cmd_stats(args) -> int:
-    if not args.cache.is_dir():
-        print(f"error: {args.cache} is not a cache folder", file=sys.stderr)
+    if not TargetCache.exists(args.cache):
+        print(f"error: {args.cache} is not a cache folder (no cache.db); fill one with: python scripts/label.py "
+              f"IMAGES --cache {args.cache}", file=sys.stderr)
         return 2
     probe = TargetCache(args.cache, "stats")
     fingerprints = probe.fingerprints()
@@ -71,8 +73,8 @@ def cmd_verify(args) -> int:
         print(f"{args.path}: pack of {len(pack)} targets, fingerprint {pack.fingerprint}: "
               f"{'checksum OK' if ok else 'CHECKSUM MISMATCH (damaged; export it again)'}")
         return 0 if ok else 1
-    if not args.path.is_dir():
-        print(f"error: {args.path} is neither a cache folder nor a pack", file=sys.stderr)
+    if not TargetCache.exists(args.path):
+        print(f"error: {args.path} is neither a cache folder (no cache.db) nor a pack", file=sys.stderr)
         return 2
     damaged = 0
     fingerprints = TargetCache(args.path, "verify").fingerprints()
@@ -91,6 +93,10 @@ def cmd_export(args) -> int:
     from saliencyssl.datasets import open_image_set
 
     config = labeller_config(args)
+    if not TargetCache.exists(args.cache):
+        print(f"error: {args.cache} is not a cache folder (no cache.db); fill one with: python scripts/label.py "
+              f"{args.images} --cache {args.cache}", file=sys.stderr)
+        return 2
     cache = TargetCache(args.cache, config.fingerprint())
     image_set = open_image_set(args.images, keep_decoded=False)
     hashes = image_set.hashes(progress=True)
@@ -183,7 +189,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, PackError) as error:
+    except (FileNotFoundError, PackError, ImageDecodeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -64,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.grid_rows < 1:
+        parser.error(f"--grid-rows {args.grid_rows}: show at least 1 best and 1 worst row")
     import torch
 
     from saliencyssl.eval.fidelity import evaluate_surrogate, fidelity_grid, format_report
@@ -73,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     from saliencyssl.surrogate.pairs import MissingTargetsError, contains_hashes, describe_misses, load_pairs
     from saliencyssl.visualize import save_rgb
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda: torch sees no CUDA device here; use --device cpu", file=sys.stderr)
+        return 2
     try:
         surrogate = Surrogate.load(args.surrogate, device=args.device)
     except (FileNotFoundError, SurrogateCheckpointError) as error:

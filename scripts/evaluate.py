@@ -131,6 +131,14 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"--seeds {args.seeds}: give the number of seeds, at least 1")
     if args.batch_size < 1:
         parser.error(f"--batch-size {args.batch_size}: give a positive number of images per forward pass")
+    for flag, value in (("--knn-k", args.knn_k), ("--clusters", args.clusters), ("--train-limit", args.train_limit),
+                        ("--test-limit", args.test_limit)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} {value}: give at least 1 (leave the option out for its default)")
+    if args.knn_temperature <= 0 or args.probe_c <= 0:
+        parser.error("--knn-temperature and --probe-c must be positive")
+    if args.tsne_points < 0:
+        parser.error(f"--tsne-points {args.tsne_points}: give 0 (no t-SNE picture) or more")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible to torch here; use --device cpu")
     if args.threads is not None:

@@ -52,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    config = labeller_config_from_args(args)
+    try:
+        config = labeller_config_from_args(args)
+    except ValueError as error:  # --scale 0, --max-side 0, ...
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if not args.images.is_dir():
         print(f"error: {args.images} is not a folder; give the folder that holds the images", file=sys.stderr)
         return 2

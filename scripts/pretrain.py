@@ -40,23 +40,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="image folder (class sub-folders optional) or CIFAR-10 python batches")
     p.add_argument("--method", required=True, choices=sorted(METHODS), help="SSL method (lightly's losses and heads)")
-    p.add_argument("--aug-source", default="cache", choices=SOURCE_ORDERS, help="where targets come from (default %(default)s)")
+    p.add_argument("--aug-source", default="cache", choices=SOURCE_ORDERS, metavar="SOURCES",
+                   help=f"where targets come from: {' | '.join(SOURCE_ORDERS)} (see above; default %(default)s)")
     p.add_argument("--policy", default="sal+default", help=f"augmentation policy: {', '.join(PRESETS)} or free (default %(default)s)")
     p.add_argument("--cache", help="target cache folder (from scripts/label.py)")
     p.add_argument("--pack", help="portable pack file (scripts/cache.py export) instead of --cache")
     p.add_argument("--surrogate", help="surrogate checkpoint (RUN_DIR/surrogate.pt from scripts/train_surrogate.py)")
-    p.add_argument("--epochs", type=int, required=True)
-    p.add_argument("--batch-size", type=int, default=128, help="global batch size (split over torchrun processes)")
+    p.add_argument("--epochs", type=int, required=True, help="passes over the data (the cosine schedule spans them)")
+    p.add_argument("--batch-size", type=int, default=128, help="global batch size, split over torchrun processes (default %(default)s)")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, history.json, tb/, backbone.pt")
     p.add_argument("--image-size", type=int, default=32, help="training side length; <= 64 uses the CIFAR stem (default %(default)s)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where to train (default %(default)s); under torchrun each process takes its local GPU")
     p.add_argument("--amp", action="store_true", help="fp16 autocast with a grad scaler (CUDA only; fine on old GPUs)")
-    p.add_argument("--workers", type=int, default=0, help="processes for exact labelling (aug-source exact, cache,exact)")
+    p.add_argument("--workers", type=int, default=0, help="processes for exact labelling with --aug-source exact or cache,exact (default %(default)s: in this process)")
     p.add_argument("--knn-train", help="labelled folder: kNN bank for monitoring")
     p.add_argument("--knn-test", help="labelled folder: kNN queries for monitoring")
     p.add_argument("--knn-every", type=int, default=1, help="epochs between kNN evaluations (default %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds weights, batch order and augmentations; a CPU run is reproducible from it (default %(default)s)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the method's recipe)")
     p.add_argument("--limit", type=int, default=None, help="use N images evenly spaced through the set (keeps every class)")
     add_labeller_options(p)
@@ -66,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda: torch sees no CUDA device here; use --device cpu", file=sys.stderr)
+        return 2
     config = PretrainConfig(
         data=args.data, out=args.out, method=args.method, aug_source=args.aug_source, policy=args.policy,
         epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size, cache=args.cache, pack=args.pack,

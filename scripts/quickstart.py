@@ -11,6 +11,9 @@ Stages (each prints the command a user would run for it):
   5. evaluate   linear probe and kNN at label fractions for both backbones and a random one
   6. report     OUT/report.md with the table, plots, pictures and an honest verdict
 
+Running it again in the same --out starts the training stages afresh (the data and the label
+cache are reused).
+
 Example:
   python scripts/quickstart.py                 # writes runs/quickstart/
   python scripts/quickstart.py --out /tmp/qs --epochs 20
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -51,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=5, help="pretraining epochs per run (default %(default)s)")
     parser.add_argument("--surrogate-minutes", type=float, default=1.0, help="surrogate training budget (default %(default)s)")
     parser.add_argument("--workers", type=int, default=None, help="labelling processes (default: CPUs available)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the generated images, the surrogate and pretraining (default %(default)s)")
     return parser
 
 
@@ -68,9 +73,24 @@ def run(script, name: str, argv: list[str]) -> None:
         raise SystemExit(f"scripts/{name} failed with status {status}")
 
 
+#: Outputs of the training stages, replaced when the quickstart runs again in the same --out
+#: (the data and the cache are kept: labelling only fills what is missing).
+RERUN_FOLDERS = ("surrogate", "pretrain_saliency", "pretrain_default", "eval")
+
+
+def clear_previous_run(out: Path) -> None:
+    """Remove the training stages' outputs of an earlier quickstart in ``out``, saying so."""
+    for name in RERUN_FOLDERS:
+        folder = out / name
+        if folder.is_dir():
+            print(f"  replacing the previous run's {folder}", flush=True)
+            shutil.rmtree(folder)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out: Path = args.out
+    clear_previous_run(out)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
 

@@ -46,6 +46,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = parser.parse_args(argv)
 
+    if args.count < 1:
+        parser.error(f"--count {args.count}: show at least 1 image")
     policy = parse_policy(args.policy)
     images = TrainingImages(args.data, args.image_size)
     generator = torch.Generator().manual_seed(args.seed)
@@ -55,6 +57,9 @@ def main(argv=None) -> int:
         if args.cache is None:
             parser.error(f"policy {args.policy!r} renders saliency views: pass --cache CACHE_DIR "
                          f"(fill it with python scripts/label.py {args.data} --cache CACHE_DIR)")
+        if not TargetCache.exists(args.cache):
+            parser.error(f"--cache {args.cache} is not a cache folder (no cache.db); fill it with: "
+                         f"python scripts/label.py {args.data} --cache {args.cache}")
         config = labeller_config_from_args(args)
         pack = FrozenPack.build(images.hashes, TargetCache(args.cache, config.fingerprint()), args.image_size)
         print(pack.report.line())

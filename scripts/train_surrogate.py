@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     from saliencyssl.surrogate.pairs import MissingTargetsError, describe_misses, load_pairs
     from saliencyssl.surrogate.training import SurrogateTrainer, TrainConfig
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda: torch sees no CUDA device here; use --device cpu", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

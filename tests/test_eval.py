@@ -342,3 +342,25 @@ def test_report_markdown_and_csv_round_trip(tmp_path):
     assert "0.5500 ± 0.0500" in paths["md"].read_text()
     plot = report.plot_fraction_curves(scores, "accuracy", "acc", tmp_path / "p.png", chance=0.5)
     assert plot.stat().st_size > 1000
+
+
+class _RunsCodeWhenUnpickled:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_backbone_files_that_are_not_plain_tensors_are_refused_without_running_them(tmp_path):
+    from saliencyssl.ssl.backbone import load_backbone
+
+    marker = tmp_path / "code-ran"
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"state_dict": _RunsCodeWhenUnpickled(marker), "config": {}}, hostile)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    for path in (hostile, junk):
+        with pytest.raises(ValueError, match=f"{path.name} cannot be read as a backbone checkpoint"):
+            load_backbone(path)
+    assert not marker.exists()

@@ -75,6 +75,16 @@ def test_pairs_masks_and_arrays(tmp_path):
     _, masks01 = _write_pairs(tmp_path / "b", 1, mask_scale=1)
     assert np.array_equal(seg.read_mask(masks01 / "img00.png"), seg.read_mask(masks / "img00.png"))
 
+    # so do colour masks, whatever the object's colour (OpenCV writes BGR: red is the last channel)
+    import cv2
+
+    grey = seg.read_mask(masks / "img00.png")
+    for channel in range(3):
+        colour = np.zeros(grey.shape + (3,), np.uint8)
+        colour[grey, channel] = 255
+        cv2.imwrite(str(tmp_path / f"colour{channel}.png"), colour)
+        assert np.array_equal(seg.read_mask(tmp_path / f"colour{channel}.png"), grey)
+
 
 def test_missing_or_mismatched_masks_are_named(tmp_path):
     import cv2

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from saliencyssl.embedded import write_embedded_dataset
-from saliencyssl.eval.grid import GridConfig, cells, policy_gap, run_grid
+from saliencyssl.eval.grid import GridConfig, StaleCellError, cells, policy_gap, run_grid
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -72,3 +72,23 @@ def test_tiny_grid_runs_collects_and_skips_finished_cells(tmp_path, monkeypatch)
     monkeypatch.setattr("saliencyssl.ssl.pretrain.Pretrainer.run", lambda self: calls.append(self))
     assert len(run_grid(config, progress=False)) == len(rows)
     assert calls == [], "finished cells are not pretrained again"
+
+    # A finished cell made with other settings than the config now asks for is refused, not reused.
+    changed = GridConfig.load(_write(tmp_path, pretrain={**config.pretrain, "epochs": 3}))
+    with pytest.raises(StaleCellError, match="epochs 1 .config: 3."):
+        run_grid(changed, progress=False)
+    changed = GridConfig.load(_write(tmp_path, evaluation={**config.evaluation, "fractions": "0.25,1.0"}))
+    with pytest.raises(StaleCellError, match="fractions"):
+        run_grid(changed, progress=False)
+    assert calls == []
+
+
+def test_quickstart_rerun_replaces_its_training_outputs_and_keeps_data_and_cache(tmp_path):
+    import quickstart  # scripts/quickstart.py
+
+    for name in (*quickstart.RERUN_FOLDERS, "data", "cache"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "file").write_text("from the previous run")
+    quickstart.clear_previous_run(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "data"]
+    assert (tmp_path / "cache" / "file").is_file()

@@ -97,6 +97,33 @@ def test_missing_folder_is_a_clear_error(tmp_path, capsys):
     assert "is not a folder" in capsys.readouterr().err
 
 
+def test_bad_labeller_option_is_a_clear_error(tmp_path, photo, capsys):
+    Image.fromarray(_variants(photo, 1)[0]).save(tmp_path / "a.png")
+    assert label.main([str(tmp_path), "--cache", str(tmp_path / "c"), "--scale", "0", "--quiet"]) == 2
+    assert "scale" in capsys.readouterr().err
+
+
+def test_export_keeps_images_that_share_a_stem_apart(tmp_path, photo):
+    """a.png and a.bmp in one folder: both sets of maps are written, named after the whole file name."""
+    root = tmp_path / "images"
+    root.mkdir()
+    first, second = _variants(photo, 2)
+    Image.fromarray(first).save(root / "a.png")
+    Image.fromarray(np.ascontiguousarray(second[::-1])).save(root / "a.bmp")
+    Image.fromarray(second).save(root / "b.png")
+    export = tmp_path / "export"
+    assert label.main([str(root), "--cache", str(tmp_path / "cache"), "--workers", "0", "--export", str(export),
+                       "--quiet"]) == 0
+    names = sorted(p.name for p in export.iterdir())
+    assert names == sorted(f"{stem}_{kind}.png" for stem in ("a.png", "a.bmp", "b") for kind in ("hc", "rc", "cut"))
+    # each image's exported map is its own
+    config = LabellerConfig()
+    cache = TargetCache(tmp_path / "cache", config.fingerprint())
+    for name in ("a.png", "a.bmp"):
+        target = cache.get(read_image(root / name))
+        assert np.array_equal(cv2.imread(str(export / f"{name}_rc.png"), cv2.IMREAD_GRAYSCALE), target.saliency)
+
+
 def test_killed_job_resumes_with_every_entry_valid(tmp_path, photo):
     root = tmp_path / "images"
     root.mkdir()

@@ -14,7 +14,7 @@ import torch
 from saliencyssl.cache import TargetCache
 from saliencyssl.datasets import open_image_set
 from saliencyssl.embedded import write_embedded_dataset
-from saliencyssl.saliency import Labeller
+from saliencyssl.saliency import Labeller, LabellerConfig
 from saliencyssl.ssl.backbone import load_backbone
 from saliencyssl.ssl.pretrain import PretrainConfig, Pretrainer
 
@@ -86,6 +86,8 @@ def test_resume_refuses_another_configuration(shapes, tmp_path):
     run.run()
     with pytest.raises(ValueError, match="--image-size"):
         Pretrainer(_config(shapes, tmp_path / "x", epochs=1, image_size=40, resume=True))
+    with pytest.raises(ValueError, match="already holds a run.*--resume"):
+        Pretrainer(_config(shapes, tmp_path / "x", epochs=1))  # without --resume: refused, nothing overwritten
 
 
 def test_missing_pieces_are_caught_before_the_first_step(shapes, tmp_path, capsys):
@@ -97,7 +99,11 @@ def test_missing_pieces_are_caught_before_the_first_step(shapes, tmp_path, capsy
     assert "scripts/train_surrogate.py" in capsys.readouterr().err
     assert pretrain.main(common + ["--aug-source", "none", "--policy", "sal"]) == 2
     assert "--aug-source is none" in capsys.readouterr().err
+    mistyped = tmp_path / "no-such-cache"
+    assert pretrain.main(common + ["--aug-source", "cache", "--cache", str(mistyped)]) == 2
+    assert "is not a cache folder" in capsys.readouterr().err and not mistyped.exists(), "nothing is created"
     empty = tmp_path / "empty-cache"
+    TargetCache(empty, LabellerConfig().fingerprint())
     assert pretrain.main(common + ["--aug-source", "cache", "--cache", str(empty)]) == 2
     assert "miss in the cache" in capsys.readouterr().err
 

@@ -126,6 +126,11 @@ def test_pack_round_trip_and_refusal(tmp_path, photo):
     (tmp_path / "bad.pack").write_bytes(bytes(raw))
     assert not verify_pack(open_pack(tmp_path / "bad.pack"))
     assert cache_cli.main(["verify", str(tmp_path / "bad.pack")]) == 1
+    # Read-only commands on a folder that is not a cache say so and create nothing there.
+    for command in (["stats", str(images)], ["verify", str(images)],
+                    ["export", str(tmp_path / "typo"), str(images), "--out", str(tmp_path / "x.pack")]):
+        assert cache_cli.main(command) == 2
+    assert not (images / "cache.db").exists() and not (tmp_path / "typo").exists()
 
 
 def test_frozen_pack_maps_a_pack_file_without_copying(tmp_path, photo):

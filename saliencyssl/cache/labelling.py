@@ -179,13 +179,30 @@ def _chunks(items: Sequence, size: int) -> Iterator[list]:
 
 
 # -- the job ---------------------------------------------------------------------------------
-def export_maps(export_dir: Path, relative: Path, target, hc: np.ndarray | None) -> None:
-    """Write ``<stem>_rc.png``, ``<stem>_cut.png`` and (if given) ``<stem>_hc.png`` under ``export_dir``."""
+def export_stem(relative: Path, clashing: set[Path] | frozenset = frozenset()) -> str:
+    """The name the exported maps of ``relative`` start with: its stem, or its whole file name when
+    another image in the same folder has the same stem (``a.png`` and ``a.bmp`` -> ``a.png``, ``a.bmp``)."""
+    return relative.name if relative.with_suffix("") in clashing else relative.stem
+
+
+def clashing_stems(relatives: Iterable[Path]) -> set[Path]:
+    """Stems (with their folder, without suffix) shared by several of ``relatives``."""
+    seen: dict[Path, int] = {}
+    for relative in relatives:
+        key = Path(relative).with_suffix("")
+        seen[key] = seen.get(key, 0) + 1
+    return {key for key, count in seen.items() if count > 1}
+
+
+def export_maps(export_dir: Path, relative: Path, target, hc: np.ndarray | None,
+                clashing: set[Path] | frozenset = frozenset()) -> None:
+    """Write ``<stem>_rc.png``, ``<stem>_cut.png`` and (if given) ``<stem>_hc.png`` under ``export_dir``
+    (``<stem>`` is :func:`export_stem`: the file name itself where stems clash)."""
     import cv2
 
     folder = export_dir / relative.parent
     folder.mkdir(parents=True, exist_ok=True)
-    stem = relative.stem
+    stem = export_stem(relative, clashing)
     cv2.imwrite(str(folder / f"{stem}_rc.png"), target.saliency)
     cv2.imwrite(str(folder / f"{stem}_cut.png"), np.where(target.mask, 255, 0).astype(np.uint8))
     if hc is not None:
@@ -258,13 +275,14 @@ def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerCon
             todo.append((path, True, export is not None))
 
     # Pass 2: label what is missing (and HC maps for exports of cached images).
+    clashing = clashing_stems(_relative(Path(p), root) for p in str_paths) if export is not None else set()
     config_fields = _config_fields(config)
     bar = tqdm(total=len(todo), desc="labelling", unit="img", disable=not progress)
     jobs = ((config_fields, chunk) for chunk in _chunks(todo, size))
     for results in executor.imap_unordered(label_files, jobs):
         with cache.transaction():
             for record in results:
-                _store(record, cache, summary, export, root)
+                _store(record, cache, summary, export, root, clashing)
         bar.update(len(results))
         if summary.label_seconds:
             bar.set_postfix(s_per_img=f"{summary.seconds_per_image:.3f}", failed=len(summary.failed))
@@ -273,7 +291,15 @@ def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerCon
     return summary
 
 
-def _store(record: dict, cache: TargetCache, summary: LabelSummary, export: Path | None, root: Path) -> None:
+def _relative(path: Path, root: Path) -> Path:
+    try:
+        return path.relative_to(root)
+    except ValueError:
+        return Path(path.name)
+
+
+def _store(record: dict, cache: TargetCache, summary: LabelSummary, export: Path | None, root: Path,
+           clashing: set[Path] | frozenset = frozenset()) -> None:
     path = record["path"]
     if record["error"] is not None:
         summary.failed.append((path, record["error"]))
@@ -287,11 +313,7 @@ def _store(record: dict, cache: TargetCache, summary: LabelSummary, export: Path
     else:
         target = cache.get(record["hash"])
     if export is not None and target is not None:
-        try:
-            relative = Path(path).relative_to(root)
-        except ValueError:
-            relative = Path(Path(path).name)
-        export_maps(export, relative, target, record["hc"])
+        export_maps(export, _relative(Path(path), root), target, record["hc"], clashing)
         summary.exported += 1
 
 

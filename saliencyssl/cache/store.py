@@ -112,6 +112,11 @@ class TargetCache:
             if meta_key not in self._cache:
                 self._cache.set(meta_key, json.dumps(params, sort_keys=True))
 
+    @staticmethod
+    def exists(directory: str | Path) -> bool:
+        """Whether ``directory`` holds a cache already (its ``cache.db``); opening one creates it."""
+        return (Path(directory) / "cache.db").is_file()
+
     # -- lookups -----------------------------------------------------------------------------
     @staticmethod
     def hash_of(image_or_hash: np.ndarray | str) -> str:

@@ -171,6 +171,58 @@ def _evaluation_settings(config: GridConfig, backbone: str, out: Path, image_siz
                                   protocols=list(protocols), image_size=image_size, tsne_points=0, **e)
 
 
+class StaleCellError(ValueError):
+    """A finished cell was made with other settings than the grid config now asks for."""
+
+
+#: Pretraining settings a finished cell's ``backbone.pt`` records and the grid compares.
+_RECORDED_PRETRAIN_KEYS = ("method", "policy", "epochs", "batch_size", "seed", "image_size", "lr", "limit")
+
+
+def check_finished_pretraining(cell: Cell, expected: dict) -> None:
+    """Raise :class:`StaleCellError` when ``cell``'s backbone was pretrained with other settings.
+
+    ``expected`` holds the settings the config asks for (keys of :data:`_RECORDED_PRETRAIN_KEYS`);
+    a setting the checkpoint does not record (older runs) is not compared.
+    """
+    import torch
+
+    path = cell.run_dir / "backbone.pt"
+    try:
+        recorded = dict(torch.load(path, map_location="cpu", weights_only=True).get("config", {}))
+    except Exception as error:  # unpickling errors have no common base class
+        raise StaleCellError(f"{path} cannot be read ({type(error).__name__}); delete {cell.run_dir} to pretrain "
+                             f"the cell again") from error
+    _compare(path, cell.run_dir, {k: recorded[k] for k in _RECORDED_PRETRAIN_KEYS if k in recorded and k in expected},
+             expected)
+
+
+def check_finished_evaluation(cell_dir: Path, settings) -> None:
+    """Raise :class:`StaleCellError` when ``cell_dir/results.json`` was made with other protocols,
+    fractions or seeds than ``settings`` (a :class:`~saliencyssl.eval.classification.ClassificationSettings`)."""
+    from saliencyssl.eval.fractions import parse_fractions
+
+    path = cell_dir / "results.json"
+    try:
+        meta = json.loads(path.read_text()).get("meta", {})
+    except (OSError, ValueError) as error:
+        raise StaleCellError(f"{path} cannot be read ({error}); delete it to evaluate the cell again") from error
+    expected = {"protocols": sorted(settings.protocols), "seeds": list(range(settings.seeds)),
+                "fractions": [text for text, _ in parse_fractions(settings.fractions)]}
+    recorded = {"protocols": sorted(meta.get("protocols", [])), "seeds": meta.get("seeds"),
+                "fractions": meta.get("fractions")}
+    _compare(path, cell_dir, recorded, expected)
+
+
+def _compare(path: Path, folder: Path, recorded: dict, expected: dict) -> None:
+    differ = [f"{key} {recorded[key]!r} (config: {expected[key]!r})" for key in recorded
+              if recorded[key] != expected[key]]
+    if differ:
+        raise StaleCellError(f"{path} was made with other settings than the grid config asks for: "
+                             f"{'; '.join(differ)}. Delete {folder} to redo this cell with the new settings, or "
+                             f"give the grid another \"out\" folder to keep both")
+
+
 def run_grid(config: GridConfig, progress: bool = True) -> list[dict]:
     """Run every unfinished cell and the baselines, then collect the results (see the module docstring)."""
     from saliencyssl.eval.classification import evaluate_classification
@@ -186,11 +238,14 @@ def run_grid(config: GridConfig, progress: bool = True) -> list[dict]:
         _label(config, pretrain)
     for i, cell in enumerate(todo, 1):
         print(f"\n[{i}/{len(todo)}] {cell.method} with policy {cell.policy}", flush=True)
+        settings = dict(pretrain, image_size=image_size)
         if (cell.run_dir / "backbone.pt").is_file():
+            check_finished_pretraining(cell, {**settings, "method": cell.method, "policy": cell.policy,
+                                              "seed": settings.get("seed", 0), "lr": settings.get("lr"),
+                                              "limit": settings.get("limit")})
             print(f"  pretraining done earlier: {cell.run_dir / 'backbone.pt'}")
         else:
             uses = parse_policy(cell.policy).uses_saliency
-            settings = dict(pretrain, image_size=image_size)
             aug_source = settings.pop("aug_source", "cache") if uses else "none"
             settings.pop("aug_source", None)
             if settings.get("knn_every"):  # monitor kNN during pretraining on the grid's own train/test sets
@@ -199,18 +254,22 @@ def run_grid(config: GridConfig, progress: bool = True) -> list[dict]:
                                  aug_source=aug_source, cache=config.cache, progress=progress,
                                  resume=(cell.run_dir / "checkpoint.pt").is_file(), **config.labeller, **settings)
             Pretrainer(run).run()
+        evaluation = _evaluation_settings(config, str(cell.run_dir / "backbone.pt"), cell.eval_dir, image_size)
         if (cell.eval_dir / "results.json").is_file():
+            check_finished_evaluation(cell.eval_dir, evaluation)
             print(f"  evaluation done earlier: {cell.eval_dir / 'results.json'}")
         else:
-            evaluate_classification(_evaluation_settings(config, str(cell.run_dir / "backbone.pt"), cell.eval_dir,
-                                                         image_size))
+            evaluate_classification(evaluation)
     for baseline in config.baselines:
         if baseline != "random":
             raise ValueError(f"unknown baseline {baseline!r}; only 'random' is supported")
         target = out / config.evaluation_name / "random"
-        if not (target / "results.json").is_file():
+        evaluation = _evaluation_settings(config, "random", target, image_size)
+        if (target / "results.json").is_file():
+            check_finished_evaluation(target, evaluation)
+        else:
             print("\n[baseline] random ResNet-18", flush=True)
-            evaluate_classification(_evaluation_settings(config, "random", target, image_size))
+            evaluate_classification(evaluation)
     return collect(config)
 
 

@@ -65,7 +65,9 @@ class MaskPairs:
 
 def read_mask(path: str | Path) -> np.ndarray:
     """A binary mask PNG as ``(H, W)`` bool: values above half the range are foreground
-    (0/255 and 0/1 masks both work; colour masks are reduced to their first channel).
+    (0/255 and 0/1 masks both work). In a colour mask a pixel is foreground when any colour
+    channel is above half the range (so a red, green or white object on black all work); an
+    alpha channel is ignored.
 
     Raises:
         ValueError: the file cannot be decoded (naming it).
@@ -78,7 +80,7 @@ def read_mask(path: str | Path) -> np.ndarray:
     if mask is None:
         raise ValueError(f"{path}: cannot decode the mask; masks must be binary PNGs (foreground 255 or 1)")
     if mask.ndim == 3:
-        mask = mask[:, :, 0]
+        mask = mask[:, :, :3].max(axis=2)
     top = 1 if mask.max() <= 1 else (65535 if mask.dtype == np.uint16 else 255)
     return mask > top / 2
 

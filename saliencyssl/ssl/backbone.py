@@ -90,13 +90,21 @@ def load_backbone(path: str | Path, map_location: str | torch.device = "cpu") ->
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file holds something else, or weights of another shape.
+        ValueError: the file is unreadable, holds something else (or anything but tensors and plain
+            containers: it is loaded with ``weights_only=True``), or weights of another shape.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone checkpoint {path} not found; pretrain one with scripts/pretrain.py "
                                 f"(it writes RUN_DIR/backbone.pt) or pass --backbone random")
-    blob = torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        # weights_only: tensors and plain containers only, so a checkpoint cannot run code when loaded.
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # unpickling errors have no common base class
+        raise ValueError(f"{path} cannot be read as a backbone checkpoint ({type(error).__name__}): it is damaged, "
+                         f"or holds objects other than tensors, which are refused because loading them could run "
+                         f"code; pass the backbone.pt that scripts/pretrain.py writes, a torchvision ResNet-18 "
+                         f"state dict, or --backbone random") from error
     if isinstance(blob, dict) and "state_dict" in blob and "config" in blob:
         state, config = blob["state_dict"], dict(blob["config"])
     elif isinstance(blob, dict) and blob and all(isinstance(v, torch.Tensor) for v in blob.values()):

@@ -92,7 +92,7 @@ class EpochRecord:
 
     epoch: int
     loss: float
-    lr: float
+    lr: float  # mean learning rate over the epoch's steps
     seconds: dict[str, float]
     router: dict[str, Any]
     knn_accuracy: float | None = None
@@ -119,6 +119,9 @@ class Pretrainer:
         self.dist = dist_info or init_distributed(config.device)
         self.device = self.dist.device
         self.out = Path(config.out)
+        if not config.resume and self.checkpoint_path.is_file():
+            raise ValueError(f"{self.out} already holds a run ({self.checkpoint_path.name}); pass --resume to continue "
+                             f"it, or choose another --out (delete the folder to start it again)")
         self.history: list[EpochRecord] = []
         self.start_epoch = 0
         self._setup()
@@ -212,6 +215,9 @@ class Pretrainer:
             elif c.cache:
                 from saliencyssl.cache import TargetCache
 
+                if "exact" not in self.sources and not TargetCache.exists(c.cache):
+                    raise MissingPieceError(f"--cache {c.cache} is not a cache folder (no cache.db); fill it with: "
+                                            f"python scripts/label.py {c.data} --cache {c.cache}")
                 cache = TargetCache(c.cache, fingerprint, params=self.labeller.config.params())
                 pack = FrozenPack.build(self.images.hashes, cache, c.image_size, progress=self.dist.is_main)
             if pack is not None:
@@ -257,7 +263,12 @@ class Pretrainer:
         if not path.is_file():
             self._say(f"--resume: no checkpoint at {path}; starting from epoch 1")
             return
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # unpickling errors have no common base class
+            raise ValueError(f"{path} cannot be read as a pretraining checkpoint ({type(error).__name__}); it may be "
+                             f"damaged or written by an older version: remove it to start again, or choose "
+                             f"another --out") from error
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is not a saliency-ssl pretraining checkpoint; remove it or choose another --out")
         saved = state["config"]
@@ -300,7 +311,7 @@ class Pretrainer:
         order = self._epoch_order(epoch)
         total_steps = c.epochs * self.steps_per_epoch
         seconds = {"data": 0.0, "augmentation": 0.0, "compute": 0.0}
-        loss_sum = 0.0
+        loss_sum = lr_sum = 0.0
         steps = range(self.steps_per_epoch)
         bar = None
         if c.progress and self.dist.is_main:
@@ -328,6 +339,7 @@ class Pretrainer:
             self.method.after_backward(epoch)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            lr_sum += self.optimizer.param_groups[0]["lr"]  # the rate this step used
             self.scheduler.step()
             value = float(loss.detach())
             if not np.isfinite(value):
@@ -346,7 +358,7 @@ class Pretrainer:
         seconds["epoch"] = time.perf_counter() - epoch_start
         counters = self.router.reset_counters()
         record = EpochRecord(epoch=epoch + 1, loss=all_reduce_mean(loss_sum / self.steps_per_epoch, self.dist),
-                             lr=float(self.optimizer.param_groups[0]["lr"]), seconds=seconds,
+                             lr=lr_sum / self.steps_per_epoch, seconds=seconds,
                              router=counters.as_dict(), steps=self.steps_per_epoch)
         if self.knn is not None and ((epoch + 1) % max(c.knn_every, 1) == 0 or epoch + 1 == c.epochs):
             if self.dist.is_main:
@@ -423,7 +435,7 @@ class Pretrainer:
             path = save_backbone(self.out / "backbone.pt", self.method.backbone, {
                 "cifar_stem": uses_cifar_stem(c.image_size), "image_size": c.image_size, "method": c.method,
                 "policy": self.policy.name, "aug_source": ",".join(self.router.sources), "epochs": c.epochs,
-                "batch_size": c.batch_size, "seed": c.seed, "data": str(c.data),
+                "batch_size": c.batch_size, "seed": c.seed, "lr": c.lr, "limit": c.limit, "data": str(c.data),
                 "labeller_fingerprint": self.labeller.fingerprint,
                 "final_knn_accuracy": self.history[-1].knn_accuracy if self.history else None})
             print(f"wrote {path}", flush=True)
@@ -437,7 +449,10 @@ def _seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG's state as tensors and plain Python values (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -445,7 +460,8 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -110,6 +110,8 @@ class TrainConfig:
             raise ValueError(f"--max-minutes must be positive, got {self.max_minutes}")
         if not 0.0 <= self.decay_start <= 1.0:
             raise ValueError(f"decay_start must be in [0, 1], got {self.decay_start}")
+        if not 0.0 <= self.held_out < 1.0:
+            raise ValueError(f"--held-out must be in [0, 1), got {self.held_out}")
         if self.select not in ("best", "last"):
             raise ValueError(f"select must be 'best' or 'last', got {self.select!r} (--select)")
 
