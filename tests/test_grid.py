@@ -81,6 +81,7 @@ def test_tiny_grid_runs_collects_and_skips_finished_cells(tmp_path, monkeypatch)
     with pytest.raises(StaleCellError, match="fractions"):
         run_grid(changed, progress=False)
     assert calls == []
+    assert json.loads((out / "grid.json").read_text())["evaluation"]["fractions"] == "0.5,1.0", "record kept"
 
 
 def test_quickstart_rerun_replaces_its_training_outputs_and_keeps_data_and_cache(tmp_path):

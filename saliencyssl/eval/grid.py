@@ -223,11 +223,33 @@ def _compare(path: Path, folder: Path, recorded: dict, expected: dict) -> None:
                              f"give the grid another \"out\" folder to keep both")
 
 
+def _pretrain_settings(config: GridConfig, cell: Cell) -> dict:
+    settings = dict(config.pretrain, image_size=int(config.pretrain.get("image_size", 32)))
+    return {**settings, "method": cell.method, "policy": cell.policy, "seed": settings.get("seed", 0),
+            "lr": settings.get("lr"), "limit": settings.get("limit")}
+
+
+def check_finished_cells(config: GridConfig) -> None:
+    """Check every finished cell and baseline of ``config`` against its settings, before anything is written
+    (:class:`StaleCellError` on the first that differs)."""
+    image_size = int(config.pretrain.get("image_size", 32))
+    for cell in cells(config):
+        if (cell.run_dir / "backbone.pt").is_file():
+            check_finished_pretraining(cell, _pretrain_settings(config, cell))
+        if (cell.eval_dir / "results.json").is_file():
+            check_finished_evaluation(cell.eval_dir, _evaluation_settings(config, str(cell.run_dir / "backbone.pt"),
+                                                                          cell.eval_dir, image_size))
+    target = Path(config.out) / config.evaluation_name / "random"
+    if "random" in config.baselines and (target / "results.json").is_file():
+        check_finished_evaluation(target, _evaluation_settings(config, "random", target, image_size))
+
+
 def run_grid(config: GridConfig, progress: bool = True) -> list[dict]:
     """Run every unfinished cell and the baselines, then collect the results (see the module docstring)."""
     from saliencyssl.eval.classification import evaluate_classification
     from saliencyssl.ssl.pretrain import PretrainConfig, Pretrainer
 
+    check_finished_cells(config)  # before grid.json is replaced
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "grid.json").write_text(json.dumps(asdict(config), indent=2))
@@ -240,9 +262,6 @@ def run_grid(config: GridConfig, progress: bool = True) -> list[dict]:
         print(f"\n[{i}/{len(todo)}] {cell.method} with policy {cell.policy}", flush=True)
         settings = dict(pretrain, image_size=image_size)
         if (cell.run_dir / "backbone.pt").is_file():
-            check_finished_pretraining(cell, {**settings, "method": cell.method, "policy": cell.policy,
-                                              "seed": settings.get("seed", 0), "lr": settings.get("lr"),
-                                              "limit": settings.get("limit")})
             print(f"  pretraining done earlier: {cell.run_dir / 'backbone.pt'}")
         else:
             uses = parse_policy(cell.policy).uses_saliency
@@ -256,7 +275,6 @@ def run_grid(config: GridConfig, progress: bool = True) -> list[dict]:
             Pretrainer(run).run()
         evaluation = _evaluation_settings(config, str(cell.run_dir / "backbone.pt"), cell.eval_dir, image_size)
         if (cell.eval_dir / "results.json").is_file():
-            check_finished_evaluation(cell.eval_dir, evaluation)
             print(f"  evaluation done earlier: {cell.eval_dir / 'results.json'}")
         else:
             evaluate_classification(evaluation)
@@ -265,9 +283,7 @@ def run_grid(config: GridConfig, progress: bool = True) -> list[dict]:
             raise ValueError(f"unknown baseline {baseline!r}; only 'random' is supported")
         target = out / config.evaluation_name / "random"
         evaluation = _evaluation_settings(config, "random", target, image_size)
-        if (target / "results.json").is_file():
-            check_finished_evaluation(target, evaluation)
-        else:
+        if not (target / "results.json").is_file():
             print("\n[baseline] random ResNet-18", flush=True)
             evaluate_classification(evaluation)
     return collect(config)
