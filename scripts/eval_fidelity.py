@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from saliencyssl.visualize import save_rgb
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda: torch sees no CUDA device here; use --device cpu", file=sys.stderr)
-        return 2
+        parser.error("--device cuda: no CUDA device is visible to torch here; use --device cpu")
     try:
         surrogate = Surrogate.load(args.surrogate, device=args.device)
     except (FileNotFoundError, SurrogateCheckpointError) as error:

@@ -69,11 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import torch
-
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda: torch sees no CUDA device here; use --device cpu", file=sys.stderr)
-        return 2
     config = PretrainConfig(
         data=args.data, out=args.out, method=args.method, aug_source=args.aug_source, policy=args.policy,
         epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size, cache=args.cache, pack=args.pack,

@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     import torch
 
     from saliencyssl.saliency.options import labeller_config_from_args
@@ -114,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     from saliencyssl.surrogate.training import SurrogateTrainer, TrainConfig
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda: torch sees no CUDA device here; use --device cpu", file=sys.stderr)
-        return 2
+        parser.error("--device cuda: no CUDA device is visible to torch here; use --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

@@ -260,11 +260,11 @@ def run_grid(config: GridConfig, progress: bool = True) -> list[dict]:
         _label(config, pretrain)
     for i, cell in enumerate(todo, 1):
         print(f"\n[{i}/{len(todo)}] {cell.method} with policy {cell.policy}", flush=True)
-        settings = dict(pretrain, image_size=image_size)
         if (cell.run_dir / "backbone.pt").is_file():
             print(f"  pretraining done earlier: {cell.run_dir / 'backbone.pt'}")
         else:
             uses = parse_policy(cell.policy).uses_saliency
+            settings = dict(pretrain, image_size=image_size)
             aug_source = settings.pop("aug_source", "cache") if uses else "none"
             settings.pop("aug_source", None)
             if settings.get("knn_every"):  # monitor kNN during pretraining on the grid's own train/test sets

@@ -233,8 +233,10 @@ def choose_fingerprint(cache_dir: str | Path, hashes: Sequence[str], config: Lab
     Raises:
         MissingTargetsError: the folder is not a cache, or no fingerprint covers any image.
     """
+    from saliencyssl.cache import TargetCache
+
     cache_dir = Path(cache_dir)
-    if not (cache_dir / "cache.db").is_file():
+    if not TargetCache.exists(cache_dir):
         raise MissingTargetsError(
             f"{cache_dir} is not a target cache (no cache.db); fill it first with: "
             f"{label_command(images_dir, cache_dir, config.params() if config else None)}")
@@ -314,7 +316,9 @@ def load_pairs(images_dir: str | Path, cache_dir: str | Path, image_size: int, f
     if fingerprint is None:
         fingerprint, params, _ = choose_fingerprint(cache_dir, hashes, config, images_dir)
     else:
-        if not (cache_dir / "cache.db").is_file():
+        from saliencyssl.cache import TargetCache
+
+        if not TargetCache.exists(cache_dir):
             raise MissingTargetsError(f"{cache_dir} is not a target cache (no cache.db); fill it first with: "
                                       f"{label_command(images_dir, cache_dir, None)}")
         probe = _open_cache(cache_dir, fingerprint)
