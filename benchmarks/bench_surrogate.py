@@ -72,6 +72,36 @@ def time_labeller(images: np.ndarray) -> tuple[float, list[float]]:
     return float(np.median(times)), times
 
 
+def compare_with_labeller(result: dict, args, images, pixels, device, full: float, net: float) -> None:
+    """Time the exact labeller on ``pixels`` and add the speed-ups of the surrogate to ``result``."""
+    n_label = len(pixels)
+    label_median, label_times = time_labeller(pixels)
+    result["labeller_images"] = n_label
+    result["labeller_ms_per_image"] = label_median * 1e3
+    result["labeller_ms_per_image_mean"] = float(np.mean(label_times)) * 1e3
+    print(f"exact labeller on {cpu_name()}: {label_median * 1e3:.2f} ms/image (median of {n_label}; mean "
+          f"{np.mean(label_times) * 1e3:.2f})", flush=True)
+    if device.type == "cpu":
+        result["speedup"] = label_median / full
+        result["speedup_network_only"] = label_median / net
+        print(f"speed-up on the same CPU: {result['speedup']:.1f}x (network alone {result['speedup_network_only']:.1f}x)")
+        if "surrogate_float32_ms_per_image" in result:
+            result["speedup_float32"] = label_median / (result["surrogate_float32_ms_per_image"] / 1e3)
+            print(f"  in float32: {result['speedup_float32']:.1f}x")
+    else:
+        # The same comparison on the CPU of this machine, so the speed-up is like for like.
+        from saliencyssl.surrogate.model import Surrogate
+
+        cpu_surrogate = Surrogate.fresh(args.image_size, device="cpu") if not args.surrogate else \
+            Surrogate.load(args.surrogate, device="cpu")
+        cpu_full = time_surrogate(cpu_surrogate, images, args.batch_size, 1, full=True)
+        result["surrogate_cpu_ms_per_image"] = cpu_full * 1e3
+        result["speedup_cpu"] = label_median / cpu_full
+        result["speedup_gpu_vs_labeller_cpu"] = label_median / full
+        print(f"surrogate on this CPU: {cpu_full * 1e3:.4f} ms/image -> {result['speedup_cpu']:.1f}x; GPU vs one CPU "
+              f"labeller: {result['speedup_gpu_vs_labeller_cpu']:.0f}x")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, metavar="DIR", help="image folder (or CIFAR batches)")
@@ -79,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=128, metavar="B", help="surrogate batch (default 128)")
     p.add_argument("--num-images", type=int, default=512, metavar="N", help="images timed (default 512)")
     p.add_argument("--labeller-images", type=int, default=None, metavar="N",
-                   help="images the exact labeller is timed on (default: min(N, 200))")
+                   help="images the exact labeller is timed on (default: min(N, 200); 0: do not time it, "
+                        "e.g. on a machine without numba)")
     p.add_argument("--device", default="cpu", help="surrogate device: cpu or cuda (default %(default)s)")
     p.add_argument("--surrogate", type=Path, default=None, metavar="PATH",
                    help="time this surrogate.pt instead of a fresh default one (same cost for the same arch)")
@@ -130,30 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         result["surrogate_float32_ms_per_image"] = fp32 * 1e3
         print(f"  in float32: {fp32 * 1e3:.4f} ms/image predict", flush=True)
 
-    n_label = min(n, args.labeller_images or 200)
-    label_median, label_times = time_labeller(pixels[:n_label])
-    result["labeller_images"] = n_label
-    result["labeller_ms_per_image"] = label_median * 1e3
-    result["labeller_ms_per_image_mean"] = float(np.mean(label_times)) * 1e3
-    print(f"exact labeller on {cpu_name()}: {label_median * 1e3:.2f} ms/image (median of {n_label}; mean "
-          f"{np.mean(label_times) * 1e3:.2f})", flush=True)
-    if device.type == "cpu":
-        result["speedup"] = label_median / full
-        result["speedup_network_only"] = label_median / net
-        print(f"speed-up on the same CPU: {result['speedup']:.1f}x (network alone {result['speedup_network_only']:.1f}x)")
-        if "surrogate_float32_ms_per_image" in result:
-            result["speedup_float32"] = label_median / (result["surrogate_float32_ms_per_image"] / 1e3)
-            print(f"  in float32: {result['speedup_float32']:.1f}x")
+    n_label = min(n, 200 if args.labeller_images is None else args.labeller_images)
+    if n_label > 0:
+        compare_with_labeller(result, args, images, pixels[:n_label], device, full, net)
     else:
-        # The same comparison on the CPU of this machine, so the speed-up is like for like.
-        cpu_surrogate = Surrogate.fresh(args.image_size, device="cpu") if not args.surrogate else \
-            Surrogate.load(args.surrogate, device="cpu")
-        cpu_full = time_surrogate(cpu_surrogate, images, args.batch_size, 1, full=True)
-        result["surrogate_cpu_ms_per_image"] = cpu_full * 1e3
-        result["speedup_cpu"] = label_median / cpu_full
-        result["speedup_gpu_vs_labeller_cpu"] = label_median / full
-        print(f"surrogate on this CPU: {cpu_full * 1e3:.4f} ms/image -> {result['speedup_cpu']:.1f}x; GPU vs one CPU "
-              f"labeller: {result['speedup_gpu_vs_labeller_cpu']:.0f}x")
+        print("exact labeller not timed (--labeller-images 0): no speed-up reported", flush=True)
     if device.type == "cuda" and args.gpu_sizes:
         rates = {}
         for size in (int(s) for s in args.gpu_sizes.split(",") if s):

@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use N training images evenly spaced through --train (keeps the classes' proportions)")
     p.add_argument("--test-limit", type=int, metavar="N", help="use N test images evenly spaced through --test")
     p.add_argument("--cache-dir", metavar="DIR",
-                   help="feature cache (default $SALIENCYSSL_FEATURE_CACHE or ~/.cache/saliencyssl/features)")
+                   help="feature cache (default $SALIENCYSSL_FEATURE_CACHE, else $XDG_CACHE_HOME/saliencyssl/features, "
+                        "else ~/.cache/saliencyssl/features)")
     p.add_argument("--no-cache", action="store_true", help="always recompute features and store nothing")
     return p
 

@@ -17,8 +17,9 @@ holds the backbone for scripts/evaluate.py.
   or free probabilities such as "sal0.3+default,vflip=0.5,view=cut".
 
 Examples:
-  python scripts/pretrain.py --data runs/quickstart/data/train --method simclr --aug-source cache \\
-      --policy sal+default --cache runs/quickstart/cache --epochs 20 --batch-size 64 --image-size 64 --out runs/simclr
+  python scripts/pretrain.py --data runs/quickstart/data/train --method simclr --aug-source cache,surrogate \\
+      --policy sal+default --cache runs/quickstart/cache --surrogate runs/quickstart/surrogate/surrogate.pt \\
+      --epochs 20 --batch-size 64 --image-size 64 --out runs/simclr
   python scripts/pretrain.py --data ../shared/data/cifar10/train --method byol --aug-source cache,surrogate \\
       --policy sal+default --cache runs/cache --surrogate runs/surrogate/surrogate.pt --epochs 200 \\
       --device cuda --amp --knn-train ../shared/data/cifar10/train --knn-test ../shared/data/cifar10/test --out runs/byol

@@ -37,8 +37,9 @@ labeller: the cache may hold targets of several labellers (fingerprints); the on
 images is used. --scale/--max-side/--min-side/--cut-engine (as in scripts/label.py) pick one
 explicitly. Images without a target are listed with the label.py command that fills them.
 
-outputs (in --out): surrogate.pt (load with saliencyssl.surrogate.Surrogate.load), last.pt (for
---resume), history.json, tensorboard/ (tensorboard --logdir RUN_DIR). --max-minutes is the
+outputs (in --out): surrogate.pt (load with saliencyssl.surrogate.Surrogate.load), best.pt (the best
+held-out epoch so far), last.pt (for --resume), history.json, heldout_fidelity.json (the selected
+epoch's held-out figures), tensorboard/ (tensorboard --logdir RUN_DIR). --max-minutes is the
 wall-clock budget of the whole run, resumptions included; the learning rate decays over it.
 """
 
@@ -90,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "default %(default)s)")
     p.add_argument("--select", choices=("best", "last"), default=d.select,
                    help="surrogate.pt holds the epoch with the best held-out fidelity (best: presence accuracy + "
-                        "mask IoU where present + mask IoU - saliency MAE relative to predicting nothing; early "
+                        "mask IoU where present + mask IoU - saliency MAE on images with a map relative to predicting "
+                        "nothing; early "
                         "stopping) or the last one (default %(default)s)")
     p.add_argument("--ngf", type=int, default=Architecture.ngf,
                    help="generator width at the first level (default %(default)s; Pix2Pix uses 64)")

@@ -42,20 +42,29 @@ def test_config_errors_name_the_file_and_key(tmp_path):
     assert run_grid_cli.main([str(tmp_path / "nope.json")]) == 2
 
 
+def test_results_are_named_after_the_evaluation(tmp_path):
+    assert GridConfig.load(_write(tmp_path)).results_stem == "grid"
+    assert GridConfig.load(_write(tmp_path, evaluation_name="evals_full")).results_stem == "evals_full"
+
+
 def test_shipped_configs_load():
     for path in (REPO / "configs").glob("*.json"):
         config = GridConfig.load(path)
         assert cells(config), path
 
 
-def test_tiny_grid_runs_collects_and_skips_finished_cells(tmp_path, monkeypatch):
-    config = GridConfig.load(_write(tmp_path))
+def test_tiny_grid_runs_collects_and_skips_finished_cells(tmp_path, monkeypatch, capsys):
+    path = _write(tmp_path)
+    config = GridConfig.load(path)
     rows = run_grid(config, progress=False)
     out = Path(config.out)
     assert {(r["policy"], r["protocol"], r["fraction"]) for r in rows} >= {
         ("default", "linear", "0.5"), ("sal", "knn", "1.0"), ("random init", "linear", "1.0")}
     assert (out / "grid_results.md").read_text().count("| simclr |") == 4
     assert (out / "grid_simclr_linear.png").is_file() and (out / "grid_results.csv").is_file()
+    capsys.readouterr()
+    assert run_grid_cli.main([str(path), "--collect-only", "--quiet"]) == 0
+    assert f"table: {out}/grid_results.md" in capsys.readouterr().out
     monitored = [r["pretrain_final_knn"] for r in rows if r["method"] == "simclr"]
     assert all(0.0 <= k <= 1.0 for k in monitored), "knn_every monitors kNN on the grid's train/test sets"
 

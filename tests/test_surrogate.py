@@ -378,3 +378,19 @@ def test_expected_label_variants_map_back_onto_the_original_grid():
         np.testing.assert_allclose(back[(slice(None),) + inner], original[(slice(None),) + inner])
         if mirror:
             np.testing.assert_array_equal(back, original)
+
+
+def test_speed_benchmark_compares_with_the_labeller_unless_told_not_to(labelled, tmp_path):
+    """benchmarks/bench_surrogate.py: a speed-up against the exact labeller, or none with --labeller-images 0."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench_surrogate
+
+    images, _, _ = labelled
+    common = ["--data", str(images), "--num-images", "4", "--batch-size", "4", "--repeats", "1"]
+    assert bench_surrogate.main([*common, "--labeller-images", "2", "--json", str(tmp_path / "with.json")]) == 0
+    with_labeller = json.loads((tmp_path / "with.json").read_text())
+    assert with_labeller["labeller_images"] == 2 and with_labeller["speedup"] > 0
+    assert bench_surrogate.main([*common, "--labeller-images", "0", "--json", str(tmp_path / "without.json")]) == 0
+    without = json.loads((tmp_path / "without.json").read_text())
+    assert without["surrogate_ms_per_image"] > 0
+    assert "labeller_images" not in without and "speedup" not in without

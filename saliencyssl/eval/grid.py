@@ -47,7 +47,8 @@ class GridConfig:
         cells: explicit ``[method, policy]`` pairs to run instead of every method with every policy.
         evaluation_name: the folder of the evaluations under ``out`` (default ``evals``); a second
             config with the same ``out`` and ``pretrain`` but another ``evaluation_name`` evaluates
-            the same backbones another way without pretraining them again.
+            the same backbones another way without pretraining them again; its table and plots
+            are named after it (:attr:`results_stem`).
     """
 
     name: str
@@ -64,6 +65,11 @@ class GridConfig:
     description: str = ""
     cells: list[list[str]] | None = None
     evaluation_name: str = "evals"
+
+    @property
+    def results_stem(self) -> str:
+        """Prefix of the table and plot files in ``out``: ``grid``, or ``evaluation_name`` when set."""
+        return "grid" if self.evaluation_name == "evals" else self.evaluation_name
 
     @classmethod
     def load(cls, path: str | Path) -> "GridConfig":
@@ -297,7 +303,7 @@ def collect(config: GridConfig) -> list[dict]:
     rows = result_rows(sources)
     if not rows:
         return rows
-    stem = "grid" if config.evaluation_name == "evals" else config.evaluation_name
+    stem = config.results_stem
     write_rows_csv(out / f"{stem}_results.csv", rows)
     (out / f"{stem}_results.md").write_text(rows_markdown(config.name, config.description, rows))
     for method in dict.fromkeys(c.method for c in cells(config)):
