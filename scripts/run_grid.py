@@ -11,6 +11,7 @@ Configs shipped in configs/:
   grid_cifar10_cpu.json            the paper's CIFAR-10 comparison, SimCLR x 4 policies, 114 steps
                                    (about 25 min on 2 free CPU cores)
   grid_cifar10_cpu_long.json       the same at 312 steps on all 10,000 train images (about 40 min)
+  grid_cifar10_cpu_8ep.json        default vs sal+default at 1,248 steps (about an hour per cell)
   grid_cifar10_gpu.json            the same at the paper's budget (100 epochs) for a GPU
   learning_cifar10_cpu.json        each of the six methods, 114 steps, kNN and linear probe
   learning_cifar10_cpu_long.json   each of the six methods, 312 steps (about 11 min per method)
