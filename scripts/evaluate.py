@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feature cache (default $SALIENCYSSL_FEATURE_CACHE, else $XDG_CACHE_HOME/saliencyssl/features, "
                         "else ~/.cache/saliencyssl/features)")
     p.add_argument("--no-cache", action="store_true", help="always recompute features and store nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (results are still printed)")
     return p
 
 
@@ -164,7 +165,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         knn_k=args.knn_k, knn_temperature=args.knn_temperature, probe_c=args.probe_c, tsne_points=args.tsne_points,
         cache_dir=args.cache_dir, no_cache=args.no_cache, train_limit=args.train_limit, test_limit=args.test_limit,
         command=args.command)
-    evaluate_classification(settings)
+    evaluate_classification(settings, progress=not args.quiet)
     return 0
 
 

@@ -364,3 +364,17 @@ def test_backbone_files_that_are_not_plain_tensors_are_refused_without_running_t
         with pytest.raises(ValueError, match=f"{path.name} cannot be read as a backbone checkpoint"):
             load_backbone(path)
     assert not marker.exists()
+
+
+def test_evaluate_quiet_shows_no_progress_bars(tmp_path, capsys):
+    evaluate = _load_script("evaluate")
+    _write_images(tmp_path / "train", per_class=2)
+    base = ["--backbone", "random", "--train", str(tmp_path / "train"), "--test", str(tmp_path / "train"),
+            "--protocol", "knn", "--fractions", "1.0", "--seeds", "1", "--no-cache"]
+    assert evaluate.main([*base, "--out", str(tmp_path / "loud")]) == 0
+    loud = capsys.readouterr()
+    assert "features of" in loud.err and "knn over fractions" in loud.err
+    assert evaluate.main([*base, "--out", str(tmp_path / "quiet"), "--quiet"]) == 0
+    quiet = capsys.readouterr()
+    assert "features of" not in quiet.err and "over fractions" not in quiet.err
+    assert "knn" in quiet.out, "the results are still printed"

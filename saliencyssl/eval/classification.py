@@ -45,8 +45,10 @@ class ClassificationSettings:
     command: str = ""
 
 
-def evaluate_classification(s: ClassificationSettings, verbose: bool = True) -> dict[str, Any]:
+def evaluate_classification(s: ClassificationSettings, verbose: bool = True, progress: bool = True) -> dict[str, Any]:
     """Run the protocols of ``s`` and write the report; returns ``results`` (as in results.json).
+
+    ``verbose`` prints the results; ``progress`` shows progress bars.
 
     Raises:
         ValueError: unlabelled sets for linear/knn, mismatched classes, or no cluster count.
@@ -84,8 +86,8 @@ def evaluate_classification(s: ClassificationSettings, verbose: bool = True) -> 
 
     timings: dict[str, float] = {}
     t0 = time.time()
-    test_feats = feats.dataset_features(test_set, model, info, cache, s.batch_size, s.device, "test")
-    train_feats = (feats.dataset_features(train_set, model, info, cache, s.batch_size, s.device, "train")
+    test_feats = feats.dataset_features(test_set, model, info, cache, s.batch_size, s.device, "test", progress)
+    train_feats = (feats.dataset_features(train_set, model, info, cache, s.batch_size, s.device, "train", progress)
                    if train_set is not None else None)
     timings["features_s"] = time.time() - t0
 
@@ -102,7 +104,8 @@ def evaluate_classification(s: ClassificationSettings, verbose: bool = True) -> 
                 return {"accuracy": knn.knn_accuracy(X[idx], y[idx], Xt, yt, n_classes, s.knn_k,
                                                      s.knn_temperature)}
         t0 = time.time()
-        scores[protocol] = frac.sweep(y, fractions, seeds, score, progress=f"{protocol} over fractions x seeds")
+        bar = f"{protocol} over fractions x seeds" if progress else None
+        scores[protocol] = frac.sweep(y, fractions, seeds, score, progress=bar)
         timings[f"{protocol}_s"] = time.time() - t0
 
     kmeans_summary = None

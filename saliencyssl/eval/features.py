@@ -244,7 +244,8 @@ class CachedFeatures:
 
 
 def dataset_features(image_set, model: nn.Module, info: BackboneInfo, cache: FeatureCache | None = None,
-                     batch_size: int = 256, device: str | torch.device = "cpu", name: str = "images") -> CachedFeatures:
+                     batch_size: int = 256, device: str | torch.device = "cpu", name: str = "images",
+                     progress: bool = True) -> CachedFeatures:
     """Features of every image of an :class:`~saliencyssl.datasets.ImageSet`, from the cache when possible.
 
     Args:
@@ -253,16 +254,18 @@ def dataset_features(image_set, model: nn.Module, info: BackboneInfo, cache: Fea
         cache: where to look and store; ``None`` computes without caching.
         batch_size, device: forwarded to :func:`extract_features`.
         name: shown on the progress bar (e.g. ``"train"``).
+        progress: show progress bars (hashing, decoding, features).
     """
     key = None
     if cache is not None:
-        key = feature_key(info.identity, image_set.hashes(progress=True), info.image_size)
+        key = feature_key(info.identity, image_set.hashes(progress=progress), info.image_size)
         stored = cache.load(key, len(image_set))
         if stored is not None:
             return CachedFeatures(stored, cache.path(key), True)
-    images = image_set.stack(info.image_size, progress=True)
+    images = image_set.stack(info.image_size, progress=progress)
     features = extract_features(model, images, batch_size=batch_size, device=device,
-                                progress=f"features of {name} ({len(image_set)} images, {info.image_size}px)")
+                                progress=f"features of {name} ({len(image_set)} images, {info.image_size}px)"
+                                if progress else None)
     path = None
     if cache is not None and key is not None:
         path = cache.save(key, features, {"backbone": info.to_json(), "dataset": str(image_set.root),

@@ -283,7 +283,7 @@ def run_grid(config: GridConfig, progress: bool = True) -> list[dict]:
         if (cell.eval_dir / "results.json").is_file():
             print(f"  evaluation done earlier: {cell.eval_dir / 'results.json'}")
         else:
-            evaluate_classification(evaluation)
+            evaluate_classification(evaluation, progress=progress)
     for baseline in config.baselines:
         if baseline != "random":
             raise ValueError(f"unknown baseline {baseline!r}; only 'random' is supported")
@@ -291,7 +291,7 @@ def run_grid(config: GridConfig, progress: bool = True) -> list[dict]:
         evaluation = _evaluation_settings(config, "random", target, image_size)
         if not (target / "results.json").is_file():
             print("\n[baseline] random ResNet-18", flush=True)
-            evaluate_classification(evaluation)
+            evaluate_classification(evaluation, progress=progress)
     return collect(config)
 
 
