@@ -92,8 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--select", choices=("best", "last"), default=d.select,
                    help="surrogate.pt holds the epoch with the best held-out fidelity (best: presence accuracy + "
                         "mask IoU where present + mask IoU - saliency MAE on images with a map relative to predicting "
-                        "nothing; early "
-                        "stopping) or the last one (default %(default)s)")
+                        "nothing; early stopping) or the last one (default %(default)s)")
     p.add_argument("--ngf", type=int, default=Architecture.ngf,
                    help="generator width at the first level (default %(default)s; Pix2Pix uses 64)")
     p.add_argument("--ndf", type=int, default=Architecture.ndf, help="discriminator width (default %(default)s)")

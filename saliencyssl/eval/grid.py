@@ -67,6 +67,16 @@ class GridConfig:
     evaluation_name: str = "evals"
 
     @property
+    def image_size(self) -> int:
+        """The side length every cell is pretrained and evaluated at (``pretrain.image_size``, default 32)."""
+        return int(self.pretrain.get("image_size", 32))
+
+    @property
+    def random_eval_dir(self) -> Path:
+        """Where the random-init baseline's evaluation lives."""
+        return Path(self.out) / self.evaluation_name / "random"
+
+    @property
     def results_stem(self) -> str:
         """Prefix of the table and plot files in ``out``: ``grid``, or ``evaluation_name`` when set."""
         return "grid" if self.evaluation_name == "evals" else self.evaluation_name
@@ -168,13 +178,13 @@ def _label(config: GridConfig, pretrain: dict) -> None:
     print("labelling: " + "; ".join(line.strip() for line in summary.lines()[1:6]), flush=True)
 
 
-def _evaluation_settings(config: GridConfig, backbone: str, out: Path, image_size: int):
+def _evaluation_settings(config: GridConfig, backbone: str, out: Path):
     from saliencyssl.eval.classification import ClassificationSettings
 
     e = dict(config.evaluation)
     protocols = e.pop("protocols", ["linear", "knn"])
     return ClassificationSettings(backbone=backbone, test=config.test, train=config.train, out=out,
-                                  protocols=list(protocols), image_size=image_size, tsne_points=0, **e)
+                                  protocols=list(protocols), image_size=config.image_size, tsne_points=0, **e)
 
 
 class StaleCellError(ValueError):
@@ -230,7 +240,7 @@ def _compare(path: Path, folder: Path, recorded: dict, expected: dict) -> None:
 
 
 def _pretrain_settings(config: GridConfig, cell: Cell) -> dict:
-    settings = dict(config.pretrain, image_size=int(config.pretrain.get("image_size", 32)))
+    settings = dict(config.pretrain, image_size=config.image_size)
     return {**settings, "method": cell.method, "policy": cell.policy, "seed": settings.get("seed", 0),
             "lr": settings.get("lr"), "limit": settings.get("limit")}
 
@@ -238,16 +248,15 @@ def _pretrain_settings(config: GridConfig, cell: Cell) -> dict:
 def check_finished_cells(config: GridConfig) -> None:
     """Check every finished cell and baseline of ``config`` against its settings, before anything is written
     (:class:`StaleCellError` on the first that differs)."""
-    image_size = int(config.pretrain.get("image_size", 32))
     for cell in cells(config):
         if (cell.run_dir / "backbone.pt").is_file():
             check_finished_pretraining(cell, _pretrain_settings(config, cell))
         if (cell.eval_dir / "results.json").is_file():
-            check_finished_evaluation(cell.eval_dir, _evaluation_settings(config, str(cell.run_dir / "backbone.pt"),
-                                                                          cell.eval_dir, image_size))
-    target = Path(config.out) / config.evaluation_name / "random"
+            settings = _evaluation_settings(config, str(cell.run_dir / "backbone.pt"), cell.eval_dir)
+            check_finished_evaluation(cell.eval_dir, settings)
+    target = config.random_eval_dir
     if "random" in config.baselines and (target / "results.json").is_file():
-        check_finished_evaluation(target, _evaluation_settings(config, "random", target, image_size))
+        check_finished_evaluation(target, _evaluation_settings(config, "random", target))
 
 
 def run_grid(config: GridConfig, progress: bool = True) -> list[dict]:
@@ -260,7 +269,6 @@ def run_grid(config: GridConfig, progress: bool = True) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "grid.json").write_text(json.dumps(asdict(config), indent=2))
     pretrain = dict(config.pretrain)
-    image_size = int(pretrain.get("image_size", 32))
     todo = cells(config)
     if any(parse_policy(c.policy).uses_saliency for c in todo):
         _label(config, pretrain)
@@ -270,7 +278,7 @@ def run_grid(config: GridConfig, progress: bool = True) -> list[dict]:
             print(f"  pretraining done earlier: {cell.run_dir / 'backbone.pt'}")
         else:
             uses = parse_policy(cell.policy).uses_saliency
-            settings = dict(pretrain, image_size=image_size)
+            settings = dict(pretrain, image_size=config.image_size)
             aug_source = settings.pop("aug_source", "cache") if uses else "none"
             settings.pop("aug_source", None)
             if settings.get("knn_every"):  # monitor kNN during pretraining on the grid's own train/test sets
@@ -279,7 +287,7 @@ def run_grid(config: GridConfig, progress: bool = True) -> list[dict]:
                                  aug_source=aug_source, cache=config.cache, progress=progress,
                                  resume=(cell.run_dir / "checkpoint.pt").is_file(), **config.labeller, **settings)
             Pretrainer(run).run()
-        evaluation = _evaluation_settings(config, str(cell.run_dir / "backbone.pt"), cell.eval_dir, image_size)
+        evaluation = _evaluation_settings(config, str(cell.run_dir / "backbone.pt"), cell.eval_dir)
         if (cell.eval_dir / "results.json").is_file():
             print(f"  evaluation done earlier: {cell.eval_dir / 'results.json'}")
         else:
@@ -287,8 +295,8 @@ def run_grid(config: GridConfig, progress: bool = True) -> list[dict]:
     for baseline in config.baselines:
         if baseline != "random":
             raise ValueError(f"unknown baseline {baseline!r}; only 'random' is supported")
-        target = out / config.evaluation_name / "random"
-        evaluation = _evaluation_settings(config, "random", target, image_size)
+        target = config.random_eval_dir
+        evaluation = _evaluation_settings(config, "random", target)
         if not (target / "results.json").is_file():
             print("\n[baseline] random ResNet-18", flush=True)
             evaluate_classification(evaluation, progress=progress)
@@ -299,7 +307,7 @@ def collect(config: GridConfig) -> list[dict]:
     """Gather every finished evaluation into rows; write the CSV, markdown table and plots."""
     out = Path(config.out)
     sources = [(c.method, c.policy, c.eval_dir, c.run_dir) for c in cells(config)]
-    sources += [("random", "random init", out / config.evaluation_name / "random", None) for _ in config.baselines]
+    sources += [("random", "random init", config.random_eval_dir, None) for _ in config.baselines]
     rows = result_rows(sources)
     if not rows:
         return rows

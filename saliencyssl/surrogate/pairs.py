@@ -216,6 +216,15 @@ def _open_cache(cache_dir: Path, fingerprint: str):
     return TargetCache(cache_dir, fingerprint)
 
 
+def _require_cache(cache_dir: Path, images_dir: str | Path, params: dict | None) -> None:
+    """Raise :class:`MissingTargetsError` with the label.py command when ``cache_dir`` is no target cache."""
+    from saliencyssl.cache import TargetCache
+
+    if not TargetCache.exists(cache_dir):
+        raise MissingTargetsError(f"{cache_dir} is not a target cache (no cache.db); fill it first with: "
+                                  f"{label_command(images_dir, cache_dir, params)}")
+
+
 def choose_fingerprint(cache_dir: str | Path, hashes: Sequence[str], config: LabellerConfig | None = None,
                        images_dir: str | Path = "IMAGES_DIR") -> tuple[str, dict | None, int]:
     """The labeller fingerprint to learn: explicit (``config``) or the one covering most images.
@@ -233,13 +242,8 @@ def choose_fingerprint(cache_dir: str | Path, hashes: Sequence[str], config: Lab
     Raises:
         MissingTargetsError: the folder is not a cache, or no fingerprint covers any image.
     """
-    from saliencyssl.cache import TargetCache
-
     cache_dir = Path(cache_dir)
-    if not TargetCache.exists(cache_dir):
-        raise MissingTargetsError(
-            f"{cache_dir} is not a target cache (no cache.db); fill it first with: "
-            f"{label_command(images_dir, cache_dir, config.params() if config else None)}")
+    _require_cache(cache_dir, images_dir, config.params() if config else None)
     probe = _open_cache(cache_dir, "probe")
     try:
         found = probe.fingerprints()
@@ -316,11 +320,7 @@ def load_pairs(images_dir: str | Path, cache_dir: str | Path, image_size: int, f
     if fingerprint is None:
         fingerprint, params, _ = choose_fingerprint(cache_dir, hashes, config, images_dir)
     else:
-        from saliencyssl.cache import TargetCache
-
-        if not TargetCache.exists(cache_dir):
-            raise MissingTargetsError(f"{cache_dir} is not a target cache (no cache.db); fill it first with: "
-                                      f"{label_command(images_dir, cache_dir, None)}")
+        _require_cache(cache_dir, images_dir, None)
         probe = _open_cache(cache_dir, fingerprint)
         params = probe.fingerprints().get(fingerprint) or (config.params() if config is not None else None)
         probe.close()
