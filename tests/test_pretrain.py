@@ -16,7 +16,7 @@ from saliencyssl.datasets import open_image_set
 from saliencyssl.embedded import write_embedded_dataset
 from saliencyssl.eval.features import random_backbone
 from saliencyssl.saliency import Labeller, LabellerConfig
-from saliencyssl.ssl.backbone import load_backbone
+from saliencyssl.ssl.backbone import load_backbone, uses_cifar_stem
 from saliencyssl.ssl.pretrain import PretrainConfig, Pretrainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,13 +82,15 @@ def test_same_seed_same_weights_and_resume_continues_exactly(shapes, tmp_path):
     assert all(torch.allclose(wa[k].float(), wr[k].float(), atol=1e-6) for k in wa)
 
 
-@pytest.mark.parametrize("method", ["simsiam", "byol"])
-def test_run_starts_from_the_random_backbone_of_its_seed(shapes, tmp_path, method):
+@pytest.mark.parametrize("method, image_size", [("simsiam", 32), ("byol", 96)])
+def test_run_starts_from_the_random_backbone_of_its_seed(shapes, tmp_path, method, image_size):
     # `evaluate.py --backbone random --backbone-seed S` must be the exact starting point of `pretrain.py --seed S`
     # (docs/results.md compares each run with its own initialisation), whatever is built before the backbone.
     for seed in (3, 4):
-        run = Pretrainer(_config(shapes, tmp_path / f"{method}{seed}", method=method, seed=seed))
-        start, initial = run.method.backbone.state_dict(), random_backbone(seed, cifar_stem=True).state_dict()
+        run = Pretrainer(_config(shapes, tmp_path / f"{method}{seed}", method=method, seed=seed,
+                                 image_size=image_size))
+        initial = random_backbone(seed, cifar_stem=uses_cifar_stem(image_size)).state_dict()
+        start = run.method.backbone.state_dict()
         assert start.keys() == initial.keys()
         assert all(torch.equal(start[k], initial[k]) for k in initial)
 
