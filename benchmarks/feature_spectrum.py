@@ -63,13 +63,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from saliencyssl.datasets import open_image_set
+    from saliencyssl.eval.classification import require_same_labels
     from saliencyssl.eval.features import FeatureCache, dataset_features, load_frozen_backbone
     from saliencyssl.eval.knn import knn_accuracy
 
     train, test = open_image_set(args.train), open_image_set(args.test)
-    for image_set, option in ((train, "--train"), (test, "--test")):
-        if not image_set.has_labels:
-            parser.error(f"{option} {image_set.root}: needs class sub-folders (labels) for kNN")
+    try:
+        require_same_labels(train, args.train, test, args.test, ["knn"])
+    except ValueError as error:
+        parser.error(str(error))
+    classes = len(train.classes)
     cache = FeatureCache(args.cache_dir)
     results = {}
     for name in args.backbones:
@@ -80,7 +83,6 @@ def main(argv=None) -> int:
         bank = dataset_features(train, model, info, cache, name="train").features
         queries = dataset_features(test, model, info, cache, name="test").features
         mean, std = bank.mean(0), bank.std(0) + 1e-6
-        classes = len(train.classes)
         results[name] = {
             **spectrum(bank),
             "knn": knn_accuracy(bank, train.labels, queries, test.labels, classes),

@@ -406,3 +406,7 @@ def test_feature_spectrum_shares_and_cli(tmp_path, capsys):
     with pytest.raises(SystemExit):
         feature_spectrum.main([*common, "random:x"])
     assert "random:S with an integer seed" in capsys.readouterr().err
+    _write_images(tmp_path / "two", per_class=4, classes=("red", "green"))
+    with pytest.raises(SystemExit):
+        feature_spectrum.main(["--train", str(tmp_path / "train"), "--test", str(tmp_path / "two"), "random:0"])
+    assert "different classes" in capsys.readouterr().err

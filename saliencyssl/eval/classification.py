@@ -76,13 +76,7 @@ def evaluate_classification(s: ClassificationSettings, verbose: bool = True, pro
     if s.train_limit and train_set is not None:
         train_set = train_set.spread(s.train_limit)
     if supervised:
-        _require_labels(train_set, s.train, "--train", supervised)
-        _require_labels(test_set, s.test, "--test", supervised)
-        if train_set.classes != test_set.classes:
-            only_train = sorted(set(train_set.classes) - set(test_set.classes))
-            only_test = sorted(set(test_set.classes) - set(train_set.classes))
-            raise ValueError(f"--train {s.train} and --test {s.test} have different classes (only in train: "
-                             f"{only_train}, only in test: {only_test}); give both the same class sub-folders")
+        require_same_labels(train_set, s.train, test_set, s.test, supervised)
 
     timings: dict[str, float] = {}
     t0 = time.time()
@@ -173,6 +167,26 @@ def evaluate_classification(s: ClassificationSettings, verbose: bool = True, pro
               f"in {timings['total_s']:.1f}s")
     return results
 
+
+
+def require_same_labels(train_set, train, test_set, test, protocols) -> None:
+    """Check that the ``--train`` and ``--test`` image sets are labelled with the same classes.
+
+    Args:
+        train_set, test_set: the opened image sets (``train_set`` may be ``None``: no ``--train``).
+        train, test: their paths, as the user wrote them (for the messages).
+        protocols: the protocols that need labels (named in the message).
+
+    Raises:
+        ValueError: a set without labels, with fewer than two classes, or the two with different classes.
+    """
+    _require_labels(train_set, train, "--train", protocols)
+    _require_labels(test_set, test, "--test", protocols)
+    if train_set.classes != test_set.classes:
+        only_train = sorted(set(train_set.classes) - set(test_set.classes))
+        only_test = sorted(set(test_set.classes) - set(train_set.classes))
+        raise ValueError(f"--train {train} and --test {test} have different classes (only in train: "
+                         f"{only_train}, only in test: {only_test}); give both the same class sub-folders")
 
 
 def _require_labels(image_set, path, flag, protocols) -> None:
