@@ -93,6 +93,62 @@ def test_tiny_grid_runs_collects_and_skips_finished_cells(tmp_path, monkeypatch,
     assert json.loads((out / "grid.json").read_text())["evaluation"]["fractions"] == "0.5,1.0", "record kept"
 
 
+def test_pretraining_seeds_are_separate_runs_combined_into_one_row(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="either pretrain_seeds or pretrain.seed"):
+        GridConfig.load(_write(tmp_path, pretrain_seeds=[0, 1]))
+    one_seed = {"image_size": 32, "epochs": 1, "batch_size": 8, "device": "cpu"}
+    with pytest.raises(ValueError, match="distinct integers"):
+        GridConfig.load(_write(tmp_path, pretrain=one_seed, pretrain_seeds=[1, 1]))
+
+    # A finished one-seed grid gains a second pretraining seed without redoing the first.
+    first = GridConfig.load(_write(tmp_path, policies=["default"], pretrain=one_seed, pretrain_seeds=[0]))
+    run_grid(first, progress=False)
+    from saliencyssl.ssl.pretrain import Pretrainer
+
+    pretrained, real_run = [], Pretrainer.run
+    monkeypatch.setattr(Pretrainer, "run", lambda self: (pretrained.append(self.config.seed), real_run(self))[1])
+    config = GridConfig.load(_write(tmp_path, policies=["default"], pretrain=one_seed, pretrain_seeds=[0, 1]))
+    rows = run_grid(config, progress=False)
+    assert pretrained == [1], "only the new seed is pretrained"
+    out = Path(config.out)
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["simclr__default", "simclr__default__seed1"]
+    assert sorted(p.name for p in (out / "evals").iterdir()) == [
+        "random", "random__seed1", "simclr__default", "simclr__default__seed1"]
+
+    import torch
+
+    weights = [torch.load(out / "runs" / name / "backbone.pt", weights_only=True)
+               for name in ("simclr__default", "simclr__default__seed1")]
+    assert [w["config"]["seed"] for w in weights] == [0, 1]
+    assert any(not torch.equal(a, b) for a, b in zip(weights[0]["state_dict"].values(),
+                                                       weights[1]["state_dict"].values()))
+    random_seeds = [json.loads((out / "evals" / name / "results.json").read_text())["meta"]["backbone"]["config"]
+                    ["seed"] for name in ("random", "random__seed1")]
+    assert random_seeds == [0, 1], "each seed's random baseline is that run's starting point"
+
+    assert len(rows) == 2 * 2 * 2  # (simclr, random) x protocols x fractions: one row per cell, not per run
+    for name, policy in (("simclr__default", "default"), ("random", "random init")):
+        runs = [json.loads((out / "evals" / folder / "results.json").read_text())
+                for folder in (name, name + "__seed1")]
+        for protocol in ("linear", "knn"):
+            for fraction in ("0.5", "1.0"):
+                row = next(r for r in rows if (r["policy"], r["protocol"], r["fraction"]) == (policy, protocol, fraction))
+                a, b = (run[protocol][fraction] for run in runs)
+                assert row["pretrain_seeds"] == 2
+                assert row["accuracy_mean"] == pytest.approx((a["accuracy_mean"] + b["accuracy_mean"]) / 2)
+                assert row["pretrain_std"] == pytest.approx(abs(a["accuracy_mean"] - b["accuracy_mean"]) / 2)
+                assert row["accuracy_std"] == pytest.approx(((a["accuracy_std"] ** 2 + b["accuracy_std"] ** 2) / 2) ** 0.5)
+    table = (out / "grid_results.md").read_text()
+    assert "Mean over 2 pretraining seeds" in table and table.count("] |") == 2 * 2 * 2  # every value
+    assert policy_gap(rows, "default", "random init", "knn")["spread"] == max(
+        max(r["accuracy_std"], r["pretrain_std"]) for r in rows if r["protocol"] == "knn")
+
+    # Seeds are checked like every other setting: swapping them would reuse seed 0's run as seed 1's.
+    swapped = GridConfig.load(_write(tmp_path, policies=["default"], pretrain=one_seed, pretrain_seeds=[1, 0]))
+    with pytest.raises(StaleCellError, match="seed 0 .config: 1."):
+        run_grid(swapped, progress=False)
+
+
 def test_quickstart_rerun_replaces_its_training_outputs_and_keeps_data_and_cache(tmp_path):
     import quickstart  # scripts/quickstart.py
 

@@ -4,12 +4,19 @@ A grid is a JSON file (:class:`GridConfig`); :func:`run_grid` works through its 
 
 1. label the pretraining images into the cache (skipping what it holds) when a policy needs
    saliency views;
-2. per cell (method, policy): pretrain (``RUN/runs/<method>__<policy>/backbone.pt``; a finished
-   cell is skipped, an interrupted one resumes from its checkpoint), then evaluate
+2. per cell (method, policy) and pretraining seed: pretrain (``RUN/runs/<method>__<policy>/backbone.pt``;
+   a finished cell is skipped, an interrupted one resumes from its checkpoint), then evaluate
    (``RUN/evals/<method>__<policy>/results.json``, skipped when present);
-3. the baselines (``random``: a randomly initialised ResNet-18) are evaluated the same way;
+3. the baselines (``random``: a randomly initialised ResNet-18, the starting point of a run with the
+   same seed) are evaluated the same way, once per pretraining seed;
 4. everything is collected into ``RUN/grid_results.csv``, ``RUN/grid_results.md`` and one plot
-   per method and protocol with one line per policy (the paper's Fig. 11 style).
+   per method and protocol with one line per policy (the paper's Fig. 11 style). A cell pretrained
+   with several seeds (``pretrain_seeds``) is one row: the mean over its runs, the spread over
+   label subsets and the spread over pretraining seeds side by side.
+
+With ``pretrain_seeds: [0, 1, 2]`` the first seed's runs keep the plain folder names above and the
+others add ``__seed<S>`` (``runs/simclr__default__seed1``, ``evals/random__seed1``), so seeds can be
+added to a finished one-seed grid without pretraining it again.
 
 Paths in the config are relative to the current directory (run from the repository root).
 """
@@ -21,6 +28,8 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from saliencyssl.augment import parse_policy
 
@@ -45,6 +54,8 @@ class GridConfig:
         labeller: labeller options (``min_side``, ``scale``, ``max_side``, ``cut_engine``).
         baselines: ``["random"]`` or ``[]``.
         cells: explicit ``[method, policy]`` pairs to run instead of every method with every policy.
+        pretrain_seeds: pretrain every cell once per seed (instead of ``pretrain.seed``, which
+            must then be left out); the results report the spread over these runs.
         evaluation_name: the folder of the evaluations under ``out`` (default ``evals``); a second
             config with the same ``out`` and ``pretrain`` but another ``evaluation_name`` evaluates
             the same backbones another way without pretraining them again; its table and plots
@@ -65,16 +76,21 @@ class GridConfig:
     description: str = ""
     cells: list[list[str]] | None = None
     evaluation_name: str = "evals"
+    pretrain_seeds: list[int] | None = None
+
+    @property
+    def seeds(self) -> list[int]:
+        """The pretraining seeds: ``pretrain_seeds``, else ``[pretrain.seed]`` (default 0)."""
+        return list(self.pretrain_seeds) if self.pretrain_seeds is not None else [int(self.pretrain.get("seed", 0))]
 
     @property
     def image_size(self) -> int:
         """The side length every cell is pretrained and evaluated at (``pretrain.image_size``, default 32)."""
         return int(self.pretrain.get("image_size", 32))
 
-    @property
-    def random_eval_dir(self) -> Path:
-        """Where the random-init baseline's evaluation lives."""
-        return Path(self.out) / self.evaluation_name / "random"
+    def random_eval_dir(self, seed: int | None = None) -> Path:
+        """Where the random-init baseline of pretraining seed ``seed`` (default: the first) is evaluated."""
+        return Path(self.out) / self.evaluation_name / ("random" + _seed_suffix(self, seed))
 
     @property
     def results_stem(self) -> str:
@@ -105,6 +121,13 @@ class GridConfig:
             bad = sorted(set(section) - allowed)
             if bad:
                 raise ValueError(f"{path}: unknown {key} keys {bad}; allowed: {sorted(allowed)}")
+        if config.pretrain_seeds is not None:
+            seeds = config.pretrain_seeds
+            if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) \
+                    or len(set(seeds)) != len(seeds):
+                raise ValueError(f"{path}: pretrain_seeds must be a non-empty list of distinct integers, got {seeds!r}")
+            if "seed" in config.pretrain:
+                raise ValueError(f"{path}: give either pretrain_seeds or pretrain.seed, not both")
         for policy in config.policies:
             try:
                 parse_policy(policy)
@@ -128,26 +151,35 @@ class GridConfig:
 
 @dataclass
 class Cell:
+    """One pretraining run of the grid: a method with a policy and a seed, and where it lives."""
+
     method: str
     policy: str
     run_dir: Path
     eval_dir: Path
-
-    @property
-    def name(self) -> str:
-        return f"{self.method}__{self.policy}"
+    seed: int = 0
 
 
 def _slug(policy: str) -> str:
     return policy.replace("+", "_plus_").replace(",", "__").replace("=", "-")
 
 
+def _seed_suffix(config: GridConfig, seed: int | None) -> str:
+    """``""`` for the first pretraining seed (the plain folder names), ``"__seed<S>"`` for the others."""
+    return "" if seed is None or seed == config.seeds[0] else f"__seed{seed}"
+
+
 def cells(config: GridConfig) -> list[Cell]:
+    """Every run of the grid: each (method, policy) pair once per pretraining seed, seeds innermost."""
     out = Path(config.out)
     pairs = [tuple(c) for c in config.cells] if config.cells is not None else \
         [(m, p) for m in config.methods for p in config.policies]
-    return [Cell(m, p, out / "runs" / f"{m}__{_slug(p)}", out / config.evaluation_name / f"{m}__{_slug(p)}")
-            for m, p in pairs]
+    runs = []
+    for m, p in pairs:
+        for seed in config.seeds:
+            name = f"{m}__{_slug(p)}{_seed_suffix(config, seed)}"
+            runs.append(Cell(m, p, out / "runs" / name, out / config.evaluation_name / name, seed))
+    return runs
 
 
 def _label(config: GridConfig, pretrain: dict) -> None:
@@ -178,13 +210,14 @@ def _label(config: GridConfig, pretrain: dict) -> None:
     print("labelling: " + "; ".join(line.strip() for line in summary.lines()[1:6]), flush=True)
 
 
-def _evaluation_settings(config: GridConfig, backbone: str, out: Path):
+def _evaluation_settings(config: GridConfig, backbone: str, out: Path, backbone_seed: int = 0):
     from saliencyssl.eval.classification import ClassificationSettings
 
     e = dict(config.evaluation)
     protocols = e.pop("protocols", ["linear", "knn"])
     return ClassificationSettings(backbone=backbone, test=config.test, train=config.train, out=out,
-                                  protocols=list(protocols), image_size=config.image_size, tsne_points=0, **e)
+                                  protocols=list(protocols), image_size=config.image_size, tsne_points=0,
+                                  backbone_seed=backbone_seed, **e)
 
 
 class StaleCellError(ValueError):
@@ -227,6 +260,10 @@ def check_finished_evaluation(cell_dir: Path, settings) -> None:
                 "fractions": [text for text, _ in parse_fractions(settings.fractions)]}
     recorded = {"protocols": sorted(meta.get("protocols", [])), "seeds": meta.get("seeds"),
                 "fractions": meta.get("fractions")}
+    backbone = meta.get("backbone", {}).get("config", {})
+    if settings.backbone == "random" and "seed" in backbone:
+        expected["random backbone seed"] = settings.backbone_seed
+        recorded["random backbone seed"] = backbone["seed"]
     _compare(path, cell_dir, recorded, expected)
 
 
@@ -241,7 +278,7 @@ def _compare(path: Path, folder: Path, recorded: dict, expected: dict) -> None:
 
 def _pretrain_settings(config: GridConfig, cell: Cell) -> dict:
     settings = dict(config.pretrain, image_size=config.image_size)
-    return {**settings, "method": cell.method, "policy": cell.policy, "seed": settings.get("seed", 0),
+    return {**settings, "method": cell.method, "policy": cell.policy, "seed": cell.seed,
             "lr": settings.get("lr"), "limit": settings.get("limit")}
 
 
@@ -254,9 +291,10 @@ def check_finished_cells(config: GridConfig) -> None:
         if (cell.eval_dir / "results.json").is_file():
             settings = _evaluation_settings(config, str(cell.run_dir / "backbone.pt"), cell.eval_dir)
             check_finished_evaluation(cell.eval_dir, settings)
-    target = config.random_eval_dir
-    if "random" in config.baselines and (target / "results.json").is_file():
-        check_finished_evaluation(target, _evaluation_settings(config, "random", target))
+    for seed in config.seeds if "random" in config.baselines else []:
+        target = config.random_eval_dir(seed)
+        if (target / "results.json").is_file():
+            check_finished_evaluation(target, _evaluation_settings(config, "random", target, seed))
 
 
 def run_grid(config: GridConfig, progress: bool = True) -> list[dict]:
@@ -273,12 +311,13 @@ def run_grid(config: GridConfig, progress: bool = True) -> list[dict]:
     if any(parse_policy(c.policy).uses_saliency for c in todo):
         _label(config, pretrain)
     for i, cell in enumerate(todo, 1):
-        print(f"\n[{i}/{len(todo)}] {cell.method} with policy {cell.policy}", flush=True)
+        seed_note = f", pretraining seed {cell.seed}" if len(config.seeds) > 1 else ""
+        print(f"\n[{i}/{len(todo)}] {cell.method} with policy {cell.policy}{seed_note}", flush=True)
         if (cell.run_dir / "backbone.pt").is_file():
             print(f"  pretraining done earlier: {cell.run_dir / 'backbone.pt'}")
         else:
             uses = parse_policy(cell.policy).uses_saliency
-            settings = dict(pretrain, image_size=config.image_size)
+            settings = dict(pretrain, image_size=config.image_size, seed=cell.seed)
             aug_source = settings.pop("aug_source", "cache") if uses else "none"
             settings.pop("aug_source", None)
             if settings.get("knn_every"):  # monitor kNN during pretraining on the grid's own train/test sets
@@ -295,11 +334,11 @@ def run_grid(config: GridConfig, progress: bool = True) -> list[dict]:
     for baseline in config.baselines:
         if baseline != "random":
             raise ValueError(f"unknown baseline {baseline!r}; only 'random' is supported")
-        target = config.random_eval_dir
-        evaluation = _evaluation_settings(config, "random", target)
-        if not (target / "results.json").is_file():
-            print("\n[baseline] random ResNet-18", flush=True)
-            evaluate_classification(evaluation, progress=progress)
+        for seed in config.seeds:
+            target = config.random_eval_dir(seed)
+            if not (target / "results.json").is_file():
+                print(f"\n[baseline] random ResNet-18 of seed {seed}", flush=True)
+                evaluate_classification(_evaluation_settings(config, "random", target, seed), progress=progress)
     return collect(config)
 
 
@@ -307,7 +346,8 @@ def collect(config: GridConfig) -> list[dict]:
     """Gather every finished evaluation into rows; write the CSV, markdown table and plots."""
     out = Path(config.out)
     sources = [(c.method, c.policy, c.eval_dir, c.run_dir) for c in cells(config)]
-    sources += [("random", "random init", config.random_eval_dir, None) for _ in config.baselines]
+    sources += [("random", "random init", config.random_eval_dir(seed), None)
+                for _ in config.baselines for seed in config.seeds]
     rows = result_rows(sources)
     if not rows:
         return rows
@@ -323,8 +363,16 @@ def collect(config: GridConfig) -> list[dict]:
 
 def result_rows(sources: list[tuple[str, str, Path, Path | None]]) -> list[dict]:
     """One row per (method, policy, protocol, fraction) from ``(method, policy, eval_dir, run_dir)``
-    entries whose ``eval_dir/results.json`` exists; ``run_dir/history.json`` adds the final kNN."""
-    rows: list[dict] = []
+    entries whose ``eval_dir/results.json`` exists; ``run_dir/history.json`` adds the final kNN.
+
+    Entries that share method and policy are pretraining seeds of one cell and make one row:
+    ``accuracy_mean`` is the mean over the runs, ``accuracy_std`` the spread over label subsets
+    (the root mean square of each run's standard deviation over its seeds), ``pretrain_std`` the
+    population standard deviation of the runs' means (``None`` for one run) and ``pretrain_seeds``
+    how many runs were found. With every run scored on the same label seeds, the standard
+    deviation over all (run, label seed) pairs is ``sqrt(accuracy_std**2 + pretrain_std**2)``.
+    """
+    runs: dict[tuple, list[dict]] = {}
     for method, policy, eval_dir, run_dir in sources:
         path = Path(eval_dir) / "results.json"
         if not path.is_file():
@@ -336,10 +384,23 @@ def result_rows(sources: list[tuple[str, str, Path, Path | None]]) -> list[dict]
             knn_final = history[-1].get("knn_accuracy") if history else None
         for protocol in ("linear", "knn"):
             for fraction, entry in results.get(protocol, {}).items():
-                rows.append({"method": method, "policy": policy, "protocol": protocol, "fraction": fraction,
-                             "n_labelled": entry["n_labelled"], "accuracy_mean": entry["accuracy_mean"],
-                             "accuracy_std": entry["accuracy_std"], "pretrain_final_knn": knn_final})
+                runs.setdefault((method, policy, protocol, fraction), []).append({**entry, "knn_final": knn_final})
+    rows = []
+    for (method, policy, protocol, fraction), entries in runs.items():
+        means = np.array([e["accuracy_mean"] for e in entries])
+        finals = [e["knn_final"] for e in entries if e["knn_final"] is not None]
+        rows.append({"method": method, "policy": policy, "protocol": protocol, "fraction": fraction,
+                     "n_labelled": entries[0]["n_labelled"], "accuracy_mean": float(means.mean()),
+                     "accuracy_std": float(np.sqrt(np.mean([e["accuracy_std"] ** 2 for e in entries]))),
+                     "pretrain_seeds": len(entries),
+                     "pretrain_std": float(means.std()) if len(entries) > 1 else None,
+                     "pretrain_final_knn": float(np.mean(finals)) if finals else None})
     return rows
+
+
+def spread(row: dict) -> float:
+    """The larger of a row's two spreads: over label subsets and over pretraining seeds."""
+    return max(row["accuracy_std"], row.get("pretrain_std") or 0.0)
 
 
 def policy_gap(rows: list[dict], policy: str, reference: str, protocol: str) -> dict | None:
@@ -347,8 +408,9 @@ def policy_gap(rows: list[dict], policy: str, reference: str, protocol: str) -> 
 
     Returns:
         ``{"mean_gap", "spread", "fractions"}``: the mean over fractions of (policy's mean accuracy
-        - reference's), the largest standard deviation over seeds of either at those fractions, and
-        the fractions compared; ``None`` when they share no fraction.
+        - reference's), the largest standard deviation of either at those fractions (over label
+        subsets or, for cells with several pretraining seeds, over those seeds; see :func:`spread`),
+        and the fractions compared; ``None`` when they share no fraction.
     """
     mine = {r["fraction"]: r for r in rows if r["policy"] == policy and r["protocol"] == protocol}
     theirs = {r["fraction"]: r for r in rows if r["policy"] == reference and r["protocol"] == protocol}
@@ -356,8 +418,8 @@ def policy_gap(rows: list[dict], policy: str, reference: str, protocol: str) -> 
     if not shared:
         return None
     gaps = [mine[f]["accuracy_mean"] - theirs[f]["accuracy_mean"] for f in shared]
-    spread = max(max(mine[f]["accuracy_std"], theirs[f]["accuracy_std"]) for f in shared)
-    return {"mean_gap": sum(gaps) / len(gaps), "spread": spread, "fractions": shared}
+    largest = max(max(spread(mine[f]), spread(theirs[f])) for f in shared)
+    return {"mean_gap": sum(gaps) / len(gaps), "spread": largest, "fractions": shared}
 
 
 def write_rows_csv(path: Path, rows: list[dict]) -> None:
@@ -367,10 +429,20 @@ def write_rows_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+def _cell_text(row: dict) -> str:
+    text = f"{row['accuracy_mean']:.3f} ± {row['accuracy_std']:.3f}"
+    return text + (f" [{row['pretrain_std']:.3f}]" if row.get("pretrain_std") is not None else "")
+
+
 def rows_markdown(title: str, description: str, rows: list[dict]) -> str:
-    """Markdown tables (one per protocol): accuracy mean ± std by label fraction, one line per run."""
+    """Markdown tables (one per protocol): accuracy mean ± std by label fraction, one line per cell;
+    cells with several pretraining seeds add that spread in brackets."""
     fractions = list(dict.fromkeys(r["fraction"] for r in rows))
     lines = [f"# {title}", "", description, ""] if title else []
+    several = sorted({r["pretrain_seeds"] for r in rows if r.get("pretrain_seeds", 1) > 1})
+    if several:
+        lines += [f"Mean over {' or '.join(map(str, several))} pretraining seeds (and the label-subset seeds); "
+                  "± std over label subsets, [std over pretraining seeds].", ""]
     for protocol in ("linear", "knn"):
         sub = [r for r in rows if r["protocol"] == protocol]
         if not sub:
@@ -380,15 +452,20 @@ def rows_markdown(title: str, description: str, rows: list[dict]) -> str:
                   "| --- | --- | " + " | ".join("---" for _ in fractions) + " |"]
         for key in dict.fromkeys((r["method"], r["policy"]) for r in sub):
             by_fraction = {r["fraction"]: r for r in sub if (r["method"], r["policy"]) == key}
-            values = [f"{by_fraction[f]['accuracy_mean']:.3f} ± {by_fraction[f]['accuracy_std']:.3f}"
-                      if f in by_fraction else "" for f in fractions]
+            values = [_cell_text(by_fraction[f]) if f in by_fraction else "" for f in fractions]
             lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(values) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
+def _total_std(row: dict) -> float:
+    """Standard deviation over every (pretraining seed, label seed) evaluation of a row."""
+    return float(np.hypot(row["accuracy_std"], row.get("pretrain_std") or 0.0))
+
+
 def plot_rows(rows: list[dict], protocol: str, path: Path, title: str) -> Path | None:
-    """Accuracy against label fraction, one line per (method, policy); random baselines dashed."""
+    """Accuracy against label fraction, one line per (method, policy), error bars the standard deviation
+    over all its evaluations (label seeds and pretraining seeds); random baselines dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -402,7 +479,7 @@ def plot_rows(rows: list[dict], protocol: str, path: Path, title: str) -> Path |
         series = [r for r in sub if (r["method"], r["policy"]) == key]
         style = "--" if key[0] == "random" else "-"
         ax.errorbar([float(r["fraction"]) for r in series], [r["accuracy_mean"] for r in series],
-                    yerr=[r["accuracy_std"] for r in series], fmt=style + "o", capsize=3, markersize=4,
+                    yerr=[_total_std(r) for r in series], fmt=style + "o", capsize=3, markersize=4,
                     label=key[1] if key[0] in ("random",) else f"{key[0]} {key[1]}")
     ax.set_xscale("log")
     ax.set_xlabel("label fraction of the training set")
