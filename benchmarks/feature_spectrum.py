@@ -15,9 +15,9 @@ unused. For each backbone this prints
     python benchmarks/feature_spectrum.py --train ../shared/data/cifar10/train \\
         --test ../shared/data/cifar10/test runs/long/simsiam_ms0.2_e8/backbone.pt random:0 random:1
 
-``random:S`` is the randomly initialised ResNet-18 of seed S (``--random-stem``, CIFAR stem by
-default), the exact starting point of a ``scripts/pretrain.py --seed S`` run. Features come from the
-same on-disk cache as ``scripts/evaluate.py`` (computed once per backbone and image set). Findings:
+``random:S`` is the randomly initialised ResNet-18 of seed S (``--random-stem``; by default the stem
+pretraining uses at that image size, as ``scripts/evaluate.py`` chooses it), the exact starting point
+of a ``scripts/pretrain.py --seed S`` run. Features come from the same on-disk cache as ``scripts/evaluate.py`` (computed once per backbone and image set). Findings:
 docs/results.md.
 """
 
@@ -53,8 +53,9 @@ def main(argv=None) -> int:
     parser.add_argument("backbones", nargs="+", help="backbone.pt files, or random:S for the random ResNet-18 of seed S")
     parser.add_argument("--train", required=True, help="labelled image folder: the kNN bank and the spectrum")
     parser.add_argument("--test", required=True, help="labelled image folder scored by kNN")
-    parser.add_argument("--random-stem", default="cifar", choices=("auto", "cifar", "imagenet"),
-                        help="stem of the random:S backbones (default: cifar, as for 32 px pretraining)")
+    parser.add_argument("--random-stem", default="auto", choices=("auto", "cifar", "imagenet"),
+                        help="stem of the random:S backbones (default auto: the stem pretraining uses at that "
+                             "size, CIFAR up to 64 px, as scripts/evaluate.py chooses it)")
     parser.add_argument("--image-size", type=int, default=None,
                         help="input size (default: each checkpoint's own; 32 for random:S)")
     parser.add_argument("--cache-dir", type=Path, default=None,
