@@ -17,8 +17,8 @@ unused. For each backbone this prints
 
 ``random:S`` is the randomly initialised ResNet-18 of seed S (``--random-stem``; by default the stem
 pretraining uses at that image size, as ``scripts/evaluate.py`` chooses it), the exact starting point
-of a ``scripts/pretrain.py --seed S`` run. Features come from the same on-disk cache as ``scripts/evaluate.py`` (computed once per backbone and image set). Findings:
-docs/results.md.
+of a ``scripts/pretrain.py --seed S`` run. Features come from the same on-disk cache as
+``scripts/evaluate.py`` (computed once per backbone and image set). Findings: docs/results.md.
 """
 
 from __future__ import annotations
