@@ -20,6 +20,13 @@ Configs shipped in configs/:
 Examples:
   python scripts/run_grid.py configs/grid_cifar10_cpu.json
   python scripts/run_grid.py configs/grid_cifar10_cpu.json --collect-only     (table and plots from finished cells)
+  python scripts/run_grid.py configs/grid_cifar10_cpu.json --list             (the cells and how far each got)
+
+Cells in parallel (two processes of one thread each on a 2-core machine, then one plain run for the
+baselines and the table):
+  OMP_NUM_THREADS=1 python scripts/run_grid.py CONFIG --only simclr__default &
+  OMP_NUM_THREADS=1 python scripts/run_grid.py CONFIG --only simclr__sal_plus_default &
+  wait; python scripts/run_grid.py CONFIG
 """
 
 from __future__ import annotations
@@ -27,13 +34,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from saliencyssl.eval.grid import GridConfig, collect, run_grid
+from saliencyssl.eval.grid import GridConfig, cells, collect, run_grid, select_cells
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="grid JSON file")
     parser.add_argument("--collect-only", action="store_true", help="only gather finished cells into the table and plots")
+    parser.add_argument("--only", metavar="CELL[,CELL...]",
+                        help="run only these cells (names as --list shows them, e.g. simclr__default__seed1), "
+                             "without the baselines and the table: for running a grid's cells in parallel")
+    parser.add_argument("--list", action="store_true", help="list the cells' names and whether each is done")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     try:
@@ -41,7 +52,27 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    rows = collect(config) if args.collect_only else run_grid(config, progress=not args.quiet)
+    if args.list:
+        for cell in cells(config):
+            done = [step for step, path in (("pretrained", cell.run_dir / "backbone.pt"),
+                                            ("evaluated", cell.eval_dir / "results.json")) if path.is_file()]
+            if not done and (cell.run_dir / "checkpoint.pt").is_file():
+                done = ["pretraining started (running, or interrupted: it resumes from checkpoint.pt)"]
+            print(f"{cell.name:<40} {', '.join(done) or 'to do'}")
+        return 0
+    if args.collect_only:
+        rows = collect(config)
+    else:
+        only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
+        try:
+            select_cells(config, only or [])
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        rows = run_grid(config, progress=not args.quiet, only=only)
+        if only is not None:
+            print(f"\nran {', '.join(only)}; run {args.config} without --only for the baselines and the table")
+            return 0
     print(f"\n{len(rows)} result rows; table: {config.out}/{config.results_stem}_results.md")
     return 0
 

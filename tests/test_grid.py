@@ -37,6 +37,10 @@ def test_config_errors_name_the_file_and_key(tmp_path):
         GridConfig.load(_write(tmp_path, policies=["salt"]))
     with pytest.raises(ValueError, match="unknown method"):
         GridConfig.load(_write(tmp_path, methods=["dino"]))
+    with pytest.raises(ValueError, match="cells lists .*simclr.*default.* more than once"):
+        GridConfig.load(_write(tmp_path, cells=[["simclr", "default"], ["simclr", "default"]]))
+    with pytest.raises(ValueError, match="baselines lists random more than once"):
+        GridConfig.load(_write(tmp_path, baselines=["random", "random"]))
     with pytest.raises(FileNotFoundError, match="configs/"):
         GridConfig.load(tmp_path / "nope.json")
     assert run_grid_cli.main([str(tmp_path / "nope.json")]) == 2
@@ -140,13 +144,46 @@ def test_pretraining_seeds_are_separate_runs_combined_into_one_row(tmp_path, mon
                 assert row["accuracy_std"] == pytest.approx(((a["accuracy_std"] ** 2 + b["accuracy_std"] ** 2) / 2) ** 0.5)
     table = (out / "grid_results.md").read_text()
     assert "Mean over 2 pretraining seeds" in table and table.count("] |") == 2 * 2 * 2  # every value
-    assert policy_gap(rows, "default", "random init", "knn")["spread"] == max(
-        max(r["accuracy_std"], r["pretrain_std"]) for r in rows if r["protocol"] == "knn")
 
-    # Seeds are checked like every other setting: swapping them would reuse seed 0's run as seed 1's.
+    # Seeds are checked like every other setting: swapping them would reuse seed 0's runs as seed 1's.
     swapped = GridConfig.load(_write(tmp_path, policies=["default"], pretrain=one_seed, pretrain_seeds=[1, 0]))
     with pytest.raises(StaleCellError, match="seed 0 .config: 1."):
         run_grid(swapped, progress=False)
+    swapped = GridConfig.load(_write(tmp_path, policies=[], pretrain=one_seed, pretrain_seeds=[1, 0]))
+    with pytest.raises(StaleCellError, match="random backbone seed 0 .config: 1.") as error:
+        run_grid(swapped, progress=False)
+    assert "evals/random/results.json" in str(error.value)
+
+
+def test_policy_gap_compares_with_the_larger_of_label_and_pretraining_spread():
+    def row(policy, fraction, mean, std, pretrain_std):
+        return {"method": "simclr", "policy": policy, "protocol": "knn", "fraction": fraction, "n_labelled": 10,
+                "accuracy_mean": mean, "accuracy_std": std, "pretrain_seeds": 1 if pretrain_std is None else 2,
+                "pretrain_std": pretrain_std}
+
+    rows = [row("default", "0.1", 0.30, 0.01, 0.04), row("default", "1.0", 0.40, 0.00, 0.02),
+            row("sal", "0.1", 0.25, 0.02, None), row("sal", "1.0", 0.33, 0.03, None)]
+    gap = policy_gap(rows, "sal", "default", "knn")
+    assert gap["mean_gap"] == pytest.approx(-0.06)
+    assert gap["spread"] == 0.04, "the pretraining spread of default at 0.1 is the largest"
+    rows[0]["pretrain_std"] = None
+    assert policy_gap(rows, "sal", "default", "knn")["spread"] == 0.03
+
+
+def test_only_runs_the_named_cells_and_leaves_baselines_and_table_to_a_plain_run(tmp_path, capsys):
+    path = _write(tmp_path)
+    out = tmp_path / "grid"
+    assert run_grid_cli.main([str(path), "--only", "simclr__nope"]) == 2
+    assert "its cells: simclr__default, simclr__sal" in capsys.readouterr().err
+    assert not out.exists(), "a bad name is refused before anything is written"
+
+    assert run_grid_cli.main([str(path), "--only", "simclr__sal", "--quiet"]) == 0
+    assert sorted(p.name for p in (out / "evals").iterdir()) == ["simclr__sal"]
+    assert not (out / "runs" / "simclr__default").exists() and not (out / "grid_results.md").exists()
+    capsys.readouterr()
+    assert run_grid_cli.main([str(path), "--list"]) == 0
+    listing = dict(line.split(maxsplit=1) for line in capsys.readouterr().out.splitlines())
+    assert listing == {"simclr__default": "to do", "simclr__sal": "pretrained, evaluated"}
 
 
 def test_quickstart_rerun_replaces_its_training_outputs_and_keeps_data_and_cache(tmp_path):

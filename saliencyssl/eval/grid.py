@@ -4,7 +4,8 @@ A grid is a JSON file (:class:`GridConfig`); :func:`run_grid` works through its 
 
 1. label the pretraining images into the cache (skipping what it holds) when a policy needs
    saliency views;
-2. per cell (method, policy) and pretraining seed: pretrain (``RUN/runs/<method>__<policy>/backbone.pt``;
+2. per cell (method, policy) and pretraining seed: pretrain (``RUN/runs/<method>__<policy>/backbone.pt``,
+   ``...__seed<S>`` for seeds after the first;
    a finished cell is skipped, an interrupted one resumes from its checkpoint), then evaluate
    (``RUN/evals/<method>__<policy>/results.json``, skipped when present);
 3. the baselines (``random``: a randomly initialised ResNet-18, the starting point of a run with the
@@ -138,6 +139,11 @@ class GridConfig:
         pairs = [tuple(c) for c in config.cells] if config.cells is not None else []
         if any(len(p) != 2 for p in pairs):
             raise ValueError(f"{path}: cells must be [method, policy] pairs")
+        for name, values in (("cells", pairs), ("methods", config.methods), ("policies", config.policies),
+                             ("baselines", config.baselines)):
+            repeated = sorted({str(v) for v in values if values.count(v) > 1})
+            if repeated:
+                raise ValueError(f"{path}: {name} lists {', '.join(repeated)} more than once")
         for method in set(config.methods) | {m for m, _ in pairs}:
             if method not in METHODS:
                 raise ValueError(f"{path}: unknown method {method!r}; choose from {sorted(METHODS)}")
@@ -158,6 +164,11 @@ class Cell:
     run_dir: Path
     eval_dir: Path
     seed: int = 0
+
+    @property
+    def name(self) -> str:
+        """The cell's folder name under ``runs/`` and the evaluation folder, e.g. ``simclr__default__seed1``."""
+        return self.run_dir.name
 
 
 def _slug(policy: str) -> str:
@@ -297,17 +308,34 @@ def check_finished_cells(config: GridConfig) -> None:
             check_finished_evaluation(target, _evaluation_settings(config, "random", target, seed))
 
 
-def run_grid(config: GridConfig, progress: bool = True) -> list[dict]:
-    """Run every unfinished cell and the baselines, then collect the results (see the module docstring)."""
+def select_cells(config: GridConfig, names: list[str]) -> list[Cell]:
+    """The cells of ``config`` with these folder names (:attr:`Cell.name`), in the config's order;
+    a name the grid does not have raises ``ValueError`` listing the names it has."""
+    every = cells(config)
+    unknown = [n for n in names if n not in {c.name for c in every}]
+    if unknown:
+        raise ValueError(f"no cell named {', '.join(unknown)} in this grid; its cells: "
+                         f"{', '.join(c.name for c in every)}")
+    return [c for c in every if c.name in names]
+
+
+def run_grid(config: GridConfig, progress: bool = True, only: list[str] | None = None) -> list[dict]:
+    """Run every unfinished cell and the baselines, then collect the results (see the module docstring).
+
+    ``only``: run just these cells (:func:`select_cells`), without the baselines and without writing
+    the table, so that several processes can share a grid's cells (one ``only`` list each); a run
+    without ``only`` afterwards finds them finished, evaluates the baselines and writes the table.
+    Returns the collected rows, or ``[]`` with ``only``.
+    """
     from saliencyssl.eval.classification import evaluate_classification
     from saliencyssl.ssl.pretrain import PretrainConfig, Pretrainer
 
+    todo = cells(config) if only is None else select_cells(config, only)
     check_finished_cells(config)  # before grid.json is replaced
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "grid.json").write_text(json.dumps(asdict(config), indent=2))
     pretrain = dict(config.pretrain)
-    todo = cells(config)
     if any(parse_policy(c.policy).uses_saliency for c in todo):
         _label(config, pretrain)
     for i, cell in enumerate(todo, 1):
@@ -331,6 +359,8 @@ def run_grid(config: GridConfig, progress: bool = True) -> list[dict]:
             print(f"  evaluation done earlier: {cell.eval_dir / 'results.json'}")
         else:
             evaluate_classification(evaluation, progress=progress)
+    if only is not None:
+        return []
     for baseline in config.baselines:
         if baseline != "random":
             raise ValueError(f"unknown baseline {baseline!r}; only 'random' is supported")
@@ -373,10 +403,12 @@ def result_rows(sources: list[tuple[str, str, Path, Path | None]]) -> list[dict]
     deviation over all (run, label seed) pairs is ``sqrt(accuracy_std**2 + pretrain_std**2)``.
     """
     runs: dict[tuple, list[dict]] = {}
+    seen = set()
     for method, policy, eval_dir, run_dir in sources:
         path = Path(eval_dir) / "results.json"
-        if not path.is_file():
+        if not path.is_file() or path.resolve() in seen:
             continue
+        seen.add(path.resolve())
         results = json.loads(path.read_text())
         knn_final = None
         if run_dir is not None and (Path(run_dir) / "history.json").is_file():
@@ -384,17 +416,22 @@ def result_rows(sources: list[tuple[str, str, Path, Path | None]]) -> list[dict]
             knn_final = history[-1].get("knn_accuracy") if history else None
         for protocol in ("linear", "knn"):
             for fraction, entry in results.get(protocol, {}).items():
-                runs.setdefault((method, policy, protocol, fraction), []).append({**entry, "knn_final": knn_final})
+                runs.setdefault((method, policy, protocol, fraction), []).append(
+                    {**entry, "knn_final": knn_final, "path": path})
     rows = []
     for (method, policy, protocol, fraction), entries in runs.items():
+        if len({e["n_labelled"] for e in entries}) > 1:
+            counts = ", ".join(f"{e['n_labelled']} in {e['path']}" for e in entries)
+            raise ValueError(f"{method} with {policy}: its runs labelled different numbers of images at fraction "
+                             f"{fraction} ({counts}); evaluate them on the same training set")
         means = np.array([e["accuracy_mean"] for e in entries])
-        finals = [e["knn_final"] for e in entries if e["knn_final"] is not None]
+        finals = [e["knn_final"] for e in entries]
         rows.append({"method": method, "policy": policy, "protocol": protocol, "fraction": fraction,
                      "n_labelled": entries[0]["n_labelled"], "accuracy_mean": float(means.mean()),
                      "accuracy_std": float(np.sqrt(np.mean([e["accuracy_std"] ** 2 for e in entries]))),
                      "pretrain_seeds": len(entries),
                      "pretrain_std": float(means.std()) if len(entries) > 1 else None,
-                     "pretrain_final_knn": float(np.mean(finals)) if finals else None})
+                     "pretrain_final_knn": None if None in finals else float(np.mean(finals))})
     return rows
 
 
