@@ -66,6 +66,7 @@ def test_tiny_grid_runs_collects_and_skips_finished_cells(tmp_path, monkeypatch,
         ("default", "linear", "0.5"), ("sal", "knn", "1.0"), ("random init", "linear", "1.0")}
     assert (out / "grid_results.md").read_text().count("| simclr |") == 4
     assert (out / "grid_simclr_linear.png").is_file() and (out / "grid_results.csv").is_file()
+    assert (out / "grid_simclr_knn_during_pretraining.png").is_file(), "knn_every: the monitored kNN is plotted"
     capsys.readouterr()
     assert run_grid_cli.main([str(path), "--collect-only", "--quiet"]) == 0
     assert f"table: {out}/grid_results.md" in capsys.readouterr().out
@@ -143,6 +144,7 @@ def test_pretraining_seeds_are_separate_runs_combined_into_one_row(tmp_path, mon
                 assert row["pretrain_std"] == pytest.approx(abs(a["accuracy_mean"] - b["accuracy_mean"]) / 2)
                 assert row["accuracy_std"] == pytest.approx(((a["accuracy_std"] ** 2 + b["accuracy_std"] ** 2) / 2) ** 0.5)
     table = (out / "grid_results.md").read_text()
+    assert not (out / "grid_simclr_knn_during_pretraining.png").exists(), "no knn_every, nothing monitored"
     assert "Mean over 2 pretraining seeds" in table and table.count("] |") == 2 * 2 * 2  # every value
 
     # Seeds are checked like every other setting: swapping them would reuse seed 0's runs as seed 1's.

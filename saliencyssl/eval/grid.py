@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import json
+import textwrap
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -384,11 +385,61 @@ def collect(config: GridConfig) -> list[dict]:
     stem = config.results_stem
     write_rows_csv(out / f"{stem}_results.csv", rows)
     (out / f"{stem}_results.md").write_text(rows_markdown(config.name, config.description, rows))
+    random_knn = [r["accuracy_mean"] for r in rows
+                  if r["method"] == "random" and r["protocol"] == "knn" and float(r["fraction"]) == 1.0]
     for method in dict.fromkeys(c.method for c in cells(config)):
         for protocol in ("linear", "knn"):
             plot_rows([r for r in rows if r["method"] in (method, "random")], protocol,
                       out / f"{stem}_{method}_{protocol}.png", f"{config.name}: {method}, {protocol}")
+        plot_monitored_knn([c for c in cells(config) if c.method == method],
+                           out / f"{stem}_{method}_knn_during_pretraining.png",
+                           f"{config.name}: {method}", random_knn[0] if random_knn else None)
     return rows
+
+
+def plot_monitored_knn(runs: list[Cell], path: Path, title: str, random_knn: float | None = None) -> Path | None:
+    """kNN accuracy monitored during pretraining (``knn_every``) against optimiser steps: one line per
+    policy (the mean over its pretraining seeds; each seed faint when there are several), and a
+    random backbone's kNN at 100% of the labels dashed when given. ``None`` when no run monitored kNN."""
+    curves: dict[str, list[list[tuple[int, float]]]] = {}
+    for cell in runs:
+        history_path = cell.run_dir / "history.json"
+        if not history_path.is_file():
+            continue
+        steps, points = 0, []
+        for epoch in json.loads(history_path.read_text()):
+            steps += epoch.get("steps", 0)
+            if epoch.get("knn_accuracy") is not None:
+                points.append((steps, epoch["knn_accuracy"]))
+        if points:
+            curves.setdefault(cell.policy, []).append(points)
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for policy, seeds in curves.items():
+        colour = ax.plot([], [])[0].get_color()
+        for points in seeds if len(seeds) > 1 else []:
+            ax.plot(*zip(*points), color=colour, alpha=0.3, linewidth=1)
+        shared = sorted(set.intersection(*(set(dict(p)) for p in seeds)))
+        mean = [float(np.mean([dict(p)[step] for p in seeds])) for step in shared]
+        label = policy + (f" (mean of {len(seeds)} seeds)" if len(seeds) > 1 else "")
+        ax.plot(shared, mean, "o-", color=colour, markersize=4, label=label)
+    if random_knn is not None:
+        ax.axhline(random_knn, color="grey", linestyle="--", label="random init")
+    ax.set_xlabel("optimiser steps")
+    ax.set_ylabel("kNN test accuracy (100% labels)")
+    ax.set_title(textwrap.fill(title, 70), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
 
 
 def result_rows(sources: list[tuple[str, str, Path, Path | None]]) -> list[dict]:
@@ -521,7 +572,7 @@ def plot_rows(rows: list[dict], protocol: str, path: Path, title: str) -> Path |
     ax.set_xscale("log")
     ax.set_xlabel("label fraction of the training set")
     ax.set_ylabel(f"{protocol} test accuracy")
-    ax.set_title(title)
+    ax.set_title(textwrap.fill(title, 70), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
