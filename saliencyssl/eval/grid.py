@@ -397,6 +397,29 @@ def collect(config: GridConfig) -> list[dict]:
     return rows
 
 
+def _new_plot():
+    """A figure and axes of the grid's plots' size, drawn off-screen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(6, 4))
+
+
+def _save_plot(fig, ax, title: str, path: Path) -> Path:
+    """Title (wrapped), grid and legend on ``ax``; write ``fig`` to ``path`` and close it."""
+    import matplotlib.pyplot as plt
+
+    ax.set_title(textwrap.fill(title, 70), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_monitored_knn(runs: list[Cell], path: Path, title: str, random_knn: float | None = None) -> Path | None:
     """kNN accuracy monitored during pretraining (``knn_every``) against optimiser steps: one line per
     policy (the mean over its pretraining seeds; each seed faint when there are several), and a
@@ -415,12 +438,7 @@ def plot_monitored_knn(runs: list[Cell], path: Path, title: str, random_knn: flo
             curves.setdefault(cell.policy, []).append(points)
     if not curves:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _new_plot()
     for policy, seeds in curves.items():
         colour = ax.plot([], [])[0].get_color()
         for points in seeds if len(seeds) > 1 else []:
@@ -433,13 +451,7 @@ def plot_monitored_knn(runs: list[Cell], path: Path, title: str, random_knn: flo
         ax.axhline(random_knn, color="grey", linestyle="--", label="random init")
     ax.set_xlabel("optimiser steps")
     ax.set_ylabel("kNN test accuracy (100% labels)")
-    ax.set_title(textwrap.fill(title, 70), fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save_plot(fig, ax, title, path)
 
 
 def result_rows(sources: list[tuple[str, str, Path, Path | None]]) -> list[dict]:
@@ -554,15 +566,10 @@ def _total_std(row: dict) -> float:
 def plot_rows(rows: list[dict], protocol: str, path: Path, title: str) -> Path | None:
     """Accuracy against label fraction, one line per (method, policy), error bars the standard deviation
     over all its evaluations (label seeds and pretraining seeds); random baselines dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     sub = [r for r in rows if r["protocol"] == protocol]
     if not sub:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _new_plot()
     for key in dict.fromkeys((r["method"], r["policy"]) for r in sub):
         series = [r for r in sub if (r["method"], r["policy"]) == key]
         style = "--" if key[0] == "random" else "-"
@@ -572,10 +579,4 @@ def plot_rows(rows: list[dict], protocol: str, path: Path, title: str) -> Path |
     ax.set_xscale("log")
     ax.set_xlabel("label fraction of the training set")
     ax.set_ylabel(f"{protocol} test accuracy")
-    ax.set_title(textwrap.fill(title, 70), fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save_plot(fig, ax, title, path)
