@@ -11,8 +11,8 @@ same policy without the saliency view, so the difference is the cost of getting 
 targets. ``exact`` labels every batch from scratch in --workers processes.
 
 Example (the figures in docs/benchmarks.md):
-  python benchmarks/bench_epoch.py --data ../shared/data/cifar10/train --num-images 790 --image-size 32 \\
-      --batch-size 128 --sources none,cache,surrogate,exact --epochs 2 --json runs/epoch.json
+  python benchmarks/bench_epoch.py --data ../shared/data/cifar10/train --cache runs/cifar_cache --num-images 790 \\
+      --image-size 32 --batch-size 128 --sources none,cache,surrogate,exact --epochs 2 --json runs/bench_epoch.json
 """
 
 from __future__ import annotations

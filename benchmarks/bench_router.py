@@ -12,8 +12,10 @@ uses a freshly initialised surrogate of the default architecture (timing does no
 its weights).
 
 Example (the figures in docs/benchmarks.md):
-  python benchmarks/bench_router.py --data ../shared/data/cifar10/train --num-images 1024 --image-size 32 --json runs/router32.json
-  python benchmarks/bench_router.py --data ../shared/data/cifar10/train --num-images 1024 --image-size 96 --json runs/router96.json
+  python benchmarks/bench_router.py --data ../shared/data/cifar10/train --cache runs/cifar_cache --num-images 1024 \\
+      --image-size 32 --batches 10 --json runs/bench_router32.json
+  python benchmarks/bench_router.py --data ../shared/data/cifar10/train --cache runs/cifar_cache --num-images 1024 \\
+      --image-size 96 --batches 10 --json runs/bench_router96.json
 """
 
 from __future__ import annotations

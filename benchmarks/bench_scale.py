@@ -11,7 +11,7 @@
 
 Example (the figures in docs/benchmarks.md):
   python benchmarks/bench_scale.py --label-images ../shared/data/salbench/images \\
-      --pack-data ../shared/data/cifar10/train --cache runs/cifar_cache --image-size 32 --json runs/scale.json
+      --pack-data ../shared/data/cifar10/train --cache runs/cifar_cache --image-size 32 --json runs/bench_scale.json
 """
 
 from __future__ import annotations

@@ -5,14 +5,19 @@ Every cell is pretrained with scripts/pretrain.py's loop and evaluated with scri
 protocols; finished cells are skipped, so an interrupted grid continues where it stopped. The
 results table (grid_results.csv / .md) and the paper-style plots (one line per policy, accuracy
 against label fraction; grid_<method>_<protocol>.png) are written to the config's "out" folder;
-a config with an "evaluation_name" names them after it instead of "grid".
+a config with an "evaluation_name" names them after it instead of "grid", one with a "results_name"
+after that. Config keys: docs/evaluation.md, "Grid config files".
 
 Configs shipped in configs/:
   grid_cifar10_cpu.json            the paper's CIFAR-10 comparison, SimCLR x 4 policies, 114 steps
                                    (about 25 min on 2 free CPU cores)
   grid_cifar10_cpu_long.json       the same at 312 steps on all 10,000 train images (about 40 min)
-  grid_cifar10_cpu_8ep.json        default vs sal+default at 1,248 steps (about an hour per cell)
-  grid_cifar10_gpu.json            the same at the paper's budget (100 epochs) for a GPU
+  grid_cifar10_cpu_8ep.json        default, sal+default and sal0.5+default at 1,248 steps, pretraining
+                                   seeds 0 and 1 (six runs of about 55 min)
+  grid_cifar10_cpu_cutview.json    the cut view against the painted segments at 312 steps (shares
+                                   grid_cifar10_cpu_long.json's folder; its table is grid_cutview_*)
+  grid_cifar10_gpu.json            grid_cifar10_cpu.json's four policies at the paper's budget
+                                   (100 epochs) for a GPU
   learning_cifar10_cpu.json        each of the six methods, 114 steps, kNN and linear probe
   learning_cifar10_cpu_long.json   each of the six methods, 312 steps (about 11 min per method)
   learning_cifar10_gpu.json        each of the six methods, 100 epochs, for a GPU

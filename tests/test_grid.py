@@ -38,7 +38,16 @@ def test_config_errors_name_the_file_and_key(tmp_path):
     with pytest.raises(ValueError, match="unknown method"):
         GridConfig.load(_write(tmp_path, methods=["dino"]))
     with pytest.raises(ValueError, match="cells lists .*simclr.*default.* more than once"):
-        GridConfig.load(_write(tmp_path, cells=[["simclr", "default"], ["simclr", "default"]]))
+        GridConfig.load(_write(tmp_path, cells=[["simclr", "default"], ["simclr", "default"]], methods=[], policies=[]))
+    with pytest.raises(ValueError, match="either cells or methods and policies, not both"):
+        GridConfig.load(_write(tmp_path, cells=[["simclr", "default"]]))
+    with pytest.raises(ValueError, match="nothing to run"):
+        GridConfig.load(_write(tmp_path, policies=[], baselines=[]))
+    config = json.loads(_write(tmp_path).read_text())
+    del config["methods"], config["policies"]
+    config["cells"] = [["simclr", "sal"]]
+    (tmp_path / "cells_only.json").write_text(json.dumps(config))
+    assert [c.name for c in cells(GridConfig.load(tmp_path / "cells_only.json"))] == ["simclr__sal"]
     with pytest.raises(ValueError, match="baselines lists random more than once"):
         GridConfig.load(_write(tmp_path, baselines=["random", "random"]))
     with pytest.raises(FileNotFoundError, match="configs/"):
@@ -49,6 +58,11 @@ def test_config_errors_name_the_file_and_key(tmp_path):
 def test_results_are_named_after_the_evaluation(tmp_path):
     assert GridConfig.load(_write(tmp_path)).results_stem == "grid"
     assert GridConfig.load(_write(tmp_path, evaluation_name="evals_full")).results_stem == "evals_full"
+    shared = GridConfig.load(_write(tmp_path, evaluation_name="evals_full", results_name="grid_cutview"))
+    assert shared.results_stem == "grid_cutview"
+    for bad in ("../elsewhere", "", "a b", 3):
+        with pytest.raises(ValueError, match="results_name must be a file-name prefix"):
+            GridConfig.load(_write(tmp_path, results_name=bad))
 
 
 def test_shipped_configs_load():

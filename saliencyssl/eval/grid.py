@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import textwrap
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -49,7 +50,7 @@ class GridConfig:
         out: the grid's folder.
         train, test: labelled image folders (pretraining uses ``train``'s images without labels).
         cache: the target cache folder.
-        methods, policies: the grid's axes.
+        methods, policies: the grid's axes: every method with every policy (leave both out with ``cells``).
         pretrain: :class:`~saliencyssl.ssl.pretrain.PretrainConfig` fields shared by every cell;
             ``knn_every: N`` monitors kNN accuracy every N epochs on ``train`` / ``test``.
         evaluation: :class:`~saliencyssl.eval.classification.ClassificationSettings` fields.
@@ -62,6 +63,9 @@ class GridConfig:
             config with the same ``out`` and ``pretrain`` but another ``evaluation_name`` evaluates
             the same backbones another way without pretraining them again; its table and plots
             are named after it (:attr:`results_stem`).
+        results_name: the prefix of the table and plot files instead (:attr:`results_stem`), for a
+            config that shares ``out`` and ``evaluation_name`` with another (it reuses their runs
+            and evaluations) and must not overwrite the other's table.
     """
 
     name: str
@@ -69,8 +73,8 @@ class GridConfig:
     train: str
     test: str
     cache: str
-    methods: list[str]
-    policies: list[str]
+    methods: list[str] = field(default_factory=list)
+    policies: list[str] = field(default_factory=list)
     pretrain: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
     labeller: dict[str, Any] = field(default_factory=dict)
@@ -79,6 +83,7 @@ class GridConfig:
     cells: list[list[str]] | None = None
     evaluation_name: str = "evals"
     pretrain_seeds: list[int] | None = None
+    results_name: str | None = None
 
     @property
     def seeds(self) -> list[int]:
@@ -96,7 +101,10 @@ class GridConfig:
 
     @property
     def results_stem(self) -> str:
-        """Prefix of the table and plot files in ``out``: ``grid``, or ``evaluation_name`` when set."""
+        """Prefix of the table and plot files in ``out``: ``results_name``, else ``grid``, or
+        ``evaluation_name`` when that is set."""
+        if self.results_name is not None:
+            return self.results_name
         return "grid" if self.evaluation_name == "evals" else self.evaluation_name
 
     @classmethod
@@ -130,6 +138,11 @@ class GridConfig:
                 raise ValueError(f"{path}: pretrain_seeds must be a non-empty list of distinct integers, got {seeds!r}")
             if "seed" in config.pretrain:
                 raise ValueError(f"{path}: give either pretrain_seeds or pretrain.seed, not both")
+        if config.results_name is not None and (
+                not isinstance(config.results_name, str)
+                or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", config.results_name)):
+            raise ValueError(f"{path}: results_name must be a file-name prefix (letters, digits, _ . -), "
+                             f"got {config.results_name!r}")
         for policy in config.policies:
             try:
                 parse_policy(policy)
@@ -137,6 +150,11 @@ class GridConfig:
                 raise ValueError(f"{path}: policy {policy!r}: {error}") from error
         from saliencyssl.ssl.registry import METHODS
 
+        if config.cells is not None and (config.methods or config.policies):
+            raise ValueError(f"{path}: give either cells or methods and policies, not both")
+        if config.cells is None and not (config.methods and config.policies) and not config.baselines:
+            raise ValueError(f"{path}: nothing to run: give methods and policies (every method with every "
+                             f"policy), or cells ([method, policy] pairs)")
         pairs = [tuple(c) for c in config.cells] if config.cells is not None else []
         if any(len(p) != 2 for p in pairs):
             raise ValueError(f"{path}: cells must be [method, policy] pairs")
