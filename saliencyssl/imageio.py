@@ -2,12 +2,15 @@
 
 Every image inside saliency-ssl is a C-contiguous ``(H, W, 3)`` uint8 array in **RGB** order.
 :func:`read_image` decodes a file into that form and :func:`to_rgb_uint8` converts an
-in-memory array; both accept grayscale, RGBA, 16-bit and palette images:
+in-memory array; both accept grayscale, RGBA, 16-bit and palette images.
 
-- grayscale is repeated into three channels;
-- an alpha channel is dropped (as OpenCV's ``IMREAD_COLOR`` does, and so Cheng's C++ did);
-- 16-bit values are divided by 257 and rounded, floats in [0, 1] are scaled by 255;
-- palette images are expanded by the decoder.
+Files are decoded exactly as Cheng's C++ read them (OpenCV's ``imread`` with its default
+``IMREAD_COLOR``), so a labelled file gets the original's target: the EXIF orientation is
+applied (a camera JPEG comes out upright, as image viewers show it), an alpha channel is dropped,
+grayscale is repeated into three channels, palettes are expanded, and 16-bit samples are reduced
+by the decoder (for PNG: the high byte). Files OpenCV cannot decode go through Pillow, with the
+same rules. In-memory arrays (:func:`to_rgb_uint8`): grayscale repeated, alpha dropped, 16-bit
+values divided by 257 and rounded, floats in [0, 1] scaled by 255.
 """
 
 from __future__ import annotations
@@ -57,13 +60,11 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageDecodeError(path, str(error)) from error
     if data.size == 0:
         raise ImageDecodeError(path, "the file is empty")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)  # what the original's imread(path) returns
     if image is None:
         image = _read_with_pillow(path)
-    elif image.ndim == 3 and image.shape[2] >= 3:
-        image = cv2.cvtColor(image[:, :, :3], cv2.COLOR_BGR2RGB)
-    elif image.ndim == 3 and image.shape[2] == 2:  # grey + alpha
-        image = image[:, :, 0]
+    else:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return to_rgb_uint8(image, source=path)
 
 
@@ -74,12 +75,17 @@ def _read_with_pillow(path: Path) -> np.ndarray:
     except ImportError as error:  # pragma: no cover - pillow comes with torchvision
         raise ImageDecodeError(path, "OpenCV could not decode it and Pillow is not installed") from error
     try:
-        with Image.open(path) as img:
-            img.load()
+        from PIL import ImageOps
+
+        with Image.open(path) as opened:
+            opened.load()
+            img = ImageOps.exif_transpose(opened)
             if img.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
                 img = img.convert("RGB")
-            elif img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                return np.asarray(img).astype(np.uint16 if img.mode.startswith("I;16") else np.int64)
+            elif img.mode.startswith("I;16"):
+                return (np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8)  # the high byte, as OpenCV
+            elif img.mode == "I":
+                return np.asarray(img).astype(np.int64)
             elif img.mode == "LA":
                 img = img.convert("L")
             elif img.mode == "RGBA":

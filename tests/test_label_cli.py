@@ -161,3 +161,21 @@ def test_killed_job_resumes_with_every_entry_valid(tmp_path, photo):
     assert len(cache) == 16 and cache.verify().damaged == []
     for img in images:
         assert cache.get(img) is not None
+
+
+def test_files_are_decoded_as_the_originals_imread(tmp_path):
+    # Cheng's C++ read files with cv2.imread(path): EXIF orientation applied, 16-bit PNG reduced to its
+    # high byte. A camera JPEG shot sideways must come out upright, or its target would not match.
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    rgb[:10, :20] = (255, 0, 0)
+    image = Image.fromarray(rgb)
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    image.save(tmp_path / "sideways.jpg", exif=exif, quality=95)
+    decoded = read_image(tmp_path / "sideways.jpg")
+    assert decoded.shape == (60, 40, 3)
+    np.testing.assert_array_equal(decoded, cv2.cvtColor(cv2.imread(str(tmp_path / "sideways.jpg")), cv2.COLOR_BGR2RGB))
+
+    sixteen = (np.arange(256, dtype=np.uint16) * 256 + 200).reshape(16, 16)  # v / 257 would round up
+    cv2.imwrite(str(tmp_path / "sixteen.png"), sixteen)
+    np.testing.assert_array_equal(read_image(tmp_path / "sixteen.png")[:, :, 0], sixteen >> 8)

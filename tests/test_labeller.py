@@ -26,13 +26,15 @@ def test_maps_and_cut_agree_with_cheng_cpp(salbench, stem):
     bgr = _read_bgr(salbench / "images" / f"{stem}.jpg")
     hc = np.rint(hc_saliency(bgr) * 255)
     rc = rc_saliency(bgr)
-    assert np.abs(hc - _ref(salbench, stem, "hc")).mean() / 255 <= 0.005
-    assert np.abs(np.rint(rc.saliency * 255) - _ref(salbench, stem, "rc")).mean() / 255 <= 0.005
+    # Measured on all 36 photos: HC 2e-8, RC 0, cut IoU 1.0 (docs/benchmarks.md); the issue asks
+    # for 0.005 and 0.98, these bounds catch a drift long before that.
+    assert np.abs(hc - _ref(salbench, stem, "hc")).mean() / 255 <= 0.0005
+    assert np.abs(np.rint(rc.saliency * 255) - _ref(salbench, stem, "rc")).mean() / 255 <= 0.0005
     mask = saliency_cut(bgr, rc.saliency)
     ref = _ref(salbench, stem, "cut") > 128
     assert ref.any(), "reference mask should not be empty for these images"
     iou = (mask & ref).sum() / (mask | ref).sum()
-    assert iou >= 0.98
+    assert iou >= 0.999
 
 
 def test_opencv_engine_finds_the_same_object(salbench):
@@ -97,8 +99,23 @@ def test_odd_images_give_a_finite_target(image):
     target = labelling.target
     assert target.shape == image.shape[:2]
     assert np.isfinite(labelling.hc).all()
-    if image.ndim == 3 and image.shape[2] == 3 and len(np.unique(image.reshape(-1, 3), axis=0)) <= 2:
+    if image.ndim == 3 and image.shape[2] == 3 and len(np.unique(image.reshape(-1, 3), axis=0)) == 1:
         assert not target.mask.any() and target.saliency.max() == 0
+
+
+def test_a_two_colour_image_gets_the_originals_binary_map():
+    # The original's special case (CmSaliencyRC::GetRC, QuatizeNum == 2): the map is 1 on the rarer
+    # colour, with no border suppression and no smoothing; the cut then finds exactly that shape.
+    bgr = np.ones((200, 240, 3), np.float32)
+    disk = np.zeros((200, 240), np.uint8)
+    cv2.circle(disk, (130, 90), 50, 1, -1)
+    bgr[disk == 1] = (0.0, 0.0, 1.0)
+    rc = rc_saliency(bgr)
+    np.testing.assert_array_equal(rc.saliency, disk.astype(np.float32))
+    mask = saliency_cut(bgr, rc.saliency)
+    assert (mask & (disk == 1)).sum() / (mask | (disk == 1)).sum() >= 0.99
+    one_colour = rc_saliency(np.full((200, 240, 3), 0.5, np.float32)).saliency
+    assert not one_colour.any()
 
 
 def test_boundary_round_trip_recovers_regions(photo):

@@ -7,11 +7,15 @@ eigenvalue is under ``0.01``. The number reached is kept: a mixture that stopped
 components builds at most 3 the next time (as Cheng's object does).
 
 Refining (:meth:`ColorGMM.refine`): every pixel moves to its most probable component and each
-component is refitted with the pixel weights; a component left without weight is dropped. The
-mixture weights stay relative to the total weight of the last *build*, as in the original.
+component is refitted with the pixel weights; a component left without weight is dropped, the
+others keep their order, and the cap falls to the number left (the original's ``_K = newK``),
+so later builds make no more. The mixture weights stay relative to the total weight of the
+last *build*, as in the original.
 
 Densities are ``0.0635 / sqrt(det S) * exp(-(x - m)^T S^-1 (x - m) / 2)``, with ``1e-7/9``
-added to each covariance diagonal.
+added to each covariance diagonal. The mixture density is returned in float32, as the
+original's ``float P(c)`` does: far from both mixtures it underflows to exactly 0 (below about
+1e-45), which GrabCut's t-links treat as a hard decision (see :mod:`.grabcut`).
 """
 
 from __future__ import annotations
@@ -159,10 +163,19 @@ class ColorGMM:
         """Reassign pixels to their most probable component and refit (total weight unchanged).
 
         Returns:
-            ``(N,)`` int64 new component of each pixel.
+            ``(N,)`` int64 new component of each pixel (numbered after dropping; -1 for the
+            pixels of a dropped component, which all have zero weight).
         """
         component = np.argmax(self.component_densities(pixels), axis=1)
         self._fit(pixels, weights, component, range(self.num_components), eigen=False)
+        kept = np.flatnonzero(self.active)
+        if 0 < kept.size < self.num_components:
+            renumber = np.full(self.num_components, -1, np.int64)
+            renumber[kept] = np.arange(kept.size)
+            component = renumber[component]  # -1: pixels (of zero weight) of a dropped component
+            self.num_components = int(kept.size)
+            for name in ("means", "inverses", "dets", "weights", "active", "eigenvalues", "eigenvectors"):
+                setattr(self, name, getattr(self, name)[kept])
         return component
 
     def _truncate(self) -> None:
@@ -178,8 +191,8 @@ class ColorGMM:
         return _densities(pixels, self.means, self.inverses, coefs, usable)
 
     def density(self, pixels: np.ndarray) -> np.ndarray:
-        """``(N,)`` mixture density: ``sum_i w_i p_i(x) / total_weight``."""
+        """``(N,)`` float32 mixture density: ``sum_i w_i p_i(x) / total_weight``, computed in float64."""
         if self.total_weight <= 0:
-            return np.zeros(len(pixels))
+            return np.zeros(len(pixels), np.float32)
         w = np.where(self.active, self.weights, 0.0)
-        return self.component_densities(pixels) @ w / self.total_weight
+        return (self.component_densities(pixels) @ w / self.total_weight).astype(np.float32)

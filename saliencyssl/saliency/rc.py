@@ -58,7 +58,10 @@ def rc_saliency(image_bgr: np.ndarray, sigma_dist: float = 0.4, seg_k: float = 5
     regions = segment_regions(lab, sigma=seg_sigma, k=seg_k, min_size=seg_min_size)
     quant = quant if quant is not None else quantize(image_bgr)
     if quant.num_colors <= 2:
-        return RCResult(np.zeros((h, w), np.float32), regions, np.zeros((h, w), bool))
+        # The original's special case: with two colours the map is 1 on the rarer one (no border
+        # suppression, no smoothing); with one it is all zero.
+        sal = (quant.index == 1).astype(np.float32) if quant.num_colors == 2 else np.zeros((h, w), np.float32)
+        return RCResult(sal, regions, np.zeros((h, w), bool))
 
     dist = quant.distances()
     reg_sal = region_contrast(regions, quant, dist, sigma_dist)
