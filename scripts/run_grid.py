@@ -58,12 +58,13 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.list:
+        width = max((len(cell.name) for cell in cells(config)), default=0) + 2
         for cell in cells(config):
             done = [step for step, path in (("pretrained", cell.run_dir / "backbone.pt"),
                                             ("evaluated", cell.eval_dir / "results.json")) if path.is_file()]
             if not done and (cell.run_dir / "checkpoint.pt").is_file():
                 done = ["pretraining started (running, or interrupted: it resumes from checkpoint.pt)"]
-            print(f"{cell.name:<40} {', '.join(done) or 'to do'}")
+            print(f"{cell.name:<{width}}{', '.join(done) or 'to do'}")
         return 0
     if args.collect_only:
         rows = collect(config)
