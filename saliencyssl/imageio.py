@@ -8,8 +8,9 @@ Files are decoded exactly as Cheng's C++ read them (OpenCV's ``imread`` with its
 ``IMREAD_COLOR``), so a labelled file gets the original's target: the EXIF orientation is
 applied (a camera JPEG comes out upright, as image viewers show it), an alpha channel is dropped,
 grayscale is repeated into three channels, palettes are expanded, and 16-bit samples are reduced
-by the decoder (for PNG: the high byte). Files OpenCV cannot decode go through Pillow, with the
-same rules. In-memory arrays (:func:`to_rgb_uint8`): grayscale repeated, alpha dropped, 16-bit
+by the decoder (for PNG: the high byte). Files ``IMREAD_COLOR`` refuses are read unchanged (32-bit
+float TIFF: scaled as an in-memory float array), and files OpenCV cannot decode at all go through
+Pillow, with the same rules. In-memory arrays (:func:`to_rgb_uint8`): grayscale repeated, alpha dropped, 16-bit
 values divided by 257 and rounded, floats in [0, 1] scaled by 255.
 """
 
@@ -61,10 +62,15 @@ def read_image(path: str | Path) -> np.ndarray:
     if data.size == 0:
         raise ImageDecodeError(path, "the file is empty")
     image = cv2.imdecode(data, cv2.IMREAD_COLOR)  # what the original's imread(path) returns
+    if image is not None:
+        return to_rgb_uint8(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), source=path)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # what IMREAD_COLOR refuses, e.g. 32-bit float TIFF
     if image is None:
         image = _read_with_pillow(path)
-    else:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    elif image.ndim == 3 and image.shape[2] >= 3:
+        image = cv2.cvtColor(image[:, :, :3], cv2.COLOR_BGR2RGB)
+    elif image.ndim == 3 and image.shape[2] == 2:  # grey + alpha
+        image = image[:, :, 0]
     return to_rgb_uint8(image, source=path)
 
 

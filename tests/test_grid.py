@@ -42,7 +42,11 @@ def test_config_errors_name_the_file_and_key(tmp_path):
     with pytest.raises(ValueError, match="either cells or methods and policies, not both"):
         GridConfig.load(_write(tmp_path, cells=[["simclr", "default"]]))
     with pytest.raises(ValueError, match="nothing to run"):
-        GridConfig.load(_write(tmp_path, policies=[], baselines=[]))
+        GridConfig.load(_write(tmp_path, methods=[], policies=[], baselines=[]))
+    with pytest.raises(ValueError, match="nothing to run"):
+        GridConfig.load(_write(tmp_path, methods=[], policies=[], cells=[], baselines=[]))
+    with pytest.raises(ValueError, match="give both methods and policies"):
+        GridConfig.load(_write(tmp_path, policies=[]))
     config = json.loads(_write(tmp_path).read_text())
     del config["methods"], config["policies"]
     config["cells"] = [["simclr", "sal"]]
@@ -108,6 +112,10 @@ def test_tiny_grid_runs_collects_and_skips_finished_cells(tmp_path, monkeypatch,
     changed = GridConfig.load(_write(tmp_path, evaluation={**config.evaluation, "fractions": "0.25,1.0"}))
     with pytest.raises(StaleCellError, match="fractions"):
         run_grid(changed, progress=False)
+    # Targets of another labeller (options or version) make the saliency cell stale, not the default one.
+    changed = GridConfig.load(_write(tmp_path, labeller={"min_side": 48}))
+    with pytest.raises(StaleCellError, match="simclr__sal/backbone.pt .*labeller_fingerprint.*another labeller"):
+        run_grid(changed, progress=False)
     assert calls == []
     assert json.loads((out / "grid.json").read_text())["evaluation"]["fractions"] == "0.5,1.0", "record kept"
 
@@ -165,7 +173,7 @@ def test_pretraining_seeds_are_separate_runs_combined_into_one_row(tmp_path, mon
     swapped = GridConfig.load(_write(tmp_path, policies=["default"], pretrain=one_seed, pretrain_seeds=[1, 0]))
     with pytest.raises(StaleCellError, match="seed 0 .config: 1."):
         run_grid(swapped, progress=False)
-    swapped = GridConfig.load(_write(tmp_path, policies=[], pretrain=one_seed, pretrain_seeds=[1, 0]))
+    swapped = GridConfig.load(_write(tmp_path, methods=[], policies=[], pretrain=one_seed, pretrain_seeds=[1, 0]))
     with pytest.raises(StaleCellError, match="random backbone seed 0 .config: 1.") as error:
         run_grid(swapped, progress=False)
     assert "evals/random/results.json" in str(error.value)

@@ -179,3 +179,9 @@ def test_files_are_decoded_as_the_originals_imread(tmp_path):
     sixteen = (np.arange(256, dtype=np.uint16) * 256 + 200).reshape(16, 16)  # v / 257 would round up
     cv2.imwrite(str(tmp_path / "sixteen.png"), sixteen)
     np.testing.assert_array_equal(read_image(tmp_path / "sixteen.png")[:, :, 0], sixteen >> 8)
+
+    # IMREAD_COLOR refuses 32-bit float TIFF; it is still read, scaled from [0, 1].
+    floats = np.random.default_rng(0).random((12, 10, 3)).astype(np.float32)
+    cv2.imwrite(str(tmp_path / "floats.tif"), floats)
+    np.testing.assert_array_equal(read_image(tmp_path / "floats.tif"),
+                                  np.rint(floats[:, :, ::-1] * 255).astype(np.uint8))

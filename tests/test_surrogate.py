@@ -13,13 +13,14 @@ import torch
 
 from saliencyssl.augment.predictor import TargetPredictor
 from saliencyssl.cache import TargetCache
+from saliencyssl.datasets import open_image_set
 from saliencyssl.saliency import Labeller, LabellerConfig
 from saliencyssl.surrogate.losses import GANLoss, LossWeights, TargetLoss, soft_dice_loss
 from saliencyssl.surrogate.model import Surrogate, SurrogateCheckpointError
 from saliencyssl.surrogate.networks import (Architecture, PatchDiscriminator, UNetGenerator, build_networks,
                                             image_to_input, patch_receptive_field, unet_depth)
-from saliencyssl.surrogate.pairs import (MissingTargetsError, PairSet, TargetTensors, held_out_mask, label_command,
-                                         load_pairs)
+from saliencyssl.surrogate.pairs import (MissingTargetsError, PairSet, TargetTensors, choose_fingerprint,
+                                         held_out_mask, label_command, load_pairs)
 from saliencyssl.surrogate.training import SurrogateTrainer, TrainConfig
 from saliencyssl.target import TARGET_CHANNELS, TargetBatch, region_boundary
 
@@ -251,6 +252,27 @@ def test_misses_are_listed_with_the_command(labelled, photo, tmp_path):
         load_pairs(lonely, cache_dir, 32, progress=False)
     with pytest.raises(MissingTargetsError, match="not a target cache"):
         load_pairs(lonely, tmp_path / "nocache", 32, progress=False)
+
+
+def test_targets_of_an_older_labeller_version_are_not_learned(tmp_path, labelled):
+    images, cache_dir, fingerprint = labelled
+    hashes = open_image_set(images).hashes()
+    # The same targets stored again under a version-1 fingerprint covering more images: still ignored.
+    old_params = {**LabellerConfig().params(), "version": "1"}
+    old = TargetCache(tmp_path / "mixed", "0ld0ld0ld0ld0ld0", params=old_params)
+    current = TargetCache(tmp_path / "mixed", fingerprint, params=LabellerConfig().params())
+    source = TargetCache(cache_dir, fingerprint)
+    for i, h in enumerate(hashes):
+        old.put(h, source.get(h))
+        if i < 5:
+            current.put(h, source.get(h))
+    assert choose_fingerprint(tmp_path / "mixed", hashes)[:3:2] == (fingerprint, 5)
+    only_old = TargetCache(tmp_path / "only_old", "0ld0ld0ld0ld0ld0", params=old_params)
+    only_old.put(hashes[0], source.get(hashes[0]))
+    for cache in (old, current, source, only_old):
+        cache.close()
+    with pytest.raises(MissingTargetsError, match="older labeller versions only.*label.py"):
+        choose_fingerprint(tmp_path / "only_old", hashes, images_dir=images)
 
 
 def test_label_command_repeats_the_labeller_options():

@@ -152,7 +152,9 @@ class GridConfig:
 
         if config.cells is not None and (config.methods or config.policies):
             raise ValueError(f"{path}: give either cells or methods and policies, not both")
-        if config.cells is None and not (config.methods and config.policies) and not config.baselines:
+        if bool(config.methods) != bool(config.policies):
+            raise ValueError(f"{path}: give both methods and policies (every method with every policy), or cells")
+        if not (config.cells or config.methods) and not config.baselines:
             raise ValueError(f"{path}: nothing to run: give methods and policies (every method with every "
                              f"policy), or cells ([method, policy] pairs)")
         pairs = [tuple(c) for c in config.cells] if config.cells is not None else []
@@ -254,8 +256,10 @@ class StaleCellError(ValueError):
     """A finished cell was made with other settings than the grid config now asks for."""
 
 
-#: Pretraining settings a finished cell's ``backbone.pt`` records and the grid compares.
-_RECORDED_PRETRAIN_KEYS = ("method", "policy", "epochs", "batch_size", "seed", "image_size", "lr", "limit")
+#: Pretraining settings a finished cell's ``backbone.pt`` records and the grid compares (the
+#: labeller fingerprint only for saliency policies: the others never asked for a target).
+_RECORDED_PRETRAIN_KEYS = ("method", "policy", "epochs", "batch_size", "seed", "image_size", "lr", "limit",
+                           "labeller_fingerprint")
 
 
 def check_finished_pretraining(cell: Cell, expected: dict) -> None:
@@ -301,15 +305,23 @@ def _compare(path: Path, folder: Path, recorded: dict, expected: dict) -> None:
     differ = [f"{key} {recorded[key]!r} (config: {expected[key]!r})" for key in recorded
               if recorded[key] != expected[key]]
     if differ:
+        why = (" (its targets came from another labeller version or other labeller options; `run_grid.py "
+               "--collect-only` still tabulates the finished runs as they are)"
+               if any(key == "labeller_fingerprint" for key in recorded if recorded[key] != expected[key]) else "")
         raise StaleCellError(f"{path} was made with other settings than the grid config asks for: "
-                             f"{'; '.join(differ)}. Delete {folder} to redo this cell with the new settings, or "
-                             f"give the grid another \"out\" folder to keep both")
+                             f"{'; '.join(differ)}{why}. Delete {folder} to redo this cell with the new settings, "
+                             f"or give the grid another \"out\" folder to keep both")
 
 
 def _pretrain_settings(config: GridConfig, cell: Cell) -> dict:
     settings = dict(config.pretrain, image_size=config.image_size)
-    return {**settings, "method": cell.method, "policy": cell.policy, "seed": cell.seed,
-            "lr": settings.get("lr"), "limit": settings.get("limit")}
+    settings = {**settings, "method": cell.method, "policy": cell.policy, "seed": cell.seed,
+                "lr": settings.get("lr"), "limit": settings.get("limit")}
+    if parse_policy(cell.policy).uses_saliency:
+        from saliencyssl.saliency import LabellerConfig
+
+        settings["labeller_fingerprint"] = LabellerConfig(**config.labeller).fingerprint()
+    return settings
 
 
 def check_finished_cells(config: GridConfig) -> None:
@@ -350,10 +362,10 @@ def run_grid(config: GridConfig, progress: bool = True, only: list[str] | None =
     from saliencyssl.ssl.pretrain import PretrainConfig, Pretrainer
 
     todo = cells(config) if only is None else select_cells(config, only)
-    check_finished_cells(config)  # before grid.json is replaced
+    check_finished_cells(config)  # before the config record is replaced
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "grid.json").write_text(json.dumps(asdict(config), indent=2))
+    (out / f"{config.results_stem}.json").write_text(json.dumps(asdict(config), indent=2))
     pretrain = dict(config.pretrain)
     if any(parse_policy(c.policy).uses_saliency for c in todo):
         _label(config, pretrain)

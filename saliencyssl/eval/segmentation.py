@@ -109,7 +109,8 @@ def load_mask_pairs(images_dir: str | Path, masks_dir: str | Path) -> MaskPairs:
         shape = images.image(i).shape[:2]
         if mask.shape != shape:
             raise ValueError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but image {images_dir / images.names[i]} "
-                             f"is {shape[1]}x{shape[0]}; masks must have their image's size")
+                             f"is {shape[1]}x{shape[0]}; masks must have their image's size, in the orientation the "
+                             f"image is shown in (its EXIF orientation applied, as the toolkit reads images)")
         masks.append(mask)
     return MaskPairs(images, masks, mask_paths)
 

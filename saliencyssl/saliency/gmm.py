@@ -111,8 +111,8 @@ class ColorGMM:
         self.eigenvectors = np.zeros((k, 3))
 
     # -- fitting -------------------------------------------------------------------------------
-    def _fit(self, pixels: np.ndarray, weights: np.ndarray, component: np.ndarray, indices, eigen: bool) -> None:
-        """Refit the listed components from the pixels assigned to them."""
+    def _fit(self, pixels: np.ndarray, weights: np.ndarray, component: np.ndarray, indices, eigen: bool) -> np.ndarray:
+        """Refit the listed components from the pixels assigned to them; returns each one's summed weight."""
         count, sums, prods = _moments(pixels, weights, component, self.num_components)
         for i in indices:
             if count[i] < _COV_EPS:
@@ -130,6 +130,7 @@ class ColorGMM:
                 values, vectors = np.linalg.eigh(cov)
                 self.eigenvalues[i] = values[-1]
                 self.eigenvectors[i] = vectors[:, -1]
+        return count
 
     def build(self, pixels: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """Fit the mixture from scratch by Orchard-Bouman splitting.
@@ -167,8 +168,11 @@ class ColorGMM:
             pixels of a dropped component, which all have zero weight).
         """
         component = np.argmax(self.component_densities(pixels), axis=1)
-        self._fit(pixels, weights, component, range(self.num_components), eigen=False)
-        kept = np.flatnonzero(self.active)
+        count = self._fit(pixels, weights, component, range(self.num_components), eigen=False)
+        # The original keeps a component with any weight in its count (one under 1e-7/9 gets no
+        # mixture weight). When none has weight (rare: the cut first checks the weight the mixture
+        # had at its last build) the cap stays, where the original's next build would be undefined.
+        kept = np.flatnonzero(count > 0)
         if 0 < kept.size < self.num_components:
             renumber = np.full(self.num_components, -1, np.int64)
             renumber[kept] = np.arange(kept.size)

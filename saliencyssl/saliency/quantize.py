@@ -91,11 +91,12 @@ def quantize(image_bgr: np.ndarray, ratio: float = 0.95, max_colors: int = 256) 
 
     index = bin_to_color[bins]
     counts = np.bincount(index, minlength=keep).astype(np.int64)
-    # Summed in float32, pixel by pixel in raster order, then divided in float32: the original's
-    # Vec3f accumulators. Float64 sums shift the colours of large images by up to 0.3 in Lab.
+    # Summed in float32, pixel by pixel in raster order, then scaled by the float32 reciprocal of
+    # the count: the original's Vec3f accumulators and OpenCV's `Vec3f /= float` (a * (1 / n)).
+    # Float64 sums shift the colours of large images by up to 0.3 in Lab.
     sums = np.zeros((keep, 3), np.float32)
     np.add.at(sums, index, image_bgr.reshape(-1, 3).astype(np.float32, copy=False))
-    bgr = (sums / np.maximum(counts, 1).astype(np.float32)[:, None]).astype(np.float64)
+    bgr = (sums * (np.float32(1) / np.maximum(counts, 1).astype(np.float32))[:, None]).astype(np.float64)
     lab = cv2.cvtColor(bgr.astype(np.float32).reshape(1, -1, 3), cv2.COLOR_BGR2Lab).reshape(-1, 3)
     return Quantization(index.reshape(h, w), bgr, lab.astype(np.float64), counts)
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from saliencyssl.datasets import ImageSet, fit_square, open_image_set, target_at_size
-from saliencyssl.saliency.labeller import LabellerConfig
+from saliencyssl.saliency.labeller import LABELLER_VERSION, LabellerConfig
 from saliencyssl.target import TARGET_CHANNELS, Target, TargetBatch
 
 #: Salt of the held-out split (changing it changes which images are held out).
@@ -229,6 +229,10 @@ def choose_fingerprint(cache_dir: str | Path, hashes: Sequence[str], config: Lab
                        images_dir: str | Path = "IMAGES_DIR") -> tuple[str, dict | None, int]:
     """The labeller fingerprint to learn: explicit (``config``) or the one covering most images.
 
+    Without ``config`` only fingerprints of the current labeller version are candidates (targets of
+    an older version are not the exact labeller's any more); among equal coverage the default
+    labeller's fingerprint wins.
+
     Args:
         cache_dir: an existing cache folder.
         hashes: content hashes of the images.
@@ -240,7 +244,8 @@ def choose_fingerprint(cache_dir: str | Path, hashes: Sequence[str], config: Lab
         ``(fingerprint, params or None, number of images covered)``.
 
     Raises:
-        MissingTargetsError: the folder is not a cache, or no fingerprint covers any image.
+        MissingTargetsError: the folder is not a cache, no fingerprint covers any image, or the
+            cache holds targets of older labeller versions only.
     """
     cache_dir = Path(cache_dir)
     _require_cache(cache_dir, images_dir, config.params() if config else None)
@@ -253,9 +258,15 @@ def choose_fingerprint(cache_dir: str | Path, hashes: Sequence[str], config: Lab
         fingerprint = config.fingerprint()
         candidates = {fingerprint: found.get(fingerprint) or config.params()}
     else:
-        candidates = found
+        candidates = {f: p for f, p in found.items() if (p or {}).get("version") == LABELLER_VERSION}
+        if found and not candidates:
+            raise MissingTargetsError(
+                f"cache {cache_dir} holds targets of older labeller versions only (fingerprints "
+                f"{', '.join(sorted(found))}; this is version {LABELLER_VERSION}); label the images again with: "
+                f"{label_command(images_dir, cache_dir, next(iter(found.values())))}")
+    default = LabellerConfig().fingerprint()
     best = ("", None, -1)
-    for fingerprint, params in sorted(candidates.items()):
+    for fingerprint, params in sorted(candidates.items(), key=lambda item: (item[0] != default, item[0])):
         cache = _open_cache(cache_dir, fingerprint)
         try:
             covered = sum(1 for h in hashes if h in cache)
