@@ -39,7 +39,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from saliencyssl.eval.grid import GridConfig, cells, collect, run_grid, select_cells
+from saliencyssl.eval.grid import GridConfig, StaleCellError, cells, collect, run_grid, select_cells
 
 
 def main(argv=None) -> int:
@@ -75,7 +75,11 @@ def main(argv=None) -> int:
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-        rows = run_grid(config, progress=not args.quiet, only=only)
+        try:
+            rows = run_grid(config, progress=not args.quiet, only=only)
+        except StaleCellError as error:  # a finished cell made with other settings: say which, and the fix
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         if only is not None:
             print(f"\nran {', '.join(only)}; run {args.config} without --only for the baselines and the table")
             return 0
