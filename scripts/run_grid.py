@@ -39,7 +39,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from saliencyssl.eval.grid import GridConfig, StaleCellError, cells, collect, run_grid, select_cells
+from saliencyssl.eval.grid import GridConfig, StaleCellError, cell_state, cells, collect, run_grid, select_cells
 
 
 def main(argv=None) -> int:
@@ -60,11 +60,7 @@ def main(argv=None) -> int:
     if args.list:
         width = max((len(cell.name) for cell in cells(config)), default=0) + 2
         for cell in cells(config):
-            done = [step for step, path in (("pretrained", cell.run_dir / "backbone.pt"),
-                                            ("evaluated", cell.eval_dir / "results.json")) if path.is_file()]
-            if not done and (cell.run_dir / "checkpoint.pt").is_file():
-                done = ["pretraining started (running, or interrupted: it resumes from checkpoint.pt)"]
-            print(f"{cell.name:<{width}}{', '.join(done) or 'to do'}")
+            print(f"{cell.name:<{width}}{cell_state(config, cell)}")
         return 0
     if args.collect_only:
         rows = collect(config)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from saliencyssl.embedded import write_embedded_dataset
-from saliencyssl.eval.grid import GridConfig, StaleCellError, cells, policy_gap, run_grid
+from saliencyssl.eval.grid import GridConfig, StaleCellError, cell_state, cells, policy_gap, run_grid
+from saliencyssl.saliency import LabellerConfig
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -117,6 +118,9 @@ def test_tiny_grid_runs_collects_and_skips_finished_cells(tmp_path, monkeypatch,
     with pytest.raises(StaleCellError, match="simclr__sal/backbone.pt .*labeller_fingerprint.*another labeller"):
         run_grid(changed, progress=False)
     assert run_grid_cli.main([str(tmp_path / "grid.json"), "--quiet"]) == 2, "one-line error, no traceback"
+    assert [cell_state(changed, c) for c in cells(changed)] == [
+        "pretrained, evaluated", f"stale: labeller_fingerprint {LabellerConfig().fingerprint()!r} (config: "
+                                 f"{LabellerConfig(min_side=48).fingerprint()!r})"]
     assert calls == []
     assert json.loads((out / "grid.json").read_text())["evaluation"]["fractions"] == "0.5,1.0", "record kept"
 

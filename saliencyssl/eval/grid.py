@@ -253,7 +253,14 @@ def _evaluation_settings(config: GridConfig, backbone: str, out: Path, backbone_
 
 
 class StaleCellError(ValueError):
-    """A finished cell was made with other settings than the grid config now asks for."""
+    """A finished cell was made with other settings than the grid config now asks for.
+
+    ``differences`` lists them (``"epochs 1 (config: 3)"``); empty when the record could not be read.
+    """
+
+    def __init__(self, message: str, differences: list[str] | None = None):
+        super().__init__(message)
+        self.differences = list(differences or [])
 
 
 #: Pretraining settings a finished cell's ``backbone.pt`` records and the grid compares (the
@@ -310,7 +317,7 @@ def _compare(path: Path, folder: Path, recorded: dict, expected: dict) -> None:
                if any(key == "labeller_fingerprint" for key in recorded if recorded[key] != expected[key]) else "")
         raise StaleCellError(f"{path} was made with other settings than the grid config asks for: "
                              f"{'; '.join(differ)}{why}. Delete {folder} to redo this cell with the new settings, "
-                             f"or give the grid another \"out\" folder to keep both")
+                             f"or give the grid another \"out\" folder to keep both", differ)
 
 
 def _pretrain_settings(config: GridConfig, cell: Cell) -> dict:
@@ -337,6 +344,25 @@ def check_finished_cells(config: GridConfig) -> None:
         target = config.random_eval_dir(seed)
         if (target / "results.json").is_file():
             check_finished_evaluation(target, _evaluation_settings(config, "random", target, seed))
+
+
+def cell_state(config: GridConfig, cell: Cell) -> str:
+    """How far ``cell`` got, for ``run_grid.py --list``: ``to do``, ``pretraining started ...``,
+    ``pretrained``, ``pretrained, evaluated``, or ``stale: ...`` with the settings that differ."""
+    done = []
+    try:
+        if (cell.run_dir / "backbone.pt").is_file():
+            check_finished_pretraining(cell, _pretrain_settings(config, cell))
+            done.append("pretrained")
+        if (cell.eval_dir / "results.json").is_file():
+            check_finished_evaluation(cell.eval_dir, _evaluation_settings(config, str(cell.run_dir / "backbone.pt"),
+                                                                         cell.eval_dir))
+            done.append("evaluated")
+    except StaleCellError as error:
+        return "stale: " + ("; ".join(error.differences) or str(error))
+    if not done and (cell.run_dir / "checkpoint.pt").is_file():
+        return "pretraining started (running, or interrupted: it resumes from checkpoint.pt)"
+    return ", ".join(done) or "to do"
 
 
 def select_cells(config: GridConfig, names: list[str]) -> list[Cell]:
