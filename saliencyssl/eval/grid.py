@@ -309,12 +309,12 @@ def check_finished_evaluation(cell_dir: Path, settings) -> None:
 
 
 def _compare(path: Path, folder: Path, recorded: dict, expected: dict) -> None:
-    differ = [f"{key} {recorded[key]!r} (config: {expected[key]!r})" for key in recorded
-              if recorded[key] != expected[key]]
+    keys = [key for key in recorded if recorded[key] != expected[key]]
+    differ = [f"{key} {recorded[key]!r} (config: {expected[key]!r})" for key in keys]
     if differ:
         why = (" (its targets came from another labeller version or other labeller options; `run_grid.py "
                "--collect-only` still tabulates the finished runs as they are)"
-               if any(key == "labeller_fingerprint" for key in recorded if recorded[key] != expected[key]) else "")
+               if "labeller_fingerprint" in keys else "")
         raise StaleCellError(f"{path} was made with other settings than the grid config asks for: "
                              f"{'; '.join(differ)}{why}. Delete {folder} to redo this cell with the new settings, "
                              f"or give the grid another \"out\" folder to keep both", differ)
@@ -331,15 +331,25 @@ def _pretrain_settings(config: GridConfig, cell: Cell) -> dict:
     return settings
 
 
+def check_finished_cell(config: GridConfig, cell: Cell) -> list[str]:
+    """The steps ``cell`` has finished (``pretrained``, ``evaluated``), each checked against the
+    config's settings (:class:`StaleCellError` when one differs)."""
+    done = []
+    if (cell.run_dir / "backbone.pt").is_file():
+        check_finished_pretraining(cell, _pretrain_settings(config, cell))
+        done.append("pretrained")
+    if (cell.eval_dir / "results.json").is_file():
+        settings = _evaluation_settings(config, str(cell.run_dir / "backbone.pt"), cell.eval_dir)
+        check_finished_evaluation(cell.eval_dir, settings)
+        done.append("evaluated")
+    return done
+
+
 def check_finished_cells(config: GridConfig) -> None:
     """Check every finished cell and baseline of ``config`` against its settings, before anything is written
     (:class:`StaleCellError` on the first that differs)."""
     for cell in cells(config):
-        if (cell.run_dir / "backbone.pt").is_file():
-            check_finished_pretraining(cell, _pretrain_settings(config, cell))
-        if (cell.eval_dir / "results.json").is_file():
-            settings = _evaluation_settings(config, str(cell.run_dir / "backbone.pt"), cell.eval_dir)
-            check_finished_evaluation(cell.eval_dir, settings)
+        check_finished_cell(config, cell)
     for seed in config.seeds if "random" in config.baselines else []:
         target = config.random_eval_dir(seed)
         if (target / "results.json").is_file():
@@ -349,15 +359,8 @@ def check_finished_cells(config: GridConfig) -> None:
 def cell_state(config: GridConfig, cell: Cell) -> str:
     """How far ``cell`` got, for ``run_grid.py --list``: ``to do``, ``pretraining started ...``,
     ``pretrained``, ``pretrained, evaluated``, or ``stale: ...`` with the settings that differ."""
-    done = []
     try:
-        if (cell.run_dir / "backbone.pt").is_file():
-            check_finished_pretraining(cell, _pretrain_settings(config, cell))
-            done.append("pretrained")
-        if (cell.eval_dir / "results.json").is_file():
-            check_finished_evaluation(cell.eval_dir, _evaluation_settings(config, str(cell.run_dir / "backbone.pt"),
-                                                                         cell.eval_dir))
-            done.append("evaluated")
+        done = check_finished_cell(config, cell)
     except StaleCellError as error:
         return "stale: " + ("; ".join(error.differences) or str(error))
     if not done and (cell.run_dir / "checkpoint.pt").is_file():
