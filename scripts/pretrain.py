@@ -15,6 +15,8 @@ holds the backbone for scripts/evaluate.py.
   exact             every target labelled on the fly (the paper's slow baseline)
 --policy: default, sal, sal+default, sal0.5+default, sal+jitter, sal0.5+jitter, sal0.8+jitter0.8,
   or free probabilities such as "sal0.3+default,vflip=0.5,view=cut".
+--method-option KEY=VALUE (repeatable) replaces one of the method's defaults (lightly's CIFAR-10 recipe):
+{method_defaults}
 
 Examples:
   python scripts/pretrain.py --data runs/quickstart/data/train --method simclr --aug-source cache,surrogate \\
@@ -29,16 +31,26 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from saliencyssl.augment import PRESETS, SOURCE_ORDERS, MissingPieceError
 from saliencyssl.saliency.options import add_labeller_options
 from saliencyssl.ssl.registry import METHODS
-from saliencyssl.ssl.pretrain import PretrainConfig, Pretrainer
+from saliencyssl.ssl.pretrain import PretrainConfig, Pretrainer, parse_method_options
+
+
+def _method_defaults() -> str:
+    lines = []
+    for name in sorted(METHODS):
+        hparams = {k: v for k, v in METHODS[name].default_hparams().items() if k != "feature_dim"}
+        lines.append(f"  {name + ':':13} " + ", ".join(f"{k}={json.dumps(v)}" for k, v in hparams.items()))
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.format(method_defaults=_method_defaults()),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="image folder (class sub-folders optional) or CIFAR-10 python batches")
     p.add_argument("--method", required=True, choices=sorted(METHODS), help="SSL method (lightly's losses and heads)")
     p.add_argument("--aug-source", default="cache", choices=SOURCE_ORDERS, metavar="SOURCES",
@@ -62,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0,
                    help="seeds weights, batch order and augmentations; a CPU run is reproducible from it (default %(default)s)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the method's recipe)")
+    p.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="replace one of the method's hyperparameters, e.g. momentum_start=0.9 for BYOL (repeatable; "
+                        "the names and defaults are listed above); recorded in backbone.pt")
     p.add_argument("--limit", type=int, default=None, help="use N images evenly spaced through the set (keeps every class)")
     add_labeller_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -78,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         scale=args.scale, max_side=args.max_side, min_side=args.min_side, cut_engine=args.cut_engine,
         limit=args.limit, progress=not args.quiet)
     try:
+        config.method_options = parse_method_options(args.method_option)
         trainer = Pretrainer(config)
     except (MissingPieceError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

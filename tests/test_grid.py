@@ -55,6 +55,12 @@ def test_config_errors_name_the_file_and_key(tmp_path):
     assert [c.name for c in cells(GridConfig.load(tmp_path / "cells_only.json"))] == ["simclr__sal"]
     with pytest.raises(ValueError, match="baselines lists random more than once"):
         GridConfig.load(_write(tmp_path, baselines=["random", "random"]))
+    with pytest.raises(ValueError, match="method_options names 'byol', which no cell of the grid pretrains"):
+        GridConfig.load(_write(tmp_path, method_options={"byol": {"momentum_start": 0.9}}))
+    with pytest.raises(ValueError, match="method_options: simclr: unknown hyperparameter.*'tau'"):
+        GridConfig.load(_write(tmp_path, method_options={"simclr": {"tau": 0.2}}))
+    with pytest.raises(ValueError, match=r"method_options\['simclr'\] must be an object"):
+        GridConfig.load(_write(tmp_path, method_options={"simclr": 0.2}))
     with pytest.raises(FileNotFoundError, match="configs/"):
         GridConfig.load(tmp_path / "nope.json")
     assert run_grid_cli.main([str(tmp_path / "nope.json")]) == 2
@@ -118,6 +124,10 @@ def test_tiny_grid_runs_collects_and_skips_finished_cells(tmp_path, monkeypatch,
     with pytest.raises(StaleCellError, match="simclr__sal/backbone.pt .*labeller_fingerprint.*another labeller"):
         run_grid(changed, progress=False)
     assert run_grid_cli.main([str(tmp_path / "grid.json"), "--quiet"]) == 2, "one-line error, no traceback"
+    # Other method options make every cell of that method stale (the backbones recorded the defaults).
+    optioned = GridConfig.load(_write(tmp_path, method_options={"simclr": {"temperature": 0.2}}))
+    assert all(cell_state(optioned, c).startswith("stale: method_options {} (config: {'temperature': 0.2})")
+               for c in cells(optioned))
     assert [cell_state(changed, c) for c in cells(changed)] == [
         "pretrained, evaluated", f"stale: labeller_fingerprint {LabellerConfig().fingerprint()!r} (config: "
                                  f"{LabellerConfig(min_side=48).fingerprint()!r})"]

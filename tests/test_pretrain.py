@@ -122,6 +122,41 @@ def test_missing_pieces_are_caught_before_the_first_step(shapes, tmp_path, capsy
     assert "miss in the cache" in capsys.readouterr().err
 
 
+def test_method_options_reach_the_method_and_are_recorded(shapes, tmp_path, capsys):
+    out = tmp_path / "byol"
+    argv = ["--data", str(shapes["train"]), "--method", "byol", "--aug-source", "none", "--policy", "default",
+            "--epochs", "1", "--batch-size", "8", "--quiet", "--out", str(out)]
+    assert pretrain.main(argv + ["--method-option", "momentum_start=0.9", "--method-option", "momentum_end=0.95"]) == 0
+    _, config = load_backbone(out / "backbone.pt")
+    assert config["method_options"] == {"momentum_start": 0.9, "momentum_end": 0.95}
+    assert config["method_hparams"]["momentum_start"] == 0.9 and config["method_hparams"]["output_dim"] == 256
+    # The target network followed the scheduled momentum, which ends at momentum_end.
+    trainer = Pretrainer(_config(shapes, tmp_path / "direct", method="byol", aug_source="none", policy="default",
+                                 epochs=1, method_options={"momentum_start": 0.9, "momentum_end": 0.95}))
+    trainer.run()
+    assert trainer.method.current_momentum == pytest.approx(0.95)
+    # Resuming with other options is refused; bad options fail before any data is read.
+    with pytest.raises(ValueError, match="--method-option momentum_end=0.95 momentum_start=0.9"):
+        Pretrainer(_config(shapes, tmp_path / "direct", method="byol", aug_source="none", policy="default",
+                           epochs=1, resume=True))
+    capsys.readouterr()
+    assert pretrain.main(argv[:-1] + [str(tmp_path / "bad"), "--method-option", "tau=0.9"]) == 2
+    assert "unknown hyperparameter(s) ['tau']" in capsys.readouterr().err
+    assert pretrain.main(argv[:-1] + [str(tmp_path / "bad"), "--method-option", "momentum_start"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_method_option_values_are_read_as_json_or_python_literals():
+    from saliencyssl.ssl.pretrain import parse_method_options
+
+    assert parse_method_options(["temperature=0.2", "symmetric=false", "loss_scale=None", "memory-bank-size=8192",
+                                 "name=abc"]) == {"temperature": 0.2, "symmetric": False, "loss_scale": None,
+                                                  "memory_bank_size": 8192, "name": "abc"}
+    with pytest.raises(ValueError, match="given twice"):
+        parse_method_options(["temperature=0.2", "temperature=0.3"])
+
+
 @pytest.mark.parametrize("method", ["simsiam", "byol", "moco", "swav", "barlowtwins"])
 def test_every_method_runs_an_epoch(shapes, tmp_path, method):
     result = Pretrainer(_config(shapes, tmp_path / method, method=method, epochs=1)).run()

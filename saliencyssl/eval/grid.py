@@ -66,6 +66,9 @@ class GridConfig:
         results_name: the prefix of the table and plot files instead (:attr:`results_stem`), for a
             config that shares ``out`` and ``evaluation_name`` with another (it reuses their runs
             and evaluations) and must not overwrite the other's table.
+        method_options: per method, hyperparameters replacing its defaults (``pretrain.py
+            --method-option``), e.g. ``{"byol": {"momentum_start": 0.9}}``; recorded in each backbone,
+            so a cell pretrained with other options is stale.
     """
 
     name: str
@@ -84,6 +87,7 @@ class GridConfig:
     evaluation_name: str = "evals"
     pretrain_seeds: list[int] | None = None
     results_name: str | None = None
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def seeds(self) -> list[int]:
@@ -173,7 +177,26 @@ class GridConfig:
                 parse_policy(policy)
             except ValueError as error:
                 raise ValueError(f"{path}: policy {policy!r}: {error}") from error
+        _check_method_options(path, config, set(config.methods) | {m for m, _ in pairs})
         return config
+
+
+def _check_method_options(path: Path, config: GridConfig, methods: set[str]) -> None:
+    from saliencyssl.ssl.registry import check_method_options
+
+    if not isinstance(config.method_options, dict):
+        raise ValueError(f"{path}: method_options must map a method to its options, e.g. "
+                         f'{{"byol": {{"momentum_start": 0.9}}}}')
+    for method, options in config.method_options.items():
+        if method not in methods:
+            raise ValueError(f"{path}: method_options names {method!r}, which no cell of the grid pretrains "
+                             f"(its methods: {', '.join(sorted(methods)) or 'none'})")
+        if not isinstance(options, dict):
+            raise ValueError(f"{path}: method_options[{method!r}] must be an object of hyperparameters, got {options!r}")
+        try:
+            check_method_options(method, options)
+        except ValueError as error:
+            raise ValueError(f"{path}: method_options: {error}") from error
 
 
 @dataclass
@@ -266,7 +289,7 @@ class StaleCellError(ValueError):
 #: Pretraining settings a finished cell's ``backbone.pt`` records and the grid compares (the
 #: labeller fingerprint only for saliency policies: the others never asked for a target).
 _RECORDED_PRETRAIN_KEYS = ("method", "policy", "epochs", "batch_size", "seed", "image_size", "lr", "limit",
-                           "labeller_fingerprint")
+                           "method_options", "labeller_fingerprint")
 
 
 def check_finished_pretraining(cell: Cell, expected: dict) -> None:
@@ -283,6 +306,7 @@ def check_finished_pretraining(cell: Cell, expected: dict) -> None:
     except Exception as error:  # unpickling errors have no common base class
         raise StaleCellError(f"{path} cannot be read ({type(error).__name__}); delete {cell.run_dir} to pretrain "
                              f"the cell again") from error
+    recorded.setdefault("method_options", {})  # backbones written before the option had the defaults
     _compare(path, cell.run_dir, {k: recorded[k] for k in _RECORDED_PRETRAIN_KEYS if k in recorded and k in expected},
              expected)
 
@@ -323,7 +347,8 @@ def _compare(path: Path, folder: Path, recorded: dict, expected: dict) -> None:
 def _pretrain_settings(config: GridConfig, cell: Cell) -> dict:
     settings = dict(config.pretrain, image_size=config.image_size)
     settings = {**settings, "method": cell.method, "policy": cell.policy, "seed": cell.seed,
-                "lr": settings.get("lr"), "limit": settings.get("limit")}
+                "lr": settings.get("lr"), "limit": settings.get("limit"),
+                "method_options": dict(config.method_options.get(cell.method, {}))}
     if parse_policy(cell.policy).uses_saliency:
         from saliencyssl.saliency import LabellerConfig
 
@@ -412,6 +437,7 @@ def run_grid(config: GridConfig, progress: bool = True, only: list[str] | None =
                 settings.update(knn_train=config.train, knn_test=config.test)
             run = PretrainConfig(data=config.train, out=str(cell.run_dir), method=cell.method, policy=cell.policy,
                                  aug_source=aug_source, cache=config.cache, progress=progress,
+                                 method_options=dict(config.method_options.get(cell.method, {})),
                                  resume=(cell.run_dir / "checkpoint.pt").is_file(), **config.labeller, **settings)
             Pretrainer(run).run()
         evaluation = _evaluation_settings(config, str(cell.run_dir / "backbone.pt"), cell.eval_dir)

@@ -50,7 +50,9 @@ class PretrainConfig:
 
     ``batch_size`` is the global batch; under torchrun each of N processes takes
     ``batch_size / N``. ``limit`` keeps N images evenly spaced through the set (all classes). ``workers`` is the
-    number of processes for exact labelling (``--aug-source exact`` / ``cache,exact``).
+    number of processes for exact labelling (``--aug-source exact`` / ``cache,exact``). ``method_options``
+    replaces some of the method's hyperparameters (``--method-option KEY=VALUE``; the keys are those of
+    :meth:`~saliencyssl.ssl.method.SSLMethod.default_hparams`, e.g. BYOL's ``momentum_start``).
     """
 
     data: str
@@ -73,6 +75,7 @@ class PretrainConfig:
     resume: bool = False
     seed: int = 0
     lr: float | None = None
+    method_options: dict[str, Any] = field(default_factory=dict)
     scale: float | None = None
     max_side: int | None = None
     min_side: int = 64
@@ -135,6 +138,9 @@ class Pretrainer:
         c = self.config
         if c.epochs < 1:
             raise ValueError(f"--epochs must be at least 1, got {c.epochs}")
+        from saliencyssl.ssl.registry import check_method_options
+
+        check_method_options(c.method, dict(c.method_options or {}))
         _seed_everything(c.seed + self.dist.rank)
         self.policy = parse_policy(c.policy)
         self.sources = parse_sources(c.aug_source)
@@ -173,7 +179,12 @@ class Pretrainer:
         from saliencyssl.ssl.optim import build_optimizer
 
         backbone = resnet18_backbone(uses_cifar_stem(c.image_size))
-        self.method = build_method(c.method, backbone, distributed=self.dist.enabled).to(self.device)
+        self.method = build_method(c.method, backbone, distributed=self.dist.enabled,
+                                   **(c.method_options or {})).to(self.device)
+        if c.method_options:
+            defaults = self.method.default_hparams()
+            self._say(f"{c.method} options: " + ", ".join(f"{k}={v!r} (default {defaults[k]!r})"
+                                                          for k, v in sorted(c.method_options.items())))
         self.model: torch.nn.Module = self.method
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -276,6 +287,10 @@ class Pretrainer:
             if saved.get(key) != getattr(self.config, key):
                 raise ValueError(f"{path} was written with --{key.replace('_', '-')} {saved.get(key)}, this run has "
                                  f"{getattr(self.config, key)}; resume with the same value or use another --out")
+        if (saved.get("method_options") or {}) != (self.config.method_options or {}):
+            raise ValueError(f"{path} was written with --method-option {format_method_options(saved.get('method_options'))}, "
+                             f"this run has {format_method_options(self.config.method_options)}; resume with the same "
+                             f"options or use another --out")
         try:
             self.method.load_state_dict(state["method"])
         except RuntimeError as error:
@@ -436,10 +451,45 @@ class Pretrainer:
                 "cifar_stem": uses_cifar_stem(c.image_size), "image_size": c.image_size, "method": c.method,
                 "policy": self.policy.name, "aug_source": ",".join(self.router.sources), "epochs": c.epochs,
                 "batch_size": c.batch_size, "seed": c.seed, "lr": c.lr, "limit": c.limit, "data": str(c.data),
+                "method_options": dict(c.method_options or {}), "method_hparams": dict(self.method.hparams),
                 "labeller_fingerprint": self.labeller.fingerprint,
                 "final_knn_accuracy": self.history[-1].knn_accuracy if self.history else None})
             print(f"wrote {path}", flush=True)
         return PretrainResult(path, self.history)
+
+
+_PYTHON_SPELLINGS = {"None": "null", "True": "true", "False": "false"}
+
+
+def parse_method_options(items: list[str] | None) -> dict[str, Any]:
+    """``["momentum_start=0.9", "symmetric=false"]`` -> ``{"momentum_start": 0.9, "symmetric": False}``.
+
+    Each value is read as JSON (numbers, ``true``/``false``, ``null``; Python's ``True``/``False``/``None``
+    too), else kept as a string; the
+    method checks names and values when it is built.
+
+    Raises:
+        ValueError: an item without ``=``, or a key given twice.
+    """
+    options: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ValueError(f"--method-option takes KEY=VALUE (e.g. momentum_start=0.9), got {item!r}")
+        if key in options:
+            raise ValueError(f"--method-option {key} is given twice")
+        text = text.strip()
+        try:
+            options[key] = json.loads(_PYTHON_SPELLINGS.get(text, text))
+        except ValueError:
+            options[key] = text
+    return options
+
+
+def format_method_options(options: dict[str, Any] | None) -> str:
+    """The options as ``--method-option`` would take them, or ``(none)``."""
+    return " ".join(f"{k}={json.dumps(v)}" for k, v in sorted((options or {}).items())) or "(none)"
 
 
 def _seed_everything(seed: int) -> None:

@@ -35,6 +35,15 @@ def build_method(name: str, backbone: nn.Module, *, distributed: bool = False, *
     Examples:
         >>> method = build_method("moco", resnet18_backbone(cifar_stem=True), memory_bank_size=8192)
     """
+    return method_class(name)(backbone, distributed=distributed, **overrides)
+
+
+def method_class(name: str) -> type[SSLMethod]:
+    """The registered class for ``name`` (spelled as :func:`build_method` accepts it).
+
+    Raises:
+        ValueError: unknown method name (the message lists the registered ones).
+    """
     if not isinstance(name, str):
         raise ValueError(f"method name must be a string, one of {sorted(METHODS)}; got {name!r}")
     key = name.strip().lower().replace("-", "").replace("_", "")
@@ -42,4 +51,14 @@ def build_method(name: str, backbone: nn.Module, *, distributed: bool = False, *
         key = "moco"
     if key not in METHODS:
         raise ValueError(f"unknown SSL method {name!r}; choose one of {sorted(METHODS)}")
-    return METHODS[key](backbone, distributed=distributed, **overrides)
+    return METHODS[key]
+
+
+def check_method_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The hyperparameters ``name`` would be built with under ``options``, checked without building
+    anything (so a script can refuse a bad ``--method-option`` before loading its data).
+
+    Raises:
+        ValueError: unknown method, unknown hyperparameter or invalid value.
+    """
+    return method_class(name)._resolve_hparams(options)
