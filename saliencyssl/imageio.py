@@ -68,9 +68,7 @@ def read_image(path: str | Path) -> np.ndarray:
     if image is None:
         image = _read_with_pillow(path)
     elif image.ndim == 3 and image.shape[2] >= 3:
-        image = cv2.cvtColor(image[:, :, :3], cv2.COLOR_BGR2RGB)
-    elif image.ndim == 3 and image.shape[2] == 2:  # grey + alpha
-        image = image[:, :, 0]
+        image = image[:, :, 2::-1]  # OpenCV's BGR(A) to RGB; to_rgb_uint8 does the rest (grey + alpha, dtype)
     return to_rgb_uint8(image, source=path)
 
 
