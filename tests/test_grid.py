@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from saliencyssl.embedded import write_embedded_dataset
-from saliencyssl.eval.grid import GridConfig, StaleCellError, cell_state, cells, policy_gap, run_grid
+from saliencyssl.eval.grid import GridConfig, StaleCellError, cell_state, cells, collect, policy_gap, run_grid
 from saliencyssl.saliency import LabellerConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,6 +128,8 @@ def test_tiny_grid_runs_collects_and_skips_finished_cells(tmp_path, monkeypatch,
     optioned = GridConfig.load(_write(tmp_path, method_options={"simclr": {"temperature": 0.2}}))
     assert all(cell_state(optioned, c).startswith("stale: method_options {} (config: {'temperature': 0.2})")
                for c in cells(optioned))
+    collect(optioned)  # the table says which options the grid asks for
+    assert "Method options (instead of the defaults): simclr temperature=0.2" in (out / "grid_results.md").read_text()
     assert [cell_state(changed, c) for c in cells(changed)] == [
         "pretrained, evaluated", f"stale: labeller_fingerprint {LabellerConfig().fingerprint()!r} (config: "
                                  f"{LabellerConfig(min_side=48).fingerprint()!r})"]

@@ -469,7 +469,13 @@ def collect(config: GridConfig) -> list[dict]:
         return rows
     stem = config.results_stem
     write_rows_csv(out / f"{stem}_results.csv", rows)
-    (out / f"{stem}_results.md").write_text(rows_markdown(config.name, config.description, rows))
+    description = config.description
+    if config.method_options:
+        from saliencyssl.ssl.pretrain import format_method_options
+
+        description += "\n\nMethod options (instead of the defaults): " + "; ".join(
+            f"{method} {format_method_options(options)}" for method, options in sorted(config.method_options.items()))
+    (out / f"{stem}_results.md").write_text(rows_markdown(config.name, description, rows))
     random_knn = [r["accuracy_mean"] for r in rows
                   if r["method"] == "random" and r["protocol"] == "knn" and float(r["fraction"]) == 1.0]
     for method in dict.fromkeys(c.method for c in cells(config)):
