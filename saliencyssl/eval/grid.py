@@ -192,7 +192,8 @@ def _check_method_options(path: Path, config: GridConfig, methods: set[str]) -> 
             raise ValueError(f"{path}: method_options names {method!r}, which no cell of the grid pretrains "
                              f"(its methods: {', '.join(sorted(methods)) or 'none'})")
         if not isinstance(options, dict):
-            raise ValueError(f"{path}: method_options[{method!r}] must be an object of hyperparameters, got {options!r}")
+            raise ValueError(f"{path}: method_options[{method!r}] must be an object of hyperparameters, "
+                             f"got {options!r}")
         try:
             check_method_options(method, options)
         except ValueError as error:

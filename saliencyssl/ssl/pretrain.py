@@ -287,10 +287,11 @@ class Pretrainer:
             if saved.get(key) != getattr(self.config, key):
                 raise ValueError(f"{path} was written with --{key.replace('_', '-')} {saved.get(key)}, this run has "
                                  f"{getattr(self.config, key)}; resume with the same value or use another --out")
-        if (saved.get("method_options") or {}) != (self.config.method_options or {}):
-            raise ValueError(f"{path} was written with --method-option {format_method_options(saved.get('method_options'))}, "
-                             f"this run has {format_method_options(self.config.method_options)}; resume with the same "
-                             f"options or use another --out")
+        saved_options, options = saved.get("method_options") or {}, self.config.method_options or {}
+        if saved_options != options:
+            raise ValueError(f"{path} was written with --method-option {format_method_options(saved_options)}, this "
+                             f"run has {format_method_options(options)}; resume with the same options or use another "
+                             f"--out")
         try:
             self.method.load_state_dict(state["method"])
         except RuntimeError as error:
@@ -465,8 +466,7 @@ def parse_method_options(items: list[str] | None) -> dict[str, Any]:
     """``["momentum_start=0.9", "symmetric=false"]`` -> ``{"momentum_start": 0.9, "symmetric": False}``.
 
     Each value is read as JSON (numbers, ``true``/``false``, ``null``; Python's ``True``/``False``/``None``
-    too), else kept as a string; the
-    method checks names and values when it is built.
+    too), else kept as a string; the method checks names and values when it is built.
 
     Raises:
         ValueError: an item without ``=``, or a key given twice.
