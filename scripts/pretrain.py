@@ -49,7 +49,7 @@ def _method_defaults() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.format(method_defaults=_method_defaults()),
+    p = argparse.ArgumentParser(description=(__doc__ or "").replace("{method_defaults}", _method_defaults()),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="image folder (class sub-folders optional) or CIFAR-10 python batches")
     p.add_argument("--method", required=True, choices=sorted(METHODS), help="SSL method (lightly's losses and heads)")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from saliencyssl.embedded import write_embedded_dataset
 from saliencyssl.eval.grid import GridConfig, StaleCellError, cell_state, cells, collect, policy_gap, run_grid
@@ -124,17 +125,46 @@ def test_tiny_grid_runs_collects_and_skips_finished_cells(tmp_path, monkeypatch,
     with pytest.raises(StaleCellError, match="simclr__sal/backbone.pt .*labeller_fingerprint.*another labeller"):
         run_grid(changed, progress=False)
     assert run_grid_cli.main([str(tmp_path / "grid.json"), "--quiet"]) == 2, "one-line error, no traceback"
-    # Other method options make every cell of that method stale (the backbones recorded the defaults).
-    optioned = GridConfig.load(_write(tmp_path, method_options={"simclr": {"temperature": 0.2}}))
-    assert all(cell_state(optioned, c).startswith("stale: method_options {} (config: {'temperature': 0.2})")
-               for c in cells(optioned))
-    collect(optioned)  # the table says which options the grid asks for
-    assert "Method options (instead of the defaults): simclr temperature=0.2" in (out / "grid_results.md").read_text()
     assert [cell_state(changed, c) for c in cells(changed)] == [
         "pretrained, evaluated", f"stale: labeller_fingerprint {LabellerConfig().fingerprint()!r} (config: "
                                  f"{LabellerConfig(min_side=48).fingerprint()!r})"]
     assert calls == []
     assert json.loads((out / "grid.json").read_text())["evaluation"]["fractions"] == "0.5,1.0", "record kept"
+
+    # Method options: other options make the method's cells stale (these backbones recorded the defaults);
+    # a default given explicitly changes nothing.
+    optioned = GridConfig.load(_write(tmp_path, method_options={"simclr": {"temperature": 0.2}}))
+    assert all(cell_state(optioned, c).startswith("stale: method_options {} (config: {'temperature': 0.2})")
+               for c in cells(optioned))
+    explicit = GridConfig.load(_write(tmp_path, method_options={"simclr": {"temperature": 0.5}}))
+    assert [cell_state(explicit, c) for c in cells(explicit)] == ["pretrained, evaluated"] * 2
+    # A backbone that records the options matches; one from before the key existed counts as the defaults.
+    default_cell, sal_cell = cells(optioned)
+    state = torch.load(default_cell.run_dir / "backbone.pt", weights_only=True)
+    state["config"]["method_options"] = {"temperature": 0.2}
+    torch.save(state, default_cell.run_dir / "backbone.pt")
+    results = json.loads((default_cell.eval_dir / "results.json").read_text())
+    results["meta"]["backbone"]["config"]["method_options"] = {"temperature": 0.2}
+    (default_cell.eval_dir / "results.json").write_text(json.dumps(results))
+    state = torch.load(sal_cell.run_dir / "backbone.pt", weights_only=True)
+    del state["config"]["method_options"]
+    torch.save(state, sal_cell.run_dir / "backbone.pt")
+    assert cell_state(optioned, default_cell) == "pretrained, evaluated"
+    assert cell_state(optioned, sal_cell).startswith("stale: method_options {}")
+    collect(optioned)  # the table names the options the evaluated backbones were pretrained with
+    table = (out / "grid_results.md").read_text()
+    assert "as the evaluated backbones record them: simclr__default temperature=0.2" in table
+    assert "simclr__sal temperature" not in table
+    # One method's options do not reach another; an unfinished run started with other options is stale too.
+    mixed = GridConfig.load(_write(tmp_path, methods=["simclr", "byol"],
+                                   method_options={"byol": {"momentum_start": 0.9}}))
+    byol_default = next(c for c in cells(mixed) if c.name == "byol__default")
+    byol_default.run_dir.mkdir(parents=True)
+    torch.save({"config": {"epochs": 1, "method_options": {}}}, byol_default.run_dir / "checkpoint.pt")
+    assert {c.name: cell_state(mixed, c) for c in cells(mixed)} == {
+        "simclr__default": "stale: method_options {'temperature': 0.2} (config: {})",
+        "simclr__sal": "pretrained, evaluated",
+        "byol__default": "stale: method_options {} (config: {'momentum_start': 0.9})", "byol__sal": "to do"}
 
 
 def test_pretraining_seeds_are_separate_runs_combined_into_one_row(tmp_path, monkeypatch):

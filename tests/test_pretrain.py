@@ -139,7 +139,12 @@ def test_method_options_reach_the_method_and_are_recorded(shapes, tmp_path, caps
     with pytest.raises(ValueError, match="--method-option momentum_end=0.95 momentum_start=0.9"):
         Pretrainer(_config(shapes, tmp_path / "direct", method="byol", aug_source="none", policy="default",
                            epochs=1, resume=True))
+    Pretrainer(_config(shapes, tmp_path / "direct", method="byol", aug_source="none", policy="default", epochs=1,
+                       resume=True, method_options={"momentum_start": 0.9, "momentum_end": 0.95,
+                                                    "output_dim": 256}))  # a default given explicitly: the same
     capsys.readouterr()
+    assert pretrain.main(argv[:-1] + [str(tmp_path / "bad"), "--method-option", "feature_dim=256"]) == 2
+    assert "feature_dim is set by the backbone" in capsys.readouterr().err
     assert pretrain.main(argv[:-1] + [str(tmp_path / "bad"), "--method-option", "tau=0.9"]) == 2
     assert "unknown hyperparameter(s) ['tau']" in capsys.readouterr().err
     assert pretrain.main(argv[:-1] + [str(tmp_path / "bad"), "--method-option", "momentum_start"]) == 2

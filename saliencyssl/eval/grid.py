@@ -308,8 +308,33 @@ def check_finished_pretraining(cell: Cell, expected: dict) -> None:
         raise StaleCellError(f"{path} cannot be read ({type(error).__name__}); delete {cell.run_dir} to pretrain "
                              f"the cell again") from error
     recorded.setdefault("method_options", {})  # backbones written before the option had the defaults
-    _compare(path, cell.run_dir, {k: recorded[k] for k in _RECORDED_PRETRAIN_KEYS if k in recorded and k in expected},
-             expected)
+    _compare(path, cell.run_dir, _comparable(cell, recorded, expected), expected)
+
+
+def check_started_pretraining(cell: Cell, expected: dict) -> None:
+    """Raise :class:`StaleCellError` when ``cell``'s unfinished run (``checkpoint.pt``, no backbone yet)
+    was started with other settings, which resuming it would refuse."""
+    import torch
+
+    path = cell.run_dir / "checkpoint.pt"
+    try:
+        recorded = dict(torch.load(path, map_location="cpu", weights_only=True).get("config", {}))
+    except Exception as error:  # unpickling errors have no common base class
+        raise StaleCellError(f"{path} cannot be read ({type(error).__name__}); delete {cell.run_dir} to pretrain "
+                             f"the cell again") from error
+    recorded = {k: recorded[k] for k in ("epochs", "batch_size", "seed", "image_size", "lr", "limit",
+                                         "method_options") if k in recorded}
+    _compare(path, cell.run_dir, _comparable(cell, recorded, expected), expected)
+
+
+def _comparable(cell: Cell, recorded: dict, expected: dict) -> dict:
+    """The recorded settings the config also sets; method options as their changes from the defaults."""
+    from saliencyssl.ssl.registry import changed_method_options
+
+    recorded = {k: recorded[k] for k in _RECORDED_PRETRAIN_KEYS if k in recorded and k in expected}
+    if "method_options" in recorded:
+        recorded["method_options"] = changed_method_options(cell.method, recorded["method_options"])
+    return recorded
 
 
 def check_finished_evaluation(cell_dir: Path, settings) -> None:
@@ -346,10 +371,12 @@ def _compare(path: Path, folder: Path, recorded: dict, expected: dict) -> None:
 
 
 def _pretrain_settings(config: GridConfig, cell: Cell) -> dict:
+    from saliencyssl.ssl.registry import changed_method_options
+
     settings = dict(config.pretrain, image_size=config.image_size)
     settings = {**settings, "method": cell.method, "policy": cell.policy, "seed": cell.seed,
                 "lr": settings.get("lr"), "limit": settings.get("limit"),
-                "method_options": dict(config.method_options.get(cell.method, {}))}
+                "method_options": changed_method_options(cell.method, config.method_options.get(cell.method))}
     if parse_policy(cell.policy).uses_saliency:
         from saliencyssl.saliency import LabellerConfig
 
@@ -359,11 +386,14 @@ def _pretrain_settings(config: GridConfig, cell: Cell) -> dict:
 
 def check_finished_cell(config: GridConfig, cell: Cell) -> list[str]:
     """The steps ``cell`` has finished (``pretrained``, ``evaluated``), each checked against the
-    config's settings (:class:`StaleCellError` when one differs)."""
+    config's settings (:class:`StaleCellError` when one differs, or when an unfinished run was
+    started with other settings)."""
     done = []
     if (cell.run_dir / "backbone.pt").is_file():
         check_finished_pretraining(cell, _pretrain_settings(config, cell))
         done.append("pretrained")
+    elif (cell.run_dir / "checkpoint.pt").is_file():
+        check_started_pretraining(cell, _pretrain_settings(config, cell))
     if (cell.eval_dir / "results.json").is_file():
         settings = _evaluation_settings(config, str(cell.run_dir / "backbone.pt"), cell.eval_dir)
         check_finished_evaluation(cell.eval_dir, settings)
@@ -459,6 +489,26 @@ def run_grid(config: GridConfig, progress: bool = True, only: list[str] | None =
     return collect(config)
 
 
+def recorded_method_options(config: GridConfig) -> dict[str, str]:
+    """Per evaluated cell pretrained with other than its method's defaults, those options (as
+    ``--method-option`` takes them), read from the backbone config its evaluation recorded: what the
+    runs used, which ``--collect-only`` may tabulate even where the config now asks for other options."""
+    from saliencyssl.ssl.pretrain import format_method_options
+
+    found = {}
+    for cell in cells(config):
+        path = cell.eval_dir / "results.json"
+        if not path.is_file():
+            continue
+        try:
+            recorded = json.loads(path.read_text())["meta"]["backbone"]["config"].get("method_options")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if recorded:
+            found[cell.name] = format_method_options(recorded)
+    return found
+
+
 def collect(config: GridConfig) -> list[dict]:
     """Gather every finished evaluation into rows; write the CSV, markdown table and plots."""
     out = Path(config.out)
@@ -471,11 +521,10 @@ def collect(config: GridConfig) -> list[dict]:
     stem = config.results_stem
     write_rows_csv(out / f"{stem}_results.csv", rows)
     description = config.description
-    if config.method_options:
-        from saliencyssl.ssl.pretrain import format_method_options
-
-        description += "\n\nMethod options (instead of the defaults): " + "; ".join(
-            f"{method} {format_method_options(options)}" for method, options in sorted(config.method_options.items()))
+    options = recorded_method_options(config)
+    if options:
+        description += "\n\nMethod options (instead of the defaults), as the evaluated backbones record them: " + \
+            "; ".join(f"{cell} {text}" for cell, text in options.items())
     (out / f"{stem}_results.md").write_text(rows_markdown(config.name, description, rows))
     random_knn = [r["accuracy_mean"] for r in rows
                   if r["method"] == "random" and r["protocol"] == "knn" and float(r["fraction"]) == 1.0]

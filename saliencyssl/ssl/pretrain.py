@@ -287,8 +287,11 @@ class Pretrainer:
             if saved.get(key) != getattr(self.config, key):
                 raise ValueError(f"{path} was written with --{key.replace('_', '-')} {saved.get(key)}, this run has "
                                  f"{getattr(self.config, key)}; resume with the same value or use another --out")
+        from saliencyssl.ssl.registry import changed_method_options
+
         saved_options, options = saved.get("method_options") or {}, self.config.method_options or {}
-        if saved_options != options:
+        if changed_method_options(self.config.method, saved_options) != changed_method_options(self.config.method,
+                                                                                               options):
             raise ValueError(f"{path} was written with --method-option {format_method_options(saved_options)}, this "
                              f"run has {format_method_options(options)}; resume with the same options or use another "
                              f"--out")

@@ -58,7 +58,23 @@ def check_method_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """The hyperparameters ``name`` would be built with under ``options``, checked without building
     anything (so a script can refuse a bad ``--method-option`` before loading its data).
 
+    ``feature_dim`` is not an option: the backbone fixes it (512 for the ResNet-18).
+
     Raises:
-        ValueError: unknown method, unknown hyperparameter or invalid value.
+        ValueError: unknown method, unknown hyperparameter, ``feature_dim``, or invalid value.
     """
-    return method_class(name)._resolve_hparams(options)
+    cls = method_class(name)
+    if "feature_dim" in options:
+        raise ValueError(f"{cls.name}: feature_dim is set by the backbone (512 for the ResNet-18), not an option")
+    return cls._resolve_hparams(options)
+
+
+def changed_method_options(name: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    """The options that differ from ``name``'s defaults (so giving a default explicitly changes nothing):
+    what two runs are compared by.
+
+    Raises:
+        ValueError: as :func:`check_method_options`.
+    """
+    defaults = method_class(name).default_hparams()
+    return {k: v for k, v in check_method_options(name, dict(options or {})).items() if v != defaults[k]}
