@@ -299,14 +299,7 @@ def check_finished_pretraining(cell: Cell, expected: dict) -> None:
     ``expected`` holds the settings the config asks for (keys of :data:`_RECORDED_PRETRAIN_KEYS`);
     a setting the checkpoint does not record (older runs) is not compared.
     """
-    import torch
-
-    path = cell.run_dir / "backbone.pt"
-    try:
-        recorded = dict(torch.load(path, map_location="cpu", weights_only=True).get("config", {}))
-    except Exception as error:  # unpickling errors have no common base class
-        raise StaleCellError(f"{path} cannot be read ({type(error).__name__}); delete {cell.run_dir} to pretrain "
-                             f"the cell again") from error
+    path, recorded = _recorded_config(cell, "backbone.pt")
     recorded.setdefault("method_options", {})  # backbones written before the option had the defaults
     _compare(path, cell.run_dir, _comparable(cell, recorded, expected), expected)
 
@@ -314,17 +307,22 @@ def check_finished_pretraining(cell: Cell, expected: dict) -> None:
 def check_started_pretraining(cell: Cell, expected: dict) -> None:
     """Raise :class:`StaleCellError` when ``cell``'s unfinished run (``checkpoint.pt``, no backbone yet)
     was started with other settings, which resuming it would refuse."""
-    import torch
-
-    path = cell.run_dir / "checkpoint.pt"
-    try:
-        recorded = dict(torch.load(path, map_location="cpu", weights_only=True).get("config", {}))
-    except Exception as error:  # unpickling errors have no common base class
-        raise StaleCellError(f"{path} cannot be read ({type(error).__name__}); delete {cell.run_dir} to pretrain "
-                             f"the cell again") from error
+    path, recorded = _recorded_config(cell, "checkpoint.pt")
+    # The run's PretrainConfig: the keys it stores as the backbone will (its policy is spelled as given).
     recorded = {k: recorded[k] for k in ("epochs", "batch_size", "seed", "image_size", "lr", "limit",
                                          "method_options") if k in recorded}
     _compare(path, cell.run_dir, _comparable(cell, recorded, expected), expected)
+
+
+def _recorded_config(cell: Cell, name: str) -> tuple[Path, dict]:
+    import torch
+
+    path = cell.run_dir / name
+    try:
+        return path, dict(torch.load(path, map_location="cpu", weights_only=True).get("config", {}))
+    except Exception as error:  # unpickling errors have no common base class
+        raise StaleCellError(f"{path} cannot be read ({type(error).__name__}); delete {cell.run_dir} to pretrain "
+                             f"the cell again") from error
 
 
 def _comparable(cell: Cell, recorded: dict, expected: dict) -> dict:
