@@ -337,6 +337,29 @@ def test_build_optimizer_gives_the_recipe_and_a_per_step_cosine(name, kind, peak
     assert custom.param_groups[0]["lr"] == 0.01
 
 
+def test_simsiam_fixed_predictor_rate_stays_at_the_peak_and_resumes(tmp_path):
+    method = build_method("simsiam", _tiny_backbone(), feature_dim=16, fix_predictor_lr=True, **SMALL_HEADS["simsiam"])
+    optimizer, scheduler = build_optimizer(method, batch_size=128, epochs=2, steps_per_epoch=3)
+    scheduled, fixed = optimizer.param_groups
+    predictor = {id(p) for p in method.prediction_head.parameters()}
+    assert {id(p) for p in fixed["params"]} == predictor
+    assert {id(p) for p in scheduled["params"]} == {id(p) for p in method.parameters() if p.requires_grad} - predictor
+    for _ in range(4):
+        optimizer.step()
+        scheduler.step()
+    assert fixed["lr"] == pytest.approx(0.06) and scheduled["lr"] < 0.06 / 2
+    # The schedule's state (both groups' factors) survives a checkpoint, as pretrain.py saves it.
+    torch.save(scheduler.state_dict(), tmp_path / "scheduler.pt")
+    again, again_scheduler = build_optimizer(method, batch_size=128, epochs=2, steps_per_epoch=3)
+    again_scheduler.load_state_dict(torch.load(tmp_path / "scheduler.pt", weights_only=True))
+    assert again_scheduler.last_epoch == 4
+    # Off (the default, lightly's recipe): one group on the schedule.
+    plain = build_method("simsiam", _tiny_backbone(), feature_dim=16, **SMALL_HEADS["simsiam"])
+    assert len(build_optimizer(plain, batch_size=128, epochs=2, steps_per_epoch=3)[0].param_groups) == 1
+    with pytest.raises(ValueError, match="fix_predictor_lr"):
+        build_method("simsiam", _tiny_backbone(), feature_dim=16, fix_predictor_lr=1, **SMALL_HEADS["simsiam"])
+
+
 def test_build_optimizer_rejects_bad_arguments():
     method = build_method("simclr", _tiny_backbone(), feature_dim=16, **SMALL_HEADS["simclr"])
     with pytest.raises(ValueError, match="steps_per_epoch"):

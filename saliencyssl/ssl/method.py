@@ -152,6 +152,11 @@ class SSLMethod(nn.Module):
         """
         self._check_progress(progress, epoch)
 
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained at the peak learning rate throughout, outside the cosine schedule
+        (SimSiam's ``fix_predictor_lr``); none by default."""
+        return []
+
     def after_backward(self, epoch: int) -> None:
         """Hook called after ``loss.backward()`` and before ``optimizer.step()``."""
 

@@ -12,7 +12,9 @@ swav            Adam   1e-3 x batch / 128         (betas)   1e-6
 
 The learning rate follows a half cosine from the peak to 0 over ``epochs * steps_per_epoch``
 optimizer steps (lightly anneals per epoch with ``CosineAnnealingLR(max_epochs)``; stepping per
-optimizer step gives the same curve, smoothed). No warm-up, as in lightly's benchmark.
+optimizer step gives the same curve, smoothed). No warm-up, as in lightly's benchmark. A method's
+:meth:`~saliencyssl.ssl.method.SSLMethod.fixed_lr_parameters` (SimSiam's predictor with
+``fix_predictor_lr``) form a second parameter group that stays at the peak rate.
 """
 
 from __future__ import annotations
@@ -22,6 +24,14 @@ import math
 import torch
 
 from saliencyssl.ssl.method import SSLMethod
+
+
+class ConstantFactor:
+    """``LambdaLR`` factor 1 at every step (a parameter group outside the schedule); a class so the
+    scheduler's ``state_dict`` can be saved and restored."""
+
+    def __call__(self, step: int) -> float:
+        return 1.0
 
 
 class CosineDecay:
@@ -63,7 +73,8 @@ def build_optimizer(method: SSLMethod, *, batch_size: int, epochs: int, steps_pe
 
     Returns:
         ``(optimizer, scheduler)``; ``scheduler`` is a ``LambdaLR`` whose factor goes from 1 at
-        step 0 to 0 at step ``epochs * steps_per_epoch``.
+        step 0 to 0 at step ``epochs * steps_per_epoch`` (``param_groups[0]``); the method's
+        fixed-rate parameters, if any, are ``param_groups[1]`` with factor 1 throughout.
 
     Raises:
         TypeError: ``method`` is not an :class:`SSLMethod`.
@@ -86,16 +97,22 @@ def build_optimizer(method: SSLMethod, *, batch_size: int, epochs: int, steps_pe
     elif isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"build_optimizer: lr must be a positive number or None for the recipe's "
                          f"({recipe.lr_for(batch_size):g} at batch {batch_size}), got {lr!r}")
-    params = [p for p in method.parameters() if p.requires_grad]
+    fixed = {id(p) for p in method.fixed_lr_parameters()}
+    params = [p for p in method.parameters() if p.requires_grad and id(p) not in fixed]
     if not params:
         raise ValueError(f"build_optimizer: {method.name} has no trainable parameters")
+    groups = [{"params": params}]
+    factors: list = [CosineDecay(epochs * steps_per_epoch)]
+    if fixed:
+        groups.append({"params": [p for p in method.parameters() if p.requires_grad and id(p) in fixed]})
+        factors.append(ConstantFactor())
     if recipe.kind == "sgd":
         optimizer: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=float(lr), momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+            groups, lr=float(lr), momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     elif recipe.kind == "adam":
-        optimizer = torch.optim.Adam(params, lr=float(lr), weight_decay=recipe.weight_decay)
+        optimizer = torch.optim.Adam(groups, lr=float(lr), weight_decay=recipe.weight_decay)
     else:  # pragma: no cover - recipes are defined in this package
         raise ValueError(f"{method.name}: unknown optimizer kind {recipe.kind!r} (expected 'sgd' or 'adam')")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, CosineDecay(epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
     return optimizer, scheduler
 

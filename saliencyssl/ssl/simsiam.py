@@ -9,7 +9,7 @@ from lightly.models.modules import SimSiamPredictionHead
 from lightly.models.modules.heads import ProjectionHead
 from torch import Tensor, nn
 
-from saliencyssl.ssl.method import OptimizerRecipe, SSLMethod, _check_int
+from saliencyssl.ssl.method import OptimizerRecipe, SSLMethod, _check_bool, _check_int
 
 
 class SimSiam(SSLMethod):
@@ -22,6 +22,9 @@ class SimSiam(SSLMethod):
     2-layer projection MLP 512-2048-2048 with batch norm on both layers (ReLU on the hidden one),
     a prediction MLP 2048-512-2048 (lightly's :class:`~lightly.models.modules.SimSiamPredictionHead`),
     and SGD lr 0.06 *not* scaled with the batch size, as lightly's benchmark does for stability.
+    ``fix_predictor_lr=True`` keeps the predictor at the peak learning rate while the rest follows the
+    cosine schedule (the paper's Sec. 4.2, Table 1c, and its official code's ``--fix-pred-lr``);
+    off by default, as in lightly's benchmark.
 
     - [0] SimSiam, 2020, https://arxiv.org/abs/2011.10566
     - [1] lightly CIFAR-10 benchmark, https://docs.lightly.ai/self-supervised-learning/getting_started/benchmarks.html
@@ -38,6 +41,7 @@ class SimSiam(SSLMethod):
         "projection_hidden_dim": 2048,
         "output_dim": 2048,
         "prediction_hidden_dim": 512,
+        "fix_predictor_lr": False,
     }
 
     def __init__(self, backbone: nn.Module, *, distributed: bool = False, **hparams: Any) -> None:
@@ -56,6 +60,10 @@ class SimSiam(SSLMethod):
         _check_int(cls, hparams, "projection_hidden_dim", minimum=1)
         _check_int(cls, hparams, "output_dim", minimum=1)
         _check_int(cls, hparams, "prediction_hidden_dim", minimum=1)
+        _check_bool(cls, hparams, "fix_predictor_lr")
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return list(self.prediction_head.parameters()) if self.hparams["fix_predictor_lr"] else []
 
     def _branch(self, view: Tensor) -> tuple[Tensor, Tensor]:
         z = self._fp32(self.projection_head, self._features(view))
