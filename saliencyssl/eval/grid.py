@@ -308,9 +308,9 @@ def check_started_pretraining(cell: Cell, expected: dict) -> None:
     """Raise :class:`StaleCellError` when ``cell``'s unfinished run (``checkpoint.pt``, no backbone yet)
     was started with other settings, which resuming it would refuse."""
     path, recorded = _recorded_config(cell, "checkpoint.pt")
-    # The run's PretrainConfig: the keys it stores as the backbone will (its policy is spelled as given).
-    recorded = {k: recorded[k] for k in ("epochs", "batch_size", "seed", "image_size", "lr", "limit",
-                                         "method_options") if k in recorded}
+    # The run's PretrainConfig; its method and policy are spelled as typed (the backbone records them
+    # normalised), and the cell's folder name already stands for them.
+    recorded = {k: v for k, v in recorded.items() if k not in ("method", "policy")}
     _compare(path, cell.run_dir, _comparable(cell, recorded, expected), expected)
 
 
