@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from saliencyssl.eval import segmentation as seg
+from saliencyssl.eval import detection as det, segmentation as seg
 from saliencyssl.eval.features import open_backbone, random_backbone
 from saliencyssl.ssl.backbone import save_backbone
 
@@ -176,6 +176,89 @@ def test_training_is_deterministic_learns_and_freezing_keeps_encoder(tmp_path):
     assert scores["iou"].mean() > 0.6, scores["iou"]
 
 
+# ---------------------------------------------------------------------------- Mask R-CNN
+def test_instances_from_mask_components_boxes_and_specks():
+    mask = np.zeros((32, 32), bool)
+    mask[2:10, 3:12] = True        # 8 x 9
+    mask[20:30, 20:25] = True      # 10 x 5
+    mask[0, 31] = True             # a 1-pixel speck: under 0.2% of 1,024 pixels
+    found = det.instances_from_mask(mask)
+    assert len(found) == 2 and found.masks.shape == (2, 32, 32) and found.scores is None
+    np.testing.assert_array_equal(found.boxes, [[3, 2, 12, 10], [20, 20, 25, 30]])
+    assert found.masks[0].sum() == 72 and found.masks[1].sum() == 50
+    assert not (found.masks[0] & found.masks[1]).any()
+    assert len(det.instances_from_mask(mask, min_area=0.0)) == 3
+    # diagonal neighbours are one instance (8-connectivity); an empty mask has none
+    diagonal = np.zeros((32, 32), bool)
+    diagonal[5:10, 5:10] = diagonal[10:15, 10:15] = True
+    assert len(det.instances_from_mask(diagonal)) == 1
+    empty = det.instances_from_mask(np.zeros((16, 16), bool))
+    assert len(empty) == 0 and empty.masks.shape == (0, 16, 16) and empty.boxes.shape == (0, 4)
+
+
+def test_coco_scores_perfect_shifted_missing():
+    truths = [det.instances_from_mask(m) for m in _square_masks()]
+    perfect = [det.Instances(t.masks.astype(np.float32), t.boxes, np.ones(len(t), np.float32)) for t in truths]
+    scores = det.coco_scores(perfect, truths)
+    assert set(scores) == {"mask_ap", "mask_ap50", "mask_ap75", "box_ap"}
+    assert all(v == pytest.approx(1.0) for v in scores.values()), scores
+    shifted = [det.Instances(np.roll(p.masks, 3, axis=-1), p.boxes + [3, 0, 3, 0], p.scores) for p in perfect]
+    worse = det.coco_scores(shifted, truths)
+    assert worse["mask_ap50"] == pytest.approx(1.0) and 0.0 < worse["mask_ap"] < 1.0
+    assert worse["box_ap"] < 1.0
+    nothing = [det.Instances(np.zeros((0, 32, 32), np.float32), np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
+               for _ in truths]
+    assert all(v == 0.0 for v in det.coco_scores(nothing, truths).values())
+    assert all(np.isnan(v) for v in det.coco_scores(perfect, [det.instances_from_mask(np.zeros((32, 32), bool))
+                                                             for _ in truths]).values())
+    # the centre square is a weak, image-blind floor
+    floor = det.coco_scores(det.prior_instances(32, len(truths))["centre_box"], truths)
+    assert floor["mask_ap"] < 0.5
+
+
+def _square_masks() -> list[np.ndarray]:
+    masks = []
+    for top, left, side in ((2, 2, 10), (16, 4, 12), (5, 18, 9)):
+        mask = np.zeros((32, 32), bool)
+        mask[top:top + side, left:left + side] = True
+        masks.append(mask)
+    return masks
+
+
+def test_maskrcnn_keeps_the_encoder_is_deterministic_and_learns(tmp_path):
+    pairs = seg.load_mask_pairs(*_write_pairs(tmp_path, 18))
+    x, y = seg.to_arrays(pairs, 32)
+    instances = [det.instances_from_mask(m[0].numpy() > 0.5) for m in y]
+    assert all(len(i) == 1 for i in instances)
+    encoder = random_backbone(0, True)
+    model = det.build_maskrcnn(encoder, 32, 0, 16)
+    torch.testing.assert_close(model.backbone.body.layer1[0].conv1.weight, encoder.layer1[0].conv1.weight)
+    assert model.backbone.body.layer1[0].conv1.weight is not encoder.layer1[0].conv1.weight  # a copy
+    config = seg.TrainConfig(steps=2, batch_size=4, lr=0.01, encoder_lr=0.001)
+    with_negative = [det.instances_from_mask(np.zeros((32, 32), bool)), *instances[1:]]  # an image with no object
+    runs = [det.train_maskrcnn(det.build_maskrcnn(encoder, 32, 0, 16), x, with_negative, np.arange(12), config, 0)
+            for _ in range(2)]
+    for a, b in zip(runs[0].state_dict().values(), runs[1].state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    frozen = det.train_maskrcnn(det.build_maskrcnn(encoder, 32, 0, 16), x, instances, np.arange(12),
+                                seg.TrainConfig(steps=2, batch_size=4, lr=0.01, freeze_encoder=True), 0)
+    torch.testing.assert_close(frozen.backbone.body.layer1[0].conv1.weight, encoder.layer1[0].conv1.weight)
+    torch.testing.assert_close(frozen.backbone.body.bn1.running_mean, encoder.bn1.running_mean)
+    assert not torch.equal(frozen.roi_heads.box_predictor.cls_score.weight,
+                           det.build_maskrcnn(encoder, 32, 0, 16).roi_heads.box_predictor.cls_score.weight)
+
+    # bright rectangles on dark noise: 70 steps find them on the six held-out images
+    model = det.train_maskrcnn(det.build_maskrcnn(encoder, 32, 0, 16), x, instances, np.arange(12),
+                               seg.TrainConfig(steps=70, batch_size=4, lr=0.01, encoder_lr=0.001), 0)
+    predictions = det.predict_instances(model, x[12:])
+    assert len(predictions) == 6
+    assert all(p.masks.shape[1:] == (32, 32) and len(p.masks) == len(p.boxes) == len(p.scores) for p in predictions)
+    scores = det.coco_scores(predictions, instances[12:])
+    floor = det.coco_scores(det.prior_instances(32, 6)["centre_box"], instances[12:])
+    assert scores["mask_ap50"] > 0.7 and scores["mask_ap"] > 0.15 > 3 * floor["mask_ap"], (scores, floor)
+    assert det.foreground(predictions, 32).shape == (6, 1, 32, 32)
+
+
 # ------------------------------------------------------------------------------ the script
 def test_script_with_a_checkpoint_and_errors(tmp_path, capsys):
     script = _load_script("eval_segmentation")
@@ -205,8 +288,33 @@ def test_script_with_a_checkpoint_and_errors(tmp_path, capsys):
         script.main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--images", "--masks", "--epochs", "--test-split", "--freeze-encoder", "examples:", "IoU"):
+    for option in ("--images", "--masks", "--epochs", "--test-split", "--freeze-encoder", "examples:", "IoU",
+                   "--model", "maskrcnn", "AP"):
         assert option in text
+    with pytest.raises(SystemExit):
+        script.main(["--backbone", "random", "--images", str(images), "--masks", str(masks), "--lr", "0"])
+    assert "--lr 0.0: give a positive learning rate" in capsys.readouterr().err
+
+
+def test_script_with_maskrcnn(tmp_path):
+    script = _load_script("eval_segmentation")
+    images, masks = _write_pairs(tmp_path / "data", 6)
+    out = tmp_path / "out"
+    assert script.main(["--backbone", "random", "--model", "maskrcnn", "--images", str(images), "--masks", str(masks),
+                        "--fractions", "1.0", "--seeds", "1", "--epochs", "1", "--batch-size", "4",
+                        "--fpn-channels", "16", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    entry = results["1.0"]
+    assert set(entry) == {f"{m}_{s}" for m in ("iou", "f", "mask_ap", "mask_ap50", "mask_ap75", "box_ap")
+                          for s in ("mean", "std")} | {"n_labelled"}
+    assert all(0.0 <= entry[f"{m}_mean"] <= 1.0 for m in ("iou", "f", "mask_ap", "box_ap"))
+    meta = results["meta"]
+    assert meta["training"]["model"] == "maskrcnn" and meta["training"]["lr"] == seg.MODELS["maskrcnn"][1]
+    assert meta["scores"]["n_test_instances"] == 2
+    assert {"mask_ap", "iou"} <= set(meta["baselines"]["centre_box"])
+    text = (out / "results.md").read_text()
+    assert "mask AP" in text and "box AP" in text
+    assert "mask_ap_per_seed" in (out / "results.csv").read_text().splitlines()[0]
 
 
 @needs_salbench

@@ -15,6 +15,8 @@ Segmentation results (``scripts/eval_segmentation.py``)::
 
     {"0.1": {"iou_mean": .., "iou_std": .., "f_mean": .., "f_std": .., "n_labelled": ..}, ..., "meta": {...}}
 
+    (with ``--model maskrcnn`` also ``mask_ap``, ``mask_ap50``, ``mask_ap75`` and ``box_ap``, each ``_mean`` / ``_std``)
+
 Fraction keys are the fractions' text exactly as given on the command line.
 """
 
@@ -32,6 +34,9 @@ from saliencyssl.eval.fractions import FractionScore
 
 #: Line labels of the classification protocols in tables and plots.
 PROTOCOL_TITLES = {"linear": "linear probe", "knn": "kNN (k=200, T=0.1)", "kmeans": "k-means"}
+#: Column titles of the segmentation metrics, in table order.
+SEGMENTATION_TITLES = {"iou": "IoU", "f": "F-measure", "mask_ap": "mask AP", "mask_ap50": "mask AP50",
+                       "mask_ap75": "mask AP75", "box_ap": "box AP"}
 
 
 def classification_results(scores: Mapping[str, Sequence[FractionScore]], kmeans: Mapping[str, float | None] | None,
@@ -69,21 +74,38 @@ def classification_rows(scores: Mapping[str, Sequence[FractionScore]],
     return rows
 
 
+def _segmentation_metrics(scores: Sequence[FractionScore]) -> list[str]:
+    """The metrics the scores hold, in :data:`SEGMENTATION_TITLES` order (``iou``, ``f``, then AP)."""
+    present = {m for e in scores for seed in e.per_seed.values() for m in seed}
+    return [m for m in SEGMENTATION_TITLES if m in present]
+
+
 def segmentation_results(scores: Sequence[FractionScore], meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``results.json`` object of ``scripts/eval_segmentation.py`` (metrics ``iou`` and ``f``)."""
-    results: dict[str, Any] = {e.fraction: {"iou_mean": e.mean("iou"), "iou_std": e.std("iou"), "f_mean": e.mean("f"),
-                                            "f_std": e.std("f"), "n_labelled": e.n_labelled} for e in scores}
+    """The ``results.json`` object of ``scripts/eval_segmentation.py`` (metrics ``iou`` and ``f``, and with
+    Mask R-CNN ``mask_ap``, ``mask_ap50``, ``mask_ap75``, ``box_ap``)."""
+    metrics = _segmentation_metrics(scores)
+    results: dict[str, Any] = {}
+    for e in scores:
+        entry: dict[str, Any] = {}
+        for m in metrics:
+            entry[f"{m}_mean"], entry[f"{m}_std"] = e.mean(m), e.std(m)
+        results[e.fraction] = {**entry, "n_labelled": e.n_labelled}
     results["meta"] = dict(meta)
     return results
 
 
 def segmentation_rows(scores: Sequence[FractionScore]) -> list[dict[str, Any]]:
     """CSV / markdown rows of a segmentation run: one per fraction."""
-    return [{"fraction": e.fraction, "n_labelled": e.n_labelled, "iou_mean": e.mean("iou"), "iou_std": e.std("iou"),
-             "f_mean": e.mean("f"), "f_std": e.std("f"),
-             "iou_per_seed": ";".join(f"{v:.6f}" for v in e.values("iou")),
-             "f_per_seed": ";".join(f"{v:.6f}" for v in e.values("f")),
-             "seeds": ";".join(str(s) for s in sorted(e.per_seed))} for e in scores]
+    metrics = _segmentation_metrics(scores)
+    rows = []
+    for e in scores:
+        row: dict[str, Any] = {"fraction": e.fraction, "n_labelled": e.n_labelled}
+        for m in metrics:
+            row[f"{m}_mean"], row[f"{m}_std"] = e.mean(m), e.std(m)
+        for m in metrics:
+            row[f"{m}_per_seed"] = ";".join(f"{v:.6f}" for v in e.values(m))
+        rows.append({**row, "seeds": ";".join(str(s) for s in sorted(e.per_seed))})
+    return rows
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
@@ -155,16 +177,20 @@ def classification_markdown(results: Mapping[str, Any], rows: Sequence[Mapping[s
 def segmentation_markdown(results: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
     """``results.md`` of ``scripts/eval_segmentation.py``."""
     meta = results.get("meta", {})
+    metrics = [m for m in SEGMENTATION_TITLES if rows and f"{m}_mean" in rows[0]]
+    heading = "Foreground IoU and F-measure (beta^2 = 0.3)" + (", COCO AP of the instance masks and boxes"
+                                                               if "mask_ap" in metrics else "")
     parts = ["# Segmentation evaluation", "", *_meta_lines(meta), "",
-             "## Foreground IoU and F-measure (beta^2 = 0.3) against label fraction (mean ± std over seeds)", "",
+             f"## {heading} against label fraction (mean ± std over seeds)", "",
              markdown_table(rows, [("label fraction", "fraction"), ("labelled images", "n_labelled"),
-                                   ("IoU", "iou_mean±iou_std"), ("F-measure", "f_mean±f_std")]), ""]
+                                   *[(SEGMENTATION_TITLES[m], f"{m}_mean±{m}_std") for m in metrics]]), ""]
     baselines = meta.get("baselines")
     if baselines:
         titles = {"all_foreground": "every pixel foreground", "centre_box": "centred square of half the side"}
-        parts += ["Image-blind predictions on the same test split (a trained segmenter should beat these):", "",
+        parts += ["Image-blind predictions on the same test split (a trained model should beat these):", "",
                   markdown_table([{"name": titles.get(k, k), **v} for k, v in baselines.items()],
-                                 [("prediction", "name"), ("IoU", "iou"), ("F-measure", "f")]), ""]
+                                 [("prediction", "name"),
+                                  *[(SEGMENTATION_TITLES[m], m) for m in metrics]]), ""]
     return "\n".join(parts)
 
 

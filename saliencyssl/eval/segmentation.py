@@ -27,7 +27,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -232,6 +232,36 @@ class TrainConfig:
     flip: bool = True
 
 
+def labelled_batches(indices: np.ndarray, config: TrainConfig, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The training batches of ``config.steps`` steps over the labelled images ``indices``.
+
+    The labelled images are shuffled, taken ``config.batch_size`` at a time (all of them when there
+    are fewer) and reshuffled after each pass; with ``config.flip`` each image of a batch is
+    mirrored with probability 1/2. Everything is drawn from one generator seeded with ``seed``.
+
+    Yields:
+        ``(batch, flip)``: ``(B,)`` int64 indices into the image arrays and ``(B,)`` bool, True
+        where the image (and its target) is to be mirrored left-right.
+    """
+    if len(indices) == 0:
+        raise ValueError("training needs at least one labelled image")
+    generator = torch.Generator().manual_seed(int(seed))
+    pool = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+    order = pool[torch.randperm(len(pool), generator=generator)]
+    cursor = 0
+    for _ in range(int(config.steps)):
+        take = []
+        while len(take) < min(config.batch_size, len(pool)):
+            if cursor == len(order):
+                order, cursor = pool[torch.randperm(len(pool), generator=generator)], 0
+            take.append(order[cursor])
+            cursor += 1
+        batch = torch.stack(take)
+        flip = (torch.rand(len(batch), generator=generator) < 0.5 if config.flip
+                else torch.zeros(len(batch), dtype=torch.bool))
+        yield batch, flip
+
+
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy plus soft Dice (1 - Dice over each image, averaged).
 
@@ -258,8 +288,6 @@ def train_segmenter(model: FPNSegmenter, images: torch.Tensor, masks: torch.Tens
     Returns:
         The trained model (the same object), in eval mode.
     """
-    if len(indices) == 0:
-        raise ValueError("train_segmenter needs at least one labelled image")
     model = model.to(device)
     if config.freeze_encoder:
         for p in model.encoder_parameters():
@@ -269,27 +297,14 @@ def train_segmenter(model: FPNSegmenter, images: torch.Tensor, masks: torch.Tens
         groups = [{"params": model.decoder_parameters(), "lr": config.lr},
                   {"params": model.encoder_parameters(), "lr": config.encoder_lr}]
     optimiser = torch.optim.Adam(groups, weight_decay=config.weight_decay)
-    generator = torch.Generator().manual_seed(int(seed))
-    pool = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-    order = pool[torch.randperm(len(pool), generator=generator)]
-    cursor = 0
     model.train()
     if config.freeze_encoder:
         model.stem.eval()
         model.layers.eval()
-    for step in range(int(config.steps)):
-        take = []
-        while len(take) < min(config.batch_size, len(pool)):
-            if cursor == len(order):
-                order, cursor = pool[torch.randperm(len(pool), generator=generator)], 0
-            take.append(order[cursor])
-            cursor += 1
-        batch = torch.stack(take)
+    for step, (batch, flip) in enumerate(labelled_batches(indices, config, seed)):
         x, y = images[batch], masks[batch]
-        if config.flip:
-            flip = torch.rand(len(batch), generator=generator) < 0.5
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-            y = torch.where(flip.view(-1, 1, 1, 1), y.flip(-1), y)
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        y = torch.where(flip.view(-1, 1, 1, 1), y.flip(-1), y)
         x, y = to_model_input(x.to(device)), y.to(device)
         loss = segmentation_loss(model(x), y)
         optimiser.zero_grad(set_to_none=True)
@@ -352,7 +367,7 @@ def prior_baselines(masks: torch.Tensor) -> dict[str, dict[str, float]]:
 
 
 __all__ = ["F_BETA2", "THRESHOLD", "MaskPairs", "read_mask", "load_mask_pairs", "to_arrays", "split_by_hash",
-           "FPNSegmenter", "build_segmenter", "TrainConfig", "segmentation_loss", "train_segmenter",
+           "FPNSegmenter", "build_segmenter", "TrainConfig", "labelled_batches", "segmentation_loss", "train_segmenter",
            "predict_probabilities", "mask_scores", "prior_baselines"]
 
 
@@ -372,18 +387,29 @@ class SegmentationSettings:
     test_split: float = 0.3
     freeze_encoder: bool = False
     batch_size: int = TrainConfig.batch_size
-    lr: float = TrainConfig.lr
-    encoder_lr: float = TrainConfig.encoder_lr
+    lr: float | None = None
+    encoder_lr: float | None = None
     fpn_channels: int = 64
+    model: str = "fpn"
     backbone_seed: int = 0
     random_stem: str = "auto"
     device: str = "cpu"
     command: str = ""
 
 
+#: The downstream models of ``--model``: name -> (what it is, default head rate, default encoder rate, optimiser).
+MODELS = {"fpn": ("FPN segmenter (foreground logit per pixel)", TrainConfig.lr, TrainConfig.encoder_lr, "Adam"),
+          "maskrcnn": ("torchvision Mask R-CNN (instances = connected components of the masks)", 0.01, 0.001,
+                       "SGD momentum 0.9, linear warm-up, gradients clipped to norm 10")}
+
+
 def evaluate_segmentation(s: SegmentationSettings, verbose: bool = True) -> dict:
-    """Train a segmenter per label fraction and seed, score it on the fixed test split and write the
+    """Train a model per label fraction and seed, score it on the fixed test split and write the
     report (results.json, results.csv, results.md, scores_vs_fraction.png) to ``s.out``.
+
+    ``s.model`` is ``"fpn"`` (the FPN segmenter: foreground IoU and F-measure) or ``"maskrcnn"``
+    (:mod:`saliencyssl.eval.detection`: the same two scores of the union of its confident masks,
+    and COCO AP of its instance masks and boxes).
 
     Returns:
         The results, as written to ``results.json``.
@@ -401,27 +427,44 @@ def evaluate_segmentation(s: SegmentationSettings, verbose: bool = True) -> dict
     seeds = list(range(s.seeds))
     out_dir = Path(s.out)
 
+    if s.model not in MODELS:
+        raise ValueError(f"--model {s.model!r}: choose one of {', '.join(MODELS)}")
+    description, default_lr, default_encoder_lr, optimiser = MODELS[s.model]
+    lr = default_lr if s.lr is None else s.lr
+    encoder_lr = default_encoder_lr if s.encoder_lr is None else s.encoder_lr
     encoder, info = open_backbone(s.backbone, s.image_size, s.backbone_seed, s.random_stem)
     pairs = load_mask_pairs(s.images, s.masks)
     images, masks = to_arrays(pairs, info.image_size)
     train_idx, test_idx = split_by_hash(pairs.images.hashes(), s.test_split)
     steps = s.epochs * math.ceil(len(train_idx) / s.batch_size)
-    config = TrainConfig(steps=steps, batch_size=s.batch_size, lr=s.lr, encoder_lr=s.encoder_lr,
-                             freeze_encoder=s.freeze_encoder)
+    config = TrainConfig(steps=steps, batch_size=s.batch_size, lr=lr, encoder_lr=encoder_lr,
+                         freeze_encoder=s.freeze_encoder)
     test_images, test_masks = images[test_idx], masks[test_idx]
-    bar = tqdm(total=steps * len(fractions) * len(seeds), desc="training segmenters", unit="step")
+    if s.model == "maskrcnn":
+        from saliencyssl.eval import detection
+
+        instances = [detection.instances_from_mask(m[0].numpy() > 0.5) for m in masks]
+        test_instances = [instances[i] for i in test_idx]
+    bar = tqdm(total=steps * len(fractions) * len(seeds), desc=f"training {s.model} models", unit="step")
 
     def score(subset, seed):
         labelled = train_idx[subset]
-        model = build_segmenter(encoder, seed, s.fpn_channels)
 
         def on_step(step, loss):
             bar.update(1)
             bar.set_postfix(n=len(labelled), seed=seed, loss=f"{loss:.3f}")
 
-        train_segmenter(model, images, masks, labelled, config, seed, s.device, on_step)
-        scores = mask_scores(predict_probabilities(model, test_images, device=s.device), test_masks)
-        return {"iou": float(scores["iou"].mean()), "f": float(scores["f"].mean())}
+        if s.model == "fpn":
+            model = build_segmenter(encoder, seed, s.fpn_channels)
+            train_segmenter(model, images, masks, labelled, config, seed, s.device, on_step)
+            scores = mask_scores(predict_probabilities(model, test_images, device=s.device), test_masks)
+            return {"iou": float(scores["iou"].mean()), "f": float(scores["f"].mean())}
+        model = detection.build_maskrcnn(encoder, info.image_size, seed, s.fpn_channels)
+        detection.train_maskrcnn(model, images, instances, labelled, config, seed, s.device, on_step)
+        predictions = detection.predict_instances(model, test_images, device=s.device)
+        scores = mask_scores(detection.foreground(predictions, info.image_size), test_masks)
+        return {"iou": float(scores["iou"].mean()), "f": float(scores["f"].mean()),
+                **detection.coco_scores(predictions, test_instances)}
 
     # One "class" for the whole training split: subsets are plain random draws of round(fraction * n).
     train_labels = np.zeros(len(train_idx), np.int64)
@@ -430,9 +473,13 @@ def evaluate_segmentation(s: SegmentationSettings, verbose: bool = True) -> dict
 
     baselines = prior_baselines(test_masks)
     lines = {"foreground IoU": "iou", "F-measure (beta^2=0.3)": "f"}
+    if s.model == "maskrcnn":
+        for name, predictions in detection.prior_instances(info.image_size, len(test_idx)).items():
+            baselines[name].update(detection.coco_scores(predictions, test_instances))
+        lines.update({"mask AP": "mask_ap", "mask AP50": "mask_ap50"})
     plot = report.plot_fraction_curves({name: results_by_fraction for name in lines}, lines, "score on the test split",
                                        out_dir / "scores_vs_fraction.png",
-                                       title=f"foreground segmentation at {info.image_size}px",
+                                       title=f"foreground segmentation at {info.image_size}px ({s.model})",
                                        references={"centre-box IoU": baselines["centre_box"]["iou"],
                                                    "centre-box F": baselines["centre_box"]["f"]})
     elapsed = time.time() - started
@@ -444,12 +491,21 @@ def evaluate_segmentation(s: SegmentationSettings, verbose: bool = True) -> dict
                   "n_train": int(len(train_idx)), "n_test": int(len(test_idx)),
                   "test_images": [pairs.images.names[i] for i in test_idx]},
         "fractions": [t for t, _ in fractions], "seeds": seeds,
-        "training": {"epochs": s.epochs, "steps": steps, "batch_size": s.batch_size, "lr": s.lr,
-                     "encoder_lr": s.encoder_lr if not s.freeze_encoder else None,
+        "training": {"model": s.model, "description": description, "epochs": s.epochs, "steps": steps,
+                     "batch_size": s.batch_size, "optimiser": optimiser, "lr": lr,
+                     "encoder_lr": encoder_lr if not s.freeze_encoder else None,
                      "freeze_encoder": s.freeze_encoder, "fpn_channels": s.fpn_channels,
-                     "loss": "BCE + soft Dice", "augmentation": "horizontal flip"},
+                     "loss": "BCE + soft Dice" if s.model == "fpn" else "Mask R-CNN (RPN, box, class, mask)",
+                     "augmentation": "horizontal flip"},
         "scores": {"threshold": THRESHOLD, "f_beta2": F_BETA2, "resolution": info.image_size,
-                   "averaged": "over test images, then mean/std over seeds"},
+                   "averaged": "over test images, then mean/std over seeds",
+                   **({"instances": f"8-connected components of the masks covering at least "
+                                    f"{detection.MIN_INSTANCE_AREA:.1%} of the image",
+                       "n_test_instances": sum(len(t) for t in test_instances),
+                       "foreground": f"union of the masks (> {detection.MASK_THRESHOLD}) of detections scoring "
+                                     f">= {detection.SCORE_THRESHOLD}",
+                       "ap": "pycocotools COCOeval, one class, IoU 0.50:0.95 (AP), 0.50, 0.75; box AP 0.50:0.95"}
+                      if s.model == "maskrcnn" else {})},
         "baselines": baselines,
         "device": s.device, "threads": torch.get_num_threads(), "plots": {"scores": str(plot)},
         "timings": {"total_s": elapsed}, "command": s.command,
@@ -462,6 +518,9 @@ def evaluate_segmentation(s: SegmentationSettings, verbose: bool = True) -> dict
         return results
     print("IoU: " + ", ".join(f"{e.fraction}: {e.mean('iou'):.3f}±{e.std('iou'):.3f}" for e in results_by_fraction))
     print("F:   " + ", ".join(f"{e.fraction}: {e.mean('f'):.3f}±{e.std('f'):.3f}" for e in results_by_fraction))
+    if s.model == "maskrcnn":
+        print("mask AP: " + ", ".join(f"{e.fraction}: {e.mean('mask_ap'):.3f}±{e.std('mask_ap'):.3f}"
+                                      for e in results_by_fraction))
     print(f"wrote {paths['json']}, {paths['csv'].name}, {paths['md'].name} and {Path(plot).name} to {out_dir} "
           f"in {elapsed:.1f}s")
     return results
