@@ -202,9 +202,10 @@ def test_coco_scores_perfect_shifted_missing():
     scores = det.coco_scores(perfect, truths)
     assert set(scores) == {"mask_ap", "mask_ap50", "mask_ap75", "box_ap"}
     assert all(v == pytest.approx(1.0) for v in scores.values()), scores
-    shifted = [det.Instances(np.roll(p.masks, 3, axis=-1), p.boxes + [3, 0, 3, 0], p.scores) for p in perfect]
+    # shifted by 2 px the squares overlap their truth with IoU 0.64-0.71: matched at 0.5, missed at 0.75
+    shifted = [det.Instances(np.roll(p.masks, 2, axis=-1), p.boxes + [2, 0, 2, 0], p.scores) for p in perfect]
     worse = det.coco_scores(shifted, truths)
-    assert worse["mask_ap50"] == pytest.approx(1.0) and 0.0 < worse["mask_ap"] < 1.0
+    assert worse["mask_ap50"] == pytest.approx(1.0) and worse["mask_ap75"] == 0.0 and 0.0 < worse["mask_ap"] < 1.0
     assert worse["box_ap"] < 1.0
     nothing = [det.Instances(np.zeros((0, 32, 32), np.float32), np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
                for _ in truths]
@@ -255,7 +256,7 @@ def test_maskrcnn_keeps_the_encoder_is_deterministic_and_learns(tmp_path):
     assert all(p.masks.shape[1:] == (32, 32) and len(p.masks) == len(p.boxes) == len(p.scores) for p in predictions)
     scores = det.coco_scores(predictions, instances[12:])
     floor = det.coco_scores(det.prior_instances(32, 6)["centre_box"], instances[12:])
-    assert scores["mask_ap50"] > 0.7 and scores["mask_ap"] > 0.15 > 3 * floor["mask_ap"], (scores, floor)
+    assert scores["mask_ap50"] > 0.6 and scores["mask_ap"] > 0.1 > 5 * floor["mask_ap"], (scores, floor)
     assert det.foreground(predictions, 32).shape == (6, 1, 32, 32)
 
 

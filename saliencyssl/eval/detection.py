@@ -91,8 +91,9 @@ def build_maskrcnn(encoder: nn.Module, image_size: int, seed: int, fpn_channels:
         encoder: a torchvision ResNet-18 as :func:`saliencyssl.eval.features.open_backbone` gives
             (CIFAR or ImageNet stem); its stem and ``layer1``..``layer4`` become the backbone body.
         image_size: the side ``S`` of the square inputs; anchors are ``S/16 .. S`` (one size per
-            pyramid level, aspect ratios 1:2, 1:1, 2:1) and inputs are not resized.
-        seed: initialises the pyramid and heads (the global torch RNG state is left untouched).
+            pyramid level, aspect ratios 1:2, 1:1, 2:1) and inputs are not resized (torchvision pads
+            them to a multiple of 32).
+        seed: initialises the pyramid and heads (the global CPU generator's state is left untouched).
         fpn_channels: channels of every pyramid level.
 
     Returns:
@@ -144,7 +145,8 @@ def train_maskrcnn(model: nn.Module, images: torch.Tensor, instances: Sequence[I
         indices: the labelled subset (indices into ``images``).
         config: steps, batch size, rates, weight decay, ``freeze_encoder``, ``flip``.
         seed: batch order, flips and Mask R-CNN's sampling of anchors and proposals (the global torch
-            RNG state is left untouched; on the CPU a run repeats exactly).
+            generators' states are left untouched; on the CPU a run repeats exactly, on CUDA RoIAlign's
+            backward pass is not deterministic).
         device: where to train.
         on_step: called as ``on_step(step, loss)`` after each step.
 
@@ -166,7 +168,7 @@ def train_maskrcnn(model: nn.Module, images: torch.Tensor, instances: Sequence[I
     trainable = [p for group in groups for p in group["params"]]
     # Mask R-CNN samples anchors and proposals with the global RNG: seed it for this run only.
     where = torch.device(device)
-    with torch.random.fork_rng(devices=[where.index or 0] if where.type == "cuda" else []):
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if where.type == "cuda" else []):
         torch.manual_seed(int(seed))
         model.train()
         if config.freeze_encoder:
@@ -270,7 +272,7 @@ def coco_scores(predictions: Sequence[Instances], truths: Sequence[Instances]) -
             evaluation.evaluate()
             evaluation.accumulate()
             evaluation.summarize()
-            stats = [max(0.0, float(v)) for v in evaluation.stats[:3]]  # -1 = undefined
+            stats = [math.nan if v < 0 else float(v) for v in evaluation.stats[:3]]  # -1 = undefined
             if kind == "segm":
                 out.update(mask_ap=stats[0], mask_ap50=stats[1], mask_ap75=stats[2])
             else:
