@@ -46,9 +46,9 @@ models: --model fpn (default) is a feature pyramid over layers 1-4 with one fore
 pixel (Adam). --model maskrcnn is torchvision's Mask R-CNN on the same pyramid (SGD, warm-up): each
 connected component of a mask (at least 0.2% of the image) is an instance; it reports COCO AP of
 the instance masks (0.50:0.95, 0.50, 0.75) and boxes (pycocotools), and IoU / F of the union of
-its detections scoring >= 0.5. It costs about ten times the FPN's time per step and needs more
-steps (40 epochs rather than 10-20): on 25 photos at 64 px, 160 steps take about 3 minutes of one
-CPU core per fraction and seed.
+its detections scoring >= 0.5. A step costs 1.7 times the FPN's with the CIFAR stem and 3-5 times
+with the ImageNet stem, and it needs more steps (40 epochs rather than 10-20): on 25 photos at
+64 px, 160 steps take about 4 minutes of one CPU core per fraction and seed.
 
 outputs (in --out): results.json (fraction as written -> {iou_mean, iou_std, f_mean, f_std,
 n_labelled}, with --model maskrcnn also mask_ap, mask_ap50, mask_ap75, box_ap (_mean, _std); plus
