@@ -43,10 +43,10 @@ batch)), so every fraction gets the same number of steps. Scores: mean over test
 foreground IoU and the F-measure (beta^2 = 0.3) at threshold 0.5; then mean and std over seeds.
 
 models: --model fpn (default) is a feature pyramid over layers 1-4 with one foreground logit per
-pixel (Adam). --model maskrcnn is torchvision's Mask R-CNN on the same pyramid (SGD, warm-up): each
-connected component of a mask (at least 0.2% of the image) is an instance; it reports COCO AP of
-the instance masks (0.50:0.95, 0.50, 0.75) and boxes (pycocotools), and IoU / F of the union of
-its detections scoring >= 0.5. A step costs 1.7 times the FPN's with the CIFAR stem and 3-5 times
+pixel (Adam). --model maskrcnn is torchvision's Mask R-CNN on its own pyramid over the same layers
+(SGD, warm-up): each connected component of a mask (at least 0.2% of the image) is an instance; it
+reports COCO AP of the instance masks (0.50:0.95, 0.50, 0.75) and boxes (pycocotools), and IoU / F
+of the union of its detections scoring >= 0.5. A step costs 1.7 times the FPN's with the CIFAR stem and 3-5 times
 with the ImageNet stem, and it needs more steps (40 epochs rather than 10-20): on 25 photos at
 64 px, 160 steps take about 4 minutes of one CPU core per fraction and seed.
 
