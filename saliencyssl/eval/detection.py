@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from saliencyssl.eval.segmentation import TrainConfig, labelled_batches
+from saliencyssl.eval.segmentation import TrainConfig, labelled_batches, prior_masks
 from saliencyssl.ssl.backbone import IMAGENET_MEAN, IMAGENET_STD
 
 #: Connected components smaller than this share of the image are not instances (specks of a mask).
@@ -281,14 +281,13 @@ def coco_scores(predictions: Sequence[Instances], truths: Sequence[Instances]) -
 
 
 def prior_instances(size: int, n: int) -> dict[str, list[Instances]]:
-    """Image-blind predictions as instances: the whole image, and the centred square of half the
-    side, one instance per image with score 1 (the floors of :func:`coco_scores`)."""
+    """The image-blind predictions of :func:`~saliencyssl.eval.segmentation.prior_masks` as one
+    instance per image with score 1 (the floors of :func:`coco_scores`)."""
     out = {}
-    for name, (lo, hi) in (("all_foreground", (0, size)), ("centre_box", (size // 4, size - size // 4))):
-        mask = np.zeros((1, size, size), np.float32)
-        mask[0, lo:hi, lo:hi] = 1.0
-        box = np.array([[lo, lo, hi, hi]], np.float32)
-        out[name] = [Instances(mask, box, np.ones(1, np.float32)) for _ in range(n)]
+    for name, prior in prior_masks(size).items():
+        instance = instances_from_mask(prior, min_area=0.0)
+        prediction = Instances(instance.masks.astype(np.float32), instance.boxes, np.ones(1, np.float32))
+        out[name] = [prediction] * n
     return out
 
 

@@ -344,8 +344,17 @@ def mask_scores(probabilities: torch.Tensor, masks: torch.Tensor, threshold: flo
     return {key: scores[key] for key in ("iou", "f", "precision", "recall")}
 
 
+def prior_masks(size: int) -> dict[str, np.ndarray]:
+    """The two image-blind predictions, ``(S, S)`` bool: every pixel (``all_foreground``) and the
+    centred square of half the side (``centre_box``)."""
+    box = np.zeros((size, size), bool)
+    box[size // 4:size - size // 4, size // 4:size - size // 4] = True
+    return {"all_foreground": np.ones((size, size), bool), "centre_box": box}
+
+
 def prior_baselines(masks: torch.Tensor) -> dict[str, dict[str, float]]:
-    """Scores of two image-blind predictions, the floor a trained segmenter should clear.
+    """Scores of the two image-blind predictions of :func:`prior_masks`, the floor a trained
+    segmenter should clear.
 
     Args:
         masks: ``(N, 1, S, S)`` in {0, 1} (the test split).
@@ -355,12 +364,9 @@ def prior_baselines(masks: torch.Tensor) -> dict[str, dict[str, float]]:
         every pixel, or the centred square of half the side, as foreground. Salient objects are
         usually large and central, so the centre box is a strong floor.
     """
-    full = torch.ones_like(masks)
-    box = torch.zeros_like(masks)
-    size = masks.shape[-1]
-    box[..., size // 4:size - size // 4, size // 4:size - size // 4] = 1
     out = {}
-    for name, prediction in (("all_foreground", full), ("centre_box", box)):
+    for name, prior in prior_masks(masks.shape[-1]).items():
+        prediction = torch.from_numpy(prior).to(masks.dtype).expand_as(masks)
         scores = mask_scores(prediction, masks)
         out[name] = {"iou": float(scores["iou"].mean()), "f": float(scores["f"].mean())}
     return out
@@ -368,7 +374,7 @@ def prior_baselines(masks: torch.Tensor) -> dict[str, dict[str, float]]:
 
 __all__ = ["F_BETA2", "THRESHOLD", "MaskPairs", "read_mask", "load_mask_pairs", "to_arrays", "split_by_hash",
            "FPNSegmenter", "build_segmenter", "TrainConfig", "labelled_batches", "segmentation_loss", "train_segmenter",
-           "predict_probabilities", "mask_scores", "prior_baselines"]
+           "predict_probabilities", "mask_scores", "prior_masks", "prior_baselines"]
 
 
 # ------------------------------------------------------------------------------ the protocol
