@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="surrogate.pt holds the epoch with the best held-out fidelity (best: presence accuracy + "
                         "mask IoU where present + mask IoU - saliency MAE on images with a map relative to predicting "
                         "nothing; early stopping) or the last one (default %(default)s)")
+    p.add_argument("--ema", type=float, default=d.ema, metavar="DECAY",
+                   help="evaluate, select and save an exponential moving average of the generator's weights with "
+                        "this decay per step, e.g. 0.999 (default %(default)s: off; see docs/surrogate.md)")
     p.add_argument("--ngf", type=int, default=Architecture.ngf,
                    help="generator width at the first level (default %(default)s; Pix2Pix uses 64)")
     p.add_argument("--ndf", type=int, default=Architecture.ndf, help="discriminator width (default %(default)s)")
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                              flip=not args.no_flip, amp=args.amp, seed=args.seed, gan_mode=args.gan_mode,
                              weights=LossWeights(gan=args.lambda_gan, l1=args.lambda_l1, mask=args.lambda_mask,
                                                  boundary=args.lambda_boundary, presence=args.lambda_presence),
-                             ngf=args.ngf, ndf=args.ndf, select=args.select)
+                             ngf=args.ngf, ndf=args.ndf, select=args.select, ema=args.ema)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -82,6 +82,23 @@ def test_same_seed_same_weights_and_resume_continues_exactly(shapes, tmp_path):
     assert all(torch.allclose(wa[k].float(), wr[k].float(), atol=1e-6) for k in wa)
 
 
+def test_amp_on_the_cpu_uses_bf16_where_it_is_native(shapes, tmp_path, monkeypatch, capsys):
+    import saliencyssl.precision as precision
+
+    monkeypatch.setattr(precision, "_NATIVE_BF16", True)
+    run = Pretrainer(_config(shapes, tmp_path / "bf16", amp=True, epochs=1))
+    assert run.amp_dtype == torch.bfloat16 and not run.scaler.is_enabled()
+    seen = []
+    run.method.backbone.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    record = run.train_epoch(0)
+    assert seen and set(seen) == {torch.bfloat16} and torch.isfinite(torch.tensor(record.loss))
+
+    monkeypatch.setattr(precision, "_NATIVE_BF16", False)
+    plain = Pretrainer(_config(shapes, tmp_path / "fp32", amp=True, epochs=1))
+    assert plain.amp_dtype is None and not plain.amp
+    assert "running in float32" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("method, image_size", [("simsiam", 32), ("byol", 96)])
 def test_run_starts_from_the_random_backbone_of_its_seed(shapes, tmp_path, method, image_size):
     # `evaluate.py --backbone random --backbone-seed S` must be the exact starting point of `pretrain.py --seed S`

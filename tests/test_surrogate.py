@@ -380,6 +380,31 @@ def test_surrogate_keeps_the_best_held_out_epoch(labelled, tmp_path, capsys):
     assert Surrogate.load(tmp_path / "last" / "surrogate.pt").meta["selected_epoch"] == 2
 
 
+def test_weight_average_is_what_is_saved_and_resumed(pairs, labelled, tmp_path, capsys):
+    config = TrainConfig(image_size=32, epochs=2, batch_size=4, seed=1, ema=0.9, select="last", **TINY)
+    trainer = SurrogateTrainer(config, pairs, None, tmp_path / "direct", progress=False, tensorboard=False,
+                               log=lambda s: None)
+    start = {k: v.clone() for k, v in trainer.generator.state_dict().items()}
+    trainer.fit()
+    raw, averaged = trainer.generator.state_dict(), trainer.ema.module.state_dict()
+    name = next(k for k, v in raw.items() if v.is_floating_point() and not torch.equal(v, start[k]))
+    # the average lies between the start and the trained weights, not on either
+    assert not torch.equal(averaged[name], raw[name]) and not torch.equal(averaged[name], start[name])
+    assert int(trainer.ema.n_averaged) == trainer.step
+    saved = Surrogate.load(tmp_path / "direct" / "surrogate.pt")
+    images = pairs.images[:4]
+    assert torch.equal(saved.predict_channels(images), trainer.surrogate().predict_channels(images))
+    with pytest.raises(ValueError, match="--ema"):
+        TrainConfig(ema=1.0)
+
+    out = tmp_path / "run"
+    assert _train(labelled, out, "--epochs", "1", "--ema", "0.99") == 0
+    assert _train(labelled, out, "--epochs", "2", "--resume") == 2  # the run had an average, this one has none
+    assert "weight average" in capsys.readouterr().err
+    assert _train(labelled, out, "--epochs", "2", "--resume", "--ema", "0.99") == 0
+    assert Surrogate.load(out / "last.pt").meta["config"]["ema"] == 0.99
+
+
 def test_expected_label_variants_map_back_onto_the_original_grid():
     """benchmarks/surrogate_expected_labels.py: a variant's target, mapped back, lines up with the image."""
     sys.path.insert(0, str(REPO / "benchmarks"))

@@ -35,6 +35,7 @@ import torch
 from saliencyssl.augment import (FrozenPack, MissingPieceError, SSLAugmentation, TargetRouter, TrainingImages,
                                  parse_policy, parse_sources, policy_summary)
 from saliencyssl.datasets import open_image_set
+from saliencyssl.precision import autocast_dtype
 from saliencyssl.saliency import Labeller, LabellerConfig
 from saliencyssl.ssl.backbone import resnet18_backbone, save_backbone, uses_cifar_stem
 from saliencyssl.ssl.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
@@ -193,10 +194,11 @@ class Pretrainer:
             self.model = DistributedDataParallel(self.method, device_ids=ids)
         self.optimizer, self.scheduler = build_optimizer(self.method, batch_size=c.batch_size, epochs=c.epochs,
                                                          steps_per_epoch=self.steps_per_epoch, lr=c.lr)
-        self.amp = bool(c.amp and self.device.type == "cuda")
+        self.amp_dtype = autocast_dtype(self.device) if c.amp else None
+        self.amp = self.amp_dtype is not None
         if c.amp and not self.amp:
-            self._say("note: --amp needs CUDA; running in float32")
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+            self._say("note: --amp needs CUDA or a CPU with native bfloat16 (AVX512-BF16/AMX); running in float32")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
         self.knn = None
         if c.knn_train and c.knn_test:
@@ -351,7 +353,7 @@ class Pretrainer:
             t2 = time.perf_counter()
             global_step = epoch * self.steps_per_epoch + step
             self.method.before_step(global_step / max(total_steps - 1, 1), epoch)
-            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+            with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 loss = self.model(view_a, view_b)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from saliencyssl.precision import autocast_dtype
 from saliencyssl.surrogate.networks import (Architecture, UNetGenerator, build_networks, image_to_input,
                                             to_probabilities)
 from saliencyssl.target import TARGET_CHANNELS, TargetBatch
@@ -41,26 +42,6 @@ CHECKPOINT_FORMAT = "saliency-ssl-surrogate"
 FORMAT_VERSION = 1
 #: Images per forward pass inside :meth:`Surrogate.predict` (larger batches are split).
 DEFAULT_MAX_BATCH = 1024
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16 flags; Linux only).
-
-    Where it does, bf16 autocast makes the surrogate's CPU inference about 1.5x faster; elsewhere
-    bf16 would be emulated and slower, so inference stays in float32.
-    """
-    global _NATIVE_BF16
-    if _NATIVE_BF16 is None:
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-            _NATIVE_BF16 = (" avx512_bf16" in flags or " amx_bf16" in flags) and \
-                torch.backends.mkldnn.is_available()
-        except OSError:
-            _NATIVE_BF16 = False
-    return bool(_NATIVE_BF16)
-
-
-_NATIVE_BF16: bool | None = None
 
 
 class SurrogateCheckpointError(ValueError):
@@ -135,7 +116,7 @@ class Surrogate:
         meta: training record (see the module docstring).
         device: where it runs (default: the generator's device).
         amp: reduced precision during prediction; default on: fp16 autocast on CUDA, bf16
-            autocast on a CPU that computes bf16 natively (:func:`cpu_has_native_bf16`; masks
+            autocast on a CPU that computes bf16 natively (:func:`saliencyssl.precision.cpu_has_native_bf16`; masks
             agree with float32 on 99.99% of pixels), float32 otherwise. ``False`` forces float32.
         max_batch: images per forward pass inside :meth:`predict`.
 
@@ -243,13 +224,7 @@ class Surrogate:
     @property
     def autocast_dtype(self) -> torch.dtype | None:
         """The autocast dtype :meth:`predict` uses here (``None``: float32)."""
-        if not self.amp:
-            return None
-        if self.device.type == "cuda":
-            return torch.float16
-        if self.device.type == "cpu" and cpu_has_native_bf16():
-            return torch.bfloat16
-        return None
+        return autocast_dtype(self.device) if self.amp else None
 
     # -- inference -----------------------------------------------------------------------------
     def _check(self, images: torch.Tensor) -> None:

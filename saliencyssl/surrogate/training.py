@@ -25,7 +25,10 @@ generator memorises them and its held-out fidelity peaks and then falls while th
 keeps falling. After every epoch the held-out split is scored with :func:`selection_score`
 (presence accuracy, mask IoU where there is a mask and overall, saliency error against the
 predict-nothing baseline) and the best epoch is kept; that is the one ``surrogate.pt`` holds
-(early stopping on the held-out split, never on test images).
+(early stopping on the held-out split, never on test images). With ``ema`` set, what is scored,
+selected and saved is an exponential moving average of the generator's weights (torch's
+:class:`~torch.optim.swa_utils.AveragedModel`), which smooths over the step-to-step noise the
+brittle labels put into the weights.
 
 Data: every image and target is a tensor on the training device from the start (uint8 images,
 uint8/bool/int32 targets); a step only indexes, flips (image and target together, the boundary
@@ -44,6 +47,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel
 
 from saliencyssl.surrogate.losses import GANLoss, LossWeights, TargetLoss
 from saliencyssl.surrogate.model import (Surrogate, SurrogateCheckpointError, checkpoint_dict, read_checkpoint,
@@ -77,6 +81,10 @@ class TrainConfig:
         grid_images: held-out images shown in the TensorBoard grid.
         select: ``"best"`` (the epoch with the best held-out :func:`selection_score`) or
             ``"last"``: which generator ``surrogate.pt`` holds.
+        ema: decay of an exponential moving average of the generator's weights and batch-norm
+            statistics, updated after every step (``0``: none). When set, the average is what is
+            evaluated, selected and saved; its decay warms up as ``min(ema, (1 + n) / (10 + n))``
+            after ``n`` updates, so early epochs are not dominated by the initial weights.
     """
 
     image_size: int = 32
@@ -98,6 +106,7 @@ class TrainConfig:
     coords: bool = Architecture.coords
     grid_images: int = 8
     select: str = "best"
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.weights, dict):
@@ -112,6 +121,9 @@ class TrainConfig:
             raise ValueError(f"decay_start must be in [0, 1], got {self.decay_start}")
         if not 0.0 <= self.held_out < 1.0:
             raise ValueError(f"--held-out must be in [0, 1), got {self.held_out}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"--ema must be in [0, 1) (0 = off; 0.999 averages over about 1,000 steps), "
+                             f"got {self.ema}")
         if self.select not in ("best", "last"):
             raise ValueError(f"select must be 'best' or 'last', got {self.select!r} (--select)")
 
@@ -204,6 +216,8 @@ class SurrogateTrainer:
         self.scaler_d = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.gan_loss = GANLoss(config.gan_mode)
         self.target_loss = TargetLoss(config.weights)
+        self.ema = (AveragedModel(self.generator, multi_avg_fn=_ema_update(config.ema), use_buffers=True)
+                    if config.ema > 0 else None)
 
         data_device = self.device if train.nbytes() < DEVICE_DATA_LIMIT else torch.device("cpu")
         self.images = train.images.to(data_device)
@@ -295,6 +309,8 @@ class SurrogateTrainer:
         self.scaler_g.scale(loss_g).backward()
         self.scaler_g.step(self.opt_g)
         self.scaler_g.update()
+        if self.ema is not None:
+            self.ema.update_parameters(g)
         d.requires_grad_(True)
         out.update(parts)
         out["g"] = loss_g.detach()
@@ -302,9 +318,14 @@ class SurrogateTrainer:
         return out
 
     # -- evaluation ------------------------------------------------------------------------------
+    @property
+    def eval_generator(self) -> UNetGenerator:
+        """The generator that is evaluated, selected and saved: the moving average when ``ema`` is set."""
+        return self.ema.module if self.ema is not None else self.generator
+
     def surrogate(self) -> Surrogate:
-        """The current generator as a :class:`~saliencyssl.surrogate.model.Surrogate` (shares weights)."""
-        return Surrogate(self.generator, self.train_pairs.fingerprint, self.train_pairs.labeller_params,
+        """The evaluated generator as a :class:`~saliencyssl.surrogate.model.Surrogate` (shares weights)."""
+        return Surrogate(self.eval_generator, self.train_pairs.fingerprint, self.train_pairs.labeller_params,
                          meta=self._meta(), device=self.device)
 
     def evaluate(self) -> dict | None:
@@ -355,6 +376,8 @@ class SurrogateTrainer:
             discriminator={k: v.detach().cpu() for k, v in self.discriminator.state_dict().items()},
             optim_g=self.opt_g.state_dict(), optim_d=self.opt_d.state_dict(),
             scaler_g=self.scaler_g.state_dict(), scaler_d=self.scaler_d.state_dict(),
+            **({"ema": {k: v.detach().cpu() for k, v in self.ema.state_dict().items()}} if self.ema is not None
+               else {}),
             trainer={"epoch": self.epoch, "step": self.step, "elapsed": self.elapsed, "history": self.history,
                      "best": _plain(self.best)},
             rng=rng)
@@ -385,6 +408,9 @@ class SurrogateTrainer:
                             f"set: same IMAGES_DIR, --limit and --held-out needed)")
         if "trainer" not in blob or "optim_g" not in blob:
             problems.append("no optimiser state (a final surrogate.pt, not a last.pt)")
+        if ("ema" in blob) != (self.ema is not None):
+            problems.append("a weight average (--ema)" if "ema" in blob else "no weight average (now --ema "
+                            f"{self.config.ema:g})")
         if problems:
             raise SurrogateCheckpointError(f"cannot resume from {path}: it was trained with " + "; ".join(problems)
                                            + ". Use the original options, or start a new run in another --out")
@@ -394,6 +420,8 @@ class SurrogateTrainer:
         self.opt_d.load_state_dict(blob["optim_d"])
         self.scaler_g.load_state_dict(blob["scaler_g"])
         self.scaler_d.load_state_dict(blob["scaler_d"])
+        if self.ema is not None:
+            self.ema.load_state_dict(blob["ema"])
         state = blob["trainer"]
         self.epoch, self.step, self.elapsed = int(state["epoch"]), int(state["step"]), float(state["elapsed"])
         self.history = list(state.get("history") or [])
@@ -419,9 +447,9 @@ class SurrogateTrainer:
         if self.best is not None and score <= self.best["score"]:
             return False
         self.best = {"score": score, "epoch": self.epoch, "step": self.step, "report": _plain(report)}
-        self._best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.generator.state_dict().items()}
+        self._best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.eval_generator.state_dict().items()}
         save_checkpoint(self.run_dir / "best.pt", checkpoint_dict(
-            self.generator, self.train_pairs.fingerprint, self.train_pairs.labeller_params,
+            self.eval_generator, self.train_pairs.fingerprint, self.train_pairs.labeller_params,
             {**self._meta(), "heldout_fidelity": _plain(report), "selection_score": score}))
         return True
 
@@ -433,7 +461,7 @@ class SurrogateTrainer:
         """
         meta = {**self._meta(), "stopped_by": stopped_by, "final_epoch": self.epoch,
                 "final_heldout_fidelity": _plain(self.last_report), "select": self.config.select}
-        generator, epoch, report = self.generator, self.epoch, self.last_report
+        generator, epoch, report = self.eval_generator, self.epoch, self.last_report
         if self.config.select == "best" and self.best is not None and self._best_state is not None:
             generator = UNetGenerator(self.arch)
             generator.load_state_dict(self._best_state)
@@ -574,6 +602,22 @@ def selection_score(report: dict) -> float:
     mae_ratio = value("saliency_mae_present") / value("saliency_mae_present", base) \
         if value("saliency_mae_present", base) > 0 else 0.0
     return value("presence_accuracy") + value("mask_iou_present") + value("mask_iou") - mae_ratio
+
+
+def _ema_update(decay: float):
+    """``multi_avg_fn`` for :class:`~torch.optim.swa_utils.AveragedModel`: an EMA whose decay warms up.
+
+    The decay after ``n`` updates is ``min(decay, (1 + n) / (10 + n))``; integer buffers (batch
+    norm's step counter) follow the model.
+    """
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        if not torch.is_floating_point(averaged[0]):
+            torch._foreach_copy_(averaged, current)
+            return
+        n = float(n_averaged)
+        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+        torch._foreach_lerp_(averaged, current, weight)
+    return update
 
 
 def _f(value) -> str:
