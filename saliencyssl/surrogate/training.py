@@ -216,8 +216,8 @@ class SurrogateTrainer:
         self.scaler_d = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.gan_loss = GANLoss(config.gan_mode)
         self.target_loss = TargetLoss(config.weights)
-        self.ema = (AveragedModel(self.generator, multi_avg_fn=_ema_update(config.ema), use_buffers=True)
-                    if config.ema > 0 else None)
+        self.ema = (AveragedModel(self.generator, multi_avg_fn=_ema_update(config.ema, lambda: self.step),
+                                  use_buffers=True) if config.ema > 0 else None)
 
         data_device = self.device if train.nbytes() < DEVICE_DATA_LIMIT else torch.device("cpu")
         self.images = train.images.to(data_device)
@@ -604,17 +604,19 @@ def selection_score(report: dict) -> float:
     return value("presence_accuracy") + value("mask_iou_present") + value("mask_iou") - mae_ratio
 
 
-def _ema_update(decay: float):
+def _ema_update(decay: float, updates_done: Callable[[], int]):
     """``multi_avg_fn`` for :class:`~torch.optim.swa_utils.AveragedModel`: an EMA whose decay warms up.
 
     The decay after ``n`` updates is ``min(decay, (1 + n) / (10 + n))``; integer buffers (batch
-    norm's step counter) follow the model.
+    norm's step counter) follow the model. ``updates_done`` gives ``n`` from the trainer's step
+    counter (one update per step), equal to the average's own ``n_averaged`` but a Python int, so
+    reading it costs no device synchronisation on CUDA.
     """
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
         if not torch.is_floating_point(averaged[0]):
             torch._foreach_copy_(averaged, current)
             return
-        n = float(n_averaged)
+        n = float(updates_done())
         weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
         torch._foreach_lerp_(averaged, current, weight)
     return update
