@@ -195,8 +195,7 @@ class Pretrainer:
         self.optimizer, self.scheduler = build_optimizer(self.method, batch_size=c.batch_size, epochs=c.epochs,
                                                          steps_per_epoch=self.steps_per_epoch, lr=c.lr)
         self.amp_dtype = autocast_dtype(self.device) if c.amp else None
-        self.amp = self.amp_dtype is not None
-        if c.amp and not self.amp:
+        if c.amp and self.amp_dtype is None:
             self._say("note: --amp needs CUDA or a CPU with native bfloat16 (AVX512-BF16/AMX); running in float32")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
@@ -353,7 +352,7 @@ class Pretrainer:
             t2 = time.perf_counter()
             global_step = epoch * self.steps_per_epoch + step
             self.method.before_step(global_step / max(total_steps - 1, 1), epoch)
-            with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 loss = self.model(view_a, view_b)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
