@@ -10,9 +10,15 @@ scripts/pretrain.py's loop for each source and reports seconds per epoch and the
 same policy without the saliency view, so the difference is the cost of getting and rendering
 targets. ``exact`` labels every batch from scratch in --workers processes.
 
+A shared machine's speed drifts during a run, and a source timed only after another would inherit
+the drift as cost. --rounds R times every source R times, in a rotated order each round (round r
+starts with the r-th source), and reports the median over rounds: seconds per epoch per source, and
+the ratio to ``none`` measured within each round (its sources ran minutes apart, not a whole run).
+
 Example (the figures in docs/benchmarks.md):
   python benchmarks/bench_epoch.py --data ../shared/data/cifar10/train --cache runs/cifar_cache --num-images 790 \\
-      --image-size 32 --batch-size 128 --sources none,cache,surrogate,exact --epochs 2 --json runs/bench_epoch.json
+      --image-size 32 --batch-size 128 --sources none,cache,surrogate,exact --epochs 2 --rounds 3 \\
+      --json runs/bench_epoch.json
 """
 
 from __future__ import annotations
@@ -43,7 +49,10 @@ def main(argv=None) -> int:
     parser.add_argument("--sources", default="none,cache,surrogate,exact")
     parser.add_argument("--method", default="simclr")
     parser.add_argument("--policy", default="sal+default")
-    parser.add_argument("--epochs", type=int, default=2, help="epochs per source; the first is a warm-up when > 1")
+    parser.add_argument("--epochs", type=int, default=2,
+                        help="epochs per source and round; the first is a warm-up when > 1")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="time every source this many times, in a rotated order, and report medians (default 3)")
     parser.add_argument("--surrogate", type=Path, help="surrogate checkpoint (default: a fresh one)")
     parser.add_argument("--cache", type=Path, help="a cache holding the images' targets (default: label into a temp one)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -52,6 +61,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
+    if args.rounds < 1 or args.epochs < 1:
+        parser.error("--rounds and --epochs must be at least 1")
     policy = parse_policy(args.policy)
     if not policy.uses_saliency:
         parser.error("--policy must use the saliency view (e.g. sal+default) to compare sources")
@@ -82,26 +93,34 @@ def main(argv=None) -> int:
             from saliencyssl.surrogate import Surrogate
 
             surrogate = Surrogate.fresh(args.image_size, labeller.fingerprint).save(tmp / "fresh_surrogate.pt")
-        for source in sources:
-            config = PretrainConfig(
-                data=str(args.data), out=str(tmp / f"run_{source}"), method=args.method,
-                aug_source=source if source != "surrogate" else "surrogate",
-                policy=policy.name if source != "none" else f"{policy.name},saliency=0",
-                epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
-                cache=str(cache_dir) if source == "cache" else None,
-                surrogate=str(surrogate) if source == "surrogate" else None, device=args.device, amp=args.amp,
-                workers=args.workers if source == "exact" else 0, limit=n, progress=False, tensorboard=False)
-            trainer = Pretrainer(config)
-            history = trainer.run().history
-            timed = history[1:] if len(history) > 1 else history
-            seconds = float(np.mean([h.seconds["epoch"] for h in timed]))
-            result["seconds_per_epoch"][source] = seconds
-            result["seconds_split"][source] = {k: float(np.mean([h.seconds[k] for h in timed]))
-                                        for k in ("data", "augmentation", "compute")}
-            print(f"{source:10s} {seconds:8.2f} s per epoch", flush=True)
-    base = result["seconds_per_epoch"].get("none")
-    if base:
-        result["ratio_to_none"] = {k: v / base for k, v in result["seconds_per_epoch"].items()}
+        rounds = []
+        for r in range(args.rounds):
+            order = sources[r % len(sources):] + sources[:r % len(sources)]
+            split = {}
+            for source in order:
+                config = PretrainConfig(
+                    data=str(args.data), out=str(tmp / f"run_{source}_{r}"), method=args.method, aug_source=source,
+                    policy=policy.name if source != "none" else f"{policy.name},saliency=0",
+                    epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
+                    cache=str(cache_dir) if source == "cache" else None,
+                    surrogate=str(surrogate) if source == "surrogate" else None, device=args.device, amp=args.amp,
+                    workers=args.workers if source == "exact" else 0, limit=n, progress=False, tensorboard=False)
+                history = Pretrainer(config).run().history
+                timed = history[1:] if len(history) > 1 else history
+                split[source] = {k: float(np.mean([h.seconds[k] for h in timed]))
+                                 for k in ("epoch", "data", "augmentation", "compute")}
+                seconds = split[source]["epoch"]
+                print(f"round {r + 1}/{args.rounds}  {source:10s} {seconds:8.2f} s per epoch", flush=True)
+            rounds.append({source: split[source] for source in sources})
+    result["rounds"] = rounds
+    for source in sources:
+        result["seconds_per_epoch"][source] = float(np.median([rd[source]["epoch"] for rd in rounds]))
+        result["seconds_split"][source] = {k: float(np.median([rd[source][k] for rd in rounds]))
+                                           for k in ("data", "augmentation", "compute")}
+    if "none" in sources:
+        by_round = [{source: rd[source]["epoch"] / rd["none"]["epoch"] for source in sources} for rd in rounds]
+        result["ratio_to_none_by_round"] = by_round
+        result["ratio_to_none"] = {source: float(np.median([r[source] for r in by_round])) for source in sources}
     emit(result, args.json)
     return 0
 

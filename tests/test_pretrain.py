@@ -197,3 +197,24 @@ def test_two_processes_on_gloo(shapes, tmp_path):
     history = json.loads((out / "history.json").read_text())
     assert history[0]["steps"] == 4, "each of 2 processes takes 4 steps of 4 images"
     assert (out / "backbone.pt").is_file()
+
+
+def test_epoch_benchmark_times_every_source_in_rotated_rounds(shapes, tmp_path, capsys):
+    """benchmarks/bench_epoch.py: each round times every source, starting one source later than the last."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench_epoch
+
+    out = tmp_path / "bench.json"
+    assert bench_epoch.main(["--data", str(shapes["train"]), "--num-images", "8", "--batch-size", "4",
+                             "--sources", "none,cache", "--epochs", "1", "--rounds", "2", "--json", str(out)]) == 0
+    printed = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("round ")]
+    assert [(words[1], words[2]) for words in printed] == [("1/2", "none"), ("1/2", "cache"),
+                                                           ("2/2", "cache"), ("2/2", "none")]
+    result = json.loads(out.read_text())
+    assert [set(r) for r in result["rounds"]] == [{"none", "cache"}] * 2
+    for source in ("none", "cache"):
+        per_round = [r[source]["epoch"] for r in result["rounds"]]
+        assert result["seconds_per_epoch"][source] == pytest.approx(sum(per_round) / 2)  # the median of two
+    by_round = [r["cache"]["epoch"] / r["none"]["epoch"] for r in result["rounds"]]
+    assert result["ratio_to_none"]["none"] == 1.0
+    assert result["ratio_to_none"]["cache"] == pytest.approx(sum(by_round) / 2)

@@ -394,6 +394,9 @@ def test_weight_average_is_what_is_saved_and_resumed(pairs, labelled, tmp_path, 
     saved = Surrogate.load(tmp_path / "direct" / "surrogate.pt")
     images = pairs.images[:4]
     assert torch.equal(saved.predict_channels(images), trainer.surrogate().predict_channels(images))
+    last = Surrogate.load(tmp_path / "direct" / "last.pt")  # the average too, not the raw generator it also holds
+    assert torch.equal(last.predict_channels(images), saved.predict_channels(images))
+    assert not torch.equal(last.generator.state_dict()[name], raw[name].cpu())
     with pytest.raises(ValueError, match="--ema"):
         TrainConfig(ema=1.0)
 

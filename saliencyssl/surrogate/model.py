@@ -20,7 +20,8 @@ A surrogate travels as one ``torch.save`` file (``RUN_DIR/surrogate.pt``), a dic
                       held-out fidelity, the command's options ...
 
 Training checkpoints (``RUN_DIR/last.pt``) hold the same keys plus the discriminator, the
-optimiser and scaler states and the trainer's counters, so either file loads here.
+optimiser and scaler states and the trainer's counters, so either file loads here (a ``last.pt``
+of a run with ``--ema`` loads as its moving average, the generator that run evaluates).
 :meth:`Surrogate.load` refuses, with a message saying which, a file that is not a surrogate
 checkpoint, one for another image size, target layout or labeller fingerprint, and weights that
 do not fit the recorded architecture.
@@ -199,8 +200,11 @@ class Surrogate:
             raise SurrogateCheckpointError(f"{path}: architecture is for {arch.image_size} px but the checkpoint says "
                                            f"{size} px; the file is inconsistent, retrain it")
         generator = UNetGenerator(arch)
+        weights = blob.get("generator")
+        if "ema" in blob:  # a last.pt of a run with --ema: the average is what that run evaluates and selects
+            weights = {k[len("module."):]: v for k, v in blob["ema"].items() if k.startswith("module.")}
         try:
-            generator.load_state_dict(blob["generator"])
+            generator.load_state_dict(weights)
         except (RuntimeError, KeyError, TypeError) as error:
             raise SurrogateCheckpointError(
                 f"{path}: the weights do not fit the recorded architecture {arch.as_dict()} (wrong shape or "
