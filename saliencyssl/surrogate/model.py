@@ -200,12 +200,13 @@ class Surrogate:
             raise SurrogateCheckpointError(f"{path}: architecture is for {arch.image_size} px but the checkpoint says "
                                            f"{size} px; the file is inconsistent, retrain it")
         generator = UNetGenerator(arch)
-        weights = blob.get("generator")
-        if "ema" in blob:  # a last.pt of a run with --ema: the average is what that run evaluates and selects
-            weights = {k[len("module."):]: v for k, v in blob["ema"].items() if k.startswith("module.")}
         try:
+            if "ema" in blob:  # a last.pt of a run with --ema: the average is what that run evaluates and selects
+                weights = {k[len("module."):]: v for k, v in blob["ema"].items() if k.startswith("module.")}
+            else:
+                weights = blob["generator"]
             generator.load_state_dict(weights)
-        except (RuntimeError, KeyError, TypeError) as error:
+        except (RuntimeError, KeyError, TypeError, AttributeError) as error:
             raise SurrogateCheckpointError(
                 f"{path}: the weights do not fit the recorded architecture {arch.as_dict()} (wrong shape or "
                 f"missing keys: {str(error).splitlines()[0][:300]}); the file is damaged or was edited, retrain "
