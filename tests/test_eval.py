@@ -382,7 +382,6 @@ def test_evaluate_quiet_shows_no_progress_bars(tmp_path, capsys):
 
 def test_feature_spectrum_shares_and_cli(tmp_path, capsys):
     """benchmarks/feature_spectrum.py: variance shares of known spectra, and a run on labelled folders."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
     import feature_spectrum
 
     rng = np.random.default_rng(0)

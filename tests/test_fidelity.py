@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,10 +15,8 @@ from saliencyssl.eval.fidelity import (boundary_scores, fidelity_grid, fidelity_
 from saliencyssl.saliency import Labeller, LabellerConfig
 from saliencyssl.surrogate.model import Surrogate
 from saliencyssl.target import TargetBatch
+import eval_fidelity  # scripts/eval_fidelity.py (pyproject.toml puts scripts/ on pytest's pythonpath)
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-import eval_fidelity  # noqa: E402  (scripts/eval_fidelity.py)
 
 JSON_KEYS = {"n", "n_present", "presence_accuracy", "mask_iou", "mask_iou_present", "mask_f", "saliency_mae",
              "saliency_mae_present", "boundary_f", "baseline"}

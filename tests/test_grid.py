@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,10 +11,8 @@ import torch
 from saliencyssl.embedded import write_embedded_dataset
 from saliencyssl.eval.grid import GridConfig, StaleCellError, cell_state, cells, collect, policy_gap, run_grid
 from saliencyssl.saliency import LabellerConfig
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-import run_grid as run_grid_cli  # noqa: E402  (scripts/run_grid.py)
+from _paths import REPO
+import run_grid as run_grid_cli  # scripts/run_grid.py (pyproject.toml puts scripts/ on pytest's pythonpath)
 
 
 def _write(tmp_path: Path, **overrides) -> Path:

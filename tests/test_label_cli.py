@@ -17,10 +17,8 @@ from PIL import Image
 from saliencyssl.cache import TargetCache
 from saliencyssl.imageio import read_image
 from saliencyssl.saliency import LabellerConfig
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-import label  # noqa: E402  (scripts/label.py)
+from _paths import REPO
+import label  # scripts/label.py (pyproject.toml puts scripts/ on pytest's pythonpath)
 
 
 def _variants(photo: np.ndarray, n: int, size=(96, 144)) -> list[np.ndarray]:

@@ -18,10 +18,8 @@ from saliencyssl.eval.features import random_backbone
 from saliencyssl.saliency import Labeller, LabellerConfig
 from saliencyssl.ssl.backbone import load_backbone, uses_cifar_stem
 from saliencyssl.ssl.pretrain import PretrainConfig, Pretrainer
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-import pretrain  # noqa: E402  (scripts/pretrain.py)
+from _paths import REPO
+import pretrain  # scripts/pretrain.py (pyproject.toml puts scripts/ on pytest's pythonpath)
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +199,6 @@ def test_two_processes_on_gloo(shapes, tmp_path):
 
 def test_epoch_benchmark_times_every_source_in_rotated_rounds(shapes, tmp_path, capsys):
     """benchmarks/bench_epoch.py: each round times every source, starting one source later than the last."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
     import bench_epoch
 
     out = tmp_path / "bench.json"

@@ -25,9 +25,8 @@ from saliencyssl.saliency import LabellerConfig
 
 pytest.importorskip("distributed", reason="needs dask.distributed: pip install 'saliency-ssl[cluster]'")
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-import cache as cache_cli  # noqa: E402  (scripts/cache.py)
+from _paths import REPO
+import cache as cache_cli  # noqa: E402  (scripts/cache.py; pytest's pythonpath has scripts/)
 
 
 def _write_variants(root: Path, photo: np.ndarray, n: int, size=(96, 144)) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import cv2
@@ -23,10 +22,8 @@ from saliencyssl.surrogate.pairs import (MissingTargetsError, PairSet, TargetTen
                                          held_out_mask, label_command, load_pairs)
 from saliencyssl.surrogate.training import SurrogateTrainer, TrainConfig
 from saliencyssl.target import TARGET_CHANNELS, TargetBatch, region_boundary
+import train_surrogate  # scripts/train_surrogate.py (pyproject.toml puts scripts/ on pytest's pythonpath)
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-import train_surrogate  # noqa: E402  (scripts/train_surrogate.py)
 
 TINY = dict(ngf=4, ndf=4)
 
@@ -410,7 +407,6 @@ def test_weight_average_is_what_is_saved_and_resumed(pairs, labelled, tmp_path, 
 
 def test_expected_label_variants_map_back_onto_the_original_grid():
     """benchmarks/surrogate_expected_labels.py: a variant's target, mapped back, lines up with the image."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
     import surrogate_expected_labels as exp
 
     rng = np.random.default_rng(0)
@@ -432,7 +428,6 @@ def test_expected_label_variants_map_back_onto_the_original_grid():
 
 def test_speed_benchmark_compares_with_the_labeller_unless_told_not_to(labelled, tmp_path):
     """benchmarks/bench_surrogate.py: a speed-up against the exact labeller, or none with --labeller-images 0."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
     import bench_surrogate
 
     images, _, _ = labelled
