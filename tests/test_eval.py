@@ -8,7 +8,6 @@ Generated images and synthetic features cover everything without shared data; th
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -24,19 +23,13 @@ from saliencyssl.eval import clustering, features as feats, fractions as frac, k
 from saliencyssl.ssl.backbone import save_backbone
 
 from _paths import MISSING_REASON, REPO, SHARED
+import evaluate  # scripts/evaluate.py (pyproject.toml puts scripts/ on pytest's pythonpath)
 
 CIFAR = SHARED / "data" / "cifar10"
 needs_cifar = pytest.mark.skipif(not (CIFAR / "train").is_dir() or not (CIFAR / "test").is_dir(),
                                  reason=MISSING_REASON.format(path=SHARED / "data"))
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _write_images(root: Path, per_class: int, classes=("red", "green", "blue"), size: int = 32, seed: int = 0,
@@ -282,7 +275,6 @@ def test_evaluate_script_end_to_end(tmp_path):
 
 
 def test_evaluate_script_errors_name_the_problem(tmp_path, capsys):
-    evaluate = _load_script("evaluate")
     _write_images(tmp_path / "train", per_class=2)
     _write_images(tmp_path / "flat", per_class=2, labelled=False)
     base = ["--train", str(tmp_path / "train"), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "o")]
@@ -317,7 +309,6 @@ def test_evaluate_script_errors_name_the_problem(tmp_path, capsys):
 
 
 def test_evaluate_help_explains_every_option(capsys):
-    evaluate = _load_script("evaluate")
     with pytest.raises(SystemExit) as exit_info:
         evaluate.main(["--help"])
     assert exit_info.value.code == 0
@@ -367,7 +358,6 @@ def test_backbone_files_that_are_not_plain_tensors_are_refused_without_running_t
 
 
 def test_evaluate_quiet_shows_no_progress_bars(tmp_path, capsys):
-    evaluate = _load_script("evaluate")
     _write_images(tmp_path / "train", per_class=2)
     base = ["--backbone", "random", "--train", str(tmp_path / "train"), "--test", str(tmp_path / "train"),
             "--protocol", "knn", "--fractions", "1.0", "--seeds", "1", "--no-cache"]

@@ -7,7 +7,6 @@ data; the end-to-end run on real salbench photos needs ``/work/shared`` (or
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from saliencyssl.eval.features import open_backbone, random_backbone
 from saliencyssl.ssl.backbone import save_backbone
 
 from _paths import MISSING_REASON, REPO, SHARED
+import eval_segmentation as script  # scripts/eval_segmentation.py (on pytest's pythonpath)
 
 SALBENCH = SHARED / "data" / "salbench"
 needs_salbench = pytest.mark.skipif(not (SALBENCH / "images").is_dir() or not (SALBENCH / "masks").is_dir(),
@@ -49,13 +49,6 @@ def _write_pairs(root: Path, n: int, size=(40, 48), seed: int = 0, mask_scale: i
         cv2.imwrite(str(images / f"img{i:02d}.jpg"), image)
         cv2.imwrite(str(masks / f"img{i:02d}.png"), mask)
     return images, masks
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -262,7 +255,6 @@ def test_maskrcnn_keeps_the_encoder_is_deterministic_and_learns(tmp_path):
 
 # ------------------------------------------------------------------------------ the script
 def test_script_with_a_checkpoint_and_errors(tmp_path, capsys):
-    script = _load_script("eval_segmentation")
     images, masks = _write_pairs(tmp_path / "data", 6)
     checkpoint = tmp_path / "run" / "backbone.pt"
     save_backbone(checkpoint, random_backbone(3, True), {"cifar_stem": True, "image_size": 32})
@@ -298,7 +290,6 @@ def test_script_with_a_checkpoint_and_errors(tmp_path, capsys):
 
 
 def test_script_with_maskrcnn(tmp_path):
-    script = _load_script("eval_segmentation")
     images, masks = _write_pairs(tmp_path / "data", 6)
     out = tmp_path / "out"
     assert script.main(["--backbone", "random", "--model", "maskrcnn", "--images", str(images), "--masks", str(masks),
