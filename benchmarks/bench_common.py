@@ -39,3 +39,30 @@ def emit(result: dict, json_path: Path | None) -> None:
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(text)
+
+
+def label_missing(cache, image_set, image_size: int, labeller) -> int:
+    """Label into ``cache`` the images of ``image_set`` it lacks, keyed as pretraining at ``image_size`` looks
+    them up; returns how many were labelled (with a progress bar when there are any)."""
+    from saliencyssl.augment import TrainingImages
+
+    hashes = TrainingImages(image_set, image_size).hashes
+    todo = [i for i, h in enumerate(hashes) if h not in cache]
+    if todo:
+        from tqdm import tqdm
+
+        print(f"labelling {len(todo)} images into the cache ...", flush=True)
+        for i in tqdm(todo, unit="img"):
+            cache.put(hashes[i], labeller(image_set.image(i)))
+    return len(todo)
+
+
+def saliency_policy(parser, name: str):
+    """``--policy`` parsed, or a usage error from ``parser`` when it renders no saliency view (there would be
+    nothing to compare)."""
+    from saliencyssl.augment import parse_policy
+
+    policy = parse_policy(name)
+    if not policy.uses_saliency:
+        parser.error(f"--policy {name!r} must use the saliency view (e.g. sal+default) to compare anything")
+    return policy

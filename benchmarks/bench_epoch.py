@@ -14,6 +14,9 @@ A shared machine's speed drifts during a run, and a source timed only after anot
 the drift as cost. --rounds R times every source R times, in a rotated order each round (round r
 starts with the r-th source), and reports the median over rounds: seconds per epoch per source, and
 the ratio to ``none`` measured within each round (its sources ran minutes apart, not a whole run).
+The compute column (forward, backward, step) of one epoch still moves by several percent from epoch
+to epoch on a shared CPU; benchmarks/bench_view_compute.py tells whether a difference there is the
+saliency views' own cost (it was not, in docs/benchmarks.md).
 
 Example (the figures in docs/benchmarks.md):
   python benchmarks/bench_epoch.py --data ../shared/data/cifar10/train --cache runs/cifar_cache --num-images 790 \\
@@ -31,8 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_common import device_name, emit
-from saliencyssl.augment import TrainingImages, parse_policy
+from bench_common import device_name, emit, label_missing, saliency_policy
 from saliencyssl.cache import TargetCache
 from saliencyssl.cache.labelling import default_workers
 from saliencyssl.datasets import open_image_set
@@ -63,9 +65,7 @@ def main(argv=None) -> int:
 
     if args.rounds < 1 or args.epochs < 1:
         parser.error("--rounds and --epochs must be at least 1")
-    policy = parse_policy(args.policy)
-    if not policy.uses_saliency:
-        parser.error("--policy must use the saliency view (e.g. sal+default) to compare sources")
+    policy = saliency_policy(parser, args.policy)
     image_set = open_image_set(args.data)
     image_set = image_set.spread(args.num_images)
     n = len(image_set)
@@ -80,14 +80,7 @@ def main(argv=None) -> int:
         cache_dir = args.cache or tmp / "cache"
         if "cache" in sources:
             cache = TargetCache(cache_dir, labeller.fingerprint, params=labeller.config.params())
-            hashes = TrainingImages(image_set, args.image_size).hashes
-            todo = [i for i, h in enumerate(hashes) if h not in cache]
-            if todo:
-                print(f"labelling {len(todo)} images into a temporary cache ...", flush=True)
-                from tqdm import tqdm
-
-                for i in tqdm(todo, unit="img"):
-                    cache.put(hashes[i], labeller(image_set.image(i)))
+            label_missing(cache, image_set, args.image_size, labeller)
         surrogate = args.surrogate
         if surrogate is None and "surrogate" in sources:
             from saliencyssl.surrogate import Surrogate

@@ -215,3 +215,28 @@ def test_epoch_benchmark_times_every_source_in_rotated_rounds(shapes, tmp_path, 
     by_round = [r["cache"]["epoch"] / r["none"]["epoch"] for r in result["rounds"]]
     assert result["ratio_to_none"]["none"] == 1.0
     assert result["ratio_to_none"]["cache"] == pytest.approx(sum(by_round) / 2)
+
+
+def test_view_compute_benchmark_times_both_kinds_on_one_model(shapes, tmp_path, capsys):
+    """benchmarks/bench_view_compute.py: every counted round trains one step on each stored batch of both kinds."""
+    import bench_view_compute
+
+    out = tmp_path / "views.json"
+    assert bench_view_compute.main(["--data", str(shapes["train"]), "--cache", str(shapes["cache"]),
+                                    "--batch-size", "4", "--batches", "2", "--rounds", "3",
+                                    "--json", str(out)]) == 0
+    rounds = [line for line in capsys.readouterr().out.splitlines() if line.startswith("round ")]
+    assert [line.split()[1] for line in rounds] == ["1/2", "2/2"], "the warm-up round is not reported"
+    result = json.loads(out.read_text())
+    assert result["steps_per_kind"] == 4, "2 counted rounds of 2 batches"
+    medians = result["median_seconds_per_step"]
+    assert set(medians) == {"sal", "plain"} and min(medians.values()) > 0
+    assert result["ratio_sal_to_plain"] == pytest.approx(medians["sal"] / medians["plain"])
+
+
+def test_view_compute_benchmark_refuses_more_batches_than_images(shapes, tmp_path):
+    import bench_view_compute
+
+    with pytest.raises(SystemExit):
+        bench_view_compute.main(["--data", str(shapes["train"]), "--cache", str(shapes["cache"]),
+                                 "--batch-size", "64", "--batches", "2"])

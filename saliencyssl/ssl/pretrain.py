@@ -325,11 +325,32 @@ class Pretrainer:
         perm = torch.randperm(n, generator=g)[: (n // world) * world]
         return perm[self.dist.rank::world]
 
+    def train_step(self, view_a: torch.Tensor, view_b: torch.Tensor, epoch: int, step: int) -> float:
+        """One optimisation step on a batch of two views (step ``step`` of epoch ``epoch``, both from 0).
+
+        Forward under autocast when ``--amp``, backward, the method's hooks, the optimizer and the
+        schedule; returns the loss. A non-finite loss stops the run with what to change.
+        """
+        total_steps = self.config.epochs * self.steps_per_epoch
+        self.method.before_step((epoch * self.steps_per_epoch + step) / max(total_steps - 1, 1), epoch)
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            loss = self.model(view_a, view_b)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.method.after_backward(epoch)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        value = float(loss.detach())
+        if not np.isfinite(value):
+            raise FloatingPointError(f"loss became {value} at epoch {epoch + 1}, step {step + 1}; lower --lr "
+                                     f"(now {self.optimizer.param_groups[0]['lr']:.4g}) or turn off --amp")
+        return value
+
     def train_epoch(self, epoch: int) -> EpochRecord:
         c = self.config
         self.model.train()
         order = self._epoch_order(epoch)
-        total_steps = c.epochs * self.steps_per_epoch
         seconds = {"data": 0.0, "augmentation": 0.0, "compute": 0.0}
         loss_sum = lr_sum = 0.0
         steps = range(self.steps_per_epoch)
@@ -350,21 +371,8 @@ class Pretrainer:
             view_a, view_b = self.augment(x, targets), self.augment(x, targets)
             self._sync()
             t2 = time.perf_counter()
-            global_step = epoch * self.steps_per_epoch + step
-            self.method.before_step(global_step / max(total_steps - 1, 1), epoch)
-            with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                loss = self.model(view_a, view_b)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.method.after_backward(epoch)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            lr_sum += self.optimizer.param_groups[0]["lr"]  # the rate this step used
-            self.scheduler.step()
-            value = float(loss.detach())
-            if not np.isfinite(value):
-                raise FloatingPointError(f"loss became {value} at epoch {epoch + 1}, step {step + 1}; lower --lr "
-                                         f"(now {self.optimizer.param_groups[0]['lr']:.4g}) or turn off --amp")
+            lr_sum += self.optimizer.param_groups[0]["lr"]  # the rate this step uses
+            value = self.train_step(view_a, view_b, epoch, step)
             loss_sum += value
             self._sync()
             t3 = time.perf_counter()
