@@ -63,11 +63,10 @@ def main(argv=None) -> int:
     cache = TargetCache(args.cache, labeller.fingerprint, params=labeller.config.params())
     label_missing(cache, image_set.spread(n), args.image_size, labeller)
 
-    steps = 2 * args.batches * args.rounds
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:  # an epoch per kind and round: one step per stored batch
         trainer = Pretrainer(PretrainConfig(
             data=str(args.data), out=tmp, method=args.method, aug_source="cache", policy=policy.name,
-            epochs=-(-steps // args.batches), batch_size=args.batch_size, image_size=args.image_size,
+            epochs=2 * args.rounds, batch_size=args.batch_size, image_size=args.image_size,
             cache=str(args.cache), device=args.device, amp=args.amp, limit=n, seed=args.seed, progress=False,
             tensorboard=False))
         seconds = time_steps(trainer, render_batches(trainer, policy, args.batches, args.batch_size), args.rounds)
@@ -100,20 +99,16 @@ def render_batches(trainer: Pretrainer, policy, batches: int, batch_size: int) -
 def time_steps(trainer: Pretrainer, views: dict[str, list], rounds: int) -> dict[str, list[float]]:
     """Seconds of each training step per kind of view, over ``rounds`` rounds (the first not counted), the kind
     that goes first alternating between rounds."""
-    def sync():
-        if trainer.device.type == "cuda":
-            torch.cuda.synchronize(trainer.device)
-
     trainer.model.train()
     seconds = {kind: [] for kind in views}
     step = 0
     for r in range(rounds):
         for kind in (("plain", "sal") if r % 2 == 0 else ("sal", "plain")):
             for view_a, view_b in views[kind]:
-                sync()
+                trainer.synchronize()
                 start = time.perf_counter()
                 trainer.train_step(view_a, view_b, step // trainer.steps_per_epoch, step % trainer.steps_per_epoch)
-                sync()
+                trainer.synchronize()
                 if r > 0:
                     seconds[kind].append(time.perf_counter() - start)
                 step += 1

@@ -314,7 +314,8 @@ class Pretrainer:
         self._say(f"resumed from {path} after epoch {self.start_epoch}")
 
     # -- training ----------------------------------------------------------------------------------
-    def _sync(self) -> None:
+    def synchronize(self) -> None:
+        """Wait for the device's queued work (CUDA runs asynchronously), so a clock read after it is honest."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
@@ -365,16 +366,16 @@ class Pretrainer:
             t0 = time.perf_counter()
             index = order[step * self.local_batch:(step + 1) * self.local_batch]
             x = self.stack.index_select(0, index.to(self.stack.device)).to(self.device, non_blocking=True)
-            self._sync()
+            self.synchronize()
             t1 = time.perf_counter()
             targets = self.router.targets(index, x) if self.policy.uses_saliency else None
             view_a, view_b = self.augment(x, targets), self.augment(x, targets)
-            self._sync()
+            self.synchronize()
             t2 = time.perf_counter()
             lr_sum += self.optimizer.param_groups[0]["lr"]  # the rate this step uses
             value = self.train_step(view_a, view_b, epoch, step)
             loss_sum += value
-            self._sync()
+            self.synchronize()
             t3 = time.perf_counter()
             seconds["data"] += t1 - t0
             seconds["augmentation"] += t2 - t1
