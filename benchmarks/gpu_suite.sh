@@ -1,70 +1,128 @@
 #!/usr/bin/env bash
-# The GPU figures of docs/benchmarks.md in one short run (a lent H100/H200 here; any CUDA machine elsewhere).
+# The GPU figures of docs/benchmarks.md and docs/results.md in one run of fixed length (a lent H100/H200 here; any
+# CUDA machine elsewhere).
 #
-#   DATA=.gpudata OUT=/tmp/gpu BUDGET=300 bash benchmarks/gpu_suite.sh
+#   DATA=.gpudata OUT=/tmp/gpu BUDGET=480 bash benchmarks/gpu_suite.sh
 #
-# DATA holds cifar_train/ (CIFAR-10 train images in class folders), cifar_test/ (a labelled test subset) and
-# cache/ (their exact targets, from scripts/label.py). Results land in OUT as at most 8 files: log.txt,
-# surrogate.pt, fidelity.json, surrogate_speed.json, router32.json, router96.json, epoch.json, ssl.json.
-# Stages run in order and each is skipped once BUDGET seconds have passed, so the run ends on time.
-# The GPU machine has no numba, so nothing here runs the exact labeller (sources none, cache, surrogate).
+# DATA holds cifar_train/ and cifar_test/ (CIFAR-10 images in class folders) and cache/ (the exact targets of at least
+# the train images, from scripts/label.py). On a lent machine that takes at most 64 MiB, carry the image folders as one
+# file and unpack it first: `tar czf .gpudata/images.tgz -C .gpudata cifar_train cifar_test` here, then
+# `tar xzf .gpudata/images.tgz -C .gpudata && DATA=.gpudata OUT=$OUT bash benchmarks/gpu_suite.sh` there (session 14).
+# What runs, side by side on the one GPU:
+#   1. two surrogates trained on every train image for SURROGATE_MINUTES: the CPU recipe (ngf 16, rate 2e-4) and the
+#      design sweep's best per step (ngf 32, rate 1e-3), 10% held out by content hash for selecting the epoch;
+#   2. SimCLR with each of SSL_POLICIES on the train images: one epoch of each, side by side, measures the epoch time,
+#      then every policy runs the same number of epochs, as many as end by BUDGET - 150 s; the random-initialisation
+#      baseline is evaluated meanwhile;
+#   3. each backbone evaluated (linear probe and kNN at 1/5/10/50/100% labels, 3 seeds, on the test images);
+#   4. on the quiet GPU: each surrogate's fidelity on the test images (with TEST_CACHED=1: the cache holds their targets) and its
+#      inference speed at 32 and 96 px; then the epoch time of the 790-image benchmark if time is left.
+# Results land in OUT as log.txt, results.tgz (every JSON, history and results table) and surrogate_{a,b}.pt.gz.
+# Each stage is cut off by the budget, so the run ends on time; SURROGATE_MINUTES=0.5 BUDGET=200 DEVICE=cpu with a
+# small DATA is a smoke test of this script.
 set -u
 DATA=${DATA:-.gpudata}
 OUT=${OUT:-/tmp/gpu}
 WORK=${WORK:-/tmp/gpu_work}   # run folders (checkpoints, TensorBoard) stay here, out of OUT
-BUDGET=${BUDGET:-300}
-SURROGATE_MINUTES=${SURROGATE_MINUTES:-2}
-SSL_EPOCHS=${SSL_EPOCHS:-6}
-DEVICE=${DEVICE:-cuda}        # DEVICE=cpu for a smoke test of this script
+BUDGET=${BUDGET:-480}
+SURROGATE_MINUTES=${SURROGATE_MINUTES:-5}
+SSL_POLICIES=${SSL_POLICIES:-"default sal+default sal0.5+default"}
+SSL_BATCH=${SSL_BATCH:-256}
+SSL_MAX_EPOCHS=${SSL_MAX_EPOCHS:-200}
+FRACTIONS=${FRACTIONS:-0.01,0.05,0.1,0.5,1.0}
+DEVICE=${DEVICE:-cuda}
 AMP=--amp; [ "$DEVICE" = cpu ] && AMP=
-ROUTER_IMAGES=${ROUTER_IMAGES:-2048}
-SSL_LIMIT=${SSL_LIMIT:-10000}
 mkdir -p "$OUT" "$WORK"
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-3}
 start=$(date +%s)
-left() { echo $(( BUDGET - ($(date +%s) - start) )); }
-step() { echo; echo "== $1 ($(left)s of the budget left)"; }
+elapsed() { echo $(( $(date +%s) - start )); }
+left() { echo $(( BUDGET - $(elapsed) )); }
+say() { echo "[$(elapsed)s] $*"; }
+# run NAME SECONDS CMD...: a stage with its own log, killed after SECONDS; its exit status is logged
+run() {
+  local name=$1 limit=$2; shift 2
+  if [ "$limit" -le 5 ]; then say "skip $name (budget spent)"; return 0; fi
+  say "start $name (limit ${limit}s)"
+  timeout --signal=INT --kill-after=15 "$limit" "$@" > "$WORK/$name.log" 2>&1
+  local rc=$?
+  say "end $name rc=$rc"; tail -n 4 "$WORK/$name.log" | sed "s/^/    $name| /"
+  return $rc
+}
+evaluate() {   # evaluate NAME BACKBONE-ARGS...
+  local name=$1; shift
+  run "eval_$name" $(( $(left) - 30 )) python3 scripts/evaluate.py "$@" --train "$DATA/cifar_train" \
+      --test "$DATA/cifar_test" --fractions "$FRACTIONS" --seeds 3 --protocol linear,knn --device "$DEVICE" \
+      --quiet --out "$WORK/eval_$name"
+}
 {
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 10 > "$WORK/gpu_utilisation.log" 2>&1 &
+  smi=$!
 
-  step "surrogate: train on the CIFAR-10 train images"
-  python3 scripts/train_surrogate.py "$DATA/cifar_train" --cache "$DATA/cache" --out "$WORK/surrogate" \
-      --size 32 --device $DEVICE $AMP --batch-size 256 --max-minutes "$SURROGATE_MINUTES" --quiet
-  cp "$WORK/surrogate/surrogate.pt" "$OUT/surrogate.pt"
+  # 1. surrogates, in the background for the whole of stage 2
+  sur_seconds=$(python3 -c "print(int($SURROGATE_MINUTES * 60) + 120)")
+  run sur_a "$sur_seconds" python3 scripts/train_surrogate.py "$DATA/cifar_train" --cache "$DATA/cache" --out "$WORK/sur_a" \
+      --size 32 --device "$DEVICE" $AMP --batch-size 256 --held-out 0.1 --max-minutes "$SURROGATE_MINUTES" --quiet &
+  run sur_b "$sur_seconds" python3 scripts/train_surrogate.py "$DATA/cifar_train" --cache "$DATA/cache" --out "$WORK/sur_b" \
+      --size 32 --device "$DEVICE" $AMP --batch-size 256 --held-out 0.1 --max-minutes "$SURROGATE_MINUTES" \
+      --ngf 32 --lr 1e-3 --quiet &
+  evaluate random --backbone random --backbone-seed 0 --random-stem cifar --image-size 32 &
+  random_eval=$!
 
-  step "surrogate fidelity on test images it never saw"
-  python3 scripts/eval_fidelity.py "$DATA/cifar_test" --cache "$DATA/cache" --surrogate "$OUT/surrogate.pt" \
-      --json "$OUT/fidelity.json" --device $DEVICE
+  # 2. SimCLR per policy: one epoch side by side to time it, then the same epoch count for all
+  pretrain() {   # pretrain POLICY EPOCHS RUN_DIR LIMIT
+    local source=cache; [ "$1" = default ] && source=none
+    run "$(basename "$3")" "$4" python3 scripts/pretrain.py --data "$DATA/cifar_train" --method simclr \
+        --aug-source $source --policy "$1" --cache "$DATA/cache" --epochs "$2" --batch-size "$SSL_BATCH" \
+        --image-size 32 --device "$DEVICE" $AMP --seed 0 --quiet --out "$3"
+  }
+  t0=$(elapsed)
+  pids=()
+  for p in $SSL_POLICIES; do pretrain "$p" 1 "$WORK/time_${p//+/_}" 150 & pids+=($!); done
+  wait "${pids[@]}"
+  wall=$(( $(elapsed) - t0 ))
+  epochs=$(python3 - "$WORK" "$wall" "$(( BUDGET - 150 - $(elapsed) ))" "$SSL_MAX_EPOCHS" $SSL_POLICIES <<'EOF'
+import json, sys
+work, wall, avail, cap, policies = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
+epoch = max(json.load(open(f"{work}/time_{p.replace('+', '_')}/history.json"))[0]["seconds"]["epoch"] for p in policies)
+startup = max(wall - epoch, 0.0)
+print(max(1, min(cap, int((avail - startup) / (1.15 * epoch)))))
+EOF
+  ) || epochs=1
+  say "one epoch took up to the slowest policy's time, the whole timing run ${wall}s: ${epochs} epochs each"
+  pids=()
+  for p in $SSL_POLICIES; do pretrain "$p" "$epochs" "$WORK/ssl_${p//+/_}" $(( $(left) - 120 )) & pids+=($!); done
+  wait "${pids[@]}"
 
-  step "surrogate speed"
-  python3 benchmarks/bench_surrogate.py --data "$DATA/cifar_test" --device $DEVICE --batch-size 512 \
-      --num-images $ROUTER_IMAGES --labeller-images 0 --json "$OUT/surrogate_speed.json"
-
-  for size in 32 96; do
-    [ "$(left)" -gt 60 ] || break
-    step "router at ${size}px"
-    python3 benchmarks/bench_router.py --data "$DATA/cifar_train" --cache "$DATA/cache" --num-images $ROUTER_IMAGES \
-        --image-size $size --sources none,cache,surrogate --device $DEVICE --json "$OUT/router$size.json"
+  # 3. evaluations of the pretrained backbones, side by side
+  pids=()
+  for p in $SSL_POLICIES; do
+    [ -f "$WORK/ssl_${p//+/_}/backbone.pt" ] || continue
+    evaluate "simclr_${p//+/_}" --backbone "$WORK/ssl_${p//+/_}/backbone.pt" & pids+=($!)
   done
+  wait "${pids[@]}" "$random_eval"   # not a bare wait: the nvidia-smi logger runs until the end
 
-  if [ "$(left)" -gt 60 ]; then
-    step "epoch time (790 images, the paper's set size)"
-    python3 benchmarks/bench_epoch.py --data "$DATA/cifar_train" --cache "$DATA/cache" --num-images 790 \
-        --image-size 32 --batch-size 128 --sources none,cache,surrogate --epochs 3 --device $DEVICE $AMP \
-        --surrogate "$OUT/surrogate.pt" --json "$OUT/epoch.json"
+  # 4. on the quiet GPU: surrogate fidelity and speed, then the epoch benchmark
+  for s in a b; do
+    [ -f "$WORK/sur_$s/surrogate.pt" ] || continue
+    gzip -c "$WORK/sur_$s/surrogate.pt" > "$OUT/surrogate_$s.pt.gz"   # under 16 MB to come back from a lent machine
+    if [ -n "${TEST_CACHED:-}" ]; then   # set it when DATA/cache holds the test images' targets too
+      run "fidelity_$s" $(( $(left) - 20 )) python3 scripts/eval_fidelity.py "$DATA/cifar_test" --cache "$DATA/cache" \
+          --surrogate "$WORK/sur_$s/surrogate.pt" --json "$WORK/fidelity_$s.json" --device "$DEVICE"
+    fi
+    run "speed_$s" $(( $(left) - 20 )) python3 benchmarks/bench_surrogate.py --data "$DATA/cifar_test" --device "$DEVICE" \
+        --surrogate "$WORK/sur_$s/surrogate.pt" --batch-size 512 --num-images 2048 --labeller-images 0 \
+        --json "$WORK/speed_$s.json"
+  done
+  if [ "$(left)" -gt 70 ]; then
+    run epoch_bench $(( $(left) - 15 )) python3 benchmarks/bench_epoch.py --data "$DATA/cifar_train" --cache "$DATA/cache" \
+        --num-images 790 --image-size 32 --batch-size 128 --sources none,cache,surrogate --epochs 2 --rounds 3 \
+        --device "$DEVICE" $AMP --surrogate "$WORK/sur_a/surrogate.pt" --json "$WORK/epoch.json"
   fi
-
-  echo "[" > "$OUT/ssl.json.tmp"
-  for policy in default sal+default sal; do
-    [ "$(left)" -gt 45 ] || break
-    step "SimCLR, policy $policy, $SSL_EPOCHS epochs on 10,000 images"
-    source=cache; [ "$policy" = default ] && source=none
-    python3 scripts/pretrain.py --data "$DATA/cifar_train" --method simclr --aug-source $source --policy "$policy" \
-        --cache "$DATA/cache" --epochs "$SSL_EPOCHS" --batch-size 256 --image-size 32 --device $DEVICE $AMP --limit $SSL_LIMIT \
-        --knn-train "$DATA/cifar_train" --knn-test "$DATA/cifar_test" --knn-every "$SSL_EPOCHS" --quiet \
-        --out "$WORK/ssl_$policy" && python3 -c "import json,sys; h=json.load(open('$WORK/ssl_$policy/history.json')); print(json.dumps({'policy': '$policy', 'epochs': len(h), 'knn_accuracy': h[-1]['knn_accuracy'], 'seconds_per_epoch': sum(e['seconds']['epoch'] for e in h)/len(h)}) + ',')" >> "$OUT/ssl.json.tmp"
-  done
-  echo "{}]" >> "$OUT/ssl.json.tmp" && mv "$OUT/ssl.json.tmp" "$OUT/ssl.json"
-  echo; echo "done in $(( $(date +%s) - start ))s"
+  kill $smi 2>/dev/null
+  (cd "$WORK" && tar czf "$OUT/results.tgz" --exclude='*.pt' --exclude='tb' --exclude='tensorboard' --exclude='*.npy' \
+      ./*.log ./*.json sur_*/history.json sur_*/heldout_fidelity.json ssl_*/history.json time_*/history.json \
+      eval_*/results.json eval_*/results.md 2>/dev/null)
+  say "done"
 } 2>&1 | tee "$OUT/log.txt"
