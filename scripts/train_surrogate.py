@@ -22,9 +22,10 @@ examples:
   python scripts/train_surrogate.py ../shared/data/cifar10/train --cache runs/cache --out runs/sur32 \\
       --limit 5000 --max-minutes 30
 
-  # a GPU run on every image, fp16 autocast, larger batches
+  # a GPU run on every image, fp16 autocast, larger batches (the best GPU recipe measured, docs/surrogate.md;
+  # its best held-out epoch comes after about 1,000 steps, so a few minutes are enough)
   python scripts/train_surrogate.py ../shared/data/cifar10/train --cache runs/cache --out runs/sur32_gpu \\
-      --device cuda --amp --batch-size 256 --epochs 200
+      --device cuda --amp --batch-size 256 --ngf 32 --lr 1e-3 --held-out 0.1 --max-minutes 5
 
   # photos at 96 px (label at a capped size first), then continue it after an interruption
   python scripts/label.py ../shared/data/bsds500_test/images --cache runs/cache_photos --max-side 200
