@@ -9,14 +9,14 @@
 # file and unpack it first: `tar czf .gpudata/images.tgz -C .gpudata cifar_train cifar_test` here, then
 # `tar xzf .gpudata/images.tgz -C .gpudata && DATA=.gpudata OUT=$OUT bash benchmarks/gpu_suite.sh` there (session 14).
 # What runs, side by side on the one GPU:
-#   1. two surrogates trained on every train image for SURROGATE_MINUTES: the CPU recipe (ngf 16, rate 2e-4) and the
-#      design sweep's best per step (ngf 32, rate 1e-3), 10% held out by content hash for selecting the epoch;
+#   1. two surrogates trained on every train image for SURROGATE_MINUTES: train_surrogate.py's defaults (ngf 16, rate
+#      2e-4) and the design sweep's best per step (ngf 32, rate 1e-3), 10% held out by content hash to pick the epoch;
 #   2. SimCLR with each of SSL_POLICIES on the train images: one epoch of each, side by side, measures the epoch time,
 #      then every policy runs the same number of epochs, as many as end by BUDGET - 150 s; the random-initialisation
 #      baseline is evaluated meanwhile;
 #   3. each backbone evaluated (linear probe and kNN at 1/5/10/50/100% labels, 3 seeds, on the test images);
-#   4. on the quiet GPU: each surrogate's fidelity on the test images (with TEST_CACHED=1: the cache holds their targets) and its
-#      inference speed at 32 and 96 px; then the epoch time of the 790-image benchmark if time is left.
+#   4. on the quiet GPU: each surrogate's fidelity on the test images (with TEST_CACHED=1, when the cache holds their
+#      targets) and its inference speed at 32 and 96 px; then the 790-image epoch benchmark if time is left.
 # Results land in OUT as log.txt, results.tgz (every JSON, history and results table) and surrogate_{a,b}.pt.gz.
 # Each stage is cut off by the budget, so the run ends on time; SURROGATE_MINUTES=0.5 BUDGET=200 DEVICE=cpu with a
 # small DATA is a smoke test of this script.
