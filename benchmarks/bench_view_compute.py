@@ -89,9 +89,8 @@ def render_batches(trainer: Pretrainer, policy, batches: int, batch_size: int) -
     views = {"sal": [], "plain": []}
     for b in range(batches):
         index = torch.arange(b * batch_size, (b + 1) * batch_size)
-        x = trainer.stack.index_select(0, index.to(trainer.stack.device)).to(trainer.device)
-        targets = trainer.router.targets(index, x)
-        views["sal"].append((trainer.augment(x, targets), trainer.augment(x, targets)))
+        x = trainer.batch_images(index)
+        views["sal"].append(trainer.make_views(index, x))
         views["plain"].append((plain(x, None), plain(x, None)))
     return views
 

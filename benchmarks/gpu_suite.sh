@@ -61,12 +61,14 @@ evaluate() {   # evaluate NAME BACKBONE-ARGS...
   smi=$!
 
   # 1. surrogates, in the background for the whole of stage 2
-  sur_seconds=$(python3 -c "print(int($SURROGATE_MINUTES * 60) + 120)")
-  run sur_a "$sur_seconds" python3 scripts/train_surrogate.py "$DATA/cifar_train" --cache "$DATA/cache" --out "$WORK/sur_a" \
-      --size 32 --device "$DEVICE" $AMP --batch-size 256 --held-out 0.1 --max-minutes "$SURROGATE_MINUTES" --quiet &
-  run sur_b "$sur_seconds" python3 scripts/train_surrogate.py "$DATA/cifar_train" --cache "$DATA/cache" --out "$WORK/sur_b" \
-      --size 32 --device "$DEVICE" $AMP --batch-size 256 --held-out 0.1 --max-minutes "$SURROGATE_MINUTES" \
-      --ngf 32 --lr 1e-3 --quiet &
+  surrogate() {   # surrogate NAME EXTRA-OPTIONS...
+    local name=$1; shift
+    run "$name" "$(python3 -c "print(int($SURROGATE_MINUTES * 60) + 120)")" python3 scripts/train_surrogate.py \
+        "$DATA/cifar_train" --cache "$DATA/cache" --out "$WORK/$name" --size 32 --device "$DEVICE" $AMP \
+        --batch-size 256 --held-out 0.1 --max-minutes "$SURROGATE_MINUTES" --quiet "$@"
+  }
+  surrogate sur_a &
+  surrogate sur_b --ngf 32 --lr 1e-3 &
   evaluate random --backbone random --backbone-seed 0 --random-stem cifar --image-size 32 &
   random_eval=$!
 

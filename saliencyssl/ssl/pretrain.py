@@ -326,6 +326,15 @@ class Pretrainer:
         perm = torch.randperm(n, generator=g)[: (n // world) * world]
         return perm[self.dist.rank::world]
 
+    def batch_images(self, index: torch.Tensor) -> torch.Tensor:
+        """The uint8 images at data-set positions ``index``, on the training device."""
+        return self.stack.index_select(0, index.to(self.stack.device)).to(self.device, non_blocking=True)
+
+    def make_views(self, index: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two augmented views of a batch, with the router's targets when the policy renders saliency views."""
+        targets = self.router.targets(index, images) if self.policy.uses_saliency else None
+        return self.augment(images, targets), self.augment(images, targets)
+
     def train_step(self, view_a: torch.Tensor, view_b: torch.Tensor, epoch: int, step: int) -> float:
         """One optimisation step on a batch of two views (step ``step`` of epoch ``epoch``, both from 0).
 
@@ -365,11 +374,10 @@ class Pretrainer:
         for step in steps:
             t0 = time.perf_counter()
             index = order[step * self.local_batch:(step + 1) * self.local_batch]
-            x = self.stack.index_select(0, index.to(self.stack.device)).to(self.device, non_blocking=True)
+            x = self.batch_images(index)
             self.synchronize()
             t1 = time.perf_counter()
-            targets = self.router.targets(index, x) if self.policy.uses_saliency else None
-            view_a, view_b = self.augment(x, targets), self.augment(x, targets)
+            view_a, view_b = self.make_views(index, x)
             self.synchronize()
             t2 = time.perf_counter()
             lr_sum += self.optimizer.param_groups[0]["lr"]  # the rate this step uses
