@@ -439,3 +439,19 @@ def test_speed_benchmark_compares_with_the_labeller_unless_told_not_to(labelled,
     without = json.loads((tmp_path / "without.json").read_text())
     assert without["surrogate_ms_per_image"] > 0
     assert "labeller_images" not in without and "speedup" not in without
+
+
+def test_presence_gate_reproduces_the_labellers_presence_at_the_working_size(labelled, tmp_path):
+    """benchmarks/presence_gate.py: the border test on the 64 px segmentation is the labeller's presence."""
+    import presence_gate
+
+    images, cache_dir, _ = labelled
+    assert not presence_gate.border_test(np.full((32, 32, 3), 120, np.uint8), 64, 50.0, 200, 0.5)
+    out = tmp_path / "gate.json"
+    assert presence_gate.main([str(images), str(images), "--cache", str(cache_dir), "--fit-images", "10",
+                               "--timing-images", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["test_images"] == 10 and result["working_size_test"]["size"] == 64
+    assert result["working_size_test"]["accuracy"] == 1.0
+    assert 0.0 <= result["native_size_test"]["accuracy"] <= 1.0 and result["native_size_test"]["ms"] > 0
+    assert len(result["native_grid"]) == 18 and result["labeller_ms"] > 0

@@ -1,0 +1,122 @@
+"""Experiment: can a cheaper segmentation decide SaliencyCut's "is there an object" for the surrogate?
+
+At 32 px an image gets a mask exactly when the labeller's graph segmentation of its 64 px working
+image leaves a region that Cheng's border test (``GetBorderReg``) does not mark as background
+(docs/surrogate.md, "What limits fidelity"). That test is exact but costs a quarter of the
+labeller. This script asks whether the same test on the image at its own size (a quarter of the
+pixels, Felzenszwalb's minimum segment and scale chosen on training images) still predicts
+presence, and at what cost, against always answering "object" and, optionally, a surrogate:
+
+    python benchmarks/presence_gate.py ../shared/data/cifar10/train ../shared/data/cifar10/test \\
+        --cache runs/cache --surrogate runs/surrogate/surrogate.pt --json runs/presence_gate.json
+
+Both folders must be labelled into ``--cache``. The native-size settings are chosen on
+``--fit-images`` training images and scored on the test images; times are per image on one
+thread (segmentation and border test from the uint8 image, the labeller's whole run for scale).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench_common import cpu_name, emit
+
+#: Felzenszwalb settings tried at the native size: scale k, minimum segment (pixels), pre-blur sigma.
+NATIVE_GRID = {"k": (30.0, 50.0, 70.0), "min_size": (30, 40, 50), "sigma": (0.5, 0.8)}
+
+
+def border_test(image: np.ndarray, size: int, k: float, min_size: int, sigma: float) -> bool:
+    """True when the segmentation of ``image`` (uint8 RGB) at ``size`` px leaves a non-border region."""
+    import cv2
+
+    from saliencyssl.saliency.rc import border_regions
+    from saliencyssl.saliency.segmentation import segment_regions
+
+    if image.shape[0] != size:
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_CUBIC)
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR).astype(np.float32) / np.float32(255.0)
+    regions = segment_regions(cv2.cvtColor(bgr, cv2.COLOR_BGR2Lab), sigma=sigma, k=k, min_size=min_size)
+    return not bool(border_regions(regions).all())
+
+
+def gate(images: np.ndarray, size: int, k: float, min_size: int, sigma: float) -> tuple[np.ndarray, float]:
+    """Presence by :func:`border_test` for every image, and milliseconds per image."""
+    start = time.perf_counter()
+    decided = np.array([border_test(im, size, k, min_size, sigma) for im in images])
+    return decided, 1e3 * (time.perf_counter() - start) / len(images)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("train", help="image folder the native-size settings are chosen on (labelled into --cache)")
+    p.add_argument("test", help="image folder they are scored on (labelled into --cache)")
+    p.add_argument("--cache", required=True, help="target cache holding both folders' targets")
+    p.add_argument("--size", type=int, default=32, help="side the images are brought to (the surrogate's)")
+    p.add_argument("--fit-images", type=int, default=1500, help="training images for choosing the settings")
+    p.add_argument("--surrogate", help="a surrogate.pt whose presence decision is scored on the same images")
+    p.add_argument("--timing-images", type=int, default=300, help="test images the whole labeller is timed on")
+    p.add_argument("--json", type=Path, help="write the result here too")
+    args = p.parse_args(argv)
+
+    from saliencyssl.saliency.labeller import Labeller, LabellerConfig
+    from saliencyssl.surrogate.pairs import load_pairs
+
+    torch.set_num_threads(1)
+    fit = load_pairs(args.train, args.cache, args.size, limit=args.fit_images)
+    test = load_pairs(args.test, args.cache, args.size, fingerprint=fit.fingerprint)
+    config = LabellerConfig.from_params(fit.labeller_params or {})
+
+    def as_arrays(pairs):
+        images = pairs.images.permute(0, 2, 3, 1).numpy()
+        return images, (pairs.targets.channels()[:, 1].flatten(1).amax(1) > 0.5).numpy()
+
+    fit_images, fit_present = as_arrays(fit)
+    test_images, test_present = as_arrays(test)
+
+    work = config.working_size(args.size, args.size)[0]
+    exact, exact_ms = gate(test_images, work, config.seg_k, config.seg_min_size, config.seg_sigma)
+    tried = []
+    for k, min_size, sigma in itertools.product(*NATIVE_GRID.values()):
+        decided, _ = gate(fit_images, args.size, k, min_size, sigma)
+        tried.append({"k": k, "min_size": min_size, "sigma": sigma, "fit_accuracy": float((decided == fit_present).mean())})
+    best = max(tried, key=lambda t: t["fit_accuracy"])
+    native, native_ms = gate(test_images, args.size, best["k"], best["min_size"], best["sigma"])
+
+    labeller = Labeller(config)
+    start = time.perf_counter()
+    for image in test_images[:args.timing_images]:
+        labeller(image)
+    labeller_ms = 1e3 * (time.perf_counter() - start) / min(args.timing_images, len(test_images))
+
+    result = {
+        "cpu": cpu_name(), "fit_images": len(fit_images), "test_images": len(test_images),
+        "always_object": float(test_present.mean()), "labeller_ms": labeller_ms,
+        "working_size_test": {"size": work, "accuracy": float((exact == test_present).mean()), "ms": exact_ms},
+        "native_size_test": {"size": args.size, **{k: best[k] for k in ("k", "min_size", "sigma")},
+                             "fit_accuracy": best["fit_accuracy"],
+                             "accuracy": float((native == test_present).mean()), "ms": native_ms},
+        "native_grid": tried,
+    }
+    if args.surrogate:
+        from saliencyssl.surrogate import Surrogate
+
+        surrogate = Surrogate.load(args.surrogate, expect_image_size=args.size)
+        start = time.perf_counter()
+        masks = torch.cat([surrogate.predict(test.images[i:i + 256]).mask for i in range(0, len(test), 256)])
+        surrogate_ms = 1e3 * (time.perf_counter() - start) / len(test)
+        predicted = masks.flatten(1).any(1).numpy()
+        result["surrogate"] = {"path": args.surrogate, "accuracy": float((predicted == test_present).mean()),
+                               "ms": surrogate_ms}
+    emit(result, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
