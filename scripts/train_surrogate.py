@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambda-presence", type=float, default=w.presence,
                    help="weight of the image-level mask-or-no-mask term (BCE of the largest mask logit; "
                         "default %(default)s)")
+    p.add_argument("--lambda-support", type=float, default=w.support,
+                   help="weight of the support term: a fourth generator output learns where the exact RC map is "
+                        "nonzero (the segments that escape the border test, which decide whether there is a mask); "
+                        "it is dropped at prediction (default %(default)s: off; see docs/surrogate.md)")
     p.add_argument("--select", choices=("best", "last"), default=d.select,
                    help="surrogate.pt holds the epoch with the best held-out fidelity (best: presence accuracy + "
                         "mask IoU where present + mask IoU - saliency MAE on images with a map relative to predicting "
@@ -129,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                              decay_start=args.decay_start, max_minutes=args.max_minutes, held_out=args.held_out,
                              flip=not args.no_flip, amp=args.amp, seed=args.seed, gan_mode=args.gan_mode,
                              weights=LossWeights(gan=args.lambda_gan, l1=args.lambda_l1, mask=args.lambda_mask,
-                                                 boundary=args.lambda_boundary, presence=args.lambda_presence),
+                                                 boundary=args.lambda_boundary, presence=args.lambda_presence,
+                                                 support=args.lambda_support),
                              ngf=args.ngf, ndf=args.ndf, select=args.select, ema=args.ema)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

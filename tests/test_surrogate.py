@@ -364,6 +364,48 @@ def test_presence_term_is_reported_and_trained(pairs):
     assert float(total) == pytest.approx(float(total0) + 5.0 * np.log(2), rel=1e-4)
 
 
+
+def test_support_channel_is_where_the_map_is_nonzero_and_follows_flips(pairs):
+    targets = pairs.targets.index(slice(0, 6))
+    channels = targets.channels(support=True)
+    assert channels.shape[1] == 4 and torch.equal(channels[:, :3], targets.channels())
+    assert torch.equal(channels[:, 3:4].bool(), targets.saliency > 0)
+    # What makes it a presence signal: some support pixel exactly when the exact mask is not empty.
+    assert torch.equal(channels[:, 3].flatten(1).amax(1) > 0, targets.mask.flatten(1).any(1))
+    which = torch.tensor([True, False, True, False, True, False])
+    assert torch.equal(targets.flip(which).channels(support=True)[:, 3:4].bool(), targets.flip(which).saliency > 0)
+    with pytest.raises(ValueError, match="out_channels"):
+        Architecture(32, out_channels=5)
+
+
+def test_support_term_is_reported_and_needs_the_fourth_channel(pairs):
+    exact = pairs.targets.index(slice(0, 4)).channels(support=True)
+    loss = TargetLoss(LossWeights(support=10.0))
+    right = torch.cat([exact[:, :3], (exact[:, 3:4] * 2 - 1) * 20], 1)  # support logits that say the answer
+    wrong = torch.cat([exact[:, :3], -(exact[:, 3:4] * 2 - 1) * 20], 1)
+    _, good = loss(right, exact)
+    _, bad = loss(wrong, exact)
+    assert float(good["support"]) < 0.05 < 1.0 < float(bad["support"])
+    with pytest.raises(ValueError, match="fourth channel"):
+        loss(torch.zeros(4, 3, 32, 32), exact[:, :3])
+    assert "support" not in TargetLoss()(torch.zeros(4, 3, 32, 32), exact[:, :3])[1]
+
+
+def test_surrogate_trained_with_the_support_loss_predicts_the_target_channels(labelled, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(labelled, out, "--epochs", "1", "--lambda-support", "20") == 0
+    surrogate = Surrogate.load(out / "surrogate.pt", expect_image_size=32)
+    assert surrogate.generator.arch.out_channels == 4
+    images = load_pairs(labelled[0], labelled[1], 32, progress=False).images[:3]
+    with torch.no_grad():
+        assert surrogate.generator(image_to_input(images)).shape[1] == 4
+    assert surrogate.predict_channels(images).shape == (3, 3, 32, 32)
+    assert surrogate.predict(images).mask.shape == (3, 1, 32, 32)
+    assert surrogate.meta["config"]["weights"]["support"] == 20
+    # Resuming without the support loss is another architecture: refused, with the reason.
+    assert _train(labelled, out, "--epochs", "2", "--resume") == 2
+    assert "architecture" in capsys.readouterr().err
+
 def test_surrogate_keeps_the_best_held_out_epoch(labelled, tmp_path, capsys):
     out = tmp_path / "run"
     assert _train(labelled, out, "--epochs", "3") == 0

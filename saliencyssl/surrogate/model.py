@@ -14,7 +14,8 @@ A surrogate travels as one ``torch.save`` file (``RUN_DIR/surrogate.pt``), a dic
     target_channels   ["saliency", "mask", "boundary"]  (TARGET_CHANNELS when it was trained)
     fingerprint       the labeller fingerprint whose targets it learned
     labeller_params   that labeller's parameters (or None)
-    arch              Architecture.as_dict(): ngf, max_mult, depth, dropout_blocks, ndf, d_layers
+    arch              Architecture.as_dict(): ngf, max_mult, depth, dropout_blocks, ndf, d_layers,
+                      out_channels (4 when it learned the support channel, which predict drops)
     generator         the generator's state dict (CPU tensors)
     meta              training record: epoch, step, seconds, training-set size and hashes digest,
                       held-out fidelity, the command's options ...
@@ -266,7 +267,7 @@ class Surrogate:
             with torch.autocast(device_type=self.device.type, dtype=dtype or torch.float32,
                                 enabled=dtype is not None):
                 logits = self.generator(x)
-            out.append(to_probabilities(logits))
+            out.append(to_probabilities(logits[:, :len(TARGET_CHANNELS)]))
         if not out:
             s = self.image_size
             return torch.zeros(0, len(TARGET_CHANNELS), s, s, device=self.device)

@@ -15,9 +15,12 @@ so that small images work:
   turns them into the saliency map (the raw value clamped to [0, 1]) and the mask and boundary
   probabilities (``sigmoid`` of their logits). The saliency channel is linear, not a sigmoid,
   so that its L1 loss keeps a gradient where the map is 0 (a sigmoid saturates there and the
-  map stops learning: most of an RC map is exactly 0).
+  map stops learning: most of an RC map is exactly 0). A generator trained with the support
+  loss (``LossWeights.support``) has one more output after the target channels,
+  :data:`SUPPORT_CHANNEL`: the logit of "the exact RC map is nonzero here", which is learned
+  but not part of the target (:meth:`~saliencyssl.surrogate.model.Surrogate.predict` drops it).
 - :class:`PatchDiscriminator` is the conditional PatchGAN on the image concatenated with the
-  target channels. At 256 px it has three stride-2 layers (70x70 receptive field); small images
+  generator's channels. At 256 px it has three stride-2 layers (70x70 receptive field); small images
   get fewer (:func:`patch_layers`: 1 at 32 px, 16x16 field; 2 at 64-96 px, 34x34 field).
 - :func:`init_weights` draws convolution weights from N(0, 0.02) and batch-norm scales from
   N(1, 0.02), biases 0, as Pix2Pix does.
@@ -36,6 +39,8 @@ from torch import nn
 
 from saliencyssl.target import TARGET_CHANNELS
 
+#: The auxiliary output after the target channels of a generator trained with a support loss.
+SUPPORT_CHANNEL = "support"
 #: At most this many stride-2 levels (Pix2Pix's 256 px U-Net).
 MAX_DEPTH = 8
 #: At least this many levels (the image side must be a multiple of 2**MIN_DEPTH).
@@ -94,7 +99,8 @@ class Architecture:
         dropout_blocks: innermost decoder blocks (excluding the innermost itself) with dropout 0.5.
         ndf: discriminator channels at its first layer.
         d_layers: stride-2 layers of the discriminator (:func:`patch_layers`).
-        out_channels: predicted channels (``len(TARGET_CHANNELS)``).
+        out_channels: predicted channels: ``len(TARGET_CHANNELS)``, or one more for the
+            :data:`SUPPORT_CHANNEL` (:attr:`has_support`).
         coords: append two coordinate channels (x, y in [-1, 1]) to the generator's input, so
             position (RC's border suppression and centre weighting) is given, not inferred.
     """
@@ -119,6 +125,14 @@ class Architecture:
         if self.depth != unet_depth(self.image_size):
             raise ValueError(f"depth {self.depth} does not fit image size {self.image_size} "
                              f"(expected {unet_depth(self.image_size)})")
+        if self.out_channels not in (len(TARGET_CHANNELS), len(TARGET_CHANNELS) + 1):
+            raise ValueError(f"out_channels must be {len(TARGET_CHANNELS)} (the target channels) or "
+                             f"{len(TARGET_CHANNELS) + 1} (and the support channel), got {self.out_channels}")
+
+    @property
+    def has_support(self) -> bool:
+        """The generator also predicts the :data:`SUPPORT_CHANNEL` after the target channels."""
+        return self.out_channels > len(TARGET_CHANNELS)
 
     def as_dict(self) -> dict:
         return {"name": "pix2pix-unet", **asdict(self)}
@@ -197,16 +211,17 @@ class PatchDiscriminator(nn.Module):
 
     Args:
         arch: the :class:`Architecture` (``ndf``, ``d_layers``).
-        in_channels: image channels plus target channels (default 3 + 3).
+        in_channels: image channels plus the generator's channels (default ``3 + arch.out_channels``).
 
     Shapes:
         input ``(B, in_channels, S, S)`` float; output ``(B, 1, P, P)`` logits with
         ``P = S / 2**d_layers - 2`` (30x30 at 256 px, 14x14 at 32 px).
     """
 
-    def __init__(self, arch: Architecture, in_channels: int = 3 + len(TARGET_CHANNELS)):
+    def __init__(self, arch: Architecture, in_channels: int | None = None):
         super().__init__()
         ndf, n_layers = arch.ndf, arch.d_layers
+        in_channels = 3 + arch.out_channels if in_channels is None else in_channels
         layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
         mult = 1
         for n in range(1, n_layers):
@@ -237,7 +252,8 @@ def init_weights(module: nn.Module, gain: float = 0.02) -> nn.Module:
 
 
 def to_probabilities(raw: torch.Tensor) -> torch.Tensor:
-    """Generator output ``(B, 3, S, S)`` to channels in [0, 1]: saliency clamped, mask and boundary sigmoid."""
+    """Generator output ``(B, C, S, S)`` to channels in [0, 1]: saliency clamped, the others (mask, boundary,
+    support) sigmoid."""
     raw = raw.float()
     return torch.cat([raw[:, 0:1].clamp(0.0, 1.0), torch.sigmoid(raw[:, 1:])], dim=1)
 

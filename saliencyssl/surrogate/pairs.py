@@ -78,17 +78,22 @@ class TargetTensors:
                              torch.where(w, self.mask.flip(-1), self.mask),
                              torch.where(w, self.regions.flip(-1), self.regions))
 
-    def channels(self) -> torch.Tensor:
+    def channels(self, support: bool = False) -> torch.Tensor:
         """``(N, 3, S, S)`` float32 dense channels (:data:`TARGET_CHANNELS`) in [0, 1].
 
         The boundary is computed from the region labels here, so that a flipped target gets
         the boundary of its flipped regions (a pixel whose right or lower neighbour differs).
+        With ``support``, a fourth channel follows: 1 where the saliency map is nonzero (what the
+        surrogate's support loss learns, :class:`~saliencyssl.surrogate.losses.LossWeights`).
         """
         reg = self.regions
         edge = torch.zeros(reg.shape, dtype=torch.bool, device=reg.device)
         edge[..., :, :-1] |= reg[..., :, :-1] != reg[..., :, 1:]
         edge[..., :-1, :] |= reg[..., :-1, :] != reg[..., 1:, :]
-        return torch.cat([self.saliency.float() / 255.0, self.mask.float(), edge.float()], dim=1)
+        parts = [self.saliency.float() / 255.0, self.mask.float(), edge.float()]
+        if support:
+            parts.append((self.saliency > 0).float())
+        return torch.cat(parts, dim=1)
 
     def batch(self) -> TargetBatch:
         """The targets as a :class:`~saliencyssl.target.TargetBatch` on their device."""

@@ -55,6 +55,7 @@ from saliencyssl.surrogate.model import (Surrogate, SurrogateCheckpointError, ch
 from saliencyssl.surrogate.networks import (Architecture, UNetGenerator, build_networks, image_to_input,
                                             to_probabilities)
 from saliencyssl.surrogate.pairs import PairSet, TargetTensors, hash_prefixes
+from saliencyssl.target import TARGET_CHANNELS
 
 #: Keep the data on the training device when it takes less than this many bytes.
 DEVICE_DATA_LIMIT = 6 * 2 ** 30
@@ -134,7 +135,9 @@ class TrainConfig:
         return 10 ** 6 if self.max_minutes is not None else 100
 
     def architecture(self) -> Architecture:
-        return Architecture(self.image_size, ngf=self.ngf, max_mult=self.max_mult, ndf=self.ndf, coords=self.coords)
+        """The networks' shape; a support loss adds the generator's fourth output."""
+        return Architecture(self.image_size, ngf=self.ngf, max_mult=self.max_mult, ndf=self.ndf, coords=self.coords,
+                            out_channels=len(TARGET_CHANNELS) + int(self.weights.support > 0))
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -254,25 +257,27 @@ class SurrogateTrainer:
 
     # -- one step ------------------------------------------------------------------------------
     def batch(self, index: torch.Tensor, flips: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(images uint8 (B,3,S,S), exact channels float (B,3,S,S))`` on the device, flipped where asked."""
+        """``(images uint8 (B,3,S,S), exact channels float (B,C,S,S))`` on the device, flipped where asked
+        (``C`` is the generator's output count: the support channel is appended when it learns one)."""
         images = self.images[index]
         targets: TargetTensors = self.targets.index(index)
         if flips is not None:
             which = flips.to(images.device)
             images = torch.where(which.view(-1, 1, 1, 1), images.flip(-1), images)
             targets = targets.flip(which)
-        return images.to(self.device, non_blocking=True), targets.to(self.device).channels()
+        return (images.to(self.device, non_blocking=True),
+                targets.to(self.device).channels(support=self.arch.has_support))
 
     def train_step(self, images: torch.Tensor, exact: torch.Tensor) -> dict[str, torch.Tensor]:
         """One discriminator and one generator update.
 
         Args:
             images: ``(B, 3, S, S)`` uint8 on the device.
-            exact: ``(B, 3, S, S)`` float exact channels in [0, 1] on the device.
+            exact: ``(B, C, S, S)`` float exact channels in [0, 1] on the device (:meth:`batch`).
 
         Returns:
             Losses as detached scalar tensors on the device (no host synchronisation):
-            ``d`` (discriminator), ``g_gan``, ``l1``, ``mask``, ``boundary`` (``presence``),
+            ``d`` (discriminator), ``g_gan``, ``l1``, ``mask``, ``boundary`` (``presence``, ``support``),
             ``g`` (the generator's total).
         """
         g, d = self.generator, self.discriminator
