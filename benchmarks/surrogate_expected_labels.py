@@ -95,7 +95,9 @@ class ExpectedTargets:
         # boundary is a minor loss term, so the mirror is taken as is.
         return ExpectedTargets(torch.where(which.view(-1, 1, 1, 1), self.channels_.flip(-1), self.channels_))
 
-    def channels(self) -> torch.Tensor:
+    def channels(self, support: bool = False) -> torch.Tensor:
+        if support:
+            raise ValueError("expected targets carry no support channel; run without --lambda-support")
         return self.channels_.float()
 
 

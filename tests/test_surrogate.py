@@ -468,6 +468,22 @@ def test_expected_label_variants_map_back_onto_the_original_grid():
             np.testing.assert_array_equal(back, original)
 
 
+def test_expected_targets_train_like_exact_ones(pairs, tmp_path):
+    """benchmarks/surrogate_expected_labels.py: soft targets go through the trainer's batch and step."""
+    import surrogate_expected_labels as exp
+
+    soft = exp.ExpectedTargets(pairs.targets.channels() * 0.5)
+    config = TrainConfig(image_size=32, batch_size=4, seed=0, **TINY)
+    trainer = SurrogateTrainer(config, pairs, None, tmp_path, progress=False, tensorboard=False, log=lambda s: None)
+    trainer.targets = soft
+    images, channels = trainer.batch(torch.arange(4), torch.tensor([True, False, True, False]))
+    assert torch.equal(channels[1], pairs.targets.channels()[1] * 0.5)
+    assert torch.equal(channels[0], pairs.targets.channels()[0].flip(-1) * 0.5)
+    assert set(trainer.train_step(images, channels)) >= {"l1", "mask", "boundary"}
+    with pytest.raises(ValueError, match="support"):
+        soft.channels(support=True)
+
+
 def test_speed_benchmark_compares_with_the_labeller_unless_told_not_to(labelled, tmp_path):
     """benchmarks/bench_surrogate.py: a speed-up against the exact labeller, or none with --labeller-images 0."""
     import bench_surrogate
