@@ -68,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     from saliencyssl.saliency.labeller import Labeller, LabellerConfig
     from saliencyssl.surrogate.pairs import load_pairs
 
+    import cv2
+
     torch.set_num_threads(1)
+    cv2.setNumThreads(1)
     fit = load_pairs(args.train, args.cache, args.size, limit=args.fit_images)
     test = load_pairs(args.test, args.cache, args.size, fingerprint=fit.fingerprint)
     config = LabellerConfig.from_params(fit.labeller_params or {})

@@ -364,7 +364,6 @@ def test_presence_term_is_reported_and_trained(pairs):
     assert float(total) == pytest.approx(float(total0) + 5.0 * np.log(2), rel=1e-4)
 
 
-
 def test_support_channel_is_where_the_map_is_nonzero_and_follows_flips(pairs):
     targets = pairs.targets.index(slice(0, 6))
     channels = targets.channels(support=True)
@@ -376,6 +375,8 @@ def test_support_channel_is_where_the_map_is_nonzero_and_follows_flips(pairs):
     assert torch.equal(targets.flip(which).channels(support=True)[:, 3:4].bool(), targets.flip(which).saliency > 0)
     with pytest.raises(ValueError, match="out_channels"):
         Architecture(32, out_channels=5)
+    with pytest.raises(ValueError, match="lambda-support"):
+        TrainConfig(weights=LossWeights(support=-1.0))
 
 
 def test_support_term_is_reported_and_needs_the_fourth_channel(pairs):
@@ -405,6 +406,7 @@ def test_surrogate_trained_with_the_support_loss_predicts_the_target_channels(la
     # Resuming without the support loss is another architecture: refused, with the reason.
     assert _train(labelled, out, "--epochs", "2", "--resume") == 2
     assert "architecture" in capsys.readouterr().err
+
 
 def test_surrogate_keeps_the_best_held_out_epoch(labelled, tmp_path, capsys):
     out = tmp_path / "run"

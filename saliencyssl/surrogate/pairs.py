@@ -79,7 +79,8 @@ class TargetTensors:
                              torch.where(w, self.regions.flip(-1), self.regions))
 
     def channels(self, support: bool = False) -> torch.Tensor:
-        """``(N, 3, S, S)`` float32 dense channels (:data:`TARGET_CHANNELS`) in [0, 1].
+        """``(N, 3, S, S)`` float32 dense channels (:data:`TARGET_CHANNELS`) in [0, 1] (``(N, 4, S, S)``
+        with ``support``).
 
         The boundary is computed from the region labels here, so that a flipped target gets
         the boundary of its flipped regions (a pixel whose right or lower neighbour differs).

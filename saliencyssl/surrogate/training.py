@@ -112,6 +112,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.weights, dict):
             self.weights = LossWeights(**self.weights)
+        negative = [name for name, value in self.weights.as_dict().items() if value < 0]
+        if negative:
+            raise ValueError(f"loss weights must not be negative, got {', '.join(negative)} < 0 "
+                             f"(--lambda-{negative[0].replace('_', '-')})")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.epochs is not None and self.epochs < 1:
