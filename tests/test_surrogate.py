@@ -506,7 +506,7 @@ def test_presence_gate_reproduces_the_labellers_presence_at_the_working_size(lab
     import presence_gate
 
     images, cache_dir, _ = labelled
-    assert not presence_gate.border_test(np.full((32, 32, 3), 120, np.uint8), 64, 50.0, 200, 0.5)
+    assert not presence_gate.border_test(np.full((32, 32, 3), 120, np.uint8), LabellerConfig())
     out = tmp_path / "gate.json"
     assert presence_gate.main([str(images), str(images), "--cache", str(cache_dir), "--fit-images", "10",
                                "--timing-images", "2", "--json", str(out)]) == 0

@@ -163,7 +163,7 @@ class Labeller:
             seconds["total"] = time.perf_counter() - start
             return Labelling(Target.empty(h, w), np.zeros((h, w), np.float32) if with_hc else None, seconds, (h, w))
 
-        bgr, (wh, ww) = self._working_image(image)
+        bgr, (wh, ww) = self.working_image(image)
 
         hc = None
         if with_hc:
@@ -200,15 +200,16 @@ class Labeller:
         h, w = image.shape[:2]
         if min(h, w) < TINY_SIDE:
             return np.zeros((h, w), np.float32)
-        bgr, size = self._working_image(image)
+        bgr, size = self.working_image(image)
         hc = hc_saliency(bgr)
         if size != (h, w):
             shrink = size[0] * size[1] > h * w
             hc = np.clip(cv2.resize(hc, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR), 0, 1)
         return hc
 
-    def _working_image(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
-        """The RGB uint8 image at the working size as BGR float32 in [0, 1], and that size."""
+    def working_image(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        """The RGB uint8 image at the working size as BGR float32 in [0, 1], and that size: what the
+        algorithms of :meth:`label` and :meth:`hc` run on."""
         import cv2
 
         h, w = image.shape[:2]
