@@ -36,7 +36,7 @@ import torch
 
 from bench_common import device_name, emit, label_missing, saliency_policy
 from saliencyssl.cache import TargetCache
-from saliencyssl.cache.labelling import default_workers
+from saliencyssl.cache.executors import default_workers
 from saliencyssl.datasets import open_image_set
 from saliencyssl.saliency import Labeller
 from saliencyssl.ssl.pretrain import PretrainConfig, Pretrainer

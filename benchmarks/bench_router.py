@@ -33,8 +33,8 @@ import torch
 from bench_common import device_name, emit
 from saliencyssl.augment import FrozenPack, SSLAugmentation, TargetRouter, TrainingImages, parse_policy
 from saliencyssl.cache import TargetCache
-from saliencyssl.cache.executors import make_executor
-from saliencyssl.cache.labelling import default_workers, label_folder
+from saliencyssl.cache.executors import default_workers, make_executor
+from saliencyssl.cache.labelling import label_folder
 from saliencyssl.datasets import open_image_set
 from saliencyssl.saliency import Labeller, LabellerConfig
 

@@ -28,15 +28,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from saliencyssl.cache import TargetCache
+from saliencyssl.cache import CorruptTargetError, TargetCache
 from saliencyssl.cache.packfile import MAGIC, PackError, open_pack, verify_pack, write_pack
 from saliencyssl.imageio import ImageDecodeError
-from saliencyssl.saliency import LabellerConfig
 from saliencyssl.saliency.options import add_labeller_options, labeller_config_from_args
-
-
-def labeller_config(args) -> LabellerConfig:
-    return labeller_config_from_args(args)
 
 
 def is_pack(path: Path) -> bool:
@@ -92,7 +87,7 @@ def cmd_export(args) -> int:
     from saliencyssl.datasets import target_at_size
     from saliencyssl.datasets import open_image_set
 
-    config = labeller_config(args)
+    config = labeller_config_from_args(args)
     if not TargetCache.exists(args.cache):
         print(f"error: {args.cache} is not a cache folder (no cache.db); fill one with: python scripts/label.py "
               f"{args.images} --cache {args.cache}", file=sys.stderr)
@@ -128,7 +123,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_import(args) -> int:
-    config = labeller_config(args)
+    config = labeller_config_from_args(args)
     fingerprint = config.fingerprint()
     if is_pack(args.source):
         try:
@@ -136,9 +131,16 @@ def cmd_import(args) -> int:
         except PackError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
+        if not verify_pack(pack):
+            print(f"error: {args.source} fails its checksum (damaged); nothing imported. Export it again: "
+                  f"python scripts/cache.py export CACHE_DIR IMAGES_DIR --out {args.source}", file=sys.stderr)
+            return 1
         cache = TargetCache(args.cache, fingerprint, params=pack.params or config.params())
         count = cache.put_many((pack.hashes[i], pack.target(i)) for i in range(len(pack)))
     elif args.source.is_dir():
+        if not TargetCache.exists(args.source):
+            print(f"error: {args.source} is not a cache folder (no cache.db) nor a pack file", file=sys.stderr)
+            return 2
         source = TargetCache(args.source, fingerprint)
         available = source.fingerprints()
         if fingerprint not in available:
@@ -147,12 +149,21 @@ def cmd_import(args) -> int:
                   f"pass the labeller options the source was labelled with", file=sys.stderr)
             return 1
         cache = TargetCache(args.cache, fingerprint, params=available.get(fingerprint) or config.params())
-        count = 0
+        count, damaged = 0, []
         for h in source.hashes():
             data = source.get_encoded(h)
-            if data is not None:
+            if data is None:
+                continue
+            try:
                 cache.put_encoded(h, data)
-                count += 1
+            except CorruptTargetError:
+                damaged.append(h)
+                continue
+            count += 1
+        if damaged:
+            print(f"warning: skipped {len(damaged)} damaged entries of {args.source} (e.g. {damaged[0]}); "
+                  f"`python scripts/cache.py verify {args.source}` removes them, then rerun scripts/label.py",
+                  file=sys.stderr)
     else:
         print(f"error: {args.source} is neither a pack file nor a cache folder", file=sys.stderr)
         return 2
@@ -189,7 +200,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, PackError, ImageDecodeError) as error:
+    except (PackError, ImageDecodeError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 
 from saliencyssl.cache import TargetCache
-from saliencyssl.cache.executors import make_executor
-from saliencyssl.cache.labelling import default_workers, label_folder
+from saliencyssl.cache.executors import default_workers, make_executor
+from saliencyssl.cache.labelling import label_folder
 from saliencyssl.saliency.options import add_labeller_options, labeller_config_from_args
 
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = label_folder(args.images, cache, config, executor=executor, export_dir=args.export,
                                progress=not args.quiet)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:  # no images; an --export folder inside IMAGES_DIR
         print(f"error: {error}", file=sys.stderr)
         return 2
     finally:

@@ -38,8 +38,8 @@ import show_views
 import train_surrogate
 
 from saliencyssl.cache import TargetCache
-from saliencyssl.cache.executors import make_executor
-from saliencyssl.cache.labelling import default_workers, label_folder
+from saliencyssl.cache.executors import default_workers, make_executor
+from saliencyssl.cache.labelling import label_folder
 from saliencyssl.datasets import open_image_set
 from saliencyssl.embedded import write_embedded_dataset
 from saliencyssl.eval.grid import plot_rows, policy_gap, result_rows, rows_markdown

@@ -109,6 +109,8 @@ def test_router_sources(labelled):
         TargetRouter("cache", SIZE).check_ready()
     with pytest.raises(MissingPieceError, match="fingerprint"):
         TargetRouter("cache,surrogate", SIZE, pack=pack, surrogate=StandIn(SIZE, "0" * 16)).check_ready()
+    with pytest.raises(MissingPieceError, match=rf"trained on {2 * SIZE}px.*--size {SIZE}"):
+        TargetRouter("cache,surrogate", SIZE, pack=pack, surrogate=StandIn(2 * SIZE, pack.fingerprint)).check_ready()
 
     stand_in = StandIn(SIZE, pack.fingerprint)
     assert isinstance(stand_in, TargetPredictor)

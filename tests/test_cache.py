@@ -8,7 +8,7 @@ import multiprocessing
 import numpy as np
 import pytest
 
-from saliencyssl.cache import CorruptTargetError, TargetCache, decode_target, encode_target
+from saliencyssl.cache import CacheOpenError, CorruptTargetError, TargetCache, decode_target, encode_target
 from saliencyssl.hashing import content_hash
 from saliencyssl.saliency import Labeller, LabellerConfig
 from saliencyssl.target import Target
@@ -109,5 +109,9 @@ def test_invalid_inputs(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError, match="--cache"):
         TargetCache(tmp_path / "file", "f" * 16)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "cache.db").write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(CacheOpenError, match=r"junk/cache.db.*delete the folder"):
+        TargetCache(tmp_path / "junk", "f" * 16)
     with pytest.raises(TypeError, match="Target"):
         TargetCache(tmp_path / "c", "f" * 16).put("a" * 32, np.zeros((2, 2)))

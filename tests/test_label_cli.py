@@ -101,6 +101,14 @@ def test_bad_labeller_option_is_a_clear_error(tmp_path, photo, capsys):
     assert "scale" in capsys.readouterr().err
 
 
+def test_export_inside_the_image_folder_is_refused(tmp_path, photo, capsys):
+    (tmp_path / "images").mkdir()
+    Image.fromarray(_variants(photo, 1)[0]).save(tmp_path / "images" / "a.png")
+    assert label.main([str(tmp_path / "images"), "--cache", str(tmp_path / "c"), "--export",
+                       str(tmp_path / "images" / "maps"), "--quiet"]) == 2
+    assert "inside the image folder" in capsys.readouterr().err and not (tmp_path / "images" / "maps").exists()
+
+
 def test_export_keeps_images_that_share_a_stem_apart(tmp_path, photo):
     """a.png and a.bmp in one folder: both sets of maps are written, named after the whole file name."""
     root = tmp_path / "images"

@@ -78,6 +78,24 @@ def test_fingerprint_follows_every_parameter():
     assert base not in changed and len(changed) == 6
 
 
+def test_equal_settings_give_one_fingerprint():
+    # The API's scale=2 and the command line's --scale 2.0 are one labeller: one cache key.
+    assert LabellerConfig(scale=2).fingerprint() == LabellerConfig(scale=2.0).fingerprint()
+    assert LabellerConfig(seg_k=50, min_side=64.0).fingerprint() == LabellerConfig().fingerprint()
+    assert isinstance(LabellerConfig(min_side=64.0).min_side, int)
+    with pytest.raises(ValueError, match="whole number"):
+        LabellerConfig(min_side=63.5)
+
+
+def test_an_image_shrunk_below_the_tiny_side_gets_an_empty_target():
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[22:42, 22:42] = 255  # a white square: a mask at the default working size
+    assert Labeller().label(image).target.mask.any()
+    shrunk = Labeller(scale=0.1).label(image)  # 6x6 working image
+    assert not shrunk.target.mask.any() and shrunk.target.shape == (64, 64)
+    assert not Labeller(scale=0.1).hc(image).any()
+
+
 def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="cut_engine"):
         LabellerConfig(cut_engine="pymaxflow")

@@ -125,11 +125,36 @@ def test_pack_round_trip_and_refusal(tmp_path, photo):
     (tmp_path / "bad.pack").write_bytes(bytes(raw))
     assert not verify_pack(open_pack(tmp_path / "bad.pack"))
     assert cache_cli.main(["verify", str(tmp_path / "bad.pack")]) == 1
+    # ... and is not imported: its damage would get fresh entry checksums and pass as valid.
+    assert cache_cli.main(["import", str(tmp_path / "bad.pack"), "--cache", str(tmp_path / "c2")]) == 1
+    assert not (tmp_path / "c2").exists()
+    # A file cut inside its header is a PackError, not a struct.error.
+    (tmp_path / "short.pack").write_bytes(pack.read_bytes()[:12])
+    with pytest.raises(PackError, match="truncated"):
+        open_pack(tmp_path / "short.pack")
+    # Exporting onto a folder fails cleanly and leaves no temporary file behind.
+    assert cache_cli.main(["export", str(cache_dir), str(images), "--out", str(images)]) == 2
+    assert not list(tmp_path.glob("images.tmp*"))
     # Read-only commands on a folder that is not a cache say so and create nothing there.
-    for command in (["stats", str(images)], ["verify", str(images)],
+    for command in (["stats", str(images)], ["verify", str(images)], ["import", str(images), "--cache", str(empty)],
                     ["export", str(tmp_path / "typo"), str(images), "--out", str(tmp_path / "x.pack")]):
         assert cache_cli.main(command) == 2
     assert not (images / "cache.db").exists() and not (tmp_path / "typo").exists()
+
+
+def test_importing_a_cache_skips_its_damaged_entries(tmp_path, photo, capsys):
+    images = _write_variants(tmp_path / "images", photo, 4, size=(40, 60))
+    config = LabellerConfig()
+    source = TargetCache(tmp_path / "source", config.fingerprint())
+    label_folder(images, source, config, progress=False)
+    hashes = sorted(source.hashes())
+    damaged = bytearray(source.get_encoded(hashes[0]))
+    damaged[-3] ^= 0xFF
+    source._cache.set(f"{config.fingerprint()}/{hashes[0]}", bytes(damaged))
+    assert cache_cli.main(["import", str(tmp_path / "source"), "--cache", str(tmp_path / "copy")]) == 0
+    assert "skipped 1 damaged" in capsys.readouterr().err
+    copy = TargetCache(tmp_path / "copy", config.fingerprint())
+    assert sorted(copy.hashes()) == hashes[1:] and copy.verify().damaged == []
 
 
 def test_frozen_pack_maps_a_pack_file_without_copying(tmp_path, photo):

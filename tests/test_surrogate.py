@@ -314,6 +314,30 @@ def test_resume_continues_from_the_saved_epoch(labelled, tmp_path, capsys):
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert _train(labelled, out, "--epochs", "4", "--resume", "--size", "64") == 2  # another size: refused
     assert "image size 32" in capsys.readouterr().err
+    # Options that shape the run cannot change on resume (the optimiser state would silently win).
+    assert _train(labelled, out, "--epochs", "4", "--resume", "--lr", "0.01", "--seed", "3") == 2
+    err = capsys.readouterr().err
+    assert "--lr 0.0002 (now 0.01)" in err and "--seed 0 (now 3)" in err
+
+
+def test_a_run_cut_mid_epoch_resumes_from_the_batch_it_stopped_at(pairs, tmp_path, monkeypatch):
+    import itertools
+
+    import saliencyssl.surrogate.training as training
+
+    train, held = pairs.split(0.2)
+    clock = itertools.count(0.0, 1.0)  # every clock reading is one second later
+    monkeypatch.setattr(training.time, "perf_counter", lambda: next(clock))
+    config = dict(image_size=32, batch_size=1, ngf=4, ndf=4, epochs=3)
+    cut = SurrogateTrainer(TrainConfig(max_minutes=0.25, **config), train, held, tmp_path, progress=False,
+                           tensorboard=False, log=lambda s: None)
+    assert cut.fit().stopped_by == "time budget"
+    assert 0 < cut.step % cut.steps_per_epoch  # stopped inside an epoch
+    resumed = SurrogateTrainer(TrainConfig(max_minutes=60, **config), train, held, tmp_path, progress=False,
+                               tensorboard=False, log=lambda s: None)
+    resumed.resume()
+    result = resumed.fit()
+    assert result.stopped_by == "epochs" and result.steps == 3 * resumed.steps_per_epoch  # nothing repeated
 
 
 def test_cli_reports_a_cache_without_targets(labelled, tmp_path, capsys):
@@ -375,7 +399,7 @@ def test_support_channel_is_where_the_map_is_nonzero_and_follows_flips(pairs):
     assert torch.equal(targets.flip(which).channels(support=True)[:, 3:4].bool(), targets.flip(which).saliency > 0)
     with pytest.raises(ValueError, match="out_channels"):
         Architecture(32, out_channels=5)
-    with pytest.raises(ValueError, match="lambda-support"):
+    with pytest.raises(ValueError, match=r"LossWeights.support < 0.*--lambda-gan"):
         TrainConfig(weights=LossWeights(support=-1.0))
 
 

@@ -27,7 +27,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from saliencyssl.augment.pack import FrozenPack
 from saliencyssl.augment.predictor import TargetPredictor
@@ -141,6 +140,11 @@ class TargetRouter:
                 raise MissingPieceError(f"--aug-source {','.join(self.sources)} needs a surrogate: pass --surrogate "
                                         f"RUN_DIR/surrogate.pt (train one with: python scripts/train_surrogate.py "
                                         f"{self.data_hint} --cache CACHE_DIR --out RUN_DIR)")
+            if self.surrogate.image_size != self.image_size:
+                raise MissingPieceError(f"the surrogate was trained on {self.surrogate.image_size}px images but "
+                                        f"training runs at {self.image_size}px; train one at that size: python "
+                                        f"scripts/train_surrogate.py {self.data_hint} --cache CACHE_DIR --size "
+                                        f"{self.image_size} --out RUN_DIR")
             if self.pack is not None and self.surrogate.fingerprint != self.pack.fingerprint:
                 raise MissingPieceError(f"the surrogate learned targets of labeller fingerprint "
                                         f"{self.surrogate.fingerprint} but the cache holds {self.pack.fingerprint}; "
@@ -203,17 +207,7 @@ class TargetRouter:
 
     def _surrogate(self, images: torch.Tensor) -> TargetBatch:
         start = time.perf_counter()
-        size = self.surrogate.image_size
-        x = images
-        if x.shape[-1] != size:
-            x = F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False,
-                              antialias=x.shape[-1] > size).round_().clamp_(0, 255).to(torch.uint8)
-        out = self.surrogate.predict(x)
-        if out.saliency.shape[-1] != self.image_size:
-            s = self.image_size
-            out = TargetBatch(F.interpolate(out.saliency, size=(s, s), mode="bilinear", align_corners=False),
-                              F.interpolate(out.mask.float(), size=(s, s), mode="nearest") > 0.5,
-                              F.interpolate(out.regions.float(), size=(s, s), mode="nearest").long())
+        out = self.surrogate.predict(images)
         if images.device.type == "cuda":
             torch.cuda.synchronize(images.device)
         self.counters.surrogate_calls += 1

@@ -5,7 +5,7 @@
 """
 
 from saliencyssl.cache.codec import CorruptTargetError, decode_target, encode_target
-from saliencyssl.cache.store import CacheStats, TargetCache, VerifyReport
+from saliencyssl.cache.store import CacheOpenError, CacheStats, TargetCache, VerifyReport
 
 __all__ = ["TargetCache", "CacheStats", "VerifyReport", "encode_target", "decode_target",
-           "CorruptTargetError"]
+           "CorruptTargetError", "CacheOpenError"]

@@ -205,10 +205,19 @@ class DaskExecutor:
             self._cluster.close()
 
 
+def default_workers() -> int:
+    """Worker processes used when ``--workers`` is not given: the CPUs this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def make_executor(workers: int | None = None, scheduler: str | None = None):
-    """The executor ``scripts/label.py`` uses for ``--workers`` / ``--scheduler``."""
+    """The executor ``scripts/label.py`` uses for ``--workers`` / ``--scheduler`` (default:
+    :func:`default_workers` processes)."""
     if scheduler:
         return DaskExecutor(scheduler)
     if workers is None:
-        workers = max(1, (os.cpu_count() or 1))
+        workers = default_workers()
     return InlineExecutor() if workers == 0 else PoolExecutor(workers)

@@ -14,7 +14,6 @@ resumes where it stopped.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,7 +224,8 @@ def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerCon
         chunk_size: images per task (default: adapted to the number of images and workers).
 
     Raises:
-        ValueError: the cache was opened with another fingerprint.
+        ValueError: the cache was opened with another fingerprint, or ``export_dir`` is inside
+            ``images_dir``.
         FileNotFoundError: the folder does not exist or holds no images.
     """
     from tqdm import tqdm
@@ -236,11 +236,14 @@ def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerCon
         raise ValueError(f"cache fingerprint {cache.fingerprint} does not match the labeller's "
                          f"{config.fingerprint()}; open the cache with Labeller(config).fingerprint")
     root = Path(images_dir)
+    export = Path(export_dir) if export_dir is not None else None
+    if export is not None and export.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"the export folder {export} is inside the image folder {root}: its maps would be "
+                         f"taken for images next time; export outside it (e.g. --export {root.name}_maps)")
     files = list(paths) if paths is not None else list_images(root)
     if not files:
         raise FileNotFoundError(f"no images below {root} (looked for .jpg .png .bmp .tif .webp, recursively)")
     executor = executor or InlineExecutor()
-    export = Path(export_dir) if export_dir is not None else None
     summary = LabelSummary(total=len(files), executor=executor.description)
     start = time.perf_counter()
     workers = max(1, getattr(executor, "workers", 1))
@@ -316,10 +319,3 @@ def _store(record: dict, cache: TargetCache, summary: LabelSummary, export: Path
         export_maps(export, _relative(Path(path), root), target, record["hc"], clashing)
         summary.exported += 1
 
-
-def default_workers() -> int:
-    """Worker processes used when ``--workers`` is not given: the CPUs this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)

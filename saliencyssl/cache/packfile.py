@@ -121,15 +121,19 @@ def write_pack(path: str | Path, items: Iterable[tuple[str, Target]], fingerprin
         raise PackError("pack header larger than its reserved space")  # cannot happen with the margin above
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "wb") as fh:
-        fh.write(MAGIC)
-        fh.write(struct.pack("<Q", len(body)))
-        fh.write(body)
-        for name, _ in _ARRAYS:
-            fh.seek(header["arrays"][name]["offset"])
-            fh.write(memoryview(arrays[name]).cast("B"))
-        fh.truncate(position)
-    tmp.replace(path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(MAGIC)
+            fh.write(struct.pack("<Q", len(body)))
+            fh.write(body)
+            for name, _ in _ARRAYS:
+                fh.seek(header["arrays"][name]["offset"])
+                fh.write(memoryview(arrays[name]).cast("B"))
+            fh.truncate(position)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or a folder named like the pack leaves nothing behind
+        raise
     return path
 
 
@@ -152,7 +156,10 @@ def open_pack(path: str | Path, expect_fingerprint: str | None = None) -> PackFi
         magic = fh.read(len(MAGIC))
         if magic != MAGIC:
             raise PackError(f"{path} is not a saliency-ssl pack (magic {magic!r})")
-        (length,) = struct.unpack("<Q", fh.read(8))
+        size_field = fh.read(8)
+        if len(size_field) < 8:
+            raise PackError(f"{path} is truncated (no header); copy or export it again")
+        (length,) = struct.unpack("<Q", size_field)
         try:
             header = json.loads(fh.read(length).decode())
         except (UnicodeDecodeError, json.JSONDecodeError) as error:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -72,6 +73,10 @@ class VerifyReport:
     other_fingerprints: int
 
 
+class CacheOpenError(OSError):
+    """A cache folder whose ``cache.db`` cannot be opened as a database (damaged or not one)."""
+
+
 def _key(fingerprint: str, image_hash: str) -> str:
     return f"{fingerprint}/{image_hash}"
 
@@ -102,8 +107,13 @@ class TargetCache:
         if self.directory.exists() and not self.directory.is_dir():
             raise NotADirectoryError(f"cache path {self.directory} exists and is not a folder; choose another --cache")
         self.fingerprint = fingerprint
-        self._cache = diskcache.Cache(str(self.directory), timeout=timeout, eviction_policy="none",
-                                      size_limit=2 ** 62, statistics=False)
+        try:
+            self._cache = diskcache.Cache(str(self.directory), timeout=timeout, eviction_policy="none",
+                                          size_limit=2 ** 62, statistics=False)
+        except sqlite3.DatabaseError as error:
+            raise CacheOpenError(f"{self.directory / 'cache.db'} is not a readable cache database ({error}); "
+                                 f"delete the folder {self.directory} (its targets are lost) or choose another "
+                                 f"--cache") from error
         self.hits = 0
         self.misses = 0
         self.damaged = 0
@@ -240,7 +250,7 @@ class TargetCache:
             checked += 1
             try:
                 decode_target(self._cache.get(key))
-            except (CorruptTargetError, TypeError, OSError) as error:
+            except CorruptTargetError as error:
                 log.warning("cache %s: damaged entry %s (%s)", self.directory, key, error)
                 damaged.append(key[len(prefix):])
                 if remove:

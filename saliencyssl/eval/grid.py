@@ -240,8 +240,8 @@ def cells(config: GridConfig) -> list[Cell]:
 
 def _label(config: GridConfig, pretrain: dict) -> None:
     from saliencyssl.cache import TargetCache
-    from saliencyssl.cache.executors import make_executor
-    from saliencyssl.cache.labelling import default_workers, label_folder
+    from saliencyssl.cache.executors import default_workers, make_executor
+    from saliencyssl.cache.labelling import label_folder
     from saliencyssl.datasets import open_image_set
     from saliencyssl.saliency import LabellerConfig
 

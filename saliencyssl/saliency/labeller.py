@@ -15,8 +15,8 @@
 Every parameter, the working-size policy, the cut engine and :data:`LABELLER_VERSION` go into
 :meth:`LabellerConfig.fingerprint`, the second half of every cache key.
 
-Odd input never raises: an image under 8 px on its shorter side, or of one colour, gets an
-empty mask, a zero (finite) map and a single region.
+Odd input never raises: an image under 8 px on its shorter side (as given, or at the working
+size when ``scale`` shrinks it), or of one colour, gets an empty mask, a zero (finite) map and a single region.
 """
 
 from __future__ import annotations
@@ -65,6 +65,17 @@ class LabellerConfig:
     t2_values: tuple[float, ...] = field(default=T2_VALUES)
 
     def __post_init__(self) -> None:
+        # Equal settings must give one fingerprint: ``scale=2`` (the API) and ``--scale 2.0`` (the
+        # command line) are the same labeller, so every number is stored as its declared type.
+        for name in ("min_side", "max_side", "seg_min_size"):
+            value = getattr(self, name)
+            if value is not None:
+                if value != int(value):
+                    raise ValueError(f"{name} must be a whole number of pixels, got {value}")
+                object.__setattr__(self, name, int(value))
+        for name in ("scale", "sigma_dist", "seg_k", "seg_sigma", "t1"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, float(getattr(self, name)))
         if self.cut_engine not in CUT_ENGINES:
             raise ValueError(f"cut_engine must be one of {', '.join(CUT_ENGINES)}, got {self.cut_engine!r}")
         if self.scale is not None and not (0 < self.scale <= 16):
@@ -159,7 +170,7 @@ class Labeller:
         image = to_rgb_uint8(image)
         h, w = image.shape[:2]
         seconds = {"hc": 0.0, "rc": 0.0, "cut": 0.0}
-        if min(h, w) < TINY_SIDE:
+        if self._too_small(h, w):
             seconds["total"] = time.perf_counter() - start
             return Labelling(Target.empty(h, w), np.zeros((h, w), np.float32) if with_hc else None, seconds, (h, w))
 
@@ -198,7 +209,7 @@ class Labeller:
 
         image = to_rgb_uint8(image)
         h, w = image.shape[:2]
-        if min(h, w) < TINY_SIDE:
+        if self._too_small(h, w):
             return np.zeros((h, w), np.float32)
         bgr, size = self.working_image(image)
         hc = hc_saliency(bgr)
@@ -206,6 +217,11 @@ class Labeller:
             shrink = size[0] * size[1] > h * w
             hc = np.clip(cv2.resize(hc, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR), 0, 1)
         return hc
+
+    def _too_small(self, height: int, width: int) -> bool:
+        """Under :data:`TINY_SIDE` on the shorter side as given or at the working size (``scale``
+        can shrink an image below it): such images get an empty target."""
+        return min(height, width) < TINY_SIDE or min(self.config.working_size(height, width)) < TINY_SIDE
 
     def working_image(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
         """The RGB uint8 image at the working size as BGR float32 in [0, 1], and that size: what the

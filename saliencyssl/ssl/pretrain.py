@@ -238,7 +238,8 @@ class Pretrainer:
         if "surrogate" in self.sources and c.surrogate:
             from saliencyssl.surrogate import Surrogate
 
-            surrogate = Surrogate.load(c.surrogate, device=self.device, expect_fingerprint=fingerprint)
+            surrogate = Surrogate.load(c.surrogate, device=self.device, expect_fingerprint=fingerprint,
+                                       expect_image_size=c.image_size)
         return TargetRouter(self.sources, c.image_size, pack=pack, surrogate=surrogate, labeller=self.labeller,
                             image_set=self.image_set, cache=cache, exact_workers=c.workers, data_hint=str(c.data))
 

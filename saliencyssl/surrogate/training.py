@@ -114,8 +114,9 @@ class TrainConfig:
             self.weights = LossWeights(**self.weights)
         negative = [name for name, value in self.weights.as_dict().items() if value < 0]
         if negative:
-            raise ValueError(f"loss weights must not be negative, got {', '.join(negative)} < 0 "
-                             f"(--lambda-{negative[0].replace('_', '-')})")
+            fields = ", ".join(f"LossWeights.{name}" for name in negative)
+            raise ValueError(f"loss weights must not be negative, got {fields} < 0 (train_surrogate.py sets "
+                             "them with --lambda-gan, -l1, -mask, -boundary, -presence and -support)")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.epochs is not None and self.epochs < 1:
@@ -420,6 +421,7 @@ class SurrogateTrainer:
         if ("ema" in blob) != (self.ema is not None):
             problems.append("a weight average (--ema)" if "ema" in blob else "no weight average (now --ema "
                             f"{self.config.ema:g})")
+        problems += _changed_options(meta.get("config") or {}, self.config)
         if problems:
             raise SurrogateCheckpointError(f"cannot resume from {path}: it was trained with " + "; ".join(problems)
                                            + ". Use the original options, or start a new run in another --out")
@@ -543,7 +545,11 @@ class SurrogateTrainer:
             sums: dict[str, torch.Tensor] = {}
             count = 0
             label = f"epoch {self.epoch + 1}" + (f"/{total_epochs}" if cfg.epochs or not cfg.max_minutes else "")
-            bar = tqdm(range(self.steps_per_epoch), desc=label, unit="step", disable=not self.progress, leave=False)
+            # A run resumed after a budget cut mid-epoch goes on from the batch it stopped at (the
+            # epoch's order and flips are the same: they depend on the seed and the epoch only).
+            first = min(max(self.step - self.epoch * self.steps_per_epoch, 0), self.steps_per_epoch)
+            bar = tqdm(range(first, self.steps_per_epoch), desc=label, unit="step", initial=first,
+                       total=self.steps_per_epoch, disable=not self.progress, leave=False)
             cut = False
             for b in bar:
                 now = time.perf_counter() - started
@@ -592,6 +598,21 @@ class SurrogateTrainer:
             self._writer = None
         return TrainResult(surrogate_path=path, epochs_done=self.epoch, steps=self.step, seconds=self.elapsed,
                            stopped_by=stopped_by, held_out=report, selected_epoch=selected)
+
+
+#: Options that shape a run's trajectory, with the flag that sets each: a resumed run must keep
+#: them (``--epochs``, ``--max-minutes``, ``--select``, ``--amp`` and the device may change).
+_RESUME_MUST_KEEP = {"batch_size": "--batch-size", "lr": "--lr", "beta1": "beta1", "decay_start": "--decay-start",
+                     "flip": "--no-flip", "seed": "--seed", "gan_mode": "--gan-mode", "weights": "--lambda-*"}
+
+
+def _changed_options(recorded: dict, config: TrainConfig) -> list[str]:
+    """The trajectory options of ``config`` that differ from a checkpoint's recorded config."""
+    now = config.as_dict()
+    if isinstance(recorded.get("weights"), dict):
+        recorded = {**recorded, "weights": LossWeights(**recorded["weights"]).as_dict()}
+    return [f"{flag} {recorded[key]} (now {now[key]})" for key, flag in _RESUME_MUST_KEEP.items()
+            if key in recorded and recorded[key] != now[key]]
 
 
 def selection_score(report: dict) -> float:
