@@ -130,12 +130,18 @@ class Target:
                 f"saliency_max={int(self.saliency.max()) if self.saliency.size else 0})")
 
 
-def region_boundary(regions: np.ndarray) -> np.ndarray:
-    """``(H, W)`` bool boundary of a label map: label differs from the right or lower neighbour."""
-    regions = np.asarray(regions)
-    edge = np.zeros(regions.shape, bool)
-    edge[:, :-1] |= regions[:, :-1] != regions[:, 1:]
-    edge[:-1, :] |= regions[:-1, :] != regions[1:, :]
+def region_boundary(regions):
+    """Bool boundary of label maps: the label differs from the right or lower neighbour.
+
+    ``regions`` is a numpy array or a torch tensor of ``(..., H, W)`` labels (one map or a
+    batch); the boundary has its type, shape and device. :meth:`Target.boundary`, the
+    surrogate's boundary channel and the fidelity's boundary F all use this one rule.
+    """
+    if not hasattr(regions, "shape"):
+        regions = np.asarray(regions)
+    edge = regions != regions  # all False, of the input's kind
+    edge[..., :, :-1] |= regions[..., :, :-1] != regions[..., :, 1:]
+    edge[..., :-1, :] |= regions[..., :-1, :] != regions[..., 1:, :]
     return edge
 
 

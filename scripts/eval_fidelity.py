@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.grid_rows < 1:
         parser.error(f"--grid-rows {args.grid_rows}: show at least 1 best and 1 worst row")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size {args.batch_size}: predict at least 1 image at a time")
     import torch
 
     from saliencyssl.eval.fidelity import evaluate_surrogate, fidelity_grid, format_report

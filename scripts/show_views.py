@@ -22,7 +22,8 @@ import torch
 
 from saliencyssl.augment import PRESETS, FrozenPack, SSLAugmentation, TargetRouter, TrainingImages, parse_policy
 from saliencyssl.cache import TargetCache
-from saliencyssl.saliency.options import add_labeller_options, labeller_config_from_args
+from saliencyssl.saliency.options import add_labeller_options, describe_params, labeller_config_from_args
+from saliencyssl.surrogate.pairs import label_command
 from saliencyssl.ssl.backbone import IMAGENET_MEAN, IMAGENET_STD
 from saliencyssl.visualize import image_grid, save_rgb
 
@@ -48,7 +49,10 @@ def main(argv=None) -> int:
 
     if args.count < 1:
         parser.error(f"--count {args.count}: show at least 1 image")
-    policy = parse_policy(args.policy)
+    try:
+        policy = parse_policy(args.policy)
+    except ValueError as error:
+        parser.error(f"--policy: {error}")
     images = TrainingImages(args.data, args.image_size)
     generator = torch.Generator().manual_seed(args.seed)
     candidates = torch.randperm(len(images), generator=generator)
@@ -65,8 +69,14 @@ def main(argv=None) -> int:
         print(pack.report.line())
         candidates = candidates[pack.present_at(candidates)]
         if len(candidates) == 0:
-            print(f"error: no image of {args.data} has a target in {args.cache}; label them with: "
-                  f"python scripts/label.py {args.data} --cache {args.cache}", file=sys.stderr)
+            others = {fp: params for fp, params in TargetCache(args.cache, "probe").fingerprints().items()
+                      if fp != config.fingerprint()}
+            held = "; ".join(f"{fp} ({describe_params(params)})" for fp, params in others.items())
+            print(f"error: no image of {args.data} has a target of labeller {config.fingerprint()} "
+                  f"({describe_params(config.params())}) in {args.cache}; label them with: "
+                  f"{label_command(args.data, args.cache, config.params())}"
+                  + (f", or pass the labeller options of the targets it holds: {held}" if held else ""),
+                  file=sys.stderr)
             return 2
     index = candidates[: args.count]
     x = images.stack()[index]

@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  boundary=args.lambda_boundary, presence=args.lambda_presence,
                                                  support=args.lambda_support),
                              ngf=args.ngf, ndf=args.ndf, select=args.select, ema=args.ema)
+        config.architecture()  # --ngf 0, --ndf 0: refused here, before the pairs are loaded
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

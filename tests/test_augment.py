@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -63,7 +64,7 @@ def test_policy_presets_and_free_probabilities():
     free = parse_policy("sal0.3+default,vflip=0.5,rotation=0.25,view=cut")
     assert (free.saliency, free.vflip, free.rotation, free.view) == (0.3, 0.5, 0.25, "cut")
     for bad, message in (("salt", "unknown policy part"), ("sal1.5", "probability"), ("default,zoom=1", "unknown policy key"),
-                         ("default,view=blobs", "view")):
+                         ("default,view=blobs", "view"), ("sal,blur=high", "'sal,blur=high': blur='high' is not a number")):
         with pytest.raises(ValueError, match=message):
             parse_policy(bad)
 
@@ -261,3 +262,22 @@ def test_empty_and_unreadable_data_give_clear_errors(tmp_path):
     image_set = open_image_set(bad)
     with pytest.raises(ValueError, match="broken.png"):
         TrainingImages(image_set, 32)
+
+
+def test_show_views_draws_images_and_two_views_and_names_the_labeller_it_looked_for(labelled, tmp_path, capsys):
+    import show_views  # scripts/show_views.py
+
+    out = tmp_path / "views.png"
+    args = [str(labelled["data"]), "--cache", str(labelled["root"] / "cache"), "--image-size", str(SIZE),
+            "--count", "4", "--out", str(out)]
+    assert show_views.main(args) == 0
+    grid = np.asarray(Image.open(out))
+    assert grid.shape[0] >= 3 * 64 and grid.std() > 0  # three rows: images, view 1, view 2
+    capsys.readouterr()
+    # Targets of the default labeller only: asking for another one says which it holds and how to label.
+    assert show_views.main(args + ["--min-side", "48"]) == 2
+    err = capsys.readouterr().err
+    assert "--min-side 48" in err and f"it holds: {labelled['labeller'].fingerprint}" in err
+    with pytest.raises(SystemExit):
+        show_views.main(args + ["--policy", "salt"])
+    assert "--policy: unknown policy part" in capsys.readouterr().err

@@ -263,6 +263,7 @@ def test_evaluate_script_end_to_end(tmp_path):
     assert csv_lines[0].startswith("protocol,fraction,n_labelled,accuracy_mean,accuracy_std")
     assert len(csv_lines) == 1 + 6 + 1
     assert "| linear probe | 0.25 | 9 |" in (out / "results.md").read_text()
+    assert "| kNN (k=200, T=0.1) | 0.25 |" in (out / "results.md").read_text()
 
     # second run: features come from the cache
     done = subprocess.run(base + ["--protocol", "knn", "--out", str(tmp_path / "out2")], capture_output=True,
@@ -272,6 +273,10 @@ def test_evaluate_script_end_to_end(tmp_path):
     assert again["meta"]["feature_cache"]["train"]["hit"] is True and again["meta"]["feature_cache"]["test"]["hit"]
     assert set(again) == {"knn", "meta"}
     assert again["knn"]["0.5"] == results["knn"]["0.5"]
+    done = subprocess.run(base + ["--protocol", "knn", "--knn-k", "5", "--out", str(tmp_path / "out3")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| kNN (k=5, T=0.1) | 0.25 |" in (tmp_path / "out3" / "results.md").read_text()  # the k it used
 
 
 def test_evaluate_script_errors_name_the_problem(tmp_path, capsys):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from saliencyssl.cache import TargetCache
 from saliencyssl.embedded import write_embedded_dataset
 from saliencyssl.eval.grid import GridConfig, StaleCellError, cell_state, cells, collect, policy_gap, run_grid
 from saliencyssl.saliency import LabellerConfig
@@ -59,6 +60,13 @@ def test_config_errors_name_the_file_and_key(tmp_path):
         GridConfig.load(_write(tmp_path, method_options={"simclr": {"tau": 0.2}}))
     with pytest.raises(ValueError, match=r"method_options\['simclr'\] must be an object"):
         GridConfig.load(_write(tmp_path, method_options={"simclr": 0.2}))
+    with pytest.raises(ValueError, match="labeller: .*min-side"):
+        GridConfig.load(_write(tmp_path, labeller={"min-side": 32}))
+    with pytest.raises(ValueError, match="pretrain.aug_source: unknown --aug-source 'surrogate,cache'"):
+        GridConfig.load(_write(tmp_path, pretrain={"aug_source": "surrogate,cache"}))
+    with pytest.raises(ValueError, match="needs pretrain.surrogate"):
+        GridConfig.load(_write(tmp_path, pretrain={"aug_source": "cache,surrogate"}))
+    assert GridConfig.load(_write(tmp_path, pretrain={"aug_source": "cache,surrogate", "surrogate": "s.pt"}))
     with pytest.raises(FileNotFoundError, match="configs/"):
         GridConfig.load(tmp_path / "nope.json")
     assert run_grid_cli.main([str(tmp_path / "nope.json")]) == 2
@@ -117,6 +125,12 @@ def test_tiny_grid_runs_collects_and_skips_finished_cells(tmp_path, monkeypatch,
     changed = GridConfig.load(_write(tmp_path, evaluation={**config.evaluation, "fractions": "0.25,1.0"}))
     with pytest.raises(StaleCellError, match="fractions"):
         run_grid(changed, progress=False)
+    changed = GridConfig.load(_write(tmp_path, evaluation={**config.evaluation, "knn_k": 20}))
+    with pytest.raises(StaleCellError, match=r"kNN k, temperature \[200, 0.1\] .config: \[20, 0.1\]."):
+        run_grid(changed, progress=False)
+    changed = GridConfig.load(_write(tmp_path, evaluation={**config.evaluation, "test_limit": 10}))
+    with pytest.raises(StaleCellError, match=r"train_limit, test_limit \[None, None\] .config: \[None, 10\]."):
+        run_grid(changed, progress=False)
     # Targets of another labeller (options or version) make the saliency cell stale, not the default one.
     changed = GridConfig.load(_write(tmp_path, labeller={"min_side": 48}))
     with pytest.raises(StaleCellError, match="simclr__sal/backbone.pt .*labeller_fingerprint.*another labeller"):
@@ -162,6 +176,34 @@ def test_tiny_grid_runs_collects_and_skips_finished_cells(tmp_path, monkeypatch,
         "simclr__default": "stale: method_options {'temperature': 0.2} (config: {})",
         "simclr__sal": "pretrained, evaluated",
         "byol__default": "stale: method_options {} (config: {'momentum_start': 0.9})", "byol__sal": "to do"}
+
+
+def test_a_grid_with_a_surrogate_behind_the_cache_asks_it_for_the_misses(tmp_path):
+    import train_surrogate
+
+    path = _write(tmp_path, methods=[], policies=[], cells=[["simclr", "sal"]], baselines=[])
+    config = GridConfig.load(path)
+    data = Path(config.train)
+    # A cache of a few of the training images and a surrogate trained on it: nothing else is labelled.
+    label_cli = __import__("label")
+    few = tmp_path / "few"
+    few.mkdir()
+    for image in sorted(data.rglob("*.png"))[:6]:
+        (few / image.name).write_bytes(image.read_bytes())
+    assert label_cli.main([str(few), "--cache", str(tmp_path / "few_cache"), "--workers", "0", "--quiet"]) == 0
+    assert train_surrogate.main([str(few), "--cache", str(tmp_path / "few_cache"), "--out", str(tmp_path / "sur"),
+                                 "--epochs", "1", "--batch-size", "2", "--ngf", "4", "--ndf", "4", "--held-out", "0",
+                                 "--quiet"]) == 0
+    raw = json.loads(path.read_text())
+    raw["pretrain"].update(aug_source="cache,surrogate", surrogate=str(tmp_path / "sur" / "surrogate.pt"))
+    raw["cache"] = str(tmp_path / "few_cache")
+    path.write_text(json.dumps(raw))
+    run_grid(GridConfig.load(path), progress=False)
+    history = json.loads((Path(config.out) / "runs" / "simclr__sal" / "history.json").read_text())
+    router = history[0]["router"]
+    assert 0 < router["cache_hits"] <= 6 and router["cache_hits"] + router["surrogate_images"] == router["images"], \
+        "the misses went to the surrogate"
+    assert len(TargetCache(tmp_path / "few_cache", LabellerConfig().fingerprint())) == 6, "nothing else labelled"
 
 
 def test_pretraining_seeds_are_separate_runs_combined_into_one_row(tmp_path, monkeypatch):

@@ -115,8 +115,20 @@ def test_resume_refuses_another_configuration(shapes, tmp_path):
     run.run()
     with pytest.raises(ValueError, match="--image-size"):
         Pretrainer(_config(shapes, tmp_path / "x", epochs=1, image_size=40, resume=True))
+    # The restored optimiser would override a new rate; another seed reorders the batches.
+    with pytest.raises(ValueError, match="--lr None, this run has 0.5"):
+        Pretrainer(_config(shapes, tmp_path / "x", epochs=1, lr=0.5, resume=True))
+    with pytest.raises(ValueError, match="--seed 3, this run has 4"):
+        Pretrainer(_config(shapes, tmp_path / "x", epochs=1, seed=4, resume=True))
+    with pytest.raises(ValueError, match="--policy"):
+        Pretrainer(_config(shapes, tmp_path / "x", epochs=1, policy="default", aug_source="none", resume=True))
     with pytest.raises(ValueError, match="already holds a run.*--resume"):
         Pretrainer(_config(shapes, tmp_path / "x", epochs=1))  # without --resume: refused, nothing overwritten
+
+
+def test_a_batch_of_one_image_per_process_is_refused(shapes, tmp_path):
+    with pytest.raises(ValueError, match="--batch-size 2 or more"):
+        Pretrainer(_config(shapes, tmp_path / "one", batch_size=1))
 
 
 def test_missing_pieces_are_caught_before_the_first_step(shapes, tmp_path, capsys):
@@ -161,7 +173,8 @@ def test_method_options_reach_the_method_and_are_recorded(shapes, tmp_path, caps
     assert pretrain.main(argv[:-1] + [str(tmp_path / "bad"), "--method-option", "feature_dim=256"]) == 2
     assert "feature_dim is set by the backbone" in capsys.readouterr().err
     assert pretrain.main(argv[:-1] + [str(tmp_path / "bad"), "--method-option", "tau=0.9"]) == 2
-    assert "unknown hyperparameter(s) ['tau']" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown hyperparameter(s) ['tau']" in err and "feature_dim" not in err  # only what may be set is listed
     assert pretrain.main(argv[:-1] + [str(tmp_path / "bad"), "--method-option", "momentum_start"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()

@@ -348,6 +348,9 @@ def test_cli_reports_a_cache_without_targets(labelled, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "no target" in err and "scripts/label.py" in err
+    assert train_surrogate.main([str(images), "--cache", str(empty), "--out", str(tmp_path / "run"), "--ngf", "0",
+                                 "--quiet"]) == 2
+    assert "ngf" in capsys.readouterr().err
 
 
 def test_training_is_deterministic(pairs, tmp_path):

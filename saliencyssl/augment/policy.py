@@ -117,7 +117,10 @@ def parse_policy(text: str) -> PolicyConfig:
         key, value = (s.strip() for s in item.split("=", 1))
         if key not in names:
             raise ValueError(f"unknown policy key {key!r}; keys: {', '.join(sorted(names))}")
-        values[key] = value if key == "view" else float(value)
+        try:
+            values[key] = value if key == "view" else float(value)
+        except ValueError:
+            raise ValueError(f"policy {text!r}: {key}={value!r} is not a number") from None
     return PolicyConfig(name=text, **values)
 
 

@@ -121,7 +121,6 @@ class TargetRouter:
 
     def check_ready(self) -> None:
         """Raise :class:`MissingPieceError` if a needed piece is absent (call before training)."""
-        fp = self.labeller.fingerprint if self.labeller is not None else None
         if "cache" in self.sources:
             if self.pack is None:
                 raise MissingPieceError(f"--aug-source {','.join(self.sources)} needs a cache: pass --cache CACHE_DIR "
@@ -134,7 +133,6 @@ class TargetRouter:
                     f"{self.pack.report.misses} of {len(self.pack)} images miss in the cache (labeller fingerprint "
                     f"{self.pack.fingerprint}); label them with: python scripts/label.py {self.data_hint} "
                     f"--cache CACHE_DIR (same labeller options), or use --aug-source cache,surrogate or cache,exact")
-            fp = fp or self.pack.fingerprint
         if "surrogate" in self.sources:
             if self.surrogate is None:
                 raise MissingPieceError(f"--aug-source {','.join(self.sources)} needs a surrogate: pass --surrogate "

@@ -34,6 +34,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from saliencyssl.saliency.options import describe_params
 from saliencyssl.target import Target
 
 MAGIC = b"SSLPACK1"
@@ -166,7 +167,7 @@ def open_pack(path: str | Path, expect_fingerprint: str | None = None) -> PackFi
             raise PackError(f"{path}: damaged pack header ({error})") from error
     if expect_fingerprint is not None and header["fingerprint"] != expect_fingerprint:
         raise PackError(f"{path} holds targets of labeller fingerprint {header['fingerprint']} "
-                        f"({_describe(header.get('params'))}), but {expect_fingerprint} was asked for; "
+                        f"({describe_params(header.get('params'))}), but {expect_fingerprint} was asked for; "
                         f"export a pack with the same labeller options")
     size = path.stat().st_size
     arrays = {}
@@ -180,13 +181,6 @@ def open_pack(path: str | Path, expect_fingerprint: str | None = None) -> PackFi
     return PackFile(path, header["fingerprint"], header.get("params"), list(header["hashes"]),
                     np.asarray(header["shapes"], np.int64).reshape(-1, 2), np.asarray(header["offsets"], np.int64),
                     arrays, header["checksum"])
-
-
-def _describe(params: dict | None) -> str:
-    if not params:
-        return "parameters unknown"
-    keys = ("min_side", "scale", "max_side", "cut_engine")
-    return ", ".join(f"{k}={params.get(k)}" for k in keys if k in params)
 
 
 def verify_pack(pack: PackFile) -> bool:

@@ -128,8 +128,10 @@ def evaluate_classification(s: ClassificationSettings, verbose: bool = True, pro
 
     plots = {}
     if scores:
+        knn_settings = {"k": s.knn_k, "temperature": s.knn_temperature}
         plots["accuracy"] = str(report.plot_fraction_curves(
-            scores, "accuracy", "top-1 test accuracy", out_dir / "accuracy_vs_fraction.png",
+            {report.protocol_title(name, knn_settings): entries for name, entries in scores.items()}, "accuracy",
+            "top-1 test accuracy", out_dir / "accuracy_vs_fraction.png",
             title=f"{Path(s.backbone).name if s.backbone != 'random' else 'random init'}: accuracy vs labels",
             chance=1.0 / n_classes if n_classes else None))
     if tsne_path is not None:
@@ -141,6 +143,7 @@ def evaluate_classification(s: ClassificationSettings, verbose: bool = True, pro
         "datasets": {name: _describe(s, path) for name, s, path in
                      (("train", train_set, s.train), ("test", test_set, s.test)) if s is not None},
         "protocols": protocols, "fractions": [t for t, _ in fractions], "seeds": seeds,
+        "limits": {"train": s.train_limit, "test": s.test_limit},
         "subsets": "class-balanced (round(fraction * class size) per class, at least 1), nested across fractions "
                    "per seed",
         "linear": {"C": s.probe_c, "max_iter": probe.DEFAULT_MAX_ITER, "standardised": True},

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from saliencyssl.target import TargetBatch
+from saliencyssl.target import TargetBatch, region_boundary
 
 #: beta^2 of the mask F-measure.
 F_BETA2 = 0.3
@@ -103,12 +103,7 @@ def mask_scores(pred: torch.Tensor | np.ndarray, exact: torch.Tensor | np.ndarra
 def region_edges(regions: torch.Tensor) -> torch.Tensor:
     """``(N, H, W)`` bool boundary of ``(N, H, W)`` or ``(N, 1, H, W)`` labels (right or lower neighbour differs)."""
     reg = torch.as_tensor(regions)
-    if reg.ndim == 4:
-        reg = reg[:, 0]
-    edge = torch.zeros(reg.shape, dtype=torch.bool, device=reg.device)
-    edge[:, :, :-1] |= reg[:, :, :-1] != reg[:, :, 1:]
-    edge[:, :-1, :] |= reg[:, :-1, :] != reg[:, 1:, :]
-    return edge
+    return region_boundary(reg[:, 0] if reg.ndim == 4 else reg)
 
 
 def _dilate(edge: torch.Tensor, radius: int) -> torch.Tensor:
@@ -230,14 +225,17 @@ def better_than(summary: dict, baseline: dict) -> dict[str, bool | None]:
     return out
 
 
-def fidelity_report(pred: TargetBatch, exact: TargetBatch) -> dict:
+def fidelity_report(pred: TargetBatch, exact: TargetBatch, scores: dict | None = None) -> dict:
     """The summary of ``pred`` against ``exact``, with the predict-nothing baseline beside it.
+
+    Args:
+        scores: :func:`per_image_scores` of ``pred`` against ``exact`` when already computed.
 
     Returns:
         :func:`summarize`'s dict plus ``baseline`` (the same keys for :func:`nothing_like`)
         and ``better_than_baseline`` (:func:`better_than`).
     """
-    summary = summarize(per_image_scores(pred, exact))
+    summary = summarize(scores if scores is not None else per_image_scores(pred, exact))
     baseline = summarize(per_image_scores(nothing_like(exact), exact))
     summary["baseline"] = baseline
     summary["better_than_baseline"] = better_than(summary, baseline)
@@ -376,7 +374,7 @@ def evaluate_surrogate(predictor, images: torch.Tensor, exact: TargetBatch, batc
     prediction = predict_all(predictor, images, batch_size, progress)
     exact = exact.to("cpu")
     scores = per_image_scores(prediction, exact)
-    report = fidelity_report(prediction, exact)
+    report = fidelity_report(prediction, exact, scores)
     return FidelityResult(report=report, scores=scores, prediction=prediction)
 
 

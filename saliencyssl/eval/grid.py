@@ -35,9 +35,10 @@ from typing import Any
 import numpy as np
 
 from saliencyssl.augment import parse_policy
+from saliencyssl.augment.router import parse_sources
 
-_PRETRAIN_KEYS = {"image_size", "epochs", "batch_size", "limit", "device", "amp", "aug_source", "seed", "lr",
-                  "knn_every", "workers"}
+_PRETRAIN_KEYS = {"image_size", "epochs", "batch_size", "limit", "device", "amp", "aug_source", "surrogate", "seed",
+                  "lr", "knn_every", "workers"}
 _EVAL_KEYS = {"fractions", "protocols", "seeds", "train_limit", "test_limit", "device", "batch_size", "knn_k", "no_cache"}
 
 
@@ -135,6 +136,20 @@ class GridConfig:
             bad = sorted(set(section) - allowed)
             if bad:
                 raise ValueError(f"{path}: unknown {key} keys {bad}; allowed: {sorted(allowed)}")
+        from saliencyssl.saliency import LabellerConfig
+
+        try:
+            LabellerConfig(**config.labeller)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: labeller: {error} (keys: min_side, scale, max_side, cut_engine, ...)") from None
+        if "aug_source" in config.pretrain:
+            try:
+                sources = parse_sources(config.pretrain["aug_source"])
+            except ValueError as error:
+                raise ValueError(f"{path}: pretrain.aug_source: {error}") from None
+            if "surrogate" in sources and not config.pretrain.get("surrogate"):
+                raise ValueError(f"{path}: pretrain.aug_source {config.pretrain['aug_source']!r} needs "
+                                 f"pretrain.surrogate (a RUN_DIR/surrogate.pt of scripts/train_surrogate.py)")
         if config.pretrain_seeds is not None:
             seeds = config.pretrain_seeds
             if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) \
@@ -337,7 +352,7 @@ def _comparable(cell: Cell, recorded: dict, expected: dict) -> dict:
 
 def check_finished_evaluation(cell_dir: Path, settings) -> None:
     """Raise :class:`StaleCellError` when ``cell_dir/results.json`` was made with other protocols,
-    fractions or seeds than ``settings`` (a :class:`~saliencyssl.eval.classification.ClassificationSettings`)."""
+    fractions, seeds, kNN ``k`` / temperature or image limits than ``settings`` (a :class:`~saliencyssl.eval.classification.ClassificationSettings`)."""
     from saliencyssl.eval.fractions import parse_fractions
 
     path = cell_dir / "results.json"
@@ -349,6 +364,12 @@ def check_finished_evaluation(cell_dir: Path, settings) -> None:
                 "fractions": [text for text, _ in parse_fractions(settings.fractions)]}
     recorded = {"protocols": sorted(meta.get("protocols", [])), "seeds": meta.get("seeds"),
                 "fractions": meta.get("fractions")}
+    if "knn" in settings.protocols and "knn" in meta:
+        expected["kNN k, temperature"] = [settings.knn_k, settings.knn_temperature]
+        recorded["kNN k, temperature"] = [meta["knn"].get("k"), meta["knn"].get("temperature")]
+    if "limits" in meta:  # results written before the limits were recorded cannot be told apart
+        expected["train_limit, test_limit"] = [settings.train_limit, settings.test_limit]
+        recorded["train_limit, test_limit"] = [meta["limits"].get("train"), meta["limits"].get("test")]
     backbone = meta.get("backbone", {}).get("config", {})
     if settings.backbone == "random" and "seed" in backbone:
         expected["random backbone seed"] = settings.backbone_seed
@@ -450,7 +471,9 @@ def run_grid(config: GridConfig, progress: bool = True, only: list[str] | None =
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{config.results_stem}.json").write_text(json.dumps(asdict(config), indent=2))
     pretrain = dict(config.pretrain)
-    if any(parse_policy(c.policy).uses_saliency for c in todo):
+    # Only a cache-only grid is labelled first: with a surrogate or the exact labeller behind the
+    # cache, the images the cache misses are what those sources are for.
+    if pretrain.get("aug_source", "cache") == "cache" and any(parse_policy(c.policy).uses_saliency for c in todo):
         _label(config, pretrain)
     for i, cell in enumerate(todo, 1):
         seed_note = f", pretraining seed {cell.seed}" if len(config.seeds) > 1 else ""

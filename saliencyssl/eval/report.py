@@ -33,7 +33,16 @@ import numpy as np
 from saliencyssl.eval.fractions import FractionScore
 
 #: Line labels of the classification protocols in tables and plots.
-PROTOCOL_TITLES = {"linear": "linear probe", "knn": "kNN (k=200, T=0.1)", "kmeans": "k-means"}
+PROTOCOL_TITLES = {"linear": "linear probe", "knn": "kNN", "kmeans": "k-means"}
+
+
+def protocol_title(name: str, knn: Mapping[str, Any] | None = None) -> str:
+    """How tables and plots name a protocol; kNN with its ``k`` and temperature when ``knn``
+    (``results.json``'s ``meta["knn"]``) gives them."""
+    title = PROTOCOL_TITLES.get(name, name)
+    if name == "knn" and knn and knn.get("k") is not None:
+        title += f" (k={knn['k']}, T={knn.get('temperature', 0.1):g})"
+    return title
 #: Column titles of the segmentation metrics, in table order.
 SEGMENTATION_TITLES = {"iou": "IoU", "f": "F-measure", "mask_ap": "mask AP", "mask_ap50": "mask AP50",
                        "mask_ap75": "mask AP75", "box_ap": "box AP"}
@@ -160,7 +169,7 @@ def classification_markdown(results: Mapping[str, Any], rows: Sequence[Mapping[s
     fraction_rows = [r for r in rows if r.get("protocol") in ("linear", "knn")]
     if fraction_rows:
         parts += ["## Accuracy against label fraction (mean ± std over seeds)", "",
-                  markdown_table([{**r, "protocol": PROTOCOL_TITLES.get(r["protocol"], r["protocol"]),
+                  markdown_table([{**r, "protocol": protocol_title(r["protocol"], meta.get("knn")),
                                    "accuracy_per_seed": _per_seed(r.get("accuracy_per_seed"))} for r in fraction_rows],
                                  [("protocol", "protocol"), ("label fraction", "fraction"), ("labelled images", "n_labelled"),
                                   ("top-1 accuracy", "accuracy_mean±accuracy_std"), ("per seed", "accuracy_per_seed")]), ""]
@@ -339,6 +348,6 @@ def _write_text(path: Path, text: str) -> Path:
     return path
 
 
-__all__ = ["PROTOCOL_TITLES", "classification_results", "classification_rows", "segmentation_results",
+__all__ = ["PROTOCOL_TITLES", "protocol_title", "classification_results", "classification_rows", "segmentation_results",
            "segmentation_rows", "write_json", "write_csv", "markdown_table", "classification_markdown",
            "segmentation_markdown", "plot_fraction_curves", "plot_tsne", "write_report"]

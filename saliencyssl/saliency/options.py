@@ -49,3 +49,12 @@ def labeller_config_from_args(args: argparse.Namespace) -> LabellerConfig | None
     if all(v is None for v in given.values()):
         return None
     return LabellerConfig(**{k: v for k, v in given.items() if v is not None})
+
+
+def describe_params(params: dict | None) -> str:
+    """The working-size options and cut engine of recorded labeller parameters, for messages
+    (``"min_side=64, scale=None, max_side=None, cut_engine=faithful"``)."""
+    if not params:
+        return "parameters unknown"
+    keys = ("min_side", "scale", "max_side", "cut_engine")
+    return ", ".join(f"{k}={params.get(k)}" for k in keys if k in params)

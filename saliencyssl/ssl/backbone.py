@@ -86,7 +86,8 @@ def load_backbone(path: str | Path, map_location: str | torch.device = "cpu") ->
     """Load a backbone written by :func:`save_backbone`.
 
     ``path`` may also be a plain torchvision ResNet-18 state dict (for example a local ImageNet
-    checkpoint); its ``fc`` weights are dropped and the ImageNet stem is used.
+    checkpoint); its ``fc`` weights are dropped and the stem follows its ``conv1`` kernel (7x7:
+    the ImageNet stem, 3x3: the CIFAR stem).
 
     Raises:
         FileNotFoundError: no such file.

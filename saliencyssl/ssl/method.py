@@ -62,7 +62,7 @@ class OptimizerRecipe:
         scale_with_batch: scale ``base_lr`` linearly by ``batch_size / reference_batch_size``.
         momentum: SGD momentum (ignored for Adam).
         weight_decay: L2 weight decay applied to every trainable parameter.
-        source: where the recipe comes from (shown in docs and errors).
+        source: where the recipe comes from (named in :func:`~saliencyssl.ssl.optim.build_optimizer`'s errors).
     """
 
     kind: str

@@ -96,7 +96,7 @@ def build_optimizer(method: SSLMethod, *, batch_size: int, epochs: int, steps_pe
         lr = recipe.lr_for(batch_size)
     elif isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"build_optimizer: lr must be a positive number or None for the recipe's "
-                         f"({recipe.lr_for(batch_size):g} at batch {batch_size}), got {lr!r}")
+                         f"({recipe.lr_for(batch_size):g} at batch {batch_size}, from the {recipe.source}), got {lr!r}")
     fixed = {id(p) for p in method.fixed_lr_parameters()}
     params = [p for p in method.parameters() if p.requires_grad and id(p) not in fixed]
     if not params:

@@ -161,6 +161,9 @@ class Pretrainer:
         if c.batch_size % world:
             raise ValueError(f"--batch-size {c.batch_size} must be divisible by the {world} processes")
         self.local_batch = c.batch_size // world
+        if self.local_batch < 2:
+            raise ValueError(f"--batch-size {c.batch_size} gives {self.local_batch} image per process; every method "
+                             f"compares the images of a batch: use --batch-size {2 * world} or more")
         self.steps_per_epoch = (n // world) // self.local_batch
         if self.steps_per_epoch == 0:
             raise ValueError(f"--batch-size {c.batch_size} is larger than the {n} images of {c.data} "
@@ -285,8 +288,15 @@ class Pretrainer:
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is not a saliency-ssl pretraining checkpoint; remove it or choose another --out")
         saved = state["config"]
-        for key in ("method", "image_size", "batch_size", "epochs"):
-            if saved.get(key) != getattr(self.config, key):
+        # Everything that shapes the run must be as it was: the restored optimiser and schedule would
+        # override a new --lr, another --seed or --limit reorders the remaining batches, and
+        # backbone.pt would record values the run did not use.
+        for key in ("method", "image_size", "batch_size", "epochs", "lr", "seed", "limit", "data", "policy",
+                    "aug_source", "scale", "max_side", "min_side", "cut_engine"):
+            was, now = saved.get(key), getattr(self.config, key)
+            if key == "data" and was is not None:
+                was, now = str(Path(was).resolve()), str(Path(now).resolve())
+            if key in saved and was != now:
                 raise ValueError(f"{path} was written with --{key.replace('_', '-')} {saved.get(key)}, this run has "
                                  f"{getattr(self.config, key)}; resume with the same value or use another --out")
         from saliencyssl.ssl.registry import changed_method_options

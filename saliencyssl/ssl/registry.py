@@ -66,6 +66,10 @@ def check_method_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     cls = method_class(name)
     if "feature_dim" in options:
         raise ValueError(f"{cls.name}: feature_dim is set by the backbone (512 for the ResNet-18), not an option")
+    valid = {k: v for k, v in cls.default_hparams().items() if k != "feature_dim"}
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"{cls.name}: unknown hyperparameter(s) {unknown}; valid ones are {sorted(valid)} (defaults: {valid})")
     return cls._resolve_hparams(options)
 
 

@@ -30,7 +30,7 @@ import torch
 
 from saliencyssl.datasets import ImageSet, fit_square, open_image_set, target_at_size
 from saliencyssl.saliency.labeller import LABELLER_VERSION, LabellerConfig
-from saliencyssl.target import TARGET_CHANNELS, Target, TargetBatch
+from saliencyssl.target import TARGET_CHANNELS, Target, TargetBatch, region_boundary
 
 #: Salt of the held-out split (changing it changes which images are held out).
 SPLIT_SALT = b"saliency-ssl surrogate held-out v1"
@@ -87,10 +87,7 @@ class TargetTensors:
         With ``support``, a fourth channel follows: 1 where the saliency map is nonzero (what the
         surrogate's support loss learns, :class:`~saliencyssl.surrogate.losses.LossWeights`).
         """
-        reg = self.regions
-        edge = torch.zeros(reg.shape, dtype=torch.bool, device=reg.device)
-        edge[..., :, :-1] |= reg[..., :, :-1] != reg[..., :, 1:]
-        edge[..., :-1, :] |= reg[..., :-1, :] != reg[..., 1:, :]
+        edge = region_boundary(self.regions)
         parts = [self.saliency.float() / 255.0, self.mask.float(), edge.float()]
         if support:
             parts.append((self.saliency > 0).float())
