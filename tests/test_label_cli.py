@@ -191,3 +191,25 @@ def test_files_are_decoded_as_the_originals_imread(tmp_path):
     cv2.imwrite(str(tmp_path / "floats.tif"), floats)
     np.testing.assert_array_equal(read_image(tmp_path / "floats.tif"),
                                   np.rint(floats[:, :, ::-1] * 255).astype(np.uint8))
+
+
+def test_workers_get_absolute_paths(tmp_path, photo, monkeypatch):
+    # A Dask worker on another machine does not share this process's working folder.
+    from saliencyssl.cache.executors import InlineExecutor
+    from saliencyssl.cache.labelling import label_folder
+
+    (tmp_path / "images").mkdir()
+    Image.fromarray(_variants(photo, 1)[0]).save(tmp_path / "images" / "a.png")
+    sent = []
+
+    class Recording(InlineExecutor):
+        def imap_unordered(self, fn, chunks):
+            for chunk in chunks:
+                sent.extend(chunk if fn.__name__ == "hash_files" else [path for path, *_ in chunk[1]])
+                yield fn(chunk)
+
+    monkeypatch.chdir(tmp_path)
+    config = LabellerConfig()
+    summary = label_folder("images", TargetCache("cache", config.fingerprint()), config, executor=Recording(),
+                           progress=False)
+    assert summary.labelled == 1 and sent and all(Path(p).is_absolute() for p in sent)

@@ -14,6 +14,7 @@ resumes where it stopped.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,7 +249,9 @@ def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerCon
     start = time.perf_counter()
     workers = max(1, getattr(executor, "workers", 1))
     size = chunk_size or int(np.clip(len(files) // (8 * workers), 1, 64))
-    str_paths = [str(p) for p in files]
+    # Absolute paths: Dask workers on other machines do not share this process's working folder.
+    root = Path(os.path.abspath(root))
+    str_paths = [os.path.abspath(p) for p in files]
 
     # Pass 1: content hashes.
     hashes: dict[str, str] = {}
