@@ -19,19 +19,16 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from bench_common import cpu_name, emit
-from saliencyssl.cache import TargetCache
+from bench_common import cpu_name, emit, labelling_rate
 from saliencyssl.cache.executors import PoolExecutor
-from saliencyssl.cache.labelling import label_folder
 from saliencyssl.imageio import list_images, read_image
-from saliencyssl.saliency import CUT_ENGINES, LabellerConfig, hc_saliency, rc_saliency, saliency_cut
+from saliencyssl.saliency import CUT_ENGINES, hc_saliency, rc_saliency, saliency_cut
 
 BETA2 = 0.3
 
@@ -74,25 +71,6 @@ def mask_scores(masks: list[np.ndarray], gts: list[np.ndarray]) -> dict:
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     union = (a | b).sum()
     return 1.0 if union == 0 else float((a & b).sum() / union)
-
-
-def _noop(x):
-    return x
-
-
-def throughput(images_dir: Path, workers: int, files: list[Path]) -> float:
-    """Images per second labelled by a warm pool of ``workers`` processes into an empty cache."""
-    config = LabellerConfig()
-    with tempfile.TemporaryDirectory() as tmp:
-        cache = TargetCache(tmp, config.fingerprint())
-        executor = PoolExecutor(workers)
-        list(executor.imap_unordered(_noop, range(4 * workers)))  # start the processes first
-        start = time.perf_counter()
-        summary = label_folder(images_dir, cache, config, executor=executor, paths=files, progress=False,
-                               chunk_size=1)
-        seconds = time.perf_counter() - start
-        executor.close()
-    return summary.labelled / seconds
 
 
 def pct(values, q):
@@ -178,8 +156,8 @@ def main(argv=None) -> int:
                                              **{f"cut_{e}": mask_scores(ours[f"cut_{e}"], gts) for e in engines}}}
 
     if args.scaling:
-        one = throughput(args.images, 1, files)
-        two = throughput(args.images, 2, files)
+        one = labelling_rate(args.images, files, PoolExecutor(1))
+        two = labelling_rate(args.images, files, PoolExecutor(2))
         result["labelling_images_per_second"] = {"1": one, "2": two, "ratio": two / one}
 
     emit(result, args.json)

@@ -101,7 +101,7 @@ def main(argv=None) -> int:
         cache = TargetCache(cache_dir, labeller.fingerprint)
         missing = [i for i, h in enumerate(images.hashes) if h not in cache]
         if missing:
-            paths = getattr(image_set, "paths", None)
+            paths = image_set.paths
             if paths is not None:
                 print(f"labelling {len(missing)} images into {cache_dir} ...", flush=True)
                 executor = make_executor(args.workers)

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import emit
+from bench_common import emit, labelling_rate
 from saliencyssl.augment import FrozenPack, TrainingImages
 from saliencyssl.cache import TargetCache
 from saliencyssl.cache.executors import DaskExecutor, PoolExecutor
@@ -32,22 +32,6 @@ from saliencyssl.cache.labelling import label_folder
 from saliencyssl.cache.packfile import load_pack, write_pack
 from saliencyssl.imageio import list_images
 from saliencyssl.saliency import LabellerConfig
-
-
-def _noop(x):
-    return x
-
-
-def labelling_rate(images: Path, files: list[Path], executor) -> float:
-    config = LabellerConfig()
-    with tempfile.TemporaryDirectory() as tmp:
-        cache = TargetCache(tmp, config.fingerprint())
-        list(executor.imap_unordered(_noop, range(4 * executor.workers)))  # workers up and warm
-        start = time.perf_counter()
-        summary = label_folder(images, cache, config, executor=executor, paths=files, progress=False, chunk_size=1)
-        seconds = time.perf_counter() - start
-    executor.close()
-    return summary.labelled / seconds
 
 
 def du(path: Path) -> int:
@@ -88,7 +72,7 @@ def main(argv=None) -> int:
             from saliencyssl.cache.executors import make_executor
 
             executor = make_executor(2)
-            paths = getattr(data.images, "paths", None)
+            paths = data.images.paths
             label_folder(args.pack_data, cache, config, executor=executor,
                          paths=[paths[i] for i in missing] if paths else None)
             executor.close()

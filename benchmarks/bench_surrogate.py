@@ -7,11 +7,15 @@ For N images from --data brought to --image-size (fit_square), it times:
   one, as scripts/label.py runs it (after one warm-up image);
 - the surrogate's batched predict() (uint8 images in, TargetBatch out: network plus the
   connected-component labelling of the predicted boundaries) and its network alone
-  (predict_channels), after a warm-up batch, best of --repeats passes over the N images.
+  (predict_channels), after a warm-up batch, the median of --repeats passes over the N images.
+
+The speed-up divides the labeller's median per image by the surrogate's; both run on --threads
+threads (torch for the surrogate, OpenCV for the labeller; default 1, as one labelling worker).
 
 The surrogate is a freshly initialised one of the default architecture (Surrogate.fresh), since
 its weights do not change its cost, or --surrogate PATH. On CUDA it also reports images per
-second at 32 and 96 px (--gpu-sizes), fp16 autocast as in training and the router.
+second at 32 and 96 px (--gpu-sizes), fp16 autocast as in training and the router: the loaded
+surrogate at its own size, a fresh one of the same widths at the others ("fresh" in the JSON).
 
 Examples:
   python benchmarks/bench_surrogate.py --data ../shared/data/cifar10/test --num-images 512 \\
@@ -42,20 +46,20 @@ def _sync(device: torch.device) -> None:
 
 
 def time_surrogate(surrogate, images: torch.Tensor, batch_size: int, repeats: int, full: bool) -> float:
-    """Best-of-``repeats`` seconds per image for predict (``full``) or predict_channels."""
+    """Seconds per image for predict (``full``) or predict_channels: the median of ``repeats`` passes."""
     device = surrogate.device
     images = images.to(device)
     fn = surrogate.predict if full else surrogate.predict_channels
     fn(images[:batch_size])  # warm-up (allocations, kernel selection)
     _sync(device)
-    best = float("inf")
+    passes = []
     for _ in range(repeats):
         start = time.perf_counter()
         for i in range(0, len(images), batch_size):
             fn(images[i:i + batch_size])
         _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best / len(images)
+        passes.append(time.perf_counter() - start)
+    return float(np.median(passes)) / len(images)
 
 
 def time_labeller(images: np.ndarray) -> tuple[float, list[float]]:
@@ -114,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="surrogate device: cpu or cuda (default %(default)s)")
     p.add_argument("--surrogate", type=Path, default=None, metavar="PATH",
                    help="time this surrogate.pt instead of a fresh default one (same cost for the same arch)")
-    p.add_argument("--repeats", type=int, default=3, help="passes over the images, best kept (default 3)")
+    p.add_argument("--repeats", type=int, default=3, help="passes over the images, median kept (default 3)")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: one core, as one labeller worker uses; 0 = torch's choice)")
+                   help="torch and OpenCV CPU threads (default 1: one core, as one labeller worker uses; 0 = their "
+                        "own choice)")
     p.add_argument("--gpu-sizes", default="32,96", metavar="S,S",
                    help="on CUDA, also images/s at these sizes (default %(default)s)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the figures as JSON")
@@ -126,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     from saliencyssl.surrogate.model import Surrogate
 
     if args.threads > 0:
+        import cv2
+
         torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)
     device = torch.device(args.device)
     image_set = open_image_set(args.data)
     n = min(args.num_images, len(image_set))
@@ -173,12 +181,15 @@ def main(argv: list[str] | None = None) -> int:
             sized = sized.permute(0, 3, 1, 2).contiguous()
             reps = max(1, 4096 // len(sized))
             sized = sized.repeat(reps, 1, 1, 1)
-            s = Surrogate.fresh(size, device=device)
+            fresh = size != surrogate.image_size
+            widths = {k: v for k, v in surrogate.arch.as_dict().items() if k in ("ngf", "ndf", "max_mult")}
+            s = Surrogate.fresh(size, device=device, **widths) if fresh else surrogate
             per = time_surrogate(s, sized, args.batch_size, args.repeats, full=True)
             per_net = time_surrogate(s, sized, args.batch_size, args.repeats, full=False)
             rates[str(size)] = {"images_per_second": 1.0 / per, "network_images_per_second": 1.0 / per_net,
-                                "images": len(sized)}
-            print(f"GPU {size}px: {1.0 / per:,.0f} images/s predict, {1.0 / per_net:,.0f} images/s network alone")
+                                "images": len(sized), "fresh": fresh, "ngf": s.arch.ngf}
+            print(f"GPU {size}px ({'a fresh' if fresh else 'this'} ngf-{s.arch.ngf} generator): {1.0 / per:,.0f} "
+                  f"images/s predict, {1.0 / per_net:,.0f} images/s network alone")
         result["gpu_images_per_second"] = rates
     emit(result, args.json)
     return 0

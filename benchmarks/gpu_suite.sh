@@ -68,7 +68,9 @@ evaluate() {   # evaluate NAME BACKBONE-ARGS...
         --batch-size 256 --held-out 0.1 --max-minutes "$SURROGATE_MINUTES" --quiet "$@"
   }
   surrogate sur_a &
+  surrogates=($!)
   surrogate sur_b --ngf 32 --lr 1e-3 &
+  surrogates+=($!)
   evaluate random --backbone random --backbone-seed 0 --random-stem cifar --image-size 32 &
   random_eval=$!
 
@@ -104,6 +106,7 @@ EOF
     evaluate "simclr_${p//+/_}" --backbone "$WORK/ssl_${p//+/_}/backbone.pt" & pids+=($!)
   done
   wait "${pids[@]}" "$random_eval"   # not a bare wait: the nvidia-smi logger runs until the end
+  wait "${surrogates[@]}"              # their own time limit ends them: stage 4 reads finished files on a quiet GPU
 
   # 4. on the quiet GPU: surrogate fidelity and speed, then the epoch benchmark
   for s in a b; do

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from saliencyssl.target import Target
 
 from saliencyssl.hashing import content_hash
-from saliencyssl.imageio import ImageDecodeError, list_images, read_image, to_rgb_uint8
+from saliencyssl.imageio import IMAGE_SUFFIXES, ImageDecodeError, list_images, read_image, to_rgb_uint8
 
 CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST_BATCH = "test_batch"
@@ -47,6 +47,7 @@ class ImageSet:
         labels: ``(N,)`` int64, ``-1`` where unlabelled.
         classes: class names, indexed by label.
         root: where the set was opened from.
+        paths: the image files, one per image (``None`` for CIFAR batches, which have none).
     """
 
     names: list[str]
@@ -54,6 +55,7 @@ class ImageSet:
     classes: list[str]
     root: Path
     _load: Callable[[int], np.ndarray] = field(repr=False)
+    paths: list[Path] | None = field(default=None, repr=False)
     _hashes: list[str] | None = field(default=None, repr=False)
     _cached: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
@@ -95,6 +97,7 @@ class ImageSet:
         return ImageSet(
             names=[self.names[i] for i in indices], labels=self.labels[indices].copy(), classes=list(self.classes),
             root=self.root, _load=lambda j: parent.image(indices[j]),
+            paths=[self.paths[i] for i in indices] if self.paths is not None else None,
             _hashes=[hashes[i] for i in indices] if hashes is not None else None,
             _cached={j: self._cached[i] for j, i in enumerate(indices) if i in self._cached})
 
@@ -144,11 +147,12 @@ def open_image_set(path: str | Path, keep_decoded: bool | None = None) -> ImageS
     files = list_images(path)
     if not files:
         raise FileNotFoundError(f"{path} holds no images (looked recursively for "
-                                f"{', '.join(s for s in ('.jpg', '.png', '.bmp', '.tif', '.webp'))}); "
-                                f"check the path")
+                                f"{', '.join(IMAGE_SUFFIXES)}); check the path")
     rel = [f.relative_to(path) for f in files]
     top_dirs = {r.parts[0] for r in rel if len(r.parts) > 1}
-    labelled = all(len(r.parts) > 1 for r in rel) and len(top_dirs) >= 1
+    # Labelled: every image in a class sub-folder, and at least two classes (one sub-folder holding
+    # everything, as in many photo collections, is a layout, not a label).
+    labelled = all(len(r.parts) > 1 for r in rel) and len(top_dirs) >= 2
     if labelled:
         classes = sorted(top_dirs)
         index = {c: i for i, c in enumerate(classes)}
@@ -157,8 +161,7 @@ def open_image_set(path: str | Path, keep_decoded: bool | None = None) -> ImageS
         classes = []
         labels = np.full(len(files), -1, np.int64)
     image_set = ImageSet(names=[r.as_posix() for r in rel], labels=labels, classes=classes, root=path,
-                         _load=lambda i: read_image(files[i]))
-    image_set.paths = files  # type: ignore[attr-defined]
+                         _load=lambda i: read_image(files[i]), paths=files)
     if keep_decoded is None:
         try:
             first = image_set.image(0)

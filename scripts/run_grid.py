@@ -11,11 +11,14 @@ after that. Config keys: docs/evaluation.md, "Grid config files".
 Configs shipped in configs/:
   grid_cifar10_cpu.json            the paper's CIFAR-10 comparison, SimCLR x 4 policies, 114 steps
                                    (about 25 min on 2 free CPU cores)
-  grid_cifar10_cpu_long.json       the same at 312 steps on all 10,000 train images (about 40 min)
+  grid_cifar10_cpu_long.json       the same plus BYOL with default, at 312 steps on all 10,000 train
+                                   images (about 10 min a cell)
   grid_cifar10_cpu_8ep.json        default, sal+default and sal0.5+default at 1,248 steps, pretraining
                                    seeds 0 and 1 (six runs of about 55 min)
   grid_cifar10_cpu_cutview.json    the cut view against the painted segments at 312 steps (shares
                                    grid_cifar10_cpu_long.json's folder; its table is grid_cutview_*)
+  grid_cifar10_cpu_8ep_cutview.json  default, sal+default and the cut view at 1,248 steps, pretraining
+                                   seeds 0 and 1
   grid_cifar10_gpu.json            grid_cifar10_cpu.json's four policies at the paper's budget
                                    (100 epochs) for a GPU
   learning_cifar10_cpu.json        each of the six methods, 114 steps, kNN and linear probe

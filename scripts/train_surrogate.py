@@ -172,9 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"training on {trainer.device}: {trainer.steps_per_epoch} steps per epoch of {args.batch_size}, "
           f"U-Net depth {trainer.arch.depth}, ngf {trainer.arch.ngf}; TensorBoard: tensorboard --logdir {args.out}")
     result = trainer.fit()
+    extra = result.selected_step - result.selected_epoch * trainer.steps_per_epoch  # a budget's partial epoch
+    selected = f"epoch {result.selected_epoch}" + (f" + {extra} steps" if extra > 0 else "")
     print(f"wrote {result.surrogate_path} after {result.epochs_done} epochs, {result.steps} steps, "
-          f"{result.seconds / 60:.1f} min (stopped by {result.stopped_by}); it holds the generator of epoch "
-          f"{result.selected_epoch} ({args.select})")
+          f"{result.seconds / 60:.1f} min (stopped by {result.stopped_by}); it holds the generator of {selected} "
+          f"({args.select})")
     if result.held_out is not None:
         from saliencyssl.eval.fidelity import format_report
 

@@ -297,6 +297,10 @@ def test_evaluate_script_errors_name_the_problem(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(tmp_path / "flat") in err and "no labels" in err and "--protocol kmeans" in err
 
+    # The same images as train and test: the probes would be scored on what they were fitted on.
+    assert evaluate.main(["--backbone", "random", "--test", str(tmp_path / "train"), "--protocol", "knn", *base]) == 2
+    assert "images of --test" in capsys.readouterr().err
+
     with pytest.raises(SystemExit):
         evaluate.main(["--backbone", "random", "--test", str(tmp_path / "train"), "--protocol", "svm"])
     assert "svm" in capsys.readouterr().err
@@ -364,7 +368,8 @@ def test_backbone_files_that_are_not_plain_tensors_are_refused_without_running_t
 
 def test_evaluate_quiet_shows_no_progress_bars(tmp_path, capsys):
     _write_images(tmp_path / "train", per_class=2)
-    base = ["--backbone", "random", "--train", str(tmp_path / "train"), "--test", str(tmp_path / "train"),
+    _write_images(tmp_path / "test", per_class=2, seed=1)
+    base = ["--backbone", "random", "--train", str(tmp_path / "train"), "--test", str(tmp_path / "test"),
             "--protocol", "knn", "--fractions", "1.0", "--seeds", "1", "--no-cache"]
     assert evaluate.main([*base, "--out", str(tmp_path / "loud")]) == 0
     loud = capsys.readouterr()
@@ -404,3 +409,21 @@ def test_feature_spectrum_shares_and_cli(tmp_path, capsys):
     with pytest.raises(SystemExit):
         feature_spectrum.main(["--train", str(tmp_path / "train"), "--test", str(tmp_path / "two"), "random:0"])
     assert "different classes" in capsys.readouterr().err
+
+
+def test_image_folder_layouts_and_subsets_keep_their_files(tmp_path, capsys):
+    from saliencyssl.datasets import open_image_set
+
+    # One sub-folder holding every photo is a layout, not one class.
+    _write_images(tmp_path / "photos" / "all", per_class=2, labelled=False)
+    assert not open_image_set(tmp_path / "photos").has_labels
+    # Two classes are labels; a subset keeps the files behind its images (the grid labels them in parallel).
+    labelled = open_image_set(_write_images(tmp_path / "two", per_class=3, classes=("a", "b")))
+    assert labelled.has_labels and labelled.classes == ["a", "b"]
+    part = labelled.spread(2)
+    assert part.paths is not None and [p.name for p in part.paths] == [n.split("/")[-1] for n in part.names]
+    # A stray image beside the class folders: the error names it.
+    _write_images(tmp_path / "two", per_class=1, classes=("stray",), labelled=False)
+    assert evaluate.main(["--backbone", "random", "--train", str(tmp_path / "two"), "--test", str(tmp_path / "two"),
+                          "--protocol", "linear", "--no-cache", "--out", str(tmp_path / "o")]) == 2
+    assert "1 images lie directly in it, e.g. stray_000.png" in capsys.readouterr().err

@@ -77,6 +77,17 @@ def test_pairs_masks_and_arrays(tmp_path):
         colour[grey, channel] = 255
         cv2.imwrite(str(tmp_path / f"colour{channel}.png"), colour)
         assert np.array_equal(seg.read_mask(tmp_path / f"colour{channel}.png"), grey)
+    # 0/255 stored in 16 bits and index maps (0/1/3) are not read as empty
+    cv2.imwrite(str(tmp_path / "sixteen.png"), grey.astype(np.uint16) * 255)
+    assert np.array_equal(seg.read_mask(tmp_path / "sixteen.png"), grey)
+    index = grey.astype(np.uint8)
+    index[: grey.shape[0] // 2] *= 3
+    cv2.imwrite(str(tmp_path / "index.png"), index)
+    assert np.array_equal(seg.read_mask(tmp_path / "index.png"), grey)
+    # a soft mask keeps the pixels above half the range
+    cv2.imwrite(str(tmp_path / "soft.png"), np.where(grey, 200, 30).astype(np.uint8) + np.arange(grey.shape[1],
+                                                                                                  dtype=np.uint8) % 5)
+    assert np.array_equal(seg.read_mask(tmp_path / "soft.png"), grey)
 
 
 def test_missing_or_mismatched_masks_are_named(tmp_path):

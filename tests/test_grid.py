@@ -10,6 +10,7 @@ import torch
 
 from saliencyssl.cache import TargetCache
 from saliencyssl.embedded import write_embedded_dataset
+from saliencyssl.eval.features import file_digest
 from saliencyssl.eval.grid import GridConfig, StaleCellError, cell_state, cells, collect, policy_gap, run_grid
 from saliencyssl.saliency import LabellerConfig
 from _paths import REPO
@@ -154,12 +155,19 @@ def test_tiny_grid_runs_collects_and_skips_finished_cells(tmp_path, monkeypatch,
     state = torch.load(default_cell.run_dir / "backbone.pt", weights_only=True)
     state["config"]["method_options"] = {"temperature": 0.2}
     torch.save(state, default_cell.run_dir / "backbone.pt")
+    # The evaluation was of the file as it was: another backbone.pt makes it stale ...
+    assert cell_state(optioned, default_cell).startswith("stale: backbone 'file:")
+    # ... until it records this one.
     results = json.loads((default_cell.eval_dir / "results.json").read_text())
     results["meta"]["backbone"]["config"]["method_options"] = {"temperature": 0.2}
+    results["meta"]["backbone"]["identity"] = f"file:{file_digest(default_cell.run_dir / 'backbone.pt')}"
     (default_cell.eval_dir / "results.json").write_text(json.dumps(results))
     state = torch.load(sal_cell.run_dir / "backbone.pt", weights_only=True)
     del state["config"]["method_options"]
     torch.save(state, sal_cell.run_dir / "backbone.pt")
+    results = json.loads((sal_cell.eval_dir / "results.json").read_text())
+    results["meta"]["backbone"]["identity"] = f"file:{file_digest(sal_cell.run_dir / 'backbone.pt')}"
+    (sal_cell.eval_dir / "results.json").write_text(json.dumps(results))
     assert cell_state(optioned, default_cell) == "pretrained, evaluated"
     assert cell_state(optioned, sal_cell).startswith("stale: method_options {}")
     collect(optioned)  # the table names the options the evaluated backbones were pretrained with

@@ -26,7 +26,7 @@ from saliencyssl.cache.codec import decode_target, encode_target
 from saliencyssl.cache.executors import prepare_worker_process
 from saliencyssl.cache.store import TargetCache
 from saliencyssl.hashing import content_hash
-from saliencyssl.imageio import ImageDecodeError, list_images, read_image
+from saliencyssl.imageio import IMAGE_SUFFIXES, ImageDecodeError, list_images, read_image
 from saliencyssl.saliency.labeller import Labeller, LabellerConfig
 
 #: Above this share of images without an object, the summary warns and suggests ``--scale``.
@@ -243,7 +243,7 @@ def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerCon
                          f"taken for images next time; export outside it (e.g. --export {root.name}_maps)")
     files = list(paths) if paths is not None else list_images(root)
     if not files:
-        raise FileNotFoundError(f"no images below {root} (looked for .jpg .png .bmp .tif .webp, recursively)")
+        raise FileNotFoundError(f"no images below {root} (looked for {' '.join(IMAGE_SUFFIXES)}, recursively)")
     executor = executor or InlineExecutor()
     summary = LabelSummary(total=len(files), executor=executor.description)
     start = time.perf_counter()

@@ -77,6 +77,7 @@ def evaluate_classification(s: ClassificationSettings, verbose: bool = True, pro
         train_set = train_set.spread(s.train_limit)
     if supervised:
         require_same_labels(train_set, s.train, test_set, s.test, supervised)
+        require_held_out(train_set, s.train, test_set, s.test)
 
     timings: dict[str, float] = {}
     t0 = time.time()
@@ -192,14 +193,29 @@ def require_same_labels(train_set, train, test_set, test, protocols) -> None:
                          f"{only_train}, only in test: {only_test}); give both the same class sub-folders")
 
 
+#: Share of the test images that may also be training images (exact pixel copies, which real data
+#: sets hold a few of) before the evaluation is refused as scored on what it trained on.
+MAX_SHARED_TEST_SHARE = 0.01
+
+
+def require_held_out(train_set, train, test_set, test) -> None:
+    """Refuse a test set whose images are (beyond :data:`MAX_SHARED_TEST_SHARE`) also in the train set:
+    the same folder twice, or a CIFAR-10 batch folder, which always opens its train batches."""
+    shared = len(set(test_set.hashes()) & set(train_set.hashes()))
+    if shared > MAX_SHARED_TEST_SHARE * len(test_set):
+        raise ValueError(f"{shared} of the {len(test_set)} images of --test {test} are also in --train {train}: the "
+                         f"probes would be scored on images they were fitted on; give a held-out test set (for "
+                         f"CIFAR-10 python batches, the test_batch file: --test {Path(test) / 'test_batch'})")
+
+
 def _require_labels(image_set, path, flag, protocols) -> None:
     if image_set is None or not image_set.has_labels:
-        raise ValueError(f"{flag} {path} has no labels (its images are not in class sub-folders {path}/<class>/...), "
-                         f"but --protocol {','.join(protocols)} needs them; arrange it as {path}/<class>/*.png, or run "
-                         f"--protocol kmeans alone")
-    if len(image_set.classes) < 2:
-        raise ValueError(f"{flag} {path} has only {len(image_set.classes)} class sub-folder; classification needs "
-                         f"at least two")
+        loose = [n for n in (image_set.names if image_set is not None else []) if "/" not in n]
+        why = (f"; {len(loose)} images lie directly in it, e.g. {loose[0]}" if loose and len(loose) < len(image_set)
+               else "")
+        raise ValueError(f"{flag} {path} has no labels (its images are not all in two or more class sub-folders "
+                         f"{path}/<class>/...{why}), but --protocol {','.join(protocols)} needs them; arrange it as "
+                         f"{path}/<class>/*.png, or run --protocol kmeans alone")
 
 
 def _describe(image_set, path) -> dict:

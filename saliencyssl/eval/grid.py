@@ -264,7 +264,7 @@ def _label(config: GridConfig, pretrain: dict) -> None:
     image_set = open_image_set(config.train, keep_decoded=False)
     if pretrain.get("limit"):
         image_set = image_set.spread(int(pretrain["limit"]))
-    paths = getattr(image_set, "paths", None)
+    paths = image_set.paths
     cache = TargetCache(config.cache, labeller.fingerprint(), params=labeller.params())
     if paths is None:  # CIFAR batches: label in this process
         for i, h in enumerate(image_set.hashes()):
@@ -316,7 +316,8 @@ def check_finished_pretraining(cell: Cell, expected: dict) -> None:
     """
     path, recorded = _recorded_config(cell, "backbone.pt")
     recorded.setdefault("method_options", {})  # backbones written before the option had the defaults
-    _compare(path, cell.run_dir, _comparable(cell, recorded, expected), expected)
+    folders = f"{cell.run_dir} and {cell.eval_dir}" if cell.eval_dir.exists() else cell.run_dir
+    _compare(path, folders, _comparable(cell, recorded, expected), expected)
 
 
 def check_started_pretraining(cell: Cell, expected: dict) -> None:
@@ -352,7 +353,8 @@ def _comparable(cell: Cell, recorded: dict, expected: dict) -> dict:
 
 def check_finished_evaluation(cell_dir: Path, settings) -> None:
     """Raise :class:`StaleCellError` when ``cell_dir/results.json`` was made with other protocols,
-    fractions, seeds, kNN ``k`` / temperature or image limits than ``settings`` (a :class:`~saliencyssl.eval.classification.ClassificationSettings`)."""
+    fractions, seeds, kNN ``k`` / temperature, image limits, image size or data, or of another backbone
+    than ``settings`` (a :class:`~saliencyssl.eval.classification.ClassificationSettings`) asks for."""
     from saliencyssl.eval.fractions import parse_fractions
 
     path = cell_dir / "results.json"
@@ -370,14 +372,27 @@ def check_finished_evaluation(cell_dir: Path, settings) -> None:
     if "limits" in meta:  # results written before the limits were recorded cannot be told apart
         expected["train_limit, test_limit"] = [settings.train_limit, settings.test_limit]
         recorded["train_limit, test_limit"] = [meta["limits"].get("train"), meta["limits"].get("test")]
-    backbone = meta.get("backbone", {}).get("config", {})
-    if settings.backbone == "random" and "seed" in backbone:
+    backbone = meta.get("backbone", {})
+    if settings.backbone == "random" and "seed" in backbone.get("config", {}):
         expected["random backbone seed"] = settings.backbone_seed
-        recorded["random backbone seed"] = backbone["seed"]
+        recorded["random backbone seed"] = backbone["config"]["seed"]
+    elif settings.backbone != "random" and "identity" in backbone:
+        # A cell pretrained again (its run folder deleted as a stale cell's message says) has another backbone.
+        from saliencyssl.eval.features import file_digest
+
+        weights = Path(settings.backbone)
+        expected["backbone"] = f"file:{file_digest(weights)}" if weights.is_file() else f"{weights} (not there)"
+        recorded["backbone"] = backbone["identity"]
+    if "image_size" in backbone:
+        expected["image size"], recorded["image size"] = settings.image_size, backbone["image_size"]
+    for name, folder in (("train", settings.train), ("test", settings.test)):
+        if folder is not None and "path" in meta.get("datasets", {}).get(name, {}):
+            expected[f"{name} images"] = str(Path(folder).resolve())
+            recorded[f"{name} images"] = str(Path(meta["datasets"][name]["path"]).resolve())
     _compare(path, cell_dir, recorded, expected)
 
 
-def _compare(path: Path, folder: Path, recorded: dict, expected: dict) -> None:
+def _compare(path: Path, folder: Path | str, recorded: dict, expected: dict) -> None:
     keys = [key for key in recorded if recorded[key] != expected[key]]
     differ = [f"{key} {recorded[key]!r} (config: {expected[key]!r})" for key in keys]
     if differ:

@@ -64,9 +64,10 @@ class MaskPairs:
 
 
 def read_mask(path: str | Path) -> np.ndarray:
-    """A binary mask PNG as ``(H, W)`` bool: values above half the range are foreground
-    (0/255 and 0/1 masks both work). In a colour mask a pixel is foreground when any colour
-    channel is above half the range (so a red, green or white object on black all work); an
+    """A mask PNG as ``(H, W)`` bool. A mask of two values (0/255, 0/1, 0/255 stored in 16 bits)
+    or of small integers (an index map such as 0/1/3) has every non-zero pixel as foreground; a
+    soft (anti-aliased) mask has the values above half its type's range. In a colour mask a pixel
+    counts by its largest colour channel (so a red, green or white object on black all work); an
     alpha channel is ignored.
 
     Raises:
@@ -78,11 +79,13 @@ def read_mask(path: str | Path) -> np.ndarray:
     data = np.fromfile(path, dtype=np.uint8) if path.is_file() else np.zeros(0, np.uint8)
     mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if mask is None:
-        raise ValueError(f"{path}: cannot decode the mask; masks must be binary PNGs (foreground 255 or 1)")
+        raise ValueError(f"{path}: cannot decode the mask; masks must be PNGs, foreground non-zero")
     if mask.ndim == 3:
         mask = mask[:, :, :3].max(axis=2)
-    top = 1 if mask.max() <= 1 else (65535 if mask.dtype == np.uint16 else 255)
-    return mask > top / 2
+    values = np.unique(mask)
+    if len(values) <= 2 or values[-1] < 16:
+        return mask > 0
+    return mask > (65535 if mask.dtype == np.uint16 else 255) / 2
 
 
 def load_mask_pairs(images_dir: str | Path, masks_dir: str | Path) -> MaskPairs:

@@ -162,7 +162,9 @@ class TrainResult:
         stopped_by: ``"epochs"`` or ``"time budget"``.
         held_out: the held-out fidelity report of the generator in ``surrogate.pt`` (``None``
             without a held-out split).
-        selected_epoch: the epoch whose generator ``surrogate.pt`` holds.
+        selected_epoch: the complete epochs behind the generator ``surrogate.pt`` holds.
+        selected_step: its optimiser step (past the end of ``selected_epoch`` when a time budget
+            cut the next epoch short and that partial generator scored best).
     """
 
     surrogate_path: Path
@@ -172,6 +174,7 @@ class TrainResult:
     stopped_by: str
     held_out: dict | None
     selected_epoch: int = 0
+    selected_step: int = 0
 
 
 class SurrogateTrainer:
@@ -465,7 +468,8 @@ class SurrogateTrainer:
         return True
 
     def save_final(self, stopped_by: str) -> tuple[Path, int, dict | None]:
-        """Write ``RUN_DIR/surrogate.pt``: the best (or last) generator and its metadata.
+        """Write ``RUN_DIR/surrogate.pt``: the best (or last) generator and its metadata (its
+        ``step`` says where it was taken, ``selected_epoch`` how many epochs were complete).
 
         Returns:
             ``(path, selected epoch, its held-out report)``.
@@ -596,8 +600,10 @@ class SurrogateTrainer:
             writer.flush()
             writer.close()
             self._writer = None
+        selected_step = int(self.best["step"]) if self.config.select == "best" and self.best else self.step
         return TrainResult(surrogate_path=path, epochs_done=self.epoch, steps=self.step, seconds=self.elapsed,
-                           stopped_by=stopped_by, held_out=report, selected_epoch=selected)
+                           stopped_by=stopped_by, held_out=report, selected_epoch=selected,
+                           selected_step=selected_step)
 
 
 #: Options that shape a run's trajectory, with the flag that sets each: a resumed run must keep
