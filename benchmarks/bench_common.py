@@ -13,6 +13,13 @@ from pathlib import Path
 import torch
 
 
+def sync(device: str | torch.device) -> None:
+    """Wait for a CUDA device's queued work, so that a clock read after it is honest (no-op on the CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def cpu_name() -> str:
     """The CPU's model name (``/proc/cpuinfo`` on Linux), else what :mod:`platform` knows."""
     try:

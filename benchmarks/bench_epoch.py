@@ -60,8 +60,11 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--workers", type=int, default=default_workers(), help="exact-labelling processes")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's choice)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     if args.rounds < 1 or args.epochs < 1:
         parser.error("--rounds and --epochs must be at least 1")
@@ -73,7 +76,10 @@ def main(argv=None) -> int:
     sources = [s for s in args.sources.split(",") if s]
     result = {"device": device_name(args.device), "torch": torch.__version__, "num_images": n,
               "image_size": args.image_size, "batch_size": args.batch_size, "method": args.method,
-              "policy": policy.name, "epochs": args.epochs, "seconds_per_epoch": {}, "seconds_split": {}}
+              "policy": policy.name, "epochs": args.epochs, "sources": sources, "amp": args.amp,
+              "threads": torch.get_num_threads(), "workers": args.workers,
+              "surrogate": str(args.surrogate) if args.surrogate else "fresh default",
+              "seconds_per_epoch": {}, "seconds_split": {}}
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

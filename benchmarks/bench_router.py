@@ -24,24 +24,18 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench_common import device_name, emit
+from bench_common import device_name, emit, saliency_policy, sync
 from saliencyssl.augment import FrozenPack, SSLAugmentation, TargetRouter, TrainingImages, parse_policy
 from saliencyssl.cache import TargetCache
 from saliencyssl.cache.executors import default_workers, make_executor
 from saliencyssl.cache.labelling import label_folder
 from saliencyssl.datasets import open_image_set
 from saliencyssl.saliency import Labeller, LabellerConfig
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_sources(setups: dict, images: torch.Tensor, batches: list, device: torch.device) -> dict[str, float]:
@@ -121,9 +115,9 @@ def main(argv=None) -> int:
     else:
         surrogate = Surrogate.fresh(args.image_size, labeller.fingerprint, device=device)
 
-    config = parse_policy(args.policy)
+    config = saliency_policy(parser, args.policy)
     augment = SSLAugmentation(config, args.image_size).to(device)
-    augment_plain = SSLAugmentation(replace(config, saliency=0.0), args.image_size).to(device)
+    augment_plain = SSLAugmentation(parse_policy(f"{config.name},saliency=0"), args.image_size).to(device)
     n = len(images)
     order = torch.randperm(n)
     batches = [order[(i * args.batch_size) % n:][: args.batch_size] for i in range(args.batches + 1)]

@@ -37,12 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench_common import cpu_name, device_name, emit  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from bench_common import cpu_name, device_name, emit, sync  # noqa: E402
 
 
 def time_surrogate(surrogate, images: torch.Tensor, batch_size: int, repeats: int, full: bool) -> float:
@@ -51,13 +46,13 @@ def time_surrogate(surrogate, images: torch.Tensor, batch_size: int, repeats: in
     images = images.to(device)
     fn = surrogate.predict if full else surrogate.predict_channels
     fn(images[:batch_size])  # warm-up (allocations, kernel selection)
-    _sync(device)
+    sync(device)
     passes = []
     for _ in range(repeats):
         start = time.perf_counter()
         for i in range(0, len(images), batch_size):
             fn(images[i:i + batch_size])
-        _sync(device)
+        sync(device)
         passes.append(time.perf_counter() - start)
     return float(np.median(passes)) / len(images)
 

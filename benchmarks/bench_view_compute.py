@@ -48,8 +48,11 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's choice)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     if args.batches < 1 or args.rounds < 2:
         parser.error("--batches must be at least 1 and --rounds at least 2 (the first is a warm-up)")
@@ -73,6 +76,7 @@ def main(argv=None) -> int:
 
     result = {"device": device_name(args.device), "torch": torch.__version__, "image_size": args.image_size,
               "batch_size": args.batch_size, "method": args.method, "policy": policy.name, "amp": args.amp,
+              "threads": torch.get_num_threads(),
               "steps_per_kind": len(seconds["sal"]),
               "median_seconds_per_step": {k: float(np.median(s)) for k, s in seconds.items()},
               "mean_seconds_per_step": {k: float(np.mean(s)) for k, s in seconds.items()}}

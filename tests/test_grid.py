@@ -132,6 +132,13 @@ def test_tiny_grid_runs_collects_and_skips_finished_cells(tmp_path, monkeypatch,
     changed = GridConfig.load(_write(tmp_path, evaluation={**config.evaluation, "test_limit": 10}))
     with pytest.raises(StaleCellError, match=r"train_limit, test_limit \[None, None\] .config: \[None, 10\]."):
         run_grid(changed, progress=False)
+    # Other training images: another backbone.
+    import shutil
+
+    shutil.copytree(config.train, tmp_path / "train_copy")
+    changed = GridConfig.load(_write(tmp_path, train=str(tmp_path / "train_copy")))
+    with pytest.raises(StaleCellError, match="data '.*/train' .config: '.*/train_copy'."):
+        run_grid(changed, progress=False)
     # Targets of another labeller (options or version) make the saliency cell stale, not the default one.
     changed = GridConfig.load(_write(tmp_path, labeller={"min_side": 48}))
     with pytest.raises(StaleCellError, match="simclr__sal/backbone.pt .*labeller_fingerprint.*another labeller"):

@@ -304,7 +304,7 @@ class StaleCellError(ValueError):
 
 #: Pretraining settings a finished cell's ``backbone.pt`` records and the grid compares (the
 #: labeller fingerprint only for saliency policies: the others never asked for a target).
-_RECORDED_PRETRAIN_KEYS = ("method", "policy", "epochs", "batch_size", "seed", "image_size", "lr", "limit",
+_RECORDED_PRETRAIN_KEYS = ("method", "policy", "data", "epochs", "batch_size", "seed", "image_size", "lr", "limit",
                            "method_options", "labeller_fingerprint")
 
 
@@ -348,6 +348,8 @@ def _comparable(cell: Cell, recorded: dict, expected: dict) -> dict:
     recorded = {k: recorded[k] for k in _RECORDED_PRETRAIN_KEYS if k in recorded and k in expected}
     if "method_options" in recorded:
         recorded["method_options"] = changed_method_options(cell.method, recorded["method_options"])
+    if "data" in recorded:
+        recorded["data"] = str(Path(recorded["data"]).resolve())
     return recorded
 
 
@@ -409,6 +411,7 @@ def _pretrain_settings(config: GridConfig, cell: Cell) -> dict:
 
     settings = dict(config.pretrain, image_size=config.image_size)
     settings = {**settings, "method": cell.method, "policy": cell.policy, "seed": cell.seed,
+                "data": str(Path(config.train).resolve()),
                 "lr": settings.get("lr"), "limit": settings.get("limit"),
                 "method_options": changed_method_options(cell.method, config.method_options.get(cell.method))}
     if parse_policy(cell.policy).uses_saliency:
