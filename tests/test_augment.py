@@ -167,7 +167,8 @@ def test_segments_view_paints_regions_with_permuted_palette(labelled):
     images, targets = _batch(labelled)
     view = SaliencyView("segments", p=1.0)
     g = torch.Generator().manual_seed(0)
-    a = view(images, targets, view.generate_parameters(len(images), generator=g))
+    params = view.generate_parameters(len(images), generator=g)
+    a = view(images, targets, params)
     b = view(images, targets, view.generate_parameters(len(images), generator=g))
     assert a.shape == images.shape and 0 <= a.min() and a.max() <= 1
     assert not torch.allclose(a, b), "palette permuted and jittered per view"
@@ -179,11 +180,18 @@ def test_segments_view_paints_regions_with_permuted_palette(labelled):
                 sel = (regions == r) & part
                 if sel.sum() > 1:
                     assert torch.allclose(colours[sel], colours[sel][0].expand_as(colours[sel]), atol=1e-6)
-    # Salient pixels are brighter than the background on average (the background is dimmed).
-    i = len(images) - 1
-    m = targets.mask[i, 0]
-    if m.any() and (~m).any():
-        assert a[i][:, m].mean() > 0.9 * a[i][:, ~m].mean()
+    # The background is the same painting dimmed by the view's factor; the object keeps its colours.
+    everything = TargetBatch(targets.saliency, torch.ones_like(targets.mask), targets.regions)
+    undimmed = view(images, everything, params)
+    dim = params["dim"].view(-1, 1, 1, 1)
+    assert (params["dim"] < 1).all() and targets.mask.any() and (~targets.mask).any()
+    assert torch.allclose(a, torch.where(targets.mask, undimmed, undimmed * dim), atol=1e-6)
+    # Regions in different palette slots get different colours.
+    for i in range(len(images)):
+        colours = undimmed[i].permute(1, 2, 0)
+        first = {int(r): colours[targets.regions[i, 0] == r][0] for r in targets.regions[i, 0].unique()[:6]}
+        slots = {r % view.palette.shape[0] for r in first}
+        assert len({tuple(c.tolist()) for c in first.values()}) == len(slots)
 
 
 def test_cut_and_saliency_views(labelled):
@@ -225,11 +233,22 @@ def test_one_renderer_for_cache_and_surrogate_layouts(labelled):
 
 
 def test_policy_applies_saliency_before_geometry(labelled):
+    from saliencyssl.ssl.backbone import to_model_input
+
     images, targets = _batch(labelled)
+    # The view is rendered from the target of the image as it is, then flipped with it: the flipped
+    # cut, not a cut of the flipped image with the unflipped mask.
+    flip_after = SSLAugmentation("sal,hflip=1,view=cut", SIZE)
     torch.manual_seed(0)
+    out = flip_after(images, targets)
+    torch.manual_seed(0)
+    expected = to_model_input(flip_after.saliency(images, targets).flip(-1))
+    assert torch.allclose(out, expected, atol=1e-5)
+    torch.manual_seed(0)
+    assert not torch.allclose(out, to_model_input(flip_after.saliency(images.flip(-1), targets)),
+                              atol=1e-3)
     sal_only = SSLAugmentation("sal", SIZE)
-    out = sal_only(images, targets)
-    assert out.shape == images.shape and out.dtype == torch.float32
+    assert sal_only(images, targets).shape == images.shape
     default = SSLAugmentation("sal+default", SIZE)
     v1, v2 = default(images, targets), default(images, targets)
     assert not torch.allclose(v1, v2)

@@ -11,7 +11,7 @@ import torch
 
 from saliencyssl.cache import TargetCache
 from saliencyssl.eval.fidelity import (boundary_scores, fidelity_grid, fidelity_report, mask_scores, nothing_like,
-                                       per_image_scores, region_edges, worst_decile)
+                                       per_image_scores, rank_images, region_edges, worst_decile)
 from saliencyssl.saliency import Labeller, LabellerConfig
 from saliencyssl.surrogate.model import Surrogate
 from saliencyssl.target import TargetBatch
@@ -136,6 +136,10 @@ def test_grid_shows_best_and_worst_rows():
     pred = batch([square(16, 2, 2, 8), np.zeros((16, 16), bool), np.zeros((16, 16), bool)])
     scores = per_image_scores(pred, exact)
     images = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+    # Best: the perfect prediction of a present mask (image 0), not the agreed empty one (image 2);
+    # worst: the missed mask (image 1).
+    best, worst = rank_images(scores, 1)
+    assert best.tolist() == [0] and worst.tolist() == [1]
     grid = fidelity_grid(images, exact, pred, scores, k=1, tile=32)
     assert grid.dtype == np.uint8 and grid.ndim == 3 and grid.shape[0] > 2 * 32
 

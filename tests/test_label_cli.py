@@ -76,13 +76,18 @@ def test_odd_files_are_converted_and_failures_named(odd_folder, tmp_path, capsys
     assert status == 1 and "labelled now        0" in out and "already cached      7" in out
 
 
-def test_pool_labels_the_same_targets_as_in_process(tmp_path, photo):
+def test_pool_labels_the_same_targets_as_in_process(tmp_path, photo, capsys):
     root = tmp_path / "images"
     root.mkdir()
     for i, img in enumerate(_variants(photo, 4)):
         Image.fromarray(img).save(root / f"{i}.png")
-    assert label.main([str(root), "--cache", str(tmp_path / "a"), "--workers", "0", "--quiet"]) == 0
-    assert label.main([str(root), "--cache", str(tmp_path / "b"), "--workers", "2", "--quiet"]) == 0
+    (root / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" * 3)
+    for cache, workers in (("a", "0"), ("b", "2")):  # a file that fails in a worker process is named too
+        assert label.main([str(root), "--cache", str(tmp_path / cache), "--workers", workers, "--quiet"]) == 1
+        out = capsys.readouterr().out
+        assert "corrupt.jpg" in out and "labelled now        4" in out, workers
+    assert label.main([str(root), "--cache", str(tmp_path / "c"), "--workers", "-1", "--quiet"]) == 2
+    assert "--workers -1" in capsys.readouterr().err
     fp = LabellerConfig().fingerprint()
     a, b = TargetCache(tmp_path / "a", fp), TargetCache(tmp_path / "b", fp)
     assert sorted(a.hashes()) == sorted(b.hashes()) and len(a) == 4

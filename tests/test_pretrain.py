@@ -126,6 +126,18 @@ def test_resume_refuses_another_configuration(shapes, tmp_path):
         Pretrainer(_config(shapes, tmp_path / "x", epochs=1))  # without --resume: refused, nothing overwritten
 
 
+def test_resume_without_a_checkpoint_starts_afresh_and_a_damaged_one_is_named(shapes, tmp_path):
+    fresh = Pretrainer(_config(shapes, tmp_path / "new", epochs=1, resume=True))
+    assert fresh.start_epoch == 0
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"bad/checkpoint.pt cannot be read.*remove it"):
+        Pretrainer(_config(shapes, tmp_path / "bad", epochs=1, resume=True))
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "bad" / "checkpoint.pt")  # readable, but something else
+    with pytest.raises(ValueError, match="is not a saliency-ssl pretraining checkpoint"):
+        Pretrainer(_config(shapes, tmp_path / "bad", epochs=1, resume=True))
+
+
 def test_a_batch_of_one_image_per_process_is_refused(shapes, tmp_path):
     with pytest.raises(ValueError, match="--batch-size 2 or more"):
         Pretrainer(_config(shapes, tmp_path / "one", batch_size=1))
@@ -207,6 +219,8 @@ def test_two_processes_on_gloo(shapes, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     history = json.loads((out / "history.json").read_text())
     assert history[0]["steps"] == 4, "each of 2 processes takes 4 steps of 4 images"
+    # What one process alone would not give: rank 0 served half of the 32 images (its router's counters).
+    assert history[0]["router"]["cache_hits"] == 16
     assert (out / "backbone.pt").is_file()
 
 

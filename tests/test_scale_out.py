@@ -23,7 +23,12 @@ from saliencyssl.cache.labelling import label_folder
 from saliencyssl.cache.packfile import PackError, load_pack, open_pack, verify_pack, write_pack
 from saliencyssl.saliency import LabellerConfig
 
-pytest.importorskip("distributed", reason="needs dask.distributed: pip install 'saliency-ssl[cluster]'")
+try:
+    import distributed  # noqa: F401
+except ImportError:
+    distributed = None
+needs_dask = pytest.mark.skipif(distributed is None,
+                                reason="needs dask.distributed: pip install 'saliency-ssl[cluster]'")
 
 from _paths import REPO
 import cache as cache_cli  # noqa: E402  (scripts/cache.py; pytest's pythonpath has scripts/)
@@ -37,6 +42,7 @@ def _write_variants(root: Path, photo: np.ndarray, n: int, size=(96, 144)) -> Pa
     return root
 
 
+@needs_dask
 def test_local_cluster_gives_the_same_targets_bit_for_bit(tmp_path, photo):
     images = _write_variants(tmp_path / "images", photo, 6)
     config = LabellerConfig()
@@ -59,6 +65,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@needs_dask
 def test_a_killed_dask_worker_loses_no_finished_target(tmp_path, photo):
     images = _write_variants(tmp_path / "images", photo, 14, size=(150, 225))
     dask = str(Path(sys.executable).parent / "dask")

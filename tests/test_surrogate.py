@@ -294,7 +294,7 @@ def test_max_minutes_stops_and_still_writes_the_surrogate(labelled, tmp_path, ca
     assert surrogate.meta["stopped_by"] == "time budget" and surrogate.meta["n_train"] + surrogate.meta[
         "n_held_out"] == 10
     assert (out / "last.pt").is_file() and list((out / "tensorboard").iterdir())
-    assert surrogate.meta["seconds"] < 20
+    assert surrogate.meta["seconds"] >= 0.03 * 60  # it trained until the budget, not less
 
 
 def test_resume_continues_from_the_saved_epoch(labelled, tmp_path, capsys):
@@ -521,7 +521,8 @@ def test_speed_benchmark_compares_with_the_labeller_unless_told_not_to(labelled,
     common = ["--data", str(images), "--num-images", "4", "--batch-size", "4", "--repeats", "1"]
     assert bench_surrogate.main([*common, "--labeller-images", "2", "--json", str(tmp_path / "with.json")]) == 0
     with_labeller = json.loads((tmp_path / "with.json").read_text())
-    assert with_labeller["labeller_images"] == 2 and with_labeller["speedup"] > 0
+    assert with_labeller["labeller_images"] == 2 and with_labeller["speedup"] == pytest.approx(
+        with_labeller["labeller_ms_per_image"] / with_labeller["surrogate_ms_per_image"])
     assert bench_surrogate.main([*common, "--labeller-images", "0", "--json", str(tmp_path / "without.json")]) == 0
     without = json.loads((tmp_path / "without.json").read_text())
     assert without["surrogate_ms_per_image"] > 0
