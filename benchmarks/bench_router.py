@@ -74,6 +74,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
+    config = saliency_policy(parser, args.policy)  # before any labelling
     device = torch.device(args.device)
     torch.manual_seed(0)
     image_set = open_image_set(args.data)
@@ -111,11 +112,13 @@ def main(argv=None) -> int:
     from saliencyssl.surrogate import Surrogate
 
     if args.surrogate:
-        surrogate = Surrogate.load(args.surrogate, device=device)
+        try:
+            surrogate = Surrogate.load(args.surrogate, device=device, expect_image_size=args.image_size)
+        except (FileNotFoundError, ValueError) as error:  # another image size: the router would refuse it
+            parser.error(str(error))
     else:
         surrogate = Surrogate.fresh(args.image_size, labeller.fingerprint, device=device)
 
-    config = saliency_policy(parser, args.policy)
     augment = SSLAugmentation(config, args.image_size).to(device)
     augment_plain = SSLAugmentation(parse_policy(f"{config.name},saliency=0"), args.image_size).to(device)
     n = len(images)

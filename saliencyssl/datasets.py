@@ -7,11 +7,13 @@ never hashes per iteration.
 
 Layouts understood by :func:`open_image_set`:
 
-- a folder whose sub-folders hold the images (``train/cat/*.png``): one class per sub-folder,
-  named by the sub-folder, labels numbered in sorted name order;
-- any other folder of images (searched recursively): unlabelled;
+- a folder whose sub-folders hold every image (``train/cat/*.png``), two or more of them: one
+  class per sub-folder, named by the sub-folder, labels numbered in sorted name order;
+- any other folder of images (searched recursively; one sub-folder holding everything, or images
+  beside the class folders): unlabelled;
 - a folder holding CIFAR-10's python batches (``data_batch_1`` ... ``data_batch_5``,
-  ``test_batch``, as in ``cifar-10-batches-py``), or the path of one batch file.
+  ``test_batch``, as in ``cifar-10-batches-py``): its train batches (``test_batch`` alone when only
+  it is there), or the path of one batch file.
 
 For training at one size, :func:`fit_square` resizes the shorter side and centre-crops, and
 :meth:`ImageSet.stack` returns every image at that size as one ``(N, 3, S, S)`` uint8 tensor.

@@ -30,7 +30,7 @@ examples:
       --images data/salbench/images --masks data/salbench/masks --fractions 0.2,0.5,1.0 --epochs 40 \\
       --out runs/simclr/seg_maskrcnn
 
-data: --masks holds one binary PNG per image (foreground 255 or 1), with the image's relative path
+data: --masks holds one PNG per image (foreground non-zero), with the image's relative path
 and stem and the suffix .png (images/0001.jpg -> masks/0001.png). An image without a mask is an
 error that names it. Images and masks are resized so the shorter side is --image-size, then
 centre-cropped to a square; scores are computed at that size.

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config.method_options = parse_method_options(args.method_option)
         trainer = Pretrainer(config)
-    except (MissingPieceError, FileNotFoundError, ValueError) as error:
+    except (MissingPieceError, OSError, ValueError) as error:  # OSError: a cache.db that cannot be opened
         print(f"error: {error}", file=sys.stderr)
         return 2
     from saliencyssl.ssl.distributed import cleanup

@@ -42,7 +42,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from saliencyssl.eval.grid import GridConfig, StaleCellError, cell_state, cells, collect, run_grid, select_cells
+from saliencyssl.augment import MissingPieceError
+from saliencyssl.eval.grid import GridConfig, cell_state, cells, collect, run_grid, select_cells
 
 
 def main(argv=None) -> int:
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
             return 2
         try:
             rows = run_grid(config, progress=not args.quiet, only=only)
-        except StaleCellError as error:  # a finished cell made with other settings: say which, and the fix
+        except (MissingPieceError, OSError, ValueError) as error:  # StaleCellError too: it names the fix
             print(f"error: {error}", file=sys.stderr)
             return 2
         if only is not None:

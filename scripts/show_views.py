@@ -64,8 +64,13 @@ def main(argv=None) -> int:
         if not TargetCache.exists(args.cache):
             parser.error(f"--cache {args.cache} is not a cache folder (no cache.db); fill it with: "
                          f"python scripts/label.py {args.data} --cache {args.cache}")
-        config = labeller_config_from_args(args)
-        pack = FrozenPack.build(images.hashes, TargetCache(args.cache, config.fingerprint()), args.image_size)
+        try:
+            config = labeller_config_from_args(args)
+            cache = TargetCache(args.cache, config.fingerprint())
+        except (OSError, ValueError) as error:  # a bad labeller option, a cache.db that cannot be opened
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        pack = FrozenPack.build(images.hashes, cache, args.image_size)
         print(pack.report.line())
         candidates = candidates[pack.present_at(candidates)]
         if len(candidates) == 0:

@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pairs = load_pairs(args.images, args.cache, args.size, config=labeller_config_from_args(args), limit=args.limit,
                            progress=not args.quiet)
-    except (MissingTargetsError, FileNotFoundError, ValueError) as error:
+    except (MissingTargetsError, OSError, ValueError) as error:  # OSError: a cache.db that cannot be opened
         print(f"error: {error}", file=sys.stderr)
         return 2
     for line in describe_misses(pairs):

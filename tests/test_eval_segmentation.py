@@ -84,6 +84,10 @@ def test_pairs_masks_and_arrays(tmp_path):
     index[: grey.shape[0] // 2] *= 3
     cv2.imwrite(str(tmp_path / "index.png"), index)
     assert np.array_equal(seg.read_mask(tmp_path / "index.png"), grey)
+    void = index.copy()
+    void[0, :] = 255  # VOC's "void" border is not an object
+    cv2.imwrite(str(tmp_path / "void.png"), void)
+    assert np.array_equal(seg.read_mask(tmp_path / "void.png"), grey & (void != 255))
     # a soft mask keeps the pixels above half the range
     cv2.imwrite(str(tmp_path / "soft.png"), np.where(grey, 200, 30).astype(np.uint8) + np.arange(grey.shape[1],
                                                                                                   dtype=np.uint8) % 5)

@@ -61,7 +61,7 @@ def test_config_errors_name_the_file_and_key(tmp_path):
         GridConfig.load(_write(tmp_path, method_options={"simclr": {"tau": 0.2}}))
     with pytest.raises(ValueError, match=r"method_options\['simclr'\] must be an object"):
         GridConfig.load(_write(tmp_path, method_options={"simclr": 0.2}))
-    with pytest.raises(ValueError, match="labeller: .*min-side"):
+    with pytest.raises(ValueError, match="labeller must be an object with keys among min_side.*unknown: .'min-side'."):
         GridConfig.load(_write(tmp_path, labeller={"min-side": 32}))
     with pytest.raises(ValueError, match="pretrain.aug_source: unknown --aug-source 'surrogate,cache'"):
         GridConfig.load(_write(tmp_path, pretrain={"aug_source": "surrogate,cache"}))
@@ -191,6 +191,17 @@ def test_tiny_grid_runs_collects_and_skips_finished_cells(tmp_path, monkeypatch,
         "simclr__default": "stale: method_options {'temperature': 0.2} (config: {})",
         "simclr__sal": "pretrained, evaluated",
         "byol__default": "stale: method_options {} (config: {'momentum_start': 0.9})", "byol__sal": "to do"}
+    # An unfinished saliency run started with other labeller options or another source: stale, not "resumes"
+    # (pretrain.py would refuse to resume it).
+    byol_sal = next(c for c in cells(mixed) if c.name == "byol__sal")
+    byol_sal.run_dir.mkdir(parents=True)
+    started = {"epochs": 1, "method_options": {"momentum_start": 0.9}, "min_side": 48, "scale": None,
+               "max_side": None, "cut_engine": "faithful", "aug_source": "cache"}
+    torch.save({"config": started}, byol_sal.run_dir / "checkpoint.pt")
+    assert cell_state(mixed, byol_sal).startswith(f"stale: labeller_fingerprint "
+                                                  f"'{LabellerConfig(min_side=48).fingerprint()}'")
+    torch.save({"config": {**started, "min_side": 64, "aug_source": "cache,exact"}}, byol_sal.run_dir / "checkpoint.pt")
+    assert cell_state(mixed, byol_sal) == "stale: aug_source 'cache,exact' (config: 'cache')"
 
 
 def test_a_grid_with_a_surrogate_behind_the_cache_asks_it_for_the_misses(tmp_path):

@@ -85,6 +85,10 @@ def test_equal_settings_give_one_fingerprint():
     assert isinstance(LabellerConfig(min_side=64.0).min_side, int)
     with pytest.raises(ValueError, match="whole number"):
         LabellerConfig(min_side=63.5)
+    with pytest.raises(ValueError, match="min_side must be a whole number of pixels, got '64'"):
+        LabellerConfig(min_side="64")
+    with pytest.raises(ValueError, match="max_side .* got inf"):
+        LabellerConfig(max_side=float("inf"))  # JSON's Infinity
 
 
 def test_an_image_shrunk_below_the_tiny_side_gets_an_empty_target():

@@ -318,6 +318,8 @@ def test_resume_continues_from_the_saved_epoch(labelled, tmp_path, capsys):
     assert _train(labelled, out, "--epochs", "4", "--resume", "--lr", "0.01", "--seed", "3") == 2
     err = capsys.readouterr().err
     assert "--lr 0.0002 (now 0.01)" in err and "--seed 0 (now 3)" in err
+    assert _train(labelled, out, "--epochs", "4", "--resume", "--no-flip") == 2
+    assert "mirrored pairs (now --no-flip)" in capsys.readouterr().err
 
 
 def test_a_run_cut_mid_epoch_resumes_from_the_batch_it_stopped_at(pairs, tmp_path, monkeypatch):

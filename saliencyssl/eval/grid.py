@@ -37,6 +37,8 @@ import numpy as np
 from saliencyssl.augment import parse_policy
 from saliencyssl.augment.router import parse_sources
 
+#: The labeller options a grid's ``labeller`` section may set (what pretrain.py takes).
+_LABELLER_KEYS = ("min_side", "scale", "max_side", "cut_engine")
 _PRETRAIN_KEYS = {"image_size", "epochs", "batch_size", "limit", "device", "amp", "aug_source", "surrogate", "seed",
                   "lr", "knn_every", "workers"}
 _EVAL_KEYS = {"fractions", "protocols", "seeds", "train_limit", "test_limit", "device", "batch_size", "knn_k", "no_cache"}
@@ -138,10 +140,14 @@ class GridConfig:
                 raise ValueError(f"{path}: unknown {key} keys {bad}; allowed: {sorted(allowed)}")
         from saliencyssl.saliency import LabellerConfig
 
+        if not isinstance(config.labeller, dict) or set(config.labeller) - set(_LABELLER_KEYS):
+            unknown = sorted(set(config.labeller) - set(_LABELLER_KEYS)) if isinstance(config.labeller, dict) else []
+            raise ValueError(f"{path}: labeller must be an object with keys among {', '.join(_LABELLER_KEYS)}"
+                             + (f"; unknown: {unknown}" if unknown else ""))
         try:
             LabellerConfig(**config.labeller)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{path}: labeller: {error} (keys: min_side, scale, max_side, cut_engine, ...)") from None
+        except (TypeError, ValueError, OverflowError) as error:
+            raise ValueError(f"{path}: labeller: {error}") from None
         if "aug_source" in config.pretrain:
             try:
                 sources = parse_sources(config.pretrain["aug_source"])
@@ -304,8 +310,8 @@ class StaleCellError(ValueError):
 
 #: Pretraining settings a finished cell's ``backbone.pt`` records and the grid compares (the
 #: labeller fingerprint only for saliency policies: the others never asked for a target).
-_RECORDED_PRETRAIN_KEYS = ("method", "policy", "data", "epochs", "batch_size", "seed", "image_size", "lr", "limit",
-                           "method_options", "labeller_fingerprint")
+_RECORDED_PRETRAIN_KEYS = ("method", "policy", "data", "aug_source", "epochs", "batch_size", "seed", "image_size",
+                           "lr", "limit", "method_options", "labeller_fingerprint")
 
 
 def check_finished_pretraining(cell: Cell, expected: dict) -> None:
@@ -327,6 +333,11 @@ def check_started_pretraining(cell: Cell, expected: dict) -> None:
     # The run's PretrainConfig; its method and policy are spelled as typed (the backbone records them
     # normalised), and the cell's folder name already stands for them.
     recorded = {k: v for k, v in recorded.items() if k not in ("method", "policy")}
+    labeller_options = {k: recorded[k] for k in _LABELLER_KEYS if k in recorded}
+    if labeller_options:  # the checkpoint records the options; the backbone their fingerprint
+        from saliencyssl.saliency import LabellerConfig
+
+        recorded["labeller_fingerprint"] = LabellerConfig(**labeller_options).fingerprint()
     _compare(path, cell.run_dir, _comparable(cell, recorded, expected), expected)
 
 
@@ -350,6 +361,8 @@ def _comparable(cell: Cell, recorded: dict, expected: dict) -> dict:
         recorded["method_options"] = changed_method_options(cell.method, recorded["method_options"])
     if "data" in recorded:
         recorded["data"] = str(Path(recorded["data"]).resolve())
+    if "aug_source" in recorded:
+        recorded["aug_source"] = ",".join(parse_sources(recorded["aug_source"]))
     return recorded
 
 
@@ -414,9 +427,11 @@ def _pretrain_settings(config: GridConfig, cell: Cell) -> dict:
                 "data": str(Path(config.train).resolve()),
                 "lr": settings.get("lr"), "limit": settings.get("limit"),
                 "method_options": changed_method_options(cell.method, config.method_options.get(cell.method))}
+    settings["aug_source"] = "none"
     if parse_policy(cell.policy).uses_saliency:
         from saliencyssl.saliency import LabellerConfig
 
+        settings["aug_source"] = ",".join(parse_sources(config.pretrain.get("aug_source", "cache")))
         settings["labeller_fingerprint"] = LabellerConfig(**config.labeller).fingerprint()
     return settings
 

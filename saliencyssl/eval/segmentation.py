@@ -65,7 +65,8 @@ class MaskPairs:
 
 def read_mask(path: str | Path) -> np.ndarray:
     """A mask PNG as ``(H, W)`` bool. A mask of two values (0/255, 0/1, 0/255 stored in 16 bits)
-    or of small integers (an index map such as 0/1/3) has every non-zero pixel as foreground; a
+    or of small integers (an index map such as 0/1/3, where 255 is VOC's "void" border and not an
+    object) has every non-zero pixel as foreground; a
     soft (anti-aliased) mask has the values above half its type's range. In a colour mask a pixel
     counts by its largest colour channel (so a red, green or white object on black all work); an
     alpha channel is ignored.
@@ -85,6 +86,8 @@ def read_mask(path: str | Path) -> np.ndarray:
     values = np.unique(mask)
     if len(values) <= 2 or values[-1] < 16:
         return mask > 0
+    if values[-1] == 255 and values[-2] < 16:  # an index map with VOC's "void" label 255: not an object
+        return (mask > 0) & (mask != 255)
     return mask > (65535 if mask.dtype == np.uint16 else 255) / 2
 
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 import time
 from dataclasses import asdict, dataclass, field, replace
 
@@ -70,12 +72,16 @@ class LabellerConfig:
         for name in ("min_side", "max_side", "seg_min_size"):
             value = getattr(self, name)
             if value is not None:
-                if value != int(value):
-                    raise ValueError(f"{name} must be a whole number of pixels, got {value}")
+                if isinstance(value, (bool, str)) or not isinstance(value, numbers.Real) \
+                        or not math.isfinite(value) or value != int(value):
+                    raise ValueError(f"{name} must be a whole number of pixels, got {value!r}")
                 object.__setattr__(self, name, int(value))
         for name in ("scale", "sigma_dist", "seg_k", "seg_sigma", "t1"):
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, float(getattr(self, name)))
+            value = getattr(self, name)
+            if value is not None:
+                if isinstance(value, (bool, str)) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                    raise ValueError(f"{name} must be a finite number, got {value!r}")
+                object.__setattr__(self, name, float(value))
         if self.cut_engine not in CUT_ENGINES:
             raise ValueError(f"cut_engine must be one of {', '.join(CUT_ENGINES)}, got {self.cut_engine!r}")
         if self.scale is not None and not (0 < self.scale <= 16):

@@ -265,7 +265,8 @@ class Pretrainer:
         if not self.dist.is_main:
             return
         state = {
-            "format": CHECKPOINT_FORMAT, "epoch": epoch, "config": asdict(self.config),
+            "format": CHECKPOINT_FORMAT, "epoch": epoch,
+            "config": {**asdict(self.config), "data": str(Path(self.config.data).resolve())},
             "method": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "rng": _rng_state(), "history": [asdict(h) for h in self.history],
@@ -291,8 +292,10 @@ class Pretrainer:
         # Everything that shapes the run must be as it was: the restored optimiser and schedule would
         # override a new --lr, another --seed or --limit reorders the remaining batches, and
         # backbone.pt would record values the run did not use.
-        for key in ("method", "image_size", "batch_size", "epochs", "lr", "seed", "limit", "data", "policy",
-                    "aug_source", "scale", "max_side", "min_side", "cut_engine"):
+        keys = ["method", "image_size", "batch_size", "epochs", "lr", "seed", "limit", "data", "policy"]
+        if self.sources != ("none",):  # where targets are read (a policy without saliency views reads none)
+            keys += ["aug_source", "scale", "max_side", "min_side", "cut_engine"]
+        for key in keys:
             was, now = saved.get(key), getattr(self.config, key)
             if key == "data" and was is not None:
                 was, now = str(Path(was).resolve()), str(Path(now).resolve())
@@ -483,7 +486,8 @@ class Pretrainer:
             path = save_backbone(self.out / "backbone.pt", self.method.backbone, {
                 "cifar_stem": uses_cifar_stem(c.image_size), "image_size": c.image_size, "method": c.method,
                 "policy": self.policy.name, "aug_source": ",".join(self.router.sources), "epochs": c.epochs,
-                "batch_size": c.batch_size, "seed": c.seed, "lr": c.lr, "limit": c.limit, "data": str(c.data),
+                "batch_size": c.batch_size, "seed": c.seed, "lr": c.lr, "limit": c.limit,
+                "data": str(Path(c.data).resolve()),
                 "method_options": dict(c.method_options or {}), "method_hparams": dict(self.method.hparams),
                 "labeller_fingerprint": self.labeller.fingerprint,
                 "final_knn_accuracy": self.history[-1].knn_accuracy if self.history else None})

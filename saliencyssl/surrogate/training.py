@@ -237,6 +237,7 @@ class SurrogateTrainer:
 
         self.epoch = 0
         self.step = 0
+        self.batch_in_epoch = 0  # batches of the current epoch done (non-zero only after a budget cut)
         self.elapsed = 0.0
         self.history: list[dict] = []
         self.last_report: dict | None = None
@@ -392,7 +393,7 @@ class SurrogateTrainer:
             **({"ema": {k: v.detach().cpu() for k, v in self.ema.state_dict().items()}} if self.ema is not None
                else {}),
             trainer={"epoch": self.epoch, "step": self.step, "elapsed": self.elapsed, "history": self.history,
-                     "best": _plain(self.best)},
+                     "best": _plain(self.best), "batch_in_epoch": self.batch_in_epoch},
             rng=rng)
         return save_checkpoint(self.run_dir / "last.pt", blob)
 
@@ -438,6 +439,7 @@ class SurrogateTrainer:
             self.ema.load_state_dict(blob["ema"])
         state = blob["trainer"]
         self.epoch, self.step, self.elapsed = int(state["epoch"]), int(state["step"]), float(state["elapsed"])
+        self.batch_in_epoch = int(state.get("batch_in_epoch", 0))  # older checkpoints: the epoch from its start
         self.history = list(state.get("history") or [])
         self.last_report = meta.get("heldout_fidelity")
         self.best = state.get("best")
@@ -551,7 +553,7 @@ class SurrogateTrainer:
             label = f"epoch {self.epoch + 1}" + (f"/{total_epochs}" if cfg.epochs or not cfg.max_minutes else "")
             # A run resumed after a budget cut mid-epoch goes on from the batch it stopped at (the
             # epoch's order and flips are the same: they depend on the seed and the epoch only).
-            first = min(max(self.step - self.epoch * self.steps_per_epoch, 0), self.steps_per_epoch)
+            first = min(max(self.batch_in_epoch, 0), self.steps_per_epoch)
             bar = tqdm(range(first, self.steps_per_epoch), desc=label, unit="step", initial=first,
                        total=self.steps_per_epoch, disable=not self.progress, leave=False)
             cut = False
@@ -567,6 +569,7 @@ class SurrogateTrainer:
                                            flips[b * cfg.batch_size:(b + 1) * cfg.batch_size] if flips is not None
                                            else None)
                 losses = self.train_step(images, exact)
+                self.batch_in_epoch = b + 1
                 for k, v in losses.items():
                     sums[k] = sums[k] + v if k in sums else v.clone()
                 count += 1
@@ -585,6 +588,7 @@ class SurrogateTrainer:
                          f"(step {self.step}); writing the final checkpoint")
                 break
             self.epoch += 1
+            self.batch_in_epoch = 0
             self.last_report = self.evaluate()
             self.consider(self.last_report)
             self.elapsed = time.perf_counter() - started
@@ -617,8 +621,18 @@ def _changed_options(recorded: dict, config: TrainConfig) -> list[str]:
     now = config.as_dict()
     if isinstance(recorded.get("weights"), dict):
         recorded = {**recorded, "weights": LossWeights(**recorded["weights"]).as_dict()}
-    return [f"{flag} {recorded[key]} (now {now[key]})" for key, flag in _RESUME_MUST_KEEP.items()
-            if key in recorded and recorded[key] != now[key]]
+    changed = []
+    for key, flag in _RESUME_MUST_KEEP.items():
+        if key not in recorded or recorded[key] == now[key]:
+            continue
+        if key == "flip":
+            def flips(on):
+                return "mirrored pairs" if on else "--no-flip"
+
+            changed.append(f"{flips(recorded[key])} (now {flips(now[key])})")
+        else:
+            changed.append(f"{flag} {recorded[key]} (now {now[key]})")
+    return changed
 
 
 def selection_score(report: dict) -> float:
