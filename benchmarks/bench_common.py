@@ -89,9 +89,7 @@ def labelling_rate(images_dir: Path, files: list[Path], executor) -> float:
     from saliencyssl.saliency import LabellerConfig
 
     config = LabellerConfig()
-    fields = config.params()
-    fields.pop("version")
-    warm = [(fields, [(str(Path(files[0]).resolve()), True, False)])] * (4 * max(1, executor.workers))
+    warm = [(config.options(), [(str(Path(files[0]).resolve()), True, False)])] * (4 * max(1, executor.workers))
     with tempfile.TemporaryDirectory() as tmp:
         cache = TargetCache(tmp, config.fingerprint())
         list(executor.imap_unordered(label_files, warm))

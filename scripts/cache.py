@@ -92,12 +92,26 @@ def cmd_export(args) -> int:
         print(f"error: {args.cache} is not a cache folder (no cache.db); fill one with: python scripts/label.py "
               f"{args.images} --cache {args.cache}", file=sys.stderr)
         return 2
+    from tqdm import tqdm
+
+    from saliencyssl.hashing import content_hash
+
     cache = TargetCache(args.cache, config.fingerprint())
     image_set = open_image_set(args.images, keep_decoded=False)
-    hashes = image_set.hashes(progress=True)
+    hashes = []
+    for i in tqdm(range(len(image_set)), desc="hashing", unit="img", disable=len(image_set) < 2000):
+        try:
+            hashes.append(content_hash(image_set.image(i)))
+        except ImageDecodeError:
+            if not args.allow_missing:
+                raise
+            hashes.append(None)  # no target can be looked up for it: counted as missing below
     items, missing = [], []
     seen = set()
     for name, h in zip(image_set.names, hashes):
+        if h is None:
+            missing.append(name)
+            continue
         if h in seen:
             continue
         seen.add(h)
@@ -185,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--image-size", type=int, default=None, help="store targets at this square training size")
-    p.add_argument("--allow-missing", action="store_true", help="export what the cache holds even if images miss")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="export what the cache holds even if images miss (or cannot be decoded)")
     add_labeller_options(p)
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("import", help="merge a pack or a cache directory into a cache")

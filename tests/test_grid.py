@@ -331,3 +331,38 @@ def test_quickstart_rerun_replaces_its_training_outputs_and_keeps_data_and_cache
     quickstart.clear_previous_run(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "data"]
     assert (tmp_path / "cache" / "file").is_file()
+
+
+def test_an_interrupted_cell_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch):
+    from saliencyssl.ssl.backbone import load_backbone
+    from saliencyssl.ssl.pretrain import Pretrainer
+
+    two_epochs = {"image_size": 32, "epochs": 2, "batch_size": 8, "device": "cpu", "seed": 0}
+    straight = GridConfig.load(_write(tmp_path / "a", methods=["simclr"], policies=["sal"], baselines=[],
+                                      pretrain=two_epochs))
+    run_grid(straight, progress=False)
+
+    interrupted = GridConfig.load(_write(tmp_path / "b", methods=["simclr"], policies=["sal"], baselines=[],
+                                         pretrain=two_epochs))
+    real_log = Pretrainer._log
+
+    def stop_after_the_first_epoch(self, record):
+        real_log(self, record)
+        if record.epoch == 1:
+            self._save_checkpoint(0)
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Pretrainer, "_log", stop_after_the_first_epoch)
+        with pytest.raises(KeyboardInterrupt):
+            run_grid(interrupted, progress=False)
+    [cell] = cells(interrupted)
+    assert cell_state(interrupted, cell).startswith("pretraining started")
+    started = []
+    monkeypatch.setattr(Pretrainer, "_resume", lambda self, real=Pretrainer._resume: (real(self),
+                                                                                      started.append(self.start_epoch)))
+    run_grid(interrupted, progress=False)
+    assert started == [1], "the cell resumed after its first epoch"
+    a, _ = load_backbone(cells(straight)[0].run_dir / "backbone.pt")
+    b, _ = load_backbone(cell.run_dir / "backbone.pt")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

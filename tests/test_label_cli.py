@@ -55,7 +55,9 @@ def test_odd_files_are_converted_and_failures_named(odd_folder, tmp_path, capsys
     out, err = capsys.readouterr()
     assert status == 1, "a failed file makes the exit status non-zero"
     assert "corrupt.jpg" in out and "empty.png" in out
-    assert "images found        9" in out and "labelled now        7" in out and "failed              2" in out
+    assert "images found        9" in out and "labelled now        6" in out and "failed              2" in out
+    # rgba.png and sixteen.png decode to the same pixels (alpha dropped, high byte kept): one entry, labelled once
+    assert "duplicates          1" in out
     # Every decodable image has an entry; conversions happened.
     cache = TargetCache(cache_dir, LabellerConfig().fingerprint())
     for name in ("photo.jpg", "sub/gray.png", "rgba.png", "palette.png", "sixteen.png", "one.png", "uniform.bmp"):
@@ -65,7 +67,7 @@ def test_odd_files_are_converted_and_failures_named(odd_folder, tmp_path, capsys
         assert target is not None and target.shape == image.shape[:2], name
     assert not cache.get(read_image(odd_folder / "uniform.bmp")).mask.any()
     # Export keeps sub-folders and writes the three maps.
-    for stem in ("photo", "sub/gray"):
+    for stem in ("photo", "sub/gray", "rgba", "sixteen"):  # the duplicate's maps too
         for kind in ("hc", "rc", "cut"):
             assert (export / f"{stem}_{kind}.png").is_file()
     cut = cv2.imread(str(export / "photo_cut.png"), cv2.IMREAD_GRAYSCALE)

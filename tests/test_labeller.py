@@ -83,6 +83,9 @@ def test_equal_settings_give_one_fingerprint():
     assert LabellerConfig(scale=2).fingerprint() == LabellerConfig(scale=2.0).fingerprint()
     assert LabellerConfig(seg_k=50, min_side=64.0).fingerprint() == LabellerConfig().fingerprint()
     assert isinstance(LabellerConfig(min_side=64.0).min_side, int)
+    # What workers rebuild the labeller from is the same labeller.
+    config = LabellerConfig(scale=2, cut_engine="opencv")
+    assert LabellerConfig(**config.options()) == config and "version" not in config.options()
     with pytest.raises(ValueError, match="whole number"):
         LabellerConfig(min_side=63.5)
     with pytest.raises(ValueError, match="min_side must be a whole number of pixels, got '64'"):

@@ -147,6 +147,12 @@ def test_pack_round_trip_and_refusal(tmp_path, photo):
                     ["export", str(tmp_path / "typo"), str(images), "--out", str(tmp_path / "x.pack")]):
         assert cache_cli.main(command) == 2
     assert not (images / "cache.db").exists() and not (tmp_path / "typo").exists()
+    # A file that cannot be decoded stops an export, unless --allow-missing says to export what there is.
+    (images / "broken.png").write_bytes(b"not a png")
+    assert cache_cli.main(["export", str(cache_dir), str(images), "--out", str(tmp_path / "b.pack")]) == 2
+    assert cache_cli.main(["export", str(cache_dir), str(images), "--out", str(tmp_path / "b.pack"),
+                           "--allow-missing"]) == 0
+    assert len(open_pack(tmp_path / "b.pack")) == 5
 
 
 def test_importing_a_cache_skips_its_damaged_entries(tmp_path, photo, capsys):

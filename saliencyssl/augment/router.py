@@ -226,8 +226,7 @@ class TargetRouter:
                 from saliencyssl.cache.executors import PoolExecutor
 
                 self._pool = PoolExecutor(self.exact_workers)
-            params = self.labeller.config.params()
-            params.pop("version")
+            params = self.labeller.config.options()
             chunk = max(1, len(items) // (2 * self.exact_workers) + 1)
             jobs = [(params, items[i:i + chunk]) for i in range(0, len(items), chunk)]
             encoded = dict(pair for result in self._pool.imap_unordered(_label_chunk, jobs) for pair in result)

@@ -41,6 +41,8 @@ class LabelSummary:
         total: images found.
         labelled: images labelled by this run.
         cached: images the cache already held.
+        duplicates: files with the same pixels as another file of this run, which share its entry
+            (labelled once).
         failed: ``(path, reason)`` of files that could not be decoded or labelled.
         no_object: images (labelled or cached) whose SaliencyCut mask is empty.
         label_seconds: labelling seconds per image as measured inside the workers.
@@ -52,6 +54,7 @@ class LabelSummary:
     total: int = 0
     labelled: int = 0
     cached: int = 0
+    duplicates: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     no_object: int = 0
     label_seconds: list[float] = field(default_factory=list)
@@ -61,7 +64,7 @@ class LabelSummary:
 
     @property
     def with_target(self) -> int:
-        return self.labelled + self.cached
+        return self.labelled + self.cached + self.duplicates
 
     @property
     def no_object_share(self) -> float:
@@ -86,6 +89,8 @@ class LabelSummary:
             f"images found        {self.total}",
             f"labelled now        {self.labelled}",
             f"already cached      {self.cached}",
+            *([f"duplicates          {self.duplicates} (the same pixels as another file: one entry, labelled once)"]
+              if self.duplicates else []),
             f"failed              {len(self.failed)}",
             f"no object found     {self.no_object} of {self.with_target} ({self.no_object_share:.1%})",
             f"seconds per image   {self.seconds_per_image:.4f} (labelling, per worker)",
@@ -102,7 +107,7 @@ class LabelSummary:
         return lines
 
     def as_dict(self) -> dict:
-        return {"total": self.total, "labelled": self.labelled, "cached": self.cached,
+        return {"total": self.total, "labelled": self.labelled, "cached": self.cached, "duplicates": self.duplicates,
                 "failed": [list(f) for f in self.failed], "no_object": self.no_object,
                 "no_object_share": self.no_object_share, "seconds_per_image": self.seconds_per_image,
                 "wall_seconds": self.wall_seconds, "exported": self.exported, "executor": self.executor}
@@ -165,12 +170,6 @@ def _labeller(config_fields: dict) -> Labeller:
     if key not in _LABELLERS:
         _LABELLERS[key] = Labeller(LabellerConfig.from_params(config_fields))
     return _LABELLERS[key]
-
-
-def _config_fields(config: LabellerConfig) -> dict:
-    params = config.params()
-    params.pop("version")
-    return params
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[list]:
@@ -266,8 +265,11 @@ def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerCon
         bar.update(len(results))
     bar.close()
 
-    # Which images need a target; cached ones still count towards the no-object share.
+    # Which images need a target; cached ones still count towards the no-object share. A file with
+    # the same pixels as one already queued shares its entry: labelled once, handled after pass 2.
     todo: list[tuple[str, bool, bool]] = []
+    queued: set[str] = set()
+    duplicates: list[str] = []
     for path in str_paths:
         if path not in hashes:
             continue
@@ -277,12 +279,15 @@ def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerCon
             summary.no_object += int(not cached.mask.any())
             if export is not None:
                 todo.append((path, False, True))
+        elif hashes[path] in queued:
+            duplicates.append(path)
         else:
+            queued.add(hashes[path])
             todo.append((path, True, export is not None))
 
     # Pass 2: label what is missing (and HC maps for exports of cached images).
     clashing = clashing_stems(_relative(Path(p), root) for p in str_paths) if export is not None else set()
-    config_fields = _config_fields(config)
+    config_fields = config.options()
     bar = tqdm(total=len(todo), desc="labelling", unit="img", disable=not progress)
     jobs = ((config_fields, chunk) for chunk in _chunks(todo, size))
     for results in executor.imap_unordered(label_files, jobs):
@@ -293,6 +298,20 @@ def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerCon
         if summary.label_seconds:
             bar.set_postfix(s_per_img=f"{summary.seconds_per_image:.3f}", failed=len(summary.failed))
     bar.close()
+
+    # Pass 3: the duplicates, from the entries pass 2 stored (their own HC maps when exporting).
+    for path in duplicates:
+        target = cache.get(hashes[path])
+        if target is None:  # the file it copies failed
+            summary.failed.append((path, "same pixels as a file that could not be labelled"))
+            continue
+        summary.duplicates += 1
+        summary.no_object += int(not target.mask.any())
+    if export is not None:
+        kept = [(path, False, True) for path in duplicates if cache.contains(hashes[path])]
+        for results in executor.imap_unordered(label_files, ((config_fields, chunk) for chunk in _chunks(kept, size))):
+            for record in results:
+                _store(record, cache, summary, export, root, clashing)
     summary.wall_seconds = time.perf_counter() - start
     return summary
 

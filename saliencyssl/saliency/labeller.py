@@ -102,6 +102,13 @@ class LabellerConfig:
         """The parameters as a JSON-friendly dict, with the labeller version."""
         return {"version": LABELLER_VERSION, **asdict(self), "t2_values": list(self.t2_values)}
 
+    def options(self) -> dict:
+        """The parameters as :class:`LabellerConfig` keyword arguments (:meth:`params` without the
+        version): what worker processes rebuild the labeller from."""
+        options = self.params()
+        options.pop("version")
+        return options
+
     def fingerprint(self) -> str:
         """16 hex characters identifying these parameters and the labeller version."""
         blob = json.dumps(self.params(), sort_keys=True).encode()
