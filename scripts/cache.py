@@ -188,11 +188,15 @@ def cmd_import(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("stats", help="what a cache holds")
-    p.add_argument("cache", type=Path)
+    p = sub.add_parser("stats", help="what a cache holds", description="What a cache holds: its size on disk, and "
+                       "per labeller fingerprint the number of targets and the labeller options behind them.")
+    p.add_argument("cache", type=Path, metavar="CACHE_DIR", help="a folder filled by scripts/label.py")
     p.set_defaults(func=cmd_stats)
-    p = sub.add_parser("verify", help="check every entry of a cache, or a pack's checksum")
-    p.add_argument("path", type=Path)
+    p = sub.add_parser("verify", help="check every entry of a cache, or a pack's checksum",
+                       description="Decode every entry of a cache (damaged ones are reported and removed; rerun "
+                       "scripts/label.py to recompute them), or check a pack file's checksum. Exit status 1 if "
+                       "anything is damaged.")
+    p.add_argument("path", type=Path, metavar="CACHE_DIR|PACK")
     p.set_defaults(func=cmd_verify)
     p = sub.add_parser("export", help="a data set's targets as one memory-mappable pack file")
     p.add_argument("cache", type=Path)

@@ -18,11 +18,11 @@ EPILOG = """\
 examples:
   # a pretrained backbone on CIFAR-10 image folders, all protocols, 10 fractions x 3 seeds
   python scripts/evaluate.py --backbone runs/simclr/backbone.pt \\
-      --train data/cifar10/train --test data/cifar10/test --out runs/simclr/eval
+      --train ../shared/data/cifar10/train --test ../shared/data/cifar10/test --out runs/simclr/eval
 
   # the random-initialisation baseline, three fractions, kNN and linear only
   python scripts/evaluate.py --backbone random --image-size 32 \\
-      --train data/cifar10/train --test data/cifar10/test \\
+      --train ../shared/data/cifar10/train --test ../shared/data/cifar10/test \\
       --fractions 0.1,0.5,1.0 --protocol linear,knn --out runs/random/eval
 
   # clustering of an unlabelled folder (no --train needed)

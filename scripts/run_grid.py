@@ -62,6 +62,14 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.list:
+        from pathlib import Path
+
+        for name, folder in (("out", config.out), ("train", config.train), ("test", config.test),
+                             ("cache", config.cache)):  # relative paths are read from this working folder
+            where = Path(folder).resolve()
+            missing = name in ("train", "test") and not where.exists()
+            print(f"{name:<6}{where}" + ("   MISSING (the config's paths are relative to the working folder)"
+                                         if missing else ""))
         width = max((len(cell.name) for cell in cells(config)), default=0) + 2
         for cell in cells(config):
             print(f"{cell.name:<{width}}{cell_state(config, cell)}")

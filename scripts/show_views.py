@@ -40,7 +40,8 @@ def main(argv=None) -> int:
     parser.add_argument("data", type=Path, help="image folder (class sub-folders optional) or CIFAR-10 python batches")
     parser.add_argument("--cache", type=Path, help="target cache filled by scripts/label.py (needed by saliency policies)")
     parser.add_argument("--policy", default="sal+default", help=f"preset ({', '.join(PRESETS)}) or free policy string")
-    parser.add_argument("--image-size", type=int, default=64, help="training side length (default %(default)s)")
+    parser.add_argument("--image-size", type=int, default=32,
+                        help="training side length, as pretrain.py --image-size (default %(default)s; drawn at 64 px or more)")
     parser.add_argument("--count", type=int, default=8, help="images to show (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="which images and which random views")
     add_labeller_options(parser)

@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Fewer held-out images than this make choosing the best epoch on them a coin toss (a note says so).
+SMALL_HELD_OUT = 50
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -158,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     n_present = int(train.targets.mask.flatten(1).any(1).sum())
     print(f"labeller {pairs.fingerprint}: {len(pairs)} pairs at {args.size}px in {time.perf_counter() - start:.1f}s "
           f"-> {len(train)} training ({n_present / max(1, len(train)):.0%} with a mask), {len(held)} held out")
+    if held is not None and 0 < len(held) < SMALL_HELD_OUT and args.select == "best":
+        print(f"note: the best epoch is chosen on {len(held)} held-out images, a noisy choice; with few images "
+              f"a larger --held-out (e.g. 0.2) or --select last is steadier", file=sys.stderr)
 
     run_info = {"images_dir": str(args.images), "cache_dir": str(args.cache), "limit": args.limit,
                 "argv": list(sys.argv[1:] if argv is None else argv)}

@@ -98,8 +98,8 @@ def test_router_sources(labelled):
     pack = FrozenPack.build(images.hashes, labelled["cache"], SIZE)
     indices = torch.tensor([n - 1, 0, n - 2, 1])
 
-    only_cache = TargetRouter("cache", SIZE, pack=pack, data_hint="my/images")
-    with pytest.raises(MissingPieceError, match=r"3 of \d+ images miss.*scripts/label.py my/images"):
+    only_cache = TargetRouter("cache", SIZE, pack=pack, data_hint="my/images", cache_hint="my/cache")
+    with pytest.raises(MissingPieceError, match=r"3 of \d+ images miss.*scripts/label.py my/images --cache my/cache"):
         only_cache.check_ready()
     with pytest.raises(MissingPieceError, match="2 of 4 images of this batch miss"):
         only_cache.targets(indices, x[indices])

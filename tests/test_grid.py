@@ -65,6 +65,9 @@ def test_config_errors_name_the_file_and_key(tmp_path):
         GridConfig.load(_write(tmp_path, labeller={"min-side": 32}))
     with pytest.raises(ValueError, match="pretrain.aug_source: unknown --aug-source 'surrogate,cache'"):
         GridConfig.load(_write(tmp_path, pretrain={"aug_source": "surrogate,cache"}))
+    with pytest.raises(ValueError, match="pretrain.batch_size 128 is larger than pretrain.limit 100"):
+        GridConfig.load(_write(tmp_path, pretrain={"limit": 100}))
+    assert GridConfig.load(_write(tmp_path, evaluation={"cache_dir": str(tmp_path / "features")}))
     with pytest.raises(ValueError, match="needs pretrain.surrogate"):
         GridConfig.load(_write(tmp_path, pretrain={"aug_source": "cache,surrogate"}))
     assert GridConfig.load(_write(tmp_path, pretrain={"aug_source": "cache,surrogate", "surrogate": "s.pt"}))
@@ -366,3 +369,14 @@ def test_an_interrupted_cell_resumes_to_the_weights_of_an_uninterrupted_run(tmp_
     a, _ = load_backbone(cells(straight)[0].run_dir / "backbone.pt")
     b, _ = load_backbone(cell.run_dir / "backbone.pt")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_list_prints_the_resolved_folders_and_flags_missing_data(tmp_path, capsys):
+    path = _write(tmp_path)
+    raw = json.loads(path.read_text())
+    raw["test"] = str(tmp_path / "no_such_folder")
+    path.write_text(json.dumps(raw))
+    assert run_grid_cli.main([str(path), "--list"]) == 0
+    out = capsys.readouterr().out
+    assert f"train {(tmp_path / 'data' / 'train').resolve()}\n" in out
+    assert f"test  {(tmp_path / 'no_such_folder').resolve()}   MISSING" in out

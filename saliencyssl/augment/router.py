@@ -100,17 +100,18 @@ class TargetRouter:
         cache: the :class:`~saliencyssl.cache.TargetCache` that ``cache,exact`` writes back to.
         exact_workers: processes for exact labelling (0 = in this process).
         data_hint: the data folder, named in error messages.
+        cache_hint: the cache folder, named in error messages.
     """
 
     def __init__(self, sources: str | Sequence[str], image_size: int, *, pack: FrozenPack | None = None,
                  surrogate: TargetPredictor | None = None, labeller=None, image_set=None, cache=None,
-                 exact_workers: int = 0, data_hint: str = "DATA"):
+                 exact_workers: int = 0, data_hint: str = "DATA", cache_hint: str = "CACHE_DIR"):
         self.sources = parse_sources(sources) if isinstance(sources, str) else tuple(sources)
         self.image_size = int(image_size)
         self.pack, self.surrogate, self.labeller = pack, surrogate, labeller
         self.image_set, self.cache = image_set, cache
         self.exact_workers = int(exact_workers)
-        self.data_hint = data_hint
+        self.data_hint, self.cache_hint = data_hint, cache_hint
         self.counters = SourceCounters()
         self._pool = None
 
@@ -132,16 +133,16 @@ class TargetRouter:
                 raise MissingPieceError(
                     f"{self.pack.report.misses} of {len(self.pack)} images miss in the cache (labeller fingerprint "
                     f"{self.pack.fingerprint}); label them with: python scripts/label.py {self.data_hint} "
-                    f"--cache CACHE_DIR (same labeller options), or use --aug-source cache,surrogate or cache,exact")
+                    f"--cache {self.cache_hint} (same labeller options), or use --aug-source cache,surrogate or cache,exact")
         if "surrogate" in self.sources:
             if self.surrogate is None:
                 raise MissingPieceError(f"--aug-source {','.join(self.sources)} needs a surrogate: pass --surrogate "
                                         f"RUN_DIR/surrogate.pt (train one with: python scripts/train_surrogate.py "
-                                        f"{self.data_hint} --cache CACHE_DIR --out RUN_DIR)")
+                                        f"{self.data_hint} --cache {self.cache_hint} --out RUN_DIR)")
             if self.surrogate.image_size != self.image_size:
                 raise MissingPieceError(f"the surrogate was trained on {self.surrogate.image_size}px images but "
                                         f"training runs at {self.image_size}px; train one at that size: python "
-                                        f"scripts/train_surrogate.py {self.data_hint} --cache CACHE_DIR --size "
+                                        f"scripts/train_surrogate.py {self.data_hint} --cache {self.cache_hint} --size "
                                         f"{self.image_size} --out RUN_DIR")
             if self.pack is not None and self.surrogate.fingerprint != self.pack.fingerprint:
                 raise MissingPieceError(f"the surrogate learned targets of labeller fingerprint "
@@ -184,7 +185,7 @@ class TargetRouter:
             return out
         if len(self.sources) == 1:
             raise MissingPieceError(f"{b - n_hit} of {b} images of this batch miss in the cache; label them with: "
-                                    f"python scripts/label.py {self.data_hint} --cache CACHE_DIR")
+                                    f"python scripts/label.py {self.data_hint} --cache {self.cache_hint}")
         hit_pos = torch.nonzero(present).flatten()
         miss_pos = torch.nonzero(~present).flatten()
         parts, order = [], []

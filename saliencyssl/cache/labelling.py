@@ -47,7 +47,7 @@ class LabelSummary:
         no_object: images (labelled or cached) whose SaliencyCut mask is empty.
         label_seconds: labelling seconds per image as measured inside the workers.
         wall_seconds: the whole job.
-        exported: images whose maps were written to the export folder.
+        exported: images whose maps were written to the export folder (``export_dir``).
         executor: where the work ran.
     """
 
@@ -60,6 +60,7 @@ class LabelSummary:
     label_seconds: list[float] = field(default_factory=list)
     wall_seconds: float = 0.0
     exported: int = 0
+    export_dir: str = ""
     executor: str = ""
 
     @property
@@ -93,13 +94,14 @@ class LabelSummary:
               if self.duplicates else []),
             f"failed              {len(self.failed)}",
             f"no object found     {self.no_object} of {self.with_target} ({self.no_object_share:.1%})",
-            f"seconds per image   {self.seconds_per_image:.4f} (labelling, per worker)",
+            "seconds per image   " + (f"{self.seconds_per_image:.4f} (labelling, per worker)" if self.label_seconds
+                                      else "- (nothing labelled)"),
             f"wall time           {self.wall_seconds:.1f} s on {self.executor}",
         ]
         if self.labelled and self.wall_seconds > 0:
             lines.append(f"throughput          {self.labelled / self.wall_seconds:.2f} images/s")
         if self.exported:
-            lines.append(f"exported            {self.exported}")
+            lines.append(f"exported            {self.exported}" + (f" to {self.export_dir}" if self.export_dir else ""))
         for path, reason in self.failed[:20]:
             lines.append(f"FAILED {path}: {reason}")
         if len(self.failed) > 20:
@@ -244,7 +246,7 @@ def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerCon
     if not files:
         raise FileNotFoundError(f"no images below {root} (looked for {' '.join(IMAGE_SUFFIXES)}, recursively)")
     executor = executor or InlineExecutor()
-    summary = LabelSummary(total=len(files), executor=executor.description)
+    summary = LabelSummary(total=len(files), executor=executor.description, export_dir=str(export or ""))
     start = time.perf_counter()
     workers = max(1, getattr(executor, "workers", 1))
     size = chunk_size or int(np.clip(len(files) // (8 * workers), 1, 64))

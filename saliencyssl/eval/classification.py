@@ -9,6 +9,7 @@ seed), k-means with NMI/ARI and a t-SNE picture, and writes ``results.json``, ``
 from __future__ import annotations
 
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +103,7 @@ def evaluate_classification(s: ClassificationSettings, verbose: bool = True, pro
         bar = f"{protocol} over fractions x seeds" if progress else None
         scores[protocol] = frac.sweep(y, fractions, seeds, score, progress=bar)
         timings[f"{protocol}_s"] = time.time() - t0
+    warn_same_subsets(next(iter(scores.values()), []))
 
     kmeans_summary = None
     kmeans_meta: dict = {}
@@ -191,6 +193,18 @@ def require_same_labels(train_set, train, test_set, test, protocols) -> None:
         only_test = sorted(set(test_set.classes) - set(train_set.classes))
         raise ValueError(f"--train {train} and --test {test} have different classes (only in train: "
                          f"{only_train}, only in test: {only_test}); give both the same class sub-folders")
+
+
+def warn_same_subsets(entries) -> None:
+    """Say when several label fractions draw the same number of images (at least one per class makes
+    small fractions of small sets equal): their columns are then one experiment repeated."""
+    by_count: dict[int, list[str]] = {}
+    for entry in entries:
+        by_count.setdefault(entry.n_labelled, []).append(entry.fraction)
+    for count, names in by_count.items():
+        if len(names) > 1:
+            print(f"note: label fractions {', '.join(names)} all give {count} labelled images (at least one per "
+                  f"class): their results are the same experiment", file=sys.stderr)
 
 
 #: Share of the test images that may also be training images (exact pixel copies, which real data

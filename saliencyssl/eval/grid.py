@@ -41,7 +41,8 @@ from saliencyssl.augment.router import parse_sources
 _LABELLER_KEYS = ("min_side", "scale", "max_side", "cut_engine")
 _PRETRAIN_KEYS = {"image_size", "epochs", "batch_size", "limit", "device", "amp", "aug_source", "surrogate", "seed",
                   "lr", "knn_every", "workers"}
-_EVAL_KEYS = {"fractions", "protocols", "seeds", "train_limit", "test_limit", "device", "batch_size", "knn_k", "no_cache"}
+_EVAL_KEYS = {"fractions", "protocols", "seeds", "train_limit", "test_limit", "device", "batch_size", "knn_k", "no_cache",
+              "cache_dir"}
 
 
 @dataclass
@@ -148,6 +149,12 @@ class GridConfig:
             LabellerConfig(**config.labeller)
         except (TypeError, ValueError, OverflowError) as error:
             raise ValueError(f"{path}: labeller: {error}") from None
+        from saliencyssl.ssl.pretrain import PretrainConfig
+
+        batch = config.pretrain.get("batch_size", PretrainConfig.__dataclass_fields__["batch_size"].default)
+        if config.pretrain.get("limit") is not None and batch > config.pretrain["limit"]:
+            raise ValueError(f"{path}: pretrain.batch_size {batch} is larger than pretrain.limit "
+                             f"{config.pretrain['limit']}: not one full batch per epoch; lower the batch size")
         if "aug_source" in config.pretrain:
             try:
                 sources = parse_sources(config.pretrain["aug_source"])
@@ -259,7 +266,7 @@ def cells(config: GridConfig) -> list[Cell]:
     return runs
 
 
-def _label(config: GridConfig, pretrain: dict) -> None:
+def _label(config: GridConfig, pretrain: dict, progress: bool = True) -> None:
     from saliencyssl.cache import TargetCache
     from saliencyssl.cache.executors import default_workers, make_executor
     from saliencyssl.cache.labelling import label_folder
@@ -281,7 +288,7 @@ def _label(config: GridConfig, pretrain: dict) -> None:
         return
     executor = make_executor(default_workers())
     try:
-        summary = label_folder(config.train, cache, labeller, executor=executor, paths=paths)
+        summary = label_folder(config.train, cache, labeller, executor=executor, paths=paths, progress=progress)
     finally:
         executor.close()
     print("labelling: " + "; ".join(line.strip() for line in summary.lines()[1:6]), flush=True)
@@ -507,7 +514,7 @@ def run_grid(config: GridConfig, progress: bool = True, only: list[str] | None =
     # Only a cache-only grid is labelled first: with a surrogate or the exact labeller behind the
     # cache, the images the cache misses are what those sources are for.
     if pretrain.get("aug_source", "cache") == "cache" and any(parse_policy(c.policy).uses_saliency for c in todo):
-        _label(config, pretrain)
+        _label(config, pretrain, progress)
     for i, cell in enumerate(todo, 1):
         seed_note = f", pretraining seed {cell.seed}" if len(config.seeds) > 1 else ""
         print(f"\n[{i}/{len(todo)}] {cell.method} with policy {cell.policy}{seed_note}", flush=True)

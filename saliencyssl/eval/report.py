@@ -173,6 +173,12 @@ def classification_markdown(results: Mapping[str, Any], rows: Sequence[Mapping[s
                                    "accuracy_per_seed": _per_seed(r.get("accuracy_per_seed"))} for r in fraction_rows],
                                  [("protocol", "protocol"), ("label fraction", "fraction"), ("labelled images", "n_labelled"),
                                   ("top-1 accuracy", "accuracy_mean±accuracy_std"), ("per seed", "accuracy_per_seed")]), ""]
+        k = (meta.get("knn") or {}).get("k")
+        capped = [r["fraction"] for r in fraction_rows if r.get("protocol") == "knn" and k
+                  and r.get("n_labelled") is not None and r["n_labelled"] < k]
+        if capped:
+            parts += [f"kNN votes with every labelled image where there are fewer than k={k} "
+                      f"(fractions {', '.join(capped)}).", ""]
     if "kmeans" in results:
         km = results["kmeans"]
         parts += ["## k-means", "",

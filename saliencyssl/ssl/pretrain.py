@@ -170,8 +170,11 @@ class Pretrainer:
                              f"(per process {n // world}); use a smaller batch")
         on_gpu = self.device.type == "cuda"
         self.stack = self.images.stack(self.device if on_gpu else "cpu")
+        dropped = n - self.steps_per_epoch * c.batch_size
         self._say(f"data: {n} images from {c.data} at {c.image_size}px; {self.steps_per_epoch} steps of "
-                  f"{c.batch_size} per epoch" + (f" over {world} processes" if world > 1 else ""))
+                  f"{c.batch_size} per epoch" + (f" over {world} processes" if world > 1 else "")
+                  + (f"; {dropped} images left out of each epoch (a different {dropped} each epoch: only full "
+                     f"batches are used)" if dropped > 0 else ""))
 
         self.labeller = Labeller(c.labeller_config())
         self.router = self._build_router()
@@ -244,7 +247,8 @@ class Pretrainer:
             surrogate = Surrogate.load(c.surrogate, device=self.device, expect_fingerprint=fingerprint,
                                        expect_image_size=c.image_size)
         return TargetRouter(self.sources, c.image_size, pack=pack, surrogate=surrogate, labeller=self.labeller,
-                            image_set=self.image_set, cache=cache, exact_workers=c.workers, data_hint=str(c.data))
+                            image_set=self.image_set, cache=cache, exact_workers=c.workers, data_hint=str(c.data),
+                            cache_hint=str(c.cache) if c.cache else "CACHE_DIR")
 
     def _knn_sets(self, train: str, test: str) -> dict:
         sets = {}
