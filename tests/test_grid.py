@@ -322,6 +322,8 @@ def test_only_runs_the_named_cells_and_leaves_baselines_and_table_to_a_plain_run
     capsys.readouterr()
     assert run_grid_cli.main([str(path), "--list"]) == 0
     listing = dict(line.split(maxsplit=1) for line in capsys.readouterr().out.splitlines())
+    folders = {name: listing.pop(name) for name in ("out", "train", "test", "cache")}  # printed first
+    assert folders["out"] == str(out.resolve())
     assert listing == {"simclr__default": "to do", "simclr__sal": "pretrained, evaluated"}
 
 
