@@ -102,15 +102,18 @@ def cmd_export(args) -> int:
     for i in tqdm(range(len(image_set)), desc="hashing", unit="img", disable=len(image_set) < 2000):
         try:
             hashes.append(content_hash(image_set.image(i)))
-        except ImageDecodeError:
+        except ImageDecodeError as error:
             if not args.allow_missing:
-                raise
-            hashes.append(None)  # no target can be looked up for it: counted as missing below
+                print(f"error: {error}; --allow-missing exports the other images' targets", file=sys.stderr)
+                return 2
+            hashes.append(None)
+    undecodable = [name for name, h in zip(image_set.names, hashes) if h is None]
+    if undecodable:
+        print(f"{len(undecodable)} files cannot be decoded and are skipped, e.g. {undecodable[0]}", file=sys.stderr)
     items, missing = [], []
     seen = set()
     for name, h in zip(image_set.names, hashes):
         if h is None:
-            missing.append(name)
             continue
         if h in seen:
             continue

@@ -67,6 +67,10 @@ def test_config_errors_name_the_file_and_key(tmp_path):
         GridConfig.load(_write(tmp_path, pretrain={"aug_source": "surrogate,cache"}))
     with pytest.raises(ValueError, match="pretrain.batch_size 128 is larger than pretrain.limit 100"):
         GridConfig.load(_write(tmp_path, pretrain={"limit": 100}))
+    with pytest.raises(ValueError, match="pretrain.limit must be a whole number of images, at least 1"):
+        GridConfig.load(_write(tmp_path, pretrain={"limit": 0}))
+    # A grid that only evaluates baselines pretrains nothing: no batch to fill.
+    assert GridConfig.load(_write(tmp_path, methods=[], policies=[], pretrain={"limit": 100}))
     assert GridConfig.load(_write(tmp_path, evaluation={"cache_dir": str(tmp_path / "features")}))
     with pytest.raises(ValueError, match="needs pretrain.surrogate"):
         GridConfig.load(_write(tmp_path, pretrain={"aug_source": "cache,surrogate"}))

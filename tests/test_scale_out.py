@@ -107,7 +107,7 @@ def test_a_killed_dask_worker_loses_no_finished_target(tmp_path, photo):
                 pass
 
 
-def test_pack_round_trip_and_refusal(tmp_path, photo):
+def test_pack_round_trip_and_refusal(tmp_path, photo, capsys):
     images = _write_variants(tmp_path / "images", photo, 5, size=(40, 60))
     config = LabellerConfig()
     cache_dir = tmp_path / "cache"
@@ -149,9 +149,12 @@ def test_pack_round_trip_and_refusal(tmp_path, photo):
     assert not (images / "cache.db").exists() and not (tmp_path / "typo").exists()
     # A file that cannot be decoded stops an export, unless --allow-missing says to export what there is.
     (images / "broken.png").write_bytes(b"not a png")
+    capsys.readouterr()
     assert cache_cli.main(["export", str(cache_dir), str(images), "--out", str(tmp_path / "b.pack")]) == 2
+    assert "broken.png" in (err := capsys.readouterr().err) and "--allow-missing" in err
     assert cache_cli.main(["export", str(cache_dir), str(images), "--out", str(tmp_path / "b.pack"),
                            "--allow-missing"]) == 0
+    assert "cannot be decoded and are skipped, e.g. broken.png" in capsys.readouterr().err
     assert len(open_pack(tmp_path / "b.pack")) == 5
 
 

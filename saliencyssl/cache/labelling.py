@@ -1,11 +1,14 @@
 """Filling a cache with exact targets for every image below a folder (``scripts/label.py``).
 
-The job runs in two passes over an executor (:mod:`saliencyssl.cache.executors`):
+The job runs in passes over an executor (:mod:`saliencyssl.cache.executors`):
 
 1. **hash**: workers decode each file and return its content hash; a file that cannot be
    decoded is recorded as failed, by path, and skipped;
 2. **label**: the images whose key the cache lacks are labelled by the workers, which return
-   encoded targets (and HC maps when exporting).
+   encoded targets (and HC maps when exporting); of files with identical pixels only the first
+   is labelled;
+3. **duplicates**: the other files with those pixels share that entry (counted as duplicates;
+   their maps exported when asked).
 
 Only this process writes the cache, in small transactions as results arrive, so a job killed
 at any moment (even SIGKILL) leaves every stored entry whole, and a rerun skips them: the job
@@ -112,7 +115,8 @@ class LabelSummary:
         return {"total": self.total, "labelled": self.labelled, "cached": self.cached, "duplicates": self.duplicates,
                 "failed": [list(f) for f in self.failed], "no_object": self.no_object,
                 "no_object_share": self.no_object_share, "seconds_per_image": self.seconds_per_image,
-                "wall_seconds": self.wall_seconds, "exported": self.exported, "executor": self.executor}
+                "wall_seconds": self.wall_seconds, "exported": self.exported, "export_dir": self.export_dir,
+                "executor": self.executor}
 
 
 # -- work done in the workers (module-level functions, so they pickle) -------------------------
@@ -270,7 +274,7 @@ def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerCon
     # Which images need a target; cached ones still count towards the no-object share. A file with
     # the same pixels as one already queued shares its entry: labelled once, handled after pass 2.
     todo: list[tuple[str, bool, bool]] = []
-    queued: set[str] = set()
+    queued: dict[str, str] = {}  # content hash -> the file labelled for it
     duplicates: list[str] = []
     for path in str_paths:
         if path not in hashes:
@@ -284,7 +288,7 @@ def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerCon
         elif hashes[path] in queued:
             duplicates.append(path)
         else:
-            queued.add(hashes[path])
+            queued[hashes[path]] = path
             todo.append((path, True, export is not None))
 
     # Pass 2: label what is missing (and HC maps for exports of cached images).
@@ -305,15 +309,18 @@ def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerCon
     for path in duplicates:
         target = cache.get(hashes[path])
         if target is None:  # the file it copies failed
-            summary.failed.append((path, "same pixels as a file that could not be labelled"))
+            summary.failed.append((path, f"same pixels as {queued[hashes[path]]}, which could not be labelled"))
             continue
         summary.duplicates += 1
         summary.no_object += int(not target.mask.any())
     if export is not None:
         kept = [(path, False, True) for path in duplicates if cache.contains(hashes[path])]
+        bar = tqdm(total=len(kept), desc="exporting duplicates", unit="img", disable=not progress or not kept)
         for results in executor.imap_unordered(label_files, ((config_fields, chunk) for chunk in _chunks(kept, size))):
             for record in results:
                 _store(record, cache, summary, export, root, clashing)
+            bar.update(len(results))
+        bar.close()
     summary.wall_seconds = time.perf_counter() - start
     return summary
 

@@ -203,8 +203,8 @@ def warn_same_subsets(entries) -> None:
         by_count.setdefault(entry.n_labelled, []).append(entry.fraction)
     for count, names in by_count.items():
         if len(names) > 1:
-            print(f"note: label fractions {', '.join(names)} all give {count} labelled images (at least one per "
-                  f"class): their results are the same experiment", file=sys.stderr)
+            print(f"note: label fractions {', '.join(names)} all give {count} labelled images: their results are "
+                  f"the same experiment", file=sys.stderr)
 
 
 #: Share of the test images that may also be training images (exact pixel copies, which real data

@@ -152,7 +152,11 @@ class GridConfig:
         from saliencyssl.ssl.pretrain import PretrainConfig
 
         batch = config.pretrain.get("batch_size", PretrainConfig.__dataclass_fields__["batch_size"].default)
-        if config.pretrain.get("limit") is not None and batch > config.pretrain["limit"]:
+        limit = config.pretrain.get("limit")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"{path}: pretrain.limit must be a whole number of images, at least 1 (or left out "
+                             f"for all of them), got {limit!r}")
+        if limit is not None and batch > limit and (config.cells or config.methods):
             raise ValueError(f"{path}: pretrain.batch_size {batch} is larger than pretrain.limit "
                              f"{config.pretrain['limit']}: not one full batch per epoch; lower the batch size")
         if "aug_source" in config.pretrain:
@@ -291,7 +295,8 @@ def _label(config: GridConfig, pretrain: dict, progress: bool = True) -> None:
         summary = label_folder(config.train, cache, labeller, executor=executor, paths=paths, progress=progress)
     finally:
         executor.close()
-    print("labelling: " + "; ".join(line.strip() for line in summary.lines()[1:6]), flush=True)
+    print(f"labelling: {summary.labelled} labelled now, {summary.cached} already cached, {summary.duplicates} "
+          f"duplicates, {len(summary.failed)} failed; no object in {summary.no_object_share:.1%}", flush=True)
 
 
 def _evaluation_settings(config: GridConfig, backbone: str, out: Path, backbone_seed: int = 0):
