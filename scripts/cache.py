@@ -31,7 +31,7 @@ from pathlib import Path
 from saliencyssl.cache import CorruptTargetError, TargetCache
 from saliencyssl.cache.packfile import MAGIC, PackError, open_pack, verify_pack, write_pack
 from saliencyssl.imageio import ImageDecodeError
-from saliencyssl.saliency.options import add_labeller_options, labeller_config_from_args
+from saliencyssl.saliency.options import LABELLER_OPTIONS, add_labeller_options, labeller_config_from_args
 
 
 def is_pack(path: Path) -> bool:
@@ -54,8 +54,7 @@ def cmd_stats(args) -> int:
     print(f"{args.cache}: {probe.stats().disk_bytes / 1e6:.1f} MB on disk")
     for fp, params in sorted(fingerprints.items()):
         stats = TargetCache(args.cache, fp).stats()
-        desc = ", ".join(f"{k}={v}" for k, v in (params or {}).items() if k in ("version", "min_side", "scale",
-                                                                                 "max_side", "cut_engine"))
+        desc = ", ".join(f"{k}={v}" for k, v in (params or {}).items() if k in ("version", *LABELLER_OPTIONS))
         print(f"  fingerprint {fp}: {stats.entries} targets, {stats.bytes / 1e6:.2f} MB"
               f" ({stats.bytes / max(stats.entries, 1):.0f} B each)  [{desc or 'parameters not recorded'}]")
     return 0

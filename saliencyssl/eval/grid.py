@@ -36,9 +36,7 @@ import numpy as np
 
 from saliencyssl.augment import parse_policy
 from saliencyssl.augment.router import parse_sources
-
-#: The labeller options a grid's ``labeller`` section may set (what pretrain.py takes).
-_LABELLER_KEYS = ("min_side", "scale", "max_side", "cut_engine")
+from saliencyssl.saliency.options import LABELLER_OPTIONS
 _PRETRAIN_KEYS = {"image_size", "epochs", "batch_size", "limit", "device", "amp", "aug_source", "surrogate", "seed",
                   "lr", "knn_every", "workers"}
 _EVAL_KEYS = {"fractions", "protocols", "seeds", "train_limit", "test_limit", "device", "batch_size", "knn_k", "no_cache",
@@ -141,9 +139,9 @@ class GridConfig:
                 raise ValueError(f"{path}: unknown {key} keys {bad}; allowed: {sorted(allowed)}")
         from saliencyssl.saliency import LabellerConfig
 
-        if not isinstance(config.labeller, dict) or set(config.labeller) - set(_LABELLER_KEYS):
-            unknown = sorted(set(config.labeller) - set(_LABELLER_KEYS)) if isinstance(config.labeller, dict) else []
-            raise ValueError(f"{path}: labeller must be an object with keys among {', '.join(_LABELLER_KEYS)}"
+        if not isinstance(config.labeller, dict) or set(config.labeller) - set(LABELLER_OPTIONS):
+            unknown = sorted(set(config.labeller) - set(LABELLER_OPTIONS)) if isinstance(config.labeller, dict) else []
+            raise ValueError(f"{path}: labeller must be an object with keys among {', '.join(LABELLER_OPTIONS)}"
                              + (f"; unknown: {unknown}" if unknown else ""))
         try:
             LabellerConfig(**config.labeller)
@@ -157,8 +155,8 @@ class GridConfig:
             raise ValueError(f"{path}: pretrain.limit must be a whole number of images, at least 1 (or left out "
                              f"for all of them), got {limit!r}")
         if limit is not None and batch > limit and (config.cells or config.methods):
-            raise ValueError(f"{path}: pretrain.batch_size {batch} is larger than pretrain.limit "
-                             f"{config.pretrain['limit']}: not one full batch per epoch; lower the batch size")
+            raise ValueError(f"{path}: pretrain.batch_size {batch} is larger than pretrain.limit {limit}: not one "
+                             f"full batch per epoch; lower the batch size")
         if "aug_source" in config.pretrain:
             try:
                 sources = parse_sources(config.pretrain["aug_source"])
@@ -345,7 +343,7 @@ def check_started_pretraining(cell: Cell, expected: dict) -> None:
     # The run's PretrainConfig; its method and policy are spelled as typed (the backbone records them
     # normalised), and the cell's folder name already stands for them.
     recorded = {k: v for k, v in recorded.items() if k not in ("method", "policy")}
-    labeller_options = {k: recorded[k] for k in _LABELLER_KEYS if k in recorded}
+    labeller_options = {k: recorded[k] for k in LABELLER_OPTIONS if k in recorded}
     if labeller_options:  # the checkpoint records the options; the backbone their fingerprint
         from saliencyssl.saliency import LabellerConfig
 

@@ -14,6 +14,10 @@ from saliencyssl.saliency.params import CUT_ENGINES
 
 _DEFAULTS = LabellerConfig()
 
+#: The labeller options the scripts take (the rest of :class:`LabellerConfig` keeps Cheng's defaults):
+#: what a grid config's ``labeller`` section and a pretraining checkpoint hold.
+LABELLER_OPTIONS = ("min_side", "scale", "max_side", "cut_engine")
+
 
 def add_labeller_options(parser: argparse.ArgumentParser, title: str | None = None,
                          optional: bool = False) -> argparse._ArgumentGroup:
@@ -45,7 +49,7 @@ def add_labeller_options(parser: argparse.ArgumentParser, title: str | None = No
 def labeller_config_from_args(args: argparse.Namespace) -> LabellerConfig | None:
     """The :class:`LabellerConfig` of the parsed options; ``None`` when added with ``optional=True``
     and none was given."""
-    given = {k: getattr(args, k) for k in ("scale", "max_side", "min_side", "cut_engine")}
+    given = {k: getattr(args, k) for k in LABELLER_OPTIONS}
     if all(v is None for v in given.values()):
         return None
     return LabellerConfig(**{k: v for k, v in given.items() if v is not None})
@@ -56,5 +60,4 @@ def describe_params(params: dict | None) -> str:
     (``"min_side=64, scale=None, max_side=None, cut_engine=faithful"``)."""
     if not params:
         return "parameters unknown"
-    keys = ("min_side", "scale", "max_side", "cut_engine")
-    return ", ".join(f"{k}={params.get(k)}" for k in keys if k in params)
+    return ", ".join(f"{k}={params.get(k)}" for k in LABELLER_OPTIONS if k in params)

@@ -37,6 +37,7 @@ from saliencyssl.augment import (FrozenPack, MissingPieceError, SSLAugmentation,
 from saliencyssl.datasets import open_image_set
 from saliencyssl.precision import autocast_dtype
 from saliencyssl.saliency import Labeller, LabellerConfig
+from saliencyssl.saliency.options import LABELLER_OPTIONS
 from saliencyssl.ssl.backbone import resnet18_backbone, save_backbone, uses_cifar_stem
 from saliencyssl.ssl.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 
@@ -86,8 +87,7 @@ class PretrainConfig:
     tensorboard: bool = True
 
     def labeller_config(self) -> LabellerConfig:
-        return LabellerConfig(min_side=self.min_side, scale=self.scale, max_side=self.max_side,
-                              cut_engine=self.cut_engine)
+        return LabellerConfig(**{name: getattr(self, name) for name in LABELLER_OPTIONS})
 
 
 @dataclass
@@ -298,7 +298,7 @@ class Pretrainer:
         # backbone.pt would record values the run did not use.
         keys = ["method", "image_size", "batch_size", "epochs", "lr", "seed", "limit", "data", "policy"]
         if self.sources != ("none",):  # where targets are read (a policy without saliency views reads none)
-            keys += ["aug_source", "scale", "max_side", "min_side", "cut_engine"]
+            keys += ["aug_source", *LABELLER_OPTIONS]
         for key in keys:
             was, now = saved.get(key), getattr(self.config, key)
             if key == "data" and was is not None:
