@@ -306,6 +306,7 @@ def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerCon
     bar.close()
 
     # Pass 3: the duplicates, from the entries pass 2 stored (their own HC maps when exporting).
+    kept = []
     for path in duplicates:
         target = cache.get(hashes[path])
         if target is None:  # the file it copies failed
@@ -313,8 +314,8 @@ def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerCon
             continue
         summary.duplicates += 1
         summary.no_object += int(not target.mask.any())
+        kept.append((path, False, True))
     if export is not None:
-        kept = [(path, False, True) for path in duplicates if cache.contains(hashes[path])]
         bar = tqdm(total=len(kept), desc="exporting duplicates", unit="img", disable=not progress or not kept)
         for results in executor.imap_unordered(label_files, ((config_fields, chunk) for chunk in _chunks(kept, size))):
             for record in results:

@@ -469,26 +469,26 @@ class SurrogateTrainer:
             {**self._meta(), "heldout_fidelity": _plain(report), "selection_score": score}))
         return True
 
-    def save_final(self, stopped_by: str) -> tuple[Path, int, dict | None]:
+    def save_final(self, stopped_by: str) -> tuple[Path, int, int, dict | None]:
         """Write ``RUN_DIR/surrogate.pt``: the best (or last) generator and its metadata (its
         ``step`` says where it was taken, ``selected_epoch`` how many epochs were complete).
 
         Returns:
-            ``(path, selected epoch, its held-out report)``.
+            ``(path, selected epoch, its step, its held-out report)``.
         """
         meta = {**self._meta(), "stopped_by": stopped_by, "final_epoch": self.epoch,
                 "final_heldout_fidelity": _plain(self.last_report), "select": self.config.select}
-        generator, epoch, report = self.eval_generator, self.epoch, self.last_report
+        generator, epoch, step, report = self.eval_generator, self.epoch, self.step, self.last_report
         if self.config.select == "best" and self.best is not None and self._best_state is not None:
             generator = UNetGenerator(self.arch)
             generator.load_state_dict(self._best_state)
-            epoch, report = int(self.best["epoch"]), self.best["report"]
-            meta.update({"epoch": epoch, "step": int(self.best["step"]), "heldout_fidelity": report,
+            epoch, step, report = int(self.best["epoch"]), int(self.best["step"]), self.best["report"]
+            meta.update({"epoch": epoch, "step": step, "heldout_fidelity": report,
                          "selection_score": self.best["score"]})
         meta["selected_epoch"] = epoch
         path = save_checkpoint(self.run_dir / "surrogate.pt", checkpoint_dict(
             generator, self.train_pairs.fingerprint, self.train_pairs.labeller_params, meta))
-        return path, epoch, report
+        return path, epoch, step, report
 
     # -- the loop --------------------------------------------------------------------------------
     def _tb(self):
@@ -599,12 +599,11 @@ class SurrogateTrainer:
             self.consider(self.last_report)
         self.elapsed = time.perf_counter() - started
         self.save_last()
-        path, selected, report = self.save_final(stopped_by)
+        path, selected, selected_step, report = self.save_final(stopped_by)
         if writer is not None:
             writer.flush()
             writer.close()
             self._writer = None
-        selected_step = int(self.best["step"]) if self.config.select == "best" and self.best else self.step
         return TrainResult(surrogate_path=path, epochs_done=self.epoch, steps=self.step, seconds=self.elapsed,
                            stopped_by=stopped_by, held_out=report, selected_epoch=selected,
                            selected_step=selected_step)
@@ -614,6 +613,10 @@ class SurrogateTrainer:
 #: them (``--epochs``, ``--max-minutes``, ``--select``, ``--amp`` and the device may change).
 _RESUME_MUST_KEEP = {"batch_size": "--batch-size", "lr": "--lr", "beta1": "beta1", "decay_start": "--decay-start",
                      "flip": "--no-flip", "seed": "--seed", "gan_mode": "--gan-mode", "weights": "--lambda-*"}
+
+
+def _flipping(on: bool) -> str:
+    return "mirrored pairs" if on else "--no-flip"
 
 
 def _changed_options(recorded: dict, config: TrainConfig) -> list[str]:
@@ -626,10 +629,7 @@ def _changed_options(recorded: dict, config: TrainConfig) -> list[str]:
         if key not in recorded or recorded[key] == now[key]:
             continue
         if key == "flip":
-            def flips(on):
-                return "mirrored pairs" if on else "--no-flip"
-
-            changed.append(f"{flips(recorded[key])} (now {flips(now[key])})")
+            changed.append(f"{_flipping(recorded[key])} (now {_flipping(now[key])})")
         else:
             changed.append(f"{flag} {recorded[key]} (now {now[key]})")
     return changed
