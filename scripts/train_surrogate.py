@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     n_present = int(train.targets.mask.flatten(1).any(1).sum())
     print(f"labeller {pairs.fingerprint}: {len(pairs)} pairs at {args.size}px in {time.perf_counter() - start:.1f}s "
           f"-> {len(train)} training ({n_present / max(1, len(train)):.0%} with a mask), {len(held)} held out")
-    if held is not None and 0 < len(held) < SMALL_HELD_OUT and args.select == "best":
+    if 0 < len(held) < SMALL_HELD_OUT and args.select == "best":
         print(f"note: the best epoch is chosen on {len(held)} held-out images, a noisy choice; with few images "
               f"a larger --held-out (e.g. 0.2) or --select last is steadier", file=sys.stderr)
 
