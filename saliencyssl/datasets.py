@@ -12,8 +12,15 @@ Layouts understood by :func:`open_image_set`:
 - any other folder of images (searched recursively; one sub-folder holding everything, or images
   beside the class folders): unlabelled;
 - a folder holding CIFAR-10's python batches (``data_batch_1`` ... ``data_batch_5``,
-  ``test_batch``, as in ``cifar-10-batches-py``): its train batches (``test_batch`` alone when only
-  it is there), or the path of one batch file.
+  ``test_batch`` and ``batches.meta``, as in ``cifar-10-batches-py``, and no image files): its train
+  batches (``test_batch`` alone when only it is there), or the path of one batch file.
+
+CIFAR batches are pickles, and a pickle can run code when it is loaded. They are read by
+:class:`CifarUnpickler`, which builds only what the format holds (dicts, lists, strings, bytes,
+numbers and numpy arrays) and refuses anything else, so a batch file from someone else cannot
+run code. A folder is read as CIFAR batches only when it holds ``batches.meta`` and at least one
+batch and no image file, so one stray file named ``data_batch_1`` does not turn an image folder
+into a CIFAR folder (it is reported instead).
 
 For training at one size, :func:`fit_square` resizes the shorter side and centre-crops, and
 :meth:`ImageSet.stack` returns every image at that size as one ``(N, 3, S, S)`` uint8 tensor.
@@ -21,12 +28,16 @@ For training at one size, :func:`fit_square` resizes the shorter side and centre
 
 from __future__ import annotations
 
+import io
+import logging
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -36,8 +47,116 @@ if TYPE_CHECKING:
 from saliencyssl.hashing import content_hash
 from saliencyssl.imageio import IMAGE_SUFFIXES, ImageDecodeError, list_images, read_image, to_rgb_uint8
 
+#: Square sizes a stage accepts for its training images: the networks need at least 8 px, and no stage
+#: is meant for more than 1,024 px (a set of CIFAR size would no longer fit in memory).
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024
+
+
+def check_image_size(size: int, what: str = "image size") -> int:
+    """``size`` as an int when it lies in ``MIN_IMAGE_SIZE..MAX_IMAGE_SIZE``.
+
+    Raises:
+        ValueError: naming ``what``, the value and the range.
+    """
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not \
+            MIN_IMAGE_SIZE <= int(size) <= MAX_IMAGE_SIZE:
+        raise ValueError(f"{what} must be a whole number of pixels from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}, "
+                         f"got {size!r}")
+    return int(size)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (Linux ``MemAvailable``), or ``None`` where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(needed: int, what: str) -> None:
+    """Refuse to allocate ``needed`` bytes for ``what`` when the machine has less available.
+
+    Raises:
+        MemoryError: naming what needs how much, and what is available.
+    """
+    available = available_memory()
+    if available is not None and needed > available:
+        raise MemoryError(f"{what} needs {needed / 1e9:.1f} GB of memory and {available / 1e9:.1f} GB are available; "
+                          f"use fewer images or a smaller image size")
+
+
 CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST_BATCH = "test_batch"
+CIFAR_META = "batches.meta"
+
+#: The only callables a CIFAR-10 batch pickle may name: numpy's array and scalar reconstructors
+#: (numpy 1 and 2 spell their module differently). Everything else is refused.
+_CIFAR_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+})
+
+
+def _latin1_bytes(text: str, encoding: str) -> bytes:
+    """What a protocol-2 pickle written by Python 3 calls to rebuild ``bytes``: ``_codecs.encode(text, "latin1")``;
+    any other codec is refused."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError(f"the pickle calls _codecs.encode with {encoding!r}, which a CIFAR-10 batch never does")
+    return text.encode("latin1")
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle that names a callable outside the CIFAR-10 format (it could run code); ``path`` names the file."""
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Unpickle CIFAR-10 python batches without running code.
+
+    A pickle may name any importable callable, and loading it calls it (``os.system`` included).
+    This unpickler resolves only numpy's array and scalar reconstructors (:data:`_CIFAR_GLOBALS`);
+    dicts, lists, tuples, strings, bytes and numbers need no callable at all. Any other name raises
+    :class:`UnsafePickleError` before anything is called. Protocol-2 pickles written by Python 3
+    rebuild ``bytes`` through ``_codecs.encode(text, "latin1")``, which is admitted for that codec only.
+
+    Example:
+        >>> import io, pickle
+        >>> CifarUnpickler(io.BytesIO(pickle.dumps({b"labels": [1, 2]})), encoding="bytes").load()
+        {b'labels': [1, 2]}
+        >>> CifarUnpickler(io.BytesIO(pickle.dumps(print)), encoding="bytes").load()
+        Traceback (most recent call last):
+        ...
+        saliencyssl.datasets.UnsafePickleError: the pickle names builtins.print, which a CIFAR-10 batch never holds
+    """
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_bytes
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise UnsafePickleError(f"the pickle names {module}.{name}, which a CIFAR-10 batch never holds")
+        return super().find_class(module, name)
+
+
+def load_cifar_pickle(path: str | Path) -> object:
+    """Read one CIFAR-10 pickle (a batch or ``batches.meta``) with :class:`CifarUnpickler`.
+
+    Raises:
+        ImageDecodeError: the file is unreadable, not a pickle, or names a callable outside the format.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+        return CifarUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except UnsafePickleError as error:
+        raise ImageDecodeError(path, f"refused: {error}; it may be crafted to run code, do not load it with "
+                                     f"pickle") from error
+    except Exception as error:  # pickle raises many types for damaged files
+        raise ImageDecodeError(path, f"not a CIFAR-10 python batch ({type(error).__name__}: {error})") from error
 
 
 @dataclass
@@ -119,6 +238,7 @@ class ImageSet:
         """All images resized by :func:`fit_square` to ``size``, as ``(N, 3, size, size)`` uint8."""
         import torch
 
+        check_memory(len(self) * 3 * size * size, f"{len(self)} images at {size}x{size}")
         indices: Sequence[int] = range(len(self))
         if progress and len(self) > 2000:
             from tqdm import tqdm
@@ -147,9 +267,17 @@ def open_image_set(path: str | Path, keep_decoded: bool | None = None) -> ImageS
     if _is_cifar(path):
         return _open_cifar(path)
     files = list_images(path)
+    batches = [n for n in CIFAR_TRAIN_BATCHES + (CIFAR_TEST_BATCH,) if (path / n).is_file()]
     if not files:
+        if batches:
+            raise FileNotFoundError(f"{path} holds CIFAR-10 batch files ({', '.join(batches)}) but no {CIFAR_META}, "
+                                    f"so it is not read as a CIFAR-10 batch folder; copy {CIFAR_META} from the same "
+                                    f"download beside them, or give one batch file: {path / batches[0]}")
         raise FileNotFoundError(f"{path} holds no images (looked recursively for "
                                 f"{', '.join(IMAGE_SUFFIXES)}); check the path")
+    if batches:
+        log.warning("%s: read as an image folder; its files %s are not read (a CIFAR-10 batch folder holds %s and "
+                    "no image files)", path, ", ".join(batches), CIFAR_META)
     rel = [f.relative_to(path) for f in files]
     top_dirs = {r.parts[0] for r in rel if len(r.parts) > 1}
     # Labelled: every image in a class sub-folder, and at least two classes (one sub-folder holding
@@ -176,9 +304,13 @@ def open_image_set(path: str | Path, keep_decoded: bool | None = None) -> ImageS
 
 
 def _is_cifar(path: Path) -> bool:
+    """A batch file given by path, or a folder with ``batches.meta``, a batch and no image file."""
+    names = CIFAR_TRAIN_BATCHES + (CIFAR_TEST_BATCH,)
     if path.is_file():
-        return path.name in CIFAR_TRAIN_BATCHES + (CIFAR_TEST_BATCH,)
-    return any((path / name).is_file() for name in CIFAR_TRAIN_BATCHES + (CIFAR_TEST_BATCH,))
+        return path.name in names
+    if not (path / CIFAR_META).is_file() or not any((path / name).is_file() for name in names):
+        return False
+    return not any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.rglob("*"))
 
 
 def _open_cifar(path: Path) -> ImageSet:
@@ -190,16 +322,22 @@ def _open_cifar(path: Path) -> ImageSet:
         batch_files = [path / n for n in CIFAR_TRAIN_BATCHES if (path / n).is_file()] or [path / CIFAR_TEST_BATCH]
     images, labels, names = [], [], []
     for batch_file in batch_files:
+        batch = load_cifar_pickle(batch_file)
         try:
-            with open(batch_file, "rb") as fh:
-                batch = pickle.load(fh, encoding="bytes")
-            data = np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            raw = batch[b"data"]
             batch_labels = batch.get(b"labels", batch.get(b"fine_labels"))
-        except Exception as error:
-            raise ImageDecodeError(batch_file, f"not a CIFAR-10 python batch ({type(error).__name__}: {error})") from error
-        images.append(data)
-        labels.extend(int(v) for v in batch_labels)
-        names.extend(f"{batch_file.name}:{i}" for i in range(len(data)))
+            if not isinstance(raw, np.ndarray) or raw.dtype != np.uint8 or raw.ndim != 2 or raw.shape[1] != 3072:
+                raise ValueError(f"'data' must be an (N, 3072) uint8 array, got "
+                                 f"{getattr(raw, 'dtype', type(raw).__name__)} {getattr(raw, 'shape', '')}")
+            batch_labels = [int(v) for v in batch_labels]
+            if len(batch_labels) != len(raw):
+                raise ValueError(f"{len(batch_labels)} labels for {len(raw)} images")
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            raise ImageDecodeError(batch_file, f"not a CIFAR-10 python batch ({type(error).__name__}: {error})") \
+                from error
+        images.append(raw.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.extend(batch_labels)
+        names.extend(f"{batch_file.name}:{i}" for i in range(len(raw)))
     pixels = np.ascontiguousarray(np.concatenate(images))
     classes = _cifar_classes(path if path.is_dir() else path.parent)
     image_set = ImageSet(names=names, labels=np.array(labels, np.int64), classes=classes, root=path,
@@ -209,10 +347,13 @@ def _open_cifar(path: Path) -> ImageSet:
 
 
 def _cifar_classes(folder: Path) -> list[str]:
-    meta = folder / "batches.meta"
+    meta = folder / CIFAR_META
     if meta.is_file():
-        with open(meta, "rb") as fh:
-            return [n.decode() for n in pickle.load(fh, encoding="bytes")[b"label_names"]]
+        names = load_cifar_pickle(meta)
+        try:
+            return [n.decode() if isinstance(n, bytes) else str(n) for n in names[b"label_names"]]
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ImageDecodeError(meta, f"not CIFAR-10 batch metadata (no list 'label_names': {error})") from error
     return ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -268,4 +409,5 @@ def target_at_size(target: "Target", size: int) -> "Target":
     return Target(saliency, mask, regions)
 
 
-__all__ = ["ImageSet", "open_image_set", "fit_square", "target_at_size", "to_rgb_uint8"]
+__all__ = ["ImageSet", "open_image_set", "fit_square", "target_at_size", "to_rgb_uint8", "check_image_size",
+           "check_memory", "MIN_IMAGE_SIZE", "MAX_IMAGE_SIZE", "CifarUnpickler", "load_cifar_pickle"]

@@ -22,6 +22,10 @@ import numpy as np
 
 #: File name endings :func:`list_images` picks up (case-insensitive).
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+#: Largest image :func:`read_image` decodes (width x height, read from the file's header first), so a
+#: small file that claims a huge image (a decompression bomb) is refused before any pixel is allocated.
+#: 100 M pixels is a 10,000 x 10,000 photo, 300 MB decoded.
+MAX_DECODE_PIXELS = 100_000_000
 
 
 class ImageDecodeError(ValueError):
@@ -36,13 +40,16 @@ class ImageDecodeError(ValueError):
 def list_images(root: str | Path) -> list[Path]:
     """All image files below ``root`` (recursive), sorted by their path relative to ``root``.
 
+    Links named like images are listed even when they point nowhere (dangling or looping), so a
+    job reports them as files it could not read instead of skipping them unseen.
+
     Raises:
         FileNotFoundError: ``root`` does not exist or is not a folder.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
-    files = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    files = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_symlink() or p.is_file())]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
@@ -61,7 +68,11 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageDecodeError(path, str(error)) from error
     if data.size == 0:
         raise ImageDecodeError(path, "the file is empty")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)  # what the original's imread(path) returns
+    _check_decoded_size(path, data)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)  # what the original's imread(path) returns
+    except cv2.error as error:  # OpenCV's own size limit, or a decoder assertion
+        raise ImageDecodeError(path, f"OpenCV refused it ({str(error).strip().splitlines()[-1]})") from error
     if image is not None:
         return to_rgb_uint8(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), source=path)
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # what IMREAD_COLOR refuses, e.g. 32-bit float TIFF
@@ -70,6 +81,33 @@ def read_image(path: str | Path) -> np.ndarray:
     elif image.ndim == 3 and image.shape[2] >= 3:
         image = image[:, :, 2::-1]  # OpenCV's BGR(A) to RGB; to_rgb_uint8 does the rest (grey + alpha, dtype)
     return to_rgb_uint8(image, source=path)
+
+
+def image_header_size(data: np.ndarray) -> tuple[int, int] | None:
+    """``(width, height)`` an encoded image claims in its header (Pillow reads only the header), or ``None``."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data.tobytes())) as opened:
+            return opened.size
+    except Image.DecompressionBombError as error:  # Pillow's own limit, read from the header too
+        raise ImageDecodeError("<bytes>", str(error)) from error
+    except Exception:  # not a format Pillow knows, or a damaged header: the decoder will say
+        return None
+
+
+def _check_decoded_size(path: Path, data: np.ndarray) -> None:
+    try:
+        size = image_header_size(data)
+    except ImageDecodeError as error:
+        raise ImageDecodeError(path, f"its header claims more pixels than the {MAX_DECODE_PIXELS:,} this toolkit "
+                                     f"decodes ({error.reason})") from error
+    if size is not None and size[0] * size[1] > MAX_DECODE_PIXELS:
+        raise ImageDecodeError(path, f"it claims {size[0]} x {size[1]} pixels, more than the "
+                                     f"{MAX_DECODE_PIXELS:,} this toolkit decodes (a decompression bomb, or a "
+                                     f"photo to shrink first)")
 
 
 def _read_with_pillow(path: Path) -> np.ndarray:
@@ -81,6 +119,7 @@ def _read_with_pillow(path: Path) -> np.ndarray:
     try:
         from PIL import ImageOps
 
+        Image.MAX_IMAGE_PIXELS = MAX_DECODE_PIXELS  # Pillow refuses larger images itself
         with Image.open(path) as opened:
             opened.load()
             img = ImageOps.exif_transpose(opened)

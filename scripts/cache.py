@@ -3,8 +3,9 @@
 
 Subcommands:
   stats  CACHE_DIR                     what the cache holds, per labeller fingerprint
-  verify CACHE_DIR|PACK                decode every entry (damaged ones are reported and removed) or
-                                       check a pack's checksum; non-zero exit if anything is damaged
+  verify CACHE_DIR|PACK                decode every entry against its key (damaged ones are reported and
+                                       removed; foreign keys removed unread) or check a pack's checksum;
+                                       non-zero exit if anything is damaged
   export CACHE_DIR IMAGES_DIR --out PACK [--image-size S]
                                        the targets of a data set as one read-only, memory-mappable file
                                        (with --image-size, stored at the training size, so
@@ -28,8 +29,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from saliencyssl.cache import CorruptTargetError, TargetCache
-from saliencyssl.cache.packfile import MAGIC, PackError, open_pack, verify_pack, write_pack
+from saliencyssl.cache import TargetCache
+from saliencyssl.cache.packfile import MAGIC, PackError, open_pack, verify_pack
+from saliencyssl.cache.store import CacheOpenError, cache_fingerprints
+from saliencyssl.cache.transfer import (MissingTargetsError, UndecodableImagesError, check_pack_destination,
+                                        export_pack, import_cache, import_pack)
+from saliencyssl.datasets import check_image_size
 from saliencyssl.imageio import ImageDecodeError
 from saliencyssl.saliency.options import LABELLER_OPTIONS, add_labeller_options, labeller_config_from_args
 
@@ -41,19 +46,23 @@ def is_pack(path: Path) -> bool:
         return fh.read(len(MAGIC)) == MAGIC
 
 
+def _not_a_cache(path: Path, hint: str = "IMAGES") -> int:
+    print(f"error: {path} is not a cache folder (no cache.db); fill one with: python scripts/label.py {hint} "
+          f"--cache {path}", file=sys.stderr)
+    return 2
+
+
 def cmd_stats(args) -> int:
     if not TargetCache.exists(args.cache):
-        print(f"error: {args.cache} is not a cache folder (no cache.db); fill one with: python scripts/label.py "
-              f"IMAGES --cache {args.cache}", file=sys.stderr)
-        return 2
-    probe = TargetCache(args.cache, "stats")
-    fingerprints = probe.fingerprints()
+        return _not_a_cache(args.cache)
+    fingerprints = cache_fingerprints(args.cache)
     if not fingerprints:
         print(f"{args.cache}: empty cache")
         return 0
-    print(f"{args.cache}: {probe.stats().disk_bytes / 1e6:.1f} MB on disk")
+    first = TargetCache(args.cache, next(iter(fingerprints)), create=False)
+    print(f"{args.cache}: {first.stats().disk_bytes / 1e6:.1f} MB on disk")
     for fp, params in sorted(fingerprints.items()):
-        stats = TargetCache(args.cache, fp).stats()
+        stats = TargetCache(args.cache, fp, create=False).stats()
         desc = ", ".join(f"{k}={v}" for k, v in (params or {}).items() if k in ("version", *LABELLER_OPTIONS))
         print(f"  fingerprint {fp}: {stats.entries} targets, {stats.bytes / 1e6:.2f} MB"
               f" ({stats.bytes / max(stats.entries, 1):.0f} B each)  [{desc or 'parameters not recorded'}]")
@@ -70,71 +79,74 @@ def cmd_verify(args) -> int:
     if not TargetCache.exists(args.path):
         print(f"error: {args.path} is neither a cache folder (no cache.db) nor a pack", file=sys.stderr)
         return 2
-    damaged = 0
-    fingerprints = TargetCache(args.path, "verify").fingerprints()
-    for fp in sorted(fingerprints):
-        report = TargetCache(args.path, fp).verify(remove=True)
-        damaged += len(report.damaged)
+    fingerprints = sorted(cache_fingerprints(args.path))
+    config = labeller_config_from_args(args)
+    bad = 0
+    # The fingerprint of the labeller options given is checked even when the cache holds none of
+    # its targets (say so), and its pass also finds and removes foreign keys.
+    for fp in dict.fromkeys([config.fingerprint(), *fingerprints]):
+        report = TargetCache(args.path, fp, create=False).verify(remove=True)
+        if report.foreign:
+            bad += len(report.foreign)
+            print(f"{len(report.foreign)} foreign entries (keys saliency-ssl never writes, e.g. {report.foreign[0]:.60}"
+                  f"): removed unread")
+        if fp not in fingerprints:
+            print(f"fingerprint {fp} (the labeller options given): no targets in {args.path}"
+                  + (f"; it holds {', '.join(fingerprints)}" if fingerprints else ""))
+            bad += 1 if not fingerprints else 0
+            continue
+        bad += len(report.damaged)
         print(f"fingerprint {fp}: {report.checked} entries checked, {len(report.damaged)} damaged"
-              + (" (removed; rerun scripts/label.py to recompute them)" if report.damaged else ""))
+              + (" (removed; rerun scripts/label.py to recompute them)" if report.damaged else "")
+              + (f", {report.upgraded} rewritten with a checksum over their key" if report.upgraded else ""))
         for h in report.damaged[:20]:
             print(f"  damaged: {h}")
-    return 1 if damaged else 0
+    return 1 if bad else 0
 
 
 def cmd_export(args) -> int:
-    from saliencyssl.datasets import target_at_size
+    from tqdm import tqdm
+
     from saliencyssl.datasets import open_image_set
 
     config = labeller_config_from_args(args)
+    if args.image_size is not None:
+        check_image_size(args.image_size, "--image-size")
     if not TargetCache.exists(args.cache):
-        print(f"error: {args.cache} is not a cache folder (no cache.db); fill one with: python scripts/label.py "
-              f"{args.images} --cache {args.cache}", file=sys.stderr)
+        return _not_a_cache(args.cache, str(args.images))
+    try:
+        check_pack_destination(args.out, args.images if args.images.is_dir() else None, overwrite=args.overwrite)
+    except FileExistsError as error:
+        print(f"error: {error}; choose another --out" + ("" if args.out.is_dir() else " or pass --overwrite"),
+              file=sys.stderr)
         return 2
-    from tqdm import tqdm
-
-    from saliencyssl.hashing import content_hash
-
-    cache = TargetCache(args.cache, config.fingerprint())
+    except ValueError as error:
+        print(f"error: {error}: the next run would read it as an image; write it outside, e.g. --out "
+              f"{args.images.name}.pack", file=sys.stderr)
+        return 2
+    cache = TargetCache(args.cache, config.fingerprint(), create=False)
     image_set = open_image_set(args.images, keep_decoded=False)
-    hashes = []
-    for i in tqdm(range(len(image_set)), desc="hashing", unit="img", disable=len(image_set) < 2000):
-        try:
-            hashes.append(content_hash(image_set.image(i)))
-        except ImageDecodeError as error:
-            if not args.allow_missing:
-                print(f"error: {error}; --allow-missing exports the other images' targets", file=sys.stderr)
-                return 2
-            hashes.append(None)
-    undecodable = [name for name, h in zip(image_set.names, hashes) if h is None]
-    if undecodable:
-        print(f"{len(undecodable)} files cannot be decoded and are skipped, e.g. {undecodable[0]}", file=sys.stderr)
-    items, missing = [], []
-    seen = set()
-    for name, h in zip(image_set.names, hashes):
-        if h is None:
-            continue
-        if h in seen:
-            continue
-        seen.add(h)
-        target = cache.get(h)
-        if target is None:
-            missing.append(name)
-            continue
-        items.append((h, target_at_size(target, args.image_size) if args.image_size else target))
-    if missing:
-        print(f"{len(missing)} of {len(image_set)} images have no target in {args.cache} (fingerprint "
-              f"{config.fingerprint()}), e.g. {missing[0]}; label them first: python scripts/label.py {args.images} "
-              f"--cache {args.cache}", file=sys.stderr)
-        if not args.allow_missing:
-            return 1
-    if not items:
-        print("error: nothing to export", file=sys.stderr)
+    bar = (lambda it: tqdm(it, total=len(image_set), desc="hashing", unit="img")) if len(image_set) >= 2000 else None
+    try:
+        report = export_pack(cache, image_set, args.out, config.params(), args.image_size, args.allow_missing, bar)
+    except UndecodableImagesError as error:
+        name, reason = error.failed[0]
+        print(f"error: {args.images / name}: cannot decode image ({reason}); --allow-missing exports the other "
+              f"images' targets", file=sys.stderr)
+        return 2
+    except MissingTargetsError as error:
+        print(f"{len(error.missing)} of {error.total} images have no target in {args.cache} (fingerprint "
+              f"{error.fingerprint}), e.g. {error.missing[0]}; label them first: python scripts/label.py {args.images} "
+              f"--cache {args.cache}, or pass --allow-missing", file=sys.stderr)
         return 1
-    path = write_pack(args.out, items, config.fingerprint(), config.params())
-    size = path.stat().st_size
-    print(f"wrote {path}: {len(items)} targets, {size / 1e6:.2f} MB, fingerprint {config.fingerprint()}"
-          + (f", stored at {args.image_size}px" if args.image_size else ""))
+    if report.undecodable:
+        print(f"{len(report.undecodable)} files cannot be decoded and are skipped, e.g. {report.undecodable[0][0]}",
+              file=sys.stderr)
+    if report.missing:
+        print(f"{len(report.missing)} images have no target in {args.cache} and are skipped, e.g. {report.missing[0]}",
+              file=sys.stderr)
+    print(f"wrote {report.path}: {report.rows} targets, {report.bytes / 1e6:.2f} MB, fingerprint "
+          f"{config.fingerprint()}" + (f", stored at {args.image_size}px" if args.image_size else ""))
     return 0
 
 
@@ -143,47 +155,28 @@ def cmd_import(args) -> int:
     fingerprint = config.fingerprint()
     if is_pack(args.source):
         try:
-            pack = open_pack(args.source, expect_fingerprint=fingerprint)
+            report = import_pack(args.source, args.cache, fingerprint, config.params())
         except PackError as error:
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {error}" + ("; export it again: python scripts/cache.py export CACHE_DIR IMAGES_DIR "
+                                       f"--out {args.source}" if "checksum" in str(error) else ""), file=sys.stderr)
             return 1
-        if not verify_pack(pack):
-            print(f"error: {args.source} fails its checksum (damaged); nothing imported. Export it again: "
-                  f"python scripts/cache.py export CACHE_DIR IMAGES_DIR --out {args.source}", file=sys.stderr)
-            return 1
-        cache = TargetCache(args.cache, fingerprint, params=pack.params or config.params())
-        count = cache.put_many((pack.hashes[i], pack.target(i)) for i in range(len(pack)))
     elif args.source.is_dir():
         if not TargetCache.exists(args.source):
             print(f"error: {args.source} is not a cache folder (no cache.db) nor a pack file", file=sys.stderr)
             return 2
-        source = TargetCache(args.source, fingerprint)
-        available = source.fingerprints()
-        if fingerprint not in available:
-            others = ", ".join(sorted(available)) or "none"
-            print(f"error: {args.source} holds no targets of fingerprint {fingerprint} (it holds: {others}); "
-                  f"pass the labeller options the source was labelled with", file=sys.stderr)
+        try:
+            report = import_cache(args.source, args.cache, fingerprint, config.params())
+        except LookupError as error:
+            print(f"error: {error}; pass the labeller options the source was labelled with", file=sys.stderr)
             return 1
-        cache = TargetCache(args.cache, fingerprint, params=available.get(fingerprint) or config.params())
-        count, damaged = 0, []
-        for h in source.hashes():
-            data = source.get_encoded(h)
-            if data is None:
-                continue
-            try:
-                cache.put_encoded(h, data)
-            except CorruptTargetError:
-                damaged.append(h)
-                continue
-            count += 1
-        if damaged:
-            print(f"warning: skipped {len(damaged)} damaged entries of {args.source} (e.g. {damaged[0]}); "
-                  f"`python scripts/cache.py verify {args.source}` removes them, then rerun scripts/label.py",
-                  file=sys.stderr)
+        if report.damaged:
+            print(f"warning: skipped {len(report.damaged)} damaged entries of {args.source} (e.g. "
+                  f"{report.damaged[0]}); `python scripts/cache.py verify {args.source}` removes them, then rerun "
+                  f"scripts/label.py", file=sys.stderr)
     else:
         print(f"error: {args.source} is neither a pack file nor a cache folder", file=sys.stderr)
         return 2
-    print(f"imported {count} targets of fingerprint {fingerprint} into {args.cache}")
+    print(f"imported {report.count} targets of fingerprint {fingerprint} into {args.cache}")
     return 0
 
 
@@ -195,18 +188,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cache", type=Path, metavar="CACHE_DIR", help="a folder filled by scripts/label.py")
     p.set_defaults(func=cmd_stats)
     p = sub.add_parser("verify", help="check every entry of a cache, or a pack's checksum",
-                       description="Decode every entry of a cache (damaged ones are reported and removed; rerun "
-                       "scripts/label.py to recompute them), or check a pack file's checksum. Exit status 1 if "
-                       "anything is damaged.")
+                       description="Decode every entry of a cache against its key (damaged ones are reported and "
+                       "removed; rerun scripts/label.py to recompute them), remove keys saliency-ssl never writes "
+                       "(unread), or check a pack file's checksum. Exit status 1 if anything is damaged or the cache "
+                       "holds no target of the labeller options given.")
     p.add_argument("path", type=Path, metavar="CACHE_DIR|PACK")
+    add_labeller_options(p)
     p.set_defaults(func=cmd_verify)
     p = sub.add_parser("export", help="a data set's targets as one memory-mappable pack file")
     p.add_argument("cache", type=Path)
     p.add_argument("images", type=Path)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--image-size", type=int, default=None, help="store targets at this square training size")
+    p.add_argument("--out", type=Path, required=True, help="the pack file to write (not inside IMAGES_DIR)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="store targets at this square training size (8 to 1024)")
     p.add_argument("--allow-missing", action="store_true",
                    help="export what the cache holds even if images miss (or cannot be decoded)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing pack at --out")
     add_labeller_options(p)
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("import", help="merge a pack or a cache directory into a cache")
@@ -221,7 +218,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (PackError, ImageDecodeError, ValueError, OSError) as error:
+    except (PackError, ImageDecodeError, ValueError, OSError, MemoryError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

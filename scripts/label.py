@@ -21,9 +21,10 @@ import logging
 import sys
 from pathlib import Path
 
-from saliencyssl.cache import TargetCache
-from saliencyssl.cache.executors import default_workers, make_executor
-from saliencyssl.cache.labelling import label_folder
+from saliencyssl.cache import CacheOpenError, TargetCache
+from saliencyssl.cache.executors import WorkerDiedError, default_workers, make_executor
+from saliencyssl.cache.labelling import DEFAULT_IMAGE_TIMEOUT, LabelLimits, label_folder
+from saliencyssl.saliency import DEFAULT_MAX_PIXELS
 from saliencyssl.saliency.options import add_labeller_options, labeller_config_from_args
 
 
@@ -44,6 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--export", type=Path, default=None, metavar="EXPORT_DIR",
                         help="also write <stem>_hc.png, <stem>_rc.png (8-bit maps) and <stem>_cut.png (0/255) "
                              "per image, keeping sub-folders")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                        help=f"largest working size (height x width, after --scale/--min-side/--max-side) the "
+                             f"labeller takes; a larger image is reported as failed, since labelling time grows "
+                             f"faster than its pixels (default {DEFAULT_MAX_PIXELS:,} = 2048x2048; not part of the "
+                             f"cache key)")
+    parser.add_argument("--image-timeout", type=float, default=DEFAULT_IMAGE_TIMEOUT, metavar="S",
+                        help=f"seconds one image may take; a slower one is reported as failed and the job goes on "
+                             f"(default {DEFAULT_IMAGE_TIMEOUT:g}; 0 = no limit; applies to --workers, not to Dask "
+                             f"workers)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the end summary as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -63,6 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers is not None and args.workers < 0:
         print(f"error: --workers {args.workers}: give 0 (this process) or more worker processes", file=sys.stderr)
         return 2
+    if args.json is not None and args.json.is_dir():
+        print(f"error: --json {args.json} is a folder; give a file name, e.g. --json {args.json / 'label.json'}",
+              file=sys.stderr)
+        return 2
+    try:
+        limits = LabelLimits(max_pixels=args.max_pixels, image_timeout=args.image_timeout or None)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
         cache = TargetCache(args.cache, config.fingerprint(), params=config.params())
         executor = make_executor(args.workers if args.workers is not None else default_workers(), args.scheduler)
@@ -71,10 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         summary = label_folder(args.images, cache, config, executor=executor, export_dir=args.export,
-                               progress=not args.quiet)
-    except (FileNotFoundError, ValueError) as error:  # no images; an --export folder inside IMAGES_DIR
-        print(f"error: {error}", file=sys.stderr)
+                               progress=not args.quiet, limits=limits)
+    except (FileNotFoundError, ValueError, CacheOpenError) as error:  # no images; an --export folder inside
+        print(f"error: {error}", file=sys.stderr)                      # IMAGES_DIR; damage found in cache.db
         return 2
+    except WorkerDiedError as error:
+        print(f"error: {error}. Every target stored so far is kept in {args.cache}: rerun the same command to go on "
+              f"(with fewer --workers, or a smaller --max-pixels, if memory ran out)", file=sys.stderr)
+        return 3
     finally:
         executor.close()
     print(f"labeller fingerprint {config.fingerprint()} -> cache {args.cache}")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from saliencyssl.datasets import ImageSet, fit_square, open_image_set, target_at_size
+from saliencyssl.datasets import ImageSet, check_image_size, fit_square, open_image_set, target_at_size
 
 
 class TrainingImages(Dataset):
@@ -40,9 +40,7 @@ class TrainingImages(Dataset):
         self.images = images if isinstance(images, ImageSet) else open_image_set(images)
         if len(self.images) == 0:
             raise ValueError(f"{self.images.root} holds no images")
-        if image_size < 8:
-            raise ValueError(f"image_size must be at least 8, got {image_size}")
-        self.image_size = int(image_size)
+        self.image_size = check_image_size(image_size, "image_size")
         self.hashes = self.images.hashes(progress=True)
         self._stack: torch.Tensor | None = None
 

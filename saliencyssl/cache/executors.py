@@ -11,6 +11,13 @@ no SQLite database is ever shared between machines.
   (``tcp://host:8786``) or to a LocalCluster of N worker processes (``local:N``). Dask
   reschedules the tasks of a lost worker on the others, so a killed worker loses no finished
   result. Needs the optional dependency ``saliency-ssl[cluster]``.
+
+**No orphans.** A job killed with ``SIGKILL`` or ``SIGTERM`` runs no clean-up code, so its pool
+workers would live on, each holding a labeller. Every worker process of :class:`PoolExecutor`
+therefore watches the process that started it (:func:`watch_parent`) and exits within half a
+second of its death; multiprocessing's resource tracker exits once the job and its workers have
+closed their ends of its pipe. A worker that dies while the job runs (killed, out of memory)
+surfaces as :class:`WorkerDiedError`, one line for the caller to report.
 """
 
 from __future__ import annotations
@@ -18,6 +25,9 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import os
+import threading
+import time
+from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Callable, Iterable, Iterator
 
@@ -71,6 +81,41 @@ def prepare_worker_process() -> None:
     cv2.setNumThreads(1)
 
 
+class WorkerDiedError(RuntimeError):
+    """A worker process of a job died (killed, or out of memory) before it returned its results."""
+
+
+_WATCHING = False
+
+
+def watch_parent(parent: int, interval: float = 0.5) -> None:
+    """Exit this process soon after the process that started it is gone (once per process).
+
+    A daemon thread compares the parent's pid with ``parent`` (passed by the parent itself, since
+    the parent may die before this process starts) every ``interval`` seconds: when the parent
+    dies (even by ``SIGKILL``) the process is re-parented, the pid changes, and this one exits at
+    once (``os._exit``: no clean-up of a job that no longer exists).
+    """
+    global _WATCHING
+    if _WATCHING:
+        return
+    _WATCHING = True
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="saliencyssl-watch-parent", daemon=True).start()
+
+
+def _init_pool_worker(parent: int) -> None:
+    watch_parent(parent)
+
+
 class InlineExecutor:
     """Run every chunk in this process, in order."""
 
@@ -97,7 +142,8 @@ class PoolExecutor:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.workers = int(workers)
         self.description = f"{self.workers} local worker process{'es' if self.workers > 1 else ''}"
-        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_init_pool_worker, initargs=(os.getpid(),))
 
     def imap_unordered(self, fn: Callable[[Any], Any], chunks: Iterable[Any]) -> Iterator[Any]:
         pending = set()
@@ -113,10 +159,18 @@ class PoolExecutor:
                 return
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                yield future.result()
+                try:
+                    result = future.result()
+                except BrokenProcessPool as error:
+                    raise WorkerDiedError("a worker process died (killed, or out of memory) before it returned its "
+                                          "results") from error
+                yield result
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        except BrokenProcessPool:
+            pass
 
 
 class DaskExecutor:

@@ -13,12 +13,21 @@ The job runs in passes over an executor (:mod:`saliencyssl.cache.executors`):
 Only this process writes the cache, in small transactions as results arrive, so a job killed
 at any moment (even SIGKILL) leaves every stored entry whole, and a rerun skips them: the job
 resumes where it stopped.
+
+**Bounded work per image.** The labeller refuses an image whose working size exceeds its pixel
+budget (:class:`~saliencyssl.saliency.labeller.ImageTooLargeError`, reported as a failure of that
+file), and each image has a time limit (:func:`time_limit`; worker processes and labelling in
+this process, not Dask's worker threads, where the pixel budget is the bound): an image that runs
+over it is reported as failed, by path, and the job goes on with the next.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -30,7 +39,11 @@ from saliencyssl.cache.executors import prepare_worker_process
 from saliencyssl.cache.store import TargetCache
 from saliencyssl.hashing import content_hash
 from saliencyssl.imageio import IMAGE_SUFFIXES, ImageDecodeError, list_images, read_image
-from saliencyssl.saliency.labeller import Labeller, LabellerConfig
+from saliencyssl.saliency.labeller import DEFAULT_MAX_PIXELS, ImageTooLargeError, Labeller, LabellerConfig
+
+#: Default per-image time limit of a labelling job, in seconds (an image within the pixel budget
+#: takes about a minute at most on one core).
+DEFAULT_IMAGE_TIMEOUT = 300.0
 
 #: Above this share of images without an object, the summary warns and suggests ``--scale``.
 NO_OBJECT_WARNING_SHARE = 0.5
@@ -119,6 +132,35 @@ class LabelSummary:
                 "executor": self.executor}
 
 
+class ImageTimeoutError(TimeoutError):
+    """Labelling one image took longer than the job's per-image limit."""
+
+
+@contextmanager
+def time_limit(seconds: float | None):
+    """Raise :class:`ImageTimeoutError` inside the block once ``seconds`` have passed.
+
+    Uses ``SIGALRM``, so it acts in the main thread of a POSIX process (a pool worker, or the job
+    itself with no workers) when control returns to Python; elsewhere, or with ``seconds`` falsy,
+    the block runs unlimited.
+    """
+    usable = bool(seconds) and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not usable:
+        yield
+        return
+
+    def expire(signum, frame):
+        raise ImageTimeoutError(f"took longer than the per-image limit of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 # -- work done in the workers (module-level functions, so they pickle) -------------------------
 def hash_files(paths: Sequence[str]) -> list[tuple[str, str | None, str | None]]:
     """``(path, content hash, error)`` for each file."""
@@ -134,34 +176,59 @@ def hash_files(paths: Sequence[str]) -> list[tuple[str, str | None, str | None]]
     return out
 
 
-def label_files(job: tuple[dict, Sequence[tuple[str, bool, bool]]]) -> list[dict]:
+@dataclass(frozen=True)
+class LabelLimits:
+    """Bounds on the work one image may take (never part of the fingerprint: they refuse, not change).
+
+    Attributes:
+        max_pixels: largest working size (height x width) the labeller labels.
+        image_timeout: seconds one image may take (``None`` or 0: no limit).
+    """
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    image_timeout: float | None = DEFAULT_IMAGE_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 64:
+            raise ValueError(f"the pixel budget must be a whole number of at least 64, got {self.max_pixels!r}")
+        if self.image_timeout is not None and not self.image_timeout >= 0:
+            raise ValueError(f"the per-image time limit must be 0 (none) or a positive number of seconds, "
+                             f"got {self.image_timeout}")
+
+
+def label_files(job: tuple) -> list[dict]:
     """Label ``(path, need_target, want_hc)`` items with a labeller built from a config dict.
 
-    Returns one dict per item: ``path``, ``hash``, ``target`` (encoded bytes or ``None``),
-    ``hc`` (uint8 map or ``None``), ``seconds``, ``error``.
+    ``job`` is ``(config_fields, items)`` or ``(config_fields, items, limits)`` with a
+    :class:`LabelLimits`. Returns one dict per item: ``path``, ``hash``, ``target`` (encoded
+    bytes or ``None``), ``hc`` (uint8 map or ``None``), ``seconds``, ``error``.
     """
     prepare_worker_process()
-    config_fields, items = job
-    labeller = _labeller(config_fields)
+    config_fields, items, *rest = job
+    limits = rest[0] if rest else LabelLimits()
+    labeller = _labeller(config_fields, limits.max_pixels)
     out = []
     for path, need_target, want_hc in items:
         record = {"path": path, "hash": None, "target": None, "hc": None, "seconds": 0.0, "error": None}
         try:
             image = read_image(path)
             record["hash"] = content_hash(image)
-            if need_target:
-                result = labeller.label(image, with_hc=want_hc)
-                record["target"] = encode_target(result.target)
-                record["seconds"] = result.seconds["total"]
-                hc = result.hc
-            elif want_hc:
-                hc = labeller.hc(image)
-            else:
-                hc = None
+            with time_limit(limits.image_timeout):
+                if need_target:
+                    result = labeller.label(image, with_hc=want_hc)
+                    record["target"] = encode_target(result.target)
+                    record["seconds"] = result.seconds["total"]
+                    hc = result.hc
+                elif want_hc:
+                    hc = labeller.hc(image)
+                else:
+                    hc = None
             if want_hc and hc is not None:
                 record["hc"] = np.clip(np.rint(hc * 255), 0, 255).astype(np.uint8)
         except ImageDecodeError as error:
             record["error"] = error.reason
+        except (ImageTimeoutError, ImageTooLargeError) as error:
+            record["error"] = str(error)
         except Exception as error:
             record["error"] = f"{type(error).__name__}: {error}"
         out.append(record)
@@ -171,10 +238,10 @@ def label_files(job: tuple[dict, Sequence[tuple[str, bool, bool]]]) -> list[dict
 _LABELLERS: dict[tuple, Labeller] = {}
 
 
-def _labeller(config_fields: dict) -> Labeller:
-    key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config_fields.items()))
+def _labeller(config_fields: dict, max_pixels: int = DEFAULT_MAX_PIXELS) -> Labeller:
+    key = (tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config_fields.items())), max_pixels)
     if key not in _LABELLERS:
-        _LABELLERS[key] = Labeller(LabellerConfig.from_params(config_fields))
+        _LABELLERS[key] = Labeller(LabellerConfig.from_params(config_fields), max_pixels=max_pixels)
     return _LABELLERS[key]
 
 
@@ -216,7 +283,8 @@ def export_maps(export_dir: Path, relative: Path, target, hc: np.ndarray | None,
 
 def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerConfig, executor=None,
                  export_dir: str | Path | None = None, progress: bool = True,
-                 paths: Iterable[Path] | None = None, chunk_size: int | None = None) -> LabelSummary:
+                 paths: Iterable[Path] | None = None, chunk_size: int | None = None,
+                 limits: LabelLimits | None = None) -> LabelSummary:
     """Label every image below ``images_dir`` into ``cache`` (see the module docstring).
 
     Args:
@@ -228,6 +296,7 @@ def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerCon
         progress: show tqdm progress bars.
         paths: the files to label (default: all images below ``images_dir``).
         chunk_size: images per task (default: adapted to the number of images and workers).
+        limits: pixel budget and per-image time limit (default :class:`LabelLimits`).
 
     Raises:
         ValueError: the cache was opened with another fingerprint, or ``export_dir`` is inside
@@ -294,8 +363,9 @@ def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerCon
     # Pass 2: label what is missing (and HC maps for exports of cached images).
     clashing = clashing_stems(_relative(Path(p), root) for p in str_paths) if export is not None else set()
     config_fields = config.options()
+    limits = limits or LabelLimits()
     bar = tqdm(total=len(todo), desc="labelling", unit="img", disable=not progress)
-    jobs = ((config_fields, chunk) for chunk in _chunks(todo, size))
+    jobs = ((config_fields, chunk, limits) for chunk in _chunks(todo, size))
     for results in executor.imap_unordered(label_files, jobs):
         with cache.transaction():
             for record in results:
@@ -317,7 +387,8 @@ def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerCon
         kept.append((path, False, True))
     if export is not None:
         bar = tqdm(total=len(kept), desc="exporting duplicates", unit="img", disable=not progress or not kept)
-        for results in executor.imap_unordered(label_files, ((config_fields, chunk) for chunk in _chunks(kept, size))):
+        for results in executor.imap_unordered(label_files,
+                                               ((config_fields, chunk, limits) for chunk in _chunks(kept, size))):
             for record in results:
                 _store(record, cache, summary, export, root, clashing)
             bar.update(len(results))

@@ -15,7 +15,13 @@ node). Layout::
 
 The JSON header holds ``fingerprint`` and ``params`` (the labeller's), ``hashes`` (content hash
 per row), ``shapes`` (``[h, w]`` per row), ``offsets`` (first pixel of each row), the arrays'
-byte offsets, and ``checksum`` (BLAKE2b of the three arrays), which :func:`verify_pack` checks.
+byte offsets, and ``checksum``: BLAKE2b of the three arrays and (format 2) of the fingerprint,
+hashes, shapes and offsets, so a damaged hash cannot move a target to another image.
+:func:`verify_pack` checks it; :func:`load_pack` checks it before training unless told the pack
+was just verified. Format 1 packs (checksum over the arrays alone) are still read.
+
+A pack is written as a stream (:func:`write_pack` holds one target at a time, whatever the
+number of rows), to a temporary file renamed into place at the end.
 
 When every row has the training size, :func:`load_pack` returns a
 :class:`~saliencyssl.augment.pack.FrozenPack` whose tensors *are* the memory map (no copy); with
@@ -27,8 +33,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import struct
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -38,6 +46,8 @@ from saliencyssl.saliency.options import describe_params
 from saliencyssl.target import Target
 
 MAGIC = b"SSLPACK1"
+#: The header format written; 1 is still read.
+PACK_FORMAT = 2
 _ALIGN = 64
 _ARRAYS = (("saliency", np.uint8), ("mask", np.uint8), ("regions", np.int16))
 
@@ -58,6 +68,8 @@ class PackFile:
     offsets: np.ndarray  # (N,) int64
     arrays: dict[str, np.ndarray]
     checksum: str
+    format: int = PACK_FORMAT
+    header: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.hashes)
@@ -81,60 +93,85 @@ class PackFile:
         return None
 
 
+def _header_digest(header: dict) -> bytes:
+    """What format 2's checksum covers beside the arrays: the rows' identity and geometry."""
+    fields = {k: header[k] for k in ("fingerprint", "hashes", "shapes", "offsets")}
+    return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+
+
 def write_pack(path: str | Path, items: Iterable[tuple[str, Target]], fingerprint: str,
                params: dict | None = None) -> Path:
-    """Write ``(content hash, target)`` pairs as a pack (atomically: temp file, then rename).
+    """Write ``(content hash, target)`` pairs as a pack, streaming (one target in memory at a time).
+
+    The three arrays go to temporary files beside ``path`` as the items arrive, then the header
+    and the arrays are written to ``path`` through a temporary name and a rename, so a reader
+    never sees a half-written pack and a failed write leaves nothing behind.
 
     Returns:
         The path written.
+
+    Raises:
+        PackError: no items, or a target with more regions than a pack holds.
     """
     path = Path(path)
-    hashes, shapes, parts = [], [], {name: [] for name, _ in _ARRAYS}
-    for image_hash, target in items:
-        if target.num_regions > 32768:
-            raise PackError(f"target of {image_hash} has {target.num_regions} regions; packs hold at most 32768")
-        hashes.append(image_hash)
-        shapes.append(target.shape)
-        parts["saliency"].append(target.saliency.ravel())
-        parts["mask"].append(target.mask.ravel().astype(np.uint8))
-        parts["regions"].append(target.regions.ravel().astype(np.int16))
-    if not hashes:
-        raise PackError("nothing to pack: no targets were given")
-    arrays = {name: np.ascontiguousarray(np.concatenate(parts[name]).astype(dtype)) for name, dtype in _ARRAYS}
-    sizes = np.array([h * w for h, w in shapes], np.int64)
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    digest = hashlib.blake2b(digest_size=16)
-    for name, _ in _ARRAYS:
-        digest.update(memoryview(arrays[name]).cast("B"))
-    header = {"format": 1, "fingerprint": fingerprint, "params": params, "hashes": hashes,
-              "shapes": [list(s) for s in shapes], "offsets": offsets.tolist(), "checksum": digest.hexdigest(),
-              "total_pixels": int(sizes.sum()), "arrays": {}}
-    # Array byte offsets depend on the header length, which depends on them: place them after a
-    # generous estimate and pad.
-    body = json.dumps(header).encode()
-    start = _round_up(len(MAGIC) + 8 + len(body) + 512)
-    position = start
-    for name, _ in _ARRAYS:
-        header["arrays"][name] = {"offset": position, "dtype": arrays[name].dtype.str, "length": int(arrays[name].size)}
-        position = _round_up(position + arrays[name].nbytes)
-    body = json.dumps(header).encode()
-    if len(MAGIC) + 8 + len(body) > start:
-        raise PackError("pack header larger than its reserved space")  # cannot happen with the margin above
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(MAGIC)
-            fh.write(struct.pack("<Q", len(body)))
-            fh.write(body)
-            for name, _ in _ARRAYS:
-                fh.seek(header["arrays"][name]["offset"])
-                fh.write(memoryview(arrays[name]).cast("B"))
-            fh.truncate(position)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk or a folder named like the pack leaves nothing behind
-        raise
+    hashes, shapes = [], []
+    digests = {name: hashlib.blake2b(digest_size=16) for name, _ in _ARRAYS}
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as scratch:
+        parts = {name: open(Path(scratch) / name, "wb") for name, _ in _ARRAYS}
+        try:
+            for image_hash, target in items:
+                if target.num_regions > 32768:
+                    raise PackError(f"target of {image_hash} has {target.num_regions} regions; packs hold at most "
+                                    f"32768")
+                hashes.append(image_hash)
+                shapes.append(target.shape)
+                for (name, dtype), array in zip(_ARRAYS, (target.saliency, target.mask, target.regions)):
+                    data = np.ascontiguousarray(array.ravel().astype(dtype))
+                    parts[name].write(memoryview(data).cast("B"))
+                    digests[name].update(memoryview(data).cast("B"))
+        finally:
+            for fh in parts.values():
+                fh.close()
+        if not hashes:
+            raise PackError("nothing to pack: no targets were given")
+        sizes = np.array([h * w for h, w in shapes], np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        header = {"format": PACK_FORMAT, "fingerprint": fingerprint, "params": params, "hashes": hashes,
+                  "shapes": [list(s) for s in shapes], "offsets": offsets.tolist(), "checksum": "",
+                  "total_pixels": int(sizes.sum()), "arrays": {}}
+        digest = hashlib.blake2b(digest_size=16)
+        for name, _ in _ARRAYS:
+            digest.update(digests[name].digest())
+        digest.update(_header_digest(header))
+        header["checksum"] = digest.hexdigest()
+        # Array byte offsets depend on the header length, which depends on them: place them after a
+        # generous estimate and pad.
+        body = json.dumps(header).encode()
+        start = _round_up(len(MAGIC) + 8 + len(body) + 512)
+        position = start
+        for name, dtype in _ARRAYS:
+            length = int(sizes.sum())
+            header["arrays"][name] = {"offset": position, "dtype": np.dtype(dtype).str, "length": length}
+            position = _round_up(position + length * np.dtype(dtype).itemsize)
+        body = json.dumps(header).encode()
+        if len(MAGIC) + 8 + len(body) > start:
+            raise PackError("pack header larger than its reserved space")  # cannot happen with the margin above
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(MAGIC)
+                fh.write(struct.pack("<Q", len(body)))
+                fh.write(body)
+                for name, _ in _ARRAYS:
+                    fh.seek(header["arrays"][name]["offset"])
+                    with open(Path(scratch) / name, "rb") as part:
+                        shutil.copyfileobj(part, fh, 1 << 22)
+                fh.truncate(position)
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk or a folder named like the pack leaves nothing behind
+            raise
     return path
 
 
@@ -153,6 +190,7 @@ def open_pack(path: str | Path, expect_fingerprint: str | None = None) -> PackFi
     if not path.is_file():
         raise FileNotFoundError(f"pack {path} not found; write one with: python scripts/cache.py export CACHE_DIR "
                                 f"IMAGES_DIR --out {path}")
+    size = path.stat().st_size
     with open(path, "rb") as fh:
         magic = fh.read(len(MAGIC))
         if magic != MAGIC:
@@ -161,37 +199,75 @@ def open_pack(path: str | Path, expect_fingerprint: str | None = None) -> PackFi
         if len(size_field) < 8:
             raise PackError(f"{path} is truncated (no header); copy or export it again")
         (length,) = struct.unpack("<Q", size_field)
+        if length > size - len(MAGIC) - 8:
+            raise PackError(f"{path}: damaged pack header (it claims {length} bytes, the file has {size}); copy or "
+                            f"export it again")
         try:
             header = json.loads(fh.read(length).decode())
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise PackError(f"{path}: damaged pack header ({error})") from error
+            _check_header(header)
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+            raise PackError(f"{path}: damaged pack header ({error}); copy or export it again") from error
     if expect_fingerprint is not None and header["fingerprint"] != expect_fingerprint:
         raise PackError(f"{path} holds targets of labeller fingerprint {header['fingerprint']} "
                         f"({describe_params(header.get('params'))}), but {expect_fingerprint} was asked for; "
                         f"export a pack with the same labeller options")
-    size = path.stat().st_size
     arrays = {}
     for name, dtype in _ARRAYS:
         spec = header["arrays"][name]
-        end = spec["offset"] + spec["length"] * np.dtype(spec["dtype"]).itemsize
+        end = spec["offset"] + spec["length"] * np.dtype(dtype).itemsize
         if end > size:
             raise PackError(f"{path} is truncated ({size} bytes, {name} needs {end}); copy it again")
-        arrays[name] = np.memmap(path, dtype=np.dtype(spec["dtype"]), mode="c", offset=spec["offset"],
+        arrays[name] = np.memmap(path, dtype=np.dtype(dtype), mode="c", offset=spec["offset"],
                                  shape=(spec["length"],))
     return PackFile(path, header["fingerprint"], header.get("params"), list(header["hashes"]),
                     np.asarray(header["shapes"], np.int64).reshape(-1, 2), np.asarray(header["offsets"], np.int64),
-                    arrays, header["checksum"])
+                    arrays, header["checksum"], int(header.get("format", 1)), header)
+
+
+def _check_header(header) -> None:
+    """Types and sizes of a pack header, so a damaged one is a :class:`PackError`, not a crash later."""
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    n = len(header["hashes"])
+    if len(header["shapes"]) != n or len(header["offsets"]) != n:
+        raise ValueError(f"{n} hashes but {len(header['shapes'])} shapes and {len(header['offsets'])} offsets")
+    if not all(isinstance(h, str) for h in header["hashes"]) or not isinstance(header["checksum"], str):
+        raise ValueError("hashes and checksum must be strings")
+    shapes = np.asarray(header["shapes"], np.int64).reshape(-1, 2)
+    offsets = np.asarray(header["offsets"], np.int64)
+    if (shapes < 1).any() or (offsets < 0).any():
+        raise ValueError("negative or empty row shapes or offsets")
+    total = int((shapes[:, 0] * shapes[:, 1]).sum()) if n else 0
+    for name, dtype in _ARRAYS:
+        spec = header["arrays"][name]
+        if np.dtype(spec["dtype"]) != np.dtype(dtype) or int(spec["length"]) != total or int(spec["offset"]) < 0:
+            raise ValueError(f"array {name} does not match the rows ({spec})")
+    if n and int((offsets + shapes[:, 0] * shapes[:, 1]).max()) > total:
+        raise ValueError("a row reaches past the arrays")
 
 
 def verify_pack(pack: PackFile) -> bool:
-    """Recompute the checksum of the arrays (reads the whole file)."""
+    """Recompute the checksum (reads the whole file): the arrays and, for format 2 packs, the
+    fingerprint, hashes, shapes and offsets."""
+    if pack.format == 1:
+        digest = hashlib.blake2b(digest_size=16)
+        for name, _ in _ARRAYS:
+            digest.update(memoryview(np.ascontiguousarray(pack.arrays[name])).cast("B"))
+        return digest.hexdigest() == pack.checksum
     digest = hashlib.blake2b(digest_size=16)
     for name, _ in _ARRAYS:
-        digest.update(memoryview(np.ascontiguousarray(pack.arrays[name])).cast("B"))
+        part = hashlib.blake2b(digest_size=16)
+        array = pack.arrays[name]
+        step = 1 << 24
+        for start in range(0, array.size, step):
+            part.update(memoryview(np.ascontiguousarray(array[start:start + step])).cast("B"))
+        digest.update(part.digest())
+    digest.update(_header_digest(pack.header))
     return digest.hexdigest() == pack.checksum
 
 
-def load_pack(path: str | Path, hashes: Sequence[str], image_size: int, expect_fingerprint: str | None = None):
+def load_pack(path: str | Path, hashes: Sequence[str], image_size: int, expect_fingerprint: str | None = None,
+              verify: bool = True):
     """A :class:`~saliencyssl.augment.pack.FrozenPack` for a data set, straight from a pack file.
 
     Args:
@@ -199,6 +275,11 @@ def load_pack(path: str | Path, hashes: Sequence[str], image_size: int, expect_f
         hashes: content hash per data-set position (:attr:`TrainingImages.hashes`).
         image_size: the training side length.
         expect_fingerprint: refuse another labeller's pack.
+        verify: check the pack's checksum first (one read of the file; a flipped byte anywhere
+            is refused). ``False`` only for a pack verified just before.
+
+    Raises:
+        PackError: another labeller's pack, a damaged header, or (with ``verify``) a checksum mismatch.
 
     When every row of the pack is ``image_size`` square, the pack's tensors are the memory map
     itself (shared between processes; nothing copied) and a data-set position maps to its row
@@ -210,6 +291,9 @@ def load_pack(path: str | Path, hashes: Sequence[str], image_size: int, expect_f
     from saliencyssl.augment.pack import FrozenPack
 
     pack = open_pack(path, expect_fingerprint)
+    if verify and not verify_pack(pack):
+        raise PackError(f"{path} fails its checksum: it was damaged after it was written; export it again, or "
+                        f"copy it again from where it was made")
     rows = pack.row_of()
     position_rows = torch.tensor([rows.get(h, -1) for h in hashes], dtype=torch.long)
     present = position_rows >= 0

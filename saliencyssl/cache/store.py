@@ -19,27 +19,49 @@ they come from:
   never returned. :meth:`TargetCache.verify` checks every entry.
 - **No eviction.** The cache never drops entries to save space (``eviction_policy="none"``);
   delete the directory, or use :meth:`TargetCache.clear`, to start over.
+- **Nothing stored runs code.** diskcache unpickles keys and values it did not store as raw
+  strings or bytes, and turns settings read from the database into ``PRAGMA`` statements. A
+  cache folder may come from someone else, so :class:`TargetDisk` stores and accepts only str
+  keys and bytes (or JSON text) values: a pickled key is kept as its raw bytes
+  (:class:`ForeignKey`, never unpickled) and a pickled value is damage
+  (:class:`ForeignEntryError`), removed like any damaged entry; file names read from the
+  database must be diskcache's own random names inside the folder. Before diskcache opens a
+  folder, :func:`audit_database` checks that ``cache.db`` holds diskcache's schema and nothing
+  else (no trigger or view of its own) and that its settings are diskcache's, with values of the
+  right kind. A folder that fails is refused with :class:`CacheOpenError`, naming the file.
+- **Damage in the database** (a ``cache.db`` damaged past its header) surfaces from any call as
+  :class:`CacheOpenError` naming the file and what to do, never as a raw ``sqlite3`` error.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
+import re
 import sqlite3
-from dataclasses import asdict, dataclass
+import tempfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
-from saliencyssl.cache.codec import CorruptTargetError, decode_target, encode_target
-from saliencyssl.hashing import content_hash
+from saliencyssl.cache.codec import CODEC_VERSION, CorruptTargetError, bind_key, decode_target, encode_target, \
+    entry_version
+from saliencyssl.hashing import HASH_HEX_LENGTH, content_hash
 from saliencyssl.target import Target
 
 log = logging.getLogger(__name__)
 
 _META_PREFIX = "meta/"
-
+#: A labeller fingerprint (16 hex characters from :meth:`LabellerConfig.fingerprint`; tests use other names).
+_FINGERPRINT = re.compile(r"[0-9A-Za-z_.-]{1,64}")
+_ENTRY_KEY = re.compile(rf"([0-9A-Za-z_.-]{{1,64}})/([0-9a-f]{{{HASH_HEX_LENGTH}}})")
+_META_KEY = re.compile(r"meta/([0-9A-Za-z_.-]{1,64})")
+#: diskcache's names for values stored in files: two levels of two hex digits, 28 more, ``.val``.
+_VALUE_FILE = re.compile(r"[0-9a-f]{2}[/\\][0-9a-f]{2}[/\\][0-9a-f]{28}\.val")
 
 @dataclass
 class CacheStats:
@@ -66,30 +88,283 @@ class CacheStats:
 
 @dataclass
 class VerifyReport:
-    """Result of :meth:`TargetCache.verify`: entries checked, and keys found damaged (and removed)."""
+    """Result of :meth:`TargetCache.verify`.
+
+    Attributes:
+        checked: entries of this fingerprint decoded.
+        damaged: content hashes of entries that failed (and were removed, unless asked not to).
+        other_fingerprints: entries of other fingerprints (not checked here).
+        foreign: keys the toolkit never writes (pickled keys, other names), found and removed.
+        upgraded: older entries (checksum not covering the key) rewritten in the current format.
+    """
 
     checked: int
     damaged: list[str]
     other_fingerprints: int
+    foreign: list[str] = field(default_factory=list)
+    upgraded: int = 0
 
 
 class CacheOpenError(OSError):
-    """A cache folder whose ``cache.db`` cannot be opened as a database (damaged or not one)."""
+    """A cache folder that cannot be used: ``cache.db`` damaged, empty, not a database, or
+    holding more than a saliency-ssl cache does. ``path`` names the file."""
+
+    def __init__(self, path: str | Path, message: str):
+        self.path = str(path)
+        super().__init__(message)
 
 
-def _key(fingerprint: str, image_hash: str) -> str:
+class ForeignEntryError(CorruptTargetError):
+    """A stored value the toolkit never writes (a pickle, or a file name outside the cache); never loaded."""
+
+
+class ForeignKey:
+    """A key the toolkit never writes (pickled, or not a string), kept as stored and never unpickled.
+
+    :meth:`TargetDisk.put` turns it back into its stored form, so such an entry can be deleted
+    without reading it.
+    """
+
+    __slots__ = ("stored", "raw")
+
+    def __init__(self, stored, raw: bool):
+        self.stored, self.raw = stored, raw
+
+    def __repr__(self) -> str:
+        text = bytes(self.stored) if isinstance(self.stored, (bytes, bytearray, memoryview)) else self.stored
+        return f"<foreign key {text!r:.60}>"
+
+
+def _diskcache_disk():
+    import diskcache
+
+    return diskcache.Disk
+
+
+class TargetDisk(_diskcache_disk()):
+    """diskcache's serialisation restricted to what a target cache stores: str keys, bytes and str values.
+
+    - ``put``/``store`` refuse every other type (``TypeError``): nothing is ever pickled;
+    - ``get`` returns a stored key that is not a raw string as a :class:`ForeignKey` (never
+      unpickled);
+    - ``fetch`` refuses a pickled value or a file name that is not diskcache's own random name
+      inside the folder (:class:`ForeignEntryError`), so the caller treats it as damage;
+    - ``remove`` deletes only files with diskcache's own names.
+    """
+
+    def __init__(self, directory, min_file_size: int = 32768, pickle_protocol: int = 5):
+        for name, value in (("disk_min_file_size", min_file_size), ("disk_pickle_protocol", pickle_protocol)):
+            if type(value) is not int or value < 0:
+                raise ValueError(f"setting {name} must be a non-negative integer, got {value!r}")
+        super().__init__(directory, min_file_size=min_file_size, pickle_protocol=pickle_protocol)
+
+    def put(self, key):
+        if isinstance(key, ForeignKey):
+            return key.stored, key.raw
+        if type(key) is not str:
+            raise TypeError(f"a target cache stores str keys only, got {type(key).__name__}")
+        return key, True
+
+    def get(self, key, raw):
+        if raw and type(key) is str:
+            return key
+        return ForeignKey(key, bool(raw))
+
+    def store(self, value, read, key=None):
+        import diskcache.core
+
+        if type(value) not in (bytes, str) or read:
+            raise TypeError(f"a target cache stores bytes and text only, got {type(value).__name__}")
+        return super().store(value, read, key=diskcache.core.UNKNOWN if key is None else key)
+
+    def fetch(self, mode, filename, value, read):
+        import diskcache.core
+
+        if mode == diskcache.core.MODE_PICKLE:
+            raise ForeignEntryError("a pickled value, which saliency-ssl never stores (refused unread)")
+        if filename is not None and not _VALUE_FILE.fullmatch(str(filename)):
+            raise ForeignEntryError(f"a value file named {str(filename)!r:.80}, outside the cache's own files "
+                                    f"(refused unread)")
+        if read:
+            raise ForeignEntryError("values are read whole")
+        return super().fetch(mode, filename, value, read)
+
+    def remove(self, file_path):
+        if not _VALUE_FILE.fullmatch(str(file_path)):
+            log.warning("cache %s: not deleting %r, which is not one of the cache's own files", self._directory,
+                        file_path)
+            return None
+        return super().remove(file_path)
+
+
+#: ``cache.db`` settings diskcache reads and what they may hold (type, or the allowed words).
+def _allowed_settings() -> dict:
+    from diskcache.core import DEFAULT_SETTINGS, EVICTION_POLICY, METADATA
+
+    allowed = {key: int for key in (*DEFAULT_SETTINGS, *METADATA)}
+    allowed["eviction_policy"] = frozenset(EVICTION_POLICY)
+    allowed["sqlite_journal_mode"] = frozenset({"wal", "delete", "truncate", "persist", "memory", "off"})
+    return allowed
+
+
+@functools.lru_cache(maxsize=1)
+def _reference_schema() -> frozenset:
+    """``(type, name, sql)`` of every object in a fresh diskcache database made by the installed diskcache."""
+    import diskcache
+
+    with tempfile.TemporaryDirectory() as tmp:
+        diskcache.Cache(tmp, disk=TargetDisk, eviction_policy="none", size_limit=2 ** 62, statistics=False).close()
+        connection = sqlite3.connect(str(Path(tmp) / "cache.db"))
+        try:
+            return frozenset(connection.execute("SELECT type, name, sql FROM sqlite_master").fetchall())
+        finally:
+            connection.close()
+
+
+def audit_database(db_path: str | Path) -> None:
+    """Check that ``cache.db`` is a diskcache database and nothing more, before diskcache opens it.
+
+    Reads the schema and the settings with plain SQL (no trigger runs on a read). Refuses a file
+    that is empty or not SQLite, a schema object diskcache does not make (a trigger or view of
+    its own would run SQL on every write), a trigger whose SQL differs from diskcache's, and a
+    setting diskcache does not know or whose value is not of its kind (diskcache pastes
+    ``sqlite_*`` settings into ``PRAGMA`` statements and passes ``disk_*`` ones to the Disk).
+
+    Raises:
+        CacheOpenError: naming the file, what is wrong and what to do.
+    """
+    path = Path(db_path)
+    folder = path.parent
+    if path.stat().st_size == 0:
+        raise CacheOpenError(path, f"{path} is empty (0 bytes), so {folder} holds no cache; delete the file to start a "
+                                   f"new cache there, or choose another folder")
+    connection = None
+    try:
+        connection = sqlite3.connect(f"file:{path.resolve().as_posix()}?mode=ro", uri=True, timeout=60)
+        objects = connection.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
+        names = {name for _, name, _ in objects}
+        settings = connection.execute("SELECT key, value FROM Settings").fetchall() if "Settings" in names else []
+    except sqlite3.DatabaseError as error:
+        raise CacheOpenError(path, f"{path} is not a readable cache database ({error}); delete the folder {folder} "
+                                   f"(its targets are lost) or choose another folder") from error
+    finally:
+        if connection is not None:
+            connection.close()
+    reference = _reference_schema()
+    known = {(kind, name): sql for kind, name, sql in reference}
+    for kind, name, sql in objects:
+        if (kind, name) not in known or (kind in ("trigger", "view") and sql != known[(kind, name)]):
+            raise CacheOpenError(path, f"{path} holds a {kind} {name!r} that a saliency-ssl cache does not have; it "
+                                       f"was not written by saliency-ssl (or was altered), so it is refused unread. "
+                                       f"Import what it holds from a pack instead (cache.py export on the machine "
+                                       f"that made it), or delete the folder")
+    allowed = _allowed_settings()
+    for key, value in settings:
+        kind = allowed.get(key)
+        ok = (type(value) is int) if kind is int else (isinstance(value, str) and value.lower() in (kind or ()))
+        if not ok:
+            raise CacheOpenError(path, f"{path} has a setting {key!s:.40} = {value!r:.40} that a saliency-ssl cache "
+                                       f"does not have; it was not written by saliency-ssl (or was altered), so it is "
+                                       f"refused unread. Import its targets from a pack instead, or delete the folder")
+
+
+def _database_errors(method):
+    """Turn ``sqlite3.DatabaseError`` raised inside a :class:`TargetCache` method into :class:`CacheOpenError`."""
+
+    def convert(self, error):
+        db = self.directory / "cache.db"
+        return CacheOpenError(db, f"{db} is damaged ({error}); the folder {self.directory} cannot be read. Delete it "
+                                  f"and label again (or import a pack of its targets), or choose another folder")
+
+    if inspect.isgeneratorfunction(method):
+        @functools.wraps(method)
+        def generator(self, *args, **kwargs):
+            try:
+                yield from method(self, *args, **kwargs)
+            except sqlite3.DatabaseError as error:
+                raise convert(self, error) from error
+        return generator
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as error:
+            raise convert(self, error) from error
+    return wrapper
+
+
+def entry_key(fingerprint: str, image_hash: str) -> str:
+    """The key a target is stored under: ``"<fingerprint>/<content hash>"``."""
     return f"{fingerprint}/{image_hash}"
+
+
+_key = entry_key
+
+
+def cache_fingerprints(directory: str | Path) -> dict[str, dict | None]:
+    """Every labeller fingerprint with entries or recorded parameters in a cache folder, mapped to
+    its parameters (``None`` when not recorded).
+
+    Raises:
+        FileNotFoundError: the folder holds no cache.
+        CacheOpenError: its database is damaged or not a saliency-ssl cache.
+    """
+    if not TargetCache.exists(directory):
+        raise FileNotFoundError(f"{directory} is not a cache folder (no cache.db)")
+    with _open_diskcache(Path(directory)) as cache:
+        return _fingerprints(cache)
+
+
+def _fingerprints(cache) -> dict[str, dict | None]:
+    found: dict[str, dict | None] = {}
+    for key in cache.iterkeys():
+        if not isinstance(key, str):
+            continue
+        meta = _META_KEY.fullmatch(key)
+        if meta:
+            try:
+                params = json.loads(cache.get(key))
+            except (ValueError, TypeError, ForeignEntryError):
+                params = None
+            found[meta.group(1)] = params if isinstance(params, dict) else None
+        else:
+            entry = _ENTRY_KEY.fullmatch(key)
+            if entry:
+                found.setdefault(entry.group(1), None)
+    return found
+
+
+def _open_diskcache(directory: Path, timeout: float = 120.0, create: bool = True):
+    import diskcache
+
+    db = directory / "cache.db"
+    if db.exists():
+        audit_database(db)
+    elif not create:
+        raise FileNotFoundError(f"{directory} is not a cache folder (no cache.db)")
+    try:
+        return diskcache.Cache(str(directory), timeout=timeout, disk=TargetDisk, eviction_policy="none",
+                               size_limit=2 ** 62, statistics=False)
+    except sqlite3.DatabaseError as error:
+        raise CacheOpenError(db, f"{db} is not a readable cache database ({error}); delete the folder {directory} "
+                                 f"(its targets are lost) or choose another folder") from error
 
 
 class TargetCache:
     """Exact targets on disk, looked up by image (or its content hash).
 
     Args:
-        directory: cache folder (created if missing).
+        directory: cache folder (created if missing, unless ``create=False``).
         fingerprint: the labeller fingerprint whose targets this object reads and writes.
         params: the labeller parameters behind ``fingerprint``, recorded once so that
-            ``scripts/cache.py stats`` can say what made the entries.
+            ``cache stats`` can say what made the entries.
         timeout: seconds SQLite waits for a lock held by another process.
+        create: make a new cache when the folder holds none (``False``: raise ``FileNotFoundError``).
+
+    Raises:
+        CacheOpenError: ``cache.db`` is damaged, empty, or not a saliency-ssl cache
+            (:func:`audit_database`).
 
     Example:
         >>> from saliencyssl.saliency import Labeller  # doctest: +SKIP
@@ -98,29 +373,26 @@ class TargetCache:
         >>> target = cache.get(image) or labeller(image)  # doctest: +SKIP
     """
 
-    def __init__(self, directory: str | Path, fingerprint: str, params: dict | None = None, timeout: float = 120.0):
-        import diskcache
-
-        if not fingerprint or "/" in fingerprint:
-            raise ValueError(f"invalid labeller fingerprint {fingerprint!r}")
+    def __init__(self, directory: str | Path, fingerprint: str, params: dict | None = None, timeout: float = 120.0,
+                 create: bool = True):
+        if not isinstance(fingerprint, str) or not _FINGERPRINT.fullmatch(fingerprint):
+            raise ValueError(f"invalid labeller fingerprint {fingerprint!r} (1-64 letters, digits, '_', '.', '-')")
         self.directory = Path(directory)
         if self.directory.exists() and not self.directory.is_dir():
             raise NotADirectoryError(f"cache path {self.directory} exists and is not a folder; choose another --cache")
         self.fingerprint = fingerprint
-        try:
-            self._cache = diskcache.Cache(str(self.directory), timeout=timeout, eviction_policy="none",
-                                          size_limit=2 ** 62, statistics=False)
-        except sqlite3.DatabaseError as error:
-            raise CacheOpenError(f"{self.directory / 'cache.db'} is not a readable cache database ({error}); "
-                                 f"delete the folder {self.directory} (its targets are lost) or choose another "
-                                 f"--cache") from error
+        self._cache = _open_diskcache(self.directory, timeout, create)
         self.hits = 0
         self.misses = 0
         self.damaged = 0
         if params is not None:
-            meta_key = _META_PREFIX + fingerprint
-            if meta_key not in self._cache:
-                self._cache.set(meta_key, json.dumps(params, sort_keys=True))
+            self._record_params(params)
+
+    @_database_errors
+    def _record_params(self, params: dict) -> None:
+        meta_key = _META_PREFIX + self.fingerprint
+        if meta_key not in self._cache:
+            self._cache.set(meta_key, json.dumps(params, sort_keys=True))
 
     @staticmethod
     def exists(directory: str | Path) -> bool:
@@ -130,11 +402,20 @@ class TargetCache:
     # -- lookups -----------------------------------------------------------------------------
     @staticmethod
     def hash_of(image_or_hash: np.ndarray | str) -> str:
-        """The content hash of an image, or the hash itself when given a string."""
-        return image_or_hash if isinstance(image_or_hash, str) else content_hash(image_or_hash)
+        """The content hash of an image, or the hash itself when given one (32 lowercase hex characters)."""
+        if isinstance(image_or_hash, str):
+            if len(image_or_hash) != HASH_HEX_LENGTH or image_or_hash.strip("0123456789abcdef"):
+                raise ValueError(f"{image_or_hash!r:.50} is not a content hash ({HASH_HEX_LENGTH} hex characters)")
+            return image_or_hash
+        return content_hash(image_or_hash)
 
+    def key_of(self, image_or_hash: np.ndarray | str) -> str:
+        """The key of this image's target under this cache's fingerprint."""
+        return entry_key(self.fingerprint, self.hash_of(image_or_hash))
+
+    @_database_errors
     def __contains__(self, image_or_hash: np.ndarray | str) -> bool:
-        return _key(self.fingerprint, self.hash_of(image_or_hash)) in self._cache
+        return self.key_of(image_or_hash) in self._cache
 
     def contains(self, image_or_hash: np.ndarray | str) -> bool:
         """True when the cache holds a target for this image under this fingerprint.
@@ -143,15 +424,16 @@ class TargetCache:
         """
         return image_or_hash in self
 
+    @_database_errors
     def get(self, image_or_hash: np.ndarray | str) -> Target | None:
         """The stored target, or ``None`` on a miss or a damaged entry (which is deleted)."""
-        key = _key(self.fingerprint, self.hash_of(image_or_hash))
-        data = self._cache.get(key, default=None)
-        if data is None:
-            self.misses += 1
-            return None
+        key = self.key_of(image_or_hash)
         try:
-            target = decode_target(data)
+            data = self._cache.get(key, default=None)
+            if data is None:
+                self.misses += 1
+                return None
+            target = decode_target(data, key)
         except CorruptTargetError as error:
             self.damaged += 1
             self.misses += 1
@@ -169,94 +451,131 @@ class TargetCache:
         """Positions in ``hashes`` whose key the cache does not hold."""
         return [i for i, h in enumerate(hashes) if h not in self]
 
+    @_database_errors
     def put(self, image_or_hash: np.ndarray | str, target: Target) -> None:
         """Store a target (one atomic transaction; an existing entry is replaced)."""
         if not isinstance(target, Target):
             raise TypeError(f"TargetCache.put expects a Target, got {type(target).__name__}")
-        self._cache.set(_key(self.fingerprint, self.hash_of(image_or_hash)), encode_target(target))
+        key = self.key_of(image_or_hash)
+        self._cache.set(key, encode_target(target, key))
 
     def transaction(self):
         """A context in which several puts form one transaction (all stored, or none if interrupted)."""
         return self._cache.transact()
 
+    @_database_errors
     def put_many(self, items: Iterable[tuple[str, Target]]) -> int:
         """Store several targets in one transaction; returns how many."""
         count = 0
         with self.transaction():
             for image_hash, target in items:
-                self._cache.set(_key(self.fingerprint, image_hash), encode_target(target))
+                key = self.key_of(image_hash)
+                self._cache.set(key, encode_target(target, key))
                 count += 1
         return count
 
-    def put_encoded(self, image_hash: str, data: bytes) -> None:
-        """Store already-encoded bytes after checking that they decode (used when merging caches)."""
-        decode_target(data)
-        self._cache.set(_key(self.fingerprint, image_hash), bytes(data))
+    @_database_errors
+    def put_encoded(self, image_hash: str, data: bytes, from_key: str = "") -> None:
+        """Store already-encoded bytes after checking that they decode (workers' results, merged caches).
 
+        Args:
+            image_hash: the image's content hash.
+            data: :func:`~saliencyssl.cache.codec.encode_target` bytes.
+            from_key: the key ``data`` was encoded with (``""`` for workers' results, the source
+                cache's key when merging); the stored entry is bound to this cache's key.
+
+        Raises:
+            CorruptTargetError: the bytes fail their check.
+        """
+        key = self.key_of(image_hash)
+        decode_target(data, from_key)
+        self._cache.set(key, bind_key(data, from_key, key))
+
+    @_database_errors
     def get_encoded(self, image_hash: str) -> bytes | None:
-        """The raw stored bytes of an entry (not checked), or ``None``."""
-        return self._cache.get(_key(self.fingerprint, image_hash), default=None)
+        """The raw stored bytes of an entry (not checked), or ``None``; a foreign value is damage."""
+        try:
+            data = self._cache.get(self.key_of(image_hash), default=None)
+        except ForeignEntryError as error:
+            raise CorruptTargetError(str(error)) from error
+        return data if isinstance(data, bytes) or data is None else b""
 
+    @_database_errors
     def delete(self, image_or_hash: np.ndarray | str) -> bool:
-        return bool(self._cache.delete(_key(self.fingerprint, self.hash_of(image_or_hash))))
+        return bool(self._cache.delete(self.key_of(image_or_hash)))
 
     # -- whole-cache operations ----------------------------------------------------------------
+    @_database_errors
     def hashes(self) -> Iterator[str]:
         """Content hashes of every entry under this fingerprint."""
-        prefix = self.fingerprint + "/"
         for key in self._cache.iterkeys():
-            if isinstance(key, str) and key.startswith(prefix):
-                yield key[len(prefix):]
+            entry = _ENTRY_KEY.fullmatch(key) if isinstance(key, str) else None
+            if entry and entry.group(1) == self.fingerprint:
+                yield entry.group(2)
 
+    @_database_errors
     def fingerprints(self) -> dict[str, dict | None]:
         """Every fingerprint with entries or recorded parameters, mapped to its parameters."""
-        found: dict[str, dict | None] = {}
-        for key in self._cache.iterkeys():
-            if not isinstance(key, str):
-                continue
-            if key.startswith(_META_PREFIX):
-                found[key[len(_META_PREFIX):]] = json.loads(self._cache.get(key))
-            else:
-                found.setdefault(key.split("/", 1)[0], None)
-        return found
+        return _fingerprints(self._cache)
 
+    @_database_errors
     def stats(self) -> CacheStats:
         """Entries and bytes of this fingerprint, all entries, and this object's hit counters."""
-        prefix = self.fingerprint + "/"
         entries = size = total = 0
         for key in self._cache.iterkeys():
-            if not isinstance(key, str) or key.startswith(_META_PREFIX):
+            entry = _ENTRY_KEY.fullmatch(key) if isinstance(key, str) else None
+            if entry is None:
                 continue
             total += 1
-            if key.startswith(prefix):
+            if entry.group(1) == self.fingerprint:
                 entries += 1
-                value = self._cache.get(key)
-                size += len(value) if value is not None else 0
+                try:
+                    value = self._cache.get(key)
+                except ForeignEntryError:
+                    value = None
+                size += len(value) if isinstance(value, bytes) else 0
         return CacheStats(entries=entries, bytes=size, all_entries=total, disk_bytes=int(self._cache.volume()),
                           hits=self.hits, misses=self.misses, damaged=self.damaged,
                           fingerprint=self.fingerprint, directory=str(self.directory))
 
+    @_database_errors
     def verify(self, remove: bool = True) -> VerifyReport:
-        """Decode every entry of this fingerprint; report (and by default delete) damaged ones."""
-        damaged: list[str] = []
-        checked = others = 0
-        prefix = self.fingerprint + "/"
+        """Check every entry of this fingerprint and every key's form.
+
+        Entries of this fingerprint are decoded against their key (damaged ones reported and, by
+        default, deleted); entries written before the checksum covered the key are rewritten in
+        the current format; keys the toolkit never writes (pickled keys, other names) are
+        reported as foreign and deleted unread.
+        """
+        report = VerifyReport(checked=0, damaged=[], other_fingerprints=0)
         for key in list(self._cache.iterkeys()):
-            if not isinstance(key, str) or key.startswith(_META_PREFIX):
+            if isinstance(key, str) and _META_KEY.fullmatch(key):
                 continue
-            if not key.startswith(prefix):
-                others += 1
-                continue
-            checked += 1
-            try:
-                decode_target(self._cache.get(key))
-            except CorruptTargetError as error:
-                log.warning("cache %s: damaged entry %s (%s)", self.directory, key, error)
-                damaged.append(key[len(prefix):])
+            entry = _ENTRY_KEY.fullmatch(key) if isinstance(key, str) else None
+            if entry is None:
+                report.foreign.append(repr(key) if not isinstance(key, str) else key)
                 if remove:
                     self._cache.delete(key)
-        return VerifyReport(checked=checked, damaged=damaged, other_fingerprints=others)
+                continue
+            if entry.group(1) != self.fingerprint:
+                report.other_fingerprints += 1
+                continue
+            report.checked += 1
+            try:
+                data = self._cache.get(key)
+                decode_target(data, key)
+            except CorruptTargetError as error:
+                log.warning("cache %s: damaged entry %s (%s)", self.directory, key, error)
+                report.damaged.append(entry.group(2))
+                if remove:
+                    self._cache.delete(key)
+                continue
+            if entry_version(data) < CODEC_VERSION and remove:
+                self._cache.set(key, bind_key(data, key, key))
+                report.upgraded += 1
+        return report
 
+    @_database_errors
     def clear(self) -> int:
         """Delete every entry (all fingerprints); returns how many."""
         return int(self._cache.clear())
@@ -282,4 +601,3 @@ class TargetCache:
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["directory"], state["fingerprint"])
-

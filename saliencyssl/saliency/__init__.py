@@ -8,7 +8,8 @@ parameter fingerprint that keys the cache.
 """
 
 from saliencyssl.saliency.hc import hc_saliency
-from saliencyssl.saliency.labeller import LABELLER_VERSION, Labeller, LabellerConfig, Labelling
+from saliencyssl.saliency.labeller import (DEFAULT_MAX_PIXELS, LABELLER_VERSION, ImageTooLargeError, Labeller,
+                                           LabellerConfig, Labelling)
 from saliencyssl.saliency.params import CUT_ENGINES
 from saliencyssl.saliency.rc import RCResult, rc_saliency
 
@@ -23,4 +24,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'saliencyssl.saliency' has no attribute {name!r}")
 
 __all__ = ["hc_saliency", "rc_saliency", "RCResult", "saliency_cut", "CUT_ENGINES", "Labeller", "LabellerConfig",
+           "ImageTooLargeError", "DEFAULT_MAX_PIXELS",
            "Labelling", "LABELLER_VERSION"]

@@ -1,0 +1,442 @@
+"""Files from others never run code, and damage is named: CIFAR batches, cache folders, packs."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from saliencyssl.cache import CacheOpenError, TargetCache, decode_target, encode_target
+from saliencyssl.cache.codec import CODEC_VERSION, CorruptTargetError
+from saliencyssl.cache.store import cache_fingerprints
+from saliencyssl.datasets import open_image_set
+from saliencyssl.imageio import ImageDecodeError
+from saliencyssl.saliency import LabellerConfig
+from saliencyssl.target import Target
+
+FP = LabellerConfig().fingerprint()  # the labeller options the CLI uses by default
+
+
+class RunsCode:
+    """Unpickling this calls ``os.system``, which writes a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _target(seed: int) -> Target:
+    rng = np.random.default_rng(seed)
+    return Target.from_maps(rng.random((8, 8)), rng.random((8, 8)) > 0.5, rng.integers(0, 3, (8, 8)))
+
+
+# -- CIFAR-10 batches ------------------------------------------------------------------------------
+def _cifar_folder(root, n=6, protocol=pickle.DEFAULT_PROTOCOL):
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    batch = {b"batch_label": b"training batch 1 of 5", b"labels": [int(v) for v in rng.integers(0, 10, n)],
+             b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"filenames": [b"x.png"] * n}
+    (root / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=protocol))
+    meta = {b"label_names": [f"class{i}".encode() for i in range(10)], b"num_vis": 3072}
+    (root / "batches.meta").write_bytes(pickle.dumps(meta, protocol=protocol))
+    return batch
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_a_real_cifar_batch_folder_opens(tmp_path, protocol):
+    batch = _cifar_folder(tmp_path / "cifar", protocol=protocol)
+    image_set = open_image_set(tmp_path / "cifar")
+    assert len(image_set) == 6 and image_set.classes[3] == "class3"
+    assert list(image_set.labels) == batch[b"labels"]
+    first = batch[b"data"][0].reshape(3, 32, 32).transpose(1, 2, 0)
+    assert np.array_equal(image_set.image(0), first)
+
+
+def test_a_batch_that_runs_code_is_refused_unrun(tmp_path):
+    _cifar_folder(tmp_path / "cifar")
+    marker = tmp_path / "ran"
+    (tmp_path / "cifar" / "data_batch_1").write_bytes(pickle.dumps({b"data": RunsCode(marker)}))
+    with pytest.raises(ImageDecodeError, match=r"data_batch_1.*refused.*posix.system|data_batch_1.*refused"):
+        open_image_set(tmp_path / "cifar")
+    assert not marker.exists()
+    # batches.meta is read through the same unpickler
+    (tmp_path / "cifar" / "data_batch_1").unlink()
+    _cifar_folder(tmp_path / "cifar2")
+    (tmp_path / "cifar2" / "batches.meta").write_bytes(pickle.dumps(RunsCode(marker)))
+    with pytest.raises(ImageDecodeError, match="batches.meta"):
+        open_image_set(tmp_path / "cifar2")
+    assert not marker.exists()
+
+
+def test_a_stray_batch_file_does_not_turn_an_image_folder_into_cifar(tmp_path, caplog):
+    import cv2
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.full((12, 12, 3), 80, np.uint8))
+    marker = tmp_path / "ran"
+    (folder / "data_batch_1").write_bytes(pickle.dumps(RunsCode(marker)))
+    (folder / "batches.meta").write_bytes(pickle.dumps(RunsCode(marker)))
+    image_set = open_image_set(folder)
+    assert image_set.names == ["a.png"] and not marker.exists()
+    assert "data_batch_1" in caplog.text
+    # Batch files without batches.meta are not a CIFAR folder either, and the error says why.
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "test_batch").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="no batches.meta"):
+        open_image_set(lone)
+
+
+def test_evaluate_on_a_hostile_batch_folder_runs_nothing(tmp_path, capsys):
+    import evaluate
+
+    _cifar_folder(tmp_path / "train")
+    _cifar_folder(tmp_path / "test")
+    marker = tmp_path / "ran"
+    (tmp_path / "test" / "data_batch_1").write_bytes(pickle.dumps({b"data": RunsCode(marker)}))
+    code = evaluate.main(["--backbone", "random", "--train", str(tmp_path / "train"), "--test",
+                          str(tmp_path / "test"), "--out", str(tmp_path / "eval"), "--protocol", "knn"])
+    assert code != 0 and not marker.exists()
+    assert "refused" in capsys.readouterr().err
+
+
+# -- cache folders ---------------------------------------------------------------------------------
+def _cache_with_entries(directory, n=3):
+    cache = TargetCache(directory, FP, params={"version": "test"})
+    for i in range(n):
+        cache.put(f"{i:032x}", _target(i))
+    return cache
+
+
+def _raw_diskcache(directory):
+    """diskcache's own Cache with its default (pickling) Disk: what someone else's tool writes."""
+    import diskcache
+
+    return diskcache.Cache(str(directory))
+
+
+def test_pickled_keys_and_values_in_a_cache_never_run(tmp_path, capsys):
+    import cache as cache_cli
+
+    directory = tmp_path / "c"
+    _cache_with_entries(directory).close()
+    marker = tmp_path / "ran"
+    foreign = _raw_diskcache(directory)
+    foreign.set(RunsCode(marker), b"value")                               # a pickled key
+    foreign.set(f"{FP}/{'e' * 32}", RunsCode(marker))                     # a pickled value under a real key
+    foreign.set(f"{FP}/{'d' * 32}", {"big": RunsCode(marker), "pad": "x" * 40000})  # pickled into a file
+    foreign.close()
+
+    cache = TargetCache(directory, FP)
+    assert sorted(cache.hashes())[:3] == [f"{i:032x}" for i in range(3)]
+    assert cache.get("e" * 32) is None and cache.get("d" * 32) is None   # damage, removed
+    assert set(cache_fingerprints(directory)) == {FP}
+    cache.close()
+    assert cache_cli.main(["stats", str(directory)]) == 0
+    assert cache_cli.main(["verify", str(directory)]) == 1                 # foreign key found and removed
+    out = capsys.readouterr().out
+    assert "foreign" in out
+    assert cache_cli.main(["verify", str(directory)]) == 0
+    copy = tmp_path / "copy"
+    assert cache_cli.main(["import", str(directory), "--cache", str(copy)]) == 0
+    assert not marker.exists()
+
+
+def test_a_cache_database_with_its_own_trigger_or_settings_is_refused(tmp_path):
+    for name, sql in [
+        ("trigger", "CREATE TRIGGER evil AFTER INSERT ON Cache BEGIN DELETE FROM Cache; END"),
+        ("pragma", "INSERT OR REPLACE INTO Settings VALUES ('sqlite_journal_mode', 'wal; DROP TABLE Cache')"),
+        ("unknown setting", "INSERT OR REPLACE INTO Settings VALUES ('disk_evil', 1)"),
+        ("view", "CREATE VIEW v AS SELECT 1"),
+    ]:
+        directory = tmp_path / name.replace(" ", "_")
+        _cache_with_entries(directory).close()
+        connection = sqlite3.connect(str(directory / "cache.db"))
+        connection.execute(sql)
+        connection.commit()
+        connection.close()
+        with pytest.raises(CacheOpenError, match="not written by saliency-ssl"):
+            TargetCache(directory, FP)
+
+
+def test_a_value_file_outside_the_cache_is_neither_read_nor_deleted(tmp_path):
+    directory = tmp_path / "c"
+    cache = TargetCache(directory, FP)
+    rng = np.random.default_rng(1)
+    big = Target.from_maps(rng.random((200, 200)), rng.random((200, 200)) > 0.5, rng.integers(0, 300, (200, 200)))
+    cache.put("a" * 32, big)                      # too large (and random) to stay inside cache.db: a value file
+    cache.close()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    connection = sqlite3.connect(str(directory / "cache.db"))
+    assert connection.execute("SELECT count(*) FROM Cache WHERE filename IS NOT NULL").fetchone() == (1,)
+    connection.execute("UPDATE Cache SET filename = ? WHERE filename IS NOT NULL", ("../victim.txt",))
+    connection.commit()
+    connection.close()
+    cache = TargetCache(directory, FP)
+    assert cache.get("a" * 32) is None            # refused as damage, entry removed
+    assert victim.read_text() == "keep me"
+
+
+def test_damage_inside_the_database_is_one_error_naming_the_file(tmp_path, capsys):
+    import cache as cache_cli
+
+    directory = tmp_path / "c"
+    cache = TargetCache(directory, FP)
+    cache.put_many((f"{i:032x}", _target(i)) for i in range(400))
+    cache.close()
+    db = directory / "cache.db"
+    data = bytearray(db.read_bytes())
+    assert len(data) > 5 * 4096
+    data[2 * 4096:4 * 4096] = np.random.default_rng(0).bytes(2 * 4096)   # past the header, inside the pages
+    db.write_bytes(bytes(data))
+    for wal in directory.glob("cache.db-*"):
+        wal.unlink()
+    with pytest.raises(CacheOpenError, match=r"cache.db"):
+        opened = TargetCache(directory, FP)
+        list(opened.hashes())
+        opened.verify()
+    assert cache_cli.main(["verify", str(directory)]) == 2
+    err = capsys.readouterr().err
+    assert "cache.db" in err and "Traceback" not in err
+
+
+def test_an_empty_database_file_is_reported_not_silently_accepted(tmp_path, capsys):
+    import cache as cache_cli
+
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "cache.db").write_bytes(b"")
+    assert cache_cli.main(["verify", str(tmp_path / "c")]) == 2
+    assert "empty (0 bytes)" in capsys.readouterr().err
+    assert cache_cli.main(["stats", str(tmp_path / "c")]) == 2
+
+
+def test_verify_names_a_cache_without_entries_of_the_labeller(tmp_path, capsys):
+    import cache as cache_cli
+
+    TargetCache(tmp_path / "c", FP).close()
+    assert cache_cli.main(["verify", str(tmp_path / "c")]) == 1
+    assert "no targets" in capsys.readouterr().out
+
+
+def test_a_damaged_key_is_caught_by_its_checksum(tmp_path):
+    directory = tmp_path / "c"
+    _cache_with_entries(directory).close()
+    connection = sqlite3.connect(str(directory / "cache.db"))
+    good = f"{FP}/{1:032x}"
+    damaged = f"{FP}/{'1':0>31}7"
+    connection.execute("UPDATE Cache SET key = ? WHERE key = ?", (damaged, good))
+    connection.commit()
+    connection.close()
+    cache = TargetCache(directory, FP)
+    report = cache.verify()
+    assert report.damaged == [damaged.split("/")[1]] and report.checked == 3
+
+
+def test_older_entries_are_read_and_upgraded_by_verify(tmp_path):
+    import hashlib
+    import struct
+
+    cache = TargetCache(tmp_path / "c", FP)
+    target = _target(5)
+    current = encode_target(target, cache.key_of("a" * 32))
+    body = current[22:]
+    old = struct.pack("<4sBBII8s", b"SSLT", 1, current[5], 8, 8, hashlib.blake2b(body, digest_size=8).digest()) + body
+    cache._cache.set(cache.key_of("a" * 32), old)
+    assert cache.get("a" * 32).equals(target)
+    report = cache.verify()
+    assert report.upgraded == 1 and report.damaged == []
+    assert cache.get_encoded("a" * 32)[4] == CODEC_VERSION
+    with pytest.raises(CorruptTargetError, match="key"):
+        decode_target(cache.get_encoded("a" * 32), cache.key_of("b" * 32))
+
+
+# -- bounded work, and no process outliving its job ------------------------------------------------
+def _photos(folder, photo, count):
+    import cv2
+
+    folder.mkdir()
+    for i in range(count):
+        variant = np.roll(photo, 7 * i, axis=1)
+        cv2.imwrite(str(folder / f"p{i:02d}.png"), cv2.cvtColor(variant, cv2.COLOR_RGB2BGR))
+    return folder
+
+
+def test_a_slow_image_fails_by_its_time_limit_and_the_job_goes_on(tmp_path, photo):
+    import cv2
+
+    from saliencyssl.cache.labelling import LabelLimits, label_folder
+
+    from saliencyssl.saliency import Labeller
+
+    folder = _photos(tmp_path / "images", photo, 1)
+    tiny = np.full((6, 6, 3), 9, np.uint8)
+    cv2.imwrite(str(folder / "tiny.png"), tiny)  # labelled at once (under 8 px)
+    Labeller()(tiny)  # the first labelling of a process imports the compiled cut: not inside the limit
+    cache = TargetCache(tmp_path / "c", FP)
+    summary = label_folder(folder, cache, LabellerConfig(), progress=False,
+                           limits=LabelLimits(image_timeout=0.02))
+    assert summary.labelled == 1 and [Path(p).name for p, _ in summary.failed] == ["p00.png"]
+    assert "longer than the per-image limit of 0.02 s" in summary.failed[0][1]
+
+
+def test_an_image_over_the_pixel_budget_is_refused_before_any_work(tmp_path, photo):
+    from saliencyssl.cache.labelling import LabelLimits, label_folder
+    from saliencyssl.saliency import ImageTooLargeError, Labeller
+
+    with pytest.raises(ImageTooLargeError, match=r"225x150 image is labelled at 225x150 = 33,750 pixels"):
+        Labeller(max_pixels=10_000)(photo)
+    strip = np.tile(photo[:10], (1, 45, 1))                    # 10 x 10125: upscaled to 64 x 64800
+    with pytest.raises(ImageTooLargeError, match="max_side"):
+        Labeller()(strip)
+    folder = _photos(tmp_path / "images", photo, 2)
+    summary = label_folder(folder, TargetCache(tmp_path / "c", FP), LabellerConfig(), progress=False,
+                           limits=LabelLimits(max_pixels=30_000))
+    assert summary.labelled == 0 and len(summary.failed) == 2 and "budget of 30,000" in summary.failed[0][1]
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(tmp_path):
+    import struct
+    import zlib
+
+    import cv2
+
+    from saliencyssl.imageio import read_image
+
+    ok, png = cv2.imencode(".png", np.zeros((1, 1, 3), np.uint8))
+    data = bytearray(png.tobytes())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4:ihdr + 12] = struct.pack(">II", 60_000, 60_000)           # claims 3.6 G pixels
+    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+    (tmp_path / "bomb.png").write_bytes(bytes(data))
+    with pytest.raises(ImageDecodeError, match="bomb.png.*claims.*more.*than the 100,000,000"):
+        read_image(tmp_path / "bomb.png")
+
+
+def test_dangling_and_looping_links_are_reported_as_failures(tmp_path, photo):
+    from saliencyssl.cache.labelling import label_folder
+
+    folder = _photos(tmp_path / "images", photo, 1)
+    (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    summary = label_folder(folder, TargetCache(tmp_path / "c", FP), LabellerConfig(), progress=False)
+    assert summary.total == 3 and summary.labelled == 1
+    assert sorted(Path(p).name for p, _ in summary.failed) == ["gone.png", "loop.png"]
+
+
+def test_label_json_that_is_a_folder_is_refused_before_labelling(tmp_path, photo, capsys):
+    import label
+
+    folder = _photos(tmp_path / "images", photo, 1)
+    (tmp_path / "out").mkdir()
+    assert label.main([str(folder), "--cache", str(tmp_path / "c"), "--json", str(tmp_path / "out"),
+                       "--workers", "0", "--quiet"]) == 2
+    assert "--json" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _start_label_job(tmp_path, photo, workers: int):
+    import subprocess
+    import sys
+    import time
+
+    from _paths import REPO
+
+    folder = _photos(tmp_path / "images", photo, 16)
+    job = subprocess.Popen([sys.executable, str(REPO / "scripts" / "label.py"), str(folder), "--cache",
+                            str(tmp_path / "c"), "--workers", str(workers), "--quiet"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        kids = _children(job.pid)
+        workers_up = [k for k in kids if "resource_tracker" not in Path(f"/proc/{k}/cmdline").read_text()]
+        if len(workers_up) >= workers and TargetCache.exists(tmp_path / "c"):
+            return job, kids
+        time.sleep(0.2)
+    job.kill()
+    pytest.fail("the labelling job did not start its workers")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc (Linux)")
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_killing_a_labelling_job_leaves_no_process_behind(tmp_path, photo, signal_name):
+    import signal
+    import time
+
+    job, kids = _start_label_job(tmp_path, photo, workers=2)
+    assert len(kids) >= 3, "two workers and the resource tracker"
+    job.send_signal(getattr(signal, signal_name))
+    job.wait(30)
+    deadline = time.time() + 15
+    while time.time() < deadline and any(_alive(k) for k in kids):
+        time.sleep(0.2)
+    assert not [k for k in kids if _alive(k)], "worker or tracker processes outlived the job"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc (Linux)")
+def test_a_worker_killed_mid_job_is_one_line_and_the_job_resumes(tmp_path, photo):
+    import signal
+    import subprocess
+    import sys
+
+    from _paths import REPO
+
+    job, kids = _start_label_job(tmp_path, photo, workers=1)
+    worker = next(k for k in kids if "resource_tracker" not in Path(f"/proc/{k}/cmdline").read_text())
+    os.kill(worker, signal.SIGKILL)
+    _, err = job.communicate(timeout=120)
+    assert job.returncode == 3, err
+    assert "worker process died" in err and "rerun the same command" in err and "Traceback" not in err
+    rerun = subprocess.run([sys.executable, str(REPO / "scripts" / "label.py"), str(tmp_path / "images"), "--cache",
+                            str(tmp_path / "c"), "--workers", "1", "--quiet"], capture_output=True, text=True,
+                           timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert len(TargetCache(tmp_path / "c", FP)) == 16
+
+
+def test_training_from_a_damaged_pack_is_refused(tmp_path):
+    from saliencyssl.cache.packfile import PackError, load_pack, write_pack
+
+    targets = [(f"{i:032x}", _target(i)) for i in range(4)]
+    pack = write_pack(tmp_path / "p.pack", targets, FP)
+    hashes = [h for h, _ in targets]
+    assert load_pack(pack, hashes, 8).report.hits == 4
+    data = bytearray(pack.read_bytes())
+    data[-5] ^= 0x01                                          # one flipped bit in the region labels
+    pack.write_bytes(bytes(data))
+    with pytest.raises(PackError, match="fails its checksum"):
+        load_pack(pack, hashes, 8)
+    # A damaged hash in the header (a target moved to another image) fails the checksum too.
+    good = write_pack(tmp_path / "q.pack", targets, FP).read_bytes()
+    moved = good.replace(hashes[1].encode(), hashes[1][:-1].encode() + b"9", 1)
+    (tmp_path / "q.pack").write_bytes(moved)
+    with pytest.raises(PackError, match="fails its checksum"):
+        load_pack(tmp_path / "q.pack", hashes, 8)
