@@ -6,8 +6,10 @@ For N images from --data brought to --image-size (fit_square), it times:
 - the exact labeller (saliencyssl.saliency.Labeller, default parameters) on each image, one by
   one, as scripts/label.py runs it (after one warm-up image);
 - the surrogate's batched predict() (uint8 images in, TargetBatch out: network plus the
-  connected-component labelling of the predicted boundaries) and its network alone
-  (predict_channels), after a warm-up batch, the median of --repeats passes over the N images.
+  connected-component labelling of the predicted boundaries), its network alone
+  (predict_channels) and its regions alone (TargetBatch.from_channels on the network's output:
+  saliencyssl.target.label_components and the renumbering; OpenCV on the CPU, the log-depth
+  torch labelling on CUDA), after a warm-up batch, the median of --repeats passes over the N images.
 
 The speed-up divides the labeller's median per image by the surrogate's; both run on --threads
 threads (torch for the surrogate, OpenCV for the labeller; default 1, as one labelling worker).
@@ -15,7 +17,8 @@ threads (torch for the surrogate, OpenCV for the labeller; default 1, as one lab
 The surrogate is a freshly initialised one of the default architecture (Surrogate.fresh), since
 its weights do not change its cost, or --surrogate PATH. On CUDA it also reports images per
 second at 32 and 96 px (--gpu-sizes), fp16 autocast as in training and the router: the loaded
-surrogate at its own size, a fresh one of the same widths at the others ("fresh" in the JSON).
+surrogate at its own size, a fresh one of the same widths at the others ("fresh" in the JSON),
+for predict, the network alone and the regions alone.
 
 Examples:
   python benchmarks/bench_surrogate.py --data ../shared/data/cifar10/test --num-images 512 \\
@@ -52,6 +55,26 @@ def time_surrogate(surrogate, images: torch.Tensor, batch_size: int, repeats: in
         start = time.perf_counter()
         for i in range(0, len(images), batch_size):
             fn(images[i:i + batch_size])
+        sync(device)
+        passes.append(time.perf_counter() - start)
+    return float(np.median(passes)) / len(images)
+
+
+def time_regions(surrogate, images: torch.Tensor, batch_size: int, repeats: int) -> float:
+    """Seconds per image of the regions part of predict: ``TargetBatch.from_channels`` on the network's
+    output, computed once beforehand (a warm-up batch first, then the median of ``repeats`` passes)."""
+    from saliencyssl.target import TargetBatch
+
+    device = surrogate.device
+    channels = [surrogate.predict_channels(images[i:i + batch_size].to(device))
+                for i in range(0, len(images), batch_size)]
+    TargetBatch.from_channels(channels[0])  # warm-up
+    sync(device)
+    passes = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for batch in channels:
+            TargetBatch.from_channels(batch)
         sync(device)
         passes.append(time.perf_counter() - start)
     return float(np.median(passes)) / len(images)
@@ -151,12 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     full = time_surrogate(surrogate, images, args.batch_size, args.repeats, full=True)
     net = time_surrogate(surrogate, images, args.batch_size, args.repeats, full=False)
+    regions = time_regions(surrogate, images, args.batch_size, args.repeats)
     result["surrogate_ms_per_image"] = full * 1e3
     result["surrogate_network_ms_per_image"] = net * 1e3
+    result["surrogate_regions_ms_per_image"] = regions * 1e3
     result["surrogate_images_per_second"] = 1.0 / full
     print(f"surrogate on {result['device_name']}: {full * 1e3:.4f} ms/image predict (network alone "
-          f"{net * 1e3:.4f} ms), batch {args.batch_size}, {torch.get_num_threads()} threads, autocast "
-          f"{result['autocast']}", flush=True)
+          f"{net * 1e3:.4f} ms, regions alone {regions * 1e3:.4f} ms), batch {args.batch_size}, "
+          f"{torch.get_num_threads()} threads, autocast {result['autocast']}", flush=True)
     if surrogate.autocast_dtype is not None:
         surrogate.amp = False
         fp32 = time_surrogate(surrogate, images, args.batch_size, args.repeats, full=True)
@@ -181,10 +206,14 @@ def main(argv: list[str] | None = None) -> int:
             s = Surrogate.fresh(size, device=device, **widths) if fresh else surrogate
             per = time_surrogate(s, sized, args.batch_size, args.repeats, full=True)
             per_net = time_surrogate(s, sized, args.batch_size, args.repeats, full=False)
+            per_regions = time_regions(s, sized, args.batch_size, args.repeats)
             rates[str(size)] = {"images_per_second": 1.0 / per, "network_images_per_second": 1.0 / per_net,
+                                "regions_images_per_second": 1.0 / per_regions,
+                                "regions_over_network": per_regions / per_net,
                                 "images": len(sized), "fresh": fresh, "ngf": s.arch.ngf}
             print(f"GPU {size}px ({'a fresh' if fresh else 'this'} ngf-{s.arch.ngf} generator): {1.0 / per:,.0f} "
-                  f"images/s predict, {1.0 / per_net:,.0f} images/s network alone")
+                  f"images/s predict, {1.0 / per_net:,.0f} images/s network alone, {1.0 / per_regions:,.0f} "
+                  f"images/s regions alone ({per_regions / per_net:.2f}x the network's time)")
         result["gpu_images_per_second"] = rates
     emit(result, args.json)
     return 0

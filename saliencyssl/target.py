@@ -274,7 +274,11 @@ class TargetBatch:
                              f"got {tuple(channels.shape)}")
         saliency = channels[:, 0:1].float().clamp(0, 1)
         mask = channels[:, 1:2] > threshold
-        regions = compact_labels(label_components(channels[:, 2:3] <= threshold))
+        inside = channels[:, 2:3] <= threshold
+        if inside.device.type == "cpu":  # OpenCV labels and renumbers in one pass (the same result)
+            regions = _label_components_opencv(inside, compact=True)
+        else:
+            regions = compact_labels(label_components(inside))
         return cls(saliency, mask, regions)
 
     def channels(self) -> "torch.Tensor":
@@ -289,61 +293,190 @@ class TargetBatch:
 
 
 def label_components(inside: "torch.Tensor", max_iterations: int | None = None) -> "torch.Tensor":
-    """Batched 4-connected component labelling on any device (torch, no Python loop over pixels).
+    """Batched 4-connected component labelling on any device.
 
-    Every pixel of ``inside`` starts with its own index as label; labels spread to 4-neighbours
-    inside by repeated maximum until nothing changes. Pixels outside (boundaries) then take the
-    largest label among their 4-neighbours, repeatedly, so every pixel ends in some segment.
+    The labels, the same on every device:
 
-    On the CPU the same labels come from one OpenCV call (:func:`_label_components_opencv`);
-    on other devices from the iterative torch version below.
+    - a pixel of ``inside`` gets ``1 +`` the largest raster index ``y * W + x`` among the pixels
+      of its 4-connected component (so labels lie in 1..H*W and differ between components);
+    - a pixel outside (a boundary pixel) gets the largest label among the inside pixels nearest
+      to it in city-block distance ``|dy| + |dx|`` within its image. This is what filling the
+      outside pixels round by round gives, each unfilled pixel taking the largest label among its
+      4-neighbours of the previous round, so every pixel ends in some segment;
+    - an image without any inside pixel is all 0.
+
+    On the CPU the labels come from one OpenCV call (:func:`_label_components_opencv`); on other
+    devices (or with ``max_iterations`` given) from a log-depth torch version
+    (:func:`_label_components_torch`): Shiloach–Vishkin-style tree hooking with the FastSV
+    hooking rules over the horizontal runs of each row, then an exact nearest-label fill by
+    four prefix minima. Its number of synchronising rounds grows with the logarithm of the
+    longest component (about log2 of the image side plus 2 for snakes, spirals and mazes), not
+    with its length like the neighbour-maximum propagation it replaces.
 
     Args:
         inside: ``(B, 1, H, W)`` bool.
-        max_iterations: cap on spreading steps (default ``H * W``, enough for any shape).
+        max_iterations: use the torch version even on the CPU, with at most this many hooking
+            rounds (``None``: OpenCV on the CPU, the torch version elsewhere, rounds until
+            converged). A cap below what a shape needs leaves its component split.
 
     Returns:
-        ``(B, 1, H, W)`` int64 labels, equal within a component and distinct between
-        components of one image (not consecutive).
+        ``(B, 1, H, W)`` int64 labels in 0..H*W on ``inside``'s device, equal within a component
+        and distinct between components of one image (not consecutive; see
+        :func:`compact_labels`).
     """
-    import torch
-    import torch.nn.functional as F
-
     if inside.device.type == "cpu" and max_iterations is None:
         return _label_components_opencv(inside)
+    return _label_components_torch(inside, max_rounds=max_iterations)
+
+
+def _label_components_torch(inside: "torch.Tensor", max_rounds: int | None = None) -> "torch.Tensor":
+    """:func:`label_components` in torch alone, for any device: components, then the outside fill.
+
+    Args:
+        inside: ``(B, 1, H, W)`` bool.
+        max_rounds: cap on hooking rounds of :func:`_component_maxima` (``None``: until converged).
+
+    Returns:
+        ``(B, 1, H, W)`` int64 labels, identical to :func:`_label_components_opencv`'s when not capped.
+    """
+    labels, _ = _component_maxima(inside, max_rounds)
+    return _fill_from_nearest(labels)
+
+
+def _component_maxima(inside: "torch.Tensor", max_rounds: int | None = None) -> "tuple[torch.Tensor, int]":
+    """Label each 4-connected component of ``inside`` with ``1 +`` its largest raster index, in log depth.
+
+    1. **Runs.** Each maximal horizontal run of inside pixels is one node, named by its last
+       (rightmost) pixel; nodes are numbered in raster order of that pixel, so a larger node
+       number is a larger raster index. A prefix minimum along each row finds every pixel's run
+       end (the idea of run-based labelling, e.g. He, Chao & Suzuki, "A run-based two-scan
+       labeling algorithm", IEEE TIP 17(5), 2008). Horizontal adjacency is then inside the nodes;
+       two runs in consecutive rows that overlap are joined by one edge, at the first column of
+       their overlap (further columns of the same overlap would repeat it).
+    2. **Hooking and shortcutting** on the run graph, as FastSV (Zhang, Azad & Hu, "FastSV: a
+       distributed-memory connected component algorithm with fast convergence", SIAM PP 2020,
+       arXiv:1910.05971), a simplification of Shiloach & Vishkin ("An O(log n) parallel
+       connectivity algorithm", J. Algorithms 3, 1982). Each node ``u`` has a parent ``f[u]``;
+       a round computes, from the previous round's ``f``, for every edge ``(u, v)`` in both
+       directions the *stochastic hooking* ``f[f[u]] <- max(f[f[u]], f[f[v]])`` and the
+       *aggressive hooking* ``f[u] <- max(f[u], f[f[v]])`` (two ``scatter_reduce`` calls), then
+       *shortcutting* ``f <- max(f, f[f])``. Departure from the paper: maxima instead of minima,
+       so that the root every component converges to is its largest node, i.e. the label
+       required here, with no relabelling pass; and convergence is tested on ``f`` itself (one
+       host synchronisation per round) instead of on the grandparents. Since every update is a
+       maximum, a round that changes nothing is a fixed point, where ``f[u] = f[v]`` on every
+       edge and ``f[f] = f``: each component is then one star around its largest node.
+
+    The number of rounds grows with the logarithm of the component's extent for snakes,
+    spirals, combs, mazes and random masks (measured: 7 rounds for a 32 x 32 column-wise snake,
+    11 for a 512 x 512 one of 131,328 pixels); the whole call synchronises with the host twice
+    (two ``nonzero``) plus once a round.
+
+    Args:
+        inside: ``(B, 1, H, W)`` bool on any device.
+        max_rounds: stop after this many rounds even if not converged (``None``: no cap).
+
+    Returns:
+        ``(labels, rounds)``: ``(B, 1, H, W)`` int64 labels, ``1 + max(y * W + x)`` over the
+        component for inside pixels and 0 outside; and the number of hooking rounds run (the
+        last one, which changed nothing, included).
+    """
+    import torch
 
     b, _, h, w = inside.shape
-    index = torch.arange(1, h * w + 1, device=inside.device, dtype=torch.int64).view(1, 1, h, w)
-    labels = torch.where(inside, index.expand(b, 1, h, w), torch.zeros((), dtype=torch.int64, device=inside.device))
+    device = inside.device
+    n = h * w
+    if b == 0 or n == 0:
+        return torch.zeros(inside.shape, dtype=torch.int64, device=device), 0
+    rows = inside.reshape(b * h, w)
+    col = torch.arange(w, device=device)
+    # A pixel ends its run when it is inside and its right neighbour is not.
+    is_end = rows.clone()
+    is_end[:, :-1] &= ~rows[:, 1:]
+    # The run end of an inside pixel is the first run end at or after it in its row.
+    end_col = torch.where(is_end, col, w - 1).flip(-1).cummin(-1).values.flip(-1)
+    node_of_end = torch.cumsum(is_end.reshape(-1), 0) - 1  # node number at each run end's pixel
+    row_start = (torch.arange(b * h, device=device) * w).view(b * h, 1)
+    node = node_of_end[(row_start + end_col).reshape(-1)]  # (B*H*W,), meaningful where inside
+    end_pixel = torch.nonzero(is_end.reshape(-1)).squeeze(1)  # pixel of each node; host sync
+    if end_pixel.numel() == 0:
+        return torch.zeros(inside.shape, dtype=torch.int64, device=device), 0
+    # One edge per overlap of two runs in consecutive rows: the first column of the overlap.
+    grid = inside.reshape(b, h, w)
+    link = grid[:, :-1] & grid[:, 1:]
+    link[..., 1:] &= ~link[..., :-1]
+    top = torch.nonzero(link.reshape(-1)).squeeze(1)  # host sync
+    span = max((h - 1) * w, 1)  # pixels of link per image (none when H == 1)
+    top = top // span * n + top % span  # flat pixel index of the upper end
+    src = torch.cat([node[top], node[top + w]])  # each edge in both directions
+    edges = int(top.numel())
 
-    def neighbour_max(x: "torch.Tensor") -> "torch.Tensor":
-        padded = F.pad(x, (1, 1, 1, 1))
-        return torch.stack([padded[..., 1:-1, :-2], padded[..., 1:-1, 2:], padded[..., :-2, 1:-1],
-                            padded[..., 2:, 1:-1], x]).amax(0)
+    parent = torch.arange(int(end_pixel.numel()), device=device)
+    rounds = 0
+    while edges and (max_rounds is None or rounds < max_rounds):
+        rounds += 1
+        hook = parent[src]
+        grand = parent[hook]
+        grand_other = torch.cat([grand[edges:], grand[:edges]])  # f[f[v]] for each (u, v)
+        nxt = parent.clone()
+        nxt.scatter_reduce_(0, hook, grand_other, reduce="amax")  # stochastic hooking
+        nxt.scatter_reduce_(0, src, grand_other, reduce="amax")  # aggressive hooking
+        nxt = torch.maximum(nxt, nxt[nxt])  # shortcutting
+        if torch.equal(nxt, parent):
+            break
+        parent = nxt
+    image_start = (torch.arange(b, device=device) * n).view(b, 1, 1, 1)
+    largest = end_pixel[parent[node.clamp(min=0)]].view(b, 1, h, w)  # the component's last pixel
+    return torch.where(inside, largest - image_start + 1, 0), rounds
 
-    limit = max_iterations or h * w
-    for step in range(limit):
-        spread = torch.where(inside, neighbour_max(labels), labels)
-        if step % 8 == 7 and torch.equal(spread, labels):
-            break
-        labels = spread
-    for _ in range(h + w):
-        todo = labels == 0
-        if not bool(todo.any()):
-            break
-        labels = torch.where(todo, neighbour_max(labels), labels)
-    return labels
+
+def _fill_from_nearest(labels: "torch.Tensor") -> "torch.Tensor":
+    """Give every 0 pixel the largest label among the nearest labelled pixels of its image, exactly.
+
+    The round-by-round fill of :func:`_label_components_opencv` (each unfilled pixel takes the
+    largest of its 4-neighbours' labels of the previous round) reaches a pixel at city-block
+    distance ``d`` from the labelled set in round ``d``, along monotone paths whose inner pixels
+    are all unlabelled; so its final label is the largest label at that nearest distance. This
+    computes that directly, in a fixed number of operations whatever the boundaries' thickness:
+    a key ``d * M + (M - 1 - label)`` (``M = H * W + 1``) orders candidates by distance, then by
+    larger label; the city-block distance transform is separable (along columns, then rows),
+    and along one line ``min over y' <= y of (key[y'] + (y - y') * M)`` is a prefix minimum of
+    ``key - y * M`` (likewise backwards), so four ``cummin`` calls give the exact result.
+
+    Args:
+        labels: ``(B, 1, H, W)`` int64, labels in 1..H*W and 0 for pixels to fill.
+
+    Returns:
+        ``(B, 1, H, W)`` int64; images without any labelled pixel stay all 0.
+    """
+    import torch
+
+    b, _, h, w = labels.shape
+    if labels.numel() == 0:
+        return labels
+    m = h * w + 1
+    far = 1 << 62  # no labelled pixel on the line yet; stays far above any real key
+    key = torch.where(labels > 0, m - 1 - labels, far).view(b, h, w)
+    for dim, size in ((1, h), (2, w)):
+        shape = [1, 1, 1]
+        shape[dim] = size
+        offset = (torch.arange(size, device=labels.device) * m).view(shape)
+        forward = (key - offset).cummin(dim).values + offset
+        backward = (key + offset).flip(dim).cummin(dim).values.flip(dim) - offset
+        key = torch.minimum(forward, backward)
+    return torch.where(key < far // 2, m - 1 - key % m, 0).view(b, 1, h, w)
 
 
 def _label_components_opencv(inside: "torch.Tensor", compact: bool = False) -> "torch.Tensor":
-    """:func:`label_components` for CPU tensors, with OpenCV: the same labels, about 100x faster.
+    """:func:`label_components` for CPU tensors, with OpenCV: the same labels as the torch version
+    (:func:`_label_components_torch`), several times faster on the CPU.
 
     The batch is laid out as one tall image with a separating row of non-inside pixels after
     every image and labelled by one ``cv2.connectedComponents`` call (4-connectivity); each
-    component is renamed to ``1 + the largest raster index of its pixels`` (the label the
-    iterative torch version converges to); pixels outside then take the largest label among
-    their 4-neighbours, repeatedly (visiting only the pixels still unfilled), exactly as there. The
-    result equals ``label_components(inside)``, and with ``compact=True``
+    component is renamed to ``1 + the largest raster index of its pixels``; pixels outside then
+    take the largest label among their 4-neighbours of the previous round, repeatedly (visiting
+    only the pixels still unfilled), the rule :func:`_fill_from_nearest` computes in closed form.
+    The result equals ``label_components(inside)``, and with ``compact=True``
     ``compact_labels(label_components(inside))``.
 
     Args:
@@ -369,7 +502,7 @@ def _label_components_opencv(inside: "torch.Tensor", compact: bool = False) -> "
     top.scatter_reduce_(0, comp.reshape(-1).long(), index.expand(b, h + 1, w).reshape(-1), reduce="amax")
     top[0] = 0
     # Fill the pixels outside from their 4-neighbours, every pixel of a round reading the labels
-    # of the previous round (as the torch version does), visiting only the pixels still unfilled.
+    # of the previous round (the rule of _fill_from_nearest), visiting only the pixels still unfilled.
     # Layout: a zero row on top, a zero column left and right, a zero row after every image.
     width = w + 2
     grid = np.zeros((b * (h + 1) + 1, width), np.int32)
