@@ -18,22 +18,45 @@ empty mask, one region), and adds figures that the baseline cannot win by saying
 the presence accuracy, the IoU over images whose exact mask is not empty
 (``mask_iou_present``) and the MAE over images whose exact map is not all zero
 (``saliency_mae_present``). Aggregates are the mean and the mean of the worst decile.
+
+**Against human masks** (:func:`vs_masks_report`): agreement with the exact labeller says how well
+the surrogate imitates it, not how good a salient-object segmenter either is. Given human
+ground-truth masks (paired by file stem, :func:`match_masks`), the surrogate's mask and map *and
+the exact labeller's* are scored against them side by side with Cheng et al.'s conventions
+(:mod:`saliencyssl.metrics`): mask F-measure with ``beta^2 = 0.3``, mask IoU, and the MAE of the
+map, min-max normalised to [0, 1] as Cheng's evaluation does, against the mask as 0/1 (and of the
+map as predicted); beside them, predicting nothing and a centred box of half the side.
+
+*Resolution.* Everything is scored at the surrogate's image size ``S`` on the centre crop that
+:func:`~saliencyssl.datasets.fit_square` keeps (shorter side resized to ``S``, centred ``S x S``):
+the surrogate's prediction as it comes, the exact target brought there by
+:func:`~saliencyssl.datasets.target_at_size` (the very targets the surrogate is trained on and
+compared with above), and the human mask resized nearest-neighbour with the image's geometry.
+Both predictors are judged on the same pixels at the same resolution. The alternative, scoring at
+the image's own resolution with the surrogate's output upsampled into the crop, would still
+cover only the crop (the surrogate sees nothing outside it) and would hand the exact labeller
+its full-resolution edges against the surrogate's upsampled ones, measuring the upsampling as
+much as the segmentation; the targets are used at ``S`` anyway. What this leaves out: the strips
+outside the crop (a quarter of a 4:3 photo) and detail finer than a pixel at ``S``, so the figures
+are not those of full-image benchmarks (Cheng et al. score the whole image at its own
+resolution); the exact labeller's row is the reference to read the surrogate's against.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from saliencyssl.datasets import ImageSet, fit_square
+from saliencyssl.metrics import F_BETA2, as_masks, f_measure, map_mae, mask_scores
 from saliencyssl.target import TargetBatch, region_boundary
 
-#: beta^2 of the mask F-measure.
-F_BETA2 = 0.3
 #: Pixels of tolerance when matching region boundaries.
 BOUNDARY_TOLERANCE = 1
 #: Keys of a summary, in the order they are printed; the direction says which way is better.
@@ -50,56 +73,6 @@ WORST_DECILE_KEYS: tuple[tuple[str, str, str], ...] = (
 
 
 # ------------------------------------------------------------------------------ per image
-def _as_bool(x: torch.Tensor | np.ndarray) -> torch.Tensor:
-    t = torch.as_tensor(x)
-    if t.ndim == 4:
-        t = t[:, 0]
-    if t.ndim == 2:
-        t = t[None]
-    return t.bool()
-
-
-def _ratio(num: torch.Tensor, den: torch.Tensor, when_empty: torch.Tensor) -> torch.Tensor:
-    return torch.where(den > 0, num / den.clamp(min=1), when_empty)
-
-
-def mask_scores(pred: torch.Tensor | np.ndarray, exact: torch.Tensor | np.ndarray,
-                beta2: float = F_BETA2) -> dict[str, np.ndarray]:
-    """Per-image mask agreement (also the downstream segmentation's scores).
-
-    Args:
-        pred, exact: ``(N, H, W)`` or ``(N, 1, H, W)`` bool masks (numpy or torch).
-        beta2: F-measure weight, ``F = (1 + b2) P R / (b2 P + R)``.
-
-    Returns:
-        ``(N,)`` float64 arrays ``iou``, ``dice``, ``precision``, ``recall``, ``f`` and bool
-        arrays ``present`` (exact mask not empty) and ``pred_present``.
-
-        Empty cases: both empty -> every score 1. Prediction empty, exact not -> precision 0,
-        recall 0, all 0. Exact empty, prediction not -> precision 0, recall 1 (nothing was
-        missed), IoU, Dice and F 0.
-    """
-    p, e = _as_bool(pred), _as_bool(exact)
-    if p.shape != e.shape:
-        raise ValueError(f"predicted masks {tuple(p.shape)} and exact masks {tuple(e.shape)} differ in shape")
-    p, e = p.flatten(1).double(), e.flatten(1).double()
-    tp = (p * e).sum(1)
-    n_p, n_e = p.sum(1), e.sum(1)
-    union = n_p + n_e - tp
-    both_empty = (n_p == 0) & (n_e == 0)
-    one = torch.ones_like(tp)
-    iou = _ratio(tp, union, one)
-    dice = _ratio(2 * tp, n_p + n_e, one)
-    precision = torch.where(n_p > 0, tp / n_p.clamp(min=1), both_empty.double())
-    recall = torch.where(n_e > 0, tp / n_e.clamp(min=1), one)
-    denom = beta2 * precision + recall
-    f = torch.where(denom > 0, (1 + beta2) * precision * recall / denom.clamp(min=1e-12), torch.zeros_like(tp))
-    f = torch.where(both_empty, one, torch.where((n_e == 0) & (n_p > 0), torch.zeros_like(tp), f))
-    return {"iou": iou.cpu().numpy(), "dice": dice.cpu().numpy(), "precision": precision.cpu().numpy(),
-            "recall": recall.cpu().numpy(), "f": f.cpu().numpy(), "present": (n_e > 0).cpu().numpy(),
-            "pred_present": (n_p > 0).cpu().numpy()}
-
-
 def region_edges(regions: torch.Tensor) -> torch.Tensor:
     """``(N, H, W)`` bool boundary of ``(N, H, W)`` or ``(N, 1, H, W)`` labels (right or lower neighbour differs)."""
     reg = torch.as_tensor(regions)
@@ -128,7 +101,7 @@ def boundary_scores(pred_edges: torch.Tensor, exact_edges: torch.Tensor,
         ``(N,)`` float64 arrays ``boundary_precision``, ``boundary_recall``, ``boundary_f``.
         Both without boundary (one region each) -> 1; only one without -> 0.
     """
-    p, e = _as_bool(pred_edges), _as_bool(exact_edges)
+    p, e = as_masks(pred_edges), as_masks(exact_edges)
     n_p = p.flatten(1).sum(1).double()
     n_e = e.flatten(1).sum(1).double()
     hit_p = (p & _dilate(e, tolerance)).flatten(1).sum(1).double()
@@ -156,8 +129,7 @@ def per_image_scores(pred: TargetBatch, exact: TargetBatch) -> dict[str, np.ndar
     pred = pred.to(device)
     scores = mask_scores(pred.mask, exact.mask)
     scores.update(boundary_scores(region_edges(pred.regions), region_edges(exact.regions)))
-    mae = (pred.saliency.float() - exact.saliency.float()).abs().flatten(1).mean(1)
-    scores["mae"] = mae.double().cpu().numpy()
+    scores["mae"] = map_mae(pred.saliency, exact.saliency)
     scores["saliency_present"] = (exact.saliency.flatten(1).amax(1) > 0).cpu().numpy()
     return scores
 
@@ -378,6 +350,235 @@ def evaluate_surrogate(predictor, images: torch.Tensor, exact: TargetBatch, batc
     return FidelityResult(report=report, scores=scores, prediction=prediction)
 
 
+# ------------------------------------------------------------------------------ against human masks
+#: File endings a human mask may have (read by :func:`saliencyssl.eval.segmentation.read_mask`).
+MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+#: How :func:`vs_masks_report` brings everything to one geometry; written into its report.
+VS_MASKS_GEOMETRY = ("fit_square centre crop at the surrogate's image size: surrogate as predicted, exact target "
+                     "by target_at_size (map area/bicubic, mask nearest), human mask nearest")
+
+
+def _shown(items: Sequence[str], k: int = 5) -> str:
+    items = list(items)
+    return ", ".join(items[:k]) + (f" and {len(items) - k} more" if len(items) > k else "")
+
+
+def match_masks(images_dir: str | Path, names: Sequence[str], masks_dir: str | Path) -> list[Path | None]:
+    """Each image's human mask below ``masks_dir``, paired by file stem.
+
+    For an image ``sub/0001.jpg`` (a name relative to ``images_dir``) the mask is
+    ``masks_dir/sub/0001.<suffix>`` with a suffix of :data:`MASK_SUFFIXES` (any case); failing
+    that, the one file named ``0001.<suffix>`` anywhere below ``masks_dir``. Masks that match no
+    image are ignored; the image file itself never counts as its own mask (``masks_dir`` may be
+    the image folder).
+
+    Args:
+        images_dir: the image folder the names are relative to (for messages and the self-check).
+        names: image names, e.g. :attr:`~saliencyssl.datasets.ImageSet.names`.
+        masks_dir: the folder of the masks (0/255 or 0/1, see ``read_mask``).
+
+    Returns:
+        One entry per name: the mask's path, or ``None`` when the image has none.
+
+    Raises:
+        FileNotFoundError: ``masks_dir`` is not a folder, or no image has a mask there (naming
+            both folders).
+        ValueError: a pairing is ambiguous (two masks of one stem, or two images of one stem
+            both falling back to the same flat mask); the message names the files.
+    """
+    images_dir, masks_dir = Path(images_dir), Path(masks_dir)
+    if not masks_dir.is_dir():
+        raise FileNotFoundError(f"--masks {masks_dir} does not exist or is not a folder; give the folder of the "
+                                f"human masks of the images in {images_dir}, named like them (<stem>.png)")
+    root, masks_root = images_dir.resolve(), masks_dir.resolve()
+    overlap = root == masks_root or root in masks_root.parents or masks_root in root.parents
+    image_files = {(images_dir / name).resolve() for name in names} if overlap else set()
+    by_relative: dict[str, list[Path]] = {}
+    by_stem: dict[str, list[Path]] = {}
+    for path in sorted(masks_dir.rglob("*")):
+        if path.suffix.lower() not in MASK_SUFFIXES or not path.is_file() or path.resolve() in image_files:
+            continue
+        by_relative.setdefault(path.relative_to(masks_dir).with_suffix("").as_posix(), []).append(path)
+        by_stem.setdefault(path.stem, []).append(path)
+    stems: dict[str, list[str]] = {}
+    for name in names:
+        stems.setdefault(Path(name).stem, []).append(name)
+    out: list[Path | None] = []
+    for name in names:
+        candidates = by_relative.get(Path(name).with_suffix("").as_posix())
+        if candidates is None:
+            candidates = by_stem.get(Path(name).stem)
+            if candidates and len(stems[Path(name).stem]) > 1:
+                raise ValueError(f"images {_shown(stems[Path(name).stem])} of {images_dir} share the stem of mask "
+                                 f"{candidates[0]}; put each image's mask at its relative path below {masks_dir}")
+        if candidates and len(candidates) > 1:
+            raise ValueError(f"image {images_dir / name} matches {len(candidates)} masks "
+                             f"({_shown([str(c) for c in candidates])}); keep one mask per image stem in {masks_dir}")
+        out.append(candidates[0] if candidates else None)
+    if not any(path is not None for path in out):
+        example = Path(names[0]).with_suffix(".png").as_posix() if len(names) else "<stem>.png"
+        raise FileNotFoundError(f"no mask in {masks_dir} matches any of the {len(names)} images of {images_dir} by "
+                                f"file stem (e.g. {example}; endings {', '.join(MASK_SUFFIXES)}); give --masks the "
+                                f"folder of these images' masks")
+    return out
+
+
+@dataclass
+class HumanMasks:
+    """Human ground-truth masks of some of a pair set's images, at the pair set's square size.
+
+    Attributes:
+        indices: ``(M,)`` int64 positions in the names given to :func:`load_human_masks`, ascending.
+        masks: ``(M, 1, S, S)`` bool, True = object, brought to ``S`` with the images' :func:`fit_square`
+            geometry (nearest neighbour).
+        paths: the mask file of each.
+        without: the names that have no mask (left out of the comparison).
+    """
+
+    indices: np.ndarray
+    masks: torch.Tensor
+    paths: list[Path]
+    without: list[str]
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+
+def load_human_masks(image_set: ImageSet, names: Sequence[str], masks_dir: str | Path, size: int) -> HumanMasks:
+    """Read the human masks of ``names`` (:func:`match_masks`) and bring them to ``size x size``.
+
+    Args:
+        image_set: the opened image folder the names belong to (its images give the sizes the
+            masks must have).
+        names: the images to pair, e.g. :attr:`~saliencyssl.surrogate.pairs.PairSet.names`.
+        masks_dir: the folder of the masks.
+        size: the side ``S`` (the surrogate's image size).
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`match_masks`; ValueError also when a mask cannot be
+            decoded or its size differs from its image's (naming both files).
+    """
+    from saliencyssl.eval.segmentation import read_mask  # segmentation imports this module
+
+    position = {name: i for i, name in enumerate(image_set.names)}
+    paths = match_masks(image_set.root, names, masks_dir)
+    indices, masks, found = [], [], []
+    for i, (name, path) in enumerate(zip(names, paths)):
+        if path is None:
+            continue
+        mask = read_mask(path)
+        shape = image_set.image(position[name]).shape[:2]
+        if mask.shape != shape:
+            raise ValueError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but image {image_set.root / name} is "
+                             f"{shape[1]}x{shape[0]}; a mask must have its image's size (in the orientation the image "
+                             f"is shown in, its EXIF orientation applied)")
+        indices.append(i)
+        masks.append(fit_square(mask.astype(np.uint8), int(size), nearest=True) > 0)
+        found.append(path)
+    return HumanMasks(indices=np.asarray(indices, np.int64), masks=torch.from_numpy(np.stack(masks))[:, None],
+                      paths=found, without=[name for name, path in zip(names, paths) if path is None])
+
+
+def human_mask_scores(mask: torch.Tensor, saliency: torch.Tensor, truth: torch.Tensor,
+                      beta2: float = F_BETA2) -> dict[str, np.ndarray]:
+    """Per-image scores of a predicted mask and map against human masks (Cheng's conventions).
+
+    Args:
+        mask: ``(M, 1, S, S)`` bool predicted masks.
+        saliency: ``(M, 1, S, S)`` float predicted maps in [0, 1].
+        truth: ``(M, 1, S, S)`` bool human masks.
+
+    Returns:
+        ``(M,)`` float64 arrays: :func:`~saliencyssl.metrics.mask_scores`' ``f`` (beta^2 = 0.3), ``iou``,
+        ``precision``, ``recall`` of the mask; ``mae``, the MAE of the map min-max normalised per
+        image (as Cheng et al.'s CmEvaluation reads maps) against the mask as 0/1, and ``mae_raw``,
+        of the map as given (:func:`~saliencyssl.metrics.map_mae`).
+    """
+    scores = mask_scores(mask, truth, beta2)
+    out = {key: scores[key] for key in ("f", "iou", "precision", "recall")}
+    out["mae"] = map_mae(saliency, truth, normalise=True)
+    out["mae_raw"] = map_mae(saliency, truth)
+    return out
+
+
+def _vs_masks_summary(scores: dict[str, np.ndarray], beta2: float) -> dict[str, float]:
+    means = {key: float(np.mean(scores[key])) for key in ("f", "iou", "mae", "mae_raw", "precision", "recall")}
+    means["f_of_means"] = float(f_measure(means["precision"], means["recall"], beta2))
+    return means
+
+
+def vs_masks_report(truth: torch.Tensor, exact: TargetBatch, pred: TargetBatch, names: Sequence[str] | None = None,
+                    beta2: float = F_BETA2) -> dict:
+    """The surrogate and the exact labeller side by side against human masks, with two baselines.
+
+    Everything is at one square size ``S`` (the module docstring says why): the predictions as
+    given, the human masks from :func:`load_human_masks`.
+
+    Args:
+        truth: ``(M, 1, S, S)`` bool human masks.
+        exact: the exact targets of the same images, ``(M, 1, S, S)``.
+        pred: the surrogate's targets of the same images, ``(M, 1, S, S)``.
+        names: the images' names, for the per-image lists.
+        beta2: F-measure weight.
+
+    Returns:
+        ``n``, ``n_empty_masks``; for ``surrogate``, ``exact``, ``nothing`` (zero map, empty mask)
+        and ``centre_box`` (the centred square of half the side, as mask and as 0/1 map): the means
+        over images of ``f``, ``iou``, ``mae``, ``mae_raw``, ``precision``, ``recall`` and ``f_of_means``
+        (F of the mean precision and mean recall, the figure Achanta et al. and Cheng et al.
+        publish); ``surrogate_minus_exact`` (``f``, ``iou``, ``mae``); ``per_image`` (``names``
+        and the surrogate's and exact labeller's ``f``, ``iou``, ``mae``).
+
+    Raises:
+        ValueError: the three disagree in number or size.
+    """
+    from saliencyssl.eval.segmentation import prior_masks
+
+    truth = as_masks(truth)[:, None]
+    n, size = int(truth.shape[0]), int(truth.shape[-1])
+    for what, batch in (("exact targets", exact), ("surrogate targets", pred)):
+        if len(batch) != n or tuple(batch.mask.shape[-2:]) != tuple(truth.shape[-2:]):
+            raise ValueError(f"{what} ({len(batch)} x {tuple(batch.mask.shape[-2:])}) and human masks "
+                             f"({n} x {tuple(truth.shape[-2:])}) differ in number or size")
+    box = torch.from_numpy(prior_masks(size)["centre_box"]).expand(n, 1, size, size)
+    per_image = {
+        "surrogate": human_mask_scores(pred.mask.cpu(), pred.saliency.cpu(), truth, beta2),
+        "exact": human_mask_scores(exact.mask.cpu(), exact.saliency.cpu(), truth, beta2),
+        "nothing": human_mask_scores(torch.zeros_like(truth), torch.zeros(truth.shape), truth, beta2),
+        "centre_box": human_mask_scores(box, box.float(), truth, beta2),
+    }
+    report: dict = {"n": n, "n_empty_masks": int((~truth.flatten(1).any(1)).sum()), "image_size": size,
+                    "f_beta2": beta2, "geometry": VS_MASKS_GEOMETRY}
+    for key, scores in per_image.items():
+        report[key] = _vs_masks_summary(scores, beta2)
+    report["surrogate_minus_exact"] = {key: report["surrogate"][key] - report["exact"][key]
+                                       for key in ("f", "iou", "mae")}
+    report["per_image"] = {"names": list(names) if names is not None else None,
+                           **{who: {key: [round(float(v), 6) for v in per_image[who][key]]
+                                    for key in ("f", "iou", "mae")} for who in ("surrogate", "exact")}}
+    return report
+
+
+def format_vs_masks(report: dict) -> list[str]:
+    """Human-readable table of :func:`vs_masks_report`: one row per predictor."""
+    size = report["image_size"]
+    lines = [f"against {report['n']} human masks ({report['n_empty_masks']} empty), at {size}x{size} on the centre "
+             f"crop:",
+             f"{'':16s} {'F(b2=0.3)':>9s} {'IoU':>6s} {'MAE':>6s} {'MAEraw':>6s} {'P':>6s} {'R':>6s} "
+             f"{'F(mean P,R)':>11s}"]
+    rows = (("surrogate", "surrogate"), ("exact labeller", "exact"), ("predict nothing", "nothing"),
+            ("centre box", "centre_box"))
+    for label, key in rows:
+        r = report[key]
+        lines.append(f"{label:16s} {r['f']:9.3f} {r['iou']:6.3f} {r['mae']:6.3f} {r['mae_raw']:6.3f} "
+                     f"{r['precision']:6.3f} {r['recall']:6.3f} {r['f_of_means']:11.3f}")
+    d = report["surrogate_minus_exact"]
+    lines.append(f"surrogate - exact: F {d['f']:+.3f}, IoU {d['iou']:+.3f}, MAE {d['mae']:+.3f}")
+    return lines
+
 __all__ = ["F_BETA2", "BOUNDARY_TOLERANCE", "mask_scores", "boundary_scores", "region_edges", "per_image_scores",
            "nothing_like", "summarize", "worst_decile", "better_than", "fidelity_report", "format_report",
-           "rank_images", "comparison_rows", "fidelity_grid", "FidelityResult", "predict_all", "evaluate_surrogate"]
+           "rank_images", "comparison_rows", "fidelity_grid", "FidelityResult", "predict_all", "evaluate_surrogate",
+           "MASK_SUFFIXES", "match_masks", "HumanMasks", "load_human_masks", "human_mask_scores", "vs_masks_report",
+           "format_vs_masks"]
