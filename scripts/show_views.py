@@ -1,14 +1,19 @@
 #!/usr/bin/env python
 """Draw a batch as the model sees it under a policy (the paper's Fig. 8), for a person to look at.
 
-Rows of the picture: the images, then two independent views of each (saliency view rendered
-from the whole image first, then the policy's augmentations). Images are drawn at random among
-those the cache holds a target for.
+Rows of the picture: the images, then two independent views of each (a view rendered from the
+target -- saliency view or composite -- from the whole image first, then the policy's
+augmentations). On the images, each view's RandomResizedCrop is outlined (view 1 cyan, view 2
+magenta) and, for a guided crop (``salcrop``), the box its centres are drawn in (yellow). Images
+are drawn at random among those the cache holds a target for (any image when the policy needs
+no targets).
 
 Examples:
   python scripts/show_views.py runs/quickstart/data/train --cache runs/quickstart/cache --policy sal+default --out views.png
   python scripts/show_views.py ../shared/data/cifar10/test --cache runs/cache --policy sal --image-size 32 --out sal.png
   python scripts/show_views.py photos/ --cache runs/cache --policy "sal+default,view=cut" --image-size 96 --out cut.png
+  python scripts/show_views.py photos/ --cache runs/cache --policy salcrop+default --image-size 96 --out salcrop.png
+  python scripts/show_views.py photos/ --cache runs/cache --policy "comp1+default,bg=swap" --image-size 96 --out comp.png
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saliencyssl.augment import PRESETS, FrozenPack, SSLAugmentation, TargetRouter, TrainingImages, parse_policy
+from saliencyssl.augment import (PRESETS, FrozenPack, SSLAugmentation, TargetRouter, TrainingImages, parse_policy,
+                                 policy_summary)
 from saliencyssl.cache import TargetCache
 from saliencyssl.saliency.options import add_labeller_options, describe_params, labeller_config_from_args
 from saliencyssl.surrogate.pairs import label_command
@@ -28,11 +34,55 @@ from saliencyssl.ssl.backbone import IMAGENET_MEAN, IMAGENET_STD
 from saliencyssl.visualize import image_grid, save_rgb
 
 
+#: RGB outline colours: each view's crop, and the box a guided crop's centre is drawn in.
+CROP_COLOURS = ((0, 220, 255), (255, 0, 255))
+BOX_COLOUR = (255, 230, 0)
+
+
 def to_uint8(views: torch.Tensor) -> list[np.ndarray]:
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     images = (views.cpu() * std + mean).clamp(0, 1)
     return [(img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for img in images]
+
+
+def outline(image: np.ndarray, tile: int, crops: list[dict | None]) -> np.ndarray:
+    """The image enlarged to ``tile`` pixels (nearest), with the crops of the views drawn on it.
+
+    Args:
+        image: ``(S, S, 3)`` uint8.
+        tile: side of the drawn tile in pixels.
+        crops: per view, ``{"src": (4, 2) crop corners (x, y), inclusive; "box": (4,) (row0, col0,
+            row1, col1) or None}`` from :attr:`SSLAugmentation.last_crop`, or None (no crop).
+    """
+    import cv2
+
+    s = image.shape[0]
+    scale = tile / s
+    out = np.ascontiguousarray(cv2.resize(image, (tile, tile), interpolation=cv2.INTER_NEAREST))
+
+    def rect(x0: float, y0: float, x1: float, y1: float, colour: tuple[int, int, int]) -> None:
+        cv2.rectangle(out, (int(round(x0 * scale)), int(round(y0 * scale))),
+                      (int(round((x1 + 1) * scale)) - 1, int(round((y1 + 1) * scale)) - 1), colour, 1)
+
+    for crop in crops:
+        if crop is not None and crop.get("box") is not None:
+            r0, c0, r1, c1 = (float(v) for v in crop["box"])
+            rect(c0, r0, c1, r1, BOX_COLOUR)
+            break
+    for crop, colour in zip(crops, CROP_COLOURS):
+        if crop is not None:
+            (x0, y0), (x1, y1) = crop["src"][0].tolist(), crop["src"][2].tolist()
+            rect(x0, y0, x1, y1, colour)
+    return out
+
+
+def crop_of(params: dict | None, i: int) -> dict | None:
+    """Image ``i``'s crop and guiding box from :attr:`SSLAugmentation.last_crop` (None: no crop)."""
+    if params is None or float(params["batch_prob"][i]) < 0.5:  # no crop, or this batch skipped it (crop < 1)
+        return None
+    guided = "guided" in params and bool(params["guided"][i])
+    return {"src": params["src"][i].cpu(), "box": params["box"][i].cpu() if guided else None}
 
 
 def main(argv=None) -> int:
@@ -48,6 +98,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = parser.parse_args(argv)
 
+    if args.out.is_dir():
+        print(f"error: --out {args.out} is a folder; give the PNG file to write, e.g. --out {args.out / 'views.png'}",
+              file=sys.stderr)
+        return 2
+    if args.out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        print(f"error: --out {args.out} must end in .png (or .jpg); e.g. --out {args.out.with_suffix('.png')}",
+              file=sys.stderr)
+        return 2
     if args.count < 1:
         parser.error(f"--count {args.count}: show at least 1 image")
     try:
@@ -58,9 +116,10 @@ def main(argv=None) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     candidates = torch.randperm(len(images), generator=generator)
     targets = None
-    if policy.uses_saliency:
+    if policy.uses_targets:
         if args.cache is None:
-            parser.error(f"policy {args.policy!r} renders saliency views: pass --cache CACHE_DIR "
+            parser.error(f"policy {args.policy!r} reads targets (saliency view, composite or guided crop): "
+                         f"pass --cache CACHE_DIR "
                          f"(fill it with python scripts/label.py {args.data} --cache CACHE_DIR)")
         if not TargetCache.exists(args.cache):
             parser.error(f"--cache {args.cache} is not a cache folder (no cache.db); fill it with: "
@@ -86,13 +145,21 @@ def main(argv=None) -> int:
             return 2
     index = candidates[: args.count]
     x = images.stack()[index]
-    if policy.uses_saliency:
+    if policy.uses_targets:
         targets = TargetRouter("cache", args.image_size, pack=pack).targets(index, x)
     torch.manual_seed(args.seed)
     augment = SSLAugmentation(policy, args.image_size)
-    rows = [[img.permute(1, 2, 0).numpy() for img in x], to_uint8(augment(x, targets)), to_uint8(augment(x, targets))]
-    save_rgb(args.out, image_grid(rows, tile_height=max(64, args.image_size)))
-    print(f"wrote {args.out} (rows: images, view 1, view 2; policy {policy.name})")
+    tile = max(64, args.image_size)
+    views, crops = [], []
+    for _ in range(2):
+        views.append(to_uint8(augment(x, targets)))
+        crops.append(augment.last_crop)
+    originals = [outline(img.permute(1, 2, 0).numpy(), tile, [crop_of(c, i) for c in crops])
+                 for i, img in enumerate(x)]
+    save_rgb(args.out, image_grid([originals, *views], tile_height=tile))
+    legend = "crops of view 1 cyan, view 2 magenta" + (", guiding boxes yellow" if policy.guided_crop > 0 else "")
+    print(f"wrote {args.out} (rows: images with the {legend}; view 1; view 2; "
+          f"policy {policy_summary(policy, args.image_size)})")
     return 0
 
 

@@ -55,7 +55,7 @@ class StandIn:
 def test_policy_presets_and_free_probabilities():
     for name in PRESETS:
         config = parse_policy(name)
-        assert config.uses_saliency == name.startswith("sal")
+        assert config.uses_saliency == config.uses_targets == name.startswith(("sal", "comp"))
     sal = parse_policy("sal")
     assert sal.saliency == 1.0 and sal.crop == sal.jitter == sal.hflip == 0.0
     assert parse_policy("sal0.5+default").saliency == 0.5 and parse_policy("sal0.5+default").crop == 1.0
@@ -63,8 +63,17 @@ def test_policy_presets_and_free_probabilities():
     assert (j.saliency, j.jitter, j.crop) == (0.8, 0.8, 0.0)
     free = parse_policy("sal0.3+default,vflip=0.5,rotation=0.25,view=cut")
     assert (free.saliency, free.vflip, free.rotation, free.view) == (0.3, 0.5, 0.25, "cut")
+    guided = parse_policy("salcrop+default,alpha=0.5,crop_box=rc")
+    assert (guided.guided_crop, guided.alpha, guided.crop_box, guided.crop, guided.saliency) == (1.0, 0.5, "rc", 1.0, 0)
+    assert parse_policy("salcrop").crop == 1.0 and parse_policy("salcrop0.5+default").guided_crop == 0.5
+    comp = parse_policy("comp0.3+default,bg=swap,feather=0")
+    assert (comp.saliency, comp.view, comp.bg, comp.feather, comp.crop) == (0.3, "composite", "swap", 0.0, 1.0)
+    assert parse_policy("comp0.3+default").bg == "grey" and parse_policy("comp0.3+default").feather_p == 0.5
     for bad, message in (("salt", "unknown policy part"), ("sal1.5", "probability"), ("default,zoom=1", "unknown policy key"),
-                         ("default,view=blobs", "view"), ("sal,blur=high", "'sal,blur=high': blur='high' is not a number")):
+                         ("default,view=blobs", "view"), ("sal,blur=high", "'sal,blur=high': blur='high' is not a number"),
+                         ("sal+comp0.3", "use one"), ("salcrop+default,crop=0", "crop=0"),
+                         ("salcrop+default,alpha=0", "alpha must be > 0"), ("comp0.3,bg=noise", "bg must be one of"),
+                         ("salcrop,crop_box=hc", "crop_box must be one of")):
         with pytest.raises(ValueError, match=message):
             parse_policy(bad)
 
@@ -300,3 +309,27 @@ def test_show_views_draws_images_and_two_views_and_names_the_labeller_it_looked_
     with pytest.raises(SystemExit):
         show_views.main(args + ["--policy", "salt"])
     assert "--policy: unknown policy part" in capsys.readouterr().err
+
+
+def test_show_views_draws_guided_crops_with_their_boxes_and_composites(labelled, tmp_path, capsys):
+    import show_views  # scripts/show_views.py
+
+    base = [str(labelled["data"]), "--cache", str(labelled["root"] / "cache"), "--image-size", str(SIZE),
+            "--count", "4"]
+    out = tmp_path / "salcrop.png"
+    assert show_views.main(base + ["--policy", "salcrop+default", "--out", str(out)]) == 0
+    assert "guiding boxes yellow" in capsys.readouterr().out
+    grid = np.asarray(Image.open(out).convert("RGB"))
+    first_row = grid[:64]
+    for colour in (show_views.BOX_COLOUR, *show_views.CROP_COLOURS):
+        assert (first_row == np.array(colour, np.uint8)).all(-1).sum() > 20, f"outline {colour} drawn on the images"
+    out = tmp_path / "comp.png"
+    assert show_views.main(base + ["--policy", "comp1,bg=grey,feather=0", "--out", str(out)]) == 0
+    grid = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    images_row, view_row = grid[:64], grid[68:132]
+    assert not np.array_equal(images_row, view_row), "composites differ from the images"
+    # Nothing crops in this policy: the views are the images pasted on flat greys, pixel for pixel
+    # the images wherever they are not grey.
+    same = (np.abs(images_row - view_row).max(-1) <= 1)
+    grey = (np.ptp(view_row, axis=-1) == 0)
+    assert (same | grey).mean() > 0.99

@@ -475,21 +475,30 @@ class TargetCache:
         return count
 
     @_database_errors
-    def put_encoded(self, image_hash: str, data: bytes, from_key: str = "") -> None:
+    def put_encoded(self, image_hash: str, data: bytes, from_key: str | None = None) -> None:
         """Store already-encoded bytes after checking that they decode (workers' results, merged caches).
 
         Args:
             image_hash: the image's content hash.
             data: :func:`~saliencyssl.cache.codec.encode_target` bytes.
-            from_key: the key ``data`` was encoded with (``""`` for workers' results, the source
-                cache's key when merging); the stored entry is bound to this cache's key.
+            from_key: the key ``data`` was encoded with; ``None`` accepts the two a caller holds:
+                ``""`` (fresh from a worker) or this cache's key for ``image_hash`` (bytes copied
+                from a cache of the same labeller). The stored entry is bound to this cache's key.
 
         Raises:
             CorruptTargetError: the bytes fail their check.
         """
         key = self.key_of(image_hash)
-        decode_target(data, from_key)
-        self._cache.set(key, bind_key(data, from_key, key))
+        candidates = [from_key] if from_key is not None else ["", key]
+        for i, candidate in enumerate(candidates):
+            try:
+                decode_target(data, candidate)
+            except CorruptTargetError:
+                if i == len(candidates) - 1:
+                    raise
+                continue
+            self._cache.set(key, bind_key(data, candidate, key))
+            return
 
     @_database_errors
     def get_encoded(self, image_hash: str) -> bytes | None:
