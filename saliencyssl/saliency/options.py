@@ -10,13 +10,9 @@ from __future__ import annotations
 import argparse
 
 from saliencyssl.saliency.labeller import LabellerConfig
-from saliencyssl.saliency.params import CUT_ENGINES
+from saliencyssl.saliency.params import CUT_ENGINES, LABELLER_OPTIONS, describe_params  # noqa: F401
 
 _DEFAULTS = LabellerConfig()
-
-#: The labeller options the scripts take (the rest of :class:`LabellerConfig` keeps Cheng's defaults):
-#: what a grid config's ``labeller`` section and a pretraining checkpoint hold.
-LABELLER_OPTIONS = ("min_side", "scale", "max_side", "cut_engine")
 
 
 def add_labeller_options(parser: argparse.ArgumentParser, title: str | None = None,
@@ -53,11 +49,3 @@ def labeller_config_from_args(args: argparse.Namespace) -> LabellerConfig | None
     if all(v is None for v in given.values()):
         return None
     return LabellerConfig(**{k: v for k, v in given.items() if v is not None})
-
-
-def describe_params(params: dict | None) -> str:
-    """The working-size options and cut engine of recorded labeller parameters, for messages
-    (``"min_side=64, scale=None, max_side=None, cut_engine=faithful"``)."""
-    if not params:
-        return "parameters unknown"
-    return ", ".join(f"{k}={params.get(k)}" for k in LABELLER_OPTIONS if k in params)

@@ -1,0 +1,229 @@
+"""Inspect, check, export and merge target caches; portable packs for multi-node training.
+
+Subcommands:
+  stats  CACHE_DIR                     what the cache holds, per labeller fingerprint
+  verify CACHE_DIR|PACK                decode every entry against its key (damaged ones are reported and
+                                       removed; foreign keys removed unread) or check a pack's checksum;
+                                       non-zero exit if anything is damaged
+  export CACHE_DIR IMAGES_DIR --out PACK [--image-size S]
+                                       the targets of a data set as one read-only, memory-mappable file
+                                       (with --image-size, stored at the training size, so
+                                       saliency-ssl pretrain --pack maps it without copying)
+  import SOURCE --cache CACHE_DIR      merge a pack or another cache directory into a cache; a source of
+                                       another labeller fingerprint than the options given is refused
+
+Labeller options (--scale, --max-side, --min-side, --cut-engine) select the fingerprint, as in
+saliency-ssl label. How safe it is to take caches and packs from others: docs/security.md.
+
+Examples:
+  saliency-ssl cache stats runs/cache
+  saliency-ssl cache export runs/cache ../shared/data/cifar10/train --out runs/cifar_train.pack --image-size 32
+  saliency-ssl cache import runs/cifar_train.pack --cache /scratch/cache
+  torchrun --nnodes 2 --nproc_per_node 4 ... saliency-ssl pretrain --pack runs/cifar_train.pack --aug-source cache ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from saliencyssl.cache import TargetCache
+from saliencyssl.cache.packfile import MAGIC, PackError, open_pack, verify_pack
+from saliencyssl.cache.store import CacheOpenError, cache_fingerprints
+from saliencyssl.cache.transfer import (MissingTargetsError, UndecodableImagesError, check_pack_destination,
+                                        export_pack, import_cache, import_pack)
+from saliencyssl.datasets import check_image_size
+from saliencyssl.imageio import ImageDecodeError
+from saliencyssl.app.options import add_labeller_options, fail, labeller_config_from_args
+from saliencyssl.saliency.params import LABELLER_OPTIONS
+
+SUMMARY = "stats, verify, export and import of caches and packs"
+
+
+def is_pack(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with open(path, "rb") as fh:
+        return fh.read(len(MAGIC)) == MAGIC
+
+
+def _not_a_cache(path: Path, hint: str = "IMAGES") -> int:
+    print(f"error: {path} is not a cache folder (no cache.db); fill one with: saliency-ssl label {hint} "
+          f"--cache {path}", file=sys.stderr)
+    return 2
+
+
+def cmd_stats(args) -> int:
+    if not TargetCache.exists(args.cache):
+        return _not_a_cache(args.cache)
+    fingerprints = cache_fingerprints(args.cache)
+    if not fingerprints:
+        print(f"{args.cache}: empty cache")
+        return 0
+    first = TargetCache(args.cache, next(iter(fingerprints)), create=False)
+    print(f"{args.cache}: {first.stats().disk_bytes / 1e6:.1f} MB on disk")
+    for fp, params in sorted(fingerprints.items()):
+        stats = TargetCache(args.cache, fp, create=False).stats()
+        desc = ", ".join(f"{k}={v}" for k, v in (params or {}).items() if k in ("version", *LABELLER_OPTIONS))
+        print(f"  fingerprint {fp}: {stats.entries} targets, {stats.bytes / 1e6:.2f} MB"
+              f" ({stats.bytes / max(stats.entries, 1):.0f} B each)  [{desc or 'parameters not recorded'}]")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    if is_pack(args.path):
+        pack = open_pack(args.path)
+        ok = verify_pack(pack)
+        print(f"{args.path}: pack of {len(pack)} targets, fingerprint {pack.fingerprint}: "
+              f"{'checksum OK' if ok else 'CHECKSUM MISMATCH (damaged; export it again)'}")
+        return 0 if ok else 1
+    if not TargetCache.exists(args.path):
+        print(f"error: {args.path} is neither a cache folder (no cache.db) nor a pack", file=sys.stderr)
+        return 2
+    fingerprints = sorted(cache_fingerprints(args.path))
+    config = labeller_config_from_args(args)
+    bad = 0
+    # The fingerprint of the labeller options given is checked even when the cache holds none of
+    # its targets (say so), and its pass also finds and removes foreign keys.
+    for fp in dict.fromkeys([config.fingerprint(), *fingerprints]):
+        report = TargetCache(args.path, fp, create=False).verify(remove=True)
+        if report.foreign:
+            bad += len(report.foreign)
+            print(f"{len(report.foreign)} foreign entries (keys saliency-ssl never writes, e.g. {report.foreign[0]:.60}"
+                  f"): removed unread")
+        if fp not in fingerprints:
+            print(f"fingerprint {fp} (the labeller options given): no targets in {args.path}"
+                  + (f"; it holds {', '.join(fingerprints)}" if fingerprints else ""))
+            bad += 1 if not fingerprints else 0
+            continue
+        bad += len(report.damaged)
+        print(f"fingerprint {fp}: {report.checked} entries checked, {len(report.damaged)} damaged"
+              + (" (removed; rerun saliency-ssl label to recompute them)" if report.damaged else "")
+              + (f", {report.upgraded} rewritten with a checksum over their key" if report.upgraded else ""))
+        for h in report.damaged[:20]:
+            print(f"  damaged: {h}")
+    return 1 if bad else 0
+
+
+def cmd_export(args) -> int:
+    from tqdm import tqdm
+
+    from saliencyssl.datasets import open_image_set
+
+    config = labeller_config_from_args(args)
+    if args.image_size is not None:
+        check_image_size(args.image_size, "--image-size")
+    if not TargetCache.exists(args.cache):
+        return _not_a_cache(args.cache, str(args.images))
+    try:
+        check_pack_destination(args.out, args.images if args.images.is_dir() else None, overwrite=args.overwrite)
+    except FileExistsError as error:
+        print(f"error: {error}; choose another --out" + ("" if args.out.is_dir() else " or pass --overwrite"),
+              file=sys.stderr)
+        return 2
+    except ValueError as error:
+        print(f"error: {error}: the next run would read it as an image; write it outside, e.g. --out "
+              f"{args.images.name}.pack", file=sys.stderr)
+        return 2
+    cache = TargetCache(args.cache, config.fingerprint(), create=False)
+    image_set = open_image_set(args.images, keep_decoded=False)
+    bar = (lambda it: tqdm(it, total=len(image_set), desc="hashing", unit="img")) if len(image_set) >= 2000 else None
+    try:
+        report = export_pack(cache, image_set, args.out, config.params(), args.image_size, args.allow_missing, bar)
+    except UndecodableImagesError as error:
+        name, reason = error.failed[0]
+        print(f"error: {args.images / name}: cannot decode image ({reason}); --allow-missing exports the other "
+              f"images' targets", file=sys.stderr)
+        return 2
+    except MissingTargetsError as error:
+        print(f"{len(error.missing)} of {error.total} images have no target in {args.cache} (fingerprint "
+              f"{error.fingerprint}), e.g. {error.missing[0]}; label them first: saliency-ssl label {args.images} "
+              f"--cache {args.cache}, or pass --allow-missing", file=sys.stderr)
+        return 1
+    if report.undecodable:
+        print(f"{len(report.undecodable)} files cannot be decoded and are skipped, e.g. {report.undecodable[0][0]}",
+              file=sys.stderr)
+    if report.missing:
+        print(f"{len(report.missing)} images have no target in {args.cache} and are skipped, e.g. {report.missing[0]}",
+              file=sys.stderr)
+    print(f"wrote {report.path}: {report.rows} targets, {report.bytes / 1e6:.2f} MB, fingerprint "
+          f"{config.fingerprint()}" + (f", stored at {args.image_size}px" if args.image_size else ""))
+    return 0
+
+
+def cmd_import(args) -> int:
+    config = labeller_config_from_args(args)
+    fingerprint = config.fingerprint()
+    if is_pack(args.source):
+        try:
+            report = import_pack(args.source, args.cache, fingerprint, config.params())
+        except PackError as error:
+            print(f"error: {error}" + ("; export it again: saliency-ssl cache export CACHE_DIR IMAGES_DIR "
+                                       f"--out {args.source}" if "checksum" in str(error) else ""), file=sys.stderr)
+            return 1
+    elif args.source.is_dir():
+        if not TargetCache.exists(args.source):
+            print(f"error: {args.source} is not a cache folder (no cache.db) nor a pack file", file=sys.stderr)
+            return 2
+        try:
+            report = import_cache(args.source, args.cache, fingerprint, config.params())
+        except LookupError as error:
+            print(f"error: {error}; pass the labeller options the source was labelled with", file=sys.stderr)
+            return 1
+        if report.damaged:
+            print(f"warning: skipped {len(report.damaged)} damaged entries of {args.source} (e.g. "
+                  f"{report.damaged[0]}); `saliency-ssl cache verify {args.source}` removes them, then rerun "
+                  f"saliency-ssl label", file=sys.stderr)
+    else:
+        print(f"error: {args.source} is neither a pack file nor a cache folder", file=sys.stderr)
+        return 2
+    print(f"imported {report.count} targets of fingerprint {fingerprint} into {args.cache}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="saliency-ssl cache", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("stats", help="what a cache holds", description="What a cache holds: its size on disk, and "
+                       "per labeller fingerprint the number of targets and the labeller options behind them.")
+    p.add_argument("cache", type=Path, metavar="CACHE_DIR", help="a folder filled by saliency-ssl label")
+    p.set_defaults(func=cmd_stats)
+    p = sub.add_parser("verify", help="check every entry of a cache, or a pack's checksum",
+                       description="Decode every entry of a cache against its key (damaged ones are reported and "
+                       "removed; rerun saliency-ssl label to recompute them), remove keys saliency-ssl never writes "
+                       "(unread), or check a pack file's checksum. Exit status 1 if anything is damaged or the cache "
+                       "holds no target of the labeller options given.")
+    p.add_argument("path", type=Path, metavar="CACHE_DIR|PACK")
+    add_labeller_options(p)
+    p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("export", help="a data set's targets as one memory-mappable pack file")
+    p.add_argument("cache", type=Path)
+    p.add_argument("images", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="the pack file to write (not inside IMAGES_DIR)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="store targets at this square training size (8 to 1024)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="export what the cache holds even if images miss (or cannot be decoded)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing pack at --out")
+    add_labeller_options(p)
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("import", help="merge a pack or a cache directory into a cache")
+    p.add_argument("source", type=Path)
+    p.add_argument("--cache", type=Path, required=True)
+    add_labeller_options(p)
+    p.set_defaults(func=cmd_import)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (PackError, ImageDecodeError, ValueError, OSError, MemoryError) as error:
+        return fail(str(error))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Command-line options several stages share: the labeller's, and how errors become one line.
+
+Every stage that reads targets must name the labeller options the cache was filled with, so they
+are declared here once, with one set of defaults (:data:`~saliencyssl.saliency.params.LABELLER_OPTIONS`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from saliencyssl.saliency.labeller import LabellerConfig
+from saliencyssl.saliency.params import CUT_ENGINES, LABELLER_OPTIONS
+
+_DEFAULTS = LabellerConfig()
+
+
+def add_labeller_options(parser: argparse.ArgumentParser, title: str | None = None,
+                         optional: bool = False) -> argparse._ArgumentGroup:
+    """Add ``--scale | --max-side``, ``--min-side`` and ``--cut-engine`` to a parser.
+
+    Args:
+        parser: the stage's parser.
+        title: the option group's title (default: says they must match how the cache was filled).
+        optional: leave every default ``None``, so :func:`labeller_config_from_args` can tell
+            "not given" (the stage then picks the fingerprint another way) from the defaults.
+    """
+    group = parser.add_argument_group(title or "labeller options (must match how the cache was filled by "
+                                               "saliency-ssl label; they select the labeller fingerprint)")
+    size = group.add_mutually_exclusive_group()
+    size.add_argument("--scale", type=float, default=None, metavar="F",
+                      help="label at F times the image size (the paper's 100%% = 1, 200%% = 2); default: upscale "
+                           "images under --min-side only")
+    size.add_argument("--max-side", type=int, default=None, metavar="N",
+                      help="shrink images whose longer side exceeds N pixels before labelling")
+    group.add_argument("--min-side", type=int, default=None if optional else _DEFAULTS.min_side, metavar="N",
+                       help=f"upscale images whose shorter side is under N pixels (default {_DEFAULTS.min_side}; "
+                            f"ignored with --scale)")
+    group.add_argument("--cut-engine", choices=CUT_ENGINES, default=None if optional else _DEFAULTS.cut_engine,
+                       help="faithful: Cheng's own GrabCut (matches the C++ masks); opencv: cv2.grabCut in the same "
+                            f"loop (agrees less). Default: {_DEFAULTS.cut_engine}")
+    return group
+
+
+def labeller_config_from_args(args: argparse.Namespace) -> LabellerConfig | None:
+    """The :class:`LabellerConfig` of the parsed options; ``None`` when added with ``optional=True``
+    and none was given."""
+    given = {k: getattr(args, k) for k in LABELLER_OPTIONS}
+    if all(v is None for v in given.values()):
+        return None
+    return LabellerConfig(**{k: v for k, v in given.items() if v is not None})
+
+
+def labeller_flags(config: LabellerConfig | dict | None) -> str:
+    """The options that select ``config``'s fingerprint, as a command line would give them
+    (``" --scale 2.0"``; ``""`` for the defaults)."""
+    if config is None:
+        return ""
+    values = config if isinstance(config, dict) else {k: getattr(config, k) for k in LABELLER_OPTIONS}
+    parts = []
+    for key in LABELLER_OPTIONS:
+        value = values.get(key)
+        if value is not None and value != getattr(_DEFAULTS, key):
+            parts.append(f" --{key.replace('_', '-')} {value}")
+    return "".join(parts)
+
+
+def fail(message: str, code: int = 2) -> int:
+    """Print ``error: message`` on stderr and return ``code`` (a stage's ``main`` returns it)."""
+    print(f"error: {message}", file=sys.stderr)
+    return code
