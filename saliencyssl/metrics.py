@@ -142,3 +142,23 @@ def map_mae(saliency: torch.Tensor | np.ndarray, truth: torch.Tensor | np.ndarra
     return (s - t.to(s.device)).abs().flatten(1).mean(1).cpu().numpy()
 
 __all__ = ["F_BETA2", "as_masks", "f_measure", "mask_scores", "minmax_normalise", "map_mae"]
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Differentiable ``1 - Dice`` of predicted masks, averaged over images (a training loss, not a score).
+
+    Mean over images of ``1 - (2 sum(p y) + s) / (sum(p) + sum(y) + s)`` with ``p = sigmoid(logits)``;
+    the smoothing ``s`` makes an image whose target is empty pull its prediction to empty.
+
+    Args:
+        logits: ``(B, 1, H, W)`` float logits.
+        target: ``(B, 1, H, W)`` float in {0, 1}.
+        smooth: ``s``, in pixels.
+
+    Returns:
+        A 0-d float32 tensor in [0, 1].
+    """
+    p = torch.sigmoid(logits.float()).flatten(1)
+    y = target.float().flatten(1)
+    dice = (2.0 * (p * y).sum(1) + smooth) / (p.sum(1) + y.sum(1) + smooth)
+    return (1.0 - dice).mean()

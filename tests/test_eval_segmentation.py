@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from saliencyssl.eval import detection as det, segmentation as seg
+from saliencyssl.eval import detection as det, masks as maskdata, segmentation as seg
 from saliencyssl.eval.features import open_backbone, random_backbone
 from saliencyssl.ssl.backbone import save_backbone
 
 from _paths import MISSING_REASON, REPO, SHARED
-import eval_segmentation as script  # scripts/eval_segmentation.py (on pytest's pythonpath)
+from saliencyssl.app import segment as script
 
 SALBENCH = SHARED / "data" / "salbench"
 needs_salbench = pytest.mark.skipif(not (SALBENCH / "images").is_dir() or not (SALBENCH / "masks").is_dir(),
@@ -54,10 +54,10 @@ def _write_pairs(root: Path, n: int, size=(40, 48), seed: int = 0, mask_scale: i
 # ------------------------------------------------------------------------------------------ data
 def test_pairs_masks_and_arrays(tmp_path):
     images, masks = _write_pairs(tmp_path / "a", 4)
-    pairs = seg.load_mask_pairs(images, masks)
+    pairs = maskdata.load_mask_pairs(images, masks)
     assert len(pairs) == 4 and all(m.dtype == np.bool_ and m.shape == (40, 48) for m in pairs.masks)
     assert 0.0 < np.mean(pairs.masks[0]) < 0.5
-    x, y = seg.to_arrays(pairs, 32)
+    x, y = maskdata.to_arrays(pairs, 32)
     assert x.shape == (4, 3, 32, 32) and x.dtype == torch.uint8
     assert y.shape == (4, 1, 32, 32) and y.dtype == torch.float32 and set(y.unique().tolist()) <= {0.0, 1.0}
     # the mask stays on the bright rectangle after resizing and cropping
@@ -66,32 +66,32 @@ def test_pairs_masks_and_arrays(tmp_path):
 
     # 0/1 masks read the same as 0/255 masks
     _, masks01 = _write_pairs(tmp_path / "b", 1, mask_scale=1)
-    assert np.array_equal(seg.read_mask(masks01 / "img00.png"), seg.read_mask(masks / "img00.png"))
+    assert np.array_equal(maskdata.read_mask(masks01 / "img00.png"), maskdata.read_mask(masks / "img00.png"))
 
     # so do colour masks, whatever the object's colour (OpenCV writes BGR: red is the last channel)
     import cv2
 
-    grey = seg.read_mask(masks / "img00.png")
+    grey = maskdata.read_mask(masks / "img00.png")
     for channel in range(3):
         colour = np.zeros(grey.shape + (3,), np.uint8)
         colour[grey, channel] = 255
         cv2.imwrite(str(tmp_path / f"colour{channel}.png"), colour)
-        assert np.array_equal(seg.read_mask(tmp_path / f"colour{channel}.png"), grey)
+        assert np.array_equal(maskdata.read_mask(tmp_path / f"colour{channel}.png"), grey)
     # 0/255 stored in 16 bits and index maps (0/1/3) are not read as empty
     cv2.imwrite(str(tmp_path / "sixteen.png"), grey.astype(np.uint16) * 255)
-    assert np.array_equal(seg.read_mask(tmp_path / "sixteen.png"), grey)
+    assert np.array_equal(maskdata.read_mask(tmp_path / "sixteen.png"), grey)
     index = grey.astype(np.uint8)
     index[: grey.shape[0] // 2] *= 3
     cv2.imwrite(str(tmp_path / "index.png"), index)
-    assert np.array_equal(seg.read_mask(tmp_path / "index.png"), grey)
+    assert np.array_equal(maskdata.read_mask(tmp_path / "index.png"), grey)
     void = index.copy()
     void[0, :] = 255  # VOC's "void" border is not an object
     cv2.imwrite(str(tmp_path / "void.png"), void)
-    assert np.array_equal(seg.read_mask(tmp_path / "void.png"), grey & (void != 255))
+    assert np.array_equal(maskdata.read_mask(tmp_path / "void.png"), grey & (void != 255))
     # a soft mask keeps the pixels above half the range
     cv2.imwrite(str(tmp_path / "soft.png"), np.where(grey, 200, 30).astype(np.uint8) + np.arange(grey.shape[1],
                                                                                                   dtype=np.uint8) % 5)
-    assert np.array_equal(seg.read_mask(tmp_path / "soft.png"), grey)
+    assert np.array_equal(maskdata.read_mask(tmp_path / "soft.png"), grey)
 
 
 def test_missing_or_mismatched_masks_are_named(tmp_path):
@@ -100,26 +100,26 @@ def test_missing_or_mismatched_masks_are_named(tmp_path):
     images, masks = _write_pairs(tmp_path, 3)
     (masks / "img01.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"1 of 3 images .* img01\.jpg"):
-        seg.load_mask_pairs(images, masks)
+        maskdata.load_mask_pairs(images, masks)
     cv2.imwrite(str(masks / "img01.png"), np.zeros((10, 10), np.uint8))
     with pytest.raises(ValueError, match=r"img01\.png is 10x10 but image .*img01\.jpg is 48x40"):
-        seg.load_mask_pairs(images, masks)
+        maskdata.load_mask_pairs(images, masks)
     with pytest.raises(FileNotFoundError, match="--masks"):
-        seg.load_mask_pairs(images, tmp_path / "nowhere")
+        maskdata.load_mask_pairs(images, tmp_path / "nowhere")
 
 
 def test_split_by_hash_is_fixed_and_disjoint():
     hashes = [f"{h:032x}" for h in np.random.default_rng(0).integers(0, 2**62, 20)]
-    train, test = seg.split_by_hash(hashes, 0.3)
+    train, test = maskdata.split_by_hash(hashes, 0.3)
     assert len(test) == 6 and len(train) == 14 and not set(train) & set(test)
     assert sorted(np.concatenate([train, test]).tolist()) == list(range(20))
     # the same images in another order are split the same way
     order = np.random.default_rng(1).permutation(20)
-    train2, test2 = seg.split_by_hash([hashes[i] for i in order], 0.3)
+    train2, test2 = maskdata.split_by_hash([hashes[i] for i in order], 0.3)
     assert sorted(hashes[order[i]] for i in test2) == sorted(hashes[i] for i in test)
-    assert len(seg.split_by_hash(hashes[:2], 0.9)[0]) == 1  # always one left to train on
+    assert len(maskdata.split_by_hash(hashes[:2], 0.9)[0]) == 1  # always one left to train on
     with pytest.raises(ValueError, match="--test-split"):
-        seg.split_by_hash(hashes, 1.0)
+        maskdata.split_by_hash(hashes, 1.0)
 
 
 # ---------------------------------------------------------------------------------------- scores
@@ -132,18 +132,18 @@ def test_mask_scores_known_values():
     prob[0] = gt[0]                    # perfect
     prob[1, 0, 1:3] = 0.9              # 4 of 8 right, 4 wrong: IoU 4/12, P = R = 0.5
     # image 2: both empty; image 3: empty prediction, non-empty mask
-    scores = seg.mask_scores(prob, gt)
+    scores = maskdata.mask_scores(prob, gt)
     np.testing.assert_allclose(scores["iou"], [1.0, 1 / 3, 1.0, 0.0])
     np.testing.assert_allclose(scores["f"], [1.0, 0.5, 1.0, 0.0])
     prob[1, 0, 0] = 0.9                # now P = 8/12, R = 1
     p, r = 8 / 12, 1.0
-    assert seg.mask_scores(prob, gt)["f"][1] == pytest.approx(1.3 * p * r / (0.3 * p + r))
+    assert maskdata.mask_scores(prob, gt)["f"][1] == pytest.approx(1.3 * p * r / (0.3 * p + r))
 
 
 def test_prior_baselines():
     masks = torch.zeros(2, 1, 8, 8)
     masks[:, :, 2:6, 2:6] = 1  # exactly the centre box, a quarter of the pixels
-    baselines = seg.prior_baselines(masks)
+    baselines = maskdata.prior_baselines(masks)
     assert baselines["centre_box"] == {"iou": 1.0, "f": 1.0}
     assert baselines["all_foreground"]["iou"] == pytest.approx(0.25)
 
@@ -161,10 +161,10 @@ def test_segmenter_shapes(size, stem):
 
 
 def test_training_is_deterministic_learns_and_freezing_keeps_encoder(tmp_path):
-    pairs = seg.load_mask_pairs(*_write_pairs(tmp_path, 12))
-    x, y = seg.to_arrays(pairs, 32)
+    pairs = maskdata.load_mask_pairs(*_write_pairs(tmp_path, 12))
+    x, y = maskdata.to_arrays(pairs, 32)
     encoder = random_backbone(0, True)
-    config = seg.TrainConfig(steps=3, batch_size=4)
+    config = maskdata.SegmentTrainConfig(steps=3, batch_size=4)
     runs = [seg.train_segmenter(seg.build_segmenter(encoder, 0, 16), x, y, np.arange(8), config, seed=0)
             for _ in range(2)]
     for a, b in zip(runs[0].state_dict().values(), runs[1].state_dict().values()):
@@ -173,14 +173,14 @@ def test_training_is_deterministic_learns_and_freezing_keeps_encoder(tmp_path):
     assert not torch.equal(other.head[-1].weight, runs[0].head[-1].weight)
 
     frozen = seg.train_segmenter(seg.build_segmenter(encoder, 0, 16), x, y, np.arange(8),
-                                 seg.TrainConfig(steps=2, batch_size=4, freeze_encoder=True), seed=0)
+                                 maskdata.SegmentTrainConfig(steps=2, batch_size=4, freeze_encoder=True), seed=0)
     torch.testing.assert_close(frozen.layers[0][0].conv1.weight, encoder.layer1[0].conv1.weight)
     torch.testing.assert_close(frozen.stem[1].running_mean, encoder.bn1.running_mean)
 
     # bright rectangles on dark noise: a short fine-tune segments the held-out images well
     model = seg.train_segmenter(seg.build_segmenter(encoder, 0, 16), x, y, np.arange(8),
-                                seg.TrainConfig(steps=40, batch_size=4, lr=3e-3, encoder_lr=1e-3), seed=0)
-    scores = seg.mask_scores(seg.predict_probabilities(model, x[8:]), y[8:])
+                                maskdata.SegmentTrainConfig(steps=40, batch_size=4, lr=3e-3, encoder_lr=1e-3), seed=0)
+    scores = maskdata.mask_scores(seg.predict_probabilities(model, x[8:]), y[8:])
     assert scores["iou"].mean() > 0.6, scores["iou"]
 
 
@@ -235,22 +235,22 @@ def _square_masks() -> list[np.ndarray]:
 
 
 def test_maskrcnn_keeps_the_encoder_is_deterministic_and_learns(tmp_path):
-    pairs = seg.load_mask_pairs(*_write_pairs(tmp_path, 18))
-    x, y = seg.to_arrays(pairs, 32)
+    pairs = maskdata.load_mask_pairs(*_write_pairs(tmp_path, 18))
+    x, y = maskdata.to_arrays(pairs, 32)
     instances = [det.instances_from_mask(m[0].numpy() > 0.5) for m in y]
     assert all(len(i) == 1 for i in instances)
     encoder = random_backbone(0, True)
     model = det.build_maskrcnn(encoder, 32, 0, 16)
     torch.testing.assert_close(model.backbone.body.layer1[0].conv1.weight, encoder.layer1[0].conv1.weight)
     assert model.backbone.body.layer1[0].conv1.weight is not encoder.layer1[0].conv1.weight  # a copy
-    config = seg.TrainConfig(steps=2, batch_size=4, lr=0.01, encoder_lr=0.001)
+    config = maskdata.SegmentTrainConfig(steps=2, batch_size=4, lr=0.01, encoder_lr=0.001)
     with_negative = [det.instances_from_mask(np.zeros((32, 32), bool)), *instances[1:]]  # an image with no object
     runs = [det.train_maskrcnn(det.build_maskrcnn(encoder, 32, 0, 16), x, with_negative, np.arange(12), config, 0)
             for _ in range(2)]
     for a, b in zip(runs[0].state_dict().values(), runs[1].state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     frozen = det.train_maskrcnn(det.build_maskrcnn(encoder, 32, 0, 16), x, instances, np.arange(12),
-                                seg.TrainConfig(steps=2, batch_size=4, lr=0.01, freeze_encoder=True), 0)
+                                maskdata.SegmentTrainConfig(steps=2, batch_size=4, lr=0.01, freeze_encoder=True), 0)
     torch.testing.assert_close(frozen.backbone.body.layer1[0].conv1.weight, encoder.layer1[0].conv1.weight)
     torch.testing.assert_close(frozen.backbone.body.bn1.running_mean, encoder.bn1.running_mean)
     assert not torch.equal(frozen.roi_heads.box_predictor.cls_score.weight,
@@ -258,7 +258,7 @@ def test_maskrcnn_keeps_the_encoder_is_deterministic_and_learns(tmp_path):
 
     # bright rectangles on dark noise: 70 steps find them on the six held-out images
     model = det.train_maskrcnn(det.build_maskrcnn(encoder, 32, 0, 16), x, instances, np.arange(12),
-                               seg.TrainConfig(steps=70, batch_size=4, lr=0.01, encoder_lr=0.001), 0)
+                               maskdata.SegmentTrainConfig(steps=70, batch_size=4, lr=0.01, encoder_lr=0.001), 0)
     predictions = det.predict_instances(model, x[12:])
     assert len(predictions) == 6
     assert all(p.masks.shape[1:] == (32, 32) and len(p.masks) == len(p.boxes) == len(p.scores) for p in predictions)
@@ -289,8 +289,8 @@ def test_script_with_a_checkpoint_and_errors(tmp_path, capsys):
     assert script.main(["--backbone", str(tmp_path / "missing.pt"), "--images", str(images), "--masks",
                         str(masks)]) == 2
     assert "missing.pt" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        script.main(["--backbone", "random", "--images", str(images), "--masks", str(masks), "--fractions", "0"])
+    assert script.main(["--backbone", "random", "--images", str(images), "--masks", str(masks), "--fractions",
+                        "0"]) == 2
     assert "outside (0, 1]" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         script.main(["--help"])
@@ -299,8 +299,7 @@ def test_script_with_a_checkpoint_and_errors(tmp_path, capsys):
     for option in ("--images", "--masks", "--epochs", "--test-split", "--freeze-encoder", "examples:", "IoU",
                    "--model", "maskrcnn", "AP"):
         assert option in text
-    with pytest.raises(SystemExit):
-        script.main(["--backbone", "random", "--images", str(images), "--masks", str(masks), "--lr", "0"])
+    assert script.main(["--backbone", "random", "--images", str(images), "--masks", str(masks), "--lr", "0"]) == 2
     assert "--lr 0.0: give a positive learning rate" in capsys.readouterr().err
 
 
@@ -316,7 +315,7 @@ def test_script_with_maskrcnn(tmp_path):
                           for s in ("mean", "std")} | {"n_labelled"}
     assert all(0.0 <= entry[f"{m}_mean"] <= 1.0 for m in ("iou", "f", "mask_ap", "box_ap"))
     meta = results["meta"]
-    assert meta["training"]["model"] == "maskrcnn" and meta["training"]["lr"] == seg.MODELS["maskrcnn"][1]
+    assert meta["training"]["model"] == "maskrcnn" and meta["training"]["lr"] == det.MaskRCNNProtocol.lr
     assert meta["scores"]["n_test_instances"] == 2
     assert {"mask_ap", "iou"} <= set(meta["baselines"]["centre_box"])
     text = (out / "results.md").read_text()
@@ -354,3 +353,20 @@ def test_script_end_to_end_on_salbench(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     again = json.loads((tmp_path / "again" / "results.json").read_text())
     assert again["1.0"] == results["1.0"] and again["0.5"] == results["0.5"]
+
+
+def test_the_out_folder_is_a_run_folder(tmp_path, capsys):
+    images, masks = _write_pairs(tmp_path / "data", 6)
+    out = tmp_path / "out"
+    base = ["--backbone", "random", "--images", str(images), "--masks", str(masks), "--fractions", "1.0",
+            "--seeds", "1", "--epochs", "1", "--batch-size", "4", "--fpn-channels", "8", "--out", str(out)]
+    assert script.main(base) == 0
+    written = (out / "results.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert script.main(base) == 0                                   # the same evaluation: not redone
+    assert "already holds this evaluation" in capsys.readouterr().out
+    assert (out / "results.json").stat().st_mtime_ns == written
+    assert script.main(base + ["--epochs", "2"]) == 2               # another one: refused, the difference named
+    assert "epochs 1 (now 2)" in capsys.readouterr().err
+    assert script.main(base + ["--force"]) == 0
+    assert (out / "results.json").stat().st_mtime_ns != written

@@ -387,7 +387,7 @@ def test_salbench_masks_pair_with_all_36_photos_and_cheng_cut_beats_the_centre_b
     assert bool(human.masks.flatten(1).any(1).all())                             # every photo has an object
     # Cheng et al.'s own SaliencyCut masks and RC maps (their C++), as the exact side, at the same geometry.
     from saliencyssl.datasets import fit_square
-    from saliencyssl.eval.segmentation import read_mask
+    from saliencyssl.eval.masks import read_mask
 
     stems = [name.rsplit(".", 1)[0] for name in image_set.names]
     cut = np.stack([fit_square(read_mask(SALBENCH / "cheng_cpp" / f"{s}_cut.png").astype(np.uint8), 96, nearest=True)

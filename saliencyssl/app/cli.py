@@ -14,6 +14,7 @@ import sys
 STAGES = {
     "label": "saliencyssl.app.label",
     "cache": "saliencyssl.app.cache",
+    "segment": "saliencyssl.app.segment",
 }
 
 

@@ -1,7 +1,7 @@
 """Instance segmentation on a pretrained ResNet-18: Mask R-CNN and COCO mask AP.
 
-The detection side of the downstream protocol (``scripts/eval_segmentation.py --model maskrcnn``).
-The data, split, label fractions and batches are those of :mod:`saliencyssl.eval.segmentation`;
+The detection side of the downstream protocol (``saliency-ssl segment --model maskrcnn``).
+The data, split, label fractions and batches are those of :mod:`saliencyssl.eval.masks`;
 this module adds what instances need:
 
 - :func:`instances_from_mask` turns a binary mask into instances, one per connected component
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from saliencyssl.eval.segmentation import TrainConfig, labelled_batches, prior_masks
+from saliencyssl.eval.masks import SegmentTrainConfig, labelled_batches, mask_scores, prior_baselines, prior_masks
 from saliencyssl.ssl.backbone import IMAGENET_MEAN, IMAGENET_STD
 
 #: Connected components smaller than this share of the image are not instances (specks of a mask).
@@ -128,15 +128,15 @@ def _target(instances: Instances, flip: bool, size: int, device) -> dict[str, to
 
 
 def train_maskrcnn(model: nn.Module, images: torch.Tensor, instances: Sequence[Instances], indices: np.ndarray,
-                   config: TrainConfig, seed: int, device: str | torch.device = "cpu",
+                   config: SegmentTrainConfig, seed: int, device: str | torch.device = "cpu",
                    on_step: Callable[[int, float], None] | None = None) -> nn.Module:
     """Train ``model`` on the labelled images ``indices`` with the sum of Mask R-CNN's losses.
 
     SGD with momentum 0.9 (torchvision's detection recipe; ``config.lr`` for the pyramid and heads,
-    ``config.encoder_lr`` for the backbone body, :data:`~saliencyssl.eval.segmentation.MODELS` has
+    ``config.encoder_lr`` for the backbone body, :class:`MaskRCNNProtocol` has
     the defaults 0.01 and 0.001), linear warm-up over the first :data:`WARMUP_STEPS` steps,
     gradients clipped to norm 10. Batches and flips are
-    :func:`~saliencyssl.eval.segmentation.labelled_batches`' (the FPN segmenter's for the same seed).
+    :func:`~saliencyssl.eval.masks.labelled_batches`' (the FPN segmenter's for the same seed).
 
     Args:
         model: from :func:`build_maskrcnn`.
@@ -281,7 +281,7 @@ def coco_scores(predictions: Sequence[Instances], truths: Sequence[Instances]) -
 
 
 def prior_instances(size: int, n: int) -> dict[str, list[Instances]]:
-    """The image-blind predictions of :func:`~saliencyssl.eval.segmentation.prior_masks` as one
+    """The image-blind predictions of :func:`~saliencyssl.eval.masks.prior_masks` as one
     instance per image with score 1 (the floors of :func:`coco_scores`)."""
     out = {}
     for name, prior in prior_masks(size).items():
@@ -291,6 +291,54 @@ def prior_instances(size: int, n: int) -> dict[str, list[Instances]]:
     return out
 
 
+
+class MaskRCNNProtocol:
+    """Mask R-CNN as a downstream protocol: instances are the masks' connected components.
+
+    Args:
+        masks: ``(N, 1, S, S)`` float32 masks of every image (turned into instances once).
+        test_index: the test split.
+        image_size: ``S``.
+        fpn_channels: channels of the feature pyramid.
+    """
+
+    name = "maskrcnn"
+    description = "torchvision Mask R-CNN (instances = connected components of the masks)"
+    lr, encoder_lr = 0.01, 0.001
+    optimiser = "SGD momentum 0.9, linear warm-up, gradients clipped to norm 10"
+    loss = "Mask R-CNN (RPN, box, class, mask)"
+    extra_lines = {"mask AP": "mask_ap", "mask AP50": "mask_ap50"}
+
+    def __init__(self, masks: torch.Tensor, test_index: np.ndarray, image_size: int, fpn_channels: int = 64):
+        self.image_size, self.fpn_channels = image_size, fpn_channels
+        self.instances = [instances_from_mask(m[0].numpy() > 0.5) for m in masks]
+        self.test_instances = [self.instances[i] for i in test_index]
+
+    def score(self, encoder: nn.Module, images: torch.Tensor, masks: torch.Tensor, labelled: np.ndarray,
+              config: SegmentTrainConfig, seed: int, device, on_step, test_images: torch.Tensor,
+              test_masks: torch.Tensor) -> dict[str, float]:
+        """Train a fresh Mask R-CNN on ``labelled``; mean test ``iou`` and ``f`` of its foreground, and COCO AP."""
+        model = build_maskrcnn(encoder, self.image_size, seed, self.fpn_channels)
+        train_maskrcnn(model, images, self.instances, labelled, config, seed, device, on_step)
+        predictions = predict_instances(model, test_images, device=device)
+        scores = mask_scores(foreground(predictions, self.image_size), test_masks)
+        return {"iou": float(scores["iou"].mean()), "f": float(scores["f"].mean()),
+                **coco_scores(predictions, self.test_instances)}
+
+    def baselines(self, test_masks: torch.Tensor) -> dict[str, dict[str, float]]:
+        baselines = prior_baselines(test_masks)
+        for name, predictions in prior_instances(self.image_size, len(self.test_instances)).items():
+            baselines[name].update(coco_scores(predictions, self.test_instances))
+        return baselines
+
+    def scores_meta(self) -> dict:
+        return {"instances": f"8-connected components of the masks covering at least {MIN_INSTANCE_AREA:.1%} of "
+                             f"the image",
+                "n_test_instances": sum(len(t) for t in self.test_instances),
+                "foreground": f"union of the masks (> {MASK_THRESHOLD}) of detections scoring >= {SCORE_THRESHOLD}",
+                "ap": "pycocotools COCOeval, one class, IoU 0.50:0.95 (AP), 0.50, 0.75; box AP 0.50:0.95"}
+
+
 __all__ = ["Instances", "instances_from_mask", "build_maskrcnn", "train_maskrcnn", "predict_instances",
            "foreground", "coco_scores", "prior_instances", "MIN_INSTANCE_AREA", "SCORE_THRESHOLD",
-           "MASK_THRESHOLD", "WARMUP_STEPS"]
+           "MASK_THRESHOLD", "WARMUP_STEPS", "MaskRCNNProtocol"]

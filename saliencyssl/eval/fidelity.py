@@ -351,7 +351,7 @@ def evaluate_surrogate(predictor, images: torch.Tensor, exact: TargetBatch, batc
 
 
 # ------------------------------------------------------------------------------ against human masks
-#: File endings a human mask may have (read by :func:`saliencyssl.eval.segmentation.read_mask`).
+#: File endings a human mask may have (read by :func:`saliencyssl.eval.masks.read_mask`).
 MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 #: How :func:`vs_masks_report` brings everything to one geometry; written into its report.
@@ -459,7 +459,7 @@ def load_human_masks(image_set: ImageSet, names: Sequence[str], masks_dir: str |
         FileNotFoundError, ValueError: as :func:`match_masks`; ValueError also when a mask cannot be
             decoded or its size differs from its image's (naming both files).
     """
-    from saliencyssl.eval.segmentation import read_mask  # segmentation imports this module
+    from saliencyssl.eval.masks import read_mask
 
     position = {name: i for i, name in enumerate(image_set.names)}
     paths = match_masks(image_set.root, names, masks_dir)
@@ -533,7 +533,7 @@ def vs_masks_report(truth: torch.Tensor, exact: TargetBatch, pred: TargetBatch, 
     Raises:
         ValueError: the three disagree in number or size.
     """
-    from saliencyssl.eval.segmentation import prior_masks
+    from saliencyssl.eval.masks import prior_masks
 
     truth = as_masks(truth)[:, None]
     n, size = int(truth.shape[0]), int(truth.shape[-1])

@@ -1,0 +1,290 @@
+"""Masks for the downstream protocol: paired data, a fixed split, labelled batches, scores and floors.
+
+What the segmentation (:mod:`~saliencyssl.eval.segmentation`) and instance segmentation
+(:mod:`~saliencyssl.eval.detection`) models share, so neither imports the other:
+
+- :func:`load_mask_pairs` pairs each image with its binary mask (same relative path and stem,
+  ``.png``; :func:`read_mask` reads 0/255, 0/1, 16-bit, index and colour masks) and
+  :func:`to_arrays` brings both to ``S x S`` with the same
+  :func:`~saliencyssl.datasets.fit_square` geometry (masks with nearest-neighbour);
+- :func:`split_by_hash` fixes the test split by the images' content hashes, so it does not
+  depend on file names, order or seed;
+- :class:`SegmentTrainConfig` and :func:`labelled_batches`: steps, batches and flips over the
+  labelled subset, the same for every model with the same seed;
+- :func:`mask_scores` gives per-image foreground IoU and F-measure (beta^2 = 0.3, the
+  salient-object-detection convention) of thresholded predictions; :func:`prior_baselines` the
+  scores of two image-blind predictions, the floor a trained model should clear.
+
+Scores are computed at the model's ``S x S`` resolution on the centre crop that ``fit_square``
+keeps, not at each image's full resolution.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from saliencyssl.datasets import ImageSet, fit_square, open_image_set
+from saliencyssl.metrics import F_BETA2
+from saliencyssl.metrics import mask_scores as _binary_scores
+
+#: Probability above which a pixel counts as foreground.
+THRESHOLD = 0.5
+
+
+@dataclass
+class MaskPairs:
+    """Images and their binary masks.
+
+    Attributes:
+        images: the image set (names are paths relative to the image folder).
+        masks: one ``(H, W)`` bool array per image, the same size as the image; True = foreground.
+        mask_paths: where each mask came from.
+    """
+
+    images: ImageSet
+    masks: list[np.ndarray]
+    mask_paths: list[Path]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A mask PNG as ``(H, W)`` bool. A mask of two values (0/255, 0/1, 0/255 stored in 16 bits)
+    or of small integers (an index map such as 0/1/3, where 255 is VOC's "void" border and not an
+    object) has every non-zero pixel as foreground; a
+    soft (anti-aliased) mask has the values above half its type's range. In a colour mask a pixel
+    counts by its largest colour channel (so a red, green or white object on black all work); an
+    alpha channel is ignored.
+
+    Raises:
+        ValueError: the file cannot be decoded (naming it).
+    """
+    import cv2
+
+    path = Path(path)
+    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else np.zeros(0, np.uint8)
+    mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if mask is None:
+        raise ValueError(f"{path}: cannot decode the mask; masks must be PNGs, foreground non-zero")
+    if mask.ndim == 3:
+        mask = mask[:, :, :3].max(axis=2)
+    values = np.unique(mask)
+    if len(values) <= 2 or values[-1] < 16:
+        return mask > 0
+    if values[-1] == 255 and values[-2] < 16:  # an index map with VOC's "void" label 255: not an object
+        return (mask > 0) & (mask != 255)
+    return mask > (65535 if mask.dtype == np.uint16 else 255) / 2
+
+
+def load_mask_pairs(images_dir: str | Path, masks_dir: str | Path) -> MaskPairs:
+    """Pair every image below ``images_dir`` with ``masks_dir/<same relative path>.png``.
+
+    Raises:
+        FileNotFoundError: a folder is missing, or some images have no mask (the message names them).
+        ValueError: a mask's size differs from its image's.
+    """
+    images_dir, masks_dir = Path(images_dir), Path(masks_dir)
+    if not masks_dir.is_dir():
+        raise FileNotFoundError(f"--masks {masks_dir} does not exist or is not a folder; give the folder of binary "
+                                f"mask PNGs named like the images")
+    images = open_image_set(images_dir, keep_decoded=False)
+    mask_paths = [masks_dir / Path(name).with_suffix(".png") for name in images.names]
+    missing = [name for name, path in zip(images.names, mask_paths) if not path.is_file()]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise FileNotFoundError(f"{len(missing)} of {len(images)} images in {images_dir} have no mask in {masks_dir} "
+                                f"(expected <same name>.png): {shown}; add their masks or move the images out")
+    masks = []
+    for i, path in enumerate(mask_paths):
+        mask = read_mask(path)
+        shape = images.image(i).shape[:2]
+        if mask.shape != shape:
+            raise ValueError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but image {images_dir / images.names[i]} "
+                             f"is {shape[1]}x{shape[0]}; masks must have their image's size, in the orientation the "
+                             f"image is shown in (its EXIF orientation applied, as the toolkit reads images)")
+        masks.append(mask)
+    return MaskPairs(images, masks, mask_paths)
+
+
+def to_arrays(pairs: MaskPairs, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and masks at ``size x size`` (shorter side resized, centre crop; masks nearest).
+
+    Returns:
+        ``images``: ``(N, 3, S, S)`` uint8 in 0..255; ``masks``: ``(N, 1, S, S)`` float32 in {0, 1}.
+    """
+    images = pairs.images.stack(int(size))
+    masks = np.stack([fit_square(m.astype(np.uint8), int(size), nearest=True) for m in pairs.masks])
+    return images, torch.from_numpy(masks.astype(np.float32)).unsqueeze(1)
+
+
+def split_by_hash(hashes: list[str], test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed train/test split: images sorted by content hash, the first ``round(test_fraction * N)``
+    (at least 1, and leaving at least 1 for training) are the test split.
+
+    Args:
+        hashes: one content hash per image.
+        test_fraction: in (0, 1).
+
+    Returns:
+        ``(train_indices, test_indices)``, each sorted ascending int64.
+
+    Raises:
+        ValueError: ``test_fraction`` outside (0, 1) or fewer than 2 images.
+    """
+    n = len(hashes)
+    if not 0.0 < float(test_fraction) < 1.0:
+        raise ValueError(f"--test-split {test_fraction}: give the share of images held out for testing, in (0, 1), "
+                         f"e.g. 0.3")
+    if n < 2:
+        raise ValueError(f"segmentation needs at least 2 images (one to train, one to test), got {n}")
+    n_test = min(n - 1, max(1, int(math.floor(test_fraction * n + 0.5))))
+    order = sorted(range(n), key=lambda i: (hashes[i], i))
+    test = np.sort(np.array(order[:n_test], np.int64))
+    train = np.sort(np.array(order[n_test:], np.int64))
+    return train, test
+
+
+
+# ----------------------------------------------------------------------------------- training
+@dataclass
+class SegmentTrainConfig:
+    """How a downstream model trains (:func:`~saliencyssl.eval.segmentation.train_segmenter`,
+    :func:`~saliencyssl.eval.detection.train_maskrcnn`).
+
+    Attributes:
+        steps: optimisation steps (the scripts use ``epochs x ceil(n_train_split / batch_size)``,
+            the same for every label fraction).
+        batch_size: images per step (drawn from the labelled subset, reshuffled on each pass).
+        lr: Adam learning rate of the decoder (FPN and head).
+        encoder_lr: Adam learning rate of the encoder when fine-tuned.
+        weight_decay: Adam L2 weight decay.
+        freeze_encoder: keep the encoder fixed (eval-mode BatchNorm, no gradients).
+        flip: random horizontal flips.
+    """
+
+    steps: int = 100
+    batch_size: int = 8
+    lr: float = 1e-3
+    encoder_lr: float = 1e-4
+    weight_decay: float = 1e-4
+    freeze_encoder: bool = False
+    flip: bool = True
+
+
+def labelled_batches(indices: np.ndarray, config: TrainConfig, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The training batches of ``config.steps`` steps over the labelled images ``indices``.
+
+    The labelled images are shuffled, taken ``config.batch_size`` at a time (all of them when there
+    are fewer) and reshuffled after each pass; with ``config.flip`` each image of a batch is
+    mirrored with probability 1/2. Everything is drawn from one generator seeded with ``seed``.
+
+    Yields:
+        ``(batch, flip)``: ``(B,)`` int64 indices into the image arrays and ``(B,)`` bool, True
+        where the image (and its target) is to be mirrored left-right.
+    """
+    if len(indices) == 0:
+        raise ValueError("training needs at least one labelled image")
+    generator = torch.Generator().manual_seed(int(seed))
+    pool = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+    order = pool[torch.randperm(len(pool), generator=generator)]
+    cursor = 0
+    for _ in range(int(config.steps)):
+        take = []
+        while len(take) < min(config.batch_size, len(pool)):
+            if cursor == len(order):
+                order, cursor = pool[torch.randperm(len(pool), generator=generator)], 0
+            take.append(order[cursor])
+            cursor += 1
+        batch = torch.stack(take)
+        flip = (torch.rand(len(batch), generator=generator) < 0.5 if config.flip
+                else torch.zeros(len(batch), dtype=torch.bool))
+        yield batch, flip
+
+
+
+def labelled_batches(indices: np.ndarray, config: SegmentTrainConfig, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The training batches of ``config.steps`` steps over the labelled images ``indices``.
+
+    The labelled images are shuffled, taken ``config.batch_size`` at a time (all of them when there
+    are fewer) and reshuffled after each pass; with ``config.flip`` each image of a batch is
+    mirrored with probability 1/2. Everything is drawn from one generator seeded with ``seed``.
+
+    Yields:
+        ``(batch, flip)``: ``(B,)`` int64 indices into the image arrays and ``(B,)`` bool, True
+        where the image (and its target) is to be mirrored left-right.
+    """
+    if len(indices) == 0:
+        raise ValueError("training needs at least one labelled image")
+    generator = torch.Generator().manual_seed(int(seed))
+    pool = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+    order = pool[torch.randperm(len(pool), generator=generator)]
+    cursor = 0
+    for _ in range(int(config.steps)):
+        take = []
+        while len(take) < min(config.batch_size, len(pool)):
+            if cursor == len(order):
+                order, cursor = pool[torch.randperm(len(pool), generator=generator)], 0
+            take.append(order[cursor])
+            cursor += 1
+        batch = torch.stack(take)
+        flip = (torch.rand(len(batch), generator=generator) < 0.5 if config.flip
+                else torch.zeros(len(batch), dtype=torch.bool))
+        yield batch, flip
+
+
+# ------------------------------------------------------------------------------------- scores
+def mask_scores(probabilities: torch.Tensor, masks: torch.Tensor, threshold: float = THRESHOLD,
+                beta2: float = F_BETA2) -> dict[str, np.ndarray]:
+    """Per-image foreground IoU and F-measure of thresholded predictions.
+
+    Args:
+        probabilities: ``(N, 1, H, W)`` in [0, 1]; masks: ``(N, 1, H, W)`` in {0, 1}.
+        threshold: a pixel is predicted foreground when its probability exceeds it.
+        beta2: F-measure weight, ``F = (1 + b2) P R / (b2 P + R)``.
+
+    Returns:
+        ``{"iou": (N,), "f": (N,), "precision": (N,), "recall": (N,)}`` float64 in [0, 1]. An
+        image whose mask and prediction are both empty scores 1 everywhere; an empty prediction
+        against a non-empty mask has precision 0 (and F 0).
+    """
+    scores = _binary_scores(probabilities > threshold, masks > 0.5, beta2=beta2)
+    return {key: scores[key] for key in ("iou", "f", "precision", "recall")}
+
+
+def prior_masks(size: int) -> dict[str, np.ndarray]:
+    """The two image-blind predictions, ``(S, S)`` bool: every pixel (``all_foreground``) and the
+    centred square of half the side (``centre_box``)."""
+    box = np.zeros((size, size), bool)
+    box[size // 4:size - size // 4, size // 4:size - size // 4] = True
+    return {"all_foreground": np.ones((size, size), bool), "centre_box": box}
+
+
+def prior_baselines(masks: torch.Tensor) -> dict[str, dict[str, float]]:
+    """Scores of the two image-blind predictions of :func:`prior_masks`, the floor a trained
+    segmenter should clear.
+
+    Args:
+        masks: ``(N, 1, S, S)`` in {0, 1} (the test split).
+
+    Returns:
+        ``{"all_foreground": {"iou", "f"}, "centre_box": {"iou", "f"}}``: mean scores of predicting
+        every pixel, or the centred square of half the side, as foreground. Salient objects are
+        usually large and central, so the centre box is a strong floor.
+    """
+    out = {}
+    for name, prior in prior_masks(masks.shape[-1]).items():
+        prediction = torch.from_numpy(prior).to(masks.dtype).expand_as(masks)
+        scores = mask_scores(prediction, masks)
+        out[name] = {"iou": float(scores["iou"].mean()), "f": float(scores["f"].mean())}
+    return out
+
+
+__all__ = ["F_BETA2", "THRESHOLD", "MaskPairs", "read_mask", "load_mask_pairs", "to_arrays", "split_by_hash",
+           "SegmentTrainConfig", "labelled_batches", "mask_scores", "prior_masks", "prior_baselines"]
