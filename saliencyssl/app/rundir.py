@@ -210,13 +210,17 @@ class RunDir:
         status = "finished" if record.get("finished") else "started"
         return RunState(status, compare_settings(record["settings"], settings), record)
 
-    def start(self, settings: dict, free: dict | None = None, resume: bool = False) -> RunState:
+    def start(self, settings: dict, free: dict | None = None, resume: bool = False,
+              restart_unfinished: bool = False) -> RunState:
         """Begin (or resume) a run with ``settings``, checking the folder first.
 
         Args:
             settings: the values that make the run's result (compared on resume).
             free: values recorded for reference that a resumed run may change.
             resume: go on with a started (or finished) run whose settings agree.
+            restart_unfinished: a started run that never finished is replaced, whatever its
+                settings (for stages whose unfinished runs hold nothing worth keeping, such as an
+                evaluation that failed half way).
 
         Returns:
             The folder's state before this call (``new``, ``started`` or ``finished``).
@@ -229,6 +233,9 @@ class RunDir:
         """
         settings = normalise(settings)
         state = self.state(settings)
+        if restart_unfinished and state.status == "started":
+            state = RunState("new")
+            resume = True
         if state.status == "new":
             if self.path.is_dir() and any(self.path.iterdir()) and not resume:
                 raise RunExistsError(self.path, f"{self.path} holds files but no {RUN_RECORD}: it is not a run folder "

@@ -159,7 +159,8 @@ def run(s: SegmentConfig, verbose: bool = True) -> dict:
         if verbose:
             print(f"{s.out} already holds this evaluation (--force redoes it)")
         return json.loads((run_dir / "results.json").read_text())
-    run_dir.start(settings, free={"device": s.device, "threads": torch.get_num_threads()}, resume=True)
+    run_dir.start(settings, free={"device": s.device, "threads": torch.get_num_threads()}, resume=True,
+                  restart_unfinished=True)
 
     pairs = load_mask_pairs(s.images, s.masks)
     images, masks = to_arrays(pairs, info.image_size)

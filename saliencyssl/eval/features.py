@@ -119,10 +119,29 @@ def open_backbone(backbone: str | Path, image_size: int | None = None, seed: int
         return model, BackboneInfo("random", config, size, identity)
     path = Path(backbone)
     model, config = load_backbone(path, map_location="cpu")
+    return model, BackboneInfo(str(path), config, _checkpoint_size(config, image_size), f"file:{file_digest(path)}")
+
+
+def _checkpoint_size(config: dict, image_size: int | None) -> int:
+    """The side length a checkpoint is fed at: the one asked for, else its config's, else its stem's default."""
     size = image_size or config.get("image_size")
     if size is None:
         size = DEFAULT_RANDOM_IMAGE_SIZE if config.get("cifar_stem") else DEFAULT_IMAGENET_IMAGE_SIZE
-    return model, BackboneInfo(str(path), config, int(size), f"file:{file_digest(path)}")
+    return int(size)
+
+
+def backbone_identity(backbone: str | Path, image_size: int | None = None, seed: int = 0,
+                      stem: str = "auto") -> tuple[str, int]:
+    """``(identity, image size)`` of a backbone as :func:`open_backbone` would open it, without
+    building the model: what a run record compares to tell two evaluations' backbones apart."""
+    if str(backbone) == "random":
+        size = int(image_size or DEFAULT_RANDOM_IMAGE_SIZE)
+        cifar_stem = uses_cifar_stem(size) if stem == "auto" else stem == "cifar"
+        return f"random:seed={int(seed)}:cifar_stem={cifar_stem}", size
+    path = Path(backbone)
+    if image_size is None:
+        image_size = _checkpoint_size(load_backbone(path, map_location="cpu")[1], None)
+    return f"file:{file_digest(path)}", int(image_size)
 
 
 def load_frozen_backbone(backbone: str | Path, image_size: int | None = None, seed: int = 0,
@@ -286,6 +305,7 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-__all__ = ["FEATURE_RECIPE", "BackboneInfo", "file_digest", "random_backbone", "open_backbone", "load_frozen_backbone",
+__all__ = ["FEATURE_RECIPE", "BackboneInfo", "file_digest", "random_backbone", "open_backbone", "backbone_identity",
+           "load_frozen_backbone",
            "extract_features", "default_cache_dir", "feature_key", "FeatureCache", "CachedFeatures",
            "dataset_features"]
