@@ -7,7 +7,7 @@ surrogate, or the exact labeller; see below), renders the saliency view and appl
 holds the backbone for scripts/evaluate.py.
 
 --aug-source:
-  none              no saliency view (use with a policy without 'sal', e.g. default)
+  none              no targets (use with a policy without 'sal', e.g. default, and a method other than detcon-*)
   cache             targets from --cache (fill it first: python scripts/label.py DATA --cache CACHE)
   cache,surrogate   cached targets; misses predicted by --surrogate in one batched call
   cache,exact       cached targets; misses labelled exactly and written back to the cache
@@ -15,6 +15,9 @@ holds the backbone for scripts/evaluate.py.
   exact             every target labelled on the fly (the paper's slow baseline)
 --policy: default, sal, sal+default, sal0.5+default, sal+jitter, sal0.5+jitter, sal0.8+jitter0.8,
   or free probabilities such as "sal0.3+default,vflip=0.5,view=cut".
+--method detcon-simclr / detcon-byol (DetCon, Henaff et al. 2021) pool the loss over each view's RC regions
+  (method option masks=foreground: the SaliencyCut mask and its background), warped with the view's crop
+  and flips: they read targets from --aug-source whatever the policy, so --aug-source none is refused.
 --method-option KEY=VALUE (repeatable) replaces one of the method's defaults (lightly's CIFAR-10 recipe):
 {method_defaults}
 
@@ -25,6 +28,8 @@ Examples:
   python scripts/pretrain.py --data ../shared/data/cifar10/train --method byol --aug-source cache,surrogate \\
       --policy sal+default --cache runs/cache --surrogate runs/surrogate/surrogate.pt --epochs 200 \\
       --device cuda --amp --knn-train ../shared/data/cifar10/train --knn-test ../shared/data/cifar10/test --out runs/byol
+  python scripts/pretrain.py --data ../shared/data/cifar10/train --method detcon-simclr --aug-source cache \
+      --policy default --cache runs/cache --epochs 200 --device cuda --out runs/detcon-simclr
   torchrun --nproc_per_node 4 scripts/pretrain.py ... --device cuda        (DDP, one process per GPU)
 """
 
@@ -44,7 +49,7 @@ def _method_defaults() -> str:
     lines = []
     for name in sorted(METHODS):
         hparams = {k: v for k, v in METHODS[name].default_hparams().items() if k != "feature_dim"}
-        lines.append(f"  {name + ':':13} " + ", ".join(f"{k}={json.dumps(v)}" for k, v in hparams.items()))
+        lines.append(f"  {name + ':':15} " + ", ".join(f"{k}={json.dumps(v)}" for k, v in hparams.items()))
     return "\n".join(lines)
 
 

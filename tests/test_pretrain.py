@@ -267,3 +267,44 @@ def test_view_compute_benchmark_refuses_more_batches_than_images(shapes, tmp_pat
     with pytest.raises(SystemExit):
         bench_view_compute.main(["--data", str(shapes["train"]), "--cache", str(shapes["cache"]),
                                  "--batch-size", "64", "--batches", "2"])
+
+
+@pytest.mark.parametrize("method", ["detcon-simclr", pytest.param("detcon-byol", marks=pytest.mark.slow)])
+def test_detcon_reads_the_cache_under_a_policy_without_saliency_views(shapes, tmp_path, method):
+    run = Pretrainer(_config(shapes, tmp_path / method, method=method, policy="default", epochs=1))
+    assert run.router.sources == ("cache",), "the method needs targets, so the router is consulted"
+    seen = []
+    loss_of = run.method.training_loss
+
+    def recorded(view_a, view_b, targets_a=None, targets_b=None):
+        seen.append((view_a.shape, targets_a, targets_b))
+        return loss_of(view_a, view_b, targets_a, targets_b)
+
+    run.method.training_loss = recorded  # what train_step hands the model
+    result = run.run()
+    assert len(seen) == 4 and torch.isfinite(torch.tensor(result.history[0].loss))
+    for shape, targets_a, targets_b in seen:
+        for warped in (targets_a, targets_b):
+            assert warped.regions.shape == (8, 1, 32, 32) and warped.regions.dtype == torch.int64
+            assert warped.mask.shape == (8, 1, 32, 32) and warped.mask.dtype == torch.bool
+        assert not torch.equal(targets_a.regions, targets_b.regions), "each view's own crop and flip"
+    assert result.history[0].router["cache_hits"] == 32
+    _, config = load_backbone(result.backbone_path)
+    assert config["method"] == method and config["aug_source"] == "cache"
+    assert config["method_hparams"]["num_masks"] == 16 and config["method_hparams"]["temperature"] == 0.1
+    # A method without targets under the same policy still leaves the cache alone.
+    assert Pretrainer(_config(shapes, tmp_path / "plain", policy="default")).router.sources == ("none",)
+
+
+def test_detcon_from_the_command_line_and_without_targets(shapes, tmp_path, capsys):
+    common = ["--data", str(shapes["train"]), "--method", "detcon-simclr", "--policy", "default", "--epochs", "1",
+              "--batch-size", "8", "--quiet"]
+    assert pretrain.main(common + ["--aug-source", "none", "--out", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "--method detcon-simclr pools its loss over each view's masks" in err and "--aug-source cache" in err
+    assert not (tmp_path / "none").exists()
+    out = tmp_path / "detcon"
+    assert pretrain.main(common + ["--aug-source", "cache", "--cache", str(shapes["cache"]), "--out", str(out),
+                                   "--method-option", "masks=foreground", "--method-option", "num_masks=4"]) == 0
+    _, config = load_backbone(out / "backbone.pt")
+    assert config["method"] == "detcon-simclr" and config["method_options"] == {"masks": "foreground", "num_masks": 4}

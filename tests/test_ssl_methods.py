@@ -15,6 +15,8 @@ from saliencyssl.ssl.optim import build_optimizer
 from saliencyssl.ssl.registry import METHODS, build_method
 
 ALL = ["simclr", "simsiam", "byol", "moco", "swav", "barlowtwins"]
+#: Methods whose loss reads each view's warped targets (tested in test_detcon.py).
+WITH_TARGETS = ["detcon-simclr", "detcon-byol"]
 BATCH = 16
 
 #: Small heads for tests that only need the mechanics, not the paper-sized projectors.
@@ -73,10 +75,11 @@ def _momentum_modules(method: SSLMethod) -> list[nn.Module]:
 
 
 # ---------------------------------------------------------------------- registry
-def test_registry_holds_the_six_methods():
-    assert sorted(METHODS) == sorted(ALL)
+def test_registry_holds_the_eight_methods():
+    assert sorted(METHODS) == sorted(ALL + WITH_TARGETS)
     for name, cls in METHODS.items():
         assert cls.name == name and issubclass(cls, SSLMethod)
+        assert cls.needs_targets == (name in WITH_TARGETS)
         defaults = cls.default_hparams()
         assert defaults["feature_dim"] == 512
         defaults["feature_dim"] = -1  # a fresh copy every call
@@ -86,7 +89,7 @@ def test_registry_holds_the_six_methods():
 def test_unknown_method_name_lists_the_six():
     with pytest.raises(ValueError) as info:
         build_method("dino", _tiny_backbone(), feature_dim=16)
-    for name in ALL:
+    for name in ALL + WITH_TARGETS:
         assert name in str(info.value)
     assert isinstance(build_method("Barlow_Twins", _tiny_backbone(), feature_dim=16), METHODS["barlowtwins"])
     assert isinstance(build_method("MoCo-v2", _tiny_backbone(), feature_dim=16), METHODS["moco"])
@@ -107,6 +110,22 @@ def test_invalid_hyperparameters_say_how_to_fix(name, overrides, words):
         build_method(name, _tiny_backbone(), feature_dim=16, **overrides)
     for word in words:
         assert word in str(info.value)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_methods_without_targets_ignore_them(name):
+    from saliencyssl.target import TargetBatch
+
+    view_a, view_b = _two_views(n=4)
+    targets = TargetBatch(torch.zeros(4, 1, 32, 32), torch.zeros(4, 1, 32, 32, dtype=torch.bool),
+                          torch.zeros(4, 1, 32, 32, dtype=torch.long))
+    losses = []
+    for args in ((), (targets, targets)):
+        torch.manual_seed(0)
+        method = build_method(name, _tiny_backbone(), feature_dim=16, **SMALL_HEADS[name]).eval()
+        with torch.no_grad():
+            losses.append(method(view_a, view_b, *args).item())  # forward, as DDP calls it
+    assert losses[0] == losses[1]
 
 
 def test_backbone_feature_dim_mismatch_is_explained(views):

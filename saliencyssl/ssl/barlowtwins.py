@@ -9,6 +9,7 @@ from lightly.models.modules.heads import ProjectionHead
 from torch import Tensor, nn
 
 from saliencyssl.ssl.method import SGD_RECIPE, OptimizerRecipe, SSLMethod, _check_float, _check_int
+from saliencyssl.target import TargetBatch
 
 
 class BarlowTwins(SSLMethod):
@@ -74,7 +75,8 @@ class BarlowTwins(SSLMethod):
             _check_float(cls, hparams, "loss_scale", low=0.0, high=1.0,
                          hint="None (default) means 1/output_dim; 1.0 is lightly's summed loss")
 
-    def training_loss(self, view_a: Tensor, view_b: Tensor) -> Tensor:
+    def training_loss(self, view_a: Tensor, view_b: Tensor, targets_a: TargetBatch | None = None,
+                      targets_b: TargetBatch | None = None) -> Tensor:
         self._check_views(view_a, view_b)
         z_a = self._fp32(self.projection_head, self._features(view_a))
         z_b = self._fp32(self.projection_head, self._features(view_b))

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from saliencyssl.ssl.method import (SGD_RECIPE, OptimizerRecipe, SSLMethod, _check_float, _check_int, momentum_copy,
                                     scheduled_momentum)
+from saliencyssl.target import TargetBatch
 
 
 class BYOL(SSLMethod):
@@ -85,7 +86,8 @@ class BYOL(SSLMethod):
     def _symmetric_loss(self, p_a: Tensor, p_b: Tensor, z_a: Tensor, z_b: Tensor) -> Tensor:
         return 0.5 * (self.criterion(p_a, z_b) + self.criterion(p_b, z_a))
 
-    def training_loss(self, view_a: Tensor, view_b: Tensor) -> Tensor:
+    def training_loss(self, view_a: Tensor, view_b: Tensor, targets_a: TargetBatch | None = None,
+                      targets_b: TargetBatch | None = None) -> Tensor:
         self._check_views(view_a, view_b)
         p_a, p_b = self._online(view_a), self._online(view_b)
         z_a, z_b = self._target(view_a), self._target(view_b)

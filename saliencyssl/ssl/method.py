@@ -17,8 +17,15 @@ A training loop elsewhere drives all methods the same way::
             step += 1
     save_backbone("backbone.pt", method.backbone, {...})
 
-Under DistributedDataParallel wrap the method itself and call it (``ddp(view_a, view_b)``: its
-``forward`` is :meth:`SSLMethod.training_loss`, so DDP's gradient hooks fire), and call
+A method whose :attr:`~SSLMethod.needs_targets` is true (DetCon's mask-pooled losses,
+:mod:`saliencyssl.ssl.detcon`) also takes each view's targets warped with that view's geometry,
+``method.training_loss(view_a, view_b, targets_a, targets_b)``, which
+:class:`~saliencyssl.augment.SSLAugmentation` returns with ``return_targets=True``; every other
+method accepts and ignores them, so one call serves all.
+
+Under DistributedDataParallel wrap the method itself and call it (``ddp(view_a, view_b)``, or
+``ddp(view_a, view_b, targets_a, targets_b)``: its ``forward`` is :meth:`SSLMethod.training_loss`,
+so DDP's gradient hooks fire), and call
 :meth:`~SSLMethod.before_step` / :meth:`~SSLMethod.after_backward` on ``ddp.module``. Build the
 method with ``distributed=True`` so that losses which need the whole global batch gather it.
 
@@ -45,6 +52,7 @@ from lightly.models.utils import deactivate_requires_grad
 from lightly.utils.scheduler import cosine_schedule
 
 from saliencyssl.ssl.backbone import FEATURE_DIM
+from saliencyssl.target import TargetBatch
 
 #: ``progress`` in :meth:`SSLMethod.before_step` is turned into this many discrete steps for
 #: :func:`lightly.utils.scheduler.cosine_schedule`, which works on integer step counts.
@@ -108,6 +116,10 @@ class SSLMethod(nn.Module):
 
     name: ClassVar[str] = ""
     optimizer_recipe: ClassVar[OptimizerRecipe] = SGD_RECIPE
+    #: True when the loss needs each view's targets (``targets_a``/``targets_b`` of
+    #: :meth:`training_loss`): pretraining then asks ``--aug-source`` for them even when the
+    #: policy draws no saliency view, and refuses ``--aug-source none``.
+    needs_targets: ClassVar[bool] = False
     #: The method's hyperparameters and their defaults; ``feature_dim`` is shared by all.
     _DEFAULTS: ClassVar[Mapping[str, Any]] = {}
 
@@ -127,21 +139,27 @@ class SSLMethod(nn.Module):
         """The method's hyperparameters with their default values (a fresh copy)."""
         return {"feature_dim": FEATURE_DIM, **dict(cls._DEFAULTS)}
 
-    def training_loss(self, view_a: Tensor, view_b: Tensor) -> Tensor:
+    def training_loss(self, view_a: Tensor, view_b: Tensor, targets_a: TargetBatch | None = None,
+                      targets_b: TargetBatch | None = None) -> Tensor:
         """The scalar loss for two augmented views of the same images.
 
         Args:
             view_a: ``(B, 3, H, W)`` float, already normalised.
             view_b: the other view of the same ``B`` images, same shape.
+            targets_a: the targets of ``view_a`` after its geometry (crop, flips, rotation): a
+                :class:`~saliencyssl.target.TargetBatch` of ``(B, 1, H, W)`` parts. Required when
+                :attr:`needs_targets`, ignored otherwise.
+            targets_b: the same for ``view_b``.
 
         Returns:
             A 0-d float32 tensor.
         """
         raise NotImplementedError
 
-    def forward(self, view_a: Tensor, view_b: Tensor) -> Tensor:  # noqa: D401 - nn.Module API
+    def forward(self, view_a: Tensor, view_b: Tensor, targets_a: TargetBatch | None = None,
+                targets_b: TargetBatch | None = None) -> Tensor:  # noqa: D401 - nn.Module API
         """Same as :meth:`training_loss`, so that a DDP-wrapped method syncs gradients."""
-        return self.training_loss(view_a, view_b)
+        return self.training_loss(view_a, view_b, targets_a, targets_b)
 
     def before_step(self, progress: float, epoch: int) -> None:
         """Hook called before each training step's forward pass.

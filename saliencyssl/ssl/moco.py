@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from saliencyssl.ssl.method import (SGD_RECIPE, OptimizerRecipe, SSLMethod, _check_bool, _check_float, _check_int,
                                     momentum_copy, scheduled_momentum)
+from saliencyssl.target import TargetBatch
 
 
 class MoCo(SSLMethod):
@@ -102,7 +103,8 @@ class MoCo(SSLMethod):
         keys = self._fp32(self.projection_head_momentum, self.backbone_momentum(shuffled).flatten(start_dim=1))
         return batch_unshuffle(keys, shuffle, distributed=distributed)
 
-    def training_loss(self, view_a: Tensor, view_b: Tensor) -> Tensor:
+    def training_loss(self, view_a: Tensor, view_b: Tensor, targets_a: TargetBatch | None = None,
+                      targets_b: TargetBatch | None = None) -> Tensor:
         self._check_views(view_a, view_b)
         if self.hparams["symmetric"]:
             queries = torch.cat([self._query(view_a), self._query(view_b)])

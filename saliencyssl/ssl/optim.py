@@ -5,7 +5,9 @@ method          kind   peak lr                    momentum  weight decay
 ==============  =====  =========================  ========  ============
 simclr, moco,   SGD    0.06 x batch / 128         0.9       5e-4
 byol,
-barlowtwins
+barlowtwins,
+detcon-simclr,
+detcon-byol
 simsiam         SGD    0.06 (not batch-scaled)    0.9       5e-4
 swav            Adam   1e-3 x batch / 128         (betas)   1e-6
 ==============  =====  =========================  ========  ============

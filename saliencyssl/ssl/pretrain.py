@@ -1,10 +1,15 @@
-"""The pretraining loop: one loop for all six methods, fed by the router.
+"""The pretraining loop: one loop for all methods, fed by the router.
 
 :class:`Pretrainer` wires the pieces in the order the data flows: images at one size (preloaded
 as one uint8 tensor), the labeller fingerprint, the target sources (frozen pack from the cache,
 surrogate checkpoint, exact labeller) behind a :class:`~saliencyssl.augment.TargetRouter`, the
 policy (:class:`~saliencyssl.augment.SSLAugmentation`), the ResNet-18 and its method
 (:func:`~saliencyssl.ssl.registry.build_method`), lightly's recipe optimizer, and then:
+
+- the router is consulted when the policy reads targets (``SSLAugmentation.uses_targets``) or
+  the method does (``SSLMethod.needs_targets``, DetCon); for such a method each view comes with
+  its targets warped by the view's geometry (``return_targets=True``), handed to the loss, and
+  ``--aug-source none`` is refused;
 
 - per epoch: a progress bar; the loss, learning rate, seconds split into data (gathering the
   batch), augmentation (targets + views) and compute (forward, backward, step), the router's
@@ -40,6 +45,7 @@ from saliencyssl.saliency import Labeller, LabellerConfig
 from saliencyssl.saliency.options import LABELLER_OPTIONS
 from saliencyssl.ssl.backbone import resnet18_backbone, save_backbone, uses_cifar_stem
 from saliencyssl.ssl.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from saliencyssl.target import TargetBatch
 
 log = logging.getLogger(__name__)
 
@@ -139,17 +145,30 @@ class Pretrainer:
         c = self.config
         if c.epochs < 1:
             raise ValueError(f"--epochs must be at least 1, got {c.epochs}")
-        from saliencyssl.ssl.registry import check_method_options
+        from saliencyssl.ssl.registry import check_method_options, method_class
 
-        check_method_options(c.method, dict(c.method_options or {}))
+        hparams = check_method_options(c.method, dict(c.method_options or {}))
+        # whether the method's loss reads each view's warped targets (DetCon's masks)
+        self.method_needs_targets = method_class(c.method).needs_targets
         _seed_everything(c.seed + self.dist.rank)
         self.policy = parse_policy(c.policy)
+        self.augment = SSLAugmentation(self.policy, c.image_size)
         self.sources = parse_sources(c.aug_source)
-        if self.policy.uses_saliency and self.sources == ("none",):
-            raise MissingPieceError(f"policy {c.policy!r} renders saliency views but --aug-source is none; "
-                                    f"choose --aug-source cache (or cache,surrogate), or a policy without 'sal'")
-        if not self.policy.uses_saliency and self.sources != ("none",):
-            self._say(f"note: policy {c.policy!r} uses no saliency view; --aug-source {c.aug_source} is not consulted")
+        policy_reads = self.augment.uses_targets
+        if self.sources == ("none",):
+            if self.method_needs_targets:
+                raise MissingPieceError(
+                    f"--method {c.method} pools its loss over each view's masks ({hparams.get('masks', 'regions')}: "
+                    f"the targets warped with the view) but --aug-source is none; choose --aug-source cache (fill "
+                    f"the cache with: python scripts/label.py {c.data} --cache CACHE_DIR), cache,surrogate or "
+                    f"surrogate, or a method without masks (e.g. --method simclr)")
+            if policy_reads:
+                raise MissingPieceError(f"policy {c.policy!r} reads targets (saliency views, guided crops or "
+                                        f"composites) but --aug-source is none; choose --aug-source cache (or "
+                                        f"cache,surrogate), or a policy that reads none (e.g. default)")
+        elif not policy_reads and not self.method_needs_targets:
+            self._say(f"note: policy {c.policy!r} reads no targets and --method {c.method} needs none; "
+                      f"--aug-source {c.aug_source} is not consulted")
             self.sources = ("none",)
 
         image_set = open_image_set(c.data)
@@ -179,8 +198,9 @@ class Pretrainer:
         self.labeller = Labeller(c.labeller_config())
         self.router = self._build_router()
         self.router.check_ready()
-        self._say(f"policy {policy_summary(self.policy, c.image_size)}; targets from {','.join(self.router.sources)}")
-        self.augment = SSLAugmentation(self.policy, c.image_size).to(self.device)
+        self._say(f"policy {policy_summary(self.policy, c.image_size)}; targets from {','.join(self.router.sources)}"
+                  + (f" (warped with each view for --method {c.method})" if self.method_needs_targets else ""))
+        self.augment = self.augment.to(self.device)
 
         from saliencyssl.ssl.registry import build_method
         from saliencyssl.ssl.optim import build_optimizer
@@ -297,7 +317,7 @@ class Pretrainer:
         # override a new --lr, another --seed or --limit reorders the remaining batches, and
         # backbone.pt would record values the run did not use.
         keys = ["method", "image_size", "batch_size", "epochs", "lr", "seed", "limit", "data", "policy"]
-        if self.sources != ("none",):  # where targets are read (a policy without saliency views reads none)
+        if self.sources != ("none",):  # where targets are read (none if neither the policy nor the method reads any)
             keys += ["aug_source", *LABELLER_OPTIONS]
         for key in keys:
             was, now = saved.get(key), getattr(self.config, key)
@@ -348,21 +368,39 @@ class Pretrainer:
         """The uint8 images at data-set positions ``index``, on the training device."""
         return self.stack.index_select(0, index.to(self.stack.device)).to(self.device, non_blocking=True)
 
-    def make_views(self, index: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two augmented views of a batch, with the router's targets when the policy renders saliency views."""
-        targets = self.router.targets(index, images) if self.policy.uses_saliency else None
-        return self.augment(images, targets), self.augment(images, targets)
+    def make_views(self, index: torch.Tensor, images: torch.Tensor) -> tuple:
+        """Two augmented views of a batch, drawn with the router's targets when the policy or the method reads them.
 
-    def train_step(self, view_a: torch.Tensor, view_b: torch.Tensor, epoch: int, step: int) -> float:
+        Args:
+            index: ``(B,)`` long data-set positions of the batch.
+            images: ``(B, 3, S, S)`` uint8 images on the training device.
+
+        Returns:
+            ``(view_a, view_b)``, each ``(B, 3, S, S)`` float normalised; for a method that
+            :attr:`~saliencyssl.ssl.method.SSLMethod.needs_targets`, ``(view_a, view_b, targets_a,
+            targets_b)`` with each view's targets after that view's crop/flip/rotation
+            (:class:`~saliencyssl.target.TargetBatch` of ``(B, 1, S, S)`` parts).
+        """
+        targets = self.router.targets(index, images) if self.router.enabled else None
+        if not self.method_needs_targets:
+            return self.augment(images, targets), self.augment(images, targets)
+        view_a, warped_a = self.augment(images, targets, return_targets=True)
+        view_b, warped_b = self.augment(images, targets, return_targets=True)
+        return view_a, view_b, warped_a, warped_b
+
+    def train_step(self, view_a: torch.Tensor, view_b: torch.Tensor, epoch: int, step: int,
+                   targets_a: TargetBatch | None = None, targets_b: TargetBatch | None = None) -> float:
         """One optimisation step on a batch of two views (step ``step`` of epoch ``epoch``, both from 0).
 
-        Forward under autocast when ``--amp``, backward, the method's hooks, the optimizer and the
-        schedule; returns the loss. A non-finite loss stops the run with what to change.
+        Forward under autocast when ``--amp`` (with each view's warped targets for a method that
+        needs them, as :meth:`make_views` returns them), backward, the method's hooks, the
+        optimizer and the schedule; returns the loss. A non-finite loss stops the run with what
+        to change.
         """
         total_steps = self.config.epochs * self.steps_per_epoch
         self.method.before_step((epoch * self.steps_per_epoch + step) / max(total_steps - 1, 1), epoch)
         with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            loss = self.model(view_a, view_b)
+            loss = self.model(view_a, view_b, targets_a, targets_b)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.method.after_backward(epoch)
@@ -395,11 +433,11 @@ class Pretrainer:
             x = self.batch_images(index)
             self.synchronize()
             t1 = time.perf_counter()
-            view_a, view_b = self.make_views(index, x)
+            view_a, view_b, *warped = self.make_views(index, x)
             self.synchronize()
             t2 = time.perf_counter()
             lr_sum += self.optimizer.param_groups[0]["lr"]  # the rate this step uses
-            value = self.train_step(view_a, view_b, epoch, step)
+            value = self.train_step(view_a, view_b, epoch, step, *warped)
             loss_sum += value
             self.synchronize()
             t3 = time.perf_counter()

@@ -8,22 +8,36 @@ from torch import nn
 
 from saliencyssl.ssl.barlowtwins import BarlowTwins
 from saliencyssl.ssl.byol import BYOL
+from saliencyssl.ssl.detcon import DetConBYOL, DetConSimCLR
 from saliencyssl.ssl.method import SSLMethod
 from saliencyssl.ssl.moco import MoCo
 from saliencyssl.ssl.simclr import SimCLR
 from saliencyssl.ssl.simsiam import SimSiam
 from saliencyssl.ssl.swav import SwAV
 
-#: Every method by its registry name (``SSLMethod.name``).
-METHODS: dict[str, type[SSLMethod]] = {cls.name: cls for cls in (SimCLR, SimSiam, BYOL, MoCo, SwAV, BarlowTwins)}
+#: Every method by its registry name (``SSLMethod.name``). All train with lightly's CIFAR-10 recipe
+#: (:mod:`saliencyssl.ssl.optim`); DetCon's two methods take SimCLR's and BYOL's (DetCon itself uses
+#: LARS at batch 4096, see :mod:`saliencyssl.ssl.detcon`) and need each view's targets
+#: (:attr:`SSLMethod.needs_targets`).
+METHODS: dict[str, type[SSLMethod]] = {cls.name: cls for cls in (SimCLR, SimSiam, BYOL, MoCo, SwAV, BarlowTwins,
+                                                                  DetConSimCLR, DetConBYOL)}
+
+
+def _key(name: str) -> str:
+    """A method name without case, ``-`` and ``_``."""
+    return name.strip().lower().replace("-", "").replace("_", "")
+
+
+_BY_KEY: dict[str, type[SSLMethod]] = {_key(name): cls for name, cls in METHODS.items()}
+_BY_KEY["mocov2"] = MoCo
 
 
 def build_method(name: str, backbone: nn.Module, *, distributed: bool = False, **overrides: Any) -> SSLMethod:
     """Build a registered method around ``backbone``.
 
     Args:
-        name: one of :data:`METHODS` (case-insensitive; ``-``/``_`` ignored, so ``"barlow_twins"``
-            and ``"MoCo"`` work).
+        name: one of :data:`METHODS` (case-insensitive; ``-``/``_`` ignored, so ``"barlow_twins"``,
+            ``"MoCo"`` and ``"detcon_simclr"`` work).
         backbone: the network to train, mapping images to ``(B, feature_dim)`` features.
         distributed: gather across processes where the loss needs the global batch.
         **overrides: hyperparameters replacing the method's :meth:`~SSLMethod.default_hparams`.
@@ -46,12 +60,10 @@ def method_class(name: str) -> type[SSLMethod]:
     """
     if not isinstance(name, str):
         raise ValueError(f"method name must be a string, one of {sorted(METHODS)}; got {name!r}")
-    key = name.strip().lower().replace("-", "").replace("_", "")
-    if key == "mocov2":
-        key = "moco"
-    if key not in METHODS:
+    cls = _BY_KEY.get(_key(name))
+    if cls is None:
         raise ValueError(f"unknown SSL method {name!r}; choose one of {sorted(METHODS)}")
-    return METHODS[key]
+    return cls
 
 
 def check_method_options(name: str, options: dict[str, Any]) -> dict[str, Any]:

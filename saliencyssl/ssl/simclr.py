@@ -9,6 +9,7 @@ from lightly.models.modules import SimCLRProjectionHead
 from torch import Tensor, nn
 
 from saliencyssl.ssl.method import SGD_RECIPE, OptimizerRecipe, SSLMethod, _check_bool, _check_float, _check_int
+from saliencyssl.target import TargetBatch
 
 
 class SimCLR(SSLMethod):
@@ -73,7 +74,8 @@ class SimCLR(SSLMethod):
         _check_float(cls, hparams, "temperature", low=1e-3, high=10.0,
                      hint="SimCLR uses 0.1-0.5; lightly's CIFAR-10 benchmark uses 0.5")
 
-    def training_loss(self, view_a: Tensor, view_b: Tensor) -> Tensor:
+    def training_loss(self, view_a: Tensor, view_b: Tensor, targets_a: TargetBatch | None = None,
+                      targets_b: TargetBatch | None = None) -> Tensor:
         self._check_views(view_a, view_b)
         z_a = self._fp32(self.projection_head, self._features(view_a))
         z_b = self._fp32(self.projection_head, self._features(view_b))

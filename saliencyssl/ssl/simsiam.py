@@ -10,6 +10,7 @@ from lightly.models.modules.heads import ProjectionHead
 from torch import Tensor, nn
 
 from saliencyssl.ssl.method import OptimizerRecipe, SSLMethod, _check_bool, _check_int
+from saliencyssl.target import TargetBatch
 
 
 class SimSiam(SSLMethod):
@@ -72,7 +73,8 @@ class SimSiam(SSLMethod):
     def _symmetric_loss(self, p_a: Tensor, p_b: Tensor, z_a: Tensor, z_b: Tensor) -> Tensor:
         return 0.5 * (self.criterion(p_a, z_b) + self.criterion(p_b, z_a))
 
-    def training_loss(self, view_a: Tensor, view_b: Tensor) -> Tensor:
+    def training_loss(self, view_a: Tensor, view_b: Tensor, targets_a: TargetBatch | None = None,
+                      targets_b: TargetBatch | None = None) -> Tensor:
         self._check_views(view_a, view_b)
         z_a, p_a = self._branch(view_a)
         z_b, p_b = self._branch(view_b)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from saliencyssl.ssl.method import OptimizerRecipe, SSLMethod, _check_float, _check_int
+from saliencyssl.target import TargetBatch
 
 
 class SwAV(SSLMethod):
@@ -104,6 +105,7 @@ class SwAV(SSLMethod):
     def _swapped_loss(self, scores_a: Tensor, scores_b: Tensor) -> Tensor:
         return self.criterion([scores_a, scores_b], [])
 
-    def training_loss(self, view_a: Tensor, view_b: Tensor) -> Tensor:
+    def training_loss(self, view_a: Tensor, view_b: Tensor, targets_a: TargetBatch | None = None,
+                      targets_b: TargetBatch | None = None) -> Tensor:
         self._check_views(view_a, view_b)
         return self._fp32_loss(self._swapped_loss, self._scores(view_a), self._scores(view_b))
