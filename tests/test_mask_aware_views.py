@@ -314,7 +314,7 @@ def test_composite_views_warp_their_targets_too():
 
 
 def test_show_views_refuses_a_folder_as_out(tmp_path, capsys):
-    import show_views  # scripts/show_views.py
+    from saliencyssl.app import views as show_views
 
     assert show_views.main([str(tmp_path), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()

@@ -14,6 +14,7 @@ import sys
 STAGES = {
     "label": "saliencyssl.app.label",
     "cache": "saliencyssl.app.cache",
+    "views": "saliencyssl.app.views",
     "evaluate": "saliencyssl.app.evaluate",
     "segment": "saliencyssl.app.segment",
 }

@@ -51,18 +51,30 @@ def labeller_config_from_args(args: argparse.Namespace) -> LabellerConfig | None
     return LabellerConfig(**{k: v for k, v in given.items() if v is not None})
 
 
-def labeller_flags(config: LabellerConfig | dict | None) -> str:
-    """The options that select ``config``'s fingerprint, as a command line would give them
-    (``" --scale 2.0"``; ``""`` for the defaults)."""
-    if config is None:
-        return ""
+def labeller_flags(config: LabellerConfig | dict | None) -> list[str]:
+    """The options that select ``config``'s fingerprint (labeller parameters or a config), as a
+    command line gives them (``["--scale", "2"]``; ``[]`` for the defaults)."""
+    if not config:
+        return []
     values = config if isinstance(config, dict) else {k: getattr(config, k) for k in LABELLER_OPTIONS}
     parts = []
-    for key in LABELLER_OPTIONS:
-        value = values.get(key)
-        if value is not None and value != getattr(_DEFAULTS, key):
-            parts.append(f" --{key.replace('_', '-')} {value}")
-    return "".join(parts)
+    if values.get("scale") is not None:
+        parts += ["--scale", f"{values['scale']:g}"]
+    if values.get("max_side") is not None:
+        parts += ["--max-side", str(values["max_side"])]
+    if values.get("min_side", _DEFAULTS.min_side) != _DEFAULTS.min_side and values.get("scale") is None:
+        parts += ["--min-side", str(values["min_side"])]
+    if values.get("cut_engine", _DEFAULTS.cut_engine) != _DEFAULTS.cut_engine:
+        parts += ["--cut-engine", str(values["cut_engine"])]
+    return parts
+
+
+def label_command(images_dir, cache_dir, config: LabellerConfig | dict | None = None) -> str:
+    """The ``saliency-ssl label`` command that fills ``cache_dir`` for ``images_dir`` with these labeller options."""
+    import shlex
+
+    parts = ["saliency-ssl", "label", str(images_dir), "--cache", str(cache_dir), *labeller_flags(config)]
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def fail(message: str, code: int = 2) -> int:
