@@ -438,12 +438,19 @@ def _pretrain_settings(config: GridConfig, cell: Cell) -> dict:
                 "lr": settings.get("lr"), "limit": settings.get("limit"),
                 "method_options": changed_method_options(cell.method, config.method_options.get(cell.method))}
     settings["aug_source"] = "none"
-    if parse_policy(cell.policy).uses_saliency:
+    if _reads_targets(cell):
         from saliencyssl.saliency import LabellerConfig
 
         settings["aug_source"] = ",".join(parse_sources(config.pretrain.get("aug_source", "cache")))
         settings["labeller_fingerprint"] = LabellerConfig(**config.labeller).fingerprint()
     return settings
+
+
+def _reads_targets(cell: Cell) -> bool:
+    """The cell's policy draws views from targets, or its method pools its loss over them (DetCon)."""
+    from saliencyssl.ssl.registry import method_class
+
+    return parse_policy(cell.policy).uses_targets or method_class(cell.method).needs_targets
 
 
 def check_finished_cell(config: GridConfig, cell: Cell) -> list[str]:
@@ -516,7 +523,7 @@ def run_grid(config: GridConfig, progress: bool = True, only: list[str] | None =
     pretrain = dict(config.pretrain)
     # Only a cache-only grid is labelled first: with a surrogate or the exact labeller behind the
     # cache, the images the cache misses are what those sources are for.
-    if pretrain.get("aug_source", "cache") == "cache" and any(parse_policy(c.policy).uses_saliency for c in todo):
+    if pretrain.get("aug_source", "cache") == "cache" and any(_reads_targets(c) for c in todo):
         _label(config, pretrain, progress)
     for i, cell in enumerate(todo, 1):
         seed_note = f", pretraining seed {cell.seed}" if len(config.seeds) > 1 else ""
@@ -524,7 +531,7 @@ def run_grid(config: GridConfig, progress: bool = True, only: list[str] | None =
         if (cell.run_dir / "backbone.pt").is_file():
             print(f"  pretraining done earlier: {cell.run_dir / 'backbone.pt'}")
         else:
-            uses = parse_policy(cell.policy).uses_saliency
+            uses = _reads_targets(cell)
             settings = dict(pretrain, image_size=config.image_size, seed=cell.seed)
             aug_source = settings.pop("aug_source", "cache") if uses else "none"
             settings.pop("aug_source", None)
