@@ -29,7 +29,8 @@ from saliencyssl.augment import FrozenPack, TrainingImages
 from saliencyssl.cache import TargetCache
 from saliencyssl.cache.executors import DaskExecutor, PoolExecutor
 from saliencyssl.cache.labelling import label_folder
-from saliencyssl.cache.packfile import load_pack, write_pack
+from saliencyssl.augment.pack import load_pack
+from saliencyssl.cache.packfile import write_pack
 from saliencyssl.imageio import list_images
 from saliencyssl.saliency import LabellerConfig
 

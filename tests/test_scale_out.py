@@ -20,7 +20,8 @@ from saliencyssl.augment import TrainingImages
 from saliencyssl.cache import TargetCache
 from saliencyssl.cache.executors import DaskExecutor, InlineExecutor
 from saliencyssl.cache.labelling import label_folder
-from saliencyssl.cache.packfile import PackError, load_pack, open_pack, verify_pack, write_pack
+from saliencyssl.augment.pack import load_pack
+from saliencyssl.cache.packfile import PackError, open_pack, verify_pack, write_pack
 from saliencyssl.saliency import LabellerConfig
 
 try:

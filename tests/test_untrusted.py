@@ -423,7 +423,8 @@ def test_a_worker_killed_mid_job_is_one_line_and_the_job_resumes(tmp_path, photo
 
 
 def test_training_from_a_damaged_pack_is_refused(tmp_path):
-    from saliencyssl.cache.packfile import PackError, load_pack, write_pack
+    from saliencyssl.augment.pack import load_pack
+    from saliencyssl.cache.packfile import PackError, write_pack
 
     targets = [(f"{i:032x}", _target(i)) for i in range(4)]
     pack = write_pack(tmp_path / "p.pack", targets, FP)

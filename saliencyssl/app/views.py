@@ -33,7 +33,7 @@ from saliencyssl.cache.store import cache_fingerprints
 from saliencyssl.datasets import check_image_size
 from saliencyssl.saliency import LabellerConfig
 from saliencyssl.saliency.params import describe_params
-from saliencyssl.ssl.backbone import IMAGENET_MEAN, IMAGENET_STD
+from saliencyssl.augment.normalize import from_model_input
 from saliencyssl.visualize import image_grid, save_rgb
 
 SUMMARY = "a picture of the views a policy makes, with crops and guiding boxes drawn"
@@ -45,9 +45,7 @@ BOX_COLOUR = (255, 230, 0)
 
 
 def to_uint8(views: torch.Tensor) -> list[np.ndarray]:
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    images = (views.cpu() * std + mean).clamp(0, 1)
+    images = from_model_input(views.cpu())
     return [(img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for img in images]
 
 

@@ -23,6 +23,7 @@ exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -172,3 +173,46 @@ class FrozenPack:
             index = int(self.rows[index])
         return Target(self.saliency[index].cpu().numpy(), self.mask[index].cpu().numpy(),
                       self.regions[index].cpu().numpy().astype(np.uint16))
+
+
+def load_pack(path: str | Path, hashes: Sequence[str], image_size: int, expect_fingerprint: str | None = None,
+              verify: bool = True):
+    """A :class:`~saliencyssl.augment.pack.FrozenPack` for a data set, straight from a pack file.
+
+    Args:
+        path: the pack.
+        hashes: content hash per data-set position (:attr:`TrainingImages.hashes`).
+        image_size: the training side length.
+        expect_fingerprint: refuse another labeller's pack.
+        verify: check the pack's checksum first (one read of the file; a flipped byte anywhere
+            is refused). ``False`` only for a pack verified just before.
+
+    Raises:
+        PackError: another labeller's pack, a damaged header, or (with ``verify``) a checksum mismatch.
+
+    When every row of the pack is ``image_size`` square, the pack's tensors are the memory map
+    itself (shared between processes; nothing copied) and a data-set position maps to its row
+    through an index; otherwise the targets are resized into memory.
+    """
+    from saliencyssl.cache.packfile import PackError, open_pack, verify_pack
+    from saliencyssl.datasets import target_at_size
+
+    pack = open_pack(path, expect_fingerprint)
+    if verify and not verify_pack(pack):
+        raise PackError(f"{path} fails its checksum: it was damaged after it was written; export it again, or "
+                        f"copy it again from where it was made")
+    rows = pack.row_of()
+    position_rows = torch.tensor([rows.get(h, -1) for h in hashes], dtype=torch.long)
+    present = position_rows >= 0
+    if pack.uniform_size == (image_size, image_size):
+        n = len(pack)
+        view = {name: torch.from_numpy(arr).view(n, image_size, image_size) for name, arr in pack.arrays.items()}
+        frozen = FrozenPack(view["saliency"], view["mask"].view(torch.bool), view["regions"], present, hashes,
+                            pack.fingerprint, rows=position_rows.clamp(min=0))
+        return frozen
+    frozen = FrozenPack.empty(hashes, image_size, pack.fingerprint)
+    for position, row in enumerate(position_rows.tolist()):
+        if row >= 0:
+            frozen._set(position, target_at_size(pack.target(row), image_size))
+    frozen._refresh_report()
+    return frozen

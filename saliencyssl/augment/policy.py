@@ -49,7 +49,7 @@ from torch import nn
 
 from saliencyssl.augment.guided import BOX_SOURCES, guide_crop_parameters, target_boxes
 from saliencyssl.augment.render import BACKGROUNDS, VIEW_KINDS, SaliencyView
-from saliencyssl.ssl.backbone import to_model_input
+from saliencyssl.augment.normalize import to_model_input
 from saliencyssl.target import TargetBatch
 
 PRESETS = ("default", "sal", "sal+default", "sal0.5+default", "sal+jitter", "sal0.5+jitter", "sal0.8+jitter0.8",
@@ -274,7 +274,7 @@ class SSLAugmentation(nn.Module):
     Shapes: ``forward(images, targets=None, return_targets=False)`` with ``images`` ``(B, 3, S, S)``
     uint8 or float in [0, 1] and ``targets`` a :class:`TargetBatch` of ``(B, 1, S, S)`` parts (needed
     when :attr:`uses_targets` or ``return_targets``) returns the views, ``(B, 3, S, S)`` float32
-    normalised for the backbone (:func:`saliencyssl.ssl.backbone.to_model_input`); with
+    normalised for the backbone (:func:`saliencyssl.augment.normalize.to_model_input`); with
     ``return_targets=True`` it returns ``(views, warped)``, ``warped`` a :class:`TargetBatch` of
     ``(B, 1, S, S)`` parts on the images' device -- ``saliency`` float32 in [0, 1] (bilinear),
     ``mask`` bool and ``regions`` int64 (nearest neighbour) -- carrying each image's target through

@@ -17,15 +17,14 @@ The JSON header holds ``fingerprint`` and ``params`` (the labeller's), ``hashes`
 per row), ``shapes`` (``[h, w]`` per row), ``offsets`` (first pixel of each row), the arrays'
 byte offsets, and ``checksum``: BLAKE2b of the three arrays and (format 2) of the fingerprint,
 hashes, shapes and offsets, so a damaged hash cannot move a target to another image.
-:func:`verify_pack` checks it; :func:`load_pack` checks it before training unless told the pack
+:func:`verify_pack` checks it; training checks it before reading the pack unless told the pack
 was just verified. Format 1 packs (checksum over the arrays alone) are still read.
 
 A pack is written as a stream (:func:`write_pack` holds one target at a time, whatever the
 number of rows), to a temporary file renamed into place at the end.
 
-When every row has the training size, :func:`load_pack` returns a
-:class:`~saliencyssl.augment.pack.FrozenPack` whose tensors *are* the memory map (no copy); with
-other sizes it resizes into memory.
+Training reads a pack through :func:`saliencyssl.augment.pack.load_pack`, which memory-maps it
+as a frozen pack without copying when every row has the training size.
 """
 
 from __future__ import annotations
@@ -264,48 +263,3 @@ def verify_pack(pack: PackFile) -> bool:
         digest.update(part.digest())
     digest.update(_header_digest(pack.header))
     return digest.hexdigest() == pack.checksum
-
-
-def load_pack(path: str | Path, hashes: Sequence[str], image_size: int, expect_fingerprint: str | None = None,
-              verify: bool = True):
-    """A :class:`~saliencyssl.augment.pack.FrozenPack` for a data set, straight from a pack file.
-
-    Args:
-        path: the pack.
-        hashes: content hash per data-set position (:attr:`TrainingImages.hashes`).
-        image_size: the training side length.
-        expect_fingerprint: refuse another labeller's pack.
-        verify: check the pack's checksum first (one read of the file; a flipped byte anywhere
-            is refused). ``False`` only for a pack verified just before.
-
-    Raises:
-        PackError: another labeller's pack, a damaged header, or (with ``verify``) a checksum mismatch.
-
-    When every row of the pack is ``image_size`` square, the pack's tensors are the memory map
-    itself (shared between processes; nothing copied) and a data-set position maps to its row
-    through an index; otherwise the targets are resized into memory.
-    """
-    import torch
-
-    from saliencyssl.datasets import target_at_size
-    from saliencyssl.augment.pack import FrozenPack
-
-    pack = open_pack(path, expect_fingerprint)
-    if verify and not verify_pack(pack):
-        raise PackError(f"{path} fails its checksum: it was damaged after it was written; export it again, or "
-                        f"copy it again from where it was made")
-    rows = pack.row_of()
-    position_rows = torch.tensor([rows.get(h, -1) for h in hashes], dtype=torch.long)
-    present = position_rows >= 0
-    if pack.uniform_size == (image_size, image_size):
-        n = len(pack)
-        view = {name: torch.from_numpy(arr).view(n, image_size, image_size) for name, arr in pack.arrays.items()}
-        frozen = FrozenPack(view["saliency"], view["mask"].view(torch.bool), view["regions"], present, hashes,
-                            pack.fingerprint, rows=position_rows.clamp(min=0))
-        return frozen
-    frozen = FrozenPack.empty(hashes, image_size, pack.fingerprint)
-    for position, row in enumerate(position_rows.tolist()):
-        if row >= 0:
-            frozen._set(position, target_at_size(pack.target(row), image_size))
-    frozen._refresh_report()
-    return frozen

@@ -19,9 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-#: Per-channel RGB mean and standard deviation applied to every model input (ImageNet's).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# The input convention (ImageNet's normalisation) is the views' last step: defined with them.
+from saliencyssl.augment.normalize import IMAGENET_MEAN, IMAGENET_STD, to_model_input  # noqa: F401
 
 #: Inputs up to this side length get the CIFAR stem by default.
 CIFAR_STEM_MAX_SIZE = 64
@@ -50,22 +49,6 @@ def resnet18_backbone(cifar_stem: bool) -> nn.Module:
         model.maxpool = nn.Identity()
     model.fc = nn.Identity()
     return model
-
-
-def to_model_input(images: torch.Tensor) -> torch.Tensor:
-    """Turn RGB images into normalised model input.
-
-    Args:
-        images: ``(B, 3, H, W)`` uint8 in 0..255, or float in [0, 1].
-
-    Returns:
-        ``(B, 3, H, W)`` float32, normalised with :data:`IMAGENET_MEAN` / :data:`IMAGENET_STD`.
-    """
-    if images.dtype == torch.uint8:
-        images = images.float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    return (images - mean) / std
 
 
 def save_backbone(path: str | Path, backbone: nn.Module, config: dict[str, Any]) -> Path:

@@ -247,7 +247,7 @@ class Pretrainer:
         fingerprint = self.labeller.fingerprint
         if "cache" in self.sources:
             if c.pack:
-                from saliencyssl.cache.packfile import load_pack
+                from saliencyssl.augment.pack import load_pack
 
                 pack = load_pack(c.pack, self.images.hashes, c.image_size, expect_fingerprint=fingerprint)
             elif c.cache:
