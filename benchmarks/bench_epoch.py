@@ -39,7 +39,7 @@ from saliencyssl.cache import TargetCache
 from saliencyssl.cache.executors import default_workers
 from saliencyssl.datasets import open_image_set
 from saliencyssl.saliency import Labeller
-from saliencyssl.ssl.pretrain import PretrainConfig, Pretrainer
+from saliencyssl.app.pretrain import PretrainConfig, Pretrainer
 
 
 def main(argv=None) -> int:

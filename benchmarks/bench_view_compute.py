@@ -31,7 +31,7 @@ from saliencyssl.augment import SSLAugmentation, parse_policy
 from saliencyssl.cache import TargetCache
 from saliencyssl.datasets import open_image_set
 from saliencyssl.saliency import Labeller
-from saliencyssl.ssl.pretrain import PretrainConfig, Pretrainer
+from saliencyssl.app.pretrain import PretrainConfig, Pretrainer
 
 
 def main(argv=None) -> int:

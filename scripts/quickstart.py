@@ -42,7 +42,7 @@ from saliencyssl.cache.executors import default_workers, make_executor
 from saliencyssl.cache.labelling import label_folder
 from saliencyssl.datasets import open_image_set
 from saliencyssl.embedded import write_embedded_dataset
-from saliencyssl.eval.grid import plot_rows, policy_gap, result_rows, rows_markdown
+from saliencyssl.eval.gridtable import plot_rows, policy_gap, result_rows, rows_markdown
 from saliencyssl.saliency import Labeller, LabellerConfig
 from saliencyssl.visualize import LABEL_GRID_HEADER, image_grid, labeller_grid_row, save_rgb
 

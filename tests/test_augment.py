@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from saliencyssl.app.options import missing_piece_advice
 from saliencyssl.augment import (PRESETS, CachedTargets, FrozenPack, MissingPieceError, SaliencyView,
                                  SSLAugmentation, TargetPredictor, TargetRouter, TrainingImages, parse_policy,
                                  parse_sources, target_at_size)
@@ -107,20 +108,24 @@ def test_router_sources(labelled):
     pack = FrozenPack.build(images.hashes, labelled["cache"], SIZE)
     indices = torch.tensor([n - 1, 0, n - 2, 1])
 
-    only_cache = TargetRouter("cache", SIZE, pack=pack, data_hint="my/images", cache_hint="my/cache")
-    with pytest.raises(MissingPieceError, match=r"3 of \d+ images miss.*scripts/label.py my/images --cache my/cache"):
+    only_cache = TargetRouter("cache", SIZE, pack=pack)
+    with pytest.raises(MissingPieceError, match=r"3 of \d+ images miss") as error:
         only_cache.check_ready()
+    assert error.value.piece == "misses" and error.value.data["count"] == 3
+    advice = missing_piece_advice(error.value, "my/images", "my/cache", LabellerConfig(), SIZE)
+    assert "saliency-ssl label my/images --cache my/cache" in advice
     with pytest.raises(MissingPieceError, match="2 of 4 images of this batch miss"):
         only_cache.targets(indices, x[indices])
 
-    with pytest.raises(MissingPieceError, match="needs a surrogate"):
+    with pytest.raises(MissingPieceError, match="need a surrogate"):
         TargetRouter("cache,surrogate", SIZE, pack=pack).check_ready()
-    with pytest.raises(MissingPieceError, match="needs a cache"):
+    with pytest.raises(MissingPieceError, match="need a cache"):
         TargetRouter("cache", SIZE).check_ready()
     with pytest.raises(MissingPieceError, match="fingerprint"):
         TargetRouter("cache,surrogate", SIZE, pack=pack, surrogate=StandIn(SIZE, "0" * 16)).check_ready()
-    with pytest.raises(MissingPieceError, match=rf"trained on {2 * SIZE}px.*--size {SIZE}"):
+    with pytest.raises(MissingPieceError, match=rf"trained on {2 * SIZE}px") as error:
         TargetRouter("cache,surrogate", SIZE, pack=pack, surrogate=StandIn(2 * SIZE, pack.fingerprint)).check_ready()
+    assert f"--size {SIZE}" in missing_piece_advice(error.value, "d", "c", None, SIZE)
 
     stand_in = StandIn(SIZE, pack.fingerprint)
     assert isinstance(stand_in, TargetPredictor)

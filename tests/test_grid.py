@@ -10,11 +10,13 @@ import torch
 
 from saliencyssl.cache import TargetCache
 from saliencyssl.embedded import write_embedded_dataset
-from saliencyssl.eval.features import file_digest
-from saliencyssl.eval.grid import GridConfig, StaleCellError, cell_state, cells, collect, policy_gap, run_grid
+from saliencyssl.app.grid import GridConfig, StaleCellError, cell_pretrain_config, cell_state, cells, collect, run_grid
+from saliencyssl.app.pretrain import pretrain_settings
+from saliencyssl.app.rundir import RunDir
+from saliencyssl.eval.gridtable import policy_gap
 from saliencyssl.saliency import LabellerConfig
 from _paths import REPO
-import run_grid as run_grid_cli  # scripts/run_grid.py (pyproject.toml puts scripts/ on pytest's pythonpath)
+from saliencyssl.app import grid as run_grid_cli
 
 
 def _write(tmp_path: Path, **overrides) -> Path:
@@ -122,93 +124,68 @@ def test_tiny_grid_runs_collects_and_skips_finished_cells(tmp_path, monkeypatch,
     assert policy_gap(rows, "sal", "sal+default", "linear") is None  # not in this grid
 
     calls = []
-    monkeypatch.setattr("saliencyssl.ssl.pretrain.Pretrainer.run", lambda self: calls.append(self))
+    monkeypatch.setattr("saliencyssl.app.pretrain.Pretrainer.run", lambda self: calls.append(self))
     assert len(run_grid(config, progress=False)) == len(rows)
     assert calls == [], "finished cells are not pretrained again"
 
     # A finished cell made with other settings than the config now asks for is refused, not reused.
     changed = GridConfig.load(_write(tmp_path, pretrain={**config.pretrain, "epochs": 3}))
-    with pytest.raises(StaleCellError, match="epochs 1 .config: 3."):
+    with pytest.raises(StaleCellError, match=r"epochs 1 \(now 3\)"):
         run_grid(changed, progress=False)
     changed = GridConfig.load(_write(tmp_path, evaluation={**config.evaluation, "fractions": "0.25,1.0"}))
     with pytest.raises(StaleCellError, match="fractions"):
         run_grid(changed, progress=False)
     changed = GridConfig.load(_write(tmp_path, evaluation={**config.evaluation, "knn_k": 20}))
-    with pytest.raises(StaleCellError, match=r"kNN k, temperature \[200, 0.1\] .config: \[20, 0.1\]."):
+    with pytest.raises(StaleCellError, match=r"knn \[200, 0.1\] \(now \[20, 0.1\]\)"):
         run_grid(changed, progress=False)
     changed = GridConfig.load(_write(tmp_path, evaluation={**config.evaluation, "test_limit": 10}))
-    with pytest.raises(StaleCellError, match=r"train_limit, test_limit \[None, None\] .config: \[None, 10\]."):
+    with pytest.raises(StaleCellError, match=r"test_limit None \(now 10\)"):
         run_grid(changed, progress=False)
     # Other training images: another backbone.
     import shutil
 
     shutil.copytree(config.train, tmp_path / "train_copy")
     changed = GridConfig.load(_write(tmp_path, train=str(tmp_path / "train_copy")))
-    with pytest.raises(StaleCellError, match="data '.*/train' .config: '.*/train_copy'."):
+    with pytest.raises(StaleCellError, match=r"data '.*/train' \(now '.*/train_copy'\)"):
         run_grid(changed, progress=False)
     # Targets of another labeller (options or version) make the saliency cell stale, not the default one.
     changed = GridConfig.load(_write(tmp_path, labeller={"min_side": 48}))
-    with pytest.raises(StaleCellError, match="simclr__sal/backbone.pt .*labeller_fingerprint.*another labeller"):
+    with pytest.raises(StaleCellError, match="simclr__sal holds a pretraining run .*labeller_fingerprint.*another labeller"):
         run_grid(changed, progress=False)
     assert run_grid_cli.main([str(tmp_path / "grid.json"), "--quiet"]) == 2, "one-line error, no traceback"
     assert [cell_state(changed, c) for c in cells(changed)] == [
-        "pretrained, evaluated", f"stale: labeller_fingerprint {LabellerConfig().fingerprint()!r} (config: "
+        "pretrained, evaluated", f"stale: labeller_fingerprint {LabellerConfig().fingerprint()!r} (now "
                                  f"{LabellerConfig(min_side=48).fingerprint()!r})"]
     assert calls == []
     assert json.loads((out / "grid.json").read_text())["evaluation"]["fractions"] == "0.5,1.0", "record kept"
 
-    # Method options: other options make the method's cells stale (these backbones recorded the defaults);
-    # a default given explicitly changes nothing.
+    # Method options: other options make the method's cells stale; a default given explicitly changes nothing.
     optioned = GridConfig.load(_write(tmp_path, method_options={"simclr": {"temperature": 0.2}}))
-    assert all(cell_state(optioned, c).startswith("stale: method_options {} (config: {'temperature': 0.2})")
+    assert all(cell_state(optioned, c).startswith("stale: method_options {} (now {'temperature': 0.2})")
                for c in cells(optioned))
     explicit = GridConfig.load(_write(tmp_path, method_options={"simclr": {"temperature": 0.5}}))
     assert [cell_state(explicit, c) for c in cells(explicit)] == ["pretrained, evaluated"] * 2
-    # A backbone that records the options matches; one from before the key existed counts as the defaults.
-    default_cell, sal_cell = cells(optioned)
+    # The evaluation was of the backbone file as it was: another backbone.pt (a cell pretrained again
+    # outside the grid) makes it stale.
+    default_cell, sal_cell = cells(config)
     state = torch.load(default_cell.run_dir / "backbone.pt", weights_only=True)
-    state["config"]["method_options"] = {"temperature": 0.2}
+    state["state_dict"] = {k: v + 1 if v.is_floating_point() else v for k, v in state["state_dict"].items()}
     torch.save(state, default_cell.run_dir / "backbone.pt")
-    # The evaluation was of the file as it was: another backbone.pt makes it stale ...
-    assert cell_state(optioned, default_cell).startswith("stale: backbone 'file:")
-    # ... until it records this one.
-    results = json.loads((default_cell.eval_dir / "results.json").read_text())
-    results["meta"]["backbone"]["config"]["method_options"] = {"temperature": 0.2}
-    results["meta"]["backbone"]["identity"] = f"file:{file_digest(default_cell.run_dir / 'backbone.pt')}"
-    (default_cell.eval_dir / "results.json").write_text(json.dumps(results))
-    state = torch.load(sal_cell.run_dir / "backbone.pt", weights_only=True)
-    del state["config"]["method_options"]
-    torch.save(state, sal_cell.run_dir / "backbone.pt")
-    results = json.loads((sal_cell.eval_dir / "results.json").read_text())
-    results["meta"]["backbone"]["identity"] = f"file:{file_digest(sal_cell.run_dir / 'backbone.pt')}"
-    (sal_cell.eval_dir / "results.json").write_text(json.dumps(results))
-    assert cell_state(optioned, default_cell) == "pretrained, evaluated"
-    assert cell_state(optioned, sal_cell).startswith("stale: method_options {}")
-    collect(optioned)  # the table names the options the evaluated backbones were pretrained with
-    table = (out / "grid_results.md").read_text()
-    assert "as the evaluated backbones record them: simclr__default temperature=0.2" in table
-    assert "simclr__sal temperature" not in table
-    # One method's options do not reach another; an unfinished run started with other options is stale too.
+    assert cell_state(config, default_cell).startswith("stale: backbone 'file:")
+    assert cell_state(config, sal_cell) == "pretrained, evaluated"
+    # An unfinished run started with other settings is stale too (resuming it would be refused).
     mixed = GridConfig.load(_write(tmp_path, methods=["simclr", "byol"],
                                    method_options={"byol": {"momentum_start": 0.9}}))
-    byol_default = next(c for c in cells(mixed) if c.name == "byol__default")
-    byol_default.run_dir.mkdir(parents=True)
-    torch.save({"config": {"epochs": 1, "method_options": {}}}, byol_default.run_dir / "checkpoint.pt")
-    assert {c.name: cell_state(mixed, c) for c in cells(mixed)} == {
-        "simclr__default": "stale: method_options {'temperature': 0.2} (config: {})",
-        "simclr__sal": "pretrained, evaluated",
-        "byol__default": "stale: method_options {} (config: {'momentum_start': 0.9})", "byol__sal": "to do"}
-    # An unfinished saliency run started with other labeller options or another source: stale, not "resumes"
-    # (pretrain.py would refuse to resume it).
     byol_sal = next(c for c in cells(mixed) if c.name == "byol__sal")
-    byol_sal.run_dir.mkdir(parents=True)
-    started = {"epochs": 1, "method_options": {"momentum_start": 0.9}, "min_side": 48, "scale": None,
-               "max_side": None, "cut_engine": "faithful", "aug_source": "cache"}
-    torch.save({"config": started}, byol_sal.run_dir / "checkpoint.pt")
-    assert cell_state(mixed, byol_sal).startswith(f"stale: labeller_fingerprint "
-                                                  f"'{LabellerConfig(min_side=48).fingerprint()}'")
-    torch.save({"config": {**started, "min_side": 64, "aug_source": "cache,exact"}}, byol_sal.run_dir / "checkpoint.pt")
-    assert cell_state(mixed, byol_sal) == "stale: aug_source 'cache,exact' (config: 'cache')"
+    other = cell_pretrain_config(mixed, byol_sal)
+    other.min_side = 48
+    RunDir(byol_sal.run_dir, "pretrain").start(pretrain_settings(other)[0])
+    assert cell_state(mixed, byol_sal) == (f"stale: labeller_fingerprint '{LabellerConfig(min_side=48).fingerprint()}'"
+                                           f" (now '{LabellerConfig().fingerprint()}')")
+    byol_default = next(c for c in cells(mixed) if c.name == "byol__default")
+    assert cell_state(mixed, byol_default) == "to do"
+    RunDir(byol_default.run_dir, "pretrain").start(pretrain_settings(cell_pretrain_config(mixed, byol_default))[0])
+    assert cell_state(mixed, byol_default).startswith("pretraining started")
 
 
 def test_a_grid_with_a_surrogate_behind_the_cache_asks_it_for_the_misses(tmp_path):
@@ -249,7 +226,7 @@ def test_pretraining_seeds_are_separate_runs_combined_into_one_row(tmp_path, mon
     # A finished one-seed grid gains a second pretraining seed without redoing the first.
     first = GridConfig.load(_write(tmp_path, policies=["default"], pretrain=one_seed, pretrain_seeds=[0]))
     run_grid(first, progress=False)
-    from saliencyssl.ssl.pretrain import Pretrainer
+    from saliencyssl.app.pretrain import Pretrainer
 
     pretrained, real_run = [], Pretrainer.run
     monkeypatch.setattr(Pretrainer, "run", lambda self: (pretrained.append(self.config.seed), real_run(self))[1])
@@ -290,12 +267,12 @@ def test_pretraining_seeds_are_separate_runs_combined_into_one_row(tmp_path, mon
 
     # Seeds are checked like every other setting: swapping them would reuse seed 0's runs as seed 1's.
     swapped = GridConfig.load(_write(tmp_path, policies=["default"], pretrain=one_seed, pretrain_seeds=[1, 0]))
-    with pytest.raises(StaleCellError, match="seed 0 .config: 1."):
+    with pytest.raises(StaleCellError, match=r"seed 0 \(now 1\)"):
         run_grid(swapped, progress=False)
     swapped = GridConfig.load(_write(tmp_path, methods=[], policies=[], pretrain=one_seed, pretrain_seeds=[1, 0]))
-    with pytest.raises(StaleCellError, match="random backbone seed 0 .config: 1.") as error:
+    with pytest.raises(StaleCellError, match=r"backbone 'random:seed=0:cifar_stem=True' \(now 'random:seed=1") as error:
         run_grid(swapped, progress=False)
-    assert "evals/random/results.json" in str(error.value)
+    assert "evals/random holds an evaluation" in str(error.value)
 
 
 def test_policy_gap_compares_with_the_larger_of_label_and_pretraining_spread():
@@ -344,7 +321,7 @@ def test_quickstart_rerun_replaces_its_training_outputs_and_keeps_data_and_cache
 
 def test_an_interrupted_cell_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch):
     from saliencyssl.ssl.backbone import load_backbone
-    from saliencyssl.ssl.pretrain import Pretrainer
+    from saliencyssl.app.pretrain import Pretrainer
 
     two_epochs = {"image_size": 32, "epochs": 2, "batch_size": 8, "device": "cpu", "seed": 0}
     straight = GridConfig.load(_write(tmp_path / "a", methods=["simclr"], policies=["sal"], baselines=[],

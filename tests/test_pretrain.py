@@ -17,9 +17,9 @@ from saliencyssl.embedded import write_embedded_dataset
 from saliencyssl.eval.features import random_backbone
 from saliencyssl.saliency import Labeller, LabellerConfig
 from saliencyssl.ssl.backbone import load_backbone, uses_cifar_stem
-from saliencyssl.ssl.pretrain import PretrainConfig, Pretrainer
+from saliencyssl.app.pretrain import PretrainConfig, Pretrainer
 from _paths import REPO
-import pretrain  # scripts/pretrain.py (pyproject.toml puts scripts/ on pytest's pythonpath)
+from saliencyssl.app import pretrain
 
 
 @pytest.fixture(scope="module")
@@ -113,33 +113,38 @@ def test_run_starts_from_the_random_backbone_of_its_seed(shapes, tmp_path, metho
 def test_resume_refuses_another_configuration(shapes, tmp_path):
     run = Pretrainer(_config(shapes, tmp_path / "x", epochs=1))
     run.run()
-    with pytest.raises(ValueError, match="--image-size"):
+    with pytest.raises(ValueError, match=r"image_size 32 \(now 40\)"):
         Pretrainer(_config(shapes, tmp_path / "x", epochs=1, image_size=40, resume=True))
     # The restored optimiser would override a new rate; another seed reorders the batches.
-    with pytest.raises(ValueError, match="--lr None, this run has 0.5"):
+    with pytest.raises(ValueError, match=r"lr None \(now 0.5\)"):
         Pretrainer(_config(shapes, tmp_path / "x", epochs=1, lr=0.5, resume=True))
-    with pytest.raises(ValueError, match="--seed 3, this run has 4"):
+    with pytest.raises(ValueError, match=r"seed 3 \(now 4\)"):
         Pretrainer(_config(shapes, tmp_path / "x", epochs=1, seed=4, resume=True))
-    with pytest.raises(ValueError, match="--policy"):
+    with pytest.raises(ValueError, match="policy 'sal\\+default' \\(now 'default'\\)"):
         Pretrainer(_config(shapes, tmp_path / "x", epochs=1, policy="default", aug_source="none", resume=True))
-    with pytest.raises(ValueError, match="already holds a run.*--resume"):
+    with pytest.raises(ValueError, match="already holds a pretrain run"):
         Pretrainer(_config(shapes, tmp_path / "x", epochs=1))  # without --resume: refused, nothing overwritten
 
 
 def test_resume_without_a_checkpoint_starts_afresh_and_a_damaged_one_is_named(shapes, tmp_path):
     fresh = Pretrainer(_config(shapes, tmp_path / "new", epochs=1, resume=True))
     assert fresh.start_epoch == 0
-    (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match=r"bad/checkpoint.pt cannot be read.*remove it"):
-        Pretrainer(_config(shapes, tmp_path / "bad", epochs=1, resume=True))
-    torch.save({"weights": torch.zeros(2)}, tmp_path / "bad" / "checkpoint.pt")  # readable, but something else
+    fresh.run()
+    (tmp_path / "new" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"new/checkpoint.pt cannot be read.*remove it"):
+        Pretrainer(_config(shapes, tmp_path / "new", epochs=1, resume=True))
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "new" / "checkpoint.pt")  # readable, but something else
     with pytest.raises(ValueError, match="is not a saliency-ssl pretraining checkpoint"):
-        Pretrainer(_config(shapes, tmp_path / "bad", epochs=1, resume=True))
+        Pretrainer(_config(shapes, tmp_path / "new", epochs=1, resume=True))
+    # A folder with files but no run record (another tool's, or an older version's) is refused unread.
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "checkpoint.pt").write_bytes(b"older")
+    with pytest.raises(ValueError, match="holds files but no run.json"):
+        Pretrainer(_config(shapes, tmp_path / "old", epochs=1, resume=True))
 
 
 def test_a_batch_of_one_image_per_process_is_refused(shapes, tmp_path):
-    with pytest.raises(ValueError, match="--batch-size 2 or more"):
+    with pytest.raises(ValueError, match="--batch-size 1: every method compares the images of a batch; give 2 or more"):
         Pretrainer(_config(shapes, tmp_path / "one", batch_size=1))
 
 
@@ -147,9 +152,9 @@ def test_missing_pieces_are_caught_before_the_first_step(shapes, tmp_path, capsy
     common = ["--data", str(shapes["train"]), "--method", "byol", "--epochs", "1", "--out", str(tmp_path / "m"),
               "--batch-size", "8", "--quiet"]
     assert pretrain.main(common + ["--aug-source", "cache"]) == 2
-    assert "needs a cache" in capsys.readouterr().err
+    assert "need a cache" in capsys.readouterr().err
     assert pretrain.main(common + ["--aug-source", "surrogate"]) == 2
-    assert "scripts/train_surrogate.py" in capsys.readouterr().err
+    assert "saliency-ssl train-surrogate" in capsys.readouterr().err
     assert pretrain.main(common + ["--aug-source", "none", "--policy", "sal"]) == 2
     assert "--aug-source is none" in capsys.readouterr().err
     mistyped = tmp_path / "no-such-cache"
@@ -175,7 +180,7 @@ def test_method_options_reach_the_method_and_are_recorded(shapes, tmp_path, caps
     trainer.run()
     assert trainer.method.current_momentum == pytest.approx(0.95)
     # Resuming with other options is refused; bad options fail before any data is read.
-    with pytest.raises(ValueError, match="--method-option momentum_end=0.95 momentum_start=0.9"):
+    with pytest.raises(ValueError, match=r"method_options \{'momentum_end': 0.95, 'momentum_start': 0.9\} \(now \{\}\)"):
         Pretrainer(_config(shapes, tmp_path / "direct", method="byol", aug_source="none", policy="default",
                            epochs=1, resume=True))
     Pretrainer(_config(shapes, tmp_path / "direct", method="byol", aug_source="none", policy="default", epochs=1,
@@ -193,7 +198,7 @@ def test_method_options_reach_the_method_and_are_recorded(shapes, tmp_path, caps
 
 
 def test_method_option_values_are_read_as_json_or_python_literals():
-    from saliencyssl.ssl.pretrain import parse_method_options
+    from saliencyssl.app.pretrain import parse_method_options
 
     assert parse_method_options(["temperature=0.2", "symmetric=false", "loss_scale=None", "memory-bank-size=8192",
                                  "name=abc"]) == {"temperature": 0.2, "symmetric": False, "loss_scale": None,

@@ -15,7 +15,9 @@ STAGES = {
     "label": "saliencyssl.app.label",
     "cache": "saliencyssl.app.cache",
     "views": "saliencyssl.app.views",
+    "pretrain": "saliencyssl.app.pretrain",
     "evaluate": "saliencyssl.app.evaluate",
+    "grid": "saliencyssl.app.grid",
     "segment": "saliencyssl.app.segment",
 }
 

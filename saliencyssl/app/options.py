@@ -81,3 +81,22 @@ def fail(message: str, code: int = 2) -> int:
     """Print ``error: message`` on stderr and return ``code`` (a stage's ``main`` returns it)."""
     print(f"error: {message}", file=sys.stderr)
     return code
+
+
+def missing_piece_advice(error, data, cache, labeller: LabellerConfig | None, image_size: int) -> str:
+    """The command (or option) that supplies what a :class:`~saliencyssl.augment.MissingPieceError` names."""
+    cache_dir = str(cache) if cache else "CACHE_DIR"
+    label = label_command(data, cache_dir, labeller)
+    train = f"saliency-ssl train-surrogate {data} --cache {cache_dir} --size {image_size} --out RUN_DIR"
+    advice = {
+        "cache": f"pass --cache CACHE_DIR (fill it with: {label}) or --pack PACK",
+        "misses": f"label them with: {label} (the same labeller options), or use --aug-source cache,surrogate or "
+                  f"cache,exact",
+        "pack_size": f"export the pack at --image-size {image_size}: saliency-ssl cache export {cache_dir} {data} "
+                     f"--out PACK --image-size {image_size}",
+        "surrogate": f"pass --surrogate RUN_DIR/surrogate.pt (train one with: {train})",
+        "surrogate_size": f"train one at that size: {train}",
+        "surrogate_fingerprint": "train the surrogate on this cache, or pass the labeller options it was trained with",
+        "write_back": f"pass --cache CACHE_DIR",
+    }
+    return advice.get(getattr(error, "piece", ""), "see saliency-ssl pretrain --help")

@@ -210,20 +210,18 @@ class RunDir:
         status = "finished" if record.get("finished") else "started"
         return RunState(status, compare_settings(record["settings"], settings), record)
 
-    def start(self, settings: dict, free: dict | None = None, resume: bool = False,
-              restart_unfinished: bool = False) -> RunState:
-        """Begin (or resume) a run with ``settings``, checking the folder first.
+    def check(self, settings: dict, resume: bool = False, restart_unfinished: bool = False) -> RunState:
+        """What :meth:`start` would do with this request, without writing anything.
 
         Args:
             settings: the values that make the run's result (compared on resume).
-            free: values recorded for reference that a resumed run may change.
             resume: go on with a started (or finished) run whose settings agree.
             restart_unfinished: a started run that never finished is replaced, whatever its
                 settings (for stages whose unfinished runs hold nothing worth keeping, such as an
-                evaluation that failed half way).
+                evaluation that failed half way); it is then reported as ``new``.
 
         Returns:
-            The folder's state before this call (``new``, ``started`` or ``finished``).
+            The folder's state (``new``, ``started`` or ``finished``).
 
         Raises:
             RunExistsError: the folder holds a run and ``resume`` is false, or holds other files
@@ -231,23 +229,35 @@ class RunDir:
             RunMismatchError: ``resume`` and the recorded settings differ.
             RunRecordError: an unreadable record.
         """
-        settings = normalise(settings)
         state = self.state(settings)
         if restart_unfinished and state.status == "started":
-            state = RunState("new")
-            resume = True
+            return RunState("new")
         if state.status == "new":
-            if self.path.is_dir() and any(self.path.iterdir()) and not resume:
+            if self.path.is_dir() and any(self.path.iterdir()):
                 raise RunExistsError(self.path, f"{self.path} holds files but no {RUN_RECORD}: it is not a run folder "
                                                 f"of this version; choose another folder (or delete it)")
         elif not resume:
             raise RunExistsError(self.path, f"{self.path} already holds a {self.stage} run "
-                                            f"({'finished' if state.status == 'finished' else 'started'}); resume "
-                                            f"it, choose another folder, or delete it to start again")
+                                            f"({'finished' if state.status == 'finished' else 'started'})")
         elif state.differences:
             raise RunMismatchError(self.path, f"{self.path} holds a {self.stage} run made with other settings: "
                                               f"{describe(state.differences)}; resume with the same settings, or "
                                               f"choose another folder", state.differences)
+        return state
+
+    def start(self, settings: dict, free: dict | None = None, resume: bool = False,
+              restart_unfinished: bool = False) -> RunState:
+        """Begin (or resume) a run with ``settings``: :meth:`check`, then write the record.
+
+        Args:
+            settings, resume, restart_unfinished: as for :meth:`check`.
+            free: values recorded for reference that a resumed run may change.
+
+        Returns:
+            The folder's state before this call (``new``, ``started`` or ``finished``).
+        """
+        settings = normalise(settings)
+        state = self.check(settings, resume, restart_unfinished)
         record = state.record or {"format": RECORD_FORMAT, "stage": self.stage, "settings": settings,
                                   "created": _now(), "version": _version()}
         record["free"] = normalise(free or {})

@@ -5,7 +5,7 @@ A *source order* is a comma list (:func:`parse_sources`):
 =================  ==========================================================================
 ``none``           no saliency view (targets are never asked for)
 ``cache``          every target from the frozen pack; a miss is an error that says how many
-                   images miss and the ``label.py`` command that fixes it
+                   images miss
 ``cache,surrogate`` hits from the pack; the misses of a batch go to the surrogate in one
                    batched call on the training device
 ``cache,exact``    misses are labelled exactly (in worker processes), written back to the
@@ -36,7 +36,21 @@ SOURCE_ORDERS = ("none", "cache", "cache,surrogate", "cache,exact", "surrogate",
 
 
 class MissingPieceError(RuntimeError):
-    """Something the chosen sources need is absent; the message says what to run."""
+    """Something the chosen sources need is absent.
+
+    Attributes:
+        piece: what is missing: ``"cache"`` (no cache or pack), ``"misses"`` (images the cache
+            lacks under ``cache`` alone; ``count`` and ``total``), ``"pack_size"``,
+            ``"surrogate"``, ``"surrogate_size"``, ``"surrogate_fingerprint"``, ``"labeller"`` or
+            ``"write_back"`` (``cache,exact`` without a cache to write to).
+        data: the values the message names (sizes, fingerprints, counts), for the stage that
+            turns the error into the command that fixes it.
+    """
+
+    def __init__(self, message: str, piece: str = "", **data):
+        super().__init__(message)
+        self.piece = piece
+        self.data = data
 
 
 def parse_sources(text: str) -> tuple[str, ...]:
@@ -99,19 +113,16 @@ class TargetRouter:
         image_set: the :class:`~saliencyssl.datasets.ImageSet` (``exact`` labels its originals).
         cache: the :class:`~saliencyssl.cache.TargetCache` that ``cache,exact`` writes back to.
         exact_workers: processes for exact labelling (0 = in this process).
-        data_hint: the data folder, named in error messages.
-        cache_hint: the cache folder, named in error messages.
     """
 
     def __init__(self, sources: str | Sequence[str], image_size: int, *, pack: FrozenPack | None = None,
                  surrogate: TargetPredictor | None = None, labeller=None, image_set=None, cache=None,
-                 exact_workers: int = 0, data_hint: str = "DATA", cache_hint: str = "CACHE_DIR"):
+                 exact_workers: int = 0):
         self.sources = parse_sources(sources) if isinstance(sources, str) else tuple(sources)
         self.image_size = int(image_size)
         self.pack, self.surrogate, self.labeller = pack, surrogate, labeller
         self.image_set, self.cache = image_set, cache
         self.exact_workers = int(exact_workers)
-        self.data_hint, self.cache_hint = data_hint, cache_hint
         self.counters = SourceCounters()
         self._pool = None
 
@@ -122,37 +133,36 @@ class TargetRouter:
 
     def check_ready(self) -> None:
         """Raise :class:`MissingPieceError` if a needed piece is absent (call before training)."""
+        order = ",".join(self.sources)
         if "cache" in self.sources:
             if self.pack is None:
-                raise MissingPieceError(f"--aug-source {','.join(self.sources)} needs a cache: pass --cache CACHE_DIR "
-                                        f"(fill it with: python scripts/label.py {self.data_hint} --cache CACHE_DIR)")
+                raise MissingPieceError(f"targets from {order} need a cache (or a pack)", "cache")
             if self.pack.image_size != self.image_size:
                 raise MissingPieceError(f"the frozen pack holds {self.pack.image_size}px targets but training runs "
-                                        f"at {self.image_size}px; rebuild the pack at --image-size {self.image_size}")
+                                        f"at {self.image_size}px", "pack_size", pack_size=self.pack.image_size)
             if self.sources == ("cache",) and self.pack.report.misses:
-                raise MissingPieceError(
-                    f"{self.pack.report.misses} of {len(self.pack)} images miss in the cache (labeller fingerprint "
-                    f"{self.pack.fingerprint}); label them with: python scripts/label.py {self.data_hint} "
-                    f"--cache {self.cache_hint} (same labeller options), or use --aug-source cache,surrogate or cache,exact")
+                raise MissingPieceError(f"{self.pack.report.misses} of {len(self.pack)} images miss in the cache "
+                                        f"(labeller fingerprint {self.pack.fingerprint})", "misses",
+                                        count=self.pack.report.misses, total=len(self.pack),
+                                        fingerprint=self.pack.fingerprint)
         if "surrogate" in self.sources:
             if self.surrogate is None:
-                raise MissingPieceError(f"--aug-source {','.join(self.sources)} needs a surrogate: pass --surrogate "
-                                        f"RUN_DIR/surrogate.pt (train one with: python scripts/train_surrogate.py "
-                                        f"{self.data_hint} --cache {self.cache_hint} --out RUN_DIR)")
+                raise MissingPieceError(f"targets from {order} need a surrogate", "surrogate")
             if self.surrogate.image_size != self.image_size:
                 raise MissingPieceError(f"the surrogate was trained on {self.surrogate.image_size}px images but "
-                                        f"training runs at {self.image_size}px; train one at that size: python "
-                                        f"scripts/train_surrogate.py {self.data_hint} --cache {self.cache_hint} --size "
-                                        f"{self.image_size} --out RUN_DIR")
+                                        f"training runs at {self.image_size}px", "surrogate_size",
+                                        surrogate_size=self.surrogate.image_size)
             if self.pack is not None and self.surrogate.fingerprint != self.pack.fingerprint:
                 raise MissingPieceError(f"the surrogate learned targets of labeller fingerprint "
-                                        f"{self.surrogate.fingerprint} but the cache holds {self.pack.fingerprint}; "
-                                        f"train the surrogate on this cache or label with the surrogate's options")
+                                        f"{self.surrogate.fingerprint} but the cache holds {self.pack.fingerprint}",
+                                        "surrogate_fingerprint", surrogate=self.surrogate.fingerprint,
+                                        cache=self.pack.fingerprint)
         if "exact" in self.sources:
             if self.labeller is None or self.image_set is None:
-                raise MissingPieceError("--aug-source exact needs the labeller and the data set's original images")
+                raise MissingPieceError("targets from the exact labeller need the labeller and the data set's "
+                                        "original images", "labeller")
             if "cache" in self.sources and self.cache is None:
-                raise MissingPieceError("--aug-source cache,exact writes labels back: pass --cache CACHE_DIR")
+                raise MissingPieceError("targets from cache,exact are written back to a cache", "write_back")
 
     # -- serving -----------------------------------------------------------------------------
     def targets(self, indices: torch.Tensor, images: torch.Tensor) -> TargetBatch | None:
@@ -184,8 +194,8 @@ class TargetRouter:
             self.counters.seconds["cache"] += time.perf_counter() - start
             return out
         if len(self.sources) == 1:
-            raise MissingPieceError(f"{b - n_hit} of {b} images of this batch miss in the cache; label them with: "
-                                    f"python scripts/label.py {self.data_hint} --cache {self.cache_hint}")
+            raise MissingPieceError(f"{b - n_hit} of {b} images of this batch miss in the cache", "misses",
+                                    count=b - n_hit, total=b, fingerprint=self.pack.fingerprint)
         hit_pos = torch.nonzero(present).flatten()
         miss_pos = torch.nonzero(~present).flatten()
         parts, order = [], []

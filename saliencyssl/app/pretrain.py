@@ -19,6 +19,10 @@ policy (:class:`~saliencyssl.augment.SSLAugmentation`), the ResNet-18 and its me
   scaler and every RNG state), so ``resume=True`` continues exactly where a run stopped;
 - at the end ``RUN_DIR/backbone.pt`` for the evaluation tools.
 
+``RUN_DIR`` is a :class:`~saliencyssl.app.rundir.RunDir`: its ``run.json`` records the settings
+that make the run (:func:`pretrain_settings`); a resume with other settings is refused naming
+each difference, and the grid asks the same record whether a cell is done or stale.
+
 Under ``torchrun`` each process takes its share of every epoch's permutation, the method
 gathers what its loss needs across processes, and rank 0 alone writes files. On the CPU a
 run is reproducible from its seed.
@@ -26,9 +30,11 @@ run is reproducible from its seed.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,24 +43,30 @@ from typing import Any
 import numpy as np
 import torch
 
-from saliencyssl.augment import (FrozenPack, MissingPieceError, SSLAugmentation, TargetRouter, TrainingImages,
-                                 parse_policy, parse_sources, policy_summary)
-from saliencyssl.datasets import open_image_set
+from saliencyssl.app.options import add_labeller_options, fail, missing_piece_advice
+from saliencyssl.app.rundir import RunDir, RunExistsError
+from saliencyssl.augment import (PRESETS, SOURCE_ORDERS, FrozenPack, MissingPieceError, SSLAugmentation, TargetRouter,
+                                 TrainingImages, parse_policy, parse_sources, policy_summary)
+from saliencyssl.cache.packfile import PackError
+from saliencyssl.datasets import check_image_size, open_image_set
 from saliencyssl.precision import autocast_dtype
 from saliencyssl.saliency import Labeller, LabellerConfig
-from saliencyssl.saliency.options import LABELLER_OPTIONS
+from saliencyssl.saliency.params import LABELLER_OPTIONS
 from saliencyssl.ssl.backbone import resnet18_backbone, save_backbone, uses_cifar_stem
 from saliencyssl.ssl.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from saliencyssl.ssl.registry import METHODS
 from saliencyssl.target import TargetBatch
 
 log = logging.getLogger(__name__)
+
+SUMMARY = "self-supervised pretraining of a ResNet-18 (SimCLR, BYOL, DetCon, ...) with the views of a policy"
 
 CHECKPOINT_FORMAT = "saliency-ssl-pretrain-1"
 
 
 @dataclass
 class PretrainConfig:
-    """Everything a pretraining run depends on (``scripts/pretrain.py``'s options).
+    """Everything a pretraining run depends on (``saliency-ssl pretrain``'s options), checked when built.
 
     ``batch_size`` is the global batch; under torchrun each of N processes takes
     ``batch_size / N``. ``limit`` keeps N images evenly spaced through the set (all classes). ``workers`` is the
@@ -91,9 +103,63 @@ class PretrainConfig:
     limit: int | None = None
     progress: bool = True
     tensorboard: bool = True
+    pack_verified: bool = False
+
+    def __post_init__(self) -> None:
+        from saliencyssl.ssl.registry import check_method_options, method_class
+
+        if self.epochs < 1:
+            raise ValueError(f"--epochs must be at least 1, got {self.epochs}")
+        check_image_size(self.image_size, "--image-size")
+        if self.batch_size < 2:
+            raise ValueError(f"--batch-size {self.batch_size}: every method compares the images of a batch; give 2 "
+                             f"or more")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit {self.limit}: give at least 1 image (or leave it out for all)")
+        if self.workers < 0:
+            raise ValueError(f"--workers {self.workers}: give 0 (this process) or more processes")
+        if self.knn_every < 1:
+            raise ValueError(f"--knn-every {self.knn_every}: give a number of epochs, at least 1")
+        if bool(self.knn_train) != bool(self.knn_test):
+            raise ValueError("kNN monitoring needs both --knn-train and --knn-test")
+        method_class(self.method)  # an unknown method, named with the choices
+        check_method_options(self.method, dict(self.method_options or {}))
+        self.policy_config = parse_policy(self.policy)
+        self.sources = parse_sources(self.aug_source)
+        self.labeller_config()  # a bad labeller option
 
     def labeller_config(self) -> LabellerConfig:
         return LabellerConfig(**{name: getattr(self, name) for name in LABELLER_OPTIONS})
+
+    @property
+    def reads_targets(self) -> bool:
+        """The policy draws views from targets, or the method pools its loss over them (DetCon)."""
+        from saliencyssl.ssl.registry import method_class
+
+        return self.policy_config.uses_targets or method_class(self.method).needs_targets
+
+
+def pretrain_settings(config: PretrainConfig) -> tuple[dict, dict]:
+    """``(settings, free)`` of a run for its :class:`~saliencyssl.app.rundir.RunDir`.
+
+    Settings make the run what it is (a resume with another value would train another network):
+    method and its changed options, policy, data folder, image size, batch, epochs, rate, seed,
+    limit and, where targets are read, where they come from and the labeller's fingerprint. Free
+    values (device, precision, workers, kNN monitoring, where the cache or surrogate lies) may
+    change when a run resumes.
+    """
+    from saliencyssl.ssl.registry import changed_method_options
+
+    settings = {"method": config.method, "policy": config.policy, "data": str(Path(config.data).resolve()),
+                "image_size": config.image_size, "batch_size": config.batch_size, "epochs": config.epochs,
+                "lr": config.lr, "seed": config.seed, "limit": config.limit,
+                "method_options": changed_method_options(config.method, config.method_options)}
+    if config.reads_targets and config.sources != ("none",):
+        settings["aug_source"] = ",".join(config.sources)
+        settings["labeller_fingerprint"] = config.labeller_config().fingerprint()
+    free = {"device": config.device, "amp": config.amp, "workers": config.workers, "cache": config.cache,
+            "pack": config.pack, "surrogate": config.surrogate, "knn_every": config.knn_every}
+    return settings, free
 
 
 @dataclass
@@ -129,12 +195,18 @@ class Pretrainer:
         self.dist = dist_info or init_distributed(config.device)
         self.device = self.dist.device
         self.out = Path(config.out)
-        if not config.resume and self.checkpoint_path.is_file():
-            raise ValueError(f"{self.out} already holds a run ({self.checkpoint_path.name}); pass --resume to continue "
-                             f"it, or choose another --out (delete the folder to start it again)")
+        self.run_dir = RunDir(self.out, "pretrain")
+        settings, free = pretrain_settings(config)
+        # A resume with other settings (or a new run into a used folder) is refused before any work;
+        # the record is written once the run's pieces are all there, before any other file.
+        self.run_state = self.run_dir.check(settings, resume=config.resume)
         self.history: list[EpochRecord] = []
         self.start_epoch = 0
         self._setup()
+        if self.dist.is_main:
+            self.run_dir.start(settings, free, resume=config.resume)
+        barrier(self.dist)
+        self._open_outputs()
 
     # -- setup ------------------------------------------------------------------------------------
     def _say(self, message: str) -> None:
@@ -143,8 +215,6 @@ class Pretrainer:
 
     def _setup(self) -> None:
         c = self.config
-        if c.epochs < 1:
-            raise ValueError(f"--epochs must be at least 1, got {c.epochs}")
         from saliencyssl.ssl.registry import check_method_options, method_class
 
         hparams = check_method_options(c.method, dict(c.method_options or {}))
@@ -160,7 +230,7 @@ class Pretrainer:
                 raise MissingPieceError(
                     f"--method {c.method} pools its loss over each view's masks ({hparams.get('masks', 'regions')}: "
                     f"the targets warped with the view) but --aug-source is none; choose --aug-source cache (fill "
-                    f"the cache with: python scripts/label.py {c.data} --cache CACHE_DIR), cache,surrogate or "
+                    f"the cache with: saliency-ssl label {c.data} --cache CACHE_DIR), cache,surrogate or "
                     f"surrogate, or a method without masks (e.g. --method simclr)")
             if policy_reads:
                 raise MissingPieceError(f"policy {c.policy!r} reads targets (saliency views, guided crops or "
@@ -228,18 +298,17 @@ class Pretrainer:
         self.knn = None
         if c.knn_train and c.knn_test:
             self.knn = self._knn_sets(c.knn_train, c.knn_test)
-        elif bool(c.knn_train) != bool(c.knn_test):
-            raise ValueError("kNN monitoring needs both --knn-train and --knn-test")
 
-        self.writer = None
-        if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            if c.tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(self.out / "tb"))
-        if c.resume:
+        if self.run_state.status != "new" and self.checkpoint_path.is_file():
             self._resume()
+
+    def _open_outputs(self) -> None:
+        """The TensorBoard writer (rank 0), once the run record is written."""
+        self.writer = None
+        if self.dist.is_main and self.config.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out / "tb"))
 
     def _build_router(self) -> TargetRouter:
         c = self.config
@@ -249,13 +318,14 @@ class Pretrainer:
             if c.pack:
                 from saliencyssl.augment.pack import load_pack
 
-                pack = load_pack(c.pack, self.images.hashes, c.image_size, expect_fingerprint=fingerprint)
+                pack = load_pack(c.pack, self.images.hashes, c.image_size, expect_fingerprint=fingerprint,
+                                 verify=not c.pack_verified)
             elif c.cache:
                 from saliencyssl.cache import TargetCache
 
                 if "exact" not in self.sources and not TargetCache.exists(c.cache):
                     raise MissingPieceError(f"--cache {c.cache} is not a cache folder (no cache.db); fill it with: "
-                                            f"python scripts/label.py {c.data} --cache {c.cache}")
+                                            f"saliency-ssl label {c.data} --cache {c.cache}")
                 cache = TargetCache(c.cache, fingerprint, params=self.labeller.config.params())
                 pack = FrozenPack.build(self.images.hashes, cache, c.image_size, progress=self.dist.is_main)
             if pack is not None:
@@ -267,8 +337,7 @@ class Pretrainer:
             surrogate = Surrogate.load(c.surrogate, device=self.device, expect_fingerprint=fingerprint,
                                        expect_image_size=c.image_size)
         return TargetRouter(self.sources, c.image_size, pack=pack, surrogate=surrogate, labeller=self.labeller,
-                            image_set=self.image_set, cache=cache, exact_workers=c.workers, data_hint=str(c.data),
-                            cache_hint=str(c.cache) if c.cache else "CACHE_DIR")
+                            image_set=self.image_set, cache=cache, exact_workers=c.workers)
 
     def _knn_sets(self, train: str, test: str) -> dict:
         sets = {}
@@ -300,10 +369,8 @@ class Pretrainer:
         tmp.replace(self.checkpoint_path)
 
     def _resume(self) -> None:
+        """Restore the checkpoint of a run whose settings the run record found equal to this one's."""
         path = self.checkpoint_path
-        if not path.is_file():
-            self._say(f"--resume: no checkpoint at {path}; starting from epoch 1")
-            return
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # unpickling errors have no common base class
@@ -312,28 +379,6 @@ class Pretrainer:
                              f"another --out") from error
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is not a saliency-ssl pretraining checkpoint; remove it or choose another --out")
-        saved = state["config"]
-        # Everything that shapes the run must be as it was: the restored optimiser and schedule would
-        # override a new --lr, another --seed or --limit reorders the remaining batches, and
-        # backbone.pt would record values the run did not use.
-        keys = ["method", "image_size", "batch_size", "epochs", "lr", "seed", "limit", "data", "policy"]
-        if self.sources != ("none",):  # where targets are read (none if neither the policy nor the method reads any)
-            keys += ["aug_source", *LABELLER_OPTIONS]
-        for key in keys:
-            was, now = saved.get(key), getattr(self.config, key)
-            if key == "data" and was is not None:
-                was, now = str(Path(was).resolve()), str(Path(now).resolve())
-            if key in saved and was != now:
-                raise ValueError(f"{path} was written with --{key.replace('_', '-')} {saved.get(key)}, this run has "
-                                 f"{getattr(self.config, key)}; resume with the same value or use another --out")
-        from saliencyssl.ssl.registry import changed_method_options
-
-        saved_options, options = saved.get("method_options") or {}, self.config.method_options or {}
-        if changed_method_options(self.config.method, saved_options) != changed_method_options(self.config.method,
-                                                                                               options):
-            raise ValueError(f"{path} was written with --method-option {format_method_options(saved_options)}, this "
-                             f"run has {format_method_options(options)}; resume with the same options or use another "
-                             f"--out")
         try:
             self.method.load_state_dict(state["method"])
         except RuntimeError as error:
@@ -533,6 +578,9 @@ class Pretrainer:
                 "method_options": dict(c.method_options or {}), "method_hparams": dict(self.method.hparams),
                 "labeller_fingerprint": self.labeller.fingerprint,
                 "final_knn_accuracy": self.history[-1].knn_accuracy if self.history else None})
+            self.run_dir.finish(backbone=path.name, epochs=len(self.history),
+                                final_loss=self.history[-1].loss if self.history else None,
+                                final_knn_accuracy=self.history[-1].knn_accuracy if self.history else None)
             print(f"wrote {path}", flush=True)
         return PretrainResult(path, self.history)
 
@@ -593,3 +641,90 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- the command line -------------------------------------------------------------------------
+CLI_DOC = """"""
+
+
+def _method_defaults() -> str:
+    lines = []
+    for name in sorted(METHODS):
+        hparams = {k: v for k, v in METHODS[name].default_hparams().items() if k != "feature_dim"}
+        lines.append(f"  {name + ':':15} " + ", ".join(f"{k}={json.dumps(v)}" for k, v in hparams.items()))
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="saliency-ssl pretrain",
+                                description=CLI_DOC.replace("{method_defaults}", _method_defaults()),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="image folder (class sub-folders optional) or CIFAR-10 python batches")
+    p.add_argument("--method", required=True, choices=sorted(METHODS), help="SSL method (lightly's losses and heads)")
+    p.add_argument("--aug-source", default="cache", choices=SOURCE_ORDERS, metavar="SOURCES",
+                   help=f"where targets come from: {' | '.join(SOURCE_ORDERS)} (see above; default %(default)s)")
+    p.add_argument("--policy", default="sal+default", help=f"augmentation policy: {', '.join(PRESETS)} or free (default %(default)s)")
+    p.add_argument("--cache", help="target cache folder (from saliency-ssl label)")
+    p.add_argument("--pack", help="portable pack file (saliency-ssl cache export) instead of --cache; its checksum is verified first")
+    p.add_argument("--surrogate", help="surrogate checkpoint (RUN_DIR/surrogate.pt from saliency-ssl train-surrogate)")
+    p.add_argument("--epochs", type=int, required=True, help="passes over the data (the cosine schedule spans them)")
+    p.add_argument("--batch-size", type=int, default=128, help="global batch size, split over torchrun processes (default %(default)s)")
+    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, history.json, tb/, backbone.pt")
+    p.add_argument("--image-size", type=int, default=32, help="training side length; <= 64 uses the CIFAR stem (default %(default)s)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where to train (default %(default)s); under torchrun each process takes its local GPU")
+    p.add_argument("--amp", action="store_true",
+                   help="reduced precision: fp16 autocast with a grad scaler on CUDA (fine on old GPUs); bf16 "
+                        "autocast on a CPU with native bf16 (AVX512-BF16/AMX: about 2x faster steps), float32 on "
+                        "other CPUs")
+    p.add_argument("--workers", type=int, default=0, help="processes for exact labelling with --aug-source exact or cache,exact (default %(default)s: in this process)")
+    p.add_argument("--knn-train", help="labelled folder: kNN bank for monitoring")
+    p.add_argument("--knn-test", help="labelled folder: kNN queries for monitoring")
+    p.add_argument("--knn-every", type=int, default=1, help="epochs between kNN evaluations (default %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds weights, batch order and augmentations; a CPU run is reproducible from it (default %(default)s)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the method's recipe)")
+    p.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="replace one of the method's hyperparameters, e.g. momentum_start=0.9 for BYOL (repeatable; "
+                        "the names and defaults are listed above); recorded in backbone.pt")
+    p.add_argument("--limit", type=int, default=None, help="use N images evenly spaced through the set (keeps every class)")
+    add_labeller_options(p)
+    p.add_argument("--pack-verified", action="store_true",
+                   help="skip the --pack checksum (only for a pack verified just before, e.g. by saliency-ssl cache "
+                        "verify)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = PretrainConfig(
+            data=args.data, out=args.out, method=args.method, aug_source=args.aug_source, policy=args.policy,
+            epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size, cache=args.cache,
+            pack=args.pack, surrogate=args.surrogate, device=args.device, amp=args.amp, workers=args.workers,
+            knn_train=args.knn_train, knn_test=args.knn_test, knn_every=args.knn_every, resume=args.resume,
+            seed=args.seed, lr=args.lr, method_options=parse_method_options(args.method_option), scale=args.scale,
+            max_side=args.max_side, min_side=args.min_side, cut_engine=args.cut_engine, limit=args.limit,
+            progress=not args.quiet, pack_verified=args.pack_verified)
+        trainer = Pretrainer(config)
+    except RunExistsError as error:
+        return fail(f"{error}: pass --resume to continue it, choose another --out, or delete the folder to start "
+                    f"again" if "already holds" in str(error) else str(error))
+    except MissingPieceError as error:
+        return fail(f"{error}; {missing_piece_advice(error, config.data, config.cache, config.labeller_config(), config.image_size)}")
+    except (OSError, ValueError, PackError) as error:  # OSError: a cache.db that cannot be opened
+        return fail(str(error))
+    from saliencyssl.ssl.distributed import cleanup
+
+    try:
+        trainer.run()
+    finally:
+        cleanup(trainer.dist)
+    return 0
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

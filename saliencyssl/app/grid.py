@@ -1,0 +1,576 @@
+"""The experiment grid: methods x policies, each pretrained and evaluated at label fractions.
+
+A grid is a JSON file (:class:`GridConfig`); :func:`run_grid` works through its cells:
+
+1. label the pretraining images into the cache (skipping what it holds) when a cell reads
+   targets (its policy draws views from them, or its method pools its loss over them);
+2. per cell (method, policy) and pretraining seed: pretrain (``RUN/runs/<method>__<policy>/backbone.pt``,
+   ``...__seed<S>`` for seeds after the first), then evaluate
+   (``RUN/evals/<method>__<policy>/results.json``). Both folders are run folders
+   (:class:`~saliencyssl.app.rundir.RunDir`): a finished one made with the settings the config asks
+   for is skipped, an interrupted run resumes from its checkpoint, and one made with other
+   settings stops the grid (:class:`StaleCellError`, naming each difference) before anything is
+   written;
+3. the baselines (``random``: a randomly initialised ResNet-18, the starting point of a run with the
+   same seed) are evaluated the same way, once per pretraining seed;
+4. everything is collected into ``RUN/grid_results.csv``, ``RUN/grid_results.md`` and one plot
+   per method and protocol with one line per policy (the paper's Fig. 11 style;
+   :mod:`saliencyssl.eval.gridtable`). A cell pretrained
+   with several seeds (``pretrain_seeds``) is one row: the mean over its runs, the spread over
+   label subsets and the spread over pretraining seeds side by side.
+
+With ``pretrain_seeds: [0, 1, 2]`` the first seed's runs keep the plain folder names above and the
+others add ``__seed<S>`` (``runs/simclr__default__seed1``, ``evals/random__seed1``), so seeds can be
+added to a finished one-seed grid without pretraining it again.
+
+Paths in the config are relative to the current directory (run from the repository root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from saliencyssl.app.options import fail, missing_piece_advice
+from saliencyssl.app.rundir import RunDir, RunDirError, describe
+from saliencyssl.augment import MissingPieceError, parse_policy
+from saliencyssl.augment.router import parse_sources
+from saliencyssl.eval.gridtable import plot_monitored_knn, plot_rows, result_rows, rows_markdown, write_rows_csv
+from saliencyssl.saliency.params import LABELLER_OPTIONS
+
+SUMMARY = "methods x policies, each pretrained and evaluated at label fractions (resumable)"
+_PRETRAIN_KEYS = {"image_size", "epochs", "batch_size", "limit", "device", "amp", "aug_source", "surrogate", "seed",
+                  "lr", "knn_every", "workers"}
+_EVAL_KEYS = {"fractions", "protocols", "seeds", "train_limit", "test_limit", "device", "batch_size", "knn_k", "no_cache",
+              "cache_dir"}
+
+
+@dataclass
+class GridConfig:
+    """One grid (see ``configs/*.json``).
+
+    Attributes:
+        name: shown in reports.
+        out: the grid's folder.
+        train, test: labelled image folders (pretraining uses ``train``'s images without labels).
+        cache: the target cache folder.
+        methods, policies: the grid's axes: every method with every policy (leave both out with ``cells``).
+        pretrain: :class:`~saliencyssl.ssl.pretrain.PretrainConfig` fields shared by every cell;
+            ``knn_every: N`` monitors kNN accuracy every N epochs on ``train`` / ``test``.
+        evaluation: :class:`~saliencyssl.eval.classification.ClassificationSettings` fields.
+        labeller: labeller options (``min_side``, ``scale``, ``max_side``, ``cut_engine``).
+        baselines: ``["random"]`` or ``[]``.
+        cells: explicit ``[method, policy]`` pairs to run instead of every method with every policy.
+        pretrain_seeds: pretrain every cell once per seed (instead of ``pretrain.seed``, which
+            must then be left out); the results report the spread over these runs.
+        evaluation_name: the folder of the evaluations under ``out`` (default ``evals``); a second
+            config with the same ``out`` and ``pretrain`` but another ``evaluation_name`` evaluates
+            the same backbones another way without pretraining them again; its table and plots
+            are named after it (:attr:`results_stem`).
+        results_name: the prefix of the table and plot files instead (:attr:`results_stem`), for a
+            config that shares ``out`` and ``evaluation_name`` with another (it reuses their runs
+            and evaluations) and must not overwrite the other's table.
+        method_options: per method, hyperparameters replacing its defaults (``pretrain.py
+            --method-option``), e.g. ``{"byol": {"momentum_start": 0.9}}``; recorded in each backbone,
+            so a cell pretrained with other options is stale.
+    """
+
+    name: str
+    out: str
+    train: str
+    test: str
+    cache: str
+    methods: list[str] = field(default_factory=list)
+    policies: list[str] = field(default_factory=list)
+    pretrain: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    labeller: dict[str, Any] = field(default_factory=dict)
+    baselines: list[str] = field(default_factory=lambda: ["random"])
+    description: str = ""
+    cells: list[list[str]] | None = None
+    evaluation_name: str = "evals"
+    pretrain_seeds: list[int] | None = None
+    results_name: str | None = None
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> list[int]:
+        """The pretraining seeds: ``pretrain_seeds``, else ``[pretrain.seed]`` (default 0)."""
+        return list(self.pretrain_seeds) if self.pretrain_seeds is not None else [int(self.pretrain.get("seed", 0))]
+
+    @property
+    def image_size(self) -> int:
+        """The side length every cell is pretrained and evaluated at (``pretrain.image_size``, default 32)."""
+        return int(self.pretrain.get("image_size", 32))
+
+    def random_eval_dir(self, seed: int | None = None) -> Path:
+        """Where the random-init baseline of pretraining seed ``seed`` (default: the first) is evaluated."""
+        return Path(self.out) / self.evaluation_name / ("random" + _seed_suffix(self, seed))
+
+    @property
+    def results_stem(self) -> str:
+        """Prefix of the table and plot files in ``out``: ``results_name``, else ``grid``, or
+        ``evaluation_name`` when that is set."""
+        if self.results_name is not None:
+            return self.results_name
+        return "grid" if self.evaluation_name == "evals" else self.evaluation_name
+
+    @classmethod
+    def load(cls, path: str | Path) -> "GridConfig":
+        """Read and check a grid file; errors name the file and the key."""
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"grid config {path} not found (see configs/ for examples)") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from error
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
+        missing = sorted(f.name for f in fields(cls)
+                         if f.default is MISSING and f.default_factory is MISSING and f.name not in raw)
+        if missing:
+            raise ValueError(f"{path}: missing keys {missing}")
+        config = cls(**raw)
+        for key, allowed, section in (("pretrain", _PRETRAIN_KEYS, config.pretrain),
+                                      ("evaluation", _EVAL_KEYS, config.evaluation)):
+            bad = sorted(set(section) - allowed)
+            if bad:
+                raise ValueError(f"{path}: unknown {key} keys {bad}; allowed: {sorted(allowed)}")
+        from saliencyssl.saliency import LabellerConfig
+
+        if not isinstance(config.labeller, dict) or set(config.labeller) - set(LABELLER_OPTIONS):
+            unknown = sorted(set(config.labeller) - set(LABELLER_OPTIONS)) if isinstance(config.labeller, dict) else []
+            raise ValueError(f"{path}: labeller must be an object with keys among {', '.join(LABELLER_OPTIONS)}"
+                             + (f"; unknown: {unknown}" if unknown else ""))
+        try:
+            LabellerConfig(**config.labeller)
+        except (TypeError, ValueError, OverflowError) as error:
+            raise ValueError(f"{path}: labeller: {error}") from None
+        from saliencyssl.app.pretrain import PretrainConfig
+
+        batch = config.pretrain.get("batch_size", PretrainConfig.__dataclass_fields__["batch_size"].default)
+        limit = config.pretrain.get("limit")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"{path}: pretrain.limit must be a whole number of images, at least 1 (or left out "
+                             f"for all of them), got {limit!r}")
+        if limit is not None and batch > limit and (config.cells or config.methods):
+            raise ValueError(f"{path}: pretrain.batch_size {batch} is larger than pretrain.limit {limit}: not one "
+                             f"full batch per epoch; lower the batch size")
+        if "aug_source" in config.pretrain:
+            try:
+                sources = parse_sources(config.pretrain["aug_source"])
+            except ValueError as error:
+                raise ValueError(f"{path}: pretrain.aug_source: {error}") from None
+            if "surrogate" in sources and not config.pretrain.get("surrogate"):
+                raise ValueError(f"{path}: pretrain.aug_source {config.pretrain['aug_source']!r} needs "
+                                 f"pretrain.surrogate (a RUN_DIR/surrogate.pt of scripts/train_surrogate.py)")
+        if config.pretrain_seeds is not None:
+            seeds = config.pretrain_seeds
+            if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) \
+                    or len(set(seeds)) != len(seeds):
+                raise ValueError(f"{path}: pretrain_seeds must be a non-empty list of distinct integers, got {seeds!r}")
+            if "seed" in config.pretrain:
+                raise ValueError(f"{path}: give either pretrain_seeds or pretrain.seed, not both")
+        if config.results_name is not None and (
+                not isinstance(config.results_name, str)
+                or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", config.results_name)):
+            raise ValueError(f"{path}: results_name must be a file-name prefix (letters, digits, _ . -), "
+                             f"got {config.results_name!r}")
+        for policy in config.policies:
+            try:
+                parse_policy(policy)
+            except ValueError as error:
+                raise ValueError(f"{path}: policy {policy!r}: {error}") from error
+        from saliencyssl.ssl.registry import METHODS
+
+        if config.cells is not None and (config.methods or config.policies):
+            raise ValueError(f"{path}: give either cells or methods and policies, not both")
+        if bool(config.methods) != bool(config.policies):
+            raise ValueError(f"{path}: give both methods and policies (every method with every policy), or cells")
+        if not (config.cells or config.methods) and not config.baselines:
+            raise ValueError(f"{path}: nothing to run: give methods and policies (every method with every "
+                             f"policy), or cells ([method, policy] pairs)")
+        pairs = [tuple(c) for c in config.cells] if config.cells is not None else []
+        if any(len(p) != 2 for p in pairs):
+            raise ValueError(f"{path}: cells must be [method, policy] pairs")
+        for name, values in (("cells", pairs), ("methods", config.methods), ("policies", config.policies),
+                             ("baselines", config.baselines)):
+            repeated = sorted({str(v) for v in values if values.count(v) > 1})
+            if repeated:
+                raise ValueError(f"{path}: {name} lists {', '.join(repeated)} more than once")
+        for method in set(config.methods) | {m for m, _ in pairs}:
+            if method not in METHODS:
+                raise ValueError(f"{path}: unknown method {method!r}; choose from {sorted(METHODS)}")
+        for _, policy in pairs:
+            try:
+                parse_policy(policy)
+            except ValueError as error:
+                raise ValueError(f"{path}: policy {policy!r}: {error}") from error
+        _check_method_options(path, config, set(config.methods) | {m for m, _ in pairs})
+        return config
+
+
+def _check_method_options(path: Path, config: GridConfig, methods: set[str]) -> None:
+    from saliencyssl.ssl.registry import check_method_options
+
+    if not isinstance(config.method_options, dict):
+        raise ValueError(f"{path}: method_options must map a method to its options, e.g. "
+                         f'{{"byol": {{"momentum_start": 0.9}}}}')
+    for method, options in config.method_options.items():
+        if method not in methods:
+            raise ValueError(f"{path}: method_options names {method!r}, which no cell of the grid pretrains "
+                             f"(its methods: {', '.join(sorted(methods)) or 'none'})")
+        if not isinstance(options, dict):
+            raise ValueError(f"{path}: method_options[{method!r}] must be an object of hyperparameters, "
+                             f"got {options!r}")
+        try:
+            check_method_options(method, options)
+        except ValueError as error:
+            raise ValueError(f"{path}: method_options: {error}") from error
+
+
+@dataclass
+class Cell:
+    """One pretraining run of the grid: a method with a policy and a seed, and where it lives."""
+
+    method: str
+    policy: str
+    run_dir: Path
+    eval_dir: Path
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        """The cell's folder name under ``runs/`` and the evaluation folder, e.g. ``simclr__default__seed1``."""
+        return self.run_dir.name
+
+
+def _slug(policy: str) -> str:
+    return policy.replace("+", "_plus_").replace(",", "__").replace("=", "-")
+
+
+def _seed_suffix(config: GridConfig, seed: int | None) -> str:
+    """``""`` for the first pretraining seed (the plain folder names), ``"__seed<S>"`` for the others."""
+    return "" if seed is None or seed == config.seeds[0] else f"__seed{seed}"
+
+
+def cells(config: GridConfig) -> list[Cell]:
+    """Every run of the grid: each (method, policy) pair once per pretraining seed, seeds innermost."""
+    out = Path(config.out)
+    pairs = [tuple(c) for c in config.cells] if config.cells is not None else \
+        [(m, p) for m in config.methods for p in config.policies]
+    runs = []
+    for m, p in pairs:
+        for seed in config.seeds:
+            name = f"{m}__{_slug(p)}{_seed_suffix(config, seed)}"
+            runs.append(Cell(m, p, out / "runs" / name, out / config.evaluation_name / name, seed))
+    return runs
+
+
+def _label(config: GridConfig, pretrain: dict, progress: bool = True) -> None:
+    from saliencyssl.cache import TargetCache
+    from saliencyssl.cache.executors import default_workers, make_executor
+    from saliencyssl.cache.labelling import label_folder
+    from saliencyssl.datasets import open_image_set
+    from saliencyssl.saliency import LabellerConfig
+
+    labeller = LabellerConfig(**config.labeller)
+    image_set = open_image_set(config.train, keep_decoded=False)
+    if pretrain.get("limit"):
+        image_set = image_set.spread(int(pretrain["limit"]))
+    paths = image_set.paths
+    cache = TargetCache(config.cache, labeller.fingerprint(), params=labeller.params())
+    if paths is None:  # CIFAR batches: label in this process
+        for i, h in enumerate(image_set.hashes()):
+            if h not in cache:
+                from saliencyssl.saliency import Labeller
+
+                cache.put(h, Labeller(labeller)(image_set.image(i)))
+        return
+    executor = make_executor(default_workers())
+    try:
+        summary = label_folder(config.train, cache, labeller, executor=executor, paths=paths, progress=progress)
+    finally:
+        executor.close()
+    print(f"labelling: {summary.labelled} labelled now, {summary.cached} already cached, {summary.duplicates} "
+          f"duplicates, {len(summary.failed)} failed; no object in {summary.no_object_share:.1%}", flush=True)
+
+
+def cell_pretrain_config(config: GridConfig, cell: Cell, progress: bool = True):
+    """The :class:`~saliencyssl.app.pretrain.PretrainConfig` of a cell: the grid's shared ``pretrain``
+    settings, the cell's method, policy and seed, and targets from the cache when it reads any."""
+    from saliencyssl.app.pretrain import PretrainConfig
+
+    settings = dict(config.pretrain, image_size=config.image_size, seed=cell.seed)
+    aug_source = settings.pop("aug_source", "cache") if _reads_targets(cell) else "none"
+    if settings.get("knn_every"):  # monitor kNN during pretraining on the grid's own train/test sets
+        settings.update(knn_train=config.train, knn_test=config.test)
+    return PretrainConfig(data=config.train, out=str(cell.run_dir), method=cell.method, policy=cell.policy,
+                          aug_source=aug_source, cache=config.cache, progress=progress,
+                          method_options=dict(config.method_options.get(cell.method, {})),
+                          resume=True, **config.labeller, **settings)
+
+
+def cell_evaluate_config(config: GridConfig, backbone: str, out: Path, backbone_seed: int = 0, progress: bool = True):
+    """The :class:`~saliencyssl.app.evaluate.EvaluateConfig` of a cell's (or a baseline's) evaluation."""
+    from saliencyssl.app.evaluate import EvaluateConfig
+
+    e = dict(config.evaluation)
+    protocols = e.pop("protocols", ["linear", "knn"])
+    return EvaluateConfig(backbone=backbone, test=config.test, train=config.train, out=out, protocols=list(protocols),
+                          image_size=config.image_size, tsne_points=0, backbone_seed=backbone_seed,
+                          progress=progress, **e)
+
+
+def _reads_targets(cell: Cell) -> bool:
+    """The cell's policy draws views from targets, or its method pools its loss over them (DetCon)."""
+    from saliencyssl.ssl.registry import method_class
+
+    return parse_policy(cell.policy).uses_targets or method_class(cell.method).needs_targets
+
+
+class StaleCellError(ValueError):
+    """A cell's run or evaluation was made with other settings than the grid config now asks for.
+
+    ``differences`` lists them (``"epochs 1 (now 3)"``).
+    """
+
+    def __init__(self, message: str, differences: list[str] | None = None):
+        super().__init__(message)
+        self.differences = list(differences or [])
+
+
+def _stale(folder: Path, state, what: str) -> StaleCellError:
+    why = (" (its targets came from another labeller version or other labeller options; `run_grid.py "
+           "--collect-only` still tabulates the finished runs as they are)"
+           if any(d.key == "labeller_fingerprint" for d in state.differences) else "")
+    return StaleCellError(f"{folder} holds {what} made with other settings than the grid config asks for: "
+                          f"{describe(state.differences)}{why}. Delete {folder} to redo it with the new settings, or "
+                          f"give the grid another \"out\" folder to keep both", [str(d) for d in state.differences])
+
+
+def _pretraining_state(config: GridConfig, cell: Cell):
+    from saliencyssl.app.pretrain import pretrain_settings
+
+    return RunDir(cell.run_dir, "pretrain").state(pretrain_settings(cell_pretrain_config(config, cell))[0])
+
+
+def _evaluation_state(config: GridConfig, backbone: str, folder: Path, seed: int = 0):
+    from saliencyssl.app.evaluate import evaluation_settings
+
+    return RunDir(folder, "evaluate").state(evaluation_settings(cell_evaluate_config(config, backbone, folder, seed)))
+
+
+def check_finished_cell(config: GridConfig, cell: Cell) -> list[str]:
+    """The steps ``cell`` has finished (``pretrained``, ``evaluated``), each checked against the
+    config's settings through its run record (:class:`StaleCellError` when one differs)."""
+    done = []
+    state = _pretraining_state(config, cell)
+    if state.stale:
+        raise _stale(cell.run_dir, state, "a pretraining run")
+    if state.finished:
+        done.append("pretrained")
+        evaluation = _evaluation_state(config, str(cell.run_dir / "backbone.pt"), cell.eval_dir)
+        if evaluation.stale and evaluation.status == "finished":
+            raise _stale(cell.eval_dir, evaluation, "an evaluation")
+        if evaluation.finished:
+            done.append("evaluated")
+    return done
+
+
+def check_finished_cells(config: GridConfig) -> None:
+    """Check every finished cell and baseline of ``config`` against its settings, before anything is written
+    (:class:`StaleCellError` on the first that differs)."""
+    for cell in cells(config):
+        check_finished_cell(config, cell)
+    for seed in config.seeds if "random" in config.baselines else []:
+        folder = config.random_eval_dir(seed)
+        state = _evaluation_state(config, "random", folder, seed)
+        if state.stale and state.status == "finished":
+            raise _stale(folder, state, "an evaluation")
+
+
+def cell_state(config: GridConfig, cell: Cell) -> str:
+    """How far ``cell`` got, for ``--list``: ``to do``, ``pretraining started ...``, ``pretrained``,
+    ``pretrained, evaluated``, or ``stale: ...`` with the settings that differ."""
+    try:
+        done = check_finished_cell(config, cell)
+    except StaleCellError as error:
+        return "stale: " + ("; ".join(error.differences) or str(error))
+    except RunDirError as error:
+        return f"unreadable: {error}"
+    if not done and RunDir(cell.run_dir, "pretrain").read() is not None:
+        return "pretraining started (running, or interrupted: it resumes from checkpoint.pt)"
+    return ", ".join(done) or "to do"
+
+
+def select_cells(config: GridConfig, names: list[str]) -> list[Cell]:
+    """The cells of ``config`` with these folder names (:attr:`Cell.name`), in the config's order;
+    a name the grid does not have raises ``ValueError`` listing the names it has."""
+    every = cells(config)
+    unknown = [n for n in names if n not in {c.name for c in every}]
+    if unknown:
+        raise ValueError(f"no cell named {', '.join(unknown)} in this grid; its cells: "
+                         f"{', '.join(c.name for c in every)}")
+    return [c for c in every if c.name in names]
+
+
+def run_grid(config: GridConfig, progress: bool = True, only: list[str] | None = None) -> list[dict]:
+    """Run every unfinished cell and the baselines, then collect the results (see the module docstring).
+
+    ``only``: run just these cells (:func:`select_cells`), without the baselines and without writing
+    the table, so that several processes can share a grid's cells (one ``only`` list each); a run
+    without ``only`` afterwards finds them finished, evaluates the baselines and writes the table.
+    Returns the collected rows, or ``[]`` with ``only``.
+    """
+    from saliencyssl.app import evaluate
+    from saliencyssl.app.pretrain import Pretrainer
+
+    todo = cells(config) if only is None else select_cells(config, only)
+    check_finished_cells(config)  # before the config record is replaced
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{config.results_stem}.json").write_text(json.dumps(asdict(config), indent=2))
+    pretrain = dict(config.pretrain)
+    # Only a cache-only grid is labelled first: with a surrogate or the exact labeller behind the
+    # cache, the images the cache misses are what those sources are for.
+    if pretrain.get("aug_source", "cache") == "cache" and any(_reads_targets(c) for c in todo):
+        _label(config, pretrain, progress)
+    for i, cell in enumerate(todo, 1):
+        seed_note = f", pretraining seed {cell.seed}" if len(config.seeds) > 1 else ""
+        print(f"\n[{i}/{len(todo)}] {cell.method} with policy {cell.policy}{seed_note}", flush=True)
+        if _pretraining_state(config, cell).finished:
+            print(f"  pretraining done earlier: {cell.run_dir / 'backbone.pt'}")
+        else:
+            Pretrainer(cell_pretrain_config(config, cell, progress)).run()
+        evaluate.run(cell_evaluate_config(config, str(cell.run_dir / "backbone.pt"), cell.eval_dir,
+                                          progress=progress))
+    if only is not None:
+        return []
+    for baseline in config.baselines:
+        if baseline != "random":
+            raise ValueError(f"unknown baseline {baseline!r}; only 'random' is supported")
+        for seed in config.seeds:
+            target = config.random_eval_dir(seed)
+            if not _evaluation_state(config, "random", target, seed).finished:
+                print(f"\n[baseline] random ResNet-18 of seed {seed}", flush=True)
+            evaluate.run(cell_evaluate_config(config, "random", target, seed, progress))
+    return collect(config)
+
+
+def recorded_method_options(config: GridConfig) -> dict[str, str]:
+    """Per evaluated cell pretrained with other than its method's defaults, those options (as
+    ``--method-option`` takes them), read from the backbone config its evaluation recorded: what the
+    runs used, which ``--collect-only`` may tabulate even where the config now asks for other options."""
+    from saliencyssl.app.pretrain import format_method_options
+
+    found = {}
+    for cell in cells(config):
+        path = cell.eval_dir / "results.json"
+        if not path.is_file():
+            continue
+        try:
+            recorded = json.loads(path.read_text())["meta"]["backbone"]["config"].get("method_options")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if recorded:
+            found[cell.name] = format_method_options(recorded)
+    return found
+
+
+def collect(config: GridConfig) -> list[dict]:
+    """Gather every finished evaluation into rows; write the CSV, markdown table and plots."""
+    out = Path(config.out)
+    sources = [(c.method, c.policy, c.eval_dir, c.run_dir) for c in cells(config)]
+    sources += [("random", "random init", config.random_eval_dir(seed), None)
+                for _ in config.baselines for seed in config.seeds]
+    rows = result_rows(sources)
+    if not rows:
+        return rows
+    stem = config.results_stem
+    write_rows_csv(out / f"{stem}_results.csv", rows)
+    description = config.description
+    options = recorded_method_options(config)
+    if options:
+        description += "\n\nMethod options (instead of the defaults), as the evaluated backbones record them: " + \
+            "; ".join(f"{cell} {text}" for cell, text in options.items())
+    (out / f"{stem}_results.md").write_text(rows_markdown(config.name, description, rows))
+    random_knn = [r["accuracy_mean"] for r in rows
+                  if r["method"] == "random" and r["protocol"] == "knn" and float(r["fraction"]) == 1.0]
+    for method in dict.fromkeys(c.method for c in cells(config)):
+        for protocol in ("linear", "knn"):
+            plot_rows([r for r in rows if r["method"] in (method, "random")], protocol,
+                      out / f"{stem}_{method}_{protocol}.png", f"{config.name}: {method}, {protocol}")
+        plot_monitored_knn([(c.policy, c.run_dir) for c in cells(config) if c.method == method],
+                           out / f"{stem}_{method}_knn_during_pretraining.png",
+                           f"{config.name}: {method}", random_knn[0] if random_knn else None)
+    return rows
+
+
+# -- the command line -------------------------------------------------------------------------
+CLI_DOC = """"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="saliency-ssl grid", description=CLI_DOC,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="grid JSON file")
+    parser.add_argument("--collect-only", action="store_true", help="only gather finished cells into the table and plots")
+    parser.add_argument("--only", metavar="CELL[,CELL...]",
+                        help="run only these cells (names as --list shows them, e.g. simclr__default__seed1), "
+                             "without the baselines and the table: for running a grid's cells in parallel")
+    parser.add_argument("--list", action="store_true", help="list the cells' names and whether each is done")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    try:
+        config = GridConfig.load(args.config)
+    except (FileNotFoundError, ValueError) as error:
+        return fail(str(error))
+    if args.list:
+        from pathlib import Path
+
+        for name, folder in (("out", config.out), ("train", config.train), ("test", config.test),
+                             ("cache", config.cache)):  # relative paths are read from this working folder
+            where = Path(folder).resolve()
+            missing = name in ("train", "test") and not where.exists()
+            print(f"{name:<6}{where}" + ("   MISSING (the config's paths are relative to the working folder)"
+                                         if missing else ""))
+        width = max((len(cell.name) for cell in cells(config)), default=0) + 2
+        for cell in cells(config):
+            print(f"{cell.name:<{width}}{cell_state(config, cell)}")
+        return 0
+    if args.collect_only:
+        rows = collect(config)
+    else:
+        only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
+        try:
+            select_cells(config, only or [])
+        except ValueError as error:
+            return fail(str(error))
+        try:
+            rows = run_grid(config, progress=not args.quiet, only=only)
+        except MissingPieceError as error:
+            from saliencyssl.saliency import LabellerConfig
+
+            return fail(f"{error}; " + missing_piece_advice(error, config.train, config.cache,
+                                                            LabellerConfig(**config.labeller), config.image_size))
+        except (OSError, ValueError) as error:  # StaleCellError and RunDirError too: they name the fix
+            return fail(str(error))
+        if only is not None:
+            print(f"\nran {', '.join(only)}; run saliency-ssl grid {args.config} without --only for the baselines and the table")
+            return 0
+    print(f"\n{len(rows)} result rows; table: {config.out}/{config.results_stem}_results.md")
+    return 0
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())
