@@ -221,7 +221,7 @@ def _reference_schema() -> frozenset:
             connection.close()
 
 
-def audit_database(db_path: str | Path) -> None:
+def audit_database(db_path: str | Path, allow_empty: bool = False) -> None:
     """Check that ``cache.db`` is a diskcache database and nothing more, before diskcache opens it.
 
     Reads the schema and the settings with plain SQL (no trigger runs on a read). Refuses a file
@@ -230,12 +230,18 @@ def audit_database(db_path: str | Path) -> None:
     setting diskcache does not know or whose value is not of its kind (diskcache pastes
     ``sqlite_*`` settings into ``PRAGMA`` statements and passes ``disk_*`` ones to the Disk).
 
+    An empty file is refused too, unless ``allow_empty``: a process creating a new cache leaves
+    ``cache.db`` empty for a moment, and another process opening the same folder to write must
+    not take that for damage.
+
     Raises:
         CacheOpenError: naming the file, what is wrong and what to do.
     """
     path = Path(db_path)
     folder = path.parent
     if path.stat().st_size == 0:
+        if allow_empty:
+            return
         raise CacheOpenError(path, f"{path} is empty (0 bytes), so {folder} holds no cache; delete the file to start a "
                                    f"new cache there, or choose another folder")
     connection = None
@@ -312,7 +318,7 @@ def cache_fingerprints(directory: str | Path) -> dict[str, dict | None]:
     """
     if not TargetCache.exists(directory):
         raise FileNotFoundError(f"{directory} is not a cache folder (no cache.db)")
-    with _open_diskcache(Path(directory)) as cache:
+    with _open_diskcache(Path(directory), create=False) as cache:
         return _fingerprints(cache)
 
 
@@ -340,7 +346,7 @@ def _open_diskcache(directory: Path, timeout: float = 120.0, create: bool = True
 
     db = directory / "cache.db"
     if db.exists():
-        audit_database(db)
+        audit_database(db, allow_empty=create)
     elif not create:
         raise FileNotFoundError(f"{directory} is not a cache folder (no cache.db)")
     try:
