@@ -18,6 +18,7 @@ STAGES = {
     "pretrain": "saliencyssl.app.pretrain",
     "evaluate": "saliencyssl.app.evaluate",
     "grid": "saliencyssl.app.grid",
+    "report": "saliencyssl.app.report",
     "segment": "saliencyssl.app.segment",
 }
 

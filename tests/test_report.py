@@ -1,0 +1,48 @@
+"""saliency-ssl report: the documents' tables come from the committed result files, and stay in step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from _paths import REPO
+from saliencyssl.app import report
+
+RESULT = {"title": "t", "date": "2026-12-06", "machine": "a CPU", "command": ["saliency-ssl grid c.json"],
+          "columns": ["recipe", "1%", "100%"], "rows": [["default", [0.41234, 0.0101], 0.6], ["sal", None, 7]],
+          "notes": ["mean ± spread"]}
+
+
+def test_a_block_is_rendered_from_its_result_and_checked(tmp_path, capsys):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "r.json").write_text(json.dumps(RESULT))
+    doc = tmp_path / "findings.md"
+    doc.write_text("# Findings\n\nProse stays.\n\n<!-- result: results/r.json -->\nold\n<!-- /result -->\n\nEnd.\n")
+    assert report.main([str(doc), "--root", str(tmp_path), "--check"]) == 1
+    assert "out of date: results/r.json" in capsys.readouterr().out
+    assert report.main([str(doc), "--root", str(tmp_path)]) == 0
+    text = doc.read_text()
+    assert "| default | 0.412 ± 0.010 | 0.600 |" in text and "| sal |  | 7 |" in text
+    assert "saliency-ssl grid c.json" in text and "Measured 2026-12-06 on a CPU." in text
+    assert text.startswith("# Findings\n\nProse stays.") and text.endswith("<!-- /result -->\n\nEnd.\n")
+    assert report.main([str(doc), "--root", str(tmp_path), "--check"]) == 0
+
+
+def test_a_missing_or_malformed_result_file_is_named(tmp_path, capsys):
+    doc = tmp_path / "d.md"
+    doc.write_text("<!-- result: results/none.json -->\n<!-- /result -->\n")
+    assert report.main([str(doc), "--root", str(tmp_path)]) == 2
+    assert "results/none.json: no such result file" in capsys.readouterr().err
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "none.json").write_text(json.dumps({**RESULT, "rows": [["only one cell"]]}))
+    with pytest.raises(report.ResultFileError, match="a row has 1 cells, the table 3 columns"):
+        report.update_document(doc, tmp_path)
+
+
+def test_the_shipped_documents_are_in_step_with_their_result_files():
+    documents = [REPO / d for d in report.DEFAULT_DOCUMENTS if (REPO / d).is_file()]
+    for document in documents:
+        _, changed = report.update_document(document, REPO)
+        assert changed == [], f"{document}: run saliency-ssl report (out of date: {changed})"
