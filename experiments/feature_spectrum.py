@@ -12,7 +12,7 @@ unused. For each backbone this prints
 - ``knn_standardised``: the same after standardising each feature with the train set's mean and std
   (not the protocol: it shows how much the spectrum's shape, rather than missing information, costs).
 
-    python benchmarks/feature_spectrum.py --train ../shared/data/cifar10/train \\
+    python experiments/feature_spectrum.py --train ../shared/data/cifar10/train \\
         --test ../shared/data/cifar10/test runs/long/simsiam_ms0.2_e8/backbone.pt random:0 random:1
 
 ``random:S`` is the randomly initialised ResNet-18 of seed S (``--random-stem``; by default the stem

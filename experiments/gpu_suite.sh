@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The GPU figures of docs/benchmarks.md and docs/results.md in one run of fixed length (a lent H100/H200 here; any
-# CUDA machine elsewhere).
+# Experiment: the GPU figures of an earlier surrogate and policy comparison in one run of fixed length, on any CUDA
+# machine (an H100 or H200 for the recorded figures). Found: the epoch time per target source, surrogate speed at 32
+# and 96 px, and SimCLR's policies at 1,365 steps of batch 256 (docs/findings.md).
 #
-#   DATA=.gpudata OUT=/tmp/gpu BUDGET=480 bash benchmarks/gpu_suite.sh
+#   DATA=.gpudata OUT=/tmp/gpu BUDGET=480 bash experiments/gpu_suite.sh
 #
 # DATA holds cifar_train/ and cifar_test/ (CIFAR-10 images in class folders) and cache/ (the exact targets of at least
-# the train images, from scripts/label.py). On a lent machine that takes at most 64 MiB, carry the image folders as one
-# file and unpack it first: `tar czf .gpudata/images.tgz -C .gpudata cifar_train cifar_test` here, then
-# `tar xzf .gpudata/images.tgz -C .gpudata && DATA=.gpudata OUT=$OUT bash benchmarks/gpu_suite.sh` there (session 14).
+# the train images, from scripts/label.py). Where the transfer to the GPU machine is small, carry the image folders as
+# one file and unpack it first: `tar czf .gpudata/images.tgz -C .gpudata cifar_train cifar_test`, then on the GPU
+# machine `tar xzf .gpudata/images.tgz -C .gpudata && DATA=.gpudata OUT=$OUT bash experiments/gpu_suite.sh`.
 # What runs, side by side on the one GPU:
 #   1. two surrogates trained on every train image for SURROGATE_MINUTES: train_surrogate.py's defaults (ngf 16, rate
 #      2e-4) and the design sweep's best per step (ngf 32, rate 1e-3), 10% held out by content hash to pick the epoch;
