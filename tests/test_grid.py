@@ -363,3 +363,12 @@ def test_list_prints_the_resolved_folders_and_flags_missing_data(tmp_path, capsy
     out = capsys.readouterr().out
     assert f"train {(tmp_path / 'data' / 'train').resolve()}\n" in out
     assert f"test  {(tmp_path / 'no_such_folder').resolve()}   MISSING" in out
+
+
+def test_a_cell_reads_targets_only_where_its_policy_or_method_does(tmp_path):
+    path = _write(tmp_path, pretrain={"epochs": 1, "batch_size": 8, "aug_source": "cache"},
+                  methods=["simclr", "detcon-simclr"], policies=["default", "salcrop+default"])
+    config = GridConfig.load(path)
+    sources = {c.name: cell_pretrain_config(config, c).aug_source for c in cells(config)}
+    assert sources == {"simclr__default": "none", "simclr__salcrop_plus_default": "cache",
+                       "detcon-simclr__default": "cache", "detcon-simclr__salcrop_plus_default": "cache"}

@@ -310,7 +310,9 @@ def cell_pretrain_config(config: GridConfig, cell: Cell, progress: bool = True):
     from saliencyssl.app.pretrain import PretrainConfig
 
     settings = dict(config.pretrain, image_size=config.image_size, seed=cell.seed)
-    aug_source = settings.pop("aug_source", "cache") if _reads_targets(cell) else "none"
+    aug_source = settings.pop("aug_source", "cache")
+    if not _reads_targets(cell):
+        aug_source = "none"
     if settings.get("knn_every"):  # monitor kNN during pretraining on the grid's own train/test sets
         settings.update(knn_train=config.train, knn_test=config.test)
     return PretrainConfig(data=config.train, out=str(cell.run_dir), method=cell.method, policy=cell.policy,
