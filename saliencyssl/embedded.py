@@ -17,6 +17,7 @@ Everything is a pure function of the seed.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -103,6 +104,27 @@ def generate_shape(rng: np.random.Generator, shape_class: str, size: int = 64) -
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), mask > 0
 
 
+def generate_shapes(per_class_train: int = 60, per_class_test: int = 30, size: int = 64, seed: int = 0,
+                    classes: tuple[str, ...] = SHAPE_CLASSES) -> Iterator[tuple[str, str, int, np.ndarray, np.ndarray]]:
+    """The generated shape images of :func:`write_embedded_dataset`, in memory and in the same order.
+
+    Draws from one ``numpy.random.default_rng(seed)``: the training images class by class, then the
+    test images, so with the default arguments it yields exactly the images (and masks) that
+    :func:`write_embedded_dataset` writes for the same seed and size.
+
+    Yields:
+        ``(split, shape_class, index, image, mask)``: ``"train"`` or ``"test"``, the class name, the
+        image's number within its class and split (its file is ``f"{shape_class}_{index:04d}.png"``),
+        the ``(size, size, 3)`` uint8 RGB image and its ``(size, size)`` bool mask.
+    """
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", per_class_train), ("test", per_class_test)):
+        for cls in classes:
+            for i in range(count):
+                image, mask = generate_shape(rng, cls, size)
+                yield split, cls, i, image, mask
+
+
 def write_embedded_dataset(root: str | Path, per_class_train: int = 60, per_class_test: int = 30, size: int = 64,
                            seed: int = 0, photos: bool = True) -> dict[str, Path]:
     """Write the embedded default data set (see the module docstring).
@@ -113,18 +135,16 @@ def write_embedded_dataset(root: str | Path, per_class_train: int = 60, per_clas
     from PIL import Image
 
     root = Path(root)
-    rng = np.random.default_rng(seed)
     paths = {"train": root / "train", "test": root / "test", "photos": root / "photos",
              "masks_train": root / "masks" / "train", "masks_test": root / "masks" / "test"}
     for split, count in (("train", per_class_train), ("test", per_class_test)):
         for cls in SHAPE_CLASSES:
             (paths[split] / cls).mkdir(parents=True, exist_ok=True)
             (paths[f"masks_{split}"] / cls).mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                image, mask = generate_shape(rng, cls, size)
-                Image.fromarray(image).save(paths[split] / cls / f"{cls}_{i:04d}.png")
-                Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(
-                    paths[f"masks_{split}"] / cls / f"{cls}_{i:04d}.png")
+    for split, cls, i, image, mask in generate_shapes(per_class_train, per_class_test, size, seed):
+        Image.fromarray(image).save(paths[split] / cls / f"{cls}_{i:04d}.png")
+        Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(
+            paths[f"masks_{split}"] / cls / f"{cls}_{i:04d}.png")
     if photos:
         paths["photos"].mkdir(parents=True, exist_ok=True)
         for name, img in bundled_photos().items():

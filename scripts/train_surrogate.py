@@ -69,10 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop cleanly after M minutes of wall time (resumptions included) and still write "
                         "surrogate.pt; the learning rate decays over the budget")
     p.add_argument("--batch-size", type=int, default=d.batch_size, metavar="B", help="default %(default)s")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N); default %(default)s")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N where torch sees a GPU (default %(default)s)")
     p.add_argument("--amp", action="store_true", help="fp16 autocast and gradient scaling (CUDA only)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt after an interruption")
-    p.add_argument("--seed", type=int, default=d.seed, help="seeds weights, order, flips, dropout (default 0)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seeds weights, order, mirrors, turns, dropout (default 0)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="use N images, chosen by content hash (a spread over classes), before the held-out split")
     p.add_argument("--held-out", type=float, default=d.held_out, metavar="F",
@@ -81,12 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decay-start", type=float, default=d.decay_start, metavar="F",
                    help="share of the run after which the rate decays linearly to 0 (default %(default)s)")
     p.add_argument("--no-flip", action="store_true", help="do not mirror training pairs left-right")
+    p.add_argument("--no-rotate", action="store_true",
+                   help="do not turn training pairs by random quarter turns (with the mirrors, the default shows "
+                        "every pair in its eight poses of the square)")
     p.add_argument("--gan-mode", choices=GAN_MODES, default=d.gan_mode, help="default %(default)s")
-    p.add_argument("--lambda-gan", type=float, default=w.gan, help="weight of the GAN term (default %(default)s)")
+    p.add_argument("--lambda-gan", type=float, default=w.gan,
+                   help="weight of Pix2Pix's adversarial term (default %(default)s: off; 1 is Pix2Pix's: on the "
+                        "generated shapes it cost 1.5x per step and drew worse boundaries)")
     p.add_argument("--lambda-l1", type=float, default=w.l1, help="L1 weight on the saliency map (default %(default)s)")
     p.add_argument("--lambda-mask", type=float, default=w.mask, help="mask BCE + Dice weight (default %(default)s)")
     p.add_argument("--lambda-boundary", type=float, default=w.boundary,
                    help="boundary weighted BCE + Dice weight (default %(default)s)")
+    p.add_argument("--boundary-pos-weight", type=_pos_weight, default=w.boundary_pos_weight, metavar="W",
+                   help="BCE weight of boundary pixels against the others: a number, or 'balanced' (default): "
+                        "non-boundary over boundary pixels of each batch")
     p.add_argument("--lambda-presence", type=float, default=w.presence,
                    help="weight of the image-level mask-or-no-mask term (BCE of the largest mask logit; "
                         "default %(default)s)")
@@ -98,17 +106,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="surrogate.pt holds the epoch with the best held-out fidelity (best: presence accuracy + "
                         "mask IoU where present + mask IoU - saliency MAE on images with a map relative to predicting "
                         "nothing; early stopping) or the last one (default %(default)s)")
+    p.add_argument("--eval-steps", type=int, default=d.eval_steps, metavar="N",
+                   help="evaluate on the held-out images (and write best.pt, last.pt, history) at the end of every "
+                        "epoch, or of every k-th epoch when epochs are shorter than N steps, k = ceil(N / steps "
+                        "per epoch) (default %(default)s)")
     p.add_argument("--ema", type=float, default=d.ema, metavar="DECAY",
                    help="evaluate, select and save an exponential moving average of the generator's weights with "
                         "this decay per step, e.g. 0.999 (default %(default)s: off; see docs/surrogate.md)")
     p.add_argument("--ngf", type=int, default=Architecture.ngf,
                    help="generator width at the first level (default %(default)s; Pix2Pix uses 64)")
     p.add_argument("--ndf", type=int, default=Architecture.ndf, help="discriminator width (default %(default)s)")
+    p.add_argument("--head", type=int, default=d.head, metavar="C",
+                   help="channels of the generator's full-resolution head: two 3x3 convolutions on the last "
+                        "decoder features and the image (default %(default)s; 0: Pix2Pix's output layer)")
+    p.add_argument("--dropout-blocks", type=int, default=d.dropout_blocks, metavar="N",
+                   help="decoder blocks after the innermost with dropout 0.5 (default %(default)s; Pix2Pix: 3)")
     add_labeller_options(p, title="labeller (pick the cache's fingerprint explicitly, as in scripts/label.py)",
                          optional=True)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
+
+
+def _pos_weight(text: str) -> float | None:
+    """``--boundary-pos-weight``: ``balanced`` (None) or a non-negative number."""
+    if text.strip().lower() == "balanced":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'balanced', got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more (or 'balanced'), got {text!r}")
+    return value
 
 
 #: Fewer held-out images than this make choosing the best epoch on them a coin toss (a note says so).
@@ -125,21 +155,27 @@ def main(argv: list[str] | None = None) -> int:
     from saliencyssl.surrogate.model import SurrogateCheckpointError
     from saliencyssl.surrogate.networks import unet_depth
     from saliencyssl.surrogate.pairs import MissingTargetsError, describe_misses, load_pairs
-    from saliencyssl.surrogate.training import SurrogateTrainer, TrainConfig
+    from saliencyssl.surrogate.training import SurrogateTrainer, TrainConfig, resolve_device
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is visible to torch here; use --device cpu")
+    try:
+        resolve_device(args.device)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         unet_depth(args.size)
         config = TrainConfig(image_size=args.size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              decay_start=args.decay_start, max_minutes=args.max_minutes, held_out=args.held_out,
-                             flip=not args.no_flip, amp=args.amp, seed=args.seed, gan_mode=args.gan_mode,
+                             flip=not args.no_flip, rotate=not args.no_rotate, amp=args.amp, seed=args.seed,
+                             gan_mode=args.gan_mode,
                              weights=LossWeights(gan=args.lambda_gan, l1=args.lambda_l1, mask=args.lambda_mask,
-                                                 boundary=args.lambda_boundary, presence=args.lambda_presence,
-                                                 support=args.lambda_support),
-                             ngf=args.ngf, ndf=args.ndf, select=args.select, ema=args.ema)
+                                                 boundary=args.lambda_boundary,
+                                                 boundary_pos_weight=args.boundary_pos_weight,
+                                                 presence=args.lambda_presence, support=args.lambda_support),
+                             ngf=args.ngf, ndf=args.ndf, head=args.head, dropout_blocks=args.dropout_blocks,
+                             select=args.select, ema=args.ema, eval_steps=args.eval_steps)
         config.architecture()  # --ngf 0, --ndf 0: refused here, before the pairs are loaded
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import cv2
@@ -20,7 +21,7 @@ from saliencyssl.surrogate.networks import (Architecture, PatchDiscriminator, UN
                                             image_to_input, patch_receptive_field, unet_depth)
 from saliencyssl.surrogate.pairs import (MissingTargetsError, PairSet, TargetTensors, choose_fingerprint,
                                          held_out_mask, label_command, load_pairs)
-from saliencyssl.surrogate.training import SurrogateTrainer, TrainConfig
+from saliencyssl.surrogate.training import SurrogateTrainer, TrainConfig, resolve_device
 from saliencyssl.target import TARGET_CHANNELS, TargetBatch, region_boundary
 import train_surrogate  # scripts/train_surrogate.py (pyproject.toml puts scripts/ on pytest's pythonpath)
 
@@ -115,8 +116,45 @@ def test_losses_are_zero_or_small_at_the_answer():
     assert set(parts) == {"l1", "mask", "boundary"} and float(total) > 0
 
 
-def test_one_training_step_lowers_the_loss(pairs, tmp_path):
-    config = TrainConfig(image_size=32, batch_size=8, lr=1e-3, seed=0, flip=False, **TINY)
+def test_boundary_weight_is_class_balanced_per_batch_by_default():
+    from saliencyssl.surrogate.losses import BALANCED_WEIGHT_RANGE, balanced_pos_weight
+
+    target = torch.zeros(2, 1, 10, 10)
+    target[:, :, 0, :] = 1  # 10% boundary pixels
+    assert float(balanced_pos_weight(target)) == pytest.approx(9.0)
+    assert float(balanced_pos_weight(torch.zeros(1, 1, 40, 40))) == BALANCED_WEIGHT_RANGE[1]  # clamped
+    assert float(balanced_pos_weight(torch.ones(1, 1, 4, 4))) == BALANCED_WEIGHT_RANGE[0]
+    assert LossWeights().boundary_pos_weight is None and LossWeights().gan == 0.0
+    exact = torch.zeros(2, 3, 10, 10)
+    exact[:, 2:3] = target
+    logits = torch.zeros(2, 3, 10, 10)  # p = 0.5 everywhere
+    balanced = TargetLoss(LossWeights())(logits, exact)[1]["boundary"]
+    fixed = TargetLoss(LossWeights(boundary_pos_weight=9.0))(logits, exact)[1]["boundary"]
+    light = TargetLoss(LossWeights(boundary_pos_weight=2.0))(logits, exact)[1]["boundary"]
+    assert float(balanced) == pytest.approx(float(fixed)) and float(light) < float(fixed)
+    with pytest.raises(SystemExit):
+        train_surrogate.build_parser().parse_args(["x", "--cache", "c", "--out", "o", "--boundary-pos-weight", "-1"])
+    args = train_surrogate.build_parser().parse_args(["x", "--cache", "c", "--out", "o"])
+    assert args.boundary_pos_weight is None and args.head == 8 and args.dropout_blocks == 0 and not args.no_rotate
+    assert train_surrogate.build_parser().parse_args(["x", "--cache", "c", "--out", "o", "--boundary-pos-weight",
+                                                      "2"]).boundary_pos_weight == 2.0
+
+
+def test_the_full_resolution_head_sees_the_image_and_can_be_left_out():
+    g = UNetGenerator(Architecture(32, ngf=4, head=6))
+    assert g.head[0].in_channels == 6 + 3 and g.head[-1].out_channels == len(TARGET_CHANNELS)
+    assert g(torch.zeros(2, 3, 32, 32)).shape == (2, 3, 32, 32)
+    plain = UNetGenerator(Architecture(32, ngf=4, head=0, dropout_blocks=3))
+    assert plain.head is None and sum(isinstance(m, torch.nn.Dropout) for m in plain.modules()) == 3
+    assert not any(isinstance(m, torch.nn.Dropout) for m in UNetGenerator(Architecture(32, ngf=4)).modules())
+    with pytest.raises(ValueError, match="head"):
+        Architecture(32, head=-1)
+
+
+@pytest.mark.parametrize("gan", [0.0, 1.0])
+def test_one_training_step_lowers_the_loss(pairs, tmp_path, gan):
+    config = TrainConfig(image_size=32, batch_size=8, lr=1e-3, seed=0, flip=False, weights=LossWeights(gan=gan),
+                         **TINY)
     trainer = SurrogateTrainer(config, pairs, None, tmp_path, progress=False, tensorboard=False, log=lambda s: None)
     for block in trainer.generator.up:  # no dropout noise in this comparison
         for m in block:
@@ -133,15 +171,17 @@ def test_one_training_step_lowers_the_loss(pairs, tmp_path):
     before = current()
     out = trainer.train_step(images, exact)
     after = current()
-    assert {"d", "g_gan", "l1", "mask", "boundary", "g"} <= set(out)
+    assert {"l1", "mask", "boundary", "g"} <= set(out)
+    assert ({"d", "g_gan"} <= set(out)) == (gan > 0)  # the discriminator steps only with an adversarial term
     assert after < before, f"loss did not fall after one step: {before:.4f} -> {after:.4f}"
 
 
 def test_learning_rate_is_constant_then_decays(pairs, tmp_path):
     trainer = SurrogateTrainer(TrainConfig(image_size=32, epochs=10, **TINY), pairs, None, tmp_path,
                                progress=False, tensorboard=False)
-    assert trainer.lr_at(0.0) == trainer.lr_at(0.5) == 2e-4
-    assert trainer.lr_at(0.75) == pytest.approx(1e-4)
+    rate = trainer.config.lr
+    assert trainer.lr_at(0.0) == trainer.lr_at(0.5) == rate
+    assert trainer.lr_at(0.75) == pytest.approx(rate / 2)
     assert trainer.lr_at(1.0) == 0.0
     budget = SurrogateTrainer(TrainConfig(image_size=32, max_minutes=10, **TINY), pairs, None, tmp_path,
                               progress=False, tensorboard=False)
@@ -201,6 +241,25 @@ def test_wrong_checkpoints_fail_with_the_reason(tmp_path):
         Surrogate.load(tmp_path / "backbone.pt")
     with pytest.raises(FileNotFoundError, match="train_surrogate.py"):
         Surrogate.load(tmp_path / "missing.pt")
+
+
+class _NotATensor:
+    """A Python object that a safe (weights-only) load refuses to rebuild."""
+
+
+@pytest.mark.parametrize("kind", ["pickle", "torch.save"])
+def test_a_pickle_that_is_not_a_checkpoint_gets_our_one_line_message(tmp_path, kind):
+    path = tmp_path / "model.pt"
+    if kind == "pickle":
+        path.write_bytes(pickle.dumps({"generator": _NotATensor()}))
+    else:
+        torch.save({"generator": _NotATensor()}, path)
+    with pytest.raises(SurrogateCheckpointError) as info:
+        Surrogate.load(path)
+    message = str(info.value)
+    assert str(path) in message and "not a surrogate checkpoint" in message and "train_surrogate.py" in message
+    assert "weights_only" not in message and "trust" not in message.lower() and "\n" not in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # torch's advice is not chained either
 
 
 # ---------------------------------------------------------------------------------- pairs
@@ -282,7 +341,8 @@ def test_label_command_repeats_the_labeller_options():
 def _train(labelled, out: Path, *extra: str) -> int:
     images, cache_dir, _ = labelled
     return train_surrogate.main([str(images), "--cache", str(cache_dir), "--out", str(out), "--batch-size", "4",
-                                 "--ngf", "4", "--ndf", "4", "--quiet", "--held-out", "0.2", *extra])
+                                 "--ngf", "4", "--ndf", "4", "--quiet", "--held-out", "0.2", "--eval-steps", "1",
+                                 *extra])
 
 
 def test_max_minutes_stops_and_still_writes_the_surrogate(labelled, tmp_path, capsys):
@@ -317,9 +377,24 @@ def test_resume_continues_from_the_saved_epoch(labelled, tmp_path, capsys):
     # Options that shape the run cannot change on resume (the optimiser state would silently win).
     assert _train(labelled, out, "--epochs", "4", "--resume", "--lr", "0.01", "--seed", "3") == 2
     err = capsys.readouterr().err
-    assert "--lr 0.0002 (now 0.01)" in err and "--seed 0 (now 3)" in err
+    assert "--lr 0.001 (now 0.01)" in err and "--seed 0 (now 3)" in err
     assert _train(labelled, out, "--epochs", "4", "--resume", "--no-flip") == 2
     assert "mirrored pairs (now --no-flip)" in capsys.readouterr().err
+    assert _train(labelled, out, "--epochs", "4", "--resume", "--no-rotate") == 2
+    assert "turned pairs (now --no-rotate)" in capsys.readouterr().err
+
+
+def test_records_from_before_the_head_and_the_turns_read_as_they_were_trained():
+    from saliencyssl.surrogate.training import _changed_options
+
+    old = Architecture.from_dict({"name": "pix2pix-unet", "image_size": 32, "ngf": 4, "ndf": 4})
+    assert old.head == 0 and old.dropout_blocks == 3  # Pix2Pix's output layer and dropout
+    g = UNetGenerator(old)
+    assert g.head is None and g.up[-1][1].out_channels == len(TARGET_CHANNELS)
+    assert Architecture.from_dict(Architecture(32, ngf=4).as_dict()) == Architecture(32, ngf=4)
+    recorded = {k: v for k, v in TrainConfig().as_dict().items() if k != "rotate"}  # a run that did not turn
+    assert _changed_options(recorded, TrainConfig()) == ["--no-rotate (now turned pairs)"]
+    assert _changed_options(recorded, TrainConfig(rotate=False)) == []
 
 
 def test_a_run_cut_mid_epoch_resumes_from_the_batch_it_stopped_at(pairs, tmp_path, monkeypatch):
@@ -353,6 +428,35 @@ def test_cli_reports_a_cache_without_targets(labelled, tmp_path, capsys):
     assert train_surrogate.main([str(images), "--cache", str(empty), "--out", str(tmp_path / "run"), "--ngf", "0",
                                  "--quiet"]) == 2
     assert "ngf" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:99", "meta"])
+def test_cli_refuses_a_device_torch_cannot_use_in_one_line(tmp_path, capsys, device):
+    if device == "cuda:99" and torch.cuda.device_count() > 99:
+        pytest.skip("a machine with 100 GPUs")
+    code = train_surrogate.main(["images", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
+                                 "--device", device, "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert f"--device {device}" in err and "cpu" in err
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="choose"):
+        resolve_device(device)
+
+
+def test_short_epochs_are_evaluated_every_few_epochs_and_at_the_last(pairs, tmp_path):
+    train, held = pairs.subset(range(8)), pairs.subset(range(8, 10))
+    config = TrainConfig(image_size=32, epochs=7, batch_size=4, eval_steps=4, **TINY)  # 2 steps per epoch
+    trainer = SurrogateTrainer(config, train, held, tmp_path, progress=False, tensorboard=False, log=lambda s: None)
+    assert trainer.epochs_per_evaluation == 2
+    result = trainer.fit()
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [2, 4, 6, 7] and result.steps == 14
+    assert Surrogate.load(tmp_path / "last.pt").meta["epoch"] == 7
+    long_epochs = SurrogateTrainer(TrainConfig(image_size=32, batch_size=4, eval_steps=2, **TINY), train, held,
+                                   tmp_path / "other", progress=False, tensorboard=False)
+    assert long_epochs.epochs_per_evaluation == 1
 
 
 def test_training_is_deterministic(pairs, tmp_path):

@@ -15,7 +15,9 @@ A surrogate travels as one ``torch.save`` file (``RUN_DIR/surrogate.pt``), a dic
     fingerprint       the labeller fingerprint whose targets it learned
     labeller_params   that labeller's parameters (or None)
     arch              Architecture.as_dict(): ngf, max_mult, depth, dropout_blocks, ndf, d_layers,
-                      out_channels (4 when it learned the support channel, which predict drops)
+                      out_channels (4 when it learned the support channel, which predict drops),
+                      coords, head (a record without head is a generator from before the
+                      full-resolution head: Architecture.from_dict reads it as head 0)
     generator         the generator's state dict (CPU tensors)
     meta              training record: epoch, step, seconds, training-set size and hashes digest,
                       held-out fidelity, the command's options ...
@@ -30,6 +32,7 @@ do not fit the recorded architecture.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -85,12 +88,11 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                                 f"python scripts/train_surrogate.py IMAGES_DIR --cache CACHE_DIR --out RUN_DIR "
                                 f"(it writes RUN_DIR/surrogate.pt)")
     try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle's protocol is no news: it is refused below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            blob = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # pickle errors, zip errors, foreign objects
-        raise SurrogateCheckpointError(
-            f"{path} is not a surrogate checkpoint (torch.load failed: {type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}); give the surrogate.pt or last.pt that "
-            f"scripts/train_surrogate.py writes") from error
+        raise SurrogateCheckpointError(_unreadable(path, error)) from None
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         found = type(blob).__name__ if not isinstance(blob, dict) else f"a dict with keys {sorted(blob)[:8]}"
         raise SurrogateCheckpointError(
@@ -106,6 +108,26 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path} has the wrong target layout: it predicts channels {list(layout)}, this saliency-ssl expects "
             f"{list(TARGET_CHANNELS)}; retrain it with scripts/train_surrogate.py")
     return blob
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    """Our one-line message for a file ``torch.load(weights_only=True)`` refused.
+
+    torch's own message for a pickle holding other objects advises loading it again with
+    ``weights_only=False``, which runs whatever code the file carries; a file given as a surrogate
+    may come from anyone, so that advice is not passed on (nor is the exception chained).
+    """
+    text = str(error)
+    if "weights only" in text.lower() or "weights_only" in text:
+        why = ("it is a pickle that the safe loader refuses (it holds objects or pickle instructions beyond "
+               "tensors, numbers, strings and containers), and saliency-ssl unpickles nothing else, since that "
+               "could run code from the file")
+    else:
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        why = (f"it is not a file torch.save writes, or it is damaged ({type(error).__name__}"
+               f"{': ' + first[:200] if first else ''})")
+    return (f"{path} is not a surrogate checkpoint: {why}; give the surrogate.pt or last.pt that "
+            f"scripts/train_surrogate.py writes")
 
 
 class Surrogate:

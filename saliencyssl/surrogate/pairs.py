@@ -78,6 +78,11 @@ class TargetTensors:
                              torch.where(w, self.mask.flip(-1), self.mask),
                              torch.where(w, self.regions.flip(-1), self.regions))
 
+    def rotate(self, turns: torch.Tensor) -> "TargetTensors":
+        """Rotate each target by ``turns`` (``(N,)`` int in 0..3) quarter turns (:func:`rotate_quarters`)."""
+        return TargetTensors(rotate_quarters(self.saliency, turns), rotate_quarters(self.mask, turns),
+                             rotate_quarters(self.regions, turns))
+
     def channels(self, support: bool = False) -> torch.Tensor:
         """``(N, 3, S, S)`` float32 dense channels (:data:`TARGET_CHANNELS`) in [0, 1] (``(N, 4, S, S)``
         with ``support``).
@@ -96,6 +101,26 @@ class TargetTensors:
     def batch(self) -> TargetBatch:
         """The targets as a :class:`~saliencyssl.target.TargetBatch` on their device."""
         return TargetBatch(self.saliency.float() / 255.0, self.mask.clone(), self.regions.long())
+
+
+def rotate_quarters(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    """Rotate each square ``(N, C, S, S)`` item of ``x`` by its own number of quarter turns.
+
+    Args:
+        x: ``(N, C, S, S)`` tensor of any dtype (images, maps, masks, labels).
+        turns: ``(N,)`` integer tensor in 0..3, counter-clockwise quarter turns per item
+            (:func:`torch.rot90` over the last two dimensions), on any device.
+
+    Returns:
+        A new ``(N, C, S, S)`` tensor of ``x``'s dtype and device.
+    """
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"quarter turns need square items, got {tuple(x.shape[-2:])}")
+    k = turns.to(x.device).view(-1, *([1] * (x.ndim - 1)))
+    out = x
+    for quarter in (1, 2, 3):
+        out = torch.where(k == quarter, torch.rot90(x, quarter, (-2, -1)), out)
+    return out
 
 
 @dataclass
@@ -372,6 +397,58 @@ def load_pairs(images_dir: str | Path, cache_dir: str | Path, image_size: int, f
                    fix_command=command)
 
 
+def shape_pairs(per_class_train: int, per_class_test: int, image_size: int = 32, source_size: int = 64,
+                seed: int = 0, classes: Sequence[str] | None = None,
+                config: LabellerConfig | None = None) -> tuple[PairSet, PairSet]:
+    """Pairs of generated shape images and their exact targets, made in memory (no files, no cache).
+
+    The images are :func:`saliencyssl.embedded.generate_shapes`'s (one salient shape, flat-coloured
+    and shaded a little, on a smooth background with blurred distractor blobs), drawn at
+    ``source_size`` and labelled there by the exact labeller, then brought to ``image_size`` as
+    :func:`load_pairs` brings a cached pair (:func:`fit_square`, :func:`target_at_size`). With the
+    defaults and ``per_class_train=60, per_class_test=30`` they are the quickstart's embedded shapes.
+    The labeller segments these shapes as drawn, so the set says whether the surrogate can learn
+    what is learnable; the labelling costs about 10 ms per image.
+
+    Args:
+        per_class_train, per_class_test: images per class in each split.
+        image_size: side ``S`` of the pairs.
+        source_size: side the shapes are drawn and labelled at.
+        seed: the generator's seed.
+        classes: shape classes (default: all of :data:`saliencyssl.embedded.SHAPE_CLASSES`).
+        config: labeller options (default: the default labeller).
+
+    Returns:
+        ``(train, test)`` :class:`PairSet` objects; names are ``"<class>/<class>_<index>.png"``, as the
+        files :func:`~saliencyssl.embedded.write_embedded_dataset` writes.
+    """
+    from saliencyssl.embedded import SHAPE_CLASSES, generate_shapes
+    from saliencyssl.hashing import content_hash
+    from saliencyssl.saliency.labeller import Labeller
+
+    config = config or LabellerConfig()
+    labeller = Labeller(config)
+    made: dict[str, tuple[list, list, list, list]] = {"train": ([], [], [], []), "test": ([], [], [], [])}
+    for split, cls, i, image, _ in generate_shapes(per_class_train, per_class_test, source_size, seed,
+                                                   tuple(classes or SHAPE_CLASSES)):
+        pixels, targets, hashes, names = made[split]
+        pixels.append(fit_square(image, image_size))
+        targets.append(target_at_size(labeller(image), image_size))
+        hashes.append(content_hash(image))
+        names.append(f"{cls}/{cls}_{i:04d}.png")
+
+    def pair_set(pixels, targets, hashes, names) -> PairSet:
+        s = int(image_size)
+        images = (torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous() if pixels
+                  else torch.zeros(0, 3, s, s, dtype=torch.uint8))
+        tensors = (TargetTensors.from_targets(targets) if targets else
+                   TargetTensors(torch.zeros(0, 1, s, s, dtype=torch.uint8), torch.zeros(0, 1, s, s, dtype=torch.bool),
+                                 torch.zeros(0, 1, s, s, dtype=torch.int32)))
+        return PairSet(images, tensors, hashes, names, s, config.fingerprint(), config.params())
+
+    return pair_set(*made["train"]), pair_set(*made["test"])
+
+
 def describe_misses(pairs: PairSet, show: int = 10) -> list[str]:
     """Lines naming the images without a target and the command that labels them (empty when none)."""
     if not pairs.misses:
@@ -386,4 +463,4 @@ def describe_misses(pairs: PairSet, show: int = 10) -> list[str]:
 
 __all__ = ["PairSet", "TargetTensors", "MissingTargetsError", "load_pairs", "choose_fingerprint", "held_out_mask",
            "hashes_digest", "hash_prefixes", "contains_hashes", "label_command", "select_limit",
-           "describe_misses", "TARGET_CHANNELS"]
+           "describe_misses", "rotate_quarters", "shape_pairs", "TARGET_CHANNELS"]
