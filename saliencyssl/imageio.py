@@ -179,3 +179,31 @@ def to_rgb_uint8(image: np.ndarray, source: str | Path | None = None) -> np.ndar
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     return np.ascontiguousarray(image)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A mask PNG as ``(H, W)`` bool. A mask of two values (0/255, 0/1, 0/255 stored in 16 bits)
+    or of small integers (an index map such as 0/1/3, where 255 is VOC's "void" border and not an
+    object) has every non-zero pixel as foreground; a
+    soft (anti-aliased) mask has the values above half its type's range. In a colour mask a pixel
+    counts by its largest colour channel (so a red, green or white object on black all work); an
+    alpha channel is ignored.
+
+    Raises:
+        ValueError: the file cannot be decoded (naming it).
+    """
+    import cv2
+
+    path = Path(path)
+    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else np.zeros(0, np.uint8)
+    mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if mask is None:
+        raise ValueError(f"{path}: cannot decode the mask; masks must be PNGs, foreground non-zero")
+    if mask.ndim == 3:
+        mask = mask[:, :, :3].max(axis=2)
+    values = np.unique(mask)
+    if len(values) <= 2 or values[-1] < 16:
+        return mask > 0
+    if values[-1] == 255 and values[-2] < 16:  # an index map with VOC's "void" label 255: not an object
+        return (mask > 0) & (mask != 255)
+    return mask > (65535 if mask.dtype == np.uint16 else 255) / 2

@@ -162,3 +162,11 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
     y = target.float().flatten(1)
     dice = (2.0 * (p * y).sum(1) + smooth) / (p.sum(1) + y.sum(1) + smooth)
     return (1.0 - dice).mean()
+
+
+def prior_masks(size: int) -> dict[str, np.ndarray]:
+    """The two image-blind predictions, ``(S, S)`` bool: every pixel (``all_foreground``) and the
+    centred square of half the side (``centre_box``)."""
+    box = np.zeros((size, size), bool)
+    box[size // 4:size - size // 4, size // 4:size - size // 4] = True
+    return {"all_foreground": np.ones((size, size), bool), "centre_box": box}

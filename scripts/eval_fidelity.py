@@ -7,7 +7,7 @@ compares: mask IoU, Dice, F-measure (beta^2 = 0.3), precision, recall and the ma
 decision; RC saliency MAE; region boundary F-score (1-pixel tolerance). Every figure is printed
 beside the predict-nothing baseline's. With --masks GT_DIR, the surrogate's mask and map and the
 exact labeller's are also scored against human ground-truth masks, side by side (JSON key
-vs_masks). The work lives in saliencyssl.eval.fidelity.
+vs_masks). The work lives in saliencyssl.surrogate.fidelity.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from saliencyssl.datasets import open_image_set
-    from saliencyssl.eval.fidelity import (evaluate_surrogate, fidelity_grid, format_report, format_vs_masks,
+    from saliencyssl.surrogate.fidelity import (evaluate_surrogate, fidelity_grid, format_report, format_vs_masks,
                                            load_human_masks, match_masks, vs_masks_report)
     from saliencyssl.saliency import LabellerConfig
     from saliencyssl.surrogate.model import Surrogate, SurrogateCheckpointError

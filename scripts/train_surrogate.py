@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{result.seconds / 60:.1f} min (stopped by {result.stopped_by}); it holds the generator of {selected} "
           f"({args.select})")
     if result.held_out is not None:
-        from saliencyssl.eval.fidelity import format_report
+        from saliencyssl.surrogate.fidelity import format_report
 
         print(f"held-out fidelity of epoch {result.selected_epoch}:")
         print("\n".join(format_report(result.held_out)))

@@ -14,7 +14,7 @@ import torch
 from _paths import MISSING_REASON, SHARED
 from saliencyssl.cache import TargetCache
 from saliencyssl.datasets import open_image_set
-from saliencyssl.eval.fidelity import (boundary_scores, fidelity_grid, fidelity_report, human_mask_scores,
+from saliencyssl.surrogate.fidelity import (boundary_scores, fidelity_grid, fidelity_report, human_mask_scores,
                                        load_human_masks, mask_scores, match_masks, nothing_like, per_image_scores,
                                        rank_images, region_edges, vs_masks_report, worst_decile)
 from saliencyssl.metrics import f_measure, map_mae, minmax_normalise
@@ -387,7 +387,7 @@ def test_salbench_masks_pair_with_all_36_photos_and_cheng_cut_beats_the_centre_b
     assert bool(human.masks.flatten(1).any(1).all())                             # every photo has an object
     # Cheng et al.'s own SaliencyCut masks and RC maps (their C++), as the exact side, at the same geometry.
     from saliencyssl.datasets import fit_square
-    from saliencyssl.eval.masks import read_mask
+    from saliencyssl.imageio import read_mask
 
     stems = [name.rsplit(".", 1)[0] for name in image_set.names]
     cut = np.stack([fit_square(read_mask(SALBENCH / "cheng_cpp" / f"{s}_cut.png").astype(np.uint8), 96, nearest=True)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from saliencyssl.eval.fidelity import per_image_scores
+from saliencyssl.surrogate.fidelity import per_image_scores
 from saliencyssl.surrogate.pairs import rotate_quarters, shape_pairs
 from saliencyssl.surrogate.training import SurrogateTrainer, TrainConfig
 from surrogate_shapes import best_blob_iou  # benchmarks/surrogate_shapes.py (on pytest's pythonpath)

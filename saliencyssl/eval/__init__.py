@@ -1,4 +1,5 @@
-"""Evaluation of pretrained backbones, and of the surrogate's targets. Import the module you need:
+"""Evaluation of pretrained backbones (the surrogate's fidelity: :mod:`saliencyssl.surrogate.fidelity`).
+Import the module you need:
 
 - :mod:`~saliencyssl.eval.features`: frozen-backbone features, cached per backbone and data set;
 - :mod:`~saliencyssl.eval.probe`, :mod:`~saliencyssl.eval.knn`: linear probe and kNN at label
@@ -8,7 +9,6 @@
 - :mod:`~saliencyssl.eval.masks`: images paired with masks, a split by content hash, scores and
   image-blind floors for the downstream models :mod:`~saliencyssl.eval.segmentation` (an FPN
   segmenter) and :mod:`~saliencyssl.eval.detection` (Mask R-CNN);
-- :mod:`~saliencyssl.eval.fidelity`: surrogate vs exact targets, and both vs human masks;
 - :mod:`~saliencyssl.eval.report`: results.json/csv/markdown and plots.
 
 The package imports none of them, so ``import saliencyssl.eval.knn`` loads only what kNN needs.

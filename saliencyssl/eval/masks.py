@@ -4,7 +4,7 @@ What the segmentation (:mod:`~saliencyssl.eval.segmentation`) and instance segme
 (:mod:`~saliencyssl.eval.detection`) models share, so neither imports the other:
 
 - :func:`load_mask_pairs` pairs each image with its binary mask (same relative path and stem,
-  ``.png``; :func:`read_mask` reads 0/255, 0/1, 16-bit, index and colour masks) and
+  ``.png``; :func:`~saliencyssl.imageio.read_mask` reads 0/255, 0/1, 16-bit, index and colour masks) and
   :func:`to_arrays` brings both to ``S x S`` with the same
   :func:`~saliencyssl.datasets.fit_square` geometry (masks with nearest-neighbour);
 - :func:`split_by_hash` fixes the test split by the images' content hashes, so it does not
@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from saliencyssl.datasets import ImageSet, fit_square, open_image_set
-from saliencyssl.metrics import F_BETA2
+from saliencyssl.imageio import read_mask
+from saliencyssl.metrics import F_BETA2, prior_masks
 from saliencyssl.metrics import mask_scores as _binary_scores
 
 #: Probability above which a pixel counts as foreground.
@@ -53,34 +54,6 @@ class MaskPairs:
 
     def __len__(self) -> int:
         return len(self.images)
-
-
-def read_mask(path: str | Path) -> np.ndarray:
-    """A mask PNG as ``(H, W)`` bool. A mask of two values (0/255, 0/1, 0/255 stored in 16 bits)
-    or of small integers (an index map such as 0/1/3, where 255 is VOC's "void" border and not an
-    object) has every non-zero pixel as foreground; a
-    soft (anti-aliased) mask has the values above half its type's range. In a colour mask a pixel
-    counts by its largest colour channel (so a red, green or white object on black all work); an
-    alpha channel is ignored.
-
-    Raises:
-        ValueError: the file cannot be decoded (naming it).
-    """
-    import cv2
-
-    path = Path(path)
-    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else np.zeros(0, np.uint8)
-    mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if mask is None:
-        raise ValueError(f"{path}: cannot decode the mask; masks must be PNGs, foreground non-zero")
-    if mask.ndim == 3:
-        mask = mask[:, :, :3].max(axis=2)
-    values = np.unique(mask)
-    if len(values) <= 2 or values[-1] < 16:
-        return mask > 0
-    if values[-1] == 255 and values[-2] < 16:  # an index map with VOC's "void" label 255: not an object
-        return (mask > 0) & (mask != 255)
-    return mask > (65535 if mask.dtype == np.uint16 else 255) / 2
 
 
 def load_mask_pairs(images_dir: str | Path, masks_dir: str | Path) -> MaskPairs:
@@ -256,14 +229,6 @@ def mask_scores(probabilities: torch.Tensor, masks: torch.Tensor, threshold: flo
     """
     scores = _binary_scores(probabilities > threshold, masks > 0.5, beta2=beta2)
     return {key: scores[key] for key in ("iou", "f", "precision", "recall")}
-
-
-def prior_masks(size: int) -> dict[str, np.ndarray]:
-    """The two image-blind predictions, ``(S, S)`` bool: every pixel (``all_foreground``) and the
-    centred square of half the side (``centre_box``)."""
-    box = np.zeros((size, size), bool)
-    box[size // 4:size - size // 4, size // 4:size - size // 4] = True
-    return {"all_foreground": np.ones((size, size), bool), "centre_box": box}
 
 
 def prior_baselines(masks: torch.Tensor) -> dict[str, dict[str, float]]:

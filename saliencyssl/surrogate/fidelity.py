@@ -459,7 +459,7 @@ def load_human_masks(image_set: ImageSet, names: Sequence[str], masks_dir: str |
         FileNotFoundError, ValueError: as :func:`match_masks`; ValueError also when a mask cannot be
             decoded or its size differs from its image's (naming both files).
     """
-    from saliencyssl.eval.masks import read_mask
+    from saliencyssl.imageio import read_mask
 
     position = {name: i for i, name in enumerate(image_set.names)}
     paths = match_masks(image_set.root, names, masks_dir)
@@ -533,7 +533,7 @@ def vs_masks_report(truth: torch.Tensor, exact: TargetBatch, pred: TargetBatch, 
     Raises:
         ValueError: the three disagree in number or size.
     """
-    from saliencyssl.eval.masks import prior_masks
+    from saliencyssl.metrics import prior_masks
 
     truth = as_masks(truth)[:, None]
     n, size = int(truth.shape[0]), int(truth.shape[-1])
