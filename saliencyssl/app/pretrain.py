@@ -184,10 +184,19 @@ class PretrainResult:
 class Pretrainer:
     """Set up and run one pretraining run (see the module docstring).
 
-    Example:
-        >>> trainer = Pretrainer(PretrainConfig(data="cifar/train", out="runs/simclr", method="simclr",
-        ...                                     aug_source="cache", cache="runs/cache", epochs=10))  # doctest: +SKIP
-        >>> trainer.run()  # doctest: +SKIP
+    Example (two steps of SimCLR on eight generated images of 32 px):
+        >>> import tempfile
+        >>> from saliencyssl.embedded import write_embedded_dataset
+        >>> root = Path(tempfile.mkdtemp())
+        >>> _ = write_embedded_dataset(root / "data", per_class_train=2, per_class_test=1, size=32, photos=False)
+        >>> trainer = Pretrainer(PretrainConfig(data=str(root / "data" / "train"), out=str(root / "run"),
+        ...                                     method="simclr", policy="default", aug_source="none", epochs=1,
+        ...                                     batch_size=4, progress=False, tensorboard=False))  # doctest: +ELLIPSIS
+        data: ... images ...
+        >>> result = trainer.run()  # doctest: +ELLIPSIS
+        epoch 1/1 | loss ...
+        >>> result.backbone_path.name
+        'backbone.pt'
     """
 
     def __init__(self, config: PretrainConfig, dist_info: DistInfo | None = None):

@@ -209,7 +209,9 @@ class SaliencyView(nn.Module):
 
     Example:
         >>> view = SaliencyView("segments", p=1.0)
-        >>> out = view(images, targets)  # doctest: +SKIP
+        >>> out = view(images.float() / 255, targets)  # images: (4, 3, 32, 32) uint8; targets: a TargetBatch
+        >>> out.shape, bool(out.min() >= 0 and out.max() <= 1)
+        (torch.Size([4, 3, 32, 32]), True)
     """
 
     def __init__(self, kind: str = "segments", p: float = 1.0, palette: torch.Tensor | None = None,

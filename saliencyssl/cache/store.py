@@ -373,10 +373,16 @@ class TargetCache:
             (:func:`audit_database`).
 
     Example:
-        >>> from saliencyssl.saliency import Labeller  # doctest: +SKIP
-        >>> labeller = Labeller()  # doctest: +SKIP
-        >>> cache = TargetCache("runs/cache", labeller.fingerprint)  # doctest: +SKIP
-        >>> target = cache.get(image) or labeller(image)  # doctest: +SKIP
+        >>> import tempfile
+        >>> from saliencyssl.saliency import Labeller
+        >>> labeller = Labeller()
+        >>> cache = TargetCache(tempfile.mkdtemp(), labeller.fingerprint)
+        >>> image = np.zeros((16, 16, 3), np.uint8)
+        >>> image[4:12, 4:12] = (220, 40, 40)
+        >>> target = cache.get(image) or labeller(image)   # a miss: labelled
+        >>> cache.put(image, target)
+        >>> cache.get(image).equals(target)                # a hit: the same target
+        True
     """
 
     def __init__(self, directory: str | Path, fingerprint: str, params: dict | None = None, timeout: float = 120.0,

@@ -83,6 +83,8 @@ def build_optimizer(method: SSLMethod, *, batch_size: int, epochs: int, steps_pe
         ValueError: non-positive sizes or learning rate, or no trainable parameters.
 
     Examples:
+        >>> from saliencyssl.ssl import build_method
+        >>> method = build_method("simclr", resnet18_backbone(cifar_stem=True))
         >>> optimizer, scheduler = build_optimizer(method, batch_size=512, epochs=200, steps_per_epoch=97)
         >>> optimizer.param_groups[0]["lr"]   # 0.06 * 512 / 128 for SGD methods
         0.24

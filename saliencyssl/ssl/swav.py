@@ -39,6 +39,7 @@ class SwAV(SSLMethod):
 
     Examples:
         >>> method = SwAV(resnet18_backbone(cifar_stem=True), n_prototypes=512)
+        >>> optimizer = torch.optim.SGD(method.parameters(), lr=0.06)
         >>> method.before_step(progress=step / (total_steps - 1), epoch=epoch)  # normalise prototypes
         >>> loss = method.training_loss(view_a, view_b)
         >>> loss.backward()
