@@ -37,6 +37,22 @@ def test_maps_and_cut_agree_with_cheng_cpp(salbench, stem):
     assert iou >= 0.999
 
 
+@pytest.mark.slow
+def test_all_36_cuts_and_rc_maps_equal_cheng_cpp(salbench):
+    """The faithful engine's SaliencyCut masks and RC maps equal the C++ ones exactly on every salbench photo."""
+    stems = sorted(p.stem for p in (salbench / "images").glob("*.jpg"))
+    assert len(stems) == 36
+    differ = []
+    for stem in stems:
+        bgr = _read_bgr(salbench / "images" / f"{stem}.jpg")
+        rc = rc_saliency(bgr)
+        if not np.array_equal(np.rint(rc.saliency * 255), _ref(salbench, stem, "rc")):
+            differ.append(f"{stem} rc")
+        if not np.array_equal(saliency_cut(bgr, rc.saliency), _ref(salbench, stem, "cut") > 128):
+            differ.append(f"{stem} cut")
+    assert not differ, f"differ from the C++ outputs: {differ}"
+
+
 def test_opencv_engine_finds_the_same_object(salbench):
     bgr = _read_bgr(salbench / "images" / "0017.jpg")
     rc = rc_saliency(bgr).saliency

@@ -351,7 +351,7 @@ class StaleCellError(ValueError):
 
 
 def _stale(folder: Path, state, what: str) -> StaleCellError:
-    why = (" (its targets came from another labeller version or other labeller options; `run_grid.py "
+    why = (" (its targets came from another labeller version or other labeller options; `saliency-ssl grid "
            "--collect-only` still tabulates the finished runs as they are)"
            if any(d.key == "labeller_fingerprint" for d in state.differences) else "")
     return StaleCellError(f"{folder} holds {what} made with other settings than the grid config asks for: "
@@ -518,7 +518,39 @@ def collect(config: GridConfig) -> list[dict]:
 
 
 # -- the command line -------------------------------------------------------------------------
-CLI_DOC = """"""
+CLI_DOC = """Run an experiment grid (methods x policies x label fractions) from one JSON config, resumably.
+
+Every cell is pretrained with the pretrain stage's loop and evaluated with the evaluate stage's
+protocols; finished cells are skipped, so an interrupted grid continues where it stopped. The
+results table (grid_results.csv / .md) and the paper-style plots (one line per policy, accuracy
+against label fraction; grid_<method>_<protocol>.png) are written to the config's "out" folder;
+a config with an "evaluation_name" names them after it instead of "grid", one with a "results_name"
+after that. Config keys: docs/evaluate.md.
+
+Configs shipped in configs/ (docs/evaluate.md describes each):
+  mask_aware_cifar10_cpu.json      default, salcrop+default, comp0.3+default and DetCon-S at 1,248 steps,
+                                   pretraining seeds 0 and 1
+  grid_cifar10_cpu.json            the paper's CIFAR-10 comparison, SimCLR x 4 policies, 114 steps
+  grid_cifar10_cpu_long.json       the same plus BYOL with default, at 312 steps on all 10,000 train images
+  grid_cifar10_cpu_8ep.json        default, sal+default and sal0.5+default at 1,248 steps, seeds 0 and 1
+  grid_cifar10_cpu_cutview.json    the cut view against the painted segments at 312 steps
+  grid_cifar10_cpu_8ep_cutview.json  default, sal+default and the cut view at 1,248 steps, seeds 0 and 1
+  grid_cifar10_gpu.json            grid_cifar10_cpu.json's four policies at the paper's budget (100 epochs)
+  learning_cifar10_cpu.json        each of the six methods, 114 steps, kNN and linear probe
+  learning_cifar10_cpu_long.json   each of the six methods, 312 steps
+  learning_cifar10_gpu.json        each of the six methods, 100 epochs, for a GPU
+
+Examples:
+  saliency-ssl grid configs/grid_cifar10_cpu.json
+  saliency-ssl grid configs/grid_cifar10_cpu.json --collect-only     (table and plots from finished cells)
+  saliency-ssl grid configs/grid_cifar10_cpu.json --list             (the cells and how far each got)
+
+Cells in parallel (two processes of one thread each on a 2-core machine, then one plain run for the
+baselines and the table):
+  OMP_NUM_THREADS=1 saliency-ssl grid CONFIG --only simclr__default &
+  OMP_NUM_THREADS=1 saliency-ssl grid CONFIG --only simclr__sal_plus_default &
+  wait; saliency-ssl grid CONFIG
+"""
 
 
 def main(argv: list[str] | None = None) -> int:

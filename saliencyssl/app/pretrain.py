@@ -653,7 +653,40 @@ def _set_rng_state(state: dict) -> None:
 
 
 # -- the command line -------------------------------------------------------------------------
-CLI_DOC = """"""
+CLI_DOC = """Contrastive self-supervised pretraining of a ResNet-18 with saliency views.
+
+Each step takes a batch of images, gets their targets from --aug-source (the cache, the
+surrogate, or the exact labeller; see below), renders the saliency view and applies the
+--policy's Kornia augmentations twice, and trains the --method. At the end RUN_DIR/backbone.pt
+holds the backbone for saliency-ssl evaluate.
+
+--aug-source:
+  none              no targets (use with a policy without 'sal', e.g. default, and a method other than detcon-*)
+  cache             targets from --cache (fill it first: saliency-ssl label DATA --cache CACHE)
+  cache,surrogate   cached targets; misses predicted by --surrogate in one batched call
+  cache,exact       cached targets; misses labelled exactly and written back to the cache
+  surrogate         every target from --surrogate
+  exact             every target labelled on the fly (the paper's slow baseline)
+--policy: default, salcrop+default, comp0.3+default, sal, sal+default, sal0.5+default, sal+jitter, sal0.5+jitter,
+  sal0.8+jitter0.8,
+  or free probabilities such as "sal0.3+default,vflip=0.5,view=cut".
+--method detcon-simclr / detcon-byol (DetCon, Henaff et al. 2021) pool the loss over each view's RC regions
+  (method option masks=foreground: the SaliencyCut mask and its background), warped with the view's crop
+  and flips: they read targets from --aug-source whatever the policy, so --aug-source none is refused.
+--method-option KEY=VALUE (repeatable) replaces one of the method's defaults (lightly's CIFAR-10 recipe):
+{method_defaults}
+
+Examples:
+  saliency-ssl pretrain --data runs/quickstart/data/train --method simclr --aug-source cache,surrogate \\
+      --policy sal+default --cache runs/quickstart/cache --surrogate runs/quickstart/surrogate/surrogate.pt \\
+      --epochs 20 --batch-size 64 --image-size 64 --out runs/simclr
+  saliency-ssl pretrain --data ../shared/data/cifar10/train --method byol --aug-source cache,surrogate \\
+      --policy sal+default --cache runs/cache --surrogate runs/surrogate/surrogate.pt --epochs 200 \\
+      --device cuda --amp --knn-train ../shared/data/cifar10/train --knn-test ../shared/data/cifar10/test --out runs/byol
+  saliency-ssl pretrain --data ../shared/data/cifar10/train --method detcon-simclr --aug-source cache \
+      --policy default --cache runs/cache --epochs 200 --device cuda --out runs/detcon-simclr
+  torchrun --nproc_per_node 4 -m saliencyssl pretrain ... --device cuda       (DDP, one process per GPU)
+"""
 
 
 def _method_defaults() -> str:

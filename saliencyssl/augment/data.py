@@ -2,7 +2,7 @@
 
 Two ways to feed the router, for two sizes of data set:
 
-- **preloaded** (the default, and what ``scripts/pretrain.py`` uses): :meth:`TrainingImages.stack`
+- **preloaded** (the default, and what pretraining uses): :meth:`TrainingImages.stack`
   holds every image as one ``(N, 3, S, S)`` uint8 tensor (pinned, or on the GPU) and batches are
   gathered by index; targets come from a :class:`~saliencyssl.augment.pack.FrozenPack`.
 - **streaming**: :class:`TrainingImages` is a map-style ``Dataset``; wrapped in

@@ -16,7 +16,7 @@ instead of returning a wrong target.
 **The key is covered.** Since codec version 2 the checksum also covers the key the entry is
 stored under (``"<fingerprint>/<content hash>"``), so a damaged key, which would leave the
 target under another image's name, fails its check like a damaged value. Version 1 entries
-(checksum over the body alone) are still read; ``scripts/cache.py verify`` rewrites them as
+(checksum over the body alone) are still read; :meth:`TargetCache.verify` rewrites them as
 version 2. Bytes that travel between processes before they have a key are encoded with the
 empty key and bound to their key when they are stored (:func:`bind_key`).
 """

@@ -6,7 +6,7 @@ no SQLite database is ever shared between machines.
 
 - :class:`InlineExecutor`: runs in this process (tests, debugging, ``--workers 0``).
 - :class:`PoolExecutor`: ``concurrent.futures.ProcessPoolExecutor`` with N worker processes
-  (the default of ``scripts/label.py``).
+  (the default of the label stage).
 - :class:`DaskExecutor`: a ``dask.distributed`` client, either to a running scheduler
   (``tcp://host:8786``) or to a LocalCluster of N worker processes (``local:N``). Dask
   reschedules the tasks of a lost worker on the others, so a killed worker loses no finished
@@ -268,7 +268,7 @@ def default_workers() -> int:
 
 
 def make_executor(workers: int | None = None, scheduler: str | None = None):
-    """The executor ``scripts/label.py`` uses for ``--workers`` / ``--scheduler`` (default:
+    """The executor of a labelling job: ``scheduler`` (Dask), else ``workers`` processes (default:
     :func:`default_workers` processes)."""
     if scheduler:
         return DaskExecutor(scheduler)

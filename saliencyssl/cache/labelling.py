@@ -1,4 +1,4 @@
-"""Filling a cache with exact targets for every image below a folder (``scripts/label.py``).
+"""Filling a cache with exact targets for every image below a folder (the label stage, :mod:`saliencyssl.app.label`).
 
 The job runs in passes over an executor (:mod:`saliencyssl.cache.executors`):
 

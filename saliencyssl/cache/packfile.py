@@ -41,7 +41,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from saliencyssl.saliency.options import describe_params
+from saliencyssl.saliency.params import describe_params
 from saliencyssl.target import Target
 
 MAGIC = b"SSLPACK1"
@@ -187,8 +187,7 @@ def open_pack(path: str | Path, expect_fingerprint: str | None = None) -> PackFi
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pack {path} not found; write one with: python scripts/cache.py export CACHE_DIR "
-                                f"IMAGES_DIR --out {path}")
+        raise FileNotFoundError(f"pack {path} not found; a pack is exported from a cache for a data set's images")
     size = path.stat().st_size
     with open(path, "rb") as fh:
         magic = fh.read(len(MAGIC))

@@ -13,7 +13,7 @@ they come from:
   the writing process is killed with SIGKILL.
 - **Several processes.** Any number of processes may read and write one directory at once
   on a local file system (SQLite in WAL mode with a busy timeout). Do not share one over a
-  network file system; for clusters, one process writes (see ``scripts/label.py --scheduler``).
+  network file system; for clusters, one process writes (labelling on Dask: :mod:`saliencyssl.cache.labelling`).
 - **Integrity.** Values carry a checksum (:mod:`saliencyssl.cache.codec`). A damaged entry is
   reported (a warning naming the key), deleted and treated as a miss, so it is recomputed and
   never returned. :meth:`TargetCache.verify` checks every entry.

@@ -1,4 +1,4 @@
-"""Classification and clustering of a frozen backbone's features at label fractions (``scripts/evaluate.py``).
+"""Classification and clustering of a frozen backbone's features at label fractions (the evaluate stage).
 
 :func:`evaluate_classification` extracts (or loads cached) features of the train and test sets,
 runs the linear probe and kNN over label fractions x seeds (class-balanced subsets drawn per
@@ -20,7 +20,7 @@ PROTOCOLS = ("linear", "knn", "kmeans")
 
 @dataclass
 class ClassificationSettings:
-    """The options of one evaluation (the command-line flags of ``scripts/evaluate.py``)."""
+    """The options of one evaluation (the evaluate stage's :class:`~saliencyssl.app.evaluate.EvaluateConfig` checks them)."""
 
     backbone: str
     test: str

@@ -4,14 +4,14 @@ The JSON holds the numbers a program reads back; the CSV one row per (protocol, 
 the per-seed values spelt out; the markdown a table for a lab notebook or a pull request. Plots
 use matplotlib's object API (no pyplot state, no display needed).
 
-Classification results (``scripts/evaluate.py``)::
+Classification results (the evaluate stage)::
 
     {"linear": {"0.1": {"accuracy_mean": .., "accuracy_std": .., "n_labelled": ..}, ...},
      "knn":    {...same...},
      "kmeans": {"nmi": .., "ari": ..},
      "meta":   {...}}
 
-Segmentation results (``scripts/eval_segmentation.py``)::
+Segmentation results (the segment stage)::
 
     {"0.1": {"iou_mean": .., "iou_std": .., "f_mean": .., "f_std": .., "n_labelled": ..}, ..., "meta": {...}}
 
@@ -50,7 +50,7 @@ SEGMENTATION_TITLES = {"iou": "IoU", "f": "F-measure", "mask_ap": "mask AP", "ma
 
 def classification_results(scores: Mapping[str, Sequence[FractionScore]], kmeans: Mapping[str, float | None] | None,
                            meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``results.json`` object of ``scripts/evaluate.py``.
+    """The ``results.json`` object of the evaluate stage.
 
     Args:
         scores: protocol name (``linear``, ``knn``) -> its fraction scores (metric ``accuracy``).
@@ -90,7 +90,7 @@ def _segmentation_metrics(scores: Sequence[FractionScore]) -> list[str]:
 
 
 def segmentation_results(scores: Sequence[FractionScore], meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``results.json`` object of ``scripts/eval_segmentation.py`` (metrics ``iou`` and ``f``, and with
+    """The ``results.json`` object of the segment stage (metrics ``iou`` and ``f``, and with
     Mask R-CNN ``mask_ap``, ``mask_ap50``, ``mask_ap75``, ``box_ap``)."""
     metrics = _segmentation_metrics(scores)
     results: dict[str, Any] = {}
@@ -163,7 +163,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[st
 
 
 def classification_markdown(results: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
-    """``results.md`` of ``scripts/evaluate.py``."""
+    """``results.md`` of the evaluate stage."""
     meta = results.get("meta", {})
     parts = ["# Downstream evaluation", "", *_meta_lines(meta), ""]
     fraction_rows = [r for r in rows if r.get("protocol") in ("linear", "knn")]
@@ -190,7 +190,7 @@ def classification_markdown(results: Mapping[str, Any], rows: Sequence[Mapping[s
 
 
 def segmentation_markdown(results: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
-    """``results.md`` of ``scripts/eval_segmentation.py``."""
+    """``results.md`` of the segment stage."""
     meta = results.get("meta", {})
     metrics = [m for m in SEGMENTATION_TITLES if rows and f"{m}_mean" in rows[0]]
     heading = "Foreground IoU and F-measure (beta^2 = 0.3)" + (", COCO AP of the instance masks and boxes"

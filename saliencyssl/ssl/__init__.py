@@ -4,7 +4,7 @@
 SwAV, Barlow Twins, or DetCon-S / DetCon-B (:mod:`~saliencyssl.ssl.detcon`: a contrastive loss
 over mask-pooled features, which needs each view's warped targets) around
 :func:`~saliencyssl.ssl.backbone.resnet18_backbone`;
-:func:`build_optimizer` gives lightly's CIFAR-10 recipe; :mod:`saliencyssl.ssl.pretrain` is the
+:func:`build_optimizer` gives lightly's CIFAR-10 recipe; :mod:`saliencyssl.app.pretrain` is the
 one training loop they all share.
 """
 

@@ -79,15 +79,14 @@ def load_backbone(path: str | Path, map_location: str | torch.device = "cpu") ->
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"backbone checkpoint {path} not found; pretrain one with scripts/pretrain.py "
-                                f"(it writes RUN_DIR/backbone.pt) or pass --backbone random")
+        raise FileNotFoundError(f"backbone checkpoint {path} not found; pretraining writes one as RUN_DIR/backbone.pt")
     try:
         # weights_only: tensors and plain containers only, so a checkpoint cannot run code when loaded.
         blob = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # unpickling errors have no common base class
         raise ValueError(f"{path} cannot be read as a backbone checkpoint ({type(error).__name__}): it is damaged, "
                          f"or holds objects other than tensors, which are refused because loading them could run "
-                         f"code; pass the backbone.pt that scripts/pretrain.py writes, a torchvision ResNet-18 "
+                         f"code; pass the backbone.pt that pretraining writes, a torchvision ResNet-18 "
                          f"state dict, or --backbone random") from error
     if isinstance(blob, dict) and "state_dict" in blob and "config" in blob:
         state, config = blob["state_dict"], dict(blob["config"])
@@ -97,7 +96,7 @@ def load_backbone(path: str | Path, map_location: str | torch.device = "cpu") ->
                   "feature_dim": FEATURE_DIM, "source": str(path)}
     else:
         raise ValueError(f"{path} is not a saliency-ssl backbone (expected a dict with 'state_dict' and 'config', "
-                         f"as scripts/pretrain.py writes)")
+                         f"as pretraining writes)")
     model = resnet18_backbone(bool(config.get("cifar_stem", False)))
     try:
         model.load_state_dict(state)

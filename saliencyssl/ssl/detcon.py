@@ -329,7 +329,7 @@ class _MaskPooling:
             raise ValueError(f"{self.name} pools its loss over each view's masks ({masks}) and needs targets_{which}: "
                              f"the TargetBatch warped with that view's crop/flip/rotation, as "
                              f"SSLAugmentation(policy, size)(images, targets, return_targets=True) returns it "
-                             f"(scripts/pretrain.py passes them; it needs --aug-source cache, surrogate or "
+                             f"(pretraining passes them when the method needs targets, from a cache, surrogate or "
                              f"cache,surrogate)")
         if not isinstance(targets, TargetBatch):
             raise ValueError(f"{self.name}: targets_{which} must be a saliencyssl.target.TargetBatch, got "

@@ -1,6 +1,6 @@
 """torchrun / DDP plumbing: one place that knows the process's rank, world size and device.
 
-``scripts/pretrain.py`` runs unchanged under ``torchrun --nproc_per_node N`` (which sets
+Pretraining runs unchanged under ``torchrun --nproc_per_node N -m saliencyssl pretrain`` (which sets
 ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``): :func:`init_distributed` starts the process group
 (NCCL on CUDA, gloo on the CPU), picks the local GPU, and :class:`DistInfo` tells the loop which
 share of the data is its own and whether it writes logs and checkpoints (rank 0 only).
