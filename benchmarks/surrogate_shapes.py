@@ -105,7 +105,7 @@ def score(surrogate, test, classes: np.ndarray) -> dict:
     """Mask IoU per class and overall, and the boundary F, of ``surrogate`` on the ``test`` pairs."""
     from saliencyssl.surrogate.fidelity import evaluate_surrogate
 
-    result = evaluate_surrogate(surrogate, test.images, test.targets.batch())
+    result = evaluate_surrogate(surrogate, test.images, test.targets)
     iou, boundary = result.scores["iou"], result.scores["boundary_f"]
     return {"mask_iou": round(float(iou.mean()), 4), "boundary_f": round(float(boundary.mean()), 4),
             "mask_iou_per_class": {c: round(float(iou[classes == c].mean()), 4) for c in sorted(set(classes))}}
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"), "device": device_name("cpu"), "threads": torch.get_num_threads(),
         "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
         "n_train": len(train), "n_test": len(test), "size": args.size, "steps": result.steps,
-        "config": {k: v for k, v in config.as_dict().items() if k not in ("max_minutes", "grid_images", "ema",
+        "config": {k: v for k, v in config.as_dict().items() if k not in ("max_minutes", "max_steps", "grid_images",
                                                                            "held_out", "select", "amp")},
         **final,
         "train_mask_iou": on_train["mask_iou"], "train_boundary_f": on_train["boundary_f"],

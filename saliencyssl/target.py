@@ -18,12 +18,17 @@ regions     uint16       the RC region segmentation, labels 0..R-1 numbered in r
 For learning and rendering, a target is also written as dense channels
 (:data:`TARGET_CHANNELS`): the saliency map in [0, 1], the mask as 0/1, and the region
 *boundary* (a pixel whose right or lower neighbour lies in another region). The boundary is
-what a network can predict; :func:`regions_from_boundary` turns it back into segments by
-4-connected components, which never merge two regions because a region pixel that is not on
-the boundary has its right and lower neighbours in the same region.
+what a network can predict. One rule turns a boundary back into segments, whichever form it
+comes in (:func:`label_components`): the 4-connected components of the non-boundary pixels,
+which never merge two regions because a region pixel that is not on the boundary has its right
+and lower neighbours in the same region, each boundary pixel then joining the segment nearest to
+it. :meth:`TargetBatch.from_channels` applies it to a batch on any device and
+:func:`regions_from_boundary` to one numpy map.
 
-:class:`TargetBatch` is the batched, torch form used on the training device: the same three
-parts as tensors of shape ``(B, 1, H, W)``.
+:class:`TargetBatch` is the batched, torch form: the same three parts as tensors of shape
+``(B, 1, H, W)`` on one device. The router hands it to the renderer, the surrogate predicts it,
+and the surrogate's training pairs keep their exact targets in it (in its compact form, see the
+class).
 """
 
 from __future__ import annotations
@@ -146,43 +151,60 @@ def region_boundary(regions):
 
 
 def regions_from_boundary(boundary: np.ndarray) -> np.ndarray:
-    """Split an image into segments along a boundary map (numpy, one image).
+    """Split an image into segments along a boundary map (numpy, one image), by the rule of
+    :func:`label_components`.
 
-    Non-boundary pixels are grouped into 4-connected components; each boundary pixel then
-    joins the segment of its left or upper neighbour (the side :func:`region_boundary` puts it
-    on), falling back to any labelled neighbour.
+    Non-boundary pixels are grouped into 4-connected components; each boundary pixel then joins
+    the segment nearest to it in city-block distance (the one with the largest label among equally
+    near ones), exactly as :meth:`TargetBatch.from_channels` splits a surrogate's prediction, so a
+    boundary gives the same partition in either form. The labels are then renumbered in raster
+    order of first appearance, as the labeller numbers its regions.
 
     Args:
         boundary: ``(H, W)`` bool or float (> 0.5 = boundary).
 
     Returns:
-        ``(H, W)`` uint16 labels numbered in raster order of first appearance.
-    """
-    import cv2
+        ``(H, W)`` uint16 labels 0..R-1 numbered in raster order of first appearance (all 0 when
+        every pixel is a boundary pixel).
 
-    inside = (np.asarray(boundary) <= 0.5 if np.asarray(boundary).dtype != bool else ~np.asarray(boundary))
-    h, w = inside.shape
-    if h == 0 or w == 0:
-        return np.zeros((h, w), np.uint16)
-    count, labels = cv2.connectedComponents(inside.astype(np.uint8), connectivity=4, ltype=cv2.CV_32S)
-    labels = labels.astype(np.int64)
-    labels[~inside] = -1
-    # Boundary pixels take the label of a labelled neighbour; repeat for thick boundaries.
-    for _ in range(h + w):
-        todo = labels < 0
-        if not todo.any():
-            break
-        for dy, dx in ((0, -1), (-1, 0), (0, 1), (1, 0)):
-            shifted = np.full_like(labels, -1)
-            ys = slice(max(dy, 0), h + min(dy, 0))
-            xs = slice(max(dx, 0), w + min(dx, 0))
-            yd = slice(max(-dy, 0), h + min(-dy, 0))
-            xd = slice(max(-dx, 0), w + min(-dx, 0))
-            shifted[yd, xd] = labels[ys, xs]
-            take = (labels < 0) & (shifted >= 0)
-            labels[take] = shifted[take]
-    labels[labels < 0] = 0
-    return relabel_raster(labels)
+    Example:
+        >>> edge = np.zeros((3, 4), bool)
+        >>> edge[:, 1] = True  # a vertical line splits the image in two
+        >>> regions_from_boundary(edge).tolist()
+        [[0, 1, 1, 1], [0, 1, 1, 1], [0, 1, 1, 1]]
+    """
+    import torch
+
+    boundary = np.asarray(boundary)
+    if boundary.ndim != 2:
+        raise ValueError(f"regions_from_boundary takes one (H, W) map, got shape {boundary.shape}")
+    inside = ~boundary if boundary.dtype == bool else boundary <= 0.5
+    if inside.size == 0:
+        return np.zeros(inside.shape, np.uint16)
+    labels = label_components(torch.from_numpy(np.ascontiguousarray(inside))[None, None])
+    return relabel_raster(labels[0, 0].numpy())
+
+
+def rotate_quarters(x: "torch.Tensor", turns: "torch.Tensor") -> "torch.Tensor":
+    """Rotate each square ``(N, C, S, S)`` item of ``x`` by its own number of quarter turns.
+
+    Args:
+        x: ``(N, C, S, S)`` tensor of any dtype (images, maps, masks, labels).
+        turns: ``(N,)`` integer tensor in 0..3, counter-clockwise quarter turns per item
+            (:func:`torch.rot90` over the last two dimensions), on any device.
+
+    Returns:
+        A new ``(N, C, S, S)`` tensor of ``x``'s dtype and device.
+    """
+    import torch
+
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"quarter turns need square items, got {tuple(x.shape[-2:])}")
+    k = turns.to(x.device).view(-1, *([1] * (x.ndim - 1)))
+    out = x
+    for quarter in (1, 2, 3):
+        out = torch.where(k == quarter, torch.rot90(x, quarter, (-2, -1)), out)
+    return out
 
 
 def relabel_raster(labels: np.ndarray) -> np.ndarray:
@@ -198,13 +220,24 @@ def relabel_raster(labels: np.ndarray) -> np.ndarray:
 
 @dataclass
 class TargetBatch:
-    """A batch of targets as tensors on one device, the layout the router hands to the renderer.
+    """A batch of targets as tensors on one device.
 
     Attributes:
         saliency: ``(B, 1, H, W)`` float32 in [0, 1].
         mask: ``(B, 1, H, W)`` bool.
-        regions: ``(B, 1, H, W)`` int64 region labels, distinct within each image (not
-            necessarily consecutive).
+        regions: ``(B, 1, H, W)`` integer region labels, distinct within each image (not
+            necessarily consecutive): int64 as the router and the surrogate hand them out, or
+            int32 in the compact form (``from_targets(..., compact=True)``) in which the
+            surrogate's training pairs keep many targets on the device. Every reader compares
+            labels or widens them (``regions.long()``), so both read alike.
+
+    Example:
+        >>> import torch
+        >>> batch = TargetBatch.from_targets([Target.empty(4, 4), Target.empty(4, 4)])
+        >>> len(batch), tuple(batch.channels().shape), batch.regions.dtype
+        (2, (2, 3, 4, 4), torch.int64)
+        >>> batch.rotate(torch.tensor([0, 1])).flip(torch.tensor([True, False])).mask.shape
+        torch.Size([2, 1, 4, 4])
     """
 
     saliency: "torch.Tensor"  # noqa: F821
@@ -226,8 +259,14 @@ class TargetBatch:
         return self.saliency.device
 
     @classmethod
-    def from_targets(cls, targets: "list[Target]", device=None) -> "TargetBatch":
-        """Stack same-sized :class:`Target` objects into a batch."""
+    def from_targets(cls, targets: "list[Target]", device=None, compact: bool = False) -> "TargetBatch":
+        """Stack same-sized :class:`Target` objects into a batch.
+
+        Args:
+            targets: at least one target, all of one size.
+            device: where the batch goes (default: the CPU).
+            compact: int32 region labels instead of int64 (see the class).
+        """
         import torch
 
         if not targets:
@@ -235,18 +274,45 @@ class TargetBatch:
         shapes = {t.shape for t in targets}
         if len(shapes) != 1:
             raise ValueError(f"targets differ in size {sorted(shapes)}; resize them to one size first "
-                             f"(saliencyssl.augment resizes to --image-size)")
+                             f"(saliencyssl.datasets.target_at_size)")
         sal = torch.from_numpy(np.stack([t.saliency for t in targets]))[:, None]
         mask = torch.from_numpy(np.stack([t.mask for t in targets]))[:, None]
-        reg = torch.from_numpy(np.stack([t.regions.astype(np.int64) for t in targets]))[:, None]
-        return cls(sal.to(device=device, dtype=torch.float32) / 255.0, mask.to(device), reg.to(device))
+        reg = torch.from_numpy(np.stack([t.regions for t in targets]).astype(np.int32 if compact else np.int64))
+        return cls(sal.to(device=device, dtype=torch.float32) / 255.0, mask.to(device), reg[:, None].to(device))
 
-    def to(self, device) -> "TargetBatch":
-        return TargetBatch(self.saliency.to(device), self.mask.to(device), self.regions.to(device))
+    def to(self, device, non_blocking: bool = False) -> "TargetBatch":
+        return TargetBatch(self.saliency.to(device, non_blocking=non_blocking),
+                           self.mask.to(device, non_blocking=non_blocking),
+                           self.regions.to(device, non_blocking=non_blocking))
 
-    def index_select(self, index: "torch.Tensor") -> "TargetBatch":
-        """The targets at ``index`` (a 1-D long tensor), in that order."""
+    def index_select(self, index) -> "TargetBatch":
+        """The targets at ``index`` (a 1-D integer tensor on the batch's device or the CPU, or a
+        slice), in that order."""
         return TargetBatch(self.saliency[index], self.mask[index], self.regions[index])
+
+    def flip(self, which: "torch.Tensor") -> "TargetBatch":
+        """The batch with the targets where ``which`` (``(B,)`` bool) is True mirrored left-right.
+
+        The region labels move with their pixels, so :meth:`channels` gives the boundary of the
+        mirrored regions (the "right or lower neighbour" rule is not mirror-symmetric: a mirrored
+        boundary channel would be off by a pixel).
+        """
+        import torch
+
+        w = which.to(self.device).view(-1, 1, 1, 1)
+        return TargetBatch(torch.where(w, self.saliency.flip(-1), self.saliency),
+                           torch.where(w, self.mask.flip(-1), self.mask),
+                           torch.where(w, self.regions.flip(-1), self.regions))
+
+    def rotate(self, turns: "torch.Tensor") -> "TargetBatch":
+        """The batch with each (square) target turned by ``turns`` (``(B,)`` int in 0..3) counter-clockwise
+        quarter turns (:func:`rotate_quarters`)."""
+        return TargetBatch(rotate_quarters(self.saliency, turns), rotate_quarters(self.mask, turns),
+                           rotate_quarters(self.regions, turns))
+
+    def nbytes(self) -> int:
+        """Bytes the three tensors take."""
+        return sum(t.numel() * t.element_size() for t in (self.saliency, self.mask, self.regions))
 
     @classmethod
     def cat(cls, batches: "list[TargetBatch]") -> "TargetBatch":
@@ -282,14 +348,11 @@ class TargetBatch:
         return cls(saliency, mask, regions)
 
     def channels(self) -> "torch.Tensor":
-        """``(B, 3, H, W)`` float32 dense channels (:data:`TARGET_CHANNELS`)."""
+        """``(B, 3, H, W)`` float32 dense channels (:data:`TARGET_CHANNELS`) in [0, 1], on the batch's
+        device; the boundary is computed from the region labels (:func:`region_boundary`)."""
         import torch
 
-        reg = self.regions
-        edge = torch.zeros_like(self.mask)
-        edge[..., :, :-1] |= reg[..., :, :-1] != reg[..., :, 1:]
-        edge[..., :-1, :] |= reg[..., :-1, :] != reg[..., 1:, :]
-        return torch.cat([self.saliency, self.mask.float(), edge.float()], dim=1)
+        return torch.cat([self.saliency.float(), self.mask.float(), region_boundary(self.regions).float()], dim=1)
 
 
 def label_components(inside: "torch.Tensor", max_iterations: int | None = None) -> "torch.Tensor":

@@ -1,5 +1,5 @@
 """Fidelity metrics on hand-made cases, the predict-nothing baseline, the comparison with human masks, and
-scripts/eval_fidelity.py end to end."""
+saliency-ssl fidelity end to end."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from saliencyssl.metrics import f_measure, map_mae, minmax_normalise
 from saliencyssl.saliency import Labeller, LabellerConfig
 from saliencyssl.surrogate.model import Surrogate
 from saliencyssl.target import TargetBatch
-import eval_fidelity  # scripts/eval_fidelity.py (pyproject.toml puts scripts/ on pytest's pythonpath)
+from saliencyssl.app import fidelity as fidelity_stage
 
 SALBENCH = SHARED / "data" / "salbench"
 
@@ -152,7 +152,7 @@ def test_grid_shows_best_and_worst_rows():
     assert grid.dtype == np.uint8 and grid.ndim == 3 and grid.shape[0] > 2 * 32
 
 
-# ---------------------------------------------------------------------------------- the CLI
+# ---------------------------------------------------------------------------------- the stage
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory, photo):
     root = tmp_path_factory.mktemp("fidelity")
@@ -174,7 +174,7 @@ def test_eval_fidelity_end_to_end_writes_the_json_keys(labelled, tmp_path, capsy
     images, cache_dir, fingerprint = labelled
     checkpoint = Surrogate.fresh(32, fingerprint, ngf=4).save(tmp_path / "surrogate.pt")
     out, grid = tmp_path / "fidelity.json", tmp_path / "grid.png"
-    code = eval_fidelity.main([str(images), "--cache", str(cache_dir), "--surrogate", str(checkpoint), "--json",
+    code = fidelity_stage.main([str(images), "--cache", str(cache_dir), "--surrogate", str(checkpoint), "--json",
                                str(out), "--grid", str(grid), "--grid-rows", "2", "--quiet"])
     assert code == 0
     data = json.loads(out.read_text())
@@ -188,9 +188,9 @@ def test_eval_fidelity_end_to_end_writes_the_json_keys(labelled, tmp_path, capsy
 def test_eval_fidelity_refuses_a_surrogate_of_another_labeller(labelled, tmp_path, capsys):
     images, cache_dir, _ = labelled
     checkpoint = Surrogate.fresh(32, LabellerConfig(scale=2.0).fingerprint(), ngf=4).save(tmp_path / "s.pt")
-    code = eval_fidelity.main([str(images), "--cache", str(cache_dir), "--surrogate", str(checkpoint), "--quiet"])
+    code = fidelity_stage.main([str(images), "--cache", str(cache_dir), "--surrogate", str(checkpoint), "--quiet"])
     assert code == 2
-    assert "scripts/label.py" in capsys.readouterr().err
+    assert f"saliency-ssl label {images} --cache {cache_dir}" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------- against human masks
@@ -344,7 +344,7 @@ def test_eval_fidelity_scores_the_exact_labeller_near_one_against_true_shape_mas
     images, masks, cache_dir, fingerprint = shapes_labelled
     checkpoint = Surrogate.fresh(32, fingerprint, ngf=4).save(tmp_path / "surrogate.pt")
     out = tmp_path / "fidelity.json"
-    code = eval_fidelity.main([str(images), "--cache", str(cache_dir), "--surrogate", str(checkpoint),
+    code = fidelity_stage.main([str(images), "--cache", str(cache_dir), "--surrogate", str(checkpoint),
                                "--masks", str(masks), "--json", str(out), "--quiet"])
     assert code == 0
     captured = capsys.readouterr()
@@ -367,7 +367,7 @@ def test_eval_fidelity_masks_folder_without_a_match_is_an_error_naming_both(shap
     unrelated = tmp_path / "unrelated"
     unrelated.mkdir()
     _write_mask(unrelated / "nothing_like_these", square(8, 0, 0, 4), "png")
-    code = eval_fidelity.main([str(images), "--cache", str(cache_dir), "--surrogate", str(checkpoint),
+    code = fidelity_stage.main([str(images), "--cache", str(cache_dir), "--surrogate", str(checkpoint),
                                "--masks", str(unrelated), "--quiet"])
     assert code == 2
     err = capsys.readouterr().err
@@ -419,7 +419,7 @@ def test_eval_fidelity_on_salbench_photos(tmp_path, one_torch_thread):
     cache.close()
     checkpoint = Surrogate.fresh(32, config.fingerprint(), ngf=4).save(tmp_path / "surrogate.pt")
     out = tmp_path / "salbench.json"
-    code = eval_fidelity.main([str(images), "--cache", str(cache_dir), "--surrogate", str(checkpoint),
+    code = fidelity_stage.main([str(images), "--cache", str(cache_dir), "--surrogate", str(checkpoint),
                                "--masks", str(SALBENCH / "masks"), "--json", str(out), "--quiet"])
     assert code == 0
     vs = json.loads(out.read_text())["vs_masks"]

@@ -309,7 +309,7 @@ def test_only_runs_the_named_cells_and_leaves_baselines_and_table_to_a_plain_run
 
 
 def test_quickstart_rerun_replaces_its_training_outputs_and_keeps_data_and_cache(tmp_path):
-    import quickstart  # scripts/quickstart.py
+    from saliencyssl.app import quickstart
 
     for name in (*quickstart.RERUN_FOLDERS, "data", "cache"):
         (tmp_path / name).mkdir()

@@ -1,4 +1,4 @@
-"""The Pix2Pix surrogate: shapes, a training step, prediction, checkpoints, pairs and the training CLI."""
+"""The Pix2Pix surrogate: shapes, a training step, prediction, checkpoints, pairs and the train-surrogate stage."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from saliencyssl.app import train_surrogate
+from saliencyssl.app.options import label_command
 from saliencyssl.augment.predictor import TargetPredictor
 from saliencyssl.cache import TargetCache
 from saliencyssl.datasets import open_image_set
@@ -19,11 +21,10 @@ from saliencyssl.surrogate.losses import GANLoss, LossWeights, TargetLoss, soft_
 from saliencyssl.surrogate.model import Surrogate, SurrogateCheckpointError
 from saliencyssl.surrogate.networks import (Architecture, PatchDiscriminator, UNetGenerator, build_networks,
                                             image_to_input, patch_receptive_field, unet_depth)
-from saliencyssl.surrogate.pairs import (MissingTargetsError, PairSet, TargetTensors, choose_fingerprint,
-                                         held_out_mask, label_command, load_pairs)
-from saliencyssl.surrogate.training import SurrogateTrainer, TrainConfig, resolve_device
-from saliencyssl.target import TARGET_CHANNELS, TargetBatch, region_boundary
-import train_surrogate  # scripts/train_surrogate.py (pyproject.toml puts scripts/ on pytest's pythonpath)
+from saliencyssl.surrogate.pairs import (NoPairsError, PairSet, choose_fingerprint, describe_misses, held_out_mask,
+                                         load_pairs)
+from saliencyssl.surrogate.training import SurrogateTrainer, TrainConfig, TrainConfigError, resolve_device
+from saliencyssl.target import TARGET_CHANNELS, TargetBatch, region_boundary, regions_from_boundary
 
 
 TINY = dict(ngf=4, ndf=4)
@@ -92,12 +93,6 @@ def test_init_weights_follow_pix2pix():
     assert abs(float(conv.mean())) < 0.005 and 0.015 < float(conv.std()) < 0.025
     bn = g.down[1][2].weight.detach()
     assert abs(float(bn.mean()) - 1.0) < 0.02
-
-
-def test_coordinate_channels_change_the_first_layer():
-    g = UNetGenerator(Architecture(32, ngf=4, coords=True))
-    assert g.down[0][0].in_channels == 5
-    assert g(torch.zeros(1, 3, 32, 32)).shape == (1, 3, 32, 32)
 
 
 # ---------------------------------------------------------------------------------- losses
@@ -239,8 +234,20 @@ def test_wrong_checkpoints_fail_with_the_reason(tmp_path):
     torch.save({"state_dict": {}, "config": {}}, tmp_path / "backbone.pt")
     with pytest.raises(SurrogateCheckpointError, match="is not a surrogate checkpoint"):
         Surrogate.load(tmp_path / "backbone.pt")
-    with pytest.raises(FileNotFoundError, match="train_surrogate.py"):
+    with pytest.raises(FileNotFoundError, match="saliency-ssl train-surrogate"):
         Surrogate.load(tmp_path / "missing.pt")
+    # Generators with an option that left the product (coordinate channels, the support output) are refused
+    # by name; a record of those fields at the product's values reads as usual.
+    for field, value, words in (("coords", True, "coordinate channels"), ("out_channels", 4, "support")):
+        blob = torch.load(path, weights_only=True)
+        blob["arch"][field] = value
+        torch.save(blob, tmp_path / "retired.pt")
+        with pytest.raises(SurrogateCheckpointError, match=f"{words}.*train-surrogate"):
+            Surrogate.load(tmp_path / "retired.pt")
+    blob = torch.load(path, weights_only=True)
+    blob["arch"].update(coords=False, out_channels=len(TARGET_CHANNELS))
+    torch.save(blob, tmp_path / "plain.pt")
+    assert Surrogate.load(tmp_path / "plain.pt").arch == Surrogate.load(path).arch
 
 
 class _NotATensor:
@@ -257,7 +264,7 @@ def test_a_pickle_that_is_not_a_checkpoint_gets_our_one_line_message(tmp_path, k
     with pytest.raises(SurrogateCheckpointError) as info:
         Surrogate.load(path)
     message = str(info.value)
-    assert str(path) in message and "not a surrogate checkpoint" in message and "train_surrogate.py" in message
+    assert str(path) in message and "not a surrogate checkpoint" in message and "train-surrogate" in message
     assert "weights_only" not in message and "trust" not in message.lower() and "\n" not in message
     assert info.value.__cause__ is None and info.value.__suppress_context__  # torch's advice is not chained either
 
@@ -300,14 +307,20 @@ def test_misses_are_listed_with_the_command(labelled, photo, tmp_path):
     cv2.imwrite(str(folder / "new.png"), cv2.cvtColor(extra, cv2.COLOR_RGB2BGR))
     result = load_pairs(folder, cache_dir, 32, progress=False)
     assert len(result) == 3 and result.misses == ["new.png"]
-    assert result.fix_command.startswith("python scripts/label.py") and "--cache" in result.fix_command
+    lines = describe_misses(result)
+    assert "1 image(s) have no target" in lines[0] and lines[1].strip() == "new.png"
     lonely = tmp_path / "lonely"
     lonely.mkdir()
     cv2.imwrite(str(lonely / "new.png"), cv2.cvtColor(extra, cv2.COLOR_RGB2BGR))
-    with pytest.raises(MissingTargetsError, match="scripts/label.py"):
+    with pytest.raises(NoPairsError, match="no target") as info:
         load_pairs(lonely, cache_dir, 32, progress=False)
-    with pytest.raises(MissingTargetsError, match="not a target cache"):
+    # The error carries data, and the stage turns it into the command that labels the images.
+    assert info.value.reason == "no_targets" and info.value.cache_dir == cache_dir
+    assert train_surrogate.no_pairs_advice(info.value).startswith(f"label them with: saliency-ssl label {lonely}")
+    with pytest.raises(NoPairsError, match="not a target cache") as info:
         load_pairs(lonely, tmp_path / "nocache", 32, progress=False)
+    assert info.value.reason == "no_cache" and "fill it with: saliency-ssl label" in train_surrogate.no_pairs_advice(
+        info.value)
 
 
 def test_targets_of_an_older_labeller_version_are_not_learned(tmp_path, labelled):
@@ -327,17 +340,19 @@ def test_targets_of_an_older_labeller_version_are_not_learned(tmp_path, labelled
     only_old.put(hashes[0], source.get(hashes[0]))
     for cache in (old, current, source, only_old):
         cache.close()
-    with pytest.raises(MissingTargetsError, match="older labeller versions only.*label.py"):
+    with pytest.raises(NoPairsError, match="older labeller versions only") as info:
         choose_fingerprint(tmp_path / "only_old", hashes, images_dir=images)
+    assert info.value.reason == "old_versions" and list(info.value.fingerprints) == ["0ld0ld0ld0ld0ld0"]
 
 
 def test_label_command_repeats_the_labeller_options():
     params = LabellerConfig(max_side=200, cut_engine="opencv").params()
     command = label_command("imgs", "cache", params)
+    assert command.startswith("saliency-ssl label imgs --cache cache")
     assert "--max-side 200" in command and "--cut-engine opencv" in command and "--scale" not in command
 
 
-# ---------------------------------------------------------------------------------- the CLI
+# ---------------------------------------------------------------------------------- the stage
 def _train(labelled, out: Path, *extra: str) -> int:
     images, cache_dir, _ = labelled
     return train_surrogate.main([str(images), "--cache", str(cache_dir), "--out", str(out), "--batch-size", "4",
@@ -373,28 +388,70 @@ def test_resume_continues_from_the_saved_epoch(labelled, tmp_path, capsys):
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert _train(labelled, out, "--epochs", "4", "--resume", "--size", "64") == 2  # another size: refused
-    assert "image size 32" in capsys.readouterr().err
+    assert "image_size 32 (now 64)" in capsys.readouterr().err
     # Options that shape the run cannot change on resume (the optimiser state would silently win).
     assert _train(labelled, out, "--epochs", "4", "--resume", "--lr", "0.01", "--seed", "3") == 2
     err = capsys.readouterr().err
-    assert "--lr 0.001 (now 0.01)" in err and "--seed 0 (now 3)" in err
+    assert "lr 0.001 (now 0.01)" in err and "seed 0 (now 3)" in err and err.count("\n") == 1
     assert _train(labelled, out, "--epochs", "4", "--resume", "--no-flip") == 2
-    assert "mirrored pairs (now --no-flip)" in capsys.readouterr().err
-    assert _train(labelled, out, "--epochs", "4", "--resume", "--no-rotate") == 2
-    assert "turned pairs (now --no-rotate)" in capsys.readouterr().err
+    assert "flip true (now false)" in capsys.readouterr().err.lower()
+    assert _train(labelled, out, "--epochs", "4", "--resume", "--no-rotate", "--ngf", "8") == 2
+    err = capsys.readouterr().err.lower()
+    assert "rotate true (now false)" in err and "ngf 4 (now 8)" in err
 
 
-def test_records_from_before_the_head_and_the_turns_read_as_they_were_trained():
-    from saliencyssl.surrogate.training import _changed_options
+def test_the_run_record_keeps_the_trajectory_and_frees_the_budgets(labelled, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(labelled, out, "--epochs", "1") == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["stage"] == "train-surrogate" and record["finished"] and record["outcome"]["steps"] > 0
+    settings, free = record["settings"], record["free"]
+    assert {"data", "limit", "held_out", "image_size", "labeller_fingerprint", "batch_size", "lr", "beta1",
+            "decay_start", "flip", "rotate", "seed", "gan_mode", "lambda_mask", "boundary_pos_weight", "ngf",
+            "head"} <= set(settings)
+    assert settings["labeller_fingerprint"] == labelled[2] and settings["data"] == str(labelled[0].resolve())
+    assert {"epochs", "max_minutes", "max_steps", "select", "amp", "device", "threads", "eval_steps"} <= set(free)
+    assert not set(settings) & set(free)
+    # Budgets, selection and evaluation interval may change on resume.
+    assert _train(labelled, out, "--epochs", "2", "--resume", "--select", "last", "--eval-steps", "3") == 0
+    assert json.loads((out / "run.json").read_text())["free"]["select"] == "last"
+    # A folder of other files is not a run folder; --resume on an empty folder starts a new run.
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    assert _train(labelled, tmp_path / "other", "--epochs", "1") == 2
+    assert "no run.json" in capsys.readouterr().err
+    assert _train(labelled, tmp_path / "fresh", "--epochs", "1", "--resume") == 0
 
+
+def test_a_step_budget_stops_the_run_decays_the_rate_and_resumes_to_a_larger_one(labelled, pairs, tmp_path, capsys):
+    trainer = SurrogateTrainer(TrainConfig(image_size=32, max_steps=10, **TINY), pairs, None, tmp_path / "t",
+                               progress=False, tensorboard=False)
+    assert trainer.total_steps == 10 and trainer.config.total_epochs == 10 ** 6
+    trainer.step = 5
+    assert trainer.run_progress(0.0) == pytest.approx(0.5)  # the rate decays over the step budget
+    both = SurrogateTrainer(TrainConfig(image_size=32, epochs=1, max_steps=10 ** 6, **TINY), pairs, None,
+                            tmp_path / "u", progress=False, tensorboard=False)
+    assert both.total_steps == both.steps_per_epoch  # the nearer end of the run
+    with pytest.raises(TrainConfigError, match="max_steps"):
+        TrainConfig(max_steps=0)
+    out = tmp_path / "run"
+    assert _train(labelled, out, "--max-steps", "5") == 0  # 2 steps an epoch: stops inside the third
+    assert "stopped by step budget" in capsys.readouterr().out
+    first = Surrogate.load(out / "last.pt").meta
+    assert first["step"] == 5 and first["epoch"] == 2
+    assert Surrogate.load(out / "surrogate.pt").meta["stopped_by"] == "step budget"
+    assert _train(labelled, out, "--max-steps", "8", "--resume") == 0
+    assert Surrogate.load(out / "last.pt").meta["step"] == 8
+    assert _train(labelled, tmp_path / "bad", "--max-steps", "0") == 2
+    assert "--max-steps 0" in capsys.readouterr().err
+
+
+def test_records_from_before_the_head_read_as_they_were_trained():
     old = Architecture.from_dict({"name": "pix2pix-unet", "image_size": 32, "ngf": 4, "ndf": 4})
     assert old.head == 0 and old.dropout_blocks == 3  # Pix2Pix's output layer and dropout
     g = UNetGenerator(old)
     assert g.head is None and g.up[-1][1].out_channels == len(TARGET_CHANNELS)
     assert Architecture.from_dict(Architecture(32, ngf=4).as_dict()) == Architecture(32, ngf=4)
-    recorded = {k: v for k, v in TrainConfig().as_dict().items() if k != "rotate"}  # a run that did not turn
-    assert _changed_options(recorded, TrainConfig()) == ["--no-rotate (now turned pairs)"]
-    assert _changed_options(recorded, TrainConfig(rotate=False)) == []
 
 
 def test_a_run_cut_mid_epoch_resumes_from_the_batch_it_stopped_at(pairs, tmp_path, monkeypatch):
@@ -424,10 +481,11 @@ def test_cli_reports_a_cache_without_targets(labelled, tmp_path, capsys):
     code = train_surrogate.main([str(images), "--cache", str(empty), "--out", str(tmp_path / "run"), "--quiet"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "no target" in err and "scripts/label.py" in err
+    assert "no target" in err and f"saliency-ssl label {images} --cache {empty}" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()  # nothing written for a run that could not start
     assert train_surrogate.main([str(images), "--cache", str(empty), "--out", str(tmp_path / "run"), "--ngf", "0",
                                  "--quiet"]) == 2
-    assert "ngf" in capsys.readouterr().err
+    assert "--ngf 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("device", ["tpu", "cuda:99", "meta"])
@@ -470,10 +528,31 @@ def test_training_is_deterministic(pairs, tmp_path):
     assert torch.equal(run("a"), run("b"))
 
 
-def test_target_tensors_batch_matches_target_batch(pairs):
-    batch = pairs.targets.batch()
-    assert isinstance(pairs.targets, TargetTensors)
-    assert torch.equal(batch.channels(), pairs.targets.channels())
+def test_pairs_keep_their_targets_as_a_compact_target_batch(pairs):
+    targets = pairs.targets
+    assert isinstance(targets, TargetBatch) and targets.regions.dtype == torch.int32
+    assert targets.saliency.dtype == torch.float32 and targets.mask.dtype == torch.bool
+    wide = TargetBatch(targets.saliency, targets.mask, targets.regions.long())
+    assert torch.equal(wide.channels(), targets.channels())
+    turns, which = torch.tensor([1, 2, 3, 0] * 3)[:len(pairs)], torch.arange(len(pairs)) % 2 == 0
+    assert torch.equal(wide.rotate(turns).flip(which).channels(), targets.rotate(turns).flip(which).channels())
+    assert targets.nbytes() == len(pairs) * 32 * 32 * (4 + 1 + 4)
+
+
+def test_a_boundary_gives_the_same_regions_in_numpy_and_in_a_batch():
+    """One boundary->regions rule: regions_from_boundary (one numpy map) is TargetBatch.from_channels's
+    labelling, renumbered in raster order."""
+    g = torch.Generator().manual_seed(0)
+    edges = torch.rand(5, 1, 24, 19, generator=g) > 0.6
+    edges[1] = True  # all boundary: one segment
+    channels = torch.cat([torch.zeros(5, 2, 24, 19), edges.float()], 1)
+    batch = TargetBatch.from_channels(channels).regions[:, 0].numpy()
+    for i in range(5):
+        ours = regions_from_boundary(edges[i, 0].numpy())
+        assert ours.dtype == np.uint16 and int(ours[0, 0]) == 0
+        pairs = np.unique(np.stack([ours.ravel(), batch[i].ravel()]), axis=1)
+        assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]  # the same partition
+    assert regions_from_boundary(edges[1, 0].numpy()).max() == 0
 
 
 def test_cpu_component_labelling_equals_the_torch_loop():
@@ -488,59 +567,6 @@ def test_cpu_component_labelling_equals_the_torch_loop():
         assert torch.equal(_label_components_opencv(inside, compact=True), compact_labels(loop))
 
 
-def test_presence_term_is_reported_and_trained(pairs):
-    loss = TargetLoss(LossWeights(presence=5.0))
-    exact = pairs.targets.index(slice(0, 4)).channels()
-    total, parts = loss(torch.zeros(4, 3, 32, 32), exact)
-    assert "presence" in parts and float(parts["presence"]) == pytest.approx(np.log(2), abs=1e-4)
-    total0, _ = TargetLoss()(torch.zeros(4, 3, 32, 32), exact)
-    assert float(total) == pytest.approx(float(total0) + 5.0 * np.log(2), rel=1e-4)
-
-
-def test_support_channel_is_where_the_map_is_nonzero_and_follows_flips(pairs):
-    targets = pairs.targets.index(slice(0, 6))
-    channels = targets.channels(support=True)
-    assert channels.shape[1] == 4 and torch.equal(channels[:, :3], targets.channels())
-    assert torch.equal(channels[:, 3:4].bool(), targets.saliency > 0)
-    # What makes it a presence signal: some support pixel exactly when the exact mask is not empty.
-    assert torch.equal(channels[:, 3].flatten(1).amax(1) > 0, targets.mask.flatten(1).any(1))
-    which = torch.tensor([True, False, True, False, True, False])
-    assert torch.equal(targets.flip(which).channels(support=True)[:, 3:4].bool(), targets.flip(which).saliency > 0)
-    with pytest.raises(ValueError, match="out_channels"):
-        Architecture(32, out_channels=5)
-    with pytest.raises(ValueError, match=r"LossWeights.support < 0.*--lambda-gan"):
-        TrainConfig(weights=LossWeights(support=-1.0))
-
-
-def test_support_term_is_reported_and_needs_the_fourth_channel(pairs):
-    exact = pairs.targets.index(slice(0, 4)).channels(support=True)
-    loss = TargetLoss(LossWeights(support=10.0))
-    right = torch.cat([exact[:, :3], (exact[:, 3:4] * 2 - 1) * 20], 1)  # support logits that say the answer
-    wrong = torch.cat([exact[:, :3], -(exact[:, 3:4] * 2 - 1) * 20], 1)
-    _, good = loss(right, exact)
-    _, bad = loss(wrong, exact)
-    assert float(good["support"]) < 0.05 < 1.0 < float(bad["support"])
-    with pytest.raises(ValueError, match="fourth channel"):
-        loss(torch.zeros(4, 3, 32, 32), exact[:, :3])
-    assert "support" not in TargetLoss()(torch.zeros(4, 3, 32, 32), exact[:, :3])[1]
-
-
-def test_surrogate_trained_with_the_support_loss_predicts_the_target_channels(labelled, tmp_path, capsys):
-    out = tmp_path / "run"
-    assert _train(labelled, out, "--epochs", "1", "--lambda-support", "20") == 0
-    surrogate = Surrogate.load(out / "surrogate.pt", expect_image_size=32)
-    assert surrogate.generator.arch.out_channels == 4
-    images = load_pairs(labelled[0], labelled[1], 32, progress=False).images[:3]
-    with torch.no_grad():
-        assert surrogate.generator(image_to_input(images)).shape[1] == 4
-    assert surrogate.predict_channels(images).shape == (3, 3, 32, 32)
-    assert surrogate.predict(images).mask.shape == (3, 1, 32, 32)
-    assert surrogate.meta["config"]["weights"]["support"] == 20
-    # Resuming without the support loss is another architecture: refused, with the reason.
-    assert _train(labelled, out, "--epochs", "2", "--resume") == 2
-    assert "architecture" in capsys.readouterr().err
-
-
 def test_surrogate_keeps_the_best_held_out_epoch(labelled, tmp_path, capsys):
     out = tmp_path / "run"
     assert _train(labelled, out, "--epochs", "3") == 0
@@ -552,71 +578,6 @@ def test_surrogate_keeps_the_best_held_out_epoch(labelled, tmp_path, capsys):
     assert torch.equal(best.predict_channels(images), final.predict_channels(images))
     assert _train(labelled, tmp_path / "last", "--epochs", "2", "--select", "last") == 0
     assert Surrogate.load(tmp_path / "last" / "surrogate.pt").meta["selected_epoch"] == 2
-
-
-def test_weight_average_is_what_is_saved_and_resumed(pairs, labelled, tmp_path, capsys):
-    config = TrainConfig(image_size=32, epochs=2, batch_size=4, seed=1, ema=0.9, select="last", **TINY)
-    trainer = SurrogateTrainer(config, pairs, None, tmp_path / "direct", progress=False, tensorboard=False,
-                               log=lambda s: None)
-    start = {k: v.clone() for k, v in trainer.generator.state_dict().items()}
-    trainer.fit()
-    raw, averaged = trainer.generator.state_dict(), trainer.ema.module.state_dict()
-    name = next(k for k, v in raw.items() if v.is_floating_point() and not torch.equal(v, start[k]))
-    # the average lies between the start and the trained weights, not on either
-    assert not torch.equal(averaged[name], raw[name]) and not torch.equal(averaged[name], start[name])
-    assert int(trainer.ema.n_averaged) == trainer.step
-    saved = Surrogate.load(tmp_path / "direct" / "surrogate.pt")
-    images = pairs.images[:4]
-    assert torch.equal(saved.predict_channels(images), trainer.surrogate().predict_channels(images))
-    last = Surrogate.load(tmp_path / "direct" / "last.pt")  # the average too, not the raw generator it also holds
-    assert torch.equal(last.predict_channels(images), saved.predict_channels(images))
-    assert not torch.equal(last.generator.state_dict()[name], raw[name].cpu())
-    with pytest.raises(ValueError, match="--ema"):
-        TrainConfig(ema=1.0)
-
-    out = tmp_path / "run"
-    assert _train(labelled, out, "--epochs", "1", "--ema", "0.99") == 0
-    assert _train(labelled, out, "--epochs", "2", "--resume") == 2  # the run had an average, this one has none
-    assert "weight average" in capsys.readouterr().err
-    assert _train(labelled, out, "--epochs", "2", "--resume", "--ema", "0.99") == 0
-    assert Surrogate.load(out / "last.pt").meta["config"]["ema"] == 0.99
-
-
-def test_expected_label_variants_map_back_onto_the_original_grid():
-    """benchmarks/surrogate_expected_labels.py: a variant's target, mapped back, lines up with the image."""
-    import surrogate_expected_labels as exp
-
-    rng = np.random.default_rng(0)
-    regions = np.repeat(np.repeat(rng.integers(0, 5, (4, 4)), 4, 0), 4, 1).astype(np.uint16)  # 16x16, 4x4 blocks
-    from saliencyssl.target import Target
-    target = Target(rng.integers(0, 256, (16, 16), dtype=np.uint8), rng.random((16, 16)) > 0.5, regions)
-    original = exp._variant_channels(target, False, 0, 0)
-    for mirror, dy, dx in exp.VARIANTS.values():
-        # The target a perfectly equivariant labeller would give for the variant image ...
-        moved = Target(*(p[:, ::-1].copy() if mirror else exp.shift(p, dy, dx).copy()
-                         for p in (target.saliency, target.mask, target.regions)))
-        back = exp._variant_channels(moved, mirror, dy, dx)
-        # ... maps back to the original target, except on the row or column the shift lost.
-        inner = (slice(1, -1), slice(1, -1))
-        np.testing.assert_allclose(back[(slice(None),) + inner], original[(slice(None),) + inner])
-        if mirror:
-            np.testing.assert_array_equal(back, original)
-
-
-def test_expected_targets_train_like_exact_ones(pairs, tmp_path):
-    """benchmarks/surrogate_expected_labels.py: soft targets go through the trainer's batch and step."""
-    import surrogate_expected_labels as exp
-
-    soft = exp.ExpectedTargets(pairs.targets.channels() * 0.5)
-    config = TrainConfig(image_size=32, batch_size=4, seed=0, **TINY)
-    trainer = SurrogateTrainer(config, pairs, None, tmp_path, progress=False, tensorboard=False, log=lambda s: None)
-    trainer.targets = soft
-    images, channels = trainer.batch(torch.arange(4), torch.tensor([True, False, True, False]))
-    assert torch.equal(channels[1], pairs.targets.channels()[1] * 0.5)
-    assert torch.equal(channels[0], pairs.targets.channels()[0].flip(-1) * 0.5)
-    assert set(trainer.train_step(images, channels)) >= {"l1", "mask", "boundary"}
-    with pytest.raises(ValueError, match="support"):
-        soft.channels(support=True)
 
 
 def test_speed_benchmark_compares_with_the_labeller_unless_told_not_to(labelled, tmp_path):
@@ -633,19 +594,3 @@ def test_speed_benchmark_compares_with_the_labeller_unless_told_not_to(labelled,
     without = json.loads((tmp_path / "without.json").read_text())
     assert without["surrogate_ms_per_image"] > 0
     assert "labeller_images" not in without and "speedup" not in without
-
-
-def test_presence_gate_reproduces_the_labellers_presence_at_the_working_size(labelled, tmp_path):
-    """benchmarks/presence_gate.py: the border test on the 64 px segmentation is the labeller's presence."""
-    import presence_gate
-
-    images, cache_dir, _ = labelled
-    assert not presence_gate.border_test(np.full((32, 32, 3), 120, np.uint8), LabellerConfig())
-    out = tmp_path / "gate.json"
-    assert presence_gate.main([str(images), str(images), "--cache", str(cache_dir), "--fit-images", "10",
-                               "--timing-images", "2", "--json", str(out)]) == 0
-    result = json.loads(out.read_text())
-    assert result["test_images"] == 10 and result["working_size_test"]["size"] == 64
-    assert result["working_size_test"]["accuracy"] == 1.0
-    assert 0.0 <= result["native_size_test"]["accuracy"] <= 1.0 and result["native_size_test"]["ms"] > 0
-    assert len(result["native_grid"]) == 18 and result["labeller_ms"] > 0

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from saliencyssl.surrogate.fidelity import per_image_scores
-from saliencyssl.surrogate.pairs import rotate_quarters, shape_pairs
+from saliencyssl.surrogate.pairs import shape_pairs
 from saliencyssl.surrogate.training import SurrogateTrainer, TrainConfig
+from saliencyssl.target import rotate_quarters
 from surrogate_shapes import best_blob_iou  # benchmarks/surrogate_shapes.py (on pytest's pythonpath)
 
 SHAPES = ("rectangle", "triangle", "cross")
@@ -63,7 +64,7 @@ def test_quarter_turns_move_images_and_targets_together(few_shapes):
     train, _ = few_shapes
     turns = torch.tensor([0, 1, 2, 3])
     images = rotate_quarters(train.images[:4], turns)
-    masks = train.targets.index(torch.arange(4)).rotate(turns).mask
+    masks = train.targets.index_select(torch.arange(4)).rotate(turns).mask
     assert torch.equal(images[0], train.images[0]) and torch.equal(images[2], train.images[2].flip(-1).flip(-2))
     assert torch.equal(masks[1], torch.rot90(train.targets.mask[1], 1, (-2, -1)))
     with pytest.raises(ValueError, match="square"):
@@ -84,7 +85,7 @@ def test_the_surrogate_outlines_shapes_a_blob_cannot(shapes, tmp_path, one_torch
     trainer = SurrogateTrainer(config, train, None, tmp_path, progress=False, tensorboard=False,
                                log=lambda line: None)
     trainer.fit()
-    scores = per_image_scores(trainer.surrogate().predict(test.images), test.targets.batch())
+    scores = per_image_scores(trainer.surrogate().predict(test.images), test.targets)
     iou, boundary_f = scores["iou"], scores["boundary_f"]
     for shape in SHAPES:
         rows = [i for i, name in enumerate(test.names) if name.startswith(shape)]

@@ -15,9 +15,12 @@ STAGES = {
     "label": "saliencyssl.app.label",
     "cache": "saliencyssl.app.cache",
     "views": "saliencyssl.app.views",
+    "train-surrogate": "saliencyssl.app.train_surrogate",
+    "fidelity": "saliencyssl.app.fidelity",
     "pretrain": "saliencyssl.app.pretrain",
     "evaluate": "saliencyssl.app.evaluate",
     "grid": "saliencyssl.app.grid",
+    "quickstart": "saliencyssl.app.quickstart",
     "report": "saliencyssl.app.report",
     "segment": "saliencyssl.app.segment",
 }

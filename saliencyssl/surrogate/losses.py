@@ -16,14 +16,11 @@ channel      kind                                         loss
 saliency     continuous map in [0, 1]                     ``lambda_l1 * |z - y|`` (mean)
 mask         binary, often empty (no object found)        ``lambda_mask * (BCE + soft Dice)``
 boundary     binary, sparse (region borders)              ``lambda_boundary * (balanced BCE + soft Dice)``
-support      optional 4th output: the exact map is > 0    ``lambda_support * (BCE + soft Dice)``
 ===========  ===========================================  ================================
 
-The support channel is not a target channel but a denser version of the question the mask's
-presence answers: the RC map is nonzero exactly on the segments that escape Cheng's border test,
-and an image gets a mask exactly when some pixel is in that support (9,999 of the 10,000 CIFAR-10
-test images); the support covers about twice the mask's pixels. It is learned when its weight is
-above 0 (the generator then has a fourth output, see :class:`~saliencyssl.surrogate.networks.Architecture`).
+Two further terms were measured and did not help, and live on in the project's experiments
+(``experiments/surrogate_knobs.py``): an image-level presence term on the largest mask logit,
+and a fourth output learning where the exact map is nonzero (the "support").
 
 The soft Dice is computed per image with a smoothing of 1 pixel, so an image whose exact mask is
 empty is pushed towards an empty prediction too (its Dice loss is ``1 - 1 / (sum(p) + 1)``).
@@ -70,7 +67,7 @@ class GANLoss(nn.Module):
     def __init__(self, mode: str = "lsgan"):
         super().__init__()
         if mode not in GAN_MODES:
-            raise ValueError(f"GAN mode must be one of {', '.join(GAN_MODES)}, got {mode!r} (--gan-mode)")
+            raise ValueError(f"GAN mode must be one of {', '.join(GAN_MODES)}, got {mode!r}")
         self.mode = mode
 
     def forward(self, logits: torch.Tensor, real: bool) -> torch.Tensor:
@@ -127,10 +124,6 @@ class LossWeights:
         boundary: weight of the boundary's weighted BCE + soft Dice.
         boundary_pos_weight: BCE weight of boundary pixels against the others; ``None``
             (default): class-balanced per batch (:func:`balanced_pos_weight`).
-        presence: weight of the image-level presence term: BCE of the largest mask logit of an
-            image against "the exact mask is not empty" (the decision ``predict`` makes).
-        support: weight of the support term: BCE + soft Dice of the generator's fourth output
-            against "the exact RC map is nonzero" (0: no fourth output).
     """
 
     gan: float = 0.0
@@ -138,8 +131,6 @@ class LossWeights:
     mask: float = 20.0
     boundary: float = 10.0
     boundary_pos_weight: float | None = None
-    presence: float = 0.0
-    support: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -166,13 +157,13 @@ class TargetLoss(nn.Module):
         """Total weighted loss and its unweighted parts.
 
         Args:
-            logits: ``(B, 3, H, W)`` generator output (raw saliency, mask and boundary logits),
-                with the support logit as a fourth channel when ``weights.support > 0``.
-            target: ``(B, 3, H, W)`` exact channels in [0, 1] (``(B, 4, H, W)`` with the support).
+            logits: ``(B, C, H, W)`` generator output whose first three channels are the raw
+                saliency, mask and boundary logits (:data:`~saliencyssl.target.TARGET_CHANNELS`).
+            target: ``(B, C, H, W)`` exact channels in [0, 1], the same first three.
 
         Returns:
-            ``(total, {"l1", "mask", "boundary"})`` (and ``"presence"``, ``"support"`` when
-            weighted); the parts are detached scalars.
+            ``(total, {"l1", "mask", "boundary"})``: a float32 scalar with its gradient, and the
+            unweighted parts as detached scalars.
         """
         w = self.weights
         logits = logits.float()
@@ -187,18 +178,4 @@ class TargetLoss(nn.Module):
                     + soft_dice_loss(logits[:, 2:3], target[:, 2:3]))
         total = w.l1 * l1 + w.mask * mask + w.boundary * boundary
         parts = {"l1": l1.detach(), "mask": mask.detach(), "boundary": boundary.detach()}
-        if w.presence > 0:
-            top = logits[:, 1].flatten(1).amax(1)
-            present = (target[:, 1].flatten(1).amax(1) > 0.5).float()
-            presence = F.binary_cross_entropy_with_logits(top, present)
-            total = total + w.presence * presence
-            parts["presence"] = presence.detach()
-        if w.support > 0:
-            if logits.shape[1] < 4 or target.shape[1] < 4:
-                raise ValueError(f"the support term needs a fourth channel in the output and the target, got "
-                                 f"{logits.shape[1]} and {target.shape[1]}")
-            support = (F.binary_cross_entropy_with_logits(logits[:, 3:4], target[:, 3:4])
-                       + soft_dice_loss(logits[:, 3:4], target[:, 3:4]))
-            total = total + w.support * support
-            parts["support"] = support.detach()
         return total, parts

@@ -15,19 +15,22 @@ A surrogate travels as one ``torch.save`` file (``RUN_DIR/surrogate.pt``), a dic
     fingerprint       the labeller fingerprint whose targets it learned
     labeller_params   that labeller's parameters (or None)
     arch              Architecture.as_dict(): ngf, max_mult, depth, dropout_blocks, ndf, d_layers,
-                      out_channels (4 when it learned the support channel, which predict drops),
-                      coords, head (a record without head is a generator from before the
-                      full-resolution head: Architecture.from_dict reads it as head 0)
+                      head (a record without head is a generator from before the
+                      full-resolution head: Architecture.from_dict reads it as head 0); older
+                      records also hold coords and out_channels, read when they have this
+                      generator's values (false, 3) and refused otherwise
     generator         the generator's state dict (CPU tensors)
     meta              training record: epoch, step, seconds, training-set size and hashes digest,
                       held-out fidelity, the command's options ...
 
 Training checkpoints (``RUN_DIR/last.pt``) hold the same keys plus the discriminator, the
 optimiser and scaler states and the trainer's counters, so either file loads here (a ``last.pt``
-of a run with ``--ema`` loads as its moving average, the generator that run evaluates).
+that also holds a moving average of the weights, key ``ema``, written by the experiments' weight
+average or by older runs, loads as that average, the generator its run evaluated).
 :meth:`Surrogate.load` refuses, with a message saying which, a file that is not a surrogate
-checkpoint, one for another image size, target layout or labeller fingerprint, and weights that
-do not fit the recorded architecture.
+checkpoint, one for another image size, target layout or labeller fingerprint, a generator with
+an option that left the product (coordinate channels, a fourth output), and weights that do not
+fit the recorded architecture.
 """
 
 from __future__ import annotations
@@ -39,11 +42,13 @@ from typing import Any
 import torch
 
 from saliencyssl.precision import autocast_dtype
-from saliencyssl.surrogate.networks import (Architecture, UNetGenerator, build_networks, image_to_input,
-                                            to_probabilities)
+from saliencyssl.surrogate.networks import (Architecture, RetiredArchitectureError, UNetGenerator, build_networks,
+                                            image_to_input, to_probabilities)
 from saliencyssl.target import TARGET_CHANNELS, TargetBatch
 
 CHECKPOINT_FORMAT = "saliency-ssl-surrogate"
+#: The command that trains a surrogate (named in the messages of checkpoints that cannot be used).
+TRAIN_COMMAND = "saliency-ssl train-surrogate IMAGES_DIR --cache CACHE_DIR --out RUN_DIR"
 FORMAT_VERSION = 1
 #: Images per forward pass inside :meth:`Surrogate.predict` (larger batches are split).
 DEFAULT_MAX_BATCH = 1024
@@ -84,9 +89,8 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"surrogate checkpoint {path} not found; train one with "
-                                f"python scripts/train_surrogate.py IMAGES_DIR --cache CACHE_DIR --out RUN_DIR "
-                                f"(it writes RUN_DIR/surrogate.pt)")
+        raise FileNotFoundError(f"surrogate checkpoint {path} not found; train one with {TRAIN_COMMAND} (it "
+                                f"writes RUN_DIR/surrogate.pt)")
     try:
         with warnings.catch_warnings():  # a foreign pickle's protocol is no news: it is refused below
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
@@ -97,16 +101,16 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         found = type(blob).__name__ if not isinstance(blob, dict) else f"a dict with keys {sorted(blob)[:8]}"
         raise SurrogateCheckpointError(
             f"{path} is not a surrogate checkpoint (found {found}, expected format {CHECKPOINT_FORMAT!r}); give "
-            f"the surrogate.pt or last.pt that scripts/train_surrogate.py writes")
+            f"the surrogate.pt or last.pt that saliency-ssl train-surrogate writes")
     if blob.get("format_version") != FORMAT_VERSION:
         raise SurrogateCheckpointError(f"{path} is surrogate format version {blob.get('format_version')}, this "
                                        f"saliency-ssl reads version {FORMAT_VERSION}; retrain it with "
-                                       f"scripts/train_surrogate.py")
+                                       f"saliency-ssl train-surrogate")
     layout = tuple(blob.get("target_channels") or ())
     if layout != TARGET_CHANNELS:
         raise SurrogateCheckpointError(
             f"{path} has the wrong target layout: it predicts channels {list(layout)}, this saliency-ssl expects "
-            f"{list(TARGET_CHANNELS)}; retrain it with scripts/train_surrogate.py")
+            f"{list(TARGET_CHANNELS)}; retrain it with saliency-ssl train-surrogate")
     return blob
 
 
@@ -127,7 +131,7 @@ def _unreadable(path: Path, error: Exception) -> str:
         why = (f"it is not a file torch.save writes, or it is damaged ({type(error).__name__}"
                f"{': ' + first[:200] if first else ''})")
     return (f"{path} is not a surrogate checkpoint: {why}; give the surrogate.pt or last.pt that "
-            f"scripts/train_surrogate.py writes")
+            f"saliency-ssl train-surrogate writes")
 
 
 class Surrogate:
@@ -207,15 +211,19 @@ class Surrogate:
         if expect_image_size is not None and size != int(expect_image_size):
             raise SurrogateCheckpointError(
                 f"{path} has the wrong image size: it was trained on {size}x{size} px images, {expect_image_size} px "
-                f"were asked for; train one at that size (scripts/train_surrogate.py --size {expect_image_size}) "
-                f"or use --image-size {size}")
+                f"were asked for; train one at that size (saliency-ssl train-surrogate ... --size "
+                f"{expect_image_size}) or use --image-size {size}")
         if expect_fingerprint is not None and blob["fingerprint"] != expect_fingerprint:
             raise SurrogateCheckpointError(
                 f"{path} has the wrong labeller fingerprint: it learned the targets of labeller {blob['fingerprint']} "
                 f"(parameters {blob.get('labeller_params')}), not {expect_fingerprint}; train one on a cache "
-                f"labelled with the wanted parameters (scripts/label.py, then scripts/train_surrogate.py)")
+                f"labelled with the wanted parameters (saliency-ssl label, then saliency-ssl train-surrogate)")
         try:
             arch = Architecture.from_dict(dict(blob["arch"]))
+        except RetiredArchitectureError as error:
+            raise SurrogateCheckpointError(
+                f"{path}: {error} (arch {error.field}={error.value!r}); retrain it with saliency-ssl train-surrogate "
+                f"(the project's experiments/surrogate_knobs.py still loads it)") from None
         except (TypeError, ValueError, KeyError) as error:
             raise SurrogateCheckpointError(f"{path}: unreadable architecture record {blob.get('arch')!r}: {error}") \
                 from error
@@ -224,7 +232,7 @@ class Surrogate:
                                            f"{size} px; the file is inconsistent, retrain it")
         generator = UNetGenerator(arch)
         try:
-            if "ema" in blob:  # a last.pt of a run with --ema: the average is what that run evaluates and selects
+            if "ema" in blob:  # a last.pt with a weight average: the average is what its run evaluated and selected
                 weights = {k[len("module."):]: v for k, v in blob["ema"].items() if k.startswith("module.")}
             else:
                 weights = blob["generator"]

@@ -15,10 +15,11 @@ so that small images work:
   turns them into the saliency map (the raw value clamped to [0, 1]) and the mask and boundary
   probabilities (``sigmoid`` of their logits). The saliency channel is linear, not a sigmoid,
   so that its L1 loss keeps a gradient where the map is 0 (a sigmoid saturates there and the
-  map stops learning: most of an RC map is exactly 0). A generator trained with the support
-  loss (``LossWeights.support``) has one more output after the target channels,
-  :data:`SUPPORT_CHANNEL`: the logit of "the exact RC map is nonzero here", which is learned
-  but not part of the target (:meth:`~saliencyssl.surrogate.model.Surrogate.predict` drops it).
+  map stops learning: most of an RC map is exactly 0). ``in_channels`` and ``out_channels``
+  default to the image's 3 and the target's 3; the project's experiments widen them (coordinate
+  channels in, a "support" channel out), which were measured not to help and left the product:
+  a checkpoint that records them is refused by :meth:`Architecture.from_dict`
+  (:class:`RetiredArchitectureError`).
 - **Full-resolution head** (``Architecture.head``, a departure from Pix2Pix). Pix2Pix's U-Net has
   no layer at the image's own resolution: its first convolution halves the side and its last
   transposed convolution doubles it, so every output pixel is drawn from half-resolution
@@ -58,8 +59,6 @@ from torch import nn
 
 from saliencyssl.target import TARGET_CHANNELS
 
-#: The auxiliary output after the target channels of a generator trained with a support loss.
-SUPPORT_CHANNEL = "support"
 #: At most this many stride-2 levels (Pix2Pix's 256 px U-Net).
 MAX_DEPTH = 8
 #: At least this many levels (the image side must be a multiple of 2**MIN_DEPTH).
@@ -83,7 +82,7 @@ def unet_depth(image_size: int) -> int:
         depth += 1
     if depth < MIN_DEPTH:
         raise ValueError(f"image size {image_size} cannot be halved {MIN_DEPTH} times; use a multiple of "
-                         f"{2 ** MIN_DEPTH} such as 32, 64, 96, 128 or 256 (--size)")
+                         f"{2 ** MIN_DEPTH} such as 32, 64, 96, 128 or 256")
     return depth
 
 
@@ -108,6 +107,26 @@ def patch_receptive_field(n_layers: int) -> int:
 
 #: What a record without these fields meant: the values before each field existed.
 _BEFORE_FIELD = {"head": 0, "dropout_blocks": 3}
+#: Fields of older records for options measured not to help, with the value this generator has:
+#: two coordinate channels appended to the input, and a fourth output learning the support of the
+#: exact map (the experiments' ``KnobArchitecture`` rebuilds both).
+RETIRED_FIELDS = {"coords": False, "out_channels": len(TARGET_CHANNELS)}
+
+
+class RetiredArchitectureError(ValueError):
+    """An architecture record with a field this generator no longer has (:data:`RETIRED_FIELDS`).
+
+    Attributes:
+        field: the field (``"coords"`` or ``"out_channels"``).
+        value: its recorded value.
+    """
+
+    def __init__(self, field: str, value):
+        self.field, self.value = field, value
+        what = {"coords": "coordinate channels in its input",
+                "out_channels": f"{value} output channels (the fourth one the 'support' of the exact map)"}
+        super().__init__(f"the generator was built with {what.get(field, f'{field}={value!r}')}, an option measured "
+                         f"not to help that the surrogate no longer has")
 
 
 @dataclass(frozen=True)
@@ -123,10 +142,6 @@ class Architecture:
             (Pix2Pix: 3; default 0, see the module docstring).
         ndf: discriminator channels at its first layer.
         d_layers: stride-2 layers of the discriminator (:func:`patch_layers`).
-        out_channels: predicted channels: ``len(TARGET_CHANNELS)``, or one more for the
-            :data:`SUPPORT_CHANNEL` (:attr:`has_support`).
-        coords: append two coordinate channels (x, y in [-1, 1]) to the generator's input, so
-            position (RC's border suppression and centre weighting) is given, not inferred.
         head: channels of the full-resolution head (0: none, Pix2Pix's output layer; see the
             module docstring). A record without this field (a checkpoint from before the head)
             reads as 0.
@@ -139,17 +154,15 @@ class Architecture:
     dropout_blocks: int = 0
     ndf: int = 16
     d_layers: int = 0
-    out_channels: int = len(TARGET_CHANNELS)
-    coords: bool = False
     head: int = 8
 
     def __post_init__(self) -> None:
         if self.ngf < 1 or self.ndf < 1 or self.max_mult < 1:
             raise ValueError(f"ngf, ndf and max_mult must be positive, got {self.ngf}, {self.ndf}, {self.max_mult}")
         if self.head < 0:
-            raise ValueError(f"head must be 0 (none) or a channel count, got {self.head} (--head)")
+            raise ValueError(f"head must be 0 (none) or a channel count, got {self.head}")
         if self.dropout_blocks < 0:
-            raise ValueError(f"dropout_blocks must be 0 (none) or more, got {self.dropout_blocks} (--dropout-blocks)")
+            raise ValueError(f"dropout_blocks must be 0 (none) or more, got {self.dropout_blocks}")
         if not self.depth:
             object.__setattr__(self, "depth", unet_depth(self.image_size))
         if not self.d_layers:
@@ -157,14 +170,6 @@ class Architecture:
         if self.depth != unet_depth(self.image_size):
             raise ValueError(f"depth {self.depth} does not fit image size {self.image_size} "
                              f"(expected {unet_depth(self.image_size)})")
-        if self.out_channels not in (len(TARGET_CHANNELS), len(TARGET_CHANNELS) + 1):
-            raise ValueError(f"out_channels must be {len(TARGET_CHANNELS)} (the target channels) or "
-                             f"{len(TARGET_CHANNELS) + 1} (and the support channel), got {self.out_channels}")
-
-    @property
-    def has_support(self) -> bool:
-        """The generator also predicts the :data:`SUPPORT_CHANNEL` after the target channels."""
-        return self.out_channels > len(TARGET_CHANNELS)
 
     def as_dict(self) -> dict:
         return {"name": "pix2pix-unet", **asdict(self)}
@@ -172,7 +177,16 @@ class Architecture:
     @classmethod
     def from_dict(cls, data: dict) -> "Architecture":
         """The architecture of a record (:meth:`as_dict`); fields it lacks take the values that
-        predate them (no head, Pix2Pix's three dropout blocks), so older checkpoints load as trained."""
+        predate them (no head, Pix2Pix's three dropout blocks), so older checkpoints load as trained.
+
+        Raises:
+            RetiredArchitectureError: the record has coordinate channels or a fourth output
+                (:data:`RETIRED_FIELDS`); a record of the retired fields at this generator's
+                values (``coords: false``, ``out_channels: 3``) reads as usual.
+        """
+        for name, plain in RETIRED_FIELDS.items():
+            if name in data and name not in cls.__dataclass_fields__ and data[name] != plain:
+                raise RetiredArchitectureError(name, data[name])
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         for name, before in _BEFORE_FIELD.items():
             fields.setdefault(name, before)
@@ -189,6 +203,8 @@ class UNetGenerator(nn.Module):
 
     Args:
         arch: the :class:`Architecture` (image size, widths, dropout, head).
+        in_channels: input channels (the image's 3; the full-resolution head sees them all).
+        out_channels: output channels (default: one per target channel).
 
     Example:
         >>> g = UNetGenerator(Architecture(32))
@@ -196,14 +212,15 @@ class UNetGenerator(nn.Module):
         torch.Size([2, 3, 32, 32])
     """
 
-    def __init__(self, arch: Architecture):
+    def __init__(self, arch: Architecture, in_channels: int = 3, out_channels: int = len(TARGET_CHANNELS)):
         super().__init__()
         self.arch = arch
+        self.out_channels = out_channels
         widths = arch.widths()
         depth = arch.depth
         self.down = nn.ModuleList()
         self.up = nn.ModuleList()
-        in_ch = image_ch = 3 + (2 if arch.coords else 0)
+        in_ch = image_ch = in_channels
         for i, out_ch in enumerate(widths):
             layers: list[nn.Module] = []
             if i > 0:
@@ -219,7 +236,7 @@ class UNetGenerator(nn.Module):
             in_ch = widths[level] if j == 0 else 2 * widths[level]
             outermost = level == 0
             plain_output = outermost and not arch.head
-            out_ch = (arch.head or arch.out_channels) if outermost else widths[level - 1]
+            out_ch = (arch.head or out_channels) if outermost else widths[level - 1]
             layers = [nn.ReLU(inplace=True), nn.ConvTranspose2d(in_ch, out_ch, 4, 2, 1, bias=plain_output)]
             if not plain_output:
                 layers.append(nn.BatchNorm2d(out_ch))
@@ -231,16 +248,11 @@ class UNetGenerator(nn.Module):
         # Full resolution: decoder features and the input image, two 3x3 convolutions.
         self.head = (nn.Sequential(nn.Conv2d(arch.head + image_ch, arch.head, 3, 1, 1, bias=False),
                                    nn.BatchNorm2d(arch.head), nn.ReLU(inplace=True),
-                                   nn.Conv2d(arch.head, arch.out_channels, 3, 1, 1))
+                                   nn.Conv2d(arch.head, out_channels, 3, 1, 1))
                      if arch.head else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, S, S)`` float image (scaled to [-1, 1]) to ``(B, C, S, S)`` float logits."""
-        if self.arch.coords:
-            b, _, h, w = x.shape
-            ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
-            xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
-            x = torch.cat([x, xs, ys], 1)
+        """``(B, in_channels, S, S)`` float image (scaled to [-1, 1]) to ``(B, out_channels, S, S)`` float logits."""
         image = x
         skips = []
         for block in self.down:
@@ -259,7 +271,7 @@ class PatchDiscriminator(nn.Module):
 
     Args:
         arch: the :class:`Architecture` (``ndf``, ``d_layers``).
-        in_channels: image channels plus the generator's channels (default ``3 + arch.out_channels``).
+        in_channels: image channels plus the generator's channels (default ``3 + len(TARGET_CHANNELS)``).
 
     Shapes:
         input ``(B, in_channels, S, S)`` float; output ``(B, 1, P, P)`` logits with
@@ -269,7 +281,7 @@ class PatchDiscriminator(nn.Module):
     def __init__(self, arch: Architecture, in_channels: int | None = None):
         super().__init__()
         ndf, n_layers = arch.ndf, arch.d_layers
-        in_channels = 3 + arch.out_channels if in_channels is None else in_channels
+        in_channels = 3 + len(TARGET_CHANNELS) if in_channels is None else in_channels
         layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
         mult = 1
         for n in range(1, n_layers):
@@ -300,8 +312,8 @@ def init_weights(module: nn.Module, gain: float = 0.02) -> nn.Module:
 
 
 def to_probabilities(raw: torch.Tensor) -> torch.Tensor:
-    """Generator output ``(B, C, S, S)`` to channels in [0, 1]: saliency clamped, the others (mask, boundary,
-    support) sigmoid."""
+    """Generator output ``(B, C, S, S)`` to channels in [0, 1]: saliency (channel 0) clamped, the others
+    (mask, boundary) sigmoid."""
     raw = raw.float()
     return torch.cat([raw[:, 0:1].clamp(0.0, 1.0), torch.sigmoid(raw[:, 1:])], dim=1)
 

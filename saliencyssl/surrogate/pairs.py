@@ -9,18 +9,21 @@ decoded once and kept as tensors (:class:`PairSet`); the training loop only inde
 
 The labeller fingerprint is taken from the cache (:func:`choose_fingerprint`): the one whose
 entries cover the most images, or the one of explicit labeller options. Images without a
-target are *misses*: they are listed, with the ``scripts/label.py`` command that fills them
-(:func:`label_command`); when every image misses, :class:`MissingTargetsError` says so.
+target are *misses*: the pair set names them (:func:`describe_misses`); when no image can be
+paired, :class:`NoPairsError` says why and carries what the caller needs to fill the cache (the
+image and cache folders and the labeller parameters to label with).
+
+The exact targets are kept as one :class:`~saliencyssl.target.TargetBatch` in its compact form
+(float32 maps, bool masks, int32 region labels).
 
 The held-out split (:func:`held_out_mask`) is chosen by content hash: an image is held out when
 a salted hash of its content hash falls below the fraction, so its membership depends on its
-pixels alone, not on file names, order, ``--limit`` or seed.
+pixels alone, not on file names, order, the image limit or seed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -30,97 +33,30 @@ import torch
 
 from saliencyssl.datasets import ImageSet, fit_square, open_image_set, target_at_size
 from saliencyssl.saliency.labeller import LABELLER_VERSION, LabellerConfig
-from saliencyssl.target import TARGET_CHANNELS, Target, TargetBatch, region_boundary
+from saliencyssl.target import TARGET_CHANNELS, Target, TargetBatch
 
 #: Salt of the held-out split (changing it changes which images are held out).
 SPLIT_SALT = b"saliency-ssl surrogate held-out v1"
 
 
-class MissingTargetsError(FileNotFoundError):
-    """The cache has no usable targets for the images (the message holds the command that fixes it)."""
-
-
-# ------------------------------------------------------------------------------ tensors
-@dataclass
-class TargetTensors:
-    """Exact targets of ``N`` images at one size, as tensors.
+class NoPairsError(LookupError):
+    """No image of a folder can be paired with a target of the cache.
 
     Attributes:
-        saliency: ``(N, 1, S, S)`` uint8 RC saliency, 0..255.
-        mask: ``(N, 1, S, S)`` bool SaliencyCut mask.
-        regions: ``(N, 1, S, S)`` int32 region labels (distinct per region within an image).
+        reason: ``"no_cache"`` (the folder holds no cache), ``"old_versions"`` (the cache holds
+            targets of older labeller versions only), or ``"no_targets"`` (no target of the
+            wanted or of any current fingerprint for these images).
+        images_dir: the image folder.
+        cache_dir: the cache folder.
+        params: the labeller parameters to label the images with (``None``: the defaults).
+        fingerprints: the fingerprints the cache holds, with their parameters.
     """
 
-    saliency: torch.Tensor
-    mask: torch.Tensor
-    regions: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.saliency.shape[0])
-
-    @classmethod
-    def from_targets(cls, targets: Sequence[Target]) -> "TargetTensors":
-        """Stack same-sized :class:`Target` objects (CPU tensors)."""
-        return cls(torch.from_numpy(np.stack([t.saliency for t in targets]))[:, None],
-                   torch.from_numpy(np.stack([t.mask for t in targets]))[:, None],
-                   torch.from_numpy(np.stack([t.regions.astype(np.int32) for t in targets]))[:, None])
-
-    def index(self, index: torch.Tensor | slice) -> "TargetTensors":
-        return TargetTensors(self.saliency[index], self.mask[index], self.regions[index])
-
-    def to(self, device) -> "TargetTensors":
-        return TargetTensors(self.saliency.to(device), self.mask.to(device), self.regions.to(device))
-
-    def flip(self, which: torch.Tensor) -> "TargetTensors":
-        """Mirror left-right the targets where ``which`` (``(N,)`` bool) is True."""
-        w = which.view(-1, 1, 1, 1)
-        return TargetTensors(torch.where(w, self.saliency.flip(-1), self.saliency),
-                             torch.where(w, self.mask.flip(-1), self.mask),
-                             torch.where(w, self.regions.flip(-1), self.regions))
-
-    def rotate(self, turns: torch.Tensor) -> "TargetTensors":
-        """Rotate each target by ``turns`` (``(N,)`` int in 0..3) quarter turns (:func:`rotate_quarters`)."""
-        return TargetTensors(rotate_quarters(self.saliency, turns), rotate_quarters(self.mask, turns),
-                             rotate_quarters(self.regions, turns))
-
-    def channels(self, support: bool = False) -> torch.Tensor:
-        """``(N, 3, S, S)`` float32 dense channels (:data:`TARGET_CHANNELS`) in [0, 1] (``(N, 4, S, S)``
-        with ``support``).
-
-        The boundary is computed from the region labels here, so that a flipped target gets
-        the boundary of its flipped regions (a pixel whose right or lower neighbour differs).
-        With ``support``, a fourth channel follows: 1 where the saliency map is nonzero (what the
-        surrogate's support loss learns, :class:`~saliencyssl.surrogate.losses.LossWeights`).
-        """
-        edge = region_boundary(self.regions)
-        parts = [self.saliency.float() / 255.0, self.mask.float(), edge.float()]
-        if support:
-            parts.append((self.saliency > 0).float())
-        return torch.cat(parts, dim=1)
-
-    def batch(self) -> TargetBatch:
-        """The targets as a :class:`~saliencyssl.target.TargetBatch` on their device."""
-        return TargetBatch(self.saliency.float() / 255.0, self.mask.clone(), self.regions.long())
-
-
-def rotate_quarters(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
-    """Rotate each square ``(N, C, S, S)`` item of ``x`` by its own number of quarter turns.
-
-    Args:
-        x: ``(N, C, S, S)`` tensor of any dtype (images, maps, masks, labels).
-        turns: ``(N,)`` integer tensor in 0..3, counter-clockwise quarter turns per item
-            (:func:`torch.rot90` over the last two dimensions), on any device.
-
-    Returns:
-        A new ``(N, C, S, S)`` tensor of ``x``'s dtype and device.
-    """
-    if x.shape[-1] != x.shape[-2]:
-        raise ValueError(f"quarter turns need square items, got {tuple(x.shape[-2:])}")
-    k = turns.to(x.device).view(-1, *([1] * (x.ndim - 1)))
-    out = x
-    for quarter in (1, 2, 3):
-        out = torch.where(k == quarter, torch.rot90(x, quarter, (-2, -1)), out)
-    return out
+    def __init__(self, message: str, reason: str, images_dir, cache_dir, params: dict | None = None,
+                 fingerprints: dict | None = None):
+        super().__init__(message)
+        self.reason, self.images_dir, self.cache_dir = reason, images_dir, Path(cache_dir)
+        self.params, self.fingerprints = params, dict(fingerprints or {})
 
 
 @dataclass
@@ -129,35 +65,34 @@ class PairSet:
 
     Attributes:
         images: ``(N, 3, S, S)`` uint8 RGB.
-        targets: the exact targets, :class:`TargetTensors` of ``(N, 1, S, S)``.
+        targets: the exact targets, a :class:`~saliencyssl.target.TargetBatch` of ``(N, 1, S, S)``
+            tensors in its compact form (int32 region labels).
         hashes: content hash of each image (of the decoded file, before resizing).
         names: each image's path relative to the image folder.
         image_size: ``S``.
         fingerprint: the labeller fingerprint the targets come from.
         labeller_params: that labeller's parameters (``None`` when the cache did not record them).
         misses: names of the images below the folder that have no target (not in the set).
-        fix_command: the ``scripts/label.py`` command that labels the misses.
     """
 
     images: torch.Tensor
-    targets: TargetTensors
+    targets: TargetBatch
     hashes: list[str]
     names: list[str]
     image_size: int
     fingerprint: str
     labeller_params: dict | None = None
     misses: list[str] = field(default_factory=list)
-    fix_command: str = ""
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> "PairSet":
-        """The pairs at ``indices`` (misses and command kept)."""
+        """The pairs at ``indices`` (misses kept)."""
         idx = torch.as_tensor(np.asarray(indices, np.int64))
-        return PairSet(self.images[idx], self.targets.index(idx), [self.hashes[int(i)] for i in idx],
+        return PairSet(self.images[idx], self.targets.index_select(idx), [self.hashes[int(i)] for i in idx],
                        [self.names[int(i)] for i in idx], self.image_size, self.fingerprint,
-                       self.labeller_params, list(self.misses), self.fix_command)
+                       self.labeller_params, list(self.misses))
 
     def split(self, held_out: float) -> tuple["PairSet", "PairSet"]:
         """``(train, held_out)`` by :func:`held_out_mask` of the content hashes."""
@@ -169,8 +104,8 @@ class PairSet:
         return hashes_digest(self.hashes)
 
     def nbytes(self) -> int:
-        t = self.targets
-        return sum(x.numel() * x.element_size() for x in (self.images, t.saliency, t.mask, t.regions))
+        """Bytes the images and targets take."""
+        return self.images.numel() * self.images.element_size() + self.targets.nbytes()
 
 
 # ------------------------------------------------------------------------------ splits and digests
@@ -191,7 +126,7 @@ def held_out_mask(hashes: Sequence[str], fraction: float) -> np.ndarray:
         ValueError: ``fraction`` outside [0, 1).
     """
     if not 0.0 <= float(fraction) < 1.0:
-        raise ValueError(f"held-out fraction must be in [0, 1), got {fraction} (--held-out)")
+        raise ValueError(f"held-out fraction must be in [0, 1), got {fraction}")
     values = np.array([_salted(h) for h in hashes], np.float64)
     mask = values < fraction
     if fraction > 0 and len(hashes) >= 2:
@@ -222,35 +157,21 @@ def contains_hashes(prefixes: torch.Tensor, hashes: Sequence[str]) -> np.ndarray
 
 
 # ------------------------------------------------------------------------------ cache and fingerprint
-def label_command(images_dir: str | Path, cache_dir: str | Path, params: dict | None) -> str:
-    """The ``scripts/label.py`` command that fills ``cache_dir`` for ``images_dir`` with ``params``."""
-    parts = ["python", "scripts/label.py", str(images_dir), "--cache", str(cache_dir)]
-    defaults = LabellerConfig()
-    if params:
-        if params.get("scale") is not None:
-            parts += ["--scale", f"{params['scale']:g}"]
-        if params.get("max_side") is not None:
-            parts += ["--max-side", str(params["max_side"])]
-        if params.get("min_side", defaults.min_side) != defaults.min_side and params.get("scale") is None:
-            parts += ["--min-side", str(params["min_side"])]
-        if params.get("cut_engine", defaults.cut_engine) != defaults.cut_engine:
-            parts += ["--cut-engine", str(params["cut_engine"])]
-    return " ".join(shlex.quote(p) for p in parts)
-
-
 def _open_cache(cache_dir: Path, fingerprint: str):
     from saliencyssl.cache import TargetCache
 
     return TargetCache(cache_dir, fingerprint)
 
 
-def _require_cache(cache_dir: Path, images_dir: str | Path, params: dict | None) -> None:
-    """Raise :class:`MissingTargetsError` with the label.py command when ``cache_dir`` is no target cache."""
+def _cache_fingerprints(cache_dir: Path, images_dir: str | Path, params: dict | None) -> dict[str, dict | None]:
+    """The fingerprints ``cache_dir`` holds; :class:`NoPairsError` when it is no target cache."""
     from saliencyssl.cache import TargetCache
+    from saliencyssl.cache.store import cache_fingerprints
 
     if not TargetCache.exists(cache_dir):
-        raise MissingTargetsError(f"{cache_dir} is not a target cache (no cache.db); fill it first with: "
-                                  f"{label_command(images_dir, cache_dir, params)}")
+        raise NoPairsError(f"{cache_dir} is not a target cache (no cache.db); label {images_dir} into it first",
+                           "no_cache", images_dir, cache_dir, params)
+    return cache_fingerprints(cache_dir)
 
 
 def choose_fingerprint(cache_dir: str | Path, hashes: Sequence[str], config: LabellerConfig | None = None,
@@ -264,34 +185,31 @@ def choose_fingerprint(cache_dir: str | Path, hashes: Sequence[str], config: Lab
     Args:
         cache_dir: an existing cache folder.
         hashes: content hashes of the images.
-        config: explicit labeller options (as in ``scripts/label.py``), or ``None`` to choose
-            from the fingerprints the cache holds.
-        images_dir: for the command in error messages.
+        config: explicit labeller options (those the cache was labelled with), or ``None`` to
+            choose from the fingerprints the cache holds.
+        images_dir: the image folder, for the error.
 
     Returns:
         ``(fingerprint, params or None, number of images covered)``.
 
     Raises:
-        MissingTargetsError: the folder is not a cache, no fingerprint covers any image, or the
-            cache holds targets of older labeller versions only.
+        NoPairsError: the folder is not a cache, no fingerprint covers any image, or the cache
+            holds targets of older labeller versions only.
     """
     cache_dir = Path(cache_dir)
-    _require_cache(cache_dir, images_dir, config.params() if config else None)
-    probe = _open_cache(cache_dir, "probe")
-    try:
-        found = probe.fingerprints()
-    finally:
-        probe.close()
+    found = _cache_fingerprints(cache_dir, images_dir, config.params() if config else None)
     if config is not None:
         fingerprint = config.fingerprint()
         candidates = {fingerprint: found.get(fingerprint) or config.params()}
     else:
         candidates = {f: p for f, p in found.items() if (p or {}).get("version") == LABELLER_VERSION}
         if found and not candidates:
-            raise MissingTargetsError(
+            older = next(iter(found.values()))
+            raise NoPairsError(
                 f"cache {cache_dir} holds targets of older labeller versions only (fingerprints "
-                f"{', '.join(sorted(found))}; this is version {LABELLER_VERSION}); label the images again with: "
-                f"{label_command(images_dir, cache_dir, next(iter(found.values())))}")
+                f"{', '.join(sorted(found))}; this is version {LABELLER_VERSION}); label the images again",
+                "old_versions", images_dir, cache_dir,
+                {k: v for k, v in (older or {}).items() if k != "version"} or None, found)
     default = LabellerConfig().fingerprint()
     best = ("", None, -1)
     for fingerprint, params in sorted(candidates.items(), key=lambda item: (item[0] != default, item[0])):
@@ -305,11 +223,11 @@ def choose_fingerprint(cache_dir: str | Path, hashes: Sequence[str], config: Lab
     if best[2] <= 0:
         wanted = config.params() if config is not None else None
         listing = ", ".join(sorted(found)) or "none"
-        raise MissingTargetsError(
+        raise NoPairsError(
             f"cache {cache_dir} holds no target for any of the {len(hashes)} images in {images_dir} "
             f"(fingerprints in the cache: {listing}"
-            f"{'; wanted ' + config.fingerprint() if config is not None else ''}); label them with: "
-            f"{label_command(images_dir, cache_dir, wanted)}")
+            f"{'; wanted ' + config.fingerprint() if config is not None else ''})",
+            "no_targets", images_dir, cache_dir, wanted, found)
     return best
 
 
@@ -320,7 +238,7 @@ def select_limit(hashes: Sequence[str], limit: int | None) -> np.ndarray:
     if limit is None or limit >= n:
         return np.arange(n)
     if limit < 1:
-        raise ValueError(f"--limit must be at least 1, got {limit}")
+        raise ValueError(f"the image limit must be at least 1, got {limit}")
     order = sorted(range(n), key=lambda i: (hashes[i], i))
     return np.sort(np.array(order[:limit], np.int64))
 
@@ -332,12 +250,12 @@ def load_pairs(images_dir: str | Path, cache_dir: str | Path, image_size: int, f
 
     Args:
         images_dir: image folder (class sub-folders allowed) or CIFAR-10 python batches.
-        cache_dir: the target cache filled by ``scripts/label.py``.
+        cache_dir: the target cache the images were labelled into.
         image_size: side ``S`` both images and targets are brought to (:func:`fit_square`).
         fingerprint: use exactly this labeller fingerprint (e.g. a checkpoint's); default:
             ``config``'s, or the one covering most images (:func:`choose_fingerprint`).
         config: explicit labeller options selecting the fingerprint (with ``fingerprint``
-            given: only used to write the label.py command for misses).
+            given: the parameters recorded for the misses when the cache has none).
         limit: use at most this many images, chosen by content hash (:func:`select_limit`).
         progress: show progress bars.
         image_set: an already opened set for ``images_dir`` (skips opening it again).
@@ -347,7 +265,8 @@ def load_pairs(images_dir: str | Path, cache_dir: str | Path, image_size: int, f
 
     Raises:
         FileNotFoundError: the image folder does not exist or holds no images.
-        MissingTargetsError: no image has a target (the message holds the label.py command).
+        NoPairsError: no image has a target (it carries the folders and the labeller parameters
+            to label them with).
     """
     from tqdm import tqdm
 
@@ -359,11 +278,8 @@ def load_pairs(images_dir: str | Path, cache_dir: str | Path, image_size: int, f
     if fingerprint is None:
         fingerprint, params, _ = choose_fingerprint(cache_dir, hashes, config, images_dir)
     else:
-        _require_cache(cache_dir, images_dir, None)
-        probe = _open_cache(cache_dir, fingerprint)
-        params = probe.fingerprints().get(fingerprint) or (config.params() if config is not None else None)
-        probe.close()
-    command = label_command(images_dir, cache_dir, params)
+        fallback = config.params() if config is not None else None
+        params = _cache_fingerprints(cache_dir, images_dir, fallback).get(fingerprint) or fallback
     cache = _open_cache(cache_dir, fingerprint)
     keep: list[int] = []
     targets: list[Target] = []
@@ -387,14 +303,13 @@ def load_pairs(images_dir: str | Path, cache_dir: str | Path, image_size: int, f
     finally:
         cache.close()
     if not keep:
-        raise MissingTargetsError(
+        raise NoPairsError(
             f"none of the {len(chosen)} images in {images_dir} has a target under labeller fingerprint "
-            f"{fingerprint} in cache {cache_dir}; label them with: {command}")
+            f"{fingerprint} in cache {cache_dir}", "no_targets", images_dir, cache_dir, params)
     image_tensor = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
-    return PairSet(images=image_tensor, targets=TargetTensors.from_targets(targets),
+    return PairSet(images=image_tensor, targets=TargetBatch.from_targets(targets, compact=True),
                    hashes=[all_hashes[i] for i in keep], names=[images.names[i] for i in keep],
-                   image_size=int(image_size), fingerprint=fingerprint, labeller_params=params, misses=misses,
-                   fix_command=command)
+                   image_size=int(image_size), fingerprint=fingerprint, labeller_params=params, misses=misses)
 
 
 def shape_pairs(per_class_train: int, per_class_test: int, image_size: int = 32, source_size: int = 64,
@@ -441,26 +356,25 @@ def shape_pairs(per_class_train: int, per_class_test: int, image_size: int = 32,
         s = int(image_size)
         images = (torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous() if pixels
                   else torch.zeros(0, 3, s, s, dtype=torch.uint8))
-        tensors = (TargetTensors.from_targets(targets) if targets else
-                   TargetTensors(torch.zeros(0, 1, s, s, dtype=torch.uint8), torch.zeros(0, 1, s, s, dtype=torch.bool),
-                                 torch.zeros(0, 1, s, s, dtype=torch.int32)))
+        tensors = (TargetBatch.from_targets(targets, compact=True) if targets else
+                   TargetBatch(torch.zeros(0, 1, s, s), torch.zeros(0, 1, s, s, dtype=torch.bool),
+                               torch.zeros(0, 1, s, s, dtype=torch.int32)))
         return PairSet(images, tensors, hashes, names, s, config.fingerprint(), config.params())
 
     return pair_set(*made["train"]), pair_set(*made["test"])
 
 
 def describe_misses(pairs: PairSet, show: int = 10) -> list[str]:
-    """Lines naming the images without a target and the command that labels them (empty when none)."""
+    """Lines naming the images without a target (empty when none); ``pairs.labeller_params`` are
+    the parameters to label them with."""
     if not pairs.misses:
         return []
     lines = [f"{len(pairs.misses)} image(s) have no target under fingerprint {pairs.fingerprint} and are left out:"]
     lines += [f"  {name}" for name in pairs.misses[:show]]
     if len(pairs.misses) > show:
         lines.append(f"  ... and {len(pairs.misses) - show} more")
-    lines.append(f"label them with: {pairs.fix_command}")
     return lines
 
 
-__all__ = ["PairSet", "TargetTensors", "MissingTargetsError", "load_pairs", "choose_fingerprint", "held_out_mask",
-           "hashes_digest", "hash_prefixes", "contains_hashes", "label_command", "select_limit",
-           "describe_misses", "rotate_quarters", "shape_pairs", "TARGET_CHANNELS"]
+__all__ = ["PairSet", "NoPairsError", "load_pairs", "choose_fingerprint", "held_out_mask", "hashes_digest",
+           "hash_prefixes", "contains_hashes", "select_limit", "describe_misses", "shape_pairs", "TARGET_CHANNELS"]

@@ -3,7 +3,8 @@
 :class:`SurrogateTrainer` holds everything a run needs and owns its folder::
 
     RUN_DIR/last.pt          after every evaluation (and when stopped): generator, discriminator,
-                             optimisers, scalers, counters, RNG states; what --resume continues from
+                             optimisers, scalers, counters, RNG states; what :meth:`~SurrogateTrainer.resume`
+                             continues from
     RUN_DIR/best.pt          the generator of the evaluation with the best held-out fidelity so far
     RUN_DIR/surrogate.pt     at the end: that best generator (or the last, with select="last") and its
                              metadata (Surrogate.load reads it)
@@ -14,7 +15,7 @@
 Evaluations come at the end of an epoch, every epoch when an epoch has at least ``eval_steps``
 steps, otherwise every ``ceil(eval_steps / steps per epoch)`` epochs (and at the last): on the
 quickstart's 155 images an epoch is 3 steps, and scoring, checkpointing and drawing after each of
-them made its 300-step command take 24 s instead of 20 s (``--eval-steps 1`` against the default).
+them made its 300-step command take 24 s instead of 20 s (``eval_steps=1`` against the default).
 
 One step: the generator learns to match the exact channels
 (:class:`~saliencyssl.surrogate.losses.TargetLoss`). With an adversarial weight above 0
@@ -26,8 +27,10 @@ generator learns to fool it while matching the exact channels. Adam with beta1 =
 Pix2Pix, at rate 1e-3: Pix2Pix's 2e-4 is for batch 1; at batch 64 1e-3 was better on CIFAR-10, and
 on the shapes 2e-4 reached mask IoU 0.81 in 600 steps where 1e-3 reached 0.90. The rate stays
 constant for the first ``decay_start`` of the run and then falls linearly to zero. "The run" is
-``epochs`` passes, or the time budget when one is set, whichever is nearer its end, so a run cut by
-``max_minutes`` still ends with a decayed rate.
+``epochs`` passes, the step budget (``max_steps``) or the time budget (``max_minutes``), whichever
+is nearer its end, so a run cut by a budget still ends with a decayed rate; a step budget gives
+runs on different machines, or on sets of different sizes, the same number of updates and the same
+schedule.
 
 Model selection: the exact labels are brittle (the labeller itself agrees with its own output on a
 one-pixel shift of the image only about 0.89 of the time on whether there is an object), so a
@@ -35,14 +38,12 @@ generator memorises them and its held-out fidelity peaks and then falls while th
 keeps falling. At every evaluation the held-out split is scored with :func:`selection_score`
 (presence accuracy, mask IoU where there is a mask and overall, saliency error against the
 predict-nothing baseline) and the best epoch is kept; that is the one ``surrogate.pt`` holds
-(early stopping on the held-out split, never on test images). With ``ema`` set, what is scored,
-selected and saved is an exponential moving average of the generator's weights (torch's
-:class:`~torch.optim.swa_utils.AveragedModel`), which smooths over the step-to-step noise the
-brittle labels put into the weights.
+(early stopping on the held-out split, never on test images).
 
-Data: every image and target is a tensor on the training device from the start (uint8 images,
-uint8/bool/int32 targets); a step only indexes, mirrors and turns (image and target together, the
-boundary recomputed from the moved regions) and converts. The augmentation is the square's
+Data: every image and target is a tensor on the training device from the start (uint8 images, and
+the targets as one :class:`~saliencyssl.target.TargetBatch` in its compact form); a step only
+indexes, mirrors and turns (image and target together, the boundary recomputed from the moved
+regions) and converts. The augmentation is the square's
 symmetry group: a left-right mirror (``flip``) and 0-3 quarter turns (``rotate``), eight poses of
 every pair. The exact labeller has no preferred direction on a square image (RC's spatial weights
 and Cheng's border test are symmetric under these moves), so a moved pair is still an exact pair:
@@ -55,10 +56,20 @@ training mask IoU 0.97 and boundary F 0.99 but test IoU 0.89 and boundary F 0.47
 turns lifted IoU where there is a mask from 0.31 to 0.37 and boundary F from 0.52 to 0.60 on
 1,000 test images. Seeds fix the initial
 weights, the batch order, the mirrors, the turns and dropout, so a run on the CPU is repeatable.
+
+Extension points for experiments (the project's ``experiments/surrogate_knobs.py`` adds back the
+options that left the product this way): :meth:`SurrogateTrainer.build_networks`,
+:meth:`~SurrogateTrainer.build_target_loss`, :meth:`~SurrogateTrainer.exact_channels`,
+:meth:`~SurrogateTrainer.after_step`, :attr:`~SurrogateTrainer.eval_generator`,
+:meth:`~SurrogateTrainer.extra_state` and :meth:`~SurrogateTrainer.load_extra_state`.
+
+Which run a folder holds, and whether a request may resume it, is the application's business
+(:class:`~saliencyssl.app.rundir.RunDir`); the trainer writes and reads its own state.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -68,22 +79,21 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.optim.swa_utils import AveragedModel
 
-from saliencyssl.surrogate.losses import GANLoss, LossWeights, TargetLoss
+from saliencyssl.surrogate.losses import GAN_MODES, GANLoss, LossWeights, TargetLoss
 from saliencyssl.surrogate.model import (Surrogate, SurrogateCheckpointError, checkpoint_dict, read_checkpoint,
                                          save_checkpoint)
-from saliencyssl.surrogate.networks import (Architecture, UNetGenerator, build_networks, image_to_input,
-                                            to_probabilities)
-from saliencyssl.surrogate.pairs import PairSet, TargetTensors, hash_prefixes, rotate_quarters
-from saliencyssl.target import TARGET_CHANNELS
+from saliencyssl.surrogate.networks import (MIN_DEPTH, Architecture, PatchDiscriminator, UNetGenerator, build_networks,
+                                            image_to_input, to_probabilities, unet_depth)
+from saliencyssl.surrogate.pairs import PairSet, hash_prefixes
+from saliencyssl.target import TargetBatch, rotate_quarters
 
 #: Keep the data on the training device when it takes less than this many bytes.
 DEVICE_DATA_LIMIT = 6 * 2 ** 30
 
 
 def usable_devices() -> list[str]:
-    """The ``--device`` values torch can train on here: ``cpu``, and ``cuda``, ``cuda:0`` ... when CUDA is visible."""
+    """The device names torch can train on here: ``cpu``, and ``cuda``, ``cuda:0`` ... when CUDA is visible."""
     devices = ["cpu"]
     if torch.cuda.is_available():
         devices += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
@@ -91,7 +101,7 @@ def usable_devices() -> list[str]:
 
 
 def resolve_device(name: str) -> torch.device:
-    """The ``torch.device`` of a ``--device`` value, refused with the choices when torch cannot use it here.
+    """The ``torch.device`` of a device name, refused with the choices when torch cannot use it here.
 
     Raises:
         ValueError: ``name`` is no device string torch knows (``tpu``), a device this trainer does not
@@ -110,21 +120,36 @@ def resolve_device(name: str) -> torch.device:
     if not usable:
         options = ("cpu (torch sees no CUDA device here)" if choices == ["cpu"]
                    else "one of " + ", ".join(choices))
-        raise ValueError(f"--device {name}: torch cannot train on it here; choose {options}")
+        raise ValueError(f"device {name}: torch cannot train on it here; choose {options}")
     return device
+
+
+class TrainConfigError(ValueError):
+    """A :class:`TrainConfig` value out of range.
+
+    Attributes:
+        field: the field (``"batch_size"``; a loss weight as ``"weights.mask"``).
+        value: the value given.
+        need: what the field needs, in words.
+    """
+
+    def __init__(self, field: str, value, need: str):
+        self.field, self.value, self.need = field, value, need
+        super().__init__(f"TrainConfig.{field} = {value!r}: {need}")
 
 
 @dataclass
 class TrainConfig:
-    """Options of a surrogate training run (``scripts/train_surrogate.py`` sets them).
+    """Options of a surrogate training run (``saliency-ssl train-surrogate`` sets them).
 
     Attributes:
-        image_size: side of the square images and targets.
-        epochs: passes over the training split (``None``: 100, or unbounded with ``max_minutes``).
+        image_size: side of the square images and targets (a multiple of 8).
+        epochs: passes over the training split (``None``: 100, or unbounded with a budget).
         batch_size: pairs per step.
         lr, beta1: Adam's rate and first momentum coefficient (Pix2Pix: 2e-4, 0.5).
         decay_start: share of the run after which the rate decays linearly to zero.
         max_minutes: wall-clock budget of the whole run (all resumptions together); ``None`` = none.
+        max_steps: budget in optimiser steps (all resumptions together); ``None`` = none.
         held_out: share of the images held out by content hash for fidelity.
         flip: mirror training pairs left-right at random (image and target together).
         rotate: turn training pairs by 0-3 quarter turns at random (image and target together).
@@ -140,10 +165,9 @@ class TrainConfig:
             ``"last"``: which generator ``surrogate.pt`` holds.
         eval_steps: evaluate (held-out fidelity, ``best.pt``, ``last.pt``, history) at the end of
             every ``ceil(eval_steps / steps per epoch)``-th epoch (every epoch when an epoch is that long).
-        ema: decay of an exponential moving average of the generator's weights and batch-norm
-            statistics, updated after every step (``0``: none). When set, the average is what is
-            evaluated, selected and saved; its decay warms up as ``min(ema, (1 + n) / (10 + n))``
-            after ``n`` updates, so early epochs are not dominated by the initial weights.
+
+    Raises:
+        TrainConfigError: a value out of range (it names the field).
     """
 
     image_size: int = 32
@@ -153,6 +177,7 @@ class TrainConfig:
     beta1: float = 0.5
     decay_start: float = 0.5
     max_minutes: float | None = None
+    max_steps: int | None = None
     held_out: float = 0.05
     flip: bool = True
     rotate: bool = True
@@ -163,55 +188,62 @@ class TrainConfig:
     ngf: int = Architecture.ngf
     max_mult: int = Architecture.max_mult
     ndf: int = Architecture.ndf
-    coords: bool = Architecture.coords
     head: int = Architecture.head
     dropout_blocks: int = Architecture.dropout_blocks
     grid_images: int = 8
     select: str = "best"
     eval_steps: int = 50
-    ema: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.weights, dict):
             self.weights = LossWeights(**self.weights)
-        negative = [name for name, value in self.weights.as_dict().items() if value is not None and value < 0]
-        if negative:
-            fields = ", ".join(f"LossWeights.{name}" for name in negative)
-            raise ValueError(f"loss weights must not be negative, got {fields} < 0 (train_surrogate.py sets "
-                             "them with --lambda-gan, -l1, -mask, -boundary, -presence and -support, and "
-                             "--boundary-pos-weight)")
-        if self.head < 0 or self.dropout_blocks < 0:
-            raise ValueError(f"--head and --dropout-blocks must be 0 or more, got {self.head} and "
-                             f"{self.dropout_blocks}")
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.eval_steps < 1:
-            raise ValueError(f"eval_steps must be at least 1, got {self.eval_steps}")
-        if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ValueError(f"--max-minutes must be positive, got {self.max_minutes}")
+        for name, value in self.weights.as_dict().items():
+            if value is not None and not value >= 0:
+                raise TrainConfigError(f"weights.{name}", value, "a loss weight must be 0 or more")
+        try:
+            unet_depth(self.image_size)
+        except ValueError:
+            raise TrainConfigError("image_size", self.image_size, f"the side must be halved {MIN_DEPTH} times by the "
+                                   f"U-Net: a multiple of {2 ** MIN_DEPTH} such as 32, 64, 96, 128 or 256") from None
+        for name in ("ngf", "ndf", "max_mult", "batch_size", "eval_steps"):
+            if getattr(self, name) < 1:
+                raise TrainConfigError(name, getattr(self, name), "give 1 or more")
+        for name in ("head", "dropout_blocks", "grid_images"):
+            if getattr(self, name) < 0:
+                raise TrainConfigError(name, getattr(self, name), "give 0 (none) or more")
+        for name in ("epochs", "max_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise TrainConfigError(name, getattr(self, name), "give 1 or more, or leave it unset")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise TrainConfigError("max_minutes", self.max_minutes, "a time budget must be positive, or unset")
+        if not self.lr > 0:
+            raise TrainConfigError("lr", self.lr, "the learning rate must be positive")
+        if not 0.0 <= self.beta1 < 1.0:
+            raise TrainConfigError("beta1", self.beta1, "Adam's beta1 lies in [0, 1)")
         if not 0.0 <= self.decay_start <= 1.0:
-            raise ValueError(f"decay_start must be in [0, 1], got {self.decay_start}")
+            raise TrainConfigError("decay_start", self.decay_start, "a share of the run, in [0, 1]")
         if not 0.0 <= self.held_out < 1.0:
-            raise ValueError(f"--held-out must be in [0, 1), got {self.held_out}")
-        if not 0.0 <= self.ema < 1.0:
-            raise ValueError(f"--ema must be in [0, 1) (0 = off; 0.999 averages over about 1,000 steps), "
-                             f"got {self.ema}")
+            raise TrainConfigError("held_out", self.held_out, "a share of the images, in [0, 1)")
         if self.select not in ("best", "last"):
-            raise ValueError(f"select must be 'best' or 'last', got {self.select!r} (--select)")
+            raise TrainConfigError("select", self.select, "'best' or 'last'")
+        if self.gan_mode not in GAN_MODES:
+            raise TrainConfigError("gan_mode", self.gan_mode, f"one of {', '.join(GAN_MODES)}")
+
+    @property
+    def budgeted(self) -> bool:
+        """A time or step budget is set."""
+        return self.max_minutes is not None or self.max_steps is not None
 
     @property
     def total_epochs(self) -> int:
         if self.epochs is not None:
             return int(self.epochs)
-        return 10 ** 6 if self.max_minutes is not None else 100
+        return 10 ** 6 if self.budgeted else 100
 
     def architecture(self) -> Architecture:
-        """The networks' shape; a support loss adds the generator's fourth output."""
-        return Architecture(self.image_size, ngf=self.ngf, max_mult=self.max_mult, ndf=self.ndf, coords=self.coords,
-                            head=self.head, dropout_blocks=self.dropout_blocks,
-                            out_channels=len(TARGET_CHANNELS) + int(self.weights.support > 0))
+        """The networks' shape."""
+        return Architecture(self.image_size, ngf=self.ngf, max_mult=self.max_mult, ndf=self.ndf, head=self.head,
+                            dropout_blocks=self.dropout_blocks)
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -228,12 +260,12 @@ class TrainResult:
         epochs_done: complete epochs.
         steps: optimiser steps.
         seconds: wall time of the run (all resumptions).
-        stopped_by: ``"epochs"`` or ``"time budget"``.
+        stopped_by: ``"epochs"``, ``"time budget"`` or ``"step budget"``.
         held_out: the held-out fidelity report of the generator in ``surrogate.pt`` (``None``
             without a held-out split).
         selected_epoch: the complete epochs behind the generator ``surrogate.pt`` holds.
-        selected_step: its optimiser step (past the end of ``selected_epoch`` when a time budget
-            cut the next epoch short and that partial generator scored best).
+        selected_step: its optimiser step (past the end of ``selected_epoch`` when a budget cut
+            the next epoch short and that partial generator scored best).
     """
 
     surrogate_path: Path
@@ -261,24 +293,31 @@ class SurrogateTrainer:
         run_info: extra facts recorded in the checkpoints' metadata (paths, command line).
 
     Example:
-        >>> trainer = SurrogateTrainer(TrainConfig(epochs=5), train, held, "runs/sur")  # doctest: +SKIP
-        >>> result = trainer.fit()  # doctest: +SKIP
+        >>> import tempfile
+        >>> from saliencyssl.surrogate.pairs import shape_pairs
+        >>> train, held = shape_pairs(2, 1, 32)  # 8 + 4 generated shapes and their exact targets
+        >>> config = TrainConfig(epochs=1, batch_size=4, ngf=4, ndf=4)
+        >>> trainer = SurrogateTrainer(config, train, held, tempfile.mkdtemp(), progress=False, tensorboard=False,
+        ...                            log=lambda line: None)
+        >>> result = trainer.fit()
+        >>> result.steps, result.stopped_by, result.surrogate_path.name
+        (2, 'epochs', 'surrogate.pt')
     """
 
     def __init__(self, config: TrainConfig, train: PairSet, held_out: PairSet | None, run_dir: str | Path,
                  device: str | torch.device = "cpu", progress: bool = True, log: Callable[[str], None] = print,
                  tensorboard: bool = True, run_info: dict | None = None):
         if len(train) == 0:
-            raise ValueError("the training split is empty; give more images (or a smaller --held-out)")
+            raise ValueError("the training split is empty; give more images, or hold out a smaller share")
         if train.image_size != config.image_size:
             raise ValueError(f"pairs are at {train.image_size} px but the config says {config.image_size} px")
         self.config = config
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+            raise RuntimeError("device cuda was asked for but torch sees no CUDA device; train on the cpu")
         self.amp = bool(config.amp) and self.device.type == "cuda"
         if config.amp and not self.amp:
-            log("note: --amp needs CUDA; training in float32 on the CPU")
+            log("note: mixed precision needs CUDA; training in float32 on the CPU")
         self.train_pairs, self.held_pairs = train, (held_out if held_out is not None and len(held_out) else None)
         self.run_dir = Path(run_dir)
         self.progress, self.log, self.use_tensorboard = progress, log, tensorboard
@@ -287,7 +326,8 @@ class SurrogateTrainer:
         torch.manual_seed(config.seed)
         np.random.seed(config.seed % 2 ** 32)
         self.arch = config.architecture()
-        g, d = build_networks(self.arch, seed=config.seed)
+        self.step = 0
+        g, d = self.build_networks(self.arch, config.seed)
         self.generator, self.discriminator = g.to(self.device), d.to(self.device)
         betas = (config.beta1, 0.999)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr, betas=betas)
@@ -295,9 +335,7 @@ class SurrogateTrainer:
         self.scaler_g = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.scaler_d = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.gan_loss = GANLoss(config.gan_mode)
-        self.target_loss = TargetLoss(config.weights)
-        self.ema = (AveragedModel(self.generator, multi_avg_fn=_ema_update(config.ema, lambda: self.step),
-                                  use_buffers=True) if config.ema > 0 else None)
+        self.target_loss = self.build_target_loss()
 
         data_device = self.device if train.nbytes() < DEVICE_DATA_LIMIT else torch.device("cpu")
         self.images = train.images.to(data_device)
@@ -306,19 +344,57 @@ class SurrogateTrainer:
         self.epochs_per_evaluation = max(1, math.ceil(config.eval_steps / self.steps_per_epoch))
 
         self.epoch = 0
-        self.step = 0
         self.batch_in_epoch = 0  # batches of the current epoch done (non-zero only after a budget cut)
         self.elapsed = 0.0
         self.history: list[dict] = []
         self.last_report: dict | None = None
         self.best: dict | None = None  # {"score", "epoch", "step", "report"} of best.pt
         self._best_state: dict | None = None
+        self._report_step: int | None = None  # the step last_report was taken at
         self._writer = None
 
+    # -- extension points ------------------------------------------------------------------------
+    def build_networks(self, arch: Architecture, seed: int) -> tuple[UNetGenerator, PatchDiscriminator]:
+        """A freshly initialised generator and discriminator (:func:`~saliencyssl.surrogate.networks.build_networks`
+        seeded)."""
+        return build_networks(arch, seed=seed)
+
+    def build_target_loss(self) -> TargetLoss:
+        """The reconstruction loss (:class:`~saliencyssl.surrogate.losses.TargetLoss` of the config's weights)."""
+        return TargetLoss(self.config.weights)
+
+    def exact_channels(self, targets: TargetBatch) -> torch.Tensor:
+        """What the generator learns for ``targets`` on the device: ``(B, C, S, S)`` float32 in [0, 1]
+        (the three :data:`~saliencyssl.target.TARGET_CHANNELS`)."""
+        return targets.channels()
+
+    def after_step(self) -> None:
+        """Called after every optimiser step (:attr:`step` already counts it); nothing here."""
+
+    @property
+    def eval_generator(self) -> UNetGenerator:
+        """The generator that is evaluated, selected and saved (here the trained one)."""
+        return self.generator
+
+    def extra_state(self) -> dict:
+        """Further entries of ``last.pt`` (tensors and plain values); none here."""
+        return {}
+
+    def load_extra_state(self, blob: dict) -> list[str]:
+        """Restore :meth:`extra_state` from a ``last.pt``; returns what makes it unusable (nothing here)."""
+        return []
+
     # -- schedule ------------------------------------------------------------------------------
+    @property
+    def total_steps(self) -> int:
+        """Optimiser steps of the whole run: ``epochs`` passes or ``max_steps``, whichever is fewer
+        (about 10^6 epochs' worth when only a time budget is set)."""
+        steps = self.config.total_epochs * self.steps_per_epoch
+        return min(steps, self.config.max_steps) if self.config.max_steps else steps
+
     def run_progress(self, elapsed: float) -> float:
-        """Share of the run done, in [0, 1]: by steps, or by time when a budget is set (the larger)."""
-        by_steps = self.step / max(1, self.config.total_epochs * self.steps_per_epoch)
+        """Share of the run done, in [0, 1]: by steps, or by time when a time budget is set (the larger)."""
+        by_steps = self.step / max(1, self.total_steps)
         by_time = elapsed / (60.0 * self.config.max_minutes) if self.config.max_minutes else 0.0
         return min(1.0, max(by_steps, by_time))
 
@@ -338,10 +414,10 @@ class SurrogateTrainer:
     def batch(self, index: torch.Tensor, flips: torch.Tensor | None,
               turns: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(images uint8 (B,3,S,S), exact channels float (B,C,S,S))`` on the device, mirrored where
-        ``flips`` (``(B,)`` bool) and then turned by ``turns`` (``(B,)`` int, quarter turns) say (``C`` is
-        the generator's output count: the support channel is appended when it learns one)."""
+        ``flips`` (``(B,)`` bool) and then turned by ``turns`` (``(B,)`` int, quarter turns) say
+        (:meth:`exact_channels`)."""
         images = self.images[index]
-        targets: TargetTensors = self.targets.index(index)
+        targets = self.targets.index_select(index)
         if flips is not None:
             which = flips.to(images.device)
             images = torch.where(which.view(-1, 1, 1, 1), images.flip(-1), images)
@@ -349,8 +425,7 @@ class SurrogateTrainer:
         if turns is not None:
             images = rotate_quarters(images, turns)
             targets = targets.rotate(turns)
-        return (images.to(self.device, non_blocking=True),
-                targets.to(self.device).channels(support=self.arch.has_support))
+        return images.to(self.device, non_blocking=True), self.exact_channels(targets.to(self.device))
 
     def train_step(self, images: torch.Tensor, exact: torch.Tensor) -> dict[str, torch.Tensor]:
         """One discriminator and one generator update.
@@ -361,8 +436,8 @@ class SurrogateTrainer:
 
         Returns:
             Losses as detached scalar tensors on the device (no host synchronisation):
-            ``d`` (discriminator), ``g_gan``, ``l1``, ``mask``, ``boundary`` (``presence``, ``support``),
-            ``g`` (the generator's total).
+            ``d`` (discriminator) and ``g_gan`` with an adversarial term, the target loss's parts
+            (``l1``, ``mask``, ``boundary``), ``g`` (the generator's total).
         """
         g, d = self.generator, self.discriminator
         g.train()
@@ -398,20 +473,14 @@ class SurrogateTrainer:
         self.scaler_g.scale(loss_g).backward()
         self.scaler_g.step(self.opt_g)
         self.scaler_g.update()
-        if self.ema is not None:
-            self.ema.update_parameters(g)
         d.requires_grad_(True)
         out.update(parts)
         out["g"] = loss_g.detach()
         self.step += 1
+        self.after_step()
         return out
 
     # -- evaluation ------------------------------------------------------------------------------
-    @property
-    def eval_generator(self) -> UNetGenerator:
-        """The generator that is evaluated, selected and saved: the moving average when ``ema`` is set."""
-        return self.ema.module if self.ema is not None else self.generator
-
     def surrogate(self) -> Surrogate:
         """The evaluated generator as a :class:`~saliencyssl.surrogate.model.Surrogate` (shares weights)."""
         return Surrogate(self.eval_generator, self.train_pairs.fingerprint, self.train_pairs.labeller_params,
@@ -424,7 +493,7 @@ class SurrogateTrainer:
         from saliencyssl.surrogate.fidelity import evaluate_surrogate
 
         held = self.held_pairs
-        result = evaluate_surrogate(self.surrogate(), held.images, held.targets.batch(),
+        result = evaluate_surrogate(self.surrogate(), held.images, held.targets,
                                     batch_size=max(256, self.config.batch_size))
         self.generator.train()
         self._last_result = result
@@ -438,7 +507,7 @@ class SurrogateTrainer:
         from saliencyssl.visualize import image_grid
 
         k = min(self.config.grid_images, len(self.held_pairs))
-        rows = comparison_rows(self.held_pairs.images, self.held_pairs.targets.batch(), result.prediction,
+        rows = comparison_rows(self.held_pairs.images, self.held_pairs.targets, result.prediction,
                                range(k), result.scores, tile=64)
         from saliencyssl.surrogate.fidelity import GRID_HEADER
 
@@ -456,7 +525,7 @@ class SurrogateTrainer:
             "torch": str(torch.__version__), "device": str(self.device), **self.run_info}
 
     def save_last(self) -> Path:
-        """Write ``RUN_DIR/last.pt`` (everything ``--resume`` needs)."""
+        """Write ``RUN_DIR/last.pt`` (everything :meth:`resume` needs)."""
         rng = {"cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -464,9 +533,7 @@ class SurrogateTrainer:
             self.generator, self.train_pairs.fingerprint, self.train_pairs.labeller_params, self._meta(),
             discriminator={k: v.detach().cpu() for k, v in self.discriminator.state_dict().items()},
             optim_g=self.opt_g.state_dict(), optim_d=self.opt_d.state_dict(),
-            scaler_g=self.scaler_g.state_dict(), scaler_d=self.scaler_d.state_dict(),
-            **({"ema": {k: v.detach().cpu() for k, v in self.ema.state_dict().items()}} if self.ema is not None
-               else {}),
+            scaler_g=self.scaler_g.state_dict(), scaler_d=self.scaler_d.state_dict(), **self.extra_state(),
             trainer={"epoch": self.epoch, "step": self.step, "elapsed": self.elapsed, "history": self.history,
                      "best": _plain(self.best), "batch_in_epoch": self.batch_in_epoch},
             rng=rng)
@@ -475,48 +542,53 @@ class SurrogateTrainer:
     def resume(self, path: str | Path | None = None) -> None:
         """Continue from ``RUN_DIR/last.pt`` (or ``path``): weights, optimisers, counters, RNG.
 
+        The options that shape the run (rate, seed, mirrors, loss weights ...) are the caller's to
+        keep (the application compares them through its run record); this checks that the state
+        fits the networks and the data: image size, labeller fingerprint, architecture, training set.
+
         Raises:
             FileNotFoundError: no checkpoint to resume from.
             SurrogateCheckpointError: it belongs to another image size, labeller, architecture or
-                training set.
+                training set, or holds no optimiser state.
         """
         path = Path(path) if path is not None else self.run_dir / "last.pt"
         if not path.is_file():
-            raise FileNotFoundError(f"--resume: {path} not found; start the run without --resume")
+            raise FileNotFoundError(f"no checkpoint {path} to resume from; start the run afresh")
         blob = read_checkpoint(path, map_location="cpu")
         meta = blob.get("meta") or {}
         problems = []
         if int(blob["image_size"]) != self.config.image_size:
-            problems.append(f"image size {blob['image_size']} (now {self.config.image_size}, --size)")
+            problems.append(f"image size {blob['image_size']} (now {self.config.image_size})")
         if blob["fingerprint"] != self.train_pairs.fingerprint:
             problems.append(f"labeller fingerprint {blob['fingerprint']} (now {self.train_pairs.fingerprint})")
-        if Architecture.from_dict(dict(blob["arch"])) != self.arch:
+        try:
+            same_arch = type(self.arch).from_dict(dict(blob["arch"])) == self.arch
+        except (TypeError, ValueError):
+            same_arch = False
+        if not same_arch:
             problems.append(f"architecture {blob['arch']} (now {self.arch.as_dict()})")
         if meta.get("train_hashes_digest") != self.train_pairs.digest():
-            problems.append(f"training set of {meta.get('n_train')} images (now {len(self.train_pairs)}, another "
-                            f"set: same IMAGES_DIR, --limit and --held-out needed)")
+            problems.append(f"a training set of {meta.get('n_train')} images (now {len(self.train_pairs)}: another "
+                            f"set; the same images, limit and held-out share are needed)")
         if "trainer" not in blob or "optim_g" not in blob:
             problems.append("no optimiser state (a final surrogate.pt, not a last.pt)")
-        if ("ema" in blob) != (self.ema is not None):
-            problems.append("a weight average (--ema)" if "ema" in blob else "no weight average (now --ema "
-                            f"{self.config.ema:g})")
-        problems += _changed_options(meta.get("config") or {}, self.config)
+        if not problems:
+            problems += self.load_extra_state(blob)
         if problems:
             raise SurrogateCheckpointError(f"cannot resume from {path}: it was trained with " + "; ".join(problems)
-                                           + ". Use the original options, or start a new run in another --out")
+                                           + ". Use the original options, or start a new run in another folder")
         self.generator.load_state_dict(blob["generator"])
         self.discriminator.load_state_dict(blob["discriminator"])
         self.opt_g.load_state_dict(blob["optim_g"])
         self.opt_d.load_state_dict(blob["optim_d"])
         self.scaler_g.load_state_dict(blob["scaler_g"])
         self.scaler_d.load_state_dict(blob["scaler_d"])
-        if self.ema is not None:
-            self.ema.load_state_dict(blob["ema"])
         state = blob["trainer"]
         self.epoch, self.step, self.elapsed = int(state["epoch"]), int(state["step"]), float(state["elapsed"])
         self.batch_in_epoch = int(state.get("batch_in_epoch", 0))  # older checkpoints: the epoch from its start
         self.history = list(state.get("history") or [])
         self.last_report = meta.get("heldout_fidelity")
+        self._report_step = self.step
         self.best = state.get("best")
         best_path = self.run_dir / "best.pt"
         if self.best is not None and best_path.is_file():
@@ -555,7 +627,7 @@ class SurrogateTrainer:
                 "final_heldout_fidelity": _plain(self.last_report), "select": self.config.select}
         generator, epoch, step, report = self.eval_generator, self.epoch, self.step, self.last_report
         if self.config.select == "best" and self.best is not None and self._best_state is not None:
-            generator = UNetGenerator(self.arch)
+            generator = copy.deepcopy(self.eval_generator).cpu()
             generator.load_state_dict(self._best_state)
             epoch, step, report = int(self.best["epoch"]), int(self.best["step"]), self.best["report"]
             meta.update({"epoch": epoch, "step": step, "heldout_fidelity": report,
@@ -602,16 +674,17 @@ class SurrogateTrainer:
                      f"(nothing {report['baseline']['boundary_f']:.3f})")
 
     def fit(self) -> TrainResult:
-        """Train until ``epochs`` or the time budget, then write ``surrogate.pt``.
+        """Train until ``epochs``, the step budget or the time budget, then write ``surrogate.pt``.
 
         Every evaluation (see the module docstring) brings the held-out fidelity, TensorBoard records
-        and ``last.pt``; a run stopped by the budget writes them too, then ``surrogate.pt``.
+        and ``last.pt``; a run stopped by a budget writes them too, then ``surrogate.pt``.
         """
         from tqdm import tqdm
 
         cfg = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         budget = 60.0 * cfg.max_minutes if cfg.max_minutes else math.inf
+        step_budget = cfg.max_steps or math.inf
         started = time.perf_counter() - self.elapsed
         stopped_by = "epochs"
         writer = self._tb()
@@ -622,21 +695,27 @@ class SurrogateTrainer:
             if time.perf_counter() - started >= budget:
                 stopped_by = "time budget"
                 break
+            if self.step >= step_budget:
+                stopped_by = "step budget"
+                break
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch)
             order = torch.randperm(len(self.train_pairs), generator=gen)
             flips = (torch.rand(len(order), generator=gen) < 0.5) if cfg.flip else None
             turns = torch.randint(0, 4, (len(order),), generator=gen) if cfg.rotate else None
-            label = f"epoch {self.epoch + 1}" + (f"/{total_epochs}" if cfg.epochs or not cfg.max_minutes else "")
+            label = f"epoch {self.epoch + 1}" + (f"/{total_epochs}" if cfg.epochs or not cfg.budgeted else "")
             # A run resumed after a budget cut mid-epoch goes on from the batch it stopped at (the
             # epoch's order, mirrors and turns are the same: they depend on the seed and the epoch only).
             first = min(max(self.batch_in_epoch, 0), self.steps_per_epoch)
             bar = tqdm(range(first, self.steps_per_epoch), desc=label, unit="step", initial=first,
                        total=self.steps_per_epoch, disable=not self.progress, leave=False)
-            cut = False
+            cut = None
             for b in bar:
                 now = time.perf_counter() - started
                 if now >= budget:
-                    cut = True
+                    cut = "time budget"
+                    break
+                if self.step >= step_budget:
+                    cut = "step budget"
                     break
                 lr = self.lr_at(self.run_progress(now))
                 self._set_lr(lr)
@@ -659,22 +738,23 @@ class SurrogateTrainer:
             bar.close()
             self.elapsed = time.perf_counter() - started
             if cut:
-                stopped_by = "time budget"
-                self.log(f"time budget of {cfg.max_minutes:g} min reached in epoch {self.epoch + 1} "
-                         f"(step {self.step}); writing the final checkpoint")
+                stopped_by = cut
+                limit = f"{cfg.max_minutes:g} min" if cut == "time budget" else f"{cfg.max_steps} steps"
+                self.log(f"{cut} of {limit} reached in epoch {self.epoch + 1} (step {self.step}); writing the "
+                         f"final checkpoint")
                 break
             self.epoch += 1
             self.batch_in_epoch = 0
             if self.epoch % self.epochs_per_evaluation and self.epoch < total_epochs:
                 continue
-            self.last_report = self.evaluate()
+            self.last_report, self._report_step = self.evaluate(), self.step
             self.consider(self.last_report)
             self.elapsed = time.perf_counter() - started
             self._log_epoch({k: float(v) / max(1, count) for k, v in sums.items()}, self.last_report)
             sums, count = {}, 0
             self.save_last()
-        if stopped_by == "time budget" or self.last_report is None:
-            self.last_report = self.evaluate()
+        if self.last_report is None or self._report_step != self.step:  # steps since the last evaluation
+            self.last_report, self._report_step = self.evaluate(), self.step
             self.consider(self.last_report)
         self.elapsed = time.perf_counter() - started
         self.save_last()
@@ -686,40 +766,6 @@ class SurrogateTrainer:
         return TrainResult(surrogate_path=path, epochs_done=self.epoch, steps=self.step, seconds=self.elapsed,
                            stopped_by=stopped_by, held_out=report, selected_epoch=selected,
                            selected_step=selected_step)
-
-
-#: Options that shape a run's trajectory, with the flag that sets each: a resumed run must keep
-#: them (``--epochs``, ``--max-minutes``, ``--select``, ``--amp`` and the device may change).
-_RESUME_MUST_KEEP = {"batch_size": "--batch-size", "lr": "--lr", "beta1": "beta1", "decay_start": "--decay-start",
-                     "flip": "--no-flip", "rotate": "--no-rotate", "seed": "--seed", "gan_mode": "--gan-mode",
-                     "weights": "--lambda-*"}
-
-
-def _flipping(on: bool) -> str:
-    return "mirrored pairs" if on else "--no-flip"
-
-
-def _turning(on: bool) -> str:
-    return "turned pairs" if on else "--no-rotate"
-
-
-def _changed_options(recorded: dict, config: TrainConfig) -> list[str]:
-    """The trajectory options of ``config`` that differ from a checkpoint's recorded config."""
-    now = config.as_dict()
-    if isinstance(recorded.get("weights"), dict):
-        recorded = {**recorded, "weights": LossWeights(**recorded["weights"]).as_dict()}
-    recorded = {"rotate": False, **recorded}  # runs from before the quarter turns did not turn
-    changed = []
-    for key, flag in _RESUME_MUST_KEEP.items():
-        if key not in recorded or recorded[key] == now[key]:
-            continue
-        if key == "flip":
-            changed.append(f"{_flipping(recorded[key])} (now {_flipping(now[key])})")
-        elif key == "rotate":
-            changed.append(f"{_turning(recorded[key])} (now {_turning(now[key])})")
-        else:
-            changed.append(f"{flag} {recorded[key]} (now {now[key]})")
-    return changed
 
 
 def selection_score(report: dict) -> float:
@@ -741,24 +787,6 @@ def selection_score(report: dict) -> float:
     return value("presence_accuracy") + value("mask_iou_present") + value("mask_iou") - mae_ratio
 
 
-def _ema_update(decay: float, updates_done: Callable[[], int]):
-    """``multi_avg_fn`` for :class:`~torch.optim.swa_utils.AveragedModel`: an EMA whose decay warms up.
-
-    The decay after ``n`` updates is ``min(decay, (1 + n) / (10 + n))``; integer buffers (batch
-    norm's step counter) follow the model. ``updates_done`` gives ``n`` from the trainer's step
-    counter (one update per step), equal to the average's own ``n_averaged`` but a Python int, so
-    reading it costs no device synchronisation on CUDA.
-    """
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
-        if not torch.is_floating_point(averaged[0]):
-            torch._foreach_copy_(averaged, current)
-            return
-        n = float(updates_done())
-        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
-        torch._foreach_lerp_(averaged, current, weight)
-    return update
-
-
 def _f(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -770,5 +798,5 @@ def _plain(report: dict | None) -> dict | None:
     return json.loads(json.dumps(report))
 
 
-__all__ = ["TrainConfig", "TrainResult", "SurrogateTrainer", "selection_score", "DEVICE_DATA_LIMIT", "resolve_device",
-           "usable_devices"]
+__all__ = ["TrainConfig", "TrainConfigError", "TrainResult", "SurrogateTrainer", "selection_score", "DEVICE_DATA_LIMIT",
+           "resolve_device", "usable_devices"]
