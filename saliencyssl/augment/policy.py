@@ -7,9 +7,13 @@ geometric and colour augmentations act on the view, then the model's normalisati
 
 The standard augmentations and their default probabilities are SimCLR's, as in lightly's
 ``SimCLRTransform`` with its CIFAR-10 colour strength 0.5: RandomResizedCrop (scale 0.08..1,
-p = 1), horizontal flip 0.5, ColorJiggle (0.4, 0.4, 0.4, 0.1) with p = 0.8, RandomGrayscale
-0.2, GaussianBlur 0.5 (off for images of 32 px and less); rotation by multiples of 90 degrees
-and vertical flip are available and off by default, as in lightly.
+ratio 3/4..4/3, p = 1, bilinear on the half-pixel grid as torchvision resizes), horizontal flip
+0.5, ColorJitter (0.4, 0.4, 0.4, 0.1) with p = 0.8 (kornia's ``ColorJitter``, torchvision's
+formulas: brightness and contrast multiply, contrast and saturation blend towards the mean grey
+and the luma), RandomGrayscale 0.2, GaussianBlur 0.5 (off for images of 32 px and less); rotation
+by multiples of 90 degrees and vertical flip are available and off by default, as in lightly.
+Two departures from torchvision remain, both kornia's: the four colour operations come in one
+random order per batch rather than per image, and images are not rounded to 8 bits between steps.
 
 Targets follow the geometry: ``SSLAugmentation(...)(images, targets, return_targets=True)``
 also returns each image's target carried through exactly the crop, flips and rotation its view
@@ -70,7 +74,7 @@ class PolicyConfig:
         view: the view kind (``segments``, ``cut``, ``saliency``, ``composite``).
         crop: probability of RandomResizedCrop (scale ``min_scale``..1).
         hflip, vflip, rotation: probabilities of horizontal flip, vertical flip, rotation by 90/180/270 degrees.
-        jitter: probability of ColorJiggle with strength ``jitter_strength``.
+        jitter: probability of ColorJitter with strength ``jitter_strength``.
         gray: probability of RandomGrayscale.
         blur: probability of GaussianBlur (ignored for images of 32 px and less).
         guided_crop: probability that an image's RandomResizedCrop is placed in its object's box
@@ -208,8 +212,9 @@ class _TargetWarp:
     labels are gathered at the indices it ends with, so the mask and the regions of a pixel always
     come from one source pixel. Flips move the index map as they move the images; the 90-degree
     rotation uses its nearest-neighbour twin (same parameters, same rotation matrix); the crop
-    takes, for output pixel ``u``, the source pixel nearest to ``x0 + u * (x1 - x0) / (S - 1)``,
-    the position kornia's slice-mode bilinear resize (``align_corners=True``) samples.
+    takes, for output pixel ``u``, the source pixel nearest to ``x0 - 0.5 + (u + 0.5) * w / S`` (``w``
+    the crop's width), the position the bilinear resize on the half-pixel grid
+    (``align_corners=False``, as torchvision) samples.
     """
 
     def __init__(self, targets: TargetBatch, device: torch.device):
@@ -236,15 +241,16 @@ class _TargetWarp:
 
     @staticmethod
     def _crop(index: torch.Tensor, params: dict, size: tuple[int, int]) -> torch.Tensor:
-        """Nearest-neighbour resized crop of ``(B, 1, H, W)`` on slice-mode bilinear's corner-aligned grid."""
+        """Nearest-neighbour resized crop of ``(B, 1, H, W)`` on the half-pixel grid of the bilinear resize."""
         b = index.shape[0]
         src = params["src"].to(index.device, torch.float64)
         x0, y0, x1, y1 = src[:, 0, 0], src[:, 0, 1], src[:, 2, 0], src[:, 2, 1]
         out_h, out_w = size
-        v = torch.arange(out_h, device=index.device, dtype=torch.float64) / max(out_h - 1, 1)
-        u = torch.arange(out_w, device=index.device, dtype=torch.float64) / max(out_w - 1, 1)
-        rows = torch.round(y0[:, None] + v[None] * (y1 - y0)[:, None]).long()  # (B, out_h)
-        cols = torch.round(x0[:, None] + u[None] * (x1 - x0)[:, None]).long()  # (B, out_w)
+        v = (torch.arange(out_h, device=index.device, dtype=torch.float64) + 0.5) / out_h
+        u = (torch.arange(out_w, device=index.device, dtype=torch.float64) + 0.5) / out_w
+        # the nearest source pixel to x0 - 0.5 + (u + 0.5) * w / S is floor(x0 + (u + 0.5) * w / S)
+        rows = torch.floor(y0[:, None] + v[None] * (y1 - y0 + 1)[:, None]).long().clamp(max=index.shape[-2] - 1)
+        cols = torch.floor(x0[:, None] + u[None] * (x1 - x0 + 1)[:, None]).long().clamp(max=index.shape[-1] - 1)
         batch = torch.arange(b, device=index.device)[:, None, None]
         cropped = index[:, 0][batch, rows[:, :, None], cols[:, None, :]][:, None]
         applied = params["batch_prob"].to(index.device).reshape(-1) > 0.5
@@ -308,7 +314,7 @@ class SSLAugmentation(nn.Module):
         s = self.image_size
         if c.crop > 0:
             self._crop_index = len(ops)
-            ops.append(K.RandomResizedCrop((s, s), scale=(c.min_scale, 1.0), p=c.crop))
+            ops.append(K.RandomResizedCrop((s, s), scale=(c.min_scale, 1.0), p=c.crop, align_corners=False))
         if c.hflip > 0:
             ops.append(K.RandomHorizontalFlip(p=c.hflip))
         if c.vflip > 0:
@@ -319,7 +325,7 @@ class SSLAugmentation(nn.Module):
         self._geometric = list(range(len(ops)))  # crop, flips and rotation come before the colour operations
         if c.jitter > 0:
             j = c.jitter_strength
-            ops.append(K.ColorJiggle(0.8 * j, 0.8 * j, 0.8 * j, 0.2 * j, p=c.jitter))
+            ops.append(K.ColorJitter(0.8 * j, 0.8 * j, 0.8 * j, 0.2 * j, p=c.jitter))
         if c.gray > 0:
             ops.append(K.RandomGrayscale(p=c.gray))
         if c.blur > 0 and s > 32:
