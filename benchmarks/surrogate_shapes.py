@@ -10,7 +10,7 @@ two thirds of the training images the quickstart labels (--all-train: all of the
 product's SurrogateTrainer and the options given here (defaults: TrainConfig's), for --steps steps,
 and scores the final generator on the test images:
 
-- mask IoU per shape class and overall, and the region boundary F (saliencyssl.surrogate.fidelity); the
+- mask IoU per shape class and overall, and the region boundary F (saliencyssl.surrogate.evaluation); the
   same two on the training images (unmoved), to tell learning by heart from learning the shapes;
 - the *blob bound* per class: the best IoU a round blob at the right place reaches, the better of
   a disc and an ellipse with the mask's second moments, centred on the mask's centroid and scaled
@@ -103,7 +103,7 @@ def quickstart_share(names: list[str]) -> list[int]:
 
 def score(surrogate, test, classes: np.ndarray) -> dict:
     """Mask IoU per class and overall, and the boundary F, of ``surrogate`` on the ``test`` pairs."""
-    from saliencyssl.surrogate.fidelity import evaluate_surrogate
+    from saliencyssl.surrogate.evaluation import evaluate_surrogate
 
     result = evaluate_surrogate(surrogate, test.images, test.targets)
     iou, boundary = result.scores["iou"], result.scores["boundary_f"]

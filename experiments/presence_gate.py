@@ -44,7 +44,7 @@ def border_test(image: np.ndarray, config) -> bool:
 
     from saliencyssl.saliency.labeller import Labeller
     from saliencyssl.saliency.rc import border_regions
-    from saliencyssl.saliency.segmentation import segment_regions
+    from saliencyssl.saliency.graphseg import segment_regions
 
     bgr, _ = Labeller(config).working_image(image)
     regions = segment_regions(cv2.cvtColor(bgr, cv2.COLOR_BGR2Lab), sigma=config.seg_sigma, k=config.seg_k,

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    from saliencyssl.surrogate.fidelity import evaluate_surrogate
+    from saliencyssl.surrogate.evaluation import evaluate_surrogate
     from saliencyssl.surrogate import Surrogate
     from saliencyssl.surrogate.pairs import load_pairs
     from saliencyssl.surrogate.training import SurrogateTrainer, TrainConfig

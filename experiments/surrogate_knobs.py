@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Train with the knobs into ``--out`` (``--resume`` continues its ``last.pt``); 0 when done, 2 on an error."""
     from saliencyssl.app.train_surrogate import config_error, config_from_args, no_pairs_advice
-    from saliencyssl.surrogate.fidelity import format_report
+    from saliencyssl.surrogate.evaluation import format_report
     from saliencyssl.surrogate.model import SurrogateCheckpointError
     from saliencyssl.surrogate.pairs import NoPairsError, load_pairs
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from saliencyssl.datasets import open_image_set
-from saliencyssl.eval import clustering, features as feats, fractions as frac, knn, probe, report
+from saliencyssl.eval import clustering, features as feats, fractions as frac, knn, probe, results as report
 from saliencyssl.ssl.backbone import save_backbone
 
 from _paths import MISSING_REASON, REPO, SHARED

@@ -14,7 +14,7 @@ import torch
 from _paths import MISSING_REASON, SHARED
 from saliencyssl.cache import TargetCache
 from saliencyssl.datasets import open_image_set
-from saliencyssl.surrogate.fidelity import (boundary_scores, fidelity_grid, fidelity_report, human_mask_scores,
+from saliencyssl.surrogate.evaluation import (boundary_scores, fidelity_grid, fidelity_report, human_mask_scores,
                                        load_human_masks, mask_scores, match_masks, nothing_like, per_image_scores,
                                        rank_images, region_edges, vs_masks_report, worst_decile)
 from saliencyssl.metrics import f_measure, map_mae, minmax_normalise

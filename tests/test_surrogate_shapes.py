@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from saliencyssl.surrogate.fidelity import per_image_scores
+from saliencyssl.surrogate.evaluation import per_image_scores
 from saliencyssl.surrogate.pairs import shape_pairs
 from saliencyssl.surrogate.training import SurrogateTrainer, TrainConfig
 from saliencyssl.target import rotate_quarters

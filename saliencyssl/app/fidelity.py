@@ -2,7 +2,7 @@
 
 Loads RUN_DIR/surrogate.pt, pairs the images below IMAGES_DIR with their exact targets from the
 cache (under the labeller fingerprint the surrogate learned, at its image size), predicts, and
-compares (:mod:`saliencyssl.surrogate.fidelity`): mask IoU, Dice, F-measure (beta^2 = 0.3),
+compares (:mod:`saliencyssl.surrogate.evaluation`): mask IoU, Dice, F-measure (beta^2 = 0.3),
 precision, recall and the mask-or-no-mask decision; RC saliency MAE; region boundary F-score
 (1-pixel tolerance). Every figure is printed beside the predict-nothing baseline's. With
 ``--masks GT_DIR``, the surrogate's mask and map and the exact labeller's are also scored against
@@ -143,7 +143,7 @@ def run(config: FidelityConfig) -> dict:
     """Score the surrogate on the images; print the report, write the JSON and the picture if asked.
 
     Returns:
-        The figures (:func:`~saliencyssl.surrogate.fidelity.fidelity_report`) with the run's
+        The figures (:func:`~saliencyssl.surrogate.evaluation.fidelity_report`) with the run's
         details and, with ``masks``, ``vs_masks``: what the JSON holds.
 
     Raises:
@@ -155,7 +155,7 @@ def run(config: FidelityConfig) -> dict:
 
     from saliencyssl.datasets import open_image_set
     from saliencyssl.saliency import LabellerConfig
-    from saliencyssl.surrogate.fidelity import (evaluate_surrogate, fidelity_grid, format_report, format_vs_masks,
+    from saliencyssl.surrogate.evaluation import (evaluate_surrogate, fidelity_grid, format_report, format_vs_masks,
                                                 load_human_masks, match_masks, vs_masks_report)
     from saliencyssl.surrogate.model import Surrogate
     from saliencyssl.surrogate.pairs import contains_hashes, describe_misses, load_pairs

@@ -171,7 +171,7 @@ class GridConfig:
                 raise ValueError(f"{path}: pretrain.aug_source: {error}") from None
             if "surrogate" in sources and not config.pretrain.get("surrogate"):
                 raise ValueError(f"{path}: pretrain.aug_source {config.pretrain['aug_source']!r} needs "
-                                 f"pretrain.surrogate (a RUN_DIR/surrogate.pt of scripts/train_surrogate.py)")
+                                 f"pretrain.surrogate (a RUN_DIR/surrogate.pt of saliency-ssl train-surrogate)")
         if config.pretrain_seeds is not None:
             seeds = config.pretrain_seeds
             if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) \

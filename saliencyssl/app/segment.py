@@ -135,7 +135,7 @@ def run(s: SegmentConfig, verbose: bool = True) -> dict:
     import torch
     from tqdm import tqdm
 
-    from saliencyssl.eval import fractions as frac, report
+    from saliencyssl.eval import fractions as frac, results as report
     from saliencyssl.eval.features import open_backbone
     from saliencyssl.eval.masks import load_mask_pairs, split_by_hash, to_arrays
 

@@ -182,7 +182,7 @@ def run(config: TrainSurrogateConfig, log: Callable[[str], None] = print) -> Tra
         f"{result.seconds / 60:.1f} min (stopped by {result.stopped_by}); it holds the generator of {selected} "
         f"({t.select})")
     if result.held_out is not None:
-        from saliencyssl.surrogate.fidelity import format_report
+        from saliencyssl.surrogate.evaluation import format_report
 
         log(f"held-out fidelity of epoch {result.selected_epoch}:")
         log("\n".join(format_report(result.held_out)))

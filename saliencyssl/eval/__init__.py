@@ -1,4 +1,4 @@
-"""Evaluation of pretrained backbones (the surrogate's fidelity: :mod:`saliencyssl.surrogate.fidelity`).
+"""Evaluation of pretrained backbones (the surrogate's fidelity: :mod:`saliencyssl.surrogate.evaluation`).
 Import the module you need:
 
 - :mod:`~saliencyssl.eval.features`: frozen-backbone features, cached per backbone and data set;
@@ -9,7 +9,7 @@ Import the module you need:
 - :mod:`~saliencyssl.eval.masks`: images paired with masks, a split by content hash, scores and
   image-blind floors for the downstream models :mod:`~saliencyssl.eval.segmentation` (an FPN
   segmenter) and :mod:`~saliencyssl.eval.detection` (Mask R-CNN);
-- :mod:`~saliencyssl.eval.report`: results.json/csv/markdown and plots.
+- :mod:`~saliencyssl.eval.results`: results.json/csv/markdown and plots.
 
 The package imports none of them, so ``import saliencyssl.eval.knn`` loads only what kNN needs.
 """

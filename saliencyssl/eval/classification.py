@@ -58,7 +58,7 @@ def evaluate_classification(s: ClassificationSettings, verbose: bool = True, pro
     import torch
 
     from saliencyssl.datasets import open_image_set
-    from saliencyssl.eval import clustering, features as feats, fractions as frac, knn, probe, report
+    from saliencyssl.eval import clustering, features as feats, fractions as frac, knn, probe, results as report
 
     started = time.time()
     protocols = list(s.protocols)

@@ -10,7 +10,7 @@ partition is compared with them by
 - **ARI** (adjusted Rand index, in [-0.5, 1]; 1 = identical partitions, about 0 = chance level).
 
 :func:`tsne_map` embeds a subsample of the features in 2-D (PCA to 50 dimensions first, then
-t-SNE) for the pictures :func:`saliencyssl.eval.report.plot_tsne` draws.
+t-SNE) for the pictures :func:`saliencyssl.eval.results.plot_tsne` draws.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Region-based contrast (RC) saliency, Cheng et al. (CVPR 2011, TPAMI 2015).
 
-The image is segmented (:mod:`.segmentation`); a region is salient when its colour histogram
+The image is segmented (:mod:`.graphseg`); a region is salient when its colour histogram
 differs from those of large, nearby regions:
 
 ``S(r) = w_c(r) * sum_{s != r} n_s exp(-d(r, s)^2 / 0.4) D_c(r, s)``, with ``n_s`` the pixel
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from saliencyssl.saliency.quantize import Quantization, minmax, quantize, smooth_in_color_space
-from saliencyssl.saliency.segmentation import segment_regions
+from saliencyssl.saliency.graphseg import segment_regions
 
 _EPS = 1e-200
 

@@ -487,10 +487,10 @@ class SurrogateTrainer:
                          meta=self._meta(), device=self.device)
 
     def evaluate(self) -> dict | None:
-        """Fidelity on the held-out split (:func:`saliencyssl.surrogate.fidelity.evaluate_surrogate`)."""
+        """Fidelity on the held-out split (:func:`saliencyssl.surrogate.evaluation.evaluate_surrogate`)."""
         if self.held_pairs is None:
             return None
-        from saliencyssl.surrogate.fidelity import evaluate_surrogate
+        from saliencyssl.surrogate.evaluation import evaluate_surrogate
 
         held = self.held_pairs
         result = evaluate_surrogate(self.surrogate(), held.images, held.targets,
@@ -503,13 +503,13 @@ class SurrogateTrainer:
         result = getattr(self, "_last_result", None)
         if result is None or self.held_pairs is None:
             return None
-        from saliencyssl.surrogate.fidelity import comparison_rows
+        from saliencyssl.surrogate.evaluation import comparison_rows
         from saliencyssl.visualize import image_grid
 
         k = min(self.config.grid_images, len(self.held_pairs))
         rows = comparison_rows(self.held_pairs.images, self.held_pairs.targets, result.prediction,
                                range(k), result.scores, tile=64)
-        from saliencyssl.surrogate.fidelity import GRID_HEADER
+        from saliencyssl.surrogate.evaluation import GRID_HEADER
 
         return image_grid(rows, tile_height=64, header=GRID_HEADER)
 

@@ -389,7 +389,7 @@ def match_masks(images_dir: str | Path, names: Sequence[str], masks_dir: str | P
     """
     images_dir, masks_dir = Path(images_dir), Path(masks_dir)
     if not masks_dir.is_dir():
-        raise FileNotFoundError(f"--masks {masks_dir} does not exist or is not a folder; give the folder of the "
+        raise FileNotFoundError(f"the mask folder {masks_dir} does not exist or is not a folder; it must hold the "
                                 f"human masks of the images in {images_dir}, named like them (<stem>.png)")
     root, masks_root = images_dir.resolve(), masks_dir.resolve()
     overlap = root == masks_root or root in masks_root.parents or masks_root in root.parents
@@ -419,8 +419,8 @@ def match_masks(images_dir: str | Path, names: Sequence[str], masks_dir: str | P
     if not any(path is not None for path in out):
         example = Path(names[0]).with_suffix(".png").as_posix() if len(names) else "<stem>.png"
         raise FileNotFoundError(f"no mask in {masks_dir} matches any of the {len(names)} images of {images_dir} by "
-                                f"file stem (e.g. {example}; endings {', '.join(MASK_SUFFIXES)}); give --masks the "
-                                f"folder of these images' masks")
+                                f"file stem (e.g. {example}; endings {', '.join(MASK_SUFFIXES)}); the mask folder must hold "
+                                f"these images' masks")
     return out
 
 
