@@ -39,14 +39,14 @@ training (:func:`compare_statistics`):
   two generators' crop sizes over many draws; horizontal-flip rate;
 - **colour parameters** -- the rate colour jitter is applied, its drawn brightness, contrast,
   saturation and hue factors, how many application orders one batch uses, the grayscale rate;
-- **one colour operation at one factor** -- kornia's ``ColorJiggle`` (ours), torchvision's
-  ``ColorJitter`` (lightly's) and kornia's ``ColorJitter`` with the same fixed factor on the same
+- **one colour operation at one factor** -- kornia's ``ColorJiggle`` (the policy's former jitter),
+  torchvision's ``ColorJitter`` (lightly's) and kornia's ``ColorJitter`` (ours) with the same fixed factor on the same
   images: change of mean luminance, ratio of luminance deviation (contrast), ratio of chroma
   (max - min of RGB, saturation), hue shift, newly clipped values;
 - **colour effect** -- the colour part of each pipeline alone (no crop, no flip) on the same
   images, the same measures over all views;
 - **resampling** -- our crops' own boxes cut by torchvision from PIL images, against kornia's
-  output: mean absolute difference, and kornia's extra zoom (corner-aligned sampling);
+  output: mean absolute difference, and the zoom a corner-aligned grid would add;
 - **timing** -- milliseconds per batch of two views, for both.
 
 ::
@@ -314,7 +314,7 @@ def draw_ours(images: torch.Tensor, batch_size: int, image_size: int) -> dict[st
         rows["scale"] += (w * h / image_size ** 2).tolist()
         rows["ratio"] += (w / h).tolist()
         rows["flip"] += (mods["RandomHorizontalFlip"]._params["batch_prob"] > 0.5).float().tolist()
-        jiggle = mods["ColorJiggle"]._params
+        jiggle = mods["ColorJitter"]._params
         rows["jitter"] += (jiggle["batch_prob"] > 0.5).float().tolist()
         for key in ("brightness", "contrast", "saturation", "hue"):
             rows[key] += jiggle[f"{key}_factor"].tolist()
@@ -441,17 +441,21 @@ def _parameter_report(drawn: dict[str, np.ndarray]) -> dict[str, Any]:
     }
 
 
-def _ours_colour_only(image_size: int, jitter: str = "ColorJiggle"):
-    """Our ``default`` policy without crop and flip; ``jitter="ColorJitter"`` swaps in kornia's ColorJitter."""
+def _ours_colour_only(image_size: int, jitter: str = "ColorJitter"):
+    """Our ``default`` policy without crop and flip; ``jitter="ColorJiggle"`` swaps in kornia's ColorJiggle.
+
+    ColorJiggle is what the policy drew before it followed torchvision; the comparison keeps it to show the
+    difference that was fixed.
+    """
     import kornia.augmentation as K
 
     from saliencyssl.augment import SSLAugmentation
 
     augment = SSLAugmentation("default,crop=0,hflip=0", image_size)
-    if jitter == "ColorJitter":
+    if jitter == "ColorJiggle":
         for i, m in enumerate(augment.augment):
-            if isinstance(m, K.ColorJiggle):
-                augment.augment[i] = K.ColorJitter(m.brightness, m.contrast, m.saturation, m.hue, p=m.p)
+            if isinstance(m, K.ColorJitter):
+                augment.augment[i] = K.ColorJiggle(m.brightness, m.contrast, m.saturation, m.hue, p=m.p)
     return augment
 
 
@@ -481,7 +485,7 @@ SINGLE_OPS = (("brightness", (0.6, 1.4)), ("contrast", (0.6, 1.4)), ("saturation
 def single_op_effects(images: torch.Tensor, ops=SINGLE_OPS) -> dict[str, dict[str, dict[str, float]]]:
     """One colour operation at one fixed factor, applied by each library to the same images.
 
-    kornia's ``ColorJiggle`` (our policy's), torchvision's ``ColorJitter`` on PIL images (lightly's) and kornia's
+    kornia's ``ColorJiggle`` (the policy's former jitter), torchvision's ``ColorJitter`` on PIL images (lightly's) and kornia's
     ``ColorJitter`` (torchvision's formulas on tensors) are built with a one-point range (e.g.
     ``brightness=(1.4, 1.4)``) and probability 1.
 
@@ -521,10 +525,11 @@ def resampling_difference(images: torch.Tensor, image_size: int) -> dict[str, fl
     PIL uses) on the float slice.
 
     Returns:
-        ``kornia_vs_pil`` and ``half_pixel_vs_pil``: mean absolute difference in 0..255 levels over the views
+        ``ours_vs_pil`` and ``half_pixel_vs_pil``: mean absolute difference in 0..255 levels over the views
         whose crop is smaller than the image (identical boxes, so only the resampling differs);
-        ``kornia_zoom``: mean of ``w / (w - 1)`` over those crops, how much narrower kornia's corner-aligned
-        sampling sees than the box (which torchvision samples whole); ``cropped_views``: how many were compared.
+        ``corner_zoom``: mean of ``w / (w - 1)`` over those crops, how much narrower a corner-aligned grid
+        (kornia's ``align_corners=True``, the policy's former crop) sees than the box, which torchvision samples
+        whole; ``cropped_views``: how many were compared.
     """
     import torch.nn.functional as F
 
@@ -549,9 +554,9 @@ def resampling_difference(images: torch.Tensor, image_size: int) -> dict[str, fl
         diffs.append(float((ours[i] - theirs).abs().mean()) * 255)
         half.append(float((centred - theirs).abs().mean()) * 255)
         zoom.append(0.5 * (w / max(w - 1, 1) + h / max(h - 1, 1)))
-    return {"cropped_views": len(diffs), "kornia_vs_pil": float(np.mean(diffs)) if diffs else float("nan"),
+    return {"cropped_views": len(diffs), "ours_vs_pil": float(np.mean(diffs)) if diffs else float("nan"),
             "half_pixel_vs_pil": float(np.mean(half)) if half else float("nan"),
-            "kornia_zoom": float(np.mean(zoom)) if zoom else float("nan")}
+            "corner_zoom": float(np.mean(zoom)) if zoom else float("nan")}
 
 
 def time_views(images: torch.Tensor, batch_size: int, image_size: int, options: dict,
@@ -623,9 +628,9 @@ def compare_statistics(images: torch.Tensor, batch_size: int = 64, seed: int = 0
     report["single_op"] = single_op_effects(images[: min(len(images), 512)])
     source = images.float() / 255.0
     colour: dict[str, dict] = {}
-    pipelines = {"ours (kornia ColorJiggle)": lambda x: from_model_input(_ours_colour_only(size)(x)),
+    pipelines = {"ours (kornia ColorJitter)": lambda x: from_model_input(_ours_colour_only(size)(x)),
                  "lightly (torchvision ColorJitter)": lambda x: _pil_batch(x, _lightly_colour_only(size, options)),
-                 "ours with kornia ColorJitter": lambda x: from_model_input(_ours_colour_only(size, "ColorJitter")(x))}
+                 "former ours (kornia ColorJiggle)": lambda x: from_model_input(_ours_colour_only(size, "ColorJiggle")(x))}
     for name, pipeline in pipelines.items():
         seeded()
         views = torch.cat([pipeline(chunk) for chunk in images.split(batch_size)])
@@ -681,9 +686,9 @@ def format_report(report: dict[str, Any]) -> str:
                  for k in ("d_luminance", "luminance_std_ratio", "chroma_ratio", "hue_shift", "clipped")]
         lines.append(f"  {name}: " + "; ".join(parts) + f"; gray {m['gray']:.4f}")
     r = report["resampling"]
-    lines.append(f"resampling, same boxes ({r['cropped_views']} crops): kornia vs PIL {r['kornia_vs_pil']:.2f} "
-                 f"levels, half-pixel interpolate vs PIL {r['half_pixel_vs_pil']:.2f} levels; kornia zooms "
-                 f"x{r['kornia_zoom']:.4f}")
+    lines.append(f"resampling, same boxes ({r['cropped_views']} crops): ours vs PIL {r['ours_vs_pil']:.2f} "
+                 f"levels, half-pixel interpolate vs PIL {r['half_pixel_vs_pil']:.2f} levels; a corner-aligned "
+                 f"grid would zoom x{r['corner_zoom']:.4f}")
     if "timing" in report:
         t = report["timing"]
         lines.append(f"timing, two views of {t['batch_size']} images, {t['torch_threads']} torch thread(s): ours "

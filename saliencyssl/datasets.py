@@ -93,16 +93,6 @@ CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST_BATCH = "test_batch"
 CIFAR_META = "batches.meta"
 
-#: The only callables a CIFAR-10 batch pickle may name: numpy's array and scalar reconstructors
-#: (numpy 1 and 2 spell their module differently). Everything else is refused.
-_CIFAR_GLOBALS = frozenset({
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-})
-
-
 def _latin1_bytes(text: str, encoding: str) -> bytes:
     """What a protocol-2 pickle written by Python 3 calls to rebuild ``bytes``: ``_codecs.encode(text, "latin1")``;
     any other codec is refused."""
@@ -112,17 +102,54 @@ def _latin1_bytes(text: str, encoding: str) -> bytes:
 
 
 class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle that names a callable outside the CIFAR-10 format (it could run code); ``path`` names the file."""
+    """A pickle that names a callable, dtype or size outside the CIFAR-10 format (it could run code or
+    exhaust memory)."""
 
 
-class CifarUnpickler(pickle.Unpickler):
-    """Unpickle CIFAR-10 python batches without running code.
+def _safe_dtype(spec) -> np.dtype:
+    """A plain numeric dtype (booleans, integers, floats; no fields, no objects, at most 16 bytes), or
+    :class:`UnsafePickleError`."""
+    try:
+        dtype = spec if isinstance(spec, np.dtype) else np.dtype(spec)
+    except (TypeError, ValueError) as error:
+        raise UnsafePickleError(f"the pickle asks for a dtype numpy cannot build ({error})") from None
+    if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None or dtype.hasobject \
+            or dtype.itemsize > 16:
+        raise UnsafePickleError(f"the pickle asks for dtype {dtype!r}, which a CIFAR-10 batch never holds (only plain "
+                                f"numbers)")
+    return dtype
 
-    A pickle may name any importable callable, and loading it calls it (``os.system`` included).
-    This unpickler resolves only numpy's array and scalar reconstructors (:data:`_CIFAR_GLOBALS`);
-    dicts, lists, tuples, strings, bytes and numbers need no callable at all. Any other name raises
-    :class:`UnsafePickleError` before anything is called. Protocol-2 pickles written by Python 3
-    rebuild ``bytes`` through ``_codecs.encode(text, "latin1")``, which is admitted for that codec only.
+
+class _NDArrayClass:
+    """What the pickle's ``numpy.ndarray`` resolves to: a token for :func:`_reconstruct`, not a callable,
+    so the pickle cannot build an array from raw bytes with a dtype of its choosing."""
+
+    def __reduce__(self):  # pragma: no cover - never pickled
+        raise TypeError("not picklable")
+
+
+class CifarUnpickler(pickle._Unpickler):
+    """Unpickle CIFAR-10 python batches without running code or trusting any size or dtype.
+
+    A pickle may name any importable callable, and loading it calls it (``os.system`` included);
+    numpy's own reconstructors, given a crafted dtype, build arrays that point at memory the pickle
+    chose. This unpickler (Python's own, so that every opcode passes through it):
+
+    - resolves only numpy's array, dtype and scalar reconstructors, each wrapped so that the dtype
+      is a plain number type (booleans, integers, floats: no objects, no fields) and the array is no
+      larger than the pickle itself (a short file cannot claim gigabytes); ``numpy.ndarray`` is a
+      token for the array reconstructor, never a callable;
+    - checks the state every BUILD gives a numpy object (an array's dtype and its raw bytes; a
+      dtype's state must leave it a plain number type);
+    - admits ``_codecs.encode(text, "latin1")``, with which protocol-2 pickles written by Python 3
+      rebuild ``bytes``, for that codec only.
+
+    Anything else raises :class:`UnsafePickleError` before it is called. Dicts, lists, tuples,
+    strings, bytes and numbers need no callable at all.
+
+    Args:
+        file: the pickle, as a binary file.
+        max_bytes: the largest array it may build (default: its size, which bounds any honest array).
 
     Example:
         >>> import io, pickle
@@ -134,12 +161,91 @@ class CifarUnpickler(pickle.Unpickler):
         saliencyssl.datasets.UnsafePickleError: the pickle names builtins.print, which a CIFAR-10 batch never holds
     """
 
+    def __init__(self, file, *, max_bytes: int | None = None, **kwargs):
+        super().__init__(file, **kwargs)
+        if max_bytes is None:
+            try:
+                max_bytes = len(file.getbuffer())
+            except AttributeError:
+                max_bytes = 1 << 30
+        self.max_bytes = int(max_bytes)
+        self.dispatch = dict(self.dispatch)
+        self.dispatch[pickle.BUILD[0]] = CifarUnpickler._load_build
+
+    def _check_size(self, shape, dtype: np.dtype) -> tuple[int, ...]:
+        try:
+            shape = tuple(int(v) for v in (shape if isinstance(shape, (tuple, list)) else (shape,)))
+        except (TypeError, ValueError):
+            raise UnsafePickleError(f"the pickle gives an array shape {shape!r:.60}") from None
+        count = 1
+        for v in shape:
+            if v < 0:
+                raise UnsafePickleError(f"the pickle gives a negative array shape {shape}")
+            count *= v
+        if count * dtype.itemsize > self.max_bytes:
+            raise UnsafePickleError(f"the pickle claims an array of {count * dtype.itemsize:,} bytes, more than the "
+                                    f"file holds ({self.max_bytes:,})")
+        return shape
+
+    def _reconstruct(self, cls, shape, dtype_spec):
+        if not isinstance(cls, _NDArrayClass):
+            raise UnsafePickleError("the pickle reconstructs something other than a numpy array")
+        dtype = _safe_dtype(dtype_spec)
+        return np.ndarray.__new__(np.ndarray, self._check_size(shape, dtype), dtype)
+
+    @staticmethod
+    def _dtype(spec, align=False, copy=True):
+        return _safe_dtype(np.dtype(spec, bool(align), bool(copy)) if isinstance(spec, str) else spec)
+
+    @staticmethod
+    def _scalar(dtype_spec, data=None):
+        dtype = _safe_dtype(dtype_spec)
+        if not isinstance(data, bytes) or len(data) != dtype.itemsize:
+            raise UnsafePickleError(f"the pickle gives a {dtype} scalar {len(data) if isinstance(data, bytes) else 'no'} "
+                                    f"bytes")
+        return np.frombuffer(data, dtype)[0]
+
+    def _frombuffer(self, buffer, dtype_spec, shape, order="C"):
+        dtype = _safe_dtype(dtype_spec)
+        shape = self._check_size(shape, dtype)
+        return np.frombuffer(bytes(buffer), dtype).reshape(shape, order=order).copy()
+
     def find_class(self, module: str, name: str):
-        if (module, name) == ("_codecs", "encode"):
-            return _latin1_bytes
-        if (module, name) not in _CIFAR_GLOBALS:
+        wrappers = {
+            ("_codecs", "encode"): _latin1_bytes,
+            ("numpy", "ndarray"): _NDArrayClass(),
+            ("numpy", "dtype"): self._dtype,
+            ("numpy.core.multiarray", "_reconstruct"): self._reconstruct,
+            ("numpy._core.multiarray", "_reconstruct"): self._reconstruct,
+            ("numpy.core.multiarray", "scalar"): self._scalar,
+            ("numpy._core.multiarray", "scalar"): self._scalar,
+            ("numpy.core.numeric", "_frombuffer"): self._frombuffer,
+            ("numpy._core.numeric", "_frombuffer"): self._frombuffer,
+        }
+        if (module, name) not in wrappers:
             raise UnsafePickleError(f"the pickle names {module}.{name}, which a CIFAR-10 batch never holds")
-        return super().find_class(module, name)
+        return wrappers[(module, name)]
+
+    def _load_build(self):
+        state = self.stack[-1]
+        inst = self.stack[-2]
+        if isinstance(inst, np.ndarray):
+            if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[4], bytes)):
+                raise UnsafePickleError("the pickle sets an array's state from something other than raw bytes")
+            dtype = _safe_dtype(state[2])
+            shape = self._check_size(state[1], dtype)
+            if len(state[4]) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+                raise UnsafePickleError("the pickle's array data does not fit its shape")
+        elif isinstance(inst, np.dtype):
+            # numpy's own state of a plain number type: (3, byte order, None, None, None, -1, -1, 0)
+            if not (isinstance(state, tuple) and len(state) == 8 and state[2:] == (None, None, None, -1, -1, 0)):
+                raise UnsafePickleError(f"the pickle sets a dtype's state to {state!r:.80}")
+        else:
+            raise UnsafePickleError(f"the pickle sets the state of a {type(inst).__name__}, which a CIFAR-10 batch "
+                                    f"never does")
+        pickle._Unpickler.load_build(self)
+        if isinstance(inst, np.dtype):
+            _safe_dtype(inst)
 
 
 def load_cifar_pickle(path: str | Path) -> object:
@@ -338,6 +444,7 @@ def _open_cifar(path: Path) -> ImageSet:
         images.append(raw.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.extend(batch_labels)
         names.extend(f"{batch_file.name}:{i}" for i in range(len(raw)))
+    check_memory(sum(part.nbytes for part in images), f"the CIFAR-10 batches of {path}")
     pixels = np.ascontiguousarray(np.concatenate(images))
     classes = _cifar_classes(path if path.is_dir() else path.parent)
     image_set = ImageSet(names=names, labels=np.array(labels, np.int64), classes=classes, root=path,

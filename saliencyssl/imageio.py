@@ -16,6 +16,8 @@ values divided by 257 and rounded, floats in [0, 1] scaled by 255.
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,9 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".ti
 #: small file that claims a huge image (a decompression bomb) is refused before any pixel is allocated.
 #: 100 M pixels is a 10,000 x 10,000 photo, 300 MB decoded.
 MAX_DECODE_PIXELS = 100_000_000
+# OpenCV's own ceiling, for the formats whose header Pillow cannot read (OpenCV reads this once, at its
+# first decode; a caller's own setting is kept).
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_DECODE_PIXELS))
 
 
 class ImageDecodeError(ValueError):
@@ -40,8 +45,9 @@ class ImageDecodeError(ValueError):
 def list_images(root: str | Path) -> list[Path]:
     """All image files below ``root`` (recursive), sorted by their path relative to ``root``.
 
-    Links named like images are listed even when they point nowhere (dangling or looping), so a
-    job reports them as files it could not read instead of skipping them unseen.
+    Links named like images are listed even when they point nowhere (dangling or looping), and so
+    are pipes and devices named like images, so a job reports them as files it could not read
+    instead of skipping them unseen (or blocking on them).
 
     Raises:
         FileNotFoundError: ``root`` does not exist or is not a folder.
@@ -49,7 +55,8 @@ def list_images(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
-    files = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_symlink() or p.is_file())]
+    files = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_symlink() or p.exists())
+             and not p.is_dir()]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
@@ -62,12 +69,7 @@ def read_image(path: str | Path) -> np.ndarray:
     import cv2
 
     path = Path(path)
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as error:
-        raise ImageDecodeError(path, str(error)) from error
-    if data.size == 0:
-        raise ImageDecodeError(path, "the file is empty")
+    data = _read_regular_file(path)
     _check_decoded_size(path, data)
     try:
         image = cv2.imdecode(data, cv2.IMREAD_COLOR)  # what the original's imread(path) returns
@@ -81,6 +83,20 @@ def read_image(path: str | Path) -> np.ndarray:
     elif image.ndim == 3 and image.shape[2] >= 3:
         image = image[:, :, 2::-1]  # OpenCV's BGR(A) to RGB; to_rgb_uint8 does the rest (grey + alpha, dtype)
     return to_rgb_uint8(image, source=path)
+
+
+def _read_regular_file(path: Path) -> np.ndarray:
+    """The bytes of a regular file (a link is followed; a pipe, device or folder is refused unread)."""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageDecodeError(path, "not a regular file (a pipe, a device or a folder)")
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as error:
+        raise ImageDecodeError(path, str(error)) from error
+    if data.size == 0:
+        raise ImageDecodeError(path, "the file is empty")
+    return data
 
 
 def image_header_size(data: np.ndarray) -> tuple[int, int] | None:
@@ -195,8 +211,15 @@ def read_mask(path: str | Path) -> np.ndarray:
     import cv2
 
     path = Path(path)
-    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else np.zeros(0, np.uint8)
-    mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    try:
+        data = _read_regular_file(path)
+        _check_decoded_size(path, data)
+    except ImageDecodeError as error:
+        raise ValueError(f"{path}: cannot decode the mask ({error.reason})") from error
+    try:
+        mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        mask = None
     if mask is None:
         raise ValueError(f"{path}: cannot decode the mask; masks must be PNGs, foreground non-zero")
     if mask.ndim == 3:

@@ -212,7 +212,7 @@ def test_workers_get_absolute_paths(tmp_path, photo, monkeypatch):
     class Recording(InlineExecutor):
         def imap_unordered(self, fn, chunks):
             for chunk in chunks:
-                sent.extend(chunk if fn.__name__ == "hash_files" else [path for path, *_ in chunk[1]])
+                sent.extend(chunk[0] if fn.__name__ == "hash_files" else [path for path, *_ in chunk[1]])
                 yield fn(chunk)
 
     monkeypatch.chdir(tmp_path)

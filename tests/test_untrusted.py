@@ -74,6 +74,51 @@ def test_a_batch_that_runs_code_is_refused_unrun(tmp_path):
     assert not marker.exists()
 
 
+class ObjectDtype:
+    """numpy's object dtype, pickled as numpy pickles dtypes (an array of it holds raw pointers)."""
+
+    def __reduce__(self):
+        return np.dtype, ("O8", False, True), (3, "|", None, None, None, -1, -1, 0)
+
+
+class ArrayOfPointers:
+    """An array reconstructed empty, then given an object dtype and eight bytes of 'pointer' by BUILD."""
+
+    def __reduce__(self):
+        from numpy.core import multiarray
+
+        return multiarray._reconstruct, (np.ndarray, (0,), b"b"), (1, (1,), ObjectDtype(), False, b"\x41" * 8)
+
+
+class ArrayFromRawBytes:
+    """numpy.ndarray called directly on raw bytes with an object dtype."""
+
+    def __reduce__(self):
+        return np.ndarray, ((1,), "O", b"\x41" * 8)
+
+
+class HugeArray:
+    """An array claiming 1.5 GB of pixels, in a pickle of a few hundred bytes."""
+
+    def __reduce__(self):
+        from numpy.core import multiarray
+
+        return multiarray._reconstruct, (np.ndarray, (500_000, 3072), b"B")
+
+
+@pytest.mark.parametrize("payload", [ArrayOfPointers, ArrayFromRawBytes, HugeArray])
+def test_a_batch_cannot_build_pointer_arrays_or_claim_memory(tmp_path, payload):
+    import warnings
+
+    _cifar_folder(tmp_path / "cifar")
+    with warnings.catch_warnings():  # numpy.core's deprecation warning, when pickling the payload
+        warnings.simplefilter("ignore")
+        data = pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": payload()}, protocol=2)
+    (tmp_path / "cifar" / "data_batch_1").write_bytes(data)
+    with pytest.raises(ImageDecodeError, match="data_batch_1"):
+        open_image_set(tmp_path / "cifar")
+
+
 def test_a_stray_batch_file_does_not_turn_an_image_folder_into_cifar(tmp_path, caplog):
     import cv2
 
@@ -443,3 +488,145 @@ def test_training_from_a_damaged_pack_is_refused(tmp_path):
     (tmp_path / "q.pack").write_bytes(moved)
     with pytest.raises(PackError, match="fails its checksum"):
         load_pack(tmp_path / "q.pack", hashes, 8)
+
+
+def _alter_cache_db(directory: Path, sql: str) -> None:
+    """A cache with entries whose cache.db then runs ``sql`` (as someone handing the folder over could)."""
+    _cache_with_entries(directory).close()
+    connection = sqlite3.connect(str(directory / "cache.db"))
+    connection.execute(sql)
+    connection.commit()
+    connection.close()
+
+
+def test_a_cache_folder_named_like_a_uri_is_audited_itself(tmp_path):
+    directory = tmp_path / "evil#cache%2Fx?y"
+    _alter_cache_db(directory, "CREATE TRIGGER evil AFTER INSERT ON Cache BEGIN DELETE FROM Cache; END")
+    with pytest.raises(CacheOpenError, match="trigger 'evil'"):
+        TargetCache(directory, FP)
+    assert not (tmp_path / "evil").exists()
+
+
+def test_a_cache_table_with_other_sql_is_refused(tmp_path):
+    directory = tmp_path / "c"
+    _alter_cache_db(directory, "ALTER TABLE Cache ADD COLUMN evil BLOB GENERATED ALWAYS AS (zeroblob(1000)) VIRTUAL")
+    with pytest.raises(CacheOpenError, match="table 'Cache'"):
+        TargetCache(directory, FP)
+
+
+def _value_file(directory) -> Path:
+    rng = np.random.default_rng(1)
+    big = Target.from_maps(rng.random((200, 200)), rng.random((200, 200)) > 0.5, rng.integers(0, 300, (200, 200)))
+    cache = TargetCache(directory, FP)
+    cache.put("a" * 32, big)
+    cache.close()
+    (value,) = [p for p in directory.rglob("*.val")]
+    return value
+
+
+def test_linked_value_files_are_neither_read_nor_deleted(tmp_path):
+    victim = tmp_path / "victim.bin"
+    victim.write_bytes(b"SSLT keep me")
+    value = _value_file(tmp_path / "c")
+    value.unlink()
+    value.symlink_to(victim)                                        # the value file is a link out
+    cache = TargetCache(tmp_path / "c", FP)
+    assert cache.get("a" * 32) is None
+    assert victim.read_bytes() == b"SSLT keep me"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    value = _value_file(tmp_path / "d")
+    (outside / value.name).write_bytes(b"mine")
+    folder = value.parent
+    for p in folder.iterdir():
+        p.unlink()
+    folder.rmdir()
+    folder.symlink_to(outside)                                      # a value folder linked out
+    cache = TargetCache(tmp_path / "d", FP)
+    assert cache.get("a" * 32) is None
+    assert (outside / value.name).read_bytes() == b"mine"
+
+
+def test_a_pipe_named_like_an_image_fails_without_blocking_the_job(tmp_path, photo):
+    from saliencyssl.cache.labelling import label_folder
+
+    folder = _photos(tmp_path / "images", photo, 1)
+    os.mkfifo(folder / "pipe.png")
+    (folder / "link.png").symlink_to(folder / "pipe.png")
+    summary = label_folder(folder, TargetCache(tmp_path / "c", FP), LabellerConfig(), progress=False)
+    assert summary.labelled == 1 and sorted(Path(p).name for p, _ in summary.failed) == ["link.png", "pipe.png"]
+    assert all("not a regular file" in reason for _, reason in summary.failed)
+
+
+def test_decoding_counts_against_the_per_image_time_limit(tmp_path, monkeypatch, photo):
+    import time
+
+    from saliencyssl.cache import labelling
+    from saliencyssl.cache.labelling import LabelLimits, label_files
+
+    folder = _photos(tmp_path / "images", photo, 1)
+    slow = labelling.read_image
+
+    def slow_decode(path):
+        time.sleep(0.5)
+        return slow(path)
+
+    monkeypatch.setattr(labelling, "read_image", slow_decode)
+    [record] = label_files(({}, [(str(folder / "p00.png"), True, False)], LabelLimits(image_timeout=0.1)))
+    assert record["target"] is None and "longer than the per-image limit" in record["error"]
+    [(_, image_hash, error)] = labelling.hash_files(([str(folder / "p00.png")], LabelLimits(image_timeout=0.1)))
+    assert image_hash is None and "decoding it took longer" in error
+
+
+def test_a_mask_is_checked_for_size_before_it_is_decoded(tmp_path):
+    import struct
+    import zlib
+
+    import cv2
+
+    from saliencyssl.imageio import read_mask
+
+    ok, png = cv2.imencode(".png", np.zeros((1, 1), np.uint8))
+    data = bytearray(png.tobytes())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4:ihdr + 12] = struct.pack(">II", 60_000, 60_000)
+    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+    (tmp_path / "m.png").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="m.png: cannot decode the mask .*claims"):
+        read_mask(tmp_path / "m.png")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--size", "100000"], "--size 100000"),
+    (["--ngf", "100000"], "ngf"),
+    (["--head", "100000"], "head"),
+    (["--threads", "100000"], "--threads"),
+    (["--variants", "100000"], "--variants"),
+])
+def test_train_surrogate_refuses_sizes_that_would_exhaust_the_machine(tmp_path, flags, message, capsys):
+    """A digit too many in a size is refused in one line before anything is read or allocated."""
+    from saliencyssl.app import train_surrogate
+
+    images = tmp_path / "images"
+    images.mkdir()
+    code = train_surrogate.main([str(images), "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
+                                 *flags, "--quiet"])
+    err = capsys.readouterr().err
+    assert code != 0 and message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_pairs_at_a_size_beyond_the_memory_are_refused_before_reading(tmp_path, monkeypatch):
+    """load_pairs checks the memory the pairs need against what the machine has before decoding any image."""
+    import cv2
+
+    import saliencyssl.datasets as datasets
+    from saliencyssl.surrogate.pairs import load_pairs
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(images / f"{i}.png"), np.full((16, 16, 3), 40 * i, np.uint8))
+    monkeypatch.setattr(datasets, "available_memory", lambda: 1_000_000)  # 1 MB left
+    with pytest.raises(MemoryError, match="3 image-target pairs at 1024 px"):
+        load_pairs(images, tmp_path / "cache", 1024, progress=False)

@@ -175,6 +175,8 @@ def cmd_import(args) -> int:
             print(f"warning: skipped {len(report.damaged)} damaged entries of {args.source} (e.g. "
                   f"{report.damaged[0]}); `saliency-ssl cache verify {args.source}` removes them, then rerun "
                   f"saliency-ssl label", file=sys.stderr)
+            print(f"imported {report.count} targets of fingerprint {fingerprint} into {args.cache}")
+            return 1
     else:
         print(f"error: {args.source} is neither a pack file nor a cache folder", file=sys.stderr)
         return 2

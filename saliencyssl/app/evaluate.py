@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from saliencyssl.app.options import fail
+from saliencyssl.app.options import check_count, check_outside, cpu_limit, fail
 from saliencyssl.app.rundir import RunDir, RunDirError
 from saliencyssl.eval.classification import PROTOCOLS, ClassificationSettings
 
@@ -51,10 +51,11 @@ class EvaluateConfig(ClassificationSettings):
         if self.batch_size < 1:
             raise ValueError(f"--batch-size {self.batch_size}: give a positive number of images per forward pass")
         for flag, value in (("--knn-k", self.knn_k), ("--clusters", self.clusters),
-                            ("--train-limit", self.train_limit), ("--test-limit", self.test_limit),
-                            ("--threads", self.threads)):
+                            ("--train-limit", self.train_limit), ("--test-limit", self.test_limit)):
             if value is not None and value < 1:
                 raise ValueError(f"{flag} {value}: give at least 1 (leave the option out for its default)")
+        check_count("--threads", self.threads, 1, cpu_limit())
+        check_count("--batch-size", self.batch_size, 1, 65_536)
         if self.knn_temperature <= 0 or self.probe_c <= 0:
             raise ValueError("--knn-temperature and --probe-c must be positive")
         if self.tsne_points < 0:
@@ -78,6 +79,7 @@ class EvaluateConfig(ClassificationSettings):
             self.out = (Path("runs") / f"eval-random-seed{self.backbone_seed}" if self.backbone == "random"
                         else Path(self.backbone).resolve().parent / "eval")
         self.out = Path(self.out)
+        check_outside(self.out, {"--train": self.train, "--test": self.test})
 
 
 def evaluation_settings(config: ClassificationSettings) -> dict:

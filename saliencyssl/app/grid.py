@@ -32,7 +32,7 @@ import argparse
 import json
 import re
 import sys
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -128,8 +128,18 @@ class GridConfig:
             raw = json.loads(path.read_text())
         except FileNotFoundError:
             raise FileNotFoundError(f"grid config {path} not found (see configs/ for examples)") from None
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error})") from error
+        except (json.JSONDecodeError, RecursionError) as error:
+            raise ValueError(f"{path}: not valid JSON ({type(error).__name__}: {str(error)[:200]})") from error
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: a grid config is a JSON object of keys (see configs/ for examples)")
+        kinds = {"name": str, "out": str, "train": str, "test": str, "cache": str, "description": str,
+                 "evaluation_name": str, "methods": list, "policies": list, "pretrain": dict, "evaluation": dict,
+                 "labeller": dict, "baselines": list, "cells": (list, type(None)), "pretrain_seeds": (list, type(None)),
+                 "method_options": dict}
+        wrong = [f"{k} must be {' or '.join(t.__name__ for t in (v if isinstance(v, tuple) else (v,)))}"
+                 for k, v in kinds.items() if k in raw and not isinstance(raw[k], v)]
+        if wrong:
+            raise ValueError(f"{path}: {'; '.join(wrong)}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -215,6 +225,15 @@ class GridConfig:
             except ValueError as error:
                 raise ValueError(f"{path}: policy {policy!r}: {error}") from error
         _check_method_options(path, config, set(config.methods) | {m for m, _ in pairs})
+        # Every value a cell's pretraining and evaluation will take, checked now rather than after hours of
+        # pretraining: the stages' own configs validate them.
+        try:
+            for cell in cells(config)[:1]:
+                cell_pretrain_config(config, cell, progress=False)
+            on_cpu = replace(config, evaluation={**config.evaluation, "device": "cpu"})  # a GPU grid loads anywhere
+            cell_evaluate_config(on_cpu, "random", Path(config.out) / config.evaluation_name / "random")
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: {error}") from None
         return config
 
 

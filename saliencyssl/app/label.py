@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from saliencyssl.app.options import add_labeller_options, fail, labeller_config_from_args
+from saliencyssl.app.options import add_labeller_options, check_count, cpu_limit, fail, labeller_config_from_args
 from saliencyssl.cache import CacheOpenError, TargetCache
 from saliencyssl.cache.executors import WorkerDiedError, default_workers, make_executor
 from saliencyssl.cache.labelling import DEFAULT_IMAGE_TIMEOUT, LabelLimits, LabelSummary, label_folder
@@ -63,8 +63,7 @@ class LabelConfig:
         self.images, self.cache = Path(self.images), Path(self.cache)
         if not self.images.is_dir():
             raise ValueError(f"{self.images} is not a folder; give the folder that holds the images")
-        if self.workers is not None and self.workers < 0:
-            raise ValueError(f"--workers {self.workers}: give 0 (this process) or more worker processes")
+        check_count("--workers", self.workers, 0, cpu_limit())
         if self.json is not None and Path(self.json).is_dir():
             raise ValueError(f"--json {self.json} is a folder; give a file name, e.g. --json "
                              f"{Path(self.json) / 'label.json'}")
@@ -145,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     except WorkerDiedError as error:
         return fail(f"{error}. Every target stored so far is kept in {config.cache}: rerun the same command to go on "
                     f"(with fewer --workers, or a smaller --max-pixels, if memory ran out)", WORKER_DIED)
+    except KeyboardInterrupt:
+        return fail(f"interrupted; every target stored so far is kept in {config.cache}: rerun the same command to "
+                    f"go on", 130)
     print(f"labeller fingerprint {config.labeller.fingerprint()} -> cache {config.cache}")
     print("\n".join(summary.lines()))
     for warning in summary.warnings():

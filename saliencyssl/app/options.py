@@ -100,3 +100,45 @@ def missing_piece_advice(error, data, cache, labeller: LabellerConfig | None, im
         "write_back": f"pass --cache CACHE_DIR",
     }
     return advice.get(getattr(error, "piece", ""), "see saliency-ssl pretrain --help")
+
+
+#: The most CPU threads or worker processes a stage takes per core this machine has: more only contend.
+PER_CORE_LIMIT = 4
+
+
+def cpu_limit() -> int:
+    """The most threads or worker processes a stage accepts here (:data:`PER_CORE_LIMIT` per core)."""
+    import os
+
+    return PER_CORE_LIMIT * (os.cpu_count() or 1)
+
+
+def check_count(flag: str, value: int | None, low: int = 1, high: int | None = None) -> None:
+    """Refuse ``value`` outside ``low..high`` (``None`` passes: the option was left out), naming the flag.
+
+    Raises:
+        ValueError: with the range.
+    """
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        span = f"from {low} to {high}" if high is not None else f"at least {low}"
+        raise ValueError(f"{flag} {value}: give a whole number {span}")
+
+
+def check_outside(out, inputs: dict, what: str = "--out") -> None:
+    """Refuse an output path inside an input folder: the next run would read what it wrote as data.
+
+    Args:
+        out: the output file or folder.
+        inputs: ``{flag: folder}`` of the stage's input folders (``None`` values are skipped).
+    """
+    from pathlib import Path
+
+    if out is None:
+        return
+    target = Path(out).resolve()
+    for flag, folder in inputs.items():
+        if folder is not None and Path(folder).is_dir() and target.is_relative_to(Path(folder).resolve()):
+            raise ValueError(f"{what} {out} lies inside {flag} {folder}: what it writes would be read as data by the "
+                             f"next run; write it outside, e.g. {what} {Path(folder).resolve().parent / Path(out).name}")

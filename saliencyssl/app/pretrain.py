@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from saliencyssl.app.options import add_labeller_options, fail, missing_piece_advice
+from saliencyssl.app.options import add_labeller_options, check_count, cpu_limit, fail, missing_piece_advice
 from saliencyssl.app.rundir import RunDir, RunExistsError
 from saliencyssl.augment import (PRESETS, SOURCE_ORDERS, FrozenPack, MissingPieceError, SSLAugmentation, TargetRouter,
                                  TrainingImages, parse_policy, parse_sources, policy_summary)
@@ -116,8 +116,7 @@ class PretrainConfig:
                              f"or more")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit {self.limit}: give at least 1 image (or leave it out for all)")
-        if self.workers < 0:
-            raise ValueError(f"--workers {self.workers}: give 0 (this process) or more processes")
+        check_count("--workers", self.workers, 0, cpu_limit())
         if self.knn_every < 1:
             raise ValueError(f"--knn-every {self.knn_every}: give a number of epochs, at least 1")
         if bool(self.knn_train) != bool(self.knn_test):
@@ -758,10 +757,18 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"{error}; {missing_piece_advice(error, config.data, config.cache, config.labeller_config(), config.image_size)}")
     except (OSError, ValueError, PackError) as error:  # OSError: a cache.db that cannot be opened
         return fail(str(error))
+    from saliencyssl.cache.executors import WorkerDiedError
+    from saliencyssl.cache.labelling import ImageTimeoutError
+    from saliencyssl.saliency import ImageTooLargeError
     from saliencyssl.ssl.distributed import cleanup
 
     try:
         trainer.run()
+    except (ImageTooLargeError, ImageTimeoutError, WorkerDiedError, MissingPieceError, FloatingPointError,
+            OSError) as error:
+        return fail(f"{error}; the last finished epoch is kept in {config.out}: fix it, then rerun with --resume")
+    except KeyboardInterrupt:
+        return fail(f"interrupted; the last finished epoch is kept in {config.out}: rerun with --resume", 130)
     finally:
         cleanup(trainer.dist)
     return 0

@@ -58,12 +58,16 @@ def load_result(path: str | Path) -> dict:
         result = json.loads(path.read_text())
     except FileNotFoundError:
         raise ResultFileError(path, "no such result file; run the command that measures it, or drop the block")
-    except ValueError as error:
-        raise ResultFileError(path, f"not valid JSON ({error})") from error
+    except (ValueError, RecursionError) as error:
+        raise ResultFileError(path, f"not valid JSON ({type(error).__name__}: {str(error)[:200]})") from error
     required = {"title": str, "date": str, "machine": str, "command": list, "columns": list, "rows": list}
     for key, kind in required.items():
         if not isinstance(result.get(key), kind):
             raise ResultFileError(path, f"needs {key!r} ({kind.__name__})")
+    if not all(isinstance(c, str) for c in result["columns"]) or not all(isinstance(c, str) for c in result["command"]):
+        raise ResultFileError(path, "columns and command must be lists of strings")
+    if not isinstance(result.get("notes", []), list) or not all(isinstance(n, str) for n in result.get("notes", [])):
+        raise ResultFileError(path, "notes must be a list of strings")
     for row in result["rows"]:
         if not isinstance(row, list) or len(row) != len(result["columns"]):
             raise ResultFileError(path, f"a row has {len(row) if isinstance(row, list) else 'no'} cells, the table "

@@ -190,7 +190,7 @@ class RunDir:
             raise RunRecordError(self.path, f"{self.record_path} cannot be read ({error})") from error
         try:
             record = json.loads(text)
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:
             raise RunRecordError(self.path, f"{self.record_path} is damaged ({error}); delete {self.path} to run "
                                             f"again, or choose another folder") from error
         if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT \

@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from saliencyssl.app.options import fail
+from saliencyssl.app.options import check_count, check_outside, cpu_limit, fail
 from saliencyssl.app.rundir import RunDir, RunDirError
 from saliencyssl.eval.masks import F_BETA2, THRESHOLD, SegmentTrainConfig
 
@@ -101,8 +101,10 @@ class SegmentConfig:
             raise ValueError(f"--model {self.model!r}: choose one of {', '.join(MODELS)}")
         if self.image_size is not None:
             check_image_size(self.image_size, "--image-size")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"--threads {self.threads}: give a positive number")
+        check_count("--threads", self.threads, 1, cpu_limit())
+        check_count("--fpn-channels", self.fpn_channels, 1, 1024)
+        check_count("--batch-size", self.batch_size, 1, 4096)
+        check_count("--seeds", self.seeds, 1, 1000)
         if self.device == "cuda":
             import torch
 
@@ -116,6 +118,7 @@ class SegmentConfig:
             self.out = (Path("runs") / f"seg-random-seed{self.backbone_seed}" if self.backbone == "random"
                         else Path(self.backbone).resolve().parent / "seg")
         self.out = Path(self.out)
+        check_outside(self.out, {"--images": self.images, "--masks": self.masks})
 
 
 def run(s: SegmentConfig, verbose: bool = True) -> dict:
@@ -159,10 +162,10 @@ def run(s: SegmentConfig, verbose: bool = True) -> dict:
         if verbose:
             print(f"{s.out} already holds this evaluation (--force redoes it)")
         return json.loads((run_dir / "results.json").read_text())
+    run_dir.check(settings, resume=True, restart_unfinished=True)
+    pairs = load_mask_pairs(s.images, s.masks)  # missing masks stop the run before its record is written
     run_dir.start(settings, free={"device": s.device, "threads": torch.get_num_threads()}, resume=True,
                   restart_unfinished=True)
-
-    pairs = load_mask_pairs(s.images, s.masks)
     images, masks = to_arrays(pairs, info.image_size)
     train_idx, test_idx = split_by_hash(pairs.images.hashes(), s.test_split)
     steps = s.epochs * math.ceil(len(train_idx) / s.batch_size)

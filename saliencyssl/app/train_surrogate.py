@@ -3,7 +3,13 @@
 Reads the images below IMAGES_DIR, pairs each with its exact target from the cache that
 ``saliency-ssl label`` filled (by content hash; the labeller fingerprint is taken from the cache),
 holds out a share of the images by content hash, trains, and writes RUN_DIR/surrogate.pt. The
-work itself lives in :mod:`saliencyssl.surrogate` (pairs, training, model).
+work itself lives in :mod:`saliencyssl.surrogate` (pairs, variants, training, model).
+
+With ``--variants K`` (by default 8 for photos at 64 px or more, 0 otherwise:
+:func:`~saliencyssl.surrogate.variants.default_count`) every *training* photo also gives K
+variants, random crops, rescales and mirrors of it at the training size, written to
+``RUN_DIR/variants/`` and labelled into the same cache by the cache's labeller in worker
+processes (:mod:`saliencyssl.surrogate.variants`); the held-out photos give none.
 
 The run folder is a :class:`~saliencyssl.app.rundir.RunDir`: its ``run.json`` records the settings
 that make the run what it is (:func:`surrogate_settings`); a folder that holds a run is refused
@@ -22,13 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from saliencyssl.app.options import add_labeller_options, fail, label_command, labeller_config_from_args
+from saliencyssl.app.options import (add_labeller_options, check_count, cpu_limit, fail, label_command,
+                                     labeller_config_from_args)
 from saliencyssl.app.rundir import RunDir, RunExistsError, RunMismatchError, RunRecordError
+from saliencyssl.cache.executors import WorkerDiedError
 from saliencyssl.saliency import LabellerConfig
 from saliencyssl.surrogate.losses import GAN_MODES, LossWeights
 from saliencyssl.surrogate.model import SurrogateCheckpointError
 from saliencyssl.surrogate.pairs import NoPairsError, describe_misses, load_pairs
 from saliencyssl.surrogate.training import TrainConfig, TrainConfigError, TrainResult, resolve_device, usable_devices
+from saliencyssl.surrogate.variants import (DEFAULT_VARIANTS, MAX_VARIANTS, MIN_SOURCE_FACTOR, MIN_VARIANT_SIZE,
+                                           VariantSpec)
 
 SUMMARY = "the Pix2Pix surrogate of the exact labeller, trained on cached targets"
 
@@ -65,6 +75,9 @@ class TrainSurrogateConfig:
         labeller: explicit labeller options selecting the cache's fingerprint (``None``: the
             fingerprint of the current labeller version covering the most images).
         limit: use N images, chosen by content hash, before the held-out split.
+        variants: variants per training photo (``None``: :func:`~saliencyssl.surrogate.variants.default_count`
+            of the images and the size; 0: none).
+        workers: processes that label the variants (``None``: one per CPU; 0: this process).
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         threads: torch CPU threads (``None``: torch's choice).
         resume: continue the run the folder holds.
@@ -79,6 +92,8 @@ class TrainSurrogateConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     labeller: LabellerConfig | None = None
     limit: int | None = None
+    variants: int | None = None
+    workers: int | None = None
     device: str = "cpu"
     threads: int | None = None
     resume: bool = False
@@ -97,20 +112,24 @@ class TrainSurrogateConfig:
             raise ValueError(f"--device {self.device}: torch cannot train on it here; choose {options}") from None
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit {self.limit}: give at least 1 image (or leave it out for all)")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"--threads {self.threads}: give at least 1 (or leave it out for torch's choice)")
+        check_count("--variants", self.variants, 0, MAX_VARIANTS)
+        check_count("--workers", self.workers, 0, cpu_limit())
+        check_count("--threads", self.threads, 1, cpu_limit())
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"--out {self.out} is a file; give the run folder to write (created if missing)")
 
 
-def surrogate_settings(config: TrainSurrogateConfig, fingerprint: str) -> tuple[dict, dict]:
+def surrogate_settings(config: TrainSurrogateConfig, fingerprint: str,
+                       variants: VariantSpec | None = None) -> tuple[dict, dict]:
     """``(settings, free)`` of a run for its :class:`~saliencyssl.app.rundir.RunDir`.
 
     Settings change the training trajectory, so a resume must keep them: the data (folder
-    resolved, limit, held-out share, image size, labeller fingerprint), the optimiser (batch size,
-    rate, beta1, decay start), the augmentation (mirrors, turns), the seed, the loss (weights, GAN
-    mode) and the architecture. Free values may change: the budgets (epochs, minutes, steps), which
-    generator is kept, precision, device, threads, evaluation interval, where the cache lies.
+    resolved, limit, held-out share, image size, labeller fingerprint, the variants' spec when
+    there are variants), the optimiser (batch size, rate, beta1, decay start), the augmentation
+    (mirrors, turns), the seed, the loss (weights, GAN mode) and the architecture. Free values may
+    change: the budgets (epochs, minutes, steps), which generator is kept, precision, device,
+    threads, labelling workers, evaluation interval, where the cache lies. A run without variants
+    records no ``variants`` key, so its record reads as those of runs made before variants existed.
     """
     t, w = config.train, config.train.weights
     arch = t.architecture()
@@ -120,9 +139,11 @@ def surrogate_settings(config: TrainSurrogateConfig, fingerprint: str) -> tuple[
                 "seed": t.seed, "gan_mode": t.gan_mode, "lambda_gan": w.gan, "lambda_l1": w.l1, "lambda_mask": w.mask,
                 "lambda_boundary": w.boundary, "boundary_pos_weight": w.boundary_pos_weight, "ngf": arch.ngf,
                 "max_mult": arch.max_mult, "ndf": arch.ndf, "head": arch.head, "dropout_blocks": arch.dropout_blocks}
+    if variants is not None and variants.count > 0:
+        settings["variants"] = variants.settings()
     free = {"epochs": t.epochs, "max_minutes": t.max_minutes, "max_steps": t.max_steps, "select": t.select,
             "amp": t.amp, "device": config.device, "threads": config.threads, "eval_steps": t.eval_steps,
-            "cache": str(config.cache)}
+            "cache": str(config.cache), "workers": config.workers}
     return settings, free
 
 
@@ -138,7 +159,9 @@ def run(config: TrainSurrogateConfig, log: Callable[[str], None] = print) -> Tra
     """
     import torch
 
+    from saliencyssl.datasets import open_image_set
     from saliencyssl.surrogate.training import SurrogateTrainer
+    from saliencyssl.surrogate.variants import default_count, make_variants
 
     t = config.train
     if config.threads:
@@ -147,24 +170,41 @@ def run(config: TrainSurrogateConfig, log: Callable[[str], None] = print) -> Tra
     if not config.resume:
         run_dir.check({}, resume=False)  # a run (or other files) there: refused before the pairs are read
     start = time.perf_counter()
+    image_set = open_image_set(config.images)
     pairs = load_pairs(config.images, config.cache, t.image_size, config=config.labeller, limit=config.limit,
-                       progress=config.progress)
+                       progress=config.progress, image_set=image_set)
     for line in describe_misses(pairs):
         print(line, file=sys.stderr)
     if pairs.misses:
         print(f"label them with: {label_command(config.images, config.cache, pairs.labeller_params)}",
               file=sys.stderr)
-    settings, free = surrogate_settings(config, pairs.fingerprint)
+    count = config.variants if config.variants is not None else default_count(
+        [min(shape) for shape in pairs.shapes or []], t.image_size)
+    spec = VariantSpec(count=count) if count > 0 else None
+    settings, free = surrogate_settings(config, pairs.fingerprint, spec)
     state = run_dir.check(settings, resume=config.resume)  # a resume with other settings: refused here
     train, held = pairs.split(t.held_out)
     n_present = int(train.targets.mask.flatten(1).any(1).sum())
     log(f"labeller {pairs.fingerprint}: {len(pairs)} pairs at {t.image_size}px in {time.perf_counter() - start:.1f}s "
         f"-> {len(train)} training ({n_present / max(1, len(train)):.0%} with a mask), {len(held)} held out")
+    started = False
+    n_variants = 0
+    if spec is not None and len(train):
+        # The variants are written into the run folder: record the run first, so that a run stopped while
+        # labelling them is a run (resumed with --resume) and not a folder of unknown files.
+        run_dir.start(settings, free, resume=config.resume)
+        started = True
+        variant_pairs, _ = make_variants(image_set, train, config.cache, run_dir / "variants", spec,
+                                         workers=config.workers, progress=config.progress, log=log)
+        n_variants = len(variant_pairs)
+        train = train.concat(variant_pairs)
+        log(f"training on {len(train)} pairs: {len(train) - n_variants} photos and {n_variants} variants of them")
     if 0 < len(held) < SMALL_HELD_OUT and t.select == "best":
         print(f"note: the best epoch is chosen on {len(held)} held-out images, a noisy choice; with few images "
               f"a larger --held-out (e.g. 0.2) or --select last is steadier", file=sys.stderr)
     run_info = {"images_dir": str(config.images), "cache_dir": str(config.cache), "limit": config.limit,
-                "argv": list(config.command)}
+                "argv": list(config.command), "variants": spec.count if spec is not None else 0,
+                "n_variant_pairs": n_variants}
     trainer = SurrogateTrainer(t, train, held, config.out, device=config.device, progress=config.progress, log=log,
                                tensorboard=config.tensorboard, run_info=run_info)
     if state.status != "new":
@@ -172,7 +212,8 @@ def run(config: TrainSurrogateConfig, log: Callable[[str], None] = print) -> Tra
             trainer.resume()
         else:
             log(f"note: the run in {config.out} stopped before its first checkpoint; starting it afresh")
-    run_dir.start(settings, free, resume=config.resume)
+    if not started:
+        run_dir.start(settings, free, resume=config.resume)
     log(f"training on {trainer.device}: {trainer.steps_per_epoch} steps per epoch of {t.batch_size}, "
         f"U-Net depth {trainer.arch.depth}, ngf {trainer.arch.ngf}; TensorBoard: tensorboard --logdir {config.out}")
     result = trainer.fit()
@@ -226,6 +267,13 @@ labeller: the cache may hold targets of several labellers (fingerprints); the on
 images is used. --scale/--max-side/--min-side/--cut-engine (as given to saliency-ssl label) pick one
 explicitly. Images without a target are listed with the saliency-ssl label command that fills them.
 
+variants: for photos larger than the training size, --variants K (default 8 there) multiplies the
+exact pairs: each training photo gives K crops, rescales and mirrors of itself at --size, labelled
+as images of their own (about 20-60 ms each at 96 px, in --workers processes, once: they are
+content-hashed into the cache) and written to RUN_DIR/variants/ with variants.json (source photo,
+box, mirror of each). The held-out photos give none, so the epoch is still chosen on photos the
+network never saw in any form.
+
 outputs (in --out): surrogate.pt (load with saliencyssl.surrogate.Surrogate.load), best.pt (the best
 held-out evaluation so far), last.pt (for --resume), run.json (the run's settings), history.json,
 heldout_fidelity.json (the selected generator's held-out figures), tensorboard/ (tensorboard --logdir
@@ -233,7 +281,7 @@ RUN_DIR). --max-minutes and --max-steps are budgets of the whole run, resumption
 learning rate decays over the nearest of them and --epochs.
 
 resume: --resume continues the run in --out from its last.pt; it may change --epochs, --max-minutes,
---max-steps, --select, --eval-steps, --amp, --device and --threads, and refuses any other option
+--max-steps, --select, --eval-steps, --amp, --device, --threads and --workers, and refuses any other option
 that differs from the run's record (run.json), naming each.
 """
 
@@ -281,6 +329,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed, help="seeds weights, order, mirrors, turns, dropout (default 0)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="use N images, chosen by content hash (a spread over classes), before the held-out split")
+    variants = p.add_argument_group("variants (more exact pairs from the same photos)")
+    variants.add_argument("--variants", type=int, default=None, metavar="K",
+                          help=f"before training, make K variants of every training photo (random crops of 0.3-1 of "
+                               f"its area with an aspect ratio near its own, brought to --size, half of them "
+                               f"mirrored; the same ones every time), label each as an image of its own with the "
+                               f"cache's labeller into the cache (a rerun labels nothing) and train on the photos "
+                               f"and the variants; held-out photos give none. They are written to RUN_DIR/variants/. "
+                               f"Default: {DEFAULT_VARIANTS} when --size is at least {MIN_VARIANT_SIZE} and the "
+                               f"images' median shorter side at least {MIN_SOURCE_FACTOR:g}x --size (photos), "
+                               f"else 0 (CIFAR-10 at 32 px); 0: none")
+    variants.add_argument("--workers", type=int, default=None, metavar="N",
+                          help="processes that label the variants (default: one per CPU, as saliency-ssl label; "
+                               "0: this process)")
     p.add_argument("--held-out", type=float, default=d.held_out, metavar="F",
                    help="share of the images held out by content hash for fidelity at each evaluation (default "
                         "%(default)s)")
@@ -342,7 +403,8 @@ def config_from_args(args: argparse.Namespace, command: list[str] | None = None)
                         ngf=args.ngf, ndf=args.ndf, head=args.head, dropout_blocks=args.dropout_blocks,
                         select=args.select, eval_steps=args.eval_steps)
     return TrainSurrogateConfig(images=args.images, cache=args.cache, out=args.out, train=train,
-                                labeller=labeller_config_from_args(args), limit=args.limit, device=args.device,
+                                labeller=labeller_config_from_args(args), limit=args.limit,
+                                variants=args.variants, workers=args.workers, device=args.device,
                                 threads=args.threads, resume=args.resume, progress=not args.quiet,
                                 command=list(command or []))
 
@@ -372,7 +434,10 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(error))
     except NoPairsError as error:
         return fail(f"{error}; {no_pairs_advice(error)}")
-    except (OSError, ValueError) as error:  # no images, a cache.db that cannot be opened, an empty training split
+    except WorkerDiedError as error:  # a process labelling the variants
+        return fail(f"{error} while labelling the variants; every variant labelled so far is kept in {config.cache}: "
+                    f"rerun the command with --resume to go on (with fewer --workers if memory ran out)")
+    except (OSError, ValueError, MemoryError) as error:  # no images, a damaged cache.db, an empty split, too big
         return fail(str(error))
     return 0
 

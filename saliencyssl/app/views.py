@@ -25,12 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saliencyssl.app.options import add_labeller_options, fail, label_command, labeller_config_from_args
+from saliencyssl.app.options import (add_labeller_options, check_count, check_outside, fail, label_command,
+                                     labeller_config_from_args)
 from saliencyssl.augment import (PRESETS, FrozenPack, SSLAugmentation, TargetRouter, TrainingImages, parse_policy,
                                  policy_summary)
 from saliencyssl.cache import TargetCache
 from saliencyssl.cache.store import cache_fingerprints
-from saliencyssl.datasets import check_image_size
+from saliencyssl.datasets import check_image_size, check_memory
 from saliencyssl.saliency import LabellerConfig
 from saliencyssl.saliency.params import describe_params
 from saliencyssl.augment.normalize import from_model_input
@@ -39,6 +40,8 @@ from saliencyssl.visualize import image_grid, save_rgb
 SUMMARY = "a picture of the views a policy makes, with crops and guiding boxes drawn"
 
 
+#: The most images one picture shows (each is drawn three times, at up to 1,024 px).
+MAX_COUNT = 64
 #: RGB outline colours: each view's crop, and the box a guided crop's centre is drawn in.
 CROP_COLOURS = ((0, 220, 255), (255, 0, 255))
 BOX_COLOUR = (255, 230, 0)
@@ -127,9 +130,9 @@ class ViewsConfig:
                              f"{self.out / 'views.png'}")
         if self.out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
             raise ValueError(f"--out {self.out} must end in .png (or .jpg); e.g. --out {self.out.with_suffix('.png')}")
-        if self.count < 1:
-            raise ValueError(f"--count {self.count}: show at least 1 image")
+        check_count("--count", self.count, 1, MAX_COUNT)
         check_image_size(self.image_size, "--image-size")
+        check_outside(self.out, {"DATA": self.data})
         try:
             self.parsed_policy = parse_policy(self.policy)
         except ValueError as error:
@@ -165,6 +168,7 @@ def run(config: ViewsConfig) -> Path:
             raise NoTargetsError(f"no image of {config.data} has a target of labeller {fingerprint} "
                                  f"({describe_params(config.labeller.params())}) in {config.cache}", others)
     index = candidates[: config.count]
+    check_memory(12 * 3 * len(index) * config.image_size ** 2 * 4, f"{len(index)} views at {config.image_size}px")
     x = images.stack()[index]
     if policy.uses_targets:
         targets = TargetRouter("cache", config.image_size, pack=pack).targets(index, x)

@@ -94,11 +94,24 @@ class SourceCounters:
 def _label_chunk(job: tuple[dict, list[tuple[int, np.ndarray]]]) -> list[tuple[int, bytes]]:
     """Worker: label ``(position, image)`` pairs with a labeller built from config fields."""
     from saliencyssl.cache.codec import encode_target
+    from saliencyssl.cache.executors import prepare_worker_process
     from saliencyssl.cache.labelling import _labeller
 
+    prepare_worker_process()
     fields_, items = job
     labeller = _labeller(fields_)
-    return [(pos, encode_target(labeller(image))) for pos, image in items]
+    return [(pos, encode_target(_label_one(labeller, image, pos))) for pos, image in items]
+
+
+def _label_one(labeller, image: np.ndarray, position: int):
+    """One exact labelling within the labelling jobs' per-image time limit (``ImageTimeoutError`` past it)."""
+    from saliencyssl.cache.labelling import DEFAULT_IMAGE_TIMEOUT, ImageTimeoutError, time_limit
+
+    try:
+        with time_limit(DEFAULT_IMAGE_TIMEOUT):
+            return labeller(image)
+    except ImageTimeoutError as error:
+        raise ImageTimeoutError(f"labelling image {position} of the data set {error}") from None
 
 
 class TargetRouter:
@@ -243,7 +256,7 @@ class TargetRouter:
             encoded = dict(pair for result in self._pool.imap_unordered(_label_chunk, jobs) for pair in result)
             full = {pos: decode_target(encoded[pos]) for pos in positions}
         else:
-            full = {pos: self.labeller(image) for pos, image in items}
+            full = {pos: _label_one(self.labeller, image, pos) for pos, image in items}
         if write:
             hashes = self.image_set.hashes()
             with self.cache.transaction():

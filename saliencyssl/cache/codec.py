@@ -36,9 +36,10 @@ CODEC_VERSION = 2
 #: Versions :func:`decode_target` reads (1: checksum over the body alone).
 READABLE_VERSIONS = (1, 2)
 _HEADER = struct.Struct("<4sBBII8s")
-#: Largest side a stored target may claim (a damaged header must not make the decoder allocate
-#: terabytes); 65,535 px is larger than any image the labeller accepts.
+#: Largest side and area a stored target may claim (a damaged or crafted header must not make the
+#: decoder allocate gigabytes): the images the toolkit decodes are at most 100 M pixels.
 MAX_SIDE = 65_535
+MAX_PIXELS = 100_000_000
 
 
 class CorruptTargetError(ValueError):
@@ -89,7 +90,7 @@ def _check(data, key: str | None) -> tuple[int, int, int, int, bytes]:
     if _checksum(body, key if version >= 2 else None) != checksum:
         raise CorruptTargetError("checksum mismatch: the entry or its key was altered or truncated"
                                  if version >= 2 and key else "checksum mismatch: the entry was altered or truncated")
-    if label_bytes not in (1, 2) or h > MAX_SIDE or w > MAX_SIDE:
+    if label_bytes not in (1, 2) or h > MAX_SIDE or w > MAX_SIDE or h * w > MAX_PIXELS:
         raise CorruptTargetError(f"inconsistent header ({h}x{w}, {label_bytes} bytes per label)")
     return version, label_bytes, h, w, body
 

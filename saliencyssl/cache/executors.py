@@ -155,6 +155,9 @@ class PoolExecutor:
                     pending.add(self._pool.submit(fn, next(iterator)))
                 except StopIteration:
                     exhausted = True
+                except BrokenProcessPool as error:  # a worker died since the last results came back
+                    raise WorkerDiedError("a worker process died (killed, or out of memory) before it returned its "
+                                          "results") from error
             if not pending:
                 return
             done, pending = wait(pending, return_when=FIRST_COMPLETED)

@@ -44,6 +44,8 @@ from saliencyssl.saliency.labeller import DEFAULT_MAX_PIXELS, ImageTooLargeError
 #: Default per-image time limit of a labelling job, in seconds (an image within the pixel budget
 #: takes about a minute at most on one core).
 DEFAULT_IMAGE_TIMEOUT = 300.0
+#: The longest per-image time limit (a day; the alarm timer takes no more).
+MAX_IMAGE_TIMEOUT = 86_400.0
 
 #: Above this share of images without an object, the summary warns and suggests ``--scale``.
 NO_OBJECT_WARNING_SHARE = 0.5
@@ -162,20 +164,6 @@ def time_limit(seconds: float | None):
 
 
 # -- work done in the workers (module-level functions, so they pickle) -------------------------
-def hash_files(paths: Sequence[str]) -> list[tuple[str, str | None, str | None]]:
-    """``(path, content hash, error)`` for each file."""
-    prepare_worker_process()
-    out = []
-    for path in paths:
-        try:
-            out.append((path, content_hash(read_image(path)), None))
-        except ImageDecodeError as error:
-            out.append((path, None, error.reason))
-        except Exception as error:  # a worker must report, not die
-            out.append((path, None, f"{type(error).__name__}: {error}"))
-    return out
-
-
 @dataclass(frozen=True)
 class LabelLimits:
     """Bounds on the work one image may take (never part of the fingerprint: they refuse, not change).
@@ -191,9 +179,28 @@ class LabelLimits:
     def __post_init__(self) -> None:
         if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 64:
             raise ValueError(f"the pixel budget must be a whole number of at least 64, got {self.max_pixels!r}")
-        if self.image_timeout is not None and not self.image_timeout >= 0:
-            raise ValueError(f"the per-image time limit must be 0 (none) or a positive number of seconds, "
-                             f"got {self.image_timeout}")
+        if self.image_timeout is not None and not 0 <= self.image_timeout <= MAX_IMAGE_TIMEOUT:
+            raise ValueError(f"the per-image time limit must be 0 (none) or a number of seconds up to "
+                             f"{MAX_IMAGE_TIMEOUT:g}, got {self.image_timeout}")
+
+
+def hash_files(job) -> list[tuple[str, str | None, str | None]]:
+    """``(path, content hash, error)`` for each file of ``job``: a list of paths, or ``(paths, limits)``
+    with a :class:`LabelLimits` whose time limit covers each file's decoding."""
+    prepare_worker_process()
+    paths, limits = (job if isinstance(job, tuple) else (job, LabelLimits()))
+    out = []
+    for path in paths:
+        try:
+            with time_limit(limits.image_timeout):
+                out.append((path, content_hash(read_image(path)), None))
+        except ImageDecodeError as error:
+            out.append((path, None, error.reason))
+        except ImageTimeoutError as error:
+            out.append((path, None, f"decoding it {error}"))
+        except Exception as error:  # a worker must report, not die
+            out.append((path, None, f"{type(error).__name__}: {error}"))
+    return out
 
 
 def label_files(job: tuple) -> list[dict]:
@@ -211,9 +218,9 @@ def label_files(job: tuple) -> list[dict]:
     for path, need_target, want_hc in items:
         record = {"path": path, "hash": None, "target": None, "hc": None, "seconds": 0.0, "error": None}
         try:
-            image = read_image(path)
-            record["hash"] = content_hash(image)
-            with time_limit(limits.image_timeout):
+            with time_limit(limits.image_timeout):  # decoding too: a crafted file can take long to decode
+                image = read_image(path)
+                record["hash"] = content_hash(image)
                 if need_target:
                     result = labeller.label(image, with_hc=want_hc)
                     record["target"] = encode_target(result.target)
@@ -319,6 +326,7 @@ def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerCon
     if not files:
         raise FileNotFoundError(f"no images below {root} (looked for {' '.join(IMAGE_SUFFIXES)}, recursively)")
     executor = executor or InlineExecutor()
+    limits = limits or LabelLimits()
     summary = LabelSummary(total=len(files), executor=executor.description, export_dir=str(export or ""))
     start = time.perf_counter()
     workers = max(1, getattr(executor, "workers", 1))
@@ -331,7 +339,7 @@ def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerCon
     hashes: dict[str, str] = {}
     hash_chunk = max(size, 16)
     bar = tqdm(total=len(files), desc="hashing", unit="img", disable=not progress, leave=False)
-    for results in executor.imap_unordered(hash_files, _chunks(str_paths, hash_chunk)):
+    for results in executor.imap_unordered(hash_files, ((chunk, limits) for chunk in _chunks(str_paths, hash_chunk))):
         for path, image_hash, error in results:
             if error is not None:
                 summary.failed.append((path, error))
@@ -363,7 +371,6 @@ def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerCon
     # Pass 2: label what is missing (and HC maps for exports of cached images).
     clashing = clashing_stems(_relative(Path(p), root) for p in str_paths) if export is not None else set()
     config_fields = config.options()
-    limits = limits or LabelLimits()
     bar = tqdm(total=len(todo), desc="labelling", unit="img", disable=not progress)
     jobs = ((config_fields, chunk, limits) for chunk in _chunks(todo, size))
     for results in executor.imap_unordered(label_files, jobs):

@@ -203,8 +203,9 @@ def open_pack(path: str | Path, expect_fingerprint: str | None = None) -> PackFi
         try:
             header = json.loads(fh.read(length).decode())
             _check_header(header)
-        except (UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
-            raise PackError(f"{path}: damaged pack header ({error}); copy or export it again") from error
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError, OverflowError) as error:
+            raise PackError(f"{path}: damaged pack header ({type(error).__name__}: {str(error)[:200]}); copy or "
+                            f"export it again") from error
     if expect_fingerprint is not None and header["fingerprint"] != expect_fingerprint:
         raise PackError(f"{path} holds targets of labeller fingerprint {header['fingerprint']} "
                         f"({describe_params(header.get('params'))}), but {expect_fingerprint} was asked for; "
@@ -223,25 +224,36 @@ def open_pack(path: str | Path, expect_fingerprint: str | None = None) -> PackFi
 
 
 def _check_header(header) -> None:
-    """Types and sizes of a pack header, so a damaged one is a :class:`PackError`, not a crash later."""
+    """Types, sizes and layout of a pack header, so a damaged or crafted one is a :class:`PackError`,
+    not a crash or a silent misreading later: rows follow each other without gaps or overlaps (each
+    row's offset is the sum of the sizes before it), every side is at most 65,535 px and every row
+    at most 100 M pixels, and the parameters are an object."""
     if not isinstance(header, dict):
         raise ValueError("the header is not a JSON object")
     n = len(header["hashes"])
     if len(header["shapes"]) != n or len(header["offsets"]) != n:
         raise ValueError(f"{n} hashes but {len(header['shapes'])} shapes and {len(header['offsets'])} offsets")
-    if not all(isinstance(h, str) for h in header["hashes"]) or not isinstance(header["checksum"], str):
-        raise ValueError("hashes and checksum must be strings")
+    if not all(isinstance(h, str) for h in header["hashes"]) or not isinstance(header["checksum"], str) \
+            or not isinstance(header["fingerprint"], str):
+        raise ValueError("hashes, fingerprint and checksum must be strings")
+    if header.get("params") is not None and not isinstance(header["params"], dict):
+        raise ValueError("params must be an object")
+    for value in (v for shape in header["shapes"] for v in (shape if isinstance(shape, list) else [shape])):
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65_535:
+            raise ValueError(f"a row side of {value!r:.30} (sides are 1 to 65,535 px)")
     shapes = np.asarray(header["shapes"], np.int64).reshape(-1, 2)
-    offsets = np.asarray(header["offsets"], np.int64)
-    if (shapes < 1).any() or (offsets < 0).any():
-        raise ValueError("negative or empty row shapes or offsets")
-    total = int((shapes[:, 0] * shapes[:, 1]).sum()) if n else 0
+    sizes = shapes[:, 0] * shapes[:, 1]
+    if n and int(sizes.max()) > 100_000_000:
+        raise ValueError("a row of more than 100 M pixels")
+    expected = np.concatenate([[0], np.cumsum(sizes)[:-1]]) if n else np.zeros(0, np.int64)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in header["offsets"]) \
+            or not np.array_equal(np.asarray(header["offsets"], np.int64), expected):
+        raise ValueError("row offsets do not follow the rows' sizes")
+    total = int(sizes.sum()) if n else 0
     for name, dtype in _ARRAYS:
         spec = header["arrays"][name]
         if np.dtype(spec["dtype"]) != np.dtype(dtype) or int(spec["length"]) != total or int(spec["offset"]) < 0:
             raise ValueError(f"array {name} does not match the rows ({spec})")
-    if n and int((offsets + shapes[:, 0] * shapes[:, 1]).max()) > total:
-        raise ValueError("a row reaches past the arrays")
 
 
 def verify_pack(pack: PackFile) -> bool:

@@ -25,10 +25,12 @@ they come from:
   keys and bytes (or JSON text) values: a pickled key is kept as its raw bytes
   (:class:`ForeignKey`, never unpickled) and a pickled value is damage
   (:class:`ForeignEntryError`), removed like any damaged entry; file names read from the
-  database must be diskcache's own random names inside the folder. Before diskcache opens a
-  folder, :func:`audit_database` checks that ``cache.db`` holds diskcache's schema and nothing
-  else (no trigger or view of its own) and that its settings are diskcache's, with values of the
-  right kind. A folder that fails is refused with :class:`CacheOpenError`, naming the file.
+  database must be diskcache's own random names of regular files inside the folder (no link out,
+  no device, no pipe; at most :data:`MAX_VALUE_BYTES`). Before diskcache opens a folder,
+  :func:`audit_database` checks that ``cache.db`` holds diskcache's schema and nothing else (no
+  object of its own, no trigger, view or table of other SQL) and that its settings are
+  diskcache's, with values of the right kind. A folder that fails is refused with
+  :class:`CacheOpenError`, naming the file.
 - **Damage in the database** (a ``cache.db`` damaged past its header) surfaces from any call as
   :class:`CacheOpenError` naming the file and what to do, never as a raw ``sqlite3`` error.
 """
@@ -39,9 +41,12 @@ import functools
 import inspect
 import json
 import logging
+import os
 import re
 import sqlite3
+import stat
 import tempfile
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -60,6 +65,8 @@ _META_PREFIX = "meta/"
 _FINGERPRINT = re.compile(r"[0-9A-Za-z_.-]{1,64}")
 _ENTRY_KEY = re.compile(rf"([0-9A-Za-z_.-]{{1,64}})/([0-9a-f]{{{HASH_HEX_LENGTH}}})")
 _META_KEY = re.compile(r"meta/([0-9A-Za-z_.-]{1,64})")
+#: The largest value file a cache entry may have (a target of 100 M pixels encodes to far less).
+MAX_VALUE_BYTES = 512 * 2 ** 20
 #: diskcache's names for values stored in files: two levels of two hex digits, 28 more, ``.val``.
 _VALUE_FILE = re.compile(r"[0-9a-f]{2}[/\\][0-9a-f]{2}[/\\][0-9a-f]{28}\.val")
 
@@ -177,22 +184,48 @@ class TargetDisk(_diskcache_disk()):
             raise TypeError(f"a target cache stores bytes and text only, got {type(value).__name__}")
         return super().store(value, read, key=diskcache.core.UNKNOWN if key is None else key)
 
+    def _own_file(self, filename) -> str | None:
+        """The path of a value file when it is one of the cache's own: diskcache's name, a regular file
+        (no link, no device, no pipe) whose real path lies inside the folder; else ``None``."""
+        if not _VALUE_FILE.fullmatch(str(filename)):
+            return None
+        path = os.path.join(self._directory, str(filename))
+        root = os.path.realpath(self._directory)
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return path  # missing: diskcache reports it
+        if not stat.S_ISREG(info.st_mode) or os.path.commonpath([root, os.path.realpath(path)]) != root:
+            return None
+        return path
+
     def fetch(self, mode, filename, value, read):
         import diskcache.core
 
         if mode == diskcache.core.MODE_PICKLE:
             raise ForeignEntryError("a pickled value, which saliency-ssl never stores (refused unread)")
-        if filename is not None and not _VALUE_FILE.fullmatch(str(filename)):
-            raise ForeignEntryError(f"a value file named {str(filename)!r:.80}, outside the cache's own files "
-                                    f"(refused unread)")
         if read:
             raise ForeignEntryError("values are read whole")
-        return super().fetch(mode, filename, value, read)
+        if filename is None:
+            return super().fetch(mode, filename, value, read)
+        path = self._own_file(filename)
+        if path is None:
+            raise ForeignEntryError(f"a value file {str(filename)!r:.80} that is not one of the cache's own regular "
+                                    f"files inside its folder (a link, a device or another name; refused unread)")
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        fd = os.open(path, flags)
+        with os.fdopen(fd, "rb") as reader:
+            info = os.fstat(reader.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_VALUE_BYTES:
+                raise ForeignEntryError(f"a value file of {info.st_size:,} bytes (at most {MAX_VALUE_BYTES:,}; "
+                                        f"refused unread)")
+            data = reader.read(MAX_VALUE_BYTES + 1)
+        return data if mode == diskcache.core.MODE_BINARY else data.decode("utf-8")
 
     def remove(self, file_path):
-        if not _VALUE_FILE.fullmatch(str(file_path)):
-            log.warning("cache %s: not deleting %r, which is not one of the cache's own files", self._directory,
-                        file_path)
+        if self._own_file(file_path) is None:
+            log.warning("cache %s: not deleting %r, which is not one of the cache's own regular files",
+                        self._directory, file_path)
             return None
         return super().remove(file_path)
 
@@ -221,13 +254,19 @@ def _reference_schema() -> frozenset:
             connection.close()
 
 
+def _normal_sql(sql: str | None) -> str | None:
+    """Schema SQL with its whitespace made uniform (SQLite keeps the text as written)."""
+    return " ".join(sql.split()) if sql else sql
+
+
 def audit_database(db_path: str | Path, allow_empty: bool = False) -> None:
     """Check that ``cache.db`` is a diskcache database and nothing more, before diskcache opens it.
 
     Reads the schema and the settings with plain SQL (no trigger runs on a read). Refuses a file
     that is empty or not SQLite, a schema object diskcache does not make (a trigger or view of
-    its own would run SQL on every write), a trigger whose SQL differs from diskcache's, and a
-    setting diskcache does not know or whose value is not of its kind (diskcache pastes
+    its own would run SQL on every write), any object whose SQL differs from diskcache's (a table
+    with a generated column of its own, a trigger or index rewritten), and a setting diskcache
+    does not know or whose value is not of its kind (diskcache pastes
     ``sqlite_*`` settings into ``PRAGMA`` statements and passes ``disk_*`` ones to the Disk).
 
     An empty file is refused too, unless ``allow_empty``: a process creating a new cache leaves
@@ -246,7 +285,8 @@ def audit_database(db_path: str | Path, allow_empty: bool = False) -> None:
                                    f"new cache there, or choose another folder")
     connection = None
     try:
-        connection = sqlite3.connect(f"file:{path.resolve().as_posix()}?mode=ro", uri=True, timeout=60)
+        uri = "file:" + urllib.request.pathname2url(str(path.resolve())) + "?mode=ro"
+        connection = sqlite3.connect(uri, uri=True, timeout=60)
         objects = connection.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
         names = {name for _, name, _ in objects}
         settings = connection.execute("SELECT key, value FROM Settings").fetchall() if "Settings" in names else []
@@ -257,9 +297,9 @@ def audit_database(db_path: str | Path, allow_empty: bool = False) -> None:
         if connection is not None:
             connection.close()
     reference = _reference_schema()
-    known = {(kind, name): sql for kind, name, sql in reference}
+    known = {(kind, name): _normal_sql(sql) for kind, name, sql in reference}
     for kind, name, sql in objects:
-        if (kind, name) not in known or (kind in ("trigger", "view") and sql != known[(kind, name)]):
+        if (kind, name) not in known or _normal_sql(sql) != known[(kind, name)]:
             raise CacheOpenError(path, f"{path} holds a {kind} {name!r} that a saliency-ssl cache does not have; it "
                                        f"was not written by saliency-ssl (or was altered), so it is refused unread. "
                                        f"Import what it holds from a pack instead (cache.py export on the machine "
@@ -331,7 +371,7 @@ def _fingerprints(cache) -> dict[str, dict | None]:
         if meta:
             try:
                 params = json.loads(cache.get(key))
-            except (ValueError, TypeError, ForeignEntryError):
+            except (ValueError, TypeError, RecursionError, ForeignEntryError):
                 params = None
             found[meta.group(1)] = params if isinstance(params, dict) else None
         else:

@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from saliencyssl.datasets import ImageSet, fit_square, open_image_set, target_at_size
+from saliencyssl.datasets import ImageSet, check_image_size, check_memory, fit_square, open_image_set, target_at_size
 from saliencyssl.saliency.labeller import LABELLER_VERSION, LabellerConfig
 from saliencyssl.target import TARGET_CHANNELS, Target, TargetBatch
 
@@ -73,6 +73,8 @@ class PairSet:
         fingerprint: the labeller fingerprint the targets come from.
         labeller_params: that labeller's parameters (``None`` when the cache did not record them).
         misses: names of the images below the folder that have no target (not in the set).
+        shapes: each image's ``(height, width)`` before resizing (``None`` when not known, e.g. for
+            generated pairs or a concatenation with such pairs).
     """
 
     images: torch.Tensor
@@ -83,6 +85,7 @@ class PairSet:
     fingerprint: str
     labeller_params: dict | None = None
     misses: list[str] = field(default_factory=list)
+    shapes: list[tuple[int, int]] | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -92,7 +95,22 @@ class PairSet:
         idx = torch.as_tensor(np.asarray(indices, np.int64))
         return PairSet(self.images[idx], self.targets.index_select(idx), [self.hashes[int(i)] for i in idx],
                        [self.names[int(i)] for i in idx], self.image_size, self.fingerprint,
-                       self.labeller_params, list(self.misses))
+                       self.labeller_params, list(self.misses),
+                       [self.shapes[int(i)] for i in idx] if self.shapes is not None else None)
+
+    def concat(self, other: "PairSet") -> "PairSet":
+        """This set followed by ``other`` (same size and labeller fingerprint); misses are this set's.
+
+        Raises:
+            ValueError: the two differ in image size or fingerprint.
+        """
+        if other.image_size != self.image_size or other.fingerprint != self.fingerprint:
+            raise ValueError(f"cannot join pairs at {other.image_size} px of labeller {other.fingerprint} to pairs at "
+                             f"{self.image_size} px of labeller {self.fingerprint}")
+        shapes = self.shapes + other.shapes if self.shapes is not None and other.shapes is not None else None
+        return PairSet(torch.cat([self.images, other.images]), TargetBatch.cat([self.targets, other.targets]),
+                       self.hashes + other.hashes, self.names + other.names, self.image_size, self.fingerprint,
+                       self.labeller_params, list(self.misses), shapes)
 
     def split(self, held_out: float) -> tuple["PairSet", "PairSet"]:
         """``(train, held_out)`` by :func:`held_out_mask` of the content hashes."""
@@ -270,9 +288,13 @@ def load_pairs(images_dir: str | Path, cache_dir: str | Path, image_size: int, f
     """
     from tqdm import tqdm
 
+    image_size = check_image_size(image_size, "image_size")
     images = image_set if image_set is not None else open_image_set(images_dir)
     all_hashes = images.hashes(progress=progress)
     chosen = select_limit(all_hashes, limit)
+    # the images (3 bytes a pixel) and the targets (mask, map, regions, boundaries), each held twice while stacked
+    check_memory(2 * len(chosen) * image_size * image_size * (3 + 4 * len(TARGET_CHANNELS)),
+                 f"{len(chosen)} image-target pairs at {image_size} px")
     hashes = [all_hashes[i] for i in chosen]
     cache_dir = Path(cache_dir)
     if fingerprint is None:
@@ -287,6 +309,7 @@ def load_pairs(images_dir: str | Path, cache_dir: str | Path, image_size: int, f
     indices = tqdm(chosen, desc=f"reading targets at {image_size}px", unit="img", disable=not progress,
                    leave=False)
     pixels = []
+    shapes: list[tuple[int, int]] = []
     try:
         for i in indices:
             target = cache.get(all_hashes[i])
@@ -298,6 +321,7 @@ def load_pairs(images_dir: str | Path, cache_dir: str | Path, image_size: int, f
                 misses.append(images.names[i])
                 continue
             keep.append(int(i))
+            shapes.append((int(image.shape[0]), int(image.shape[1])))
             targets.append(target_at_size(target, image_size))
             pixels.append(fit_square(image, image_size))
     finally:
@@ -309,7 +333,8 @@ def load_pairs(images_dir: str | Path, cache_dir: str | Path, image_size: int, f
     image_tensor = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
     return PairSet(images=image_tensor, targets=TargetBatch.from_targets(targets, compact=True),
                    hashes=[all_hashes[i] for i in keep], names=[images.names[i] for i in keep],
-                   image_size=int(image_size), fingerprint=fingerprint, labeller_params=params, misses=misses)
+                   image_size=int(image_size), fingerprint=fingerprint, labeller_params=params, misses=misses,
+                   shapes=shapes)
 
 
 def shape_pairs(per_class_train: int, per_class_test: int, image_size: int = 32, source_size: int = 64,

@@ -80,6 +80,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from saliencyssl.datasets import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from saliencyssl.surrogate.losses import GAN_MODES, GANLoss, LossWeights, TargetLoss
 from saliencyssl.surrogate.model import (Surrogate, SurrogateCheckpointError, checkpoint_dict, read_checkpoint,
                                          save_checkpoint)
@@ -136,6 +137,12 @@ class TrainConfigError(ValueError):
     def __init__(self, field: str, value, need: str):
         self.field, self.value, self.need = field, value, need
         super().__init__(f"TrainConfig.{field} = {value!r}: {need}")
+
+
+#: Upper bounds of the sizes a training config may ask for: far above any useful value (the defaults are
+#: ngf 16, ndf 16, max_mult 8, head 8, batch 64), low enough that no value allocates more than a few GB.
+WIDTH_LIMITS = {"ngf": 512, "ndf": 512, "max_mult": 64, "head": 1024, "dropout_blocks": 64, "batch_size": 65536,
+                "grid_images": 256}
 
 
 @dataclass
@@ -200,6 +207,10 @@ class TrainConfig:
         for name, value in self.weights.as_dict().items():
             if value is not None and not value >= 0:
                 raise TrainConfigError(f"weights.{name}", value, "a loss weight must be 0 or more")
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or \
+                not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
+            raise TrainConfigError("image_size", self.image_size,
+                                   f"a whole number of pixels from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}")
         try:
             unet_depth(self.image_size)
         except ValueError:
@@ -211,6 +222,9 @@ class TrainConfig:
         for name in ("head", "dropout_blocks", "grid_images"):
             if getattr(self, name) < 0:
                 raise TrainConfigError(name, getattr(self, name), "give 0 (none) or more")
+        for name, high in WIDTH_LIMITS.items():  # a typo of one digit must not ask for terabytes of weights
+            if getattr(self, name) > high:
+                raise TrainConfigError(name, getattr(self, name), f"give at most {high}")
         for name in ("epochs", "max_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise TrainConfigError(name, getattr(self, name), "give 1 or more, or leave it unset")
