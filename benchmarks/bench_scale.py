@@ -9,7 +9,7 @@
    (building from the cache reads and decodes every entry; a pack at the training size is
    memory-mapped).
 
-Example (the figures in docs/benchmarks.md):
+Example (measured figures: docs/findings.md):
   python benchmarks/bench_scale.py --label-images ../shared/data/salbench/images \\
       --pack-data ../shared/data/cifar10/train --cache runs/cifar_cache --image-size 32 --json runs/bench_scale.json
 """

@@ -112,7 +112,7 @@ EOF
   # 4. on the quiet GPU: surrogate fidelity and speed, then the epoch benchmark
   for s in a b; do
     [ -f "$WORK/sur_$s/surrogate.pt" ] || continue
-    gzip -c "$WORK/sur_$s/surrogate.pt" > "$OUT/surrogate_$s.pt.gz"   # under 16 MB to come back from a lent machine
+    gzip -c "$WORK/sur_$s/surrogate.pt" > "$OUT/surrogate_$s.pt.gz"   # under 16 MB, small enough to copy back
     if [ -n "${TEST_CACHED:-}" ]; then   # set it when DATA/cache holds the test images' targets too
       run "fidelity_$s" $(( $(left) - 20 )) python3 scripts/eval_fidelity.py "$DATA/cifar_test" --cache "$DATA/cache" \
           --surrogate "$WORK/sur_$s/surrogate.pt" --json "$WORK/fidelity_$s.json" --device "$DEVICE"

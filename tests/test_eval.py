@@ -2,7 +2,7 @@
 ``scripts/evaluate.py``.
 
 Generated images and synthetic features cover everything without shared data; the CIFAR-10 tests
-(random backbone above chance, label-shuffled run at chance) need ``/work/shared`` (or
+(random backbone above chance, label-shuffled run at chance) need ``../shared`` beside the checkout (or
 ``$SALIENCYSSL_SHARED``) and skip with the reason when it is absent.
 """
 

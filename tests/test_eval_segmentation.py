@@ -1,7 +1,7 @@
 """Tests of the segmentation protocol (``saliencyssl.eval.segmentation``, ``scripts/eval_segmentation.py``).
 
 Generated image/mask pairs cover data handling, the model, training and scores without shared
-data; the end-to-end run on real salbench photos needs ``/work/shared`` (or
+data; the end-to-end run on real salbench photos needs ``../shared`` beside the checkout (or
 ``$SALIENCYSSL_SHARED``) and skips with the reason when it is absent.
 """
 
