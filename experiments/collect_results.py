@@ -262,9 +262,9 @@ def photo_surrogate(args) -> None:
             scores = json.loads(path.read_text())["vs_masks"]
             if name not in exact_done:
                 exact_done.add(name)
-                e = scores["exact"]
-                rows.append([label, "exact SaliencyCut", scores["n"], round(e["f"], 4), round(e["iou"], 4),
-                             round(e["mae"], 4)])
+                for key, who in (("exact", "exact SaliencyCut"), ("centre_box", "centred box (image-blind)")):
+                    e = scores[key]
+                    rows.append([label, who, scores["n"], round(e["f"], 4), round(e["iou"], 4), round(e["mae"], 4)])
             s = scores["surrogate"]
             rows.append([label, f"surrogate, {variants} variants a photo, {steps} steps", scores["n"],
                          round(s["f"], 4), round(s["iou"], 4), round(s["mae"], 4)])
@@ -273,6 +273,8 @@ def photo_surrogate(args) -> None:
              "same wall time on one torch thread; scored at 96 px on the centre crop against the human masks of "
              "three sets never trained on. Mask F-measure with beta^2 = 0.3, mask IoU, MAE of the saliency map "
              "(Cheng's conventions), means over the images."]
+    commands.append("saliency-ssl fidelity ../shared/data/SET/images --cache CACHE --surrogate RUN/surrogate.pt "
+                    "--masks ../shared/data/SET/masks --json RUN/SET.json")
     write(Path(args.out) / "photo_surrogate.json", "The photo surrogate and the exact labeller against human masks",
           ["set", "segmenter", "images", "F (beta^2 = 0.3)", "IoU", "MAE"], rows,
           commands + [f"python experiments/collect_results.py photo_surrogate --runs {args.runs}"], notes, args.date,

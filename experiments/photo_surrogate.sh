@@ -1,24 +1,25 @@
 #!/usr/bin/env bash
-# Experiment: the photo surrogate at 96 px, judged against human masks.
+# Experiment: the photo surrogate at 96 px, judged against human masks, with and without variants.
 #
-# Trains `saliency-ssl train-surrogate` with its defaults on the 1,295 photos without masks (clothing_parsing/unlabelled
-# and bsds500_test/images, linked into one folder), for MINUTES of wall time on one torch thread: every training photo
-# gives 8 variants (crops, rescales, mirrors at 96 px, labelled as images of their own; written to $OUT/run/variants/),
-# the held-out photos none. Then the surrogate and the exact labeller are scored side by side against the human masks
-# of three sets that were never trained on (clothing_parsing/images, weizmann_horses, salbench), at 96 px on the
+# Trains `saliency-ssl train-surrogate` on the 1,295 photos without masks (clothing_parsing/unlabelled and
+# bsds500_test/images, linked into one folder) for MINUTES of wall time on one torch thread, twice: with no variants
+# and with 8 variants of every training photo (crops, rescales, mirrors at 96 px, each labelled as an image of its
+# own; the held-out photos give none). Then each surrogate and the exact labeller are scored side by side against the
+# human masks of three sets never trained on (clothing_parsing/images, weizmann_horses, salbench), at 96 px on the
 # centre crop (`saliency-ssl fidelity --masks`, key vs_masks), and the surrogate's time per image at 96 px on one CPU
 # thread is measured beside the exact labeller's on the original photos.
 #
 #   bash experiments/photo_surrogate.sh                   (labels what the cache lacks first: hours on 2 cores)
-#   MINUTES=10 OUT=runs/exp/photo_surrogate_10 bash experiments/photo_surrogate.sh
+#   MINUTES=30 OUT=runs/exp/photo_surrogate_30 bash experiments/photo_surrogate.sh
+#   python experiments/collect_results.py photo_surrogate --runs "$OUT"
 #
-# Outputs in $OUT: run/ (the run folder: surrogate.pt, run.json, history.json, variants/), clothing_parsing.json,
-# weizmann_horses.json, salbench.json (fidelity with vs_masks), bench_surrogate.json, bench_labeller.json.
+# Outputs in $OUT: v0/ and v8/ (run folders: surrogate.pt, run.json, history.json, variants/; and clothing_parsing.json,
+# weizmann_horses.json, salbench.json: fidelity with vs_masks), bench_surrogate.json, bench_labeller.json.
 set -euo pipefail
 SHARED=${SHARED:-../shared/data}
 CACHE=${CACHE:-runs/caches/photos}
 OUT=${OUT:-runs/exp/photo_surrogate}
-MINUTES=${MINUTES:-30}
+MINUTES=${MINUTES:-15}
 PY=${PY:-python}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
@@ -30,19 +31,23 @@ done
 $PY experiments/link_folders.py runs/data/photos_unlabelled "$SHARED/clothing_parsing/unlabelled" \
     "$SHARED/bsds500_test/images"
 
-# 2. the surrogate: the stage's defaults at 96 px (8 variants per photo), one torch thread
-nice -n 10 $PY -m saliencyssl train-surrogate runs/data/photos_unlabelled --cache "$CACHE" --out "$OUT/run" \
-    --size 96 --max-minutes "$MINUTES" --threads 1 --quiet
+# 2. the surrogates at 96 px, one torch thread, equal wall time
+for k in 0 8; do
+  nice -n 10 $PY -m saliencyssl train-surrogate runs/data/photos_unlabelled --cache "$CACHE" --out "$OUT/v$k" \
+      --size 96 --max-minutes "$MINUTES" --variants "$k" --threads 1 --quiet
+done
 
-# 3. surrogate and exact labeller against human masks
-for set in clothing_parsing weizmann_horses salbench; do
-  nice -n 10 $PY -m saliencyssl fidelity "$SHARED/$set/images" --cache "$CACHE" --surrogate "$OUT/run/surrogate.pt" \
-      --masks "$SHARED/$set/masks" --json "$OUT/$set.json" --quiet
+# 3. surrogates and exact labeller against human masks
+for k in 0 8; do
+  for set in clothing_parsing weizmann_horses salbench; do
+    nice -n 10 $PY -m saliencyssl fidelity "$SHARED/$set/images" --cache "$CACHE" --surrogate "$OUT/v$k/surrogate.pt" \
+        --masks "$SHARED/$set/masks" --json "$OUT/v$k/$set.json" --quiet
+  done
 done
 
 # 4. time per image: the surrogate at 96 px on one thread; the exact labeller on the original photos (one by one,
 #    faithful engine, as saliency-ssl label's workers run it)
 $PY benchmarks/bench_surrogate.py --data "$SHARED/clothing_parsing/images" --image-size 96 --num-images 512 \
-    --batch-size 128 --labeller-images 16 --surrogate "$OUT/run/surrogate.pt" --threads 1 \
+    --batch-size 128 --labeller-images 16 --surrogate "$OUT/v0/surrogate.pt" --threads 1 \
     --json "$OUT/bench_surrogate.json"
-$PY benchmarks/bench_labeller.py "$SHARED/salbench/images" --engines faithful --json "$OUT/bench_labeller.json"
+$PY benchmarks/bench_labeller.py "$SHARED/clothing_parsing/images" --engines faithful --limit 32 --json "$OUT/bench_labeller.json"

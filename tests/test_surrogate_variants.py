@@ -20,7 +20,7 @@ from saliencyssl.imageio import read_image
 from saliencyssl.saliency import Labeller, LabellerConfig
 from saliencyssl.surrogate.model import Surrogate
 from saliencyssl.surrogate.pairs import held_out_mask, load_pairs
-from saliencyssl.surrogate.variants import (MANIFEST, VariantSpec, default_count, make_variants, materialise,
+from saliencyssl.surrogate.variants import (MANIFEST, VariantSpec, make_variants, materialise,
                                             variant_boxes, write_variants)
 
 HASH = "0123456789abcdef0123456789abcdef"
@@ -66,18 +66,6 @@ def test_a_variant_keeps_its_aspect_ratio_with_the_shorter_side_at_the_training_
     assert math.isclose(out.shape[1] / out.shape[0], box.width / box.height, rel_tol=0.05)
     mirrored = materialise(image, type(box)(box.top, box.left, box.height, box.width, True), 48)
     assert np.array_equal(mirrored, out[:, ::-1])
-
-
-def test_the_default_count_needs_photos_larger_than_the_training_size():
-    assert default_count([480, 320, 400], 96) == 8  # photos at 96 px
-    assert default_count([32] * 5, 32) == 0  # CIFAR-10
-    assert default_count([64] * 5, 32) == 0  # generated shapes at 32 px: below the size variants are made at
-    assert default_count([150] * 5, 96) == 0  # the smallest crop would be enlarged
-    assert default_count([], 96) == 0
-    with pytest.raises(ValueError, match="variant count"):
-        VariantSpec(count=-1)
-    with pytest.raises(ValueError, match="area"):
-        VariantSpec(min_area=0.0)
 
 
 def test_variants_are_deterministic_written_where_asked_and_labelled_once(photos, tmp_path):

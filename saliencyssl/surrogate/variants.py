@@ -56,19 +56,12 @@ import numpy as np
 from saliencyssl.datasets import ImageSet
 from saliencyssl.saliency.labeller import LabellerConfig
 
-#: Variants per photo made by default (:func:`default_count`); the measurements behind it are in
-#: the project's ``experiments/photo_surrogate.sh``.
+#: Variants per photo of a :class:`VariantSpec` built without a count. The surrogate's stage makes
+#: none unless asked (``--variants K``): on 1,295 photos at 96 px and equal wall time (15 minutes,
+#: about 1,500 steps either way), 8 variants a photo left the F-measure against human masks where
+#: it was, lowered the saliency MAE and lowered the mask IoU (docs/findings.md), for several minutes
+#: of labelling.
 DEFAULT_VARIANTS = 8
-
-#: Variants are made by default only from images whose median shorter side is at least this many
-#: times the training size: the smallest crop (area ``min_area`` = 0.3, sides 0.55 of the photo's)
-#: is then still shrunk to ``S``, never enlarged into a blurred crop.
-MIN_SOURCE_FACTOR = 2.0
-
-#: ... and only at training sizes of at least this many pixels. At 32 px (CIFAR-10) the exact
-#: labeller is at its most brittle (its mask changes presence for one image in nine under a
-#: one-pixel shift), and a set of that size has tens of thousands of originals to learn from.
-MIN_VARIANT_SIZE = 64
 
 #: The most variants per photo a run may ask for (each is a PNG on disk and a labelling).
 MAX_VARIANTS = 256
@@ -190,16 +183,6 @@ def materialise(image: np.ndarray, box: VariantBox, size: int) -> np.ndarray:
 def variant_name(image_hash: str, index: int) -> str:
     """File name of variant ``index`` of the photo with ``image_hash``: ``<hash>_v<index>.png``."""
     return f"{image_hash}_v{index:02d}.png"
-
-
-def default_count(shorter_sides: Sequence[int], size: int) -> int:
-    """Variants per photo when none is asked for: :data:`DEFAULT_VARIANTS` when the training size is at
-    least :data:`MIN_VARIANT_SIZE` and the median shorter side of the images at least
-    :data:`MIN_SOURCE_FACTOR` x ``size`` (photos at 96 px), else 0 (CIFAR-10 at 32 px, or the 64 px
-    generated shapes at 32 px)."""
-    if not len(shorter_sides) or size < MIN_VARIANT_SIZE:
-        return 0
-    return DEFAULT_VARIANTS if float(np.median(shorter_sides)) >= MIN_SOURCE_FACTOR * size else 0
 
 
 def write_variants(image_set: ImageSet, indices: Sequence[int], hashes: Sequence[str], out_dir: str | Path,
@@ -352,6 +335,6 @@ def make_variants(image_set: ImageSet, train, cache_dir: str | Path, out_dir: st
                    pairs.image_size, pairs.fingerprint, pairs.labeller_params, []), summary
 
 
-__all__ = ["VariantSpec", "VariantBox", "DEFAULT_VARIANTS", "MIN_SOURCE_FACTOR", "MIN_VARIANT_SIZE", "MANIFEST", "variant_boxes",
-           "materialise", "variant_name", "default_count", "write_variants", "label_variants", "make_variants",
+__all__ = ["VariantSpec", "VariantBox", "DEFAULT_VARIANTS", "MANIFEST", "variant_boxes",
+           "materialise", "variant_name", "write_variants", "label_variants", "make_variants",
            "photo_generator"]
