@@ -30,7 +30,10 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import pickle
+import stat
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -45,7 +48,8 @@ if TYPE_CHECKING:
     from saliencyssl.target import Target
 
 from saliencyssl.hashing import content_hash
-from saliencyssl.imageio import IMAGE_SUFFIXES, ImageDecodeError, list_images, read_image, to_rgb_uint8
+from saliencyssl.imageio import IMAGE_SUFFIXES, ImageDecodeError, list_images, read_image, to_rgb_uint8, \
+    walk_files
 
 #: Square sizes a stage accepts for its training images: the networks need at least 8 px, and no stage
 #: is meant for more than 1,024 px (a set of CIFAR size would no longer fit in memory).
@@ -92,6 +96,11 @@ def check_memory(needed: int, what: str) -> None:
 CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST_BATCH = "test_batch"
 CIFAR_META = "batches.meta"
+#: Largest CIFAR pickle :func:`load_cifar_pickle` reads, checked on the opened file before any byte is
+#: read. A CIFAR-10 batch holds 10,000 images of 3,072 bytes (31 MB on disk); 256 MiB leaves room for a
+#: batch of 80,000 images (CIFAR-100's single 50,000-image training file is 155 MB) and refuses a file
+#: that would only fill memory.
+MAX_CIFAR_FILE_BYTES = 256 << 20
 
 def _latin1_bytes(text: str, encoding: str) -> bytes:
     """What a protocol-2 pickle written by Python 3 calls to rebuild ``bytes``: ``_codecs.encode(text, "latin1")``;
@@ -162,15 +171,30 @@ class CifarUnpickler(pickle._Unpickler):
     """
 
     def __init__(self, file, *, max_bytes: int | None = None, **kwargs):
-        super().__init__(file, **kwargs)
         if max_bytes is None:
             try:
                 max_bytes = len(file.getbuffer())
             except AttributeError:
-                max_bytes = 1 << 30
+                try:
+                    max_bytes = os.fstat(file.fileno()).st_size
+                except (AttributeError, OSError, io.UnsupportedOperation):
+                    max_bytes = MAX_CIFAR_FILE_BYTES
         self.max_bytes = int(max_bytes)
+        super().__init__(_BoundedReader(file, self.max_bytes), **kwargs)
         self.dispatch = dict(self.dispatch)
         self.dispatch[pickle.BUILD[0]] = CifarUnpickler._load_build
+        self.dispatch[pickle.BYTEARRAY8[0]] = CifarUnpickler._load_bytearray8
+
+    def _load_bytearray8(self):
+        # Python's own unpickler allocates the claimed length before reading it (bytearray(n), zero-filled):
+        # a 20-byte pickle could ask for gigabytes. The claim is checked against the file first.
+        (size,) = struct.unpack("<Q", self.read(8))
+        if size > self.max_bytes:
+            raise UnsafePickleError(f"the pickle claims a bytearray of {size:,} bytes, more than the file holds "
+                                    f"({self.max_bytes:,})")
+        buffer = bytearray(size)
+        self.readinto(buffer)
+        self.append(buffer)
 
     def _check_size(self, shape, dtype: np.dtype) -> tuple[int, ...]:
         try:
@@ -206,9 +230,18 @@ class CifarUnpickler(pickle._Unpickler):
         return np.frombuffer(data, dtype)[0]
 
     def _frombuffer(self, buffer, dtype_spec, shape, order="C"):
+        # numpy pickles an array with protocol 5 as _frombuffer(its bytes, dtype, shape, order): the buffer is
+        # the bytes (or bytearray) the pickle holds, never a number (bytes(n) would allocate n zero bytes).
+        if not isinstance(buffer, (bytes, bytearray)):
+            raise UnsafePickleError(f"the pickle rebuilds an array from a {type(buffer).__name__}, not from the bytes "
+                                    f"it holds")
         dtype = _safe_dtype(dtype_spec)
         shape = self._check_size(shape, dtype)
-        return np.frombuffer(bytes(buffer), dtype).reshape(shape, order=order).copy()
+        if order not in ("C", "F"):
+            raise UnsafePickleError(f"the pickle gives an array order {order!r:.20}")
+        if len(buffer) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+            raise UnsafePickleError("the pickle's array data does not fit its shape")
+        return np.frombuffer(buffer, dtype).reshape(shape, order=order).copy()
 
     def find_class(self, module: str, name: str):
         wrappers = {
@@ -248,16 +281,70 @@ class CifarUnpickler(pickle._Unpickler):
             _safe_dtype(inst)
 
 
+class _BoundedReader:
+    """A pickle's file, read so that no single read can ask for more than the file holds.
+
+    Python's unpickler reads a length from the pickle and then ``read(length)`` from the file; a
+    buffered file allocates that length before reading, so a few bytes could claim gigabytes. Here a
+    read of more than the bytes left (of ``limit``) fails as a truncated pickle, unallocated."""
+
+    def __init__(self, file, limit: int):
+        self._file = file
+        self._left = int(limit)
+
+    def _take(self, count: int) -> None:
+        if count > self._left:
+            raise pickle.UnpicklingError(f"the pickle reads {count:,} bytes where the file has {self._left:,} left "
+                                         f"(truncated or damaged)")
+
+    def read(self, count: int = -1) -> bytes:
+        count = self._left if count is None or count < 0 else count
+        self._take(count)
+        data = self._file.read(count)
+        self._left -= len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        self._take(len(buffer))
+        count = self._file.readinto(buffer)
+        self._left -= count
+        return count
+
+    def readline(self) -> bytes:
+        line = self._file.readline(self._left + 1)
+        self._left -= len(line)
+        return line
+
+    def peek(self, *args):  # pragma: no cover - the pure-Python unpickler does not peek
+        return self._file.peek(*args)
+
+
 def load_cifar_pickle(path: str | Path) -> object:
     """Read one CIFAR-10 pickle (a batch or ``batches.meta``) with :class:`CifarUnpickler`.
 
+    The file must be a regular file (a pipe or device is refused unopened) of at most
+    :data:`MAX_CIFAR_FILE_BYTES`, checked on the opened file; it is then unpickled as it is read
+    (no copy of the whole file), every array and bytes object bounded by the file's size.
+
     Raises:
-        ImageDecodeError: the file is unreadable, not a pickle, or names a callable outside the format.
+        ImageDecodeError: the file is unreadable, too large, not a pickle, or names a callable outside the format.
     """
     path = Path(path)
     try:
-        data = path.read_bytes()
-        return CifarUnpickler(io.BytesIO(data), encoding="bytes").load()
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ImageDecodeError(path, "not a regular file (a pipe, a device or a folder)")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
+            info = os.fstat(fh.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ImageDecodeError(path, "not a regular file (a pipe, a device or a folder)")
+            if info.st_size > MAX_CIFAR_FILE_BYTES:
+                raise ImageDecodeError(path, f"the file has {info.st_size:,} bytes, more than the "
+                                             f"{MAX_CIFAR_FILE_BYTES:,} a CIFAR-10 python batch can take (one holds "
+                                             f"31 MB); it is not a CIFAR-10 batch")
+            return CifarUnpickler(fh, max_bytes=info.st_size, encoding="bytes").load()
+    except ImageDecodeError:
+        raise
     except UnsafePickleError as error:
         raise ImageDecodeError(path, f"refused: {error}; it may be crafted to run code, do not load it with "
                                      f"pickle") from error
@@ -370,7 +457,7 @@ def open_image_set(path: str | Path, keep_decoded: bool | None = None) -> ImageS
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; give an image folder or CIFAR-10 python batches")
-    if _is_cifar(path):
+    if is_cifar(path):
         return _open_cifar(path)
     files = list_images(path)
     batches = [n for n in CIFAR_TRAIN_BATCHES + (CIFAR_TEST_BATCH,) if (path / n).is_file()]
@@ -409,23 +496,33 @@ def open_image_set(path: str | Path, keep_decoded: bool | None = None) -> ImageS
     return image_set
 
 
-def _is_cifar(path: Path) -> bool:
-    """A batch file given by path, or a folder with ``batches.meta``, a batch and no image file."""
+def is_cifar(path: str | Path) -> bool:
+    """Whether :func:`open_image_set` reads ``path`` as CIFAR-10 python batches: a batch file given by
+    path (``data_batch_N`` or ``test_batch``), or a folder with ``batches.meta``, a batch and no image file."""
+    path = Path(path)
     names = CIFAR_TRAIN_BATCHES + (CIFAR_TEST_BATCH,)
     if path.is_file():
         return path.name in names
     if not (path / CIFAR_META).is_file() or not any((path / name).is_file() for name in names):
         return False
-    return not any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.rglob("*"))
+    return not any(p.suffix.lower() in IMAGE_SUFFIXES for p in walk_files(path))
+
+
+_is_cifar = is_cifar
 
 
 def _open_cifar(path: Path) -> ImageSet:
     """CIFAR-10 python batches: a folder opens the train batches, or ``test_batch`` alone when
-    only it is present; a file opens that batch."""
+    only it is present; a file opens that batch. Every label must be a whole number naming one of
+    the classes of ``batches.meta`` (the ten CIFAR-10 classes when there is none)."""
     if path.is_file():
         batch_files = [path]
     else:
         batch_files = [path / n for n in CIFAR_TRAIN_BATCHES if (path / n).is_file()] or [path / CIFAR_TEST_BATCH]
+    folder = path if path.is_dir() else path.parent
+    classes = _cifar_classes(folder)
+    where = f"named in {folder / CIFAR_META}" if (folder / CIFAR_META).is_file() else \
+        f"CIFAR-10's, as no {CIFAR_META} lies beside it"
     images, labels, names = [], [], []
     for batch_file in batch_files:
         batch = load_cifar_pickle(batch_file)
@@ -435,7 +532,7 @@ def _open_cifar(path: Path) -> ImageSet:
             if not isinstance(raw, np.ndarray) or raw.dtype != np.uint8 or raw.ndim != 2 or raw.shape[1] != 3072:
                 raise ValueError(f"'data' must be an (N, 3072) uint8 array, got "
                                  f"{getattr(raw, 'dtype', type(raw).__name__)} {getattr(raw, 'shape', '')}")
-            batch_labels = [int(v) for v in batch_labels]
+            batch_labels = _check_cifar_labels(batch_labels, len(classes), where)
             if len(batch_labels) != len(raw):
                 raise ValueError(f"{len(batch_labels)} labels for {len(raw)} images")
         except (AttributeError, KeyError, TypeError, ValueError) as error:
@@ -446,11 +543,30 @@ def _open_cifar(path: Path) -> ImageSet:
         names.extend(f"{batch_file.name}:{i}" for i in range(len(raw)))
     check_memory(sum(part.nbytes for part in images), f"the CIFAR-10 batches of {path}")
     pixels = np.ascontiguousarray(np.concatenate(images))
-    classes = _cifar_classes(path if path.is_dir() else path.parent)
     image_set = ImageSet(names=names, labels=np.array(labels, np.int64), classes=classes, root=path,
                          _load=lambda i: pixels[i])
     image_set._cached = {i: pixels[i] for i in range(len(pixels))}
     return image_set
+
+
+def _check_cifar_labels(labels, class_count: int, where: str = "") -> list[int]:
+    """A batch's labels as ints, each a whole number in ``0..class_count - 1`` (``where`` says whose classes).
+
+    Raises:
+        TypeError: not a list of whole numbers.
+        ValueError: a label outside the classes, naming the first such image and what ``batches.meta`` holds.
+    """
+    if not isinstance(labels, (list, tuple, np.ndarray)):
+        raise TypeError(f"'labels' must be a list of whole numbers, got {type(labels).__name__}")
+    out = []
+    for index, value in enumerate(labels):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"label of image {index} is {value!r:.40}, not a whole number")
+        if not 0 <= value < class_count:
+            raise ValueError(f"label {value!r:.40} of image {index} is outside 0..{class_count - 1}: there are "
+                             f"{class_count} classes ({where})")
+        out.append(int(value))
+    return out
 
 
 def _cifar_classes(folder: Path) -> list[str]:
@@ -458,9 +574,13 @@ def _cifar_classes(folder: Path) -> list[str]:
     if meta.is_file():
         names = load_cifar_pickle(meta)
         try:
-            return [n.decode() if isinstance(n, bytes) else str(n) for n in names[b"label_names"]]
-        except (KeyError, TypeError, AttributeError) as error:
-            raise ImageDecodeError(meta, f"not CIFAR-10 batch metadata (no list 'label_names': {error})") from error
+            classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names[b"label_names"]]
+        except (KeyError, TypeError, AttributeError, ValueError) as error:
+            raise ImageDecodeError(meta, f"not CIFAR-10 batch metadata (no list 'label_names' of names: "
+                                         f"{type(error).__name__}: {error})") from error
+        if not classes:
+            raise ImageDecodeError(meta, "not CIFAR-10 batch metadata ('label_names' names no class)")
+        return classes
     return ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -517,4 +637,5 @@ def target_at_size(target: "Target", size: int) -> "Target":
 
 
 __all__ = ["ImageSet", "open_image_set", "fit_square", "target_at_size", "to_rgb_uint8", "check_image_size",
-           "check_memory", "MIN_IMAGE_SIZE", "MAX_IMAGE_SIZE", "CifarUnpickler", "load_cifar_pickle"]
+           "check_memory", "MIN_IMAGE_SIZE", "MAX_IMAGE_SIZE", "CifarUnpickler", "load_cifar_pickle", "is_cifar",
+           "MAX_CIFAR_FILE_BYTES"]

@@ -16,9 +16,12 @@ values divided by 257 and rounded, floats in [0, 1] scaled by 255.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
+import warnings
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 import numpy as np
 
@@ -31,6 +34,13 @@ MAX_DECODE_PIXELS = 100_000_000
 # OpenCV's own ceiling, for the formats whose header Pillow cannot read (OpenCV reads this once, at its
 # first decode; a caller's own setting is kept).
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_DECODE_PIXELS))
+#: Largest image file :func:`read_image` and :func:`read_mask` read, checked on the opened file before any
+#: byte is read. The largest image they decode (:data:`MAX_DECODE_PIXELS`) stored uncompressed at 4 bytes a
+#: pixel (8-bit RGBA, as an uncompressed BMP or TIFF holds it; PNG, JPEG and WebP are smaller) takes 400 MB,
+#: plus 1 MiB for headers and metadata (EXIF, ICC profiles). A larger file cannot be an image this toolkit
+#: decodes, only one that would take its size in memory before failing (a 16-bit or float TIFF over 50 M
+#: pixels, stored uncompressed, is refused too: convert it to 8 bits first).
+MAX_IMAGE_FILE_BYTES = 4 * MAX_DECODE_PIXELS + (1 << 20)
 
 
 class ImageDecodeError(ValueError):
@@ -47,17 +57,47 @@ def list_images(root: str | Path) -> list[Path]:
 
     Links named like images are listed even when they point nowhere (dangling or looping), and so
     are pipes and devices named like images, so a job reports them as files it could not read
-    instead of skipping them unseen (or blocking on them).
+    instead of skipping them unseen (or blocking on them). Links to folders are not followed, and the
+    walk keeps its own stack (:func:`walk_files`), so a folder nested thousands deep is listed like
+    any other.
 
     Raises:
         FileNotFoundError: ``root`` does not exist or is not a folder.
+        OSError: a folder below ``root`` cannot be listed for another reason than its permissions
+            (for example a path longer than the system allows), naming it.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
-    files = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_symlink() or p.exists())
-             and not p.is_dir()]
+    files = [p for p in walk_files(root) if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def walk_files(root: str | Path) -> Iterator[Path]:
+    """Every entry below ``root`` that is not a folder (files, links of any kind, pipes, devices).
+
+    Iterative (an explicit stack of folders, never recursion), so the depth of a tree is no limit;
+    links to folders are listed as entries, not followed (as :meth:`pathlib.Path.rglob` does), so a
+    link cannot make the walk loop. A folder without read permission is skipped, as ``rglob`` skips it.
+
+    Raises:
+        OSError: a folder cannot be listed for another reason, naming it.
+    """
+    stack = [Path(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+                    else:
+                        yield Path(entry.path)
+        except (PermissionError, FileNotFoundError):  # unreadable, or removed while walking
+            continue
+        except OSError as error:
+            raise OSError(error.errno, f"cannot list the folder ({error.strerror}); move its images to a "
+                                       f"shallower folder or remove it", str(folder)) from error
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -69,8 +109,7 @@ def read_image(path: str | Path) -> np.ndarray:
     import cv2
 
     path = Path(path)
-    data = _read_regular_file(path)
-    _check_decoded_size(path, data)
+    data = read_image_file(path)
     try:
         image = cv2.imdecode(data, cv2.IMREAD_COLOR)  # what the original's imread(path) returns
     except cv2.error as error:  # OpenCV's own size limit, or a decoder assertion
@@ -79,42 +118,120 @@ def read_image(path: str | Path) -> np.ndarray:
         return to_rgb_uint8(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), source=path)
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # what IMREAD_COLOR refuses, e.g. 32-bit float TIFF
     if image is None:
-        image = _read_with_pillow(path)
+        image = _read_with_pillow(path, data)
     elif image.ndim == 3 and image.shape[2] >= 3:
         image = image[:, :, 2::-1]  # OpenCV's BGR(A) to RGB; to_rgb_uint8 does the rest (grey + alpha, dtype)
     return to_rgb_uint8(image, source=path)
 
 
-def _read_regular_file(path: Path) -> np.ndarray:
-    """The bytes of a regular file (a link is followed; a pipe, device or folder is refused unread)."""
+def read_image_file(path: str | Path) -> np.ndarray:
+    """The encoded bytes of an image file, as ``(n,)`` uint8, after every check that needs no decoding.
+
+    In order, each before anything larger is read: the path must name a regular file (a link is
+    followed; a pipe, device or folder is refused unopened, since opening a pipe blocks); the opened
+    file's size (``fstat``) must lie in ``1..MAX_IMAGE_FILE_BYTES``; the size its header claims
+    (read by Pillow from the start of the file, a few KB) must be at most :data:`MAX_DECODE_PIXELS`.
+    Only then is the file read, once, into one array.
+
+    Raises:
+        ImageDecodeError: naming the file and the check it failed.
+    """
+    path = Path(path)
     try:
-        info = os.stat(path)
-        if not stat.S_ISREG(info.st_mode):
-            raise ImageDecodeError(path, "not a regular file (a pipe, a device or a folder)")
-        data = np.fromfile(path, dtype=np.uint8)
+        with _open_regular_file(path) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size == 0:
+                raise ImageDecodeError(path, "the file is empty")
+            if size > MAX_IMAGE_FILE_BYTES:
+                raise ImageDecodeError(path, f"the file has {size:,} bytes, more than the {MAX_IMAGE_FILE_BYTES:,} "
+                                             f"an image of {MAX_DECODE_PIXELS:,} pixels can take; it is not an image "
+                                             f"this toolkit decodes")
+            _check_claimed_pixels(path, fh)
+            fh.seek(0)
+            data = np.empty(size, np.uint8)
+            view, filled = memoryview(data), 0
+            while filled < size:  # the file may have shrunk since fstat: keep what is there
+                count = fh.readinto(view[filled:])
+                if not count:
+                    break
+                filled += count
     except OSError as error:
         raise ImageDecodeError(path, str(error)) from error
-    if data.size == 0:
+    if filled == 0:
         raise ImageDecodeError(path, "the file is empty")
-    return data
+    return data[:filled]
 
 
-def image_header_size(data: np.ndarray) -> tuple[int, int] | None:
-    """``(width, height)`` an encoded image claims in its header (Pillow reads only the header), or ``None``."""
-    import io
+def _open_regular_file(path: Path) -> BinaryIO:
+    """``path`` opened for reading when it is a regular file (a link is followed), else ImageDecodeError.
 
+    The name is checked before opening (opening a pipe blocks until someone writes to it), and the
+    opened file again (the name may have been swapped in between; ``O_NONBLOCK`` keeps that open from
+    blocking)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ImageDecodeError(path, "not a regular file (a pipe, a device or a folder)")
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ImageDecodeError(path, "not a regular file (a pipe, a device or a folder)")
+    return os.fdopen(fd, "rb")
+
+
+class _BufferFile(io.RawIOBase):
+    """A read-only, seekable file over a buffer that is never copied whole (reads copy what they return)."""
+
+    def __init__(self, data):
+        super().__init__()
+        self._view = memoryview(data).cast("B")
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        chunk = self._view[self._pos:self._pos + len(buffer)]
+        memoryview(buffer).cast("B")[:len(chunk)] = chunk
+        self._pos += len(chunk)
+        return len(chunk)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
+def image_header_size(data) -> tuple[int, int] | None:
+    """``(width, height)`` an encoded image claims in its header, or ``None``.
+
+    Args:
+        data: the encoded image as a binary file opened at its start (Pillow reads only the header
+            from it, a few KB), or as a buffer (``(n,)`` uint8 array, bytes), read in place, not copied.
+
+    Raises:
+        ImageDecodeError: the header claims more than Pillow's own limit (``<bytes>`` stands for the file).
+    """
     from PIL import Image
 
+    source = data if hasattr(data, "read") else io.BufferedReader(_BufferFile(data))
     try:
-        with Image.open(io.BytesIO(data.tobytes())) as opened:
-            return opened.size
+        with warnings.catch_warnings():  # Pillow's warning above 89 M pixels: the caller compares the size itself
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source) as opened:
+                return opened.size
     except Image.DecompressionBombError as error:  # Pillow's own limit, read from the header too
         raise ImageDecodeError("<bytes>", str(error)) from error
     except Exception:  # not a format Pillow knows, or a damaged header: the decoder will say
         return None
 
 
-def _check_decoded_size(path: Path, data: np.ndarray) -> None:
+def _check_claimed_pixels(path: Path, data) -> None:
+    """Refuse a file (or buffer) whose header claims more than :data:`MAX_DECODE_PIXELS` pixels."""
     try:
         size = image_header_size(data)
     except ImageDecodeError as error:
@@ -126,8 +243,9 @@ def _check_decoded_size(path: Path, data: np.ndarray) -> None:
                                      f"photo to shrink first)")
 
 
-def _read_with_pillow(path: Path) -> np.ndarray:
-    """Fallback decoder for formats OpenCV lacks (for example some palette or WebP variants)."""
+def _read_with_pillow(path: Path, data: np.ndarray) -> np.ndarray:
+    """Fallback decoder for formats OpenCV lacks (for example some palette or WebP variants), on the
+    bytes :func:`read_image_file` read (``path`` only names them)."""
     try:
         from PIL import Image
     except ImportError as error:  # pragma: no cover - pillow comes with torchvision
@@ -136,7 +254,7 @@ def _read_with_pillow(path: Path) -> np.ndarray:
         from PIL import ImageOps
 
         Image.MAX_IMAGE_PIXELS = MAX_DECODE_PIXELS  # Pillow refuses larger images itself
-        with Image.open(path) as opened:
+        with Image.open(io.BufferedReader(_BufferFile(data))) as opened:
             opened.load()
             img = ImageOps.exif_transpose(opened)
             if img.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
@@ -212,8 +330,7 @@ def read_mask(path: str | Path) -> np.ndarray:
 
     path = Path(path)
     try:
-        data = _read_regular_file(path)
-        _check_decoded_size(path, data)
+        data = read_image_file(path)
     except ImageDecodeError as error:
         raise ValueError(f"{path}: cannot decode the mask ({error.reason})") from error
     try:

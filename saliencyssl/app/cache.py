@@ -29,10 +29,10 @@ import sys
 from pathlib import Path
 
 from saliencyssl.cache import TargetCache
-from saliencyssl.cache.packfile import MAGIC, PackError, open_pack, verify_pack
+from saliencyssl.cache.packfile import PACK_FORMAT, PackError, open_pack, verify_pack
 from saliencyssl.cache.store import CacheOpenError, cache_fingerprints
 from saliencyssl.cache.transfer import (MissingTargetsError, UndecodableImagesError, check_pack_destination,
-                                        export_pack, import_cache, import_pack)
+                                        export_pack, import_cache, import_pack, is_pack_file)
 from saliencyssl.datasets import check_image_size
 from saliencyssl.imageio import ImageDecodeError
 from saliencyssl.app.options import add_labeller_options, fail, labeller_config_from_args
@@ -42,10 +42,7 @@ SUMMARY = "stats, verify, export and import of caches and packs"
 
 
 def is_pack(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    with open(path, "rb") as fh:
-        return fh.read(len(MAGIC)) == MAGIC
+    return is_pack_file(path)
 
 
 def _not_a_cache(path: Path, hint: str = "IMAGES") -> int:
@@ -73,10 +70,12 @@ def cmd_stats(args) -> int:
 
 def cmd_verify(args) -> int:
     if is_pack(args.path):
-        pack = open_pack(args.path)
+        pack = open_pack(args.path)  # refuses an empty pack, and formats whose checksum cannot be trusted
         ok = verify_pack(pack)
+        older = (f" (format {pack.format}: its checksum does not cover its labeller parameters, which are "
+                 f"ignored; export it again for format {PACK_FORMAT})") if ok and pack.format < PACK_FORMAT else ""
         print(f"{args.path}: pack of {len(pack)} targets, fingerprint {pack.fingerprint}: "
-              f"{'checksum OK' if ok else 'CHECKSUM MISMATCH (damaged; export it again)'}")
+              f"{'checksum OK' if ok else 'CHECKSUM MISMATCH (damaged; export it again)'}{older}")
         return 0 if ok else 1
     if not TargetCache.exists(args.path):
         print(f"error: {args.path} is neither a cache folder (no cache.db) nor a pack", file=sys.stderr)
@@ -117,14 +116,14 @@ def cmd_export(args) -> int:
     if not TargetCache.exists(args.cache):
         return _not_a_cache(args.cache, str(args.images))
     try:
-        check_pack_destination(args.out, args.images if args.images.is_dir() else None, overwrite=args.overwrite)
+        check_pack_destination(args.out, args.images if args.images.is_dir() else None, overwrite=args.overwrite,
+                               cache_dir=args.cache)
     except FileExistsError as error:
-        print(f"error: {error}; choose another --out" + ("" if args.out.is_dir() else " or pass --overwrite"),
-              file=sys.stderr)
+        offer = not args.out.is_dir() and not args.overwrite
+        print(f"error: {error}; choose another --out" + (" or pass --overwrite" if offer else ""), file=sys.stderr)
         return 2
     except ValueError as error:
-        print(f"error: {error}: the next run would read it as an image; write it outside, e.g. --out "
-              f"{args.images.name}.pack", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         return 2
     cache = TargetCache(args.cache, config.fingerprint(), create=False)
     image_set = open_image_set(args.images, keep_decoded=False)
@@ -203,12 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="a data set's targets as one memory-mappable pack file")
     p.add_argument("cache", type=Path)
     p.add_argument("images", type=Path)
-    p.add_argument("--out", type=Path, required=True, help="the pack file to write (not inside IMAGES_DIR)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="the pack file to write (not inside IMAGES_DIR nor inside the cache folder)")
     p.add_argument("--image-size", type=int, default=None,
                    help="store targets at this square training size (8 to 1024)")
     p.add_argument("--allow-missing", action="store_true",
                    help="export what the cache holds even if images miss (or cannot be decoded)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing pack at --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing pack at --out (only a pack file: never another kind of file)")
     add_labeller_options(p)
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("import", help="merge a pack or a cache directory into a cache")

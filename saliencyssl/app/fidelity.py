@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from saliencyssl.app.options import fail, label_command
+from saliencyssl.app.options import check_output_file, fail, label_command
 from saliencyssl.surrogate.model import SurrogateCheckpointError
 from saliencyssl.surrogate.pairs import NoPairsError
 
@@ -96,8 +96,9 @@ class FidelityConfig:
         cache: the target cache holding the images' exact targets.
         surrogate: ``RUN_DIR/surrogate.pt`` (or ``last.pt``).
         masks: folder of human ground-truth masks named like the images (``None``: none).
-        json: write the figures here.
-        grid: write a picture of the best and worst images here.
+        json: write the figures here (``.json``, outside the image and mask folders; an existing file
+            is replaced only when it is JSON).
+        grid: write a picture of the best and worst images here (``.png`` or ``.jpg``, the same rules).
         grid_rows: best and worst rows each.
         limit: at most this many images, chosen by content hash.
         device: where the surrogate runs (``cpu``, ``cuda``, ``cuda:N``).
@@ -127,9 +128,9 @@ class FidelityConfig:
             raise ValueError(f"--batch-size {self.batch_size}: predict at least 1 image at a time")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit {self.limit}: give at least 1 image (or leave it out for all)")
-        for flag, path in (("--json", self.json), ("--grid", self.grid)):
-            if path is not None and Path(path).is_dir():
-                raise ValueError(f"{flag} {path} is a folder; give a file name")
+        inputs = {"IMAGES_DIR": self.images, "--masks": self.masks}
+        check_output_file(self.json, "--json", (".json",), inputs)
+        check_output_file(self.grid, "--grid", (".png", ".jpg", ".jpeg"), inputs)
         try:
             resolve_device(self.device)
         except ValueError:
@@ -238,7 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", type=Path, default=None, metavar="GT_DIR",
                    help="folder of human ground-truth masks named like the images: also score the surrogate and "
                         "the exact labeller against them at the surrogate's size on the centre crop (see below)")
-    p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the figures as JSON")
+    p.add_argument("--json", type=Path, default=None, metavar="OUT.json",
+                   help="write the figures as JSON (outside IMAGES_DIR and GT_DIR; an existing file is replaced "
+                        "only when it is JSON)")
     p.add_argument("--grid", type=Path, default=None, metavar="OUT.png",
                    help="write a picture of the best and worst images (image | exact | surrogate)")
     p.add_argument("--grid-rows", type=int, default=8, metavar="K", help="best and worst rows each (default 8)")

@@ -4,6 +4,10 @@ Each image gets Cheng et al.'s RC saliency map, SaliencyCut mask and RC region s
 stored under the content hash of its decoded pixels and the labeller's parameter fingerprint.
 The job is resumable: a rerun (after Ctrl-C, a crash or SIGKILL) skips what the cache holds.
 
+IMAGES_DIR is an image folder, or CIFAR-10 python batches (a folder with batches.meta, or one
+batch file), read as every other stage reads them: their images get the targets that
+pretraining, cache export and fidelity look up.
+
 Examples:
   saliency-ssl label ../shared/data/salbench/images --cache runs/cache --workers 2
   saliency-ssl label photos/ --cache runs/cache --max-side 200 --export runs/maps
@@ -17,14 +21,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
-from saliencyssl.app.options import add_labeller_options, check_count, cpu_limit, fail, labeller_config_from_args
+from saliencyssl.app.options import (add_labeller_options, check_count, check_outside, check_output_file, cpu_limit,
+                                     fail, labeller_config_from_args)
 from saliencyssl.cache import CacheOpenError, TargetCache
 from saliencyssl.cache.executors import WorkerDiedError, default_workers, make_executor
 from saliencyssl.cache.labelling import DEFAULT_IMAGE_TIMEOUT, LabelLimits, LabelSummary, label_folder
+from saliencyssl.datasets import is_cifar, open_image_set
 from saliencyssl.saliency import DEFAULT_MAX_PIXELS, LabellerConfig
 
 SUMMARY = "exact targets of an image folder into a cache"
@@ -38,7 +47,7 @@ class LabelConfig:
     """A labelling job.
 
     Attributes:
-        images: the image folder (searched recursively).
+        images: the image folder (searched recursively), or CIFAR-10 python batches (a folder or one batch file).
         cache: the cache folder (created if missing).
         labeller: the labeller's parameters (part of the cache key).
         workers: worker processes (``None``: the CPUs available; 0: this process).
@@ -61,12 +70,19 @@ class LabelConfig:
 
     def __post_init__(self) -> None:
         self.images, self.cache = Path(self.images), Path(self.cache)
-        if not self.images.is_dir():
-            raise ValueError(f"{self.images} is not a folder; give the folder that holds the images")
+        if not self.images.is_dir() and not is_cifar(self.images):
+            raise ValueError(f"{self.images} is not a folder; give the folder that holds the images (or CIFAR-10 "
+                             f"python batches)")
         check_count("--workers", self.workers, 0, cpu_limit())
-        if self.json is not None and Path(self.json).is_dir():
-            raise ValueError(f"--json {self.json} is a folder; give a file name, e.g. --json "
-                             f"{Path(self.json) / 'label.json'}")
+        check_output_file(self.json, "--json", (".json",), {"IMAGES_DIR": self.images})
+        self.json = Path(self.json) if self.json is not None else None
+        if is_cifar(self.images):
+            check_outside(self.export, {"IMAGES_DIR": self.images if self.images.is_dir() else self.images.parent},
+                          "--export")
+            if self.scheduler and not self.scheduler.startswith("local:"):
+                raise ValueError(f"--scheduler {self.scheduler}: the images of CIFAR-10 batches are labelled from a "
+                                 f"temporary folder on this machine, which Dask workers elsewhere cannot read; use "
+                                 f"--workers N or --scheduler local:N")
 
 
 def run(config: LabelConfig) -> LabelSummary:
@@ -75,17 +91,25 @@ def run(config: LabelConfig) -> LabelSummary:
     Raises:
         CacheOpenError: the cache folder cannot be used.
         WorkerDiedError: a worker process died (what is stored is kept; rerun to resume).
-        FileNotFoundError, ValueError: no images, an export folder inside the image folder.
+        FileNotFoundError, ValueError: no images, an export folder inside the image folder, a CIFAR
+            batch refused (:class:`~saliencyssl.imageio.ImageDecodeError`, before the cache is created).
+        OSError: too little room in the temporary folder for the images of CIFAR batches.
     """
     fingerprint = config.labeller.fingerprint()
-    cache = TargetCache(config.cache, fingerprint, params=config.labeller.params())
-    executor = make_executor(config.workers if config.workers is not None else default_workers(), config.scheduler)
-    try:
-        summary = label_folder(config.images, cache, config.labeller, executor=executor, export_dir=config.export,
-                               progress=config.progress, limits=config.limits)
-    finally:
-        executor.close()
-        cache.close()
+    with ExitStack() as stack:
+        # CIFAR batches are read (and refused, when damaged or hostile) before the cache is created.
+        folder, names = (stack.enter_context(cifar_image_files(config.images, progress=config.progress))
+                         if is_cifar(config.images) else (config.images, {}))
+        cache = TargetCache(config.cache, fingerprint, params=config.labeller.params())
+        executor = make_executor(config.workers if config.workers is not None else default_workers(),
+                                 config.scheduler)
+        try:
+            summary = label_folder(folder, cache, config.labeller, executor=executor, export_dir=config.export,
+                                   progress=config.progress, limits=config.limits)
+        finally:
+            executor.close()
+            cache.close()
+    summary.failed = [(names.get(path, path), reason) for path, reason in summary.failed]
     if config.json:
         config.json.parent.mkdir(parents=True, exist_ok=True)
         config.json.write_text(json.dumps({"fingerprint": fingerprint, "params": config.labeller.params(),
@@ -93,11 +117,62 @@ def run(config: LabelConfig) -> LabelSummary:
     return summary
 
 
+#: Disk a CIFAR image takes as a PNG in the temporary folder (3 KB of pixels in a 4 KB block, and its entry).
+CIFAR_PNG_BYTES = 8192
+
+
+@contextmanager
+def cifar_image_files(path: Path, progress: bool = False) -> Iterator[tuple[Path, dict[str, str]]]:
+    """The images of CIFAR-10 python batches as lossless PNG files in a temporary folder, for the
+    labelling workers (which read files by path).
+
+    The batches are opened as every stage opens them (:func:`saliencyssl.datasets.open_image_set`:
+    the restricted unpickler, labels checked), and each ``(32, 32, 3)`` uint8 image is written as
+    ``<batch>/<index>.png``: PNG is lossless, so a worker decodes the very pixels the other stages
+    hash, and the targets are stored under the content hashes pretraining and ``cache export`` look up.
+    The folder is removed on exit, whatever happens.
+
+    Yields:
+        ``(folder, names)``: the temporary folder, and each PNG's absolute path mapped to the image's
+        name, ``<batch file>:<index>``, for messages.
+
+    Raises:
+        OSError: the temporary folder's disk has too little room (set ``TMPDIR`` elsewhere).
+        ImageDecodeError: a batch file is refused (see :func:`open_image_set`).
+    """
+    import shutil
+    import tempfile
+
+    import cv2
+    from tqdm import tqdm
+
+    image_set = open_image_set(path)
+    with tempfile.TemporaryDirectory(prefix="saliency-ssl-cifar-") as tmp:
+        folder = Path(tmp)
+        need, free = len(image_set) * CIFAR_PNG_BYTES, shutil.disk_usage(folder).free
+        if need > free:
+            raise OSError(f"writing the {len(image_set):,} CIFAR-10 images of {path} for the labelling workers needs "
+                          f"{need / 1e9:.1f} GB in {folder.parent} and {free / 1e9:.1f} GB are free; set TMPDIR to a "
+                          f"folder with room")
+        names: dict[str, str] = {}
+        bar = tqdm(range(len(image_set)), desc="writing CIFAR-10 images", unit="img", leave=False,
+                   disable=not progress or len(image_set) < 2000)
+        for i in bar:
+            batch, index = image_set.names[i].rsplit(":", 1)
+            file = folder / batch / f"{int(index):05d}.png"
+            file.parent.mkdir(exist_ok=True)
+            if not cv2.imwrite(str(file), cv2.cvtColor(image_set.image(i), cv2.COLOR_RGB2BGR)):
+                raise OSError(f"cannot write {file} (disk full?)")
+            names[os.path.abspath(file)] = f"{path if path.is_file() else path / batch}:{index}"
+        yield folder, names
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saliency-ssl label", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", type=Path, metavar="IMAGES_DIR",
-                        help="folder of images (jpg, png, bmp, tif, webp), searched recursively")
+                        help="folder of images (jpg, png, bmp, tif, webp), searched recursively, or CIFAR-10 "
+                             "python batches (a folder with batches.meta, or one batch file)")
     parser.add_argument("--cache", type=Path, required=True, metavar="CACHE_DIR",
                         help="target cache folder (created if missing; shared by every run with the same parameters)")
     parser.add_argument("--workers", type=int, default=None,
@@ -120,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"seconds one image may take; a slower one is reported as failed and the job goes on "
                              f"(default {DEFAULT_IMAGE_TIMEOUT:g}; 0 = no limit; applies to --workers, not to Dask "
                              f"workers)")
-    parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the end summary as JSON")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT.json",
+                        help="write the end summary as JSON (outside IMAGES_DIR; an existing file is replaced only "
+                             "when it is JSON)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 

@@ -142,3 +142,68 @@ def check_outside(out, inputs: dict, what: str = "--out") -> None:
         if folder is not None and Path(folder).is_dir() and target.is_relative_to(Path(folder).resolve()):
             raise ValueError(f"{what} {out} lies inside {flag} {folder}: what it writes would be read as data by the "
                              f"next run; write it outside, e.g. {what} {Path(folder).resolve().parent / Path(out).name}")
+
+
+#: What the start of each kind of output file a stage writes looks like, by file name ending: the
+#: JSON a stage writes is an object; PNG and JPEG by their signatures.
+OUTPUT_SIGNATURES = {".json": (b"{",), ".png": (b"\x89PNG\r\n\x1a\n",), ".jpg": (b"\xff\xd8\xff",),
+                     ".jpeg": (b"\xff\xd8\xff",)}
+_KINDS = {".json": "JSON", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+def check_output_file(out, flag: str, suffixes: tuple[str, ...], inputs: dict | None = None) -> None:
+    """Refuse an output file a stage would write at ``out`` unless writing it cannot destroy anything else.
+
+    ``out`` must end in one of ``suffixes`` (``.json``, ``.png``, ``.jpg``, ``.jpeg``: what the stage
+    writes), lie outside every input folder (:func:`check_outside`), and, when something is already
+    there, be a regular file of that kind (its first bytes: a JSON object, a PNG or JPEG signature)
+    or empty, as an earlier run of the stage left it: an image, a document or a device given by mistake is never
+    overwritten. A link is judged by the file it points to.
+
+    Args:
+        out: the path given (``None``: the option was left out; nothing to check).
+        flag: the option, named in the message (``--json``).
+        suffixes: the endings the stage writes, lowercase with their dot.
+        inputs: ``{flag: folder}`` of the stage's input folders.
+
+    Raises:
+        ValueError: naming the flag, the path and the fix.
+    """
+    import os
+    import stat
+    from pathlib import Path
+
+    if out is None:
+        return
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"{flag} {out} is a folder; give a file name, e.g. {flag} {out / ('out' + suffixes[0])}")
+    if out.suffix.lower() not in suffixes:
+        example = out.with_suffix(suffixes[0])
+        for folder in (inputs or {}).values():  # suggest a name outside the inputs
+            if folder is not None and Path(folder).is_dir() and \
+                    example.resolve().is_relative_to(Path(folder).resolve()):
+                example = Path(folder).resolve().parent / example.name
+        raise ValueError(f"{flag} {out} must end in {' or '.join(suffixes)} (what it writes); e.g. {flag} {example}")
+    check_outside(out, inputs or {}, flag)
+    if not os.path.lexists(out):
+        return
+    kind = _KINDS.get(out.suffix.lower(), out.suffix)
+    refuse = f"{flag} {out} exists and is not a {kind} file this stage writes"
+    fix = "; remove it first or give another name"
+    try:
+        info = os.stat(out)
+    except OSError as error:  # a dangling or looping link: writing would create or fail somewhere else
+        raise ValueError(f"{refuse} ({error.strerror}){fix}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{refuse} (a pipe, a device or a socket){fix}")
+    try:
+        fd = os.open(out, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
+            head = fh.read(4096)
+    except OSError as error:
+        raise ValueError(f"{refuse} (it cannot be read: {error.strerror}){fix}") from None
+    if out.suffix.lower() == ".json":
+        head = head.lstrip()
+    if head and not head.startswith(OUTPUT_SIGNATURES.get(out.suffix.lower(), (b"",))):  # empty: nothing to lose
+        raise ValueError(f"{refuse} (its content is not {kind}){fix}")

@@ -23,6 +23,11 @@ A cell is a string, a number (three decimals), ``null`` (blank) or ``[mean, spre
 ``saliency-ssl report`` rewrites every marked block of the documents from their result files;
 ``--check`` only says which blocks are out of date (and exits 1), so a test keeps the documents
 and the result files in step. Nothing else in a document is touched.
+
+Documents and result files may come from others (a pull request), so each is read only when it is
+a regular file of bounded size (documents :data:`MAX_DOCUMENT_BYTES`, result files
+:data:`MAX_RESULT_BYTES`) in UTF-8, and a result path must resolve to a file inside ``--root``: a
+block naming ``/dev/zero``, ``../../secret.json`` or a link out of the folder is refused by name.
 """
 
 from __future__ import annotations
@@ -40,6 +45,11 @@ SUMMARY = "the findings tables, regenerated from the committed result files (res
 #: The documents ``saliency-ssl report`` keeps in step by default.
 DEFAULT_DOCUMENTS = ("docs/findings.md",)
 
+#: Largest document read (the findings document is tens of KB).
+MAX_DOCUMENT_BYTES = 10 << 20
+#: Largest result file read (a table of a few dozen rows is a few KB).
+MAX_RESULT_BYTES = 1 << 20
+
 _BLOCK = re.compile(r"(<!-- result: (?P<path>[^ ]+?) -->\n)(?P<body>.*?)(<!-- /result -->)", re.S)
 
 
@@ -51,15 +61,72 @@ class ResultFileError(ValueError):
         super().__init__(f"{path}: {message}")
 
 
+class DocumentError(ValueError):
+    """A document that cannot be read as a bounded UTF-8 text file; ``path`` names it."""
+
+    def __init__(self, path: Path, message: str):
+        self.path = Path(path)
+        super().__init__(f"{path}: {message}")
+
+
+def read_text_file(path: str | Path, limit: int, what: str) -> str:
+    """The UTF-8 text of ``path``, a regular file of at most ``limit`` bytes.
+
+    The name is checked before opening (a pipe would block, a device never end), the opened file
+    again, and at most ``limit + 1`` bytes are read (a file that grows is caught too).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a regular file, larger than ``limit``, or not UTF-8, naming ``what`` and the fix.
+    """
+    import os
+    import stat
+
+    path = Path(path)
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError(f"not a regular file (a folder, a pipe or a device); a {what} must be a file")
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise ValueError(f"not a regular file (a folder, a pipe or a device); a {what} must be a file")
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"larger than the {limit:,} bytes a {what} may have; it is not one")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start:,}); save the "
+                         f"{what} as UTF-8") from None
+
+
+def _result_path(root: Path, name: str) -> Path:
+    """``root / name`` when it resolves (links followed) to a path inside ``root``, else ResultFileError."""
+    path = root / name
+    resolved, inside = path.resolve(), root.resolve()
+    if not resolved.is_relative_to(inside):
+        raise ResultFileError(path, f"lies outside --root {root} ({resolved}); a result file must be a file below the "
+                                    f"root folder, e.g. results/<name>.json")
+    return path
+
+
 def load_result(path: str | Path) -> dict:
-    """Read and check a result file (see the module docstring)."""
+    """Read and check a result file (see the module docstring): a regular UTF-8 file of at most
+    :data:`MAX_RESULT_BYTES`."""
     path = Path(path)
     try:
-        result = json.loads(path.read_text())
+        text = read_text_file(path, MAX_RESULT_BYTES, "result file")
     except FileNotFoundError:
         raise ResultFileError(path, "no such result file; run the command that measures it, or drop the block")
+    except OSError as error:
+        raise ResultFileError(path, f"cannot be read ({error.strerror})") from None
+    except ValueError as error:
+        raise ResultFileError(path, str(error)) from None
+    try:
+        result = json.loads(text)
     except (ValueError, RecursionError) as error:
         raise ResultFileError(path, f"not valid JSON ({type(error).__name__}: {str(error)[:200]})") from error
+    if not isinstance(result, dict):
+        raise ResultFileError(path, f"must hold a JSON object, not a {type(result).__name__}")
     required = {"title": str, "date": str, "machine": str, "command": list, "columns": list, "rows": list}
     for key, kind in required.items():
         if not isinstance(result.get(key), kind):
@@ -102,15 +169,37 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
+def read_document(path: str | Path) -> str:
+    """A document's text: a regular UTF-8 file of at most :data:`MAX_DOCUMENT_BYTES`.
+
+    Raises:
+        DocumentError: naming the file and what is wrong with it.
+    """
+    path = Path(path)
+    try:
+        return read_text_file(path, MAX_DOCUMENT_BYTES, "document")
+    except FileNotFoundError:
+        raise DocumentError(path, "no such document; give the markdown files that hold result blocks") from None
+    except OSError as error:
+        raise DocumentError(path, f"cannot be read ({error.strerror})") from None
+    except ValueError as error:
+        raise DocumentError(path, str(error)) from None
+
+
 def update_document(path: str | Path, root: str | Path = ".") -> tuple[str, list[str]]:
-    """The document with every marked block rendered from its result file (paths relative to ``root``),
-    and the result files whose blocks changed."""
+    """The document with every marked block rendered from its result file (paths relative to ``root``,
+    and inside it), and the result files whose blocks changed.
+
+    Raises:
+        DocumentError: the document is not a bounded UTF-8 file.
+        ResultFileError: a result file is missing, outside ``root``, too large, or not a table.
+    """
     path, root = Path(path), Path(root)
-    text = path.read_text()
+    text = read_document(path)
     changed: list[str] = []
 
     def replace(match: re.Match) -> str:
-        body = render(load_result(root / match.group("path")))
+        body = render(load_result(_result_path(root, match.group("path"))))
         if body != match.group("body"):
             changed.append(match.group("path"))
         return match.group(1) + body + match.group(4)
@@ -125,7 +214,7 @@ def run(documents: list[Path], root: Path = Path("."), check: bool = False) -> d
         new, changed = update_document(document, root)
         out[str(document)] = changed
         if changed and not check:
-            document.write_text(new)
+            document.write_text(new, encoding="utf-8")
     return out
 
 
@@ -145,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         changed = run(args.documents, args.root, args.check)
-    except (OSError, ResultFileError) as error:
+    except (OSError, ResultFileError, DocumentError) as error:
         return fail(str(error))
     stale = {doc: blocks for doc, blocks in changed.items() if blocks}
     for doc, blocks in stale.items():

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saliencyssl.app.options import (add_labeller_options, check_count, check_outside, fail, label_command,
+from saliencyssl.app.options import (add_labeller_options, check_count, check_output_file, fail, label_command,
                                      labeller_config_from_args)
 from saliencyssl.augment import (PRESETS, FrozenPack, SSLAugmentation, TargetRouter, TrainingImages, parse_policy,
                                  policy_summary)
@@ -105,7 +105,8 @@ class ViewsConfig:
 
     Attributes:
         data: image folder or CIFAR-10 batches.
-        out: the PNG (or JPEG) to write.
+        out: the PNG (or JPEG) to write, outside ``data``; an existing file is replaced only when it
+            is a PNG or JPEG.
         cache: target cache (needed when the policy reads targets).
         policy: a preset or free policy string.
         image_size: the training side length (drawn at 64 px or more).
@@ -125,14 +126,9 @@ class ViewsConfig:
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
-        if self.out.is_dir():
-            raise ValueError(f"--out {self.out} is a folder; give the PNG file to write, e.g. --out "
-                             f"{self.out / 'views.png'}")
-        if self.out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-            raise ValueError(f"--out {self.out} must end in .png (or .jpg); e.g. --out {self.out.with_suffix('.png')}")
+        check_output_file(self.out, "--out", (".png", ".jpg", ".jpeg"), {"DATA": self.data})
         check_count("--count", self.count, 1, MAX_COUNT)
         check_image_size(self.image_size, "--image-size")
-        check_outside(self.out, {"DATA": self.data})
         try:
             self.parsed_policy = parse_policy(self.policy)
         except ValueError as error:
@@ -201,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--count", type=int, default=8, help="images to show (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="which images and which random views")
     add_labeller_options(parser)
-    parser.add_argument("--out", type=Path, required=True, help="PNG to write")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="PNG (or JPEG) to write, outside DATA; an existing file is replaced only when it is a "
+                             "PNG or JPEG")
     return parser
 
 

@@ -31,6 +31,11 @@ they come from:
   object of its own, no trigger, view or table of other SQL) and that its settings are
   diskcache's, with values of the right kind. A folder that fails is refused with
   :class:`CacheOpenError`, naming the file.
+- **The folder's own database.** ``cache.db`` and SQLite's files beside it must be regular
+  files of the folder, not links or hard links to another cache's (:func:`check_database_files`):
+  otherwise ``verify`` on a crafted folder would delete another cache's entries.
+- **Reading writes nothing.** :class:`CacheReader` reads a folder (the source of an import,
+  :func:`cache_fingerprints`) through a read-only SQLite connection; ``cache.db`` keeps its bytes.
 - **Damage in the database** (a ``cache.db`` damaged past its header) surfaces from any call as
   :class:`CacheOpenError` naming the file and what to do, never as a raw ``sqlite3`` error.
 """
@@ -154,8 +159,11 @@ class TargetDisk(_diskcache_disk()):
     - ``put``/``store`` refuse every other type (``TypeError``): nothing is ever pickled;
     - ``get`` returns a stored key that is not a raw string as a :class:`ForeignKey` (never
       unpickled);
-    - ``fetch`` refuses a pickled value or a file name that is not diskcache's own random name
-      inside the folder (:class:`ForeignEntryError`), so the caller treats it as damage;
+    - ``fetch`` refuses a pickled value, a file name that is not diskcache's own random name
+      inside the folder, and a row diskcache itself would choke on (a file mode without a file
+      name, a text file that is not UTF-8, a stored number, an unknown mode) with
+      :class:`ForeignEntryError`, so the caller treats it as damage (removed by ``verify``, a
+      miss for ``get``);
     - ``remove`` deletes only files with diskcache's own names.
     """
 
@@ -206,8 +214,14 @@ class TargetDisk(_diskcache_disk()):
             raise ForeignEntryError("a pickled value, which saliency-ssl never stores (refused unread)")
         if read:
             raise ForeignEntryError("values are read whole")
+        if mode == diskcache.core.MODE_RAW:
+            if isinstance(value, (bytes, str)):
+                return value
+            raise ForeignEntryError(f"a stored {type(value).__name__} value, which saliency-ssl never stores")
+        if mode not in (diskcache.core.MODE_BINARY, diskcache.core.MODE_TEXT):
+            raise ForeignEntryError(f"a value of storage mode {mode!r:.20}, which diskcache never writes")
         if filename is None:
-            return super().fetch(mode, filename, value, read)
+            raise ForeignEntryError("a value stored in a file without a file name (the row was altered)")
         path = self._own_file(filename)
         if path is None:
             raise ForeignEntryError(f"a value file {str(filename)!r:.80} that is not one of the cache's own regular "
@@ -220,7 +234,13 @@ class TargetDisk(_diskcache_disk()):
                 raise ForeignEntryError(f"a value file of {info.st_size:,} bytes (at most {MAX_VALUE_BYTES:,}; "
                                         f"refused unread)")
             data = reader.read(MAX_VALUE_BYTES + 1)
-        return data if mode == diskcache.core.MODE_BINARY else data.decode("utf-8")
+        if mode == diskcache.core.MODE_BINARY:
+            return data
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ForeignEntryError(f"a text value file {str(filename)!r:.80} that is not UTF-8 ({error.reason} at "
+                                    f"byte {error.start})") from error
 
     def remove(self, file_path):
         if self._own_file(file_path) is None:
@@ -259,10 +279,74 @@ def _normal_sql(sql: str | None) -> str | None:
     return " ".join(sql.split()) if sql else sql
 
 
+#: The files SQLite keeps for ``cache.db``: the database, its write-ahead log and shared memory, a rollback journal.
+DATABASE_FILES = ("cache.db", "cache.db-wal", "cache.db-shm", "cache.db-journal")
+
+
+def check_database_files(directory: str | Path) -> Path:
+    """Refuse a cache folder whose database files are not its own, before SQLite opens them.
+
+    Each of :data:`DATABASE_FILES` that is there must be a regular file (not a symbolic link,
+    folder, pipe or device), with one name only (a hard link would let writes through this folder
+    change another cache), whose real path lies inside the folder. A folder handed over as
+    ``evil/cache.db -> ../victim/cache.db`` would otherwise let ``cache verify evil`` delete the
+    victim's entries (their value files are not in ``evil``), and a linked ``cache.db-wal`` would
+    let SQLite write its log into any file. The check reads only the folder's listing
+    (``lstat``); a link swapped in between the check and the open is not caught.
+
+    Returns:
+        The path of ``cache.db`` (which may not exist yet).
+
+    Raises:
+        CacheOpenError: naming the folder, the file, what it is, and the fix.
+    """
+    folder = Path(directory)
+    root = os.path.realpath(folder)
+    for name in DATABASE_FILES:
+        path = folder / name
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            raise CacheOpenError(folder, f"cannot inspect {path} ({error.strerror}); check the folder {folder}") \
+                from error
+        real = os.path.realpath(path)
+        if stat.S_ISLNK(info.st_mode):
+            what = f"a symbolic link to {real}"
+        elif not stat.S_ISREG(info.st_mode):
+            what = "not a regular file"
+        elif info.st_nlink > 1:
+            what = f"a file with {info.st_nlink} hard links (another folder may share it)"
+        elif os.path.commonpath([root, real]) != root:
+            what = f"a file outside the folder ({real})"
+        else:
+            continue
+        raise CacheOpenError(folder, f"{folder} is refused as a cache folder: its {name} is {what}, so working on "
+                                     f"it could change another cache or file; use a copy made with "
+                                     f"`cp -rL {folder} NEW_FOLDER`, or choose another folder")
+    return folder / "cache.db"
+
+
+def _read_only_uri(db: Path) -> str:
+    """An SQLite URI that opens ``db`` without writing to its folder.
+
+    ``immutable=1`` when no other connection has the database open (no write-ahead log, shared
+    memory or rollback journal beside it; SQLite then neither locks nor creates anything), else
+    ``mode=ro``, which reads the log of the process that writes and creates nothing in
+    ``cache.db`` itself. The path is quoted, so no folder name can add URI parameters.
+    """
+    base = "file:" + urllib.request.pathname2url(str(db.resolve()))
+    busy = any(os.path.lexists(db.parent / name) for name in DATABASE_FILES[1:])
+    return base + ("?mode=ro" if busy else "?mode=ro&immutable=1")
+
+
 def audit_database(db_path: str | Path, allow_empty: bool = False) -> None:
     """Check that ``cache.db`` is a diskcache database and nothing more, before diskcache opens it.
 
-    Reads the schema and the settings with plain SQL (no trigger runs on a read). Refuses a file
+    Reads the schema and the settings with plain SQL (no trigger runs on a read), through a
+    read-only connection that writes nothing to the folder. Refuses database files that are links
+    or not the folder's own (:func:`check_database_files`), a file
     that is empty or not SQLite, a schema object diskcache does not make (a trigger or view of
     its own would run SQL on every write), any object whose SQL differs from diskcache's (a table
     with a generated column of its own, a trigger or index rewritten), and a setting diskcache
@@ -278,6 +362,7 @@ def audit_database(db_path: str | Path, allow_empty: bool = False) -> None:
     """
     path = Path(db_path)
     folder = path.parent
+    check_database_files(folder)
     if path.stat().st_size == 0:
         if allow_empty:
             return
@@ -285,8 +370,7 @@ def audit_database(db_path: str | Path, allow_empty: bool = False) -> None:
                                    f"new cache there, or choose another folder")
     connection = None
     try:
-        uri = "file:" + urllib.request.pathname2url(str(path.resolve())) + "?mode=ro"
-        connection = sqlite3.connect(uri, uri=True, timeout=60)
+        connection = sqlite3.connect(_read_only_uri(path), uri=True, timeout=60)
         objects = connection.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
         names = {name for _, name, _ in objects}
         settings = connection.execute("SELECT key, value FROM Settings").fetchall() if "Settings" in names else []
@@ -350,15 +434,14 @@ _key = entry_key
 
 def cache_fingerprints(directory: str | Path) -> dict[str, dict | None]:
     """Every labeller fingerprint with entries or recorded parameters in a cache folder, mapped to
-    its parameters (``None`` when not recorded).
+    its parameters (``None`` when not recorded). Read through :class:`CacheReader`: nothing is
+    written to the folder.
 
     Raises:
         FileNotFoundError: the folder holds no cache.
         CacheOpenError: its database is damaged or not a saliency-ssl cache.
     """
-    if not TargetCache.exists(directory):
-        raise FileNotFoundError(f"{directory} is not a cache folder (no cache.db)")
-    with _open_diskcache(Path(directory), create=False) as cache:
+    with CacheReader(directory) as cache:
         return _fingerprints(cache)
 
 
@@ -384,7 +467,7 @@ def _fingerprints(cache) -> dict[str, dict | None]:
 def _open_diskcache(directory: Path, timeout: float = 120.0, create: bool = True):
     import diskcache
 
-    db = directory / "cache.db"
+    db = check_database_files(directory)
     if db.exists():
         audit_database(db, allow_empty=create)
     elif not create:
@@ -395,6 +478,161 @@ def _open_diskcache(directory: Path, timeout: float = 120.0, create: bool = True
     except sqlite3.DatabaseError as error:
         raise CacheOpenError(db, f"{db} is not a readable cache database ({error}); delete the folder {directory} "
                                  f"(its targets are lost) or choose another folder") from error
+
+
+class CacheReader:
+    """A cache folder read without writing to it: someone else's cache, the source of an import.
+
+    Opening a :class:`diskcache.Cache` writes to its folder (settings, the journal mode in the
+    database header, the write-ahead log and shared-memory files), so a folder that is only read
+    is opened here with plain SQLite instead: audited first (:func:`audit_database`), then read
+    through a read-only connection (``immutable`` when no process has it open, else
+    ``mode=ro``; see :func:`_read_only_uri`). ``cache.db`` keeps its bytes and, when no other
+    process has the database open, no file is created in the folder. Values are fetched through
+    :class:`TargetDisk`, with its restrictions (no pickle, only the folder's own value files).
+
+    Args:
+        directory: the cache folder.
+
+    Raises:
+        FileNotFoundError: the folder holds no ``cache.db``.
+        CacheOpenError: its database files are links or not the folder's own, or the database is
+            damaged or not a saliency-ssl cache.
+    """
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        db = check_database_files(self.directory)
+        if not db.is_file():
+            raise FileNotFoundError(f"{self.directory} is not a cache folder (no cache.db)")
+        audit_database(db)
+        try:
+            self._connection = sqlite3.connect(_read_only_uri(db), uri=True, timeout=60, isolation_level=None)
+        except sqlite3.DatabaseError as error:
+            raise CacheOpenError(db, f"{db} is not a readable cache database ({error}); delete the folder "
+                                     f"{self.directory} (its targets are lost) or choose another folder") from error
+        self._disk = TargetDisk(str(self.directory))
+
+    @_database_errors
+    def iterkeys(self) -> Iterator:
+        """Every stored key, in the database's order: a str, or a :class:`ForeignKey` (never unpickled)."""
+        cursor = self._connection.execute("SELECT key, raw FROM Cache ORDER BY key, raw")
+        while rows := cursor.fetchmany(1000):
+            for key, raw in rows:
+                yield self._disk.get(key, raw)
+
+    @_database_errors
+    def get(self, key, default=None):
+        """The stored value of ``key`` (bytes or str), or ``default`` when absent, expired or its file is gone.
+
+        Raises:
+            ForeignEntryError: a value saliency-ssl never stores (refused unread).
+        """
+        import time
+
+        db_key, raw = self._disk.put(key)
+        rows = self._connection.execute("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = ? AND "
+                                        "(expire_time IS NULL OR expire_time > ?)",
+                                        (db_key, raw, time.time())).fetchall()
+        if not rows:
+            return default
+        mode, filename, value = rows[0]
+        try:
+            return self._disk.fetch(mode, filename, value, False)
+        except ForeignEntryError:
+            raise
+        except OSError:
+            return default  # a value file that is missing: as diskcache, no value
+
+    def fingerprints(self) -> dict[str, dict | None]:
+        """Every fingerprint with entries or recorded parameters, mapped to its parameters (as
+        recorded, unchecked; ``None`` when not recorded or not a JSON object)."""
+        return _fingerprints(self)
+
+    def hashes(self, fingerprint: str) -> Iterator[str]:
+        """Content hashes of every entry under ``fingerprint``."""
+        for key in self.iterkeys():
+            entry = _ENTRY_KEY.fullmatch(key) if isinstance(key, str) else None
+            if entry and entry.group(1) == fingerprint:
+                yield entry.group(2)
+
+    def get_encoded(self, fingerprint: str, image_hash: str) -> bytes | None:
+        """The raw stored bytes of an entry (not checked), or ``None`` when absent.
+
+        Raises:
+            CorruptTargetError: the value is foreign (a pickle, a link, not bytes).
+        """
+        try:
+            data = self.get(entry_key(fingerprint, image_hash))
+        except ForeignEntryError as error:
+            raise CorruptTargetError(str(error)) from error
+        if data is not None and not isinstance(data, bytes):
+            raise CorruptTargetError(f"a stored {type(data).__name__} where a target's bytes belong")
+        return data
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def __enter__(self) -> "CacheReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+#: Largest recorded labeller parameters accepted from a pack or another cache: entries, and characters of a text value.
+_MAX_PARAMS, _MAX_PARAM_TEXT = 64, 256
+
+
+def check_labeller_params(params, fingerprint: str | None = None) -> dict:
+    """Check labeller parameters from a pack or another cache before they are recorded in a cache.
+
+    They must be a dict of the labeller's own names (``version`` and the fields of
+    :class:`~saliencyssl.saliency.LabellerConfig`) with values that are ``None``, finite numbers,
+    short text, or (``t2_values``) a short list of finite numbers. With ``fingerprint``, and
+    parameters of this labeller version, they must also rebuild a labeller of that fingerprint:
+    parameters that describe another labeller than the targets they come with are not recorded.
+
+    Returns:
+        ``params`` itself.
+
+    Raises:
+        ValueError: naming the first value that does not fit.
+    """
+    import math
+
+    from saliencyssl.saliency.labeller import LABELLER_VERSION, LabellerConfig
+
+    if not isinstance(params, dict):
+        raise ValueError(f"labeller parameters must be an object, got {type(params).__name__}")
+    if len(params) > _MAX_PARAMS:
+        raise ValueError(f"{len(params)} labeller parameters; a labeller has "
+                         f"{len(LabellerConfig.__dataclass_fields__)}")
+    known = {"version", *LabellerConfig.__dataclass_fields__}
+
+    def number(value) -> bool:
+        return type(value) in (int, float) and math.isfinite(value)
+
+    for name, value in params.items():
+        if name not in known:
+            raise ValueError(f"unknown labeller parameter {str(name)!r:.40} (known: {', '.join(sorted(known))})")
+        if name == "version":
+            ok = isinstance(value, str) and len(value) <= 32
+        elif isinstance(value, list):
+            ok = len(value) <= 16 and all(number(v) for v in value)
+        else:
+            ok = value is None or number(value) or (isinstance(value, str) and len(value) <= _MAX_PARAM_TEXT)
+        if not ok:
+            raise ValueError(f"labeller parameter {name} = {value!r:.60} is not a number, a short text or a list of "
+                             f"numbers")
+    if fingerprint is not None and params.get("version") == LABELLER_VERSION:
+        try:
+            rebuilt = LabellerConfig.from_params(params).fingerprint()
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"labeller parameters that no labeller accepts ({error})") from error
+        if rebuilt != fingerprint:
+            raise ValueError(f"labeller parameters of fingerprint {rebuilt}, not {fingerprint}")
+    return params
 
 
 class TargetCache:
