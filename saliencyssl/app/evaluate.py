@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from saliencyssl.app.options import check_count, check_outside, cpu_limit, fail
 from saliencyssl.app.rundir import RunDir, RunDirError
-from saliencyssl.eval.classification import PROTOCOLS, ClassificationSettings
+from saliencyssl.eval.classification import MAX_SEEDS, PROTOCOLS, ClassificationSettings
 
 SUMMARY = "linear probe, kNN and k-means of a frozen backbone at label fractions"
+#: The most k-means clusters an evaluation asks for (its labelled sets have tens of classes).
+MAX_CLUSTERS = 100_000
 
 
 @dataclass
@@ -46,8 +49,7 @@ class EvaluateConfig(ClassificationSettings):
             raise ValueError(f"--protocol {','.join(self.protocols)!r}: unknown {unknown or 'empty list'}; choose "
                              f"from {', '.join(PROTOCOLS)}")
         frac.parse_fractions(self.fractions)
-        if self.seeds < 1:
-            raise ValueError(f"--seeds {self.seeds}: give the number of seeds, at least 1")
+        check_count("--seeds", self.seeds, 1, MAX_SEEDS)
         if self.batch_size < 1:
             raise ValueError(f"--batch-size {self.batch_size}: give a positive number of images per forward pass")
         for flag, value in (("--knn-k", self.knn_k), ("--clusters", self.clusters),
@@ -56,8 +58,12 @@ class EvaluateConfig(ClassificationSettings):
                 raise ValueError(f"{flag} {value}: give at least 1 (leave the option out for its default)")
         check_count("--threads", self.threads, 1, cpu_limit())
         check_count("--batch-size", self.batch_size, 1, 65_536)
-        if self.knn_temperature <= 0 or self.probe_c <= 0:
-            raise ValueError("--knn-temperature and --probe-c must be positive")
+        check_count("--clusters", self.clusters, 1, MAX_CLUSTERS)
+        check_count("--backbone-seed", self.backbone_seed, 0, 2 ** 32 - 1)
+        for flag, value in (("--knn-temperature", self.knn_temperature), ("--probe-c", self.probe_c)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not value > 0:
+                raise ValueError(f"{flag} {value!r}: give a finite positive number")
         if self.tsne_points < 0:
             raise ValueError(f"--tsne-points {self.tsne_points}: give 0 (no t-SNE picture) or more")
         if self.image_size is not None:
@@ -180,8 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any of linear (logistic regression on standardised features), knn (weighted kNN) and kmeans "
                         "(clustering, NMI/ARI, t-SNE picture); default %(default)s")
     p.add_argument("--seeds", type=int, default=3, metavar="N",
-                   help="number of seeds (0..N-1); each draws its own labelled subsets, results are mean and std "
-                        "over seeds (default %(default)s)")
+                   help=f"number of seeds (0..N-1, N at most {MAX_SEEDS}); each draws its own labelled subsets, "
+                        "results are mean and std over seeds (default %(default)s)")
     p.add_argument("--out", metavar="OUT_DIR",
                    help="output folder (default: BACKBONE_DIR/eval, or runs/eval-random-seedS for --backbone random)")
     p.add_argument("--image-size", type=int, metavar="S",
@@ -239,8 +245,11 @@ def main(argv: list[str] | None = None) -> int:
         run(config)
     except RunDirError as error:
         return fail(str(error) if "other settings" in str(error) else f"{error} (or pass --force)")
-    except (FileNotFoundError, ValueError) as error:  # includes ImageDecodeError
+    except (FileNotFoundError, ValueError) as error:  # includes ImageDecodeError and BackboneCheckpointError
         return fail(str(error))
+    except MemoryError as error:
+        return fail(f"out of memory{': ' + str(error) if str(error) else ''}; evaluate fewer images "
+                    f"(--train-limit, --test-limit) or at a smaller --image-size, or a smaller --batch-size")
     return 0
 
 

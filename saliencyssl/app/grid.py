@@ -48,6 +48,31 @@ _PRETRAIN_KEYS = {"image_size", "epochs", "batch_size", "limit", "device", "amp"
                   "lr", "knn_every", "workers"}
 _EVAL_KEYS = {"fractions", "protocols", "seeds", "train_limit", "test_limit", "device", "batch_size", "knn_k", "no_cache",
               "cache_dir"}
+#: What each ``pretrain`` / ``evaluation`` value must be, in words and as a check: JSON gives any type anywhere,
+#: and a wrong one must be named with its key, not surface as a TypeError deep in a stage.
+_WHOLE = ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool))
+_NUMBER = ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
+_TEXT = ("text", lambda v: isinstance(v, str))
+_FLAG = ("true or false", lambda v: isinstance(v, bool))
+_TEXTS = ("a list of names", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
+
+
+def _or_null(kind):
+    return (f"{kind[0]} or null", lambda v: v is None or kind[1](v))
+
+
+_PRETRAIN_KINDS = {"image_size": _WHOLE, "epochs": _WHOLE, "batch_size": _WHOLE, "limit": _or_null(_WHOLE),
+                   "device": _TEXT, "amp": _FLAG, "aug_source": _TEXT, "surrogate": _or_null(_TEXT), "seed": _WHOLE,
+                   "lr": _or_null(_NUMBER), "knn_every": _WHOLE, "workers": _WHOLE}
+_EVAL_KINDS = {"fractions": ("text such as \"0.1,0.5,1.0\"", lambda v: isinstance(v, str) or _NUMBER[1](v)),
+               "protocols": ("a list of protocol names, or text such as \"linear,knn\"",
+                             lambda v: isinstance(v, str) or _TEXTS[1](v)),
+               "seeds": _WHOLE, "train_limit": _or_null(_WHOLE), "test_limit": _or_null(_WHOLE), "device": _TEXT,
+               "batch_size": _WHOLE, "knn_k": _WHOLE, "no_cache": _FLAG, "cache_dir": _or_null(_TEXT)}
+#: The most pretraining seeds a grid runs each cell with (every seed is a full pretraining run per cell).
+MAX_PRETRAIN_SEEDS = 100
+#: The baselines a grid can evaluate.
+BASELINES = ("random",)
 
 
 @dataclass
@@ -125,11 +150,17 @@ class GridConfig:
         """Read and check a grid file; errors name the file and the key."""
         path = Path(path)
         try:
-            raw = json.loads(path.read_text())
+            raw = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise FileNotFoundError(f"grid config {path} not found (see configs/ for examples)") from None
+        except UnicodeDecodeError as error:
+            byte = error.object[error.start:error.start + 1]
+            raise ValueError(f"{path}: not UTF-8 text (byte {byte!r} at offset {error.start}); a grid config is a "
+                             f"JSON file, see configs/ for examples") from None
+        except IsADirectoryError:
+            raise ValueError(f"{path} is a folder; give the grid's JSON file (see configs/ for examples)") from None
         except (json.JSONDecodeError, RecursionError) as error:
-            raise ValueError(f"{path}: not valid JSON ({type(error).__name__}: {str(error)[:200]})") from error
+            raise ValueError(f"{path}: not valid JSON ({type(error).__name__}: {str(error)[:200]})") from None
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: a grid config is a JSON object of keys (see configs/ for examples)")
         kinds = {"name": str, "out": str, "train": str, "test": str, "cache": str, "description": str,
@@ -148,6 +179,7 @@ class GridConfig:
                          if f.default is MISSING and f.default_factory is MISSING and f.name not in raw)
         if missing:
             raise ValueError(f"{path}: missing keys {missing}")
+        _check_value_types(path, raw)
         config = cls(**raw)
         for key, allowed, section in (("pretrain", _PRETRAIN_KEYS, config.pretrain),
                                       ("evaluation", _EVAL_KEYS, config.evaluation)):
@@ -183,10 +215,16 @@ class GridConfig:
                 raise ValueError(f"{path}: pretrain.aug_source {config.pretrain['aug_source']!r} needs "
                                  f"pretrain.surrogate (a RUN_DIR/surrogate.pt of saliency-ssl train-surrogate)")
         if config.pretrain_seeds is not None:
+            from saliencyssl.app.pretrain import MAX_SEED
+
             seeds = config.pretrain_seeds
-            if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) \
-                    or len(set(seeds)) != len(seeds):
-                raise ValueError(f"{path}: pretrain_seeds must be a non-empty list of distinct integers, got {seeds!r}")
+            if len(seeds) > MAX_PRETRAIN_SEEDS:
+                raise ValueError(f"{path}: pretrain_seeds lists {len(seeds)} seeds; give at most {MAX_PRETRAIN_SEEDS} "
+                                 f"(each is a full pretraining run of every cell)")
+            if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED
+                                    for s in seeds) or len(set(seeds)) != len(seeds):
+                raise ValueError(f"{path}: pretrain_seeds must be a non-empty list of distinct integers from 0 "
+                                 f"to {MAX_SEED}, got {_short(seeds)}")
             if "seed" in config.pretrain:
                 raise ValueError(f"{path}: give either pretrain_seeds or pretrain.seed, not both")
         if config.results_name is not None and (
@@ -235,6 +273,51 @@ class GridConfig:
         except (TypeError, ValueError) as error:
             raise ValueError(f"{path}: {error}") from None
         return config
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a config value may be long)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _check_value_types(path: Path, raw: dict) -> None:
+    """Refuse a value of the wrong type or out of range inside the config's lists and sections, naming
+    the file and the key (the top-level keys' own types are checked before).
+
+    Raises:
+        ValueError: one line, e.g. ``grid.json: pretrain.batch_size must be a whole number, got 'x'``.
+    """
+    from saliencyssl.app.pretrain import MAX_BATCH_SIZE
+    from saliencyssl.eval.classification import MAX_SEEDS
+    from saliencyssl.ssl.method import MAX_EPOCHS
+
+    for key in ("methods", "policies", "baselines"):
+        values = raw.get(key, [])
+        wrong = [v for v in values if not isinstance(v, str)]
+        if wrong:
+            raise ValueError(f"{path}: {key} must be a list of names (text), got {_short(wrong[0])} in it")
+    unknown = [b for b in raw.get("baselines", []) if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"{path}: baselines {unknown[0]!r} is not one this grid knows; give "
+                         f"{' or '.join(repr(b) for b in BASELINES)}, or [] for none")
+    for cell in raw.get("cells") or []:
+        if not (isinstance(cell, list) and len(cell) == 2 and all(isinstance(v, str) for v in cell)):
+            raise ValueError(f"{path}: cells must be [method, policy] pairs of names, got {_short(cell)}")
+    for section, kinds in (("pretrain", _PRETRAIN_KINDS), ("evaluation", _EVAL_KINDS)):
+        for key, value in raw.get(section, {}).items():
+            if key in kinds and not kinds[key][1](value):
+                raise ValueError(f"{path}: {section}.{key} must be {kinds[key][0]}, got {_short(value)}")
+    for section, key, low, high in (("pretrain", "epochs", 1, MAX_EPOCHS),
+                                    ("pretrain", "batch_size", 2, MAX_BATCH_SIZE),
+                                    ("evaluation", "seeds", 1, MAX_SEEDS)):
+        value = raw.get(section, {}).get(key)
+        if value is not None and not low <= value <= high:
+            raise ValueError(f"{path}: {section}.{key} is {value}; give a whole number from {low} to {high:,}")
+    name = raw.get("evaluation_name", "evals")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ValueError(f"{path}: evaluation_name must be a folder name inside out (letters, digits, _ . -), got "
+                         f"{_short(name)}")
 
 
 def _check_method_options(path: Path, config: GridConfig, methods: set[str]) -> None:

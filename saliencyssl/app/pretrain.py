@@ -62,6 +62,10 @@ log = logging.getLogger(__name__)
 SUMMARY = "self-supervised pretraining of a ResNet-18 (SimCLR, BYOL, DetCon, ...) with the views of a policy"
 
 CHECKPOINT_FORMAT = "saliency-ssl-pretrain-1"
+#: The largest global batch (the recipes use 128 to 4096).
+MAX_BATCH_SIZE = 65_536
+#: The largest seed: every RNG the run seeds (Python's, numpy's, torch's) takes it as it is.
+MAX_SEED = 2 ** 32 - 1
 
 
 @dataclass
@@ -106,19 +110,27 @@ class PretrainConfig:
     pack_verified: bool = False
 
     def __post_init__(self) -> None:
+        import math
+
+        from saliencyssl.ssl.method import MAX_EPOCHS, MAX_LR
         from saliencyssl.ssl.registry import check_method_options, method_class
 
-        if self.epochs < 1:
-            raise ValueError(f"--epochs must be at least 1, got {self.epochs}")
+        check_count("--epochs", self.epochs, 1, MAX_EPOCHS)
         check_image_size(self.image_size, "--image-size")
+        check_count("--batch-size", self.batch_size, 1, MAX_BATCH_SIZE)
         if self.batch_size < 2:
             raise ValueError(f"--batch-size {self.batch_size}: every method compares the images of a batch; give 2 "
                              f"or more")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit {self.limit}: give at least 1 image (or leave it out for all)")
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
+                                       or self.limit < 1):
+            raise ValueError(f"--limit {self.limit!r}: give at least 1 image (or leave it out for all)")
         check_count("--workers", self.workers, 0, cpu_limit())
-        if self.knn_every < 1:
-            raise ValueError(f"--knn-every {self.knn_every}: give a number of epochs, at least 1")
+        check_count("--knn-every", self.knn_every, 1, MAX_EPOCHS)
+        check_count("--seed", self.seed, 0, MAX_SEED)
+        if self.lr is not None and (isinstance(self.lr, bool) or not isinstance(self.lr, (int, float))
+                                    or not math.isfinite(self.lr) or not 0 < self.lr <= MAX_LR):
+            raise ValueError(f"--lr {self.lr!r}: give a finite peak learning rate above 0 and at most {MAX_LR:g} "
+                             f"(the recipes use 1e-3 to 0.5), or leave it out for the method's recipe")
         if bool(self.knn_train) != bool(self.knn_test):
             raise ValueError("kNN monitoring needs both --knn-train and --knn-test")
         method_class(self.method)  # an unknown method, named with the choices

@@ -85,6 +85,8 @@ class SegmentConfig:
     def __post_init__(self) -> None:
         from saliencyssl.datasets import check_image_size
         from saliencyssl.eval import fractions as frac
+        from saliencyssl.eval.classification import MAX_SEEDS
+        from saliencyssl.ssl.method import MAX_EPOCHS, MAX_LR
 
         frac.parse_fractions(self.fractions)
         for flag, value in (("--seeds", self.seeds), ("--epochs", self.epochs), ("--batch-size", self.batch_size),
@@ -92,8 +94,11 @@ class SegmentConfig:
             if value < 1:
                 raise ValueError(f"{flag} {value}: give a positive number")
         for flag, value in (("--lr", self.lr), ("--encoder-lr", self.encoder_lr)):
-            if value is not None and not value > 0:
-                raise ValueError(f"{flag} {value}: give a positive learning rate")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or not 0 < value <= MAX_LR):
+                raise ValueError(f"{flag} {value}: give a positive learning rate, finite and at most {MAX_LR:g}")
+        check_count("--epochs", self.epochs, 1, MAX_EPOCHS)
+        check_count("--backbone-seed", self.backbone_seed, 0, 2 ** 32 - 1)
         if not 0.0 < self.test_split < 1.0:
             raise ValueError(f"--test-split {self.test_split}: give the share of images held out for testing, in "
                              f"(0, 1), e.g. 0.3")
@@ -104,7 +109,7 @@ class SegmentConfig:
         check_count("--threads", self.threads, 1, cpu_limit())
         check_count("--fpn-channels", self.fpn_channels, 1, 1024)
         check_count("--batch-size", self.batch_size, 1, 4096)
-        check_count("--seeds", self.seeds, 1, 1000)
+        check_count("--seeds", self.seeds, 1, MAX_SEEDS)
         if self.device == "cuda":
             import torch
 
@@ -353,8 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     except RunDirError as error:
         return fail(f"{error} (or pass --force to evaluate again into it)" if "other settings" not in str(error)
                     else str(error))
-    except (FileNotFoundError, ValueError, FloatingPointError) as error:  # includes ImageDecodeError
+    except (FileNotFoundError, ValueError, FloatingPointError) as error:  # ImageDecodeError, BackboneCheckpointError
         return fail(str(error))
+    except MemoryError as error:
+        return fail(f"out of memory{': ' + str(error) if str(error) else ''}; segment fewer or smaller images "
+                    f"(a smaller --image-size) or lower --batch-size")
     return 0
 
 

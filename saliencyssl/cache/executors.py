@@ -187,6 +187,7 @@ class DaskExecutor:
     """
 
     def __init__(self, address: str, retries: int = 3):
+        workers = local_cluster_workers(address)  # a bad local:N is refused before Dask is imported
         try:
             from distributed import Client, LocalCluster
         except ImportError as error:
@@ -194,13 +195,7 @@ class DaskExecutor:
                               "pip install 'saliency-ssl[cluster]'") from error
         self._cluster = None
         self.retries = retries
-        if address.startswith("local:"):
-            try:
-                workers = int(address.split(":", 1)[1])
-            except ValueError as error:
-                raise ValueError(f"--scheduler local:N needs a number of workers, got {address!r}") from error
-            if workers < 1:
-                raise ValueError(f"--scheduler local:N needs N >= 1, got {address!r}")
+        if workers is not None:
             import dask
 
             # Workers without Dask's malloc trimming (see restore_malloc_defaults) and without its
@@ -260,6 +255,32 @@ class DaskExecutor:
         self._client.close()
         if self._cluster is not None:
             self._cluster.close()
+
+
+#: The most worker processes per core a LocalCluster may start (the stages' rule for threads and workers).
+WORKERS_PER_CORE = 4
+
+
+def local_worker_limit() -> int:
+    """The most worker processes ``local:N`` may ask for here: :data:`WORKERS_PER_CORE` per core."""
+    return WORKERS_PER_CORE * (os.cpu_count() or 1)
+
+
+def local_cluster_workers(address: str) -> int | None:
+    """N of a ``"local:N"`` scheduler address, checked; ``None`` for the address of a running scheduler.
+
+    Raises:
+        ValueError: N is not a whole number from 1 to :func:`local_worker_limit` (more processes
+            than that only contend for the cores, and each holds a labeller's memory).
+    """
+    if not isinstance(address, str) or not address.startswith("local:"):
+        return None
+    text = address.split(":", 1)[1].strip()
+    limit = local_worker_limit()
+    if not (text.isascii() and text.isdigit() and len(text) <= 9) or not 1 <= int(text) <= limit:
+        raise ValueError(f"--scheduler {address}: local:N needs N, the number of worker processes, a whole number "
+                         f"from 1 to {limit} ({WORKERS_PER_CORE} per core of this machine's {os.cpu_count() or 1})")
+    return int(text)
 
 
 def default_workers() -> int:

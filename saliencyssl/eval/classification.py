@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 PROTOCOLS = ("linear", "knn", "kmeans")
+#: The most seeds an evaluation runs (each draws its own labelled subsets and trains its own probe,
+#: per fraction): far more than any spread needs, few enough that the sweep's bookkeeping fits in memory.
+MAX_SEEDS = 1000
 
 
 @dataclass
@@ -64,6 +67,8 @@ def evaluate_classification(s: ClassificationSettings, verbose: bool = True, pro
     protocols = list(s.protocols)
     fractions = frac.parse_fractions(s.fractions)
     supervised = [p for p in protocols if p in ("linear", "knn")]
+    if isinstance(s.seeds, bool) or not isinstance(s.seeds, int) or not 1 <= s.seeds <= MAX_SEEDS:
+        raise ValueError(f"--seeds {s.seeds!r}: give a whole number from 1 to {MAX_SEEDS}")
     seeds = list(range(s.seeds))
     out_dir = Path(s.out)
 

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from saliencyssl.ssl.backbone import FEATURE_DIM, load_backbone, resnet18_backbone, to_model_input, uses_cifar_stem
+from saliencyssl.ssl.backbone import (FEATURE_DIM, check_backbone_config, load_backbone, resnet18_backbone,
+                                      to_model_input, uses_cifar_stem)
 
 #: Bumped whenever the way features are computed changes, so old cache entries stop matching.
 FEATURE_RECIPE = "penultimate-fit_square-imagenet_norm-v1"
@@ -103,14 +104,18 @@ def open_backbone(backbone: str | Path, image_size: int | None = None, seed: int
 
     Raises:
         FileNotFoundError: the checkpoint does not exist (the message says how to make one).
-        ValueError: the file is not a ResNet-18 backbone, or a bad ``image_size`` / ``stem``.
+        ValueError: a bad ``image_size`` (not 8..1024 px) or ``stem``;
+            :class:`~saliencyssl.ssl.backbone.BackboneCheckpointError` (a ``ValueError``, one line
+            naming the file): the file is not a ResNet-18 backbone, or its config or weights are damaged.
     """
-    if image_size is not None and int(image_size) <= 0:
-        raise ValueError(f"--image-size {image_size}: give a positive side length in pixels, e.g. 32")
+    from saliencyssl.datasets import check_image_size
+
+    if image_size is not None:
+        check_image_size(image_size, "--image-size")
     if stem not in ("auto", "cifar", "imagenet"):
         raise ValueError(f"stem {stem!r}: choose auto, cifar or imagenet")
     if str(backbone) == "random":
-        size = int(image_size or default_random_size)
+        size = check_image_size(image_size or default_random_size, "--image-size")
         cifar_stem = uses_cifar_stem(size) if stem == "auto" else stem == "cifar"
         model = random_backbone(seed, cifar_stem)
         config = {"arch": "resnet18", "cifar_stem": cifar_stem, "feature_dim": FEATURE_DIM, "image_size": size,
@@ -119,12 +124,23 @@ def open_backbone(backbone: str | Path, image_size: int | None = None, seed: int
         return model, BackboneInfo("random", config, size, identity)
     path = Path(backbone)
     model, config = load_backbone(path, map_location="cpu")
-    return model, BackboneInfo(str(path), config, _checkpoint_size(config, image_size), f"file:{file_digest(path)}")
+    return model, BackboneInfo(str(path), config, _checkpoint_size(config, image_size, path),
+                               f"file:{file_digest(path)}")
 
 
-def _checkpoint_size(config: dict, image_size: int | None) -> int:
-    """The side length a checkpoint is fed at: the one asked for, else its config's, else its stem's default."""
-    size = image_size or config.get("image_size")
+def _checkpoint_size(config: dict, image_size: int | None, path: str | Path = "the backbone checkpoint") -> int:
+    """The side length a checkpoint is fed at: the one asked for, else its config's, else its stem's default.
+
+    Raises:
+        saliencyssl.ssl.backbone.BackboneCheckpointError: the config's ``image_size`` is not a whole
+            number of pixels from ``MIN_IMAGE_SIZE`` to ``MAX_IMAGE_SIZE`` (the message names ``path``).
+        ValueError: the size asked for is not.
+    """
+    from saliencyssl.datasets import check_image_size
+
+    if image_size is not None:
+        return check_image_size(image_size, "--image-size")
+    size = check_backbone_config(path, config).get("image_size")
     if size is None:
         size = DEFAULT_RANDOM_IMAGE_SIZE if config.get("cifar_stem") else DEFAULT_IMAGENET_IMAGE_SIZE
     return int(size)
@@ -135,13 +151,13 @@ def backbone_identity(backbone: str | Path, image_size: int | None = None, seed:
     """``(identity, image size)`` of a backbone as :func:`open_backbone` would open it, without
     building the model: what a run record compares to tell two evaluations' backbones apart."""
     if str(backbone) == "random":
-        size = int(image_size or DEFAULT_RANDOM_IMAGE_SIZE)
+        size = _checkpoint_size({}, image_size or DEFAULT_RANDOM_IMAGE_SIZE)
         cifar_stem = uses_cifar_stem(size) if stem == "auto" else stem == "cifar"
         return f"random:seed={int(seed)}:cifar_stem={cifar_stem}", size
     path = Path(backbone)
-    if image_size is None:
-        image_size = _checkpoint_size(load_backbone(path, map_location="cpu")[1], None)
-    return f"file:{file_digest(path)}", int(image_size)
+    image_size = _checkpoint_size(load_backbone(path, map_location="cpu")[1] if image_size is None else {},
+                                  image_size, path)
+    return f"file:{file_digest(path)}", image_size
 
 
 def load_frozen_backbone(backbone: str | Path, image_size: int | None = None, seed: int = 0,

@@ -8,7 +8,8 @@ from lightly.loss import BarlowTwinsLoss
 from lightly.models.modules.heads import ProjectionHead
 from torch import Tensor, nn
 
-from saliencyssl.ssl.method import SGD_RECIPE, OptimizerRecipe, SSLMethod, _check_float, _check_int
+from saliencyssl.ssl.method import (MAX_WIDTH, SGD_RECIPE, OptimizerRecipe, SSLMethod, _check_float, _check_head_values,
+                                    _check_int)
 from saliencyssl.target import TargetBatch
 
 
@@ -67,8 +68,11 @@ class BarlowTwins(SSLMethod):
 
     @classmethod
     def _validate_hparams(cls, hparams: dict[str, Any]) -> None:
-        _check_int(cls, hparams, "projection_hidden_dim", minimum=1)
-        _check_int(cls, hparams, "output_dim", minimum=2)
+        _check_int(cls, hparams, "projection_hidden_dim", minimum=1, maximum=MAX_WIDTH)
+        _check_int(cls, hparams, "output_dim", minimum=2, maximum=MAX_WIDTH)
+        f, h, o = (hparams[k] for k in ("feature_dim", "projection_hidden_dim", "output_dim"))
+        # the head, and the output_dim x output_dim cross-correlation matrix of every step
+        _check_head_values(cls, hparams, f * h + h * o + o * o, ("projection_hidden_dim", "output_dim"))
         _check_float(cls, hparams, "lambda_param", low=0.0, high=1.0, low_inclusive=True,
                      hint="Barlow Twins uses 5e-3 (about 1/output_dim)")
         if hparams["loss_scale"] is not None:

@@ -10,8 +10,8 @@ from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from lightly.models.utils import update_momentum
 from torch import Tensor, nn
 
-from saliencyssl.ssl.method import (SGD_RECIPE, OptimizerRecipe, SSLMethod, _check_float, _check_int, momentum_copy,
-                                    scheduled_momentum)
+from saliencyssl.ssl.method import (MAX_WIDTH, SGD_RECIPE, OptimizerRecipe, SSLMethod, _check_float, _check_head_values,
+                                    _check_int, momentum_copy, scheduled_momentum)
 from saliencyssl.target import TargetBatch
 
 
@@ -62,9 +62,14 @@ class BYOL(SSLMethod):
 
     @classmethod
     def _validate_hparams(cls, hparams: dict[str, Any]) -> None:
-        _check_int(cls, hparams, "projection_hidden_dim", minimum=1)
-        _check_int(cls, hparams, "output_dim", minimum=1)
-        _check_int(cls, hparams, "prediction_hidden_dim", minimum=1)
+        _check_int(cls, hparams, "projection_hidden_dim", minimum=1, maximum=MAX_WIDTH)
+        _check_int(cls, hparams, "output_dim", minimum=1, maximum=MAX_WIDTH)
+        _check_int(cls, hparams, "prediction_hidden_dim", minimum=1, maximum=MAX_WIDTH)
+        f, h, o, p = (hparams[k] for k in ("feature_dim", "projection_hidden_dim", "output_dim",
+                                           "prediction_hidden_dim"))
+        # the projection head twice (online and momentum), the predictor once
+        _check_head_values(cls, hparams, 2 * (f * h + h * o) + 2 * o * p,
+                           ("projection_hidden_dim", "output_dim", "prediction_hidden_dim"))
         for key in ("momentum_start", "momentum_end"):
             _check_float(cls, hparams, key, low=0.0, high=1.0, low_inclusive=True,
                          hint="BYOL uses 0.99 -> 1.0 (0.996 -> 1.0 for long ImageNet runs)")

@@ -111,6 +111,12 @@ from saliencyssl.target import TargetBatch, compact_labels
 MASK_SOURCES = ("regions", "foreground")
 #: DetCon-B's objectives: DetCon's contrastive loss (the reference), or BYOL's regression.
 OBJECTIVES = ("contrastive", "regression")
+#: The most masks drawn per image and view (DetCon: 16); the loss compares ``batch x num_masks`` embeddings
+#: with each other, so its matrix grows with the square.
+MAX_NUM_MASKS = 256
+#: The largest ``feature_upsample``: 32 takes layer4 of the ImageNet stem (1/32 of the view) to the view's own
+#: pixels, beyond which the grid would be finer than the targets.
+MAX_FEATURE_UPSAMPLE = 32
 
 
 # ---------------------------------------------------------------------- features and masks
@@ -314,8 +320,8 @@ class _MaskPooling:
 
     @classmethod
     def _validate_mask_hparams(cls, hparams: dict[str, Any]) -> None:
-        _check_int(cls, hparams, "num_masks", minimum=1)
-        _check_int(cls, hparams, "feature_upsample", minimum=1)
+        _check_int(cls, hparams, "num_masks", minimum=1, maximum=MAX_NUM_MASKS)
+        _check_int(cls, hparams, "feature_upsample", minimum=1, maximum=MAX_FEATURE_UPSAMPLE)
         _check_float(cls, hparams, "temperature", low=1e-3, high=10.0, hint="DetCon uses 0.1")
         if hparams["masks"] not in MASK_SOURCES:
             raise ValueError(f"{cls.name}: masks must be one of {list(MASK_SOURCES)} (the RC regions, or the "

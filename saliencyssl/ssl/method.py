@@ -58,6 +58,23 @@ from saliencyssl.target import TargetBatch
 #: :func:`lightly.utils.scheduler.cosine_schedule`, which works on integer step counts.
 _SCHEDULE_RESOLUTION = 1_000_000
 
+# Bounds of what a run or a method option may ask for: far above any published recipe, low enough
+# that a typo (a digit too many) is refused in one line before anything is allocated.
+#: The most epochs a training run takes (pretraining, segmentation fine-tuning, SwAV's frozen-prototype epochs).
+MAX_EPOCHS = 100_000
+#: The largest peak learning rate a run accepts (the recipes use 1e-3 to 0.5).
+MAX_LR = 100.0
+#: The widest a head may be: its hidden and output dimensions, and SwAV's prototypes (recipes: 128 to 8192).
+MAX_WIDTH = 65_536
+#: The most layers of a projection head (SimCLR v2 uses 3).
+MAX_LAYERS = 16
+#: The longest queue of past keys (MoCo's memory bank; MoCo v2 uses 65,536).
+MAX_QUEUE = 1_048_576
+#: The most float32 values a method's heads (with their momentum copies), queue and per-step
+#: ``output_dim x output_dim`` matrices may hold together: 2**28, 1 GiB (gradients and optimizer
+#: state come on top). Barlow Twins' ImageNet head (8192 wide) needs 138 M; the defaults at most 7 M.
+MAX_HEAD_VALUES = 2 ** 28
+
 
 @dataclass(frozen=True)
 class OptimizerRecipe:
@@ -187,7 +204,7 @@ class SSLMethod(nn.Module):
             raise ValueError(f"{cls.name or cls.__name__}: unknown hyperparameter(s) {unknown}; "
                              f"valid ones are {sorted(defaults)} (defaults: {defaults})")
         hparams = {**defaults, **overrides}
-        _check_int(cls, hparams, "feature_dim", minimum=1)
+        _check_int(cls, hparams, "feature_dim", minimum=1, maximum=MAX_WIDTH)
         cls._validate_hparams(hparams)
         return hparams
 
@@ -274,11 +291,24 @@ def scheduled_momentum(progress: float, start: float, end: float) -> float:
 
 
 # ---------------------------------------------------------------------- validation helpers
-def _check_int(cls: type, hparams: dict[str, Any], key: str, *, minimum: int) -> None:
+def _check_int(cls: type, hparams: dict[str, Any], key: str, *, minimum: int, maximum: int | None = None) -> None:
+    """Refuse ``hparams[key]`` unless it is an int from ``minimum`` to ``maximum`` (no upper bound when ``None``)."""
     value = hparams[key]
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{cls.name or cls.__name__}: {key} must be an int >= {minimum}, got {value!r} "
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum or \
+            (maximum is not None and value > maximum):
+        span = f">= {minimum}" + ("" if maximum is None else f" and <= {maximum:,}")
+        raise ValueError(f"{cls.name or cls.__name__}: {key} must be an int {span}, got {value!r} "
                          f"(default {cls.default_hparams()[key]!r})")
+
+
+def _check_head_values(cls: type, hparams: dict[str, Any], values: int, keys: tuple[str, ...]) -> None:
+    """Refuse options whose heads, queue and per-step matrices would hold more than
+    :data:`MAX_HEAD_VALUES` float32 values (``values``, counted by the method), naming ``keys``."""
+    if values > MAX_HEAD_VALUES:
+        given = ", ".join(f"{k}={hparams[k]}" for k in keys)
+        raise ValueError(f"{cls.name or cls.__name__}: {given} ask for {values:,} float32 values in the heads "
+                         f"({values * 4 / 2 ** 30:.1f} GiB before gradients and optimizer state); at most "
+                         f"{MAX_HEAD_VALUES:,} (1 GiB) are allowed: lower them")
 
 
 def _check_float(cls: type, hparams: dict[str, Any], key: str, *, low: float, high: float = math.inf,

@@ -10,8 +10,8 @@ from lightly.models.modules import MoCoProjectionHead
 from lightly.models.utils import batch_shuffle, batch_unshuffle, update_momentum
 from torch import Tensor, nn
 
-from saliencyssl.ssl.method import (SGD_RECIPE, OptimizerRecipe, SSLMethod, _check_bool, _check_float, _check_int,
-                                    momentum_copy, scheduled_momentum)
+from saliencyssl.ssl.method import (MAX_QUEUE, MAX_WIDTH, SGD_RECIPE, OptimizerRecipe, SSLMethod, _check_bool,
+                                    _check_float, _check_head_values, _check_int, momentum_copy, scheduled_momentum)
 from saliencyssl.target import TargetBatch
 
 
@@ -71,11 +71,15 @@ class MoCo(SSLMethod):
 
     @classmethod
     def _validate_hparams(cls, hparams: dict[str, Any]) -> None:
-        _check_int(cls, hparams, "projection_hidden_dim", minimum=1)
-        _check_int(cls, hparams, "output_dim", minimum=1)
+        _check_int(cls, hparams, "projection_hidden_dim", minimum=1, maximum=MAX_WIDTH)
+        _check_int(cls, hparams, "output_dim", minimum=1, maximum=MAX_WIDTH)
         _check_float(cls, hparams, "temperature", low=1e-3, high=10.0,
                      hint="MoCo v2 uses 0.2 on ImageNet, lightly's CIFAR-10 benchmark 0.1")
-        _check_int(cls, hparams, "memory_bank_size", minimum=1)
+        _check_int(cls, hparams, "memory_bank_size", minimum=1, maximum=MAX_QUEUE)
+        f, h, o, bank = (hparams[k] for k in ("feature_dim", "projection_hidden_dim", "output_dim", "memory_bank_size"))
+        # the projection head twice (online and momentum) and the queue of memory_bank_size x output_dim keys
+        _check_head_values(cls, hparams, 2 * (f * h + h * o) + bank * o,
+                           ("projection_hidden_dim", "output_dim", "memory_bank_size"))
         for key in ("momentum_start", "momentum_end"):
             _check_float(cls, hparams, key, low=0.0, high=1.0, low_inclusive=True,
                          hint="the momentum encoder keeps this fraction of its weights each step (0.99-0.999)")

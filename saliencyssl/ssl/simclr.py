@@ -8,7 +8,8 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from torch import Tensor, nn
 
-from saliencyssl.ssl.method import SGD_RECIPE, OptimizerRecipe, SSLMethod, _check_bool, _check_float, _check_int
+from saliencyssl.ssl.method import (MAX_LAYERS, MAX_WIDTH, SGD_RECIPE, OptimizerRecipe, SSLMethod, _check_bool,
+                                    _check_float, _check_head_values, _check_int)
 from saliencyssl.target import TargetBatch
 
 
@@ -67,9 +68,13 @@ class SimCLR(SSLMethod):
 
     @classmethod
     def _validate_hparams(cls, hparams: dict[str, Any]) -> None:
-        _check_int(cls, hparams, "projection_hidden_dim", minimum=1)
-        _check_int(cls, hparams, "output_dim", minimum=1)
-        _check_int(cls, hparams, "projection_layers", minimum=2)
+        _check_int(cls, hparams, "projection_hidden_dim", minimum=1, maximum=MAX_WIDTH)
+        _check_int(cls, hparams, "output_dim", minimum=1, maximum=MAX_WIDTH)
+        _check_int(cls, hparams, "projection_layers", minimum=2, maximum=MAX_LAYERS)
+        f, h, o, layers = hparams["feature_dim"], hparams["projection_hidden_dim"], hparams["output_dim"], \
+            hparams["projection_layers"]
+        _check_head_values(cls, hparams, f * h + (layers - 2) * h * h + h * o,
+                           ("projection_hidden_dim", "output_dim", "projection_layers"))
         _check_bool(cls, hparams, "projection_batch_norm")
         _check_float(cls, hparams, "temperature", low=1e-3, high=10.0,
                      hint="SimCLR uses 0.1-0.5; lightly's CIFAR-10 benchmark uses 0.5")

@@ -9,7 +9,7 @@ from lightly.models.modules import SimSiamPredictionHead
 from lightly.models.modules.heads import ProjectionHead
 from torch import Tensor, nn
 
-from saliencyssl.ssl.method import OptimizerRecipe, SSLMethod, _check_bool, _check_int
+from saliencyssl.ssl.method import MAX_WIDTH, OptimizerRecipe, SSLMethod, _check_bool, _check_head_values, _check_int
 from saliencyssl.target import TargetBatch
 
 
@@ -58,9 +58,13 @@ class SimSiam(SSLMethod):
 
     @classmethod
     def _validate_hparams(cls, hparams: dict[str, Any]) -> None:
-        _check_int(cls, hparams, "projection_hidden_dim", minimum=1)
-        _check_int(cls, hparams, "output_dim", minimum=1)
-        _check_int(cls, hparams, "prediction_hidden_dim", minimum=1)
+        _check_int(cls, hparams, "projection_hidden_dim", minimum=1, maximum=MAX_WIDTH)
+        _check_int(cls, hparams, "output_dim", minimum=1, maximum=MAX_WIDTH)
+        _check_int(cls, hparams, "prediction_hidden_dim", minimum=1, maximum=MAX_WIDTH)
+        f, h, o, p = (hparams[k] for k in ("feature_dim", "projection_hidden_dim", "output_dim",
+                                           "prediction_hidden_dim"))
+        _check_head_values(cls, hparams, f * h + h * o + 2 * o * p,
+                           ("projection_hidden_dim", "output_dim", "prediction_hidden_dim"))
         _check_bool(cls, hparams, "fix_predictor_lr")
 
     def fixed_lr_parameters(self) -> list[nn.Parameter]:

@@ -9,8 +9,12 @@ from lightly.models.modules import SwaVProjectionHead, SwaVPrototypes
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from saliencyssl.ssl.method import OptimizerRecipe, SSLMethod, _check_float, _check_int
+from saliencyssl.ssl.method import (MAX_EPOCHS, MAX_WIDTH, OptimizerRecipe, SSLMethod, _check_float, _check_head_values,
+                                    _check_int)
 from saliencyssl.target import TargetBatch
+
+#: The most Sinkhorn-Knopp iterations per step (SwAV uses 3; each is a pass over the batch x prototypes scores).
+MAX_SINKHORN_ITERATIONS = 1000
 
 
 class SwAV(SSLMethod):
@@ -74,15 +78,17 @@ class SwAV(SSLMethod):
 
     @classmethod
     def _validate_hparams(cls, hparams: dict[str, Any]) -> None:
-        _check_int(cls, hparams, "projection_hidden_dim", minimum=1)
-        _check_int(cls, hparams, "output_dim", minimum=1)
-        _check_int(cls, hparams, "n_prototypes", minimum=2)
+        _check_int(cls, hparams, "projection_hidden_dim", minimum=1, maximum=MAX_WIDTH)
+        _check_int(cls, hparams, "output_dim", minimum=1, maximum=MAX_WIDTH)
+        _check_int(cls, hparams, "n_prototypes", minimum=2, maximum=MAX_WIDTH)
         _check_float(cls, hparams, "temperature", low=1e-3, high=10.0, hint="SwAV uses 0.1")
-        _check_int(cls, hparams, "sinkhorn_iterations", minimum=1)
+        _check_int(cls, hparams, "sinkhorn_iterations", minimum=1, maximum=MAX_SINKHORN_ITERATIONS)
         _check_float(cls, hparams, "sinkhorn_epsilon", low=0.02, high=10.0,
                      hint="SwAV uses 0.05 (0.03 on ImageNet with a queue); below 0.02 exp(score/epsilon) "
                           "overflows float32")
-        _check_int(cls, hparams, "freeze_prototypes_epochs", minimum=0)
+        _check_int(cls, hparams, "freeze_prototypes_epochs", minimum=0, maximum=MAX_EPOCHS)
+        f, h, o, k = (hparams[k] for k in ("feature_dim", "projection_hidden_dim", "output_dim", "n_prototypes"))
+        _check_head_values(cls, hparams, f * h + h * o + o * k, ("projection_hidden_dim", "output_dim", "n_prototypes"))
 
     def prototypes_frozen(self, epoch: int) -> bool:
         """Whether the prototypes are held fixed during ``epoch``."""

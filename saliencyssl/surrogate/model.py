@@ -29,8 +29,12 @@ that also holds a moving average of the weights, key ``ema``, written by the exp
 average or by older runs, loads as that average, the generator its run evaluated).
 :meth:`Surrogate.load` refuses, with a message saying which, a file that is not a surrogate
 checkpoint, one for another image size, target layout or labeller fingerprint, a generator with
-an option that left the product (coordinate channels, a fourth output), and weights that do not
-fit the recorded architecture.
+an option that left the product (coordinate channels, a fourth output), a record field of the
+wrong type, an architecture beyond :data:`~saliencyssl.surrogate.networks.ARCH_LIMITS`, weights
+that do not fit the recorded architecture (compared key by key and shape by shape before the
+network is built, so a record cannot make the loader allocate more than the file holds) and
+weights that are NaN or infinite. Every refusal is one :class:`SurrogateCheckpointError` naming
+the file.
 """
 
 from __future__ import annotations
@@ -134,6 +138,90 @@ def _unreadable(path: Path, error: Exception) -> str:
             f"saliency-ssl train-surrogate writes")
 
 
+def _short(value: Any, limit: int = 200) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a crafted record may be long)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _checked_record(path: Path, blob: dict) -> tuple[int, str, dict | None, dict]:
+    """``(image_size, fingerprint, labeller_params, meta)`` of a checkpoint, each of the type the
+    writer gives it.
+
+    Raises:
+        SurrogateCheckpointError: a field of another type, or an image size outside
+            ``MIN_IMAGE_SIZE..MAX_IMAGE_SIZE`` (the message names the file and the field).
+    """
+    from saliencyssl.datasets import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+
+    size = blob.get("image_size")
+    if isinstance(size, bool) or not isinstance(size, int) or not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
+        raise SurrogateCheckpointError(f"{path}: image_size must be a whole number of pixels from {MIN_IMAGE_SIZE} "
+                                       f"to {MAX_IMAGE_SIZE}, the file says {_short(size)}; the file is damaged or "
+                                       f"was edited, retrain it")
+    fingerprint = blob.get("fingerprint")
+    if not isinstance(fingerprint, str):
+        raise SurrogateCheckpointError(f"{path}: fingerprint must be the labeller fingerprint as text, the file says "
+                                       f"{_short(fingerprint)}; the file is damaged or was edited, retrain it")
+    params = blob.get("labeller_params")
+    meta = blob.get("meta") or {}
+    for name, value, kinds in (("labeller_params", params, (dict, type(None))), ("meta", meta, (dict,))):
+        if not isinstance(value, kinds):
+            raise SurrogateCheckpointError(f"{path}: {name} must be a dict, the file holds "
+                                           f"{type(value).__name__}; the file is damaged or was edited, retrain it")
+    return size, fingerprint, params, dict(meta)
+
+
+def _checked_weights(path: Path, blob: dict, arch: Architecture) -> dict[str, torch.Tensor]:
+    """The generator's weights of a checkpoint, checked against ``arch`` before any network is built.
+
+    The expected keys, shapes and kinds come from :meth:`Architecture.generator_shapes` (no
+    allocation), so a record that claims a huge network is refused here unless the file really
+    holds weights of that size; a ``last.pt`` with a weight average (``ema``) gives the average.
+
+    Raises:
+        SurrogateCheckpointError: weights that are not a dict of tensors, missing or extra keys, a
+            shape or kind (float / integer) other than the architecture's, or a weight that is NaN
+            or infinite (such a generator predicts nothing: every fidelity score would read 0).
+    """
+    if "ema" in blob:  # a last.pt with a weight average: the average is what its run evaluated and selected
+        source = "ema"
+        ema = blob["ema"]
+        weights = ({k[len("module."):]: v for k, v in ema.items() if isinstance(k, str) and k.startswith("module.")}
+                   if isinstance(ema, dict) else ema)
+    else:
+        source = "generator"
+        weights = blob.get("generator")
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in weights.items()):
+        raise SurrogateCheckpointError(f"{path}: {source} must be a dict of named tensors (a state dict), the file "
+                                       f"holds {_short(weights, 120)}; the file is damaged or was edited, retrain it")
+    expected = arch.generator_shapes()
+    missing = [k for k in expected if k not in weights]
+    extra = [k for k in weights if k not in expected]
+    if missing or extra:
+        raise SurrogateCheckpointError(
+            f"{path}: the {source} weights do not fit the recorded architecture {arch.as_dict()} (missing "
+            f"{missing[:3] or 'none'}{' ...' if len(missing) > 3 else ''}, unexpected {extra[:3] or 'none'}"
+            f"{' ...' if len(extra) > 3 else ''}); the file is damaged or was edited, retrain it")
+    for key, (shape, dtype) in expected.items():
+        tensor = weights[key]
+        if tuple(tensor.shape) != shape:
+            raise SurrogateCheckpointError(
+                f"{path}: the {source} weights do not fit the recorded architecture {arch.as_dict()}: {key} has "
+                f"shape {tuple(tensor.shape)}, it needs {shape}; the file is damaged or was edited, retrain it")
+        if dtype.is_floating_point != tensor.dtype.is_floating_point or tensor.dtype.is_complex:
+            raise SurrogateCheckpointError(f"{path}: {source} weight {key} is {tensor.dtype}, expected "
+                                           f"{'a floating-point' if dtype.is_floating_point else 'an integer'} "
+                                           f"tensor; the file is damaged or was edited, retrain it")
+        if tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise SurrogateCheckpointError(
+                f"{path}: {source} weight {key} holds {bad} NaN or infinite value{'s' if bad > 1 else ''}; such a "
+                f"generator predicts nothing useful, retrain it (a run whose loss diverged: lower --lr)")
+    return weights
+
+
 class Surrogate:
     """A trained (or fresh) generator that predicts exact targets for uint8 images.
 
@@ -203,48 +291,49 @@ class Surrogate:
         Raises:
             FileNotFoundError: no such file.
             SurrogateCheckpointError: not a surrogate checkpoint; wrong target layout, image
-                size or labeller fingerprint; weights of the wrong shape. The message says which.
+                size or labeller fingerprint; a record field of the wrong type; an architecture
+                beyond its limits; weights of the wrong shape or kind, or NaN / infinite weights.
+                The message names the file and says which.
         """
         path = Path(path)
         blob = read_checkpoint(path)
-        size = int(blob["image_size"])
+        size, fingerprint, labeller_params, meta = _checked_record(path, blob)
         if expect_image_size is not None and size != int(expect_image_size):
             raise SurrogateCheckpointError(
                 f"{path} has the wrong image size: it was trained on {size}x{size} px images, {expect_image_size} px "
                 f"were asked for; train one at that size (saliency-ssl train-surrogate ... --size "
                 f"{expect_image_size}) or use --image-size {size}")
-        if expect_fingerprint is not None and blob["fingerprint"] != expect_fingerprint:
+        if expect_fingerprint is not None and fingerprint != expect_fingerprint:
             raise SurrogateCheckpointError(
-                f"{path} has the wrong labeller fingerprint: it learned the targets of labeller {blob['fingerprint']} "
-                f"(parameters {blob.get('labeller_params')}), not {expect_fingerprint}; train one on a cache "
+                f"{path} has the wrong labeller fingerprint: it learned the targets of labeller {fingerprint} "
+                f"(parameters {labeller_params}), not {expect_fingerprint}; train one on a cache "
                 f"labelled with the wanted parameters (saliency-ssl label, then saliency-ssl train-surrogate)")
+        if not isinstance(blob.get("arch"), dict):
+            raise SurrogateCheckpointError(f"{path}: the architecture record is {type(blob.get('arch')).__name__}, "
+                                           f"not a dict of sizes; the file is damaged or was edited, retrain it")
         try:
-            arch = Architecture.from_dict(dict(blob["arch"]))
+            arch = Architecture.from_dict(blob["arch"])
         except RetiredArchitectureError as error:
             raise SurrogateCheckpointError(
                 f"{path}: {error} (arch {error.field}={error.value!r}); retrain it with saliency-ssl train-surrogate "
                 f"(the project's experiments/surrogate_knobs.py still loads it)") from None
         except (TypeError, ValueError, KeyError) as error:
-            raise SurrogateCheckpointError(f"{path}: unreadable architecture record {blob.get('arch')!r}: {error}") \
-                from error
+            raise SurrogateCheckpointError(f"{path}: architecture record {_short(blob.get('arch'))} refused: "
+                                           f"{error}; the file is damaged or was edited, retrain it") from None
         if arch.image_size != size:
             raise SurrogateCheckpointError(f"{path}: architecture is for {arch.image_size} px but the checkpoint says "
                                            f"{size} px; the file is inconsistent, retrain it")
-        generator = UNetGenerator(arch)
+        weights = _checked_weights(path, blob, arch)
+        generator = UNetGenerator(arch)  # costs what the file's own weights cost: their shapes were checked above
         try:
-            if "ema" in blob:  # a last.pt with a weight average: the average is what its run evaluated and selected
-                weights = {k[len("module."):]: v for k, v in blob["ema"].items() if k.startswith("module.")}
-            else:
-                weights = blob["generator"]
             generator.load_state_dict(weights)
         except (RuntimeError, KeyError, TypeError, AttributeError) as error:
             raise SurrogateCheckpointError(
-                f"{path}: the weights do not fit the recorded architecture {arch.as_dict()} (wrong shape or "
-                f"missing keys: {str(error).splitlines()[0][:300]}); the file is damaged or was edited, retrain "
-                f"it") from error
-        meta = dict(blob.get("meta") or {})
+                f"{path}: the weights do not fit the recorded architecture {arch.as_dict()} "
+                f"({str(error).strip().splitlines()[-1][:300]}); the file is damaged or was edited, retrain "
+                f"it") from None
         meta.setdefault("path", str(path))
-        return cls(generator, blob["fingerprint"], blob.get("labeller_params"), meta, device=device, amp=amp)
+        return cls(generator, fingerprint, labeller_params, meta, device=device, amp=amp)
 
     def save(self, path: str | Path, meta: dict | None = None) -> Path:
         """Write this surrogate as a checkpoint (atomically); ``meta`` is merged into its record."""

@@ -57,12 +57,19 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from saliencyssl.datasets import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from saliencyssl.target import TARGET_CHANNELS
 
 #: At most this many stride-2 levels (Pix2Pix's 256 px U-Net).
 MAX_DEPTH = 8
 #: At least this many levels (the image side must be a multiple of 2**MIN_DEPTH).
 MIN_DEPTH = 3
+#: Upper bounds of an :class:`Architecture`'s widths and depths: far above any useful value (the
+#: defaults are ngf 16, ndf 16, max_mult 8, head 8, no dropout; Pix2Pix uses ngf 64), low enough
+#: that a typo or a crafted checkpoint record cannot ask for terabytes of weights. The one place
+#: these bounds live: the training config (:class:`~saliencyssl.surrogate.training.TrainConfig`)
+#: reads them from here.
+ARCH_LIMITS = {"ngf": 512, "ndf": 512, "max_mult": 64, "head": 1024, "dropout_blocks": 64}
 
 
 def unet_depth(image_size: int) -> int:
@@ -157,12 +164,30 @@ class Architecture:
     head: int = 8
 
     def __post_init__(self) -> None:
+        """Check every field's type and range (:data:`ARCH_LIMITS`) before anything is built.
+
+        Raises:
+            ValueError: naming the field, its value and the range it needs.
+        """
+        for name in ("image_size", "ngf", "max_mult", "depth", "dropout_blocks", "ndf", "d_layers", "head"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"architecture {name} must be a whole number, got {value!r}")
+        if not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
+            raise ValueError(f"architecture image_size must be from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} px, got "
+                             f"{self.image_size}")
         if self.ngf < 1 or self.ndf < 1 or self.max_mult < 1:
             raise ValueError(f"ngf, ndf and max_mult must be positive, got {self.ngf}, {self.ndf}, {self.max_mult}")
         if self.head < 0:
             raise ValueError(f"head must be 0 (none) or a channel count, got {self.head}")
         if self.dropout_blocks < 0:
             raise ValueError(f"dropout_blocks must be 0 (none) or more, got {self.dropout_blocks}")
+        for name, high in ARCH_LIMITS.items():
+            if getattr(self, name) > high:
+                raise ValueError(f"architecture {name} = {getattr(self, name)} is above the limit of {high}")
+        if not 0 <= self.d_layers <= MAX_DEPTH:
+            raise ValueError(f"architecture d_layers must be from 1 to {MAX_DEPTH} (0: the default of the image "
+                             f"size), got {self.d_layers}")
         if not self.depth:
             object.__setattr__(self, "depth", unet_depth(self.image_size))
         if not self.d_layers:
@@ -195,6 +220,15 @@ class Architecture:
     def widths(self) -> list[int]:
         """Channels after each encoder level, outermost first."""
         return [self.ngf * min(2 ** i, self.max_mult) for i in range(self.depth)]
+
+    def generator_shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """``{state-dict key: (shape, dtype)}`` of :class:`UNetGenerator` for this architecture,
+        found without allocating its weights (the generator is built on torch's ``meta`` device),
+        so a checkpoint's weights can be compared with what its record claims before anything of
+        that size exists."""
+        with torch.device("meta"):
+            generator = UNetGenerator(self)
+        return {k: (tuple(v.shape), v.dtype) for k, v in generator.state_dict().items()}
 
 
 class UNetGenerator(nn.Module):

@@ -84,8 +84,8 @@ from saliencyssl.datasets import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from saliencyssl.surrogate.losses import GAN_MODES, GANLoss, LossWeights, TargetLoss
 from saliencyssl.surrogate.model import (Surrogate, SurrogateCheckpointError, checkpoint_dict, read_checkpoint,
                                          save_checkpoint)
-from saliencyssl.surrogate.networks import (MIN_DEPTH, Architecture, PatchDiscriminator, UNetGenerator, build_networks,
-                                            image_to_input, to_probabilities, unet_depth)
+from saliencyssl.surrogate.networks import (ARCH_LIMITS, MIN_DEPTH, Architecture, PatchDiscriminator, UNetGenerator,
+                                            build_networks, image_to_input, to_probabilities, unet_depth)
 from saliencyssl.surrogate.pairs import PairSet, hash_prefixes
 from saliencyssl.target import TargetBatch, rotate_quarters
 
@@ -139,10 +139,9 @@ class TrainConfigError(ValueError):
         super().__init__(f"TrainConfig.{field} = {value!r}: {need}")
 
 
-#: Upper bounds of the sizes a training config may ask for: far above any useful value (the defaults are
-#: ngf 16, ndf 16, max_mult 8, head 8, batch 64), low enough that no value allocates more than a few GB.
-WIDTH_LIMITS = {"ngf": 512, "ndf": 512, "max_mult": 64, "head": 1024, "dropout_blocks": 64, "batch_size": 65536,
-                "grid_images": 256}
+#: Upper bounds of the sizes a training config may ask for: the network's are the architecture's own
+#: (:data:`~saliencyssl.surrogate.networks.ARCH_LIMITS`), plus the batch (default 64) and the grid of images shown.
+WIDTH_LIMITS = {**ARCH_LIMITS, "batch_size": 65536, "grid_images": 256}
 
 
 @dataclass
