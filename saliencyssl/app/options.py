@@ -151,7 +151,8 @@ OUTPUT_SIGNATURES = {".json": (b"{",), ".png": (b"\x89PNG\r\n\x1a\n",), ".jpg": 
 _KINDS = {".json": "JSON", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
 
-def check_output_file(out, flag: str, suffixes: tuple[str, ...], inputs: dict | None = None) -> None:
+def check_output_file(out, flag: str, suffixes: tuple[str, ...], inputs: dict | None = None,
+                      stem: str = "out") -> None:
     """Refuse an output file a stage would write at ``out`` unless writing it cannot destroy anything else.
 
     ``out`` must end in one of ``suffixes`` (``.json``, ``.png``, ``.jpg``, ``.jpeg``: what the stage
@@ -165,6 +166,7 @@ def check_output_file(out, flag: str, suffixes: tuple[str, ...], inputs: dict | 
         flag: the option, named in the message (``--json``).
         suffixes: the endings the stage writes, lowercase with their dot.
         inputs: ``{flag: folder}`` of the stage's input folders.
+        stem: the file name suggested inside a folder given as ``out``.
 
     Raises:
         ValueError: naming the flag, the path and the fix.
@@ -177,7 +179,7 @@ def check_output_file(out, flag: str, suffixes: tuple[str, ...], inputs: dict | 
         return
     out = Path(out)
     if out.is_dir():
-        raise ValueError(f"{flag} {out} is a folder; give a file name, e.g. {flag} {out / ('out' + suffixes[0])}")
+        raise ValueError(f"{flag} {out} is a folder; give a file name, e.g. {flag} {out / (stem + suffixes[0])}")
     if out.suffix.lower() not in suffixes:
         example = out.with_suffix(suffixes[0])
         for folder in (inputs or {}).values():  # suggest a name outside the inputs

@@ -126,7 +126,7 @@ class ViewsConfig:
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
-        check_output_file(self.out, "--out", (".png", ".jpg", ".jpeg"), {"DATA": self.data})
+        check_output_file(self.out, "--out", (".png", ".jpg", ".jpeg"), {"DATA": self.data}, stem="views")
         check_count("--count", self.count, 1, MAX_COUNT)
         check_image_size(self.image_size, "--image-size")
         try:
