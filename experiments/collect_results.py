@@ -84,9 +84,13 @@ def mask_aware_cifar10(args) -> None:
                                              max(spread(mine[f]), spread(base[f])))
                                        if f in mine and f in base else None for f in fractions])
         seeds = sorted({r["pretrain_seeds"] for r in rows})
+        n_seeds = max(int(x) for x in seeds) if seeds else 1
+        spread_note = ("± the larger of the spread over label subsets and over pretraining seeds" if n_seeds > 1 else
+                       "± the spread over label subsets only (one pretraining seed: the spread over pretraining "
+                       "seeds, usually the larger, is not measured); at 100% every label seed uses the same labels")
         notes = [f"Top-1 test accuracy on the 10,000 CIFAR-10 test images at each share of the 10,000 train images' "
-                 f"labels: mean over {'/'.join(map(str, seeds))} pretraining seeds and 3 label seeds; ± the larger "
-                 f"of the spread over label subsets and over pretraining seeds."]
+                 f"labels: mean over {'/'.join(map(str, seeds))} pretraining seed(s) and 3 label seeds; "
+                 f"{spread_note}."]
         write(Path(args.out) / f"mask_aware_cifar10_{protocol}.json",
               f"CIFAR-10, {name}: {config.name.split(': ', 1)[-1]}", ["recipe", *labels], table, command, notes,
               args.date, args.machine)
@@ -279,26 +283,59 @@ def photo_surrogate(args) -> None:
           ["set", "segmenter", "images", "F (beta^2 = 0.3)", "IoU", "MAE"], rows,
           commands + [f"python experiments/collect_results.py photo_surrogate --runs {args.runs}"], notes, args.date,
           args.machine)
+    bench, labeller = root / "bench_surrogate.json", root / "bench_labeller.json"
+    if bench.is_file() and labeller.is_file():
+        b, lab = json.loads(bench.read_text()), json.loads(labeller.read_text())
+        original = sum(lab["seconds"][k]["median"] for k in ("hc", "rc", "cut_faithful")) * 1000
+        surrogate = b["surrogate_ms_per_image"]
+        speed = [["exact labeller, original photo (HC + RC + SaliencyCut, medians)", lab["images"], round(original, 1),
+                  round(original / surrogate, 1)],
+                 [f"exact labeller at {b['image_size']} px", b["labeller_images"], round(b["labeller_ms_per_image"], 2),
+                  round(b["labeller_ms_per_image"] / surrogate, 1)],
+                 [f"surrogate at {b['image_size']} px, batches of {b['batch_size']} ({b['autocast']} autocast), "
+                  f"network + regions", b["num_images"], round(surrogate, 3), 1.0],
+                 ["  of which the network", b["num_images"], round(b["surrogate_network_ms_per_image"], 3), None],
+                 ["  of which the regions", b["num_images"], round(b["surrogate_regions_ms_per_image"], 3), None]]
+        write(Path(args.out) / "photo_surrogate_speed.json",
+              "Time per image: the exact labeller against the photo surrogate, one CPU thread",
+              ["labelling", "images", "ms per image", "x the surrogate's time"], speed,
+              [f"python benchmarks/bench_surrogate.py --data ../shared/data/clothing_parsing/images --image-size "
+               f"{b['image_size']} --num-images {b['num_images']} --batch-size {b['batch_size']} --labeller-images "
+               f"{b['labeller_images']} --surrogate RUN/surrogate.pt --threads 1 --json {bench}",
+               f"python benchmarks/bench_labeller.py ../shared/data/clothing_parsing/images --engines faithful "
+               f"--limit {lab['images']} --json {labeller}",
+               f"python experiments/collect_results.py photo_surrogate --runs {args.runs}"],
+              ["Clothing Co-Parsing photos; the exact labeller one image at a time as a labelling worker runs it, "
+               "the surrogate on batches. Medians; measured while other jobs shared the machine."],
+              args.date, args.machine)
 
 
 # -- the test suite: how long it takes --------------------------------------------------------------------
 def test_suite(args) -> None:
-    import xml.etree.ElementTree as ElementTree
+    """From pytest's own summary line (``pytest -q | tee pytest.log``), or from a JUnit XML file."""
+    import re
 
-    path = Path(args.runs) / "junit.xml"
-    root = ElementTree.parse(path).getroot()
-    suite = root if root.tag == "testsuite" else root.find("testsuite")
-    total, skipped = int(suite.get("tests")), int(suite.get("skipped"))
-    failed = int(suite.get("failures")) + int(suite.get("errors"))
-    slowest = sorted(((float(case.get("time")), f"{case.get('classname')}::{case.get('name')}")
-                      for case in suite.iter("testcase")), reverse=True)[:5]
-    rows = [["whole suite", total - skipped - failed, skipped, failed, round(float(suite.get("time")) / 60, 1)]]
-    notes = ["Skipped tests need a CUDA device. Slowest tests: " + "; ".join(f"{name} {seconds:.0f} s"
-                                                                          for seconds, name in slowest) + "."]
+    root = Path(args.runs)
+    log = root / "pytest.log"
+    text = log.read_text(errors="replace")
+    summary = [line for line in text.splitlines() if re.search(r"\d+ passed.* in [\d.]+s", line)][-1]
+
+    def count(word: str) -> int:
+        found = re.search(rf"(\d+) {word}", summary)
+        return int(found.group(1)) if found else 0
+
+    seconds = float(re.search(r" in ([\d.]+)s", summary).group(1))
+    passed, skipped, failed = count("passed"), count("skipped"), count("failed") + count("error")
+    reasons = sorted(set(re.findall(r"SKIPPED \[\d+\] [^:]+:\d+: (.+)", text)))
+    rows = [["whole suite", passed + skipped + failed, passed, skipped, failed, round(seconds / 60, 1)]]
+    notes = [f"Skipped: {'; '.join(reasons)}." if reasons else "Nothing skipped.",
+             "The time is pytest's own, of the whole suite on a fresh clone, slow tests included; other jobs "
+             "shared the machine."]
     write(Path(args.out) / "test_suite.json", "The test suite on a fresh clone",
-          ["tests", "passed", "skipped", "failed", "minutes"], rows,
-          [f".venv/bin/python -m pytest -q --junitxml {path}",
+          ["suite", "tests", "passed", "skipped", "failed", "minutes"], rows,
+          [f".venv/bin/python -m pytest -q -rs | tee {log}",
            f"python experiments/collect_results.py test_suite --runs {args.runs}"], notes, args.date, args.machine)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

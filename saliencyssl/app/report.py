@@ -43,7 +43,7 @@ from saliencyssl.app.options import fail
 SUMMARY = "the findings tables, regenerated from the committed result files (results/*.json)"
 
 #: The documents ``saliency-ssl report`` keeps in step by default.
-DEFAULT_DOCUMENTS = ("docs/findings.md",)
+DEFAULT_DOCUMENTS = ("docs/findings.md", "README.md")
 
 #: Largest document read (the findings document is tens of KB).
 MAX_DOCUMENT_BYTES = 10 << 20
