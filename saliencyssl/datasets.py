@@ -101,6 +101,9 @@ CIFAR_META = "batches.meta"
 #: batch of 80,000 images (CIFAR-100's single 50,000-image training file is 155 MB) and refuses a file
 #: that would only fill memory.
 MAX_CIFAR_FILE_BYTES = 256 << 20
+#: What a CIFAR pickle may build through numpy's rebuilders and ``_codecs.encode`` (arrays, bytes, scalars, and
+#: bytearrays) in all, beyond twice its own size: room for the small objects of ``batches.meta``.
+CIFAR_BUILD_SLACK_BYTES = 1 << 20
 
 def _latin1_bytes(text: str, encoding: str) -> bytes:
     """What a protocol-2 pickle written by Python 3 calls to rebuild ``bytes``: ``_codecs.encode(text, "latin1")``;
@@ -151,7 +154,12 @@ class CifarUnpickler(pickle._Unpickler):
     - checks the state every BUILD gives a numpy object (an array's dtype and its raw bytes; a
       dtype's state must leave it a plain number type);
     - admits ``_codecs.encode(text, "latin1")``, with which protocol-2 pickles written by Python 3
-      rebuild ``bytes``, for that codec only.
+      rebuild ``bytes``, for that codec only;
+    - charges every array, scalar, ``bytes`` and ``bytearray`` those rebuilders (and BUILD, BYTEARRAY8)
+      make to one running total, refused past ``max_total_bytes``: each call is bounded by the file,
+      but a pickle may memoise one large object and pass it to a rebuilder again and again (a 1 MB
+      file could build gigabytes). An honest batch builds its data at most twice (the latin-1
+      ``bytes`` of a protocol-2 pickle, then the array), so twice the file's size bounds it.
 
     Anything else raises :class:`UnsafePickleError` before it is called. Dicts, lists, tuples,
     strings, bytes and numbers need no callable at all.
@@ -159,6 +167,8 @@ class CifarUnpickler(pickle._Unpickler):
     Args:
         file: the pickle, as a binary file.
         max_bytes: the largest array it may build (default: its size, which bounds any honest array).
+        max_total_bytes: the most it may build in all (default: ``2 * max_bytes`` plus
+            :data:`CIFAR_BUILD_SLACK_BYTES`).
 
     Example:
         >>> import io, pickle
@@ -170,7 +180,7 @@ class CifarUnpickler(pickle._Unpickler):
         saliencyssl.datasets.UnsafePickleError: the pickle names builtins.print, which a CIFAR-10 batch never holds
     """
 
-    def __init__(self, file, *, max_bytes: int | None = None, **kwargs):
+    def __init__(self, file, *, max_bytes: int | None = None, max_total_bytes: int | None = None, **kwargs):
         if max_bytes is None:
             try:
                 max_bytes = len(file.getbuffer())
@@ -180,6 +190,9 @@ class CifarUnpickler(pickle._Unpickler):
                 except (AttributeError, OSError, io.UnsupportedOperation):
                     max_bytes = MAX_CIFAR_FILE_BYTES
         self.max_bytes = int(max_bytes)
+        self.max_total_bytes = (2 * self.max_bytes + CIFAR_BUILD_SLACK_BYTES if max_total_bytes is None
+                                else int(max_total_bytes))
+        self.built_bytes = 0
         super().__init__(_BoundedReader(file, self.max_bytes), **kwargs)
         self.dispatch = dict(self.dispatch)
         self.dispatch[pickle.BUILD[0]] = CifarUnpickler._load_build
@@ -192,6 +205,7 @@ class CifarUnpickler(pickle._Unpickler):
         if size > self.max_bytes:
             raise UnsafePickleError(f"the pickle claims a bytearray of {size:,} bytes, more than the file holds "
                                     f"({self.max_bytes:,})")
+        self._charge(size, "a bytearray")
         buffer = bytearray(size)
         self.readinto(buffer)
         self.append(buffer)
@@ -211,22 +225,38 @@ class CifarUnpickler(pickle._Unpickler):
                                     f"file holds ({self.max_bytes:,})")
         return shape
 
+    def _charge(self, nbytes: int, what: str) -> None:
+        """Add ``nbytes`` (about to be allocated for ``what``) to what this load has built, or refuse it."""
+        self.built_bytes += int(nbytes)
+        if self.built_bytes > self.max_total_bytes:
+            raise UnsafePickleError(f"the pickle builds {what} that brings what it has built to "
+                                    f"{self.built_bytes:,} bytes, more than the {self.max_total_bytes:,} a pickle of "
+                                    f"{self.max_bytes:,} bytes needs (an honest batch builds its data once or "
+                                    f"twice; this one rebuilds the same data again and again to fill memory)")
+
+    def _encode(self, text, encoding: str) -> bytes:
+        if isinstance(text, str):
+            self._charge(len(text), "a bytes object")  # latin-1: one byte per character
+        return _latin1_bytes(text, encoding)
+
     def _reconstruct(self, cls, shape, dtype_spec):
         if not isinstance(cls, _NDArrayClass):
             raise UnsafePickleError("the pickle reconstructs something other than a numpy array")
         dtype = _safe_dtype(dtype_spec)
-        return np.ndarray.__new__(np.ndarray, self._check_size(shape, dtype), dtype)
+        shape = self._check_size(shape, dtype)
+        self._charge(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, "an array")
+        return np.ndarray.__new__(np.ndarray, shape, dtype)
 
     @staticmethod
     def _dtype(spec, align=False, copy=True):
         return _safe_dtype(np.dtype(spec, bool(align), bool(copy)) if isinstance(spec, str) else spec)
 
-    @staticmethod
-    def _scalar(dtype_spec, data=None):
+    def _scalar(self, dtype_spec, data=None):
         dtype = _safe_dtype(dtype_spec)
         if not isinstance(data, bytes) or len(data) != dtype.itemsize:
             raise UnsafePickleError(f"the pickle gives a {dtype} scalar {len(data) if isinstance(data, bytes) else 'no'} "
                                     f"bytes")
+        self._charge(dtype.itemsize, "a scalar")
         return np.frombuffer(data, dtype)[0]
 
     def _frombuffer(self, buffer, dtype_spec, shape, order="C"):
@@ -241,11 +271,12 @@ class CifarUnpickler(pickle._Unpickler):
             raise UnsafePickleError(f"the pickle gives an array order {order!r:.20}")
         if len(buffer) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
             raise UnsafePickleError("the pickle's array data does not fit its shape")
+        self._charge(len(buffer), "an array")  # the copy below
         return np.frombuffer(buffer, dtype).reshape(shape, order=order).copy()
 
     def find_class(self, module: str, name: str):
         wrappers = {
-            ("_codecs", "encode"): _latin1_bytes,
+            ("_codecs", "encode"): self._encode,
             ("numpy", "ndarray"): _NDArrayClass(),
             ("numpy", "dtype"): self._dtype,
             ("numpy.core.multiarray", "_reconstruct"): self._reconstruct,
@@ -269,6 +300,7 @@ class CifarUnpickler(pickle._Unpickler):
             shape = self._check_size(state[1], dtype)
             if len(state[4]) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
                 raise UnsafePickleError("the pickle's array data does not fit its shape")
+            self._charge(len(state[4]), "an array")
         elif isinstance(inst, np.dtype):
             # numpy's own state of a plain number type: (3, byte order, None, None, None, -1, -1, 0)
             if not (isinstance(state, tuple) and len(state) == 8 and state[2:] == (None, None, None, -1, -1, 0)):
@@ -324,7 +356,8 @@ def load_cifar_pickle(path: str | Path) -> object:
 
     The file must be a regular file (a pipe or device is refused unopened) of at most
     :data:`MAX_CIFAR_FILE_BYTES`, checked on the opened file; it is then unpickled as it is read
-    (no copy of the whole file), every array and bytes object bounded by the file's size.
+    (no copy of the whole file), every array and bytes object bounded by the file's size, and all of them
+    together by twice its size (plus :data:`CIFAR_BUILD_SLACK_BYTES`).
 
     Raises:
         ImageDecodeError: the file is unreadable, too large, not a pickle, or names a callable outside the format.

@@ -30,8 +30,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import stat
 import sys
+from collections import Counter
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -71,6 +74,11 @@ _EVAL_KINDS = {"fractions": ("text such as \"0.1,0.5,1.0\"", lambda v: isinstanc
                "batch_size": _WHOLE, "knn_k": _WHOLE, "no_cache": _FLAG, "cache_dir": _or_null(_TEXT)}
 #: The most pretraining seeds a grid runs each cell with (every seed is a full pretraining run per cell).
 MAX_PRETRAIN_SEEDS = 100
+#: The most entries each of ``methods``, ``policies``, ``cells`` and ``baselines`` may list (every
+#: cell is a full pretraining run; a thousand is far beyond any grid one could run).
+MAX_GRID_ENTRIES = 1_000
+#: The largest grid config file read, in bytes (the configs/ examples are about 1 KB).
+MAX_CONFIG_BYTES = 1_000_000
 #: The baselines a grid can evaluate.
 BASELINES = ("random",)
 
@@ -150,7 +158,7 @@ class GridConfig:
         """Read and check a grid file; errors name the file and the key."""
         path = Path(path)
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
+            raw = json.loads(_read_config(path).decode("utf-8"))
         except FileNotFoundError:
             raise FileNotFoundError(f"grid config {path} not found (see configs/ for examples)") from None
         except UnicodeDecodeError as error:
@@ -159,6 +167,9 @@ class GridConfig:
                              f"JSON file, see configs/ for examples") from None
         except IsADirectoryError:
             raise ValueError(f"{path} is a folder; give the grid's JSON file (see configs/ for examples)") from None
+        except OSError as error:
+            raise ValueError(f"{path}: cannot read it ({error.strerror or error}); a grid config is a JSON file, see "
+                             f"configs/ for examples") from None
         except (json.JSONDecodeError, RecursionError) as error:
             raise ValueError(f"{path}: not valid JSON ({type(error).__name__}: {str(error)[:200]})") from None
         if not isinstance(raw, dict):
@@ -251,7 +262,7 @@ class GridConfig:
             raise ValueError(f"{path}: cells must be [method, policy] pairs")
         for name, values in (("cells", pairs), ("methods", config.methods), ("policies", config.policies),
                              ("baselines", config.baselines)):
-            repeated = sorted({str(v) for v in values if values.count(v) > 1})
+            repeated = sorted(str(v) for v, n in Counter(values).items() if n > 1)
             if repeated:
                 raise ValueError(f"{path}: {name} lists {', '.join(repeated)} more than once")
         for method in set(config.methods) | {m for m, _ in pairs}:
@@ -275,6 +286,31 @@ class GridConfig:
         return config
 
 
+def _read_config(path: Path) -> bytes:
+    """The bytes of a grid config: a regular file of at most :data:`MAX_CONFIG_BYTES`.
+
+    The file is opened without blocking (a pipe named ``config.json`` would otherwise wait for a
+    writer forever), checked to be a regular file on the open descriptor (``/dev/zero`` would be read
+    until memory runs out), and at most one byte over the limit is read (a file that grows is caught).
+
+    Raises:
+        FileNotFoundError / IsADirectoryError / OSError: as ``open`` raises them.
+        ValueError: not a regular file, or larger than the limit; naming ``path``.
+    """
+    if path.is_dir():
+        raise IsADirectoryError(str(path))
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise ValueError(f"{path}: not a regular file (a pipe or a device); a grid config is a JSON file, see "
+                             f"configs/ for examples")
+        data = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ValueError(f"{path}: larger than the {MAX_CONFIG_BYTES:,} bytes a grid config may have; it is not one "
+                         f"(see configs/ for examples)")
+    return data
+
+
 def _short(value: Any, limit: int = 120) -> str:
     """``repr(value)`` cut to ``limit`` characters (a config value may be long)."""
     text = repr(value)
@@ -292,6 +328,11 @@ def _check_value_types(path: Path, raw: dict) -> None:
     from saliencyssl.eval.classification import MAX_SEEDS
     from saliencyssl.ssl.method import MAX_EPOCHS
 
+    for key in ("methods", "policies", "cells", "baselines"):
+        values = raw.get(key) or []
+        if len(values) > MAX_GRID_ENTRIES:
+            raise ValueError(f"{path}: {key} lists {len(values):,} entries; give at most {MAX_GRID_ENTRIES:,} (each "
+                             f"cell is a full pretraining run)")
     for key in ("methods", "policies", "baselines"):
         values = raw.get(key, [])
         wrong = [v for v in values if not isinstance(v, str)]

@@ -22,7 +22,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +40,48 @@ from saliencyssl.saliency import DEFAULT_MAX_PIXELS, LabellerConfig
 
 SUMMARY = "exact targets of an image folder into a cache"
 
+logger = logging.getLogger(__name__)
+
 #: Exit status when a worker process died (the job is resumable).
 WORKER_DIED = 3
+
+
+class Terminated(KeyboardInterrupt):
+    """The job received ``SIGTERM``: raised in the main thread like Ctrl-C, so that every clean-up runs
+    (the pool is shut down, the cache closed, the temporary folder of CIFAR images removed)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """For the block's duration, turn ``SIGTERM`` into :class:`Terminated` raised in the main thread.
+
+    Python's default for ``SIGTERM`` is to die at once, running no ``finally`` and no ``with`` exit, so a
+    ``kill`` (or a batch system's stop) would leave the temporary folder behind. Only the first signal
+    raises; later ones are ignored while the clean-up runs (``SIGKILL`` still ends the job). Nothing is
+    installed outside the main thread (Python allows handlers only there) or when ``SIGTERM`` is
+    ignored; the previous handler is restored on exit.
+    """
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        yield
+        return
+    raised = False
+
+    def handler(signum, frame):
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -94,9 +136,11 @@ def run(config: LabelConfig) -> LabelSummary:
         FileNotFoundError, ValueError: no images, an export folder inside the image folder, a CIFAR
             batch refused (:class:`~saliencyssl.imageio.ImageDecodeError`, before the cache is created).
         OSError: too little room in the temporary folder for the images of CIFAR batches.
+        KeyboardInterrupt: Ctrl-C, or :class:`Terminated` on ``SIGTERM`` (after the clean-up).
     """
     fingerprint = config.labeller.fingerprint()
     with ExitStack() as stack:
+        stack.enter_context(terminate_as_interrupt())
         # CIFAR batches are read (and refused, when damaged or hostile) before the cache is created.
         folder, names = (stack.enter_context(cifar_image_files(config.images, progress=config.progress))
                          if is_cifar(config.images) else (config.images, {}))
@@ -120,6 +164,59 @@ def run(config: LabelConfig) -> LabelSummary:
 #: Disk a CIFAR image takes as a PNG in the temporary folder (3 KB of pixels in a 4 KB block, and its entry).
 CIFAR_PNG_BYTES = 8192
 
+#: Name of the temporary folders of CIFAR images: ``<prefix><pid of the job>-<random>``.
+CIFAR_TEMP_PREFIX = "saliency-ssl-cifar-"
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process (or a pid this system cannot have): not ours to judge
+    return True
+
+
+def remove_stale_cifar_folders(temp_dir: str | Path | None = None) -> list[Path]:
+    """Remove the temporary folders of CIFAR images that earlier jobs left when killed with ``SIGKILL``.
+
+    A folder is removed only when its name is ``<CIFAR_TEMP_PREFIX><pid>-<random>``, it is a real folder
+    (not a link) owned by this user, and no process ``pid`` exists any more. Folders of running jobs,
+    of other users, and of the older unnumbered form are left alone. A folder that cannot be removed is
+    skipped.
+
+    Args:
+        temp_dir: where to look (default: :func:`tempfile.gettempdir`, where the job writes them).
+
+    Returns:
+        The folders removed.
+    """
+    import shutil
+    import stat
+    import tempfile
+
+    root = Path(temp_dir if temp_dir is not None else tempfile.gettempdir())
+    removed = []
+    try:
+        entries = list(root.glob(CIFAR_TEMP_PREFIX + "*"))
+    except OSError:
+        return removed
+    for entry in entries:
+        pid_text, sep, _ = entry.name[len(CIFAR_TEMP_PREFIX):].partition("-")
+        if not sep or not pid_text.isdigit() or int(pid_text) <= 0:
+            continue
+        try:
+            info = os.lstat(entry)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or _process_exists(int(pid_text)):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        if not os.path.lexists(entry):
+            removed.append(entry)
+    return removed
+
 
 @contextmanager
 def cifar_image_files(path: Path, progress: bool = False) -> Iterator[tuple[Path, dict[str, str]]]:
@@ -130,7 +227,9 @@ def cifar_image_files(path: Path, progress: bool = False) -> Iterator[tuple[Path
     the restricted unpickler, labels checked), and each ``(32, 32, 3)`` uint8 image is written as
     ``<batch>/<index>.png``: PNG is lossless, so a worker decodes the very pixels the other stages
     hash, and the targets are stored under the content hashes pretraining and ``cache export`` look up.
-    The folder is removed on exit, whatever happens.
+    The folder is removed on exit, whatever happens (``SIGTERM`` included, under :func:`run`); its name
+    records this process's id, so that a later job removes it when this one was killed with ``SIGKILL``
+    (:func:`remove_stale_cifar_folders`, called first).
 
     Yields:
         ``(folder, names)``: the temporary folder, and each PNG's absolute path mapped to the image's
@@ -147,7 +246,9 @@ def cifar_image_files(path: Path, progress: bool = False) -> Iterator[tuple[Path
     from tqdm import tqdm
 
     image_set = open_image_set(path)
-    with tempfile.TemporaryDirectory(prefix="saliency-ssl-cifar-") as tmp:
+    for stale in remove_stale_cifar_folders():
+        logger.info("removed %s, left by a labelling job that no longer runs", stale)
+    with tempfile.TemporaryDirectory(prefix=f"{CIFAR_TEMP_PREFIX}{os.getpid()}-") as tmp:
         folder = Path(tmp)
         need, free = len(image_set) * CIFAR_PNG_BYTES, shutil.disk_usage(folder).free
         if need > free:
@@ -221,9 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     except WorkerDiedError as error:
         return fail(f"{error}. Every target stored so far is kept in {config.cache}: rerun the same command to go on "
                     f"(with fewer --workers, or a smaller --max-pixels, if memory ran out)", WORKER_DIED)
-    except KeyboardInterrupt:
-        return fail(f"interrupted; every target stored so far is kept in {config.cache}: rerun the same command to "
-                    f"go on", 130)
+    except KeyboardInterrupt as error:
+        how, code = ((str(error), 128 + error.signum) if isinstance(error, Terminated) else ("interrupted", 130))
+        return fail(f"{how}; every target stored so far is kept in {config.cache}: rerun the same command to "
+                    f"go on", code)
     print(f"labeller fingerprint {config.labeller.fingerprint()} -> cache {config.cache}")
     print("\n".join(summary.lines()))
     for warning in summary.warnings():

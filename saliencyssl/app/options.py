@@ -126,22 +126,41 @@ def check_count(flag: str, value: int | None, low: int = 1, high: int | None = N
         raise ValueError(f"{flag} {value}: give a whole number {span}")
 
 
+def _input_folder(path):
+    """The folder an input reads: ``path`` when it is a folder, its parent when it is a file (a CIFAR-10
+    batch given by path is read with the ``batches.meta`` beside it, and an image file written beside
+    it turns that folder into an image folder for the next run); ``None`` when nothing is there."""
+    from pathlib import Path
+
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir():
+        return path
+    if path.is_file():
+        return path.parent
+    return None
+
+
 def check_outside(out, inputs: dict, what: str = "--out") -> None:
     """Refuse an output path inside an input folder: the next run would read what it wrote as data.
 
     Args:
         out: the output file or folder.
-        inputs: ``{flag: folder}`` of the stage's input folders (``None`` values are skipped).
+        inputs: ``{flag: folder or file}`` of the stage's inputs (``None`` values are skipped); a file
+            (a CIFAR-10 batch given by path) stands for the folder that holds it.
     """
     from pathlib import Path
 
     if out is None:
         return
     target = Path(out).resolve()
-    for flag, folder in inputs.items():
-        if folder is not None and Path(folder).is_dir() and target.is_relative_to(Path(folder).resolve()):
-            raise ValueError(f"{what} {out} lies inside {flag} {folder}: what it writes would be read as data by the "
-                             f"next run; write it outside, e.g. {what} {Path(folder).resolve().parent / Path(out).name}")
+    for flag, given in inputs.items():
+        folder = _input_folder(given)
+        if folder is not None and target.is_relative_to(folder.resolve()):
+            where = f"{flag} {given}" if folder == Path(given) else f"the folder of {flag} {given}"
+            raise ValueError(f"{what} {out} lies inside {where}: what it writes would be read as data by the "
+                             f"next run; write it outside, e.g. {what} {folder.resolve().parent / Path(out).name}")
 
 
 #: What the start of each kind of output file a stage writes looks like, by file name ending: the
@@ -165,7 +184,7 @@ def check_output_file(out, flag: str, suffixes: tuple[str, ...], inputs: dict | 
         out: the path given (``None``: the option was left out; nothing to check).
         flag: the option, named in the message (``--json``).
         suffixes: the endings the stage writes, lowercase with their dot.
-        inputs: ``{flag: folder}`` of the stage's input folders.
+        inputs: ``{flag: folder or file}`` of the stage's inputs (a file stands for its folder).
         stem: the file name suggested inside a folder given as ``out``.
 
     Raises:
@@ -182,9 +201,9 @@ def check_output_file(out, flag: str, suffixes: tuple[str, ...], inputs: dict | 
         raise ValueError(f"{flag} {out} is a folder; give a file name, e.g. {flag} {out / (stem + suffixes[0])}")
     if out.suffix.lower() not in suffixes:
         example = out.with_suffix(suffixes[0])
-        for folder in (inputs or {}).values():  # suggest a name outside the inputs
-            if folder is not None and Path(folder).is_dir() and \
-                    example.resolve().is_relative_to(Path(folder).resolve()):
+        for given in (inputs or {}).values():  # suggest a name outside the inputs
+            folder = _input_folder(given)
+            if folder is not None and example.resolve().is_relative_to(folder.resolve()):
                 example = Path(folder).resolve().parent / example.name
         raise ValueError(f"{flag} {out} must end in {' or '.join(suffixes)} (what it writes); e.g. {flag} {example}")
     check_outside(out, inputs or {}, flag)

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -331,18 +332,23 @@ def _is_int(value) -> bool:
 
 def _check_params(params) -> None:
     """Labeller parameters as a header may hold them: ``None`` or an object of at most 64 names with
-    ``None``, numbers, short text, or short lists of numbers. Which names the labeller knows is
+    ``None``, finite numbers, short text, or short lists of finite numbers (JSON reads ``1e400`` as
+    infinity, which no labeller parameter is and canonical JSON cannot write back). Which names the labeller knows is
     checked where parameters are recorded (:func:`saliencyssl.cache.store.check_labeller_params`)."""
     if params is None:
         return
     if not isinstance(params, dict) or len(params) > _MAX_PARAMS:
         raise ValueError(f"params must be an object of at most {_MAX_PARAMS} entries")
+    def finite(v) -> bool:
+        return type(v) in (int, bool) or (type(v) is float and math.isfinite(v))
+
     for name, value in params.items():
-        scalar = value is None or type(value) in (int, float, bool) or (isinstance(value, str)
-                                                                         and len(value) <= _MAX_TEXT)
-        listed = type(value) is list and len(value) <= _MAX_LIST and all(type(v) in (int, float) for v in value)
+        scalar = value is None or finite(value) or (isinstance(value, str) and len(value) <= _MAX_TEXT)
+        listed = type(value) is list and len(value) <= _MAX_LIST and all(type(v) is not bool and finite(v)
+                                                                          for v in value)
         if len(name) > _MAX_TEXT or not (scalar or listed):
-            raise ValueError(f"params.{name[:40]} = {value!r:.40} is not a number, a short text or a list of numbers")
+            raise ValueError(f"params.{name[:40]} = {value!r:.40} is not a finite number, a short text or a list of "
+                             f"finite numbers")
 
 
 def _check_header(header, size: int, data_start: int) -> None:

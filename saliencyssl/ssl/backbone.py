@@ -142,6 +142,12 @@ def _check_weights(path: Path, state: Any, model: nn.Module, cifar_stem: bool) -
             raise BackboneCheckpointError(f"{path}: weight {key} is {tensor.dtype}, expected "
                                           f"{'a floating-point' if want.dtype.is_floating_point else 'an integer'} "
                                           f"tensor; {_INSTEAD}")
+        # an expanded view saved with one stored value would load as a constant weight
+        stored, needed = tensor.untyped_storage().nbytes(), (tensor.storage_offset() + tensor.numel()) * tensor.element_size()
+        if stored < needed or not (tensor.is_contiguous() or tensor.ndim == 4 and
+                                   tensor.is_contiguous(memory_format=torch.channels_last)):
+            raise BackboneCheckpointError(f"{path}: weight {key} claims {tensor.numel():,} values and the file stores "
+                                          f"{stored:,} bytes for it in a strided or short layout; {_INSTEAD}")
         if tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
             raise BackboneCheckpointError(f"{path}: weight {key} holds NaN or infinite values (a run whose loss "
                                           f"diverged?); its features would be meaningless; {_INSTEAD}")

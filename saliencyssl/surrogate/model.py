@@ -39,6 +39,7 @@ the file.
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,8 @@ from typing import Any
 import torch
 
 from saliencyssl.precision import autocast_dtype
-from saliencyssl.surrogate.networks import (Architecture, RetiredArchitectureError, UNetGenerator, build_networks,
-                                            image_to_input, to_probabilities)
+from saliencyssl.surrogate.networks import (MAX_GENERATOR_PARAMETERS, Architecture, RetiredArchitectureError,
+                                            UNetGenerator, build_networks, image_to_input, to_probabilities)
 from saliencyssl.target import TARGET_CHANNELS, TargetBatch
 
 CHECKPOINT_FORMAT = "saliency-ssl-surrogate"
@@ -180,9 +181,13 @@ def _checked_weights(path: Path, blob: dict, arch: Architecture) -> dict[str, to
     holds weights of that size; a ``last.pt`` with a weight average (``ema``) gives the average.
 
     Raises:
-        SurrogateCheckpointError: weights that are not a dict of tensors, missing or extra keys, a
-            shape or kind (float / integer) other than the architecture's, or a weight that is NaN
-            or infinite (such a generator predicts nothing: every fidelity score would read 0).
+        SurrogateCheckpointError: an architecture of more than
+            :data:`~saliencyssl.surrogate.networks.MAX_GENERATOR_PARAMETERS` generator parameters,
+            weights that are not a dict of tensors, missing or extra keys, a shape or kind (float /
+            integer) other than the architecture's, a weight that is not contiguous or whose storage
+            holds fewer bytes than its shape claims (a stride-0 ``expand`` view, which ``torch.save``
+            keeps as one value), or a weight that is NaN or infinite (such a generator predicts
+            nothing: every fidelity score would read 0).
     """
     if "ema" in blob:  # a last.pt with a weight average: the average is what its run evaluated and selected
         source = "ema"
@@ -214,6 +219,28 @@ def _checked_weights(path: Path, blob: dict, arch: Architecture) -> dict[str, to
             raise SurrogateCheckpointError(f"{path}: {source} weight {key} is {tensor.dtype}, expected "
                                            f"{'a floating-point' if dtype.is_floating_point else 'an integer'} "
                                            f"tensor; the file is damaged or was edited, retrain it")
+    # Shapes that fit an oversized record are refused before any computation on the tensors.
+    count = sum(math.prod(shape) for shape, _ in expected.values())
+    if count > MAX_GENERATOR_PARAMETERS:
+        raise SurrogateCheckpointError(
+            f"{path}: the recorded architecture {arch.as_dict()} has {count:,} generator parameters, above the "
+            f"limit of {MAX_GENERATOR_PARAMETERS:,} (the default ngf 16 generator has about 1 M); the file is "
+            f"damaged or was edited, retrain it")
+    for key in expected:
+        tensor = weights[key]
+        # A view (an expanded or strided tensor) can claim more values than its storage holds:
+        # torch.save keeps ``torch.zeros(1).expand(shape)`` as one value, and any computation on
+        # it (isfinite, load_state_dict) would allocate what the shape claims. A channels_last
+        # conv weight is as dense as a contiguous one and is kept.
+        dense = tensor.is_contiguous() or (tensor.ndim == 4
+                                           and tensor.is_contiguous(memory_format=torch.channels_last))
+        needed = (tensor.storage_offset() + tensor.numel()) * tensor.element_size()
+        if not dense or tensor.untyped_storage().nbytes() < needed:
+            raise SurrogateCheckpointError(
+                f"{path}: {source} weight {key} of shape {tuple(tensor.shape)} needs "
+                f"{tensor.numel() * tensor.element_size():,} bytes of contiguous values, the file stores "
+                f"{tensor.untyped_storage().nbytes():,} bytes{'' if dense else ' in a strided layout'}: the file "
+                f"holds less data than its weights claim; the file is damaged or was edited, retrain it")
         if tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             raise SurrogateCheckpointError(

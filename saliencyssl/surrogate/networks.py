@@ -70,6 +70,13 @@ MIN_DEPTH = 3
 #: these bounds live: the training config (:class:`~saliencyssl.surrogate.training.TrainConfig`)
 #: reads them from here.
 ARCH_LIMITS = {"ngf": 512, "ndf": 512, "max_mult": 64, "head": 1024, "dropout_blocks": 64}
+#: Upper bound of a generator's parameter count that :meth:`Surrogate.load
+#: <saliencyssl.surrogate.model.Surrogate.load>` accepts from a checkpoint record (counted on the
+#: ``meta`` device from :meth:`Architecture.generator_shapes`, before anything is allocated).
+#: The default generator (ngf 16) has about 1.0 M parameters, Pix2Pix's ngf 64 about 16.7 M, ngf
+#: 128 about 67 M; 100 M (400 MB of float32) is far above any useful surrogate, yet the widths
+#: within :data:`ARCH_LIMITS` reach 1.6 G parameters (6.5 GB).
+MAX_GENERATOR_PARAMETERS = 100_000_000
 
 
 def unet_depth(image_size: int) -> int:
