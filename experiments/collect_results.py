@@ -209,6 +209,43 @@ def surrogate_shapes(args) -> None:
 
 
 
+# -- CIFAR-10: the controls of the mask-aware judgement (a second seed, DetCon's temperature) -----------------
+CONTROLS = [("configs/mask_aware_cifar10_short.json", "simclr", "default", "SimCLR, default, seed 0 (T = 0.5)"),
+            ("configs/mask_aware_cifar10_short_seed1.json", "simclr", "default", "SimCLR, default, seed 1 (T = 0.5)"),
+            ("configs/mask_aware_cifar10_short_t01.json", "simclr", "default", "SimCLR, default, seed 0, T = 0.1"),
+            ("configs/mask_aware_cifar10_short.json", "detcon-simclr", "default", "DetCon-S, default, seed 0 (T = 0.1)")]
+
+
+def mask_aware_controls(args) -> None:
+    from saliencyssl.app.grid import GridConfig, cells
+
+    table = {}
+    for config_path, method, policy, label in CONTROLS:
+        if not Path(config_path).is_file():
+            continue
+        config = GridConfig.load(config_path)
+        sources = [(c.method, c.policy, c.eval_dir, c.run_dir) for c in cells(config)
+                   if (c.method, c.policy) == (method, policy)]
+        rows = [r for r in result_rows(sources) if (r["method"], r["policy"]) == (method, policy)]
+        if rows:
+            table[label] = rows
+    fractions = list(dict.fromkeys(r["fraction"] for rows in table.values() for r in rows))
+    out_rows = []
+    for protocol, name in (("linear", "linear"), ("knn", "kNN")):
+        for label, rows in table.items():
+            mine = {r["fraction"]: r for r in rows if r["protocol"] == protocol}
+            out_rows.append([f"{label}, {name}"] + [_pair(mine[f]["accuracy_mean"], spread(mine[f])) if f in mine
+                                                    else None for f in fractions])
+    write(Path(args.out) / "mask_aware_cifar10_controls.json",
+          "CIFAR-10, 624 steps: a second pretraining seed and SimCLR at DetCon's temperature",
+          ["run, protocol", *[f"{float(f):.0%}" for f in fractions]], out_rows,
+          [f"saliency-ssl grid {c}" for c in dict.fromkeys(c for c, *_ in CONTROLS)]
+          + ["python experiments/collect_results.py mask_aware_controls"],
+          ["Top-1 test accuracy, mean over 3 label seeds ± their spread. Seed 1 against seed 0 of the same recipe "
+           "shows the spread over pretraining seeds; SimCLR at T = 0.1 against DetCon-S separates the mask-pooled "
+           "loss from the temperature."], args.date, args.machine)
+
+
 # -- the baseline check: our default policy against lightly's SimCLRTransform ----------------------------
 def baseline_stats(args) -> None:
     path = Path(args.runs) / "augmentation_stats.json"
@@ -327,7 +364,7 @@ def test_suite(args) -> None:
     seconds = float(re.search(r" in ([\d.]+)s", summary).group(1))
     passed, skipped, failed = count("passed"), count("skipped"), count("failed") + count("error")
     reasons = sorted(set(re.findall(r"SKIPPED \[\d+\] [^:]+:\d+: (.+)", text)))
-    rows = [["whole suite", passed + skipped + failed, passed, skipped, failed, round(seconds / 60, 1)]]
+    rows = [["whole suite", passed + skipped + failed, passed, skipped, failed, f"{seconds / 60:.1f}"]]
     notes = [f"Skipped: {'; '.join(reasons)}." if reasons else "Nothing skipped.",
              "The time is pytest's own, of the whole suite on a fresh clone, slow tests included; other jobs "
              "shared the machine."]
@@ -340,7 +377,8 @@ def test_suite(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=("mask_aware_cifar10", "photos", "surrogate_curve", "surrogate_shapes",
-                                               "baseline_stats", "photo_surrogate", "test_suite"))
+                                               "baseline_stats", "photo_surrogate", "test_suite",
+                                               "mask_aware_controls"))
     parser.add_argument("--runs", default=None, help="the experiment's run folder")
     parser.add_argument("--config", default="configs/mask_aware_cifar10_cpu.json", help="grid config (CIFAR-10)")
     parser.add_argument("--out", default="results", help="where the result files go (default %(default)s)")
@@ -350,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     args.machine = args.machine or f"{cpu_name()} ({os.cpu_count()} cores), one torch thread per run, no GPU"
     {"mask_aware_cifar10": mask_aware_cifar10, "photos": photos, "surrogate_curve": surrogate_curve,
      "surrogate_shapes": surrogate_shapes, "baseline_stats": baseline_stats,
-     "photo_surrogate": photo_surrogate, "test_suite": test_suite}[args.experiment](args)
+     "photo_surrogate": photo_surrogate, "test_suite": test_suite,
+     "mask_aware_controls": mask_aware_controls}[args.experiment](args)
     return 0
 
 

@@ -406,6 +406,15 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _cmdline(pid: int) -> str:
+    """A process's command line ("" once it has exited). A child just forked still shows its parent's
+    command line until it executes its own, so processes are told apart by what they run, positively."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return ""
+
+
 def _start_label_job(tmp_path, photo, workers: int):
     import subprocess
     import sys
@@ -420,7 +429,7 @@ def _start_label_job(tmp_path, photo, workers: int):
     deadline = time.time() + 120
     while time.time() < deadline:
         kids = _children(job.pid)
-        workers_up = [k for k in kids if "resource_tracker" not in Path(f"/proc/{k}/cmdline").read_text()]
+        workers_up = [k for k in kids if "spawn_main" in _cmdline(k)]
         if len(workers_up) >= workers and TargetCache.exists(tmp_path / "c"):
             return job, kids
         time.sleep(0.2)
@@ -457,7 +466,7 @@ def test_a_worker_killed_mid_job_is_one_line_and_the_job_resumes(tmp_path, photo
     from _paths import REPO
 
     job, kids = _start_label_job(tmp_path, photo, workers=1)
-    worker = next(k for k in kids if "resource_tracker" not in Path(f"/proc/{k}/cmdline").read_text())
+    worker = next(k for k in kids if "spawn_main" in _cmdline(k))
     os.kill(worker, signal.SIGKILL)
     _, err = job.communicate(timeout=120)
     assert job.returncode == 3, err
