@@ -243,7 +243,7 @@ def mask_aware_controls(args) -> None:
           + ["python experiments/collect_results.py mask_aware_controls"],
           ["Top-1 test accuracy, mean over 3 label seeds ± their spread. Seed 1 against seed 0 of the same recipe "
            "shows the spread over pretraining seeds; SimCLR at T = 0.1 against DetCon-S separates the mask-pooled "
-           "loss from the temperature."], args.date, args.machine)
+           "loss from the temperature. The T = 0.1 run used two torch threads, the others one."], args.date, args.machine)
 
 
 # -- the baseline check: our default policy against lightly's SimCLRTransform ----------------------------
