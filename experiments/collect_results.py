@@ -7,6 +7,8 @@
     python experiments/collect_results.py baseline_stats --runs runs/baseline
     python experiments/collect_results.py photo_surrogate --runs runs/exp/photo_surrogate/measure
     python experiments/collect_results.py test_suite --runs runs/tests
+    python experiments/collect_results.py mask_aware_seeds
+    python experiments/collect_results.py parity
 
 Each subcommand reads the results.json / history.json files its experiment wrote and writes one or
 more result files (the format of :mod:`saliencyssl.app.report`: a table, notes, the commands, the
@@ -213,7 +215,9 @@ def surrogate_shapes(args) -> None:
 CONTROLS = [("configs/mask_aware_cifar10_short.json", "simclr", "default", "SimCLR, default, seed 0 (T = 0.5)"),
             ("configs/mask_aware_cifar10_short_seed1.json", "simclr", "default", "SimCLR, default, seed 1 (T = 0.5)"),
             ("configs/mask_aware_cifar10_short_t01.json", "simclr", "default", "SimCLR, default, seed 0, T = 0.1"),
-            ("configs/mask_aware_cifar10_short.json", "detcon-simclr", "default", "DetCon-S, default, seed 0 (T = 0.1)")]
+            ("configs/mask_aware_cifar10_short.json", "detcon-simclr", "default", "DetCon-S, default, seed 0 (T = 0.1)"),
+            ("configs/mask_aware_cifar10_short_seed1.json", "detcon-simclr", "default",
+             "DetCon-S, default, seed 1 (T = 0.1)")]
 
 
 def mask_aware_controls(args) -> None:
@@ -244,6 +248,101 @@ def mask_aware_controls(args) -> None:
           ["Top-1 test accuracy, mean over 3 label seeds ± their spread. Seed 1 against seed 0 of the same recipe "
            "shows the spread over pretraining seeds; SimCLR at T = 0.1 against DetCon-S separates the mask-pooled "
            "loss from the temperature. The T = 0.1 run used two torch threads, the others one."], args.date, args.machine)
+
+
+# -- CIFAR-10: two pretraining seeds of SimCLR default and DetCon-S ------------------------------------
+SEED_CONFIGS = ["configs/mask_aware_cifar10_short.json", "configs/mask_aware_cifar10_short_seed1.json"]
+
+
+def _seed_rows(config_paths: list[str], keep: set[tuple[str, str]], aug_source: str | None = None) -> list[dict]:
+    """Rows of :func:`result_rows` over the cells of several grid configs (their pretraining seeds pooled)."""
+    from saliencyssl.app.grid import GridConfig, cells
+
+    sources = []
+    for config_path in config_paths:
+        config = GridConfig.load(config_path)
+        sources += [(c.method, c.policy, c.eval_dir, c.run_dir) for c in cells(config) if (c.method, c.policy) in keep]
+    return result_rows(sources)
+
+
+def _by_fraction(rows: list[dict], method: str, policy: str, protocol: str) -> dict:
+    return {r["fraction"]: r for r in rows if (r["method"], r["policy"], r["protocol"]) == (method, policy, protocol)}
+
+
+def _gap_cells(mine: dict, base: dict, fractions: list[str]) -> list:
+    return [_pair(mine[f]["accuracy_mean"] - base[f]["accuracy_mean"], max(spread(mine[f]), spread(base[f])))
+            if f in mine and f in base else None for f in fractions]
+
+
+def mask_aware_seeds(args) -> None:
+    keep = {("simclr", "default"), ("detcon-simclr", "default")}
+    rows = _seed_rows(SEED_CONFIGS, keep)
+    fractions = list(dict.fromkeys(r["fraction"] for r in rows))
+    table = []
+    for protocol, name in (("linear", "linear"), ("knn", "kNN")):
+        base = _by_fraction(rows, "simclr", "default", protocol)
+        detcon = _by_fraction(rows, "detcon-simclr", "default", protocol)
+        for label, mine in (("SimCLR, default", base), ("DetCon-S, default", detcon)):
+            if mine:
+                seeds = max(r["pretrain_seeds"] for r in mine.values())
+                table.append([f"{label}, {name} ({seeds} seeds)"] + [
+                    _pair(mine[f]["accuracy_mean"], spread(mine[f])) if f in mine else None for f in fractions])
+        if base and detcon:
+            table.append([f"DetCon-S minus SimCLR, {name}"] + _gap_cells(detcon, base, fractions))
+    write(Path(args.out) / "mask_aware_cifar10_seeds.json",
+          "CIFAR-10, 624 steps: SimCLR default and DetCon-S over two pretraining seeds",
+          ["recipe, protocol", *[f"{float(f):.0%}" for f in fractions]], table,
+          [f"saliency-ssl grid {c}" for c in SEED_CONFIGS] + ["python experiments/collect_results.py mask_aware_seeds"],
+          ["Top-1 test accuracy on the 10,000 CIFAR-10 test images, mean over pretraining seeds 0 and 1 and 3 label "
+           "seeds each; ± the larger of the spread over label subsets and the standard deviation of the seeds' "
+           "means. The gap's ± is the larger spread of its two rows: a gap inside it is no difference."],
+          args.date, args.machine)
+
+
+# -- the surrogate downstream: DetCon-S on the surrogate's targets against the exact ones -----------------
+PARITY_CONFIG = "configs/surrogate_parity_cifar10_short.json"
+
+
+def parity(args) -> None:
+    from saliencyssl.app.grid import GridConfig
+
+    keep = {("detcon-simclr", "default")}
+    cache = _seed_rows(SEED_CONFIGS, keep)
+    cache0 = _seed_rows(SEED_CONFIGS[:1], keep)
+    surrogate = _seed_rows([PARITY_CONFIG], keep)
+    fractions = list(dict.fromkeys(r["fraction"] for r in cache))
+    table = []
+    for protocol, name in (("linear", "linear"), ("knn", "kNN")):
+        exact = _by_fraction(cache, "detcon-simclr", "default", protocol)
+        exact0 = _by_fraction(cache0, "detcon-simclr", "default", protocol)
+        mine = _by_fraction(surrogate, "detcon-simclr", "default", protocol)
+        seeds = max((r["pretrain_seeds"] for r in exact.values()), default=0)
+        for label, rows in ((f"exact targets ({seeds} seeds)", exact), ("surrogate targets (seed 0)", mine)):
+            if rows:
+                table.append([f"{label}, {name}"] + [_pair(rows[f]["accuracy_mean"], spread(rows[f])) if f in rows
+                                                     else None for f in fractions])
+        if mine and exact:
+            table.append([f"surrogate minus exact ({seeds} seeds), {name}"] + _gap_cells(mine, exact, fractions))
+        if mine and exact0:
+            table.append([f"surrogate minus exact, same seed 0, {name}"] + _gap_cells(mine, exact0, fractions))
+    config = GridConfig.load(PARITY_CONFIG)
+    surrogate_run = Path(config.pretrain["surrogate"]).parent
+    notes = ["DetCon-S (RC regions pooled in the loss, default policy), 624 steps of 64 on the 10,000 CIFAR-10 "
+             "train images; linear probe and kNN on the frozen features at each share of the labels, 3 label "
+             "seeds; ± as in the seeds table. The surrogate trained for 25 minutes of wall time on one thread on "
+             "10,000 of the CIFAR-10 training images outside the pretraining set."]
+    fidelity = surrogate_run / "test.json"
+    if fidelity.is_file():
+        f = json.loads(fidelity.read_text())
+        f = f.get("surrogate", f)
+        notes.append(f"Its agreement with the exact targets of the 10,000 test images: presence accuracy "
+                     f"{f['presence_accuracy']:.3f}, mask IoU on present masks {f['mask_iou_present']:.3f}, region "
+                     f"boundary F {f['boundary_f']:.3f}.")
+    write(Path(args.out) / "surrogate_parity.json",
+          "CIFAR-10, 624 steps: DetCon-S on the surrogate's targets against the exact targets",
+          ["targets, protocol", *[f"{float(f):.0%}" for f in fractions]], table,
+          ["bash experiments/surrogate_parity.sh", "python experiments/collect_results.py parity"], notes,
+          args.date, args.machine)
 
 
 # -- the baseline check: our default policy against lightly's SimCLRTransform ----------------------------
@@ -378,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=("mask_aware_cifar10", "photos", "surrogate_curve", "surrogate_shapes",
                                                "baseline_stats", "photo_surrogate", "test_suite",
-                                               "mask_aware_controls"))
+                                               "mask_aware_controls", "mask_aware_seeds", "parity"))
     parser.add_argument("--runs", default=None, help="the experiment's run folder")
     parser.add_argument("--config", default="configs/mask_aware_cifar10_cpu.json", help="grid config (CIFAR-10)")
     parser.add_argument("--out", default="results", help="where the result files go (default %(default)s)")
@@ -389,7 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     {"mask_aware_cifar10": mask_aware_cifar10, "photos": photos, "surrogate_curve": surrogate_curve,
      "surrogate_shapes": surrogate_shapes, "baseline_stats": baseline_stats,
      "photo_surrogate": photo_surrogate, "test_suite": test_suite,
-     "mask_aware_controls": mask_aware_controls}[args.experiment](args)
+     "mask_aware_controls": mask_aware_controls, "mask_aware_seeds": mask_aware_seeds,
+     "parity": parity}[args.experiment](args)
     return 0
 
 

@@ -694,7 +694,7 @@ Examples:
   saliency-ssl pretrain --data ../shared/data/cifar10/train --method byol --aug-source cache,surrogate \\
       --policy sal+default --cache runs/cache --surrogate runs/surrogate/surrogate.pt --epochs 200 \\
       --device cuda --amp --knn-train ../shared/data/cifar10/train --knn-test ../shared/data/cifar10/test --out runs/byol
-  saliency-ssl pretrain --data ../shared/data/cifar10/train --method detcon-simclr --aug-source cache \
+  saliency-ssl pretrain --data ../shared/data/cifar10/train --method detcon-simclr --aug-source cache \\
       --policy default --cache runs/cache --epochs 200 --device cuda --out runs/detcon-simclr
   torchrun --nproc_per_node 4 -m saliencyssl pretrain ... --device cuda       (DDP, one process per GPU)
 """
