@@ -1,0 +1,89 @@
+"""experiments/collect_results.py: the result files of the seeds and parity tables, from fabricated grid outputs.
+
+The grids' run folders are written by hand (one results.json per cell, as ``saliency-ssl evaluate`` writes it),
+so the tables' arithmetic is checked against numbers known in advance: means over pretraining seeds, the spread
+as the larger of the label-subset and pretraining-seed spreads, and the gaps between rows.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import collect_results
+from saliencyssl.app.grid import GridConfig, cells
+
+FRACTIONS = ("0.1", "1.0")
+
+
+def _config(path, out, seed, cells_, **pretrain):
+    path.write_text(json.dumps({
+        "name": "test: seeds", "out": str(out), "train": "train", "test": "test", "cache": "cache",
+        "cells": cells_, "pretrain": {"image_size": 32, "epochs": 1, "batch_size": 8, "device": "cpu",
+                                      "aug_source": "cache", **pretrain},
+        "pretrain_seeds": [seed], "evaluation": {"fractions": ",".join(FRACTIONS), "protocols": ["linear", "knn"],
+                                                 "seeds": 3}, "baselines": []}))
+    return str(path)
+
+
+def _results(config_path, accuracy):
+    """Write every cell's results.json: accuracy[(method, protocol, fraction)] = (mean, std over label seeds)."""
+    for cell in cells(GridConfig.load(config_path)):
+        results = {protocol: {f: {"accuracy_mean": accuracy[(cell.method, protocol, f)][0],
+                                  "accuracy_std": accuracy[(cell.method, protocol, f)][1], "n_labelled": 100}
+                              for f in FRACTIONS} for protocol in ("linear", "knn")}
+        cell.eval_dir.mkdir(parents=True, exist_ok=True)
+        (cell.eval_dir / "results.json").write_text(json.dumps(results))
+
+
+def _accuracy(simclr, detcon):
+    return {(m, p, f): value for m, base in (("simclr", simclr), ("detcon-simclr", detcon))
+            for p in ("linear", "knn") for f, value in zip(FRACTIONS, base)}
+
+
+@pytest.fixture
+def grids(tmp_path, monkeypatch):
+    both = [["simclr", "default"], ["detcon-simclr", "default"]]
+    seed0 = _config(tmp_path / "seed0.json", tmp_path / "g0", 0, both)
+    seed1 = _config(tmp_path / "seed1.json", tmp_path / "g1", 1, both)
+    parity = _config(tmp_path / "parity.json", tmp_path / "gp", 0, [["detcon-simclr", "default"]],
+                     aug_source="surrogate", surrogate=str(tmp_path / "sur" / "surrogate.pt"))
+    # simclr: 0.40 and 0.44 at 10% (seed spread 0.02 > label spread 0.01), detcon: 0.50 and 0.50
+    _results(seed0, _accuracy([(0.40, 0.01), (0.60, 0.0)], [(0.50, 0.01), (0.70, 0.0)]))
+    _results(seed1, _accuracy([(0.44, 0.01), (0.60, 0.0)], [(0.50, 0.03), (0.72, 0.0)]))
+    _results(parity, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.47, 0.01), (0.71, 0.0)]))
+    monkeypatch.setattr(collect_results, "SEED_CONFIGS", [seed0, seed1])
+    monkeypatch.setattr(collect_results, "PARITY_CONFIG", parity)
+    return tmp_path
+
+
+def _rows(path):
+    return {row[0]: row[1:] for row in json.loads(path.read_text())["rows"]}
+
+
+def test_seeds_table_pools_pretraining_seeds_and_takes_the_larger_spread(grids):
+    collect_results.main(["mask_aware_seeds", "--out", str(grids / "results"), "--machine", "test"])
+    rows = _rows(grids / "results" / "mask_aware_cifar10_seeds.json")
+    assert rows["SimCLR, default, linear (2 seeds)"][0] == pytest.approx([0.42, 0.02])
+    # detcon at 10%: label spreads 0.01 and 0.03 pool as their root mean square, above the seeds' spread (0)
+    assert rows["DetCon-S, default, linear (2 seeds)"][0] == pytest.approx([0.50, (0.5 * (0.01**2 + 0.03**2)) ** 0.5],
+                                                                          abs=1e-4)
+    assert rows["DetCon-S, default, linear (2 seeds)"][1] == pytest.approx([0.71, 0.01])
+    gap = rows["DetCon-S minus SimCLR, kNN"]
+    assert gap[0][0] == pytest.approx(0.08) and gap[0][1] == pytest.approx(0.0224, abs=1e-4)
+    assert gap[1] == pytest.approx([0.11, 0.01])
+
+
+def test_parity_table_compares_with_both_seeds_and_with_the_same_seed(grids):
+    (grids / "sur").mkdir()
+    (grids / "sur" / "test.json").write_text(json.dumps(
+        {"presence_accuracy": 0.7, "mask_iou_present": 0.35, "boundary_f": 0.6}))
+    collect_results.main(["parity", "--out", str(grids / "results"), "--machine", "test"])
+    written = json.loads((grids / "results" / "surrogate_parity.json").read_text())
+    rows = _rows(grids / "results" / "surrogate_parity.json")
+    assert rows["surrogate targets (seed 0), linear"][0] == pytest.approx([0.47, 0.01])
+    assert rows["surrogate minus exact (2 seeds), linear"][0][0] == pytest.approx(-0.03)
+    assert rows["surrogate minus exact, same seed 0, linear"][0] == pytest.approx([-0.03, 0.01])
+    assert rows["surrogate minus exact, same seed 0, kNN"][1] == pytest.approx([0.01, 0.0])
+    assert any("presence accuracy 0.700" in note for note in written["notes"])
