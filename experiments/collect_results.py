@@ -158,8 +158,8 @@ def surrogate_curve(args) -> None:
            "saliency MAE", "boundary F"], rows,
           ["bash experiments/surrogate_curve.sh",
            f"python experiments/collect_results.py surrogate_curve --runs {args.runs}"],
-          ["The same number of optimiser steps (about 12,000 of batch 64) for every size, one torch thread; 5% of "
-           "each training set held out by content hash to choose the step kept. Up to 25,000 images, drawn from "
+          ["The same number of optimiser steps of batch 64 for every size, one torch thread, the defaults of "
+           "saliency-ssl train-surrogate; 5% of each training set held out by content hash to choose the step kept. Up to 25,000 images, drawn from "
            "the 40,000 CIFAR-10 training images outside the pretraining set; 50,000 is all of them."],
           args.date, args.machine)
 
