@@ -106,12 +106,18 @@ def mask_aware_cifar10(args) -> None:
 PHOTO_RECIPES = [("default", "SimCLR, default"), ("salcrop", "SimCLR, salcrop+default"),
                  ("comp", "SimCLR, comp0.3+default"), ("detcon", "DetCon-S, default"), ("sal", "SimCLR, sal+default"),
                  ("sal0.5", "SimCLR, sal0.5+default"), ("random", "random init")]
+# each name's recipe as experiments/photo_judgement.sh takes it
+PHOTO_SPECS = {"default": "simclr:default", "salcrop": "simclr:salcrop+default", "comp": "simclr:comp0.3+default",
+               "detcon": "detcon-simclr:default", "sal": "simclr:sal+default", "sal0.5": "simclr:sal0.5+default",
+               "random": "random:"}
 
 
 def photos(args) -> None:
     root = Path(args.runs)
-    command = ["bash experiments/photo_judgement.sh",
-               f"python experiments/collect_results.py photos --runs {args.runs}"]
+    done = [name for name, _ in PHOTO_RECIPES
+            if all((root / domain / name / "results.json").is_file() for domain in ("clothing", "horses"))]
+    command = ["bash experiments/photo_judgement.sh " + " ".join(f"{name}={PHOTO_SPECS[name]}" for name in done),
+               f"python experiments/collect_results.py photos --runs OUT/exp/photos"]
     for domain, title in (("clothing", "street photos, person masks (Clothing Co-Parsing; 300 test photos)"),
                           ("horses", "horse photos, figure masks (Weizmann; 100 test photos)")):
         for metric, metric_name in (("iou", "foreground IoU"), ("f", "F-measure (beta^2 = 0.3)")):
@@ -129,8 +135,17 @@ def photos(args) -> None:
             meta = json.loads((root / domain / PHOTO_RECIPES[0][0] / "results.json").read_text())["meta"] \
                 if (root / domain / PHOTO_RECIPES[0][0] / "results.json").is_file() else {}
             box = meta.get("baselines", {}).get("centre_box", {}).get(metric)
-            notes = [f"FPN segmenter fine-tuned on each backbone at each share of the training photos' masks, 3 "
-                     f"seeds (± std over seeds); {metric_name} on the fixed test split at 96 px."
+            backbone = meta.get("backbone", {}).get("config") or {}
+            training = meta.get("training", {})
+            split = meta.get("split", {})
+            notes = [f"Backbones (ResNet-18, ImageNet stem) pretrained on the 1,295 unlabelled photos "
+                     f"(clothing_parsing/unlabelled and bsds500_test) at {backbone.get('image_size', 96)} px for "
+                     f"{backbone.get('epochs', '?')} epochs of {backbone.get('batch_size', '?')}, pretraining seed "
+                     f"{backbone.get('seed', 0)}, targets from the exact cache; random init is the untrained "
+                     f"network. Each is fine-tuned whole in an FPN segmenter ({training.get('epochs', '?')} epochs, "
+                     f"Adam, BCE + soft Dice) at each share of the {split.get('n_train', '?')} training photos' "
+                     f"masks, 3 seeds (± std over seeds); {metric_name} on the fixed test split of "
+                     f"{split.get('n_test', '?')} photos (by content hash)."
                      + (f" An image-blind centred box scores {box:.3f}." if box is not None else "")]
             write(Path(args.out) / f"mask_aware_photos_{domain}_{metric}.json", f"{title}: {metric_name}",
                   ["backbone", *[f"{float(f):.0%}" for f in fractions]], table, command, notes, args.date,
