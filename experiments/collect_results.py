@@ -153,6 +153,13 @@ def photos(args) -> None:
 
 
 # -- the surrogate: fidelity against the amount of data ---------------------------------------------
+def _fidelity_scores(report: dict) -> dict:
+    """The surrogate's scores in a ``saliency-ssl fidelity --json`` report: at its top level, where
+    ``surrogate`` names the checkpoint, or under ``surrogate`` in reports that score several sources."""
+    nested = report.get("surrogate")
+    return nested if isinstance(nested, dict) else report
+
+
 def surrogate_curve(args) -> None:
     root = Path(args.runs)
     rows = []
@@ -163,7 +170,7 @@ def surrogate_curve(args) -> None:
         history = json.loads((folder / "history.json").read_text())
         steps = history[-1].get("step") or history[-1].get("steps")
         seconds = history[-1].get("seconds")
-        s = test["surrogate"] if "surrogate" in test else test
+        s = _fidelity_scores(test)
         rows.append([int(folder.name[1:]), steps, round(seconds / 60, 1) if seconds else None,
                      s.get("presence_accuracy"), s.get("mask_iou_present"), s.get("mask_f"),
                      s.get("saliency_mae"), s.get("boundary_f")])
@@ -323,6 +330,7 @@ def parity(args) -> None:
 
     keep = {("detcon-simclr", "default")}
     cache = _seed_rows(SEED_CONFIGS, keep)
+    simclr = _seed_rows(SEED_CONFIGS, {("simclr", "default")})
     cache0 = _seed_rows(SEED_CONFIGS[:1], keep)
     surrogate = _seed_rows([PARITY_CONFIG], keep)
     fractions = list(dict.fromkeys(r["fraction"] for r in cache))
@@ -340,6 +348,9 @@ def parity(args) -> None:
             table.append([f"surrogate minus exact ({seeds} seeds), {name}"] + _gap_cells(mine, exact, fractions))
         if mine and exact0:
             table.append([f"surrogate minus exact, same seed 0, {name}"] + _gap_cells(mine, exact0, fractions))
+        plain = _by_fraction(simclr, "simclr", "default", protocol)
+        if mine and plain:
+            table.append([f"surrogate minus SimCLR default (no targets), {name}"] + _gap_cells(mine, plain, fractions))
     config = GridConfig.load(PARITY_CONFIG)
     surrogate_run = Path(config.pretrain["surrogate"]).parent
     notes = ["DetCon-S (RC regions pooled in the loss, default policy), 624 steps of 64 on the 10,000 CIFAR-10 "
@@ -348,9 +359,8 @@ def parity(args) -> None:
              "10,000 of the CIFAR-10 training images outside the pretraining set."]
     fidelity = surrogate_run / "test.json"
     if fidelity.is_file():
-        f = json.loads(fidelity.read_text())
-        f = f.get("surrogate", f)
-        notes.append(f"Its agreement with the exact targets of the 10,000 test images: presence accuracy "
+        f = _fidelity_scores(json.loads(fidelity.read_text()))
+        notes.append(f"Its agreement with the exact targets of the {f['n']:,} test images: presence accuracy "
                      f"{f['presence_accuracy']:.3f}, mask IoU on present masks {f['mask_iou_present']:.3f}, region "
                      f"boundary F {f['boundary_f']:.3f}.")
     write(Path(args.out) / "surrogate_parity.json",

@@ -78,7 +78,8 @@ def test_seeds_table_pools_pretraining_seeds_and_takes_the_larger_spread(grids):
 def test_parity_table_compares_with_both_seeds_and_with_the_same_seed(grids):
     (grids / "sur").mkdir()
     (grids / "sur" / "test.json").write_text(json.dumps(
-        {"presence_accuracy": 0.7, "mask_iou_present": 0.35, "boundary_f": 0.6}))
+        {"n": 10000, "presence_accuracy": 0.7, "mask_iou_present": 0.35, "boundary_f": 0.6,
+         "surrogate": str(grids / "sur" / "surrogate.pt")}))
     collect_results.main(["parity", "--out", str(grids / "results"), "--machine", "test"])
     written = json.loads((grids / "results" / "surrogate_parity.json").read_text())
     rows = _rows(grids / "results" / "surrogate_parity.json")
@@ -86,4 +87,5 @@ def test_parity_table_compares_with_both_seeds_and_with_the_same_seed(grids):
     assert rows["surrogate minus exact (2 seeds), linear"][0][0] == pytest.approx(-0.03)
     assert rows["surrogate minus exact, same seed 0, linear"][0] == pytest.approx([-0.03, 0.01])
     assert rows["surrogate minus exact, same seed 0, kNN"][1] == pytest.approx([0.01, 0.0])
-    assert any("presence accuracy 0.700" in note for note in written["notes"])
+    assert rows["surrogate minus SimCLR default (no targets), linear"][0] == pytest.approx([0.05, 0.02])
+    assert any("10,000 test images: presence accuracy 0.700" in note for note in written["notes"])
