@@ -490,8 +490,8 @@ def test_suite(args) -> None:
     reasons = sorted(set(re.findall(r"SKIPPED \[\d+\] [^:]+:\d+: (.+)", text)))
     rows = [["whole suite", passed + skipped + failed, passed, skipped, failed, f"{seconds / 60:.1f}"]]
     notes = [f"Skipped: {'; '.join(reasons)}." if reasons else "Nothing skipped.",
-             "The time is pytest's own, of the whole suite on a fresh clone, slow tests included; other jobs "
-             "shared the machine."]
+             "The time is pytest's own, of the whole suite on a fresh clone with the data folder beside it, slow "
+             "tests included; the machine line says what else ran."]
     write(Path(args.out) / "test_suite.json", "The test suite on a fresh clone",
           ["suite", "tests", "passed", "skipped", "failed", "minutes"], rows,
           [f".venv/bin/python -m pytest -q -rs | tee {log}",
