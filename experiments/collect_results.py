@@ -169,7 +169,7 @@ def surrogate_curve(args) -> None:
         test = json.loads((root / f"{folder.name}_test.json").read_text())
         history = json.loads((folder / "history.json").read_text())
         steps = history[-1].get("step") or history[-1].get("steps")
-        seconds = history[-1].get("seconds")
+        seconds = history[-1].get("seconds") or (history[-1].get("minutes") or 0) * 60 or None
         s = _fidelity_scores(test)
         rows.append([int(folder.name[1:]), steps, round(seconds / 60, 1) if seconds else None,
                      s.get("presence_accuracy"), s.get("mask_iou_present"), s.get("mask_f"),
@@ -182,7 +182,8 @@ def surrogate_curve(args) -> None:
            f"python experiments/collect_results.py surrogate_curve --runs {args.runs}"],
           ["The same number of optimiser steps of batch 64 for every size, one torch thread, the defaults of "
            "saliency-ssl train-surrogate; 5% of each training set held out by content hash to choose the step kept. Up to 25,000 images, drawn from "
-           "the 40,000 CIFAR-10 training images outside the pretraining set; 50,000 is all of them."],
+           "the 40,000 CIFAR-10 training images outside the pretraining set; 50,000 is all of them. Steps as of "
+           "the last epoch's end; minutes of wall time with the four runs side by side on the machine."],
           args.date, args.machine)
 
 
