@@ -277,7 +277,7 @@ def mask_aware_controls(args) -> None:
 SEED_CONFIGS = ["configs/mask_aware_cifar10_short.json", "configs/mask_aware_cifar10_short_seed1.json"]
 
 
-def _seed_rows(config_paths: list[str], keep: set[tuple[str, str]], aug_source: str | None = None) -> list[dict]:
+def _seed_rows(config_paths: list[str], keep: set[tuple[str, str]]) -> list[dict]:
     """Rows of :func:`result_rows` over the cells of several grid configs (their pretraining seeds pooled)."""
     from saliencyssl.app.grid import GridConfig, cells
 
@@ -330,8 +330,7 @@ def parity(args) -> None:
     from saliencyssl.app.grid import GridConfig
 
     keep = {("detcon-simclr", "default")}
-    cache = _seed_rows(SEED_CONFIGS, keep)
-    simclr = _seed_rows(SEED_CONFIGS, {("simclr", "default")})
+    cache = _seed_rows(SEED_CONFIGS, keep | {("simclr", "default")})  # DetCon-S and the plain baseline
     cache0 = _seed_rows(SEED_CONFIGS[:1], keep)
     surrogate = _seed_rows([PARITY_CONFIG], keep)
     fractions = list(dict.fromkeys(r["fraction"] for r in cache))
@@ -349,7 +348,7 @@ def parity(args) -> None:
             table.append([f"surrogate minus exact ({seeds} seeds), {name}"] + _gap_cells(mine, exact, fractions))
         if mine and exact0:
             table.append([f"surrogate minus exact, same seed 0, {name}"] + _gap_cells(mine, exact0, fractions))
-        plain = _by_fraction(simclr, "simclr", "default", protocol)
+        plain = _by_fraction(cache, "simclr", "default", protocol)
         if mine and plain:
             table.append([f"surrogate minus SimCLR default (no targets), {name}"] + _gap_cells(mine, plain, fractions))
     config = GridConfig.load(PARITY_CONFIG)
