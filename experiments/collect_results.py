@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,15 +29,9 @@ import numpy as np
 
 from saliencyssl.eval.gridtable import result_rows, spread
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+# bench_common (the machine's name) lives in benchmarks/, beside this folder
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_common import cpu_name  # noqa: E402
 
 
 def write(path: Path, title: str, columns: list, rows: list, command: list[str], notes: list[str], date: str,
@@ -434,10 +427,10 @@ def photo_surrogate(args) -> None:
             rows.append([label, f"surrogate, {variants} variants a photo, {steps} steps", scores["n"],
                          round(s["f"], 4), round(s["iou"], 4), round(s["mae"], 4)])
     rows.sort(key=lambda r: [n for n, _ in PHOTO_SETS].index(next(n for n, l in PHOTO_SETS if l == r[0])))
-    notes = ["Trained on 1,295 photos without masks (clothing_parsing/unlabelled and bsds500_test) at 96 px for the "
-             "same wall time on one torch thread; scored at 96 px on the centre crop against the human masks of "
-             "three sets never trained on. Mask F-measure with beta^2 = 0.3, mask IoU, MAE of the saliency map "
-             "(Cheng's conventions), means over the images."]
+    notes = ["Trained on 1,295 photos without masks (clothing_parsing/unlabelled and bsds500_test) at 96 px on one "
+             "torch thread, for the optimiser steps in each row (15 minutes of wall time, or a step budget); scored "
+             "at 96 px on the centre crop against the human masks of three sets never trained on. Mask F-measure "
+             "with beta^2 = 0.3, mask IoU, MAE of the saliency map (Cheng's conventions), means over the images."]
     commands.append("saliency-ssl fidelity ../shared/data/SET/images --cache CACHE --surrogate RUN/surrogate.pt "
                     "--masks ../shared/data/SET/masks --json RUN/SET.json")
     write(Path(args.out) / "photo_surrogate.json", "The photo surrogate and the exact labeller against human masks",

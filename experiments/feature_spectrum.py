@@ -24,11 +24,14 @@ of a ``scripts/pretrain.py --seed S`` run. Features come from the same on-disk c
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from bench_common import emit
+# bench_common (the machine's name, the JSON output) lives in benchmarks/, beside this folder
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_common import emit  # noqa: E402
 
 
 def spectrum(features: np.ndarray) -> dict:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -31,7 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_common import cpu_name, emit
+# bench_common (the machine's name, the JSON output) lives in benchmarks/, beside this folder
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_common import cpu_name, emit  # noqa: E402
 
 #: Felzenszwalb settings tried at the native size: scale k, minimum segment (pixels), pre-blur sigma.
 NATIVE_GRID = {"k": (30.0, 50.0, 70.0), "min_size": (30, 40, 50), "sigma": (0.5, 0.8)}

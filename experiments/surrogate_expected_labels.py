@@ -30,7 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_common import emit
+# bench_common (the machine's name, the JSON output) lives in benchmarks/, beside this folder
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_common import emit  # noqa: E402
 
 #: The variants: name -> (mirror, dy, dx); (False, 0, 0) is the exact target itself.
 VARIANTS = {"mirror": (True, 0, 0), "right": (False, 0, 1), "left": (False, 0, -1),

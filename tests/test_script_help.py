@@ -1,0 +1,51 @@
+"""Every script in scripts/, benchmarks/ and experiments/ starts as its docstring says: ``python FOLDER/x.py``.
+
+pytest puts those folders on ``sys.path`` (pyproject.toml), which hides a script that imports a
+neighbour folder's module (``bench_common``) without finding it itself. Each script runs here as a
+user runs it: a fresh interpreter, another working directory, no ``PYTHONPATH``, asked for ``--help``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+#: Modules the scripts import, not scripts.
+NOT_SCRIPTS = {"bench_common.py"}
+SCRIPTS = sorted(p for folder in ("scripts", "benchmarks", "experiments") for p in (REPO / folder).glob("*.py")
+                 if p.name not in NOT_SCRIPTS)
+
+
+def test_every_script_folder_has_scripts():
+    names = {p.parent.name for p in SCRIPTS}
+    assert names == {"scripts", "benchmarks", "experiments"}
+
+
+@pytest.fixture(scope="module")
+def help_runs(tmp_path_factory):
+    """``--help`` of every script, two at a time (each mostly imports torch)."""
+    cwd = tmp_path_factory.mktemp("elsewhere")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done, pending = {}, list(SCRIPTS)
+    running: list[tuple[Path, subprocess.Popen]] = []
+    while pending or running:
+        while pending and len(running) < 2:
+            path = pending.pop()
+            running.append((path, subprocess.Popen([sys.executable, str(path), "--help"], cwd=cwd, env=env,
+                                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+        path, proc = running.pop(0)
+        out, err = proc.communicate(timeout=300)
+        done[path.name] = (proc.returncode, out, err)
+    return done
+
+
+@pytest.mark.parametrize("script", [p.name for p in SCRIPTS])
+def test_script_help_runs_from_anywhere(help_runs, script):
+    code, out, err = help_runs[script]
+    assert code == 0, f"{script} --help failed:\n{err[-2000:]}"
+    assert "usage:" in out.lower(), f"{script} --help printed no usage:\n{out[:500]}"
