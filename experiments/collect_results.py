@@ -317,6 +317,12 @@ def mask_aware_seeds(args) -> None:
 
 # -- the surrogate downstream: DetCon-S on the surrogate's targets against the exact ones -----------------
 PARITY_CONFIG = "configs/surrogate_parity_cifar10_short.json"
+PARITY_HALF_CONFIG = "configs/surrogate_parity_half_cifar10_short.json"
+
+
+def _seeds_label(rows: dict) -> str:
+    seeds = max((r["pretrain_seeds"] for r in rows.values()), default=0)
+    return f"{seeds} seed" + ("s" if seeds != 1 else "")
 
 
 def parity(args) -> None:
@@ -324,32 +330,34 @@ def parity(args) -> None:
 
     keep = {("detcon-simclr", "default")}
     cache = _seed_rows(SEED_CONFIGS, keep | {("simclr", "default")})  # DetCon-S and the plain baseline
-    cache0 = _seed_rows(SEED_CONFIGS[:1], keep)
-    surrogate = _seed_rows([PARITY_CONFIG], keep)
+    arms = [("surrogate targets", "surrogate", _seed_rows([PARITY_CONFIG], keep))]
+    if Path(PARITY_HALF_CONFIG).is_file():
+        arms.append(("half exact, half surrogate", "half", _seed_rows([PARITY_HALF_CONFIG], keep)))
     fractions = list(dict.fromkeys(r["fraction"] for r in cache))
     table = []
     for protocol, name in (("linear", "linear"), ("knn", "kNN")):
         exact = _by_fraction(cache, "detcon-simclr", "default", protocol)
-        exact0 = _by_fraction(cache0, "detcon-simclr", "default", protocol)
-        mine = _by_fraction(surrogate, "detcon-simclr", "default", protocol)
-        seeds = max((r["pretrain_seeds"] for r in exact.values()), default=0)
-        for label, rows in ((f"exact targets ({seeds} seeds)", exact), ("surrogate targets (seed 0)", mine)):
+        mine = {short: _by_fraction(rows, "detcon-simclr", "default", protocol) for _, short, rows in arms}
+        for label, rows in [("exact targets", exact)] + [(label, mine[short]) for label, short, _ in arms]:
             if rows:
-                table.append([f"{label}, {name}"] + [_pair(rows[f]["accuracy_mean"], spread(rows[f])) if f in rows
-                                                     else None for f in fractions])
-        if mine and exact:
-            table.append([f"surrogate minus exact ({seeds} seeds), {name}"] + _gap_cells(mine, exact, fractions))
-        if mine and exact0:
-            table.append([f"surrogate minus exact, same seed 0, {name}"] + _gap_cells(mine, exact0, fractions))
+                table.append([f"{label} ({_seeds_label(rows)}), {name}"] + [
+                    _pair(rows[f]["accuracy_mean"], spread(rows[f])) if f in rows else None for f in fractions])
+        for label, short, _ in arms:
+            if mine[short] and exact:
+                table.append([f"{label} minus exact, {name}"] + _gap_cells(mine[short], exact, fractions))
         plain = _by_fraction(cache, "simclr", "default", protocol)
-        if mine and plain:
-            table.append([f"surrogate minus SimCLR default (no targets), {name}"] + _gap_cells(mine, plain, fractions))
+        if mine["surrogate"] and plain:
+            table.append([f"surrogate targets minus SimCLR default (no targets), {name}"]
+                         + _gap_cells(mine["surrogate"], plain, fractions))
     config = GridConfig.load(PARITY_CONFIG)
     surrogate_run = Path(config.pretrain["surrogate"]).parent
     notes = ["DetCon-S (RC regions pooled in the loss, default policy), 624 steps of 64 on the 10,000 CIFAR-10 "
              "train images; linear probe and kNN on the frozen features at each share of the labels, 3 label "
              "seeds; ± as in the seeds table. The surrogate trained for 25 minutes of wall time on one thread on "
-             "10,000 of the CIFAR-10 training images outside the pretraining set."]
+             "10,000 of the CIFAR-10 training images outside the pretraining set. Half exact, half surrogate: a "
+             "cache holding the exact targets of half the pretraining images (chosen by content hash, "
+             "experiments/partial_cache.py), the other half's from the same surrogate (--aug-source "
+             "cache,surrogate). A gap row is the difference of the means, ± the larger of the two rows' spreads."]
     fidelity = surrogate_run / "test.json"
     if fidelity.is_file():
         f = _fidelity_scores(json.loads(fidelity.read_text()))

@@ -2,7 +2,9 @@
 # Experiment: does the surrogate serve pretraining as well as the exact targets? DetCon-S (the mask-aware recipe
 # that gained most on CIFAR-10) pretrained with every target predicted by a surrogate that never saw a pretraining
 # image, against the same recipe on exact cached targets (configs/mask_aware_cifar10_short.json and
-# configs/mask_aware_cifar10_short_seed1.json: two pretraining seeds, whose spread is the yardstick).
+# configs/mask_aware_cifar10_short_seed1.json: two pretraining seeds, whose spread is the yardstick), and the same
+# recipe from a cache that holds the exact targets of only half the pretraining images, the surrogate filling in
+# the rest (--aug-source cache,surrogate).
 #
 #   bash experiments/surrogate_parity.sh      (needs train50k labelled into runs/caches/cifar: saliency-ssl label)
 #
@@ -21,3 +23,5 @@ saliency-ssl fidelity "$SHARED/cifar10/test" --cache "$CACHE" --surrogate runs/e
 saliency-ssl grid configs/mask_aware_cifar10_short.json --quiet
 saliency-ssl grid configs/mask_aware_cifar10_short_seed1.json --quiet
 saliency-ssl grid configs/surrogate_parity_cifar10_short.json --quiet
+python experiments/partial_cache.py "$CACHE" "$SHARED/cifar10/train" runs/caches/cifar_half --share 0.5
+saliency-ssl grid configs/surrogate_parity_half_cifar10_short.json --quiet

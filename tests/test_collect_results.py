@@ -52,9 +52,13 @@ def grids(tmp_path, monkeypatch):
     # simclr: 0.40 and 0.44 at 10% (seed spread 0.02 > label spread 0.01), detcon: 0.50 and 0.50
     _results(seed0, _accuracy([(0.40, 0.01), (0.60, 0.0)], [(0.50, 0.01), (0.70, 0.0)]))
     _results(seed1, _accuracy([(0.44, 0.01), (0.60, 0.0)], [(0.50, 0.03), (0.72, 0.0)]))
+    half = _config(tmp_path / "half.json", tmp_path / "gh", 0, [["detcon-simclr", "default"]],
+                   aug_source="cache,surrogate", surrogate=str(tmp_path / "sur" / "surrogate.pt"))
     _results(parity, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.47, 0.01), (0.71, 0.0)]))
+    _results(half, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.49, 0.02), (0.73, 0.0)]))
     monkeypatch.setattr(collect_results, "SEED_CONFIGS", [seed0, seed1])
     monkeypatch.setattr(collect_results, "PARITY_CONFIG", parity)
+    monkeypatch.setattr(collect_results, "PARITY_HALF_CONFIG", half)
     return tmp_path
 
 
@@ -75,7 +79,7 @@ def test_seeds_table_pools_pretraining_seeds_and_takes_the_larger_spread(grids):
     assert gap[1] == pytest.approx([0.11, 0.01])
 
 
-def test_parity_table_compares_with_both_seeds_and_with_the_same_seed(grids):
+def test_parity_table_compares_each_arm_with_the_exact_targets_over_their_seeds(grids):
     (grids / "sur").mkdir()
     (grids / "sur" / "test.json").write_text(json.dumps(
         {"n": 10000, "presence_accuracy": 0.7, "mask_iou_present": 0.35, "boundary_f": 0.6,
@@ -83,9 +87,13 @@ def test_parity_table_compares_with_both_seeds_and_with_the_same_seed(grids):
     collect_results.main(["parity", "--out", str(grids / "results"), "--machine", "test"])
     written = json.loads((grids / "results" / "surrogate_parity.json").read_text())
     rows = _rows(grids / "results" / "surrogate_parity.json")
-    assert rows["surrogate targets (seed 0), linear"][0] == pytest.approx([0.47, 0.01])
-    assert rows["surrogate minus exact (2 seeds), linear"][0][0] == pytest.approx(-0.03)
-    assert rows["surrogate minus exact, same seed 0, linear"][0] == pytest.approx([-0.03, 0.01])
-    assert rows["surrogate minus exact, same seed 0, kNN"][1] == pytest.approx([0.01, 0.0])
-    assert rows["surrogate minus SimCLR default (no targets), linear"][0] == pytest.approx([0.05, 0.02])
+    exact_spread = (0.5 * (0.01**2 + 0.03**2)) ** 0.5  # DetCon-S at 10%, pooled over seeds 0 and 1
+    assert rows["exact targets (2 seeds), linear"][0] == pytest.approx([0.50, exact_spread], abs=1e-4)
+    assert rows["surrogate targets (1 seed), linear"][0] == pytest.approx([0.47, 0.01])
+    assert rows["half exact, half surrogate (1 seed), kNN"][1] == pytest.approx([0.73, 0.0])
+    assert rows["surrogate targets minus exact, linear"][0] == pytest.approx([-0.03, exact_spread], abs=1e-4)
+    assert rows["surrogate targets minus exact, kNN"][1] == pytest.approx([0.0, 0.01])
+    assert rows["half exact, half surrogate minus exact, linear"][0] == pytest.approx([-0.01, exact_spread], abs=1e-4)
+    assert rows["half exact, half surrogate minus exact, linear"][1] == pytest.approx([0.02, 0.01])
+    assert rows["surrogate targets minus SimCLR default (no targets), linear"][0] == pytest.approx([0.05, 0.02])
     assert any("10,000 test images: presence accuracy 0.700" in note for note in written["notes"])
