@@ -290,6 +290,11 @@ def _gap_cells(mine: dict, base: dict, fractions: list[str]) -> list:
             if f in mine and f in base else None for f in fractions]
 
 
+def _seeds_label(rows: dict) -> str:
+    seeds = max((r["pretrain_seeds"] for r in rows.values()), default=0)
+    return f"{seeds} seed" + ("s" if seeds != 1 else "")
+
+
 def mask_aware_seeds(args) -> None:
     keep = {("simclr", "default"), ("detcon-simclr", "default")}
     rows = _seed_rows(SEED_CONFIGS, keep)
@@ -300,8 +305,7 @@ def mask_aware_seeds(args) -> None:
         detcon = _by_fraction(rows, "detcon-simclr", "default", protocol)
         for label, mine in (("SimCLR, default", base), ("DetCon-S, default", detcon)):
             if mine:
-                seeds = max(r["pretrain_seeds"] for r in mine.values())
-                table.append([f"{label}, {name} ({seeds} seeds)"] + [
+                table.append([f"{label}, {name} ({_seeds_label(mine)})"] + [
                     _pair(mine[f]["accuracy_mean"], spread(mine[f])) if f in mine else None for f in fractions])
         if base and detcon:
             table.append([f"DetCon-S minus SimCLR, {name}"] + _gap_cells(detcon, base, fractions))
@@ -320,35 +324,29 @@ PARITY_CONFIG = "configs/surrogate_parity_cifar10_short.json"
 PARITY_HALF_CONFIG = "configs/surrogate_parity_half_cifar10_short.json"
 
 
-def _seeds_label(rows: dict) -> str:
-    seeds = max((r["pretrain_seeds"] for r in rows.values()), default=0)
-    return f"{seeds} seed" + ("s" if seeds != 1 else "")
-
-
 def parity(args) -> None:
     from saliencyssl.app.grid import GridConfig
 
     keep = {("detcon-simclr", "default")}
     cache = _seed_rows(SEED_CONFIGS, keep | {("simclr", "default")})  # DetCon-S and the plain baseline
-    arms = [("surrogate targets", "surrogate", _seed_rows([PARITY_CONFIG], keep))]
-    if Path(PARITY_HALF_CONFIG).is_file():
-        arms.append(("half exact, half surrogate", "half", _seed_rows([PARITY_HALF_CONFIG], keep)))
+    arms = {"surrogate targets": _seed_rows([PARITY_CONFIG], keep),
+            "half exact, half surrogate": _seed_rows([PARITY_HALF_CONFIG], keep)}
     fractions = list(dict.fromkeys(r["fraction"] for r in cache))
     table = []
     for protocol, name in (("linear", "linear"), ("knn", "kNN")):
         exact = _by_fraction(cache, "detcon-simclr", "default", protocol)
-        mine = {short: _by_fraction(rows, "detcon-simclr", "default", protocol) for _, short, rows in arms}
-        for label, rows in [("exact targets", exact)] + [(label, mine[short]) for label, short, _ in arms]:
+        mine = {label: _by_fraction(rows, "detcon-simclr", "default", protocol) for label, rows in arms.items()}
+        for label, rows in {"exact targets": exact, **mine}.items():
             if rows:
                 table.append([f"{label} ({_seeds_label(rows)}), {name}"] + [
                     _pair(rows[f]["accuracy_mean"], spread(rows[f])) if f in rows else None for f in fractions])
-        for label, short, _ in arms:
-            if mine[short] and exact:
-                table.append([f"{label} minus exact, {name}"] + _gap_cells(mine[short], exact, fractions))
+        for label, rows in mine.items():
+            if rows and exact:
+                table.append([f"{label} minus exact, {name}"] + _gap_cells(rows, exact, fractions))
         plain = _by_fraction(cache, "simclr", "default", protocol)
-        if mine["surrogate"] and plain:
+        if mine["surrogate targets"] and plain:
             table.append([f"surrogate targets minus SimCLR default (no targets), {name}"]
-                         + _gap_cells(mine["surrogate"], plain, fractions))
+                         + _gap_cells(mine["surrogate targets"], plain, fractions))
     config = GridConfig.load(PARITY_CONFIG)
     surrogate_run = Path(config.pretrain["surrogate"]).parent
     notes = ["DetCon-S (RC regions pooled in the loss, default policy), 624 steps of 64 on the 10,000 CIFAR-10 "

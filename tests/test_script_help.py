@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -26,26 +27,26 @@ def test_every_script_folder_has_scripts():
     assert names == {"scripts", "benchmarks", "experiments"}
 
 
+def _name(path: Path) -> str:
+    return f"{path.parent.name}/{path.name}"
+
+
 @pytest.fixture(scope="module")
 def help_runs(tmp_path_factory):
     """``--help`` of every script, two at a time (each mostly imports torch)."""
     cwd = tmp_path_factory.mktemp("elsewhere")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done, pending = {}, list(SCRIPTS)
-    running: list[tuple[Path, subprocess.Popen]] = []
-    while pending or running:
-        while pending and len(running) < 2:
-            path = pending.pop()
-            running.append((path, subprocess.Popen([sys.executable, str(path), "--help"], cwd=cwd, env=env,
-                                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
-        path, proc = running.pop(0)
-        out, err = proc.communicate(timeout=300)
-        done[path.name] = (proc.returncode, out, err)
-    return done
+
+    def run(path: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(path), "--help"], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=300)
+
+    with ThreadPoolExecutor(2) as pool:
+        return {_name(path): done for path, done in zip(SCRIPTS, pool.map(run, SCRIPTS))}
 
 
-@pytest.mark.parametrize("script", [p.name for p in SCRIPTS])
+@pytest.mark.parametrize("script", [_name(p) for p in SCRIPTS])
 def test_script_help_runs_from_anywhere(help_runs, script):
-    code, out, err = help_runs[script]
-    assert code == 0, f"{script} --help failed:\n{err[-2000:]}"
-    assert "usage:" in out.lower(), f"{script} --help printed no usage:\n{out[:500]}"
+    done = help_runs[script]
+    assert done.returncode == 0, f"{script} --help failed:\n{done.stderr[-2000:]}"
+    assert "usage:" in done.stdout.lower(), f"{script} --help printed no usage:\n{done.stdout[:500]}"
