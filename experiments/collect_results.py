@@ -143,6 +143,74 @@ def photos(args) -> None:
             write(Path(args.out) / f"mask_aware_photos_{domain}_{metric}.json", f"{title}: {metric_name}",
                   ["backbone", *[f"{float(f):.0%}" for f in fractions]], table, command, notes, args.date,
                   args.machine)
+    photo_seeds(args)
+
+
+def _photo_seed_runs(root: Path, domain: str, name: str) -> dict[int, dict]:
+    """``{pretraining seed: results.json}`` of one recipe on one photo set: seed 0 in ``domain/``, seed N in
+    ``domain_sN/`` (experiments/photo_judgement.sh with SEED=N)."""
+    runs = {}
+    for folder in sorted(root.glob(f"{domain}*")):
+        suffix = folder.name[len(domain):]
+        seed = 0 if suffix == "" else int(suffix[2:]) if suffix.startswith("_s") and suffix[2:].isdigit() else None
+        if seed is not None and (folder / name / "results.json").is_file():
+            runs[seed] = json.loads((folder / name / "results.json").read_text())
+    return runs
+
+
+def _pooled(runs: dict[int, dict], metric: str, fraction: str) -> tuple[float, float]:
+    """Mean over pretraining seeds of one fraction's mean, and the larger of the spread over fine-tuning seeds
+    (root mean square of each run's std) and the population std of the seeds' means (as CIFAR-10's tables)."""
+    means = np.array([r[fraction][f"{metric}_mean"] for r in runs.values()])
+    finetune = float(np.sqrt(np.mean([r[fraction][f"{metric}_std"] ** 2 for r in runs.values()])))
+    return float(means.mean()), max(finetune, float(means.std()))
+
+
+def photo_seeds(args) -> None:
+    """The photo recipes that have more than one pretraining seed, pooled, each against SimCLR default over the
+    same seeds, and the gap at each seed alone."""
+    root = Path(args.runs)
+    labels = dict(PHOTO_RECIPES)
+    for domain, title in (("clothing", "street photos (Clothing Co-Parsing)"), ("horses", "horses (Weizmann)")):
+        base_runs = _photo_seed_runs(root, domain, "default")
+        pooled = [name for name, _ in PHOTO_RECIPES if name not in ("default", "random")
+                  and len(set(_photo_seed_runs(root, domain, name)) & set(base_runs)) > 1]
+        if not pooled:
+            continue
+        fractions = [k for k in next(iter(base_runs.values())) if k != "meta"]
+        table, names = [], ["default", *pooled]
+        for metric, metric_name in (("iou", "IoU"), ("f", "F")):
+            for name in pooled:
+                mine_all = _photo_seed_runs(root, domain, name)
+                seeds = sorted(set(mine_all) & set(base_runs))
+                mine = {s: mine_all[s] for s in seeds}
+                base = {s: base_runs[s] for s in seeds}
+                seed_text = "/".join(map(str, seeds))
+                for label, runs in ((labels["default"], base), (labels[name], mine)):
+                    table.append([f"{label}, {metric_name} (pretraining seeds {seed_text})"]
+                                 + [_pair(*_pooled(runs, metric, f)) for f in fractions])
+                gap_row = [f"{labels[name]} minus default, {metric_name} (seeds {seed_text})"]
+                for f in fractions:
+                    (m, s1), (b, s2) = _pooled(mine, metric, f), _pooled(base, metric, f)
+                    gap_row.append(_pair(m - b, max(s1, s2)))
+                table.append(gap_row)
+                for seed in seeds:
+                    table.append([f"{labels[name]} minus default, {metric_name} (seed {seed} alone)"] + [
+                        _pair(mine[seed][f][f"{metric}_mean"] - base[seed][f][f"{metric}_mean"],
+                              max(mine[seed][f][f"{metric}_std"], base[seed][f][f"{metric}_std"]))
+                        for f in fractions])
+        seeds_run = sorted(set.union(*(set(_photo_seed_runs(root, domain, n)) for n in names)) - {0})
+        command = [f"SEED={seed} bash experiments/photo_judgement.sh "
+                   + " ".join(f"{n}={PHOTO_SPECS[n]}" for n in names) for seed in seeds_run]
+        command.append("python experiments/collect_results.py photos --runs OUT/exp/photos")
+        write(Path(args.out) / f"mask_aware_photos_{domain}_seeds.json",
+              f"{title}: SimCLR default and {', '.join(labels[n] for n in pooled)} over pretraining seeds",
+              ["backbone, metric", *[f"{float(f):.0%}" for f in fractions]], table, command,
+              ["Foreground IoU and F-measure (beta^2 = 0.3) on the fixed test split, as the tables above, mean over "
+               "the pretraining seeds named (3 fine-tuning seeds each); ± the larger of the spread over fine-tuning "
+               "seeds and the standard deviation of the pretraining seeds' means. A gap's ± is the larger spread "
+               "of its two rows (for one seed alone: the larger fine-tuning spread); a gap inside it is no "
+               "difference."], args.date, args.machine)
 
 
 # -- the surrogate: fidelity against the amount of data ---------------------------------------------

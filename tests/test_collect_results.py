@@ -1,4 +1,4 @@
-"""experiments/collect_results.py: the result files of the seeds and parity tables, from fabricated grid outputs.
+"""experiments/collect_results.py: the seeds, parity and photo-seed tables, from fabricated outputs.
 
 The grids' run folders are written by hand (one results.json per cell, as ``saliency-ssl evaluate`` writes it),
 so the tables' arithmetic is checked against numbers known in advance: means over pretraining seeds, the spread
@@ -97,3 +97,37 @@ def test_parity_table_compares_each_arm_with_the_exact_targets_over_their_seeds(
     assert rows["half exact, half surrogate minus exact, linear"][1] == pytest.approx([0.02, 0.01])
     assert rows["surrogate targets minus SimCLR default (no targets), linear"][0] == pytest.approx([0.05, 0.02])
     assert any("10,000 test images: presence accuracy 0.700" in note for note in written["notes"])
+
+
+def _photo_results(folder, iou):
+    """One segmenter's results.json: iou[fraction] = (mean, std over fine-tuning seeds); F is IoU + 0.1."""
+    folder.mkdir(parents=True)
+    folder.joinpath("results.json").write_text(json.dumps(
+        {**{f: {"iou_mean": m, "iou_std": s, "f_mean": m + 0.1, "f_std": s, "n_labelled": 10}
+            for f, (m, s) in iou.items()}, "meta": {}}))
+
+
+def test_photo_seeds_pool_pretraining_seeds_and_leave_one_seed_recipes_out(tmp_path):
+    runs = tmp_path / "photos"
+    # seed 0 in horses/, seed 1 in horses_s1/; detcon has seed 0 only and gets no pooled row
+    _photo_results(runs / "horses" / "default", {"0.1": (0.60, 0.01), "1.0": (0.70, 0.0)})
+    _photo_results(runs / "horses_s1" / "default", {"0.1": (0.64, 0.01), "1.0": (0.70, 0.0)})
+    _photo_results(runs / "horses" / "sal", {"0.1": (0.65, 0.03), "1.0": (0.72, 0.0)})
+    _photo_results(runs / "horses_s1" / "sal", {"0.1": (0.65, 0.01), "1.0": (0.74, 0.0)})
+    _photo_results(runs / "horses" / "detcon", {"0.1": (0.50, 0.0), "1.0": (0.50, 0.0)})
+    collect_results.main(["photos", "--runs", str(runs), "--out", str(tmp_path / "results"), "--machine", "test"])
+    assert not (tmp_path / "results" / "mask_aware_photos_clothing_seeds.json").exists()
+    written = json.loads((tmp_path / "results" / "mask_aware_photos_horses_seeds.json").read_text())
+    assert written["command"][0] == "SEED=1 bash experiments/photo_judgement.sh default=simclr:default " \
+                                    "sal=simclr:sal+default"
+    rows = {row[0]: row[1:] for row in written["rows"]}
+    assert not any("DetCon" in label for label in rows)
+    # default at 10%: mean 0.62, seed std 0.02 > fine-tuning 0.01; sal: fine-tuning RMS sqrt((0.03² + 0.01²) / 2)
+    sal_spread = (0.5 * (0.03**2 + 0.01**2)) ** 0.5
+    assert rows["SimCLR, default, IoU (pretraining seeds 0/1)"][0] == pytest.approx([0.62, 0.02])
+    assert rows["SimCLR, sal+default, IoU (pretraining seeds 0/1)"][0] == pytest.approx([0.65, sal_spread], abs=1e-4)
+    assert rows["SimCLR, sal+default minus default, IoU (seeds 0/1)"][0] == pytest.approx([0.03, sal_spread],
+                                                                                          abs=1e-4)
+    assert rows["SimCLR, sal+default minus default, IoU (seeds 0/1)"][1] == pytest.approx([0.03, 0.01])
+    assert rows["SimCLR, sal+default minus default, IoU (seed 0 alone)"][0] == pytest.approx([0.05, 0.03])
+    assert rows["SimCLR, sal+default minus default, F (seed 1 alone)"][1] == pytest.approx([0.04, 0.0])
