@@ -1,6 +1,6 @@
 """Turn the run folders of the experiments into the small result files the findings quote (results/*.json).
 
-    python experiments/collect_results.py mask_aware_cifar10 --runs runs/exp/mask_aware_cifar10
+    python experiments/collect_results.py mask_aware_cifar10 --config CONFIG [CONFIG ...]
     python experiments/collect_results.py photos --runs runs/exp/photos
     python experiments/collect_results.py surrogate_curve --runs runs/exp/surrogate_curve
     python experiments/collect_results.py surrogate_shapes --runs runs/shapes
@@ -55,14 +55,16 @@ RECIPES = [("simclr", "default", "SimCLR, default"), ("simclr", "salcrop+default
 def mask_aware_cifar10(args) -> None:
     from saliencyssl.app.grid import GridConfig, cells
 
-    config = GridConfig.load(args.config)
-    sources = [(c.method, c.policy, c.eval_dir, c.run_dir) for c in cells(config)]
-    sources += [("random", "random init", config.random_eval_dir(seed), None) for seed in config.seeds]
+    configs = [GridConfig.load(path) for path in args.config]
+    sources = []
+    for config in configs:  # configs that differ only in their pretraining seeds pool into one row per cell
+        sources += [(c.method, c.policy, c.eval_dir, c.run_dir) for c in cells(config)]
+        sources += [("random", "random init", config.random_eval_dir(seed), None) for seed in config.seeds]
     rows = result_rows(sources)
     fractions = list(dict.fromkeys(r["fraction"] for r in rows))
     labels = [f"{float(f):.0%}" for f in fractions]
-    command = [f"saliency-ssl grid {args.config}",
-               f"python experiments/collect_results.py mask_aware_cifar10 --config {args.config}"]
+    command = [f"saliency-ssl grid {path}" for path in args.config]
+    command.append(f"python experiments/collect_results.py mask_aware_cifar10 --config {' '.join(args.config)}")
     for protocol, name in (("linear", "linear probe"), ("knn", "kNN (k = 200, T = 0.1)")):
         table, gaps = [], []
         base = {r["fraction"]: r for r in rows if r["method"] == "simclr" and r["policy"] == "default"
@@ -72,22 +74,21 @@ def mask_aware_cifar10(args) -> None:
                     and r["protocol"] == protocol}
             if not mine:
                 continue
-            table.append([label] + [_pair(mine[f]["accuracy_mean"], spread(mine[f])) if f in mine else None
-                                    for f in fractions])
+            row_label = f"{label} ({_seeds_label(mine)})"
+            table.append([row_label] + [_pair(mine[f]["accuracy_mean"], spread(mine[f])) if f in mine else None
+                                        for f in fractions])
             if (method, policy) != ("simclr", "default") and base:
-                gaps.append([label] + [_pair(mine[f]["accuracy_mean"] - base[f]["accuracy_mean"],
-                                             max(spread(mine[f]), spread(base[f])))
-                                       if f in mine and f in base else None for f in fractions])
-        seeds = sorted({r["pretrain_seeds"] for r in rows})
-        n_seeds = max(int(x) for x in seeds) if seeds else 1
-        spread_note = ("± the larger of the spread over label subsets and over pretraining seeds" if n_seeds > 1 else
+                gaps.append([row_label] + _gap_cells(mine, base, fractions))
+        n_seeds = max((r["pretrain_seeds"] for r in rows), default=1)
+        spread_note = ("± the larger of the spread over label subsets and the standard deviation of the pretraining "
+                       "seeds' means (a row of one seed: label subsets only)" if n_seeds > 1 else
                        "± the spread over label subsets only (one pretraining seed: the spread over pretraining "
-                       "seeds, usually the larger, is not measured); at 100% every label seed uses the same labels")
+                       "seeds, usually the larger, is not measured)")
         notes = [f"Top-1 test accuracy on the 10,000 CIFAR-10 test images at each share of the 10,000 train images' "
-                 f"labels: mean over {'/'.join(map(str, seeds))} pretraining seed(s) and 3 label seeds; "
-                 f"{spread_note}."]
+                 f"labels: mean over the pretraining seeds each row names and 3 label seeds; {spread_note}; at 100% "
+                 f"every label seed uses the same labels."]
         write(Path(args.out) / f"mask_aware_cifar10_{protocol}.json",
-              f"CIFAR-10, {name}: {config.name.split(': ', 1)[-1]}", ["recipe", *labels], table, command, notes,
+              f"CIFAR-10, {name}: {configs[0].name.split(': ', 1)[-1]}", ["recipe", *labels], table, command, notes,
               args.date, args.machine)
         write(Path(args.out) / f"mask_aware_cifar10_{protocol}_gap.json",
               f"CIFAR-10, {name}: gap to SimCLR default", ["recipe", *labels], gaps, command,
@@ -571,7 +572,9 @@ def main(argv: list[str] | None = None) -> int:
                                                "baseline_stats", "photo_surrogate", "test_suite",
                                                "mask_aware_controls", "mask_aware_seeds", "parity"))
     parser.add_argument("--runs", default=None, help="the experiment's run folder")
-    parser.add_argument("--config", default="configs/mask_aware_cifar10_cpu.json", help="grid config (CIFAR-10)")
+    parser.add_argument("--config", nargs="+", default=["configs/mask_aware_cifar10_cpu.json"],
+                        help="grid config(s) of mask_aware_cifar10; several configs that differ only in their "
+                             "pretraining seeds are pooled (default %(default)s)")
     parser.add_argument("--out", default="results", help="where the result files go (default %(default)s)")
     parser.add_argument("--date", default=time.strftime("%Y-%m-%d"))
     parser.add_argument("--machine", default=None, help="default: this CPU, 2 cores, one torch thread per run")

@@ -21,7 +21,7 @@ saliency-ssl train-surrogate runs/data/cifar40k --cache "$CACHE" --out runs/exp/
 saliency-ssl fidelity "$SHARED/cifar10/test" --cache "$CACHE" --surrogate runs/exp/parity/surrogate/surrogate.pt \
     --json runs/exp/parity/surrogate/test.json --quiet
 saliency-ssl grid configs/mask_aware_cifar10_short.json --quiet
-saliency-ssl grid configs/mask_aware_cifar10_short_seed1.json --quiet
+saliency-ssl grid configs/mask_aware_cifar10_short_seed1.json --only simclr__default,detcon-simclr__default --quiet
 saliency-ssl grid configs/surrogate_parity_cifar10_short.json --quiet
 python experiments/partial_cache.py "$CACHE" "$SHARED/cifar10/train" runs/caches/cifar_half --share 0.5
 saliency-ssl grid configs/surrogate_parity_half_cifar10_short.json --quiet

@@ -79,6 +79,19 @@ def test_seeds_table_pools_pretraining_seeds_and_takes_the_larger_spread(grids):
     assert gap[1] == pytest.approx([0.11, 0.01])
 
 
+def test_recipe_tables_pool_configs_that_differ_in_their_pretraining_seed(grids):
+    configs = [str(grids / "seed0.json"), str(grids / "seed1.json")]
+    collect_results.main(["mask_aware_cifar10", "--config", *configs, "--out", str(grids / "results"),
+                          "--machine", "test"])
+    rows = _rows(grids / "results" / "mask_aware_cifar10_linear.json")
+    assert rows["SimCLR, default (2 seeds)"][0] == pytest.approx([0.42, 0.02])
+    gaps = _rows(grids / "results" / "mask_aware_cifar10_knn_gap.json")
+    assert list(gaps) == ["DetCon-S, default (2 seeds)"]
+    assert gaps["DetCon-S, default (2 seeds)"][1] == pytest.approx([0.11, 0.01])
+    written = json.loads((grids / "results" / "mask_aware_cifar10_linear.json").read_text())
+    assert written["command"][:2] == [f"saliency-ssl grid {c}" for c in configs]
+
+
 def test_parity_table_compares_each_arm_with_the_exact_targets_over_their_seeds(grids):
     (grids / "sur").mkdir()
     (grids / "sur" / "test.json").write_text(json.dumps(
