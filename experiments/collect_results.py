@@ -7,7 +7,6 @@
     python experiments/collect_results.py baseline_stats --runs runs/baseline
     python experiments/collect_results.py photo_surrogate --runs runs/exp/photo_surrogate/measure
     python experiments/collect_results.py test_suite --runs runs/tests
-    python experiments/collect_results.py mask_aware_seeds
     python experiments/collect_results.py parity
 
 Each subcommand reads the results.json / history.json files its experiment wrote and writes one or
@@ -49,7 +48,10 @@ def _pair(mean: float, std: float) -> list[float]:
 # -- CIFAR-10: mask-aware recipes against default ---------------------------------------------------
 RECIPES = [("simclr", "default", "SimCLR, default"), ("simclr", "salcrop+default", "SimCLR, salcrop+default"),
            ("simclr", "comp0.3+default", "SimCLR, comp0.3+default"), ("detcon-simclr", "default", "DetCon-S, default"),
+           ("byol", "default", "BYOL, default"), ("detcon-byol", "default", "DetCon-B, default"),
            ("random", "random init", "random init")]
+# the row each recipe's gap is taken to: its own method with `default` (DetCon-B to BYOL), else SimCLR default
+GAP_REFERENCE = {"byol": ("byol", "BYOL"), "detcon-byol": ("byol", "BYOL")}
 
 
 def mask_aware_cifar10(args) -> None:
@@ -59,7 +61,8 @@ def mask_aware_cifar10(args) -> None:
     sources = []
     for config in configs:  # configs that differ only in their pretraining seeds pool into one row per cell
         sources += [(c.method, c.policy, c.eval_dir, c.run_dir) for c in cells(config)]
-        sources += [("random", "random init", config.random_eval_dir(seed), None) for seed in config.seeds]
+        if "random" in config.baselines:
+            sources += [("random", "random init", config.random_eval_dir(seed), None) for seed in config.seeds]
     rows = result_rows(sources)
     fractions = list(dict.fromkeys(r["fraction"] for r in rows))
     labels = [f"{float(f):.0%}" for f in fractions]
@@ -67,18 +70,21 @@ def mask_aware_cifar10(args) -> None:
     command.append(f"python experiments/collect_results.py mask_aware_cifar10 --config {' '.join(args.config)}")
     for protocol, name in (("linear", "linear probe"), ("knn", "kNN (k = 200, T = 0.1)")):
         table, gaps = [], []
-        base = {r["fraction"]: r for r in rows if r["method"] == "simclr" and r["policy"] == "default"
-                and r["protocol"] == protocol}
         for method, policy, label in RECIPES:
-            mine = {r["fraction"]: r for r in rows if r["method"] == method and r["policy"] == policy
-                    and r["protocol"] == protocol}
+            mine = _by_fraction(rows, method, policy, protocol)
             if not mine:
                 continue
             row_label = f"{label} ({_seeds_label(mine)})"
             table.append([row_label] + [_pair(mine[f]["accuracy_mean"], spread(mine[f])) if f in mine else None
                                         for f in fractions])
-            if (method, policy) != ("simclr", "default") and base:
-                gaps.append([row_label] + _gap_cells(mine, base, fractions))
+            reference, reference_label = GAP_REFERENCE.get(method, ("simclr", "SimCLR"))
+            base = _by_fraction(rows, reference, "default", protocol)
+            if (method, policy) != (reference, "default") and base:
+                gap_label = row_label if _seeds_label(mine) == _seeds_label(base) else \
+                    f"{label} ({_seeds_label(mine)}; {reference_label} default {_seeds_label(base)})"
+                if reference != "simclr":
+                    gap_label += f", to {reference_label} default"
+                gaps.append([gap_label] + _gap_cells(mine, base, fractions))
         n_seeds = max((r["pretrain_seeds"] for r in rows), default=1)
         spread_note = ("± the larger of the spread over label subsets and the standard deviation of the pretraining "
                        "seeds' means (a row of one seed: label subsets only)" if n_seeds > 1 else
@@ -91,9 +97,9 @@ def mask_aware_cifar10(args) -> None:
               f"CIFAR-10, {name}: {configs[0].name.split(': ', 1)[-1]}", ["recipe", *labels], table, command, notes,
               args.date, args.machine)
         write(Path(args.out) / f"mask_aware_cifar10_{protocol}_gap.json",
-              f"CIFAR-10, {name}: gap to SimCLR default", ["recipe", *labels], gaps, command,
-              ["Mean accuracy minus SimCLR default's at each label fraction; ± the larger spread of the two rows. "
-               "A gap inside its spread is no difference."], args.date, args.machine)
+              f"CIFAR-10, {name}: gap to default", ["recipe", *labels], gaps, command,
+              ["Mean accuracy minus SimCLR default's (DetCon-B: minus BYOL default's) at each label fraction; ± the "
+               "larger spread of the two rows. A gap inside its spread is no difference."], args.date, args.machine)
 
 
 # -- photos: segmentation with few masks -------------------------------------------------------------
@@ -153,7 +159,9 @@ def _photo_seed_runs(root: Path, domain: str, name: str) -> dict[int, dict]:
     runs = {}
     for folder in sorted(root.glob(f"{domain}*")):
         suffix = folder.name[len(domain):]
-        seed = 0 if suffix == "" else int(suffix[2:]) if suffix.startswith("_s") and suffix[2:].isdigit() else None
+        number = suffix[2:] if suffix.startswith("_s") else None
+        seed = 0 if suffix == "" else int(number) if number and number.isdigit() and number == str(int(number)) \
+            and int(number) > 0 else None  # only the folder names photo_judgement.sh writes: _s1, _s2, ...
         if seed is not None and (folder / name / "results.json").is_file():
             runs[seed] = json.loads((folder / name / "results.json").read_text())
     return runs
@@ -181,6 +189,7 @@ def photo_seeds(args) -> None:
         fractions = [k for k in next(iter(base_runs.values())) if k != "meta"]
         table, names = [], ["default", *pooled]
         for metric, metric_name in (("iou", "IoU"), ("f", "F")):
+            written = set()
             for name in pooled:
                 mine_all = _photo_seed_runs(root, domain, name)
                 seeds = sorted(set(mine_all) & set(base_runs))
@@ -188,8 +197,10 @@ def photo_seeds(args) -> None:
                 base = {s: base_runs[s] for s in seeds}
                 seed_text = "/".join(map(str, seeds))
                 for label, runs in ((labels["default"], base), (labels[name], mine)):
-                    table.append([f"{label}, {metric_name} (pretraining seeds {seed_text})"]
-                                 + [_pair(*_pooled(runs, metric, f)) for f in fractions])
+                    row_label = f"{label}, {metric_name} (pretraining seeds {seed_text})"
+                    if row_label not in written:  # default once per set of seeds
+                        written.add(row_label)
+                        table.append([row_label] + [_pair(*_pooled(runs, metric, f)) for f in fractions])
                 gap_row = [f"{labels[name]} minus default, {metric_name} (seeds {seed_text})"]
                 for f in fractions:
                     (m, s1), (b, s2) = _pooled(mine, metric, f), _pooled(base, metric, f)
@@ -201,8 +212,9 @@ def photo_seeds(args) -> None:
                               max(mine[seed][f][f"{metric}_std"], base[seed][f][f"{metric}_std"]))
                         for f in fractions])
         seeds_run = sorted(set.union(*(set(_photo_seed_runs(root, domain, n)) for n in names)) - {0})
-        command = [f"SEED={seed} bash experiments/photo_judgement.sh "
-                   + " ".join(f"{n}={PHOTO_SPECS[n]}" for n in names) for seed in seeds_run]
+        recipes = " ".join(f"{n}={PHOTO_SPECS[n]}" for n in names)
+        command = [f"bash experiments/photo_judgement.sh {recipes}"]
+        command += [f"SEED={seed} bash experiments/photo_judgement.sh {recipes}" for seed in seeds_run]
         command.append("python experiments/collect_results.py photos --runs OUT/exp/photos")
         write(Path(args.out) / f"mask_aware_photos_{domain}_seeds.json",
               f"{title}: SimCLR default and {', '.join(labels[n] for n in pooled)} over pretraining seeds",
@@ -335,7 +347,7 @@ def mask_aware_controls(args) -> None:
            "loss from the temperature. The T = 0.1 run used two torch threads, the others one."], args.date, args.machine)
 
 
-# -- CIFAR-10: two pretraining seeds of SimCLR default and DetCon-S ------------------------------------
+# -- CIFAR-10: rows pooled over the pretraining seeds of several grid configs (the parity table) -------
 SEED_CONFIGS = ["configs/mask_aware_cifar10_short.json", "configs/mask_aware_cifar10_short_seed1.json"]
 
 
@@ -362,30 +374,6 @@ def _gap_cells(mine: dict, base: dict, fractions: list[str]) -> list:
 def _seeds_label(rows: dict) -> str:
     seeds = max((r["pretrain_seeds"] for r in rows.values()), default=0)
     return f"{seeds} seed" + ("s" if seeds != 1 else "")
-
-
-def mask_aware_seeds(args) -> None:
-    keep = {("simclr", "default"), ("detcon-simclr", "default")}
-    rows = _seed_rows(SEED_CONFIGS, keep)
-    fractions = list(dict.fromkeys(r["fraction"] for r in rows))
-    table = []
-    for protocol, name in (("linear", "linear"), ("knn", "kNN")):
-        base = _by_fraction(rows, "simclr", "default", protocol)
-        detcon = _by_fraction(rows, "detcon-simclr", "default", protocol)
-        for label, mine in (("SimCLR, default", base), ("DetCon-S, default", detcon)):
-            if mine:
-                table.append([f"{label}, {name} ({_seeds_label(mine)})"] + [
-                    _pair(mine[f]["accuracy_mean"], spread(mine[f])) if f in mine else None for f in fractions])
-        if base and detcon:
-            table.append([f"DetCon-S minus SimCLR, {name}"] + _gap_cells(detcon, base, fractions))
-    write(Path(args.out) / "mask_aware_cifar10_seeds.json",
-          "CIFAR-10, 624 steps: SimCLR default and DetCon-S over two pretraining seeds",
-          ["recipe, protocol", *[f"{float(f):.0%}" for f in fractions]], table,
-          [f"saliency-ssl grid {c}" for c in SEED_CONFIGS] + ["python experiments/collect_results.py mask_aware_seeds"],
-          ["Top-1 test accuracy on the 10,000 CIFAR-10 test images, mean over pretraining seeds 0 and 1 and 3 label "
-           "seeds each; ± the larger of the spread over label subsets and the standard deviation of the seeds' "
-           "means. The gap's ± is the larger spread of its two rows: a gap inside it is no difference."],
-          args.date, args.machine)
 
 
 # -- the surrogate downstream: DetCon-S on the surrogate's targets against the exact ones -----------------
@@ -420,8 +408,9 @@ def parity(args) -> None:
     surrogate_run = Path(config.pretrain["surrogate"]).parent
     notes = ["DetCon-S (RC regions pooled in the loss, default policy), 624 steps of 64 on the 10,000 CIFAR-10 "
              "train images; linear probe and kNN on the frozen features at each share of the labels, 3 label "
-             "seeds; ± as in the seeds table. The surrogate trained for 25 minutes of wall time on one thread on "
-             "10,000 of the CIFAR-10 training images outside the pretraining set. Half exact, half surrogate: a "
+             "seeds; ± the larger of the spread over label subsets and the std of the pretraining seeds' means. "
+             "The surrogate trained for 25 minutes of wall time on one thread on 10,000 of the CIFAR-10 training "
+             "images outside the pretraining set. Half exact, half surrogate: a "
              "cache holding the exact targets of half the pretraining images (chosen by content hash, "
              "experiments/partial_cache.py), the other half's from the same surrogate (--aug-source "
              "cache,surrogate). A gap row is the difference of the means, ± the larger of the two rows' spreads."]
@@ -570,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=("mask_aware_cifar10", "photos", "surrogate_curve", "surrogate_shapes",
                                                "baseline_stats", "photo_surrogate", "test_suite",
-                                               "mask_aware_controls", "mask_aware_seeds", "parity"))
+                                               "mask_aware_controls", "parity"))
     parser.add_argument("--runs", default=None, help="the experiment's run folder")
     parser.add_argument("--config", nargs="+", default=["configs/mask_aware_cifar10_cpu.json"],
                         help="grid config(s) of mask_aware_cifar10; several configs that differ only in their "
@@ -583,8 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     {"mask_aware_cifar10": mask_aware_cifar10, "photos": photos, "surrogate_curve": surrogate_curve,
      "surrogate_shapes": surrogate_shapes, "baseline_stats": baseline_stats,
      "photo_surrogate": photo_surrogate, "test_suite": test_suite,
-     "mask_aware_controls": mask_aware_controls, "mask_aware_seeds": mask_aware_seeds,
-     "parity": parity}[args.experiment](args)
+     "mask_aware_controls": mask_aware_controls, "parity": parity}[args.experiment](args)
     return 0
 
 

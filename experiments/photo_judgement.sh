@@ -20,6 +20,8 @@ DATA=runs/data/photos_unlabelled
 SIZE=${SIZE:-96}
 EPOCHS=${EPOCHS:-30}
 SEED=${SEED:-0}
+if ! [[ "$SEED" =~ ^[0-9]+$ ]]; then echo "SEED must be a whole number, not '$SEED'" >&2; exit 2; fi
+SEED=$((10#$SEED))
 if [ "$SEED" = 0 ]; then suffix=""; else suffix="_s$SEED"; fi
 RECIPES=("$@")
 if [ ${#RECIPES[@]} -eq 0 ]; then
@@ -31,7 +33,7 @@ saliency-ssl label "$DATA" --cache "$CACHE" --quiet
 for recipe in "${RECIPES[@]}"; do
   name=${recipe%%=*}; spec=${recipe#*=}; method=${spec%%:*}; policy=${spec#*:}
   if [ "$method" = random ]; then
-    backbone=random
+    backbone=random  # its initialisation seed is the pretraining seed
   else
     saliency-ssl pretrain --data "$DATA" --method "$method" --policy "$policy" --aug-source cache --cache "$CACHE" \
         --image-size "$SIZE" --epochs "$EPOCHS" --batch-size 64 --seed "$SEED" --out "$OUT/pretrain$suffix/$name" \
@@ -39,10 +41,12 @@ for recipe in "${RECIPES[@]}"; do
     backbone="$OUT/pretrain$suffix/$name/backbone.pt"
   fi
   # 300 of the 1,003 labelled street photos and 100 of the 328 horses are the fixed test splits (by content hash)
-  saliency-ssl segment --backbone "$backbone" --image-size "$SIZE" --images "$SHARED/clothing_parsing/images" \
+  saliency-ssl segment --backbone "$backbone" --backbone-seed "$SEED" --image-size "$SIZE" \
+      --images "$SHARED/clothing_parsing/images" \
       --masks "$SHARED/clothing_parsing/masks" --test-split 0.2991 --fractions 0.1,0.25,0.5,1.0 --seeds 3 --epochs 5 \
       --out "$OUT/clothing$suffix/$name"
-  saliency-ssl segment --backbone "$backbone" --image-size "$SIZE" --images "$SHARED/weizmann_horses/images" \
+  saliency-ssl segment --backbone "$backbone" --backbone-seed "$SEED" --image-size "$SIZE" \
+      --images "$SHARED/weizmann_horses/images" \
       --masks "$SHARED/weizmann_horses/masks" --test-split 0.3049 --fractions 0.1,0.25,0.5,1.0 --seeds 3 --epochs 10 \
       --out "$OUT/horses$suffix/$name"
 done

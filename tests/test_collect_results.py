@@ -66,30 +66,30 @@ def _rows(path):
     return {row[0]: row[1:] for row in json.loads(path.read_text())["rows"]}
 
 
-def test_seeds_table_pools_pretraining_seeds_and_takes_the_larger_spread(grids):
-    collect_results.main(["mask_aware_seeds", "--out", str(grids / "results"), "--machine", "test"])
-    rows = _rows(grids / "results" / "mask_aware_cifar10_seeds.json")
-    assert rows["SimCLR, default, linear (2 seeds)"][0] == pytest.approx([0.42, 0.02])
-    # detcon at 10%: label spreads 0.01 and 0.03 pool as their root mean square, above the seeds' spread (0)
-    assert rows["DetCon-S, default, linear (2 seeds)"][0] == pytest.approx([0.50, (0.5 * (0.01**2 + 0.03**2)) ** 0.5],
-                                                                          abs=1e-4)
-    assert rows["DetCon-S, default, linear (2 seeds)"][1] == pytest.approx([0.71, 0.01])
-    gap = rows["DetCon-S minus SimCLR, kNN"]
-    assert gap[0][0] == pytest.approx(0.08) and gap[0][1] == pytest.approx(0.0224, abs=1e-4)
-    assert gap[1] == pytest.approx([0.11, 0.01])
-
-
 def test_recipe_tables_pool_configs_that_differ_in_their_pretraining_seed(grids):
-    configs = [str(grids / "seed0.json"), str(grids / "seed1.json")]
+    byol = _config(grids / "byol.json", grids / "gb", 0, [["byol", "default"], ["detcon-byol", "default"]])
+    _results(byol, {(m, p, f): (base + (0.1 if f == "1.0" else 0.0), 0.01) for m, base in
+                    (("byol", 0.30), ("detcon-byol", 0.35)) for p in ("linear", "knn") for f in FRACTIONS})
+    comp = _config(grids / "comp.json", grids / "gc", 0, [["simclr", "comp0.3+default"]])
+    _results(comp, {("simclr", p, f): (0.43, 0.01) for p in ("linear", "knn") for f in FRACTIONS})
+    configs = [str(grids / "seed0.json"), str(grids / "seed1.json"), byol, comp]
     collect_results.main(["mask_aware_cifar10", "--config", *configs, "--out", str(grids / "results"),
                           "--machine", "test"])
     rows = _rows(grids / "results" / "mask_aware_cifar10_linear.json")
     assert rows["SimCLR, default (2 seeds)"][0] == pytest.approx([0.42, 0.02])
+    # detcon at 10%: label spreads 0.01 and 0.03 pool as their root mean square, above the seeds' spread (0)
+    assert rows["DetCon-S, default (2 seeds)"][0] == pytest.approx([0.50, (0.5 * (0.01**2 + 0.03**2)) ** 0.5],
+                                                                  abs=1e-4)
+    assert rows["DetCon-S, default (2 seeds)"][1] == pytest.approx([0.71, 0.01])
     gaps = _rows(grids / "results" / "mask_aware_cifar10_knn_gap.json")
-    assert list(gaps) == ["DetCon-S, default (2 seeds)"]
+    # a gap over unequal seed counts names both; DetCon-B's gap is to BYOL default, not to SimCLR's
+    assert list(gaps) == ["SimCLR, comp0.3+default (1 seed; SimCLR default 2 seeds)", "DetCon-S, default (2 seeds)",
+                          "DetCon-B, default (1 seed), to BYOL default"]
+    assert gaps["DetCon-B, default (1 seed), to BYOL default"][1] == pytest.approx([0.05, 0.01])
+    assert gaps["DetCon-S, default (2 seeds)"][0] == pytest.approx([0.08, 0.0224], abs=1e-4)
     assert gaps["DetCon-S, default (2 seeds)"][1] == pytest.approx([0.11, 0.01])
     written = json.loads((grids / "results" / "mask_aware_cifar10_linear.json").read_text())
-    assert written["command"][:2] == [f"saliency-ssl grid {c}" for c in configs]
+    assert written["command"][:4] == [f"saliency-ssl grid {c}" for c in configs]
 
 
 def test_parity_table_compares_each_arm_with_the_exact_targets_over_their_seeds(grids):
@@ -128,12 +128,21 @@ def test_photo_seeds_pool_pretraining_seeds_and_leave_one_seed_recipes_out(tmp_p
     _photo_results(runs / "horses" / "sal", {"0.1": (0.65, 0.03), "1.0": (0.72, 0.0)})
     _photo_results(runs / "horses_s1" / "sal", {"0.1": (0.65, 0.01), "1.0": (0.74, 0.0)})
     _photo_results(runs / "horses" / "detcon", {"0.1": (0.50, 0.0), "1.0": (0.50, 0.0)})
+    for seed in ("", "_s1"):
+        _photo_results(runs / f"horses{seed}" / "comp", {"0.1": (0.61, 0.01), "1.0": (0.70, 0.0)})
+    # folders photo_judgement.sh never writes are not seeds: _s01 would shadow _s1, _s1x is not a number
+    for odd in ("horses_s01", "horses_s1x", "horses_s0"):
+        _photo_results(runs / odd / "default", {"0.1": (0.0, 0.0), "1.0": (0.0, 0.0)})
     collect_results.main(["photos", "--runs", str(runs), "--out", str(tmp_path / "results"), "--machine", "test"])
     assert not (tmp_path / "results" / "mask_aware_photos_clothing_seeds.json").exists()
     written = json.loads((tmp_path / "results" / "mask_aware_photos_horses_seeds.json").read_text())
-    assert written["command"][0] == "SEED=1 bash experiments/photo_judgement.sh default=simclr:default " \
-                                    "sal=simclr:sal+default"
+    recipes = "default=simclr:default comp=simclr:comp0.3+default sal=simclr:sal+default"
+    assert written["command"][:2] == [f"bash experiments/photo_judgement.sh {recipes}",
+                                      f"SEED=1 bash experiments/photo_judgement.sh {recipes}"]
+    labels = [row[0] for row in written["rows"]]
+    assert labels.count("SimCLR, default, IoU (pretraining seeds 0/1)") == 1
     rows = {row[0]: row[1:] for row in written["rows"]}
+    assert rows["SimCLR, comp0.3+default minus default, IoU (seeds 0/1)"][1] == pytest.approx([0.0, 0.0])
     assert not any("DetCon" in label for label in rows)
     # default at 10%: mean 0.62, seed std 0.02 > fine-tuning 0.01; sal: fine-tuning RMS sqrt((0.03² + 0.01²) / 2)
     sal_spread = (0.5 * (0.03**2 + 0.01**2)) ** 0.5
