@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from saliencyssl.eval.gridtable import result_rows, spread
+from saliencyssl.eval.gridtable import pool_runs, result_rows, spread
 
 # bench_common (the machine's name) lives in benchmarks/, beside this folder
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -54,15 +55,22 @@ RECIPES = [("simclr", "default", "SimCLR, default"), ("simclr", "salcrop+default
 GAP_REFERENCE = {"byol": ("byol", "BYOL"), "detcon-byol": ("byol", "BYOL")}
 
 
+def _cell_sources(configs: list, keep: set[tuple[str, str]] | None = None) -> list[tuple]:
+    """The :func:`result_rows` sources of the cells of several grid configs (``keep``: only these
+    (method, policy) cells)."""
+    from saliencyssl.app.grid import cells
+
+    return [(c.method, c.policy, c.eval_dir, c.run_dir) for config in configs for c in cells(config)
+            if keep is None or (c.method, c.policy) in keep]
+
+
 def mask_aware_cifar10(args) -> None:
-    from saliencyssl.app.grid import GridConfig, cells
+    from saliencyssl.app.grid import GridConfig
 
     configs = [GridConfig.load(path) for path in args.config]
-    sources = []
-    for config in configs:  # configs that differ only in their pretraining seeds pool into one row per cell
-        sources += [(c.method, c.policy, c.eval_dir, c.run_dir) for c in cells(config)]
-        if "random" in config.baselines:
-            sources += [("random", "random init", config.random_eval_dir(seed), None) for seed in config.seeds]
+    sources = _cell_sources(configs)  # configs that differ only in their pretraining seeds pool into one row per cell
+    sources += [("random", "random init", config.random_eval_dir(seed), None)
+                for config in configs if "random" in config.baselines for seed in config.seeds]
     rows = result_rows(sources)
     fractions = list(dict.fromkeys(r["fraction"] for r in rows))
     labels = [f"{float(f):.0%}" for f in fractions]
@@ -155,24 +163,21 @@ def photos(args) -> None:
 
 def _photo_seed_runs(root: Path, domain: str, name: str) -> dict[int, dict]:
     """``{pretraining seed: results.json}`` of one recipe on one photo set: seed 0 in ``domain/``, seed N in
-    ``domain_sN/`` (experiments/photo_judgement.sh with SEED=N)."""
+    ``domain_sN/`` (experiments/photo_judgement.sh with SEED=N; no other folder name counts)."""
     runs = {}
     for folder in sorted(root.glob(f"{domain}*")):
-        suffix = folder.name[len(domain):]
-        number = suffix[2:] if suffix.startswith("_s") else None
-        seed = 0 if suffix == "" else int(number) if number and number.isdigit() and number == str(int(number)) \
-            and int(number) > 0 else None  # only the folder names photo_judgement.sh writes: _s1, _s2, ...
-        if seed is not None and (folder / name / "results.json").is_file():
-            runs[seed] = json.loads((folder / name / "results.json").read_text())
+        match = re.fullmatch(rf"{re.escape(domain)}(?:_s([1-9][0-9]*))?", folder.name)
+        if match and (folder / name / "results.json").is_file():
+            runs[int(match.group(1) or 0)] = json.loads((folder / name / "results.json").read_text())
     return runs
 
 
 def _pooled(runs: dict[int, dict], metric: str, fraction: str) -> tuple[float, float]:
     """Mean over pretraining seeds of one fraction's mean, and the larger of the spread over fine-tuning seeds
-    (root mean square of each run's std) and the population std of the seeds' means (as CIFAR-10's tables)."""
-    means = np.array([r[fraction][f"{metric}_mean"] for r in runs.values()])
-    finetune = float(np.sqrt(np.mean([r[fraction][f"{metric}_std"] ** 2 for r in runs.values()])))
-    return float(means.mean()), max(finetune, float(means.std()))
+    and the spread of the seeds' means (:func:`pool_runs`, as CIFAR-10's tables)."""
+    mean, within, between = pool_runs([r[fraction][f"{metric}_mean"] for r in runs.values()],
+                                      [r[fraction][f"{metric}_std"] for r in runs.values()])
+    return mean, max(within, between or 0.0)
 
 
 def photo_seeds(args) -> None:
@@ -181,9 +186,10 @@ def photo_seeds(args) -> None:
     root = Path(args.runs)
     labels = dict(PHOTO_RECIPES)
     for domain, title in (("clothing", "street photos (Clothing Co-Parsing)"), ("horses", "horses (Weizmann)")):
-        base_runs = _photo_seed_runs(root, domain, "default")
-        pooled = [name for name, _ in PHOTO_RECIPES if name not in ("default", "random")
-                  and len(set(_photo_seed_runs(root, domain, name)) & set(base_runs)) > 1]
+        found = {name: _photo_seed_runs(root, domain, name) for name, _ in PHOTO_RECIPES}
+        base_runs = found["default"]
+        pooled = [name for name in found if name not in ("default", "random")
+                  and len(set(found[name]) & set(base_runs)) > 1]
         if not pooled:
             continue
         fractions = [k for k in next(iter(base_runs.values())) if k != "meta"]
@@ -191,9 +197,8 @@ def photo_seeds(args) -> None:
         for metric, metric_name in (("iou", "IoU"), ("f", "F")):
             written = set()
             for name in pooled:
-                mine_all = _photo_seed_runs(root, domain, name)
-                seeds = sorted(set(mine_all) & set(base_runs))
-                mine = {s: mine_all[s] for s in seeds}
+                seeds = sorted(set(found[name]) & set(base_runs))
+                mine = {s: found[name][s] for s in seeds}
                 base = {s: base_runs[s] for s in seeds}
                 seed_text = "/".join(map(str, seeds))
                 for label, runs in ((labels["default"], base), (labels[name], mine)):
@@ -211,7 +216,7 @@ def photo_seeds(args) -> None:
                         _pair(mine[seed][f][f"{metric}_mean"] - base[seed][f][f"{metric}_mean"],
                               max(mine[seed][f][f"{metric}_std"], base[seed][f][f"{metric}_std"]))
                         for f in fractions])
-        seeds_run = sorted(set.union(*(set(_photo_seed_runs(root, domain, n)) for n in names)) - {0})
+        seeds_run = sorted(set.union(*(set(found[n]) for n in names)) - {0})
         recipes = " ".join(f"{n}={PHOTO_SPECS[n]}" for n in names)
         command = [f"bash experiments/photo_judgement.sh {recipes}"]
         command += [f"SEED={seed} bash experiments/photo_judgement.sh {recipes}" for seed in seeds_run]
@@ -318,16 +323,11 @@ CONTROLS = [("configs/mask_aware_cifar10_short.json", "simclr", "default", "SimC
 
 
 def mask_aware_controls(args) -> None:
-    from saliencyssl.app.grid import GridConfig, cells
-
     table = {}
     for config_path, method, policy, label in CONTROLS:
         if not Path(config_path).is_file():
             continue
-        config = GridConfig.load(config_path)
-        sources = [(c.method, c.policy, c.eval_dir, c.run_dir) for c in cells(config)
-                   if (c.method, c.policy) == (method, policy)]
-        rows = [r for r in result_rows(sources) if (r["method"], r["policy"]) == (method, policy)]
+        rows = _seed_rows([config_path], {(method, policy)})  # one config: one pretraining seed, not pooled
         if rows:
             table[label] = rows
     fractions = list(dict.fromkeys(r["fraction"] for rows in table.values() for r in rows))
@@ -353,13 +353,9 @@ SEED_CONFIGS = ["configs/mask_aware_cifar10_short.json", "configs/mask_aware_cif
 
 def _seed_rows(config_paths: list[str], keep: set[tuple[str, str]]) -> list[dict]:
     """Rows of :func:`result_rows` over the cells of several grid configs (their pretraining seeds pooled)."""
-    from saliencyssl.app.grid import GridConfig, cells
+    from saliencyssl.app.grid import GridConfig
 
-    sources = []
-    for config_path in config_paths:
-        config = GridConfig.load(config_path)
-        sources += [(c.method, c.policy, c.eval_dir, c.run_dir) for c in cells(config) if (c.method, c.policy) in keep]
-    return result_rows(sources)
+    return result_rows(_cell_sources([GridConfig.load(path) for path in config_paths], keep))
 
 
 def _by_fraction(rows: list[dict], method: str, policy: str, protocol: str) -> dict:

@@ -75,6 +75,15 @@ def plot_monitored_knn(runs: list[tuple[str, Path]], path: Path, title: str,
     return _save_plot(fig, ax, title, path)
 
 
+def pool_runs(means: list[float], stds: list[float]) -> tuple[float, float, float | None]:
+    """Several runs of one cell (pretraining seeds), each a mean and a standard deviation over its own
+    seeds (label subsets, fine-tuning seeds): the mean of the means, the root mean square of the
+    standard deviations and the population standard deviation of the means (``None`` for one run)."""
+    means_ = np.asarray(means, dtype=float)
+    within = float(np.sqrt(np.mean(np.square(np.asarray(stds, dtype=float)))))
+    return float(means_.mean()), within, float(means_.std()) if len(means_) > 1 else None
+
+
 def result_rows(sources: list[tuple[str, str, Path, Path | None]]) -> list[dict]:
     """One row per (method, policy, protocol, fraction) from ``(method, policy, eval_dir, run_dir)``
     entries whose ``eval_dir/results.json`` exists; ``run_dir/history.json`` adds the final kNN.
@@ -108,13 +117,11 @@ def result_rows(sources: list[tuple[str, str, Path, Path | None]]) -> list[dict]
             counts = ", ".join(f"{e['n_labelled']} in {e['path']}" for e in entries)
             raise ValueError(f"{method} with {policy}: its runs labelled different numbers of images at fraction "
                              f"{fraction} ({counts}); evaluate them on the same training set")
-        means = np.array([e["accuracy_mean"] for e in entries])
+        mean, within, between = pool_runs([e["accuracy_mean"] for e in entries], [e["accuracy_std"] for e in entries])
         finals = [e["knn_final"] for e in entries]
         rows.append({"method": method, "policy": policy, "protocol": protocol, "fraction": fraction,
-                     "n_labelled": entries[0]["n_labelled"], "accuracy_mean": float(means.mean()),
-                     "accuracy_std": float(np.sqrt(np.mean([e["accuracy_std"] ** 2 for e in entries]))),
-                     "pretrain_seeds": len(entries),
-                     "pretrain_std": float(means.std()) if len(entries) > 1 else None,
+                     "n_labelled": entries[0]["n_labelled"], "accuracy_mean": mean, "accuracy_std": within,
+                     "pretrain_seeds": len(entries), "pretrain_std": between,
                      "pretrain_final_knn": None if None in finals else float(np.mean(finals))})
     return rows
 
