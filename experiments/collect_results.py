@@ -1,6 +1,6 @@
 """Turn the run folders of the experiments into the small result files the findings quote (results/*.json).
 
-    python experiments/collect_results.py mask_aware_cifar10 --config CONFIG [CONFIG ...]
+    python experiments/collect_results.py mask_aware_cifar10 --config CONFIG [CONFIG ...] [--name STEM]
     python experiments/collect_results.py photos --runs runs/exp/photos
     python experiments/collect_results.py surrogate_curve --runs runs/exp/surrogate_curve
     python experiments/collect_results.py surrogate_shapes --runs runs/shapes
@@ -75,7 +75,9 @@ def mask_aware_cifar10(args) -> None:
     fractions = list(dict.fromkeys(r["fraction"] for r in rows))
     labels = [f"{float(f):.0%}" for f in fractions]
     command = [f"saliency-ssl grid {path}" for path in args.config]
-    command.append(f"python experiments/collect_results.py mask_aware_cifar10 --config {' '.join(args.config)}")
+    name_option = "" if args.name == "mask_aware_cifar10" else f" --name {args.name}"
+    command.append(f"python experiments/collect_results.py mask_aware_cifar10 --config {' '.join(args.config)}"
+                   + name_option)
     for protocol, name in (("linear", "linear probe"), ("knn", "kNN (k = 200, T = 0.1)")):
         table, gaps = [], []
         for method, policy, label in RECIPES:
@@ -101,10 +103,10 @@ def mask_aware_cifar10(args) -> None:
         notes = [f"Top-1 test accuracy on the 10,000 CIFAR-10 test images at each share of the 10,000 train images' "
                  f"labels: mean over the pretraining seeds each row names and 3 label seeds; {spread_note}; at 100% "
                  f"every label seed uses the same labels."]
-        write(Path(args.out) / f"mask_aware_cifar10_{protocol}.json",
+        write(Path(args.out) / f"{args.name}_{protocol}.json",
               f"CIFAR-10, {name}: {configs[0].name.split(': ', 1)[-1]}", ["recipe", *labels], table, command, notes,
               args.date, args.machine)
-        write(Path(args.out) / f"mask_aware_cifar10_{protocol}_gap.json",
+        write(Path(args.out) / f"{args.name}_{protocol}_gap.json",
               f"CIFAR-10, {name}: gap to default", ["recipe", *labels], gaps, command,
               ["Mean accuracy minus SimCLR default's (DetCon-B: minus BYOL default's) at each label fraction; ± the "
                "larger spread of the two rows. A gap inside its spread is no difference."], args.date, args.machine)
@@ -560,10 +562,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", nargs="+", default=["configs/mask_aware_cifar10_cpu.json"],
                         help="grid config(s) of mask_aware_cifar10; several configs that differ only in their "
                              "pretraining seeds are pooled (default %(default)s)")
+    parser.add_argument("--name", default="mask_aware_cifar10",
+                        help="mask_aware_cifar10: the result files' stem, NAME_linear.json, NAME_knn_gap.json, ... "
+                             "(default %(default)s)")
     parser.add_argument("--out", default="results", help="where the result files go (default %(default)s)")
     parser.add_argument("--date", default=time.strftime("%Y-%m-%d"))
     parser.add_argument("--machine", default=None, help="default: this CPU, 2 cores, one torch thread per run")
     args = parser.parse_args(argv)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.name):
+        parser.error(f"--name {args.name!r}: a file stem of letters, digits, '_', '.' and '-' (no folder)")
     args.machine = args.machine or f"{cpu_name()} ({os.cpu_count()} cores), one torch thread per run, no GPU"
     {"mask_aware_cifar10": mask_aware_cifar10, "photos": photos, "surrogate_curve": surrogate_curve,
      "surrogate_shapes": surrogate_shapes, "baseline_stats": baseline_stats,

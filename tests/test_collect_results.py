@@ -90,6 +90,15 @@ def test_recipe_tables_pool_configs_that_differ_in_their_pretraining_seed(grids)
     assert gaps["DetCon-S, default (2 seeds)"][1] == pytest.approx([0.11, 0.01])
     written = json.loads((grids / "results" / "mask_aware_cifar10_linear.json").read_text())
     assert written["command"][:4] == [f"saliency-ssl grid {c}" for c in configs]
+    # another stem keeps a second judgement's tables beside the first, and its command says how to remake them
+    collect_results.main(["mask_aware_cifar10", "--config", configs[0], "--name", "long", "--out",
+                          str(grids / "results"), "--machine", "test"])
+    long = json.loads((grids / "results" / "long_knn_gap.json").read_text())
+    assert long["command"][-1].endswith(f"--config {configs[0]} --name long")
+    assert _rows(grids / "results" / "long_linear.json") == {"SimCLR, default (1 seed)": [[0.40, 0.01], [0.60, 0.0]],
+                                                             "DetCon-S, default (1 seed)": [[0.50, 0.01], [0.70, 0.0]]}
+    with pytest.raises(SystemExit):
+        collect_results.main(["mask_aware_cifar10", "--config", configs[0], "--name", "../x"])
 
 
 def test_parity_table_compares_each_arm_with_the_exact_targets_over_their_seeds(grids):
