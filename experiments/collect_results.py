@@ -7,7 +7,7 @@
     python experiments/collect_results.py baseline_stats --runs runs/baseline
     python experiments/collect_results.py photo_surrogate --runs runs/exp/photo_surrogate/measure
     python experiments/collect_results.py test_suite --runs runs/tests
-    python experiments/collect_results.py parity
+    python experiments/collect_results.py parity [--steps 624|1248]
 
 Each subcommand reads the results.json / history.json files its experiment wrote and writes one or
 more result files (the format of :mod:`saliencyssl.app.report`: a table, notes, the commands, the
@@ -350,7 +350,6 @@ def mask_aware_controls(args) -> None:
 
 
 # -- CIFAR-10: rows pooled over the pretraining seeds of several grid configs (the parity table) -------
-SEED_CONFIGS = ["configs/mask_aware_cifar10_short.json", "configs/mask_aware_cifar10_short_seed1.json"]
 
 
 def _seed_rows(config_paths: list[str], keep: set[tuple[str, str]]) -> list[dict]:
@@ -375,17 +374,26 @@ def _seeds_label(rows: dict) -> str:
 
 
 # -- the surrogate downstream: DetCon-S on the surrogate's targets against the exact ones -----------------
-PARITY_CONFIG = "configs/surrogate_parity_cifar10_short.json"
-PARITY_HALF_CONFIG = "configs/surrogate_parity_half_cifar10_short.json"
+# per budget (pretraining steps): the grid configs of DetCon-S and SimCLR default on exact targets (both
+# pretraining seeds), of DetCon-S on the surrogate's targets and on half exact, half surrogate; the result file
+PARITY_BUDGETS = {
+    "624": {"exact": ["configs/mask_aware_cifar10_short.json", "configs/mask_aware_cifar10_short_seed1.json"],
+            "surrogate": "configs/surrogate_parity_cifar10_short.json",
+            "half": "configs/surrogate_parity_half_cifar10_short.json", "result": "surrogate_parity.json"},
+    "1248": {"exact": ["configs/mask_aware_cifar10_cpu.json"], "surrogate": "configs/surrogate_parity_cifar10.json",
+             "half": "configs/surrogate_parity_half_cifar10.json", "result": "surrogate_parity_1248.json"},
+}
 
 
 def parity(args) -> None:
     from saliencyssl.app.grid import GridConfig
 
     keep = {("detcon-simclr", "default")}
-    cache = _seed_rows(SEED_CONFIGS, keep | {("simclr", "default")})  # DetCon-S and the plain baseline
-    arms = {"surrogate targets": _seed_rows([PARITY_CONFIG], keep),
-            "half exact, half surrogate": _seed_rows([PARITY_HALF_CONFIG], keep)}
+    budget = PARITY_BUDGETS[args.steps]
+    steps = f"{int(args.steps):,} steps"
+    cache = _seed_rows(budget["exact"], keep | {("simclr", "default")})  # DetCon-S and the plain baseline
+    arms = {"surrogate targets": _seed_rows([budget["surrogate"]], keep),
+            "half exact, half surrogate": _seed_rows([budget["half"]], keep)}
     fractions = list(dict.fromkeys(r["fraction"] for r in cache))
     table = []
     for protocol, name in (("linear", "linear"), ("knn", "kNN")):
@@ -402,9 +410,9 @@ def parity(args) -> None:
         if mine["surrogate targets"] and plain:
             table.append([f"surrogate targets minus SimCLR default (no targets), {name}"]
                          + _gap_cells(mine["surrogate targets"], plain, fractions))
-    config = GridConfig.load(PARITY_CONFIG)
+    config = GridConfig.load(budget["surrogate"])
     surrogate_run = Path(config.pretrain["surrogate"]).parent
-    notes = ["DetCon-S (RC regions pooled in the loss, default policy), 624 steps of 64 on the 10,000 CIFAR-10 "
+    notes = [f"DetCon-S (RC regions pooled in the loss, default policy), {steps} of 64 on the 10,000 CIFAR-10 "
              "train images; linear probe and kNN on the frozen features at each share of the labels, 3 label "
              "seeds; ± the larger of the spread over label subsets and the std of the pretraining seeds' means. "
              "The surrogate trained for 25 minutes of wall time on one thread on 10,000 of the CIFAR-10 training "
@@ -418,11 +426,14 @@ def parity(args) -> None:
         notes.append(f"Its agreement with the exact targets of the {f['n']:,} test images: presence accuracy "
                      f"{f['presence_accuracy']:.3f}, mask IoU on present masks {f['mask_iou_present']:.3f}, region "
                      f"boundary F {f['boundary_f']:.3f}.")
-    write(Path(args.out) / "surrogate_parity.json",
-          "CIFAR-10, 624 steps: DetCon-S on the surrogate's targets against the exact targets",
+    default_budget = args.steps == "624"
+    write(Path(args.out) / budget["result"],
+          f"CIFAR-10, {steps}: DetCon-S on the surrogate's targets against the exact targets",
           ["targets, protocol", *[f"{float(f):.0%}" for f in fractions]], table,
-          ["bash experiments/surrogate_parity.sh", "python experiments/collect_results.py parity"], notes,
-          args.date, args.machine)
+          ["bash experiments/surrogate_parity.sh" if default_budget else
+           f"STEPS={args.steps} bash experiments/surrogate_parity.sh",
+           "python experiments/collect_results.py parity" + ("" if default_budget else f" --steps {args.steps}")],
+          notes, args.date, args.machine)
 
 
 # -- the baseline check: our default policy against lightly's SimCLRTransform ----------------------------
@@ -562,6 +573,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", nargs="+", default=["configs/mask_aware_cifar10_cpu.json"],
                         help="grid config(s) of mask_aware_cifar10; several configs that differ only in their "
                              "pretraining seeds are pooled (default %(default)s)")
+    parser.add_argument("--steps", choices=tuple(PARITY_BUDGETS), default="624",
+                        help="parity: the pretraining budget whose configs are compared (default %(default)s)")
     parser.add_argument("--name", default="mask_aware_cifar10",
                         help="mask_aware_cifar10: the result files' stem, NAME_linear.json, NAME_knn_gap.json, ... "
                              "(default %(default)s)")

@@ -6,22 +6,42 @@
 # recipe from a cache that holds the exact targets of only half the pretraining images, the surrogate filling in
 # the rest (--aug-source cache,surrogate).
 #
-#   bash experiments/surrogate_parity.sh      (needs train50k labelled into runs/caches/cifar: saliency-ssl label)
+#   bash experiments/surrogate_parity.sh              624 steps of 64 (the _short configs)
+#   STEPS=1248 bash experiments/surrogate_parity.sh   1,248 steps: configs/mask_aware_cifar10_cpu.json's exact
+#                                                     arms and configs/surrogate_parity{,_half}_cifar10.json
 #
 # The surrogate trains for 25 minutes of wall time on one torch thread on 10,000 of the 40,000 CIFAR-10 training
-# images outside the pretraining set; experiments/collect_results.py parity writes results/surrogate_parity.json.
+# images outside the pretraining set (both budgets use the same surrogate, trained once);
+# `experiments/collect_results.py parity [--steps 1248]` writes results/surrogate_parity[_1248].json.
 set -euo pipefail
 SHARED=${SHARED:-../shared/data}
 CACHE=${CACHE:-runs/caches/cifar}
+STEPS=${STEPS:-624}
+case "$STEPS" in
+    624) EXACT=(configs/mask_aware_cifar10_short.json configs/mask_aware_cifar10_short_seed1.json)
+         ONLY=(all simclr__default,detcon-simclr__default)
+         SURROGATE=configs/surrogate_parity_cifar10_short.json HALF=configs/surrogate_parity_half_cifar10_short.json ;;
+    1248) EXACT=(configs/mask_aware_cifar10_cpu.json)
+          ONLY=(simclr__default,simclr__default__seed1,detcon-simclr__default,detcon-simclr__default__seed1)
+          SURROGATE=configs/surrogate_parity_cifar10.json HALF=configs/surrogate_parity_half_cifar10.json ;;
+    *) echo "STEPS=$STEPS: the parity is configured for 624 or 1248 steps" >&2; exit 2 ;;
+esac
 export OMP_NUM_THREADS=1
 python experiments/cifar_split.py "$SHARED/cifar10/train50k" runs/data/cifar40k --skip 1000
 saliency-ssl label runs/data/cifar40k --cache "$CACHE" --quiet
-saliency-ssl train-surrogate runs/data/cifar40k --cache "$CACHE" --out runs/exp/parity/surrogate --limit 10000 \
-    --max-minutes 25 --threads 1 --seed 0 --quiet
-saliency-ssl fidelity "$SHARED/cifar10/test" --cache "$CACHE" --surrogate runs/exp/parity/surrogate/surrogate.pt \
-    --json runs/exp/parity/surrogate/test.json --quiet
-saliency-ssl grid configs/mask_aware_cifar10_short.json --quiet
-saliency-ssl grid configs/mask_aware_cifar10_short_seed1.json --only simclr__default,detcon-simclr__default --quiet
-saliency-ssl grid configs/surrogate_parity_cifar10_short.json --quiet
+if [ ! -f runs/exp/parity/surrogate/test.json ]; then  # trained and scored once, for both budgets
+    saliency-ssl train-surrogate runs/data/cifar40k --cache "$CACHE" --out runs/exp/parity/surrogate --limit 10000 \
+        --max-minutes 25 --threads 1 --seed 0 --quiet
+    saliency-ssl fidelity "$SHARED/cifar10/test" --cache "$CACHE" --surrogate runs/exp/parity/surrogate/surrogate.pt \
+        --json runs/exp/parity/surrogate/test.json --quiet
+fi
+for i in "${!EXACT[@]}"; do  # the exact arms: SimCLR default and DetCon-S at both pretraining seeds
+    if [ "${ONLY[$i]}" = all ]; then
+        saliency-ssl grid "${EXACT[$i]}" --quiet
+    else
+        saliency-ssl grid "${EXACT[$i]}" --only "${ONLY[$i]}" --quiet
+    fi
+done
+saliency-ssl grid "$SURROGATE" --quiet
 python experiments/partial_cache.py "$CACHE" "$SHARED/cifar10/train" runs/caches/cifar_half --share 0.5
-saliency-ssl grid configs/surrogate_parity_half_cifar10_short.json --quiet
+saliency-ssl grid "$HALF" --quiet

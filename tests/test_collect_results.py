@@ -56,9 +56,8 @@ def grids(tmp_path, monkeypatch):
                    aug_source="cache,surrogate", surrogate=str(tmp_path / "sur" / "surrogate.pt"))
     _results(parity, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.47, 0.01), (0.71, 0.0)]))
     _results(half, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.49, 0.02), (0.73, 0.0)]))
-    monkeypatch.setattr(collect_results, "SEED_CONFIGS", [seed0, seed1])
-    monkeypatch.setattr(collect_results, "PARITY_CONFIG", parity)
-    monkeypatch.setattr(collect_results, "PARITY_HALF_CONFIG", half)
+    monkeypatch.setitem(collect_results.PARITY_BUDGETS, "624", {"exact": [seed0, seed1], "surrogate": parity,
+                                                                 "half": half, "result": "surrogate_parity.json"})
     return tmp_path
 
 
@@ -101,7 +100,7 @@ def test_recipe_tables_pool_configs_that_differ_in_their_pretraining_seed(grids)
         collect_results.main(["mask_aware_cifar10", "--config", configs[0], "--name", "../x"])
 
 
-def test_parity_table_compares_each_arm_with_the_exact_targets_over_their_seeds(grids):
+def test_parity_table_compares_each_arm_with_the_exact_targets_over_their_seeds(grids, monkeypatch):
     (grids / "sur").mkdir()
     (grids / "sur" / "test.json").write_text(json.dumps(
         {"n": 10000, "presence_accuracy": 0.7, "mask_iou_present": 0.35, "boundary_f": 0.6,
@@ -119,6 +118,17 @@ def test_parity_table_compares_each_arm_with_the_exact_targets_over_their_seeds(
     assert rows["half exact, half surrogate minus exact, linear"][1] == pytest.approx([0.02, 0.01])
     assert rows["surrogate targets minus SimCLR default (no targets), linear"][0] == pytest.approx([0.05, 0.02])
     assert any("10,000 test images: presence accuracy 0.700" in note for note in written["notes"])
+    assert written["command"] == ["bash experiments/surrogate_parity.sh", "python experiments/collect_results.py parity"]
+    # another budget reads its own configs, writes its own file and names the budget in its commands and title
+    monkeypatch.setitem(collect_results.PARITY_BUDGETS, "1248", {**collect_results.PARITY_BUDGETS["624"], "exact": [
+        str(grids / "seed1.json")], "result": "surrogate_parity_1248.json"})
+    collect_results.main(["parity", "--steps", "1248", "--out", str(grids / "results"), "--machine", "test"])
+    long = json.loads((grids / "results" / "surrogate_parity_1248.json").read_text())
+    assert long["command"] == ["STEPS=1248 bash experiments/surrogate_parity.sh",
+                               "python experiments/collect_results.py parity --steps 1248"]
+    assert long["title"].startswith("CIFAR-10, 1,248 steps") and "1,248 steps of 64" in long["notes"][0]
+    assert _rows(grids / "results" / "surrogate_parity_1248.json")["exact targets (1 seed), kNN"][1] == \
+        pytest.approx([0.72, 0.0])
 
 
 def _photo_results(folder, iou):
