@@ -8,7 +8,9 @@ default architecture, as timing does not depend on its weights), then runs whole
 scripts/pretrain.py's loop for each source and reports seconds per epoch and the ratio to
 ``none``. Sources other than ``none`` use --policy (default ``sal+default``); ``none`` uses the
 same policy without the saliency view, so the difference is the cost of getting and rendering
-targets. ``exact`` labels every batch from scratch in --workers processes.
+targets. ``exact`` labels every batch from scratch in --workers processes. A method that trains on
+the targets (``--method detcon-simclr``, ``detcon-byol``) takes any --policy and has no ``none``
+run: compare its sources with each other.
 
 A shared machine's speed drifts during a run, and a source timed only after another would inherit
 the drift as cost. --rounds R times every source R times, in a rotated order each round (round r
@@ -40,6 +42,8 @@ from saliencyssl.cache.executors import default_workers
 from saliencyssl.datasets import open_image_set
 from saliencyssl.saliency import Labeller
 from saliencyssl.app.pretrain import PretrainConfig, Pretrainer
+from saliencyssl.augment import parse_policy
+from saliencyssl.ssl.registry import method_class
 
 
 def main(argv=None) -> int:
@@ -68,12 +72,18 @@ def main(argv=None) -> int:
 
     if args.rounds < 1 or args.epochs < 1:
         parser.error("--rounds and --epochs must be at least 1")
-    policy = saliency_policy(parser, args.policy)
+    sources = [s for s in args.sources.split(",") if s]
+    if method_class(args.method).needs_targets:  # DetCon: the targets feed the loss whatever the policy draws
+        policy = parse_policy(args.policy)
+        if "none" in sources:
+            parser.error(f"--method {args.method} trains on targets, so it has no run without them: leave 'none' "
+                         f"out of --sources and compare the sources with each other")
+    else:
+        policy = saliency_policy(parser, args.policy)
     image_set = open_image_set(args.data)
     image_set = image_set.spread(args.num_images)
     n = len(image_set)
     labeller = Labeller()
-    sources = [s for s in args.sources.split(",") if s]
     result = {"device": device_name(args.device), "torch": torch.__version__, "num_images": n,
               "image_size": args.image_size, "batch_size": args.batch_size, "method": args.method,
               "policy": policy.name, "epochs": args.epochs, "sources": sources, "amp": args.amp,

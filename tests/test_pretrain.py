@@ -249,6 +249,23 @@ def test_epoch_benchmark_times_every_source_in_rotated_rounds(shapes, tmp_path, 
     assert result["ratio_to_none"]["cache"] == pytest.approx(sum(by_round) / 2)
 
 
+def test_epoch_benchmark_times_detcon_from_its_targets_and_has_no_run_without_them(shapes, tmp_path, capsys):
+    """benchmarks/bench_epoch.py --method detcon-simclr: the plain policy is accepted (the targets feed the loss),
+    and a run without targets ('none') is refused before anything runs."""
+    import bench_epoch
+
+    common = ["--data", str(shapes["train"]), "--num-images", "8", "--batch-size", "4", "--method", "detcon-simclr",
+              "--policy", "default", "--epochs", "1", "--rounds", "1"]
+    with pytest.raises(SystemExit):
+        bench_epoch.main([*common, "--sources", "none,cache"])
+    assert "has no run without them" in capsys.readouterr().err
+    out = tmp_path / "bench.json"
+    assert bench_epoch.main([*common, "--sources", "cache", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["method"] == "detcon-simclr" and result["seconds_per_epoch"]["cache"] > 0
+    assert "ratio_to_none" not in result
+
+
 def test_view_compute_benchmark_times_both_kinds_on_one_model(shapes, tmp_path, capsys):
     """benchmarks/bench_view_compute.py: every counted round trains one step on each stored batch of both kinds."""
     import bench_view_compute
