@@ -570,9 +570,9 @@ def main(argv: list[str] | None = None) -> int:
                                                "baseline_stats", "photo_surrogate", "test_suite",
                                                "mask_aware_controls", "parity"))
     parser.add_argument("--runs", default=None, help="the experiment's run folder")
-    parser.add_argument("--config", nargs="+", default=["configs/mask_aware_cifar10_cpu.json"],
-                        help="grid config(s) of mask_aware_cifar10; several configs that differ only in their "
-                             "pretraining seeds are pooled (default %(default)s)")
+    parser.add_argument("--config", nargs="+", default=None,
+                        help="mask_aware_cifar10 (required): its grid config(s); several configs that differ only "
+                             "in their pretraining seeds are pooled")
     parser.add_argument("--steps", choices=tuple(PARITY_BUDGETS), default="624",
                         help="parity: the pretraining budget whose configs are compared (default %(default)s)")
     parser.add_argument("--name", default="mask_aware_cifar10",
@@ -582,6 +582,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--date", default=time.strftime("%Y-%m-%d"))
     parser.add_argument("--machine", default=None, help="default: this CPU, 2 cores, one torch thread per run")
     args = parser.parse_args(argv)
+    if args.experiment == "mask_aware_cifar10" and not args.config:
+        parser.error("mask_aware_cifar10 needs --config: the grid configs whose cells it tabulates (the commands in "
+                     "results/mask_aware_cifar10_linear.json name them)")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.name):
         parser.error(f"--name {args.name!r}: a file stem of letters, digits, '_', '.' and '-' (no folder)")
     args.machine = args.machine or f"{cpu_name()} ({os.cpu_count()} cores), one torch thread per run, no GPU"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Experiment: the speed figures only a CUDA machine can give, in one run of fixed length (about 6 minutes):
+# Experiment: the speed figures only a CUDA machine can give, in one run of fixed length (at most 8 minutes):
 #   1. the epoch time per target source at 32 px on 5,000 CIFAR-10 images: SimCLR with sal+default from none (the
 #      same policy without its saliency view), cache and surrogate (aim: cache <= 1.05x, surrogate <= 1.15x the time
 #      of `none`), and DetCon-S from cache and surrogate (it has no run without targets);
@@ -8,9 +8,9 @@
 #      machine (aim: >= 1,000x less time per image).
 #
 # On a machine with the data (from the project root):
-#   bash experiments/gpu_speed.sh stage        # fills .gpudata/ (git-ignored, about 20 MB)
-#   bash ../shared/gpu/stage.sh                # or wherever the CUDA machine's missing wheels come from
-# then on the CUDA machine, with .gpudata/ and the wheels beside the project:
+#   bash experiments/gpu_speed.sh stage        # replaces .gpudata/speed/ (git-ignored, about 30 MB)
+# then on the CUDA machine, from a copy of the project with .gpudata/speed/ in it, once the packages the project
+# needs are importable there (`pip install -e .`, or wheels installed with --target into a folder on PYTHONPATH):
 #   OUT=/tmp/gpu_speed bash experiments/gpu_speed.sh run
 # Each stage has a time limit, so the run ends on time; results land in OUT as JSON files and log.txt.
 # DEVICE=cpu EPOCH_IMAGES=64 EPOCH_BATCH=32 EPOCH_ROUNDS=1 bash experiments/gpu_speed.sh run: a smoke test on a CPU.
@@ -20,7 +20,7 @@
 # 96 px) from experiments/surrogate_parity.sh and experiments/photo_surrogate.sh.
 set -uo pipefail
 mode=${1:-}
-DATA=${DATA:-.gpudata}
+DATA=${DATA:-.gpudata/speed}
 case "$mode" in
 stage)
     set -e
@@ -47,7 +47,7 @@ run)
     EPOCH_ROUNDS=${EPOCH_ROUNDS:-3}
     AMP=--amp; [ "$DEVICE" = cpu ] && AMP=
     mkdir -p "$OUT"
-    export PYTHONUNBUFFERED=1
+    export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # the project, installed or not
     start=$(date +%s)
     say() { echo "[$(( $(date +%s) - start ))s] $*"; }
     stage() {   # stage NAME SECONDS CMD...: its output in OUT/NAME.log, killed after SECONDS

@@ -172,3 +172,33 @@ def test_photo_seeds_pool_pretraining_seeds_and_leave_one_seed_recipes_out(tmp_p
     assert rows["SimCLR, sal+default minus default, IoU (seeds 0/1)"][1] == pytest.approx([0.03, 0.01])
     assert rows["SimCLR, sal+default minus default, IoU (seed 0 alone)"][0] == pytest.approx([0.05, 0.03])
     assert rows["SimCLR, sal+default minus default, F (seed 1 alone)"][1] == pytest.approx([0.04, 0.0])
+
+
+def test_parity_budgets_name_real_configs_of_their_step_count_and_the_script_runs_real_cells(monkeypatch):
+    """PARITY_BUDGETS and experiments/surrogate_parity.sh against the committed configs: each budget's configs exist
+    and pretrain for that many steps on the 10,000 images, and every cell the script's --only lists is in its grid."""
+    import re
+
+    from saliencyssl.app.grid import select_cells
+
+    from _paths import REPO
+
+    monkeypatch.chdir(REPO)
+    for steps, budget in collect_results.PARITY_BUDGETS.items():
+        for path in [*budget["exact"], budget["surrogate"], budget["half"]]:
+            pretrain = GridConfig.load(path).pretrain
+            assert pretrain["epochs"] * (10000 // pretrain["batch_size"]) == int(steps), path
+    script = (REPO / "experiments" / "surrogate_parity.sh").read_text()
+    found = re.findall(r"(\d+)\) EXACT=\(([^)]*)\)\s+ONLY=\(([^)]*)\)", script)
+    assert {steps for steps, *_ in found} == set(collect_results.PARITY_BUDGETS)
+    for steps, exact, only in found:
+        assert exact.split() == collect_results.PARITY_BUDGETS[steps]["exact"]
+        for path, names in zip(exact.split(), only.split()):
+            if names != "all":
+                assert len(select_cells(GridConfig.load(path), names.split(","))) == len(names.split(","))
+
+
+def test_recipe_tables_need_their_configs(capsys):
+    with pytest.raises(SystemExit):
+        collect_results.main(["mask_aware_cifar10"])
+    assert "needs --config" in capsys.readouterr().err
