@@ -349,9 +349,7 @@ def mask_aware_controls(args) -> None:
            "loss from the temperature. The T = 0.1 run used two torch threads, the others one."], args.date, args.machine)
 
 
-# -- CIFAR-10: rows pooled over the pretraining seeds of several grid configs (the parity table) -------
-
-
+# -- CIFAR-10: rows pooled over the pretraining seeds of several grid configs (controls, parity) -------
 def _seed_rows(config_paths: list[str], keep: set[tuple[str, str]]) -> list[dict]:
     """Rows of :func:`result_rows` over the cells of several grid configs (their pretraining seeds pooled)."""
     from saliencyssl.app.grid import GridConfig
