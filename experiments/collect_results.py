@@ -101,7 +101,7 @@ def mask_aware_cifar10(args) -> None:
                        "± the spread over label subsets only (one pretraining seed: the spread over pretraining "
                        "seeds, usually the larger, is not measured)")
         notes = [f"Top-1 test accuracy on the 10,000 CIFAR-10 test images at each share of the 10,000 train images' "
-                 f"labels: mean over the pretraining seeds each row names and 3 label seeds; {spread_note}; at 100% "
+                 f"labels. Mean over the pretraining seeds each row names and 3 label seeds; {spread_note}. At 100% "
                  f"every label seed uses the same labels."]
         write(Path(args.out) / f"{args.name}_{protocol}.json",
               f"CIFAR-10, {name}: {configs[0].name.split(': ', 1)[-1]}", ["recipe", *labels], table, command, notes,
@@ -270,21 +270,21 @@ def surrogate_curve(args) -> None:
 
 # -- the surrogate on the generated shapes: what held it back -----------------------------------------
 SHAPE_RUNS = [
-    ("former recipe, 129 steps (the quickstart's former minute)", "old_129"),
-    ("former recipe, 600 steps", "old_600"),
-    ("former + --lambda-l1 10", "o129_l1_10"), ("former + --lambda-mask 100", "o129_mask100"),
-    ("former + --lambda-boundary 40", "o129_boundary40"), ("former, no GAN", "o129_gan0"),
-    ("former, no dropout", "o129_dropout0"), ("former + full-resolution head", "o129_head8"),
-    ("former + quarter turns", "o129_rotate"), ("former + --lr 3e-3", "o129_lr3e-3"),
-    ("former + --ngf 32", "o129_ngf32"), ("former, batch 16 x 516 steps", "o129_bs16x4"),
-    ("former + balanced boundary weight", "o129_balanced"),
-    ("new defaults, 600 steps", "default"), ("new, --seed 1", "seed1"), ("new, --seed 2", "seed2"),
-    ("new, other generated data (--data-seed 1)", "data1"), ("new, other generated data (--data-seed 2)", "data2"),
-    ("new, --head 0", "new_head0"), ("new, --head 0, 950 steps (equal CPU time)", "new_head0_950"),
-    ("new, --no-rotate", "new_norotate"), ("new, --boundary-pos-weight 2", "new_pos2"),
-    ("new, --lambda-gan 1", "new_gan1"), ("new, --dropout-blocks 3", "new_dropout3"), ("new, --lr 2e-4", "new_lr2e-4"),
-    ("new, --lr 2e-3", "new_lr2e-3"), ("new, --batch-size 32, 1,200 steps", "new_bs32"), ("new, --head 16", "new_head16"),
-    ("new, --ngf 32", "new_ngf32"), ("new, --boundary-pos-weight 10", "new_pos10"),
+    ("Pix2Pix recipe, 129 steps", "old_129"),
+    ("Pix2Pix recipe, 600 steps", "old_600"),
+    ("Pix2Pix + --lambda-l1 10", "o129_l1_10"), ("Pix2Pix + --lambda-mask 100", "o129_mask100"),
+    ("Pix2Pix + --lambda-boundary 40", "o129_boundary40"), ("Pix2Pix, no GAN", "o129_gan0"),
+    ("Pix2Pix, no dropout", "o129_dropout0"), ("Pix2Pix + full-resolution head", "o129_head8"),
+    ("Pix2Pix + quarter turns", "o129_rotate"), ("Pix2Pix + --lr 3e-3", "o129_lr3e-3"),
+    ("Pix2Pix + --ngf 32", "o129_ngf32"), ("Pix2Pix, batch 16 x 516 steps", "o129_bs16x4"),
+    ("Pix2Pix + balanced boundary weight", "o129_balanced"),
+    ("defaults, 600 steps", "default"), ("defaults, --seed 1", "seed1"), ("defaults, --seed 2", "seed2"),
+    ("defaults, other generated data (--data-seed 1)", "data1"), ("defaults, other generated data (--data-seed 2)", "data2"),
+    ("defaults, --head 0", "new_head0"), ("defaults, --head 0, 950 steps (equal CPU time)", "new_head0_950"),
+    ("defaults, --no-rotate", "new_norotate"), ("defaults, --boundary-pos-weight 2", "new_pos2"),
+    ("defaults, --lambda-gan 1", "new_gan1"), ("defaults, --dropout-blocks 3", "new_dropout3"), ("defaults, --lr 2e-4", "new_lr2e-4"),
+    ("defaults, --lr 2e-3", "new_lr2e-3"), ("defaults, --batch-size 32, 1,200 steps", "new_bs32"), ("defaults, --head 16", "new_head16"),
+    ("defaults, --ngf 32", "new_ngf32"), ("defaults, --boundary-pos-weight 10", "new_pos10"),
 ]
 
 
@@ -305,8 +305,8 @@ def surrogate_shapes(args) -> None:
     notes = [f"120 generated test shapes at 32 px (160 for training). A round blob at the right place reaches IoU "
              f"{first['blob_bound']:.3f} (crosses {first['blob_bound_per_class']['cross']:.3f}, triangles "
              f"{first['blob_bound_per_class']['triangle']:.3f}); a perfect outline {first['resolution_ceiling']:.3f} "
-             f"(half-covered pixels go either way at 32 px). Former recipe: Pix2Pix's adversarial term, no head, "
-             f"dropout in 3 decoder blocks, boundary weight 2, mirrors only, rate 1e-3. New defaults: full-resolution "
+             f"(half-covered pixels go either way at 32 px). Pix2Pix recipe: Pix2Pix's adversarial term, no head, "
+             f"dropout in 3 decoder blocks, boundary weight 2, mirrors only, rate 1e-3. Defaults: full-resolution "
              f"head, no adversarial term, no dropout, class-balanced boundary weight, quarter turns and mirrors. "
              f"CPU seconds per step: median, one thread, on a machine shared with other jobs."] if first else []
     write(Path(args.out) / "surrogate_shapes.json", "The surrogate on the embedded shapes: one lever at a time",
@@ -411,7 +411,7 @@ def parity(args) -> None:
     config = GridConfig.load(budget["surrogate"])
     surrogate_run = Path(config.pretrain["surrogate"]).parent
     notes = [f"DetCon-S (RC regions pooled in the loss, default policy), {steps} of 64 on the 10,000 CIFAR-10 "
-             "train images; linear probe and kNN on the frozen features at each share of the labels, 3 label "
+             "train images. Linear probe and kNN on the frozen features at each share of the labels, 3 label "
              "seeds; ± the larger of the spread over label subsets and the std of the pretraining seeds' means. "
              "The surrogate trained for 25 minutes of wall time on one thread on 10,000 of the CIFAR-10 training "
              "images outside the pretraining set. Half exact, half surrogate: a "

@@ -18,7 +18,14 @@ unused. For each backbone this prints
 ``random:S`` is the randomly initialised ResNet-18 of seed S (``--random-stem``; by default the stem
 pretraining uses at that image size, as ``scripts/evaluate.py`` chooses it), the exact starting point
 of a ``scripts/pretrain.py --seed S`` run. Features come from the same on-disk cache as
-``scripts/evaluate.py`` (computed once per backbone and image set). Findings: docs/results.md.
+``scripts/evaluate.py`` (computed once per backbone and image set).
+
+Found (SimSiam at 1,248 steps of 64 on the 10,000 CIFAR-10 train images, three seeds, against random init): its
+features hold 98.5-99.2% of their centred variance in ten directions (effective rank 1.5-2.0), against 92-94% for
+random init (2.7-3.1) and 83% for SimCLR (18.5), and those few directions decide lightly's cosine kNN.
+Standardising each feature (a diagnostic, not the protocol) reverses the kNN comparison: SimSiam 0.330 / 0.323 /
+0.322 against random 0.267 / 0.264 / 0.276. The information the linear probe finds is there; the geometry the kNN
+reads is not, at that budget.
 """
 
 from __future__ import annotations

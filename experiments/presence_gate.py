@@ -2,7 +2,7 @@
 
 At 32 px an image gets a mask exactly when the labeller's graph segmentation of its 64 px working
 image leaves a region that Cheng's border test (``GetBorderReg``) does not mark as background
-(docs/surrogate.md, "What limits fidelity"). That test is exact but costs a quarter of the
+(the RC map's border suppression). That test is exact but costs a quarter of the
 labeller. This script asks whether the same test on the image at its own size (a quarter of the
 pixels, Felzenszwalb's minimum segment and scale chosen on training images) still predicts
 presence, and at what cost, against always answering "object" and, optionally, a surrogate:
@@ -14,7 +14,7 @@ Both folders must be labelled into ``--cache``. The native-size settings are cho
 ``--fit-images`` training images and scored on the test images; times are per image on one
 thread (segmentation and border test from the uint8 image, the labeller's whole run for scale).
 
-Found (CIFAR-10, 1,500 fitting and 10,000 test images; docs/surrogate.md): at the 64 px working
+Found (CIFAR-10, 1,500 fitting and 10,000 test images): at the 64 px working
 size the test is the labeller's presence (0.9998) but costs a quarter of the labeller (4.1 of
 15.7 ms); at 32 px it agrees on 0.715 of the test images (always "object": 0.670, a surrogate:
 0.688) for 0.92 ms an image, several times the surrogate's cost, so no surrogate is gated by it.

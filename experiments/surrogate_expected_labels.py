@@ -1,8 +1,8 @@
 """Experiment: does training the surrogate on *expected* labels beat training on the exact ones?
 
 The exact labeller is brittle: shift a CIFAR image by one pixel and the SaliencyCut decision
-"is there an object" flips for about one image in nine (docs/surrogate.md). This script tests the
-remedy proposed there. Each training image is labelled again mirrored and shifted by one pixel in
+"is there an object" flips for about one image in nine (docs/findings.md, "On 32 px CIFAR-10"). This
+script tests a remedy for it. Each training image is labelled again mirrored and shifted by one pixel in
 each of the four directions (edges replicated); every variant's target is mapped back onto the
 original pixel grid (regions first, so the boundary is recomputed on the original grid), and the
 six dense targets are averaged into a soft "expected" target. Two surrogates are then trained
@@ -14,7 +14,7 @@ held-out split selected (``surrogate.pt``) and the last one (``last.pt``).
         --test ../shared/data/cifar10/test --limit 5000 --epochs 60 --out runs/expected
 
 The test folder must be labelled into the same cache (``saliency-ssl label TEST --cache CACHE``).
-Found (5,000 CIFAR-10 images, 60 epochs, scored on the 10,000 test images; docs/surrogate.md): the
+Found (5,000 CIFAR-10 images, 60 epochs, scored on the 10,000 test images): the
 expected targets overfit less (the last epoch lost 0.035 IoU where there is a mask instead of
 0.075) and gave a better boundary, but the best epoch was no better (presence 0.689 against 0.682,
 IoU present 0.333 for both), so the surrogate learns the exact targets.

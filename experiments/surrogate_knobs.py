@@ -1,9 +1,8 @@
 """Experiment: the surrogate's knobs that were measured and did not help, kept runnable.
 
 Each subclasses the product's trainer, loss or network (saliencyssl.surrogate) and adds back one
-option that left ``saliency-ssl train-surrogate``. Figures: CIFAR-10 at 32 px, scored against the
-exact targets of the 10,000 test images as presence accuracy / IoU where there is a mask
-(docs/surrogate.md has the tables and commands).
+option that ``saliency-ssl train-surrogate`` does not offer. Figures: CIFAR-10 at 32 px, scored against the
+exact targets of the 10,000 test images as presence accuracy / IoU where there is a mask.
 
 - **Presence loss** (``--lambda-presence W``): BCE of each image's largest mask logit against "the
   exact mask is not empty", the decision ``Surrogate.predict`` makes. It made held-out presence

@@ -141,9 +141,6 @@ def map_mae(saliency: torch.Tensor | np.ndarray, truth: torch.Tensor | np.ndarra
         s = minmax_normalise(s)
     return (s - t.to(s.device)).abs().flatten(1).mean(1).cpu().numpy()
 
-__all__ = ["F_BETA2", "as_masks", "f_measure", "mask_scores", "minmax_normalise", "map_mae"]
-
-
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
     """Differentiable ``1 - Dice`` of predicted masks, averaged over images (a training loss, not a score).
 
@@ -170,3 +167,7 @@ def prior_masks(size: int) -> dict[str, np.ndarray]:
     box = np.zeros((size, size), bool)
     box[size // 4:size - size // 4, size // 4:size - size // 4] = True
     return {"all_foreground": np.ones((size, size), bool), "centre_box": box}
+
+
+__all__ = ["F_BETA2", "as_masks", "f_measure", "mask_scores", "minmax_normalise", "map_mae", "soft_dice_loss",
+           "prior_masks"]

@@ -107,7 +107,7 @@ def test_invalid_inputs(tmp_path):
     with pytest.raises(ValueError, match="fingerprint"):
         TargetCache(tmp_path / "c", "")
     (tmp_path / "file").write_text("x")
-    with pytest.raises(NotADirectoryError, match="--cache"):
+    with pytest.raises(NotADirectoryError, match="choose another cache folder"):
         TargetCache(tmp_path / "file", "f" * 16)
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "cache.db").write_bytes(np.random.default_rng(0).bytes(4096))
@@ -115,3 +115,23 @@ def test_invalid_inputs(tmp_path):
         TargetCache(tmp_path / "junk", "f" * 16)
     with pytest.raises(TypeError, match="Target"):
         TargetCache(tmp_path / "c", "f" * 16).put("a" * 32, np.zeros((2, 2)))
+
+
+def test_cache_stage_configs_run_without_a_command_line(tmp_path, photo, capsys):
+    """saliency-ssl cache as code: each command is a config checked when built, carried out by run(config)."""
+    from saliencyssl.app import cache as stage
+
+    with pytest.raises(ValueError, match="--image-size must be a whole number of pixels from 8"):
+        stage.ExportConfig(tmp_path / "c", tmp_path, tmp_path / "p.pack", image_size=7)
+    assert stage.run(stage.StatsConfig(tmp_path / "none")) == 2  # not a cache folder: refused, naming the fix
+    assert "is not a cache folder" in capsys.readouterr().err
+
+    labeller = Labeller(max_side=120)
+    cache = TargetCache(tmp_path / "cache", labeller.fingerprint, params=labeller.config.params())
+    cache.put(photo, labeller(photo))
+    assert stage.run(stage.StatsConfig(tmp_path / "cache")) == 0
+    assert f"fingerprint {labeller.fingerprint}: 1 targets" in capsys.readouterr().out
+    assert stage.run(stage.VerifyConfig(tmp_path / "cache", labeller.config)) == 0
+    assert "1 entries checked, 0 damaged" in capsys.readouterr().out
+    assert stage.run(stage.VerifyConfig(tmp_path / "cache")) == 0  # other options than the targets': said, not damage
+    assert "(the labeller options given): no targets in" in capsys.readouterr().out

@@ -14,6 +14,8 @@ import pytest
 import collect_results
 from saliencyssl.app.grid import GridConfig, cells
 
+pytestmark = pytest.mark.experiment
+
 FRACTIONS = ("0.1", "1.0")
 
 

@@ -123,7 +123,7 @@ def test_kmeans_recovers_separated_clusters():
     assert unlabelled.nmi is None and unlabelled.ari is None
     noise = clustering.kmeans_clusters(np.random.default_rng(0).normal(size=(200, 16)), 4, y, seed=0)
     assert noise.nmi < 0.1 and abs(noise.ari) < 0.1
-    with pytest.raises(ValueError, match="--clusters"):
+    with pytest.raises(ValueError, match="give another number of clusters"):
         clustering.kmeans_clusters(x, 1, y)
 
 
@@ -304,11 +304,11 @@ def test_evaluate_script_errors_name_the_problem(tmp_path, capsys):
 
     assert evaluate.main(["--backbone", "random", "--test", str(tmp_path / "flat"), "--protocol", "linear", *base]) == 2
     err = capsys.readouterr().err
-    assert str(tmp_path / "flat") in err and "no labels" in err and "--protocol kmeans" in err
+    assert str(tmp_path / "flat") in err and "no labels" in err and "kmeans protocol alone" in err
 
     # The same images as train and test: the probes would be scored on what they were fitted on.
     assert evaluate.main(["--backbone", "random", "--test", str(tmp_path / "train"), "--protocol", "knn", *base]) == 2
-    assert "images of --test" in capsys.readouterr().err
+    assert "images of the test set" in capsys.readouterr().err
 
     assert evaluate.main(["--backbone", "random", "--test", str(tmp_path / "train"), "--protocol", "svm"]) == 2
     assert "svm" in capsys.readouterr().err

@@ -104,7 +104,7 @@ def test_missing_or_mismatched_masks_are_named(tmp_path):
     cv2.imwrite(str(masks / "img01.png"), np.zeros((10, 10), np.uint8))
     with pytest.raises(ValueError, match=r"img01\.png is 10x10 but image .*img01\.jpg is 48x40"):
         maskdata.load_mask_pairs(images, masks)
-    with pytest.raises(FileNotFoundError, match="--masks"):
+    with pytest.raises(FileNotFoundError, match="mask folder"):
         maskdata.load_mask_pairs(images, tmp_path / "nowhere")
 
 
@@ -118,12 +118,12 @@ def test_split_by_hash_is_fixed_and_disjoint():
     train2, test2 = maskdata.split_by_hash([hashes[i] for i in order], 0.3)
     assert sorted(hashes[order[i]] for i in test2) == sorted(hashes[i] for i in test)
     assert len(maskdata.split_by_hash(hashes[:2], 0.9)[0]) == 1  # always one left to train on
-    with pytest.raises(ValueError, match="--test-split"):
+    with pytest.raises(ValueError, match="test split"):
         maskdata.split_by_hash(hashes, 1.0)
 
 
 # ---------------------------------------------------------------------------------------- scores
-def test_mask_scores_known_values():
+def test_probability_scores_known_values():
     gt = torch.zeros(4, 1, 4, 4)
     gt[0, 0, :2] = 1   # 8 px
     gt[1, 0, :2] = 1
@@ -132,12 +132,12 @@ def test_mask_scores_known_values():
     prob[0] = gt[0]                    # perfect
     prob[1, 0, 1:3] = 0.9              # 4 of 8 right, 4 wrong: IoU 4/12, P = R = 0.5
     # image 2: both empty; image 3: empty prediction, non-empty mask
-    scores = maskdata.mask_scores(prob, gt)
+    scores = maskdata.probability_scores(prob, gt)
     np.testing.assert_allclose(scores["iou"], [1.0, 1 / 3, 1.0, 0.0])
     np.testing.assert_allclose(scores["f"], [1.0, 0.5, 1.0, 0.0])
     prob[1, 0, 0] = 0.9                # now P = 8/12, R = 1
     p, r = 8 / 12, 1.0
-    assert maskdata.mask_scores(prob, gt)["f"][1] == pytest.approx(1.3 * p * r / (0.3 * p + r))
+    assert maskdata.probability_scores(prob, gt)["f"][1] == pytest.approx(1.3 * p * r / (0.3 * p + r))
 
 
 def test_prior_baselines():
@@ -180,7 +180,7 @@ def test_training_is_deterministic_learns_and_freezing_keeps_encoder(tmp_path):
     # bright rectangles on dark noise: a short fine-tune segments the held-out images well
     model = seg.train_segmenter(seg.build_segmenter(encoder, 0, 16), x, y, np.arange(8),
                                 maskdata.SegmentTrainConfig(steps=40, batch_size=4, lr=3e-3, encoder_lr=1e-3), seed=0)
-    scores = maskdata.mask_scores(seg.predict_probabilities(model, x[8:]), y[8:])
+    scores = maskdata.probability_scores(seg.predict_probabilities(model, x[8:]), y[8:])
     assert scores["iou"].mean() > 0.6, scores["iou"]
 
 

@@ -320,7 +320,7 @@ def test_lightly_baseline_statistics_mode(tmp_path):
     ops = report["single_op"]["brightness=1.4"]
     assert ops["kornia ColorJiggle"]["d_luminance"] > ops["torchvision ColorJitter"]["d_luminance"] > 0
     assert set(report["colour_effect"]) == {"ours (kornia ColorJitter)", "lightly (torchvision ColorJitter)",
-                                            "former ours (kornia ColorJiggle)"}
+                                            "kornia ColorJiggle (not used)"}
     resampling = report["resampling"]
     assert resampling["cropped_views"] > 0 and resampling["corner_zoom"] > 1.0
     # our crops resample on the half-pixel grid as PIL does: no further from PIL than interpolate itself

@@ -10,7 +10,7 @@ import torch
 
 from saliencyssl.cache import TargetCache
 from saliencyssl.embedded import write_embedded_dataset
-from saliencyssl.app.grid import GridConfig, StaleCellError, cell_pretrain_config, cell_state, cells, collect, run_grid
+from saliencyssl.app.grid import GridConfig, StaleCellError, cell_pretrain_config, cell_state, cells, collect, run
 from saliencyssl.app.pretrain import pretrain_settings
 from saliencyssl.app.rundir import RunDir
 from saliencyssl.eval.gridtable import policy_gap
@@ -65,7 +65,7 @@ def test_config_errors_name_the_file_and_key(tmp_path):
         GridConfig.load(_write(tmp_path, method_options={"simclr": 0.2}))
     with pytest.raises(ValueError, match="labeller must be an object with keys among min_side.*unknown: .'min-side'."):
         GridConfig.load(_write(tmp_path, labeller={"min-side": 32}))
-    with pytest.raises(ValueError, match="pretrain.aug_source: unknown --aug-source 'surrogate,cache'"):
+    with pytest.raises(ValueError, match="pretrain.aug_source: unknown target source 'surrogate,cache'"):
         GridConfig.load(_write(tmp_path, pretrain={"aug_source": "surrogate,cache"}))
     with pytest.raises(ValueError, match="pretrain.batch_size 128 is larger than pretrain.limit 100"):
         GridConfig.load(_write(tmp_path, pretrain={"limit": 100}))
@@ -101,7 +101,7 @@ def test_shipped_configs_load():
 def test_tiny_grid_runs_collects_and_skips_finished_cells(tmp_path, monkeypatch, capsys):
     path = _write(tmp_path)
     config = GridConfig.load(path)
-    rows = run_grid(config, progress=False)
+    rows = run(config, progress=False)
     out = Path(config.out)
     assert {(r["policy"], r["protocol"], r["fraction"]) for r in rows} >= {
         ("default", "linear", "0.5"), ("sal", "knn", "1.0"), ("random init", "linear", "1.0")}
@@ -125,33 +125,33 @@ def test_tiny_grid_runs_collects_and_skips_finished_cells(tmp_path, monkeypatch,
 
     calls = []
     monkeypatch.setattr("saliencyssl.app.pretrain.Pretrainer.run", lambda self: calls.append(self))
-    assert len(run_grid(config, progress=False)) == len(rows)
+    assert len(run(config, progress=False)) == len(rows)
     assert calls == [], "finished cells are not pretrained again"
 
     # A finished cell made with other settings than the config now asks for is refused, not reused.
     changed = GridConfig.load(_write(tmp_path, pretrain={**config.pretrain, "epochs": 3}))
     with pytest.raises(StaleCellError, match=r"epochs 1 \(now 3\)"):
-        run_grid(changed, progress=False)
+        run(changed, progress=False)
     changed = GridConfig.load(_write(tmp_path, evaluation={**config.evaluation, "fractions": "0.25,1.0"}))
     with pytest.raises(StaleCellError, match="fractions"):
-        run_grid(changed, progress=False)
+        run(changed, progress=False)
     changed = GridConfig.load(_write(tmp_path, evaluation={**config.evaluation, "knn_k": 20}))
     with pytest.raises(StaleCellError, match=r"knn \[200, 0.1\] \(now \[20, 0.1\]\)"):
-        run_grid(changed, progress=False)
+        run(changed, progress=False)
     changed = GridConfig.load(_write(tmp_path, evaluation={**config.evaluation, "test_limit": 10}))
     with pytest.raises(StaleCellError, match=r"test_limit None \(now 10\)"):
-        run_grid(changed, progress=False)
+        run(changed, progress=False)
     # Other training images: another backbone.
     import shutil
 
     shutil.copytree(config.train, tmp_path / "train_copy")
     changed = GridConfig.load(_write(tmp_path, train=str(tmp_path / "train_copy")))
     with pytest.raises(StaleCellError, match=r"data '.*/train' \(now '.*/train_copy'\)"):
-        run_grid(changed, progress=False)
+        run(changed, progress=False)
     # Targets of another labeller (options or version) make the saliency cell stale, not the default one.
     changed = GridConfig.load(_write(tmp_path, labeller={"min_side": 48}))
     with pytest.raises(StaleCellError, match="simclr__sal holds a pretraining run .*labeller_fingerprint.*another labeller"):
-        run_grid(changed, progress=False)
+        run(changed, progress=False)
     assert run_grid_cli.main([str(tmp_path / "grid.json"), "--quiet"]) == 2, "one-line error, no traceback"
     assert [cell_state(changed, c) for c in cells(changed)] == [
         "pretrained, evaluated", f"stale: labeller_fingerprint {LabellerConfig().fingerprint()!r} (now "
@@ -208,7 +208,7 @@ def test_a_grid_with_a_surrogate_behind_the_cache_asks_it_for_the_misses(tmp_pat
     raw["pretrain"].update(aug_source="cache,surrogate", surrogate=str(tmp_path / "sur" / "surrogate.pt"))
     raw["cache"] = str(tmp_path / "few_cache")
     path.write_text(json.dumps(raw))
-    run_grid(GridConfig.load(path), progress=False)
+    run(GridConfig.load(path), progress=False)
     history = json.loads((Path(config.out) / "runs" / "simclr__sal" / "history.json").read_text())
     router = history[0]["router"]
     assert 0 < router["cache_hits"] <= 6 and router["cache_hits"] + router["surrogate_images"] == router["images"], \
@@ -225,13 +225,13 @@ def test_pretraining_seeds_are_separate_runs_combined_into_one_row(tmp_path, mon
 
     # A finished one-seed grid gains a second pretraining seed without redoing the first.
     first = GridConfig.load(_write(tmp_path, policies=["default"], pretrain=one_seed, pretrain_seeds=[0]))
-    run_grid(first, progress=False)
+    run(first, progress=False)
     from saliencyssl.app.pretrain import Pretrainer
 
     pretrained, real_run = [], Pretrainer.run
     monkeypatch.setattr(Pretrainer, "run", lambda self: (pretrained.append(self.config.seed), real_run(self))[1])
     config = GridConfig.load(_write(tmp_path, policies=["default"], pretrain=one_seed, pretrain_seeds=[0, 1]))
-    rows = run_grid(config, progress=False)
+    rows = run(config, progress=False)
     assert pretrained == [1], "only the new seed is pretrained"
     out = Path(config.out)
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["simclr__default", "simclr__default__seed1"]
@@ -268,10 +268,10 @@ def test_pretraining_seeds_are_separate_runs_combined_into_one_row(tmp_path, mon
     # Seeds are checked like every other setting: swapping them would reuse seed 0's runs as seed 1's.
     swapped = GridConfig.load(_write(tmp_path, policies=["default"], pretrain=one_seed, pretrain_seeds=[1, 0]))
     with pytest.raises(StaleCellError, match=r"seed 0 \(now 1\)"):
-        run_grid(swapped, progress=False)
+        run(swapped, progress=False)
     swapped = GridConfig.load(_write(tmp_path, methods=[], policies=[], pretrain=one_seed, pretrain_seeds=[1, 0]))
     with pytest.raises(StaleCellError, match=r"backbone 'random:seed=0:cifar_stem=True' \(now 'random:seed=1") as error:
-        run_grid(swapped, progress=False)
+        run(swapped, progress=False)
     assert "evals/random holds an evaluation" in str(error.value)
 
 
@@ -326,7 +326,7 @@ def test_an_interrupted_cell_resumes_to_the_weights_of_an_uninterrupted_run(tmp_
     two_epochs = {"image_size": 32, "epochs": 2, "batch_size": 8, "device": "cpu", "seed": 0}
     straight = GridConfig.load(_write(tmp_path / "a", methods=["simclr"], policies=["sal"], baselines=[],
                                       pretrain=two_epochs))
-    run_grid(straight, progress=False)
+    run(straight, progress=False)
 
     interrupted = GridConfig.load(_write(tmp_path / "b", methods=["simclr"], policies=["sal"], baselines=[],
                                          pretrain=two_epochs))
@@ -341,13 +341,13 @@ def test_an_interrupted_cell_resumes_to_the_weights_of_an_uninterrupted_run(tmp_
     with monkeypatch.context() as m:
         m.setattr(Pretrainer, "_log", stop_after_the_first_epoch)
         with pytest.raises(KeyboardInterrupt):
-            run_grid(interrupted, progress=False)
+            run(interrupted, progress=False)
     [cell] = cells(interrupted)
     assert cell_state(interrupted, cell).startswith("pretraining started")
     started = []
     monkeypatch.setattr(Pretrainer, "_resume", lambda self, real=Pretrainer._resume: (real(self),
                                                                                       started.append(self.start_epoch)))
-    run_grid(interrupted, progress=False)
+    run(interrupted, progress=False)
     assert started == [1], "the cell resumed after its first epoch"
     a, _ = load_backbone(cells(straight)[0].run_dir / "backbone.pt")
     b, _ = load_backbone(cell.run_dir / "backbone.pt")
@@ -372,3 +372,16 @@ def test_a_cell_reads_targets_only_where_its_policy_or_method_does(tmp_path):
     sources = {c.name: cell_pretrain_config(config, c).aug_source for c in cells(config)}
     assert sources == {"simclr__default": "none", "simclr__salcrop_plus_default": "cache",
                        "detcon-simclr__default": "cache", "detcon-simclr__salcrop_plus_default": "cache"}
+
+
+def test_a_config_built_in_code_is_checked_as_a_file_is(tmp_path):
+    """GridConfig validates itself: a bad method or epoch count is refused without going through load()."""
+    base = dict(name="t", out=str(tmp_path / "out"), train="train", test="test", cache="cache",
+                cells=[["simclr", "default"]], pretrain={"epochs": 1, "batch_size": 8, "device": "cpu"})
+    assert GridConfig(**base).cells == [["simclr", "default"]]
+    with pytest.raises(ValueError, match="unknown method 'bogus'"):
+        GridConfig(**{**base, "cells": [["bogus", "default"]]})
+    with pytest.raises(ValueError, match="pretrain.epochs is -3"):
+        GridConfig(**{**base, "pretrain": {"epochs": -3}})
+    with pytest.raises(ValueError, match="^name must be str"):
+        GridConfig(**{**base, "name": 3})

@@ -146,7 +146,7 @@ def test_targets_are_required_and_must_fit_the_images():
             SSLAugmentation(policy, SIZE)(images)
     assert not SSLAugmentation("default", SIZE).uses_targets
     small = TargetBatch(targets.saliency[..., :32, :32], targets.mask[..., :32, :32], targets.regions[..., :32, :32])
-    with pytest.raises(ValueError, match=r"do not match images.*--image-size"):
+    with pytest.raises(ValueError, match=r"do not match images.*serve targets at the images' size"):
         SSLAugmentation("default", SIZE)(images, small, return_targets=True)
 
 

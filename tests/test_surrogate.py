@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from saliencyssl.app import train_surrogate
-from saliencyssl.app.options import label_command
+from saliencyssl.app.options import label_command, remedy
 from saliencyssl.augment.predictor import TargetPredictor
 from saliencyssl.cache import TargetCache
 from saliencyssl.datasets import open_image_set
@@ -234,16 +234,20 @@ def test_wrong_checkpoints_fail_with_the_reason(tmp_path):
     torch.save({"state_dict": {}, "config": {}}, tmp_path / "backbone.pt")
     with pytest.raises(SurrogateCheckpointError, match="is not a surrogate checkpoint"):
         Surrogate.load(tmp_path / "backbone.pt")
-    with pytest.raises(FileNotFoundError, match="saliency-ssl train-surrogate"):
+    with pytest.raises(FileNotFoundError, match="surrogate checkpoint .*missing.pt not found") as missing:
         Surrogate.load(tmp_path / "missing.pt")
+    assert "saliency-ssl" not in str(missing.value).replace("saliency-ssl surrogate", "")  # core names no command
+    assert remedy(missing.value) == ("; train one with: saliency-ssl train-surrogate IMAGES_DIR --cache CACHE_DIR "
+                                     "--out RUN_DIR")
     # Generators with an option that left the product (coordinate channels, the support output) are refused
     # by name; a record of those fields at the product's values reads as usual.
     for field, value, words in (("coords", True, "coordinate channels"), ("out_channels", 4, "support")):
         blob = torch.load(path, weights_only=True)
         blob["arch"][field] = value
         torch.save(blob, tmp_path / "retired.pt")
-        with pytest.raises(SurrogateCheckpointError, match=f"{words}.*train-surrogate"):
+        with pytest.raises(SurrogateCheckpointError, match=f"{words}.*retrain it") as retired:
             Surrogate.load(tmp_path / "retired.pt")
+        assert "train-surrogate" in remedy(retired.value)
     blob = torch.load(path, weights_only=True)
     blob["arch"].update(coords=False, out_channels=len(TARGET_CHANNELS))
     torch.save(blob, tmp_path / "plain.pt")
@@ -264,7 +268,7 @@ def test_a_pickle_that_is_not_a_checkpoint_gets_our_one_line_message(tmp_path, k
     with pytest.raises(SurrogateCheckpointError) as info:
         Surrogate.load(path)
     message = str(info.value)
-    assert str(path) in message and "not a surrogate checkpoint" in message and "train-surrogate" in message
+    assert str(path) in message and "not a surrogate checkpoint" in message and "train-surrogate" in remedy(info.value)
     assert "weights_only" not in message and "trust" not in message.lower() and "\n" not in message
     assert info.value.__cause__ is None and info.value.__suppress_context__  # torch's advice is not chained either
 

@@ -75,7 +75,7 @@ def test_quarter_turns_move_images_and_targets_together(few_shapes):
 def test_the_surrogate_outlines_shapes_a_blob_cannot(shapes, tmp_path, one_torch_thread):
     """About 300 steps of the default recipe (batch 16): crosses, triangles and rectangles beat their blob bound.
 
-    The former recipe (Pix2Pix's output layer, dropout and GAN, boundary weight 2, no quarter turns,
+    The Pix2Pix recipe (Pix2Pix's output layer, dropout and GAN, boundary weight 2, no quarter turns,
     rate 1e-3) scored IoU 0.69 / 0.72 / 0.75 against bounds of 0.71 / 0.70 / 0.84 here, and boundary
     F 0.004; the default scores about 0.87 / 0.89 / 0.93 and boundary F 0.84.
     """

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from saliencyssl.cache import TargetCache
@@ -36,9 +37,79 @@ from saliencyssl.cache.transfer import (MissingTargetsError, UndecodableImagesEr
 from saliencyssl.datasets import check_image_size
 from saliencyssl.imageio import ImageDecodeError
 from saliencyssl.app.options import add_labeller_options, fail, labeller_config_from_args
+from saliencyssl.saliency import LabellerConfig
 from saliencyssl.saliency.params import LABELLER_OPTIONS
 
 SUMMARY = "stats, verify, export and import of caches and packs"
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """``saliency-ssl cache stats``: what the cache folder ``cache`` holds, per labeller fingerprint."""
+
+    cache: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cache", Path(self.cache))
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """``saliency-ssl cache verify``: decode every entry of the cache folder ``path`` (or check the pack
+    file ``path``'s checksum); ``labeller`` is the fingerprint that must have targets there."""
+
+    path: Path
+    labeller: LabellerConfig = field(default_factory=LabellerConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+        if not isinstance(self.labeller, LabellerConfig):
+            raise TypeError(f"labeller must be a LabellerConfig, got {type(self.labeller).__name__}")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """``saliency-ssl cache export``: the targets of the images in ``images`` as one pack file ``out``.
+
+    ``image_size`` stores them at that square training size (``None``: at the images' own size);
+    ``allow_missing`` exports what the cache holds when images miss; ``overwrite`` replaces a pack at ``out``.
+    """
+
+    cache: Path
+    images: Path
+    out: Path
+    image_size: int | None = None
+    allow_missing: bool = False
+    overwrite: bool = False
+    labeller: LabellerConfig = field(default_factory=LabellerConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("cache", "images", "out"):
+            object.__setattr__(self, name, Path(getattr(self, name)))
+        if self.image_size is not None:
+            check_image_size(self.image_size, "--image-size")
+        if not isinstance(self.labeller, LabellerConfig):
+            raise TypeError(f"labeller must be a LabellerConfig, got {type(self.labeller).__name__}")
+
+
+@dataclass(frozen=True)
+class ImportConfig:
+    """``saliency-ssl cache import``: merge the pack file or cache folder ``source`` into the cache folder
+    ``cache``, under ``labeller``'s fingerprint (a source of another fingerprint is refused)."""
+
+    source: Path
+    cache: Path
+    labeller: LabellerConfig = field(default_factory=LabellerConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "source", Path(self.source))
+        object.__setattr__(self, "cache", Path(self.cache))
+        if not isinstance(self.labeller, LabellerConfig):
+            raise TypeError(f"labeller must be a LabellerConfig, got {type(self.labeller).__name__}")
+
+
+CacheConfig = StatsConfig | VerifyConfig | ExportConfig | ImportConfig
+
 
 
 def is_pack(path: Path) -> bool:
@@ -51,7 +122,7 @@ def _not_a_cache(path: Path, hint: str = "IMAGES") -> int:
     return 2
 
 
-def cmd_stats(args) -> int:
+def _stats(args: StatsConfig) -> int:
     if not TargetCache.exists(args.cache):
         return _not_a_cache(args.cache)
     fingerprints = cache_fingerprints(args.cache)
@@ -68,7 +139,7 @@ def cmd_stats(args) -> int:
     return 0
 
 
-def cmd_verify(args) -> int:
+def _verify(args: VerifyConfig) -> int:
     if is_pack(args.path):
         pack = open_pack(args.path)  # refuses an empty pack, and formats whose checksum cannot be trusted
         ok = verify_pack(pack)
@@ -81,7 +152,7 @@ def cmd_verify(args) -> int:
         print(f"error: {args.path} is neither a cache folder (no cache.db) nor a pack", file=sys.stderr)
         return 2
     fingerprints = sorted(cache_fingerprints(args.path))
-    config = labeller_config_from_args(args)
+    config = args.labeller
     bad = 0
     # The fingerprint of the labeller options given is checked even when the cache holds none of
     # its targets (say so), and its pass also finds and removes foreign keys.
@@ -105,14 +176,12 @@ def cmd_verify(args) -> int:
     return 1 if bad else 0
 
 
-def cmd_export(args) -> int:
+def _export(args: ExportConfig) -> int:
     from tqdm import tqdm
 
     from saliencyssl.datasets import open_image_set
 
-    config = labeller_config_from_args(args)
-    if args.image_size is not None:
-        check_image_size(args.image_size, "--image-size")
+    config = args.labeller
     if not TargetCache.exists(args.cache):
         return _not_a_cache(args.cache, str(args.images))
     try:
@@ -151,8 +220,8 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_import(args) -> int:
-    config = labeller_config_from_args(args)
+def _import(args: ImportConfig) -> int:
+    config = args.labeller
     fingerprint = config.fingerprint()
     if is_pack(args.source):
         try:
@@ -183,6 +252,31 @@ def cmd_import(args) -> int:
     return 0
 
 
+def run(config: CacheConfig) -> int:
+    """Carry out one cache command; returns its exit status (0 done, 1 something damaged or missing, 2 refused).
+
+    What it finds is printed; errors a command can foresee (not a cache, a pack that exists, images
+    without targets) are printed as one line naming the fix.
+    """
+    commands = {StatsConfig: _stats, VerifyConfig: _verify, ExportConfig: _export, ImportConfig: _import}
+    if type(config) not in commands:
+        raise TypeError(f"not a cache command's config: {type(config).__name__}")
+    return commands[type(config)](config)
+
+
+def config_from_args(args: argparse.Namespace) -> CacheConfig:
+    """The config of the parsed command line (labeller options default where not given)."""
+    if args.command == "stats":
+        return StatsConfig(args.cache)
+    labeller = labeller_config_from_args(args) or LabellerConfig()
+    if args.command == "verify":
+        return VerifyConfig(args.path, labeller)
+    if args.command == "export":
+        return ExportConfig(args.cache, args.images, args.out, args.image_size, args.allow_missing, args.overwrite,
+                            labeller)
+    return ImportConfig(args.source, args.cache, labeller)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saliency-ssl cache", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -190,15 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stats", help="what a cache holds", description="What a cache holds: its size on disk, and "
                        "per labeller fingerprint the number of targets and the labeller options behind them.")
     p.add_argument("cache", type=Path, metavar="CACHE_DIR", help="a folder filled by saliency-ssl label")
-    p.set_defaults(func=cmd_stats)
     p = sub.add_parser("verify", help="check every entry of a cache, or a pack's checksum",
                        description="Decode every entry of a cache against its key (damaged ones are reported and "
                        "removed; rerun saliency-ssl label to recompute them), remove keys saliency-ssl never writes "
                        "(unread), or check a pack file's checksum. Exit status 1 if anything is damaged or the cache "
-                       "holds no target of the labeller options given.")
+                       "holds no target at all; a cache whose targets are all of other labeller options than those "
+                       "given passes, and the output says so.")
     p.add_argument("path", type=Path, metavar="CACHE_DIR|PACK")
     add_labeller_options(p)
-    p.set_defaults(func=cmd_verify)
     p = sub.add_parser("export", help="a data set's targets as one memory-mappable pack file")
     p.add_argument("cache", type=Path)
     p.add_argument("images", type=Path)
@@ -211,21 +304,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing pack at --out (only a pack file: never another kind of file)")
     add_labeller_options(p)
-    p.set_defaults(func=cmd_export)
     p = sub.add_parser("import", help="merge a pack or a cache directory into a cache")
     p.add_argument("source", type=Path)
     p.add_argument("--cache", type=Path, required=True)
     add_labeller_options(p)
-    p.set_defaults(func=cmd_import)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        return run(config_from_args(args))
     except (PackError, ImageDecodeError, ValueError, OSError, MemoryError) as error:
-        return fail(str(error))
+        return fail(error)
 
 
 if __name__ == "__main__":

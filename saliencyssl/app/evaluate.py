@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     except RunDirError as error:
         return fail(str(error) if "other settings" in str(error) else f"{error} (or pass --force)")
     except (FileNotFoundError, ValueError) as error:  # includes ImageDecodeError and BackboneCheckpointError
-        return fail(str(error))
+        return fail(error)
     except MemoryError as error:
         return fail(f"out of memory{': ' + str(error) if str(error) else ''}; evaluate fewer images "
                     f"(--train-limit, --test-limit) or at a smaller --image-size, or a smaller --batch-size")

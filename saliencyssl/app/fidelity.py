@@ -263,9 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         command = label_command(error.images_dir, error.cache_dir, error.params)
         return fail(f"{error}; label them with the surrogate's labeller: {command}")
     except (FileNotFoundError, SurrogateCheckpointError) as error:
-        return fail(str(error))
+        return fail(error)
     except (OSError, ValueError) as error:  # a cache.db that cannot be opened, masks that do not pair
-        return fail(str(error))
+        return fail(error)
     return 0
 
 

@@ -1,6 +1,6 @@
 """The experiment grid: methods x policies, each pretrained and evaluated at label fractions.
 
-A grid is a JSON file (:class:`GridConfig`); :func:`run_grid` works through its cells:
+A grid is a JSON file (:class:`GridConfig`); :func:`run` works through its cells:
 
 1. label the pretraining images into the cache (skipping what it holds) when a cell reads
    targets (its policy draws views from them, or its method pools its loss over them);
@@ -35,7 +35,7 @@ import re
 import stat
 import sys
 from collections import Counter
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,7 @@ class GridConfig:
         train, test: labelled image folders (pretraining uses ``train``'s images without labels).
         cache: the target cache folder.
         methods, policies: the grid's axes: every method with every policy (leave both out with ``cells``).
-        pretrain: :class:`~saliencyssl.ssl.pretrain.PretrainConfig` fields shared by every cell;
+        pretrain: :class:`~saliencyssl.app.pretrain.PretrainConfig` fields shared by every cell;
             ``knn_every: N`` monitors kNN accuracy every N epochs on ``train`` / ``test``.
         evaluation: :class:`~saliencyssl.eval.classification.ClassificationSettings` fields.
         labeller: labeller options (``min_side``, ``scale``, ``max_side``, ``cut_engine``).
@@ -153,6 +153,117 @@ class GridConfig:
             return self.results_name
         return "grid" if self.evaluation_name == "evals" else self.evaluation_name
 
+    def __post_init__(self) -> None:
+        """Check every value: types, ranges and names, and the settings each cell's stages will take. A
+        config built in code is held to what :meth:`load` asks of a file.
+
+        Raises:
+            ValueError: one line naming the key, e.g. ``pretrain.batch_size is 0; give ...``.
+        """
+        config = self
+        kinds = {"name": str, "out": str, "train": str, "test": str, "cache": str, "description": str,
+                 "evaluation_name": str, "methods": list, "policies": list, "pretrain": dict, "evaluation": dict,
+                 "labeller": dict, "baselines": list, "cells": (list, type(None)), "pretrain_seeds": (list, type(None)),
+                 "method_options": dict}
+        wrong = [f"{k} must be {' or '.join(t.__name__ for t in (v if isinstance(v, tuple) else (v,)))}"
+                 for k, v in kinds.items() if not isinstance(getattr(self, k), v)]
+        if wrong:
+            raise ValueError("; ".join(wrong))
+        _check_value_types({f.name: getattr(self, f.name) for f in fields(self)})
+        for key, allowed, section in (("pretrain", _PRETRAIN_KEYS, config.pretrain),
+                                      ("evaluation", _EVAL_KEYS, config.evaluation)):
+            bad = sorted(set(section) - allowed)
+            if bad:
+                raise ValueError(f"unknown {key} keys {bad}; allowed: {sorted(allowed)}")
+        from saliencyssl.saliency import LabellerConfig
+
+        if not isinstance(config.labeller, dict) or set(config.labeller) - set(LABELLER_OPTIONS):
+            unknown = sorted(set(config.labeller) - set(LABELLER_OPTIONS)) if isinstance(config.labeller, dict) else []
+            raise ValueError(f"labeller must be an object with keys among {', '.join(LABELLER_OPTIONS)}"
+                             + (f"; unknown: {unknown}" if unknown else ""))
+        try:
+            LabellerConfig(**config.labeller)
+        except (TypeError, ValueError, OverflowError) as error:
+            raise ValueError(f"labeller: {error}") from None
+        from saliencyssl.app.pretrain import PretrainConfig
+
+        batch = config.pretrain.get("batch_size", PretrainConfig.__dataclass_fields__["batch_size"].default)
+        limit = config.pretrain.get("limit")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"pretrain.limit must be a whole number of images, at least 1 (or left out "
+                             f"for all of them), got {limit!r}")
+        if limit is not None and batch > limit and (config.cells or config.methods):
+            raise ValueError(f"pretrain.batch_size {batch} is larger than pretrain.limit {limit}: not one "
+                             f"full batch per epoch; lower the batch size")
+        if "aug_source" in config.pretrain:
+            try:
+                sources = parse_sources(config.pretrain["aug_source"])
+            except ValueError as error:
+                raise ValueError(f"pretrain.aug_source: {error}") from None
+            if "surrogate" in sources and not config.pretrain.get("surrogate"):
+                raise ValueError(f"pretrain.aug_source {config.pretrain['aug_source']!r} needs "
+                                 f"pretrain.surrogate (a RUN_DIR/surrogate.pt of saliency-ssl train-surrogate)")
+        if config.pretrain_seeds is not None:
+            from saliencyssl.app.pretrain import MAX_SEED
+
+            seeds = config.pretrain_seeds
+            if len(seeds) > MAX_PRETRAIN_SEEDS:
+                raise ValueError(f"pretrain_seeds lists {len(seeds)} seeds; give at most {MAX_PRETRAIN_SEEDS} "
+                                 f"(each is a full pretraining run of every cell)")
+            if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED
+                                    for s in seeds) or len(set(seeds)) != len(seeds):
+                raise ValueError(f"pretrain_seeds must be a non-empty list of distinct integers from 0 "
+                                 f"to {MAX_SEED}, got {_short(seeds)}")
+            if "seed" in config.pretrain:
+                raise ValueError(f"give either pretrain_seeds or pretrain.seed, not both")
+        if config.results_name is not None and (
+                not isinstance(config.results_name, str)
+                or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", config.results_name)):
+            raise ValueError(f"results_name must be a file-name prefix (letters, digits, _ . -), "
+                             f"got {config.results_name!r}")
+        for policy in config.policies:
+            try:
+                parse_policy(policy)
+            except ValueError as error:
+                raise ValueError(f"policy {policy!r}: {error}") from error
+        from saliencyssl.ssl.registry import METHODS
+
+        if config.cells is not None and (config.methods or config.policies):
+            raise ValueError(f"give either cells or methods and policies, not both")
+        if bool(config.methods) != bool(config.policies):
+            raise ValueError(f"give both methods and policies (every method with every policy), or cells")
+        if not (config.cells or config.methods) and not config.baselines:
+            raise ValueError(f"nothing to run: give methods and policies (every method with every "
+                             f"policy), or cells ([method, policy] pairs)")
+        pairs = [tuple(c) for c in config.cells] if config.cells is not None else []
+        if any(len(p) != 2 for p in pairs):
+            raise ValueError(f"cells must be [method, policy] pairs")
+        for name, values in (("cells", pairs), ("methods", config.methods), ("policies", config.policies),
+                             ("baselines", config.baselines)):
+            repeated = sorted(str(v) for v, n in Counter(values).items() if n > 1)
+            if repeated:
+                raise ValueError(f"{name} lists {', '.join(repeated)} more than once")
+        for method in set(config.methods) | {m for m, _ in pairs}:
+            if method not in METHODS:
+                raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
+        for _, policy in pairs:
+            try:
+                parse_policy(policy)
+            except ValueError as error:
+                raise ValueError(f"policy {policy!r}: {error}") from error
+        _check_method_options(config, set(config.methods) | {m for m, _ in pairs})
+        # Every value a cell's pretraining and evaluation will take, checked now rather than after hours of
+        # pretraining: the stages' own configs validate them.
+        try:
+            for cell in cells(config)[:1]:
+                cell_pretrain_config(config, cell, progress=False)
+            # a GPU grid's config is checked on any machine: its evaluation is built for the CPU here
+            cell_evaluate_config(config, "random", Path(config.out) / config.evaluation_name / "random", device="cpu")
+        except TypeError as error:
+            raise ValueError(str(error)) from None
+
+
+
     @classmethod
     def load(cls, path: str | Path) -> "GridConfig":
         """Read and check a grid file; errors name the file and the key."""
@@ -174,14 +285,6 @@ class GridConfig:
             raise ValueError(f"{path}: not valid JSON ({type(error).__name__}: {str(error)[:200]})") from None
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: a grid config is a JSON object of keys (see configs/ for examples)")
-        kinds = {"name": str, "out": str, "train": str, "test": str, "cache": str, "description": str,
-                 "evaluation_name": str, "methods": list, "policies": list, "pretrain": dict, "evaluation": dict,
-                 "labeller": dict, "baselines": list, "cells": (list, type(None)), "pretrain_seeds": (list, type(None)),
-                 "method_options": dict}
-        wrong = [f"{k} must be {' or '.join(t.__name__ for t in (v if isinstance(v, tuple) else (v,)))}"
-                 for k, v in kinds.items() if k in raw and not isinstance(raw[k], v)]
-        if wrong:
-            raise ValueError(f"{path}: {'; '.join(wrong)}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -190,100 +293,10 @@ class GridConfig:
                          if f.default is MISSING and f.default_factory is MISSING and f.name not in raw)
         if missing:
             raise ValueError(f"{path}: missing keys {missing}")
-        _check_value_types(path, raw)
-        config = cls(**raw)
-        for key, allowed, section in (("pretrain", _PRETRAIN_KEYS, config.pretrain),
-                                      ("evaluation", _EVAL_KEYS, config.evaluation)):
-            bad = sorted(set(section) - allowed)
-            if bad:
-                raise ValueError(f"{path}: unknown {key} keys {bad}; allowed: {sorted(allowed)}")
-        from saliencyssl.saliency import LabellerConfig
-
-        if not isinstance(config.labeller, dict) or set(config.labeller) - set(LABELLER_OPTIONS):
-            unknown = sorted(set(config.labeller) - set(LABELLER_OPTIONS)) if isinstance(config.labeller, dict) else []
-            raise ValueError(f"{path}: labeller must be an object with keys among {', '.join(LABELLER_OPTIONS)}"
-                             + (f"; unknown: {unknown}" if unknown else ""))
         try:
-            LabellerConfig(**config.labeller)
-        except (TypeError, ValueError, OverflowError) as error:
-            raise ValueError(f"{path}: labeller: {error}") from None
-        from saliencyssl.app.pretrain import PretrainConfig
-
-        batch = config.pretrain.get("batch_size", PretrainConfig.__dataclass_fields__["batch_size"].default)
-        limit = config.pretrain.get("limit")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            raise ValueError(f"{path}: pretrain.limit must be a whole number of images, at least 1 (or left out "
-                             f"for all of them), got {limit!r}")
-        if limit is not None and batch > limit and (config.cells or config.methods):
-            raise ValueError(f"{path}: pretrain.batch_size {batch} is larger than pretrain.limit {limit}: not one "
-                             f"full batch per epoch; lower the batch size")
-        if "aug_source" in config.pretrain:
-            try:
-                sources = parse_sources(config.pretrain["aug_source"])
-            except ValueError as error:
-                raise ValueError(f"{path}: pretrain.aug_source: {error}") from None
-            if "surrogate" in sources and not config.pretrain.get("surrogate"):
-                raise ValueError(f"{path}: pretrain.aug_source {config.pretrain['aug_source']!r} needs "
-                                 f"pretrain.surrogate (a RUN_DIR/surrogate.pt of saliency-ssl train-surrogate)")
-        if config.pretrain_seeds is not None:
-            from saliencyssl.app.pretrain import MAX_SEED
-
-            seeds = config.pretrain_seeds
-            if len(seeds) > MAX_PRETRAIN_SEEDS:
-                raise ValueError(f"{path}: pretrain_seeds lists {len(seeds)} seeds; give at most {MAX_PRETRAIN_SEEDS} "
-                                 f"(each is a full pretraining run of every cell)")
-            if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED
-                                    for s in seeds) or len(set(seeds)) != len(seeds):
-                raise ValueError(f"{path}: pretrain_seeds must be a non-empty list of distinct integers from 0 "
-                                 f"to {MAX_SEED}, got {_short(seeds)}")
-            if "seed" in config.pretrain:
-                raise ValueError(f"{path}: give either pretrain_seeds or pretrain.seed, not both")
-        if config.results_name is not None and (
-                not isinstance(config.results_name, str)
-                or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", config.results_name)):
-            raise ValueError(f"{path}: results_name must be a file-name prefix (letters, digits, _ . -), "
-                             f"got {config.results_name!r}")
-        for policy in config.policies:
-            try:
-                parse_policy(policy)
-            except ValueError as error:
-                raise ValueError(f"{path}: policy {policy!r}: {error}") from error
-        from saliencyssl.ssl.registry import METHODS
-
-        if config.cells is not None and (config.methods or config.policies):
-            raise ValueError(f"{path}: give either cells or methods and policies, not both")
-        if bool(config.methods) != bool(config.policies):
-            raise ValueError(f"{path}: give both methods and policies (every method with every policy), or cells")
-        if not (config.cells or config.methods) and not config.baselines:
-            raise ValueError(f"{path}: nothing to run: give methods and policies (every method with every "
-                             f"policy), or cells ([method, policy] pairs)")
-        pairs = [tuple(c) for c in config.cells] if config.cells is not None else []
-        if any(len(p) != 2 for p in pairs):
-            raise ValueError(f"{path}: cells must be [method, policy] pairs")
-        for name, values in (("cells", pairs), ("methods", config.methods), ("policies", config.policies),
-                             ("baselines", config.baselines)):
-            repeated = sorted(str(v) for v, n in Counter(values).items() if n > 1)
-            if repeated:
-                raise ValueError(f"{path}: {name} lists {', '.join(repeated)} more than once")
-        for method in set(config.methods) | {m for m, _ in pairs}:
-            if method not in METHODS:
-                raise ValueError(f"{path}: unknown method {method!r}; choose from {sorted(METHODS)}")
-        for _, policy in pairs:
-            try:
-                parse_policy(policy)
-            except ValueError as error:
-                raise ValueError(f"{path}: policy {policy!r}: {error}") from error
-        _check_method_options(path, config, set(config.methods) | {m for m, _ in pairs})
-        # Every value a cell's pretraining and evaluation will take, checked now rather than after hours of
-        # pretraining: the stages' own configs validate them.
-        try:
-            for cell in cells(config)[:1]:
-                cell_pretrain_config(config, cell, progress=False)
-            on_cpu = replace(config, evaluation={**config.evaluation, "device": "cpu"})  # a GPU grid loads anywhere
-            cell_evaluate_config(on_cpu, "random", Path(config.out) / config.evaluation_name / "random")
-        except (TypeError, ValueError) as error:
+            return cls(**raw)
+        except ValueError as error:
             raise ValueError(f"{path}: {error}") from None
-        return config
 
 
 def _read_config(path: Path) -> bytes:
@@ -317,12 +330,12 @@ def _short(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _check_value_types(path: Path, raw: dict) -> None:
+def _check_value_types(raw: dict) -> None:
     """Refuse a value of the wrong type or out of range inside the config's lists and sections, naming
-    the file and the key (the top-level keys' own types are checked before).
+    the key (the top-level keys' own types are checked before).
 
     Raises:
-        ValueError: one line, e.g. ``grid.json: pretrain.batch_size must be a whole number, got 'x'``.
+        ValueError: one line, e.g. ``pretrain.batch_size must be a whole number, got 'x'``.
     """
     from saliencyssl.app.pretrain import MAX_BATCH_SIZE
     from saliencyssl.eval.classification import MAX_SEEDS
@@ -331,53 +344,53 @@ def _check_value_types(path: Path, raw: dict) -> None:
     for key in ("methods", "policies", "cells", "baselines"):
         values = raw.get(key) or []
         if len(values) > MAX_GRID_ENTRIES:
-            raise ValueError(f"{path}: {key} lists {len(values):,} entries; give at most {MAX_GRID_ENTRIES:,} (each "
+            raise ValueError(f"{key} lists {len(values):,} entries; give at most {MAX_GRID_ENTRIES:,} (each "
                              f"cell is a full pretraining run)")
     for key in ("methods", "policies", "baselines"):
         values = raw.get(key, [])
         wrong = [v for v in values if not isinstance(v, str)]
         if wrong:
-            raise ValueError(f"{path}: {key} must be a list of names (text), got {_short(wrong[0])} in it")
+            raise ValueError(f"{key} must be a list of names (text), got {_short(wrong[0])} in it")
     unknown = [b for b in raw.get("baselines", []) if b not in BASELINES]
     if unknown:
-        raise ValueError(f"{path}: baselines {unknown[0]!r} is not one this grid knows; give "
+        raise ValueError(f"baselines {unknown[0]!r} is not one this grid knows; give "
                          f"{' or '.join(repr(b) for b in BASELINES)}, or [] for none")
     for cell in raw.get("cells") or []:
         if not (isinstance(cell, list) and len(cell) == 2 and all(isinstance(v, str) for v in cell)):
-            raise ValueError(f"{path}: cells must be [method, policy] pairs of names, got {_short(cell)}")
+            raise ValueError(f"cells must be [method, policy] pairs of names, got {_short(cell)}")
     for section, kinds in (("pretrain", _PRETRAIN_KINDS), ("evaluation", _EVAL_KINDS)):
         for key, value in raw.get(section, {}).items():
             if key in kinds and not kinds[key][1](value):
-                raise ValueError(f"{path}: {section}.{key} must be {kinds[key][0]}, got {_short(value)}")
+                raise ValueError(f"{section}.{key} must be {kinds[key][0]}, got {_short(value)}")
     for section, key, low, high in (("pretrain", "epochs", 1, MAX_EPOCHS),
                                     ("pretrain", "batch_size", 2, MAX_BATCH_SIZE),
                                     ("evaluation", "seeds", 1, MAX_SEEDS)):
         value = raw.get(section, {}).get(key)
         if value is not None and not low <= value <= high:
-            raise ValueError(f"{path}: {section}.{key} is {value}; give a whole number from {low} to {high:,}")
+            raise ValueError(f"{section}.{key} is {value}; give a whole number from {low} to {high:,}")
     name = raw.get("evaluation_name", "evals")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise ValueError(f"{path}: evaluation_name must be a folder name inside out (letters, digits, _ . -), got "
+        raise ValueError(f"evaluation_name must be a folder name inside out (letters, digits, _ . -), got "
                          f"{_short(name)}")
 
 
-def _check_method_options(path: Path, config: GridConfig, methods: set[str]) -> None:
+def _check_method_options(config: GridConfig, methods: set[str]) -> None:
     from saliencyssl.ssl.registry import check_method_options
 
     if not isinstance(config.method_options, dict):
-        raise ValueError(f"{path}: method_options must map a method to its options, e.g. "
+        raise ValueError(f"method_options must map a method to its options, e.g. "
                          f'{{"byol": {{"momentum_start": 0.9}}}}')
     for method, options in config.method_options.items():
         if method not in methods:
-            raise ValueError(f"{path}: method_options names {method!r}, which no cell of the grid pretrains "
+            raise ValueError(f"method_options names {method!r}, which no cell of the grid pretrains "
                              f"(its methods: {', '.join(sorted(methods)) or 'none'})")
         if not isinstance(options, dict):
-            raise ValueError(f"{path}: method_options[{method!r}] must be an object of hyperparameters, "
+            raise ValueError(f"method_options[{method!r}] must be an object of hyperparameters, "
                              f"got {options!r}")
         try:
             check_method_options(method, options)
         except ValueError as error:
-            raise ValueError(f"{path}: method_options: {error}") from error
+            raise ValueError(f"method_options: {error}") from error
 
 
 @dataclass
@@ -464,11 +477,13 @@ def cell_pretrain_config(config: GridConfig, cell: Cell, progress: bool = True):
                           resume=True, **config.labeller, **settings)
 
 
-def cell_evaluate_config(config: GridConfig, backbone: str, out: Path, backbone_seed: int = 0, progress: bool = True):
-    """The :class:`~saliencyssl.app.evaluate.EvaluateConfig` of a cell's (or a baseline's) evaluation."""
+def cell_evaluate_config(config: GridConfig, backbone: str, out: Path, backbone_seed: int = 0, progress: bool = True,
+                         device: str | None = None):
+    """The :class:`~saliencyssl.app.evaluate.EvaluateConfig` of a cell's (or a baseline's) evaluation, on
+    ``device`` instead of the config's when given."""
     from saliencyssl.app.evaluate import EvaluateConfig
 
-    e = dict(config.evaluation)
+    e = dict(config.evaluation, **({"device": device} if device else {}))
     protocols = e.pop("protocols", ["linear", "knn"])
     return EvaluateConfig(backbone=backbone, test=config.test, train=config.train, out=out, protocols=list(protocols),
                           image_size=config.image_size, tsne_points=0, backbone_seed=backbone_seed,
@@ -568,7 +583,7 @@ def select_cells(config: GridConfig, names: list[str]) -> list[Cell]:
     return [c for c in every if c.name in names]
 
 
-def run_grid(config: GridConfig, progress: bool = True, only: list[str] | None = None) -> list[dict]:
+def run(config: GridConfig, progress: bool = True, only: list[str] | None = None) -> list[dict]:
     """Run every unfinished cell and the baselines, then collect the results (see the module docstring).
 
     ``only``: run just these cells (:func:`select_cells`), without the baselines and without writing
@@ -577,7 +592,7 @@ def run_grid(config: GridConfig, progress: bool = True, only: list[str] | None =
     Returns the collected rows, or ``[]`` with ``only``.
     """
     from saliencyssl.app import evaluate
-    from saliencyssl.app.pretrain import Pretrainer
+    from saliencyssl.app import pretrain as pretrain_stage
 
     todo = cells(config) if only is None else select_cells(config, only)
     check_finished_cells(config)  # before the config record is replaced
@@ -595,7 +610,7 @@ def run_grid(config: GridConfig, progress: bool = True, only: list[str] | None =
         if _pretraining_state(config, cell).finished:
             print(f"  pretraining done earlier: {cell.run_dir / 'backbone.pt'}")
         else:
-            Pretrainer(cell_pretrain_config(config, cell, progress)).run()
+            pretrain_stage.run(cell_pretrain_config(config, cell, progress))
         evaluate.run(cell_evaluate_config(config, str(cell.run_dir / "backbone.pt"), cell.eval_dir,
                                           progress=progress))
     if only is not None:
@@ -710,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = GridConfig.load(args.config)
     except (FileNotFoundError, ValueError) as error:
-        return fail(str(error))
+        return fail(error)
     if args.list:
         from pathlib import Path
 
@@ -731,16 +746,16 @@ def main(argv: list[str] | None = None) -> int:
         try:
             select_cells(config, only or [])
         except ValueError as error:
-            return fail(str(error))
+            return fail(error)
         try:
-            rows = run_grid(config, progress=not args.quiet, only=only)
+            rows = run(config, progress=not args.quiet, only=only)
         except MissingPieceError as error:
             from saliencyssl.saliency import LabellerConfig
 
             return fail(f"{error}; " + missing_piece_advice(error, config.train, config.cache,
                                                             LabellerConfig(**config.labeller), config.image_size))
         except (OSError, ValueError) as error:  # StaleCellError and RunDirError too: they name the fix
-            return fail(str(error))
+            return fail(error)
         if only is not None:
             print(f"\nran {', '.join(only)}; run saliency-ssl grid {args.config} without --only for the baselines and the table")
             return 0

@@ -312,13 +312,13 @@ def main(argv: list[str] | None = None) -> int:
                              limits=LabelLimits(max_pixels=args.max_pixels, image_timeout=args.image_timeout or None),
                              progress=not args.quiet)
     except ValueError as error:  # --scale 0, --max-side 0, a --json folder, ...
-        return fail(str(error))
+        return fail(error)
     try:
         summary = run(config)
     except (FileNotFoundError, ValueError, CacheOpenError, ImportError) as error:
-        return fail(str(error))  # no images; an export folder inside IMAGES_DIR; damage in cache.db; no Dask
+        return fail(error)  # no images; an export folder inside IMAGES_DIR; damage in cache.db; no Dask
     except OSError as error:  # a --cache that is a file, an unreachable scheduler
-        return fail(str(error))
+        return fail(error)
     except WorkerDiedError as error:
         return fail(f"{error}. Every target stored so far is kept in {config.cache}: rerun the same command to go on "
                     f"(with fewer --workers, or a smaller --max-pixels, if memory ran out)", WORKER_DIED)

@@ -77,10 +77,30 @@ def label_command(images_dir, cache_dir, config: LabellerConfig | dict | None = 
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def fail(message: str, code: int = 2) -> int:
-    """Print ``error: message`` on stderr and return ``code`` (a stage's ``main`` returns it)."""
-    print(f"error: {message}", file=sys.stderr)
+def fail(message: str | BaseException, code: int = 2) -> int:
+    """Print ``error: message`` on stderr and return ``code`` (a stage's ``main`` returns it).
+
+    An exception is printed with the command that fixes it (:func:`remedy`)."""
+    text = f"{message}{remedy(message)}" if isinstance(message, BaseException) else message
+    print(f"error: {text}", file=sys.stderr)
     return code
+
+
+def remedy(error: BaseException) -> str:
+    """``"; "`` and the command that fixes ``error``, from the ``fix`` a core error carries ('' for none).
+
+    Core code names what is wrong and what must happen (``fix = "train-surrogate"``, with the image
+    size or a labelling first when the error carries them); the command line is the application's.
+    """
+    if getattr(error, "fix", None) != "train-surrogate":
+        return ""
+    size = getattr(error, "image_size", None)
+    command = ("saliency-ssl train-surrogate IMAGES_DIR --cache CACHE_DIR --out RUN_DIR"
+               + (f" --size {size}" if size else ""))
+    if getattr(error, "relabel", False):
+        return (f"; label the images with the wanted labeller options (saliency-ssl label IMAGES_DIR --cache "
+                f"CACHE_DIR ...), then train one: {command}")
+    return f"; train one with: {command}"
 
 
 def missing_piece_advice(error, data, cache, labeller: LabellerConfig | None, image_size: int) -> str:

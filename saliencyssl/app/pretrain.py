@@ -53,7 +53,7 @@ from saliencyssl.precision import autocast_dtype
 from saliencyssl.saliency import Labeller, LabellerConfig
 from saliencyssl.saliency.params import LABELLER_OPTIONS
 from saliencyssl.ssl.backbone import resnet18_backbone, save_backbone, uses_cifar_stem
-from saliencyssl.ssl.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from saliencyssl.ssl.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from saliencyssl.ssl.registry import METHODS
 from saliencyssl.target import TargetBatch
 
@@ -608,6 +608,15 @@ class Pretrainer:
 _PYTHON_SPELLINGS = {"None": "null", "True": "true", "False": "false"}
 
 
+def run(config: PretrainConfig, dist_info: DistInfo | None = None) -> PretrainResult:
+    """Pretrain as ``config`` says (a :class:`Pretrainer`), leaving the process group (under torchrun) at the end."""
+    trainer = Pretrainer(config, dist_info)
+    try:
+        return trainer.run()
+    finally:
+        cleanup(trainer.dist)
+
+
 def parse_method_options(items: list[str] | None) -> dict[str, Any]:
     """``["momentum_start=0.9", "symmetric=false"]`` -> ``{"momentum_start": 0.9, "symmetric": False}``.
 
@@ -768,11 +777,10 @@ def main(argv: list[str] | None = None) -> int:
     except MissingPieceError as error:
         return fail(f"{error}; {missing_piece_advice(error, config.data, config.cache, config.labeller_config(), config.image_size)}")
     except (OSError, ValueError, PackError) as error:  # OSError: a cache.db that cannot be opened
-        return fail(str(error))
+        return fail(error)
     from saliencyssl.cache.executors import WorkerDiedError
     from saliencyssl.cache.labelling import ImageTimeoutError
     from saliencyssl.saliency import ImageTooLargeError
-    from saliencyssl.ssl.distributed import cleanup
 
     try:
         trainer.run()

@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     except StageFailedError as error:
         return fail(str(error), 1)
     except (OSError, ValueError, LookupError) as error:  # a stage refused its inputs; the message says which
-        return fail(str(error))
+        return fail(error)
     return 0
 
 

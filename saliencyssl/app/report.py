@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         changed = run(args.documents, args.root, args.check)
     except (OSError, ResultFileError, DocumentError) as error:
-        return fail(str(error))
+        return fail(error)
     stale = {doc: blocks for doc, blocks in changed.items() if blocks}
     for doc, blocks in stale.items():
         print(f"{doc}: {'out of date' if args.check else 'updated'}: {', '.join(blocks)}")

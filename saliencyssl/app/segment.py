@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"{error} (or pass --force to evaluate again into it)" if "other settings" not in str(error)
                     else str(error))
     except (FileNotFoundError, ValueError, FloatingPointError) as error:  # ImageDecodeError, BackboneCheckpointError
-        return fail(str(error))
+        return fail(error)
     except MemoryError as error:
         return fail(f"out of memory{': ' + str(error) if str(error) else ''}; segment fewer or smaller images "
                     f"(a smaller --image-size) or lower --batch-size")

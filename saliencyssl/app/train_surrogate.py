@@ -418,21 +418,21 @@ def main(argv: list[str] | None = None) -> int:
     except TrainConfigError as error:
         return fail(config_error(error))
     except ValueError as error:  # --device, --limit, --threads, labeller options
-        return fail(str(error))
+        return fail(error)
     try:
         run(config)
     except RunExistsError as error:
         return fail(f"{error}: pass --resume to continue it, choose another --out, or delete the folder to start "
                     f"again" if "already holds" in str(error) else str(error))
     except (RunMismatchError, RunRecordError, SurrogateCheckpointError) as error:
-        return fail(str(error))
+        return fail(error)
     except NoPairsError as error:
         return fail(f"{error}; {no_pairs_advice(error)}")
     except WorkerDiedError as error:  # a process labelling the variants
         return fail(f"{error} while labelling the variants; every variant labelled so far is kept in {config.cache}: "
                     f"rerun the command with --resume to go on (with fewer --workers if memory ran out)")
     except (OSError, ValueError, MemoryError) as error:  # no images, a damaged cache.db, an empty split, too big
-        return fail(str(error))
+        return fail(error)
     return 0
 
 

@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"{error}; label them with: {label_command(args.data, args.cache, config.labeller)}"
                     + (f", or pass the labeller options of the targets it holds: {held}" if held else ""))
     except (OSError, ValueError) as error:  # bad options, a cache.db that cannot be opened, undecodable images
-        return fail(str(error))
+        return fail(error)
     return 0
 
 

@@ -129,7 +129,7 @@ class FrozenPack:
     def update(self, indices: Sequence[int], targets: Sequence[Target]) -> None:
         """Add targets (already at the pack's size) labelled after the pack was built."""
         if self.rows is not None:
-            raise ValueError("a pack loaded from a pack file is read-only; use --cache to label misses into")
+            raise ValueError("a pack loaded from a pack file is read-only; label misses into a cache folder instead")
         for index, target in zip(indices, targets):
             if target.shape != (self.image_size, self.image_size):
                 raise ValueError(f"target of size {target.shape} does not fit a {self.image_size}px pack")

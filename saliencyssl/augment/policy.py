@@ -363,7 +363,7 @@ class SSLAugmentation(nn.Module):
         if c.guided_crop > 0:
             if targets is None:
                 raise ValueError(f"policy {c.name!r} guides its crops by the targets' boxes but no targets were given; "
-                                 f"use an --aug-source other than 'none', or a policy without 'salcrop'")
+                                 f"give a target source other than 'none', or a policy without 'salcrop'")
             boxes, has_box = target_boxes(targets, c.crop_box, c.box_thresh)
             params = guide_crop_parameters(params, boxes, has_box, alpha=c.alpha, p=c.guided_crop)
         return params
@@ -376,12 +376,12 @@ class SSLAugmentation(nn.Module):
             if self.uses_targets or return_targets:
                 why = "return_targets=True" if return_targets and not self.uses_targets else \
                     f"policy {self.config.name!r} renders views from targets or guides its crops by them"
-                raise ValueError(f"{why} but no targets were given; use an --aug-source other than 'none', "
+                raise ValueError(f"{why} but no targets were given; give a target source other than 'none', "
                                  f"or a policy without 'sal', 'comp' or 'salcrop'")
         else:
             if len(targets) != images.shape[0] or tuple(targets.mask.shape[-2:]) != tuple(images.shape[-2:]):
                 raise ValueError(f"targets of shape {tuple(targets.mask.shape)} do not match images of shape "
-                                 f"{tuple(images.shape)}; serve targets at the images' size (--image-size)")
+                                 f"{tuple(images.shape)}; serve targets at the images' size")
         images = self.saliency(images, targets)
         warp = _TargetWarp(targets, images.device) if return_targets else None
         self.last_crop = None

@@ -277,7 +277,7 @@ class SaliencyView(nn.Module):
             return images
         if targets is None:
             raise ValueError("this policy renders saliency views but no targets were given; "
-                             "use an --aug-source other than 'none', or a policy without 'sal' or 'comp'")
+                             "give a target source other than 'none', or a policy without 'sal' or 'comp'")
         if len(targets) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(targets)} targets")
         params = params or self.generate_parameters(images.shape[0], images.device)

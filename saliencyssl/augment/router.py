@@ -57,7 +57,7 @@ def parse_sources(text: str) -> tuple[str, ...]:
     """``"cache,surrogate"`` -> ``("cache", "surrogate")``; raises ValueError for other orders."""
     normal = ",".join(part.strip() for part in text.split(",") if part.strip())
     if normal not in SOURCE_ORDERS:
-        raise ValueError(f"unknown --aug-source {text!r}; choose one of: {' | '.join(SOURCE_ORDERS)}")
+        raise ValueError(f"unknown target source {text!r}; choose one of: {' | '.join(SOURCE_ORDERS)}")
     return tuple(normal.split(","))
 
 

@@ -217,7 +217,7 @@ class DaskExecutor:
                 self._client = Client(address, timeout="30s")
             except OSError as error:
                 raise OSError(f"cannot reach the Dask scheduler at {address} ({error}); start one with "
-                              f"'dask scheduler' or use --scheduler local:N") from error
+                              f"'dask scheduler' or use a local:N scheduler") from error
             self.description = f"the Dask scheduler at {address}"
         self.workers = max(1, len(self._client.scheduler_info().get("workers", {})))
 
@@ -278,7 +278,7 @@ def local_cluster_workers(address: str) -> int | None:
     text = address.split(":", 1)[1].strip()
     limit = local_worker_limit()
     if not (text.isascii() and text.isdigit() and len(text) <= 9) or not 1 <= int(text) <= limit:
-        raise ValueError(f"--scheduler {address}: local:N needs N, the number of worker processes, a whole number "
+        raise ValueError(f"scheduler {address}: local:N needs N, the number of worker processes, a whole number "
                          f"from 1 to {limit} ({WORKERS_PER_CORE} per core of this machine's {os.cpu_count() or 1})")
     return int(text)
 

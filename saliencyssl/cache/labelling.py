@@ -321,7 +321,7 @@ def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerCon
     export = Path(export_dir) if export_dir is not None else None
     if export is not None and export.resolve().is_relative_to(root.resolve()):
         raise ValueError(f"the export folder {export} is inside the image folder {root}: its maps would be "
-                         f"taken for images next time; export outside it (e.g. --export {root.name}_maps)")
+                         f"taken for images next time; export outside it (e.g. to {root.parent / (root.name + '_maps')})")
     files = list(paths) if paths is not None else list_images(root)
     if not files:
         raise FileNotFoundError(f"no images below {root} (looked for {' '.join(IMAGE_SUFFIXES)}, recursively)")

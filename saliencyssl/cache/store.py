@@ -386,8 +386,8 @@ def audit_database(db_path: str | Path, allow_empty: bool = False) -> None:
         if (kind, name) not in known or _normal_sql(sql) != known[(kind, name)]:
             raise CacheOpenError(path, f"{path} holds a {kind} {name!r} that a saliency-ssl cache does not have; it "
                                        f"was not written by saliency-ssl (or was altered), so it is refused unread. "
-                                       f"Import what it holds from a pack instead (cache.py export on the machine "
-                                       f"that made it), or delete the folder")
+                                       f"Import what it holds from a pack instead (exported on the machine that "
+                                       f"made it), or delete the folder")
     allowed = _allowed_settings()
     for key, value in settings:
         kind = allowed.get(key)
@@ -669,7 +669,8 @@ class TargetCache:
             raise ValueError(f"invalid labeller fingerprint {fingerprint!r} (1-64 letters, digits, '_', '.', '-')")
         self.directory = Path(directory)
         if self.directory.exists() and not self.directory.is_dir():
-            raise NotADirectoryError(f"cache path {self.directory} exists and is not a folder; choose another --cache")
+            raise NotADirectoryError(f"cache path {self.directory} exists and is not a folder; choose another cache "
+                                     f"folder")
         self.fingerprint = fingerprint
         self._cache = _open_diskcache(self.directory, timeout, create)
         self.hits = 0

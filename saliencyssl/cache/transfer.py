@@ -118,13 +118,13 @@ def check_pack_destination(out: Path, images_dir: Path | None = None, overwrite:
         if not overwrite:
             raise FileExistsError(f"{out} exists already")
         if out.is_symlink() or not is_pack_file(out):
-            raise FileExistsError(f"{out} exists and is not a pack file; --overwrite replaces only a pack")
+            raise FileExistsError(f"{out} exists and is not a pack file; only a pack is ever replaced")
     if cache_dir is not None and out.resolve().is_relative_to(Path(cache_dir).resolve()):
         raise ValueError(f"the pack {out} would lie inside the cache folder {cache_dir}, among (or in place of) its "
-                         f"own files; write it outside, e.g. --out {Path(cache_dir).resolve().name}.pack")
+                         f"own files; write it outside, e.g. to {Path(cache_dir).resolve().name}.pack")
     if images_dir is not None and out.resolve().is_relative_to(Path(images_dir).resolve()):
         raise ValueError(f"the pack {out} would lie inside the image folder {images_dir}: the next run would read it "
-                         f"as an image; write it outside, e.g. --out {Path(images_dir).resolve().name}.pack")
+                         f"as an image; write it outside, e.g. to {Path(images_dir).resolve().name}.pack")
 
 
 def export_pack(cache: TargetCache, image_set, out: str | Path, params: dict | None = None,
@@ -190,7 +190,7 @@ def export_pack(cache: TargetCache, image_set, out: str | Path, params: dict | N
     if needed > free:
         at = f" at {image_size} px" if image_size is not None else ""
         raise OSError(f"the pack {out} of {len(present)} targets{at} needs about {format_bytes(needed)} while "
-                      f"writing, and {folder} has {format_bytes(free)} free; free some space or choose another --out")
+                      f"writing, and {folder} has {format_bytes(free)} free; free some space or write it elsewhere")
     lost: list[str] = []
 
     def rows():

@@ -68,7 +68,7 @@ def evaluate_classification(s: ClassificationSettings, verbose: bool = True, pro
     fractions = frac.parse_fractions(s.fractions)
     supervised = [p for p in protocols if p in ("linear", "knn")]
     if isinstance(s.seeds, bool) or not isinstance(s.seeds, int) or not 1 <= s.seeds <= MAX_SEEDS:
-        raise ValueError(f"--seeds {s.seeds!r}: give a whole number from 1 to {MAX_SEEDS}")
+        raise ValueError(f"seeds {s.seeds!r}: give a whole number from 1 to {MAX_SEEDS}")
     seeds = list(range(s.seeds))
     out_dir = Path(s.out)
 
@@ -116,8 +116,8 @@ def evaluate_classification(s: ClassificationSettings, verbose: bool = True, pro
     if "kmeans" in protocols:
         n_clusters = s.clusters or n_classes
         if not n_clusters:
-            raise ValueError(f"--test {s.test} has no class sub-folders, so the number of clusters is unknown; "
-                             f"give --clusters K")
+            raise ValueError(f"the test set {s.test} has no class sub-folders, so the number of clusters is "
+                             f"unknown; give the number of clusters")
         t0 = time.time()
         labels = test_set.labels if test_set.has_labels else None
         result = clustering.kmeans_clusters(test_feats.features, n_clusters, labels, seed=0)
@@ -191,12 +191,12 @@ def require_same_labels(train_set, train, test_set, test, protocols) -> None:
     Raises:
         ValueError: a set without labels, with fewer than two classes, or the two with different classes.
     """
-    _require_labels(train_set, train, "--train", protocols)
-    _require_labels(test_set, test, "--test", protocols)
+    _require_labels(train_set, train, "the train set", protocols)
+    _require_labels(test_set, test, "the test set", protocols)
     if train_set.classes != test_set.classes:
         only_train = sorted(set(train_set.classes) - set(test_set.classes))
         only_test = sorted(set(test_set.classes) - set(train_set.classes))
-        raise ValueError(f"--train {train} and --test {test} have different classes (only in train: "
+        raise ValueError(f"the train set {train} and the test set {test} have different classes (only in train: "
                          f"{only_train}, only in test: {only_test}); give both the same class sub-folders")
 
 
@@ -222,19 +222,19 @@ def require_held_out(train_set, train, test_set, test) -> None:
     the same folder twice, or a CIFAR-10 batch folder, which always opens its train batches."""
     shared = len(set(test_set.hashes()) & set(train_set.hashes()))
     if shared > MAX_SHARED_TEST_SHARE * len(test_set):
-        raise ValueError(f"{shared} of the {len(test_set)} images of --test {test} are also in --train {train}: the "
-                         f"probes would be scored on images they were fitted on; give a held-out test set (for "
-                         f"CIFAR-10 python batches, the test_batch file: --test {Path(test) / 'test_batch'})")
+        raise ValueError(f"{shared} of the {len(test_set)} images of the test set {test} are also in the train set "
+                         f"{train}: the probes would be scored on images they were fitted on; give a held-out test "
+                         f"set (for CIFAR-10 python batches, the test_batch file: {Path(test) / 'test_batch'})")
 
 
-def _require_labels(image_set, path, flag, protocols) -> None:
+def _require_labels(image_set, path, what, protocols) -> None:
     if image_set is None or not image_set.has_labels:
         loose = [n for n in (image_set.names if image_set is not None else []) if "/" not in n]
         why = (f"; {len(loose)} images lie directly in it, e.g. {loose[0]}" if loose and len(loose) < len(image_set)
                else "")
-        raise ValueError(f"{flag} {path} has no labels (its images are not all in two or more class sub-folders "
-                         f"{path}/<class>/...{why}), but --protocol {','.join(protocols)} needs them; arrange it as "
-                         f"{path}/<class>/*.png, or run --protocol kmeans alone")
+        raise ValueError(f"{what} {path} has no labels (its images are not all in two or more class sub-folders "
+                         f"{path}/<class>/...{why}), but the protocols {','.join(protocols)} need them; arrange it as "
+                         f"{path}/<class>/*.png, or run the kmeans protocol alone")
 
 
 def _describe(image_set, path) -> dict:

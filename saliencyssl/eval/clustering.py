@@ -68,7 +68,7 @@ def kmeans_clusters(features: np.ndarray, n_clusters: int, labels: np.ndarray | 
     features = np.asarray(features)
     if not 2 <= int(n_clusters) <= len(features):
         raise ValueError(f"k-means needs 2 <= n_clusters <= number of images ({len(features)}), got {n_clusters}; "
-                         f"set --clusters")
+                         f"give another number of clusters")
     from threadpoolctl import threadpool_limits
 
     model = KMeans(n_clusters=int(n_clusters), n_init=int(n_init), random_state=int(seed))

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from saliencyssl.eval.masks import SegmentTrainConfig, labelled_batches, mask_scores, prior_baselines, prior_masks
+from saliencyssl.eval.masks import SegmentTrainConfig, labelled_batches, probability_scores, prior_baselines, prior_masks
 from saliencyssl.ssl.backbone import IMAGENET_MEAN, IMAGENET_STD
 
 #: Connected components smaller than this share of the image are not instances (specks of a mask).
@@ -180,7 +180,7 @@ def train_maskrcnn(model: nn.Module, images: torch.Tensor, instances: Sequence[I
             losses = model(list(x), targets)
             loss = sum(losses.values())
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"Mask R-CNN loss is {float(loss)} at step {step}; lower --lr / --encoder-lr")
+                raise FloatingPointError(f"Mask R-CNN loss is {float(loss)} at step {step}; lower the learning rates")
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 10.0)
@@ -321,7 +321,7 @@ class MaskRCNNProtocol:
         model = build_maskrcnn(encoder, self.image_size, seed, self.fpn_channels)
         train_maskrcnn(model, images, self.instances, labelled, config, seed, device, on_step)
         predictions = predict_instances(model, test_images, device=device)
-        scores = mask_scores(foreground(predictions, self.image_size), test_masks)
+        scores = probability_scores(foreground(predictions, self.image_size), test_masks)
         return {"iou": float(scores["iou"].mean()), "f": float(scores["f"].mean()),
                 **coco_scores(predictions, self.test_instances)}
 

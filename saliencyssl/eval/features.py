@@ -189,7 +189,7 @@ def extract_features(model: nn.Module, images: torch.Tensor, batch_size: int = 2
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"extract_features expects (N, 3, S, S) uint8 images, got {tuple(images.shape)} {images.dtype}")
     if int(batch_size) <= 0:
-        raise ValueError(f"--batch-size {batch_size}: give a positive number of images per forward pass")
+        raise ValueError(f"batch size {batch_size}: give a positive number of images per forward pass")
     model.eval()
     starts = range(0, len(images), int(batch_size))
     if progress:

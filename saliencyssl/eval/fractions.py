@@ -45,20 +45,20 @@ def parse_fractions(text: str) -> list[tuple[str, float]]:
     """
     items = [part.strip() for part in str(text).split(",")]
     if not items or any(not part for part in items):
-        raise ValueError(f"--fractions {text!r}: give comma-separated numbers in (0, 1], e.g. --fractions 0.1,0.5,1.0")
+        raise ValueError(f"fractions {text!r}: give comma-separated numbers in (0, 1], e.g. 0.1,0.5,1.0")
     out: list[tuple[str, float]] = []
     seen: dict[float, str] = {}
     for part in items:
         try:
             value = float(part)
         except ValueError:
-            raise ValueError(f"--fractions: {part!r} is not a number; give comma-separated numbers in (0, 1], "
-                             f"e.g. --fractions 0.1,0.5,1.0") from None
+            raise ValueError(f"fractions: {part!r} is not a number; give comma-separated numbers in (0, 1], "
+                             f"e.g. 0.1,0.5,1.0") from None
         if not math.isfinite(value) or not 0.0 < value <= 1.0:
-            raise ValueError(f"--fractions: {part!r} lies outside (0, 1]; a label fraction is the share of training "
+            raise ValueError(f"fractions: {part!r} lies outside (0, 1]; a label fraction is the share of training "
                              f"labels used, e.g. 0.1 for 10 %, 1.0 for all")
         if value in seen:
-            raise ValueError(f"--fractions: {part!r} repeats {seen[value]!r}; give each fraction once")
+            raise ValueError(f"fractions: {part!r} repeats {seen[value]!r}; give each fraction once")
         seen[value] = part
         out.append((part, value))
     return out

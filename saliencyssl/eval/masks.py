@@ -11,7 +11,7 @@ What the segmentation (:mod:`~saliencyssl.eval.segmentation`) and instance segme
   depend on file names, order or seed;
 - :class:`SegmentTrainConfig` and :func:`labelled_batches`: steps, batches and flips over the
   labelled subset, the same for every model with the same seed;
-- :func:`mask_scores` gives per-image foreground IoU and F-measure (beta^2 = 0.3, the
+- :func:`probability_scores` gives per-image foreground IoU and F-measure (beta^2 = 0.3, the
   salient-object-detection convention) of thresholded predictions; :func:`prior_baselines` the
   scores of two image-blind predictions, the floor a trained model should clear.
 
@@ -65,7 +65,7 @@ def load_mask_pairs(images_dir: str | Path, masks_dir: str | Path) -> MaskPairs:
     """
     images_dir, masks_dir = Path(images_dir), Path(masks_dir)
     if not masks_dir.is_dir():
-        raise FileNotFoundError(f"--masks {masks_dir} does not exist or is not a folder; give the folder of binary "
+        raise FileNotFoundError(f"mask folder {masks_dir} does not exist or is not a folder; give the folder of binary "
                                 f"mask PNGs named like the images")
     images = open_image_set(images_dir, keep_decoded=False)
     mask_paths = [masks_dir / Path(name).with_suffix(".png") for name in images.names]
@@ -113,7 +113,7 @@ def split_by_hash(hashes: list[str], test_fraction: float) -> tuple[np.ndarray, 
     """
     n = len(hashes)
     if not 0.0 < float(test_fraction) < 1.0:
-        raise ValueError(f"--test-split {test_fraction}: give the share of images held out for testing, in (0, 1), "
+        raise ValueError(f"test split {test_fraction}: give the share of images held out for testing, in (0, 1), "
                          f"e.g. 0.3")
     if n < 2:
         raise ValueError(f"segmentation needs at least 2 images (one to train, one to test), got {n}")
@@ -151,37 +151,6 @@ class SegmentTrainConfig:
     flip: bool = True
 
 
-def labelled_batches(indices: np.ndarray, config: TrainConfig, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The training batches of ``config.steps`` steps over the labelled images ``indices``.
-
-    The labelled images are shuffled, taken ``config.batch_size`` at a time (all of them when there
-    are fewer) and reshuffled after each pass; with ``config.flip`` each image of a batch is
-    mirrored with probability 1/2. Everything is drawn from one generator seeded with ``seed``.
-
-    Yields:
-        ``(batch, flip)``: ``(B,)`` int64 indices into the image arrays and ``(B,)`` bool, True
-        where the image (and its target) is to be mirrored left-right.
-    """
-    if len(indices) == 0:
-        raise ValueError("training needs at least one labelled image")
-    generator = torch.Generator().manual_seed(int(seed))
-    pool = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-    order = pool[torch.randperm(len(pool), generator=generator)]
-    cursor = 0
-    for _ in range(int(config.steps)):
-        take = []
-        while len(take) < min(config.batch_size, len(pool)):
-            if cursor == len(order):
-                order, cursor = pool[torch.randperm(len(pool), generator=generator)], 0
-            take.append(order[cursor])
-            cursor += 1
-        batch = torch.stack(take)
-        flip = (torch.rand(len(batch), generator=generator) < 0.5 if config.flip
-                else torch.zeros(len(batch), dtype=torch.bool))
-        yield batch, flip
-
-
-
 def labelled_batches(indices: np.ndarray, config: SegmentTrainConfig, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The training batches of ``config.steps`` steps over the labelled images ``indices``.
 
@@ -213,8 +182,8 @@ def labelled_batches(indices: np.ndarray, config: SegmentTrainConfig, seed: int)
 
 
 # ------------------------------------------------------------------------------------- scores
-def mask_scores(probabilities: torch.Tensor, masks: torch.Tensor, threshold: float = THRESHOLD,
-                beta2: float = F_BETA2) -> dict[str, np.ndarray]:
+def probability_scores(probabilities: torch.Tensor, masks: torch.Tensor, threshold: float = THRESHOLD,
+                       beta2: float = F_BETA2) -> dict[str, np.ndarray]:
     """Per-image foreground IoU and F-measure of thresholded predictions.
 
     Args:
@@ -246,10 +215,10 @@ def prior_baselines(masks: torch.Tensor) -> dict[str, dict[str, float]]:
     out = {}
     for name, prior in prior_masks(masks.shape[-1]).items():
         prediction = torch.from_numpy(prior).to(masks.dtype).expand_as(masks)
-        scores = mask_scores(prediction, masks)
+        scores = probability_scores(prediction, masks)
         out[name] = {"iou": float(scores["iou"].mean()), "f": float(scores["f"].mean())}
     return out
 
 
 __all__ = ["F_BETA2", "THRESHOLD", "MaskPairs", "read_mask", "load_mask_pairs", "to_arrays", "split_by_hash",
-           "SegmentTrainConfig", "labelled_batches", "mask_scores", "prior_masks", "prior_baselines"]
+           "SegmentTrainConfig", "labelled_batches", "probability_scores", "prior_masks", "prior_baselines"]

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from saliencyssl.eval.masks import SegmentTrainConfig, labelled_batches, mask_scores, prior_baselines
+from saliencyssl.eval.masks import SegmentTrainConfig, labelled_batches, probability_scores, prior_baselines
 from saliencyssl.metrics import soft_dice_loss
 from saliencyssl.ssl.backbone import to_model_input
 
@@ -174,7 +174,7 @@ class FPNProtocol:
         """Train a fresh segmenter on ``labelled`` and return its mean test ``iou`` and ``f``."""
         model = build_segmenter(encoder, seed, self.fpn_channels)
         train_segmenter(model, images, masks, labelled, config, seed, device, on_step)
-        scores = mask_scores(predict_probabilities(model, test_images, device=device), test_masks)
+        scores = probability_scores(predict_probabilities(model, test_images, device=device), test_masks)
         return {"iou": float(scores["iou"].mean()), "f": float(scores["f"].mean())}
 
     def baselines(self, test_masks: torch.Tensor) -> dict[str, dict[str, float]]:

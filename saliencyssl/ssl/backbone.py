@@ -72,8 +72,8 @@ class BackboneCheckpointError(ValueError):
 
 
 #: What to pass instead of a file that is refused (the end of every :class:`BackboneCheckpointError`).
-_INSTEAD = ("pass the backbone.pt that pretraining writes, a torchvision ResNet-18 state dict, or --backbone "
-            "random")
+_INSTEAD = ("pass the backbone.pt that pretraining writes, a torchvision ResNet-18 state dict, or the random "
+            "backbone")
 
 
 def _short(value: Any, limit: int = 120) -> str:

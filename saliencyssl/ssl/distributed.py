@@ -45,7 +45,7 @@ def init_distributed(device: str) -> DistInfo:
     dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("--device cuda but torch sees no GPU; use --device cpu or install a CUDA build of torch")
+            raise ValueError("device 'cuda' asked for, but torch sees no GPU; use the CPU or install a CUDA build of torch")
         dev = torch.device("cuda", local % max(torch.cuda.device_count(), 1))
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():

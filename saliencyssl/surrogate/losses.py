@@ -29,12 +29,12 @@ The boundary BCE weights boundary pixels by ``boundary_pos_weight`` because they
 the pixels of the generated shapes at 32 px, 14% on CIFAR-10). By default (``None``) the weight
 is class-balanced per batch, the batch's non-boundary pixels over its boundary pixels, as in HED's
 class-balanced cross-entropy for edge maps (Xie and Tu, "Holistically-Nested Edge Detection",
-ICCV 2015; we weight only the positives, which is the same loss up to a factor). With the former
+ICCV 2015; we weight only the positives, which is the same loss up to a factor). With a
 fixed weight 2, the boundary's best constant answer on the shapes is a probability of 0.16, far
 below the 0.5 at which :meth:`~saliencyssl.target.TargetBatch.from_channels` cuts, so only pixels
 the network is sure of cross it; on the quickstart's shapes weight 2 gave boundary F 0.37 against
 0.90 balanced (600 steps, ``benchmarks/surrogate_shapes.py --boundary-pos-weight 2``), and 0.00 in
-the former recipe, whose boundaries were also blurred by its half-resolution output.
+the Pix2Pix recipe, whose boundaries were also blurred by its half-resolution output.
 
 :class:`GANLoss` is Pix2Pix's: least squares (``"lsgan"``, targets 1 and 0 on the patch
 logits) or the vanilla cross-entropy (``"vanilla"``).
@@ -47,6 +47,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from saliencyssl.metrics import soft_dice_loss
 
 GAN_MODES = ("lsgan", "vanilla")
 
@@ -77,20 +79,6 @@ class GANLoss(nn.Module):
         if self.mode == "lsgan":
             return F.mse_loss(logits, target)
         return F.binary_cross_entropy_with_logits(logits, target)
-
-
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """Mean over images of ``1 - (2 sum(p y) + s) / (sum(p) + sum(y) + s)``.
-
-    Args:
-        logits: ``(B, 1, H, W)`` float logits.
-        target: ``(B, 1, H, W)`` float in {0, 1}.
-        smooth: ``s``, in pixels.
-    """
-    p = torch.sigmoid(logits.float()).flatten(1)
-    y = target.float().flatten(1)
-    dice = (2.0 * (p * y).sum(1) + smooth) / (p.sum(1) + y.sum(1) + smooth)
-    return (1.0 - dice).mean()
 
 
 #: Bounds of the class-balanced boundary weight (a batch without boundary pixels has no positive term to weight).

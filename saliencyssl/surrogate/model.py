@@ -52,15 +52,32 @@ from saliencyssl.surrogate.networks import (MAX_GENERATOR_PARAMETERS, Architectu
 from saliencyssl.target import TARGET_CHANNELS, TargetBatch
 
 CHECKPOINT_FORMAT = "saliency-ssl-surrogate"
-#: The command that trains a surrogate (named in the messages of checkpoints that cannot be used).
-TRAIN_COMMAND = "saliency-ssl train-surrogate IMAGES_DIR --cache CACHE_DIR --out RUN_DIR"
 FORMAT_VERSION = 1
 #: Images per forward pass inside :meth:`Surrogate.predict` (larger batches are split).
 DEFAULT_MAX_BATCH = 1024
 
 
+class MissingSurrogateError(FileNotFoundError):
+    """No surrogate checkpoint at the path given (``fix``: train one)."""
+
+    fix = "train-surrogate"
+
+
 class SurrogateCheckpointError(ValueError):
-    """A surrogate checkpoint that cannot be used here (the message says why and what to do)."""
+    """A surrogate checkpoint that cannot be used here; the message names the file and says why.
+
+    Every such file is replaced by training a surrogate again (``fix``, which the application turns
+    into its command). ``image_size`` is the size the new one must be trained at when the file was
+    refused for its size (else ``None``); ``relabel`` is True when the cache must first be labelled
+    with other labeller options.
+    """
+
+    fix = "train-surrogate"
+
+    def __init__(self, message: str, image_size: int | None = None, relabel: bool = False):
+        super().__init__(message)
+        self.image_size = image_size
+        self.relabel = relabel
 
 
 def checkpoint_dict(generator: UNetGenerator, fingerprint: str, labeller_params: dict | None,
@@ -94,8 +111,8 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"surrogate checkpoint {path} not found; train one with {TRAIN_COMMAND} (it "
-                                f"writes RUN_DIR/surrogate.pt)")
+        raise MissingSurrogateError(f"surrogate checkpoint {path} not found (training a surrogate writes "
+                                    f"RUN_DIR/surrogate.pt)")
     try:
         with warnings.catch_warnings():  # a foreign pickle's protocol is no news: it is refused below
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
@@ -106,16 +123,15 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         found = type(blob).__name__ if not isinstance(blob, dict) else f"a dict with keys {sorted(blob)[:8]}"
         raise SurrogateCheckpointError(
             f"{path} is not a surrogate checkpoint (found {found}, expected format {CHECKPOINT_FORMAT!r}); give "
-            f"the surrogate.pt or last.pt that saliency-ssl train-surrogate writes")
+            f"the surrogate.pt or last.pt that training a surrogate writes")
     if blob.get("format_version") != FORMAT_VERSION:
         raise SurrogateCheckpointError(f"{path} is surrogate format version {blob.get('format_version')}, this "
-                                       f"saliency-ssl reads version {FORMAT_VERSION}; retrain it with "
-                                       f"saliency-ssl train-surrogate")
+                                       f"saliency-ssl reads version {FORMAT_VERSION}; retrain it")
     layout = tuple(blob.get("target_channels") or ())
     if layout != TARGET_CHANNELS:
         raise SurrogateCheckpointError(
             f"{path} has the wrong target layout: it predicts channels {list(layout)}, this saliency-ssl expects "
-            f"{list(TARGET_CHANNELS)}; retrain it with saliency-ssl train-surrogate")
+            f"{list(TARGET_CHANNELS)}; retrain it")
     return blob
 
 
@@ -135,8 +151,8 @@ def _unreadable(path: Path, error: Exception) -> str:
         first = text.strip().splitlines()[0] if text.strip() else ""
         why = (f"it is not a file torch.save writes, or it is damaged ({type(error).__name__}"
                f"{': ' + first[:200] if first else ''})")
-    return (f"{path} is not a surrogate checkpoint: {why}; give the surrogate.pt or last.pt that "
-            f"saliency-ssl train-surrogate writes")
+    return (f"{path} is not a surrogate checkpoint: {why}; give the surrogate.pt or last.pt that training a "
+            f"surrogate writes")
 
 
 def _short(value: Any, limit: int = 200) -> str:
@@ -245,7 +261,7 @@ def _checked_weights(path: Path, blob: dict, arch: Architecture) -> dict[str, to
             bad = int((~torch.isfinite(tensor)).sum())
             raise SurrogateCheckpointError(
                 f"{path}: {source} weight {key} holds {bad} NaN or infinite value{'s' if bad > 1 else ''}; such a "
-                f"generator predicts nothing useful, retrain it (a run whose loss diverged: lower --lr)")
+                f"generator predicts nothing useful, retrain it (a run whose loss diverged: at a lower learning rate)")
     return weights
 
 
@@ -328,13 +344,13 @@ class Surrogate:
         if expect_image_size is not None and size != int(expect_image_size):
             raise SurrogateCheckpointError(
                 f"{path} has the wrong image size: it was trained on {size}x{size} px images, {expect_image_size} px "
-                f"were asked for; train one at that size (saliency-ssl train-surrogate ... --size "
-                f"{expect_image_size}) or use --image-size {size}")
+                f"were asked for; train one at that size, or work at {size} px",
+                image_size=int(expect_image_size))
         if expect_fingerprint is not None and fingerprint != expect_fingerprint:
             raise SurrogateCheckpointError(
                 f"{path} has the wrong labeller fingerprint: it learned the targets of labeller {fingerprint} "
                 f"(parameters {labeller_params}), not {expect_fingerprint}; train one on a cache "
-                f"labelled with the wanted parameters (saliency-ssl label, then saliency-ssl train-surrogate)")
+                f"labelled with the wanted parameters", relabel=True)
         if not isinstance(blob.get("arch"), dict):
             raise SurrogateCheckpointError(f"{path}: the architecture record is {type(blob.get('arch')).__name__}, "
                                            f"not a dict of sizes; the file is damaged or was edited, retrain it")
@@ -342,8 +358,7 @@ class Surrogate:
             arch = Architecture.from_dict(blob["arch"])
         except RetiredArchitectureError as error:
             raise SurrogateCheckpointError(
-                f"{path}: {error} (arch {error.field}={error.value!r}); retrain it with saliency-ssl train-surrogate "
-                f"(the project's experiments/surrogate_knobs.py still loads it)") from None
+                f"{path}: {error} (arch {error.field}={error.value!r}); retrain it") from None
         except (TypeError, ValueError, KeyError) as error:
             raise SurrogateCheckpointError(f"{path}: architecture record {_short(blob.get('arch'))} refused: "
                                            f"{error}; the file is damaged or was edited, retrain it") from None

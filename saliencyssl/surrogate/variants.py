@@ -304,12 +304,12 @@ def make_variants(image_set: ImageSet, train, cache_dir: str | Path, out_dir: st
     if not params:
         raise ValueError(f"the cache {cache_dir} records no labeller parameters for fingerprint {train.fingerprint}, "
                          f"so its variants cannot be labelled alike; give the labeller options the photos were "
-                         f"labelled with (as given to saliency-ssl label)")
+                         f"labelled with")
     config = LabellerConfig.from_params(params)
     if config.fingerprint() != train.fingerprint:
         raise ValueError(f"the labeller parameters recorded for fingerprint {train.fingerprint} give fingerprint "
-                         f"{config.fingerprint()} (another labeller version); label the photos again with "
-                         f"saliency-ssl label")
+                         f"{config.fingerprint()} (another labeller version); label the photos again with this "
+                         f"version")
     position = {name: i for i, name in enumerate(image_set.names)}
     indices = [position[name] for name in train.names]
     out = Path(out_dir)
