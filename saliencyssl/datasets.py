@@ -104,6 +104,15 @@ MAX_CIFAR_FILE_BYTES = 256 << 20
 #: What a CIFAR pickle may build through numpy's rebuilders and ``_codecs.encode`` (arrays, bytes, scalars, and
 #: bytearrays) in all, beyond twice its own size: room for the small objects of ``batches.meta``.
 CIFAR_BUILD_SLACK_BYTES = 1 << 20
+#: What every pickle instruction is charged against the same budget: a bound on the Python object it may create
+#: (an empty dict, list or tuple, a number, a reference on the stack), so millions of one-byte instructions
+#: cannot build gigabytes of containers. An honest batch runs about three instructions per image.
+CIFAR_OPCODE_BYTES = 64
+#: The key types a CIFAR pickle's dicts hold (``bytes`` with ``encoding="bytes"``): a tuple key would be hashed
+#: as deep as it is nested, which a crafted pickle can make deep enough to overflow the C stack.
+_CIFAR_KEY_TYPES = (bytes, str, int)
+#: Pickle instructions that build sets, which the format never holds.
+_SET_OPCODES = (pickle.EMPTY_SET[0], pickle.ADDITEMS[0], pickle.FROZENSET[0])
 
 def _latin1_bytes(text: str, encoding: str) -> bytes:
     """What a protocol-2 pickle written by Python 3 calls to rebuild ``bytes``: ``_codecs.encode(text, "latin1")``;
@@ -159,10 +168,15 @@ class CifarUnpickler(pickle._Unpickler):
       make to one running total, refused past ``max_total_bytes``: each call is bounded by the file,
       but a pickle may memoise one large object and pass it to a rebuilder again and again (a 1 MB
       file could build gigabytes). An honest batch builds its data at most twice (the latin-1
-      ``bytes`` of a protocol-2 pickle, then the array), so twice the file's size bounds it.
+      ``bytes`` of a protocol-2 pickle, then the array), so twice the file's size bounds it;
+    - charges every instruction :data:`CIFAR_OPCODE_BYTES` to the same total, for the object it may
+      create (5 MB of "empty list" instructions would otherwise build a gigabyte of lists);
+    - refuses sets (the format has none) and dict keys other than bytes, strings and integers (a
+      deeply nested tuple key would be hashed as deep as it goes, past the C stack).
 
     Anything else raises :class:`UnsafePickleError` before it is called. Dicts, lists, tuples,
-    strings, bytes and numbers need no callable at all.
+    strings, bytes and numbers need no callable at all. :func:`load_cifar_pickle` then checks the
+    shape of what was built (:func:`check_cifar_structure`).
 
     Args:
         file: the pickle, as a binary file.
@@ -194,9 +208,41 @@ class CifarUnpickler(pickle._Unpickler):
                                 else int(max_total_bytes))
         self.built_bytes = 0
         super().__init__(_BoundedReader(file, self.max_bytes), **kwargs)
-        self.dispatch = dict(self.dispatch)
-        self.dispatch[pickle.BUILD[0]] = CifarUnpickler._load_build
-        self.dispatch[pickle.BYTEARRAY8[0]] = CifarUnpickler._load_bytearray8
+        dispatch = dict(self.dispatch)
+        dispatch[pickle.BUILD[0]] = CifarUnpickler._load_build
+        dispatch[pickle.BYTEARRAY8[0]] = CifarUnpickler._load_bytearray8
+        dispatch[pickle.SETITEM[0]] = CifarUnpickler._load_setitem
+        dispatch[pickle.SETITEMS[0]] = CifarUnpickler._load_setitems
+        dispatch[pickle.DICT[0]] = CifarUnpickler._load_dict
+        for code in _SET_OPCODES:
+            dispatch[code] = CifarUnpickler._refuse_set
+        self.dispatch = {code: _charged(step) for code, step in dispatch.items()}
+
+    def _refuse_set(self):
+        raise UnsafePickleError("the pickle builds a set, which a CIFAR-10 batch never holds")
+
+    @staticmethod
+    def _check_keys(keys) -> None:
+        for key in keys:
+            if not isinstance(key, _CIFAR_KEY_TYPES) or isinstance(key, bool):
+                raise UnsafePickleError(f"the pickle uses a {type(key).__name__} as a dict key; a CIFAR-10 batch's "
+                                        f"keys are bytes or strings")
+
+    def _load_setitem(self):
+        self._check_keys([self.stack[-2]])
+        pickle._Unpickler.load_setitem(self)
+
+    def _load_setitems(self):
+        items = self.pop_mark()
+        self._check_keys(items[0::2])
+        target = self.stack[-1]
+        for i in range(0, len(items), 2):
+            target[items[i]] = items[i + 1]
+
+    def _load_dict(self):
+        items = self.pop_mark()
+        self._check_keys(items[0::2])
+        self.append({items[i]: items[i + 1] for i in range(0, len(items), 2)})
 
     def _load_bytearray8(self):
         # Python's own unpickler allocates the claimed length before reading it (bytearray(n), zero-filled):
@@ -228,6 +274,11 @@ class CifarUnpickler(pickle._Unpickler):
     def _charge(self, nbytes: int, what: str) -> None:
         """Add ``nbytes`` (about to be allocated for ``what``) to what this load has built, or refuse it."""
         self.built_bytes += int(nbytes)
+        if self.built_bytes > self.max_total_bytes and what == "an object":
+            raise UnsafePickleError(f"the pickle runs more instructions than a pickle of {self.max_bytes:,} bytes "
+                                    f"needs (each may create an object, {CIFAR_OPCODE_BYTES} bytes counted for it, "
+                                    f"{self.max_total_bytes:,} in all): it is crafted to fill memory with small "
+                                    f"objects, not a CIFAR-10 batch")
         if self.built_bytes > self.max_total_bytes:
             raise UnsafePickleError(f"the pickle builds {what} that brings what it has built to "
                                     f"{self.built_bytes:,} bytes, more than the {self.max_total_bytes:,} a pickle of "
@@ -313,6 +364,41 @@ class CifarUnpickler(pickle._Unpickler):
             _safe_dtype(inst)
 
 
+def _charged(step):
+    """``step`` (one pickle instruction of the pure-Python unpickler), charged :data:`CIFAR_OPCODE_BYTES` first."""
+
+    def charged(unpickler):
+        unpickler._charge(CIFAR_OPCODE_BYTES, "an object")
+        step(unpickler)
+
+    return charged
+
+
+def check_cifar_structure(obj, path) -> None:
+    """Refuse a loaded CIFAR pickle that is not the format's shape: a dict of bytes or string keys whose
+    values are arrays, bytes, strings, numbers, or flat lists of numbers, bytes or strings.
+
+    The check walks one level of lists (never recursing), so a crafted list nested a million deep is
+    refused here rather than overflowing a ``repr`` or a hash later.
+
+    Raises:
+        ImageDecodeError: naming ``path`` and what does not fit.
+    """
+    scalars = (bytes, str, int, float, np.integer, np.floating)
+    if not isinstance(obj, dict):
+        raise ImageDecodeError(path, f"not a CIFAR-10 python batch (it holds a {type(obj).__name__}, not a dict)")
+    for key, value in obj.items():
+        name = key.decode("latin1", "replace") if isinstance(key, bytes) else str(key)
+        if isinstance(value, (np.ndarray, *scalars)) or value is None:
+            continue
+        if not isinstance(value, list):
+            raise ImageDecodeError(path, f"not a CIFAR-10 python batch ({name!r:.40} holds a {type(value).__name__})")
+        wrong = next((item for item in value if not isinstance(item, scalars)), None)
+        if wrong is not None:
+            raise ImageDecodeError(path, f"not a CIFAR-10 python batch ({name!r:.40} is a list holding a "
+                                         f"{type(wrong).__name__}; the format's lists hold numbers, bytes or text)")
+
+
 class _BoundedReader:
     """A pickle's file, read so that no single read can ask for more than the file holds.
 
@@ -375,14 +461,17 @@ def load_cifar_pickle(path: str | Path) -> object:
                 raise ImageDecodeError(path, f"the file has {info.st_size:,} bytes, more than the "
                                              f"{MAX_CIFAR_FILE_BYTES:,} a CIFAR-10 python batch can take (one holds "
                                              f"31 MB); it is not a CIFAR-10 batch")
-            return CifarUnpickler(fh, max_bytes=info.st_size, encoding="bytes").load()
+            loaded = CifarUnpickler(fh, max_bytes=info.st_size, encoding="bytes").load()
+        check_cifar_structure(loaded, path)
+        return loaded
     except ImageDecodeError:
         raise
     except UnsafePickleError as error:
         raise ImageDecodeError(path, f"refused: {error}; it may be crafted to run code, do not load it with "
                                      f"pickle") from error
-    except Exception as error:  # pickle raises many types for damaged files
-        raise ImageDecodeError(path, f"not a CIFAR-10 python batch ({type(error).__name__}: {error})") from error
+    except Exception as error:  # pickle raises many types for damaged files (RecursionError included)
+        raise ImageDecodeError(path, f"not a CIFAR-10 python batch ({type(error).__name__}: {str(error)[:200]})") \
+            from error
 
 
 @dataclass

@@ -85,6 +85,7 @@ def test_source_orders():
         parse_sources("surrogate,cache")
 
 
+@pytest.mark.slow
 def test_pack_reports_hits_and_misses_and_gathers_cache_targets(labelled):
     images = TrainingImages(labelled["set"], SIZE)
     pack = FrozenPack.build(images.hashes, labelled["cache"], SIZE)

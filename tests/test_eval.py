@@ -221,6 +221,7 @@ def cifar_features(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_random_backbone_beats_chance_on_cifar_and_shuffled_labels_do_not(cifar_features):
     (x, y), (xt, yt) = cifar_features["train"], cifar_features["test"]
@@ -241,6 +242,7 @@ def test_random_backbone_beats_chance_on_cifar_and_shuffled_labels_do_not(cifar_
 
 
 # ---------------------------------------------------------------------------------- evaluate.py
+@pytest.mark.slow
 def test_evaluate_script_end_to_end(tmp_path):
     _write_images(tmp_path / "train", per_class=12, seed=0)
     _write_images(tmp_path / "test", per_class=6, seed=1)

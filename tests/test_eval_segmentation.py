@@ -160,6 +160,7 @@ def test_segmenter_shapes(size, stem):
     torch.testing.assert_close(model.stem[0].weight, encoder.conv1.weight)
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_learns_and_freezing_keeps_encoder(tmp_path):
     pairs = maskdata.load_mask_pairs(*_write_pairs(tmp_path, 12))
     x, y = maskdata.to_arrays(pairs, 32)
@@ -234,6 +235,7 @@ def _square_masks() -> list[np.ndarray]:
     return masks
 
 
+@pytest.mark.slow
 def test_maskrcnn_keeps_the_encoder_is_deterministic_and_learns(tmp_path):
     pairs = maskdata.load_mask_pairs(*_write_pairs(tmp_path, 18))
     x, y = maskdata.to_arrays(pairs, 32)
@@ -323,6 +325,7 @@ def test_script_with_maskrcnn(tmp_path):
     assert "mask_ap_per_seed" in (out / "results.csv").read_text().splitlines()[0]
 
 
+@pytest.mark.slow
 @needs_salbench
 def test_script_end_to_end_on_salbench(tmp_path):
     names = sorted(p.stem for p in (SALBENCH / "images").glob("*.jpg"))[:10]

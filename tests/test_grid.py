@@ -98,6 +98,7 @@ def test_shipped_configs_load():
         assert cells(config), path
 
 
+@pytest.mark.slow
 def test_tiny_grid_runs_collects_and_skips_finished_cells(tmp_path, monkeypatch, capsys):
     path = _write(tmp_path)
     config = GridConfig.load(path)
@@ -188,6 +189,7 @@ def test_tiny_grid_runs_collects_and_skips_finished_cells(tmp_path, monkeypatch,
     assert cell_state(mixed, byol_default).startswith("pretraining started")
 
 
+@pytest.mark.slow
 def test_a_grid_with_a_surrogate_behind_the_cache_asks_it_for_the_misses(tmp_path):
     import train_surrogate
 
@@ -216,6 +218,7 @@ def test_a_grid_with_a_surrogate_behind_the_cache_asks_it_for_the_misses(tmp_pat
     assert len(TargetCache(tmp_path / "few_cache", LabellerConfig().fingerprint())) == 6, "nothing else labelled"
 
 
+@pytest.mark.slow
 def test_pretraining_seeds_are_separate_runs_combined_into_one_row(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="either pretrain_seeds or pretrain.seed"):
         GridConfig.load(_write(tmp_path, pretrain_seeds=[0, 1]))
@@ -290,6 +293,7 @@ def test_policy_gap_compares_with_the_larger_of_label_and_pretraining_spread():
     assert policy_gap(rows, "sal", "default", "knn")["spread"] == 0.03
 
 
+@pytest.mark.slow
 def test_only_runs_the_named_cells_and_leaves_baselines_and_table_to_a_plain_run(tmp_path, capsys):
     path = _write(tmp_path)
     out = tmp_path / "grid"
@@ -319,6 +323,7 @@ def test_quickstart_rerun_replaces_its_training_outputs_and_keeps_data_and_cache
     assert (tmp_path / "cache" / "file").is_file()
 
 
+@pytest.mark.slow
 def test_an_interrupted_cell_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch):
     from saliencyssl.ssl.backbone import load_backbone
     from saliencyssl.app.pretrain import Pretrainer

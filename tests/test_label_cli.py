@@ -78,6 +78,7 @@ def test_odd_files_are_converted_and_failures_named(odd_folder, tmp_path, capsys
     assert status == 1 and "labelled now        0" in out and "already cached      7" in out
 
 
+@pytest.mark.slow
 def test_pool_labels_the_same_targets_as_in_process(tmp_path, photo, capsys):
     root = tmp_path / "images"
     root.mkdir()
@@ -137,6 +138,7 @@ def test_export_keeps_images_that_share_a_stem_apart(tmp_path, photo):
         assert np.array_equal(cv2.imread(str(export / f"{name}_rc.png"), cv2.IMREAD_GRAYSCALE), target.saliency)
 
 
+@pytest.mark.slow
 def test_killed_job_resumes_with_every_entry_valid(tmp_path, photo):
     root = tmp_path / "images"
     root.mkdir()

@@ -12,6 +12,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 from _paths import REPO
 
 PACKAGE = REPO / "saliencyssl"
@@ -90,6 +92,7 @@ def test_no_import_cycles():
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
+@pytest.mark.slow
 def test_augment_loads_no_ssl_method_and_knn_loads_a_handful():
     code = ("import sys, importlib; importlib.import_module(sys.argv[1]); "
             "print(sorted(m for m in sys.modules if m.startswith('saliencyssl')))")

@@ -46,6 +46,7 @@ def _weights(path: Path) -> dict:
     return model.state_dict()
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_backbone_history_and_logs(shapes, tmp_path):
     result = Pretrainer(_config(shapes, tmp_path / "run", knn_train=str(shapes["train"]),
                                 knn_test=str(shapes["test"]))).run()
@@ -62,6 +63,7 @@ def test_tiny_run_writes_backbone_history_and_logs(shapes, tmp_path):
     assert any((tmp_path / "run" / "tb").iterdir())
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights_and_resume_continues_exactly(shapes, tmp_path):
     a = Pretrainer(_config(shapes, tmp_path / "a")).run().backbone_path
     b = Pretrainer(_config(shapes, tmp_path / "b")).run().backbone_path
@@ -166,6 +168,7 @@ def test_missing_pieces_are_caught_before_the_first_step(shapes, tmp_path, capsy
     assert "miss in the cache" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_method_options_reach_the_method_and_are_recorded(shapes, tmp_path, capsys):
     out = tmp_path / "byol"
     argv = ["--data", str(shapes["train"]), "--method", "byol", "--aug-source", "none", "--policy", "default",
@@ -213,6 +216,7 @@ def test_every_method_runs_an_epoch(shapes, tmp_path, method):
     assert result.backbone_path.is_file() and torch.isfinite(torch.tensor(result.history[0].loss))
 
 
+@pytest.mark.slow
 def test_two_processes_on_gloo(shapes, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -229,6 +233,7 @@ def test_two_processes_on_gloo(shapes, tmp_path):
     assert (out / "backbone.pt").is_file()
 
 
+@pytest.mark.slow
 def test_epoch_benchmark_times_every_source_in_rotated_rounds(shapes, tmp_path, capsys):
     """benchmarks/bench_epoch.py: each round times every source, starting one source later than the last."""
     import bench_epoch
@@ -266,6 +271,7 @@ def test_epoch_benchmark_times_detcon_from_its_targets_and_has_no_run_without_th
     assert "ratio_to_none" not in result
 
 
+@pytest.mark.slow
 def test_view_compute_benchmark_times_both_kinds_on_one_model(shapes, tmp_path, capsys):
     """benchmarks/bench_view_compute.py: every counted round trains one step on each stored batch of both kinds."""
     import bench_view_compute

@@ -43,6 +43,7 @@ def _write_variants(root: Path, photo: np.ndarray, n: int, size=(96, 144)) -> Pa
     return root
 
 
+@pytest.mark.slow
 @needs_dask
 def test_local_cluster_gives_the_same_targets_bit_for_bit(tmp_path, photo):
     images = _write_variants(tmp_path / "images", photo, 6)
@@ -66,6 +67,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @needs_dask
 def test_a_killed_dask_worker_loses_no_finished_target(tmp_path, photo):
     images = _write_variants(tmp_path / "images", photo, 14, size=(150, 225))

@@ -45,6 +45,7 @@ def help_runs(tmp_path_factory):
         return {_name(path): done for path, done in zip(SCRIPTS, pool.map(run, SCRIPTS))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", [_name(p) for p in SCRIPTS])
 def test_script_help_runs_from_anywhere(help_runs, script):
     done = help_runs[script]

@@ -332,6 +332,51 @@ def test_a_slow_image_fails_by_its_time_limit_and_the_job_goes_on(tmp_path, phot
     assert "longer than the per-image limit of 0.02 s" in summary.failed[0][1]
 
 
+def test_an_interrupt_wrapped_by_compiled_code_stops_the_job_instead_of_failing_one_image(tmp_path, photo, monkeypatch):
+    """A signal handler's exception raised inside numba comes back as a SystemError caused by it: an interrupt
+    (Ctrl-C, SIGTERM) behind it stops the job, a time-out behind it is the image's time-out, anything else is
+    one failed image."""
+    import cv2
+
+    from saliencyssl.cache.labelling import ImageTimeoutError, label_files
+    from saliencyssl.saliency import Labeller
+
+    path = str(tmp_path / "p.png")
+    cv2.imwrite(path, photo[:, :, ::-1])
+    job = (LabellerConfig().options(), [(path, True, False)])
+
+    def wrapped(cause):
+        def label(self, image, with_hc=False):
+            try:
+                raise cause
+            except BaseException as error:
+                raise SystemError("CPUDispatcher(<function _bk_grid>) returned a result with an exception set") \
+                    from error
+        return label
+
+    class Terminated(KeyboardInterrupt):
+        pass
+
+    monkeypatch.setattr(Labeller, "label", wrapped(Terminated(15)))
+    with pytest.raises(Terminated):
+        label_files(job)
+    monkeypatch.setattr(Labeller, "label", wrapped(ImageTimeoutError("took longer than the per-image limit of 1 s")))
+    assert label_files(job)[0]["error"] == "took longer than the per-image limit of 1 s"
+    monkeypatch.setattr(Labeller, "label", wrapped(ZeroDivisionError("x")))
+    assert label_files(job)[0]["error"].startswith("SystemError: CPUDispatcher")
+
+
+def test_the_pixel_budget_itself_is_bounded():
+    from saliencyssl.cache.labelling import LabelLimits
+    from saliencyssl.saliency import Labeller
+
+    with pytest.raises(ValueError, match="max_pixels must be a whole number from 64 to 67,108,864"):
+        Labeller(max_pixels=10 ** 21)
+    with pytest.raises(ValueError, match="pixel budget must be a whole number from 64 to 67,108,864"):
+        LabelLimits(max_pixels=100_000_000)
+    assert LabelLimits(max_pixels=8192 * 8192).max_pixels == 67_108_864
+
+
 def test_an_image_over_the_pixel_budget_is_refused_before_any_work(tmp_path, photo):
     from saliencyssl.cache.labelling import LabelLimits, label_folder
     from saliencyssl.saliency import ImageTooLargeError, Labeller
@@ -384,6 +429,28 @@ def test_label_json_that_is_a_folder_is_refused_before_labelling(tmp_path, photo
     assert label.main([str(folder), "--cache", str(tmp_path / "c"), "--json", str(tmp_path / "out"),
                        "--workers", "0", "--quiet"]) == 2
     assert "--json" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
+def test_paths_the_file_system_refuses_are_one_line_naming_the_path(tmp_path, photo, capsys):
+    """A name longer than the file system allows, an output under a regular file: one line, exit 2, before any
+    labelling (no traceback, no lost work)."""
+    import evaluate
+    import label
+
+    folder = _photos(tmp_path / "images", photo, 1)
+    long = tmp_path / ("x" * 300)
+    assert label.main([str(long), "--cache", str(tmp_path / "c"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(long) in err and "longer than the file system allows" in err
+    assert label.main([str(folder), "--cache", str(tmp_path / "c"), "--json", f"{long}.json", "--quiet"]) == 2
+    assert "longer than the file system allows" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("mine")
+    assert label.main([str(folder), "--cache", str(tmp_path / "c"), "--json", str(tmp_path / "afile" / "out.json"),
+                       "--workers", "0", "--quiet"]) == 2
+    assert "afile is a file, not a folder" in capsys.readouterr().err and not (tmp_path / "c").exists()
+    assert evaluate.main(["--backbone", "random", "--test", str(long), "--protocol", "kmeans",
+                          "--out", str(tmp_path / "o")]) == 2
+    assert "longer than the file system allows" in capsys.readouterr().err
 
 
 def _children(pid: int) -> list[int]:

@@ -420,6 +420,21 @@ def test_export_overwrites_only_a_pack_and_never_writes_inside_the_cache(tmp_pat
         export_pack(TargetCache(cache, FP), open_image_set(images), cache / "x.pack", PARAMS)
 
 
+def test_export_refuses_sizes_pretraining_cannot_use_and_a_pack_inside_the_images(tmp_path, capsys):
+    """Finding 3 (--image-size 100000 grew to 22 GB) and finding 8 (--image-size 7, a pack among the images):
+    each is one line, before anything is read or written."""
+    images, cache = _images_and_cache(tmp_path)
+    export = ["export", str(cache), str(images), "--out"]
+    for size in ("100000", "7", "0", "-1"):
+        assert cache_cli.main(export + [str(tmp_path / "p.pack"), "--image-size", size]) == 2
+        err = capsys.readouterr().err
+        assert f"--image-size must be a whole number of pixels from 8 to 1024, got {size}" in err
+        assert err.count("\n") == 1
+    assert cache_cli.main(export + [str(images / "data.pack")]) == 2
+    assert "inside the image folder" in capsys.readouterr().err
+    assert not (images / "data.pack").exists() and not (tmp_path / "p.pack").exists()
+
+
 def test_export_checks_disk_space_without_an_image_size(tmp_path, monkeypatch, capsys):
     images, cache = _images_and_cache(tmp_path)
     usage = shutil.disk_usage(tmp_path)

@@ -76,6 +76,49 @@ def test_an_honest_batch_still_loads_under_the_budget(tmp_path, protocol):
     assert np.array_equal(image_set.image(5), batch[b"data"][5].reshape(3, 32, 32).transpose(1, 2, 0))
 
 
+def _meta(root: Path, meta: bytes) -> Path:
+    """A CIFAR folder whose data_batch_1 is honest and whose batches.meta is ``meta``."""
+    _cifar_folder(root, n=4)
+    (root / "batches.meta").write_bytes(meta)
+    return root
+
+
+def test_a_deeply_nested_tuple_key_is_refused_before_it_is_hashed(tmp_path):
+    """A dict key of a million nested tuples would overflow the C stack when hashed (a crash, no message)."""
+    def meta(depth: int) -> bytes:
+        return b"\x80\x04})" + b"\x85" * depth + b"K\x01s."  # {((((...),),),): 1}
+
+    with pytest.raises(ImageDecodeError, match="batches.meta.*crafted to fill memory"):  # charged before built
+        open_image_set(_meta(tmp_path / "a", meta(1_000_000)))
+    with pytest.raises(ImageDecodeError, match="batches.meta.*tuple as a dict key"):  # within the budget
+        open_image_set(_meta(tmp_path / "b", meta(10_000)))
+
+
+def test_sets_are_refused_and_millions_of_small_objects_are_charged(tmp_path):
+    with pytest.raises(ImageDecodeError, match="builds a set"):
+        open_image_set(_meta(tmp_path / "a", b"\x80\x04" + b"\x8f" * 1000 + b"."))
+    for name, code in (("b", b"]"), ("d", b"}")):  # 1 MB of "empty list" / "empty dict": 1 MB of objects each
+        with pytest.raises(ImageDecodeError, match="crafted to fill memory with small objects"):
+            open_image_set(_meta(tmp_path / name, b"\x80\x04" + code * (1 << 20) + b"."))
+
+
+@pytest.mark.parametrize("where", ["label_names", "labels"])
+def test_nested_lists_where_the_format_has_flat_ones_are_refused(tmp_path, where):
+    """A list nested thousands deep (within the object budget) would overflow a repr or a check later."""
+    depth = 5_000
+    nested = b"]" * depth + b"a" * (depth - 1)
+    if where == "label_names":
+        root = _meta(tmp_path / "c", b"\x80\x04}C\x0blabel_names" + nested + b"s.")
+        bad = "batches.meta"
+    else:
+        root = tmp_path / "c"
+        _cifar_folder(root, n=4)
+        (root / "data_batch_1").write_bytes(b"\x80\x04}C\x06labels" + nested + b"s.")
+        bad = "data_batch_1"
+    with pytest.raises(ImageDecodeError, match=f"{bad}.*list holding a list"):
+        open_image_set(root)
+
+
 # -- N3: label's temporary folder under SIGTERM and after SIGKILL ---------------------------------------
 def test_label_removes_its_temporary_cifar_folder_on_sigterm(tmp_path):
     _cifar_folder(tmp_path / "c", n=300)

@@ -203,6 +203,7 @@ def _walk(top: Path):
         stack.extend(os.path.join(folder, d) for d in dirs)
 
 
+@pytest.mark.slow
 def test_a_folder_nested_1100_deep_is_listed_not_a_recursion_error(tmp_path):
     top = bottom = tmp_path / "deep"
     top.mkdir()

@@ -327,7 +327,7 @@ def test_label_refuses_a_huge_local_cluster_in_one_line(tmp_path, capsys, monkey
     (tmp_path / "images").mkdir()
     code = label.main([str(tmp_path / "images"), "--cache", str(tmp_path / "cache"), "--scheduler", "local:100000"])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error: --scheduler local:100000: local:N needs N") and "Traceback" not in err
+    assert code == 2 and err.startswith("error: scheduler local:100000: local:N needs N") and "Traceback" not in err
 
 
 # -- method options ----------------------------------------------------------------------------------

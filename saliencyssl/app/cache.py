@@ -36,7 +36,7 @@ from saliencyssl.cache.transfer import (MissingTargetsError, UndecodableImagesEr
                                         export_pack, import_cache, import_pack, is_pack_file)
 from saliencyssl.datasets import check_image_size
 from saliencyssl.imageio import ImageDecodeError
-from saliencyssl.app.options import add_labeller_options, fail, labeller_config_from_args
+from saliencyssl.app.options import add_labeller_options, fail, labeller_config_from_args, one_line_errors
 from saliencyssl.saliency import LabellerConfig
 from saliencyssl.saliency.params import LABELLER_OPTIONS
 
@@ -311,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@one_line_errors
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from saliencyssl.app.options import check_count, check_outside, cpu_limit, fail
+from saliencyssl.app.options import check_count, check_outside, cpu_limit, fail, one_line_errors
 from saliencyssl.app.rundir import RunDir, RunDirError
 from saliencyssl.eval.classification import MAX_SEEDS, PROTOCOLS, ClassificationSettings
 
@@ -230,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = " ".join(["saliency-ssl evaluate", *(sys.argv[1:] if argv is None else argv)])

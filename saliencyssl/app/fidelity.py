@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from saliencyssl.app.options import check_output_file, fail, label_command
+from saliencyssl.app.options import check_output_file, fail, label_command, one_line_errors
 from saliencyssl.surrogate.model import SurrogateCheckpointError
 from saliencyssl.surrogate.pairs import NoPairsError
 
@@ -252,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -39,7 +39,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from saliencyssl.app.options import fail, missing_piece_advice
+from saliencyssl.app.options import fail, missing_piece_advice, one_line_errors
 from saliencyssl.app.rundir import RunDir, RunDirError, describe
 from saliencyssl.augment import MissingPieceError, parse_policy
 from saliencyssl.augment.router import parse_sources
@@ -711,6 +711,7 @@ baselines and the table):
 """
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="saliency-ssl grid", description=CLI_DOC,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

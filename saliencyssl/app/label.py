@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Iterator
 
 from saliencyssl.app.options import (add_labeller_options, check_count, check_outside, check_output_file, cpu_limit,
-                                     fail, labeller_config_from_args)
+                                     fail, labeller_config_from_args, one_line_errors)
 from saliencyssl.cache import CacheOpenError, TargetCache
 from saliencyssl.cache.executors import WorkerDiedError, default_workers, make_executor
 from saliencyssl.cache.labelling import DEFAULT_IMAGE_TIMEOUT, LabelLimits, LabelSummary, label_folder
@@ -303,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")

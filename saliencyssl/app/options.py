@@ -7,6 +7,8 @@ are declared here once, with one set of defaults (:data:`~saliencyssl.saliency.p
 from __future__ import annotations
 
 import argparse
+import errno
+import functools
 import sys
 
 from saliencyssl.saliency.labeller import LabellerConfig
@@ -101,6 +103,37 @@ def remedy(error: BaseException) -> str:
         return (f"; label the images with the wanted labeller options (saliency-ssl label IMAGES_DIR --cache "
                 f"CACHE_DIR ...), then train one: {command}")
     return f"; train one with: {command}"
+
+
+#: What to do about an operating-system error on a path, by its errno.
+_PATH_FIXES = {errno.ENAMETOOLONG: "a name in it is longer than the file system allows; give a shorter path",
+               errno.EACCES: "permission denied; give a path this user may read (and write, for an output)",
+               errno.EPERM: "operation not permitted; give a path this user may use",
+               errno.ELOOP: "its links point in a loop; give the real path",
+               errno.ENOTDIR: "a part of it is a file, not a folder; give a path through folders",
+               errno.EEXIST: "something of another kind is already there; give another path",
+               errno.EROFS: "the file system is read-only; give a path on a writable one",
+               errno.ENOSPC: "the disk is full; free some space or give a path on another disk"}
+
+
+def one_line_errors(main):
+    """A stage's ``main`` that reports an operating-system error on a path as one line naming the path and
+    the fix (exit status 2), instead of a traceback: a name too long, no permission, a loop of links.
+
+    The stages catch the errors they foresee; this is the net under them for paths the user gave.
+    """
+
+    @functools.wraps(main)
+    def wrapped(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except OSError as error:
+            if error.filename is None:
+                raise
+            fix = _PATH_FIXES.get(error.errno, error.strerror or type(error).__name__)
+            return fail(f"{error.filename}: {fix}")
+
+    return wrapped
 
 
 def missing_piece_advice(error, data, cache, labeller: LabellerConfig | None, image_size: int) -> str:
@@ -227,6 +260,11 @@ def check_output_file(out, flag: str, suffixes: tuple[str, ...], inputs: dict | 
                 example = Path(folder).resolve().parent / example.name
         raise ValueError(f"{flag} {out} must end in {' or '.join(suffixes)} (what it writes); e.g. {flag} {example}")
     check_outside(out, inputs or {}, flag)
+    folder = out.parent  # its nearest existing folder must be one: a file there would fail the write at the end
+    while not os.path.lexists(folder) and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"{flag} {out}: {folder} is a file, not a folder; give a path inside a folder")
     if not os.path.lexists(out):
         return
     kind = _KINDS.get(out.suffix.lower(), out.suffix)

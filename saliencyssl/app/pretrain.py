@@ -43,7 +43,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from saliencyssl.app.options import add_labeller_options, check_count, cpu_limit, fail, missing_piece_advice
+from saliencyssl.app.options import (add_labeller_options, check_count, cpu_limit, fail, missing_piece_advice,
+                                     one_line_errors)
 from saliencyssl.app.rundir import RunDir, RunExistsError
 from saliencyssl.augment import (PRESETS, SOURCE_ORDERS, FrozenPack, MissingPieceError, SSLAugmentation, TargetRouter,
                                  TrainingImages, parse_policy, parse_sources, policy_summary)
@@ -759,6 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from saliencyssl.app.options import fail
+from saliencyssl.app.options import fail, one_line_errors
 
 SUMMARY = "the whole pipeline on the embedded data, in a few minutes on a CPU"
 
@@ -320,6 +320,7 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -38,7 +38,7 @@ import re
 import sys
 from pathlib import Path
 
-from saliencyssl.app.options import fail
+from saliencyssl.app.options import fail, one_line_errors
 
 SUMMARY = "the findings tables, regenerated from the committed result files (results/*.json)"
 
@@ -230,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from saliencyssl.app.options import check_count, check_outside, cpu_limit, fail
+from saliencyssl.app.options import check_count, check_outside, cpu_limit, fail, one_line_errors
 from saliencyssl.app.rundir import RunDir, RunDirError
 from saliencyssl.eval.masks import F_BETA2, THRESHOLD, SegmentTrainConfig
 
@@ -343,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = " ".join(["saliency-ssl segment", *(sys.argv[1:] if argv is None else argv)])

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from saliencyssl.app.options import (add_labeller_options, check_count, cpu_limit, fail, label_command,
-                                     labeller_config_from_args)
+                                     labeller_config_from_args, one_line_errors)
 from saliencyssl.app.rundir import RunDir, RunExistsError, RunMismatchError, RunRecordError
 from saliencyssl.cache.executors import WorkerDiedError
 from saliencyssl.saliency import LabellerConfig
@@ -410,6 +410,7 @@ def no_pairs_advice(error: NoPairsError) -> str:
             "old_versions": f"label the images again with: {command}"}.get(error.reason, f"label them with: {command}")
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = list(sys.argv[1:] if argv is None else argv)

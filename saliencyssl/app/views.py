@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from saliencyssl.app.options import (add_labeller_options, check_count, check_output_file, fail, label_command,
-                                     labeller_config_from_args)
+                                     labeller_config_from_args, one_line_errors)
 from saliencyssl.augment import (PRESETS, FrozenPack, SSLAugmentation, TargetRouter, TrainingImages, parse_policy,
                                  policy_summary)
 from saliencyssl.cache import TargetCache
@@ -203,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -39,7 +39,8 @@ from saliencyssl.cache.executors import prepare_worker_process
 from saliencyssl.cache.store import TargetCache
 from saliencyssl.hashing import content_hash
 from saliencyssl.imageio import IMAGE_SUFFIXES, ImageDecodeError, list_images, read_image
-from saliencyssl.saliency.labeller import DEFAULT_MAX_PIXELS, ImageTooLargeError, Labeller, LabellerConfig
+from saliencyssl.saliency.labeller import (DEFAULT_MAX_PIXELS, MAX_PIXELS_LIMIT, ImageTooLargeError, Labeller,
+                                          LabellerConfig)
 
 #: Default per-image time limit of a labelling job, in seconds (an image within the pixel budget
 #: takes about a minute at most on one core).
@@ -163,6 +164,33 @@ def time_limit(seconds: float | None):
         signal.signal(signal.SIGALRM, previous)
 
 
+def signalled(error: BaseException) -> BaseException | None:
+    """The interrupt (Ctrl-C, ``SIGTERM``) or per-image time-out behind ``error``, or ``None``.
+
+    A signal handler's exception raised while compiled code runs (numba's kernels) comes back
+    wrapped: ``SystemError: ... returned a result with an exception set``, the handler's exception
+    its cause. Caught as a failed image it would swallow the job's interrupt; unwrapped, it stops the
+    job (or counts as the image's time-out).
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (KeyboardInterrupt, ImageTimeoutError)):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _failure(error: Exception) -> str:
+    """What a failed image's record says about ``error``; an interrupt behind it is raised again."""
+    behind = signalled(error)
+    if isinstance(behind, KeyboardInterrupt):
+        raise behind
+    if behind is not None:
+        return str(behind)
+    return f"{type(error).__name__}: {error}"
+
+
 # -- work done in the workers (module-level functions, so they pickle) -------------------------
 @dataclass(frozen=True)
 class LabelLimits:
@@ -177,8 +205,10 @@ class LabelLimits:
     image_timeout: float | None = DEFAULT_IMAGE_TIMEOUT
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 64:
-            raise ValueError(f"the pixel budget must be a whole number of at least 64, got {self.max_pixels!r}")
+        if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or \
+                not 64 <= self.max_pixels <= MAX_PIXELS_LIMIT:
+            raise ValueError(f"the pixel budget must be a whole number from 64 to {MAX_PIXELS_LIMIT:,} (an 8,192 px "
+                             f"square), got {self.max_pixels!r}")
         if self.image_timeout is not None and not 0 <= self.image_timeout <= MAX_IMAGE_TIMEOUT:
             raise ValueError(f"the per-image time limit must be 0 (none) or a number of seconds up to "
                              f"{MAX_IMAGE_TIMEOUT:g}, got {self.image_timeout}")
@@ -198,8 +228,8 @@ def hash_files(job) -> list[tuple[str, str | None, str | None]]:
             out.append((path, None, error.reason))
         except ImageTimeoutError as error:
             out.append((path, None, f"decoding it {error}"))
-        except Exception as error:  # a worker must report, not die
-            out.append((path, None, f"{type(error).__name__}: {error}"))
+        except Exception as error:  # a worker must report, not die (but an interrupt stops it)
+            out.append((path, None, _failure(error)))
     return out
 
 
@@ -236,8 +266,8 @@ def label_files(job: tuple) -> list[dict]:
             record["error"] = error.reason
         except (ImageTimeoutError, ImageTooLargeError) as error:
             record["error"] = str(error)
-        except Exception as error:
-            record["error"] = f"{type(error).__name__}: {error}"
+        except Exception as error:  # one image's failure, unless an interrupt or time-out is behind it
+            record["error"] = _failure(error)
         out.append(record)
     return out
 

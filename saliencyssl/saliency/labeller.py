@@ -46,6 +46,9 @@ TINY_SIDE = 8
 #: minutes: shrink it with ``max_side`` (the paper's trick) or raise the budget. 2,097,152 = 2048 x 1024,
 #: a 1,448 px square.
 DEFAULT_MAX_PIXELS = 2048 * 1024
+#: The largest budget that may be asked for: an 8,192 px square (67 M pixels), whose working arrays alone
+#: take gigabytes; labelling it takes hours.
+MAX_PIXELS_LIMIT = 8192 * 8192
 
 
 class ImageTooLargeError(ValueError):
@@ -184,8 +187,10 @@ class Labeller:
     def __init__(self, config: LabellerConfig | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, **overrides):
         config = config or LabellerConfig()
         self.config = replace(config, **overrides) if overrides else config
-        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < TINY_SIDE ** 2:
-            raise ValueError(f"max_pixels must be a whole number of at least {TINY_SIDE ** 2}, got {max_pixels!r}")
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or \
+                not TINY_SIDE ** 2 <= max_pixels <= MAX_PIXELS_LIMIT:
+            raise ValueError(f"max_pixels must be a whole number from {TINY_SIDE ** 2} to {MAX_PIXELS_LIMIT:,}, got "
+                             f"{max_pixels!r}")
         self.max_pixels = max_pixels
 
     @property
