@@ -50,7 +50,7 @@ def _pair(mean: float, std: float) -> list[float]:
 RECIPES = [("simclr", "default", "SimCLR, default"), ("simclr", "salcrop+default", "SimCLR, salcrop+default"),
            ("simclr", "comp0.3+default", "SimCLR, comp0.3+default"), ("detcon-simclr", "default", "DetCon-S, default"),
            ("byol", "default", "BYOL, default"), ("detcon-byol", "default", "DetCon-B, default"),
-           ("random", "random init", "random init")]
+           ("simclr", "sal+default", "SimCLR, sal+default"), ("random", "random init", "random init")]
 # the row each recipe's gap is taken to: its own method with `default` (DetCon-B to BYOL), else SimCLR default
 GAP_REFERENCE = {"byol": ("byol", "BYOL"), "detcon-byol": ("byol", "BYOL")}
 
