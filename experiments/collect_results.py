@@ -418,6 +418,9 @@ def parity(args) -> None:
              "cache holding the exact targets of half the pretraining images (chosen by content hash, "
              "experiments/partial_cache.py), the other half's from the same surrogate (--aug-source "
              "cache,surrogate). A gap row is the difference of the means, ± the larger of the two rows' spreads."]
+    missing = [label for label, rows in arms.items() if not rows]
+    if missing:
+        notes.append(f"Not measured at this budget: {', '.join(missing)}.")
     fidelity = surrogate_run / "test.json"
     if fidelity.is_file():
         f = _fidelity_scores(json.loads(fidelity.read_text()))

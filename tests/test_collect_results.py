@@ -131,6 +131,16 @@ def test_parity_table_compares_each_arm_with_the_exact_targets_over_their_seeds(
     assert long["title"].startswith("CIFAR-10, 1,248 steps") and "1,248 steps of 64" in long["notes"][0]
     assert _rows(grids / "results" / "surrogate_parity_1248.json")["exact targets (1 seed), kNN"][1] == \
         pytest.approx([0.72, 0.0])
+    assert not any(note.startswith("Not measured") for note in long["notes"])
+    # an arm not run at a budget is left out of the table and named in the notes
+    unrun = _config(grids / "unrun.json", grids / "gu", 0, [["detcon-simclr", "default"]],
+                    aug_source="cache,surrogate", surrogate=str(grids / "sur" / "surrogate.pt"))  # no results
+    missing = {**collect_results.PARITY_BUDGETS["624"], "half": unrun, "result": "surrogate_parity_none.json"}
+    monkeypatch.setitem(collect_results.PARITY_BUDGETS, "1248", missing)
+    collect_results.main(["parity", "--steps", "1248", "--out", str(grids / "results"), "--machine", "test"])
+    none = json.loads((grids / "results" / "surrogate_parity_none.json").read_text())
+    assert not any(row[0].startswith("half exact") for row in none["rows"])
+    assert "Not measured at this budget: half exact, half surrogate." in none["notes"]
 
 
 def _photo_results(folder, iou):
