@@ -109,8 +109,12 @@ CIFAR_BUILD_SLACK_BYTES = 1 << 20
 #: cannot build gigabytes of containers. An honest batch runs about three instructions per image.
 CIFAR_OPCODE_BYTES = 64
 #: The key types a CIFAR pickle's dicts hold (``bytes`` with ``encoding="bytes"``): a tuple key would be hashed
-#: as deep as it is nested, which a crafted pickle can make deep enough to overflow the C stack.
-_CIFAR_KEY_TYPES = (bytes, str, int)
+#: as deep as it is nested, which a crafted pickle can make deep enough to overflow the C stack, and integer keys
+#: that are multiples of 2**61 - 1 all hash alike (each insert then compares against every key before it).
+_CIFAR_KEY_TYPES = (bytes, str)
+#: The longest dtype text a CIFAR pickle may name (numpy parses a longer one with ``ast.literal_eval``, which a
+#: crafted megabyte of text turns into gigabytes); an honest one is ``"u1"`` or ``"<i8"``.
+MAX_DTYPE_TEXT = 32
 #: Pickle instructions that build sets, which the format never holds.
 _SET_OPCODES = (pickle.EMPTY_SET[0], pickle.ADDITEMS[0], pickle.FROZENSET[0])
 
@@ -130,6 +134,12 @@ class UnsafePickleError(pickle.UnpicklingError):
 def _safe_dtype(spec) -> np.dtype:
     """A plain numeric dtype (booleans, integers, floats; no fields, no objects, at most 16 bytes), or
     :class:`UnsafePickleError`."""
+    if isinstance(spec, (str, bytes)) and len(spec) > MAX_DTYPE_TEXT:
+        raise UnsafePickleError(f"the pickle names a dtype by {len(spec):,} characters of text; a CIFAR-10 batch's "
+                                f"are a few")
+    if not isinstance(spec, (np.dtype, str, bytes, type)):
+        raise UnsafePickleError(f"the pickle describes a dtype with a {type(spec).__name__}; a CIFAR-10 batch names "
+                                f"one by a short text")
     try:
         dtype = spec if isinstance(spec, np.dtype) else np.dtype(spec)
     except (TypeError, ValueError) as error:
@@ -171,8 +181,10 @@ class CifarUnpickler(pickle._Unpickler):
       ``bytes`` of a protocol-2 pickle, then the array), so twice the file's size bounds it;
     - charges every instruction :data:`CIFAR_OPCODE_BYTES` to the same total, for the object it may
       create (5 MB of "empty list" instructions would otherwise build a gigabyte of lists);
-    - refuses sets (the format has none) and dict keys other than bytes, strings and integers (a
-      deeply nested tuple key would be hashed as deep as it goes, past the C stack).
+    - refuses sets (the format has none) and dict keys other than bytes and strings (a deeply nested
+      tuple key would be hashed as deep as it goes, past the C stack; colliding integers would make
+      each insert compare against every key before it), and dtype texts longer than
+      :data:`MAX_DTYPE_TEXT`.
 
     Anything else raises :class:`UnsafePickleError` before it is called. Dicts, lists, tuples,
     strings, bytes and numbers need no callable at all. :func:`load_cifar_pickle` then checks the
@@ -225,8 +237,8 @@ class CifarUnpickler(pickle._Unpickler):
     def _check_keys(keys) -> None:
         for key in keys:
             if not isinstance(key, _CIFAR_KEY_TYPES) or isinstance(key, bool):
-                raise UnsafePickleError(f"the pickle uses a {type(key).__name__} as a dict key; a CIFAR-10 batch's "
-                                        f"keys are bytes or strings")
+                raise UnsafePickleError(f"the pickle uses a dict key of type {type(key).__name__}; a CIFAR-10 "
+                                        f"batch's keys are bytes or strings")
 
     def _load_setitem(self):
         self._check_keys([self.stack[-2]])
@@ -300,6 +312,8 @@ class CifarUnpickler(pickle._Unpickler):
 
     @staticmethod
     def _dtype(spec, align=False, copy=True):
+        if isinstance(spec, str) and len(spec) > MAX_DTYPE_TEXT:
+            _safe_dtype(spec)  # refuses it, before numpy parses the text
         return _safe_dtype(np.dtype(spec, bool(align), bool(copy)) if isinstance(spec, str) else spec)
 
     def _scalar(self, dtype_spec, data=None):

@@ -17,7 +17,7 @@ import pytest
 from _paths import REPO
 
 PACKAGE = REPO / "saliencyssl"
-FOUNDATION = {"target", "metrics", "imageio", "hashing", "precision", "visualize", "datasets", "embedded"}
+FOUNDATION = {"target", "metrics", "imageio", "hashing", "precision", "visualize", "datasets", "embedded", "torchfiles"}
 ORDER = ["foundation", "saliency", "cache", "surrogate", "augment", "ssl", "eval", "app"]
 
 

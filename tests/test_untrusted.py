@@ -706,3 +706,57 @@ def test_pairs_at_a_size_beyond_the_memory_are_refused_before_reading(tmp_path, 
     monkeypatch.setattr(datasets, "available_memory", lambda: 1_000_000)  # 1 MB left
     with pytest.raises(MemoryError, match="3 image-target pairs at 1024 px"):
         load_pairs(images, tmp_path / "cache", 1024, progress=False)
+
+
+def _torch_file_with(tmp_path: Path, name: str, pickle_bytes: bytes | None = None,
+                     compress: bool = False) -> Path:
+    """A torch.save archive of a one-tensor dict, its data.pkl replaced by ``pickle_bytes`` and its members
+    stored (as torch.save writes them) or deflated."""
+    import zipfile
+
+    import torch
+
+    base = tmp_path / f"{name}_base.pt"
+    torch.save({"weight": torch.zeros(4)}, base)
+    out = tmp_path / f"{name}.pt"
+    with zipfile.ZipFile(base) as source, zipfile.ZipFile(out, "w") as target:
+        for member in source.infolist():
+            data = source.read(member)
+            if member.filename.endswith("/data.pkl") and pickle_bytes is not None:
+                data = pickle_bytes
+            target.writestr(member.filename, data, zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED)
+    return out
+
+
+def test_checkpoints_that_would_crash_stall_or_inflate_the_safe_loader_are_refused_first(tmp_path, capsys):
+    """torch.load(weights_only=True) runs no code but builds what the pickle says: a million-deep tuple key
+    crashed every stage that loads a checkpoint (exit 139), colliding integer keys took minutes, a deflated
+    member inflated to gigabytes. Each is refused, in one line, before torch opens the file."""
+    import torch
+
+    import evaluate
+    from saliencyssl.ssl.backbone import BackboneCheckpointError, load_backbone
+    from saliencyssl.surrogate.model import Surrogate, SurrogateCheckpointError
+    from saliencyssl.torchfiles import UnsafeTorchFileError, check_torch_file
+
+    deep = _torch_file_with(tmp_path, "deep", b"\x80\x02})" + b"\x85" * 1_000_000 + b"K\x00s.")
+    keys = b"".join(b"\x8a\x09" + (k * (2 ** 61 - 1)).to_bytes(9, "little", signed=True) + b"K\x00"
+                    for k in range(1, 60))
+    colliding = _torch_file_with(tmp_path, "collide", b"\x80\x02}(" + keys + b"u.")
+    inflating = _torch_file_with(tmp_path, "deflated", compress=True)
+    honest = _torch_file_with(tmp_path, "honest")
+    check_torch_file(honest)
+    assert torch.load(honest, weights_only=True)["weight"].shape == (4,)
+    for path, reason in ((deep, "nests values more than 100 deep"), (colliding, "as a dict key"),
+                         (inflating, "is compressed")):
+        with pytest.raises(UnsafeTorchFileError, match=reason):
+            check_torch_file(path)
+        with pytest.raises(BackboneCheckpointError, match=reason):
+            load_backbone(path)
+        with pytest.raises(SurrogateCheckpointError, match=reason):
+            Surrogate.load(path)
+    images = _photos(tmp_path / "images", np.full((40, 40, 3), 7, np.uint8), 2)
+    assert evaluate.main(["--backbone", str(deep), "--test", str(images), "--protocol", "kmeans", "--clusters", "2",
+                          "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nests values more than 100 deep" in err

@@ -90,7 +90,7 @@ def test_a_deeply_nested_tuple_key_is_refused_before_it_is_hashed(tmp_path):
 
     with pytest.raises(ImageDecodeError, match="batches.meta.*crafted to fill memory"):  # charged before built
         open_image_set(_meta(tmp_path / "a", meta(1_000_000)))
-    with pytest.raises(ImageDecodeError, match="batches.meta.*tuple as a dict key"):  # within the budget
+    with pytest.raises(ImageDecodeError, match="batches.meta.*uses a dict key of type tuple"):  # within the budget
         open_image_set(_meta(tmp_path / "b", meta(10_000)))
 
 
@@ -201,3 +201,16 @@ def test_label_json_beside_a_batch_file_is_refused(tmp_path, capsys):
                        str(tmp_path / "c" / "summary.json")]) == 2
     assert "lies inside" in capsys.readouterr().err
     assert not (tmp_path / "c" / "summary.json").exists() and not (tmp_path / "cache").exists()
+
+
+def test_integer_keys_and_long_dtype_texts_are_refused_before_they_cost_time_or_memory(tmp_path):
+    """Integer keys that are multiples of 2**61 - 1 all hash alike (60,000 of them took 33 s); numpy parses a
+    dtype given as a megabyte of text into gigabytes. Neither is in the format."""
+    keys = b"".join(b"\x8a\x09" + (k * (2 ** 61 - 1)).to_bytes(9, "little", signed=True) + b"K\x00"
+                    for k in range(1, 50))
+    with pytest.raises(ImageDecodeError, match="batches.meta.*uses a dict key of type int"):
+        open_image_set(_meta(tmp_path / "a", b"\x80\x04}(" + keys + b"u."))
+    text = ("(" + "1," * 100_000 + ")u1").encode()
+    dtype = b"\x80\x04\x8c\x05numpy\x8c\x05dtype\x93\x8d" + len(text).to_bytes(8, "little") + text + b"\x85R."
+    with pytest.raises(ImageDecodeError, match="batches.meta.*names a dtype by 200,004 characters of text"):
+        open_image_set(_meta(tmp_path / "b", dtype))

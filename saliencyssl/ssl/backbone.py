@@ -21,6 +21,7 @@ from torch import nn
 
 # The input convention (ImageNet's normalisation) is the views' last step: defined with them.
 from saliencyssl.augment.normalize import IMAGENET_MEAN, IMAGENET_STD, to_model_input  # noqa: F401
+from saliencyssl.torchfiles import UnsafeTorchFileError, check_torch_file
 
 #: Inputs up to this side length get the CIFAR stem by default.
 CIFAR_STEM_MAX_SIZE = 64
@@ -175,8 +176,13 @@ def load_backbone(path: str | Path, map_location: str | torch.device = "cpu") ->
     if not path.is_file():
         raise FileNotFoundError(f"backbone checkpoint {path} not found; pretraining writes one as RUN_DIR/backbone.pt")
     try:
-        # weights_only: tensors and plain containers only, so a checkpoint cannot run code when loaded.
+        # weights_only: tensors and plain containers only, so a checkpoint cannot run code when loaded; the
+        # archive and the shape of its pickle are checked first, so it cannot crash or stall the loader either.
+        check_torch_file(path)
         blob = torch.load(path, map_location=map_location, weights_only=True)
+    except UnsafeTorchFileError as error:
+        raise BackboneCheckpointError(f"{path} cannot be read as a backbone checkpoint: {error}; {_INSTEAD}") \
+            from None
     except Exception as error:  # unpickling errors have no common base class
         raise BackboneCheckpointError(
             f"{path} cannot be read as a backbone checkpoint ({type(error).__name__}): it is damaged, or holds "

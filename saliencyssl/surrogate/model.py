@@ -50,6 +50,7 @@ from saliencyssl.precision import autocast_dtype
 from saliencyssl.surrogate.networks import (MAX_GENERATOR_PARAMETERS, Architecture, RetiredArchitectureError,
                                             UNetGenerator, build_networks, image_to_input, to_probabilities)
 from saliencyssl.target import TARGET_CHANNELS, TargetBatch
+from saliencyssl.torchfiles import UnsafeTorchFileError, check_torch_file
 
 CHECKPOINT_FORMAT = "saliency-ssl-surrogate"
 FORMAT_VERSION = 1
@@ -116,6 +117,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         with warnings.catch_warnings():  # a foreign pickle's protocol is no news: it is refused below
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            check_torch_file(path)  # the archive and its pickle's shape: nothing that crashes or stalls the loader
             blob = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # pickle errors, zip errors, foreign objects
         raise SurrogateCheckpointError(_unreadable(path, error)) from None
@@ -143,7 +145,9 @@ def _unreadable(path: Path, error: Exception) -> str:
     may come from anyone, so that advice is not passed on (nor is the exception chained).
     """
     text = str(error)
-    if "weights only" in text.lower() or "weights_only" in text:
+    if isinstance(error, UnsafeTorchFileError):
+        why = str(error)
+    elif "weights only" in text.lower() or "weights_only" in text:
         why = ("it is a pickle that the safe loader refuses (it holds objects or pickle instructions beyond "
                "tensors, numbers, strings and containers), and saliency-ssl unpickles nothing else, since that "
                "could run code from the file")
