@@ -390,3 +390,27 @@ def test_a_config_built_in_code_is_checked_as_a_file_is(tmp_path):
         GridConfig(**{**base, "pretrain": {"epochs": -3}})
     with pytest.raises(ValueError, match="^name must be str"):
         GridConfig(**{**base, "name": 3})
+
+
+def test_collect_only_names_a_damaged_results_file_and_keeps_the_table(tmp_path, capsys):
+    """--collect-only over a damaged results.json (not JSON, a missing field, a number given as text): one line
+    naming the file, exit 2, and the table already written is kept; a name that is not valid Unicode is refused
+    when the config loads (it emptied the table when written)."""
+    path = _write(tmp_path, methods=[], policies=[])
+    config = GridConfig.load(path)
+    table = Path(config.out) / "grid_results.md"
+    table.parent.mkdir(parents=True)
+    table.write_text("the table of an earlier run\n")
+    results = config.random_eval_dir() / "results.json"
+    results.parent.mkdir(parents=True)
+    assert run_grid_cli.main([str(path), "--collect-only", "--quiet"]) == 0
+    assert "no cell is evaluated yet; nothing written" in capsys.readouterr().out
+    for damage in ("[", '{"knn": {"1.0": {}}}', '{"knn": {"1.0": {"accuracy_mean": "x", "accuracy_std": 0, '
+                                                   '"n_labelled": 5}}}'):
+        results.write_text(damage)
+        assert run_grid_cli.main([str(path), "--collect-only", "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(results) in err and "damaged" in err
+        assert table.read_text() == "the table of an earlier run\n"
+    with pytest.raises(ValueError, match="name holds text that is not valid Unicode"):
+        GridConfig.load(_write(tmp_path, name="n\ud800"))

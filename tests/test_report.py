@@ -46,3 +46,23 @@ def test_the_shipped_documents_are_in_step_with_their_result_files():
     for document in documents:
         _, changed = report.update_document(document, REPO)
         assert changed == [], f"{document}: run saliency-ssl report (out of date: {changed})"
+
+
+@pytest.mark.parametrize("cell, reason", [
+    ("\ud800", "not valid Unicode"),                       # the document was left empty by a failed write
+    ([10 ** 4000, 1], "4001 digits"),                      # an OverflowError traceback
+    ("x <!-- /result -->\ntail", "'<!--'"),                # the document grew on every run
+    (float("nan"), "not a measurement"),
+])
+def test_a_result_file_that_would_break_or_empty_its_document_is_refused_and_the_document_kept(tmp_path, capsys,
+                                                                                              cell, reason):
+    (tmp_path / "results").mkdir()
+    rows = [["default", cell, 0.6], ["sal", None, 7]]
+    (tmp_path / "results" / "r.json").write_text(json.dumps({**RESULT, "rows": rows}))
+    doc = tmp_path / "findings.md"
+    before = "# Findings\n\n<!-- result: results/r.json -->\nold\n<!-- /result -->\n\nEnd.\n"
+    doc.write_text(before)
+    assert report.main([str(doc), "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "results/r.json" in err and reason in err
+    assert doc.read_text() == before and not list(tmp_path.glob(".*.tmp"))

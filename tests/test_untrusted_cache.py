@@ -461,3 +461,18 @@ def test_a_write_error_names_the_pack_and_leaves_nothing(tmp_path, monkeypatch, 
     assert err.count("\n") == 1 and str(out / "data.pack") in err and os.strerror(errno.ENOSPC) in err
     assert "free space in" in err
     assert list(out.iterdir()) == []                                          # no partial pack, no scratch
+
+
+@pytest.mark.parametrize("params", ["[" * 100_000 + "]" * 100_000, '{"version": 1' + "0" * 5000 + "}",
+                                    json.dumps({**PARAMS, "scale": float("inf"), "max_side": -1}), '"text"'])
+def test_verify_reports_damaged_labeller_parameters_instead_of_passing_them(tmp_path, capsys, params):
+    """The parameters recorded for a fingerprint are what rebuilds its labeller (the surrogate's variants):
+    unreadable, impossible or another labeller's values are damage, not 'parameters not recorded' and exit 0."""
+    _, cache_dir = _images_and_cache(tmp_path)
+    cache = TargetCache(cache_dir, FP)
+    cache._cache.set("meta/" + FP, params)
+    cache.close()
+    assert cache_cli.main(["verify", str(cache_dir)]) == 1
+    out = capsys.readouterr().out
+    assert f"meta/{FP} (the labeller parameters recorded for it)" in out and "3 entries checked, 1 damaged" in out
+    assert cache_cli.main(["verify", str(cache_dir)]) == 0  # removed: what is left is whole

@@ -169,6 +169,11 @@ class GridConfig:
                  for k, v in kinds.items() if not isinstance(getattr(self, k), v)]
         if wrong:
             raise ValueError("; ".join(wrong))
+        for key in ("name", "description", "out", "train", "test", "cache", "evaluation_name"):
+            try:
+                getattr(self, key).encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"{key} holds text that is not valid Unicode ({getattr(self, key)!r:.60})") from None
         _check_value_types({f.name: getattr(self, f.name) for f in fields(self)})
         for key, allowed, section in (("pretrain", _PRETRAIN_KEYS, config.pretrain),
                                       ("evaluation", _EVAL_KEYS, config.evaluation)):
@@ -662,7 +667,9 @@ def collect(config: GridConfig) -> list[dict]:
     if options:
         description += "\n\nMethod options (instead of the defaults), as the evaluated backbones record them: " + \
             "; ".join(f"{cell} {text}" for cell, text in options.items())
-    (out / f"{stem}_results.md").write_text(rows_markdown(config.name, description, rows))
+    table = out / f"{stem}_results.md"  # written beside it, then moved over it: a failed write keeps the old one
+    (out / f".{stem}_results.md.tmp").write_bytes(rows_markdown(config.name, description, rows).encode("utf-8"))
+    (out / f".{stem}_results.md.tmp").replace(table)
     random_knn = [r["accuracy_mean"] for r in rows
                   if r["method"] == "random" and r["protocol"] == "knn" and float(r["fraction"]) == 1.0]
     for method in dict.fromkeys(c.method for c in cells(config)):
@@ -741,7 +748,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{cell.name:<{width}}{cell_state(config, cell)}")
         return 0
     if args.collect_only:
-        rows = collect(config)
+        try:
+            rows = collect(config)
+        except (OSError, ValueError) as error:  # a damaged results.json, a table that cannot be written
+            return fail(error)
     else:
         only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
         try:
@@ -760,6 +770,9 @@ def main(argv: list[str] | None = None) -> int:
         if only is not None:
             print(f"\nran {', '.join(only)}; run saliency-ssl grid {args.config} without --only for the baselines and the table")
             return 0
+    if not rows:
+        print(f"\nno cell is evaluated yet; nothing written (saliency-ssl grid {args.config} runs them)")
+        return 0
     print(f"\n{len(rows)} result rows; table: {config.out}/{config.results_stem}_results.md")
     return 0
 

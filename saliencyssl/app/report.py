@@ -33,6 +33,7 @@ block naming ``/dev/zero``, ``../../secret.json`` or a link out of the folder is
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import re
 import sys
@@ -139,7 +140,48 @@ def load_result(path: str | Path) -> dict:
         if not isinstance(row, list) or len(row) != len(result["columns"]):
             raise ResultFileError(path, f"a row has {len(row) if isinstance(row, list) else 'no'} cells, the table "
                                         f"{len(result['columns'])} columns: {row!r:.80}")
+        for cell in row:
+            _check_cell(path, cell)
+    lines = [result["title"], result["date"], result["machine"], *result["columns"]]
+    for text in lines + result["command"] + result.get("notes", []):
+        _check_text(path, text, one_line=text in lines)
     return result
+
+
+#: The largest whole number a cell may hold (beyond it a float conversion overflows, and no measurement is that big).
+MAX_CELL_INTEGER = 10 ** 15
+
+
+def _check_text(path: Path, text: str, one_line: bool = True) -> None:
+    """Refuse text that cannot be written as UTF-8, or that would break the document around its block: a
+    block marker (the next run would nest blocks), a code fence, or a line break inside a table cell."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ResultFileError(path, f"holds text that is not valid Unicode ({text!r:.60}); write it as UTF-8 "
+                                    f"text") from None
+    breaking = [s for s in ("<!--", "-->", "```") if s in text] + (["a line break"] if one_line and "\n" in text
+                                                                  else [])
+    if breaking:
+        raise ResultFileError(path, f"holds {breaking[0]!r} in {text!r:.60}, which would break the document "
+                                    f"around its block")
+
+
+def _check_cell(path: Path, cell) -> None:
+    values = cell if isinstance(cell, list) else [cell]
+    for value in values:
+        if isinstance(value, str):
+            _check_text(path, value)
+        elif isinstance(value, bool) or value is None:
+            continue
+        elif isinstance(value, int) and abs(value) > MAX_CELL_INTEGER:
+            raise ResultFileError(path, f"a cell holds the number {str(value)[:20]}... ({len(str(value))} digits), "
+                                        f"larger than any measurement; the file is damaged")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ResultFileError(path, f"a cell holds {value}, not a measurement")
+        elif not isinstance(value, (int, float)):
+            raise ResultFileError(path, f"a cell holds a {type(value).__name__}; cells are numbers, text, "
+                                        f"[mean, spread] pairs or null")
 
 
 def format_cell(value) -> str:
@@ -213,8 +255,10 @@ def run(documents: list[Path], root: Path = Path("."), check: bool = False) -> d
     for document in documents:
         new, changed = update_document(document, root)
         out[str(document)] = changed
-        if changed and not check:
-            document.write_text(new, encoding="utf-8")
+        if changed and not check:  # written beside it, then moved over it: a failed write leaves it as it was
+            temporary = document.with_name(f".{document.name}.tmp")
+            temporary.write_bytes(new.encode("utf-8"))
+            temporary.replace(document)
     return out
 
 

@@ -849,7 +849,13 @@ class TargetCache:
         """
         report = VerifyReport(checked=0, damaged=[], other_fingerprints=0)
         for key in list(self._cache.iterkeys()):
-            if isinstance(key, str) and _META_KEY.fullmatch(key):
+            meta = _META_KEY.fullmatch(key) if isinstance(key, str) else None
+            if meta:
+                if meta.group(1) == self.fingerprint and not self._params_fit(key):
+                    log.warning("cache %s: damaged labeller parameters %s", self.directory, key)
+                    report.damaged.append(f"{key} (the labeller parameters recorded for it)")
+                    if remove:
+                        self._cache.delete(key)
                 continue
             entry = _ENTRY_KEY.fullmatch(key) if isinstance(key, str) else None
             if entry is None:
@@ -874,6 +880,16 @@ class TargetCache:
                 self._cache.set(key, bind_key(data, key, key))
                 report.upgraded += 1
         return report
+
+    def _params_fit(self, key: str) -> bool:
+        """The recorded labeller parameters at ``key`` rebuild a labeller of this fingerprint."""
+        from saliencyssl.saliency import LabellerConfig
+
+        try:
+            params = json.loads(self._cache.get(key))
+            return isinstance(params, dict) and LabellerConfig.from_params(params).fingerprint() == self.fingerprint
+        except (ValueError, TypeError, KeyError, RecursionError, OverflowError, ForeignEntryError):
+            return False
 
     @_database_errors
     def clear(self) -> int:

@@ -84,6 +84,34 @@ def pool_runs(means: list[float], stds: list[float]) -> tuple[float, float, floa
     return float(means_.mean()), within, float(means_.std()) if len(means_) > 1 else None
 
 
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path}: not {what} ({type(error).__name__}: {str(error)[:120]}); it is damaged: delete "
+                         f"its folder to evaluate the cell again") from None
+
+
+def read_results(path: Path) -> dict:
+    """An evaluation's ``results.json``: ``{protocol: {fraction: {"accuracy_mean", "accuracy_std",
+    "n_labelled", ...}}}`` with finite numbers; a damaged one raises ``ValueError`` naming the file."""
+    import math
+
+    results = _read_json(path, "an evaluation's results")
+    ok = isinstance(results, dict)
+    for protocol in ("linear", "knn"):
+        table = results.get(protocol, {}) if ok else None
+        ok = ok and isinstance(table, dict) and all(
+            isinstance(entry, dict) and all(isinstance(entry.get(key), (int, float)) and not isinstance(
+                entry.get(key), bool) and math.isfinite(entry[key]) for key in ("accuracy_mean", "accuracy_std"))
+            and isinstance(entry.get("n_labelled"), int) for entry in table.values())
+    if not ok:
+        raise ValueError(f"{path}: not an evaluation's results (each protocol's fractions need a finite accuracy_mean "
+                         f"and accuracy_std and a whole n_labelled); it is damaged: delete its folder to evaluate the "
+                         f"cell again")
+    return results
+
+
 def result_rows(sources: list[tuple[str, str, Path, Path | None]]) -> list[dict]:
     """One row per (method, policy, protocol, fraction) from ``(method, policy, eval_dir, run_dir)``
     entries whose ``eval_dir/results.json`` exists; ``run_dir/history.json`` adds the final kNN.
@@ -102,11 +130,14 @@ def result_rows(sources: list[tuple[str, str, Path, Path | None]]) -> list[dict]
         if not path.is_file() or path.resolve() in seen:
             continue
         seen.add(path.resolve())
-        results = json.loads(path.read_text())
+        results = read_results(path)
         knn_final = None
         if run_dir is not None and (Path(run_dir) / "history.json").is_file():
-            history = json.loads((Path(run_dir) / "history.json").read_text())
-            knn_final = history[-1].get("knn_accuracy") if history else None
+            history = _read_json(Path(run_dir) / "history.json", "a pretraining history")
+            last = history[-1] if isinstance(history, list) and history else {}
+            knn_final = last.get("knn_accuracy") if isinstance(last, dict) else None
+            if not (knn_final is None or isinstance(knn_final, (int, float)) and not isinstance(knn_final, bool)):
+                knn_final = None
         for protocol in ("linear", "knn"):
             for fraction, entry in results.get(protocol, {}).items():
                 runs.setdefault((method, policy, protocol, fraction), []).append(
