@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Experiment: the paper's painted-view policies against SimCLR default on a GPU, the epoch time per target source and
 # two surrogates' speed, in one run of fixed length on any CUDA machine (an H100 or H200).
-# Found (NVIDIA H200, SimCLR at 1,365 steps of batch 256 on the 10,000 CIFAR-10 train images): sal+default ended
-# below default by 9.6 points (linear probe) and 15.8 (kNN) with all labels, sal0.5+default by less. In those runs
-# default's colour jitter was kornia's ColorJiggle (docs/findings.md, "The baseline is SimCLR's"); the current GPU
-# runs are experiments/gpu_speed.sh and configs/mask_aware_cifar10_gpu.json.
+# Found (NVIDIA H200, SimCLR at 1,365 steps of batch 256 on the 10,000 CIFAR-10 train images, default's colour
+# jitter then kornia's ColorJiggle; docs/findings.md, "The baseline is SimCLR's"): sal+default ended below default
+# by 9.6 points (linear probe) and 15.8 (kNN) with all labels, sal0.5+default by less. experiments/gpu_speed.sh and
+# configs/mask_aware_cifar10_gpu.json are the GPU runs of the current policies.
 #
 #   DATA=.gpudata OUT=/tmp/gpu BUDGET=480 bash experiments/gpu_suite.sh
 #

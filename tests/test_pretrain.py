@@ -102,7 +102,7 @@ def test_amp_on_the_cpu_uses_bf16_where_it_is_native(shapes, tmp_path, monkeypat
 @pytest.mark.parametrize("method, image_size", [("simsiam", 32), ("byol", 96)])
 def test_run_starts_from_the_random_backbone_of_its_seed(shapes, tmp_path, method, image_size):
     # `evaluate.py --backbone random --backbone-seed S` must be the exact starting point of `pretrain.py --seed S`
-    # (docs/results.md compares each run with its own initialisation), whatever is built before the backbone.
+    # (an evaluation compares each run with its own initialisation), whatever is built before the backbone.
     for seed in (3, 4):
         run = Pretrainer(_config(shapes, tmp_path / f"{method}{seed}", method=method, seed=seed,
                                  image_size=image_size))

@@ -331,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(summary.lines()))
     for warning in summary.warnings():
         print(f"WARNING: {warning}", file=sys.stderr)
+    if summary.too_few_objects:
+        print("  (saliency-ssl label ... --scale 2, or --scale 4 for 32 px images; another scale is another cache "
+              "key)", file=sys.stderr)
     return 1 if summary.failed else 0
 
 

@@ -249,14 +249,14 @@ def run(config: QuickstartConfig) -> Path:
     seconds["evaluate"] = time.perf_counter() - t
 
     t = stage("6. report")
-    report = write_report(out, backbones, seconds)
+    report = write_quickstart_report(out, backbones, seconds)
     seconds["report"] = time.perf_counter() - t
     print(f"  wrote {report}")
     print(f"\ndone in {time.perf_counter() - started:.0f} s; open {report}")
     return report
 
 
-def write_report(out: Path, backbones: dict[str, str], seconds: dict[str, float]) -> Path:
+def write_quickstart_report(out: Path, backbones: dict[str, str], seconds: dict[str, float]) -> Path:
     """Write ``out/report.md``: accuracy tables and plots, targets, pretraining and time per stage."""
     from saliencyssl.eval.gridtable import plot_rows, policy_gap, result_rows, rows_markdown
 

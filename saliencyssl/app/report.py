@@ -33,10 +33,11 @@ block naming ``/dev/zero``, ``../../secret.json`` or a link out of the folder is
 from __future__ import annotations
 
 import argparse
-import math
 import json
+import math
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from saliencyssl.app.options import fail, one_line_errors
@@ -249,10 +250,29 @@ def update_document(path: str | Path, root: str | Path = ".") -> tuple[str, list
     return _BLOCK.sub(replace, text), changed
 
 
-def run(documents: list[Path], root: Path = Path("."), check: bool = False) -> dict[str, list[str]]:
+@dataclass(frozen=True)
+class ReportConfig:
+    """``saliency-ssl report``: the ``documents`` whose result blocks are rendered from the result files below
+    ``root``; with ``check``, nothing is written (the blocks are only compared)."""
+
+    documents: tuple[Path, ...] = tuple(Path(d) for d in DEFAULT_DOCUMENTS)
+    root: Path = Path(".")
+    check: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.documents, (str, Path)) or not self.documents:
+            raise ValueError("documents: give one or more markdown files (a list), e.g. README.md docs/findings.md")
+        object.__setattr__(self, "documents", tuple(Path(d) for d in self.documents))
+        object.__setattr__(self, "root", Path(self.root))
+        if not self.root.is_dir():
+            raise ValueError(f"--root {self.root} is not a folder; give the folder the result paths are read from")
+
+
+def run(config: ReportConfig) -> dict[str, list[str]]:
     """Rewrite (or with ``check`` only compare) every document; returns the changed blocks per document."""
     out = {}
-    for document in documents:
+    root, check = config.root, config.check
+    for document in config.documents:
         new, changed = update_document(document, root)
         out[str(document)] = changed
         if changed and not check:  # written beside it, then moved over it: a failed write leaves it as it was
@@ -278,8 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        changed = run(args.documents, args.root, args.check)
-    except (OSError, ResultFileError, DocumentError) as error:
+        changed = run(ReportConfig(tuple(args.documents), args.root, args.check))
+    except (OSError, ValueError) as error:  # ResultFileError and DocumentError are ValueErrors
         return fail(error)
     stale = {doc: blocks for doc, blocks in changed.items() if blocks}
     for doc, blocks in stale.items():

@@ -95,12 +95,17 @@ class LabelSummary:
         """Mean labelling seconds per labelled image (worker time, not wall time)."""
         return float(np.mean(self.label_seconds)) if self.label_seconds else 0.0
 
+    @property
+    def too_few_objects(self) -> bool:
+        """The cut found no object in more than :data:`NO_OBJECT_WARNING_SHARE` of the images (labelled too small)."""
+        return bool(self.with_target and self.no_object_share > NO_OBJECT_WARNING_SHARE)
+
     def warnings(self) -> list[str]:
         out = []
-        if self.with_target and self.no_object_share > NO_OBJECT_WARNING_SHARE:
+        if self.too_few_objects:
             out.append(f"the cut found no object in {self.no_object_share:.0%} of the images. Small images lose "
                        f"their segments to Cheng's 200-pixel minimum segment; label at a larger working size, "
-                       f"e.g. --scale 2 (or --scale 4 for 32 px images)")
+                       f"e.g. a scale of 2 (4 for 32 px images)")
         return out
 
     def lines(self) -> list[str]:

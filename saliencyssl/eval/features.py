@@ -111,11 +111,11 @@ def open_backbone(backbone: str | Path, image_size: int | None = None, seed: int
     from saliencyssl.datasets import check_image_size
 
     if image_size is not None:
-        check_image_size(image_size, "--image-size")
+        check_image_size(image_size, "image_size")
     if stem not in ("auto", "cifar", "imagenet"):
         raise ValueError(f"stem {stem!r}: choose auto, cifar or imagenet")
     if str(backbone) == "random":
-        size = check_image_size(image_size or default_random_size, "--image-size")
+        size = check_image_size(image_size or default_random_size, "image_size")
         cifar_stem = uses_cifar_stem(size) if stem == "auto" else stem == "cifar"
         model = random_backbone(seed, cifar_stem)
         config = {"arch": "resnet18", "cifar_stem": cifar_stem, "feature_dim": FEATURE_DIM, "image_size": size,
@@ -139,7 +139,7 @@ def _checkpoint_size(config: dict, image_size: int | None, path: str | Path = "t
     from saliencyssl.datasets import check_image_size
 
     if image_size is not None:
-        return check_image_size(image_size, "--image-size")
+        return check_image_size(image_size, "image_size")
     size = check_backbone_config(path, config).get("image_size")
     if size is None:
         size = DEFAULT_RANDOM_IMAGE_SIZE if config.get("cifar_stem") else DEFAULT_IMAGENET_IMAGE_SIZE
