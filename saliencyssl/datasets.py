@@ -122,8 +122,26 @@ def _latin1_bytes(text: str, encoding: str) -> bytes:
     """What a protocol-2 pickle written by Python 3 calls to rebuild ``bytes``: ``_codecs.encode(text, "latin1")``;
     any other codec is refused."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise UnsafePickleError(f"the pickle calls _codecs.encode with {encoding!r}, which a CIFAR-10 batch never does")
+        raise UnsafePickleError(f"the pickle calls _codecs.encode with {_brief(encoding)}, which a CIFAR-10 batch "
+                                f"never does")
     return text.encode("latin1")
+
+
+def _brief(value, limit: int = 40) -> str:
+    """A short description of a value a crafted pickle built, computed without a full ``repr`` (a tuple of a
+    thousand references to one large object, or an integer of a million digits, would take gigabytes or
+    minutes to print)."""
+    if isinstance(value, (str, bytes, bytearray)):
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return repr(value)
+    if isinstance(value, int):
+        if -10 ** 18 < value < 10 ** 18:
+            return repr(value)
+        return f"an integer of about {value.bit_length() * 0.30103:.0f} digits"
+    if isinstance(value, (tuple, list, dict)):
+        return f"a {type(value).__name__} of {len(value)} items"
+    return f"a {type(value).__name__}"
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -272,7 +290,7 @@ class CifarUnpickler(pickle._Unpickler):
         try:
             shape = tuple(int(v) for v in (shape if isinstance(shape, (tuple, list)) else (shape,)))
         except (TypeError, ValueError):
-            raise UnsafePickleError(f"the pickle gives an array shape {shape!r:.60}") from None
+            raise UnsafePickleError(f"the pickle gives an array shape {_brief(shape)}") from None
         count = 1
         for v in shape:
             if v < 0:
@@ -333,7 +351,7 @@ class CifarUnpickler(pickle._Unpickler):
         dtype = _safe_dtype(dtype_spec)
         shape = self._check_size(shape, dtype)
         if order not in ("C", "F"):
-            raise UnsafePickleError(f"the pickle gives an array order {order!r:.20}")
+            raise UnsafePickleError(f"the pickle gives an array order {_brief(order)}")
         if len(buffer) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
             raise UnsafePickleError("the pickle's array data does not fit its shape")
         self._charge(len(buffer), "an array")  # the copy below
@@ -369,7 +387,7 @@ class CifarUnpickler(pickle._Unpickler):
         elif isinstance(inst, np.dtype):
             # numpy's own state of a plain number type: (3, byte order, None, None, None, -1, -1, 0)
             if not (isinstance(state, tuple) and len(state) == 8 and state[2:] == (None, None, None, -1, -1, 0)):
-                raise UnsafePickleError(f"the pickle sets a dtype's state to {state!r:.80}")
+                raise UnsafePickleError(f"the pickle sets a dtype's state to {_brief(state)}")
         else:
             raise UnsafePickleError(f"the pickle sets the state of a {type(inst).__name__}, which a CIFAR-10 batch "
                                     f"never does")
@@ -402,14 +420,14 @@ def check_cifar_structure(obj, path) -> None:
     if not isinstance(obj, dict):
         raise ImageDecodeError(path, f"not a CIFAR-10 python batch (it holds a {type(obj).__name__}, not a dict)")
     for key, value in obj.items():
-        name = key.decode("latin1", "replace") if isinstance(key, bytes) else str(key)
+        name = key[:40].decode("latin1", "replace") if isinstance(key, bytes) else str(key)[:40]
         if isinstance(value, (np.ndarray, *scalars)) or value is None:
             continue
         if not isinstance(value, list):
-            raise ImageDecodeError(path, f"not a CIFAR-10 python batch ({name!r:.40} holds a {type(value).__name__})")
+            raise ImageDecodeError(path, f"not a CIFAR-10 python batch ({_brief(name)} holds a {type(value).__name__})")
         wrong = next((item for item in value if not isinstance(item, scalars)), None)
         if wrong is not None:
-            raise ImageDecodeError(path, f"not a CIFAR-10 python batch ({name!r:.40} is a list holding a "
+            raise ImageDecodeError(path, f"not a CIFAR-10 python batch ({_brief(name)} is a list holding a "
                                          f"{type(wrong).__name__}; the format's lists hold numbers, bytes or text)")
 
 
@@ -697,9 +715,9 @@ def _check_cifar_labels(labels, class_count: int, where: str = "") -> list[int]:
     out = []
     for index, value in enumerate(labels):
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"label of image {index} is {value!r:.40}, not a whole number")
+            raise TypeError(f"label of image {index} is {_brief(value)}, not a whole number")
         if not 0 <= value < class_count:
-            raise ValueError(f"label {value!r:.40} of image {index} is outside 0..{class_count - 1}: there are "
+            raise ValueError(f"label {_brief(value)} of image {index} is outside 0..{class_count - 1}: there are "
                              f"{class_count} classes ({where})")
         out.append(int(value))
     return out

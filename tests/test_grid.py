@@ -405,12 +405,21 @@ def test_collect_only_names_a_damaged_results_file_and_keeps_the_table(tmp_path,
     results.parent.mkdir(parents=True)
     assert run_grid_cli.main([str(path), "--collect-only", "--quiet"]) == 0
     assert "no cell is evaluated yet; nothing written" in capsys.readouterr().out
+    entry = '{"accuracy_mean": 0.5, "accuracy_std": 0, "n_labelled": 5}'
     for damage in ("[", '{"knn": {"1.0": {}}}', '{"knn": {"1.0": {"accuracy_mean": "x", "accuracy_std": 0, '
-                                                   '"n_labelled": 5}}}'):
+                   '"n_labelled": 5}}}', '{"knn": {"nan": ' + entry + '}}', entry.replace("0.5", "1e308").join(
+                       ('{"knn": {"1.0": ', "}}"))):
         results.write_text(damage)
         assert run_grid_cli.main([str(path), "--collect-only", "--quiet"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and str(results) in err and "damaged" in err
         assert table.read_text() == "the table of an earlier run\n"
+    results.write_text('{"knn": {"1.0": ' + entry + '}}')  # the baseline whole again
+    cell = cells(GridConfig.load(_write(tmp_path, methods=["simclr"], policies=["default"])))[0]
+    cell.eval_dir.mkdir(parents=True)
+    (cell.eval_dir / "results.json").write_text('{"knn": {"1.0": ' + entry + '}, "meta": {"backbone": {"config": '
+                                                '{"method_options": [1]}}}}')
+    assert run_grid_cli.main([str(tmp_path / "grid.json"), "--collect-only", "--quiet"]) == 2
+    assert "recorded method options [1] are not a map" in capsys.readouterr().err
     with pytest.raises(ValueError, match="name holds text that is not valid Unicode"):
         GridConfig.load(_write(tmp_path, name="n\ud800"))

@@ -50,9 +50,10 @@ def test_the_shipped_documents_are_in_step_with_their_result_files():
 
 @pytest.mark.parametrize("cell, reason", [
     ("\ud800", "not valid Unicode"),                       # the document was left empty by a failed write
-    ([10 ** 4000, 1], "4001 digits"),                      # an OverflowError traceback
+    ([10 ** 4000, 1], "4000 digits"),                      # an OverflowError traceback
     ("x <!-- /result -->\ntail", "'<!--'"),                # the document grew on every run
     (float("nan"), "not a measurement"),
+    (1e308, "not a measurement"),                          # 313 characters a cell: a 110 MB document
 ])
 def test_a_result_file_that_would_break_or_empty_its_document_is_refused_and_the_document_kept(tmp_path, capsys,
                                                                                               cell, reason):
@@ -66,3 +67,17 @@ def test_a_result_file_that_would_break_or_empty_its_document_is_refused_and_the
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "results/r.json" in err and reason in err
     assert doc.read_text() == before and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_file_planted_beside_the_document_is_never_written_through(tmp_path):
+    """The document is written to a fresh file of a random name, then moved over it: a link planted at a
+    predictable temporary name (it redirected the table into another file) is left alone."""
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "r.json").write_text(json.dumps(RESULT))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    doc = tmp_path / "findings.md"
+    doc.write_text("<!-- result: results/r.json -->\nold\n<!-- /result -->\n")
+    (tmp_path / ".findings.md.tmp").symlink_to(victim)
+    assert report.main([str(doc), "--root", str(tmp_path)]) == 0
+    assert victim.read_text() == "mine" and not doc.is_symlink() and "| default |" in doc.read_text()

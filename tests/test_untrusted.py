@@ -760,3 +760,44 @@ def test_checkpoints_that_would_crash_stall_or_inflate_the_safe_loader_are_refus
                           "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nests values more than 100 deep" in err
+
+
+def test_what_torch_would_read_differently_or_build_without_bound_is_refused(tmp_path):
+    """The checks see what torch sees: a pickle with an archive appended (torch's legacy reader took the pickle),
+    a second data.pkl differing in case (torch's reader ignores case), deep nesting through the pickle's memo, and
+    globals torch admits but no checkpoint names (bytearray allocates what it is told, _codecs.encode can run for
+    hours) are each refused; an honest checkpoint loads as torch.load gives it."""
+    import struct
+    import zipfile
+
+    import torch
+
+    from saliencyssl.torchfiles import UnsafeTorchFileError, load_torch_file
+
+    evil = b"\x80\x02})" + b"\x85" * 1_000_000 + b"K\x01s."
+    honest = _torch_file_with(tmp_path, "honest")
+    appended = tmp_path / "appended.pt"
+    appended.write_bytes(evil + honest.read_bytes())
+    loaded = load_torch_file(appended)  # what zipfile sees is the honest archive, and only that is given to torch
+    assert torch.equal(loaded["weight"], torch.load(honest, weights_only=True)["weight"])
+
+    cased = tmp_path / "cased.pt"
+    with zipfile.ZipFile(honest) as source, zipfile.ZipFile(cased, "w") as target:
+        for member in source.infolist():
+            target.writestr(member.filename, source.read(member))
+        target.writestr("archive/DECOY/DATA.PKL", evil)
+    with pytest.raises(UnsafeTorchFileError, match="2 data.pkl members"):
+        load_torch_file(cased)
+
+    depth = 5_000  # lists nested through the memo: each new list appends the one stored before it, and a flat
+    ops = bytearray(b"\x80\x02]]r" + struct.pack("<I", 0) + b"a")  # outer list holds them all
+    for i in range(1, depth):
+        ops += b"]r" + struct.pack("<I", i) + b"j" + struct.pack("<I", i - 1) + b"aa"
+    ops += b"."
+    with pytest.raises(UnsafeTorchFileError, match="nests values more than 100 deep"):
+        load_torch_file(_torch_file_with(tmp_path, "memo", bytes(ops)))
+
+    for name, call in (("bytearray", b"cbuiltins\nbytearray\nJ\x00\xca\x9a;\x85R"),
+                       ("encode", b"c_codecs\nencode\nX\x01\x00\x00\x00aX\x08\x00\x00\x00punycode\x86R")):
+        with pytest.raises(UnsafeTorchFileError, match=f"names .*{name}, which no checkpoint holds"):
+            load_torch_file(_torch_file_with(tmp_path, name, b"\x80\x02}(X\x01\x00\x00\x00a" + call + b"u."))

@@ -214,3 +214,16 @@ def test_integer_keys_and_long_dtype_texts_are_refused_before_they_cost_time_or_
     dtype = b"\x80\x04\x8c\x05numpy\x8c\x05dtype\x93\x8d" + len(text).to_bytes(8, "little") + text + b"\x85R."
     with pytest.raises(ImageDecodeError, match="batches.meta.*names a dtype by 200,004 characters of text"):
         open_image_set(_meta(tmp_path / "b", dtype))
+
+
+def test_a_refusal_describes_a_crafted_value_without_printing_it(tmp_path):
+    """A dtype's state given as a tuple of 12,000 references to one 16 KB bytes object: the refusal's message once
+    printed it whole (200 MB for a 40 KB file, growing with the square of the file)."""
+    from saliencyssl.datasets import load_cifar_pickle
+
+    size, count = 16_384, 12_000
+    data = (b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00u1\x85R" + b"B" + struct.pack("<I", size) + b"\x07" * size
+            + b"q\x00" + b"0" + b"(" + b"h\x00" * count + b"tb.")
+    (tmp_path / "batches.meta").write_bytes(data)
+    with pytest.raises(ImageDecodeError, match=f"sets a dtype's state to a tuple of {count} items"):
+        load_cifar_pickle(tmp_path / "batches.meta")

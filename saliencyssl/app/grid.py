@@ -44,6 +44,7 @@ from saliencyssl.app.rundir import RunDir, RunDirError, describe
 from saliencyssl.augment import MissingPieceError, parse_policy
 from saliencyssl.augment.router import parse_sources
 from saliencyssl.eval.gridtable import plot_monitored_knn, plot_rows, result_rows, rows_markdown, write_rows_csv
+from saliencyssl.eval.results import replace_file
 from saliencyssl.saliency.params import LABELLER_OPTIONS
 
 SUMMARY = "methods x policies, each pretrained and evaluated at label fractions (resumable)"
@@ -646,8 +647,13 @@ def recorded_method_options(config: GridConfig) -> dict[str, str]:
             recorded = json.loads(path.read_text())["meta"]["backbone"]["config"].get("method_options")
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
-        if recorded:
-            found[cell.name] = format_method_options(recorded)
+        if not isinstance(recorded, dict) or not all(isinstance(k, str) and isinstance(v, (int, float, str, bool))
+                                                      for k, v in recorded.items()):
+            if recorded:
+                raise ValueError(f"{path}: its recorded method options {str(recorded)[:60]} are not a map of names "
+                                 f"to values; it is damaged: delete its folder to evaluate the cell again")
+            continue
+        found[cell.name] = format_method_options(recorded)
     return found
 
 
@@ -667,9 +673,8 @@ def collect(config: GridConfig) -> list[dict]:
     if options:
         description += "\n\nMethod options (instead of the defaults), as the evaluated backbones record them: " + \
             "; ".join(f"{cell} {text}" for cell, text in options.items())
-    table = out / f"{stem}_results.md"  # written beside it, then moved over it: a failed write keeps the old one
-    (out / f".{stem}_results.md.tmp").write_bytes(rows_markdown(config.name, description, rows).encode("utf-8"))
-    (out / f".{stem}_results.md.tmp").replace(table)
+    # written beside it, then moved over it: a failed write keeps the old one
+    replace_file(out / f"{stem}_results.md", rows_markdown(config.name, description, rows).encode("utf-8"))
     random_knn = [r["accuracy_mean"] for r in rows
                   if r["method"] == "random" and r["protocol"] == "knn" and float(r["fraction"]) == 1.0]
     for method in dict.fromkeys(c.method for c in cells(config)):

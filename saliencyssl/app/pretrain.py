@@ -57,7 +57,7 @@ from saliencyssl.ssl.backbone import resnet18_backbone, save_backbone, uses_cifa
 from saliencyssl.ssl.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from saliencyssl.ssl.registry import METHODS
 from saliencyssl.target import TargetBatch
-from saliencyssl.torchfiles import UnsafeTorchFileError, check_torch_file
+from saliencyssl.torchfiles import UnsafeTorchFileError, load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -394,8 +394,7 @@ class Pretrainer:
         """Restore the checkpoint of a run whose settings the run record found equal to this one's."""
         path = self.checkpoint_path
         try:
-            check_torch_file(path)
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_torch_file(path, "cpu")
         except UnsafeTorchFileError as error:
             raise ValueError(f"{path} cannot be read as a pretraining checkpoint: {error}; remove it to start again, "
                              f"or choose another --out") from None

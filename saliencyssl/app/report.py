@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from saliencyssl.app.options import fail, one_line_errors
+from saliencyssl.eval.results import replace_file
 
 SUMMARY = "the findings tables, regenerated from the committed result files (results/*.json)"
 
@@ -149,8 +150,8 @@ def load_result(path: str | Path) -> dict:
     return result
 
 
-#: The largest whole number a cell may hold (beyond it a float conversion overflows, and no measurement is that big).
-MAX_CELL_INTEGER = 10 ** 15
+#: The largest number a cell may hold (beyond it a float conversion overflows, and no measurement is that big).
+MAX_CELL_NUMBER = 10 ** 15
 
 
 def _check_text(path: Path, text: str, one_line: bool = True) -> None:
@@ -175,11 +176,11 @@ def _check_cell(path: Path, cell) -> None:
             _check_text(path, value)
         elif isinstance(value, bool) or value is None:
             continue
-        elif isinstance(value, int) and abs(value) > MAX_CELL_INTEGER:
-            raise ResultFileError(path, f"a cell holds the number {str(value)[:20]}... ({len(str(value))} digits), "
-                                        f"larger than any measurement; the file is damaged")
-        elif isinstance(value, float) and not math.isfinite(value):
-            raise ResultFileError(path, f"a cell holds {value}, not a measurement")
+        elif isinstance(value, int) and abs(value) > MAX_CELL_NUMBER:
+            raise ResultFileError(path, f"a cell holds a number of {value.bit_length() * 0.30103:.0f} digits, larger "
+                                        f"than any measurement; the file is damaged")
+        elif isinstance(value, float) and not (math.isfinite(value) and abs(value) <= MAX_CELL_NUMBER):
+            raise ResultFileError(path, f"a cell holds {value:.3g}, not a measurement; the file is damaged")
         elif not isinstance(value, (int, float)):
             raise ResultFileError(path, f"a cell holds a {type(value).__name__}; cells are numbers, text, "
                                         f"[mean, spread] pairs or null")
@@ -247,7 +248,11 @@ def update_document(path: str | Path, root: str | Path = ".") -> tuple[str, list
             changed.append(match.group("path"))
         return match.group(1) + body + match.group(4)
 
-    return _BLOCK.sub(replace, text), changed
+    new = _BLOCK.sub(replace, text)
+    if len(new.encode("utf-8")) > MAX_DOCUMENT_BYTES:
+        raise DocumentError(path, f"would grow past the {MAX_DOCUMENT_BYTES:,} bytes a document may have; its blocks' "
+                                  f"result files are far larger than tables of measurements")
+    return new, changed
 
 
 @dataclass(frozen=True)
@@ -276,9 +281,7 @@ def run(config: ReportConfig) -> dict[str, list[str]]:
         new, changed = update_document(document, root)
         out[str(document)] = changed
         if changed and not check:  # written beside it, then moved over it: a failed write leaves it as it was
-            temporary = document.with_name(f".{document.name}.tmp")
-            temporary.write_bytes(new.encode("utf-8"))
-            temporary.replace(document)
+            replace_file(document, new.encode("utf-8"))
     return out
 
 

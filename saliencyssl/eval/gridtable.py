@@ -94,21 +94,30 @@ def _read_json(path: Path, what: str):
 
 def read_results(path: Path) -> dict:
     """An evaluation's ``results.json``: ``{protocol: {fraction: {"accuracy_mean", "accuracy_std",
-    "n_labelled", ...}}}`` with finite numbers; a damaged one raises ``ValueError`` naming the file."""
-    import math
+    "n_labelled", ...}}}`` with fractions in (0, 1] and accuracies from 0 to 1; a damaged one raises
+    ``ValueError`` naming the file."""
+
+    def fraction(key) -> bool:
+        try:
+            return 0 < float(key) <= 1
+        except (TypeError, ValueError):
+            return False
+
+    def share(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
 
     results = _read_json(path, "an evaluation's results")
     ok = isinstance(results, dict)
     for protocol in ("linear", "knn"):
         table = results.get(protocol, {}) if ok else None
         ok = ok and isinstance(table, dict) and all(
-            isinstance(entry, dict) and all(isinstance(entry.get(key), (int, float)) and not isinstance(
-                entry.get(key), bool) and math.isfinite(entry[key]) for key in ("accuracy_mean", "accuracy_std"))
-            and isinstance(entry.get("n_labelled"), int) for entry in table.values())
+            fraction(key) and isinstance(entry, dict) and share(entry.get("accuracy_mean"))
+            and share(entry.get("accuracy_std")) and isinstance(entry.get("n_labelled"), int)
+            and not isinstance(entry.get("n_labelled"), bool) for key, entry in table.items())
     if not ok:
-        raise ValueError(f"{path}: not an evaluation's results (each protocol's fractions need a finite accuracy_mean "
-                         f"and accuracy_std and a whole n_labelled); it is damaged: delete its folder to evaluate the "
-                         f"cell again")
+        raise ValueError(f"{path}: not an evaluation's results (each protocol maps label fractions in (0, 1] to an "
+                         f"accuracy_mean and accuracy_std from 0 to 1 and a whole n_labelled); it is damaged: delete "
+                         f"its folder to evaluate the cell again")
     return results
 
 

@@ -349,6 +349,24 @@ def write_report(out_dir: str | Path, results: Mapping[str, Any], rows: Iterable
     return paths
 
 
+def replace_file(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to a new file of a fresh random name beside ``path`` (never an existing file, link or pipe),
+    then move it over ``path``: a failed write leaves ``path`` as it was."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def _write_text(path: Path, text: str) -> Path:
     path.write_text(text if text.endswith("\n") else text + "\n")
     return path
@@ -356,4 +374,4 @@ def _write_text(path: Path, text: str) -> Path:
 
 __all__ = ["PROTOCOL_TITLES", "protocol_title", "classification_results", "classification_rows", "segmentation_results",
            "segmentation_rows", "write_json", "write_csv", "markdown_table", "classification_markdown",
-           "segmentation_markdown", "plot_fraction_curves", "plot_tsne", "write_report"]
+           "segmentation_markdown", "plot_fraction_curves", "plot_tsne", "write_report", "replace_file"]

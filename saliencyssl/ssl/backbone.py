@@ -21,7 +21,7 @@ from torch import nn
 
 # The input convention (ImageNet's normalisation) is the views' last step: defined with them.
 from saliencyssl.augment.normalize import IMAGENET_MEAN, IMAGENET_STD, to_model_input  # noqa: F401
-from saliencyssl.torchfiles import UnsafeTorchFileError, check_torch_file
+from saliencyssl.torchfiles import UnsafeTorchFileError, load_torch_file
 
 #: Inputs up to this side length get the CIFAR stem by default.
 CIFAR_STEM_MAX_SIZE = 64
@@ -178,8 +178,7 @@ def load_backbone(path: str | Path, map_location: str | torch.device = "cpu") ->
     try:
         # weights_only: tensors and plain containers only, so a checkpoint cannot run code when loaded; the
         # archive and the shape of its pickle are checked first, so it cannot crash or stall the loader either.
-        check_torch_file(path)
-        blob = torch.load(path, map_location=map_location, weights_only=True)
+        blob = load_torch_file(path, map_location)
     except UnsafeTorchFileError as error:
         raise BackboneCheckpointError(f"{path} cannot be read as a backbone checkpoint: {error}; {_INSTEAD}") \
             from None

@@ -50,7 +50,7 @@ from saliencyssl.precision import autocast_dtype
 from saliencyssl.surrogate.networks import (MAX_GENERATOR_PARAMETERS, Architecture, RetiredArchitectureError,
                                             UNetGenerator, build_networks, image_to_input, to_probabilities)
 from saliencyssl.target import TARGET_CHANNELS, TargetBatch
-from saliencyssl.torchfiles import UnsafeTorchFileError, check_torch_file
+from saliencyssl.torchfiles import UnsafeTorchFileError, load_torch_file
 
 CHECKPOINT_FORMAT = "saliency-ssl-surrogate"
 FORMAT_VERSION = 1
@@ -117,8 +117,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         with warnings.catch_warnings():  # a foreign pickle's protocol is no news: it is refused below
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            check_torch_file(path)  # the archive and its pickle's shape: nothing that crashes or stalls the loader
-            blob = torch.load(path, map_location=map_location, weights_only=True)
+            blob = load_torch_file(path, map_location)  # checked: nothing that crashes or stalls the loader
     except Exception as error:  # pickle errors, zip errors, foreign objects
         raise SurrogateCheckpointError(_unreadable(path, error)) from None
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
