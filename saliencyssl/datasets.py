@@ -136,7 +136,7 @@ def _brief(value, limit: int = 40) -> str:
     if isinstance(value, bool) or value is None or isinstance(value, float):
         return repr(value)
     if isinstance(value, int):
-        if -10 ** 18 < value < 10 ** 18:
+        if -10 ** 100 < value < 10 ** 100:
             return repr(value)
         return f"an integer of about {value.bit_length() * 0.30103:.0f} digits"
     if isinstance(value, (tuple, list, dict)):
