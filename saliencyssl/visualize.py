@@ -72,11 +72,14 @@ def save_rgb(path: str | Path, image: np.ndarray) -> Path:
     """Write an RGB uint8 image (PNG/JPEG by suffix), creating the folder."""
     import cv2
 
+    from saliencyssl.files import replace_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {path}; check the folder is writable and the suffix is .png or .jpg")
-    return path
+    ok, data = cv2.imencode(path.suffix or ".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"could not encode {path}; give a name ending in .png or .jpg")
+    return replace_file(path, data.tobytes())  # a fresh file moved over the name: never written through a link
 
 
 LABEL_GRID_HEADER = ("image", "HC", "RC", "SaliencyCut", "regions")

@@ -17,7 +17,8 @@ import pytest
 from _paths import REPO
 
 PACKAGE = REPO / "saliencyssl"
-FOUNDATION = {"target", "metrics", "imageio", "hashing", "precision", "visualize", "datasets", "embedded", "torchfiles"}
+FOUNDATION = {"target", "metrics", "imageio", "hashing", "precision", "visualize", "datasets", "embedded", "torchfiles",
+              "files"}
 ORDER = ["foundation", "saliency", "cache", "surrogate", "augment", "ssl", "eval", "app"]
 
 

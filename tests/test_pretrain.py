@@ -132,6 +132,15 @@ def test_resume_without_a_checkpoint_starts_afresh_and_a_damaged_one_is_named(sh
     fresh = Pretrainer(_config(shapes, tmp_path / "new", epochs=1, resume=True))
     assert fresh.start_epoch == 0
     fresh.run()
+    good = torch.load(tmp_path / "new" / "checkpoint.pt", weights_only=True)
+    # crafted fields of a readable checkpoint: one error naming the file, never a traceback or an endless run
+    for damage in ({"epoch": -10 ** 9}, {"scheduler": "x"}, {"history": [{"nonsense": 1}]}, {"rng": {"torch": 1}}):
+        torch.save({**good, **damage}, tmp_path / "new" / "checkpoint.pt")
+        with pytest.raises(ValueError, match=r"new/checkpoint.pt: its saved training state is damaged"):
+            Pretrainer(_config(shapes, tmp_path / "new", epochs=1, resume=True))
+    torch.save({k: v for k, v in good.items() if k != "method"}, tmp_path / "new" / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"new/checkpoint.pt: its saved model is damaged"):
+        Pretrainer(_config(shapes, tmp_path / "new", epochs=1, resume=True))
     (tmp_path / "new" / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=r"new/checkpoint.pt cannot be read.*remove it"):
         Pretrainer(_config(shapes, tmp_path / "new", epochs=1, resume=True))

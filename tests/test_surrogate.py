@@ -404,6 +404,25 @@ def test_resume_continues_from_the_saved_epoch(labelled, tmp_path, capsys):
     assert "rotate true (now false)" in err and "ngf 4 (now 8)" in err
 
 
+@pytest.mark.parametrize("damage", [{"epoch": -10 ** 9}, {"elapsed": -1e15}, {"best": "x"}, {"history": [1]}])
+def test_resume_from_a_crafted_last_pt_is_one_line_not_an_endless_run(labelled, tmp_path, capsys, damage):
+    """Counters set to -1e9 trained without end, an elapsed time of -1e15 ignored --max-minutes, other fields gave
+    raw tracebacks: each is refused when the run resumes, naming the file."""
+    from saliencyssl.surrogate.model import save_checkpoint
+
+    out = tmp_path / "run"
+    assert _train(labelled, out, "--epochs", "1") == 0
+    blob = torch.load(out / "last.pt", weights_only=True)
+    blob["trainer"].update(damage)
+    save_checkpoint(out / "last.pt", blob)
+    capsys.readouterr()
+    assert _train(labelled, out, "--epochs", "2", "--resume") == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # (a note on the tiny held-out set comes first)
+    assert last.startswith("error: cannot resume from") and "its saved training state is damaged" in last
+    assert "Traceback" not in err and "train-surrogate IMAGES_DIR" not in last
+
+
 def test_the_run_record_keeps_the_trajectory_and_frees_the_budgets(labelled, tmp_path, capsys):
     out = tmp_path / "run"
     assert _train(labelled, out, "--epochs", "1") == 0

@@ -44,7 +44,7 @@ from saliencyssl.app.rundir import RunDir, RunDirError, describe
 from saliencyssl.augment import MissingPieceError, parse_policy
 from saliencyssl.augment.router import parse_sources
 from saliencyssl.eval.gridtable import plot_monitored_knn, plot_rows, result_rows, rows_markdown, write_rows_csv
-from saliencyssl.eval.results import replace_file
+from saliencyssl.files import replace_file
 from saliencyssl.saliency.params import LABELLER_OPTIONS
 
 SUMMARY = "methods x policies, each pretrained and evaluated at label fractions (resumable)"

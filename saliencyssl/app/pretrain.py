@@ -50,6 +50,7 @@ from saliencyssl.augment import (PRESETS, SOURCE_ORDERS, FrozenPack, MissingPiec
                                  TrainingImages, parse_policy, parse_sources, policy_summary)
 from saliencyssl.cache.packfile import PackError
 from saliencyssl.datasets import check_image_size, open_image_set
+from saliencyssl.files import temporary_beside
 from saliencyssl.precision import autocast_dtype
 from saliencyssl.saliency import Labeller, LabellerConfig
 from saliencyssl.saliency.params import LABELLER_OPTIONS
@@ -386,9 +387,8 @@ class Pretrainer:
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "rng": _rng_state(), "history": [asdict(h) for h in self.history],
         }
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.checkpoint_path)
+        with temporary_beside(self.checkpoint_path) as tmp:
+            torch.save(state, tmp)
 
     def _resume(self) -> None:
         """Restore the checkpoint of a run whose settings the run record found equal to this one's."""
@@ -409,16 +409,25 @@ class Pretrainer:
         except RuntimeError as error:
             raise ValueError(f"{path}: weights do not fit this {self.config.method} model: "
                              f"{str(error).splitlines()[0]}") from error
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.history = [EpochRecord(**h) for h in state["history"]]
-        self.start_epoch = int(state["epoch"]) + 1
-        if self.dist.enabled:
-            # Only rank 0's generators were saved: give every process its own stream again.
-            _seed_everything(self.config.seed + self.dist.rank + 7919 * self.start_epoch)
-        else:
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"{path}: its saved model is damaged ({type(error).__name__}); remove it to start again, "
+                             f"or choose another --out") from None
+        try:
+            epoch = state["epoch"]
+            if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch < self.config.epochs:
+                raise ValueError(f"epoch {str(epoch)[:20]} is not one of this run's {self.config.epochs}")
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.history = [EpochRecord(**h) for h in state["history"]]
             _set_rng_state(state["rng"])
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, IndexError) as error:
+            raise ValueError(f"{path}: its saved training state is damaged ({type(error).__name__}: "
+                             f"{str(error)[:120]}); remove it to start again, or choose another --out") from None
+        self.start_epoch = epoch + 1
+        if self.dist.enabled:
+            # Only rank 0's generators were saved (and restored above): give every process its own stream again.
+            _seed_everything(self.config.seed + self.dist.rank + 7919 * self.start_epoch)
         self._say(f"resumed from {path} after epoch {self.start_epoch}")
 
     # -- training ----------------------------------------------------------------------------------

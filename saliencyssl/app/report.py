@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from saliencyssl.app.options import fail, one_line_errors
-from saliencyssl.eval.results import replace_file
+from saliencyssl.files import read_text_file, replace_file
 
 SUMMARY = "the findings tables, regenerated from the committed result files (results/*.json)"
 
@@ -70,36 +70,6 @@ class DocumentError(ValueError):
     def __init__(self, path: Path, message: str):
         self.path = Path(path)
         super().__init__(f"{path}: {message}")
-
-
-def read_text_file(path: str | Path, limit: int, what: str) -> str:
-    """The UTF-8 text of ``path``, a regular file of at most ``limit`` bytes.
-
-    The name is checked before opening (a pipe would block, a device never end), the opened file
-    again, and at most ``limit + 1`` bytes are read (a file that grows is caught too).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a regular file, larger than ``limit``, or not UTF-8, naming ``what`` and the fix.
-    """
-    import os
-    import stat
-
-    path = Path(path)
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        raise ValueError(f"not a regular file (a folder, a pipe or a device); a {what} must be a file")
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise ValueError(f"not a regular file (a folder, a pipe or a device); a {what} must be a file")
-        data = fh.read(limit + 1)
-    if len(data) > limit:
-        raise ValueError(f"larger than the {limit:,} bytes a {what} may have; it is not one")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start:,}); save the "
-                         f"{what} as UTF-8") from None
 
 
 def _result_path(root: Path, name: str) -> Path:

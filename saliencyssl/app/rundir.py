@@ -45,7 +45,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from saliencyssl.files import read_text_file, replace_file
+
 RUN_RECORD = "run.json"
+#: The largest run record read (one is a few KB; its history grows by a line a run).
+MAX_RECORD_BYTES = 16 << 20
 RECORD_FORMAT = "saliency-ssl-run-1"
 _ABSENT = "(not recorded)"
 
@@ -182,19 +186,20 @@ class RunDir:
         Raises:
             RunRecordError: ``run.json`` is damaged, not a run record, or another stage's.
         """
-        try:
-            text = self.record_path.read_text()
+        try:  # a regular file of bounded size: a link to /dev/zero or a pipe named run.json is refused unread
+            text = read_text_file(self.record_path, MAX_RECORD_BYTES, "run record")
         except FileNotFoundError:
             return None
-        except OSError as error:
-            raise RunRecordError(self.path, f"{self.record_path} cannot be read ({error})") from error
+        except (OSError, ValueError) as error:
+            raise RunRecordError(self.path, f"{self.record_path} cannot be read ({error}); delete {self.path} to run "
+                                            f"again, or choose another folder") from None
         try:
             record = json.loads(text)
         except (ValueError, RecursionError) as error:
             raise RunRecordError(self.path, f"{self.record_path} is damaged ({error}); delete {self.path} to run "
                                             f"again, or choose another folder") from error
         if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT \
-                or not isinstance(record.get("settings"), dict):
+                or not isinstance(record.get("settings"), dict) or not isinstance(record.get("history", []), list):
             raise RunRecordError(self.path, f"{self.record_path} is not a saliency-ssl run record; choose another "
                                             f"folder")
         if record.get("stage") != self.stage:
@@ -278,9 +283,7 @@ class RunDir:
 
     def _write(self, record: dict) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.record_path.with_name(f".{RUN_RECORD}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-        tmp.replace(self.record_path)
+        replace_file(self.record_path, json.dumps(record, indent=2, sort_keys=True))
 
 
 def _now() -> str:

@@ -34,7 +34,8 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from saliencyssl.cache.codec import decode_target, encode_target
+from saliencyssl.files import replace_file
+from saliencyssl.cache.codec import CorruptTargetError, decode_target, encode_target
 from saliencyssl.cache.executors import prepare_worker_process
 from saliencyssl.cache.store import TargetCache
 from saliencyssl.hashing import content_hash
@@ -317,10 +318,15 @@ def export_maps(export_dir: Path, relative: Path, target, hc: np.ndarray | None,
     folder = export_dir / relative.parent
     folder.mkdir(parents=True, exist_ok=True)
     stem = export_stem(relative, clashing)
-    cv2.imwrite(str(folder / f"{stem}_rc.png"), target.saliency)
-    cv2.imwrite(str(folder / f"{stem}_cut.png"), np.where(target.mask, 255, 0).astype(np.uint8))
+    maps = {"rc": target.saliency, "cut": np.where(target.mask, 255, 0).astype(np.uint8)}
     if hc is not None:
-        cv2.imwrite(str(folder / f"{stem}_hc.png"), hc)
+        maps["hc"] = hc
+    for kind, image in maps.items():
+        path = folder / f"{stem}_{kind}.png"
+        ok, data = cv2.imencode(".png", image)
+        if not ok:
+            raise OSError(f"cannot encode {path} as PNG")
+        replace_file(path, data.tobytes())  # raises, naming the file, where it cannot be written (a name too long)
 
 
 def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerConfig, executor=None,
@@ -453,14 +459,22 @@ def _store(record: dict, cache: TargetCache, summary: LabelSummary, export: Path
         summary.failed.append((path, record["error"]))
         return
     if record["target"] is not None:
-        cache.put_encoded(record["hash"], record["target"])
-        target = decode_target(record["target"])
+        try:
+            target = decode_target(record["target"])  # before storing: a target the codec cannot hold fails its image
+            cache.put_encoded(record["hash"], record["target"])
+        except CorruptTargetError as error:
+            summary.failed.append((path, f"its target cannot be stored ({error})"))
+            return
         summary.labelled += 1
         summary.label_seconds.append(record["seconds"])
         summary.no_object += int(not target.mask.any())
     else:
         target = cache.get(record["hash"])
     if export is not None and target is not None:
-        export_maps(export, _relative(Path(path), root), target, record["hc"], clashing)
+        try:
+            export_maps(export, _relative(Path(path), root), target, record["hc"], clashing)
+        except OSError as error:  # a map name too long for the file system, a full disk: this image's maps only
+            summary.failed.append((path, f"its maps cannot be exported: {error}"))
+            return
         summary.exported += 1
 

@@ -56,6 +56,7 @@ from typing import Iterable
 
 import numpy as np
 
+from saliencyssl.files import temporary_beside
 from saliencyssl.hashing import HASH_HEX_LENGTH
 from saliencyssl.saliency.params import describe_params
 from saliencyssl.target import Target
@@ -250,21 +251,17 @@ def _write_pack(path: Path, items, fingerprint: str, params: dict | None) -> Pat
                             f"{MAX_HEADER_BYTES:,} a reader accepts; split the images into several packs")
         if len(MAGIC) + 8 + len(body) > start:
             raise PackError("pack header larger than its reserved space")  # cannot happen with the margin above
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(MAGIC)
-                fh.write(struct.pack("<Q", len(body)))
-                fh.write(body)
-                for name, _ in _ARRAYS:
-                    fh.seek(header["arrays"][name]["offset"])
-                    with open(Path(scratch) / name, "rb") as part:
-                        shutil.copyfileobj(part, fh, 1 << 22)
-                fh.truncate(position)
-            tmp.replace(path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # a full disk or a folder named like the pack leaves nothing behind
-            raise
+        # a fresh file of a random name, moved over the pack's name: a full disk leaves nothing behind, and
+        # nothing planted at a guessable name is written through
+        with temporary_beside(path) as tmp, open(tmp, "wb") as fh:
+            fh.write(MAGIC)
+            fh.write(struct.pack("<Q", len(body)))
+            fh.write(body)
+            for name, _ in _ARRAYS:
+                fh.seek(header["arrays"][name]["offset"])
+                with open(Path(scratch) / name, "rb") as part:
+                    shutil.copyfileobj(part, fh, 1 << 22)
+            fh.truncate(position)
     return path
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from saliencyssl.files import replace_file, temporary_beside
 from saliencyssl.ssl.backbone import (FEATURE_DIM, check_backbone_config, load_backbone, resnet18_backbone,
                                       to_model_input, uses_cifar_stem)
 
@@ -252,14 +253,9 @@ class FeatureCache:
     def save(self, key: str, features: np.ndarray, meta: dict[str, Any]) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
+        with temporary_beside(path) as tmp, open(tmp, "wb") as fh:
             np.save(fh, np.ascontiguousarray(features, np.float32), allow_pickle=False)
-        tmp.replace(path)
-        meta_path = path.with_suffix(".json")
-        tmp_meta = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
-        tmp_meta.write_text(json.dumps(_jsonable(meta), indent=2))
-        tmp_meta.replace(meta_path)
+        replace_file(path.with_suffix(".json"), json.dumps(_jsonable(meta), indent=2))
         return path
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from saliencyssl.files import temporary_beside
+
 
 def _new_plot():
     """A figure and axes of the grid's plots' size, drawn off-screen."""
@@ -34,7 +36,8 @@ def _save_plot(fig, ax, title: str, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with temporary_beside(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
     return Path(path)
 
@@ -191,7 +194,7 @@ def policy_gap(rows: list[dict], policy: str, reference: str, protocol: str) -> 
 
 
 def write_rows_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as fh:
+    with temporary_beside(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

@@ -31,6 +31,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from saliencyssl.eval.fractions import FractionScore
+from saliencyssl.files import replace_file, temporary_beside
 
 #: Line labels of the classification protocols in tables and plots.
 PROTOCOL_TITLES = {"linear": "linear probe", "knn": "kNN", "kmeans": "k-means"}
@@ -121,10 +122,7 @@ def write_json(path: str | Path, obj: Any) -> Path:
     """Pretty JSON (NaN written as ``null``), written atomically (temp file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_finite(obj), indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    return replace_file(path, json.dumps(_finite(obj), indent=2) + "\n")
 
 
 def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
@@ -134,7 +132,7 @@ def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
     columns: list[str] = []
     for row in rows:
         columns.extend(k for k in row if k not in columns)
-    with open(path, "w", newline="") as fh:
+    with temporary_beside(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         for row in rows:
@@ -244,7 +242,8 @@ def plot_fraction_curves(series: Mapping[str, Sequence[FractionScore]], metric: 
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with temporary_beside(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
     return path
 
 
@@ -275,7 +274,8 @@ def plot_tsne(embedding: np.ndarray, clusters: np.ndarray, labels: np.ndarray | 
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with temporary_beside(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
     return path
 
 
@@ -349,29 +349,10 @@ def write_report(out_dir: str | Path, results: Mapping[str, Any], rows: Iterable
     return paths
 
 
-def replace_file(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to a new file of a fresh random name beside ``path`` (never an existing file, link or pipe),
-    then move it over ``path``: a failed write leaves ``path`` as it was."""
-    import os
-    import tempfile
-
-    path = Path(path)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _write_text(path: Path, text: str) -> Path:
-    path.write_text(text if text.endswith("\n") else text + "\n")
-    return path
+    return replace_file(path, text if text.endswith("\n") else text + "\n")
 
 
 __all__ = ["PROTOCOL_TITLES", "protocol_title", "classification_results", "classification_rows", "segmentation_results",
            "segmentation_rows", "write_json", "write_csv", "markdown_table", "classification_markdown",
-           "segmentation_markdown", "plot_fraction_curves", "plot_tsne", "write_report", "replace_file"]
+           "segmentation_markdown", "plot_fraction_curves", "plot_tsne", "write_report"]

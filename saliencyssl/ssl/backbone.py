@@ -21,6 +21,7 @@ from torch import nn
 
 # The input convention (ImageNet's normalisation) is the views' last step: defined with them.
 from saliencyssl.augment.normalize import IMAGENET_MEAN, IMAGENET_STD, to_model_input  # noqa: F401
+from saliencyssl.files import temporary_beside
 from saliencyssl.torchfiles import UnsafeTorchFileError, load_torch_file
 
 #: Inputs up to this side length get the CIFAR stem by default.
@@ -60,9 +61,8 @@ def save_backbone(path: str | Path, backbone: nn.Module, config: dict[str, Any])
     if "cifar_stem" not in config:
         raise ValueError("backbone config needs 'cifar_stem'")
     state = {k: v.detach().cpu() for k, v in _unwrap(backbone).state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"state_dict": state, "config": config}, tmp)
-    tmp.replace(path)
+    with temporary_beside(path) as tmp:
+        torch.save({"state_dict": state, "config": config}, tmp)
     return path
 
 

@@ -47,6 +47,7 @@ from typing import Any
 import torch
 
 from saliencyssl.precision import autocast_dtype
+from saliencyssl.files import temporary_beside
 from saliencyssl.surrogate.networks import (MAX_GENERATOR_PARAMETERS, Architecture, RetiredArchitectureError,
                                             UNetGenerator, build_networks, image_to_input, to_probabilities)
 from saliencyssl.target import TARGET_CHANNELS, TargetBatch
@@ -75,10 +76,11 @@ class SurrogateCheckpointError(ValueError):
 
     fix = "train-surrogate"
 
-    def __init__(self, message: str, image_size: int | None = None, relabel: bool = False):
+    def __init__(self, message: str, image_size: int | None = None, relabel: bool = False, retrain: bool = True):
         super().__init__(message)
         self.image_size = image_size
         self.relabel = relabel
+        self.fix = "train-surrogate" if retrain else None  # None: the message says what to do (a run to resume)
 
 
 def checkpoint_dict(generator: UNetGenerator, fingerprint: str, labeller_params: dict | None,
@@ -96,9 +98,8 @@ def save_checkpoint(path: str | Path, blob: dict) -> Path:
     """Write a checkpoint dict atomically (temporary file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)
+    with temporary_beside(path) as tmp:
+        torch.save(blob, tmp)
     return path
 
 

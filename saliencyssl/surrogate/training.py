@@ -568,7 +568,21 @@ class SurrogateTrainer:
         if not path.is_file():
             raise FileNotFoundError(f"no checkpoint {path} to resume from; start the run afresh")
         blob = read_checkpoint(path, map_location="cpu")
+        try:
+            self._restore(path, blob)
+        except SurrogateCheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, IndexError, OverflowError) as error:
+            raise SurrogateCheckpointError(f"cannot resume from {path}: its saved training state is damaged "
+                                           f"({type(error).__name__}: {str(error)[:120]}); start a new run in another "
+                                           f"folder", retrain=False) from None
+        self.log(f"resumed from {path}: epoch {self.epoch}, step {self.step}, {self.elapsed / 60:.1f} min trained")
+
+    def _restore(self, path: Path, blob: dict) -> None:
+        """Load ``blob`` (a read ``last.pt``) into this trainer, checking it fits (see :meth:`resume`)."""
         meta = blob.get("meta") or {}
+        if not isinstance(meta, dict):
+            raise TypeError(f"its meta record is a {type(meta).__name__}")
         problems = []
         if int(blob["image_size"]) != self.config.image_size:
             problems.append(f"image size {blob['image_size']} (now {self.config.image_size})")
@@ -589,7 +603,8 @@ class SurrogateTrainer:
             problems += self.load_extra_state(blob)
         if problems:
             raise SurrogateCheckpointError(f"cannot resume from {path}: it was trained with " + "; ".join(problems)
-                                           + ". Use the original options, or start a new run in another folder")
+                                           + ". Use the original options, or start a new run in another folder",
+                                           retrain=False)
         self.generator.load_state_dict(blob["generator"])
         self.discriminator.load_state_dict(blob["discriminator"])
         self.opt_g.load_state_dict(blob["optim_g"])
@@ -599,10 +614,16 @@ class SurrogateTrainer:
         state = blob["trainer"]
         self.epoch, self.step, self.elapsed = int(state["epoch"]), int(state["step"]), float(state["elapsed"])
         self.batch_in_epoch = int(state.get("batch_in_epoch", 0))  # older checkpoints: the epoch from its start
+        if min(self.epoch, self.step, self.batch_in_epoch) < 0 or not 0 <= self.elapsed < 1e9:
+            raise ValueError(f"its counters (epoch {self.epoch}, step {self.step}, {self.elapsed:g} s) are impossible")
         self.history = list(state.get("history") or [])
         self.last_report = meta.get("heldout_fidelity")
         self._report_step = self.step
         self.best = state.get("best")
+        if self.best is not None and not (isinstance(self.best, dict) and isinstance(self.best.get("score"), float)):
+            raise TypeError(f"its best-epoch record is {str(self.best)[:40]}")
+        if not all(isinstance(entry, dict) for entry in self.history):
+            raise TypeError("its history is not a list of records")
         best_path = self.run_dir / "best.pt"
         if self.best is not None and best_path.is_file():
             self._best_state = read_checkpoint(best_path)["generator"]
@@ -613,7 +634,6 @@ class SurrogateTrainer:
             torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
-        self.log(f"resumed from {path}: epoch {self.epoch}, step {self.step}, {self.elapsed / 60:.1f} min trained")
 
     def consider(self, report: dict | None) -> bool:
         """Keep the current generator as ``best.pt`` when its held-out score beats the best so far."""

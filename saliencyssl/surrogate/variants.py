@@ -54,6 +54,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from saliencyssl.datasets import ImageSet
+from saliencyssl.files import replace_file
 from saliencyssl.saliency.labeller import LabellerConfig
 
 #: Variants per photo of a :class:`VariantSpec` built without a count. The surrogate's stage makes
@@ -229,15 +230,11 @@ def write_variants(image_set: ImageSet, indices: Sequence[int], hashes: Sequence
                 ok, data = cv2.imencode(".png", cv2.cvtColor(materialise(image, box, size), cv2.COLOR_RGB2BGR))
                 if not ok:
                     raise OSError(f"cannot encode the variant {path.name} as PNG")
-                tmp = path.with_name(f".{path.name}.tmp")
-                tmp.write_bytes(data.tobytes())
-                tmp.replace(path)
+                replace_file(path, data.tobytes())
             records.append({"name": path.name, "source": image_set.names[int(i)], "source_hash": image_hash,
                             "source_shape": [int(v) for v in shape], **box.as_dict()})
     manifest = {"spec": spec.settings(), "size": int(size), "variants": records}
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(out / MANIFEST)
+    replace_file(out / MANIFEST, json.dumps(manifest, indent=1))
     return paths
 
 

@@ -1,0 +1,81 @@
+"""Writing an output so that nothing else is written through it and a failed write loses nothing; reading a
+small text file (a record, a result) so that a link to a device or a pipe named like it is refused unread.
+
+Every file the toolkit writes goes first to a new file of a fresh random name beside its place
+(:func:`tempfile.mkstemp`: created exclusively, so never an existing file, link or pipe an
+earlier run or another user left at a name that could be guessed), then moves over the place
+(:func:`os.replace`, which replaces a link at the place rather than writing into its target). A
+write that fails removes its temporary file and leaves the place as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def temporary_beside(path: str | Path) -> Iterator[Path]:
+    """A new empty file of a fresh random name in ``path``'s folder, for a writer that takes a path
+    (``torch.save``, ``np.save``); moved over ``path`` when the block ends, removed if it raises.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> with temporary_beside(folder / "out.txt") as temporary:
+        ...     _ = temporary.write_text("done")
+        >>> (folder / "out.txt").read_text(), sorted(p.name for p in folder.iterdir())
+        ('done', ['out.txt'])
+    """
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    temporary = Path(name)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def replace_file(path: str | Path, data: bytes | str) -> Path:
+    """Write ``data`` (text as UTF-8) to :func:`temporary_beside` ``path``, then move it over ``path``."""
+    path = Path(path)
+    with temporary_beside(path) as temporary:
+        temporary.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    return path
+
+
+def read_text_file(path: str | Path, limit: int, what: str) -> str:
+    """The UTF-8 text of ``path``, a regular file of at most ``limit`` bytes.
+
+    The name is checked before opening (a pipe would block, a device never end), the opened file
+    again, and at most ``limit + 1`` bytes are read (a file that grows is caught too).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a regular file, larger than ``limit``, or not UTF-8, naming ``what`` and the fix.
+    """
+    path = Path(path)
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError(f"not a regular file (a folder, a pipe or a device); a {what} must be a file")
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise ValueError(f"not a regular file (a folder, a pipe or a device); a {what} must be a file")
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"larger than the {limit:,} bytes a {what} may have; it is not one")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start:,}); save the "
+                         f"{what} as UTF-8") from None
+
+
+__all__ = ["read_text_file", "replace_file", "temporary_beside"]
