@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import struct
 import warnings
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -31,6 +32,8 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".ti
 #: small file that claims a huge image (a decompression bomb) is refused before any pixel is allocated.
 #: 100 M pixels is a 10,000 x 10,000 photo, 300 MB decoded.
 MAX_DECODE_PIXELS = 100_000_000
+#: The most bytes of samples a TIFF whose header Pillow cannot read may claim (a photo's 100 M pixels of 8-bit RGBA).
+MAX_DECODE_BYTES = 4 * MAX_DECODE_PIXELS
 # OpenCV's own ceiling, for the formats whose header Pillow cannot read (OpenCV reads this once, at its
 # first decode; a caller's own setting is kept).
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_DECODE_PIXELS))
@@ -159,6 +162,7 @@ def read_image_file(path: str | Path) -> np.ndarray:
         raise ImageDecodeError(path, str(error)) from error
     if filled == 0:
         raise ImageDecodeError(path, "the file is empty")
+    _check_tiff(path, data[:filled])  # a TIFF Pillow cannot read the header of: its own directory, read here
     return data[:filled]
 
 
@@ -228,6 +232,60 @@ def image_header_size(data) -> tuple[int, int] | None:
         raise ImageDecodeError("<bytes>", str(error)) from error
     except Exception:  # not a format Pillow knows, or a damaged header: the decoder will say
         return None
+
+
+def tiff_header(data) -> tuple[int, int, int, int] | None:
+    """``(width, height, samples per pixel, bits per sample)`` from a classic TIFF's first directory, read in place
+    from the first bytes of ``data`` (a buffer); ``None`` for a buffer that is not a classic TIFF.
+
+    Pillow cannot read the header of some TIFFs that OpenCV decodes (several channels of 32-bit floats, say), so
+    their size is read here: a compressed one of a few megabytes can claim gigabytes of pixels.
+
+    Raises:
+        ValueError: a TIFF whose first directory cannot be read (or a BigTIFF).
+    """
+    head = bytes(memoryview(data).cast("B")[:8])
+    order = {b"II*\x00": "<", b"MM\x00*": ">"}.get(head[:4])
+    if order is None:
+        if head[:4] in (b"II+\x00", b"MM\x00+"):
+            raise ValueError("a BigTIFF, whose size cannot be checked before decoding")
+        return None
+    view = memoryview(data).cast("B")
+    (offset,) = struct.unpack(order + "I", head[4:8])
+    if offset + 2 > len(view):
+        raise ValueError("its first directory lies outside the file")
+    (count,) = struct.unpack(order + "H", view[offset:offset + 2])
+    if offset + 2 + 12 * count > len(view):
+        raise ValueError("its first directory runs past the end of the file")
+    tags = {}
+    for i in range(count):
+        tag, kind, n, value = struct.unpack(order + "HHII", view[offset + 2 + 12 * i:offset + 14 + 12 * i])
+        if kind == 3 and n <= 2:  # SHORT: the value sits in the first two bytes of the field
+            value = struct.unpack(order + "H", struct.pack(order + "I", value)[:2])[0]
+        tags[tag] = (kind, n, value)
+    if 256 not in tags or 257 not in tags:
+        raise ValueError("its first directory gives no width or height")
+    samples = tags.get(277, (3, 1, 1))[2]
+    bits_kind, bits_count, bits = tags.get(258, (3, 1, 1))
+    if bits_count > 2:  # one value per sample, stored at the field's offset: the first is every sample's here
+        bits = struct.unpack(order + "H", view[bits:bits + 2])[0] if bits_kind == 3 and bits + 2 <= len(view) else 64
+    return tags[256][2], tags[257][2], samples, bits
+
+
+def _check_tiff(path: Path, data) -> None:
+    """Refuse a TIFF (read whole, as ``data``) that claims more than :data:`MAX_DECODE_BYTES` bytes of samples or
+    :data:`MAX_DECODE_PIXELS` pixels, or whose size cannot be read; other formats pass."""
+    try:
+        tiff = tiff_header(data)
+    except (ValueError, struct.error) as error:
+        raise ImageDecodeError(path, f"a TIFF whose size cannot be read before decoding ({error}); convert it "
+                                     f"to PNG") from None
+    if tiff is not None:
+        width, height, samples, bits = tiff
+        if width * height * samples * bits // 8 > MAX_DECODE_BYTES or width * height > MAX_DECODE_PIXELS:
+            raise ImageDecodeError(path, f"it claims {width} x {height} pixels of {samples} x {bits}-bit samples, "
+                                         f"more than the {MAX_DECODE_BYTES:,} bytes this toolkit decodes (a "
+                                         f"decompression bomb, or an image to shrink first)")
 
 
 def _check_claimed_pixels(path: Path, data) -> None:

@@ -406,3 +406,12 @@ def test_image_folder_layouts_and_subsets_keep_their_files(tmp_path, capsys):
     assert evaluate.main(["--backbone", "random", "--train", str(tmp_path / "two"), "--test", str(tmp_path / "two"),
                           "--protocol", "linear", "--no-cache", "--out", str(tmp_path / "o")]) == 2
     assert "1 images lie directly in it, e.g. stray_000.png" in capsys.readouterr().err
+
+
+def test_tsne_of_coinciding_points_is_flat_not_a_crash():
+    """scikit-learn's Barnes-Hut t-SNE ends the process with a segmentation fault when every point coincides (a
+    folder of identical images); such a set gets a flat map instead."""
+    from saliencyssl.eval.clustering import tsne_map
+
+    indices, embedding = tsne_map(np.ones((6, 512), np.float32), seed=0)
+    assert list(indices) == list(range(6)) and not embedding.any()

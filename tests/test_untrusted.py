@@ -801,3 +801,47 @@ def test_what_torch_would_read_differently_or_build_without_bound_is_refused(tmp
                        ("encode", b"c_codecs\nencode\nX\x01\x00\x00\x00aX\x08\x00\x00\x00punycode\x86R")):
         with pytest.raises(UnsafeTorchFileError, match=f"names .*{name}, which no checkpoint holds"):
             load_torch_file(_torch_file_with(tmp_path, name, b"\x80\x02}(X\x01\x00\x00\x00a" + call + b"u."))
+
+
+def test_outputs_replace_links_and_hard_links_instead_of_writing_through_them(tmp_path, capsys):
+    """A link planted where an output goes (results.md, results.csv, a plot) redirected the write into another file;
+    a hard link to an input was overwritten with the output. Outputs are fresh files moved over their names."""
+    import evaluate
+    from saliencyssl.files import replace_file
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    (tmp_path / "link.md").symlink_to(victim)
+    os.link(victim, tmp_path / "hard.md")
+    replace_file(tmp_path / "link.md", "out")
+    replace_file(tmp_path / "hard.md", "out")
+    assert victim.read_text() == "mine" and not (tmp_path / "link.md").is_symlink()
+    assert (tmp_path / "link.md").read_text() == (tmp_path / "hard.md").read_text() == "out"
+
+    images = _photos(tmp_path / "images", np.full((40, 40, 3), 7, np.uint8), 4)
+    out = tmp_path / "eval"
+    command = ["--backbone", "random", "--test", str(images), "--protocol", "kmeans", "--clusters", "2", "--out",
+               str(out), "--quiet"]
+    assert evaluate.main(command) == 0
+    for name in ("results.md", "results.csv"):
+        (out / name).unlink()
+        (out / name).symlink_to(victim)
+    assert evaluate.main(command + ["--force"]) == 0
+    assert victim.read_text() == "mine" and "k-means" in (out / "results.md").read_text().lower()
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_compressed_tiff_claiming_gigabytes_of_float_samples_is_refused_before_decoding(tmp_path):
+    """Pillow cannot read the header of a 4-channel float TIFF, so its size went unchecked: 1.8 MB of deflated
+    zeros decoded into gigabytes. The TIFF's own directory is read instead; a small float TIFF still decodes."""
+    import cv2
+
+    from saliencyssl.imageio import read_image
+
+    cv2.imwrite(str(tmp_path / "bomb.tif"), np.zeros((10_000, 10_000, 4), np.float32),
+                [cv2.IMWRITE_TIFF_COMPRESSION, 8])
+    assert (tmp_path / "bomb.tif").stat().st_size < 4_000_000
+    with pytest.raises(ImageDecodeError, match="10000 x 10000 pixels of 4 x 32-bit samples, more than the"):
+        read_image(tmp_path / "bomb.tif")
+    cv2.imwrite(str(tmp_path / "small.tif"), np.full((12, 10, 3), 0.5, np.float32))
+    assert read_image(tmp_path / "small.tif").shape == (12, 10, 3)

@@ -107,7 +107,9 @@ def tsne_map(features: np.ndarray, max_points: int = DEFAULT_TSNE_POINTS, seed: 
 
     indices = subsample(len(features), max_points, seed)
     points = l2_normalise(np.asarray(features)[indices])
-    if len(points) < 3:
+    if len(points) < 3 or len(np.unique(np.round(points, 6), axis=0)) < 3:
+        # too few distinct points to map; scikit-learn's Barnes-Hut t-SNE also crashes the process (a segmentation
+        # fault) on a set whose points all coincide, e.g. a folder of identical images
         return indices, np.zeros((len(points), 2), np.float32)
     n_components = min(50, points.shape[1], len(points))
     perplexity = float(min(30.0, max(1.0, (len(points) - 1) / 3.0)))
