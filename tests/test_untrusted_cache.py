@@ -476,3 +476,17 @@ def test_verify_reports_damaged_labeller_parameters_instead_of_passing_them(tmp_
     out = capsys.readouterr().out
     assert f"meta/{FP} (the labeller parameters recorded for it)" in out and "3 entries checked, 1 damaged" in out
     assert cache_cli.main(["verify", str(cache_dir)]) == 0  # removed: what is left is whole
+
+
+def test_a_pack_header_of_millions_of_empty_objects_is_refused_before_it_is_parsed(tmp_path, capsys):
+    """A header of "{}," repeated (585 KB gzipped) parsed into 3 GB of dicts before any field was checked."""
+    import struct as struct_
+
+    from saliencyssl.cache.packfile import MAGIC
+
+    body = b"[" + b"{}," * 200_000 + b"{}]"
+    pack = tmp_path / "bomb.pack"
+    pack.write_bytes(MAGIC + struct_.pack("<Q", len(body)) + body + b"\0" * 64)
+    assert cache_cli.main(["verify", str(pack)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bomb.pack has a damaged header: more than 1,000 JSON objects" in err

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from saliencyssl.cache import TargetCache
 from saliencyssl.cache.packfile import PACK_FORMAT, PackError, open_pack, verify_pack
-from saliencyssl.cache.store import CacheOpenError, cache_fingerprints
+from saliencyssl.cache.store import cache_fingerprints
 from saliencyssl.cache.transfer import (MissingTargetsError, UndecodableImagesError, check_pack_destination,
                                         export_pack, import_cache, import_pack, is_pack_file)
 from saliencyssl.datasets import check_image_size

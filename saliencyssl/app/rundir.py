@@ -38,7 +38,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field

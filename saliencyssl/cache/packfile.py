@@ -45,7 +45,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
 import struct
@@ -269,6 +268,22 @@ def _round_up(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
+#: The most objects and lists a pack header's JSON may hold (one writes a handful: the header, its arrays, its
+#: parameters); a 128 MiB header of "{}," would otherwise build 3 GB of empty dicts before any field is checked.
+MAX_HEADER_CONTAINERS = 1_000
+
+
+def _check_header_text(text: str) -> None:
+    """Refuse header JSON with more than :data:`MAX_HEADER_CONTAINERS` objects and lists, counted outside its
+    strings (a name may hold braces) before it is parsed."""
+    if text.count("{") + text.count("[") <= MAX_HEADER_CONTAINERS:
+        return
+    structure = re.sub(r'"(?:[^"\\]|\\.)*"', "", text)
+    if structure.count("{") + structure.count("[") > MAX_HEADER_CONTAINERS:
+        raise _Refused(f"has a damaged header: more than {MAX_HEADER_CONTAINERS:,} JSON objects and lists, where a "
+                       f"pack's header holds a handful; export it again")
+
+
 def open_pack(path: str | Path, expect_fingerprint: str | None = None) -> PackFile:
     """Open a pack for reading (memory-mapped, nothing loaded).
 
@@ -300,7 +315,9 @@ def open_pack(path: str | Path, expect_fingerprint: str | None = None) -> PackFi
             raise PackError(f"{path}: damaged pack header (it claims {length} bytes, the file has {size}); copy or "
                             f"export it again")
         try:
-            header = json.loads(fh.read(length).decode(), parse_constant=_no_constant)
+            text = fh.read(length).decode()
+            _check_header_text(text)
+            header = json.loads(text, parse_constant=_no_constant)
             _check_header(header, size, len(MAGIC) + 8 + length)
         except _Refused as error:
             raise PackError(f"{path} {error}") from error
