@@ -179,6 +179,20 @@ def test_feature_cache_hit_and_invalidation(tmp_path, monkeypatch):
     np.testing.assert_array_equal(again.features, first.features)
     assert cache.load(first.path.stem, 9) is not None
 
+    # a damaged entry of another width, with NaN, or a header claiming a huge shape over a sparse file, is a miss
+    # too (the first was used as it was and changed the scores, the second failed in the probe on every run, the
+    # third allocated gigabytes)
+    for damaged in (np.zeros((9, 1), np.float32), np.full((9, 512), np.nan, np.float32)):
+        np.save(first.path, damaged)
+        assert cache.load(first.path.stem, 9) is None
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((9, 512), np.float32))
+    with open(first.path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {**header, "shape": (9, 100_000_000)})
+        fh.truncate(3_600_000_000)
+    assert cache.load(first.path.stem, 9) is None
+    again = feats.dataset_features(images, model, info, cache, batch_size=4, name="t")
+    assert not again.hit and first.path.stat().st_size < 100_000
+
     # a changed checkpoint (other weights, same path) must not be served the old features
     save_backbone(checkpoint, feats.random_backbone(1, True), {"cifar_stem": True, "image_size": 32})
     model3, info3 = feats.load_frozen_backbone(checkpoint)

@@ -237,16 +237,25 @@ class FeatureCache:
     def path(self, key: str) -> Path:
         return self.root / f"{key}.npy"
 
-    def load(self, key: str, n_images: int) -> np.ndarray | None:
-        """The stored array, or ``None`` when absent, unreadable or of the wrong length."""
+    def load(self, key: str, n_images: int, dim: int = FEATURE_DIM) -> np.ndarray | None:
+        """The stored array, or ``None`` (computed again) when absent, unreadable, or not ``(n_images, dim)``
+        finite float32 values.
+
+        The file's header is read first (memory-mapped, nothing allocated): a header claiming a huge shape, or a
+        file shorter than its header says, is a miss, not an allocation. A damaged entry never reaches a probe.
+        """
         path = self.path(key)
         if not path.is_file():
             return None
         try:
-            array = np.load(path, allow_pickle=False)
+            mapped = np.load(path, allow_pickle=False, mmap_mode="r")
         except (OSError, ValueError):
             return None
-        if array.ndim != 2 or array.shape[0] != n_images or array.dtype != np.float32:
+        if mapped.ndim != 2 or mapped.shape != (n_images, dim) or mapped.dtype != np.float32:
+            return None
+        array = np.array(mapped)
+        del mapped
+        if not np.isfinite(array).all():
             return None
         return array
 
