@@ -262,6 +262,8 @@ def tiff_header(data) -> tuple[int, int, int, int] | None:
         tag, kind, n, value = struct.unpack(order + "HHII", view[offset + 2 + 12 * i:offset + 14 + 12 * i])
         if kind == 3 and n <= 2:  # SHORT: the value sits in the first two bytes of the field
             value = struct.unpack(order + "H", struct.pack(order + "I", value)[:2])[0]
+        if tag in tags:  # libtiff keeps the first copy, a dict the last: a size read from either could be the lie
+            raise ValueError(f"its first directory gives tag {tag} twice")
         tags[tag] = (kind, n, value)
     if 256 not in tags or 257 not in tags:
         raise ValueError("its first directory gives no width or height")

@@ -39,7 +39,7 @@ def test_other_settings_are_named_and_refused(tmp_path):
 def test_foreign_folders_and_records_are_refused(tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
-    with pytest.raises(RunExistsError, match="holds files but no run.json"):
+    with pytest.raises(RunRecordError, match="holds files but no run.json"):  # --force or --resume cannot help
         RunDir(tmp_path / "busy", "pretrain").start({"seed": 0})
     other = RunDir(tmp_path / "seg", "segment")
     other.start({"seed": 0})

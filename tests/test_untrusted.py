@@ -828,6 +828,15 @@ def test_outputs_replace_links_and_hard_links_instead_of_writing_through_them(tm
         (out / name).symlink_to(victim)
     assert evaluate.main(command + ["--force"]) == 0
     assert victim.read_text() == "mine" and "k-means" in (out / "results.md").read_text().lower()
+    import label
+
+    json_victim = tmp_path / "victim.json"
+    json_victim.write_text('{"important": "mine"}')
+    (tmp_path / "summary.json").symlink_to(json_victim)  # a JSON file an earlier run could have written
+    assert label.main([str(images), "--cache", str(tmp_path / "c"), "--json", str(tmp_path / "summary.json"),
+                       "--workers", "0", "--quiet"]) == 0
+    assert json_victim.read_text() == '{"important": "mine"}'
+    assert '"fingerprint"' in (tmp_path / "summary.json").read_text()
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -845,3 +854,20 @@ def test_a_compressed_tiff_claiming_gigabytes_of_float_samples_is_refused_before
         read_image(tmp_path / "bomb.tif")
     cv2.imwrite(str(tmp_path / "small.tif"), np.full((12, 10, 3), 0.5, np.float32))
     assert read_image(tmp_path / "small.tif").shape == (12, 10, 3)
+
+
+def test_a_tiff_repeating_its_size_tags_is_refused(tmp_path):
+    """libtiff keeps the first copy of a repeated tag: a directory saying 4 float channels, then 1 byte channel,
+    passed a check that kept the last copy and decoded into gigabytes."""
+    import struct
+
+    from saliencyssl.imageio import tiff_header
+
+    entries = [(256, 3, 1, 100), (257, 3, 1, 250), (258, 3, 1, 32), (277, 3, 1, 4), (258, 3, 1, 8), (277, 3, 1, 1)]
+    data = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHII", *entry) for entry in entries) + b"\x00" * 4
+    with pytest.raises(ValueError, match="gives tag 258 twice"):
+        tiff_header(np.frombuffer(data, np.uint8))
+    honest = data[:10] + b"".join(struct.pack("<HHII", *entry) for entry in entries[:4]) + b"\x00" * 4
+    honest = honest[:8] + struct.pack("<H", 4) + honest[10:]
+    assert tiff_header(np.frombuffer(honest, np.uint8)) == (100, 250, 4, 32)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from saliencyssl.app.options import check_count, check_outside, cpu_limit, fail, one_line_errors
-from saliencyssl.app.rundir import RunDir, RunDirError
+from saliencyssl.app.rundir import RunDir, RunDirError, RunExistsError
 from saliencyssl.eval.classification import MAX_SEEDS, PROTOCOLS, ClassificationSettings
 
 SUMMARY = "linear probe, kNN and k-means of a frozen backbone at label fractions"
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             force=args.force, progress=not args.quiet)
         run(config)
     except RunDirError as error:
-        return fail(str(error) if "other settings" in str(error) else f"{error} (or pass --force)")
+        return fail(f"{error} (or pass --force)" if isinstance(error, RunExistsError) else error)
     except (FileNotFoundError, ValueError) as error:  # includes ImageDecodeError and BackboneCheckpointError
         return fail(error)
     except MemoryError as error:

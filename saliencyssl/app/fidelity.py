@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from saliencyssl.files import replace_file
 from saliencyssl.app.options import check_output_file, fail, label_command, one_line_errors
 from saliencyssl.surrogate.model import SurrogateCheckpointError
 from saliencyssl.surrogate.pairs import NoPairsError
@@ -219,7 +220,7 @@ def run(config: FidelityConfig) -> dict:
     if config.json:
         config.json = Path(config.json)
         config.json.parent.mkdir(parents=True, exist_ok=True)
-        config.json.write_text(json.dumps(out, indent=2))
+        replace_file(config.json, json.dumps(out, indent=2))
         print(f"wrote {config.json}")
     if config.grid:
         grid = fidelity_grid(pairs.images, exact, result.prediction, result.scores, k=config.grid_rows)

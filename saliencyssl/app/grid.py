@@ -604,7 +604,7 @@ def run(config: GridConfig, progress: bool = True, only: list[str] | None = None
     check_finished_cells(config)  # before the config record is replaced
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{config.results_stem}.json").write_text(json.dumps(asdict(config), indent=2))
+    replace_file(out / f"{config.results_stem}.json", json.dumps(asdict(config), indent=2))
     pretrain = dict(config.pretrain)
     # Only a cache-only grid is labelled first: with a surrogate or the exact labeller behind the
     # cache, the images the cache misses are what those sources are for.

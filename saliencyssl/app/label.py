@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from saliencyssl.files import replace_file
 from saliencyssl.app.options import (add_labeller_options, check_count, check_outside, check_output_file, cpu_limit,
                                      fail, labeller_config_from_args, one_line_errors)
 from saliencyssl.cache import CacheOpenError, TargetCache
@@ -156,8 +157,8 @@ def run(config: LabelConfig) -> LabelSummary:
     summary.failed = [(names.get(path, path), reason) for path, reason in summary.failed]
     if config.json:
         config.json.parent.mkdir(parents=True, exist_ok=True)
-        config.json.write_text(json.dumps({"fingerprint": fingerprint, "params": config.labeller.params(),
-                                           **summary.as_dict()}, indent=2))
+        replace_file(config.json, json.dumps({"fingerprint": fingerprint, "params": config.labeller.params(),
+                                              **summary.as_dict()}, indent=2))
     return summary
 
 

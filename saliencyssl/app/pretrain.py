@@ -50,7 +50,7 @@ from saliencyssl.augment import (PRESETS, SOURCE_ORDERS, FrozenPack, MissingPiec
                                  TrainingImages, parse_policy, parse_sources, policy_summary)
 from saliencyssl.cache.packfile import PackError
 from saliencyssl.datasets import check_image_size, open_image_set
-from saliencyssl.files import temporary_beside
+from saliencyssl.files import replace_file, temporary_beside
 from saliencyssl.precision import autocast_dtype
 from saliencyssl.saliency import Labeller, LabellerConfig
 from saliencyssl.saliency.params import LABELLER_OPTIONS
@@ -579,7 +579,7 @@ class Pretrainer:
             if record.knn_accuracy is not None:
                 w.add_scalar("knn_accuracy", record.knn_accuracy, e)
             w.flush()
-        (self.out / "history.json").write_text(json.dumps([asdict(h) for h in self.history], indent=2))
+        replace_file(self.out / "history.json", json.dumps([asdict(h) for h in self.history], indent=2))
 
     def run(self) -> PretrainResult:
         """Train the remaining epochs; write checkpoints, history and, at the end, ``backbone.pt``.

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from saliencyssl.files import replace_file
 from saliencyssl.app.options import fail, one_line_errors
 
 SUMMARY = "the whole pipeline on the embedded data, in a few minutes on a CPU"
@@ -312,7 +313,7 @@ def write_quickstart_report(out: Path, backbones: dict[str, str], seconds: dict[
     lines += ["", "## Time per stage", "", "| stage | seconds |", "| --- | --- |"]
     lines += [f"| {k} | {v:.0f} |" for k, v in seconds.items()]
     path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    replace_file(path, "\n".join(lines) + "\n")
     return path
 
 

@@ -238,7 +238,7 @@ class RunDir:
             return RunState("new")
         if state.status == "new":
             if self.path.is_dir() and any(self.path.iterdir()):
-                raise RunExistsError(self.path, f"{self.path} holds files but no {RUN_RECORD}: it is not a run folder "
+                raise RunRecordError(self.path, f"{self.path} holds files but no {RUN_RECORD}: it is not a run folder "
                                                 f"of this version; choose another folder (or delete it)")
         elif not resume:
             raise RunExistsError(self.path, f"{self.path} already holds a {self.stage} run "

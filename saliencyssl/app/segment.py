@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from saliencyssl.app.options import check_count, check_outside, cpu_limit, fail, one_line_errors
-from saliencyssl.app.rundir import RunDir, RunDirError
+from saliencyssl.app.rundir import RunDir, RunDirError, RunExistsError
 from saliencyssl.eval.masks import F_BETA2, THRESHOLD, SegmentTrainConfig
 
 SUMMARY = "a segmenter fine-tuned on a backbone at label fractions (IoU, F, mask AP)"
@@ -357,8 +357,8 @@ def main(argv: list[str] | None = None) -> int:
             command=command)
         run(config)
     except RunDirError as error:
-        return fail(f"{error} (or pass --force to evaluate again into it)" if "other settings" not in str(error)
-                    else str(error))
+        return fail(f"{error} (or pass --force to evaluate again into it)" if isinstance(error, RunExistsError)
+                    else error)
     except (FileNotFoundError, ValueError, FloatingPointError) as error:  # ImageDecodeError, BackboneCheckpointError
         return fail(error)
     except MemoryError as error:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from saliencyssl.files import replace_file
 from saliencyssl.app.options import (add_labeller_options, check_count, cpu_limit, fail, label_command,
                                      labeller_config_from_args, one_line_errors)
 from saliencyssl.app.rundir import RunDir, RunExistsError, RunMismatchError, RunRecordError
@@ -222,7 +223,7 @@ def run(config: TrainSurrogateConfig, log: Callable[[str], None] = print) -> Tra
 
         log(f"held-out fidelity of epoch {result.selected_epoch}:")
         log("\n".join(format_report(result.held_out)))
-        (run_dir / "heldout_fidelity.json").write_text(json.dumps(result.held_out, indent=2))
+        replace_file(run_dir / "heldout_fidelity.json", json.dumps(result.held_out, indent=2))
     run_dir.finish(surrogate=result.surrogate_path.name, epochs=result.epochs_done, steps=result.steps,
                    minutes=round(result.seconds / 60, 3), stopped_by=result.stopped_by,
                    selected_epoch=result.selected_epoch, selected_step=result.selected_step)

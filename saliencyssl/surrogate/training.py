@@ -80,6 +80,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from saliencyssl.files import replace_file
 from saliencyssl.datasets import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from saliencyssl.surrogate.losses import GAN_MODES, GANLoss, LossWeights, TargetLoss
 from saliencyssl.surrogate.model import (Surrogate, SurrogateCheckpointError, checkpoint_dict, read_checkpoint,
@@ -686,7 +687,7 @@ class SurrogateTrainer:
                                                         "mask_f", "saliency_mae", "saliency_mae_present",
                                                         "boundary_f")}
         self.history.append(entry)
-        (self.run_dir / "history.json").write_text(json.dumps(self.history, indent=1))
+        replace_file(self.run_dir / "history.json", json.dumps(self.history, indent=1))
         writer = self._tb()
         if writer is not None and report is not None:
             base = report["baseline"]
