@@ -162,6 +162,7 @@ def read_image_file(path: str | Path) -> np.ndarray:
         raise ImageDecodeError(path, str(error)) from error
     if filled == 0:
         raise ImageDecodeError(path, "the file is empty")
+    _check_format(path, data[:filled])
     _check_tiff(path, data[:filled])  # a TIFF Pillow cannot read the header of: its own directory, read here
     return data[:filled]
 
@@ -272,6 +273,20 @@ def tiff_header(data) -> tuple[int, int, int, int] | None:
     if bits_count > 2:  # one value per sample, stored at the field's offset: the first is every sample's here
         bits = struct.unpack(order + "H", view[bits:bits + 2])[0] if bits_kind == 3 and bits + 2 <= len(view) else 64
     return tags[256][2], tags[257][2], samples, bits
+
+
+#: The signatures of the formats decoded (PNG, JPEG, BMP, TIFF, WebP, GIF), whatever a file's name says: OpenCV
+#: also decodes formats whose header Pillow cannot check (Radiance HDR, OpenEXR, PFM), into 12 or more bytes a pixel.
+IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*", b"GIF87a", b"GIF89a")
+
+
+def _check_format(path: Path, data) -> None:
+    """Refuse content that is not one of the formats decoded (see :data:`IMAGE_SIGNATURES`; WebP: RIFF....WEBP)."""
+    head = bytes(memoryview(data).cast("B")[:12])
+    if head.startswith(IMAGE_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return
+    raise ImageDecodeError(path, "its content is not PNG, JPEG, BMP, TIFF, WebP or GIF, the formats this toolkit "
+                                 "decodes (its size could not be checked before decoding)")
 
 
 def _check_tiff(path: Path, data) -> None:

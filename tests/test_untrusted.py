@@ -871,3 +871,13 @@ def test_a_tiff_repeating_its_size_tags_is_refused(tmp_path):
     honest = data[:10] + b"".join(struct.pack("<HHII", *entry) for entry in entries[:4]) + b"\x00" * 4
     honest = honest[:8] + struct.pack("<H", 4) + honest[10:]
     assert tiff_header(np.frombuffer(honest, np.uint8)) == (100, 250, 4, 32)
+
+
+def test_content_of_another_format_than_its_name_is_refused_before_decoding(tmp_path):
+    """A Radiance HDR file named .png (6 MB claiming 100 M pixels) passed the header check Pillow cannot make for it
+    and decoded into 1.5 GB of floats; only the formats whose size is checked are decoded."""
+    from saliencyssl.imageio import read_image
+
+    (tmp_path / "bomb.png").write_bytes(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 9999 +X 10000\n" + b"\x02" * 64)
+    with pytest.raises(ImageDecodeError, match="its content is not PNG, JPEG, BMP, TIFF, WebP or GIF"):
+        read_image(tmp_path / "bomb.png")
