@@ -803,7 +803,7 @@ def test_what_torch_would_read_differently_or_build_without_bound_is_refused(tmp
             load_torch_file(_torch_file_with(tmp_path, name, b"\x80\x02}(X\x01\x00\x00\x00a" + call + b"u."))
 
 
-def test_outputs_replace_links_and_hard_links_instead_of_writing_through_them(tmp_path, capsys):
+def test_outputs_replace_links_and_hard_links_instead_of_writing_through_them(tmp_path, capsys, photo):
     """A link planted where an output goes (results.md, results.csv, a plot) redirected the write into another file;
     a hard link to an input was overwritten with the output. Outputs are fresh files moved over their names."""
     import evaluate
@@ -818,7 +818,7 @@ def test_outputs_replace_links_and_hard_links_instead_of_writing_through_them(tm
     assert victim.read_text() == "mine" and not (tmp_path / "link.md").is_symlink()
     assert (tmp_path / "link.md").read_text() == (tmp_path / "hard.md").read_text() == "out"
 
-    images = _photos(tmp_path / "images", np.full((40, 40, 3), 7, np.uint8), 4)
+    images = _photos(tmp_path / "images", photo[:48, :48], 4)
     out = tmp_path / "eval"
     command = ["--backbone", "random", "--test", str(images), "--protocol", "kmeans", "--clusters", "2", "--out",
                str(out), "--quiet"]
