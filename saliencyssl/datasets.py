@@ -149,12 +149,17 @@ class UnsafePickleError(pickle.UnpicklingError):
     exhaust memory)."""
 
 
-def _safe_dtype(spec) -> np.dtype:
-    """A plain numeric dtype (booleans, integers, floats; no fields, no objects, at most 16 bytes), or
-    :class:`UnsafePickleError`."""
+def _check_dtype_text(spec) -> None:
+    """Refuse a dtype named by more than :data:`MAX_DTYPE_TEXT` characters, before numpy parses the text."""
     if isinstance(spec, (str, bytes)) and len(spec) > MAX_DTYPE_TEXT:
         raise UnsafePickleError(f"the pickle names a dtype by {len(spec):,} characters of text; a CIFAR-10 batch's "
                                 f"are a few")
+
+
+def _safe_dtype(spec) -> np.dtype:
+    """A plain numeric dtype (booleans, integers, floats; no fields, no objects, at most 16 bytes), or
+    :class:`UnsafePickleError`."""
+    _check_dtype_text(spec)
     if not isinstance(spec, (np.dtype, str, bytes, type)):
         raise UnsafePickleError(f"the pickle describes a dtype with a {type(spec).__name__}; a CIFAR-10 batch names "
                                 f"one by a short text")
@@ -330,8 +335,7 @@ class CifarUnpickler(pickle._Unpickler):
 
     @staticmethod
     def _dtype(spec, align=False, copy=True):
-        if isinstance(spec, str) and len(spec) > MAX_DTYPE_TEXT:
-            _safe_dtype(spec)  # refuses it, before numpy parses the text
+        _check_dtype_text(spec)
         return _safe_dtype(np.dtype(spec, bool(align), bool(copy)) if isinstance(spec, str) else spec)
 
     def _scalar(self, dtype_spec, data=None):

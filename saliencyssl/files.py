@@ -51,6 +51,14 @@ def replace_file(path: str | Path, data: bytes | str) -> Path:
     return path
 
 
+def save_figure(figure, path: str | Path, **options) -> Path:
+    """``figure.savefig`` (matplotlib) to :func:`temporary_beside` ``path``, in the format its suffix names."""
+    path = Path(path)
+    with temporary_beside(path) as temporary:
+        figure.savefig(temporary, format=path.suffix.lstrip(".") or "png", **options)
+    return path
+
+
 def read_text_file(path: str | Path, limit: int, what: str) -> str:
     """The UTF-8 text of ``path``, a regular file of at most ``limit`` bytes.
 
@@ -78,4 +86,4 @@ def read_text_file(path: str | Path, limit: int, what: str) -> str:
                          f"{what} as UTF-8") from None
 
 
-__all__ = ["read_text_file", "replace_file", "temporary_beside"]
+__all__ = ["read_text_file", "replace_file", "save_figure", "temporary_beside"]

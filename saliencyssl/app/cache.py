@@ -43,6 +43,11 @@ from saliencyssl.saliency.params import LABELLER_OPTIONS
 SUMMARY = "stats, verify, export and import of caches and packs"
 
 
+def _check_labeller(labeller) -> None:
+    if not isinstance(labeller, LabellerConfig):
+        raise TypeError(f"labeller must be a LabellerConfig, got {type(labeller).__name__}")
+
+
 @dataclass(frozen=True)
 class StatsConfig:
     """``saliency-ssl cache stats``: what the cache folder ``cache`` holds, per labeller fingerprint."""
@@ -63,8 +68,7 @@ class VerifyConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
-        if not isinstance(self.labeller, LabellerConfig):
-            raise TypeError(f"labeller must be a LabellerConfig, got {type(self.labeller).__name__}")
+        _check_labeller(self.labeller)
 
 
 @dataclass(frozen=True)
@@ -88,8 +92,7 @@ class ExportConfig:
             object.__setattr__(self, name, Path(getattr(self, name)))
         if self.image_size is not None:
             check_image_size(self.image_size, "--image-size")
-        if not isinstance(self.labeller, LabellerConfig):
-            raise TypeError(f"labeller must be a LabellerConfig, got {type(self.labeller).__name__}")
+        _check_labeller(self.labeller)
 
 
 @dataclass(frozen=True)
@@ -104,12 +107,10 @@ class ImportConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "source", Path(self.source))
         object.__setattr__(self, "cache", Path(self.cache))
-        if not isinstance(self.labeller, LabellerConfig):
-            raise TypeError(f"labeller must be a LabellerConfig, got {type(self.labeller).__name__}")
+        _check_labeller(self.labeller)
 
 
 CacheConfig = StatsConfig | VerifyConfig | ExportConfig | ImportConfig
-
 
 
 def is_pack(path: Path) -> bool:

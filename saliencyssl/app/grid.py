@@ -43,7 +43,8 @@ from saliencyssl.app.options import fail, missing_piece_advice, one_line_errors
 from saliencyssl.app.rundir import RunDir, RunDirError, describe
 from saliencyssl.augment import MissingPieceError, parse_policy
 from saliencyssl.augment.router import parse_sources
-from saliencyssl.eval.gridtable import plot_monitored_knn, plot_rows, result_rows, rows_markdown, write_rows_csv
+from saliencyssl.eval.gridtable import plot_monitored_knn, plot_rows, result_rows, rows_markdown
+from saliencyssl.eval.results import write_csv
 from saliencyssl.files import replace_file
 from saliencyssl.saliency.params import LABELLER_OPTIONS
 
@@ -161,7 +162,6 @@ class GridConfig:
         Raises:
             ValueError: one line naming the key, e.g. ``pretrain.batch_size is 0; give ...``.
         """
-        config = self
         kinds = {"name": str, "out": str, "train": str, "test": str, "cache": str, "description": str,
                  "evaluation_name": str, "methods": list, "policies": list, "pretrain": dict, "evaluation": dict,
                  "labeller": dict, "baselines": list, "cells": (list, type(None)), "pretrain_seeds": (list, type(None)),
@@ -176,80 +176,80 @@ class GridConfig:
             except UnicodeEncodeError:
                 raise ValueError(f"{key} holds text that is not valid Unicode ({getattr(self, key)!r:.60})") from None
         _check_value_types({f.name: getattr(self, f.name) for f in fields(self)})
-        for key, allowed, section in (("pretrain", _PRETRAIN_KEYS, config.pretrain),
-                                      ("evaluation", _EVAL_KEYS, config.evaluation)):
+        for key, allowed, section in (("pretrain", _PRETRAIN_KEYS, self.pretrain),
+                                      ("evaluation", _EVAL_KEYS, self.evaluation)):
             bad = sorted(set(section) - allowed)
             if bad:
                 raise ValueError(f"unknown {key} keys {bad}; allowed: {sorted(allowed)}")
         from saliencyssl.saliency import LabellerConfig
 
-        if not isinstance(config.labeller, dict) or set(config.labeller) - set(LABELLER_OPTIONS):
-            unknown = sorted(set(config.labeller) - set(LABELLER_OPTIONS)) if isinstance(config.labeller, dict) else []
+        if not isinstance(self.labeller, dict) or set(self.labeller) - set(LABELLER_OPTIONS):
+            unknown = sorted(set(self.labeller) - set(LABELLER_OPTIONS)) if isinstance(self.labeller, dict) else []
             raise ValueError(f"labeller must be an object with keys among {', '.join(LABELLER_OPTIONS)}"
                              + (f"; unknown: {unknown}" if unknown else ""))
         try:
-            LabellerConfig(**config.labeller)
+            LabellerConfig(**self.labeller)
         except (TypeError, ValueError, OverflowError) as error:
             raise ValueError(f"labeller: {error}") from None
         from saliencyssl.app.pretrain import PretrainConfig
 
-        batch = config.pretrain.get("batch_size", PretrainConfig.__dataclass_fields__["batch_size"].default)
-        limit = config.pretrain.get("limit")
+        batch = self.pretrain.get("batch_size", PretrainConfig.__dataclass_fields__["batch_size"].default)
+        limit = self.pretrain.get("limit")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            raise ValueError(f"pretrain.limit must be a whole number of images, at least 1 (or left out "
+            raise ValueError("pretrain.limit must be a whole number of images, at least 1 (or left out "
                              f"for all of them), got {limit!r}")
-        if limit is not None and batch > limit and (config.cells or config.methods):
+        if limit is not None and batch > limit and (self.cells or self.methods):
             raise ValueError(f"pretrain.batch_size {batch} is larger than pretrain.limit {limit}: not one "
-                             f"full batch per epoch; lower the batch size")
-        if "aug_source" in config.pretrain:
+                             "full batch per epoch; lower the batch size")
+        if "aug_source" in self.pretrain:
             try:
-                sources = parse_sources(config.pretrain["aug_source"])
+                sources = parse_sources(self.pretrain["aug_source"])
             except ValueError as error:
                 raise ValueError(f"pretrain.aug_source: {error}") from None
-            if "surrogate" in sources and not config.pretrain.get("surrogate"):
-                raise ValueError(f"pretrain.aug_source {config.pretrain['aug_source']!r} needs "
-                                 f"pretrain.surrogate (a RUN_DIR/surrogate.pt of saliency-ssl train-surrogate)")
-        if config.pretrain_seeds is not None:
+            if "surrogate" in sources and not self.pretrain.get("surrogate"):
+                raise ValueError(f"pretrain.aug_source {self.pretrain['aug_source']!r} needs "
+                                 "pretrain.surrogate (a RUN_DIR/surrogate.pt of saliency-ssl train-surrogate)")
+        if self.pretrain_seeds is not None:
             from saliencyssl.app.pretrain import MAX_SEED
 
-            seeds = config.pretrain_seeds
+            seeds = self.pretrain_seeds
             if len(seeds) > MAX_PRETRAIN_SEEDS:
                 raise ValueError(f"pretrain_seeds lists {len(seeds)} seeds; give at most {MAX_PRETRAIN_SEEDS} "
-                                 f"(each is a full pretraining run of every cell)")
+                                 "(each is a full pretraining run of every cell)")
             if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED
                                     for s in seeds) or len(set(seeds)) != len(seeds):
-                raise ValueError(f"pretrain_seeds must be a non-empty list of distinct integers from 0 "
+                raise ValueError("pretrain_seeds must be a non-empty list of distinct integers from 0 "
                                  f"to {MAX_SEED}, got {_short(seeds)}")
-            if "seed" in config.pretrain:
-                raise ValueError(f"give either pretrain_seeds or pretrain.seed, not both")
-        if config.results_name is not None and (
-                not isinstance(config.results_name, str)
-                or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", config.results_name)):
-            raise ValueError(f"results_name must be a file-name prefix (letters, digits, _ . -), "
-                             f"got {config.results_name!r}")
-        for policy in config.policies:
+            if "seed" in self.pretrain:
+                raise ValueError("give either pretrain_seeds or pretrain.seed, not both")
+        if self.results_name is not None and (
+                not isinstance(self.results_name, str)
+                or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.results_name)):
+            raise ValueError("results_name must be a file-name prefix (letters, digits, _ . -), "
+                             f"got {self.results_name!r}")
+        for policy in self.policies:
             try:
                 parse_policy(policy)
             except ValueError as error:
                 raise ValueError(f"policy {policy!r}: {error}") from error
         from saliencyssl.ssl.registry import METHODS
 
-        if config.cells is not None and (config.methods or config.policies):
-            raise ValueError(f"give either cells or methods and policies, not both")
-        if bool(config.methods) != bool(config.policies):
-            raise ValueError(f"give both methods and policies (every method with every policy), or cells")
-        if not (config.cells or config.methods) and not config.baselines:
-            raise ValueError(f"nothing to run: give methods and policies (every method with every "
-                             f"policy), or cells ([method, policy] pairs)")
-        pairs = [tuple(c) for c in config.cells] if config.cells is not None else []
+        if self.cells is not None and (self.methods or self.policies):
+            raise ValueError("give either cells or methods and policies, not both")
+        if bool(self.methods) != bool(self.policies):
+            raise ValueError("give both methods and policies (every method with every policy), or cells")
+        if not (self.cells or self.methods) and not self.baselines:
+            raise ValueError("nothing to run: give methods and policies (every method with every "
+                             "policy), or cells ([method, policy] pairs)")
+        pairs = [tuple(c) for c in self.cells] if self.cells is not None else []
         if any(len(p) != 2 for p in pairs):
-            raise ValueError(f"cells must be [method, policy] pairs")
-        for name, values in (("cells", pairs), ("methods", config.methods), ("policies", config.policies),
-                             ("baselines", config.baselines)):
+            raise ValueError("cells must be [method, policy] pairs")
+        for name, values in (("cells", pairs), ("methods", self.methods), ("policies", self.policies),
+                             ("baselines", self.baselines)):
             repeated = sorted(str(v) for v, n in Counter(values).items() if n > 1)
             if repeated:
                 raise ValueError(f"{name} lists {', '.join(repeated)} more than once")
-        for method in set(config.methods) | {m for m, _ in pairs}:
+        for method in set(self.methods) | {m for m, _ in pairs}:
             if method not in METHODS:
                 raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
         for _, policy in pairs:
@@ -257,18 +257,16 @@ class GridConfig:
                 parse_policy(policy)
             except ValueError as error:
                 raise ValueError(f"policy {policy!r}: {error}") from error
-        _check_method_options(config, set(config.methods) | {m for m, _ in pairs})
+        _check_method_options(self, set(self.methods) | {m for m, _ in pairs})
         # Every value a cell's pretraining and evaluation will take, checked now rather than after hours of
         # pretraining: the stages' own configs validate them.
         try:
-            for cell in cells(config)[:1]:
-                cell_pretrain_config(config, cell, progress=False)
+            for cell in cells(self)[:1]:
+                cell_pretrain_config(self, cell, progress=False)
             # a GPU grid's config is checked on any machine: its evaluation is built for the CPU here
-            cell_evaluate_config(config, "random", Path(config.out) / config.evaluation_name / "random", device="cpu")
+            cell_evaluate_config(self, "random", Path(self.out) / self.evaluation_name / "random", device="cpu")
         except TypeError as error:
             raise ValueError(str(error)) from None
-
-
 
     @classmethod
     def load(cls, path: str | Path) -> "GridConfig":
@@ -667,14 +665,14 @@ def collect(config: GridConfig) -> list[dict]:
     if not rows:
         return rows
     stem = config.results_stem
-    write_rows_csv(out / f"{stem}_results.csv", rows)
+    write_csv(out / f"{stem}_results.csv", rows)
     description = config.description
     options = recorded_method_options(config)
     if options:
         description += "\n\nMethod options (instead of the defaults), as the evaluated backbones record them: " + \
             "; ".join(f"{cell} {text}" for cell, text in options.items())
     # written beside it, then moved over it: a failed write keeps the old one
-    replace_file(out / f"{stem}_results.md", rows_markdown(config.name, description, rows).encode("utf-8"))
+    replace_file(out / f"{stem}_results.md", rows_markdown(config.name, description, rows))
     random_knn = [r["accuracy_mean"] for r in rows
                   if r["method"] == "random" and r["protocol"] == "knn" and float(r["fraction"]) == 1.0]
     for method in dict.fromkeys(c.method for c in cells(config)):

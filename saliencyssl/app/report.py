@@ -114,9 +114,10 @@ def load_result(path: str | Path) -> dict:
                                         f"{len(result['columns'])} columns: {row!r:.80}")
         for cell in row:
             _check_cell(path, cell)
-    lines = [result["title"], result["date"], result["machine"], *result["columns"]]
-    for text in lines + result["command"] + result.get("notes", []):
-        _check_text(path, text, one_line=text in lines)
+    for text in (result["title"], result["date"], result["machine"], *result["columns"]):
+        _check_text(path, text)
+    for text in result["command"] + result.get("notes", []):
+        _check_text(path, text, one_line=False)
     return result
 
 
@@ -251,7 +252,7 @@ def run(config: ReportConfig) -> dict[str, list[str]]:
         new, changed = update_document(document, root)
         out[str(document)] = changed
         if changed and not check:  # written beside it, then moved over it: a failed write leaves it as it was
-            replace_file(document, new.encode("utf-8"))
+            replace_file(document, new)
     return out
 
 

@@ -8,14 +8,13 @@ tables and plots, and compares policies (:func:`policy_gap`).
 
 from __future__ import annotations
 
-import csv
 import json
 import textwrap
 from pathlib import Path
 
 import numpy as np
 
-from saliencyssl.files import temporary_beside
+from saliencyssl.files import save_figure
 
 
 def _new_plot():
@@ -36,8 +35,7 @@ def _save_plot(fig, ax, title: str, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with temporary_beside(path) as tmp:
-        fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return Path(path)
 
@@ -191,13 +189,6 @@ def policy_gap(rows: list[dict], policy: str, reference: str, protocol: str) -> 
     gaps = [mine[f]["accuracy_mean"] - theirs[f]["accuracy_mean"] for f in shared]
     largest = max(max(spread(mine[f]), spread(theirs[f])) for f in shared)
     return {"mean_gap": sum(gaps) / len(gaps), "spread": largest, "fractions": shared}
-
-
-def write_rows_csv(path: Path, rows: list[dict]) -> None:
-    with temporary_beside(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _cell_text(row: dict) -> str:

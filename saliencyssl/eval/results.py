@@ -31,7 +31,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from saliencyssl.eval.fractions import FractionScore
-from saliencyssl.files import replace_file, temporary_beside
+from saliencyssl.files import replace_file, save_figure, temporary_beside
 
 #: Line labels of the classification protocols in tables and plots.
 PROTOCOL_TITLES = {"linear": "linear probe", "knn": "kNN", "kmeans": "k-means"}
@@ -242,8 +242,7 @@ def plot_fraction_curves(series: Mapping[str, Sequence[FractionScore]], metric: 
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with temporary_beside(path) as tmp:
-        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
+    save_figure(fig, path)
     return path
 
 
@@ -274,8 +273,7 @@ def plot_tsne(embedding: np.ndarray, clusters: np.ndarray, labels: np.ndarray | 
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with temporary_beside(path) as tmp:
-        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
+    save_figure(fig, path)
     return path
 
 

@@ -74,8 +74,6 @@ class SurrogateCheckpointError(ValueError):
     with other labeller options.
     """
 
-    fix = "train-surrogate"
-
     def __init__(self, message: str, image_size: int | None = None, relabel: bool = False, retrain: bool = True):
         super().__init__(message)
         self.image_size = image_size
