@@ -7,7 +7,7 @@
     python experiments/collect_results.py baseline_stats --runs runs/baseline
     python experiments/collect_results.py photo_surrogate --runs runs/exp/photo_surrogate/measure
     python experiments/collect_results.py test_suite --runs runs/tests
-    python experiments/collect_results.py parity [--steps 624|1248]
+    python experiments/collect_results.py parity [--steps 624|1248] [--carry]
 
 Each subcommand reads the results.json / history.json files its experiment wrote and writes one or
 more result files (the format of :mod:`saliencyssl.app.report`: a table, notes, the commands, the
@@ -361,14 +361,17 @@ def _by_fraction(rows: list[dict], method: str, policy: str, protocol: str) -> d
     return {r["fraction"]: r for r in rows if (r["method"], r["policy"], r["protocol"]) == (method, policy, protocol)}
 
 
+def _seeds_label(rows: dict) -> str:
+    return _seeds_text(max((r["pretrain_seeds"] for r in rows.values()), default=0))
+
+
+def _seeds_text(seeds: int) -> str:
+    return f"{seeds} seed" + ("s" if seeds != 1 else "")
+
+
 def _gap_cells(mine: dict, base: dict, fractions: list[str]) -> list:
     return [_pair(mine[f]["accuracy_mean"] - base[f]["accuracy_mean"], max(spread(mine[f]), spread(base[f])))
             if f in mine and f in base else None for f in fractions]
-
-
-def _seeds_label(rows: dict) -> str:
-    seeds = max((r["pretrain_seeds"] for r in rows.values()), default=0)
-    return f"{seeds} seed" + ("s" if seeds != 1 else "")
 
 
 # -- the surrogate downstream: DetCon-S on the surrogate's targets against the exact ones -----------------
@@ -383,31 +386,69 @@ PARITY_BUDGETS = {
 }
 
 
+def _column(fraction: str) -> str:
+    return f"{float(fraction):.0%}"
+
+
+def _measured_cells(rows: list[dict], method: str, policy: str, protocol: str) -> tuple[dict, int]:
+    """One cell's rows of a collection as ``{column: (mean, spread)}`` and its pretraining seeds."""
+    by = _by_fraction(rows, method, policy, protocol)
+    seeds = max((r["pretrain_seeds"] for r in by.values()), default=0)
+    return {_column(f): (r["accuracy_mean"], spread(r)) for f, r in by.items()}, seeds
+
+
+def _recorded_cells(previous: dict | None, label: str, name: str) -> tuple[dict, int]:
+    """The row ``"<label> (N seeds), <name>"`` of a previous result file as ``{column: (mean, spread)}``, N."""
+    for row in (previous or {}).get("rows", []):
+        match = re.fullmatch(rf"{re.escape(label)} \((\d+) seeds?\), {re.escape(name)}", str(row[0]))
+        if match:
+            return ({column: tuple(cell) for column, cell in zip(previous["columns"][1:], row[1:]) if cell},
+                    int(match[1]))
+    return {}, 0
+
+
 def parity(args) -> None:
+    """The parity table. With ``--carry``, an arm whose run folders are absent keeps its rows from the result
+    file this collection replaces (and a gap row between two such arms is kept as it was), so one arm can be
+    measured again or added without the others' runs; the notes name what was kept and when it was collected."""
     from saliencyssl.app.grid import GridConfig
 
     keep = {("detcon-simclr", "default")}
     budget = PARITY_BUDGETS[args.steps]
     steps = f"{int(args.steps):,} steps"
+    result = Path(args.out) / budget["result"]
+    previous = json.loads(result.read_text()) if args.carry and result.is_file() else None
     cache = _seed_rows(budget["exact"], keep | {("simclr", "default")})  # DetCon-S and the plain baseline
-    arms = {"surrogate targets": _seed_rows([budget["surrogate"]], keep),
-            "half exact, half surrogate": _seed_rows([budget["half"]], keep)}
-    fractions = list(dict.fromkeys(r["fraction"] for r in cache))
-    table = []
+    measured = {"exact targets": cache, "surrogate targets": _seed_rows([budget["surrogate"]], keep),
+                "half exact, half surrogate": _seed_rows([budget["half"]], keep)}
+    columns = list(dict.fromkeys(_column(r["fraction"]) for rows in measured.values() for r in rows))
+    if previous and len(previous["columns"]) - 1 > len(columns):
+        columns = list(previous["columns"][1:])
+    table, carried = [], set()
+    previous_rows = {row[0]: row for row in (previous or {}).get("rows", [])}
     for protocol, name in (("linear", "linear"), ("knn", "kNN")):
-        exact = _by_fraction(cache, "detcon-simclr", "default", protocol)
-        mine = {label: _by_fraction(rows, "detcon-simclr", "default", protocol) for label, rows in arms.items()}
-        for label, rows in {"exact targets": exact, **mine}.items():
-            if rows:
-                table.append([f"{label} ({_seeds_label(rows)}), {name}"] + [
-                    _pair(rows[f]["accuracy_mean"], spread(rows[f])) if f in rows else None for f in fractions])
-        for label, rows in mine.items():
-            if rows and exact:
-                table.append([f"{label} minus exact, {name}"] + _gap_cells(rows, exact, fractions))
-        plain = _by_fraction(cache, "simclr", "default", protocol)
-        if mine["surrogate targets"] and plain:
-            table.append([f"surrogate targets minus SimCLR default (no targets), {name}"]
-                         + _gap_cells(mine["surrogate targets"], plain, fractions))
+        arms = {}
+        for label, rows in measured.items():
+            cells, seeds = _measured_cells(rows, "detcon-simclr", "default", protocol)
+            if not cells:
+                cells, seeds = _recorded_cells(previous, label, name)
+                if cells:
+                    carried.add(label)
+            arms[label] = (cells, seeds)
+            if cells:
+                table.append([f"{label} ({_seeds_text(seeds)}), {name}"]
+                             + [_pair(*cells[c]) if c in cells else None for c in columns])
+        plain = _measured_cells(cache, "simclr", "default", protocol)[0]
+        gaps = [(label, "exact targets", arms["exact targets"][0]) for label in measured if label != "exact targets"]
+        gaps.append(("surrogate targets", "SimCLR default (no targets)", plain))
+        for label, reference, base in gaps:
+            row_name = f"{label} minus {'exact' if reference == 'exact targets' else reference}, {name}"
+            mine = arms[label][0]
+            if mine and base and not (label in carried and reference in carried):
+                table.append([row_name] + [_pair(mine[c][0] - base[c][0], max(mine[c][1], base[c][1]))
+                                           if c in mine and c in base else None for c in columns])
+            elif mine and row_name in previous_rows and (label in carried or not base):
+                table.append(previous_rows[row_name])  # both sides kept: the row as it was collected
     config = GridConfig.load(budget["surrogate"])
     surrogate_run = Path(config.pretrain["surrogate"]).parent
     notes = [f"DetCon-S (RC regions pooled in the loss, default policy), {steps} of 64 on the 10,000 CIFAR-10 "
@@ -418,22 +459,34 @@ def parity(args) -> None:
              "cache holding the exact targets of half the pretraining images (chosen by content hash, "
              "experiments/partial_cache.py), the other half's from the same surrogate (--aug-source "
              "cache,surrogate). A gap row is the difference of the means, ± the larger of the two rows' spreads."]
-    missing = [label for label, rows in arms.items() if not rows]
+    missing = [label for label, rows in measured.items() if not rows and label not in carried]
     if missing:
         notes.append(f"Not measured at this budget: {', '.join(missing)}.")
+    agreement = "Its agreement with the exact targets"
+    if carried:
+        kept = [label for label in measured if label in carried]
+        notes.append(f"Kept from the collection of {previous.get('date', 'an earlier date')}, whose run folders "
+                     f"were not collected again: {', '.join(kept)}.")
+        uses_surrogate = [label for label in ("surrogate targets", "half exact, half surrogate") if label in carried]
+        old = next((n for n in previous.get("notes", []) if n.startswith(agreement)), None)
+        if uses_surrogate and old:
+            notes.append(f"The surrogate of the kept {' and '.join(uses_surrogate)} rows: " + old[len("Its "):])
+            agreement = "The surrogate of the rows measured now (trained by the same command): its agreement " \
+                        "with the exact targets"
     fidelity = surrogate_run / "test.json"
     if fidelity.is_file():
         f = _fidelity_scores(json.loads(fidelity.read_text()))
-        notes.append(f"Its agreement with the exact targets of the {f['n']:,} test images: presence accuracy "
+        notes.append(f"{agreement} of the {f['n']:,} test images: presence accuracy "
                      f"{f['presence_accuracy']:.3f}, mask IoU on present masks {f['mask_iou_present']:.3f}, region "
                      f"boundary F {f['boundary_f']:.3f}.")
     default_budget = args.steps == "624"
-    write(Path(args.out) / budget["result"],
+    write(result,
           f"CIFAR-10, {steps}: DetCon-S on the surrogate's targets against the exact targets",
-          ["targets, protocol", *[f"{float(f):.0%}" for f in fractions]], table,
+          ["targets, protocol", *columns], table,
           ["bash experiments/surrogate_parity.sh" if default_budget else
            f"STEPS={args.steps} bash experiments/surrogate_parity.sh",
-           "python experiments/collect_results.py parity" + ("" if default_budget else f" --steps {args.steps}")],
+           "python experiments/collect_results.py parity" + ("" if default_budget else f" --steps {args.steps}")
+           + (" --carry" if carried else "")],
           notes, args.date, args.machine)
 
 
@@ -576,6 +629,9 @@ def main(argv: list[str] | None = None) -> int:
                              "in their pretraining seeds are pooled")
     parser.add_argument("--steps", choices=tuple(PARITY_BUDGETS), default="624",
                         help="parity: the pretraining budget whose configs are compared (default %(default)s)")
+    parser.add_argument("--carry", action="store_true",
+                        help="parity: an arm whose run folders are absent keeps its rows from the result file this "
+                             "collection replaces (the notes say which, and their date)")
     parser.add_argument("--name", default="mask_aware_cifar10",
                         help="mask_aware_cifar10: the result files' stem, NAME_linear.json, NAME_knn_gap.json, ... "
                              "(default %(default)s)")

@@ -143,6 +143,47 @@ def test_parity_table_compares_each_arm_with_the_exact_targets_over_their_seeds(
     assert "Not measured at this budget: half exact, half surrogate." in none["notes"]
 
 
+def test_parity_carry_keeps_the_arms_not_collected_again_and_recomputes_gaps_to_the_new_one(grids):
+    import shutil
+
+    (grids / "sur").mkdir()
+    (grids / "sur" / "test.json").write_text(json.dumps(
+        {"n": 10000, "presence_accuracy": 0.7, "mask_iou_present": 0.35, "boundary_f": 0.6}))
+    out = ["--out", str(grids / "results"), "--machine", "test"]
+    collect_results.main(["parity", "--date", "2026-01-01", *out])
+    first = _rows(grids / "results" / "surrogate_parity.json")
+    # later only the half arm is run again (new numbers, a surrogate trained again); the other runs are gone
+    for folder in ("g0", "g1", "gp"):
+        shutil.rmtree(grids / folder)
+    _results(str(grids / "half.json"), _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.45, 0.04), (0.69, 0.0)]))
+    (grids / "sur" / "test.json").write_text(json.dumps(
+        {"n": 10000, "presence_accuracy": 0.71, "mask_iou_present": 0.36, "boundary_f": 0.61}))
+    collect_results.main(["parity", "--carry", "--date", "2026-02-02", *out])
+    written = json.loads((grids / "results" / "surrogate_parity.json").read_text())
+    rows = _rows(grids / "results" / "surrogate_parity.json")
+    assert list(rows) == list(first)  # the same rows in the same order
+    for kept in ("exact targets (2 seeds), linear", "surrogate targets (1 seed), kNN",
+                 "surrogate targets minus exact, linear", "surrogate targets minus SimCLR default (no targets), kNN"):
+        assert rows[kept] == first[kept]
+    assert rows["half exact, half surrogate (1 seed), linear"][0] == pytest.approx([0.45, 0.04])
+    # the new arm's gap to the kept exact row: from the kept (rounded) mean and spread
+    assert rows["half exact, half surrogate minus exact, linear"][0] == pytest.approx([-0.05, 0.04], abs=1e-4)
+    assert rows["half exact, half surrogate minus exact, kNN"][1] == pytest.approx([-0.02, 0.01], abs=1e-4)
+    assert written["command"][-1] == "python experiments/collect_results.py parity --carry"
+    notes = " ".join(written["notes"])
+    assert "Kept from the collection of 2026-01-01" in notes and "exact targets, surrogate targets." in notes
+    assert "kept surrogate targets rows: agreement with the exact targets of the 10,000 test images: presence " \
+           "accuracy 0.700" in notes
+    assert "measured now (trained by the same command): its agreement with the exact targets of the 10,000 " \
+           "test images: presence accuracy 0.710" in notes
+    # without --carry the arms whose runs are gone are not measured, and nothing is kept
+    collect_results.main(["parity", *out])
+    plain = json.loads((grids / "results" / "surrogate_parity.json").read_text())
+    assert [row[0] for row in plain["rows"]] == ["half exact, half surrogate (1 seed), linear",
+                                                 "half exact, half surrogate (1 seed), kNN"]
+    assert "Not measured at this budget: exact targets, surrogate targets." in plain["notes"]
+
+
 def _photo_results(folder, iou):
     """One segmenter's results.json: iou[fraction] = (mean, std over fine-tuning seeds); F is IoU + 0.1."""
     folder.mkdir(parents=True)
