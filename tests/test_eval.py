@@ -429,3 +429,18 @@ def test_tsne_of_coinciding_points_is_flat_not_a_crash():
 
     indices, embedding = tsne_map(np.ones((6, 512), np.float32), seed=0)
     assert list(indices) == list(range(6)) and not embedding.any()
+
+
+def test_tsne_plot_draws_class_folders_whose_names_are_not_utf8(tmp_path):
+    """A class folder named with Latin-1 bytes decodes with a lone surrogate, which matplotlib's fonts refused."""
+    import os
+
+    from PIL import Image
+
+    from saliencyssl.eval.results import plot_tsne
+
+    name = os.fsdecode(b"caf\xe9")
+    rng = np.random.default_rng(0)
+    labels = np.arange(20) % 2
+    path = plot_tsne(rng.normal(size=(20, 2)), labels, labels, ["cat", name], tmp_path / "tsne.png")
+    assert Image.open(path).size[0] > 100

@@ -285,6 +285,8 @@ def _scatter(ax, embedding: np.ndarray, groups: np.ndarray, names: Sequence[str]
     for g in np.unique(groups):
         points = embedding[groups == g]
         name = names[g] if 0 <= g < len(names) else str(g)
+        # a class folder whose name is not UTF-8 decodes with lone surrogates, which matplotlib's fonts refuse
+        name = str(name).encode("utf-8", "backslashreplace").decode("utf-8")
         ax.scatter(points[:, 0], points[:, 1], s=4, color=cmap(int(g) % cmap.N), label=name)
     ax.set_xticks([])
     ax.set_yticks([])
