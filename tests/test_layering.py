@@ -18,7 +18,7 @@ from _paths import REPO
 
 PACKAGE = REPO / "saliencyssl"
 FOUNDATION = {"target", "metrics", "imageio", "hashing", "precision", "visualize", "datasets", "embedded", "torchfiles",
-              "files"}
+              "files", "text"}
 ORDER = ["foundation", "saliency", "cache", "surrogate", "augment", "ssl", "eval", "app"]
 
 

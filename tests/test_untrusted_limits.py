@@ -382,6 +382,19 @@ def test_pretrain_names_a_huge_method_option_in_one_line(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("option", ["temperature=" + "x" * 100_000, "x" * 100_000 + "=1", "masks=" + "y" * 100_000,
+                                    "no_equals_sign" * 10_000])
+def test_pretrain_quotes_a_long_method_option_cut_short(tmp_path, capsys, option):
+    """A refusal names the value it refused in at most a line, not the megabyte a script passed."""
+    from saliencyssl.app import pretrain
+
+    code = pretrain.main(["--data", str(tmp_path / "missing"), "--method", "detcon-simclr", "--aug-source", "none",
+                          "--policy", "default", "--epochs", "1", "--method-option", option,
+                          "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "..." in err and len(err) < 1000, err[:300]
+
+
 # -- grid configs ------------------------------------------------------------------------------------
 def _grid(tmp_path: Path, **overrides) -> Path:
     config = {"name": "t", "out": str(tmp_path / "grid"), "train": str(tmp_path / "train"),

@@ -42,6 +42,7 @@ from typing import Any
 from saliencyssl.app.options import fail, missing_piece_advice, one_line_errors
 from saliencyssl.app.rundir import RunDir, RunDirError, describe
 from saliencyssl.augment import MissingPieceError, parse_policy
+from saliencyssl.text import short_repr
 from saliencyssl.augment.router import parse_sources
 from saliencyssl.eval.gridtable import plot_monitored_knn, plot_rows, result_rows, rows_markdown
 from saliencyssl.eval.results import write_csv
@@ -219,7 +220,7 @@ class GridConfig:
             if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED
                                     for s in seeds) or len(set(seeds)) != len(seeds):
                 raise ValueError("pretrain_seeds must be a non-empty list of distinct integers from 0 "
-                                 f"to {MAX_SEED}, got {_short(seeds)}")
+                                 f"to {MAX_SEED}, got {short_repr(seeds)}")
             if "seed" in self.pretrain:
                 raise ValueError("give either pretrain_seeds or pretrain.seed, not both")
         if self.results_name is not None and (
@@ -328,12 +329,6 @@ def _read_config(path: Path) -> bytes:
     return data
 
 
-def _short(value: Any, limit: int = 120) -> str:
-    """``repr(value)`` cut to ``limit`` characters (a config value may be long)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 def _check_value_types(raw: dict) -> None:
     """Refuse a value of the wrong type or out of range inside the config's lists and sections, naming
     the key (the top-level keys' own types are checked before).
@@ -354,18 +349,18 @@ def _check_value_types(raw: dict) -> None:
         values = raw.get(key, [])
         wrong = [v for v in values if not isinstance(v, str)]
         if wrong:
-            raise ValueError(f"{key} must be a list of names (text), got {_short(wrong[0])} in it")
+            raise ValueError(f"{key} must be a list of names (text), got {short_repr(wrong[0])} in it")
     unknown = [b for b in raw.get("baselines", []) if b not in BASELINES]
     if unknown:
         raise ValueError(f"baselines {unknown[0]!r} is not one this grid knows; give "
                          f"{' or '.join(repr(b) for b in BASELINES)}, or [] for none")
     for cell in raw.get("cells") or []:
         if not (isinstance(cell, list) and len(cell) == 2 and all(isinstance(v, str) for v in cell)):
-            raise ValueError(f"cells must be [method, policy] pairs of names, got {_short(cell)}")
+            raise ValueError(f"cells must be [method, policy] pairs of names, got {short_repr(cell)}")
     for section, kinds in (("pretrain", _PRETRAIN_KINDS), ("evaluation", _EVAL_KINDS)):
         for key, value in raw.get(section, {}).items():
             if key in kinds and not kinds[key][1](value):
-                raise ValueError(f"{section}.{key} must be {kinds[key][0]}, got {_short(value)}")
+                raise ValueError(f"{section}.{key} must be {kinds[key][0]}, got {short_repr(value)}")
     for section, key, low, high in (("pretrain", "epochs", 1, MAX_EPOCHS),
                                     ("pretrain", "batch_size", 2, MAX_BATCH_SIZE),
                                     ("evaluation", "seeds", 1, MAX_SEEDS)):
@@ -375,7 +370,7 @@ def _check_value_types(raw: dict) -> None:
     name = raw.get("evaluation_name", "evals")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ValueError(f"evaluation_name must be a folder name inside out (letters, digits, _ . -), got "
-                         f"{_short(name)}")
+                         f"{short_repr(name)}")
 
 
 def _check_method_options(config: GridConfig, methods: set[str]) -> None:

@@ -58,6 +58,7 @@ from saliencyssl.ssl.backbone import resnet18_backbone, save_backbone, uses_cifa
 from saliencyssl.ssl.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from saliencyssl.ssl.registry import METHODS
 from saliencyssl.target import TargetBatch
+from saliencyssl.text import short_repr
 from saliencyssl.torchfiles import UnsafeTorchFileError, load_torch_file
 
 log = logging.getLogger(__name__)
@@ -645,9 +646,9 @@ def parse_method_options(items: list[str] | None) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
-            raise ValueError(f"--method-option takes KEY=VALUE (e.g. momentum_start=0.9), got {item!r}")
+            raise ValueError(f"--method-option takes KEY=VALUE (e.g. momentum_start=0.9), got {short_repr(item)}")
         if key in options:
-            raise ValueError(f"--method-option {key} is given twice")
+            raise ValueError(f"--method-option {short_repr(key)} is given twice")
         text = text.strip()
         try:
             options[key] = json.loads(_PYTHON_SPELLINGS.get(text, text))

@@ -22,6 +22,7 @@ from torch import nn
 # The input convention (ImageNet's normalisation) is the views' last step: defined with them.
 from saliencyssl.augment.normalize import IMAGENET_MEAN, IMAGENET_STD, to_model_input  # noqa: F401
 from saliencyssl.files import temporary_beside
+from saliencyssl.text import short_repr
 from saliencyssl.torchfiles import UnsafeTorchFileError, load_torch_file
 
 #: Inputs up to this side length get the CIFAR stem by default.
@@ -77,12 +78,6 @@ _INSTEAD = ("pass the backbone.pt that pretraining writes, a torchvision ResNet-
             "backbone")
 
 
-def _short(value: Any, limit: int = 120) -> str:
-    """``repr(value)`` cut to ``limit`` characters (a crafted field may be long)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 def check_backbone_config(path: str | Path, config: Any) -> dict[str, Any]:
     """The config of a backbone checkpoint, its fields checked: a dict with text keys whose
     ``cifar_stem`` is a bool, ``image_size`` (when given) a whole number of pixels from
@@ -96,21 +91,21 @@ def check_backbone_config(path: str | Path, config: Any) -> dict[str, Any]:
 
     if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
         raise BackboneCheckpointError(f"{path}: the backbone config must be a dict of named settings, the file holds "
-                                      f"{_short(config)}; {_INSTEAD}")
+                                      f"{short_repr(config)}; {_INSTEAD}")
     config = dict(config)
     if not isinstance(config.get("cifar_stem", False), bool):
         raise BackboneCheckpointError(f"{path}: config cifar_stem must be true or false, the file says "
-                                      f"{_short(config['cifar_stem'])}; {_INSTEAD}")
+                                      f"{short_repr(config['cifar_stem'])}; {_INSTEAD}")
     if config.get("image_size") is not None:
         try:
             config["image_size"] = check_image_size(config["image_size"], "config image_size")
         except ValueError as error:
             raise BackboneCheckpointError(f"{path}: {error}; {_INSTEAD}") from None
     if config.get("arch", "resnet18") != "resnet18":
-        raise BackboneCheckpointError(f"{path}: config arch is {_short(config['arch'])}, saliency-ssl reads "
+        raise BackboneCheckpointError(f"{path}: config arch is {short_repr(config['arch'])}, saliency-ssl reads "
                                       f"ResNet-18 backbones ('resnet18'); {_INSTEAD}")
     if config.get("feature_dim", FEATURE_DIM) != FEATURE_DIM or isinstance(config.get("feature_dim"), bool):
-        raise BackboneCheckpointError(f"{path}: config feature_dim is {_short(config['feature_dim'])}, a ResNet-18 "
+        raise BackboneCheckpointError(f"{path}: config feature_dim is {short_repr(config['feature_dim'])}, a ResNet-18 "
                                       f"gives {FEATURE_DIM}; {_INSTEAD}")
     return config
 
@@ -124,7 +119,7 @@ def _check_weights(path: Path, state: Any, model: nn.Module, cifar_stem: bool) -
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):
         raise BackboneCheckpointError(f"{path}: state_dict must be a dict of named tensors, the file holds "
-                                      f"{_short(state)}; {_INSTEAD}")
+                                      f"{short_repr(state)}; {_INSTEAD}")
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     extra = [k for k in state if k not in expected]

@@ -106,6 +106,7 @@ from saliencyssl.ssl.byol import BYOL
 from saliencyssl.ssl.method import SGD_RECIPE, OptimizerRecipe, _check_float, _check_int
 from saliencyssl.ssl.simclr import SimCLR
 from saliencyssl.target import TargetBatch, compact_labels
+from saliencyssl.text import short_repr
 
 #: Where the masks come from: the RC regions, or the SaliencyCut foreground and its background.
 MASK_SOURCES = ("regions", "foreground")
@@ -325,7 +326,7 @@ class _MaskPooling:
         _check_float(cls, hparams, "temperature", low=1e-3, high=10.0, hint="DetCon uses 0.1")
         if hparams["masks"] not in MASK_SOURCES:
             raise ValueError(f"{cls.name}: masks must be one of {list(MASK_SOURCES)} (the RC regions, or the "
-                             f"SaliencyCut foreground and its background), got {hparams['masks']!r} (default "
+                             f"SaliencyCut foreground and its background), got {short_repr(hparams['masks'])} (default "
                              f"{cls.default_hparams()['masks']!r})")
 
     def _labels(self, targets: TargetBatch | None, view: Tensor, which: str) -> Tensor:
@@ -497,7 +498,7 @@ class DetConBYOL(_MaskPooling, BYOL):
         cls._validate_mask_hparams(hparams)
         if hparams["objective"] not in OBJECTIVES:
             raise ValueError(f"{cls.name}: objective must be one of {list(OBJECTIVES)} (contrastive: DetCon-B's "
-                             f"loss with negatives; regression: BYOL's), got {hparams['objective']!r}")
+                             f"loss with negatives; regression: BYOL's), got {short_repr(hparams['objective'])}")
 
     def training_loss(self, view_a: Tensor, view_b: Tensor, targets_a: TargetBatch | None = None,
                       targets_b: TargetBatch | None = None) -> Tensor:

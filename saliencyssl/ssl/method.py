@@ -53,6 +53,7 @@ from lightly.utils.scheduler import cosine_schedule
 
 from saliencyssl.ssl.backbone import FEATURE_DIM
 from saliencyssl.target import TargetBatch
+from saliencyssl.text import short_repr
 
 #: ``progress`` in :meth:`SSLMethod.before_step` is turned into this many discrete steps for
 #: :func:`lightly.utils.scheduler.cosine_schedule`, which works on integer step counts.
@@ -201,7 +202,7 @@ class SSLMethod(nn.Module):
         defaults = cls.default_hparams()
         unknown = sorted(set(overrides) - set(defaults))
         if unknown:
-            raise ValueError(f"{cls.name or cls.__name__}: unknown hyperparameter(s) {unknown}; "
+            raise ValueError(f"{cls.name or cls.__name__}: unknown hyperparameter(s) {short_repr(unknown)}; "
                              f"valid ones are {sorted(defaults)} (defaults: {defaults})")
         hparams = {**defaults, **overrides}
         _check_int(cls, hparams, "feature_dim", minimum=1, maximum=MAX_WIDTH)
@@ -297,7 +298,7 @@ def _check_int(cls: type, hparams: dict[str, Any], key: str, *, minimum: int, ma
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum or \
             (maximum is not None and value > maximum):
         span = f">= {minimum}" + ("" if maximum is None else f" and <= {maximum:,}")
-        raise ValueError(f"{cls.name or cls.__name__}: {key} must be an int {span}, got {value!r} "
+        raise ValueError(f"{cls.name or cls.__name__}: {key} must be an int {span}, got {short_repr(value)} "
                          f"(default {cls.default_hparams()[key]!r})")
 
 
@@ -322,10 +323,10 @@ def _check_float(cls: type, hparams: dict[str, Any], key: str, *, low: float, hi
         lo = "[" if low_inclusive else "("
         hi = "]" if high_inclusive else ")"
         raise ValueError(f"{cls.name or cls.__name__}: {key} must be a number in {lo}{low}, {high}{hi}, got "
-                         f"{hparams[key]!r} (default {cls.default_hparams()[key]!r}){'; ' + hint if hint else ''}")
+                         f"{short_repr(hparams[key])} (default {cls.default_hparams()[key]!r}){'; ' + hint if hint else ''}")
     hparams[key] = float(value)
 
 
 def _check_bool(cls: type, hparams: dict[str, Any], key: str) -> None:
     if not isinstance(hparams[key], bool):
-        raise ValueError(f"{cls.name or cls.__name__}: {key} must be True or False, got {hparams[key]!r}")
+        raise ValueError(f"{cls.name or cls.__name__}: {key} must be True or False, got {short_repr(hparams[key])}")

@@ -14,6 +14,7 @@ from saliencyssl.ssl.moco import MoCo
 from saliencyssl.ssl.simclr import SimCLR
 from saliencyssl.ssl.simsiam import SimSiam
 from saliencyssl.ssl.swav import SwAV
+from saliencyssl.text import short_repr
 
 #: Every method by its registry name (``SSLMethod.name``). All train with lightly's CIFAR-10 recipe
 #: (:mod:`saliencyssl.ssl.optim`); DetCon's two methods take SimCLR's and BYOL's (DetCon itself uses
@@ -81,7 +82,7 @@ def check_method_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     valid = {k: v for k, v in cls.default_hparams().items() if k != "feature_dim"}
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ValueError(f"{cls.name}: unknown hyperparameter(s) {unknown}; valid ones are {sorted(valid)} (defaults: {valid})")
+        raise ValueError(f"{cls.name}: unknown hyperparameter(s) {short_repr(unknown)}; valid ones are {sorted(valid)} (defaults: {valid})")
     return cls._resolve_hparams(options)
 
 

@@ -51,6 +51,7 @@ from saliencyssl.files import temporary_beside
 from saliencyssl.surrogate.networks import (MAX_GENERATOR_PARAMETERS, Architecture, RetiredArchitectureError,
                                             UNetGenerator, build_networks, image_to_input, to_probabilities)
 from saliencyssl.target import TARGET_CHANNELS, TargetBatch
+from saliencyssl.text import short_repr
 from saliencyssl.torchfiles import UnsafeTorchFileError, load_torch_file
 
 CHECKPOINT_FORMAT = "saliency-ssl-surrogate"
@@ -157,12 +158,6 @@ def _unreadable(path: Path, error: Exception) -> str:
             f"surrogate writes")
 
 
-def _short(value: Any, limit: int = 200) -> str:
-    """``repr(value)`` cut to ``limit`` characters (a crafted record may be long)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 def _checked_record(path: Path, blob: dict) -> tuple[int, str, dict | None, dict]:
     """``(image_size, fingerprint, labeller_params, meta)`` of a checkpoint, each of the type the
     writer gives it.
@@ -176,12 +171,12 @@ def _checked_record(path: Path, blob: dict) -> tuple[int, str, dict | None, dict
     size = blob.get("image_size")
     if isinstance(size, bool) or not isinstance(size, int) or not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
         raise SurrogateCheckpointError(f"{path}: image_size must be a whole number of pixels from {MIN_IMAGE_SIZE} "
-                                       f"to {MAX_IMAGE_SIZE}, the file says {_short(size)}; the file is damaged or "
+                                       f"to {MAX_IMAGE_SIZE}, the file says {short_repr(size, 200)}; the file is damaged or "
                                        f"was edited, retrain it")
     fingerprint = blob.get("fingerprint")
     if not isinstance(fingerprint, str):
         raise SurrogateCheckpointError(f"{path}: fingerprint must be the labeller fingerprint as text, the file says "
-                                       f"{_short(fingerprint)}; the file is damaged or was edited, retrain it")
+                                       f"{short_repr(fingerprint, 200)}; the file is damaged or was edited, retrain it")
     params = blob.get("labeller_params")
     meta = blob.get("meta") or {}
     for name, value, kinds in (("labeller_params", params, (dict, type(None))), ("meta", meta, (dict,))):
@@ -218,7 +213,7 @@ def _checked_weights(path: Path, blob: dict, arch: Architecture) -> dict[str, to
     if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                 for k, v in weights.items()):
         raise SurrogateCheckpointError(f"{path}: {source} must be a dict of named tensors (a state dict), the file "
-                                       f"holds {_short(weights, 120)}; the file is damaged or was edited, retrain it")
+                                       f"holds {short_repr(weights)}; the file is damaged or was edited, retrain it")
     expected = arch.generator_shapes()
     missing = [k for k in expected if k not in weights]
     extra = [k for k in weights if k not in expected]
@@ -362,7 +357,7 @@ class Surrogate:
             raise SurrogateCheckpointError(
                 f"{path}: {error} (arch {error.field}={error.value!r}); retrain it") from None
         except (TypeError, ValueError, KeyError) as error:
-            raise SurrogateCheckpointError(f"{path}: architecture record {_short(blob.get('arch'))} refused: "
+            raise SurrogateCheckpointError(f"{path}: architecture record {short_repr(blob.get('arch'), 200)} refused: "
                                            f"{error}; the file is damaged or was edited, retrain it") from None
         if arch.image_size != size:
             raise SurrogateCheckpointError(f"{path}: architecture is for {arch.image_size} px but the checkpoint says "
