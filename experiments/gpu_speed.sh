@@ -27,7 +27,7 @@ stage)
     SHARED=${SHARED:-../shared/data}
     CACHE=${CACHE:-runs/caches/cifar}
     SUR32=${SUR32:-runs/exp/parity/surrogate/surrogate.pt}
-    SUR96=${SUR96:-runs/exp/photo_surrogate/measure/v0_3000steps/surrogate.pt}
+    SUR96=${SUR96:-runs/exp/photo_surrogate/v0_steps/surrogate.pt}
     for f in "$SUR32" "$SUR96"; do [ -f "$f" ] || { echo "error: $f is missing (see the header)" >&2; exit 2; }; done
     rm -rf "$DATA" && mkdir -p "$DATA/cifar_train" "$DATA/photos"
     for class in "$SHARED"/cifar10/train/*/; do   # 500 images per class: 5,000

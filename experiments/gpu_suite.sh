@@ -13,8 +13,8 @@
 # one file and unpack it first: `tar czf .gpudata/images.tgz -C .gpudata cifar_train cifar_test`, then on the GPU
 # machine `tar xzf .gpudata/images.tgz -C .gpudata && DATA=.gpudata OUT=$OUT bash experiments/gpu_suite.sh`.
 # What runs, side by side on the one GPU:
-#   1. two surrogates trained on every train image for SURROGATE_MINUTES: train_surrogate.py's defaults (ngf 16, rate
-#      2e-4) and the design sweep's best per step (ngf 32, rate 1e-3), 10% held out by content hash to pick the epoch;
+#   1. two surrogates trained on every train image for SURROGATE_MINUTES: train_surrogate.py's defaults (ngf 16) and
+#      twice their width (ngf 32), both at rate 1e-3, 10% held out by content hash to pick the epoch;
 #   2. SimCLR with each of SSL_POLICIES on the train images: one epoch of each, side by side, measures the epoch time,
 #      then every policy runs the same number of epochs, as many as end by BUDGET - 150 s; the random-initialisation
 #      baseline is evaluated meanwhile;
