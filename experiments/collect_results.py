@@ -3,6 +3,7 @@
     python experiments/collect_results.py mask_aware_cifar10 --config CONFIG [CONFIG ...] [--name STEM]
     python experiments/collect_results.py photos --runs runs/exp/photos
     python experiments/collect_results.py surrogate_curve --runs runs/exp/surrogate_curve
+    python experiments/collect_results.py surrogate_gpu --runs OUT      (OUT of experiments/gpu_surrogate_all.sh run)
     python experiments/collect_results.py surrogate_shapes --runs runs/shapes
     python experiments/collect_results.py baseline_stats --runs runs/baseline
     python experiments/collect_results.py photo_surrogate --runs runs/exp/photo_surrogate/measure
@@ -266,6 +267,39 @@ def surrogate_curve(args) -> None:
            "the 40,000 CIFAR-10 training images outside the pretraining set; 50,000 is all of them. Steps as of "
            "the last epoch's end; minutes of wall time with the four runs side by side on the machine."],
           args.date, args.machine)
+
+
+def surrogate_gpu(args) -> None:
+    """results/surrogate_cifar10_gpu.json from the OUT of experiments/gpu_surrogate_all.sh run: one row per run
+    folder with a fidelity report beside it (``NAME/`` and ``NAME_test.json``); the machine is the card the run
+    named in ``device.txt`` unless ``--machine`` is given."""
+    root = Path(args.runs)
+    rows = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and (root / f"{p.name}_test.json").is_file()):
+        settings = json.loads((folder / "run.json").read_text())["settings"]
+        history = json.loads((folder / "history.json").read_text()) if (folder / "history.json").is_file() else []
+        s = _fidelity_scores(json.loads((root / f"{folder.name}_test.json").read_text()))
+        last = history[-1] if history else {}
+        rows.append([f"{folder.name}, batch {settings['batch_size']}", last.get("step"), round(last["minutes"], 2)
+                     if last.get("minutes") is not None else None, s.get("presence_accuracy"),
+                     s.get("mask_iou_present"), s.get("mask_f"), s.get("saliency_mae"), s.get("boundary_f")])
+    if not rows:
+        raise SystemExit(f"{root}: no run folder with a NAME_test.json beside it (experiments/gpu_surrogate_all.sh run "
+                         "writes them)")
+    device = root / "device.txt"
+    machine = args.machine_given or (device.read_text().strip() if device.is_file() else args.machine)
+    write(Path(args.out) / "surrogate_cifar10_gpu.json",
+          "CIFAR-10 surrogate on all 50,000 train images, on a GPU: fidelity against the exact targets of the "
+          "10,000 test images",
+          ["run", "steps", "minutes", "presence accuracy", "mask IoU (present)", "mask F", "saliency MAE",
+           "boundary F"], rows,
+          ["bash experiments/gpu_surrogate_all.sh stage", "bash experiments/gpu_surrogate_all.sh run",
+           f"python experiments/collect_results.py surrogate_gpu --runs {args.runs}"],
+          ["Both runs side by side on the one GPU, the defaults of saliency-ssl train-surrogate otherwise; batch 64 "
+           "for 6,000 steps is the CPU curve's budget (results/surrogate_cifar10_data.json), the other a fixed "
+           "wall time with fp16 autocast; 5% held out by content hash to choose the step kept. Steps and minutes as "
+           "of the last epoch's end."],
+          args.date, machine)
 
 
 # -- the surrogate on the generated shapes: what held it back -----------------------------------------
@@ -622,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=("mask_aware_cifar10", "photos", "surrogate_curve", "surrogate_shapes",
                                                "baseline_stats", "photo_surrogate", "test_suite",
-                                               "mask_aware_controls", "parity"))
+                                               "mask_aware_controls", "parity", "surrogate_gpu"))
     parser.add_argument("--runs", default=None, help="the experiment's run folder")
     parser.add_argument("--config", nargs="+", default=None,
                         help="mask_aware_cifar10 (required): its grid config(s); several configs that differ only "
@@ -644,11 +678,13 @@ def main(argv: list[str] | None = None) -> int:
                      "results/mask_aware_cifar10_linear.json name them)")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.name):
         parser.error(f"--name {args.name!r}: a file stem of letters, digits, '_', '.' and '-' (no folder)")
+    args.machine_given = args.machine
     args.machine = args.machine or f"{cpu_name()} ({os.cpu_count()} cores), one torch thread per run, no GPU"
     {"mask_aware_cifar10": mask_aware_cifar10, "photos": photos, "surrogate_curve": surrogate_curve,
      "surrogate_shapes": surrogate_shapes, "baseline_stats": baseline_stats,
      "photo_surrogate": photo_surrogate, "test_suite": test_suite,
-     "mask_aware_controls": mask_aware_controls, "parity": parity}[args.experiment](args)
+     "mask_aware_controls": mask_aware_controls, "parity": parity,
+     "surrogate_gpu": surrogate_gpu}[args.experiment](args)
     return 0
 
 

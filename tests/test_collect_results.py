@@ -255,3 +255,24 @@ def test_recipe_tables_need_their_configs(capsys):
     with pytest.raises(SystemExit):
         collect_results.main(["mask_aware_cifar10"])
     assert "needs --config" in capsys.readouterr().err
+
+
+def test_gpu_surrogate_table_has_a_row_per_scored_run_and_names_the_card(tmp_path):
+    """experiments/gpu_surrogate_all.sh run's OUT: run folders with NAME_test.json beside them and device.txt."""
+    out = tmp_path / "gpu"
+    for name, batch, step, iou in (("steps6000", 64, 6000, 0.41), ("minutes5", 256, 9000, 0.43), ("unscored", 64, 1, 0)):
+        (out / name).mkdir(parents=True)
+        (out / name / "run.json").write_text(json.dumps({"settings": {"batch_size": batch}}))
+        (out / name / "history.json").write_text(json.dumps([{"step": step, "minutes": 1.234}]))
+        if name != "unscored":
+            (out / f"{name}_test.json").write_text(json.dumps(
+                {"n": 10000, "presence_accuracy": 0.73, "mask_iou_present": iou, "mask_f": 0.5, "saliency_mae": 0.08,
+                 "boundary_f": 0.66}))
+    (out / "device.txt").write_text("NVIDIA H100 80GB HBM3\n")
+    collect_results.main(["surrogate_gpu", "--runs", str(out), "--out", str(tmp_path / "results")])
+    written = json.loads((tmp_path / "results" / "surrogate_cifar10_gpu.json").read_text())
+    assert written["machine"] == "NVIDIA H100 80GB HBM3"
+    assert written["rows"] == [["minutes5, batch 256", 9000, 1.23, 0.73, 0.43, 0.5, 0.08, 0.66],
+                               ["steps6000, batch 64", 6000, 1.23, 0.73, 0.41, 0.5, 0.08, 0.66]]
+    with pytest.raises(SystemExit, match="no run folder"):
+        collect_results.main(["surrogate_gpu", "--runs", str(tmp_path / "results"), "--out", str(tmp_path / "r2")])
