@@ -42,12 +42,12 @@ from typing import Any
 from saliencyssl.app.options import fail, missing_piece_advice, one_line_errors
 from saliencyssl.app.rundir import RunDir, RunDirError, describe
 from saliencyssl.augment import MissingPieceError, parse_policy
-from saliencyssl.text import short_repr
 from saliencyssl.augment.router import parse_sources
 from saliencyssl.eval.gridtable import plot_monitored_knn, plot_rows, result_rows, rows_markdown
 from saliencyssl.eval.results import write_csv
 from saliencyssl.files import replace_file
 from saliencyssl.saliency.params import LABELLER_OPTIONS
+from saliencyssl.text import short_repr
 
 SUMMARY = "methods x policies, each pretrained and evaluated at label fractions (resumable)"
 _PRETRAIN_KEYS = {"image_size", "epochs", "batch_size", "limit", "device", "amp", "aug_source", "surrogate", "seed",
