@@ -10,7 +10,7 @@
 # key vs_masks), and the surrogate's time per image at 96 px on one CPU thread is measured beside the exact
 # labeller's on the original photos.
 # Found (results/photo_surrogate.json, docs/surrogate.md): on the street photos the surrogate's F is above the
-# labeller's; on horses and salbench it is 0.07 to 0.13 below, at 1,500 steps and at 3,000 alike; variants lower
+# labeller's; on horses and salbench it is 0.08 to 0.13 below, at 1,500 steps and at 3,000 alike; variants lower
 # the map's MAE without raising F on the two larger sets. It is about 250 times faster than the labeller on the
 # original photo on one CPU thread (results/photo_surrogate_speed.json).
 #
