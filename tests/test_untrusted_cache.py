@@ -127,6 +127,21 @@ def test_import_reads_the_source_cache_without_writing_to_it(tmp_path, capsys):
     assert (source / "cache.db").read_bytes() == before
 
 
+def test_cache_stats_counts_each_fingerprint_without_writing_to_the_folder(tmp_path, capsys):
+    """`cache stats` opened the folder through diskcache, which rewrote cache.db's header on every call."""
+    source = _cache(tmp_path / "source", n=4, big=1)
+    cache = TargetCache(source, FP)      # the figures as diskcache gives them (opening it writes: done first)
+    expected = cache.stats()
+    cache.close()
+    before = (source / "cache.db").read_bytes()
+    listing = sorted(p.relative_to(source) for p in source.rglob("*"))
+    assert cache_cli.main(["stats", str(source)]) == 0
+    out = capsys.readouterr().out
+    assert (source / "cache.db").read_bytes() == before
+    assert sorted(p.relative_to(source) for p in source.rglob("*")) == listing
+    assert f"fingerprint {FP}: {expected.entries} targets, {expected.bytes / 1e6:.2f} MB" in out
+
+
 def test_a_source_open_for_writing_elsewhere_is_read_with_its_log(tmp_path):
     source = tmp_path / "source"
     writer = TargetCache(source, FP, params=PARAMS)       # another process labelling into it, in WAL mode

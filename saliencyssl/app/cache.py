@@ -31,7 +31,7 @@ from pathlib import Path
 
 from saliencyssl.cache import TargetCache
 from saliencyssl.cache.packfile import PACK_FORMAT, PackError, open_pack, verify_pack
-from saliencyssl.cache.store import cache_fingerprints
+from saliencyssl.cache.store import CacheReader, cache_fingerprints
 from saliencyssl.cache.transfer import (MissingTargetsError, UndecodableImagesError, check_pack_destination,
                                         export_pack, import_cache, import_pack, is_pack_file)
 from saliencyssl.datasets import check_image_size
@@ -124,19 +124,21 @@ def _not_a_cache(path: Path, hint: str = "IMAGES") -> int:
 
 
 def _stats(args: StatsConfig) -> int:
+    """What a cache holds, read without writing to its folder (:class:`CacheReader`)."""
     if not TargetCache.exists(args.cache):
         return _not_a_cache(args.cache)
-    fingerprints = cache_fingerprints(args.cache)
-    if not fingerprints:
-        print(f"{args.cache}: empty cache")
-        return 0
-    first = TargetCache(args.cache, next(iter(fingerprints)), create=False)
-    print(f"{args.cache}: {first.stats().disk_bytes / 1e6:.1f} MB on disk")
+    with CacheReader(args.cache) as cache:
+        fingerprints = cache.fingerprints()
+        if not fingerprints:
+            print(f"{args.cache}: empty cache")
+            return 0
+        sizes = cache.sizes()
+        print(f"{args.cache}: {cache.disk_bytes() / 1e6:.1f} MB on disk")
     for fp, params in sorted(fingerprints.items()):
-        stats = TargetCache(args.cache, fp, create=False).stats()
+        entries, size = sizes.get(fp, (0, 0))
         desc = ", ".join(f"{k}={v}" for k, v in (params or {}).items() if k in ("version", *LABELLER_OPTIONS))
-        print(f"  fingerprint {fp}: {stats.entries} targets, {stats.bytes / 1e6:.2f} MB"
-              f" ({stats.bytes / max(stats.entries, 1):.0f} B each)  [{desc or 'parameters not recorded'}]")
+        print(f"  fingerprint {fp}: {entries} targets, {size / 1e6:.2f} MB"
+              f" ({size / max(entries, 1):.0f} B each)  [{desc or 'parameters not recorded'}]")
     return 0
 
 

@@ -556,6 +556,32 @@ class CacheReader:
             if entry and entry.group(1) == fingerprint:
                 yield entry.group(2)
 
+    def sizes(self) -> dict[str, tuple[int, int]]:
+        """Entries and encoded bytes per fingerprint, ``{fingerprint: (entries, bytes)}``; an entry whose
+        value is foreign or whose value file is gone counts with 0 bytes."""
+        counts: dict[str, list[int]] = {}
+        for key in self.iterkeys():
+            entry = _ENTRY_KEY.fullmatch(key) if isinstance(key, str) else None
+            if entry is None:
+                continue
+            try:
+                value = self.get(key)
+            except ForeignEntryError:
+                value = None
+            count = counts.setdefault(entry.group(1), [0, 0])
+            count[0] += 1
+            count[1] += len(value) if isinstance(value, bytes) else 0
+        return {fingerprint: (n, size) for fingerprint, (n, size) in counts.items()}
+
+    def disk_bytes(self) -> int:
+        """Bytes of the folder's regular files (database and value files), links not followed."""
+        total = 0
+        for root, _, files in os.walk(self.directory):
+            for name in files:
+                info = os.lstat(os.path.join(root, name))
+                total += info.st_size if stat.S_ISREG(info.st_mode) else 0
+        return total
+
     def get_encoded(self, fingerprint: str, image_hash: str) -> bytes | None:
         """The raw stored bytes of an entry (not checked), or ``None`` when absent.
 
