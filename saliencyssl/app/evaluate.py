@@ -19,7 +19,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from saliencyssl.app.options import check_count, check_outside, cpu_limit, fail, one_line_errors
+from saliencyssl.app.options import (add_backbone_options, check_count, check_outside, cpu_limit, fail,
+                                     one_line_errors)
 from saliencyssl.app.rundir import RunDir, RunDirError, RunExistsError
 from saliencyssl.eval.classification import MAX_SEEDS, PROTOCOLS, ClassificationSettings
 
@@ -172,9 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         "512-d penultimate layer (cached on disk);\nthe labelled subset at each fraction is drawn class-balanced per "
         "seed; results are mean and std over seeds.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", required=True, metavar="PATH|random",
-                   help="RUN_DIR/backbone.pt written by saliency-ssl pretrain, a plain torchvision ResNet-18 state dict "
-                        "(e.g. local ImageNet weights), or 'random' for a seeded randomly initialised ResNet-18 baseline")
+    add_backbone_options(p)
     p.add_argument("--train", metavar="DIR", help="labelled training images (DIR/<class>/*); the probe and kNN draw "
                                                   "their labelled subsets from here. Needed for linear and knn")
     p.add_argument("--test", required=True, metavar="DIR",
@@ -193,11 +192,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, metavar="S",
                    help="input side length; default: the backbone config's image_size (32 for random, where it also "
                         "picks the stem: CIFAR stem up to 64 px)")
-    p.add_argument("--backbone-seed", type=int, default=0, metavar="S",
-                   help="initialisation seed of --backbone random (default %(default)s)")
-    p.add_argument("--random-stem", default="auto", choices=("auto", "cifar", "imagenet"),
-                   help="stem of --backbone random: auto = CIFAR stem up to 64 px, else the ImageNet stem; set it to "
-                        "match the pretrained backbone you compare with (default %(default)s)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where features are computed "
                                                                             "(default %(default)s)")
     p.add_argument("--threads", type=int, metavar="N",

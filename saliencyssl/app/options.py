@@ -17,6 +17,20 @@ from saliencyssl.saliency.params import CUT_ENGINES, LABELLER_OPTIONS
 _DEFAULTS = LabellerConfig()
 
 
+def add_backbone_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--backbone``, ``--backbone-seed`` and ``--random-stem``: the frozen encoder an evaluation stage
+    reads, or a seeded random one as the baseline."""
+    parser.add_argument("--backbone", required=True, metavar="PATH|random",
+                        help="RUN_DIR/backbone.pt written by saliency-ssl pretrain, a plain torchvision ResNet-18 "
+                             "state dict (e.g. local ImageNet weights), or 'random' for a seeded randomly initialised "
+                             "ResNet-18 baseline")
+    parser.add_argument("--backbone-seed", type=int, default=0, metavar="S",
+                        help="initialisation seed of --backbone random (default %(default)s)")
+    parser.add_argument("--random-stem", default="auto", choices=("auto", "cifar", "imagenet"),
+                        help="stem of --backbone random: auto = CIFAR stem up to 64 px, else the ImageNet stem; set "
+                             "it to match the pretrained backbone you compare with (default %(default)s)")
+
+
 def add_labeller_options(parser: argparse.ArgumentParser, title: str | None = None,
                          optional: bool = False) -> argparse._ArgumentGroup:
     """Add ``--scale | --max-side``, ``--min-side`` and ``--cut-engine`` to a parser.

@@ -22,7 +22,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from saliencyssl.app.options import check_count, check_outside, cpu_limit, fail, one_line_errors
+from saliencyssl.app.options import (add_backbone_options, check_count, check_outside, cpu_limit, fail,
+                                     one_line_errors)
 from saliencyssl.app.rundir import RunDir, RunDirError, RunExistsError
 from saliencyssl.eval.masks import F_BETA2, THRESHOLD, SegmentTrainConfig
 
@@ -291,9 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="saliency-ssl segment", description=__doc__.splitlines()[0] + "\nTrains a segmenter per label "
         "fraction and seed and scores foreground IoU and F-measure on a fixed test split.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", required=True, metavar="PATH|random",
-                   help="RUN_DIR/backbone.pt written by saliency-ssl pretrain, a plain torchvision ResNet-18 state dict, "
-                        "or 'random' for a seeded randomly initialised ResNet-18 baseline")
+    add_backbone_options(p)
     p.add_argument("--images", required=True, metavar="DIR", help="folder of images (searched recursively)")
     p.add_argument("--masks", required=True, metavar="DIR",
                    help="folder of binary mask PNGs with the images' relative paths and stems")
@@ -328,11 +327,6 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{MaskRCNNProtocol.encoder_lr} for maskrcnn)")
     p.add_argument("--fpn-channels", type=int, default=64, metavar="C",
                    help="channels of the feature pyramid (default %(default)s)")
-    p.add_argument("--backbone-seed", type=int, default=0, metavar="S",
-                   help="initialisation seed of --backbone random (default %(default)s)")
-    p.add_argument("--random-stem", default="auto", choices=("auto", "cifar", "imagenet"),
-                   help="stem of --backbone random: auto = CIFAR stem up to 64 px, else the ImageNet stem "
-                        "(default %(default)s)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to train (default %(default)s)")
     p.add_argument("--force", action="store_true",
                    help="evaluate again even when --out holds a finished evaluation with the same settings")
