@@ -585,7 +585,9 @@ def photo_surrogate(args) -> None:
                     e = scores[key]
                     rows.append([label, who, scores["n"], round(e["f"], 4), round(e["iou"], 4), round(e["mae"], 4)])
             s = scores["surrogate"]
-            rows.append([label, f"surrogate, {variants} variants a photo, {steps} steps", scores["n"],
+            data = Path(record["settings"].get("data", "")).name
+            trained = "" if data in ("", "photos_unlabelled") else f", trained on {data}"
+            rows.append([label, f"surrogate, {variants} variants a photo, {steps} steps{trained}", scores["n"],
                          round(s["f"], 4), round(s["iou"], 4), round(s["mae"], 4)])
     rows.sort(key=lambda r: [n for n, _ in PHOTO_SETS].index(next(n for n, l in PHOTO_SETS if l == r[0])))
     notes = ["Trained on 1,295 photos without masks (clothing_parsing/unlabelled and bsds500_test) at 96 px on one "
@@ -594,10 +596,16 @@ def photo_surrogate(args) -> None:
              "with beta^2 = 0.3, mask IoU, MAE of the saliency map (Cheng's conventions), means over the images."]
     commands.append("saliency-ssl fidelity ../shared/data/SET/images --cache CACHE --surrogate RUN/surrogate.pt "
                     "--masks ../shared/data/SET/masks --json RUN/SET.json")
-    write(Path(args.out) / "photo_surrogate.json", "The photo surrogate and the exact labeller against human masks",
+    name_option = "" if args.name == "photo_surrogate" else f" --name {args.name}"
+    collect = f"python experiments/collect_results.py photo_surrogate --runs {args.runs}{name_option}"
+    if any(", trained on photos_cifar5k" in row[1] for row in rows):
+        commands[0] = "bash experiments/photo_surrogate_data.sh"
+        notes.append("photos_cifar5k: the same 1,295 photos and 5,000 CIFAR-10 train images (500 a class, "
+                     "experiments/cifar_split.py --skip 4500; their exact targets labelled at 64 px by the same "
+                     "default labeller), brought to 96 px.")
+    write(Path(args.out) / f"{args.name}.json", "The photo surrogate and the exact labeller against human masks",
           ["set", "segmenter", "images", "F (beta^2 = 0.3)", "IoU", "MAE"], rows,
-          commands + [f"python experiments/collect_results.py photo_surrogate --runs {args.runs}"], notes, args.date,
-          args.machine)
+          commands + [collect], notes, args.date, args.machine)
     bench, labeller = root / "bench_surrogate.json", root / "bench_labeller.json"
     if bench.is_file() and labeller.is_file():
         b, lab = json.loads(bench.read_text()), json.loads(labeller.read_text())
@@ -611,7 +619,7 @@ def photo_surrogate(args) -> None:
                   f"network + regions", b["num_images"], round(surrogate, 3), 1.0],
                  ["  of which the network", b["num_images"], round(b["surrogate_network_ms_per_image"], 3), None],
                  ["  of which the regions", b["num_images"], round(b["surrogate_regions_ms_per_image"], 3), None]]
-        write(Path(args.out) / "photo_surrogate_speed.json",
+        write(Path(args.out) / f"{args.name}_speed.json",
               "Time per image: the exact labeller against the photo surrogate, one CPU thread",
               ["labelling", "images", "ms per image", "x the surrogate's time"], speed,
               [f"python benchmarks/bench_surrogate.py --data ../shared/data/clothing_parsing/images --image-size "
@@ -619,7 +627,7 @@ def photo_surrogate(args) -> None:
                f"{b['labeller_images']} --surrogate RUN/surrogate.pt --threads 1 --json {bench}",
                f"python benchmarks/bench_labeller.py ../shared/data/clothing_parsing/images --engines faithful "
                f"--limit {lab['images']} --json {labeller}",
-               f"python experiments/collect_results.py photo_surrogate --runs {args.runs}"],
+               collect],
               ["Clothing Co-Parsing photos; the exact labeller one image at a time as a labelling worker runs it, "
                "the surrogate on batches. Medians; measured while other jobs shared the machine."],
               args.date, args.machine)
@@ -666,9 +674,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--carry", action="store_true",
                         help="parity: an arm whose run folders are absent keeps its rows from the result file this "
                              "collection replaces (the notes say which, and their date)")
-    parser.add_argument("--name", default="mask_aware_cifar10",
+    parser.add_argument("--name", default=None,
                         help="mask_aware_cifar10: the result files' stem, NAME_linear.json, NAME_knn_gap.json, ... "
-                             "(default %(default)s)")
+                             "(default mask_aware_cifar10); photo_surrogate: NAME.json and NAME_speed.json (default "
+                             "photo_surrogate)")
     parser.add_argument("--out", default="results", help="where the result files go (default %(default)s)")
     parser.add_argument("--date", default=time.strftime("%Y-%m-%d"))
     parser.add_argument("--machine", default=None, help="default: this CPU, 2 cores, one torch thread per run")
@@ -676,6 +685,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.experiment == "mask_aware_cifar10" and not args.config:
         parser.error("mask_aware_cifar10 needs --config: the grid configs whose cells it tabulates (the commands in "
                      "results/mask_aware_cifar10_linear.json name them)")
+    args.name = args.name or {"photo_surrogate": "photo_surrogate"}.get(args.experiment, "mask_aware_cifar10")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.name):
         parser.error(f"--name {args.name!r}: a file stem of letters, digits, '_', '.' and '-' (no folder)")
     args.machine_given = args.machine

@@ -276,3 +276,29 @@ def test_gpu_surrogate_table_has_a_row_per_scored_run_and_names_the_card(tmp_pat
                                ["steps6000, batch 64", 6000, 1.23, 0.73, 0.41, 0.5, 0.08, 0.66]]
     with pytest.raises(SystemExit, match="no run folder"):
         collect_results.main(["surrogate_gpu", "--runs", str(tmp_path / "results"), "--out", str(tmp_path / "r2")])
+
+
+def test_photo_surrogate_table_names_each_run_by_its_steps_variants_and_training_data(tmp_path):
+    """One row per (set, run), the exact labeller and the centred box once per set; a run trained on another folder
+    than the photos without masks says so, and --name writes another file whose command names it."""
+    runs = tmp_path / "runs"
+    for name, data, f in (("a", "runs/data/photos_unlabelled", 0.80), ("b", "runs/data/photos_cifar5k", 0.85)):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "run.json").write_text(json.dumps(
+            {"settings": {"data": data}, "history": [{"command": ["saliency-ssl", "train-surrogate", data]}]}))
+        (runs / name / "history.json").write_text(json.dumps([{"step": 1500}]))
+        for set_name in ("clothing_parsing", "weizmann_horses", "salbench"):
+            (runs / name / f"{set_name}.json").write_text(json.dumps({"vs_masks": {
+                "n": 10, "surrogate": {"f": f, "iou": 0.6, "mae": 0.2}, "exact": {"f": 0.86, "iou": 0.75, "mae": 0.15},
+                "centre_box": {"f": 0.6, "iou": 0.4, "mae": 0.22}}}))
+    collect_results.main(["photo_surrogate", "--runs", str(runs), "--name", "photo_data", "--out",
+                          str(tmp_path / "results"), "--machine", "test"])
+    written = json.loads((tmp_path / "results" / "photo_data.json").read_text())
+    horses = [row[1:4] for row in written["rows"] if row[0].startswith("Weizmann")]
+    assert horses == [["exact SaliencyCut", 10, 0.86], ["centred box (image-blind)", 10, 0.6],
+                      ["surrogate, 0 variants a photo, 1500 steps", 10, 0.8],
+                      ["surrogate, 0 variants a photo, 1500 steps, trained on photos_cifar5k", 10, 0.85]]
+    assert written["command"][0] == "bash experiments/photo_surrogate_data.sh"
+    assert written["command"][-1].endswith(f"--runs {runs} --name photo_data")
+    assert any(note.startswith("photos_cifar5k:") for note in written["notes"])
+    assert not (tmp_path / "results" / "photo_surrogate.json").exists()
