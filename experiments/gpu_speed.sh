@@ -48,14 +48,7 @@ run)
     AMP=--amp; [ "$DEVICE" = cpu ] && AMP=
     mkdir -p "$OUT"
     export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # the project, installed or not
-    start=$(date +%s)
-    say() { echo "[$(( $(date +%s) - start ))s] $*"; }
-    stage() {   # stage NAME SECONDS CMD...: its output in OUT/NAME.log, killed after SECONDS
-        local name=$1 limit=$2; shift 2
-        say "start $name (limit ${limit}s)"
-        timeout --signal=INT --kill-after=15 "$limit" "$@" > "$OUT/$name.log" 2>&1
-        say "end $name rc=$?"; tail -n 3 "$OUT/$name.log" | sed "s/^/    $name| /"
-    }
+    source "$(dirname "${BASH_SOURCE[0]}")/gpu_stages.sh"   # say, stage NAME SECONDS CMD...
     {
         nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU"
         python3 -c "import torch, platform; print('torch', torch.__version__, 'cuda', torch.version.cuda, \

@@ -42,14 +42,7 @@ run)
     AMP=--amp; [ "$DEVICE" = cpu ] && AMP=
     mkdir -p "$OUT" "$WORK"
     export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # the project, installed or not
-    start=$(date +%s)
-    say() { echo "[$(( $(date +%s) - start ))s] $*"; }
-    stage() {   # stage NAME SECONDS CMD...: its output in OUT/NAME.log, interrupted after SECONDS
-        local name=$1 limit=$2; shift 2
-        say "start $name (limit ${limit}s)"
-        timeout --signal=INT --kill-after=15 "$limit" "$@" > "$OUT/$name.log" 2>&1
-        say "end $name rc=$?"; tail -n 3 "$OUT/$name.log" | sed "s/^/    $name| /"
-    }
+    source "$(dirname "${BASH_SOURCE[0]}")/gpu_stages.sh"   # say, stage NAME SECONDS CMD...
     train() {   # train NAME BUDGET-OPTIONS...: a surrogate on every train image, then its fidelity on the test set
         local name=$1; shift
         stage "$name" "$(python3 -c "print(int($MINUTES * 60) + 150)")" python3 -m saliencyssl train-surrogate \

@@ -445,6 +445,26 @@ def cache_fingerprints(directory: str | Path) -> dict[str, dict | None]:
         return _fingerprints(cache)
 
 
+def _entry_sizes(cache, only: str | None = None) -> dict[str, tuple[int, int]]:
+    """``{fingerprint: (entries, encoded bytes)}`` of a :class:`diskcache.Cache` or :class:`CacheReader`; the
+    values are read only for fingerprint ``only`` when given (the others' bytes count 0). A foreign value, or
+    one whose value file is gone, counts with 0 bytes."""
+    counts: dict[str, list[int]] = {}
+    for key in cache.iterkeys():
+        entry = _ENTRY_KEY.fullmatch(key) if isinstance(key, str) else None
+        if entry is None:
+            continue
+        count = counts.setdefault(entry.group(1), [0, 0])
+        count[0] += 1
+        if only is None or entry.group(1) == only:
+            try:
+                value = cache.get(key)
+            except ForeignEntryError:
+                value = None
+            count[1] += len(value) if isinstance(value, bytes) else 0
+    return {fingerprint: (n, size) for fingerprint, (n, size) in counts.items()}
+
+
 def _fingerprints(cache) -> dict[str, dict | None]:
     found: dict[str, dict | None] = {}
     for key in cache.iterkeys():
@@ -557,21 +577,8 @@ class CacheReader:
                 yield entry.group(2)
 
     def sizes(self) -> dict[str, tuple[int, int]]:
-        """Entries and encoded bytes per fingerprint, ``{fingerprint: (entries, bytes)}``; an entry whose
-        value is foreign or whose value file is gone counts with 0 bytes."""
-        counts: dict[str, list[int]] = {}
-        for key in self.iterkeys():
-            entry = _ENTRY_KEY.fullmatch(key) if isinstance(key, str) else None
-            if entry is None:
-                continue
-            try:
-                value = self.get(key)
-            except ForeignEntryError:
-                value = None
-            count = counts.setdefault(entry.group(1), [0, 0])
-            count[0] += 1
-            count[1] += len(value) if isinstance(value, bytes) else 0
-        return {fingerprint: (n, size) for fingerprint, (n, size) in counts.items()}
+        """Entries and encoded bytes per fingerprint, ``{fingerprint: (entries, bytes)}`` (see :func:`_entry_sizes`)."""
+        return _entry_sizes(self)
 
     def disk_bytes(self) -> int:
         """Bytes of the folder's regular files (database and value files), links not followed."""
@@ -847,19 +854,9 @@ class TargetCache:
     @_database_errors
     def stats(self) -> CacheStats:
         """Entries and bytes of this fingerprint, all entries, and this object's hit counters."""
-        entries = size = total = 0
-        for key in self._cache.iterkeys():
-            entry = _ENTRY_KEY.fullmatch(key) if isinstance(key, str) else None
-            if entry is None:
-                continue
-            total += 1
-            if entry.group(1) == self.fingerprint:
-                entries += 1
-                try:
-                    value = self._cache.get(key)
-                except ForeignEntryError:
-                    value = None
-                size += len(value) if isinstance(value, bytes) else 0
+        sizes = _entry_sizes(self._cache, only=self.fingerprint)
+        entries, size = sizes.get(self.fingerprint, (0, 0))
+        total = sum(n for n, _ in sizes.values())
         return CacheStats(entries=entries, bytes=size, all_entries=total, disk_bytes=int(self._cache.volume()),
                           hits=self.hits, misses=self.misses, damaged=self.damaged,
                           fingerprint=self.fingerprint, directory=str(self.directory))
