@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from saliencyssl.files import replace_file
 from saliencyssl.app.options import check_output_file, fail, label_command, one_line_errors
+from saliencyssl.files import replace_file
 from saliencyssl.surrogate.model import SurrogateCheckpointError
 from saliencyssl.surrogate.pairs import NoPairsError
 

@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from saliencyssl.files import replace_file
 from saliencyssl.app.options import (add_labeller_options, check_count, check_outside, check_output_file, cpu_limit,
                                      fail, labeller_config_from_args, one_line_errors)
 from saliencyssl.cache import CacheOpenError, TargetCache
 from saliencyssl.cache.executors import WorkerDiedError, default_workers, make_executor
 from saliencyssl.cache.labelling import DEFAULT_IMAGE_TIMEOUT, LabelLimits, LabelSummary, label_folder
 from saliencyssl.datasets import is_cifar, open_image_set
+from saliencyssl.files import replace_file
 from saliencyssl.saliency import DEFAULT_MAX_PIXELS, LabellerConfig
 
 SUMMARY = "exact targets of an image folder into a cache"

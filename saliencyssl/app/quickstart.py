@@ -29,8 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from saliencyssl.files import replace_file
 from saliencyssl.app.options import fail, one_line_errors
+from saliencyssl.files import replace_file
 
 SUMMARY = "the whole pipeline on the embedded data, in a few minutes on a CPU"
 

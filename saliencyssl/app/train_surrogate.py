@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from saliencyssl.files import replace_file
 from saliencyssl.app.options import (add_labeller_options, check_count, cpu_limit, fail, label_command,
                                      labeller_config_from_args, one_line_errors)
 from saliencyssl.app.rundir import RunDir, RunExistsError, RunMismatchError, RunRecordError
 from saliencyssl.cache.executors import WorkerDiedError
+from saliencyssl.files import replace_file
 from saliencyssl.saliency import LabellerConfig
 from saliencyssl.surrogate.losses import GAN_MODES, LossWeights
 from saliencyssl.surrogate.model import SurrogateCheckpointError

@@ -34,10 +34,10 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from saliencyssl.files import replace_file
 from saliencyssl.cache.codec import CorruptTargetError, decode_target, encode_target
 from saliencyssl.cache.executors import prepare_worker_process
 from saliencyssl.cache.store import TargetCache
+from saliencyssl.files import replace_file
 from saliencyssl.hashing import content_hash
 from saliencyssl.imageio import IMAGE_SUFFIXES, ImageDecodeError, list_images, read_image
 from saliencyssl.saliency.labeller import (DEFAULT_MAX_PIXELS, MAX_PIXELS_LIMIT, ImageTooLargeError, Labeller,

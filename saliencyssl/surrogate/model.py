@@ -46,8 +46,8 @@ from typing import Any
 
 import torch
 
-from saliencyssl.precision import autocast_dtype
 from saliencyssl.files import temporary_beside
+from saliencyssl.precision import autocast_dtype
 from saliencyssl.surrogate.networks import (MAX_GENERATOR_PARAMETERS, Architecture, RetiredArchitectureError,
                                             UNetGenerator, build_networks, image_to_input, to_probabilities)
 from saliencyssl.target import TARGET_CHANNELS, TargetBatch

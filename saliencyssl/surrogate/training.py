@@ -80,8 +80,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from saliencyssl.files import replace_file
 from saliencyssl.datasets import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+from saliencyssl.files import replace_file
 from saliencyssl.surrogate.losses import GAN_MODES, GANLoss, LossWeights, TargetLoss
 from saliencyssl.surrogate.model import (Surrogate, SurrogateCheckpointError, checkpoint_dict, read_checkpoint,
                                          save_checkpoint)
