@@ -395,8 +395,13 @@ def _by_fraction(rows: list[dict], method: str, policy: str, protocol: str) -> d
     return {r["fraction"]: r for r in rows if (r["method"], r["policy"], r["protocol"]) == (method, policy, protocol)}
 
 
+def _seeds(rows: dict) -> int:
+    """The most pretraining seeds behind one cell's rows (``{fraction: row}``)."""
+    return max((r["pretrain_seeds"] for r in rows.values()), default=0)
+
+
 def _seeds_label(rows: dict) -> str:
-    return _seeds_text(max((r["pretrain_seeds"] for r in rows.values()), default=0))
+    return _seeds_text(_seeds(rows))
 
 
 def _seeds_text(seeds: int) -> str:
@@ -427,8 +432,7 @@ def _column(fraction: str) -> str:
 def _measured_cells(rows: list[dict], method: str, policy: str, protocol: str) -> tuple[dict, int]:
     """One cell's rows of a collection as ``{column: (mean, spread)}`` and its pretraining seeds."""
     by = _by_fraction(rows, method, policy, protocol)
-    seeds = max((r["pretrain_seeds"] for r in by.values()), default=0)
-    return {_column(f): (r["accuracy_mean"], spread(r)) for f, r in by.items()}, seeds
+    return {_column(f): (r["accuracy_mean"], spread(r)) for f, r in by.items()}, _seeds(by)
 
 
 def _recorded_cells(previous: dict | None, label: str, name: str) -> tuple[dict, int]:
@@ -439,6 +443,10 @@ def _recorded_cells(previous: dict | None, label: str, name: str) -> tuple[dict,
             return ({column: tuple(cell) for column, cell in zip(previous["columns"][1:], row[1:]) if cell},
                     int(match[1]))
     return {}, 0
+
+
+#: How the parity notes start that say which rows were kept from an earlier collection, and their surrogate.
+_KEPT, _KEPT_SURROGATE = "Kept from the collection of ", "The surrogate of the kept "
 
 
 def parity(args) -> None:
@@ -498,13 +506,24 @@ def parity(args) -> None:
         notes.append(f"Not measured at this budget: {', '.join(missing)}.")
     agreement = "Its agreement with the exact targets"
     if carried:
-        kept = [label for label in measured if label in carried]
-        notes.append(f"Kept from the collection of {previous.get('date', 'an earlier date')}, whose run folders "
-                     f"were not collected again: {', '.join(kept)}.")
+        # rows kept once already keep the date they were collected on, and their surrogate's note
+        kept_before = next((n for n in previous.get("notes", []) if n.startswith(_KEPT)), "")
+        dates = {label: date for date, labels in re.findall(r"(\d{4}-\d{2}-\d{2}), whose run folders were not "
+                                                             r"collected again: ([^.]+)\.", kept_before)
+                 for label in labels.split(", ")}
+        by_date: dict[str, list[str]] = {}
+        for label in measured:
+            if label in carried:
+                by_date.setdefault(dates.get(label, previous.get("date", "an earlier date")), []).append(label)
+        notes.append(" ".join(f"{_KEPT}{date}, whose run folders were not collected again: {', '.join(labels)}."
+                              for date, labels in by_date.items()))
         uses_surrogate = [label for label in ("surrogate targets", "half exact, half surrogate") if label in carried]
-        old = next((n for n in previous.get("notes", []) if n.startswith(agreement)), None)
+        old = next((n for n in previous.get("notes", []) if n.startswith(_KEPT_SURROGATE)), None)
+        if old is None:
+            old = next((_KEPT_SURROGATE + f"{' and '.join(uses_surrogate)} rows: " + n[len("Its "):]
+                        for n in previous.get("notes", []) if n.startswith(agreement)), None)
         if uses_surrogate and old:
-            notes.append(f"The surrogate of the kept {' and '.join(uses_surrogate)} rows: " + old[len("Its "):])
+            notes.append(old)
             agreement = "The surrogate of the rows measured now (trained by the same command): its agreement " \
                         "with the exact targets"
     fidelity = surrogate_run / "test.json"

@@ -176,6 +176,10 @@ def test_parity_carry_keeps_the_arms_not_collected_again_and_recomputes_gaps_to_
            "accuracy 0.700" in notes
     assert "measured now (trained by the same command): its agreement with the exact targets of the 10,000 " \
            "test images: presence accuracy 0.710" in notes
+    # collecting again keeps what the kept rows were: their date and their surrogate's agreement
+    collect_results.main(["parity", "--carry", "--date", "2026-03-03", *out])
+    again = json.loads((grids / "results" / "surrogate_parity.json").read_text())
+    assert again["rows"] == written["rows"] and again["notes"] == written["notes"]
     # without --carry the arms whose runs are gone are not measured, and nothing is kept
     collect_results.main(["parity", *out])
     plain = json.loads((grids / "results" / "surrogate_parity.json").read_text())
