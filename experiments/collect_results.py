@@ -421,8 +421,11 @@ PARITY_BUDGETS = {
             "surrogate": "configs/surrogate_parity_cifar10_short.json",
             "half": "configs/surrogate_parity_half_cifar10_short.json", "result": "surrogate_parity.json"},
     "1248": {"exact": ["configs/mask_aware_cifar10_cpu.json"], "surrogate": "configs/surrogate_parity_cifar10.json",
-             "half": "configs/surrogate_parity_half_cifar10.json", "result": "surrogate_parity_1248.json"},
+             "half": "configs/surrogate_parity_half_cifar10.json", "result": "surrogate_parity_1248.json",
+             "all": "configs/surrogate_parity_all_cifar10.json"},
 }
+#: The arm of a budget's "all" config: the surrogate trained on every CIFAR-10 image outside the pretraining set.
+_ALL_ARM = "targets of the 40,000-image surrogate"
 
 
 def _column(fraction: str) -> str:
@@ -447,6 +450,15 @@ def _recorded_cells(previous: dict | None, label: str, name: str) -> tuple[dict,
 
 #: How the parity notes start that say which rows were kept from an earlier collection, and their surrogate.
 _KEPT, _KEPT_SURROGATE = "Kept from the collection of ", "The surrogate of the kept "
+#: How the note starts that describes the surrogate of the "all" arm.
+_ALL_NOTE = "The 40,000-image surrogate: "
+
+
+def _agreement(fidelity: Path) -> str:
+    """A fidelity report's agreement with the exact targets, as the end of a sentence."""
+    f = _fidelity_scores(json.loads(fidelity.read_text()))
+    return (f"{f['n']:,} test images: presence accuracy {f['presence_accuracy']:.3f}, mask IoU on present masks "
+            f"{f['mask_iou_present']:.3f}, region boundary F {f['boundary_f']:.3f}.")
 
 
 def parity(args) -> None:
@@ -463,6 +475,8 @@ def parity(args) -> None:
     cache = _seed_rows(budget["exact"], keep | {("simclr", "default")})  # DetCon-S and the plain baseline
     measured = {"exact targets": cache, "surrogate targets": _seed_rows([budget["surrogate"]], keep),
                 "half exact, half surrogate": _seed_rows([budget["half"]], keep)}
+    if "all" in budget:
+        measured[_ALL_ARM] = _seed_rows([budget["all"]], keep)
     columns = list(dict.fromkeys(_column(r["fraction"]) for rows in measured.values() for r in rows))
     if previous and len(previous["columns"]) - 1 > len(columns):
         columns = list(previous["columns"][1:])
@@ -528,10 +542,16 @@ def parity(args) -> None:
                         "with the exact targets"
     fidelity = surrogate_run / "test.json"
     if fidelity.is_file():
-        f = _fidelity_scores(json.loads(fidelity.read_text()))
-        notes.append(f"{agreement} of the {f['n']:,} test images: presence accuracy "
-                     f"{f['presence_accuracy']:.3f}, mask IoU on present masks {f['mask_iou_present']:.3f}, region "
-                     f"boundary F {f['boundary_f']:.3f}.")
+        notes.append(f"{agreement} of the {_agreement(fidelity)}")
+    if "all" in budget:
+        all_run = Path(GridConfig.load(budget["all"]).pretrain["surrogate"]).parent
+        kept = next((n for n in (previous or {}).get("notes", []) if n.startswith(_ALL_NOTE)), None)
+        if (all_run / "test.json").is_file() and _ALL_ARM not in carried:
+            notes.append(f"{_ALL_NOTE}trained by the same command on all 40,000 CIFAR-10 train images outside the "
+                         f"pretraining set instead of 10,000 of them; its agreement with the exact targets of the "
+                         f"{_agreement(all_run / 'test.json')}")
+        elif kept and _ALL_ARM in carried:
+            notes.append(kept)
     default_budget = args.steps == "624"
     write(result,
           f"CIFAR-10, {steps}: DetCon-S on the surrogate's targets against the exact targets",

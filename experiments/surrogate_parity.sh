@@ -8,10 +8,11 @@
 #
 #   bash experiments/surrogate_parity.sh              624 steps of 64 (the _short configs)
 #   STEPS=1248 bash experiments/surrogate_parity.sh   1,248 steps: configs/mask_aware_cifar10_cpu.json's exact
-#                                                     arms and configs/surrogate_parity{,_half}_cifar10.json
+#                                                     arms, configs/surrogate_parity{,_half,_all}_cifar10.json
 #
 # The surrogate trains for 25 minutes of wall time on one torch thread on 10,000 of the 40,000 CIFAR-10 training
-# images outside the pretraining set (both budgets use the same surrogate, trained once);
+# images outside the pretraining set (both budgets use the same surrogate, trained once); at 1,248 steps a second
+# surrogate, trained for the same 25 minutes on all 40,000 of them, gives one more arm (_all);
 # `experiments/collect_results.py parity [--steps 1248]` writes results/surrogate_parity[_1248].json.
 # Found (docs/surrogate.md): at 1,248 steps, with half the targets from the surrogate, the linear probe is level
 # with exact targets (inside the seeds' spread at every share of the labels) and kNN 0.2 to 1.0 points below; with
@@ -26,7 +27,8 @@ case "$STEPS" in
          SURROGATE=configs/surrogate_parity_cifar10_short.json HALF=configs/surrogate_parity_half_cifar10_short.json ;;
     1248) EXACT=(configs/mask_aware_cifar10_cpu.json)
           ONLY=(simclr__default,simclr__default__seed1,detcon-simclr__default,detcon-simclr__default__seed1)
-          SURROGATE=configs/surrogate_parity_cifar10.json HALF=configs/surrogate_parity_half_cifar10.json ;;
+          SURROGATE=configs/surrogate_parity_cifar10.json HALF=configs/surrogate_parity_half_cifar10.json
+          ALL=configs/surrogate_parity_all_cifar10.json ;;
     *) echo "STEPS=$STEPS: the parity is configured for 624 or 1248 steps" >&2; exit 2 ;;
 esac
 export OMP_NUM_THREADS=1
@@ -48,3 +50,12 @@ done
 saliency-ssl grid "$SURROGATE" --quiet
 python experiments/partial_cache.py "$CACHE" "$SHARED/cifar10/train" runs/caches/cifar_half --share 0.5
 saliency-ssl grid "$HALF" --quiet
+if [ -n "${ALL:-}" ]; then  # the surrogate on all 40,000 images outside the pretraining set, the same 25 minutes
+    if [ ! -f runs/exp/parity/surrogate_all/test.json ]; then
+        saliency-ssl train-surrogate runs/data/cifar40k --cache "$CACHE" --out runs/exp/parity/surrogate_all \
+            --max-minutes 25 --threads 1 --seed 0 --quiet
+        saliency-ssl fidelity "$SHARED/cifar10/test" --cache "$CACHE" \
+            --surrogate runs/exp/parity/surrogate_all/surrogate.pt --json runs/exp/parity/surrogate_all/test.json --quiet
+    fi
+    saliency-ssl grid "$ALL" --quiet
+fi

@@ -188,6 +188,39 @@ def test_parity_carry_keeps_the_arms_not_collected_again_and_recomputes_gaps_to_
     assert "Not measured at this budget: exact targets, surrogate targets." in plain["notes"]
 
 
+def test_parity_all_arm_is_compared_with_the_exact_targets_and_names_its_surrogate(grids, monkeypatch):
+    (grids / "sur_all").mkdir()
+    (grids / "sur_all" / "test.json").write_text(json.dumps(
+        {"n": 10000, "presence_accuracy": 0.73, "mask_iou_present": 0.41, "boundary_f": 0.66}))
+    every = _config(grids / "all.json", grids / "ga", 0, [["detcon-simclr", "default"]],
+                    aug_source="surrogate", surrogate=str(grids / "sur_all" / "surrogate.pt"))
+    _results(every, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.48, 0.01), (0.70, 0.0)]))
+    monkeypatch.setitem(collect_results.PARITY_BUDGETS, "1248", {**collect_results.PARITY_BUDGETS["624"],
+                                                                  "all": every, "result": "p.json"})
+    out = ["--steps", "1248", "--out", str(grids / "results"), "--machine", "test"]
+    collect_results.main(["parity", "--date", "2026-01-01", *out])
+    written = json.loads((grids / "results" / "p.json").read_text())
+    rows = _rows(grids / "results" / "p.json")
+    assert rows["targets of the 40,000-image surrogate (1 seed), linear"][0] == pytest.approx([0.48, 0.01])
+    exact_spread = (0.5 * (0.01**2 + 0.03**2)) ** 0.5
+    assert rows["targets of the 40,000-image surrogate minus exact, kNN"][0] == \
+        pytest.approx([-0.02, exact_spread], abs=1e-4)
+    assert rows["targets of the 40,000-image surrogate minus exact, kNN"][1] == pytest.approx([-0.01, 0.01])
+    note = next(n for n in written["notes"] if n.startswith("The 40,000-image surrogate: "))
+    assert "all 40,000" in note and "mask IoU on present masks 0.410" in note
+    # its runs gone, --carry keeps its rows and its surrogate's note, however often it collects
+    import shutil
+
+    shutil.rmtree(grids / "ga")
+    shutil.rmtree(grids / "sur_all")
+    for _ in range(2):
+        collect_results.main(["parity", "--carry", "--date", "2026-02-02", *out])
+        again = json.loads((grids / "results" / "p.json").read_text())
+        assert again["rows"] == written["rows"] and note in again["notes"]
+        assert "Kept from the collection of 2026-01-01, whose run folders were not collected again: targets of " \
+               "the 40,000-image surrogate." in again["notes"]
+
+
 def _photo_results(folder, iou):
     """One segmenter's results.json: iou[fraction] = (mean, std over fine-tuning seeds); F is IoU + 0.1."""
     folder.mkdir(parents=True)
