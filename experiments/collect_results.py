@@ -242,6 +242,16 @@ def _fidelity_scores(report: dict) -> dict:
     return nested if isinstance(nested, dict) else report
 
 
+def _steps_run(run: Path, history: list) -> int | None:
+    """The optimiser steps a train-surrogate run took: its run.json's outcome, else (a run stopped before it
+    wrote one) the step of its last evaluation, at an epoch's end."""
+    record = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+    steps = (record.get("outcome") or {}).get("steps")
+    if steps is None and history:
+        steps = history[-1].get("step") or history[-1].get("steps")
+    return steps
+
+
 def surrogate_curve(args) -> None:
     root = Path(args.runs)
     rows = []
@@ -250,7 +260,7 @@ def surrogate_curve(args) -> None:
             continue
         test = json.loads((root / f"{folder.name}_test.json").read_text())
         history = json.loads((folder / "history.json").read_text())
-        steps = history[-1].get("step") or history[-1].get("steps")
+        steps = _steps_run(folder, history)
         seconds = history[-1].get("seconds") or (history[-1].get("minutes") or 0) * 60 or None
         s = _fidelity_scores(test)
         rows.append([int(folder.name[1:]), steps, round(seconds / 60, 1) if seconds else None,
@@ -264,8 +274,8 @@ def surrogate_curve(args) -> None:
            f"python experiments/collect_results.py surrogate_curve --runs {args.runs}"],
           ["The same number of optimiser steps of batch 64 for every size, one torch thread, the defaults of "
            "saliency-ssl train-surrogate; 5% of each training set held out by content hash to choose the step kept. Up to 25,000 images, drawn from "
-           "the 40,000 CIFAR-10 training images outside the pretraining set; 50,000 is all of them. Steps as of "
-           "the last epoch's end; minutes of wall time with the four runs side by side on the machine."],
+           "the 40,000 CIFAR-10 training images outside the pretraining set; 50,000 is all of them. Minutes of "
+           "wall time with the four runs side by side on the machine."],
           args.date, args.machine)
 
 
@@ -603,6 +613,8 @@ PHOTO_SETS = [("clothing_parsing", "Clothing Co-Parsing, 1,003 street photos, pe
 
 
 def photo_surrogate(args) -> None:
+    from saliencyssl.surrogate.networks import Architecture
+
     root = Path(args.runs)
     runs = sorted(p for p in root.iterdir() if p.is_dir() and (p / "run.json").is_file())
     rows, commands = [], ["bash experiments/photo_surrogate.sh"]
@@ -612,7 +624,7 @@ def photo_surrogate(args) -> None:
         history = json.loads((run / "history.json").read_text()) if (run / "history.json").is_file() else []
         variants = record["settings"].get("variants", {}).get("count", 0)
         commands.append("saliency-ssl " + " ".join(record["history"][0]["command"][1:]))
-        steps = history[-1].get("step") if history else None
+        steps = _steps_run(run, history)
         for name, label in PHOTO_SETS:
             path = run / f"{name}.json"
             if not path.is_file():
@@ -626,6 +638,8 @@ def photo_surrogate(args) -> None:
             s = scores["surrogate"]
             data = Path(record["settings"].get("data", "")).name
             trained = "" if data in ("", "photos_unlabelled") else f", trained on {data}"
+            ngf = record["settings"].get("ngf", Architecture.ngf)
+            trained += "" if ngf == Architecture.ngf else f", ngf {ngf}"
             rows.append([label, f"surrogate, {variants} variants a photo, {steps} steps{trained}", scores["n"],
                          round(s["f"], 4), round(s["iou"], 4), round(s["mae"], 4)])
     rows.sort(key=lambda r: [n for n, _ in PHOTO_SETS].index(next(n for n, l in PHOTO_SETS if l == r[0])))

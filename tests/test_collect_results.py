@@ -317,13 +317,20 @@ def test_gpu_surrogate_table_has_a_row_per_scored_run_and_names_the_card(tmp_pat
 
 def test_photo_surrogate_table_names_each_run_by_its_steps_variants_and_training_data(tmp_path):
     """One row per (set, run), the exact labeller and the centred box once per set; a run trained on another folder
-    than the photos without masks says so, and --name writes another file whose command names it."""
+    than the photos without masks, or at another width, says so, and --name writes another file whose command
+    names it."""
     runs = tmp_path / "runs"
-    for name, data, f in (("a", "runs/data/photos_unlabelled", 0.80), ("b", "runs/data/photos_cifar5k", 0.85)):
+    # the steps a run took are its outcome's (1,500), not its last epoch end's (1,410); a run without an
+    # outcome (stopped early) falls back to that last epoch's step
+    for name, data, f, outcome, ngf in (("a", "runs/data/photos_unlabelled", 0.80, {"steps": 1500}, 16),
+                                        ("b", "runs/data/photos_cifar5k", 0.85, None, 16),
+                                        ("c", "runs/data/photos_unlabelled", 0.82, {"steps": 1500}, 32)):
         (runs / name).mkdir(parents=True)
         (runs / name / "run.json").write_text(json.dumps(
-            {"settings": {"data": data}, "history": [{"command": ["saliency-ssl", "train-surrogate", data]}]}))
-        (runs / name / "history.json").write_text(json.dumps([{"step": 1500}]))
+            {"settings": {"data": data, "ngf": ngf},
+             "history": [{"command": ["saliency-ssl", "train-surrogate", data]}],
+             **({"outcome": outcome} if outcome else {})}))
+        (runs / name / "history.json").write_text(json.dumps([{"step": 470}, {"step": 1410}]))
         for set_name in ("clothing_parsing", "weizmann_horses", "salbench"):
             (runs / name / f"{set_name}.json").write_text(json.dumps({"vs_masks": {
                 "n": 10, "surrogate": {"f": f, "iou": 0.6, "mae": 0.2}, "exact": {"f": 0.86, "iou": 0.75, "mae": 0.15},
@@ -334,7 +341,8 @@ def test_photo_surrogate_table_names_each_run_by_its_steps_variants_and_training
     horses = [row[1:4] for row in written["rows"] if row[0].startswith("Weizmann")]
     assert horses == [["exact SaliencyCut", 10, 0.86], ["centred box (image-blind)", 10, 0.6],
                       ["surrogate, 0 variants a photo, 1500 steps", 10, 0.8],
-                      ["surrogate, 0 variants a photo, 1500 steps, trained on photos_cifar5k", 10, 0.85]]
+                      ["surrogate, 0 variants a photo, 1410 steps, trained on photos_cifar5k", 10, 0.85],
+                      ["surrogate, 0 variants a photo, 1500 steps, ngf 32", 10, 0.82]]
     assert written["command"][0] == "bash experiments/photo_surrogate_data.sh"
     assert written["command"][-1].endswith(f"--runs {runs} --name photo_data")
     assert any(note.startswith("photos_cifar5k:") for note in written["notes"])
