@@ -47,6 +47,11 @@ def _pair(mean: float, std: float) -> list[float]:
     return [round(float(mean), 4), round(float(std), 4)]
 
 
+def _gap(mine: tuple[float, float], base: tuple[float, float]) -> list[float]:
+    """One gap cell between two (mean, spread) cells: the difference of the means, ± the larger spread."""
+    return _pair(mine[0] - base[0], max(mine[1], base[1]))
+
+
 # -- CIFAR-10: mask-aware recipes against default ---------------------------------------------------
 RECIPES = [("simclr", "default", "SimCLR, default"), ("simclr", "salcrop+default", "SimCLR, salcrop+default"),
            ("simclr", "comp0.3+default", "SimCLR, comp0.3+default"), ("detcon-simclr", "default", "DetCon-S, default"),
@@ -183,6 +188,11 @@ def _pooled(runs: dict[int, dict], metric: str, fraction: str) -> tuple[float, f
     return mean, max(within, between or 0.0)
 
 
+def _seed_cell(run: dict, metric: str, fraction: str) -> tuple[float, float]:
+    """One pretraining seed's (mean, std over fine-tuning seeds) of a metric at one share of the masks."""
+    return run[fraction][f"{metric}_mean"], run[fraction][f"{metric}_std"]
+
+
 def photo_seeds(args) -> None:
     """The photo recipes that have more than one pretraining seed, pooled, each against SimCLR default over the
     same seeds, and the gap at each seed alone."""
@@ -210,15 +220,12 @@ def photo_seeds(args) -> None:
                         written.add(row_label)
                         table.append([row_label] + [_pair(*_pooled(runs, metric, f)) for f in fractions])
                 gap_row = [f"{labels[name]} minus default, {metric_name} (seeds {seed_text})"]
-                for f in fractions:
-                    (m, s1), (b, s2) = _pooled(mine, metric, f), _pooled(base, metric, f)
-                    gap_row.append(_pair(m - b, max(s1, s2)))
+                gap_row += [_gap(_pooled(mine, metric, f), _pooled(base, metric, f)) for f in fractions]
                 table.append(gap_row)
                 for seed in seeds:
-                    table.append([f"{labels[name]} minus default, {metric_name} (seed {seed} alone)"] + [
-                        _pair(mine[seed][f][f"{metric}_mean"] - base[seed][f][f"{metric}_mean"],
-                              max(mine[seed][f][f"{metric}_std"], base[seed][f][f"{metric}_std"]))
-                        for f in fractions])
+                    table.append([f"{labels[name]} minus default, {metric_name} (seed {seed} alone)"]
+                                 + [_gap(_seed_cell(mine[seed], metric, f), _seed_cell(base[seed], metric, f))
+                                    for f in fractions])
         seeds_run = sorted(set.union(*(set(found[n]) for n in names)) - {0})
         recipes = " ".join(f"{n}={PHOTO_SPECS[n]}" for n in names)
         command = [f"bash experiments/photo_judgement.sh {recipes}"]
@@ -419,7 +426,7 @@ def _seeds_text(seeds: int) -> str:
 
 
 def _gap_cells(mine: dict, base: dict, fractions: list[str]) -> list:
-    return [_pair(mine[f]["accuracy_mean"] - base[f]["accuracy_mean"], max(spread(mine[f]), spread(base[f])))
+    return [_gap((mine[f]["accuracy_mean"], spread(mine[f])), (base[f]["accuracy_mean"], spread(base[f])))
             if f in mine and f in base else None for f in fractions]
 
 
@@ -511,8 +518,8 @@ def parity(args) -> None:
             row_name = f"{label} minus {'exact' if reference == 'exact targets' else reference}, {name}"
             mine = arms[label][0]
             if mine and base and not (label in carried and reference in carried):
-                table.append([row_name] + [_pair(mine[c][0] - base[c][0], max(mine[c][1], base[c][1]))
-                                           if c in mine and c in base else None for c in columns])
+                table.append([row_name] + [_gap(mine[c], base[c]) if c in mine and c in base else None
+                                           for c in columns])
             elif mine and row_name in previous_rows and (label in carried or not base):
                 table.append(previous_rows[row_name])  # both sides kept: the row as it was collected
     config = GridConfig.load(budget["surrogate"])
