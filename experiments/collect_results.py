@@ -465,10 +465,34 @@ def _recorded_cells(previous: dict | None, label: str, name: str) -> tuple[dict,
     return {}, 0
 
 
-#: How the parity notes start that say which rows were kept from an earlier collection, and their surrogate.
-_KEPT, _KEPT_SURROGATE = "Kept from the collection of ", "The surrogate of the kept "
-#: How the note starts that describes the surrogate of the "all" arm.
-_ALL_NOTE = "The 40,000-image surrogate: "
+#: How the parity notes start that say which rows were kept from an earlier collection, and each arm's surrogate.
+_KEPT, _SURROGATE_OF = "Kept from the collection of ", "The surrogate of the "
+
+
+def _recorded_agreements(previous: dict | None) -> dict[str, str]:
+    """{arm: its surrogate's agreement with the exact targets} as a previous parity file's notes record it.
+
+    Notes name the arms they speak of (``The surrogate of the A and B rows: agreement ...``); two earlier forms
+    are read too: one note for every surrogate-fed arm (``Its agreement ...``), and one for the arms measured
+    when others were kept (``The surrogate of the rows measured now (...): its agreement ...``)."""
+    if not previous:
+        return {}
+    notes = previous.get("notes", [])
+    arms = [m[1] for row in previous.get("rows", []) if (m := re.fullmatch(r"(.+) \(\d+ seeds?\), [^,]+",
+                                                                            str(row[0])))
+            and " minus " not in m[1] and m[1] != "exact targets"]
+    kept = {label for n in notes if n.startswith(_KEPT)
+            for labels in re.findall(r"collected again: ([^.]+)\.", n) for label in labels.split(", ")}
+    found: dict[str, str] = {}
+    for note in notes:
+        named = re.fullmatch(rf"{_SURROGATE_OF}(?:kept )?(.+?) rows: (agreement .*)", note)
+        if named:
+            found.update({label: named[2] for label in named[1].split(" and ")})
+        elif note.startswith(f"{_SURROGATE_OF}rows measured now"):
+            found.update({label: note[note.index("agreement"):] for label in arms if label not in kept})
+        elif note.startswith("Its agreement with the exact targets"):
+            found.update({label: note[len("Its "):] for label in arms if label not in found})
+    return found
 
 
 def _agreement(fidelity: Path) -> str:
@@ -522,8 +546,6 @@ def parity(args) -> None:
                                            for c in columns])
             elif mine and row_name in previous_rows and (label in carried or not base):
                 table.append(previous_rows[row_name])  # both sides kept: the row as it was collected
-    config = GridConfig.load(budget["surrogate"])
-    surrogate_run = Path(config.pretrain["surrogate"]).parent
     notes = [f"DetCon-S (RC regions pooled in the loss, default policy), {steps} of 64 on the 10,000 CIFAR-10 "
              "train images. Linear probe and kNN on the frozen features at each share of the labels, 3 label "
              "seeds; ± the larger of the spread over label subsets and the std of the pretraining seeds' means. "
@@ -531,13 +553,15 @@ def parity(args) -> None:
              "images outside the pretraining set. Half exact, half surrogate: a "
              "cache holding the exact targets of half the pretraining images (chosen by content hash, "
              "experiments/partial_cache.py), the other half's from the same surrogate (--aug-source "
-             "cache,surrogate). A gap row is the difference of the means, ± the larger of the two rows' spreads."]
+             "cache,surrogate)."
+             + (f" {_ALL_ARM[0].upper()}{_ALL_ARM[1:]}: every target from a surrogate trained by the same command "
+                "on all 40,000 CIFAR-10 training images outside the pretraining set." if "all" in budget else "")
+             + " A gap row is the difference of the means, ± the larger of the two rows' spreads."]
     missing = [label for label, rows in measured.items() if not rows and label not in carried]
     if missing:
         notes.append(f"Not measured at this budget: {', '.join(missing)}.")
-    agreement = "Its agreement with the exact targets"
     if carried:
-        # rows kept once already keep the date they were collected on, and their surrogate's note
+        # rows kept once already keep the date they were collected on
         kept_before = next((n for n in previous.get("notes", []) if n.startswith(_KEPT)), "")
         dates = {label: date for date, labels in re.findall(r"(\d{4}-\d{2}-\d{2}), whose run folders were not "
                                                              r"collected again: ([^.]+)\.", kept_before)
@@ -548,27 +572,19 @@ def parity(args) -> None:
                 by_date.setdefault(dates.get(label, previous.get("date", "an earlier date")), []).append(label)
         notes.append(" ".join(f"{_KEPT}{date}, whose run folders were not collected again: {', '.join(labels)}."
                               for date, labels in by_date.items()))
-        uses_surrogate = [label for label in ("surrogate targets", "half exact, half surrogate") if label in carried]
-        old = next((n for n in previous.get("notes", []) if n.startswith(_KEPT_SURROGATE)), None)
-        if old is None:
-            old = next((_KEPT_SURROGATE + f"{' and '.join(uses_surrogate)} rows: " + n[len("Its "):]
-                        for n in previous.get("notes", []) if n.startswith(agreement)), None)
-        if uses_surrogate and old:
-            notes.append(old)
-            agreement = "The surrogate of the rows measured now (trained by the same command): its agreement " \
-                        "with the exact targets"
-    fidelity = surrogate_run / "test.json"
-    if fidelity.is_file():
-        notes.append(f"{agreement} of the {_agreement(fidelity)}")
-    if "all" in budget:
-        all_run = Path(GridConfig.load(budget["all"]).pretrain["surrogate"]).parent
-        kept = next((n for n in (previous or {}).get("notes", []) if n.startswith(_ALL_NOTE)), None)
-        if (all_run / "test.json").is_file() and _ALL_ARM not in carried:
-            notes.append(f"{_ALL_NOTE}trained by the same command on all 40,000 CIFAR-10 train images outside the "
-                         f"pretraining set instead of 10,000 of them; its agreement with the exact targets of the "
-                         f"{_agreement(all_run / 'test.json')}")
-        elif kept and _ALL_ARM in carried:
-            notes.append(kept)
+    # each surrogate-fed arm's surrogate: its agreement now, or as recorded when its rows were kept
+    recorded = _recorded_agreements(previous)
+    agreements: dict[str, str] = {}
+    for label, key in (("surrogate targets", "surrogate"), ("half exact, half surrogate", "half"), (_ALL_ARM, "all")):
+        if key not in budget:
+            continue
+        fidelity = Path(GridConfig.load(budget[key]).pretrain["surrogate"]).parent / "test.json"
+        if label in carried and label in recorded:
+            agreements[label] = recorded[label]
+        elif label not in carried and measured[label] and fidelity.is_file():
+            agreements[label] = f"agreement with the exact targets of the {_agreement(fidelity)}"
+    for text in dict.fromkeys(agreements.values()):  # arms that share a surrogate share a note
+        notes.append(f"{_SURROGATE_OF}{' and '.join(a for a, t in agreements.items() if t == text)} rows: {text}")
     default_budget = args.steps == "624"
     write(result,
           f"CIFAR-10, {steps}: DetCon-S on the surrogate's targets against the exact targets",

@@ -172,9 +172,10 @@ def test_parity_carry_keeps_the_arms_not_collected_again_and_recomputes_gaps_to_
     assert written["command"][-1] == "python experiments/collect_results.py parity --carry"
     notes = " ".join(written["notes"])
     assert "Kept from the collection of 2026-01-01" in notes and "exact targets, surrogate targets." in notes
-    assert "kept surrogate targets rows: agreement with the exact targets of the 10,000 test images: presence " \
-           "accuracy 0.700" in notes
-    assert "measured now (trained by the same command): its agreement with the exact targets of the 10,000 " \
+    # each surrogate-fed arm names its own surrogate: the kept arm's as recorded, the new arm's as measured now
+    assert "The surrogate of the surrogate targets rows: agreement with the exact targets of the 10,000 test " \
+           "images: presence accuracy 0.700" in notes
+    assert "The surrogate of the half exact, half surrogate rows: agreement with the exact targets of the 10,000 " \
            "test images: presence accuracy 0.710" in notes
     # collecting again keeps what the kept rows were: their date and their surrogate's agreement
     collect_results.main(["parity", "--carry", "--date", "2026-03-03", *out])
@@ -189,9 +190,10 @@ def test_parity_carry_keeps_the_arms_not_collected_again_and_recomputes_gaps_to_
 
 
 def test_parity_all_arm_is_compared_with_the_exact_targets_and_names_its_surrogate(grids, monkeypatch):
-    (grids / "sur_all").mkdir()
-    (grids / "sur_all" / "test.json").write_text(json.dumps(
-        {"n": 10000, "presence_accuracy": 0.73, "mask_iou_present": 0.41, "boundary_f": 0.66}))
+    for folder, iou in (("sur", 0.39), ("sur_all", 0.41)):
+        (grids / folder).mkdir()
+        (grids / folder / "test.json").write_text(json.dumps(
+            {"n": 10000, "presence_accuracy": 0.73, "mask_iou_present": iou, "boundary_f": 0.66}))
     every = _config(grids / "all.json", grids / "ga", 0, [["detcon-simclr", "default"]],
                     aug_source="surrogate", surrogate=str(grids / "sur_all" / "surrogate.pt"))
     _results(every, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.48, 0.01), (0.70, 0.0)]))
@@ -206,19 +208,46 @@ def test_parity_all_arm_is_compared_with_the_exact_targets_and_names_its_surroga
     assert rows["targets of the 40,000-image surrogate minus exact, kNN"][0] == \
         pytest.approx([-0.02, exact_spread], abs=1e-4)
     assert rows["targets of the 40,000-image surrogate minus exact, kNN"][1] == pytest.approx([-0.01, 0.01])
-    note = next(n for n in written["notes"] if n.startswith("The 40,000-image surrogate: "))
-    assert "all 40,000" in note and "mask IoU on present masks 0.410" in note
+    note = next(n for n in written["notes"] if n.startswith("The surrogate of the targets of the 40,000-image "
+                                                             "surrogate rows: "))
+    assert "mask IoU on present masks 0.410" in note and "all 40,000" in written["notes"][0]
+    # the other two arms share the 10,000-image surrogate, and one note
+    assert "The surrogate of the surrogate targets and half exact, half surrogate rows: agreement with the exact " \
+        "targets of the 10,000 test images: presence accuracy 0.730, mask IoU on present masks 0.390" in \
+        " ".join(written["notes"])
     # its runs gone, --carry keeps its rows and its surrogate's note, however often it collects
     import shutil
 
     shutil.rmtree(grids / "ga")
     shutil.rmtree(grids / "sur_all")
+    (grids / "sur" / "test.json").unlink(missing_ok=True)
     for _ in range(2):
         collect_results.main(["parity", "--carry", "--date", "2026-02-02", *out])
         again = json.loads((grids / "results" / "p.json").read_text())
         assert again["rows"] == written["rows"] and note in again["notes"]
         assert "Kept from the collection of 2026-01-01, whose run folders were not collected again: targets of " \
                "the 40,000-image surrogate." in again["notes"]
+
+
+def test_parity_carry_reads_the_surrogate_notes_of_earlier_result_files():
+    """Earlier files gave one agreement for every surrogate-fed arm, or one for the kept arms and one for the arms
+    measured beside them; each arm gets its own surrogate's agreement from them."""
+    rows = [["exact targets (2 seeds), linear", [0.5, 0.01]], ["surrogate targets (2 seeds), linear", [0.4, 0.01]],
+            ["half exact, half surrogate (2 seeds), kNN", [0.4, 0.01]], ["surrogate targets minus exact, kNN", [0, 0]]]
+    oldest = {"rows": rows, "notes": ["DetCon-S ...", "Its agreement with the exact targets of the 10,000 test "
+                                                      "images: presence accuracy 0.700."]}
+    assert collect_results._recorded_agreements(oldest) == {
+        label: "agreement with the exact targets of the 10,000 test images: presence accuracy 0.700."
+        for label in ("surrogate targets", "half exact, half surrogate")}
+    later = {"rows": rows, "notes": [
+        "DetCon-S ...", "Kept from the collection of 2026-01-01, whose run folders were not collected again: exact "
+        "targets, surrogate targets.", "The surrogate of the kept surrogate targets rows: agreement with the exact "
+        "targets of the 10,000 test images: presence accuracy 0.700.", "The surrogate of the rows measured now "
+        "(trained by the same command): its agreement with the exact targets of the 10,000 test images: presence "
+        "accuracy 0.710."]}
+    found = collect_results._recorded_agreements(later)
+    assert found["surrogate targets"].endswith("0.700.") and found["half exact, half surrogate"].endswith("0.710.")
+    assert collect_results._recorded_agreements(None) == {}
 
 
 def _photo_results(folder, iou):
