@@ -482,12 +482,12 @@ def _recorded_agreements(previous: dict | None) -> dict[str, str]:
                                                                             str(row[0])))
             and " minus " not in m[1] and m[1] != "exact targets"]
     kept = {label for n in notes if n.startswith(_KEPT)
-            for labels in re.findall(r"collected again: ([^.]+)\.", n) for label in labels.split(", ")}
+            for labels in re.findall(r"collected again: ([^.]+)\.", n) for label in _arms_in(labels, arms)}
     found: dict[str, str] = {}
     for note in notes:
         named = re.fullmatch(rf"{_SURROGATE_OF}(?:kept )?(.+?) rows: (agreement .*)", note)
         if named:
-            found.update({label: named[2] for label in named[1].split(" and ")})
+            found.update({label: named[2] for label in arms if label in named[1].split(" and ")})
         elif note.startswith(f"{_SURROGATE_OF}rows measured now"):
             found.update({label: note[note.index("agreement"):] for label in arms if label not in kept})
         elif note.startswith("Its agreement with the exact targets"):
@@ -495,11 +495,21 @@ def _recorded_agreements(previous: dict | None) -> dict[str, str]:
     return found
 
 
+def _arms_in(text: str, arms) -> list[str]:
+    """The arms a note lists, joined by ", " (an arm's own name may hold one: "half exact, half surrogate")."""
+    return [arm for arm in arms if re.search(rf"(?:^|, ){re.escape(arm)}(?:, |$)", text)]
+
+
 def _agreement(fidelity: Path) -> str:
-    """A fidelity report's agreement with the exact targets, as the end of a sentence."""
+    """A fidelity report's agreement with the exact targets, as the end of a sentence; with the optimiser steps
+    and minutes of the surrogate's training where its run.json says them."""
     f = _fidelity_scores(json.loads(fidelity.read_text()))
-    return (f"{f['n']:,} test images: presence accuracy {f['presence_accuracy']:.3f}, mask IoU on present masks "
-            f"{f['mask_iou_present']:.3f}, region boundary F {f['boundary_f']:.3f}.")
+    run = fidelity.parent / "run.json"
+    outcome = (json.loads(run.read_text()).get("outcome") or {}) if run.is_file() else {}
+    trained = (f" (trained {outcome['steps']:,} steps of 64 in {outcome['minutes']:.0f} minutes)"
+               if "steps" in outcome and "minutes" in outcome else "")
+    return (f"{f['n']:,} test images{trained}: presence accuracy {f['presence_accuracy']:.3f}, mask IoU on present "
+            f"masks {f['mask_iou_present']:.3f}, region boundary F {f['boundary_f']:.3f}.")
 
 
 def parity(args) -> None:
@@ -552,8 +562,8 @@ def parity(args) -> None:
              "The surrogate trained for 25 minutes of wall time on one thread on 10,000 of the CIFAR-10 training "
              "images outside the pretraining set. Half exact, half surrogate: a "
              "cache holding the exact targets of half the pretraining images (chosen by content hash, "
-             "experiments/partial_cache.py), the other half's from the same surrogate (--aug-source "
-             "cache,surrogate)."
+             "experiments/partial_cache.py), the other half's from a surrogate trained by the same command "
+             "(--aug-source cache,surrogate); a note below gives each arm's surrogate."
              + (f" {_ALL_ARM[0].upper()}{_ALL_ARM[1:]}: every target from a surrogate trained by the same command "
                 "on all 40,000 CIFAR-10 training images outside the pretraining set." if "all" in budget else "")
              + " A gap row is the difference of the means, ± the larger of the two rows' spreads."]
@@ -565,7 +575,7 @@ def parity(args) -> None:
         kept_before = next((n for n in previous.get("notes", []) if n.startswith(_KEPT)), "")
         dates = {label: date for date, labels in re.findall(r"(\d{4}-\d{2}-\d{2}), whose run folders were not "
                                                              r"collected again: ([^.]+)\.", kept_before)
-                 for label in labels.split(", ")}
+                 for label in _arms_in(labels, measured)}
         by_date: dict[str, list[str]] = {}
         for label in measured:
             if label in carried:

@@ -11,8 +11,9 @@
 #                                                     arms, configs/surrogate_parity{,_half,_all}_cifar10.json
 #
 # The surrogate trains for 25 minutes of wall time on one torch thread on 10,000 of the 40,000 CIFAR-10 training
-# images outside the pretraining set (both budgets use the same surrogate, trained once); at 1,248 steps a second
-# surrogate, trained for the same 25 minutes on all 40,000 of them, gives one more arm (_all);
+# images outside the pretraining set (trained once, for both budgets, unless its folder is gone: the result file's
+# notes give the agreement of each arm's surrogate); at 1,248 steps a second surrogate, trained for the same 25
+# minutes on all 40,000 of them, gives one more arm (_all);
 # `experiments/collect_results.py parity [--steps 1248]` writes results/surrogate_parity[_1248].json.
 # Found (docs/surrogate.md): at 1,248 steps, with half the targets from the surrogate, the linear probe is level
 # with exact targets (inside the seeds' spread at every share of the labels) and kNN 0.2 to 1.0 points below; with

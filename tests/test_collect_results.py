@@ -181,6 +181,19 @@ def test_parity_carry_keeps_the_arms_not_collected_again_and_recomputes_gaps_to_
     collect_results.main(["parity", "--carry", "--date", "2026-03-03", *out])
     again = json.loads((grids / "results" / "surrogate_parity.json").read_text())
     assert again["rows"] == written["rows"] and again["notes"] == written["notes"]
+    # the half arm's runs go too: kept from the last collection that read them (03-03), however often collected
+    shutil.copytree(grids / "gh", grids / "gh_kept")
+    shutil.rmtree(grids / "gh")
+    for date in ("2026-04-04", "2026-05-05"):
+        collect_results.main(["parity", "--carry", "--date", date, *out])
+        kept = json.loads((grids / "results" / "surrogate_parity.json").read_text())
+        assert kept["rows"] == written["rows"]
+        assert "Kept from the collection of 2026-01-01, whose run folders were not collected again: exact targets, " \
+               "surrogate targets. Kept from the collection of 2026-03-03, whose run folders were not collected " \
+               "again: half exact, half surrogate." in kept["notes"]
+        assert [n for n in kept["notes"] if n.startswith("The surrogate of the ")] == \
+            [n for n in written["notes"] if n.startswith("The surrogate of the ")]
+    shutil.copytree(grids / "gh_kept", grids / "gh")
     # without --carry the arms whose runs are gone are not measured, and nothing is kept
     collect_results.main(["parity", *out])
     plain = json.loads((grids / "results" / "surrogate_parity.json").read_text())
@@ -224,7 +237,9 @@ def test_parity_all_arm_is_compared_with_the_exact_targets_and_names_its_surroga
     for _ in range(2):
         collect_results.main(["parity", "--carry", "--date", "2026-02-02", *out])
         again = json.loads((grids / "results" / "p.json").read_text())
-        assert again["rows"] == written["rows"] and note in again["notes"]
+        assert again["rows"] == written["rows"] and again["notes"].count(note) == 1
+        # the arms measured now: their surrogate's scores are gone, and so is its note
+        assert not any("mask IoU on present masks 0.390" in n for n in again["notes"])
         assert "Kept from the collection of 2026-01-01, whose run folders were not collected again: targets of " \
                "the 40,000-image surrogate." in again["notes"]
 
@@ -247,6 +262,13 @@ def test_parity_carry_reads_the_surrogate_notes_of_earlier_result_files():
         "accuracy 0.710."]}
     found = collect_results._recorded_agreements(later)
     assert found["surrogate targets"].endswith("0.700.") and found["half exact, half surrogate"].endswith("0.710.")
+    # an arm whose name holds ", " is found in the list of kept arms: the half arm kept, the other measured
+    half_kept = {"rows": rows, "notes": [
+        "Kept from the collection of 2026-01-01, whose run folders were not collected again: exact targets, half "
+        "exact, half surrogate.", "The surrogate of the kept half exact, half surrogate rows: agreement 0.700.",
+        "The surrogate of the rows measured now (trained by the same command): its agreement 0.710."]}
+    assert collect_results._recorded_agreements(half_kept) == {"half exact, half surrogate": "agreement 0.700.",
+                                                               "surrogate targets": "agreement 0.710."}
     assert collect_results._recorded_agreements(None) == {}
 
 
