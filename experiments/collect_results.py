@@ -689,6 +689,9 @@ def photo_surrogate(args) -> None:
         notes.append("photos_cifar5k: the same 1,295 photos and 5,000 CIFAR-10 train images (500 a class, "
                      "experiments/cifar_split.py --skip 4500; their exact targets labelled at 64 px by the same "
                      "default labeller), brought to 96 px.")
+    for ngf in sorted({int(m[1]) for row in rows if (m := re.search(r", ngf (\d+)", row[1]))}):
+        notes.append(f"ngf {ngf}: the U-Net at {ngf / Architecture.ngf:g} times the default width (--ngf {ngf}; "
+                     f"about {(ngf / Architecture.ngf) ** 2:g} times the multiply-adds), the same steps and data.")
     write(Path(args.out) / f"{args.name}.json", "The photo surrogate and the exact labeller against human masks",
           ["set", "segmenter", "images", "F (beta^2 = 0.3)", "IoU", "MAE"], rows,
           commands + [collect], notes, args.date, args.machine)

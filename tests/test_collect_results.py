@@ -397,4 +397,5 @@ def test_photo_surrogate_table_names_each_run_by_its_steps_variants_and_training
     assert written["command"][0] == "bash experiments/photo_surrogate_data.sh"
     assert written["command"][-1].endswith(f"--runs {runs} --name photo_data")
     assert any(note.startswith("photos_cifar5k:") for note in written["notes"])
+    assert any(note.startswith("ngf 32: the U-Net at 2 times the default width") for note in written["notes"])
     assert not (tmp_path / "results" / "photo_surrogate.json").exists()
