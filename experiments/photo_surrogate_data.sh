@@ -9,7 +9,8 @@
 # fidelity --masks).
 # Found (results/photo_surrogate_data.json): the CIFAR-10 images raise horses F from 0.741 to 0.752 (IoU 0.566 to
 # 0.603) and move salbench and street-photo F by under 0.01; twice the width leaves horses and street-photo F in
-# place (0.737, 0.859) and raises salbench F by 0.024; the surrogate stays 0.12 F below the labeller on horses.
+# place (0.737, 0.859) and raises salbench F by 0.024; the surrogate stays 0.12 to 0.13 F below the labeller on
+# horses.
 #
 #   bash experiments/photo_surrogate_data.sh    (after experiments/photo_surrogate.sh's labelling and a CIFAR
 #                                                cache holding train50k: experiments/surrogate_curve.sh)
