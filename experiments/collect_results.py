@@ -249,10 +249,9 @@ def _fidelity_scores(report: dict) -> dict:
     return nested if isinstance(nested, dict) else report
 
 
-def _steps_run(run: Path, history: list) -> int | None:
+def _steps_run(record: dict, history: list) -> int | None:
     """The optimiser steps a train-surrogate run took: its run.json's outcome, else (a run stopped before it
     wrote one) the step of its last evaluation, at an epoch's end."""
-    record = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
     steps = (record.get("outcome") or {}).get("steps")
     if steps is None and history:
         steps = history[-1].get("step") or history[-1].get("steps")
@@ -267,7 +266,8 @@ def surrogate_curve(args) -> None:
             continue
         test = json.loads((root / f"{folder.name}_test.json").read_text())
         history = json.loads((folder / "history.json").read_text())
-        steps = _steps_run(folder, history)
+        record = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+        steps = _steps_run(record, history)
         seconds = history[-1].get("seconds") or (history[-1].get("minutes") or 0) * 60 or None
         s = _fidelity_scores(test)
         rows.append([int(folder.name[1:]), steps, round(seconds / 60, 1) if seconds else None,
@@ -481,8 +481,7 @@ def _recorded_agreements(previous: dict | None) -> dict[str, str]:
     arms = [m[1] for row in previous.get("rows", []) if (m := re.fullmatch(r"(.+) \(\d+ seeds?\), [^,]+",
                                                                             str(row[0])))
             and " minus " not in m[1] and m[1] != "exact targets"]
-    kept = {label for n in notes if n.startswith(_KEPT)
-            for labels in re.findall(r"collected again: ([^.]+)\.", n) for label in _arms_in(labels, arms)}
+    kept = set(_kept_dates(previous, arms))
     found: dict[str, str] = {}
     for note in notes:
         named = re.fullmatch(rf"{_SURROGATE_OF}(?:kept )?(.+?) rows: (agreement .*)", note)
@@ -493,6 +492,14 @@ def _recorded_agreements(previous: dict | None) -> dict[str, str]:
         elif note.startswith("Its agreement with the exact targets"):
             found.update({label: note[len("Its "):] for label in arms if label not in found})
     return found
+
+
+def _kept_dates(previous: dict | None, arms) -> dict[str, str]:
+    """{arm: the date of the collection its rows were kept from}, as a previous parity file's notes say."""
+    note = next((n for n in (previous or {}).get("notes", []) if n.startswith(_KEPT)), "")
+    return {label: date for date, labels in re.findall(r"(\d{4}-\d{2}-\d{2}), whose run folders were not collected "
+                                                         r"again: ([^.]+)\.", note)
+            for label in _arms_in(labels, arms)}
 
 
 def _arms_in(text: str, arms) -> list[str]:
@@ -571,11 +578,7 @@ def parity(args) -> None:
     if missing:
         notes.append(f"Not measured at this budget: {', '.join(missing)}.")
     if carried:
-        # rows kept once already keep the date they were collected on
-        kept_before = next((n for n in previous.get("notes", []) if n.startswith(_KEPT)), "")
-        dates = {label: date for date, labels in re.findall(r"(\d{4}-\d{2}-\d{2}), whose run folders were not "
-                                                             r"collected again: ([^.]+)\.", kept_before)
-                 for label in _arms_in(labels, measured)}
+        dates = _kept_dates(previous, measured)  # rows kept once already keep the date they were collected on
         by_date: dict[str, list[str]] = {}
         for label in measured:
             if label in carried:
@@ -657,7 +660,7 @@ def photo_surrogate(args) -> None:
         history = json.loads((run / "history.json").read_text()) if (run / "history.json").is_file() else []
         variants = record["settings"].get("variants", {}).get("count", 0)
         commands.append("saliency-ssl " + " ".join(record["history"][0]["command"][1:]))
-        steps = _steps_run(run, history)
+        steps = _steps_run(record, history)
         for name, label in PHOTO_SETS:
             path = run / f"{name}.json"
             if not path.is_file():
