@@ -9,7 +9,9 @@ For N images from --data brought to --image-size (fit_square), it times:
   connected-component labelling of the predicted boundaries), its network alone
   (predict_channels) and its regions alone (TargetBatch.from_channels on the network's output:
   saliencyssl.target.label_components and the renumbering; OpenCV on the CPU, the log-depth
-  torch labelling on CUDA), after a warm-up batch, the median of --repeats passes over the N images.
+  torch labelling on CUDA), after a warm-up batch, the median of --repeats passes over the N images;
+  and the network's floating-point operations per image (torch's FLOP counter), so its time reads
+  as a rate of the machine.
 
 The speed-up divides the labeller's median per image by the surrogate's; both run on --threads
 threads (torch for the surrogate, OpenCV for the labeller; default 1, as one labelling worker).
@@ -31,6 +33,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -78,6 +81,20 @@ def time_regions(surrogate, images: torch.Tensor, batch_size: int, repeats: int)
         sync(device)
         passes.append(time.perf_counter() - start)
     return float(np.median(passes)) / len(images)
+
+
+def network_flops(surrogate) -> float:
+    """Floating-point operations of the surrogate's network on one image (torch's FLOP counter: two per
+    multiply-add of the convolutions), counted on a fresh copy of its architecture on the CPU."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from saliencyssl.surrogate.networks import UNetGenerator
+
+    generator = UNetGenerator(surrogate.arch).eval()
+    size = surrogate.image_size
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        generator(torch.zeros(1, 3, size, size))
+    return float(counter.get_total_flops())
 
 
 def time_labeller(images: np.ndarray) -> tuple[float, list[float]]:
@@ -172,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "arch": surrogate.arch.as_dict(),
         "autocast": str(surrogate.autocast_dtype).replace("torch.", "") if surrogate.autocast_dtype else "float32",
     }
+    load_before = os.getloadavg()
     full = time_surrogate(surrogate, images, args.batch_size, args.repeats, full=True)
     net = time_surrogate(surrogate, images, args.batch_size, args.repeats, full=False)
     regions = time_regions(surrogate, images, args.batch_size, args.repeats)
@@ -179,9 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     result["surrogate_network_ms_per_image"] = net * 1e3
     result["surrogate_regions_ms_per_image"] = regions * 1e3
     result["surrogate_images_per_second"] = 1.0 / full
+    flops = network_flops(surrogate)
+    result["network_mflop_per_image"] = flops / 1e6
+    result["network_gflop_per_second"] = flops / net / 1e9
     print(f"surrogate on {result['device_name']}: {full * 1e3:.4f} ms/image predict (network alone "
           f"{net * 1e3:.4f} ms, regions alone {regions * 1e3:.4f} ms), batch {args.batch_size}, "
           f"{torch.get_num_threads()} threads, autocast {result['autocast']}", flush=True)
+    print(f"  the network: {flops / 1e6:.1f} MFLOP per image, run at {result['network_gflop_per_second']:.1f} "
+          f"GFLOP/s", flush=True)
     if surrogate.autocast_dtype is not None:
         surrogate.amp = False
         fp32 = time_surrogate(surrogate, images, args.batch_size, args.repeats, full=True)
@@ -189,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         result["surrogate_float32_ms_per_image"] = fp32 * 1e3
         print(f"  in float32: {fp32 * 1e3:.4f} ms/image predict", flush=True)
 
+    # one-minute load averages around the surrogate's timing: whether other work shared the machine
+    result["load_average_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
     n_label = min(n, 200 if args.labeller_images is None else args.labeller_images)
     if n_label > 0:
         compare_with_labeller(result, args, images, pixels[:n_label], device, full, net)

@@ -439,10 +439,16 @@ PARITY_BUDGETS = {
             "half": "configs/surrogate_parity_half_cifar10_short.json", "result": "surrogate_parity.json"},
     "1248": {"exact": ["configs/mask_aware_cifar10_cpu.json"], "surrogate": "configs/surrogate_parity_cifar10.json",
              "half": "configs/surrogate_parity_half_cifar10.json", "result": "surrogate_parity_1248.json",
-             "all": "configs/surrogate_parity_all_cifar10.json"},
+             "all": "configs/surrogate_parity_all_cifar10.json",
+             "half_all": "configs/surrogate_parity_half_all_cifar10.json"},
 }
-#: The arm of a budget's "all" config: the surrogate trained on every CIFAR-10 image outside the pretraining set.
+#: The arm of a budget's "all" config: the surrogate trained on every CIFAR-10 image outside the pretraining set;
+#: and of its "half_all" config: that surrogate filling in the half of the targets the cache lacks.
 _ALL_ARM = "targets of the 40,000-image surrogate"
+_HALF_ALL_ARM = "half exact, half from the 40,000-image surrogate"
+#: {arm: the budget's config key} of the arms fed by a surrogate, in the table's order
+_SURROGATE_ARMS = {"surrogate targets": "surrogate", "half exact, half surrogate": "half", _ALL_ARM: "all",
+                   _HALF_ALL_ARM: "half_all"}
 
 
 def _column(fraction: str) -> str:
@@ -531,10 +537,9 @@ def parity(args) -> None:
     result = Path(args.out) / budget["result"]
     previous = json.loads(result.read_text()) if args.carry and result.is_file() else None
     cache = _seed_rows(budget["exact"], keep | {("simclr", "default")})  # DetCon-S and the plain baseline
-    measured = {"exact targets": cache, "surrogate targets": _seed_rows([budget["surrogate"]], keep),
-                "half exact, half surrogate": _seed_rows([budget["half"]], keep)}
-    if "all" in budget:
-        measured[_ALL_ARM] = _seed_rows([budget["all"]], keep)
+    measured = {"exact targets": cache}
+    measured.update({label: _seed_rows([budget[key]], keep) for label, key in _SURROGATE_ARMS.items()
+                     if key in budget})
     columns = list(dict.fromkeys(_column(r["fraction"]) for rows in measured.values() for r in rows))
     if previous and len(previous["columns"]) - 1 > len(columns):
         columns = list(previous["columns"][1:])
@@ -573,6 +578,8 @@ def parity(args) -> None:
              "(--aug-source cache,surrogate); a note below gives each arm's surrogate."
              + (f" {_ALL_ARM[0].upper()}{_ALL_ARM[1:]}: every target from a surrogate trained by the same command "
                 "on all 40,000 CIFAR-10 training images outside the pretraining set." if "all" in budget else "")
+             + (f" {_HALF_ALL_ARM[0].upper()}{_HALF_ALL_ARM[1:]}: the half-labelled cache, the other half's targets "
+                "from that surrogate." if "half_all" in budget else "")
              + " A gap row is the difference of the means, ± the larger of the two rows' spreads."]
     missing = [label for label, rows in measured.items() if not rows and label not in carried]
     if missing:
@@ -588,7 +595,7 @@ def parity(args) -> None:
     # each surrogate-fed arm's surrogate: its agreement now, or as recorded when its rows were kept
     recorded = _recorded_agreements(previous)
     agreements: dict[str, str] = {}
-    for label, key in (("surrogate targets", "surrogate"), ("half exact, half surrogate", "half"), (_ALL_ARM, "all")):
+    for label, key in _SURROGATE_ARMS.items():
         if key not in budget:
             continue
         fidelity = Path(GridConfig.load(budget[key]).pretrain["surrogate"]).parent / "test.json"
@@ -645,7 +652,18 @@ def baseline_stats(args) -> None:
 
 # -- the photo surrogate against human masks --------------------------------------------------------------
 PHOTO_SETS = [("clothing_parsing", "Clothing Co-Parsing, 1,003 street photos, person masks"),
-              ("weizmann_horses", "Weizmann horses, 328 photos"), ("salbench", "salbench, 36 photos")]
+              ("weizmann_horses", "Weizmann horses, 328 photos"),
+              ("weizmann_horses_b", "Weizmann horses, the 164 even-numbered photos"),
+              ("salbench", "salbench, 36 photos")]
+# what each training folder other than the photos alone holds (a note under the table)
+PHOTO_DATA = {
+    "photos_cifar5k": "the same 1,295 photos and 5,000 CIFAR-10 train images (500 a class, experiments/cifar_split.py "
+                      "--skip 4500; their exact targets labelled at 64 px by the same default labeller), brought to "
+                      "96 px.",
+    "photos_horses_a": "the same 1,295 photos and the 164 odd-numbered Weizmann horses (experiments/link_folders.py "
+                       "--part 0/2), with their exact targets; their human masks are never read.",
+    "horses_a": "the 164 odd-numbered Weizmann horses alone, with their exact targets.",
+}
 
 
 def photo_surrogate(args) -> None:
@@ -687,18 +705,30 @@ def photo_surrogate(args) -> None:
                     "--masks ../shared/data/SET/masks --json RUN/SET.json")
     name_option = "" if args.name == "photo_surrogate" else f" --name {args.name}"
     collect = f"python experiments/collect_results.py photo_surrogate --runs {args.runs}{name_option}"
+    for data, text in PHOTO_DATA.items():
+        if any(f", trained on {data}" in row[1] for row in rows):
+            notes.append(f"{data}: {text}")
     if any(", trained on photos_cifar5k" in row[1] for row in rows):
         commands[0] = "bash experiments/photo_surrogate_data.sh"
-        notes.append("photos_cifar5k: the same 1,295 photos and 5,000 CIFAR-10 train images (500 a class, "
-                     "experiments/cifar_split.py --skip 4500; their exact targets labelled at 64 px by the same "
-                     "default labeller), brought to 96 px.")
+    if any(row[0] == dict(PHOTO_SETS)["weizmann_horses_b"] for row in rows):
+        commands[0] = "bash experiments/photo_surrogate_domain.sh"
+        notes[0] = ("Trained at 96 px on one torch thread for the optimiser steps in each row, on the 1,295 photos "
+                    "without masks (clothing_parsing/unlabelled and bsds500_test) or on the data a row names; scored "
+                    "at 96 px on the centre crop against human masks no surrogate trained on: the 164 even-numbered "
+                    "Weizmann horses (experiments/link_folders.py --part 1/2), the street photos and salbench. Mask "
+                    "F-measure with beta^2 = 0.3, mask IoU, MAE of the saliency map (Cheng's conventions), means over "
+                    "the images.")
     for ngf in sorted({int(m[1]) for row in rows if (m := re.search(r", ngf (\d+)", row[1]))}):
         notes.append(f"ngf {ngf}: the U-Net at {ngf / Architecture.ngf:g} times the default width (--ngf {ngf}; "
                      f"about {(ngf / Architecture.ngf) ** 2:g} times the multiply-adds), the same steps and data.")
-    write(Path(args.out) / f"{args.name}.json", "The photo surrogate and the exact labeller against human masks",
-          ["set", "segmenter", "images", "F (beta^2 = 0.3)", "IoU", "MAE"], rows,
-          commands + [collect], notes, args.date, args.machine)
     bench, labeller = root / "bench_surrogate.json", root / "bench_labeller.json"
+    if rows:
+        write(Path(args.out) / f"{args.name}.json", "The photo surrogate and the exact labeller against human masks",
+              ["set", "segmenter", "images", "F (beta^2 = 0.3)", "IoU", "MAE"], rows,
+              commands + [collect], notes, args.date, args.machine)
+    elif not (bench.is_file() and labeller.is_file()):
+        sys.exit(f"error: {root} holds no scored surrogate run (RUN/run.json beside RUN/SET.json) and no "
+                 f"bench_surrogate.json with bench_labeller.json; run experiments/photo_surrogate.sh first")
     if bench.is_file() and labeller.is_file():
         b, lab = json.loads(bench.read_text()), json.loads(labeller.read_text())
         original = sum(lab["seconds"][k]["median"] for k in ("hc", "rc", "cut_faithful")) * 1000
@@ -711,7 +741,9 @@ def photo_surrogate(args) -> None:
                   f"network + regions", b["num_images"], round(surrogate, 3), 1.0],
                  ["  of which the network", b["num_images"], round(b["surrogate_network_ms_per_image"], 3), None],
                  ["  of which the regions", b["num_images"], round(b["surrogate_regions_ms_per_image"], 3), None]]
-        write(Path(args.out) / f"{args.name}_speed.json",
+        speed_file = Path(args.out) / f"{args.name}_speed.json"
+        before = _earlier_speed(speed_file, args.date)
+        write(speed_file,
               "Time per image: the exact labeller against the photo surrogate, one CPU thread",
               ["labelling", "images", "ms per image", "x the surrogate's time"], speed,
               [f"python benchmarks/bench_surrogate.py --data ../shared/data/clothing_parsing/images --image-size "
@@ -721,8 +753,32 @@ def photo_surrogate(args) -> None:
                f"--limit {lab['images']} --json {labeller}",
                collect],
               ["Clothing Co-Parsing photos; the exact labeller one image at a time as a labelling worker runs it, "
-               "the surrogate on batches. Medians; measured while other jobs shared the machine."],
+               "the surrogate on batches. Medians"
+               + (f"; one-minute load average {b['load_average_before_after'][0]:g} before the surrogate's timing and "
+                  f"{b['load_average_before_after'][1]:g} after it (the benchmark's own thread counts 1)."
+                  if "load_average_before_after" in b else "; measured while other jobs shared the machine.")]
+              + ([f"The network does {b['network_mflop_per_image']:.0f} MFLOP per image (torch's FLOP counter), at "
+                  f"{b['network_gflop_per_second']:.0f} GFLOP/s here."] if "network_mflop_per_image" in b else [])
+              + before,
               args.date, args.machine)
+
+
+_EARLIER = "The same commands on "
+
+
+def _earlier_speed(path: Path, date: str) -> list[str]:
+    """A note keeping the measurement a speed file held before this one (another day's), so a new measurement on a
+    machine whose speed varies does not silently replace the figures the docs cited: the labeller's and the
+    surrogate's ms per image and their ratio (the earlier file's own earlier note is not kept: one day back)."""
+    if not path.is_file():
+        return []
+    earlier = json.loads(path.read_text())
+    rows = earlier.get("rows", [])
+    if earlier.get("date") == date or len(rows) < 3:  # a collection again on the same day keeps what it kept
+        return [n for n in earlier.get("notes", []) if n.startswith(_EARLIER)]
+    shared = any("other jobs shared the machine" in n for n in earlier.get("notes", []))
+    return [f"{_EARLIER}{earlier['date']}{' (other jobs sharing the machine)' if shared else ''}: the labeller "
+            f"{rows[0][2]:g} ms on the original photo, the surrogate {rows[2][2]:g} ms, {rows[0][3]:g} times."]
 
 
 # -- the test suite: how long it takes --------------------------------------------------------------------

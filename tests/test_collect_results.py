@@ -399,3 +399,88 @@ def test_photo_surrogate_table_names_each_run_by_its_steps_variants_and_training
     assert any(note.startswith("photos_cifar5k:") for note in written["notes"])
     assert any(note.startswith("ngf 32: the U-Net at 2 times the default width") for note in written["notes"])
     assert not (tmp_path / "results" / "photo_surrogate.json").exists()
+
+
+def test_photo_surrogate_domain_table_scores_every_run_on_the_held_out_horses(tmp_path):
+    """experiments/photo_surrogate_domain.sh's runs: each scored on the even-numbered horses, the labeller's row
+    once; the runs trained with the odd-numbered horses are named by their folder, with a note on what it holds,
+    and the first note says which horses scored them."""
+    runs = tmp_path / "runs"
+    for name, f in (("photos_unlabelled", 0.74), ("photos_horses_a", 0.80), ("horses_a", 0.78)):
+        (runs / name).mkdir(parents=True)
+        data = f"runs/data/{name}"
+        (runs / name / "run.json").write_text(json.dumps(
+            {"settings": {"data": data}, "history": [{"command": ["saliency-ssl", "train-surrogate", data]}],
+             "outcome": {"steps": 1500}}))
+        (runs / name / "weizmann_horses_b.json").write_text(json.dumps({"vs_masks": {
+            "n": 164, "surrogate": {"f": f, "iou": 0.6, "mae": 0.2}, "exact": {"f": 0.87, "iou": 0.75, "mae": 0.15},
+            "centre_box": {"f": 0.6, "iou": 0.4, "mae": 0.22}}}))
+    collect_results.main(["photo_surrogate", "--runs", str(runs), "--name", "domain", "--out",
+                          str(tmp_path / "results"), "--machine", "test"])
+    written = json.loads((tmp_path / "results" / "domain.json").read_text())
+    assert [row[0] for row in written["rows"]] == ["Weizmann horses, the 164 even-numbered photos"] * 5
+    assert [row[1:4] for row in written["rows"]] == [
+        ["exact SaliencyCut", 164, 0.87], ["centred box (image-blind)", 164, 0.6],
+        ["surrogate, 0 variants a photo, 1500 steps, trained on horses_a", 164, 0.78],
+        ["surrogate, 0 variants a photo, 1500 steps, trained on photos_horses_a", 164, 0.8],
+        ["surrogate, 0 variants a photo, 1500 steps", 164, 0.74]]
+    assert written["command"][0] == "bash experiments/photo_surrogate_domain.sh"
+    assert "164 even-numbered Weizmann horses" in written["notes"][0]
+    assert [note.split(":")[0] for note in written["notes"][1:]] == ["photos_horses_a", "horses_a"]
+
+
+def test_link_folders_parts_are_disjoint_halves_in_file_order(tmp_path, capsys):
+    """--part 0/2 and 1/2 link alternate images of each source in sorted order; together they are the folder."""
+    import link_folders
+
+    source = tmp_path / "horses"
+    source.mkdir()
+    for i in range(1, 6):
+        (source / f"horse{i:03d}.jpg").write_bytes(b"jpeg")
+    assert link_folders.main([str(tmp_path / "a"), str(source), "--part", "0/2"]) == 0
+    assert link_folders.main([str(tmp_path / "b"), str(source), "--part", "1/2"]) == 0
+    a = sorted(p.name for p in (tmp_path / "a" / "horses").iterdir())
+    b = sorted(p.name for p in (tmp_path / "b" / "horses").iterdir())
+    assert a == ["horse001.jpg", "horse003.jpg", "horse005.jpg"] and b == ["horse002.jpg", "horse004.jpg"]
+    assert (tmp_path / "a" / "horses" / "horse003.jpg").resolve() == (source / "horse003.jpg").resolve()
+    assert link_folders.main([str(tmp_path / "c"), str(source), "--part", "2/2"]) == 2
+    assert "--part '2/2'" in capsys.readouterr().err
+
+
+def test_photo_speed_table_from_the_bench_files_alone_leaves_the_masks_table_alone(tmp_path):
+    """A folder of only bench_surrogate.json and bench_labeller.json (the speed table's command) writes the speed
+    table, with the network's rate, and does not replace the human-mask table with an empty one; a folder with
+    neither is an error."""
+    measure, results = tmp_path / "measure", tmp_path / "results"
+    measure.mkdir()
+    (measure / "bench_surrogate.json").write_text(json.dumps({
+        "image_size": 96, "batch_size": 128, "num_images": 512, "labeller_images": 16, "labeller_ms_per_image": 20.0,
+        "autocast": "bfloat16", "surrogate_ms_per_image": 2.0, "surrogate_network_ms_per_image": 1.5,
+        "surrogate_regions_ms_per_image": 0.3, "network_mflop_per_image": 135.4, "network_gflop_per_second": 90.3,
+        "load_average_before_after": [0.62, 1.08]}))
+    (measure / "bench_labeller.json").write_text(json.dumps({"images": 32, "seconds": {
+        "hc": {"median": 0.01}, "rc": {"median": 0.1}, "cut_faithful": {"median": 0.29}}}))
+    results.mkdir()
+    (results / "photo_surrogate.json").write_text("kept")
+    (results / "photo_surrogate_speed.json").write_text(json.dumps({  # another day's measurement, as committed
+        "date": "2026-12-06",
+        "rows": [["exact labeller, original photo", 32, 422.9, 248.4], ["at 96 px", 16, 21.63, 12.7],
+                 ["surrogate", 512, 1.703, 1.0]],
+        "notes": ["... Medians; measured while other jobs shared the machine."]}))
+    collect_results.main(["photo_surrogate", "--runs", str(measure), "--out", str(results), "--machine", "test",
+                          "--date", "2026-12-07"])
+    assert (results / "photo_surrogate.json").read_text() == "kept"
+    speed = json.loads((results / "photo_surrogate_speed.json").read_text())
+    assert speed["rows"][0][2:] == [400.0, 200.0] and speed["rows"][1][2:] == [20.0, 10.0]
+    assert speed["notes"][0].endswith("one-minute load average 0.62 before the surrogate's timing and 1.08 after it "
+                                      "(the benchmark's own thread counts 1).")
+    assert speed["notes"][1:] == [
+        "The network does 135 MFLOP per image (torch's FLOP counter), at 90 GFLOP/s here.",
+        "The same commands on 2026-12-06 (other jobs sharing the machine): the labeller 422.9 ms on the original "
+        "photo, the surrogate 1.703 ms, 248.4 times."]
+    # collected again the same day: the earlier day's note stays, once
+    collect_results.main(["photo_surrogate", "--runs", str(measure), "--out", str(results), "--machine", "test",
+                          "--date", "2026-12-07"])
+    assert json.loads((results / "photo_surrogate_speed.json").read_text())["notes"] == speed["notes"]
+    with pytest.raises(SystemExit, match="no scored surrogate run"):
+        collect_results.main(["photo_surrogate", "--runs", str(tmp_path / "results"), "--out", str(tmp_path / "r2")])
