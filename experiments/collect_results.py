@@ -742,7 +742,7 @@ def photo_surrogate(args) -> None:
                  ["  of which the network", b["num_images"], round(b["surrogate_network_ms_per_image"], 3), None],
                  ["  of which the regions", b["num_images"], round(b["surrogate_regions_ms_per_image"], 3), None]]
         speed_file = Path(args.out) / f"{args.name}_speed.json"
-        before = _earlier_speed(speed_file, args.date)
+        before = _earlier_speed(speed_file, speed, args.date)
         write(speed_file,
               "Time per image: the exact labeller against the photo surrogate, one CPU thread",
               ["labelling", "images", "ms per image", "x the surrogate's time"], speed,
@@ -757,8 +757,9 @@ def photo_surrogate(args) -> None:
                + (f"; one-minute load average {b['load_average_before_after'][0]:g} before the surrogate's timing and "
                   f"{b['load_average_before_after'][1]:g} after it (the benchmark's own thread counts 1)."
                   if "load_average_before_after" in b else "; measured while other jobs shared the machine.")]
-              + ([f"The network does {b['network_mflop_per_image']:.0f} MFLOP per image (torch's FLOP counter), at "
-                  f"{b['network_gflop_per_second']:.0f} GFLOP/s here."] if "network_mflop_per_image" in b else [])
+              + ([f"The network does {b['network_mflop_per_image']:.0f} MFLOP per image (torch's FLOP counter, in "
+                  f"float32), at {b['network_gflop_per_second']:.0f} GFLOP/s here."]
+                 if "network_mflop_per_image" in b else [])
               + before,
               args.date, args.machine)
 
@@ -766,19 +767,26 @@ def photo_surrogate(args) -> None:
 _EARLIER = "The same commands on "
 
 
-def _earlier_speed(path: Path, date: str) -> list[str]:
+def _earlier_speed(path: Path, speed: list[list], date: str) -> list[str]:
     """A note keeping the measurement a speed file held before this one (another day's), so a new measurement on a
     machine whose speed varies does not silently replace the figures the docs cited: the labeller's and the
-    surrogate's ms per image and their ratio (the earlier file's own earlier note is not kept: one day back)."""
+    surrogate's ms per image and their ratio, and how busy the machine was. Collected again on the same day, or
+    from the same bench files, the file keeps the note it had; the earlier file's own earlier note is not kept (one
+    measurement back)."""
     if not path.is_file():
         return []
     earlier = json.loads(path.read_text())
     rows = earlier.get("rows", [])
-    if earlier.get("date") == date or len(rows) < 3:  # a collection again on the same day keeps what it kept
-        return [n for n in earlier.get("notes", []) if n.startswith(_EARLIER)]
-    shared = any("other jobs shared the machine" in n for n in earlier.get("notes", []))
-    return [f"{_EARLIER}{earlier['date']}{' (other jobs sharing the machine)' if shared else ''}: the labeller "
-            f"{rows[0][2]:g} ms on the original photo, the surrogate {rows[2][2]:g} ms, {rows[0][3]:g} times."]
+    notes = earlier.get("notes", [])
+    same = len(rows) >= 3 and [rows[0][2], rows[2][2]] == [speed[0][2], speed[2][2]]  # the same bench files again
+    if earlier.get("date") == date or len(rows) < 3 or same:  # a collection again keeps what it kept
+        return [n for n in notes if n.startswith(_EARLIER)]
+    load = next((m for n in notes if (m := re.search(r"load average ([\d.]+) before the surrogate's timing and "
+                                                      r"([\d.]+) after", n))), None)
+    context = (" (other jobs sharing the machine)" if any("other jobs shared the machine" in n for n in notes) else
+               f" (load average {load[1]} to {load[2]})" if load else "")
+    return [f"{_EARLIER}{earlier['date']}{context}: the labeller {rows[0][2]:g} ms on the original photo, the "
+            f"surrogate {rows[2][2]:g} ms, {rows[0][3]:g} times."]
 
 
 # -- the test suite: how long it takes --------------------------------------------------------------------

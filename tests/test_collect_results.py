@@ -326,10 +326,13 @@ def test_parity_budgets_name_real_configs_of_their_step_count_and_the_script_run
 
     monkeypatch.chdir(REPO)
     for steps, budget in collect_results.PARITY_BUDGETS.items():
-        for path in [*budget["exact"], budget["surrogate"], budget["half"]]:
+        arms = [budget[key] for key in collect_results._SURROGATE_ARMS.values() if key in budget]
+        for path in [*budget["exact"], *arms]:
             pretrain = GridConfig.load(path).pretrain
             assert pretrain["epochs"] * (10000 // pretrain["batch_size"]) == int(steps), path
     script = (REPO / "experiments" / "surrogate_parity.sh").read_text()
+    for key in ("all", "half_all"):  # the arms of the 40,000-image surrogate are run by the script
+        assert collect_results.PARITY_BUDGETS["1248"][key] in script
     found = re.findall(r"(\d+)\) EXACT=\(([^)]*)\)\s+ONLY=\(([^)]*)\)", script)
     assert {steps for steps, *_ in found} == set(collect_results.PARITY_BUDGETS)
     for steps, exact, only in found:
@@ -475,12 +478,21 @@ def test_photo_speed_table_from_the_bench_files_alone_leaves_the_masks_table_alo
     assert speed["notes"][0].endswith("one-minute load average 0.62 before the surrogate's timing and 1.08 after it "
                                       "(the benchmark's own thread counts 1).")
     assert speed["notes"][1:] == [
-        "The network does 135 MFLOP per image (torch's FLOP counter), at 90 GFLOP/s here.",
+        "The network does 135 MFLOP per image (torch's FLOP counter, in float32), at 90 GFLOP/s here.",
         "The same commands on 2026-12-06 (other jobs sharing the machine): the labeller 422.9 ms on the original "
         "photo, the surrogate 1.703 ms, 248.4 times."]
-    # collected again the same day: the earlier day's note stays, once
+    # collected again the same day, or from the same bench files a day later: the earlier day's note stays, once
+    for date in ("2026-12-07", "2026-12-08"):
+        collect_results.main(["photo_surrogate", "--runs", str(measure), "--out", str(results), "--machine", "test",
+                              "--date", date])
+        assert json.loads((results / "photo_surrogate_speed.json").read_text())["notes"] == speed["notes"]
+    # a new measurement on a later day keeps this one's figures and load
+    bench = json.loads((measure / "bench_surrogate.json").read_text())
+    (measure / "bench_surrogate.json").write_text(json.dumps({**bench, "surrogate_ms_per_image": 4.0}))
     collect_results.main(["photo_surrogate", "--runs", str(measure), "--out", str(results), "--machine", "test",
-                          "--date", "2026-12-07"])
-    assert json.loads((results / "photo_surrogate_speed.json").read_text())["notes"] == speed["notes"]
+                          "--date", "2026-12-09"])
+    assert json.loads((results / "photo_surrogate_speed.json").read_text())["notes"][-1] == (
+        "The same commands on 2026-12-08 (load average 0.62 to 1.08): the labeller 400 ms on the original photo, the "
+        "surrogate 2 ms, 200 times.")
     with pytest.raises(SystemExit, match="no scored surrogate run"):
         collect_results.main(["photo_surrogate", "--runs", str(tmp_path / "results"), "--out", str(tmp_path / "r2")])
