@@ -286,6 +286,37 @@ def surrogate_curve(args) -> None:
           args.date, args.machine)
 
 
+REGION_COLUMNS = [("regions", "regions"), ("regions_16px", "of 16 px or more"), ("regions_64px", "of 64 px or more"),
+                  ("regions_owning_a_cell", "owning a grid cell"),
+                  ("small_regions_owning_a_cell", "owning a cell, under 64 px"),
+                  ("largest_region_cells", "cells of the largest"),
+                  ("mask_area", "mask area"), ("no_mask", "images without a mask")]
+
+
+def surrogate_regions(args) -> None:
+    """experiments/surrogate_regions.py's JSON (--runs) to results/surrogate_regions_cifar10.json."""
+    path = Path(args.runs or "runs/exp/surrogate_regions.json")
+    if not path.is_file():
+        sys.exit(f"error: {path} does not exist; run experiments/surrogate_regions.py first (its docstring has the "
+                 f"command)")
+    report = json.loads(path.read_text())
+    rows = [[name] + [round(stats[key], 3) for key, _ in REGION_COLUMNS] for name, stats in report["rows"].items()]
+    n = next(iter(report["rows"].values()))["images"]
+    notes = [f"The {n:,} pretraining images at {report['size']} px, without views; means over the images. Regions "
+             f"are counted per image; DetCon-S pools over those that own a cell of its {report['grid']}x"
+             f"{report['grid']} feature grid (each cell takes the region covering most of it), and the largest's "
+             f"column is the share of the cells it owns. Mask area: the foreground's share of the pixels."]
+    for name, file in report.get("surrogates", {}).items():  # named by its agreement, as the parity notes do
+        fidelity = Path(file).parent / "test.json"
+        notes.append(f"Surrogate, {name}: " + (f"agreement with the exact targets of the {_agreement(fidelity)}"
+                                               if fidelity.is_file() else f"{Path(file).parent.name}."))
+    write(Path(args.out) / "surrogate_regions_cifar10.json",
+          "The surrogate's regions against the exact labeller's, on the CIFAR-10 pretraining images",
+          ["targets"] + [label for _, label in REGION_COLUMNS], rows,
+          [report["command"], f"python experiments/collect_results.py surrogate_regions --runs {path}"],
+          notes, report.get("date", args.date), args.machine)
+
+
 def surrogate_gpu(args) -> None:
     """results/surrogate_cifar10_gpu.json from the OUT of experiments/gpu_surrogate_all.sh run: one row per run
     folder with a fidelity report beside it (``NAME/`` and ``NAME_test.json``); the machine is the card the run
@@ -440,15 +471,20 @@ PARITY_BUDGETS = {
     "1248": {"exact": ["configs/mask_aware_cifar10_cpu.json"], "surrogate": "configs/surrogate_parity_cifar10.json",
              "half": "configs/surrogate_parity_half_cifar10.json", "result": "surrogate_parity_1248.json",
              "all": "configs/surrogate_parity_all_cifar10.json",
-             "half_all": "configs/surrogate_parity_half_all_cifar10.json"},
+             "half_all": "configs/surrogate_parity_half_all_cifar10.json",
+             "merged": "configs/surrogate_parity_merged_cifar10.json"},
 }
 #: The arm of a budget's "all" config: the surrogate trained on every CIFAR-10 image outside the pretraining set;
 #: and of its "half_all" config: that surrogate filling in the half of the targets the cache lacks.
 _ALL_ARM = "targets of the 40,000-image surrogate"
 _HALF_ALL_ARM = "half exact, half from the 40,000-image surrogate"
+#: ... and of its "merged" config: that surrogate's targets with their small regions merged, served from a cache
+_MERGED_ARM = "merged regions of the 40,000-image surrogate"
 #: {arm: the budget's config key} of the arms fed by a surrogate, in the table's order
 _SURROGATE_ARMS = {"surrogate targets": "surrogate", "half exact, half surrogate": "half", _ALL_ARM: "all",
-                   _HALF_ALL_ARM: "half_all"}
+                   _HALF_ALL_ARM: "half_all", _MERGED_ARM: "merged"}
+#: arms whose config serves a surrogate's targets from a cache: the config key of the arm whose surrogate it is
+_SURROGATE_OF_CONFIG = {"merged": "all"}
 
 
 def _column(fraction: str) -> str:
@@ -580,6 +616,10 @@ def parity(args) -> None:
                 "on all 40,000 CIFAR-10 training images outside the pretraining set." if "all" in budget else "")
              + (f" {_HALF_ALL_ARM[0].upper()}{_HALF_ALL_ARM[1:]}: the half-labelled cache, the other half's targets "
                 "from that surrogate." if "half_all" in budget else "")
+             + (f" {_MERGED_ARM[0].upper()}{_MERGED_ARM[1:]}: every target from that surrogate, predicted once, "
+                "with each region under 50 pixels merged into the neighbour sharing the longest border (the "
+                "labeller's smallest segment at this size), served from a cache (experiments/merged_regions_cache.py)."
+                if "merged" in budget else "")
              + " A gap row is the difference of the means, ± the larger of the two rows' spreads."]
     missing = [label for label, rows in measured.items() if not rows and label not in carried]
     if missing:
@@ -598,7 +638,8 @@ def parity(args) -> None:
     for label, key in _SURROGATE_ARMS.items():
         if key not in budget:
             continue
-        fidelity = Path(GridConfig.load(budget[key]).pretrain["surrogate"]).parent / "test.json"
+        config = budget[_SURROGATE_OF_CONFIG.get(key, key)]
+        fidelity = Path(GridConfig.load(config).pretrain["surrogate"]).parent / "test.json"
         if label in carried and label in recorded:
             agreements[label] = recorded[label]
         elif label not in carried and measured[label] and fidelity.is_file():
@@ -820,7 +861,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=("mask_aware_cifar10", "photos", "surrogate_curve", "surrogate_shapes",
                                                "baseline_stats", "photo_surrogate", "test_suite",
-                                               "mask_aware_controls", "parity", "surrogate_gpu"))
+                                               "mask_aware_controls", "parity", "surrogate_gpu",
+                                               "surrogate_regions"))
     parser.add_argument("--runs", default=None, help="the experiment's run folder")
     parser.add_argument("--config", nargs="+", default=None,
                         help="mask_aware_cifar10 (required): its grid config(s); several configs that differ only "
@@ -850,7 +892,7 @@ def main(argv: list[str] | None = None) -> int:
      "surrogate_shapes": surrogate_shapes, "baseline_stats": baseline_stats,
      "photo_surrogate": photo_surrogate, "test_suite": test_suite,
      "mask_aware_controls": mask_aware_controls, "parity": parity,
-     "surrogate_gpu": surrogate_gpu}[args.experiment](args)
+     "surrogate_gpu": surrogate_gpu, "surrogate_regions": surrogate_regions}[args.experiment](args)
     return 0
 
 

@@ -8,12 +8,14 @@
 #
 #   bash experiments/surrogate_parity.sh              624 steps of 64 (the _short configs)
 #   STEPS=1248 bash experiments/surrogate_parity.sh   1,248 steps: configs/mask_aware_cifar10_cpu.json's exact
-#                                                     arms, configs/surrogate_parity{,_half,_all,_half_all}_cifar10.json
+#                                                     arms, configs/surrogate_parity{,_half,_all,_half_all,_merged}_cifar10.json
 #
 # The surrogate trains for 25 minutes of wall time on one torch thread on 10,000 of the 40,000 CIFAR-10 training
 # images outside the pretraining set (trained once, for both budgets, unless its folder is gone: the result file's
 # notes give the agreement of each arm's surrogate); at 1,248 steps a second surrogate, trained for the same 25
-# minutes on all 40,000 of them, gives two more arms: every target from it (_all), and half of them (_half_all);
+# minutes on all 40,000 of them, gives three more arms: every target from it (_all), half of them (_half_all), and
+# every target from it with its regions under 50 pixels merged into a neighbour (_merged: the labeller's floor on
+# region size, experiments/merged_regions_cache.py);
 # `experiments/collect_results.py parity [--steps 1248]` writes results/surrogate_parity[_1248].json.
 # Found (docs/surrogate.md): at 1,248 steps, with half the targets from the surrogate, the linear probe is level
 # with exact targets (inside the seeds' spread at every share of the labels) and kNN 0.2 to 1.0 points below; with
@@ -29,7 +31,8 @@ case "$STEPS" in
     1248) EXACT=(configs/mask_aware_cifar10_cpu.json)
           ONLY=(simclr__default,simclr__default__seed1,detcon-simclr__default,detcon-simclr__default__seed1)
           SURROGATE=configs/surrogate_parity_cifar10.json HALF=configs/surrogate_parity_half_cifar10.json
-          ALL=configs/surrogate_parity_all_cifar10.json HALF_ALL=configs/surrogate_parity_half_all_cifar10.json ;;
+          ALL=configs/surrogate_parity_all_cifar10.json HALF_ALL=configs/surrogate_parity_half_all_cifar10.json
+          MERGED=configs/surrogate_parity_merged_cifar10.json ;;
     *) echo "STEPS=$STEPS: the parity is configured for 624 or 1248 steps" >&2; exit 2 ;;
 esac
 export OMP_NUM_THREADS=1
@@ -60,4 +63,10 @@ if [ -n "${ALL:-}" ]; then  # the surrogate on all 40,000 images outside the pre
     fi
     saliency-ssl grid "$ALL" --quiet
     saliency-ssl grid "$HALF_ALL" --quiet
+    # its targets with the labeller's floor on region size (regions under 50 pixels merged), from a cache
+    if [ ! -d runs/caches/cifar_surrogate_merged ]; then
+        python experiments/merged_regions_cache.py "$SHARED/cifar10/train" --cache "$CACHE" \
+            --surrogate runs/exp/parity/surrogate_all/surrogate.pt --out runs/caches/cifar_surrogate_merged
+    fi
+    saliency-ssl grid "$MERGED" --quiet
 fi

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import collect_results
 from saliencyssl.app.grid import GridConfig, cells
@@ -331,7 +332,7 @@ def test_parity_budgets_name_real_configs_of_their_step_count_and_the_script_run
             pretrain = GridConfig.load(path).pretrain
             assert pretrain["epochs"] * (10000 // pretrain["batch_size"]) == int(steps), path
     script = (REPO / "experiments" / "surrogate_parity.sh").read_text()
-    for key in ("all", "half_all"):  # the arms of the 40,000-image surrogate are run by the script
+    for key in ("all", "half_all", "merged"):  # the arms of the 40,000-image surrogate are run by the script
         assert collect_results.PARITY_BUDGETS["1248"][key] in script
     found = re.findall(r"(\d+)\) EXACT=\(([^)]*)\)\s+ONLY=\(([^)]*)\)", script)
     assert {steps for steps, *_ in found} == set(collect_results.PARITY_BUDGETS)
@@ -496,3 +497,84 @@ def test_photo_speed_table_from_the_bench_files_alone_leaves_the_masks_table_alo
         "surrogate 2 ms, 200 times.")
     with pytest.raises(SystemExit, match="no scored surrogate run"):
         collect_results.main(["photo_surrogate", "--runs", str(tmp_path / "results"), "--out", str(tmp_path / "r2")])
+
+
+def test_surrogate_regions_counts_what_detcon_pools_over(tmp_path):
+    """Two halves and a 2x2-pixel fragment: three regions, two of 16 px or more owning the 8x8 grid's cells (the
+    fragment owns none of its 4x4-pixel cells), the larger owning the cells of its half; labels need not be
+    consecutive. The collected table has a row per source."""
+    import surrogate_regions
+
+    from saliencyssl.target import TargetBatch
+
+    regions = torch.full((2, 1, 32, 32), 7, dtype=torch.int64)
+    regions[0, 0, :, 16:] = 900
+    regions[0, 0, 1:3, 1:3] = 3
+    mask = torch.zeros(2, 1, 32, 32, dtype=torch.bool)
+    mask[1, 0, :8, :] = True
+    stats = surrogate_regions.region_stats(TargetBatch(mask.float(), mask, regions), grid=8, chunk=1)
+    assert stats["regions"] == 2.0  # (3 + 1) / 2
+    assert stats["regions_16px"] == stats["regions_64px"] == stats["regions_owning_a_cell"] == 1.5
+    assert stats["small_regions_owning_a_cell"] == 0.0
+    regions[1, 0, 4:8, 4:12] = 5  # 32 pixels: two whole cells, a small region owning them
+    assert surrogate_regions.region_stats(TargetBatch(mask.float(), mask, regions), 8)["small_regions_owning_a_cell"] \
+        == 0.5
+    assert stats["largest_region_cells"] == 0.75  # (32 / 64 + 64 / 64) / 2
+    assert stats["mask_area"] == 0.125 and stats["no_mask"] == 0.5
+    report = tmp_path / "regions.json"
+    report.write_text(json.dumps({"date": "2026-12-07", "size": 32, "grid": 8, "command": "python x.py",
+                                  "surrogates": {"a": str(tmp_path / "a" / "surrogate.pt")},
+                                  "rows": {"exact labeller": stats, "surrogate, a": stats}}))
+    collect_results.main(["surrogate_regions", "--runs", str(report), "--out", str(tmp_path / "results"),
+                          "--machine", "test"])
+    written = json.loads((tmp_path / "results" / "surrogate_regions_cifar10.json").read_text())
+    assert [row[:3] for row in written["rows"]] == [["exact labeller", 2.0, 1.5], ["surrogate, a", 2.0, 1.5]]
+    assert written["notes"][0].startswith("The 2 pretraining images at 32 px") and written["notes"][1] == "Surrogate, a: a."
+
+
+def test_parity_merged_arm_is_named_by_the_surrogate_of_the_all_arm(grids, monkeypatch):
+    """The merged arm's config serves targets from a cache (no surrogate of its own): its note is the 40,000-image
+    surrogate's, shared with the all arm; an arm not run is named as not measured."""
+    (grids / "sur_all").mkdir()
+    (grids / "sur_all" / "test.json").write_text(json.dumps(
+        {"n": 10000, "presence_accuracy": 0.74, "mask_iou_present": 0.43, "boundary_f": 0.67}))
+    every = _config(grids / "all.json", grids / "ga", 0, [["detcon-simclr", "default"]],
+                    aug_source="surrogate", surrogate=str(grids / "sur_all" / "surrogate.pt"))
+    merged = _config(grids / "merged.json", grids / "gm", 0, [["detcon-simclr", "default"]], aug_source="cache")
+    half_all = _config(grids / "half_all.json", grids / "gha", 0, [["detcon-simclr", "default"]],
+                       aug_source="cache,surrogate", surrogate=str(grids / "sur_all" / "surrogate.pt"))
+    _results(every, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.48, 0.01), (0.70, 0.0)]))
+    _results(merged, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.49, 0.01), (0.72, 0.0)]))
+    monkeypatch.setitem(collect_results.PARITY_BUDGETS, "1248", {
+        **collect_results.PARITY_BUDGETS["624"], "all": every, "half_all": half_all, "merged": merged,
+        "result": "p.json"})
+    collect_results.main(["parity", "--steps", "1248", "--out", str(grids / "results"), "--machine", "test"])
+    written = json.loads((grids / "results" / "p.json").read_text())
+    rows = _rows(grids / "results" / "p.json")
+    assert rows["merged regions of the 40,000-image surrogate minus exact, kNN"][1] == pytest.approx([0.01, 0.01])
+    assert ("The surrogate of the targets of the 40,000-image surrogate and merged regions of the 40,000-image "
+            "surrogate rows: agreement with the exact targets of the 10,000 test images: presence accuracy 0.740, "
+            "mask IoU on present masks 0.430") in " ".join(written["notes"])
+    assert "Not measured at this budget: half exact, half from the 40,000-image surrogate." in written["notes"]
+    assert "Merged regions of the 40,000-image surrogate: every target from that surrogate" in written["notes"][0]
+
+
+def test_merge_small_regions_joins_each_fragment_to_its_longest_border_neighbour():
+    """A 2x2 fragment inside the left half joins the left half (all its border); a lone corner pixel between the
+    two halves joins the one it shares more border with; nothing is left under the floor, labels run 0..R-1 in
+    raster order; with a floor above every region all merge into one; a map already above the floor is kept."""
+    import numpy as np
+
+    from merged_regions_cache import merge_small_regions
+
+    labels = np.zeros((8, 8), np.int64)
+    labels[:, 4:] = 5
+    labels[1:3, 1:3] = 9
+    labels[7, 4] = 3  # borders: left half 1 pixel, right half 2 pixels
+    out = merge_small_regions(labels, 5)
+    expected = (np.arange(8)[None, :] >= 4).repeat(8, 0).astype(np.int64)
+    assert np.array_equal(out, expected)
+    assert np.array_equal(merge_small_regions(labels, 100), np.zeros((8, 8), np.int64))
+    assert np.array_equal(merge_small_regions(labels * 0 + 7, 100), np.zeros((8, 8), np.int64))
+    halves = np.where(expected == 1, 40, 2)
+    assert np.array_equal(merge_small_regions(halves, 32), expected)

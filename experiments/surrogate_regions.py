@@ -1,0 +1,105 @@
+"""How the surrogate's regions differ from the exact labeller's, as DetCon-S sees them.
+
+DetCon-S pools the backbone's features over the RC regions of each view, brought down to an 8x8
+grid at 32 px (saliencyssl.ssl.detcon.cell_labels: each 4x4-pixel cell takes the region covering
+most of it; a region takes part in the loss when it owns a cell). The surrogate predicts a region
+boundary channel and labels the 4-connected components between its boundaries
+(TargetBatch.from_channels). In the downstream parity (docs/surrogate.md) its targets pretrain
+backbones that are level with exact targets on the linear probe and up to a point below on kNN;
+this measures, on the pretraining images themselves (no view transform), what differs:
+
+- regions per image, and those of at least 16 and 64 pixels;
+- regions owning a cell of the grid, those of them under 64 pixels, and the share of cells the
+  largest owns;
+- the foreground mask's area and the share of images with none.
+
+    python experiments/surrogate_regions.py ../shared/data/cifar10/train --cache runs/caches/cifar \\
+        --surrogate "10,000 images=runs/exp/parity/surrogate/surrogate.pt" \\
+        --surrogate "40,000 images=runs/exp/parity/surrogate_all/surrogate.pt" --json runs/exp/surrogate_regions.json
+    python experiments/collect_results.py surrogate_regions --runs runs/exp/surrogate_regions.json
+
+Found (results/surrogate_regions_cifar10.json): see docs/surrogate.md, "In pretraining, on CIFAR-10".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from saliencyssl.ssl.detcon import cell_labels
+from saliencyssl.surrogate.evaluation import predict_all
+from saliencyssl.surrogate.model import Surrogate
+from saliencyssl.surrogate.pairs import load_pairs
+from saliencyssl.target import TargetBatch, compact_labels
+
+
+def region_stats(targets: TargetBatch, grid: int, chunk: int = 1000) -> dict[str, float]:
+    """Means over the images of a batch of targets (see the module's docstring); the grid is ``grid x grid``."""
+    regions = compact_labels(targets.regions)  # 0..R-1 within each image
+    n, _, h, w = regions.shape
+    sizes = [torch.bincount(row) for row in regions.reshape(n, h * w)]  # pixels of each label 0..R-1
+    counts = [c[c > 0] for c in sizes]
+    owning, small, largest = [], [], []
+    for start in range(0, n, chunk):  # cell_labels counts (chunk, cells, labels): bounded memory
+        part = regions[start:start + chunk]
+        for i, row in enumerate(cell_labels(part, (grid, grid), int(part.max()) + 1), start):
+            owned = torch.bincount(row)
+            owners = owned.nonzero().flatten()
+            owning.append(len(owners))
+            small.append(int((sizes[i][owners] < 64).sum()))
+            largest.append(float(owned.max()) / row.numel())
+    area = targets.mask.reshape(n, -1).float().mean(dim=1).numpy()
+    return {"images": n,
+            "regions": float(np.mean([len(c) for c in counts])),
+            "regions_16px": float(np.mean([int((c >= 16).sum()) for c in counts])),
+            "regions_64px": float(np.mean([int((c >= 64).sum()) for c in counts])),
+            "regions_owning_a_cell": float(np.mean(owning)),
+            "small_regions_owning_a_cell": float(np.mean(small)),
+            "largest_region_cells": float(np.mean(largest)),
+            "mask_area": float(area.mean()),
+            "no_mask": float((area == 0).mean())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images", type=Path, help="the pretraining images (a folder or CIFAR-10 batches)")
+    parser.add_argument("--cache", type=Path, required=True, help="the cache holding their exact targets")
+    parser.add_argument("--surrogate", action="append", default=[], metavar="NAME=PATH",
+                        help="a surrogate to compare, with the name its row takes (repeatable)")
+    parser.add_argument("--size", type=int, default=32, help="the pretraining image size (default %(default)s)")
+    parser.add_argument("--grid", type=int, default=8,
+                        help="DetCon-S's feature grid at that size (default %(default)s: 4x4-pixel cells at 32 px)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
+    parser.add_argument("--json", type=Path, required=True, metavar="OUT", help="where the figures go")
+    args = parser.parse_args(argv)
+    named = []
+    for item in args.surrogate:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not Path(path).is_file():
+            parser.error(f"--surrogate {item!r}: expected NAME=PATH of a surrogate.pt that exists")
+        named.append((name, Path(path)))
+    torch.set_num_threads(args.threads)
+    pairs = load_pairs(args.images, args.cache, args.size, progress=False)
+    rows = {"exact labeller": region_stats(pairs.targets, args.grid)}
+    for name, path in named:
+        surrogate = Surrogate.load(path, expect_image_size=args.size)
+        rows[f"surrogate, {name}"] = region_stats(predict_all(surrogate, pairs.images), args.grid)
+    report = {"date": time.strftime("%Y-%m-%d"), "images": str(args.images), "size": args.size, "grid": args.grid,
+              "surrogates": {name: str(path) for name, path in named}, "rows": rows,
+              "command": "python experiments/surrogate_regions.py " + " ".join(
+                  f'"{a}"' if " " in a else a for a in (argv if argv is not None else sys.argv[1:]))}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1) + "\n")
+    for name, stats in rows.items():
+        print(f"{name:32s} " + " ".join(f"{k} {v:.3f}" for k, v in stats.items() if k != "images"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
