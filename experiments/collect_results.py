@@ -310,10 +310,15 @@ def surrogate_regions(args) -> None:
         fidelity = Path(file).parent / "test.json"
         notes.append(f"Surrogate, {name}: " + (f"agreement with the exact targets of the {_agreement(fidelity)}"
                                                if fidelity.is_file() else f"{Path(file).parent.name}."))
+    for name, folder in report.get("caches", {}).items():
+        notes.append(f"{name[0].upper()}{name[1:]}: the targets of the cache {Path(folder).name}, read as they are "
+                     f"(experiments/merged_regions_cache.py writes a surrogate's targets with each region under a "
+                     f"floor merged into the neighbour sharing the longest border).")
     write(Path(args.out) / "surrogate_regions_cifar10.json",
           "The surrogate's regions against the exact labeller's, on the CIFAR-10 pretraining images",
           ["targets"] + [label for _, label in REGION_COLUMNS], rows,
-          [report["command"], f"python experiments/collect_results.py surrogate_regions --runs {path}"],
+          [*report.get("made_by", []), report["command"],
+           f"python experiments/collect_results.py surrogate_regions --runs {path}"],
           notes, report.get("date", args.date), args.machine)
 
 

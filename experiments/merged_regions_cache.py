@@ -10,7 +10,9 @@ with a surrogate, merges each region under ``--min-pixels`` into the neighbour i
 border with (smallest region first, until none is left under the floor or one region remains),
 and writes the targets into a new cache under the labeller's fingerprint. Pretraining from that
 cache (``--aug-source cache``) is then the surrogate's all-targets arm with the labeller's floor on
-region size; the saliency map and the mask are the surrogate's, untouched.
+region size; the mask is the surrogate's, and the saliency map too, rounded to 0..255 as the cache keeps
+every map. The surrogate predicts in batches of 64, as the router hands it a pretraining batch's
+images, with its own precision (bf16 autocast on a CPU that computes it natively).
 
 This departs from Felzenszwalb's own post-processing, which merges a small component across the
 lowest-weight edge of the image graph in edge order; the surrogate has no edge weights, only its
@@ -23,6 +25,7 @@ boundary channel, and the longest shared border is the plainest stand-in.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -37,10 +40,17 @@ from saliencyssl.surrogate.pairs import load_pairs
 from saliencyssl.target import Target, TargetBatch
 
 
+#: The file beside the cache that says how it was made (read by surrogate_regions.py).
+MADE_BY = "merged_regions.json"
+
+
 def merge_small_regions(labels: np.ndarray, min_pixels: int) -> np.ndarray:
     """``(H, W)`` region labels with every region under ``min_pixels`` merged into the 4-neighbour region it shares
-    the longest border with (ties: the larger neighbour), smallest first; labels renumbered 0..R-1 in raster order
-    of first appearance."""
+    the longest border with (ties: the larger neighbour, then the lower label), smallest first (ties: the lower
+    label); labels renumbered 0..R-1 in the order of the input's labels, so a map with no region under the floor
+    comes back as ``compact`` numbering of itself and DetCon-S's ties between regions (a grid cell split evenly
+    goes to the lower label) fall as they would on the unmerged map. A merged region may grow past the floor and
+    then take in further small neighbours of its own: single-pixel fragments can snowball into one region."""
     out = np.unique(labels, return_inverse=True)[1].reshape(labels.shape)
     while True:
         sizes = np.bincount(out.ravel())
@@ -57,9 +67,7 @@ def merge_small_regions(labels: np.ndarray, min_pixels: int) -> np.ndarray:
         shared = np.bincount(border, minlength=len(sizes))
         best = np.flatnonzero(shared == shared.max())
         out[out == small] = best[np.argmax(sizes[best])]
-    _, first = np.unique(out.ravel(), return_index=True)
-    order = np.argsort(np.argsort(first))  # labels in raster order of their first pixel
-    return order[np.unique(out.ravel(), return_inverse=True)[1]].reshape(out.shape)
+    return np.unique(out, return_inverse=True)[1].reshape(out.shape)
 
 
 def merged(targets: TargetBatch, min_pixels: int) -> TargetBatch:
@@ -87,17 +95,21 @@ def main(argv: list[str] | None = None) -> int:
     config = LabellerConfig()
     if TargetCache.exists(args.out):
         parser.error(f"{args.out} holds a cache already; remove it or choose another --out")
-    pairs = load_pairs(args.images, args.cache, args.size, progress=False)
-    surrogate = Surrogate.load(args.surrogate, expect_image_size=args.size)
-    predicted = predict_all(surrogate, pairs.images)
+    fingerprint = config.fingerprint()  # the labeller whose targets pretraining reads, and the surrogate imitates
+    pairs = load_pairs(args.images, args.cache, args.size, fingerprint=fingerprint, progress=False)
+    surrogate = Surrogate.load(args.surrogate, expect_image_size=args.size, expect_fingerprint=fingerprint)
+    predicted = predict_all(surrogate, pairs.images, batch_size=64)
     result = merged(predicted, args.min_pixels)
     for name, batch in (("surrogate", predicted), (f"merged under {args.min_pixels} px", result)):
         stats = surrogate_regions.region_stats(batch, 8)
         print(f"{name:24s} " + " ".join(f"{k} {v:.3f}" for k, v in stats.items() if k != "images"))
-    cache = TargetCache(args.out, config.fingerprint(), params=config.params())
+    cache = TargetCache(args.out, fingerprint, params=config.params())
     saliency = (result.saliency[:, 0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
     mask, regions = result.mask[:, 0].numpy(), result.regions[:, 0].numpy()
     written = cache.put_many((h, Target.from_maps(saliency[i], mask[i], regions[i])) for i, h in enumerate(pairs.hashes))
+    (args.out / MADE_BY).write_text(json.dumps({"command": "python experiments/merged_regions_cache.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]), "min_pixels": args.min_pixels, "surrogate": str(args.surrogate)},
+        indent=1) + "\n")
     print(f"wrote {written} targets into {args.out}")
     return 0
 

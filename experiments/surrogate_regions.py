@@ -15,7 +15,9 @@ this measures, on the pretraining images themselves (no view transform), what di
 
     python experiments/surrogate_regions.py ../shared/data/cifar10/train --cache runs/caches/cifar \\
         --surrogate "10,000 images=runs/exp/parity/surrogate/surrogate.pt" \\
-        --surrogate "40,000 images=runs/exp/parity/surrogate_all/surrogate.pt" --json runs/exp/surrogate_regions.json
+        --surrogate "40,000 images=runs/exp/parity/surrogate_all/surrogate.pt" \
+        --targets "surrogate, 40,000 images, regions under 50 px merged=runs/caches/cifar_surrogate_merged" \
+        --json runs/exp/surrogate_regions.json
     python experiments/collect_results.py surrogate_regions --runs runs/exp/surrogate_regions.json
 
 Found (results/surrogate_regions_cifar10.json): see docs/surrogate.md, "In pretraining, on CIFAR-10".
@@ -72,26 +74,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, required=True, help="the cache holding their exact targets")
     parser.add_argument("--surrogate", action="append", default=[], metavar="NAME=PATH",
                         help="a surrogate to compare, with the name its row takes (repeatable)")
+    parser.add_argument("--targets", action="append", default=[], metavar="NAME=CACHE",
+                        help="the same images' targets from another cache, e.g. one experiments/"
+                             "merged_regions_cache.py wrote, with the name its row takes (repeatable)")
     parser.add_argument("--size", type=int, default=32, help="the pretraining image size (default %(default)s)")
     parser.add_argument("--grid", type=int, default=8,
                         help="DetCon-S's feature grid at that size (default %(default)s: 4x4-pixel cells at 32 px)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
     parser.add_argument("--json", type=Path, required=True, metavar="OUT", help="where the figures go")
     args = parser.parse_args(argv)
-    named = []
+    from merged_regions_cache import MADE_BY  # the note a merged cache keeps of the command that made it
+
+    named, caches = [], []
     for item in args.surrogate:
         name, sep, path = item.partition("=")
         if not sep or not name or not Path(path).is_file():
             parser.error(f"--surrogate {item!r}: expected NAME=PATH of a surrogate.pt that exists")
         named.append((name, Path(path)))
+    for item in args.targets:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not Path(path).is_dir():
+            parser.error(f"--targets {item!r}: expected NAME=CACHE of a cache folder that exists")
+        caches.append((name, Path(path)))
     torch.set_num_threads(args.threads)
     pairs = load_pairs(args.images, args.cache, args.size, progress=False)
     rows = {"exact labeller": region_stats(pairs.targets, args.grid)}
     for name, path in named:
         surrogate = Surrogate.load(path, expect_image_size=args.size)
         rows[f"surrogate, {name}"] = region_stats(predict_all(surrogate, pairs.images), args.grid)
+    for name, cache in caches:
+        other = load_pairs(args.images, cache, args.size, fingerprint=pairs.fingerprint, progress=False)
+        if other.hashes != pairs.hashes:
+            parser.error(f"--targets {name}={cache}: it holds targets of {len(other)} of the images, "
+                         f"the exact cache of {len(pairs)}; it must hold every one")
+        rows[name] = region_stats(other.targets, args.grid)
     report = {"date": time.strftime("%Y-%m-%d"), "images": str(args.images), "size": args.size, "grid": args.grid,
-              "surrogates": {name: str(path) for name, path in named}, "rows": rows,
+              "surrogates": {name: str(path) for name, path in named},
+              "caches": {name: str(path) for name, path in caches}, "rows": rows,
+              "made_by": [json.loads((path / MADE_BY).read_text())["command"] for _, path in caches
+                          if (path / MADE_BY).is_file()],
               "command": "python experiments/surrogate_regions.py " + " ".join(
                   f'"{a}"' if " " in a else a for a in (argv if argv is not None else sys.argv[1:]))}
     args.json.parent.mkdir(parents=True, exist_ok=True)
