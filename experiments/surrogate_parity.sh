@@ -19,7 +19,9 @@
 # `experiments/collect_results.py parity [--steps 1248]` writes results/surrogate_parity[_1248].json.
 # Found (docs/surrogate.md): at 1,248 steps, with half the targets from the surrogate, the linear probe is level
 # with exact targets (inside the seeds' spread at every share of the labels) and kNN 0.2 to 1.0 points below; with
-# every target from it, 0.3 to 0.5 linear and 0.7 to 1.2 kNN points below. At 624 steps the gaps were wider.
+# every target from it, 0.3 to 0.5 linear and 0.7 to 1.2 kNN points below. At 624 steps the gaps were wider. The
+# 40,000-image surrogate's targets: linear level, kNN 0.2 to 1.0 below; with its small regions merged, kNN 0.4 to
+# 0.7 below and linear 0.5 to 0.6 below (the fragments do not explain the kNN gap). _half_all is not run yet.
 set -euo pipefail
 SHARED=${SHARED:-../shared/data}
 CACHE=${CACHE:-runs/caches/cifar}
