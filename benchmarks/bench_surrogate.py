@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         surrogate = Surrogate.fresh(args.image_size, device=device)
     result = {
-        "device": str(device), "device_name": device_name(device), "cpu": cpu_name(),
+        "date": time.strftime("%Y-%m-%d"), "device": str(device), "device_name": device_name(device),
+        "cpu": cpu_name(),
         "torch": str(torch.__version__), "threads": torch.get_num_threads(), "image_size": args.image_size,
         "batch_size": args.batch_size, "num_images": n, "surrogate": str(args.surrogate or "fresh default"),
         "arch": surrogate.arch.as_dict(),

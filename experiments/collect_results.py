@@ -788,7 +788,8 @@ def photo_surrogate(args) -> None:
                  ["  of which the network", b["num_images"], round(b["surrogate_network_ms_per_image"], 3), None],
                  ["  of which the regions", b["num_images"], round(b["surrogate_regions_ms_per_image"], 3), None]]
         speed_file = Path(args.out) / f"{args.name}_speed.json"
-        before = _earlier_speed(speed_file, speed, args.date)
+        measured_on = b.get("date", args.date)  # the benchmark's own date where it records one
+        before = _earlier_speed(speed_file, speed, measured_on)
         write(speed_file,
               "Time per image: the exact labeller against the photo surrogate, one CPU thread",
               ["labelling", "images", "ms per image", "x the surrogate's time"], speed,
@@ -807,7 +808,7 @@ def photo_surrogate(args) -> None:
                   f"float32), at {b['network_gflop_per_second']:.0f} GFLOP/s here."]
                  if "network_mflop_per_image" in b else [])
               + before,
-              args.date, args.machine)
+              measured_on, args.machine)
 
 
 _EARLIER = "The same commands on "

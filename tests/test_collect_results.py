@@ -487,12 +487,14 @@ def test_photo_speed_table_from_the_bench_files_alone_leaves_the_masks_table_alo
         collect_results.main(["photo_surrogate", "--runs", str(measure), "--out", str(results), "--machine", "test",
                               "--date", date])
         assert json.loads((results / "photo_surrogate_speed.json").read_text())["notes"] == speed["notes"]
-    # a new measurement on a later day keeps this one's figures and load
+    # a new measurement on a later day keeps this one's figures and load; the file takes the bench's own date
     bench = json.loads((measure / "bench_surrogate.json").read_text())
-    (measure / "bench_surrogate.json").write_text(json.dumps({**bench, "surrogate_ms_per_image": 4.0}))
+    (measure / "bench_surrogate.json").write_text(json.dumps({**bench, "surrogate_ms_per_image": 4.0,
+                                                              "date": "2026-12-09"}))
     collect_results.main(["photo_surrogate", "--runs", str(measure), "--out", str(results), "--machine", "test",
-                          "--date", "2026-12-09"])
-    assert json.loads((results / "photo_surrogate_speed.json").read_text())["notes"][-1] == (
+                          "--date", "2026-12-10"])
+    latest = json.loads((results / "photo_surrogate_speed.json").read_text())
+    assert latest["date"] == "2026-12-09" and latest["notes"][-1] == (
         "The same commands on 2026-12-08 (load average 0.62 to 1.08): the labeller 400 ms on the original photo, the "
         "surrogate 2 ms, 200 times.")
     with pytest.raises(SystemExit, match="no scored surrogate run"):

@@ -617,3 +617,14 @@ def test_speed_benchmark_compares_with_the_labeller_unless_told_not_to(labelled,
     without = json.loads((tmp_path / "without.json").read_text())
     assert without["surrogate_ms_per_image"] > 0
     assert "labeller_images" not in without and "speedup" not in without
+    # the network's FLOPs are those of its architecture (the default U-Net at 32 px), its rate their ratio to its time
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from saliencyssl.surrogate.networks import Architecture, UNetGenerator
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        UNetGenerator(Architecture(32))(torch.zeros(1, 3, 32, 32))
+    assert without["network_mflop_per_image"] == pytest.approx(counter.get_total_flops() / 1e6)
+    assert without["network_gflop_per_second"] == pytest.approx(
+        without["network_mflop_per_image"] / without["surrogate_network_ms_per_image"])
+    assert len(without["load_average_before_after"]) == 2 and len(without["date"]) == 10
