@@ -758,6 +758,8 @@ def photo_surrogate(args) -> None:
         commands[0] = "bash experiments/photo_surrogate_data.sh"
     if any(row[0] == dict(PHOTO_SETS)["weizmann_horses_b"] for row in rows):
         commands[0] = "bash experiments/photo_surrogate_domain.sh"
+        commands.append("saliency-ssl fidelity runs/data/horses_b --cache CACHE --surrogate RUN/surrogate.pt --masks "
+                        "../shared/data/weizmann_horses/masks --json RUN/weizmann_horses_b.json")
         notes[0] = ("Trained at 96 px on one torch thread for the optimiser steps in each row, on the 1,295 photos "
                     "without masks (clothing_parsing/unlabelled and bsds500_test) or on the data a row names; scored "
                     "at 96 px on the centre crop against human masks no surrogate trained on: the 164 even-numbered "

@@ -429,6 +429,7 @@ def test_photo_surrogate_domain_table_scores_every_run_on_the_held_out_horses(tm
         ["surrogate, 0 variants a photo, 1500 steps, trained on photos_horses_a", 164, 0.8],
         ["surrogate, 0 variants a photo, 1500 steps", 164, 0.74]]
     assert written["command"][0] == "bash experiments/photo_surrogate_domain.sh"
+    assert written["command"][-2].startswith("saliency-ssl fidelity runs/data/horses_b ")
     assert "164 even-numbered Weizmann horses" in written["notes"][0]
     assert [note.split(":")[0] for note in written["notes"][1:]] == ["photos_horses_a", "horses_a"]
 
