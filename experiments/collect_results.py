@@ -294,8 +294,10 @@ REGION_COLUMNS = [("regions", "regions"), ("regions_16px", "of 16 px or more"), 
 
 
 def surrogate_regions(args) -> None:
-    """experiments/surrogate_regions.py's JSON (--runs) to results/surrogate_regions_cifar10.json."""
-    path = Path(args.runs or "runs/exp/surrogate_regions.json")
+    """experiments/surrogate_regions.py's JSON (--runs) to results/surrogate_regions_cifar10.json. The surrogates'
+    checkpoints are not committed: the commands name them SURROGATE_1, SURROGATE_2, ... and a note each says which
+    it is by its agreement with the exact test targets."""
+    path = Path(args.runs or "results/raw/surrogate_regions.json")
     if not path.is_file():
         sys.exit(f"error: {path} does not exist; run experiments/surrogate_regions.py first (its docstring has the "
                  f"command)")
@@ -306,10 +308,14 @@ def surrogate_regions(args) -> None:
              f"are counted per image; DetCon-S pools over those that own a cell of its {report['grid']}x"
              f"{report['grid']} feature grid (each cell takes the region covering most of it), and the largest's "
              f"column is the share of the cells it owns. Mask area: the foreground's share of the pixels."]
-    for name, file in report.get("surrogates", {}).items():  # named by its agreement, as the parity notes do
+    commands = [*report.get("made_by", []), report["command"]]
+    for i, (name, file) in enumerate(report.get("surrogates", {}).items(), 1):  # named by agreement, as in parity
+        placeholder = f"SURROGATE_{i}"
+        commands = [command.replace(file, placeholder) for command in commands]
         fidelity = Path(file).parent / "test.json"
-        notes.append(f"Surrogate, {name}: " + (f"agreement with the exact targets of the {_agreement(fidelity)}"
-                                               if fidelity.is_file() else f"{Path(file).parent.name}."))
+        notes.append(f"Surrogate, {name} ({placeholder} in the commands): "
+                     + (f"agreement with the exact targets of the {_agreement(fidelity)}" if fidelity.is_file()
+                        else f"the surrogate.pt of a run folder named {Path(file).parent.name}."))
     for name, folder in report.get("caches", {}).items():
         notes.append(f"{name[0].upper()}{name[1:]}: the targets of the cache {Path(folder).name}, read as they are "
                      f"(experiments/merged_regions_cache.py writes a surrogate's targets with each region under a "
@@ -317,8 +323,7 @@ def surrogate_regions(args) -> None:
     write(Path(args.out) / "surrogate_regions_cifar10.json",
           "The surrogate's regions against the exact labeller's, on the CIFAR-10 pretraining images",
           ["targets"] + [label for _, label in REGION_COLUMNS], rows,
-          [*report.get("made_by", []), report["command"],
-           f"python experiments/collect_results.py surrogate_regions --runs {path}"],
+          commands + [f"python experiments/collect_results.py surrogate_regions --runs {path}"],
           notes, report.get("date", args.date), args.machine)
 
 

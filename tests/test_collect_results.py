@@ -527,16 +527,20 @@ def test_surrogate_regions_counts_what_detcon_pools_over(tmp_path):
     report = tmp_path / "regions.json"
     report.write_text(json.dumps({"date": "2026-12-07", "size": 32, "grid": 8, "command": "python x.py",
                                   "surrogates": {"a": str(tmp_path / "a" / "surrogate.pt")},
-                                  "caches": {"a, merged": str(tmp_path / "merged")}, "made_by": ["python m.py"],
+                                  "caches": {"a, merged": str(tmp_path / "merged")},
+                                  "made_by": [f"python m.py --surrogate {tmp_path / 'a' / 'surrogate.pt'}"],
                                   "rows": {"exact labeller": stats, "surrogate, a": stats, "a, merged": stats}}))
     collect_results.main(["surrogate_regions", "--runs", str(report), "--out", str(tmp_path / "results"),
                           "--machine", "test"])
     written = json.loads((tmp_path / "results" / "surrogate_regions_cifar10.json").read_text())
     assert [row[:3] for row in written["rows"]] == [["exact labeller", 2.0, 1.5], ["surrogate, a", 2.0, 1.5],
                                                     ["a, merged", 2.0, 1.5]]
-    assert written["notes"][0].startswith("The 2 pretraining images at 32 px") and written["notes"][1] == "Surrogate, a: a."
+    assert written["notes"][0].startswith("The 2 pretraining images at 32 px")
+    assert written["notes"][1] == ("Surrogate, a (SURROGATE_1 in the commands): the surrogate.pt of a run folder "
+                                   "named a.")
     assert written["notes"][2].startswith("A, merged: the targets of the cache merged, read as they are")
-    assert written["command"][:2] == ["python m.py", "python x.py"]
+    # the uncommitted checkpoint is named by its placeholder in every command
+    assert written["command"][:2] == ["python m.py --surrogate SURROGATE_1", "python x.py"]
 
 
 def test_parity_merged_arm_is_named_by_the_surrogate_of_the_all_arm(grids, monkeypatch):
