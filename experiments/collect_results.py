@@ -493,8 +493,30 @@ _MERGED_ARM = "merged regions of the 40,000-image surrogate"
 #: {arm: the budget's config key} of the arms fed by a surrogate, in the table's order
 _SURROGATE_ARMS = {"surrogate targets": "surrogate", "half exact, half surrogate": "half", _ALL_ARM: "all",
                    _HALF_ALL_ARM: "half_all", _MERGED_ARM: "merged"}
-#: arms whose config serves a surrogate's targets from a cache: the config key of the arm whose surrogate it is
-_SURROGATE_OF_CONFIG = {"merged": "all"}
+#: What the first parity note says of each arm a budget may add, by its config key.
+_ARM_NOTES = {
+    "all": f"{_ALL_ARM[0].upper()}{_ALL_ARM[1:]}: every target from a surrogate trained by the same command on all "
+           "40,000 CIFAR-10 training images outside the pretraining set.",
+    "half_all": f"{_HALF_ALL_ARM[0].upper()}{_HALF_ALL_ARM[1:]}: the half-labelled cache, the other half's targets "
+                "from that surrogate.",
+    "merged": f"{_MERGED_ARM[0].upper()}{_MERGED_ARM[1:]}: every target from that surrogate, predicted once, with each "
+              "region under 50 pixels merged into the neighbour sharing the longest border (the labeller's smallest "
+              "segment at this size), served from a cache (experiments/merged_regions_cache.py).",
+}
+
+
+def _surrogate_behind(config_path: str) -> Path | None:
+    """The surrogate.pt whose targets a parity config pretrains on: its pretraining's ``surrogate``, or, for a
+    config that reads a surrogate's targets from a cache, the one that cache records having been made with
+    (experiments/merged_regions_cache.py); None when neither says."""
+    from merged_regions_cache import MADE_BY
+    from saliencyssl.app.grid import GridConfig
+
+    config = GridConfig.load(config_path)
+    if "surrogate" in config.pretrain:
+        return Path(config.pretrain["surrogate"])
+    record = Path(config.cache) / MADE_BY
+    return Path(json.loads(record.read_text())["surrogate"]) if record.is_file() else None
 
 
 def _column(fraction: str) -> str:
@@ -575,8 +597,6 @@ def parity(args) -> None:
     """The parity table. With ``--carry``, an arm whose run folders are absent keeps its rows from the result
     file this collection replaces (and a gap row between two such arms is kept as it was), so one arm can be
     measured again or added without the others' runs; the notes name what was kept and when it was collected."""
-    from saliencyssl.app.grid import GridConfig
-
     keep = {("detcon-simclr", "default")}
     budget = PARITY_BUDGETS[args.steps]
     steps = f"{int(args.steps):,} steps"
@@ -622,14 +642,7 @@ def parity(args) -> None:
              "cache holding the exact targets of half the pretraining images (chosen by content hash, "
              "experiments/partial_cache.py), the other half's from a surrogate trained by the same command "
              "(--aug-source cache,surrogate); a note below gives each arm's surrogate."
-             + (f" {_ALL_ARM[0].upper()}{_ALL_ARM[1:]}: every target from a surrogate trained by the same command "
-                "on all 40,000 CIFAR-10 training images outside the pretraining set." if "all" in budget else "")
-             + (f" {_HALF_ALL_ARM[0].upper()}{_HALF_ALL_ARM[1:]}: the half-labelled cache, the other half's targets "
-                "from that surrogate." if "half_all" in budget else "")
-             + (f" {_MERGED_ARM[0].upper()}{_MERGED_ARM[1:]}: every target from that surrogate, predicted once, "
-                "with each region under 50 pixels merged into the neighbour sharing the longest border (the "
-                "labeller's smallest segment at this size), served from a cache (experiments/merged_regions_cache.py)."
-                if "merged" in budget else "")
+             + "".join(f" {text}" for key, text in _ARM_NOTES.items() if key in budget)
              + " A gap row is the difference of the means, ± the larger of the two rows' spreads."]
     missing = [label for label, rows in measured.items() if not rows and label not in carried]
     if missing:
@@ -648,11 +661,11 @@ def parity(args) -> None:
     for label, key in _SURROGATE_ARMS.items():
         if key not in budget:
             continue
-        config = budget[_SURROGATE_OF_CONFIG.get(key, key)]
-        fidelity = Path(GridConfig.load(config).pretrain["surrogate"]).parent / "test.json"
+        surrogate = _surrogate_behind(budget[key])
+        fidelity = surrogate.parent / "test.json" if surrogate else None
         if label in carried and label in recorded:
             agreements[label] = recorded[label]
-        elif label not in carried and measured[label] and fidelity.is_file():
+        elif label not in carried and measured[label] and fidelity and fidelity.is_file():
             agreements[label] = f"agreement with the exact targets of the {_agreement(fidelity)}"
     for text in dict.fromkeys(agreements.values()):  # arms that share a surrogate share a note
         notes.append(f"{_SURROGATE_OF}{' and '.join(a for a, t in agreements.items() if t == text)} rows: {text}")

@@ -48,8 +48,7 @@ def region_stats(targets: TargetBatch, grid: int, chunk: int = 1000) -> dict[str
     """Means over the images of a batch of targets (see the module's docstring); the grid is ``grid x grid``."""
     regions = compact_labels(targets.regions)  # 0..R-1 within each image
     n, _, h, w = regions.shape
-    sizes = [torch.bincount(row) for row in regions.reshape(n, h * w)]  # pixels of each label 0..R-1
-    counts = [c[c > 0] for c in sizes]
+    sizes = [torch.bincount(row) for row in regions.reshape(n, h * w)]  # pixels of each label 0..R-1, none empty
     owning, small, largest = [], [], []
     for start in range(0, n, chunk):  # cell_labels counts (chunk, cells, labels): bounded memory
         part = regions[start:start + chunk]
@@ -61,9 +60,9 @@ def region_stats(targets: TargetBatch, grid: int, chunk: int = 1000) -> dict[str
             largest.append(float(owned.max()) / row.numel())
     area = targets.mask.reshape(n, -1).float().mean(dim=1).numpy()
     return {"images": n,
-            "regions": float(np.mean([len(c) for c in counts])),
-            "regions_16px": float(np.mean([int((c >= 16).sum()) for c in counts])),
-            "regions_64px": float(np.mean([int((c >= 64).sum()) for c in counts])),
+            "regions": float(np.mean([len(c) for c in sizes])),
+            "regions_16px": float(np.mean([int((c >= 16).sum()) for c in sizes])),
+            "regions_64px": float(np.mean([int((c >= 64).sum()) for c in sizes])),
             "regions_owning_a_cell": float(np.mean(owning)),
             "small_regions_owning_a_cell": float(np.mean(small)),
             "largest_region_cells": float(np.mean(largest)),

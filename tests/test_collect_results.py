@@ -20,9 +20,9 @@ pytestmark = pytest.mark.experiment
 FRACTIONS = ("0.1", "1.0")
 
 
-def _config(path, out, seed, cells_, **pretrain):
+def _config(path, out, seed, cells_, cache="cache", **pretrain):
     path.write_text(json.dumps({
-        "name": "test: seeds", "out": str(out), "train": "train", "test": "test", "cache": "cache",
+        "name": "test: seeds", "out": str(out), "train": "train", "test": "test", "cache": str(cache),
         "cells": cells_, "pretrain": {"image_size": 32, "epochs": 1, "batch_size": 8, "device": "cpu",
                                       "aug_source": "cache", **pretrain},
         "pretrain_seeds": [seed], "evaluation": {"fractions": ",".join(FRACTIONS), "protocols": ["linear", "knn"],
@@ -544,14 +544,20 @@ def test_surrogate_regions_counts_what_detcon_pools_over(tmp_path):
 
 
 def test_parity_merged_arm_is_named_by_the_surrogate_of_the_all_arm(grids, monkeypatch):
-    """The merged arm's config serves targets from a cache (no surrogate of its own): its note is the 40,000-image
-    surrogate's, shared with the all arm; an arm not run is named as not measured."""
+    """The merged arm's config serves targets from a cache (no surrogate of its own): its note is that of the
+    surrogate the cache records, the 40,000-image one, shared with the all arm; an arm not run is named as not
+    measured."""
     (grids / "sur_all").mkdir()
     (grids / "sur_all" / "test.json").write_text(json.dumps(
         {"n": 10000, "presence_accuracy": 0.74, "mask_iou_present": 0.43, "boundary_f": 0.67}))
     every = _config(grids / "all.json", grids / "ga", 0, [["detcon-simclr", "default"]],
                     aug_source="surrogate", surrogate=str(grids / "sur_all" / "surrogate.pt"))
-    merged = _config(grids / "merged.json", grids / "gm", 0, [["detcon-simclr", "default"]], aug_source="cache")
+    # its cache records the surrogate that made it, as experiments/merged_regions_cache.py writes it
+    (grids / "merged_cache").mkdir()
+    (grids / "merged_cache" / "merged_regions.json").write_text(json.dumps(
+        {"command": "python m.py", "min_pixels": 50, "surrogate": str(grids / "sur_all" / "surrogate.pt")}))
+    merged = _config(grids / "merged.json", grids / "gm", 0, [["detcon-simclr", "default"]],
+                     cache=grids / "merged_cache", aug_source="cache")
     half_all = _config(grids / "half_all.json", grids / "gha", 0, [["detcon-simclr", "default"]],
                        aug_source="cache,surrogate", surrogate=str(grids / "sur_all" / "surrogate.pt"))
     _results(every, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.48, 0.01), (0.70, 0.0)]))
