@@ -293,6 +293,15 @@ REGION_COLUMNS = [("regions", "regions"), ("regions_16px", "of 16 px or more"), 
                   ("mask_area", "mask area"), ("no_mask", "images without a mask")]
 
 
+#: What each experiment script that writes a cache of altered targets does, by its file name.
+_CACHE_MAKERS = {
+    "merged_regions_cache.py": "experiments/merged_regions_cache.py writes a surrogate's targets with each region "
+                               "under a floor merged into the neighbour sharing the longest border",
+    "coarsened_exact_cache.py": "experiments/coarsened_exact_cache.py writes the exact targets with each two touching "
+                                "regions that overlap the same region of a surrogate most merged",
+}
+
+
 def surrogate_regions(args) -> None:
     """experiments/surrogate_regions.py's JSON (--runs) to results/surrogate_regions_cifar10.json. The surrogates'
     checkpoints are not committed: the commands name them SURROGATE_1, SURROGATE_2, ... and a note each says which
@@ -308,7 +317,8 @@ def surrogate_regions(args) -> None:
              f"are counted per image; DetCon-S pools over those that own a cell of its {report['grid']}x"
              f"{report['grid']} feature grid (each cell takes the region covering most of it), and the largest's "
              f"column is the share of the cells it owns. Mask area: the foreground's share of the pixels."]
-    commands = [*report.get("made_by", []), report["command"]]
+    made_by = report.get("made_by", {})
+    commands = [*made_by.values(), report["command"]]
     for i, (name, file) in enumerate(report.get("surrogates", {}).items(), 1):  # named by agreement, as in parity
         placeholder = f"SURROGATE_{i}"
         commands = [command.replace(file, placeholder) for command in commands]
@@ -317,9 +327,9 @@ def surrogate_regions(args) -> None:
                      + (f"agreement with the exact targets of the {_agreement(fidelity)}" if fidelity.is_file()
                         else f"the surrogate.pt of a run folder named {Path(file).parent.name}."))
     for name, folder in report.get("caches", {}).items():
-        notes.append(f"{name[0].upper()}{name[1:]}: the targets of the cache {Path(folder).name}, read as they are "
-                     f"(experiments/merged_regions_cache.py writes a surrogate's targets with each region under a "
-                     f"floor merged into the neighbour sharing the longest border).")
+        maker = next((text for script, text in _CACHE_MAKERS.items() if script in made_by.get(name, "")), None)
+        notes.append(f"{name[0].upper()}{name[1:]}: the targets of the cache {Path(folder).name}, read as they are"
+                     + (f" ({maker})." if maker else "."))
     write(Path(args.out) / "surrogate_regions_cifar10.json",
           "The surrogate's regions against the exact labeller's, on the CIFAR-10 pretraining images",
           ["targets"] + [label for _, label in REGION_COLUMNS], rows,
@@ -482,7 +492,8 @@ PARITY_BUDGETS = {
              "half": "configs/surrogate_parity_half_cifar10.json", "result": "surrogate_parity_1248.json",
              "all": "configs/surrogate_parity_all_cifar10.json",
              "half_all": "configs/surrogate_parity_half_all_cifar10.json",
-             "merged": "configs/surrogate_parity_merged_cifar10.json"},
+             "merged": "configs/surrogate_parity_merged_cifar10.json",
+             "coarsened": "configs/surrogate_parity_coarsened_cifar10.json"},
 }
 #: The arm of a budget's "all" config: the surrogate trained on every CIFAR-10 image outside the pretraining set;
 #: and of its "half_all" config: that surrogate filling in the half of the targets the cache lacks.
@@ -490,9 +501,11 @@ _ALL_ARM = "targets of the 40,000-image surrogate"
 _HALF_ALL_ARM = "half exact, half from the 40,000-image surrogate"
 #: ... and of its "merged" config: that surrogate's targets with their small regions merged, served from a cache
 _MERGED_ARM = "merged regions of the 40,000-image surrogate"
+#: ... and of its "coarsened" config: the exact targets with only the region boundaries that surrogate also draws
+_COARSENED_ARM = "exact targets coarsened to the 40,000-image surrogate's regions"
 #: {arm: the budget's config key} of the arms fed by a surrogate, in the table's order
 _SURROGATE_ARMS = {"surrogate targets": "surrogate", "half exact, half surrogate": "half", _ALL_ARM: "all",
-                   _HALF_ALL_ARM: "half_all", _MERGED_ARM: "merged"}
+                   _HALF_ALL_ARM: "half_all", _MERGED_ARM: "merged", _COARSENED_ARM: "coarsened"}
 #: What the first parity note says of each arm a budget may add, by its config key.
 _ARM_NOTES = {
     "all": f"{_ALL_ARM[0].upper()}{_ALL_ARM[1:]}: every target from a surrogate trained by the same command on all "
@@ -502,6 +515,10 @@ _ARM_NOTES = {
     "merged": f"{_MERGED_ARM[0].upper()}{_MERGED_ARM[1:]}: every target from that surrogate, predicted once, with each "
               "region under 50 pixels merged into the neighbour sharing the longest border (the labeller's smallest "
               "segment at this size), served from a cache (experiments/merged_regions_cache.py).",
+    "coarsened": f"{_COARSENED_ARM[0].upper()}{_COARSENED_ARM[1:]}: the labeller's targets, each two touching exact "
+                 "regions that overlap the same region of that surrogate most merged, so only the labeller's "
+                 "boundaries the surrogate also draws are left; mask and map the labeller's; served from a cache "
+                 "(experiments/coarsened_exact_cache.py).",
 }
 
 

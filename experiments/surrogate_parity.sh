@@ -8,14 +8,16 @@
 #
 #   bash experiments/surrogate_parity.sh              624 steps of 64 (the _short configs)
 #   STEPS=1248 bash experiments/surrogate_parity.sh   1,248 steps: configs/mask_aware_cifar10_cpu.json's exact
-#                                                     arms, configs/surrogate_parity{,_half,_all,_half_all,_merged}_cifar10.json
+#                                                     arms, configs/surrogate_parity{,_half,_all,_half_all,_merged,
+#                                                     _coarsened}_cifar10.json
 #
 # The surrogate trains for 25 minutes of wall time on one torch thread on 10,000 of the 40,000 CIFAR-10 training
 # images outside the pretraining set (trained once, for both budgets, unless its folder is gone: the result file's
 # notes give the agreement of each arm's surrogate); at 1,248 steps a second surrogate, trained for the same 25
 # minutes on all 40,000 of them, gives three more arms: every target from it (_all), half of them (_half_all), and
 # every target from it with its regions under 50 pixels merged into a neighbour (_merged: the labeller's floor on
-# region size, experiments/merged_regions_cache.py);
+# region size, experiments/merged_regions_cache.py); and one arm on the exact targets with only the region boundaries
+# that surrogate also draws (_coarsened: experiments/coarsened_exact_cache.py);
 # `experiments/collect_results.py parity [--steps 1248]` writes results/surrogate_parity[_1248].json.
 # Found (docs/surrogate.md): at 1,248 steps, with half the targets from the surrogate, the linear probe is level
 # with exact targets (inside the seeds' spread at every share of the labels) and kNN 0.2 to 1.0 points below; with
@@ -34,7 +36,7 @@ case "$STEPS" in
           ONLY=(simclr__default,simclr__default__seed1,detcon-simclr__default,detcon-simclr__default__seed1)
           SURROGATE=configs/surrogate_parity_cifar10.json HALF=configs/surrogate_parity_half_cifar10.json
           ALL=configs/surrogate_parity_all_cifar10.json HALF_ALL=configs/surrogate_parity_half_all_cifar10.json
-          MERGED=configs/surrogate_parity_merged_cifar10.json ;;
+          MERGED=configs/surrogate_parity_merged_cifar10.json COARSENED=configs/surrogate_parity_coarsened_cifar10.json ;;
     *) echo "STEPS=$STEPS: the parity is configured for 624 or 1248 steps" >&2; exit 2 ;;
 esac
 export OMP_NUM_THREADS=1
@@ -71,4 +73,10 @@ if [ -n "${ALL:-}" ]; then  # the surrogate on all 40,000 images outside the pre
             --surrogate runs/exp/parity/surrogate_all/surrogate.pt --out runs/caches/cifar_surrogate_merged
     fi
     saliency-ssl grid "$MERGED" --quiet
+    # the exact targets with only the boundaries that surrogate also draws (touching regions it does not separate merged)
+    if [ ! -d runs/caches/cifar_exact_coarsened ]; then
+        python experiments/coarsened_exact_cache.py "$SHARED/cifar10/train" --cache "$CACHE" \
+            --surrogate runs/exp/parity/surrogate_all/surrogate.pt --out runs/caches/cifar_exact_coarsened
+    fi
+    saliency-ssl grid "$COARSENED" --quiet
 fi

@@ -17,11 +17,12 @@ this measures, on the pretraining images themselves (no view transform), what di
         --surrogate "10,000 images=runs/exp/parity/surrogate/surrogate.pt" \\
         --surrogate "40,000 images=runs/exp/parity/surrogate_all/surrogate.pt" \
         --targets "surrogate, 40,000 images, regions under 50 px merged=runs/caches/cifar_surrogate_merged" \
+        --targets "exact labeller, coarsened to the 40,000-image surrogate's regions=runs/caches/cifar_exact_coarsened" \
         --json results/raw/surrogate_regions.json
     python experiments/collect_results.py surrogate_regions --runs results/raw/surrogate_regions.json
 
-The surrogates are the two experiments/surrogate_parity.sh trains (STEPS=1248), and the merged cache the one it
-makes for its merged arm; the JSON is small and committed, so the table can be collected again without them.
+The surrogates are the two experiments/surrogate_parity.sh trains (STEPS=1248), and the caches the ones it
+makes for its merged and coarsened arms; the JSON is small and committed, so the table can be collected again without them.
 
 Found (results/surrogate_regions_cifar10.json): see docs/surrogate.md, "In pretraining, on CIFAR-10".
 """
@@ -78,14 +79,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="a surrogate to compare, with the name its row takes (repeatable)")
     parser.add_argument("--targets", action="append", default=[], metavar="NAME=CACHE",
                         help="the same images' targets from another cache, e.g. one experiments/"
-                             "merged_regions_cache.py wrote, with the name its row takes (repeatable)")
+                             "merged_regions_cache.py or coarsened_exact_cache.py wrote, with the name its row "
+                             "takes (repeatable)")
     parser.add_argument("--size", type=int, default=32, help="the pretraining image size (default %(default)s)")
     parser.add_argument("--grid", type=int, default=8,
                         help="DetCon-S's feature grid at that size (default %(default)s: 4x4-pixel cells at 32 px)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
     parser.add_argument("--json", type=Path, required=True, metavar="OUT", help="where the figures go")
     args = parser.parse_args(argv)
-    from merged_regions_cache import MADE_BY  # the note a merged cache keeps of the command that made it
+    # the notes the experiments' caches keep of the command that made them
+    from coarsened_exact_cache import MADE_BY as COARSENED_RECORD
+    from merged_regions_cache import MADE_BY as MERGED_RECORD
 
     named, caches = [], []
     for item in args.surrogate:
@@ -113,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {"date": time.strftime("%Y-%m-%d"), "images": str(args.images), "size": args.size, "grid": args.grid,
               "surrogates": {name: str(path) for name, path in named},
               "caches": {name: str(path) for name, path in caches}, "rows": rows,
-              "made_by": [json.loads((path / MADE_BY).read_text())["command"] for _, path in caches
-                          if (path / MADE_BY).is_file()],
+              "made_by": {name: json.loads((path / record).read_text())["command"] for name, path in caches
+                          for record in (MERGED_RECORD, COARSENED_RECORD) if (path / record).is_file()},
               "command": "python experiments/surrogate_regions.py " + " ".join(
                   f'"{a}"' if " " in a else a for a in (argv if argv is not None else sys.argv[1:]))}
     args.json.parent.mkdir(parents=True, exist_ok=True)

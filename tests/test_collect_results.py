@@ -332,7 +332,7 @@ def test_parity_budgets_name_real_configs_of_their_step_count_and_the_script_run
             pretrain = GridConfig.load(path).pretrain
             assert pretrain["epochs"] * (10000 // pretrain["batch_size"]) == int(steps), path
     script = (REPO / "experiments" / "surrogate_parity.sh").read_text()
-    for key in ("all", "half_all", "merged"):  # the arms of the 40,000-image surrogate are run by the script
+    for key in ("all", "half_all", "merged", "coarsened"):  # the arms of the 40,000-image surrogate are run by the script
         assert collect_results.PARITY_BUDGETS["1248"][key] in script
     found = re.findall(r"(\d+)\) EXACT=\(([^)]*)\)\s+ONLY=\(([^)]*)\)", script)
     assert {steps for steps, *_ in found} == set(collect_results.PARITY_BUDGETS)
@@ -527,26 +527,32 @@ def test_surrogate_regions_counts_what_detcon_pools_over(tmp_path):
     report = tmp_path / "regions.json"
     report.write_text(json.dumps({"date": "2026-12-07", "size": 32, "grid": 8, "command": "python x.py",
                                   "surrogates": {"a": str(tmp_path / "a" / "surrogate.pt")},
-                                  "caches": {"a, merged": str(tmp_path / "merged")},
-                                  "made_by": [f"python m.py --surrogate {tmp_path / 'a' / 'surrogate.pt'}"],
-                                  "rows": {"exact labeller": stats, "surrogate, a": stats, "a, merged": stats}}))
+                                  "caches": {"a, merged": str(tmp_path / "merged"), "b": str(tmp_path / "b")},
+                                  "made_by": {"a, merged": "python experiments/merged_regions_cache.py --surrogate "
+                                                           f"{tmp_path / 'a' / 'surrogate.pt'}"},
+                                  "rows": {"exact labeller": stats, "surrogate, a": stats, "a, merged": stats,
+                                           "b": stats}}))
     collect_results.main(["surrogate_regions", "--runs", str(report), "--out", str(tmp_path / "results"),
                           "--machine", "test"])
     written = json.loads((tmp_path / "results" / "surrogate_regions_cifar10.json").read_text())
     assert [row[:3] for row in written["rows"]] == [["exact labeller", 2.0, 1.5], ["surrogate, a", 2.0, 1.5],
-                                                    ["a, merged", 2.0, 1.5]]
+                                                    ["a, merged", 2.0, 1.5], ["b", 2.0, 1.5]]
     assert written["notes"][0].startswith("The 2 pretraining images at 32 px")
     assert written["notes"][1] == ("Surrogate, a (SURROGATE_1 in the commands): the surrogate.pt of a run folder "
                                    "named a.")
-    assert written["notes"][2].startswith("A, merged: the targets of the cache merged, read as they are")
+    assert written["notes"][2].startswith("A, merged: the targets of the cache merged, read as they are "
+                                          "(experiments/merged_regions_cache.py writes a surrogate's targets")
+    assert written["notes"][3] == "B: the targets of the cache b, read as they are."  # made by no known script
     # the uncommitted checkpoint is named by its placeholder in every command
-    assert written["command"][:2] == ["python m.py --surrogate SURROGATE_1", "python x.py"]
+    assert written["command"][:2] == ["python experiments/merged_regions_cache.py --surrogate SURROGATE_1",
+                                      "python x.py"]
 
 
 def test_parity_merged_arm_is_named_by_the_surrogate_of_the_all_arm(grids, monkeypatch):
     """The merged arm's config serves targets from a cache (no surrogate of its own): its note is that of the
     surrogate the cache records, the 40,000-image one, shared with the all arm; an arm not run is named as not
-    measured."""
+    measured. The coarsened arm pretrains on the labeller's targets (its cache's record is of its own kind): it
+    has its gap row and its note, and no surrogate's agreement."""
     (grids / "sur_all").mkdir()
     (grids / "sur_all" / "test.json").write_text(json.dumps(
         {"n": 10000, "presence_accuracy": 0.74, "mask_iou_present": 0.43, "boundary_f": 0.67}))
@@ -562,9 +568,15 @@ def test_parity_merged_arm_is_named_by_the_surrogate_of_the_all_arm(grids, monke
                        aug_source="cache,surrogate", surrogate=str(grids / "sur_all" / "surrogate.pt"))
     _results(every, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.48, 0.01), (0.70, 0.0)]))
     _results(merged, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.49, 0.01), (0.72, 0.0)]))
+    (grids / "coarse_cache").mkdir()
+    (grids / "coarse_cache" / "coarsened_exact.json").write_text(json.dumps(
+        {"command": "python c.py", "surrogate": str(grids / "sur_all" / "surrogate.pt")}))
+    coarsened = _config(grids / "coarsened.json", grids / "gc", 0, [["detcon-simclr", "default"]],
+                        cache=grids / "coarse_cache", aug_source="cache")
+    _results(coarsened, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.47, 0.01), (0.70, 0.0)]))
     monkeypatch.setitem(collect_results.PARITY_BUDGETS, "1248", {
         **collect_results.PARITY_BUDGETS["624"], "all": every, "half_all": half_all, "merged": merged,
-        "result": "p.json"})
+        "coarsened": coarsened, "result": "p.json"})
     collect_results.main(["parity", "--steps", "1248", "--out", str(grids / "results"), "--machine", "test"])
     written = json.loads((grids / "results" / "p.json").read_text())
     rows = _rows(grids / "results" / "p.json")
@@ -574,6 +586,10 @@ def test_parity_merged_arm_is_named_by_the_surrogate_of_the_all_arm(grids, monke
             "mask IoU on present masks 0.430") in " ".join(written["notes"])
     assert "Not measured at this budget: half exact, half from the 40,000-image surrogate." in written["notes"]
     assert "Merged regions of the 40,000-image surrogate: every target from that surrogate" in written["notes"][0]
+    coarse = "exact targets coarsened to the 40,000-image surrogate's regions"
+    assert rows[f"{coarse} minus exact, kNN"][1] == pytest.approx([-0.01, 0.01])
+    assert f"{coarse[0].upper()}{coarse[1:]}: the labeller's targets" in written["notes"][0]
+    assert not any(coarse in note for note in written["notes"][1:])
 
 
 def test_merge_small_regions_joins_each_fragment_to_its_longest_border_neighbour():
@@ -598,3 +614,25 @@ def test_merge_small_regions_joins_each_fragment_to_its_longest_border_neighbour
     # nothing under the floor: the input's own order (0, 3, 5, 9 -> 0..3), not raster order, so DetCon-S's
     # ties between regions fall as on the unmerged map
     assert np.array_equal(merge_small_regions(labels, 1), np.searchsorted([0, 3, 5, 9], labels))
+
+
+def test_coarsen_keeps_only_the_exact_boundaries_the_guide_also_draws():
+    """Exact regions merge when they touch and overlap the same guide region most; regions owned by one guide region
+    but not touching stay apart; a merged region takes its lowest label; a guide as fine as the exact map (itself,
+    or one splitting every region) leaves the exact labels bit for bit."""
+    import numpy as np
+
+    from coarsened_exact_cache import coarsen
+
+    exact = np.repeat(np.array([[9, 9, 3, 3, 5, 5, 0, 0]]), 4, axis=0)
+    assert np.array_equal(coarsen(exact, exact), exact)
+    finer = exact * 10 + (np.arange(4)[:, None] >= 2)  # every region split in two
+    assert np.array_equal(coarsen(exact, finer), exact)
+    assert np.array_equal(coarsen(exact, np.zeros_like(exact)), np.zeros_like(exact))
+    # the guide joins the first two strips (the second mostly: 5 of its 8 pixels) and the last two
+    guide = np.repeat(np.array([[1, 1, 1, 2, 4, 4, 4, 4]]), 4, axis=0)
+    guide[0, 3] = 1
+    assert np.array_equal(coarsen(exact, guide), np.repeat(np.array([[3, 3, 3, 3, 0, 0, 0, 0]]), 4, axis=0))
+    # strips 9 and 5 both lie in guide region 7 but do not touch: the strip between them keeps them apart
+    apart = np.repeat(np.array([[7, 7, 8, 8, 7, 7, 6, 6]]), 4, axis=0)
+    assert np.array_equal(coarsen(exact, apart), exact)
