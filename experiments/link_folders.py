@@ -27,13 +27,13 @@ from saliencyssl.imageio import list_images
 
 
 def parse_part(text: str) -> tuple[int, int]:
-    """``"i/n"`` to ``(i, n)`` with ``0 <= i < n``; ValueError otherwise."""
+    """``"i/n"`` to ``(i, n)`` with ``0 <= i < n`` (argparse's ``type`` of ``--part``)."""
     try:
         index, count = (int(v) for v in text.split("/"))
     except ValueError:
-        raise ValueError(f"--part {text!r}: expected i/n, e.g. 0/2 for the first of two halves") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: expected i/n, e.g. 0/2 for the first of two halves") from None
     if count < 1 or not 0 <= index < count:
-        raise ValueError(f"--part {text!r}: i must be in 0..n-1 and n at least 1, e.g. 0/2 or 1/2")
+        raise argparse.ArgumentTypeError(f"{text!r}: i must be in 0..n-1 and n at least 1, e.g. 0/2 or 1/2")
     return index, count
 
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="the folder to make")
     parser.add_argument("sources", type=Path, nargs="+", help="image folders to link into it")
-    parser.add_argument("--part", default="0/1", metavar="I/N",
+    parser.add_argument("--part", type=parse_part, default=(0, 1), metavar="I/N",
                         help="link every N-th image of each source in sorted order, from the I-th (from 0); "
                              "default 0/1, all of them")
     args = parser.parse_args(argv)
@@ -68,12 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"error: not a folder: {', '.join(map(str, missing))}", file=sys.stderr)
         return 2
-    try:
-        part = parse_part(args.part)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"linked {link_folders(args.out, args.sources, part)} images into {args.out}")
+    print(f"linked {link_folders(args.out, args.sources, args.part)} images into {args.out}")
     return 0
 
 

@@ -448,8 +448,12 @@ def test_link_folders_parts_are_disjoint_halves_in_file_order(tmp_path, capsys):
     b = sorted(p.name for p in (tmp_path / "b" / "horses").iterdir())
     assert a == ["horse001.jpg", "horse003.jpg", "horse005.jpg"] and b == ["horse002.jpg", "horse004.jpg"]
     assert (tmp_path / "a" / "horses" / "horse003.jpg").resolve() == (source / "horse003.jpg").resolve()
-    assert link_folders.main([str(tmp_path / "c"), str(source), "--part", "2/2"]) == 2
-    assert "--part '2/2'" in capsys.readouterr().err
+    for bad in ("2/2", "half"):
+        with pytest.raises(SystemExit) as exit_:
+            link_folders.main([str(tmp_path / "c"), str(source), "--part", bad])
+        assert exit_.value.code == 2 and "invalid parse_part value" not in (err := capsys.readouterr().err)
+        assert f"argument --part: {bad!r}" in err
+    assert not (tmp_path / "c").exists()
 
 
 def test_photo_speed_table_from_the_bench_files_alone_leaves_the_masks_table_alone(tmp_path):
