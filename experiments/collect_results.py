@@ -747,12 +747,26 @@ PHOTO_DATA = {
 }
 
 
+#: The first note of the photo surrogate's table: of photo_surrogate.sh's and photo_surrogate_data.sh's runs, and of
+#: photo_surrogate_domain.sh's, which score on the half of the horses no run trained on.
+_PHOTO_NOTE = ("Trained on 1,295 photos without masks (clothing_parsing/unlabelled and bsds500_test) at 96 px on one "
+               "torch thread, for the optimiser steps in each row (15 minutes of wall time, or a step budget); scored "
+               "at 96 px on the centre crop against the human masks of three sets never trained on. Mask F-measure "
+               "with beta^2 = 0.3, mask IoU, MAE of the saliency map (Cheng's conventions), means over the images.")
+_PHOTO_DOMAIN_NOTE = ("Trained at 96 px on one torch thread for the optimiser steps in each row, on the 1,295 photos "
+                      "without masks (clothing_parsing/unlabelled and bsds500_test) or on the data a row names; "
+                      "scored at 96 px on the centre crop against human masks no surrogate trained on: the 164 "
+                      "even-numbered Weizmann horses (experiments/link_folders.py --part 1/2), the street photos and "
+                      "salbench. Mask F-measure with beta^2 = 0.3, mask IoU, MAE of the saliency map (Cheng's "
+                      "conventions), means over the images.")
+
+
 def photo_surrogate(args) -> None:
     from saliencyssl.surrogate.networks import Architecture
 
     root = Path(args.runs)
     runs = sorted(p for p in root.iterdir() if p.is_dir() and (p / "run.json").is_file())
-    rows, commands = [], ["bash experiments/photo_surrogate.sh"]
+    rows, commands = [], []  # commands: each run's training command
     exact_done = set()
     for run in runs:
         record = json.loads((run / "run.json").read_text())
@@ -778,29 +792,22 @@ def photo_surrogate(args) -> None:
             rows.append([label, f"surrogate, {variants} variants a photo, {steps} steps{trained}", scores["n"],
                          round(s["f"], 4), round(s["iou"], 4), round(s["mae"], 4)])
     rows.sort(key=lambda r: [n for n, _ in PHOTO_SETS].index(next(n for n, l in PHOTO_SETS if l == r[0])))
-    notes = ["Trained on 1,295 photos without masks (clothing_parsing/unlabelled and bsds500_test) at 96 px on one "
-             "torch thread, for the optimiser steps in each row (15 minutes of wall time, or a step budget); scored "
-             "at 96 px on the centre crop against the human masks of three sets never trained on. Mask F-measure "
-             "with beta^2 = 0.3, mask IoU, MAE of the saliency map (Cheng's conventions), means over the images."]
-    commands.append("saliency-ssl fidelity ../shared/data/SET/images --cache CACHE --surrogate RUN/surrogate.pt "
-                    "--masks ../shared/data/SET/masks --json RUN/SET.json")
+    # which experiment made the runs: the domain one scores the held-out horses, the data one trains on CIFAR photos
+    domain = any(row[0] == dict(PHOTO_SETS)["weizmann_horses_b"] for row in rows)
+    script = ("photo_surrogate_domain.sh" if domain else "photo_surrogate_data.sh"
+              if any(", trained on photos_cifar5k" in row[1] for row in rows) else "photo_surrogate.sh")
+    commands = [f"bash experiments/{script}", *commands,
+                "saliency-ssl fidelity ../shared/data/SET/images --cache CACHE --surrogate RUN/surrogate.pt "
+                "--masks ../shared/data/SET/masks --json RUN/SET.json"]
+    if domain:
+        commands.append("saliency-ssl fidelity runs/data/horses_b --cache CACHE --surrogate RUN/surrogate.pt --masks "
+                        "../shared/data/weizmann_horses/masks --json RUN/weizmann_horses_b.json")
+    notes = [_PHOTO_DOMAIN_NOTE if domain else _PHOTO_NOTE]
     name_option = "" if args.name == "photo_surrogate" else f" --name {args.name}"
     collect = f"python experiments/collect_results.py photo_surrogate --runs {args.runs}{name_option}"
     for data, text in PHOTO_DATA.items():
         if any(f", trained on {data}" in row[1] for row in rows):
             notes.append(f"{data}: {text}")
-    if any(", trained on photos_cifar5k" in row[1] for row in rows):
-        commands[0] = "bash experiments/photo_surrogate_data.sh"
-    if any(row[0] == dict(PHOTO_SETS)["weizmann_horses_b"] for row in rows):
-        commands[0] = "bash experiments/photo_surrogate_domain.sh"
-        commands.append("saliency-ssl fidelity runs/data/horses_b --cache CACHE --surrogate RUN/surrogate.pt --masks "
-                        "../shared/data/weizmann_horses/masks --json RUN/weizmann_horses_b.json")
-        notes[0] = ("Trained at 96 px on one torch thread for the optimiser steps in each row, on the 1,295 photos "
-                    "without masks (clothing_parsing/unlabelled and bsds500_test) or on the data a row names; scored "
-                    "at 96 px on the centre crop against human masks no surrogate trained on: the 164 even-numbered "
-                    "Weizmann horses (experiments/link_folders.py --part 1/2), the street photos and salbench. Mask "
-                    "F-measure with beta^2 = 0.3, mask IoU, MAE of the saliency map (Cheng's conventions), means over "
-                    "the images.")
     for ngf in sorted({int(m[1]) for row in rows if (m := re.search(r", ngf (\d+)", row[1]))}):
         notes.append(f"ngf {ngf}: the U-Net at {ngf / Architecture.ngf:g} times the default width (--ngf {ngf}; "
                      f"about {(ngf / Architecture.ngf) ** 2:g} times the multiply-adds), the same steps and data.")
