@@ -501,11 +501,14 @@ _ALL_ARM = "targets of the 40,000-image surrogate"
 _HALF_ALL_ARM = "half exact, half from the 40,000-image surrogate"
 #: ... and of its "merged" config: that surrogate's targets with their small regions merged, served from a cache
 _MERGED_ARM = "merged regions of the 40,000-image surrogate"
-#: ... and of its "coarsened" config: the exact targets with only the region boundaries that surrogate also draws
+#: ... and of its "coarsened" config: the exact targets with touching regions that surrogate does not separate merged
 _COARSENED_ARM = "exact targets coarsened to the 40,000-image surrogate's regions"
-#: {arm: the budget's config key} of the arms fed by a surrogate, in the table's order
+#: {arm: the budget's config key} of the arms compared with the exact targets, in the table's order: those fed by a
+#: surrogate, and the coarsened arm, whose regions are the labeller's cut along a surrogate's
 _SURROGATE_ARMS = {"surrogate targets": "surrogate", "half exact, half surrogate": "half", _ALL_ARM: "all",
                    _HALF_ALL_ARM: "half_all", _MERGED_ARM: "merged", _COARSENED_ARM: "coarsened"}
+#: Arms that also get a gap row against another arm, the one they alter: both act on the all arm's surrogate
+_ALTERED_ARMS = {_MERGED_ARM: _ALL_ARM, _COARSENED_ARM: _ALL_ARM}
 #: What the first parity note says of each arm a budget may add, by its config key.
 _ARM_NOTES = {
     "all": f"{_ALL_ARM[0].upper()}{_ALL_ARM[1:]}: every target from a surrogate trained by the same command on all "
@@ -515,9 +518,10 @@ _ARM_NOTES = {
     "merged": f"{_MERGED_ARM[0].upper()}{_MERGED_ARM[1:]}: every target from that surrogate, predicted once, with each "
               "region under 50 pixels merged into the neighbour sharing the longest border (the labeller's smallest "
               "segment at this size), served from a cache (experiments/merged_regions_cache.py).",
-    "coarsened": f"{_COARSENED_ARM[0].upper()}{_COARSENED_ARM[1:]}: the labeller's targets, each two touching exact "
-                 "regions that overlap the same region of that surrogate most merged, so only the labeller's "
-                 "boundaries the surrogate also draws are left; mask and map the labeller's; served from a cache "
+    "coarsened": f"{_COARSENED_ARM[0].upper()}{_COARSENED_ARM[1:]}: the labeller's targets with each two touching "
+                 "exact regions whose larger parts lie in the same region of that surrogate merged, so only "
+                 "boundaries of the labeller's that the surrogate's partition keeps are left (a partition coarser "
+                 "than the surrogate's own); mask and map the labeller's; served from a cache "
                  "(experiments/coarsened_exact_cache.py).",
 }
 
@@ -642,6 +646,8 @@ def parity(args) -> None:
                              + [_pair(*cells[c]) if c in cells else None for c in columns])
         plain = _measured_cells(cache, "simclr", "default", protocol)[0]
         gaps = [(label, "exact targets", arms["exact targets"][0]) for label in measured if label != "exact targets"]
+        gaps += [(label, other, arms[other][0]) for label, other in _ALTERED_ARMS.items()
+                 if label in arms and other in arms]
         gaps.append(("surrogate targets", "SimCLR default (no targets)", plain))
         for label, reference, base in gaps:
             row_name = f"{label} minus {'exact' if reference == 'exact targets' else reference}, {name}"

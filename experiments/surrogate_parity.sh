@@ -68,13 +68,13 @@ if [ -n "${ALL:-}" ]; then  # the surrogate on all 40,000 images outside the pre
     saliency-ssl grid "$ALL" --quiet
     saliency-ssl grid "$HALF_ALL" --quiet
     # its targets with the labeller's floor on region size (regions under 50 pixels merged), from a cache
-    if [ ! -d runs/caches/cifar_surrogate_merged ]; then
+    if [ ! -f runs/caches/cifar_surrogate_merged/merged_regions.json ]; then  # the record is written last
         python experiments/merged_regions_cache.py "$SHARED/cifar10/train" --cache "$CACHE" \
             --surrogate runs/exp/parity/surrogate_all/surrogate.pt --out runs/caches/cifar_surrogate_merged
     fi
     saliency-ssl grid "$MERGED" --quiet
     # the exact targets with only the boundaries that surrogate also draws (touching regions it does not separate merged)
-    if [ ! -d runs/caches/cifar_exact_coarsened ]; then
+    if [ ! -f runs/caches/cifar_exact_coarsened/coarsened_exact.json ]; then  # the record is written last
         python experiments/coarsened_exact_cache.py "$SHARED/cifar10/train" --cache "$CACHE" \
             --surrogate runs/exp/parity/surrogate_all/surrogate.pt --out runs/caches/cifar_exact_coarsened
     fi

@@ -556,7 +556,8 @@ def test_parity_merged_arm_is_named_by_the_surrogate_of_the_all_arm(grids, monke
     """The merged arm's config serves targets from a cache (no surrogate of its own): its note is that of the
     surrogate the cache records, the 40,000-image one, shared with the all arm; an arm not run is named as not
     measured. The coarsened arm pretrains on the labeller's targets (its cache's record is of its own kind): it
-    has its gap row and its note, and no surrogate's agreement."""
+    has its gap rows (against exact targets and against the all arm, as the merged arm has) and its note, and no
+    surrogate's agreement."""
     (grids / "sur_all").mkdir()
     (grids / "sur_all" / "test.json").write_text(json.dumps(
         {"n": 10000, "presence_accuracy": 0.74, "mask_iou_present": 0.43, "boundary_f": 0.67}))
@@ -594,6 +595,12 @@ def test_parity_merged_arm_is_named_by_the_surrogate_of_the_all_arm(grids, monke
     assert rows[f"{coarse} minus exact, kNN"][1] == pytest.approx([-0.01, 0.01])
     assert f"{coarse[0].upper()}{coarse[1:]}: the labeller's targets" in written["notes"][0]
     assert not any(coarse in note for note in written["notes"][1:])
+    # the two arms that alter the all arm's targets are compared with it too
+    all_arm = "targets of the 40,000-image surrogate"
+    assert rows[f"{coarse} minus {all_arm}, kNN"][:2] == [pytest.approx([-0.01, 0.01]), [0.0, 0.0]]
+    assert rows[f"merged regions of the 40,000-image surrogate minus {all_arm}, linear"][0] == pytest.approx(
+        [0.01, 0.01])
+    assert not any(name.startswith(f"{all_arm} minus {all_arm}") for name in rows)
 
 
 def test_merge_small_regions_joins_each_fragment_to_its_longest_border_neighbour():
@@ -621,9 +628,10 @@ def test_merge_small_regions_joins_each_fragment_to_its_longest_border_neighbour
 
 
 def test_coarsen_keeps_only_the_exact_boundaries_the_guide_also_draws():
-    """Exact regions merge when they touch and overlap the same guide region most; regions owned by one guide region
-    but not touching stay apart; a merged region takes its lowest label; a guide as fine as the exact map (itself,
-    or one splitting every region) leaves the exact labels bit for bit."""
+    """Exact regions merge when they touch and overlap the same guide region most (not: where their first pixel
+    lies, nor wherever the guide leaves part of their border uncut); regions owned by one guide region but not
+    touching stay apart; a merged region takes its lowest label; an even overlap goes to the lower guide label; a
+    guide as fine as the exact map (itself, or one splitting every region) leaves the exact labels bit for bit."""
     import numpy as np
 
     from coarsened_exact_cache import coarsen
@@ -633,10 +641,16 @@ def test_coarsen_keeps_only_the_exact_boundaries_the_guide_also_draws():
     finer = exact * 10 + (np.arange(4)[:, None] >= 2)  # every region split in two
     assert np.array_equal(coarsen(exact, finer), exact)
     assert np.array_equal(coarsen(exact, np.zeros_like(exact)), np.zeros_like(exact))
-    # the guide joins the first two strips (the second mostly: 5 of its 8 pixels) and the last two
+    # the guide joins the first two strips (the second mostly: 5 of its 8 pixels, though its first pixel is in
+    # guide region 2 and the guide cuts one pixel of their shared border) and the last two
     guide = np.repeat(np.array([[1, 1, 1, 2, 4, 4, 4, 4]]), 4, axis=0)
-    guide[0, 3] = 1
-    assert np.array_equal(coarsen(exact, guide), np.repeat(np.array([[3, 3, 3, 3, 0, 0, 0, 0]]), 4, axis=0))
+    guide[0, 2], guide[0, 3], guide[1, 3] = 2, 1, 1
+    joined = np.repeat(np.array([[3, 3, 3, 3, 0, 0, 0, 0]]), 4, axis=0)
+    assert np.array_equal(coarsen(exact, guide), joined)
+    # strip 3 lies half in guide region 1, half in 4: it goes with the lower, 1, and so with strip 9
+    assert np.array_equal(coarsen(exact, np.repeat(np.array([[1, 1, 1, 4, 4, 4, 4, 4]]), 4, axis=0)), joined)
+    assert np.array_equal(coarsen(exact, np.repeat(np.array([[4, 4, 4, 1, 1, 1, 1, 1]]), 4, axis=0)),
+                          np.repeat(np.array([[9, 9, 0, 0, 0, 0, 0, 0]]), 4, axis=0))
     # strips 9 and 5 both lie in guide region 7 but do not touch: the strip between them keeps them apart
     apart = np.repeat(np.array([[7, 7, 8, 8, 7, 7, 6, 6]]), 4, axis=0)
     assert np.array_equal(coarsen(exact, apart), exact)
