@@ -493,7 +493,8 @@ PARITY_BUDGETS = {
              "all": "configs/surrogate_parity_all_cifar10.json",
              "half_all": "configs/surrogate_parity_half_all_cifar10.json",
              "merged": "configs/surrogate_parity_merged_cifar10.json",
-             "coarsened": "configs/surrogate_parity_coarsened_cifar10.json"},
+             "coarsened": "configs/surrogate_parity_coarsened_cifar10.json",
+             "exact_seed2": "configs/surrogate_parity_exact_seed2_cifar10.json"},
 }
 #: The arm of a budget's "all" config: the surrogate trained on every CIFAR-10 image outside the pretraining set;
 #: and of its "half_all" config: that surrogate filling in the half of the targets the cache lacks.
@@ -503,10 +504,14 @@ _HALF_ALL_ARM = "half exact, half from the 40,000-image surrogate"
 _MERGED_ARM = "merged regions of the 40,000-image surrogate"
 #: ... and of its "coarsened" config: the exact targets with touching regions that surrogate does not separate merged
 _COARSENED_ARM = "exact targets coarsened to the 40,000-image surrogate's regions"
+#: ... and of its "exact_seed2" config: the exact targets again, from a third pretraining seed
+_THIRD_SEED_ARM = "exact targets, a third pretraining seed"
 #: {arm: the budget's config key} of the arms compared with the exact targets, in the table's order: those fed by a
-#: surrogate, and the coarsened arm, whose regions are the labeller's cut along a surrogate's
+#: surrogate, the coarsened arm, whose regions are the labeller's cut along a surrogate's, and a third seed of the
+#: exact targets themselves, which says how far the two seeds every arm is compared with sit from a third
 _SURROGATE_ARMS = {"surrogate targets": "surrogate", "half exact, half surrogate": "half", _ALL_ARM: "all",
-                   _HALF_ALL_ARM: "half_all", _MERGED_ARM: "merged", _COARSENED_ARM: "coarsened"}
+                   _HALF_ALL_ARM: "half_all", _MERGED_ARM: "merged", _COARSENED_ARM: "coarsened",
+                   _THIRD_SEED_ARM: "exact_seed2"}
 #: Arms that also get a gap row against another arm, the one they alter: both act on the all arm's surrogate
 _ALTERED_ARMS = {_MERGED_ARM: _ALL_ARM, _COARSENED_ARM: _ALL_ARM}
 #: What the first parity note says of each arm a budget may add, by its config key.
@@ -523,6 +528,9 @@ _ARM_NOTES = {
                  "boundaries of the labeller's that the surrogate's partition keeps are left (a partition coarser "
                  "than the surrogate's own); mask and map the labeller's; served from a cache "
                  "(experiments/coarsened_exact_cache.py).",
+    "exact_seed2": f"{_THIRD_SEED_ARM[0].upper()}{_THIRD_SEED_ARM[1:]}: the exact targets' DetCon-S with pretraining "
+                   "seed 2, kept apart from seeds 0 and 1 so that its gap row shows how far one more seed of the "
+                   "reference itself falls from them.",
 }
 
 

@@ -9,7 +9,7 @@
 #   bash experiments/surrogate_parity.sh              624 steps of 64 (the _short configs)
 #   STEPS=1248 bash experiments/surrogate_parity.sh   1,248 steps: configs/mask_aware_cifar10_cpu.json's exact
 #                                                     arms, configs/surrogate_parity{,_half,_all,_half_all,_merged,
-#                                                     _coarsened}_cifar10.json
+#                                                     _coarsened,_exact_seed2}_cifar10.json
 #
 # The surrogate trains for 25 minutes of wall time on one torch thread on 10,000 of the 40,000 CIFAR-10 training
 # images outside the pretraining set (trained once, for both budgets, unless its folder is gone: the result file's
@@ -17,7 +17,8 @@
 # minutes on all 40,000 of them, gives three more arms: every target from it (_all), half of them (_half_all), and
 # every target from it with its regions under 50 pixels merged into a neighbour (_merged: the labeller's floor on
 # region size, experiments/merged_regions_cache.py); and one arm on the exact targets with only the region boundaries
-# that surrogate also draws (_coarsened: experiments/coarsened_exact_cache.py);
+# that surrogate also draws (_coarsened: experiments/coarsened_exact_cache.py); and a third pretraining seed of the
+# exact targets (_exact_seed2), kept apart, to see how far the two seeds every arm is compared with sit from a third;
 # `experiments/collect_results.py parity [--steps 1248]` writes results/surrogate_parity[_1248].json.
 # Found (docs/surrogate.md): at 1,248 steps, with half the targets from the surrogate, the linear probe is level
 # with exact targets (inside the seeds' spread at every share of the labels) and kNN 0.2 to 1.0 points below; with
@@ -37,7 +38,8 @@ case "$STEPS" in
           ONLY=(simclr__default,simclr__default__seed1,detcon-simclr__default,detcon-simclr__default__seed1)
           SURROGATE=configs/surrogate_parity_cifar10.json HALF=configs/surrogate_parity_half_cifar10.json
           ALL=configs/surrogate_parity_all_cifar10.json HALF_ALL=configs/surrogate_parity_half_all_cifar10.json
-          MERGED=configs/surrogate_parity_merged_cifar10.json COARSENED=configs/surrogate_parity_coarsened_cifar10.json ;;
+          MERGED=configs/surrogate_parity_merged_cifar10.json COARSENED=configs/surrogate_parity_coarsened_cifar10.json
+          SEED2=configs/surrogate_parity_exact_seed2_cifar10.json ;;
     *) echo "STEPS=$STEPS: the parity is configured for 624 or 1248 steps" >&2; exit 2 ;;
 esac
 export OMP_NUM_THREADS=1
@@ -80,4 +82,5 @@ if [ -n "${ALL:-}" ]; then  # the surrogate on all 40,000 images outside the pre
             --surrogate runs/exp/parity/surrogate_all/surrogate.pt --out runs/caches/cifar_exact_coarsened
     fi
     saliency-ssl grid "$COARSENED" --quiet
+    saliency-ssl grid "$SEED2" --quiet  # the exact targets, a third pretraining seed
 fi

@@ -332,7 +332,7 @@ def test_parity_budgets_name_real_configs_of_their_step_count_and_the_script_run
             pretrain = GridConfig.load(path).pretrain
             assert pretrain["epochs"] * (10000 // pretrain["batch_size"]) == int(steps), path
     script = (REPO / "experiments" / "surrogate_parity.sh").read_text()
-    for key in ("all", "half_all", "merged", "coarsened"):  # the arms of the 40,000-image surrogate are run by the script
+    for key in ("all", "half_all", "merged", "coarsened", "exact_seed2"):  # the arms of the 40,000-image surrogate are run by the script
         assert collect_results.PARITY_BUDGETS["1248"][key] in script
     found = re.findall(r"(\d+)\) EXACT=\(([^)]*)\)\s+ONLY=\(([^)]*)\)", script)
     assert {steps for steps, *_ in found} == set(collect_results.PARITY_BUDGETS)
@@ -579,9 +579,11 @@ def test_parity_merged_arm_is_named_by_the_surrogate_of_the_all_arm(grids, monke
     coarsened = _config(grids / "coarsened.json", grids / "gc", 0, [["detcon-simclr", "default"]],
                         cache=grids / "coarse_cache", aug_source="cache")
     _results(coarsened, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.47, 0.01), (0.70, 0.0)]))
+    seed2 = _config(grids / "seed2.json", grids / "gs2", 2, [["detcon-simclr", "default"]])
+    _results(seed2, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.46, 0.01), (0.70, 0.0)]))
     monkeypatch.setitem(collect_results.PARITY_BUDGETS, "1248", {
         **collect_results.PARITY_BUDGETS["624"], "all": every, "half_all": half_all, "merged": merged,
-        "coarsened": coarsened, "result": "p.json"})
+        "coarsened": coarsened, "exact_seed2": seed2, "result": "p.json"})
     collect_results.main(["parity", "--steps", "1248", "--out", str(grids / "results"), "--machine", "test"])
     written = json.loads((grids / "results" / "p.json").read_text())
     rows = _rows(grids / "results" / "p.json")
@@ -601,6 +603,10 @@ def test_parity_merged_arm_is_named_by_the_surrogate_of_the_all_arm(grids, monke
     assert rows[f"merged regions of the 40,000-image surrogate minus {all_arm}, linear"][0] == pytest.approx(
         [0.01, 0.01])
     assert not any(name.startswith(f"{all_arm} minus {all_arm}") for name in rows)
+    # a third seed of the exact targets, kept apart from the two every arm is compared with, and compared with them
+    assert rows["exact targets, a third pretraining seed (1 seed), kNN"][0] == [0.46, 0.01]
+    assert rows["exact targets (2 seeds), kNN"][0] == [0.5, 0.0224]  # RMS of the seeds' label spreads 0.01, 0.03
+    assert rows["exact targets, a third pretraining seed minus exact, kNN"][0] == pytest.approx([-0.04, 0.0224])
 
 
 def test_merge_small_regions_joins_each_fragment_to_its_longest_border_neighbour():
