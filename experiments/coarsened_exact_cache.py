@@ -16,6 +16,10 @@ effect. If pretraining on these targets loses no more kNN points than the surrog
 boundaries can explain the gap; if it is level with exact targets, the gap lies in where the surrogate draws its
 boundaries and what it adds.
 
+Found (results/surrogate_parity_1248.json, docs/surrogate.md): kNN 0.4 to 1.0 points below exact targets and
+level with the surrogate's own targets (-0.2 to +0.3, inside the spread): the missed boundaries account for the gap.
+Linear 0.4 to 1.2 below exact targets, 0.6 to 1.2 below the surrogate's: the extra coarsening costs linear points.
+
 Labels: a merged region takes the lowest exact label among its members, so an image where nothing merges keeps its
 exact labels bit for bit (and DetCon-S's ties between regions, a grid cell split evenly going to the lower label,
 fall as on the exact map). Overlap ties go to the lower surrogate label. The surrogate predicts in batches of 64, as

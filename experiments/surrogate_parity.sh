@@ -25,7 +25,9 @@
 # every target from it, 0.3 to 0.5 linear and 0.7 to 1.2 kNN points below. At 624 steps the gaps were wider. The
 # 40,000-image surrogate's targets: linear level, kNN 0.2 to 1.0 below; with its small regions merged, kNN 0.4 to
 # 0.7 below and linear 0.5 to 0.6 below (the fragments do not explain the kNN gap); half of its targets with half
-# exact (_half_all): linear level, kNN 0.5 to 0.8 below.
+# exact (_half_all): linear level, kNN 0.5 to 0.8 below. The exact targets cut to that surrogate's regions
+# (_coarsened) lose the same kNN points (0.4 to 1.0 below exact, level with the surrogate's targets): the gap is the
+# boundaries the surrogate misses; a third exact seed (_exact_seed2) stays with the first two.
 set -euo pipefail
 SHARED=${SHARED:-../shared/data}
 CACHE=${CACHE:-runs/caches/cifar}
