@@ -31,21 +31,13 @@ the router hands it a pretraining batch's images.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from pathlib import Path
 
 import numpy as np
-import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from saliencyssl.cache import TargetCache
-from saliencyssl.saliency import LabellerConfig
-from saliencyssl.surrogate.evaluation import predict_all
-from saliencyssl.surrogate.model import Surrogate
-from saliencyssl.surrogate.pairs import load_pairs
 from saliencyssl.target import Target, TargetBatch
 
 #: The file beside the cache that says how it was made. Not merged_regions_cache.MADE_BY: these are the labeller's
@@ -76,24 +68,12 @@ def coarsen(exact: np.ndarray, guide: np.ndarray) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     import surrogate_regions
+    from merged_regions_cache import predict_pretraining, surrogate_cache_parser, write_cache
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("images", type=Path, help="the pretraining images")
-    parser.add_argument("--cache", type=Path, required=True, help="the cache of their exact targets")
-    parser.add_argument("--surrogate", type=Path, required=True, help="the surrogate.pt whose regions guide the merge")
-    parser.add_argument("--out", type=Path, required=True, help="the new cache (must not hold this labeller yet)")
-    parser.add_argument("--size", type=int, default=32, help="the pretraining image size (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
+    parser = surrogate_cache_parser(__doc__, "the surrogate.pt whose regions guide the merge")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    config = LabellerConfig()
-    if TargetCache.exists(args.out):
-        parser.error(f"{args.out} holds a cache already; remove it or choose another --out")
-    fingerprint = config.fingerprint()
-    pairs = load_pairs(args.images, args.cache, args.size, fingerprint=fingerprint, progress=False)
-    surrogate = Surrogate.load(args.surrogate, expect_image_size=args.size, expect_fingerprint=fingerprint)
-    predicted = predict_all(surrogate, pairs.images, batch_size=64)
-    source = TargetCache(args.cache, fingerprint)
+    config, pairs, predicted = predict_pretraining(parser, args)
+    source = TargetCache(args.cache, config.fingerprint())
     exact: list[Target] = []
     try:
         for h in pairs.hashes:
@@ -111,11 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         stats = surrogate_regions.region_stats(batch, 8)
         print(f"{name:18s} " + " ".join(f"{k} {v:.3f}" for k, v in stats.items() if k != "images"))
     changed = sum(not np.array_equal(c.regions, t.regions) for c, t in zip(coarsened, exact))
-    cache = TargetCache(args.out, fingerprint, params=config.params())
-    written = cache.put_many(zip(pairs.hashes, coarsened))
-    (args.out / MADE_BY).write_text(json.dumps({"command": "python experiments/coarsened_exact_cache.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]), "surrogate": str(args.surrogate), "images": len(coarsened),
-        "changed": changed}, indent=1) + "\n")
+    written = write_cache(args, config, zip(pairs.hashes, coarsened), MADE_BY, "coarsened_exact_cache.py", argv,
+                          surrogate=str(args.surrogate), images=len(coarsened), changed=changed)
     print(f"wrote {written} targets into {args.out}; {changed} of {len(coarsened)} images lost a boundary")
     return 0
 

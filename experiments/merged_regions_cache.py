@@ -77,39 +77,64 @@ def merged(targets: TargetBatch, min_pixels: int) -> TargetBatch:
     return TargetBatch(targets.saliency.cpu(), targets.mask.cpu(), regions.long())
 
 
-def main(argv: list[str] | None = None) -> int:
-    import surrogate_regions
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def surrogate_cache_parser(doc: str, surrogate_help: str) -> argparse.ArgumentParser:
+    """The options of a script that writes a cache of altered targets from a surrogate's predictions on the
+    pretraining images (this one and coarsened_exact_cache.py)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", type=Path, help="the pretraining images")
-    parser.add_argument("--cache", type=Path, required=True, help="the cache of their exact targets (for the pairs)")
-    parser.add_argument("--surrogate", type=Path, required=True, help="the surrogate.pt that predicts the targets")
+    parser.add_argument("--cache", type=Path, required=True, help="the cache of their exact targets")
+    parser.add_argument("--surrogate", type=Path, required=True, help=surrogate_help)
     parser.add_argument("--out", type=Path, required=True, help="the new cache (must not hold this labeller yet)")
     parser.add_argument("--size", type=int, default=32, help="the pretraining image size (default %(default)s)")
-    parser.add_argument("--min-pixels", type=int, default=50,
-                        help="the smallest region kept (default %(default)s: the labeller's 200-pixel segments at "
-                             "64 px, brought to 32 px)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def predict_pretraining(parser: argparse.ArgumentParser, args) -> tuple[LabellerConfig, "object", TargetBatch]:
+    """The default labeller, the pretraining images' pairs under its fingerprint (the labeller whose targets
+    pretraining reads, and the surrogate imitates) and the surrogate's targets for them, predicted in batches of 64 as
+    the router hands it a pretraining batch; refuses an ``--out`` that holds a cache already."""
     torch.set_num_threads(args.threads)
     config = LabellerConfig()
     if TargetCache.exists(args.out):
         parser.error(f"{args.out} holds a cache already; remove it or choose another --out")
-    fingerprint = config.fingerprint()  # the labeller whose targets pretraining reads, and the surrogate imitates
+    fingerprint = config.fingerprint()
     pairs = load_pairs(args.images, args.cache, args.size, fingerprint=fingerprint, progress=False)
     surrogate = Surrogate.load(args.surrogate, expect_image_size=args.size, expect_fingerprint=fingerprint)
-    predicted = predict_all(surrogate, pairs.images, batch_size=64)
+    return config, pairs, predict_all(surrogate, pairs.images, batch_size=64)
+
+
+def write_cache(args, config: LabellerConfig, items, record_file: str, script: str, argv: list[str] | None,
+                **record) -> int:
+    """Write ``(hash, Target)`` items into a new cache at ``args.out`` under the labeller's fingerprint, then the record
+    beside it (written last: its presence says the cache is whole) of the command that made it and ``record``;
+    returns how many targets were written."""
+    cache = TargetCache(args.out, config.fingerprint(), params=config.params())
+    written = cache.put_many(items)
+    command = f"python experiments/{script} " + " ".join(argv if argv is not None else sys.argv[1:])
+    (args.out / record_file).write_text(json.dumps({"command": command, **record}, indent=1) + "\n")
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    import surrogate_regions
+
+    parser = surrogate_cache_parser(__doc__, "the surrogate.pt that predicts the targets")
+    parser.add_argument("--min-pixels", type=int, default=50,
+                        help="the smallest region kept (default %(default)s: the labeller's 200-pixel segments at "
+                             "64 px, brought to 32 px)")
+    args = parser.parse_args(argv)
+    config, pairs, predicted = predict_pretraining(parser, args)
     result = merged(predicted, args.min_pixels)
     for name, batch in (("surrogate", predicted), (f"merged under {args.min_pixels} px", result)):
         stats = surrogate_regions.region_stats(batch, 8)
         print(f"{name:24s} " + " ".join(f"{k} {v:.3f}" for k, v in stats.items() if k != "images"))
-    cache = TargetCache(args.out, fingerprint, params=config.params())
     saliency = (result.saliency[:, 0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
     mask, regions = result.mask[:, 0].numpy(), result.regions[:, 0].numpy()
-    written = cache.put_many((h, Target.from_maps(saliency[i], mask[i], regions[i])) for i, h in enumerate(pairs.hashes))
-    (args.out / MADE_BY).write_text(json.dumps({"command": "python experiments/merged_regions_cache.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]), "min_pixels": args.min_pixels, "surrogate": str(args.surrogate)},
-        indent=1) + "\n")
+    written = write_cache(args, config, ((h, Target.from_maps(saliency[i], mask[i], regions[i]))
+                                         for i, h in enumerate(pairs.hashes)),
+                          MADE_BY, "merged_regions_cache.py", argv, min_pixels=args.min_pixels,
+                          surrogate=str(args.surrogate))
     print(f"wrote {written} targets into {args.out}")
     return 0
 
