@@ -36,7 +36,7 @@ from saliencyssl.cache import TargetCache
 from saliencyssl.saliency import LabellerConfig
 from saliencyssl.surrogate.evaluation import predict_all
 from saliencyssl.surrogate.model import Surrogate
-from saliencyssl.surrogate.pairs import load_pairs
+from saliencyssl.surrogate.pairs import PairSet, load_pairs
 from saliencyssl.target import Target, TargetBatch
 
 
@@ -87,13 +87,18 @@ def surrogate_cache_parser(doc: str, surrogate_help: str) -> argparse.ArgumentPa
     parser.add_argument("--out", type=Path, required=True, help="the new cache (must not hold this labeller yet)")
     parser.add_argument("--size", type=int, default=32, help="the pretraining image size (default %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
+    parser.add_argument("--boundary-threshold", type=float, default=0.5, metavar="T",
+                        help="the cut-off on the surrogate's boundary channel (default %(default)s, as the router "
+                             "predicts; the mask's stays 0.5): a lower one draws more of the boundaries it is unsure "
+                             "of")
     return parser
 
 
-def predict_pretraining(parser: argparse.ArgumentParser, args) -> tuple[LabellerConfig, "object", TargetBatch]:
+def predict_pretraining(parser: argparse.ArgumentParser, args) -> tuple[LabellerConfig, PairSet, TargetBatch]:
     """The default labeller, the pretraining images' pairs under its fingerprint (the labeller whose targets
     pretraining reads, and the surrogate imitates) and the surrogate's targets for them, predicted in batches of 64 as
-    the router hands it a pretraining batch; refuses an ``--out`` that holds a cache already."""
+    the router hands it a pretraining batch, regions cut at ``--boundary-threshold``; refuses an ``--out`` that holds
+    a cache already."""
     torch.set_num_threads(args.threads)
     config = LabellerConfig()
     if TargetCache.exists(args.out):
@@ -101,18 +106,27 @@ def predict_pretraining(parser: argparse.ArgumentParser, args) -> tuple[Labeller
     fingerprint = config.fingerprint()
     pairs = load_pairs(args.images, args.cache, args.size, fingerprint=fingerprint, progress=False)
     surrogate = Surrogate.load(args.surrogate, expect_image_size=args.size, expect_fingerprint=fingerprint)
-    return config, pairs, predict_all(surrogate, pairs.images, batch_size=64)
+    if not 0 < args.boundary_threshold < 1:
+        parser.error(f"--boundary-threshold {args.boundary_threshold}: give a cut-off between 0 and 1")
+    if args.boundary_threshold == 0.5:
+        return config, pairs, predict_all(surrogate, pairs.images, batch_size=64)
+    batches = [TargetBatch.from_channels(surrogate.predict_channels(pairs.images[start:start + 64]).cpu(),
+                                         boundary_threshold=args.boundary_threshold)
+               for start in range(0, len(pairs.hashes), 64)]
+    return config, pairs, TargetBatch.cat(batches)
 
 
 def write_cache(args, config: LabellerConfig, items, record_file: str, script: str, argv: list[str] | None,
                 **record) -> int:
     """Write ``(hash, Target)`` items into a new cache at ``args.out`` under the labeller's fingerprint, then the record
-    beside it (written last: its presence says the cache is whole) of the command that made it and ``record``;
+    beside it (written last: its presence says the cache is whole) of the command that made it, the boundary cut-off
+    and ``record``;
     returns how many targets were written."""
     cache = TargetCache(args.out, config.fingerprint(), params=config.params())
     written = cache.put_many(items)
     command = f"python experiments/{script} " + " ".join(argv if argv is not None else sys.argv[1:])
-    (args.out / record_file).write_text(json.dumps({"command": command, **record}, indent=1) + "\n")
+    record = {"command": command, "boundary_threshold": args.boundary_threshold, **record}
+    (args.out / record_file).write_text(json.dumps(record, indent=1) + "\n")
     return written
 
 

@@ -322,13 +322,16 @@ class TargetBatch:
                    torch.cat([b.regions for b in batches]))
 
     @classmethod
-    def from_channels(cls, channels: "torch.Tensor", threshold: float = 0.5) -> "TargetBatch":
+    def from_channels(cls, channels: "torch.Tensor", threshold: float = 0.5,
+                      boundary_threshold: float | None = None) -> "TargetBatch":
         """Targets from dense channels, e.g. a surrogate's prediction.
 
         Args:
             channels: ``(B, 3, H, W)`` float probabilities in [0, 1] in the order of
                 :data:`TARGET_CHANNELS` (saliency, mask, boundary).
             threshold: mask and boundary cut-off.
+            boundary_threshold: the boundary's own cut-off, when it differs from the mask's: a lower
+                one draws more boundaries and cuts the image into more regions.
 
         Returns:
             A batch on the same device; regions are the 4-connected components of the
@@ -340,7 +343,7 @@ class TargetBatch:
                              f"got {tuple(channels.shape)}")
         saliency = channels[:, 0:1].float().clamp(0, 1)
         mask = channels[:, 1:2] > threshold
-        inside = channels[:, 2:3] <= threshold
+        inside = channels[:, 2:3] <= (threshold if boundary_threshold is None else boundary_threshold)
         if inside.device.type == "cpu":  # OpenCV labels and renumbers in one pass (the same result)
             regions = _label_components_opencv(inside, compact=True)
         else:
