@@ -290,13 +290,15 @@ REGION_COLUMNS = [("regions", "regions"), ("regions_16px", "of 16 px or more"), 
                   ("regions_owning_a_cell", "owning a grid cell"),
                   ("small_regions_owning_a_cell", "owning a cell, under 64 px"),
                   ("largest_region_cells", "cells of the largest"),
-                  ("mask_area", "mask area"), ("no_mask", "images without a mask")]
+                  ("mask_area", "mask area"), ("no_mask", "images without a mask"),
+                  ("boundary_recall", "boundary recall"), ("boundary_precision", "boundary precision")]
 
 
 #: What each experiment script that writes a cache of altered targets does, by its file name.
 _CACHE_MAKERS = {
-    "merged_regions_cache.py": "experiments/merged_regions_cache.py writes a surrogate's targets with each region "
-                               "under a floor merged into the neighbour sharing the longest border",
+    "merged_regions_cache.py": "experiments/merged_regions_cache.py writes a surrogate's targets, its boundary "
+                               "channel cut at --boundary-threshold (0.5 unless the command gives one), with each "
+                               "region under a floor merged into the neighbour sharing the longest border",
     "coarsened_exact_cache.py": "experiments/coarsened_exact_cache.py writes the exact targets with each two touching "
                                 "regions that overlap the same region of a surrogate most merged",
 }
@@ -311,12 +313,15 @@ def surrogate_regions(args) -> None:
         sys.exit(f"error: {path} does not exist; run experiments/surrogate_regions.py first (its docstring has the "
                  f"command)")
     report = json.loads(path.read_text())
-    rows = [[name] + [round(stats[key], 3) for key, _ in REGION_COLUMNS] for name, stats in report["rows"].items()]
+    rows = [[name] + [round(stats[key], 3) if key in stats else None for key, _ in REGION_COLUMNS]
+            for name, stats in report["rows"].items()]
     n = next(iter(report["rows"].values()))["images"]
     notes = [f"The {n:,} pretraining images at {report['size']} px, without views; means over the images. Regions "
              f"are counted per image; DetCon-S pools over those that own a cell of its {report['grid']}x"
              f"{report['grid']} feature grid (each cell takes the region covering most of it), and the largest's "
-             f"column is the share of the cells it owns. Mask area: the foreground's share of the pixels."]
+             f"column is the share of the cells it owns. Mask area: the foreground's share of the pixels. Boundary "
+             f"recall: the share of the exact region boundary's pixels with one of the row's within a pixel; "
+             f"precision: the share of the row's boundary pixels with an exact one within a pixel."]
     made_by = report.get("made_by", {})
     commands = [*made_by.values(), report["command"]]
     for i, (name, file) in enumerate(report.get("surrogates", {}).items(), 1):  # named by agreement, as in parity
@@ -494,6 +499,7 @@ PARITY_BUDGETS = {
              "half_all": "configs/surrogate_parity_half_all_cifar10.json",
              "merged": "configs/surrogate_parity_merged_cifar10.json",
              "coarsened": "configs/surrogate_parity_coarsened_cifar10.json",
+             "recut": "configs/surrogate_parity_recut_cifar10.json",
              "exact_seed2": "configs/surrogate_parity_exact_seed2_cifar10.json"},
 }
 #: The arm of a budget's "all" config: the surrogate trained on every CIFAR-10 image outside the pretraining set;
@@ -502,6 +508,8 @@ _ALL_ARM = "targets of the 40,000-image surrogate"
 _HALF_ALL_ARM = "half exact, half from the 40,000-image surrogate"
 #: ... and of its "merged" config: that surrogate's targets with their small regions merged, served from a cache
 _MERGED_ARM = "merged regions of the 40,000-image surrogate"
+#: ... and of its "recut" config: that surrogate's targets with its boundary cut lower, then the small regions merged
+_RECUT_ARM = "recut regions of the 40,000-image surrogate"
 #: ... and of its "coarsened" config: the exact targets with touching regions that surrogate does not separate merged
 _COARSENED_ARM = "exact targets coarsened to the 40,000-image surrogate's regions"
 #: ... and of its "exact_seed2" config: the exact targets again, from a third pretraining seed
@@ -510,10 +518,10 @@ _THIRD_SEED_ARM = "exact targets, a third pretraining seed"
 #: surrogate, the coarsened arm, whose regions are the labeller's cut along a surrogate's, and a third seed of the
 #: exact targets themselves, which says how far the two seeds every arm is compared with sit from a third
 _SURROGATE_ARMS = {"surrogate targets": "surrogate", "half exact, half surrogate": "half", _ALL_ARM: "all",
-                   _HALF_ALL_ARM: "half_all", _MERGED_ARM: "merged", _COARSENED_ARM: "coarsened",
-                   _THIRD_SEED_ARM: "exact_seed2"}
-#: Arms that also get a gap row against another arm, the one they alter: both act on the all arm's surrogate
-_ALTERED_ARMS = {_MERGED_ARM: _ALL_ARM, _COARSENED_ARM: _ALL_ARM}
+                   _HALF_ALL_ARM: "half_all", _MERGED_ARM: "merged", _RECUT_ARM: "recut",
+                   _COARSENED_ARM: "coarsened", _THIRD_SEED_ARM: "exact_seed2"}
+#: Arms that also get a gap row against another arm, the one they alter: each acts on the all arm's surrogate
+_ALTERED_ARMS = {_MERGED_ARM: _ALL_ARM, _RECUT_ARM: _ALL_ARM, _COARSENED_ARM: _ALL_ARM}
 #: What the first parity note says of each arm a budget may add, by its config key.
 _ARM_NOTES = {
     "all": f"{_ALL_ARM[0].upper()}{_ALL_ARM[1:]}: every target from a surrogate trained by the same command on all "
@@ -523,6 +531,10 @@ _ARM_NOTES = {
     "merged": f"{_MERGED_ARM[0].upper()}{_MERGED_ARM[1:]}: every target from that surrogate, predicted once, with each "
               "region under 50 pixels merged into the neighbour sharing the longest border (the labeller's smallest "
               "segment at this size), served from a cache (experiments/merged_regions_cache.py).",
+    "recut": f"{_RECUT_ARM[0].upper()}{_RECUT_ARM[1:]}: the same, but with the surrogate's boundary channel cut at "
+             "0.3 instead of 0.5 before the regions under 50 pixels are merged, which gives as many regions an image "
+             "as the labeller's and as large a largest region (experiments/merged_regions_cache.py "
+             "--boundary-threshold 0.3).",
     "coarsened": f"{_COARSENED_ARM[0].upper()}{_COARSENED_ARM[1:]}: the labeller's targets with each two touching "
                  "exact regions whose larger parts lie in the same region of that surrogate merged, so only "
                  "boundaries of the labeller's that the surrogate's partition keeps are left (a partition coarser "

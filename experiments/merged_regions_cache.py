@@ -100,20 +100,26 @@ def predict_pretraining(parser: argparse.ArgumentParser, args) -> tuple[Labeller
     the router hands it a pretraining batch, regions cut at ``--boundary-threshold``; refuses an ``--out`` that holds
     a cache already."""
     torch.set_num_threads(args.threads)
+    if not 0 < args.boundary_threshold < 1:
+        parser.error(f"--boundary-threshold {args.boundary_threshold}: give a cut-off between 0 and 1")
     config = LabellerConfig()
     if TargetCache.exists(args.out):
         parser.error(f"{args.out} holds a cache already; remove it or choose another --out")
     fingerprint = config.fingerprint()
     pairs = load_pairs(args.images, args.cache, args.size, fingerprint=fingerprint, progress=False)
     surrogate = Surrogate.load(args.surrogate, expect_image_size=args.size, expect_fingerprint=fingerprint)
-    if not 0 < args.boundary_threshold < 1:
-        parser.error(f"--boundary-threshold {args.boundary_threshold}: give a cut-off between 0 and 1")
-    if args.boundary_threshold == 0.5:
-        return config, pairs, predict_all(surrogate, pairs.images, batch_size=64)
-    batches = [TargetBatch.from_channels(surrogate.predict_channels(pairs.images[start:start + 64]).cpu(),
-                                         boundary_threshold=args.boundary_threshold)
-               for start in range(0, len(pairs.hashes), 64)]
-    return config, pairs, TargetBatch.cat(batches)
+    return config, pairs, predict_targets(surrogate, pairs.images, args.boundary_threshold)
+
+
+def predict_targets(surrogate: Surrogate, images: torch.Tensor, boundary_threshold: float = 0.5,
+                    batch_size: int = 64) -> TargetBatch:
+    """A surrogate's targets of ``images``, batch by batch, with its boundary channel cut at ``boundary_threshold``
+    (0.5: the router's targets, :func:`~saliencyssl.surrogate.evaluation.predict_all`)."""
+    if boundary_threshold == 0.5:
+        return predict_all(surrogate, images, batch_size=batch_size)
+    return TargetBatch.cat([TargetBatch.from_channels(surrogate.predict_channels(images[start:start + batch_size])
+                                                      .cpu(), boundary_threshold=boundary_threshold)
+                            for start in range(0, int(images.shape[0]), batch_size)])
 
 
 def write_cache(args, config: LabellerConfig, items, record_file: str, script: str, argv: list[str] | None,

@@ -11,18 +11,21 @@ this measures, on the pretraining images themselves (no view transform), what di
 - regions per image, and those of at least 16 and 64 pixels;
 - regions owning a cell of the grid, those of them under 64 pixels, and the share of cells the
   largest owns;
-- the foreground mask's area and the share of images with none.
+- the foreground mask's area and the share of images with none;
+- how many of the exact region boundaries each draws (recall) and how many of its own lie on one (precision),
+  with the fidelity's 1-pixel tolerance (saliencyssl.surrogate.evaluation.boundary_scores).
 
     python experiments/surrogate_regions.py ../shared/data/cifar10/train --cache runs/caches/cifar \\
         --surrogate "10,000 images=runs/exp/parity/surrogate/surrogate.pt" \\
-        --surrogate "40,000 images=runs/exp/parity/surrogate_all/surrogate.pt" \
-        --targets "surrogate, 40,000 images, regions under 50 px merged=runs/caches/cifar_surrogate_merged" \
-        --targets "exact labeller, coarsened to the 40,000-image surrogate's regions=runs/caches/cifar_exact_coarsened" \
+        --surrogate "40,000 images=runs/exp/parity/surrogate_all/surrogate.pt" \\
+        --targets "surrogate, 40,000 images, regions under 50 px merged=runs/caches/cifar_surrogate_merged" \\
+        --targets "surrogate, 40,000 images, boundary cut at 0.3, regions under 50 px merged=runs/caches/cifar_surrogate_recut" \\
+        --targets "exact labeller, coarsened to the 40,000-image surrogate's regions=runs/caches/cifar_exact_coarsened" \\
         --json results/raw/surrogate_regions.json
     python experiments/collect_results.py surrogate_regions --runs results/raw/surrogate_regions.json
 
 The surrogates are the two experiments/surrogate_parity.sh trains (STEPS=1248), and the caches the ones it
-makes for its merged and coarsened arms; the JSON is small and committed, so the table can be collected again without them.
+makes for its merged, recut and coarsened arms; the JSON is small and committed, so the table can be collected again without them.
 
 Found (results/surrogate_regions_cifar10.json): see docs/surrogate.md, "In pretraining, on CIFAR-10".
 """
@@ -39,7 +42,7 @@ import numpy as np
 import torch
 
 from saliencyssl.ssl.detcon import cell_labels
-from saliencyssl.surrogate.evaluation import predict_all
+from saliencyssl.surrogate.evaluation import boundary_scores, predict_all, region_edges
 from saliencyssl.surrogate.model import Surrogate
 from saliencyssl.surrogate.pairs import load_pairs
 from saliencyssl.target import TargetBatch, compact_labels
@@ -69,6 +72,14 @@ def region_stats(targets: TargetBatch, grid: int, chunk: int = 1000) -> dict[str
             "largest_region_cells": float(np.mean(largest)),
             "mask_area": float(area.mean()),
             "no_mask": float((area == 0).mean())}
+
+
+def boundary_agreement(targets: TargetBatch, exact: TargetBatch) -> dict[str, float]:
+    """Means over the images of the region boundary recall and precision of ``targets`` against ``exact``, with the
+    fidelity's tolerance (an image where neither has a boundary scores 1)."""
+    scores = boundary_scores(region_edges(targets.regions), region_edges(exact.regions))
+    return {"boundary_recall": float(np.mean(scores["boundary_recall"])),
+            "boundary_precision": float(np.mean(scores["boundary_precision"]))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,16 +115,18 @@ def main(argv: list[str] | None = None) -> int:
         caches.append((name, Path(path)))
     torch.set_num_threads(args.threads)
     pairs = load_pairs(args.images, args.cache, args.size, progress=False)
-    rows = {"exact labeller": region_stats(pairs.targets, args.grid)}
+    exact = pairs.targets
+    rows = {"exact labeller": {**region_stats(exact, args.grid), **boundary_agreement(exact, exact)}}
     for name, path in named:
         surrogate = Surrogate.load(path, expect_image_size=args.size)
-        rows[f"surrogate, {name}"] = region_stats(predict_all(surrogate, pairs.images), args.grid)
+        predicted = predict_all(surrogate, pairs.images)
+        rows[f"surrogate, {name}"] = {**region_stats(predicted, args.grid), **boundary_agreement(predicted, exact)}
     for name, cache in caches:
         other = load_pairs(args.images, cache, args.size, fingerprint=pairs.fingerprint, progress=False)
         if other.hashes != pairs.hashes:
             parser.error(f"--targets {name}={cache}: it holds targets of {len(other)} of the images, "
                          f"the exact cache of {len(pairs)}; it must hold every one")
-        rows[name] = region_stats(other.targets, args.grid)
+        rows[name] = {**region_stats(other.targets, args.grid), **boundary_agreement(other.targets, exact)}
     report = {"date": time.strftime("%Y-%m-%d"), "images": str(args.images), "size": args.size, "grid": args.grid,
               "surrogates": {name: str(path) for name, path in named},
               "caches": {name: str(path) for name, path in caches}, "rows": rows,

@@ -528,6 +528,18 @@ def test_surrogate_regions_counts_what_detcon_pools_over(tmp_path):
         == 0.5
     assert stats["largest_region_cells"] == 0.75  # (32 / 64 + 64 / 64) / 2
     assert stats["mask_area"] == 0.125 and stats["no_mask"] == 0.5
+    # boundary recall and precision against the exact targets: itself 1 and 1; one region where the exact target
+    # has a boundary draws none of it (recall 0 on that image); a boundary beside the exact one within a pixel counts
+    halves = torch.zeros(1, 1, 32, 32, dtype=torch.int64)
+    halves[..., 16:] = 1
+    exact = TargetBatch(mask[:1].float(), mask[:1], halves)
+    assert surrogate_regions.boundary_agreement(exact, exact) == {"boundary_recall": 1.0, "boundary_precision": 1.0}
+    none = TargetBatch(mask[:1].float(), mask[:1], torch.zeros_like(halves))
+    assert surrogate_regions.boundary_agreement(none, exact) == {"boundary_recall": 0.0, "boundary_precision": 0.0}
+    shifted = torch.zeros_like(halves)
+    shifted[..., 17:] = 1
+    assert surrogate_regions.boundary_agreement(TargetBatch(mask[:1].float(), mask[:1], shifted), exact) == {
+        "boundary_recall": 1.0, "boundary_precision": 1.0}
     report = tmp_path / "regions.json"
     report.write_text(json.dumps({"date": "2026-12-07", "size": 32, "grid": 8, "command": "python x.py",
                                   "surrogates": {"a": str(tmp_path / "a" / "surrogate.pt")},
@@ -555,7 +567,7 @@ def test_surrogate_regions_counts_what_detcon_pools_over(tmp_path):
 def test_parity_merged_arm_is_named_by_the_surrogate_of_the_all_arm(grids, monkeypatch):
     """The merged arm's config serves targets from a cache (no surrogate of its own): its note is that of the
     surrogate the cache records, the 40,000-image one, shared with the all arm; an arm not run is named as not
-    measured. The coarsened arm pretrains on the labeller's targets (its cache's record is of its own kind): it
+    measured; so is the recut arm's, whose cache the same script wrote. The coarsened arm pretrains on the labeller's targets (its cache's record is of its own kind): it
     has its gap rows (against exact targets and against the all arm, as the merged arm has) and its note, and no
     surrogate's agreement."""
     (grids / "sur_all").mkdir()
@@ -573,6 +585,13 @@ def test_parity_merged_arm_is_named_by_the_surrogate_of_the_all_arm(grids, monke
                        aug_source="cache,surrogate", surrogate=str(grids / "sur_all" / "surrogate.pt"))
     _results(every, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.48, 0.01), (0.70, 0.0)]))
     _results(merged, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.49, 0.01), (0.72, 0.0)]))
+    (grids / "recut_cache").mkdir()  # the same script with a lower boundary cut
+    (grids / "recut_cache" / "merged_regions.json").write_text(json.dumps(
+        {"command": "python m.py --boundary-threshold 0.3", "boundary_threshold": 0.3, "min_pixels": 50,
+         "surrogate": str(grids / "sur_all" / "surrogate.pt")}))
+    recut = _config(grids / "recut.json", grids / "gr", 0, [["detcon-simclr", "default"]],
+                    cache=grids / "recut_cache", aug_source="cache")
+    _results(recut, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.50, 0.01), (0.69, 0.0)]))
     (grids / "coarse_cache").mkdir()
     (grids / "coarse_cache" / "coarsened_exact.json").write_text(json.dumps(
         {"command": "python c.py", "surrogate": str(grids / "sur_all" / "surrogate.pt")}))
@@ -583,13 +602,13 @@ def test_parity_merged_arm_is_named_by_the_surrogate_of_the_all_arm(grids, monke
     _results(seed2, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.46, 0.01), (0.70, 0.0)]))
     monkeypatch.setitem(collect_results.PARITY_BUDGETS, "1248", {
         **collect_results.PARITY_BUDGETS["624"], "all": every, "half_all": half_all, "merged": merged,
-        "coarsened": coarsened, "exact_seed2": seed2, "result": "p.json"})
+        "recut": recut, "coarsened": coarsened, "exact_seed2": seed2, "result": "p.json"})
     collect_results.main(["parity", "--steps", "1248", "--out", str(grids / "results"), "--machine", "test"])
     written = json.loads((grids / "results" / "p.json").read_text())
     rows = _rows(grids / "results" / "p.json")
     assert rows["merged regions of the 40,000-image surrogate minus exact, kNN"][1] == pytest.approx([0.01, 0.01])
     assert ("The surrogate of the targets of the 40,000-image surrogate and merged regions of the 40,000-image "
-            "surrogate rows: agreement with the exact targets of the 10,000 test images: presence accuracy 0.740, "
+            "surrogate and recut regions of the 40,000-image surrogate rows: agreement with the exact targets of the 10,000 test images: presence accuracy 0.740, "
             "mask IoU on present masks 0.430") in " ".join(written["notes"])
     assert "Not measured at this budget: half exact, half from the 40,000-image surrogate." in written["notes"]
     assert "Merged regions of the 40,000-image surrogate: every target from that surrogate" in written["notes"][0]
@@ -603,6 +622,10 @@ def test_parity_merged_arm_is_named_by_the_surrogate_of_the_all_arm(grids, monke
     assert rows[f"merged regions of the 40,000-image surrogate minus {all_arm}, linear"][0] == pytest.approx(
         [0.01, 0.01])
     assert not any(name.startswith(f"{all_arm} minus {all_arm}") for name in rows)
+    recut_arm = "recut regions of the 40,000-image surrogate"
+    assert rows[f"{recut_arm} minus {all_arm}, kNN"][:2] == [pytest.approx([0.02, 0.01]), pytest.approx([-0.01, 0.0])]
+    assert f"{recut_arm[0].upper()}{recut_arm[1:]}: the same, but with the surrogate's boundary channel cut at 0.3" \
+        in written["notes"][0]
     # a third seed of the exact targets, kept apart from the two every arm is compared with, and compared with them
     assert rows["exact targets, a third pretraining seed (1 seed), kNN"][0] == [0.46, 0.01]
     assert rows["exact targets (2 seeds), kNN"][0] == [0.5, 0.0224]  # RMS of the seeds' label spreads 0.01, 0.03
@@ -631,6 +654,30 @@ def test_merge_small_regions_joins_each_fragment_to_its_longest_border_neighbour
     # nothing under the floor: the input's own order (0, 3, 5, 9 -> 0..3), not raster order, so DetCon-S's
     # ties between regions fall as on the unmerged map
     assert np.array_equal(merge_small_regions(labels, 1), np.searchsorted([0, 3, 5, 9], labels))
+
+
+def test_predict_targets_cuts_the_boundary_where_asked():
+    """At 0.5 the experiments' cache scripts predict the router's targets (predict_all) region for region, batch
+    by batch; a lower boundary cut draws more boundaries (more regions) and leaves the mask as it is."""
+    from merged_regions_cache import predict_targets
+
+    from saliencyssl.surrogate.evaluation import predict_all
+    from saliencyssl.surrogate.model import Surrogate
+    from saliencyssl.target import TargetBatch
+
+    surrogate = Surrogate.fresh(32)
+    channels = torch.rand(70, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    surrogate.predict_channels = lambda images: channels[images[:, 0, 0, 0].long()]  # image i -> channels[i]
+    images = torch.zeros(70, 3, 32, 32, dtype=torch.uint8)
+    images[:, 0, 0, 0] = torch.arange(70, dtype=torch.uint8)
+    router = predict_all(surrogate, images, batch_size=64)
+    same = predict_targets(surrogate, images, 0.5)
+    assert torch.equal(same.regions, router.regions) and torch.equal(same.mask, router.mask)
+    assert torch.equal(router.regions, TargetBatch.from_channels(channels).regions)
+    lower = predict_targets(surrogate, images, 0.3)
+    assert torch.equal(lower.mask, router.mask)
+    assert torch.equal(lower.regions, TargetBatch.from_channels(channels, boundary_threshold=0.3).regions)
+    assert sum(len(torch.unique(r)) for r in lower.regions) > sum(len(torch.unique(r)) for r in router.regions)
 
 
 def test_coarsen_keeps_only_the_exact_boundaries_the_guide_also_draws():

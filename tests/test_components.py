@@ -223,6 +223,20 @@ def test_from_channels_gives_the_same_targets_with_either_path(monkeypatch):
     assert torch.equal(cpu.regions, other.regions) and torch.equal(cpu.mask, other.mask)
 
 
+def test_from_channels_cuts_the_boundary_at_its_own_threshold():
+    """A faint boundary line (0.4) across the image: cut at the shared 0.5 it draws nothing (one region); at a
+    boundary threshold of 0.3 it splits the image in two, and the mask (0.4 everywhere, cut at 0.5) stays empty."""
+    channels = torch.full((1, 3, 8, 8), 0.4)
+    channels[:, 2] = 0.0
+    channels[:, 2, 4, :] = 0.4
+    assert len(torch.unique(TargetBatch.from_channels(channels).regions)) == 1
+    cut = TargetBatch.from_channels(channels, boundary_threshold=0.3)
+    assert len(torch.unique(cut.regions)) == 2
+    assert torch.equal(cut.regions[0, 0, :4], torch.zeros(4, 8, dtype=cut.regions.dtype))
+    assert not cut.mask.any()
+    assert TargetBatch.from_channels(channels, threshold=0.3).mask.all()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_labels_equal_the_cpu_labels():
     g = torch.Generator().manual_seed(7)
