@@ -499,6 +499,7 @@ PARITY_BUDGETS = {
              "half_all": "configs/surrogate_parity_half_all_cifar10.json",
              "merged": "configs/surrogate_parity_merged_cifar10.json",
              "coarsened": "configs/surrogate_parity_coarsened_cifar10.json",
+             "cut": "configs/surrogate_parity_cut_cifar10.json",
              "recut": "configs/surrogate_parity_recut_cifar10.json",
              "exact_seed2": "configs/surrogate_parity_exact_seed2_cifar10.json"},
 }
@@ -508,8 +509,10 @@ _ALL_ARM = "targets of the 40,000-image surrogate"
 _HALF_ALL_ARM = "half exact, half from the 40,000-image surrogate"
 #: ... and of its "merged" config: that surrogate's targets with their small regions merged, served from a cache
 _MERGED_ARM = "merged regions of the 40,000-image surrogate"
-#: ... and of its "recut" config: that surrogate's targets with its boundary cut lower, then the small regions merged
-_RECUT_ARM = "recut regions of the 40,000-image surrogate"
+#: ... and of its "cut" and "recut" configs: that surrogate's targets with its boundary channel cut at 0.3, and the
+#: same with the small regions then merged
+_CUT_ARM = "regions of the 40,000-image surrogate cut at 0.3"
+_RECUT_ARM = "regions of the 40,000-image surrogate cut at 0.3, under 50 px merged"
 #: ... and of its "coarsened" config: the exact targets with touching regions that surrogate does not separate merged
 _COARSENED_ARM = "exact targets coarsened to the 40,000-image surrogate's regions"
 #: ... and of its "exact_seed2" config: the exact targets again, from a third pretraining seed
@@ -518,10 +521,10 @@ _THIRD_SEED_ARM = "exact targets, a third pretraining seed"
 #: surrogate, the coarsened arm, whose regions are the labeller's cut along a surrogate's, and a third seed of the
 #: exact targets themselves, which says how far the two seeds every arm is compared with sit from a third
 _SURROGATE_ARMS = {"surrogate targets": "surrogate", "half exact, half surrogate": "half", _ALL_ARM: "all",
-                   _HALF_ALL_ARM: "half_all", _MERGED_ARM: "merged", _RECUT_ARM: "recut",
+                   _HALF_ALL_ARM: "half_all", _MERGED_ARM: "merged", _CUT_ARM: "cut", _RECUT_ARM: "recut",
                    _COARSENED_ARM: "coarsened", _THIRD_SEED_ARM: "exact_seed2"}
 #: Arms that also get a gap row against another arm, the one they alter: each acts on the all arm's surrogate
-_ALTERED_ARMS = {_MERGED_ARM: _ALL_ARM, _RECUT_ARM: _ALL_ARM, _COARSENED_ARM: _ALL_ARM}
+_ALTERED_ARMS = {_MERGED_ARM: _ALL_ARM, _CUT_ARM: _ALL_ARM, _RECUT_ARM: _ALL_ARM, _COARSENED_ARM: _ALL_ARM}
 #: What the first parity note says of each arm a budget may add, by its config key.
 _ARM_NOTES = {
     "all": f"{_ALL_ARM[0].upper()}{_ALL_ARM[1:]}: every target from a surrogate trained by the same command on all "
@@ -531,10 +534,12 @@ _ARM_NOTES = {
     "merged": f"{_MERGED_ARM[0].upper()}{_MERGED_ARM[1:]}: every target from that surrogate, predicted once, with each "
               "region under 50 pixels merged into the neighbour sharing the longest border (the labeller's smallest "
               "segment at this size), served from a cache (experiments/merged_regions_cache.py).",
-    "recut": f"{_RECUT_ARM[0].upper()}{_RECUT_ARM[1:]}: the same, but with the surrogate's boundary channel cut at "
-             "0.3 instead of 0.5 before the regions under 50 pixels are merged, which gives as many regions an image "
-             "as the labeller's and as large a largest region (experiments/merged_regions_cache.py "
-             "--boundary-threshold 0.3).",
+    "cut": f"{_CUT_ARM[0].upper()}{_CUT_ARM[1:]}: every target from that surrogate, predicted once with its boundary "
+           "channel cut at 0.3 instead of 0.5 (drawing boundaries it is less sure of), no region merged, served from "
+           "a cache (experiments/merged_regions_cache.py --boundary-threshold 0.3 --min-pixels 0).",
+    "recut": f"{_RECUT_ARM[0].upper()}{_RECUT_ARM[1:]}: the same, with its regions under 50 pixels then merged as in "
+             "the merged arm, which gives as many regions an image as the labeller's and as large a largest region "
+             "(--boundary-threshold 0.3 --min-pixels 50).",
     "coarsened": f"{_COARSENED_ARM[0].upper()}{_COARSENED_ARM[1:]}: the labeller's targets with each two touching "
                  "exact regions whose larger parts lie in the same region of that surrogate merged, so only "
                  "boundaries of the labeller's that the surrogate's partition keeps are left (a partition coarser "

@@ -9,15 +9,16 @@
 #   bash experiments/surrogate_parity.sh              624 steps of 64 (the _short configs)
 #   STEPS=1248 bash experiments/surrogate_parity.sh   1,248 steps: configs/mask_aware_cifar10_cpu.json's exact
 #                                                     arms, configs/surrogate_parity{,_half,_all,_half_all,_merged,
-#                                                     _recut,_coarsened,_exact_seed2}_cifar10.json
+#                                                     _cut,_recut,_coarsened,_exact_seed2}_cifar10.json
 #
 # The surrogate trains for 25 minutes of wall time on one torch thread on 10,000 of the 40,000 CIFAR-10 training
 # images outside the pretraining set (trained once, for both budgets, unless its folder is gone: the result file's
 # notes give the agreement of each arm's surrogate); at 1,248 steps a second surrogate, trained for the same 25
-# minutes on all 40,000 of them, gives four more arms: every target from it (_all), half of them (_half_all), and
+# minutes on all 40,000 of them, gives five more arms: every target from it (_all), half of them (_half_all),
 # every target from it with its regions under 50 pixels merged into a neighbour (_merged: the labeller's floor on
-# region size, experiments/merged_regions_cache.py); the same with its boundary channel cut at 0.3 before the merge,
-# which gives as many regions as the labeller's (_recut); and one arm on the exact targets with only the region boundaries
+# region size, experiments/merged_regions_cache.py); every target from it with its boundary channel cut at 0.3
+# instead of 0.5 (_cut), and the same then merged under 50 pixels, which gives as many regions as the labeller's
+# (_recut); and one arm on the exact targets with only the region boundaries
 # that surrogate also draws (_coarsened: experiments/coarsened_exact_cache.py); and a third pretraining seed of the
 # exact targets (_exact_seed2), kept apart, to see how far the two seeds every arm is compared with sit from a third;
 # `experiments/collect_results.py parity [--steps 1248]` writes results/surrogate_parity[_1248].json.
@@ -42,7 +43,7 @@ case "$STEPS" in
           SURROGATE=configs/surrogate_parity_cifar10.json HALF=configs/surrogate_parity_half_cifar10.json
           ALL=configs/surrogate_parity_all_cifar10.json HALF_ALL=configs/surrogate_parity_half_all_cifar10.json
           MERGED=configs/surrogate_parity_merged_cifar10.json COARSENED=configs/surrogate_parity_coarsened_cifar10.json
-          RECUT=configs/surrogate_parity_recut_cifar10.json
+          CUT=configs/surrogate_parity_cut_cifar10.json RECUT=configs/surrogate_parity_recut_cifar10.json
           SEED2=configs/surrogate_parity_exact_seed2_cifar10.json ;;
     *) echo "STEPS=$STEPS: the parity is configured for 624 or 1248 steps" >&2; exit 2 ;;
 esac
@@ -80,7 +81,14 @@ if [ -n "${ALL:-}" ]; then  # the surrogate on all 40,000 images outside the pre
             --surrogate runs/exp/parity/surrogate_all/surrogate.pt --out runs/caches/cifar_surrogate_merged
     fi
     saliency-ssl grid "$MERGED" --quiet
-    # ... and with its boundary cut at 0.3 before the merge: as many regions as the labeller's
+    # its targets with the boundary channel cut at 0.3 (boundaries it is less sure of drawn too), none merged
+    if [ ! -f runs/caches/cifar_surrogate_cut/merged_regions.json ]; then
+        python experiments/merged_regions_cache.py "$SHARED/cifar10/train" --cache "$CACHE" \
+            --surrogate runs/exp/parity/surrogate_all/surrogate.pt --out runs/caches/cifar_surrogate_cut \
+            --min-pixels 0 --boundary-threshold 0.3
+    fi
+    saliency-ssl grid "$CUT" --quiet
+    # ... and cut at 0.3, then merged under 50 pixels: as many regions as the labeller's
     if [ ! -f runs/caches/cifar_surrogate_recut/merged_regions.json ]; then
         python experiments/merged_regions_cache.py "$SHARED/cifar10/train" --cache "$CACHE" \
             --surrogate runs/exp/parity/surrogate_all/surrogate.pt --out runs/caches/cifar_surrogate_recut \

@@ -19,13 +19,14 @@ this measures, on the pretraining images themselves (no view transform), what di
         --surrogate "10,000 images=runs/exp/parity/surrogate/surrogate.pt" \\
         --surrogate "40,000 images=runs/exp/parity/surrogate_all/surrogate.pt" \\
         --targets "surrogate, 40,000 images, regions under 50 px merged=runs/caches/cifar_surrogate_merged" \\
+        --targets "surrogate, 40,000 images, boundary cut at 0.3=runs/caches/cifar_surrogate_cut" \\
         --targets "surrogate, 40,000 images, boundary cut at 0.3, regions under 50 px merged=runs/caches/cifar_surrogate_recut" \\
         --targets "exact labeller, coarsened to the 40,000-image surrogate's regions=runs/caches/cifar_exact_coarsened" \\
         --json results/raw/surrogate_regions.json
     python experiments/collect_results.py surrogate_regions --runs results/raw/surrogate_regions.json
 
 The surrogates are the two experiments/surrogate_parity.sh trains (STEPS=1248), and the caches the ones it
-makes for its merged, recut and coarsened arms; the JSON is small and committed, so the table can be collected again without them.
+makes for its merged, cut, recut and coarsened arms; the JSON is small and committed, so the table can be collected again without them.
 
 Found (results/surrogate_regions_cifar10.json): see docs/surrogate.md, "In pretraining, on CIFAR-10".
 """

@@ -608,7 +608,7 @@ def test_parity_merged_arm_is_named_by_the_surrogate_of_the_all_arm(grids, monke
     rows = _rows(grids / "results" / "p.json")
     assert rows["merged regions of the 40,000-image surrogate minus exact, kNN"][1] == pytest.approx([0.01, 0.01])
     assert ("The surrogate of the targets of the 40,000-image surrogate and merged regions of the 40,000-image "
-            "surrogate and recut regions of the 40,000-image surrogate rows: agreement with the exact targets of the 10,000 test images: presence accuracy 0.740, "
+            "surrogate and regions of the 40,000-image surrogate cut at 0.3, under 50 px merged rows: agreement with the exact targets of the 10,000 test images: presence accuracy 0.740, "
             "mask IoU on present masks 0.430") in " ".join(written["notes"])
     assert "Not measured at this budget: half exact, half from the 40,000-image surrogate." in written["notes"]
     assert "Merged regions of the 40,000-image surrogate: every target from that surrogate" in written["notes"][0]
@@ -622,9 +622,9 @@ def test_parity_merged_arm_is_named_by_the_surrogate_of_the_all_arm(grids, monke
     assert rows[f"merged regions of the 40,000-image surrogate minus {all_arm}, linear"][0] == pytest.approx(
         [0.01, 0.01])
     assert not any(name.startswith(f"{all_arm} minus {all_arm}") for name in rows)
-    recut_arm = "recut regions of the 40,000-image surrogate"
+    recut_arm = "regions of the 40,000-image surrogate cut at 0.3, under 50 px merged"
     assert rows[f"{recut_arm} minus {all_arm}, kNN"][:2] == [pytest.approx([0.02, 0.01]), pytest.approx([-0.01, 0.0])]
-    assert f"{recut_arm[0].upper()}{recut_arm[1:]}: the same, but with the surrogate's boundary channel cut at 0.3" \
+    assert f"{recut_arm[0].upper()}{recut_arm[1:]}: the same, with its regions under 50 pixels then merged" \
         in written["notes"][0]
     # a third seed of the exact targets, kept apart from the two every arm is compared with, and compared with them
     assert rows["exact targets, a third pretraining seed (1 seed), kNN"][0] == [0.46, 0.01]
