@@ -298,7 +298,8 @@ REGION_COLUMNS = [("regions", "regions"), ("regions_16px", "of 16 px or more"), 
 _CACHE_MAKERS = {
     "merged_regions_cache.py": "experiments/merged_regions_cache.py writes a surrogate's targets, its boundary "
                                "channel cut at --boundary-threshold (0.5 unless the command gives one), with each "
-                               "region under a floor merged into the neighbour sharing the longest border",
+                               "region under --min-pixels (50 unless given; 0: none) merged into the neighbour "
+                               "sharing the longest border",
     "coarsened_exact_cache.py": "experiments/coarsened_exact_cache.py writes the exact targets with each two touching "
                                 "regions that overlap the same region of a surrogate most merged",
 }
