@@ -618,14 +618,22 @@ def _recorded_agreements(previous: dict | None) -> dict[str, str]:
 def _kept_dates(previous: dict | None, arms) -> dict[str, str]:
     """{arm: the date of the collection its rows were kept from}, as a previous parity file's notes say."""
     note = next((n for n in (previous or {}).get("notes", []) if n.startswith(_KEPT)), "")
+    # each date's list ends at the full stop before the next date's, or at the note's end (names may hold one: "0.3")
     return {label: date for date, labels in re.findall(r"(\d{4}-\d{2}-\d{2}), whose run folders were not collected "
-                                                         r"again: ([^.]+)\.", note)
+                                                         rf"again: (.+?)\.(?= {_KEPT}|$)", note)
             for label in _arms_in(labels, arms)}
 
 
 def _arms_in(text: str, arms) -> list[str]:
-    """The arms a note lists, joined by ", " (an arm's own name may hold one: "half exact, half surrogate")."""
-    return [arm for arm in arms if re.search(rf"(?:^|, ){re.escape(arm)}(?:, |$)", text)]
+    """The arms a note lists, joined by ", ", in the order of ``arms``. An arm's own name may hold one ("half exact,
+    half surrogate"), and one name may begin another ("exact targets" and "exact targets, a third pretraining
+    seed"): the longest names are looked for first, and each found is taken out of the list."""
+    rest, found = f", {text}, ", set()
+    for arm in sorted(arms, key=len, reverse=True):
+        if f", {arm}, " in rest:
+            found.add(arm)
+            rest = rest.replace(f", {arm}, ", ", ", 1)
+    return [arm for arm in arms if arm in found]
 
 
 def _agreement(fidelity: Path) -> str:

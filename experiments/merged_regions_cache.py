@@ -41,7 +41,6 @@ import torch
 
 from saliencyssl.cache import TargetCache
 from saliencyssl.saliency import LabellerConfig
-from saliencyssl.surrogate.evaluation import predict_all
 from saliencyssl.surrogate.model import Surrogate
 from saliencyssl.surrogate.pairs import PairSet, load_pairs
 from saliencyssl.target import Target, TargetBatch
@@ -121,9 +120,7 @@ def predict_pretraining(parser: argparse.ArgumentParser, args) -> tuple[Labeller
 def predict_targets(surrogate: Surrogate, images: torch.Tensor, boundary_threshold: float = 0.5,
                     batch_size: int = 64) -> TargetBatch:
     """A surrogate's targets of ``images``, batch by batch, with its boundary channel cut at ``boundary_threshold``
-    (0.5: the router's targets, :func:`~saliencyssl.surrogate.evaluation.predict_all`)."""
-    if boundary_threshold == 0.5:
-        return predict_all(surrogate, images, batch_size=batch_size)
+    (at 0.5 the router's targets, :func:`~saliencyssl.surrogate.evaluation.predict_all`'s)."""
     return TargetBatch.cat([TargetBatch.from_channels(surrogate.predict_channels(images[start:start + batch_size])
                                                       .cpu(), boundary_threshold=boundary_threshold)
                             for start in range(0, int(images.shape[0]), batch_size)])

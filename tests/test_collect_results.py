@@ -273,6 +273,22 @@ def test_parity_carry_reads_the_surrogate_notes_of_earlier_result_files():
     assert collect_results._recorded_agreements(None) == {}
 
 
+def test_parity_kept_arms_are_read_back_with_full_stops_and_names_that_begin_others():
+    """The notes that list kept arms are read back whole when a name holds a full stop ("cut at 0.3") or begins
+    another name (the cut arm and the recut arm, "exact targets" and its third seed): each arm gets the date of
+    the collection its rows were kept from, and an arm only named inside a longer one's name is not kept."""
+    cut, recut = collect_results._CUT_ARM, collect_results._RECUT_ARM
+    seed2, coarse = collect_results._THIRD_SEED_ARM, collect_results._COARSENED_ARM
+    arms = ["exact targets", "half exact, half surrogate", cut, recut, coarse, seed2]
+    note = (f"Kept from the collection of 2026-01-01, whose run folders were not collected again: {recut}, {seed2}. "
+            f"Kept from the collection of 2026-02-02, whose run folders were not collected again: half exact, half "
+            f"surrogate, {coarse}.")
+    assert collect_results._kept_dates({"notes": ["DetCon-S ...", note]}, arms) == {
+        recut: "2026-01-01", seed2: "2026-01-01", "half exact, half surrogate": "2026-02-02", coarse: "2026-02-02"}
+    assert collect_results._arms_in(f"{cut}, exact targets", arms) == ["exact targets", cut]
+    assert collect_results._arms_in(f"{recut}, {cut}", arms) == [cut, recut]
+
+
 def _photo_results(folder, iou):
     """One segmenter's results.json: iou[fraction] = (mean, std over fine-tuning seeds); F is IoU + 0.1."""
     folder.mkdir(parents=True)
@@ -553,6 +569,8 @@ def test_surrogate_regions_counts_what_detcon_pools_over(tmp_path):
     written = json.loads((tmp_path / "results" / "surrogate_regions_cifar10.json").read_text())
     assert [row[:3] for row in written["rows"]] == [["exact labeller", 2.0, 1.5], ["surrogate, a", 2.0, 1.5],
                                                     ["a, merged", 2.0, 1.5], ["b", 2.0, 1.5]]
+    assert written["columns"][-2:] == ["boundary recall", "boundary precision"]
+    assert [row[-2:] for row in written["rows"]] == [[None, None]] * 4  # a report without them: empty cells
     assert written["notes"][0].startswith("The 2 pretraining images at 32 px")
     assert written["notes"][1] == ("Surrogate, a (SURROGATE_1 in the commands): the surrogate.pt of a run folder "
                                    "named a.")
@@ -567,7 +585,8 @@ def test_surrogate_regions_counts_what_detcon_pools_over(tmp_path):
 def test_parity_merged_arm_is_named_by_the_surrogate_of_the_all_arm(grids, monkeypatch):
     """The merged arm's config serves targets from a cache (no surrogate of its own): its note is that of the
     surrogate the cache records, the 40,000-image one, shared with the all arm; an arm not run is named as not
-    measured; so is the recut arm's, whose cache the same script wrote. The coarsened arm pretrains on the labeller's targets (its cache's record is of its own kind): it
+    measured. The recut arm's cache was written by the same script from the same surrogate: it shares that note, and
+    has its gap row against the all arm. The coarsened arm pretrains on the labeller's targets (its cache's record is of its own kind): it
     has its gap rows (against exact targets and against the all arm, as the merged arm has) and its note, and no
     surrogate's agreement."""
     (grids / "sur_all").mkdir()
