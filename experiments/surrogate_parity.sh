@@ -29,7 +29,9 @@
 # 0.7 below and linear 0.5 to 0.6 below (the fragments do not explain the kNN gap); half of its targets with half
 # exact (_half_all): linear level, kNN 0.5 to 0.8 below. The exact targets cut to that surrogate's regions
 # (_coarsened) lose the same kNN points (0.4 to 1.0 below exact, level with the surrogate's targets): the gap is the
-# boundaries the surrogate misses; a third exact seed (_exact_seed2) stays with the first two.
+# boundaries the surrogate misses; a third exact seed (_exact_seed2) stays with the first two. Its boundary channel
+# cut at 0.3 does not win the kNN points back: merged under 50 pixels (_recut, the labeller's number of regions),
+# 0.3 to 0.8 below; none merged (_cut, the most of the labeller's boundaries drawn, in fragments), 0.7 to 1.3 below.
 set -euo pipefail
 SHARED=${SHARED:-../shared/data}
 CACHE=${CACHE:-runs/caches/cifar}
