@@ -18,6 +18,7 @@ this measures, on the pretraining images themselves (no view transform), what di
     python experiments/surrogate_regions.py ../shared/data/cifar10/train --cache runs/caches/cifar \\
         --surrogate "10,000 images=runs/exp/parity/surrogate/surrogate.pt" \\
         --surrogate "40,000 images=runs/exp/parity/surrogate_all/surrogate.pt" \\
+        --surrogate "40,000 images, boundary term x3=runs/exp/parity/surrogate_all_b30/surrogate.pt" \\
         --targets "surrogate, 40,000 images, regions under 50 px merged=runs/caches/cifar_surrogate_merged" \\
         --targets "surrogate, 40,000 images, boundary cut at 0.3=runs/caches/cifar_surrogate_cut" \\
         --targets "surrogate, 40,000 images, boundary cut at 0.3, regions under 50 px merged=runs/caches/cifar_surrogate_recut" \\
@@ -25,8 +26,15 @@ this measures, on the pretraining images themselves (no view transform), what di
         --json results/raw/surrogate_regions.json
     python experiments/collect_results.py surrogate_regions --runs results/raw/surrogate_regions.json
 
-The surrogates are the two experiments/surrogate_parity.sh trains (STEPS=1248), and the caches the ones it
-makes for its merged, cut, recut and coarsened arms; the JSON is small and committed, so the table can be collected again without them.
+The first two surrogates are those experiments/surrogate_parity.sh trains (STEPS=1248); the third is the second's
+recipe with the boundary term's weight tripled, for as many optimiser steps (on two threads):
+
+    saliency-ssl train-surrogate runs/data/cifar40k --cache runs/caches/cifar --out runs/exp/parity/surrogate_all_b30 \\
+        --max-steps 21846 --threads 2 --seed 0 --lambda-boundary 30 --quiet
+    saliency-ssl fidelity ../shared/data/cifar10/test --cache runs/caches/cifar \\
+        --surrogate runs/exp/parity/surrogate_all_b30/surrogate.pt --json runs/exp/parity/surrogate_all_b30/test.json
+
+The caches are the ones surrogate_parity.sh makes for its merged, cut, recut and coarsened arms; the JSON is small and committed, so the table can be collected again without them.
 
 Found (results/surrogate_regions_cifar10.json): see docs/surrogate.md, "In pretraining, on CIFAR-10".
 """
