@@ -83,6 +83,14 @@ def merged(targets: TargetBatch, min_pixels: int) -> TargetBatch:
     return TargetBatch(targets.saliency.cpu(), targets.mask.cpu(), regions.long())
 
 
+def _cut_off(text: str) -> float:
+    """--boundary-threshold's type: a number strictly between 0 and 1."""
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: give a cut-off between 0 and 1")
+    return value
+
+
 def surrogate_cache_parser(doc: str, surrogate_help: str) -> argparse.ArgumentParser:
     """The options of a script that writes a cache of altered targets from a surrogate's predictions on the
     pretraining images (this one and coarsened_exact_cache.py)."""
@@ -93,7 +101,7 @@ def surrogate_cache_parser(doc: str, surrogate_help: str) -> argparse.ArgumentPa
     parser.add_argument("--out", type=Path, required=True, help="the new cache (must not hold this labeller yet)")
     parser.add_argument("--size", type=int, default=32, help="the pretraining image size (default %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
-    parser.add_argument("--boundary-threshold", type=float, default=0.5, metavar="T",
+    parser.add_argument("--boundary-threshold", type=_cut_off, default=0.5, metavar="T",
                         help="the cut-off on the surrogate's boundary channel (default %(default)s, as the router "
                              "predicts; the mask's stays 0.5): a lower one draws more of the boundaries it is unsure "
                              "of")
@@ -106,8 +114,6 @@ def predict_pretraining(parser: argparse.ArgumentParser, args) -> tuple[Labeller
     the router hands it a pretraining batch, regions cut at ``--boundary-threshold``; refuses an ``--out`` that holds
     a cache already."""
     torch.set_num_threads(args.threads)
-    if not 0 < args.boundary_threshold < 1:
-        parser.error(f"--boundary-threshold {args.boundary_threshold}: give a cut-off between 0 and 1")
     config = LabellerConfig()
     if TargetCache.exists(args.out):
         parser.error(f"{args.out} holds a cache already; remove it or choose another --out")

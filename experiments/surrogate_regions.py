@@ -125,17 +125,20 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     pairs = load_pairs(args.images, args.cache, args.size, progress=False)
     exact = pairs.targets
-    rows = {"exact labeller": {**region_stats(exact, args.grid), **boundary_agreement(exact, exact)}}
+
+    def row(targets: TargetBatch) -> dict[str, float]:
+        return {**region_stats(targets, args.grid), **boundary_agreement(targets, exact)}
+
+    rows = {"exact labeller": row(exact)}
     for name, path in named:
         surrogate = Surrogate.load(path, expect_image_size=args.size)
-        predicted = predict_all(surrogate, pairs.images)
-        rows[f"surrogate, {name}"] = {**region_stats(predicted, args.grid), **boundary_agreement(predicted, exact)}
+        rows[f"surrogate, {name}"] = row(predict_all(surrogate, pairs.images))
     for name, cache in caches:
         other = load_pairs(args.images, cache, args.size, fingerprint=pairs.fingerprint, progress=False)
         if other.hashes != pairs.hashes:
             parser.error(f"--targets {name}={cache}: it holds targets of {len(other)} of the images, "
                          f"the exact cache of {len(pairs)}; it must hold every one")
-        rows[name] = {**region_stats(other.targets, args.grid), **boundary_agreement(other.targets, exact)}
+        rows[name] = row(other.targets)
     report = {"date": time.strftime("%Y-%m-%d"), "images": str(args.images), "size": args.size, "grid": args.grid,
               "surrogates": {name: str(path) for name, path in named},
               "caches": {name: str(path) for name, path in caches}, "rows": rows,
