@@ -9,7 +9,7 @@
 #   bash experiments/surrogate_parity.sh              624 steps of 64 (the _short configs)
 #   STEPS=1248 bash experiments/surrogate_parity.sh   1,248 steps: configs/mask_aware_cifar10_cpu.json's exact
 #                                                     arms, configs/surrogate_parity{,_half,_all,_half_all,_merged,
-#                                                     _cut,_recut,_coarsened,_exact_seed2}_cifar10.json
+#                                                     _cut,_recut,_b30,_coarsened,_exact_seed2}_cifar10.json
 #
 # The surrogate trains for 25 minutes of wall time on one torch thread on 10,000 of the 40,000 CIFAR-10 training
 # images outside the pretraining set (trained once, for both budgets, unless its folder is gone: the result file's
@@ -18,7 +18,8 @@
 # every target from it with its regions under 50 pixels merged into a neighbour (_merged: the labeller's floor on
 # region size, experiments/merged_regions_cache.py); every target from it with its boundary channel cut at 0.3
 # instead of 0.5 (_cut), and the same then merged under 50 pixels, which gives as many regions as the labeller's
-# (_recut); and one arm on the exact targets with only the region boundaries
+# (_recut); every target from a third surrogate, the 40,000-image recipe with its boundary term's weight tripled for
+# the same optimiser steps (_b30); and one arm on the exact targets with only the region boundaries
 # that surrogate also draws (_coarsened: experiments/coarsened_exact_cache.py); and a third pretraining seed of the
 # exact targets (_exact_seed2), kept apart, to see how far the two seeds every arm is compared with sit from a third;
 # `experiments/collect_results.py parity [--steps 1248]` writes results/surrogate_parity[_1248].json.
@@ -46,6 +47,7 @@ case "$STEPS" in
           ALL=configs/surrogate_parity_all_cifar10.json HALF_ALL=configs/surrogate_parity_half_all_cifar10.json
           MERGED=configs/surrogate_parity_merged_cifar10.json COARSENED=configs/surrogate_parity_coarsened_cifar10.json
           CUT=configs/surrogate_parity_cut_cifar10.json RECUT=configs/surrogate_parity_recut_cifar10.json
+          B30=configs/surrogate_parity_b30_cifar10.json
           SEED2=configs/surrogate_parity_exact_seed2_cifar10.json ;;
     *) echo "STEPS=$STEPS: the parity is configured for 624 or 1248 steps" >&2; exit 2 ;;
 esac
@@ -97,6 +99,19 @@ if [ -n "${ALL:-}" ]; then  # the surrogate on all 40,000 images outside the pre
             --min-pixels 50 --boundary-threshold 0.3
     fi
     saliency-ssl grid "$RECUT" --quiet
+    # a surrogate that draws more of the labeller's boundaries itself: the boundary term x3, the 40,000-image
+    # surrogate's 21,846 optimiser steps (a step budget, not a time budget, so the two threads do not buy it steps)
+    if [ ! -f runs/exp/parity/surrogate_all_b30/test.json ]; then
+        saliency-ssl train-surrogate runs/data/cifar40k --cache "$CACHE" --out runs/exp/parity/surrogate_all_b30 \
+            --max-steps 21846 --threads 2 --seed 0 --lambda-boundary 30 --quiet
+        saliency-ssl fidelity "$SHARED/cifar10/test" --cache "$CACHE" \
+            --surrogate runs/exp/parity/surrogate_all_b30/surrogate.pt --json runs/exp/parity/surrogate_all_b30/test.json --quiet
+    fi
+    if [ ! -f runs/caches/cifar_surrogate_b30/merged_regions.json ]; then  # its targets at the router's cut, none merged
+        python experiments/merged_regions_cache.py "$SHARED/cifar10/train" --cache "$CACHE" \
+            --surrogate runs/exp/parity/surrogate_all_b30/surrogate.pt --out runs/caches/cifar_surrogate_b30 --min-pixels 0
+    fi
+    saliency-ssl grid "$B30" --quiet
     # the exact targets with only the boundaries that surrogate also draws (touching regions it does not separate merged)
     if [ ! -f runs/caches/cifar_exact_coarsened/coarsened_exact.json ]; then  # the record is written last
         python experiments/coarsened_exact_cache.py "$SHARED/cifar10/train" --cache "$CACHE" \

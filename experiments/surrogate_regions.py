@@ -26,15 +26,9 @@ this measures, on the pretraining images themselves (no view transform), what di
         --json results/raw/surrogate_regions.json
     python experiments/collect_results.py surrogate_regions --runs results/raw/surrogate_regions.json
 
-The first two surrogates are those experiments/surrogate_parity.sh trains (STEPS=1248); the third is the second's
-recipe with the boundary term's weight tripled, for as many optimiser steps (on two threads):
-
-    saliency-ssl train-surrogate runs/data/cifar40k --cache runs/caches/cifar --out runs/exp/parity/surrogate_all_b30 \\
-        --max-steps 21846 --threads 2 --seed 0 --lambda-boundary 30 --quiet
-    saliency-ssl fidelity ../shared/data/cifar10/test --cache runs/caches/cifar \\
-        --surrogate runs/exp/parity/surrogate_all_b30/surrogate.pt --json runs/exp/parity/surrogate_all_b30/test.json
-
-The caches are the ones surrogate_parity.sh makes for its merged, cut, recut and coarsened arms; the JSON is small and committed, so the table can be collected again without them.
+The three surrogates are those experiments/surrogate_parity.sh trains (STEPS=1248); the third is the second's
+recipe with the boundary term's weight tripled, for as many optimiser steps (on two threads). The caches are the
+ones surrogate_parity.sh makes for its merged, cut, recut and coarsened arms; the JSON is small and committed, so the table can be collected again without them.
 
 Found (results/surrogate_regions_cifar10.json): see docs/surrogate.md, "In pretraining, on CIFAR-10".
 """

@@ -586,7 +586,9 @@ def test_parity_merged_arm_is_named_by_the_surrogate_of_the_all_arm(grids, monke
     """The merged arm's config serves targets from a cache (no surrogate of its own): its note is that of the
     surrogate the cache records, the 40,000-image one, shared with the all arm; an arm not run is named as not
     measured. The recut arm's cache was written by the same script from the same surrogate: it shares that note, and
-    has its gap row against the all arm. The coarsened arm pretrains on the labeller's targets (its cache's record is of its own kind): it
+    has its gap row against the all arm. The b30 arm's cache was written from another surrogate (the all arm's recipe
+    with the boundary term x3): its note is its own, and it has its gap row against the all arm, whose name begins
+    its own. The coarsened arm pretrains on the labeller's targets (its cache's record is of its own kind): it
     has its gap rows (against exact targets and against the all arm, as the merged arm has) and its note, and no
     surrogate's agreement."""
     (grids / "sur_all").mkdir()
@@ -611,6 +613,17 @@ def test_parity_merged_arm_is_named_by_the_surrogate_of_the_all_arm(grids, monke
     recut = _config(grids / "recut.json", grids / "gr", 0, [["detcon-simclr", "default"]],
                     cache=grids / "recut_cache", aug_source="cache")
     _results(recut, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.50, 0.01), (0.69, 0.0)]))
+    (grids / "sur_b30").mkdir()  # another surrogate, with its own test report and training record
+    (grids / "sur_b30" / "test.json").write_text(json.dumps(
+        {"n": 10000, "presence_accuracy": 0.73, "mask_iou_present": 0.42, "boundary_f": 0.70}))
+    (grids / "sur_b30" / "run.json").write_text(json.dumps({"outcome": {"steps": 21846, "minutes": 15.2}}))
+    (grids / "b30_cache").mkdir()
+    (grids / "b30_cache" / "merged_regions.json").write_text(json.dumps(
+        {"command": "python m.py --min-pixels 0", "boundary_threshold": 0.5, "min_pixels": 0,
+         "surrogate": str(grids / "sur_b30" / "surrogate.pt")}))
+    b30 = _config(grids / "b30.json", grids / "gb", 0, [["detcon-simclr", "default"]],
+                  cache=grids / "b30_cache", aug_source="cache")
+    _results(b30, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.49, 0.01), (0.73, 0.0)]))
     (grids / "coarse_cache").mkdir()
     (grids / "coarse_cache" / "coarsened_exact.json").write_text(json.dumps(
         {"command": "python c.py", "surrogate": str(grids / "sur_all" / "surrogate.pt")}))
@@ -621,7 +634,7 @@ def test_parity_merged_arm_is_named_by_the_surrogate_of_the_all_arm(grids, monke
     _results(seed2, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.46, 0.01), (0.70, 0.0)]))
     monkeypatch.setitem(collect_results.PARITY_BUDGETS, "1248", {
         **collect_results.PARITY_BUDGETS["624"], "all": every, "half_all": half_all, "merged": merged,
-        "recut": recut, "coarsened": coarsened, "exact_seed2": seed2, "result": "p.json"})
+        "recut": recut, "b30": b30, "coarsened": coarsened, "exact_seed2": seed2, "result": "p.json"})
     collect_results.main(["parity", "--steps", "1248", "--out", str(grids / "results"), "--machine", "test"])
     written = json.loads((grids / "results" / "p.json").read_text())
     rows = _rows(grids / "results" / "p.json")
@@ -645,6 +658,13 @@ def test_parity_merged_arm_is_named_by_the_surrogate_of_the_all_arm(grids, monke
     assert rows[f"{recut_arm} minus {all_arm}, kNN"][:2] == [pytest.approx([0.02, 0.01]), pytest.approx([-0.01, 0.0])]
     assert f"{recut_arm[0].upper()}{recut_arm[1:]}: the same, with its regions under 50 pixels then merged" \
         in written["notes"][0]
+    b30_arm = "targets of the 40,000-image surrogate, boundary term x3"
+    assert rows[f"{b30_arm} minus {all_arm}, kNN"][:2] == [pytest.approx([0.01, 0.01]), pytest.approx([0.03, 0.0])]
+    assert rows[f"{b30_arm} minus exact, kNN"][1] == pytest.approx([0.02, 0.01])
+    assert (f"The surrogate of the {b30_arm} rows: agreement with the exact targets of the 10,000 test images "
+            "(trained 21,846 steps of 64 in 15 minutes): presence accuracy 0.730, mask IoU on present masks 0.420, "
+            "region boundary F 0.700.") in written["notes"]
+    assert f"{b30_arm[0].upper()}{b30_arm[1:]}: every target, at the usual cut" in written["notes"][0]
     # a third seed of the exact targets, kept apart from the two every arm is compared with, and compared with them
     assert rows["exact targets, a third pretraining seed (1 seed), kNN"][0] == [0.46, 0.01]
     assert rows["exact targets (2 seeds), kNN"][0] == [0.5, 0.0224]  # RMS of the seeds' label spreads 0.01, 0.03
