@@ -301,7 +301,8 @@ _CACHE_MAKERS = {
                                "region under --min-pixels (50 unless given; 0: none) merged into the neighbour "
                                "sharing the longest border",
     "coarsened_exact_cache.py": "experiments/coarsened_exact_cache.py writes the exact targets with each two touching "
-                                "regions that overlap the same region of a surrogate most merged",
+                                "regions that overlap the same region of a surrogate most merged (its regions with the "
+                                "boundary channel cut at --boundary-threshold, 0.5 unless the command gives one)",
 }
 
 
