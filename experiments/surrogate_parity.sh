@@ -14,13 +14,13 @@
 # The surrogate trains for 25 minutes of wall time on one torch thread on 10,000 of the 40,000 CIFAR-10 training
 # images outside the pretraining set (trained once, for both budgets, unless its folder is gone: the result file's
 # notes give the agreement of each arm's surrogate); at 1,248 steps a second surrogate, trained for the same 25
-# minutes on all 40,000 of them, gives five more arms: every target from it (_all), half of them (_half_all),
+# minutes on all 40,000 of them, gives six more arms: every target from it (_all), half of them (_half_all),
 # every target from it with its regions under 50 pixels merged into a neighbour (_merged: the labeller's floor on
 # region size, experiments/merged_regions_cache.py); every target from it with its boundary channel cut at 0.3
 # instead of 0.5 (_cut), and the same then merged under 50 pixels, which gives as many regions as the labeller's
-# (_recut); every target from a third surrogate, the 40,000-image recipe with its boundary term's weight tripled for
-# the same optimiser steps (_b30); and one arm on the exact targets with only the region boundaries
-# that surrogate also draws (_coarsened: experiments/coarsened_exact_cache.py); and a third pretraining seed of the
+# (_recut); and one arm on the exact targets with only the region boundaries that surrogate also draws
+# (_coarsened: experiments/coarsened_exact_cache.py); every target from a third surrogate, the 40,000-image recipe
+# with its boundary term's weight tripled for the same optimiser steps (_b30); and a third pretraining seed of the
 # exact targets (_exact_seed2), kept apart, to see how far the two seeds every arm is compared with sit from a third;
 # `experiments/collect_results.py parity [--steps 1248]` writes results/surrogate_parity[_1248].json.
 # Found (docs/surrogate.md): at 1,248 steps, with half the targets from the surrogate, the linear probe is level
@@ -34,7 +34,8 @@
 # cut at 0.3 does not win the kNN points back: merged under 50 pixels (_recut, the labeller's number of regions),
 # 0.3 to 0.8 below; none merged (_cut, the most of the labeller's boundaries drawn, in fragments), 0.7 to 1.3 below.
 # Nor does a heavier boundary term: x3 (_b30) draws 69% of the labeller's boundaries against 65%, in more regions,
-# and its targets fall 0.9 to 1.5 kNN and up to 1.2 linear points below exact targets, below the usual weight's.
+# and its targets fall 0.9 to 1.5 kNN and up to 1.2 linear points below exact targets (0.2 to 1.3 kNN and 0.7 to
+# 1.0 linear below the usual weight's; each surrogate trained once).
 set -euo pipefail
 SHARED=${SHARED:-../shared/data}
 CACHE=${CACHE:-runs/caches/cifar}
@@ -114,7 +115,8 @@ if [ -n "${ALL:-}" ]; then  # the surrogate on all 40,000 images outside the pre
             --surrogate runs/exp/parity/surrogate_all_b30/surrogate.pt --out runs/caches/cifar_surrogate_b30 --min-pixels 0
     fi
     saliency-ssl grid "$B30" --quiet
-    # the exact targets with only the boundaries that surrogate also draws (touching regions it does not separate merged)
+    # the exact targets with only the boundaries the 40,000-image surrogate also draws (touching regions it does not
+    # separate merged)
     if [ ! -f runs/caches/cifar_exact_coarsened/coarsened_exact.json ]; then  # the record is written last
         python experiments/coarsened_exact_cache.py "$SHARED/cifar10/train" --cache "$CACHE" \
             --surrogate runs/exp/parity/surrogate_all/surrogate.pt --out runs/caches/cifar_exact_coarsened

@@ -29,7 +29,7 @@ this measures, on the pretraining images themselves (no view transform), what di
 
 The first three surrogates are those experiments/surrogate_parity.sh trains (STEPS=1248); the third is the second's
 recipe with the boundary term's weight tripled, for as many optimiser steps (on two threads). The fourth is the same
-with the weight ten times the default (on one thread beside two other jobs):
+with the weight ten times the default (on one thread, with other jobs on the machine):
 
     saliency-ssl train-surrogate runs/data/cifar40k --cache runs/caches/cifar --out runs/exp/parity/surrogate_all_b100 \\
         --max-steps 21846 --threads 1 --seed 0 --lambda-boundary 100 --quiet
