@@ -18,6 +18,7 @@ this measures, on the pretraining images themselves (no view transform), what di
     python experiments/surrogate_regions.py ../shared/data/cifar10/train --cache runs/caches/cifar \\
         --surrogate "10,000 images=runs/exp/parity/surrogate/surrogate.pt" \\
         --surrogate "40,000 images=runs/exp/parity/surrogate_all/surrogate.pt" \\
+        --surrogate "40,000 images, training seed 1=runs/exp/parity/surrogate_all_seed1/surrogate.pt" \\
         --surrogate "40,000 images, boundary term x3=runs/exp/parity/surrogate_all_b30/surrogate.pt" \\
         --surrogate "40,000 images, boundary term x10=runs/exp/parity/surrogate_all_b100/surrogate.pt" \\
         --targets "surrogate, 40,000 images, regions under 50 px merged=runs/caches/cifar_surrogate_merged" \\
@@ -27,14 +28,19 @@ this measures, on the pretraining images themselves (no view transform), what di
         --json results/raw/surrogate_regions.json
     python experiments/collect_results.py surrogate_regions --runs results/raw/surrogate_regions.json
 
-The first three surrogates are those experiments/surrogate_parity.sh trains (STEPS=1248); the third is the second's
-recipe with the boundary term's weight tripled, for as many optimiser steps (on two threads). The fourth is the same
-with the weight ten times the default (on one thread, with other jobs on the machine):
+The first, second and fourth surrogates are those experiments/surrogate_parity.sh trains (STEPS=1248); the fourth
+is the second's recipe with the boundary term's weight tripled, for as many optimiser steps (on two threads). The
+third is the second's recipe again with another training seed, which says how far two trainings of one recipe lie
+apart; the fifth is the fourth with the weight ten times the default (both on one thread, with other jobs on the
+machine):
 
+    saliency-ssl train-surrogate runs/data/cifar40k --cache runs/caches/cifar --out runs/exp/parity/surrogate_all_seed1 \\
+        --max-steps 21846 --threads 1 --seed 1 --quiet
     saliency-ssl train-surrogate runs/data/cifar40k --cache runs/caches/cifar --out runs/exp/parity/surrogate_all_b100 \\
         --max-steps 21846 --threads 1 --seed 0 --lambda-boundary 100 --quiet
-    saliency-ssl fidelity ../shared/data/cifar10/test --cache runs/caches/cifar \\
-        --surrogate runs/exp/parity/surrogate_all_b100/surrogate.pt --json runs/exp/parity/surrogate_all_b100/test.json
+
+and each scored by `saliency-ssl fidelity ../shared/data/cifar10/test --cache runs/caches/cifar --surrogate
+RUN/surrogate.pt --json RUN/test.json`, which the notes' agreement figures read.
 
 The caches are the ones surrogate_parity.sh makes for its merged, cut, recut and coarsened arms; the JSON is small and
 committed, so the table can be collected again without them.
