@@ -301,8 +301,9 @@ _CACHE_MAKERS = {
                                "region under --min-pixels (50 unless given; 0: none) merged into the neighbour "
                                "sharing the longest border",
     "coarsened_exact_cache.py": "experiments/coarsened_exact_cache.py writes the exact targets with each two touching "
-                                "regions that overlap the same region of a surrogate most merged (its regions with the "
-                                "boundary channel cut at --boundary-threshold, 0.5 unless the command gives one)",
+                                "regions that overlap the same region of a surrogate most merged; the surrogate's regions are "
+                                "drawn with its boundary channel cut at --boundary-threshold, 0.5 unless the command "
+                                "gives one",
 }
 
 
