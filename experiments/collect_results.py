@@ -301,9 +301,9 @@ _CACHE_MAKERS = {
                                "region under --min-pixels (50 unless given; 0: none) merged into the neighbour "
                                "sharing the longest border",
     "coarsened_exact_cache.py": "experiments/coarsened_exact_cache.py writes the exact targets with each two touching "
-                                "regions that overlap the same region of a surrogate most merged; the surrogate's regions are "
-                                "drawn with its boundary channel cut at --boundary-threshold, 0.5 unless the command "
-                                "gives one",
+                                "regions that overlap the same region of a surrogate most merged; the surrogate's "
+                                "regions are drawn with its boundary channel cut at --boundary-threshold, 0.5 unless "
+                                "the command gives one",
 }
 
 
@@ -533,33 +533,29 @@ _SURROGATE_ARMS = {"surrogate targets": "surrogate", "half exact, half surrogate
 #: the b30 arm, on its recipe
 _ALTERED_ARMS = {_MERGED_ARM: _ALL_ARM, _CUT_ARM: _ALL_ARM, _RECUT_ARM: _ALL_ARM, _B30_ARM: _ALL_ARM,
                  _COARSENED_ARM: _ALL_ARM}
-#: What the first parity note says of each arm a budget may add, by its config key.
+#: What the first parity note says of each arm a budget may add, by its config key; the note names the arm first.
 _ARM_NOTES = {
-    "all": f"{_ALL_ARM[0].upper()}{_ALL_ARM[1:]}: every target from a surrogate trained by the same command on all "
-           "40,000 CIFAR-10 training images outside the pretraining set.",
-    "half_all": f"{_HALF_ALL_ARM[0].upper()}{_HALF_ALL_ARM[1:]}: the half-labelled cache, the other half's targets "
-                "from that surrogate.",
-    "merged": f"{_MERGED_ARM[0].upper()}{_MERGED_ARM[1:]}: every target from that surrogate, predicted once, with each "
-              "region under 50 pixels merged into the neighbour sharing the longest border (the labeller's smallest "
-              "segment at this size), served from a cache (experiments/merged_regions_cache.py).",
-    "cut": f"{_CUT_ARM[0].upper()}{_CUT_ARM[1:]}: every target from that surrogate, predicted once with its boundary "
-           "channel cut at 0.3 instead of 0.5 (drawing boundaries it is less sure of), no region merged, served from "
-           "a cache (experiments/merged_regions_cache.py --boundary-threshold 0.3 --min-pixels 0).",
-    "recut": f"{_RECUT_ARM[0].upper()}{_RECUT_ARM[1:]}: the same, with its regions under 50 pixels then merged as in "
-             "the merged arm, which gives as many regions an image as the labeller's and as large a largest region "
+    "all": "every target from a surrogate trained by the same command on all 40,000 CIFAR-10 training images outside "
+           "the pretraining set.",
+    "half_all": "the half-labelled cache, the other half's targets from that surrogate.",
+    "merged": "every target from that surrogate, predicted once, with each region under 50 pixels merged into the "
+              "neighbour sharing the longest border (the labeller's smallest segment at this size), served from a "
+              "cache (experiments/merged_regions_cache.py).",
+    "cut": "every target from that surrogate, predicted once with its boundary channel cut at 0.3 instead of 0.5 "
+           "(drawing boundaries it is less sure of), no region merged, served from a cache "
+           "(experiments/merged_regions_cache.py --boundary-threshold 0.3 --min-pixels 0).",
+    "recut": "the same, with its regions under 50 pixels then merged as in the merged arm, which gives as many "
+             "regions an image as the labeller's and as large a largest region "
              "(--boundary-threshold 0.3 --min-pixels 50).",
-    "b30": f"{_B30_ARM[0].upper()}{_B30_ARM[1:]}: every target, at the usual cut, from a surrogate trained by the "
-           "40,000-image command with the boundary term's weight tripled (--lambda-boundary 30) for as many optimiser "
-           "steps (21,846, on two threads), which draws more of the labeller's region boundaries; predicted once, "
-           "served from a cache (--min-pixels 0).",
-    "coarsened": f"{_COARSENED_ARM[0].upper()}{_COARSENED_ARM[1:]}: the labeller's targets with each two touching "
-                 "exact regions whose larger parts lie in the same region of that surrogate merged, so only "
-                 "boundaries of the labeller's that the surrogate's partition keeps are left (a partition coarser "
-                 "than the surrogate's own); mask and map the labeller's; served from a cache "
-                 "(experiments/coarsened_exact_cache.py).",
-    "exact_seed2": f"{_THIRD_SEED_ARM[0].upper()}{_THIRD_SEED_ARM[1:]}: the exact targets' DetCon-S with pretraining "
-                   "seed 2, kept apart from seeds 0 and 1 so that its gap row shows how far one more seed of the "
-                   "reference itself falls from them.",
+    "b30": "every target, at the usual cut, from a surrogate trained by the 40,000-image command with the boundary "
+           "term's weight tripled (--lambda-boundary 30) for as many optimiser steps (21,846, on two threads), which "
+           "draws more of the labeller's region boundaries; predicted once, served from a cache (--min-pixels 0).",
+    "coarsened": "the labeller's targets with each two touching exact regions whose larger parts lie in the same "
+                 "region of that surrogate merged, so only boundaries of the labeller's that the surrogate's "
+                 "partition keeps are left (a partition coarser than the surrogate's own); mask and map the "
+                 "labeller's; served from a cache (experiments/coarsened_exact_cache.py).",
+    "exact_seed2": "the exact targets' DetCon-S with pretraining seed 2, kept apart from seeds 0 and 1 so that its "
+                   "gap row shows how far one more seed of the reference itself falls from them.",
 }
 
 
@@ -710,7 +706,8 @@ def parity(args) -> None:
              "cache holding the exact targets of half the pretraining images (chosen by content hash, "
              "experiments/partial_cache.py), the other half's from a surrogate trained by the same command "
              "(--aug-source cache,surrogate); a note below gives each arm's surrogate."
-             + "".join(f" {text}" for key, text in _ARM_NOTES.items() if key in budget)
+             + "".join(f" {label[0].upper()}{label[1:]}: {_ARM_NOTES[key]}" for label, key in _SURROGATE_ARMS.items()
+                       if key in budget and key in _ARM_NOTES)
              + " A gap row is the difference of the means, ± the larger of the two rows' spreads."]
     missing = [label for label, rows in measured.items() if not rows and label not in carried]
     if missing:

@@ -45,6 +45,19 @@ def _accuracy(simclr, detcon):
             for p in ("linear", "knn") for f, value in zip(FRACTIONS, base)}
 
 
+def _cache_arm(grids, name, record_name, detcon, **record):
+    """A parity arm of DetCon-S alone whose targets a cache serves, the cache holding only the record an experiment
+    script writes beside the targets (``record_name``: merged_regions.json, coarsened_exact.json); ``detcon``: its
+    (mean, std) at each fraction, as _accuracy takes them."""
+    cache = grids / f"{name}_cache"
+    cache.mkdir()
+    (cache / record_name).write_text(json.dumps(record))
+    config = _config(grids / f"{name}.json", grids / f"g_{name}", 0, [["detcon-simclr", "default"]], cache=cache,
+                     aug_source="cache")
+    _results(config, _accuracy([(0.0, 0.0), (0.0, 0.0)], detcon))
+    return config
+
+
 @pytest.fixture
 def grids(tmp_path, monkeypatch):
     both = [["simclr", "default"], ["detcon-simclr", "default"]]
@@ -597,39 +610,23 @@ def test_parity_merged_arm_is_named_by_the_surrogate_of_the_all_arm(grids, monke
     every = _config(grids / "all.json", grids / "ga", 0, [["detcon-simclr", "default"]],
                     aug_source="surrogate", surrogate=str(grids / "sur_all" / "surrogate.pt"))
     # its cache records the surrogate that made it, as experiments/merged_regions_cache.py writes it
-    (grids / "merged_cache").mkdir()
-    (grids / "merged_cache" / "merged_regions.json").write_text(json.dumps(
-        {"command": "python m.py", "min_pixels": 50, "surrogate": str(grids / "sur_all" / "surrogate.pt")}))
-    merged = _config(grids / "merged.json", grids / "gm", 0, [["detcon-simclr", "default"]],
-                     cache=grids / "merged_cache", aug_source="cache")
+    merged = _cache_arm(grids, "merged", "merged_regions.json", [(0.49, 0.01), (0.72, 0.0)],
+                        command="python m.py", min_pixels=50, surrogate=str(grids / "sur_all" / "surrogate.pt"))
     half_all = _config(grids / "half_all.json", grids / "gha", 0, [["detcon-simclr", "default"]],
                        aug_source="cache,surrogate", surrogate=str(grids / "sur_all" / "surrogate.pt"))
     _results(every, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.48, 0.01), (0.70, 0.0)]))
-    _results(merged, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.49, 0.01), (0.72, 0.0)]))
-    (grids / "recut_cache").mkdir()  # the same script with a lower boundary cut
-    (grids / "recut_cache" / "merged_regions.json").write_text(json.dumps(
-        {"command": "python m.py --boundary-threshold 0.3", "boundary_threshold": 0.3, "min_pixels": 50,
-         "surrogate": str(grids / "sur_all" / "surrogate.pt")}))
-    recut = _config(grids / "recut.json", grids / "gr", 0, [["detcon-simclr", "default"]],
-                    cache=grids / "recut_cache", aug_source="cache")
-    _results(recut, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.50, 0.01), (0.69, 0.0)]))
+    recut = _cache_arm(grids, "recut", "merged_regions.json", [(0.50, 0.01), (0.69, 0.0)],  # a lower boundary cut
+                       command="python m.py --boundary-threshold 0.3", boundary_threshold=0.3, min_pixels=50,
+                       surrogate=str(grids / "sur_all" / "surrogate.pt"))
     (grids / "sur_b30").mkdir()  # another surrogate, with its own test report and training record
     (grids / "sur_b30" / "test.json").write_text(json.dumps(
         {"n": 10000, "presence_accuracy": 0.73, "mask_iou_present": 0.42, "boundary_f": 0.70}))
     (grids / "sur_b30" / "run.json").write_text(json.dumps({"outcome": {"steps": 21846, "minutes": 15.2}}))
-    (grids / "b30_cache").mkdir()
-    (grids / "b30_cache" / "merged_regions.json").write_text(json.dumps(
-        {"command": "python m.py --min-pixels 0", "boundary_threshold": 0.5, "min_pixels": 0,
-         "surrogate": str(grids / "sur_b30" / "surrogate.pt")}))
-    b30 = _config(grids / "b30.json", grids / "gb", 0, [["detcon-simclr", "default"]],
-                  cache=grids / "b30_cache", aug_source="cache")
-    _results(b30, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.49, 0.01), (0.73, 0.0)]))
-    (grids / "coarse_cache").mkdir()
-    (grids / "coarse_cache" / "coarsened_exact.json").write_text(json.dumps(
-        {"command": "python c.py", "surrogate": str(grids / "sur_all" / "surrogate.pt")}))
-    coarsened = _config(grids / "coarsened.json", grids / "gc", 0, [["detcon-simclr", "default"]],
-                        cache=grids / "coarse_cache", aug_source="cache")
-    _results(coarsened, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.47, 0.01), (0.70, 0.0)]))
+    b30 = _cache_arm(grids, "b30", "merged_regions.json", [(0.49, 0.01), (0.73, 0.0)],
+                     command="python m.py --min-pixels 0", boundary_threshold=0.5, min_pixels=0,
+                     surrogate=str(grids / "sur_b30" / "surrogate.pt"))
+    coarsened = _cache_arm(grids, "coarsened", "coarsened_exact.json", [(0.47, 0.01), (0.70, 0.0)],
+                           command="python c.py", surrogate=str(grids / "sur_all" / "surrogate.pt"))
     seed2 = _config(grids / "seed2.json", grids / "gs2", 2, [["detcon-simclr", "default"]])
     _results(seed2, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.46, 0.01), (0.70, 0.0)]))
     monkeypatch.setitem(collect_results.PARITY_BUDGETS, "1248", {
