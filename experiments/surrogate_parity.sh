@@ -55,14 +55,29 @@ case "$STEPS" in
     *) echo "STEPS=$STEPS: the parity is configured for 624 or 1248 steps" >&2; exit 2 ;;
 esac
 export OMP_NUM_THREADS=1
+# surrogate RUN [train-surrogate options]: trains a surrogate on the 40,000 images into RUN and scores it on the
+# test images, once: a RUN with its test.json is kept
+surrogate() {
+    local run=$1; shift
+    if [ ! -f "$run/test.json" ]; then
+        saliency-ssl train-surrogate runs/data/cifar40k --cache "$CACHE" --out "$run" "$@" --quiet
+        saliency-ssl fidelity "$SHARED/cifar10/test" --cache "$CACHE" --surrogate "$run/surrogate.pt" \
+            --json "$run/test.json" --quiet
+    fi
+}
+# surrogate_cache SCRIPT SURROGATE OUT [options]: a cache of targets made from a surrogate's predictions by
+# experiments/SCRIPT, once: an OUT with SCRIPT's record (written last) is kept
+surrogate_cache() {
+    local script=$1 run=$2 out=$3; shift 3
+    if [ ! -f "$out/$(basename "$script" _cache.py).json" ]; then
+        python "experiments/$script" "$SHARED/cifar10/train" --cache "$CACHE" --surrogate "$run/surrogate.pt" \
+            --out "$out" "$@"
+    fi
+}
 python experiments/cifar_split.py "$SHARED/cifar10/train50k" runs/data/cifar40k --skip 1000
 saliency-ssl label runs/data/cifar40k --cache "$CACHE" --quiet
-if [ ! -f runs/exp/parity/surrogate/test.json ]; then  # trained and scored once, for both budgets
-    saliency-ssl train-surrogate runs/data/cifar40k --cache "$CACHE" --out runs/exp/parity/surrogate --limit 10000 \
-        --max-minutes 25 --threads 1 --seed 0 --quiet
-    saliency-ssl fidelity "$SHARED/cifar10/test" --cache "$CACHE" --surrogate runs/exp/parity/surrogate/surrogate.pt \
-        --json runs/exp/parity/surrogate/test.json --quiet
-fi
+# trained and scored once, for both budgets
+surrogate runs/exp/parity/surrogate --limit 10000 --max-minutes 25 --threads 1 --seed 0
 for i in "${!EXACT[@]}"; do  # the exact arms: SimCLR default and DetCon-S at both pretraining seeds
     if [ "${ONLY[$i]}" = all ]; then
         saliency-ssl grid "${EXACT[$i]}" --quiet
@@ -74,53 +89,30 @@ saliency-ssl grid "$SURROGATE" --quiet
 python experiments/partial_cache.py "$CACHE" "$SHARED/cifar10/train" runs/caches/cifar_half --share 0.5
 saliency-ssl grid "$HALF" --quiet
 if [ -n "${ALL:-}" ]; then  # the surrogate on all 40,000 images outside the pretraining set, the same 25 minutes
-    if [ ! -f runs/exp/parity/surrogate_all/test.json ]; then
-        saliency-ssl train-surrogate runs/data/cifar40k --cache "$CACHE" --out runs/exp/parity/surrogate_all \
-            --max-minutes 25 --threads 1 --seed 0 --quiet
-        saliency-ssl fidelity "$SHARED/cifar10/test" --cache "$CACHE" \
-            --surrogate runs/exp/parity/surrogate_all/surrogate.pt --json runs/exp/parity/surrogate_all/test.json --quiet
-    fi
+    surrogate runs/exp/parity/surrogate_all --max-minutes 25 --threads 1 --seed 0
     saliency-ssl grid "$ALL" --quiet
     saliency-ssl grid "$HALF_ALL" --quiet
     # its targets with the labeller's floor on region size (regions under 50 pixels merged), from a cache
-    if [ ! -f runs/caches/cifar_surrogate_merged/merged_regions.json ]; then  # the record is written last
-        python experiments/merged_regions_cache.py "$SHARED/cifar10/train" --cache "$CACHE" \
-            --surrogate runs/exp/parity/surrogate_all/surrogate.pt --out runs/caches/cifar_surrogate_merged
-    fi
+    surrogate_cache merged_regions_cache.py runs/exp/parity/surrogate_all runs/caches/cifar_surrogate_merged
     saliency-ssl grid "$MERGED" --quiet
     # its targets with the boundary channel cut at 0.3 (boundaries it is less sure of drawn too), none merged
-    if [ ! -f runs/caches/cifar_surrogate_cut/merged_regions.json ]; then
-        python experiments/merged_regions_cache.py "$SHARED/cifar10/train" --cache "$CACHE" \
-            --surrogate runs/exp/parity/surrogate_all/surrogate.pt --out runs/caches/cifar_surrogate_cut \
-            --min-pixels 0 --boundary-threshold 0.3
-    fi
+    surrogate_cache merged_regions_cache.py runs/exp/parity/surrogate_all runs/caches/cifar_surrogate_cut \
+        --min-pixels 0 --boundary-threshold 0.3
     saliency-ssl grid "$CUT" --quiet
     # ... and cut at 0.3, then merged under 50 pixels: as many regions as the labeller's
-    if [ ! -f runs/caches/cifar_surrogate_recut/merged_regions.json ]; then
-        python experiments/merged_regions_cache.py "$SHARED/cifar10/train" --cache "$CACHE" \
-            --surrogate runs/exp/parity/surrogate_all/surrogate.pt --out runs/caches/cifar_surrogate_recut \
-            --min-pixels 50 --boundary-threshold 0.3
-    fi
+    surrogate_cache merged_regions_cache.py runs/exp/parity/surrogate_all runs/caches/cifar_surrogate_recut \
+        --min-pixels 50 --boundary-threshold 0.3
     saliency-ssl grid "$RECUT" --quiet
     # a surrogate that draws more of the labeller's boundaries itself: the boundary term x3, the 40,000-image
     # surrogate's 21,846 optimiser steps (a step budget, not a time budget, so the two threads do not buy it steps)
-    if [ ! -f runs/exp/parity/surrogate_all_b30/test.json ]; then
-        saliency-ssl train-surrogate runs/data/cifar40k --cache "$CACHE" --out runs/exp/parity/surrogate_all_b30 \
-            --max-steps 21846 --threads 2 --seed 0 --lambda-boundary 30 --quiet
-        saliency-ssl fidelity "$SHARED/cifar10/test" --cache "$CACHE" \
-            --surrogate runs/exp/parity/surrogate_all_b30/surrogate.pt --json runs/exp/parity/surrogate_all_b30/test.json --quiet
-    fi
-    if [ ! -f runs/caches/cifar_surrogate_b30/merged_regions.json ]; then  # its targets at the router's cut, none merged
-        python experiments/merged_regions_cache.py "$SHARED/cifar10/train" --cache "$CACHE" \
-            --surrogate runs/exp/parity/surrogate_all_b30/surrogate.pt --out runs/caches/cifar_surrogate_b30 --min-pixels 0
-    fi
+    surrogate runs/exp/parity/surrogate_all_b30 --max-steps 21846 --threads 2 --seed 0 --lambda-boundary 30
+    # its targets at the router's cut, none merged
+    surrogate_cache merged_regions_cache.py runs/exp/parity/surrogate_all_b30 runs/caches/cifar_surrogate_b30 \
+        --min-pixels 0
     saliency-ssl grid "$B30" --quiet
     # the exact targets with only the boundaries the 40,000-image surrogate also draws (touching regions it does not
     # separate merged)
-    if [ ! -f runs/caches/cifar_exact_coarsened/coarsened_exact.json ]; then  # the record is written last
-        python experiments/coarsened_exact_cache.py "$SHARED/cifar10/train" --cache "$CACHE" \
-            --surrogate runs/exp/parity/surrogate_all/surrogate.pt --out runs/caches/cifar_exact_coarsened
-    fi
+    surrogate_cache coarsened_exact_cache.py runs/exp/parity/surrogate_all runs/caches/cifar_exact_coarsened
     saliency-ssl grid "$COARSENED" --quiet
     saliency-ssl grid "$SEED2" --quiet  # the exact targets, a third pretraining seed
 fi
