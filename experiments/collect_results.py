@@ -505,6 +505,7 @@ PARITY_BUDGETS = {
              "cut": "configs/surrogate_parity_cut_cifar10.json",
              "recut": "configs/surrogate_parity_recut_cifar10.json",
              "b30": "configs/surrogate_parity_b30_cifar10.json",
+             "seed1": "configs/surrogate_parity_seed1_cifar10.json",
              "exact_seed2": "configs/surrogate_parity_exact_seed2_cifar10.json"},
 }
 #: The arm of a budget's "all" config: the surrogate trained on every CIFAR-10 image outside the pretraining set;
@@ -519,6 +520,8 @@ _CUT_ARM = "regions of the 40,000-image surrogate cut at 0.3"
 _RECUT_ARM = "regions of the 40,000-image surrogate cut at 0.3, under 50 px merged"
 #: ... and of its "b30" config: the targets of a surrogate trained by that recipe with the boundary term x3
 _B30_ARM = "targets of the 40,000-image surrogate, boundary term x3"
+#: ... and of its "seed1" config: the targets of a second training of that recipe, another training seed
+_SEED1_ARM = "targets of the 40,000-image surrogate, training seed 1"
 #: ... and of its "coarsened" config: the exact targets with touching regions that surrogate does not separate merged
 _COARSENED_ARM = "exact targets coarsened to the 40,000-image surrogate's regions"
 #: ... and of its "exact_seed2" config: the exact targets again, from a third pretraining seed
@@ -528,11 +531,11 @@ _THIRD_SEED_ARM = "exact targets, a third pretraining seed"
 #: exact targets themselves, which says how far the two seeds every arm is compared with sit from a third
 _SURROGATE_ARMS = {"surrogate targets": "surrogate", "half exact, half surrogate": "half", _ALL_ARM: "all",
                    _HALF_ALL_ARM: "half_all", _MERGED_ARM: "merged", _CUT_ARM: "cut", _RECUT_ARM: "recut",
-                   _B30_ARM: "b30", _COARSENED_ARM: "coarsened", _THIRD_SEED_ARM: "exact_seed2"}
+                   _B30_ARM: "b30", _SEED1_ARM: "seed1", _COARSENED_ARM: "coarsened", _THIRD_SEED_ARM: "exact_seed2"}
 #: Arms that also get a gap row against another arm, the one they alter: each acts on the all arm's surrogate or,
-#: the b30 arm, on its recipe
+#: the b30 and seed1 arms, on its recipe (the seed1 arm's gap row is how far two trainings of one recipe lie apart)
 _ALTERED_ARMS = {_MERGED_ARM: _ALL_ARM, _CUT_ARM: _ALL_ARM, _RECUT_ARM: _ALL_ARM, _B30_ARM: _ALL_ARM,
-                 _COARSENED_ARM: _ALL_ARM}
+                 _SEED1_ARM: _ALL_ARM, _COARSENED_ARM: _ALL_ARM}
 #: What the first parity note says of each arm a budget may add, by its config key; the note names the arm first.
 _ARM_NOTES = {
     "all": "every target from a surrogate trained by the same command on all 40,000 CIFAR-10 training images outside "
@@ -550,6 +553,10 @@ _ARM_NOTES = {
     "b30": "every target, at the usual cut, from a surrogate trained by the 40,000-image command with the boundary "
            "term's weight tripled (--lambda-boundary 30) for as many optimiser steps (21,846, on two threads), which "
            "draws more of the labeller's region boundaries; predicted once, served from a cache (--min-pixels 0).",
+    "seed1": "every target, at the usual cut, from a second training of the 40,000-image recipe with another "
+             "training seed (--seed 1) for as many optimiser steps (21,846); predicted once, served from a cache "
+             "(--min-pixels 0). Its gap row against the 40,000-image surrogate's targets is how far two trainings of "
+             "one recipe lie apart downstream.",
     "coarsened": "the labeller's targets with each two touching exact regions whose larger parts lie in the same "
                  "region of that surrogate merged, so only boundaries of the labeller's that the surrogate's "
                  "partition keeps are left (a partition coarser than the surrogate's own); mask and map the "

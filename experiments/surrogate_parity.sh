@@ -9,7 +9,7 @@
 #   bash experiments/surrogate_parity.sh              624 steps of 64 (the _short configs)
 #   STEPS=1248 bash experiments/surrogate_parity.sh   1,248 steps: configs/mask_aware_cifar10_cpu.json's exact
 #                                                     arms, configs/surrogate_parity{,_half,_all,_half_all,_merged,
-#                                                     _cut,_recut,_b30,_coarsened,_exact_seed2}_cifar10.json
+#                                                     _cut,_recut,_b30,_seed1,_coarsened,_exact_seed2}_cifar10.json
 #
 # The surrogate trains for 25 minutes of wall time on one torch thread on 10,000 of the 40,000 CIFAR-10 training
 # images outside the pretraining set (trained once, for both budgets, unless its folder is gone: the result file's
@@ -20,8 +20,10 @@
 # instead of 0.5 (_cut), and the same then merged under 50 pixels, which gives as many regions as the labeller's
 # (_recut); and one arm on the exact targets with only the region boundaries that surrogate also draws
 # (_coarsened: experiments/coarsened_exact_cache.py); every target from a third surrogate, the 40,000-image recipe
-# with its boundary term's weight tripled for the same optimiser steps (_b30); and a third pretraining seed of the
-# exact targets (_exact_seed2), kept apart, to see how far the two seeds every arm is compared with sit from a third;
+# with its boundary term's weight tripled for the same optimiser steps (_b30); every target from a second training
+# of the 40,000-image recipe with another training seed, for as many steps (_seed1: how far two trainings lie apart
+# downstream); and a third pretraining seed of the exact targets (_exact_seed2), kept apart, to see how far the two
+# seeds every arm is compared with sit from a third;
 # `experiments/collect_results.py parity [--steps 1248]` writes results/surrogate_parity[_1248].json.
 # Found (docs/surrogate.md): at 1,248 steps, with half the targets from the surrogate, the linear probe is level
 # with exact targets (inside the seeds' spread at every share of the labels) and kNN 0.2 to 1.0 points below; with
@@ -50,7 +52,7 @@ case "$STEPS" in
           ALL=configs/surrogate_parity_all_cifar10.json HALF_ALL=configs/surrogate_parity_half_all_cifar10.json
           MERGED=configs/surrogate_parity_merged_cifar10.json COARSENED=configs/surrogate_parity_coarsened_cifar10.json
           CUT=configs/surrogate_parity_cut_cifar10.json RECUT=configs/surrogate_parity_recut_cifar10.json
-          B30=configs/surrogate_parity_b30_cifar10.json
+          B30=configs/surrogate_parity_b30_cifar10.json RETRAINED=configs/surrogate_parity_seed1_cifar10.json
           SEED2=configs/surrogate_parity_exact_seed2_cifar10.json ;;
     *) echo "STEPS=$STEPS: the parity is configured for 624 or 1248 steps" >&2; exit 2 ;;
 esac
@@ -110,6 +112,11 @@ if [ -n "${ALL:-}" ]; then  # the surrogate on all 40,000 images outside the pre
     surrogate_cache merged_regions_cache.py runs/exp/parity/surrogate_all_b30 runs/caches/cifar_surrogate_b30 \
         --min-pixels 0
     saliency-ssl grid "$B30" --quiet
+    # a second training of the 40,000-image recipe, training seed 1, for its optimiser steps; its targets as b30's
+    surrogate runs/exp/parity/surrogate_all_seed1 --max-steps 21846 --threads 1 --seed 1
+    surrogate_cache merged_regions_cache.py runs/exp/parity/surrogate_all_seed1 runs/caches/cifar_surrogate_seed1 \
+        --min-pixels 0
+    saliency-ssl grid "$RETRAINED" --quiet
     # the exact targets with only the boundaries the 40,000-image surrogate also draws (touching regions it does not
     # separate merged)
     surrogate_cache coarsened_exact_cache.py runs/exp/parity/surrogate_all runs/caches/cifar_exact_coarsened

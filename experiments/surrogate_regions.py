@@ -28,14 +28,12 @@ this measures, on the pretraining images themselves (no view transform), what di
         --json results/raw/surrogate_regions.json
     python experiments/collect_results.py surrogate_regions --runs results/raw/surrogate_regions.json
 
-The first, second and fourth surrogates are those experiments/surrogate_parity.sh trains (STEPS=1248); the fourth
-is the second's recipe with the boundary term's weight tripled, for as many optimiser steps (on two threads). The
-third is the second's recipe again with another training seed, which says how far two trainings of one recipe lie
-apart; the fifth is the fourth with the weight ten times the default (both on one thread, with other jobs on the
+The first four surrogates are those experiments/surrogate_parity.sh trains (STEPS=1248): the third is the second's
+recipe again with another training seed, for as many optimiser steps, which says how far two trainings of one recipe
+lie apart; the fourth is the second's recipe with the boundary term's weight tripled, for as many steps (on two
+threads). The fifth is the fourth with the weight ten times the default (on one thread, with other jobs on the
 machine):
 
-    saliency-ssl train-surrogate runs/data/cifar40k --cache runs/caches/cifar --out runs/exp/parity/surrogate_all_seed1 \\
-        --max-steps 21846 --threads 1 --seed 1 --quiet
     saliency-ssl train-surrogate runs/data/cifar40k --cache runs/caches/cifar --out runs/exp/parity/surrogate_all_b100 \\
         --max-steps 21846 --threads 1 --seed 0 --lambda-boundary 100 --quiet
 

@@ -601,7 +601,7 @@ def test_parity_merged_arm_is_named_by_the_surrogate_of_the_all_arm(grids, monke
     measured. The recut arm's cache was written by the same script from the same surrogate: it shares that note, and
     has its gap row against the all arm. The b30 arm's cache was written from another surrogate (the all arm's recipe
     with the boundary term x3): its note is its own, and it has its gap row against the all arm, whose name begins
-    its own. The coarsened arm pretrains on the labeller's targets (its cache's record is of its own kind): it
+    its own; so has the seed1 arm's (a second training of that recipe). The coarsened arm pretrains on the labeller's targets (its cache's record is of its own kind): it
     has its gap rows (against exact targets and against the all arm, as the merged arm has) and its note, and no
     surrogate's agreement."""
     (grids / "sur_all").mkdir()
@@ -625,13 +625,19 @@ def test_parity_merged_arm_is_named_by_the_surrogate_of_the_all_arm(grids, monke
     b30 = _cache_arm(grids, "b30", "merged_regions.json", [(0.49, 0.01), (0.73, 0.0)],
                      command="python m.py --min-pixels 0", boundary_threshold=0.5, min_pixels=0,
                      surrogate=str(grids / "sur_b30" / "surrogate.pt"))
+    (grids / "sur_seed1").mkdir()  # a second training of the all arm's recipe
+    (grids / "sur_seed1" / "test.json").write_text(json.dumps(
+        {"n": 10000, "presence_accuracy": 0.75, "mask_iou_present": 0.41, "boundary_f": 0.68}))
+    seed1 = _cache_arm(grids, "retrained", "merged_regions.json", [(0.47, 0.01), (0.71, 0.0)],
+                       command="python m.py --min-pixels 0", boundary_threshold=0.5, min_pixels=0,
+                       surrogate=str(grids / "sur_seed1" / "surrogate.pt"))
     coarsened = _cache_arm(grids, "coarsened", "coarsened_exact.json", [(0.47, 0.01), (0.70, 0.0)],
                            command="python c.py", surrogate=str(grids / "sur_all" / "surrogate.pt"))
     seed2 = _config(grids / "seed2.json", grids / "gs2", 2, [["detcon-simclr", "default"]])
     _results(seed2, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.46, 0.01), (0.70, 0.0)]))
     monkeypatch.setitem(collect_results.PARITY_BUDGETS, "1248", {
         **collect_results.PARITY_BUDGETS["624"], "all": every, "half_all": half_all, "merged": merged,
-        "recut": recut, "b30": b30, "coarsened": coarsened, "exact_seed2": seed2, "result": "p.json"})
+        "recut": recut, "b30": b30, "seed1": seed1, "coarsened": coarsened, "exact_seed2": seed2, "result": "p.json"})
     collect_results.main(["parity", "--steps", "1248", "--out", str(grids / "results"), "--machine", "test"])
     written = json.loads((grids / "results" / "p.json").read_text())
     rows = _rows(grids / "results" / "p.json")
@@ -662,6 +668,14 @@ def test_parity_merged_arm_is_named_by_the_surrogate_of_the_all_arm(grids, monke
             "(trained 21,846 steps of 64 in 15 minutes): presence accuracy 0.730, mask IoU on present masks 0.420, "
             "region boundary F 0.700.") in written["notes"]
     assert f"{b30_arm[0].upper()}{b30_arm[1:]}: every target, at the usual cut" in written["notes"][0]
+    # a second training of the all arm's recipe: its gap row against the all arm, its own surrogate's note
+    seed1_arm = "targets of the 40,000-image surrogate, training seed 1"
+    assert rows[f"{seed1_arm} minus {all_arm}, kNN"][:2] == [pytest.approx([-0.01, 0.01]), pytest.approx([0.01, 0.0])]
+    assert not any(name.startswith(f"{seed1_arm} minus {b30_arm}") for name in rows)
+    assert (f"The surrogate of the {seed1_arm} rows: agreement with the exact targets of the 10,000 test images: "
+            "presence accuracy 0.750, mask IoU on present masks 0.410, region boundary F 0.680.") in written["notes"]
+    assert f"{seed1_arm[0].upper()}{seed1_arm[1:]}: every target, at the usual cut, from a second training" \
+        in written["notes"][0]
     # a third seed of the exact targets, kept apart from the two every arm is compared with, and compared with them
     assert rows["exact targets, a third pretraining seed (1 seed), kNN"][0] == [0.46, 0.01]
     assert rows["exact targets (2 seeds), kNN"][0] == [0.5, 0.0224]  # RMS of the seeds' label spreads 0.01, 0.03
