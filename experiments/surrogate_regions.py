@@ -43,7 +43,8 @@ RUN/surrogate.pt --json RUN/test.json`, which the notes' agreement figures read.
 The caches are the ones surrogate_parity.sh makes for its merged, cut, recut and coarsened arms; the JSON is small and
 committed, so the table can be collected again without them.
 
-Found (results/surrogate_regions_cifar10.json): see docs/surrogate.md, "In pretraining, on CIFAR-10".
+Found (results/surrogate_regions_cifar10.json): see docs/findings.md, "The surrogate" (the parity table is in
+docs/surrogate.md, "How good it is").
 """
 
 from __future__ import annotations
