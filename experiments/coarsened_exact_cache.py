@@ -2,7 +2,7 @@
 gap comes from.
 
 Pretrained on the surrogate's targets, DetCon-S's backbones are level with exact targets on the linear probe and
-0.2 to 1.0 kNN points below (docs/surrogate.md). Merging the surrogate's small fragments did not close that gap
+0.2 to 1.0 kNN points below (docs/surrogate.md, "How good it is"). Merging the surrogate's small fragments did not close that gap
 (experiments/merged_regions_cache.py); what is left is that its partition is coarser where it counts: with the
 fragments merged it has 3.7 regions an image against the labeller's 5.0, and its largest region owns 57% of the
 cells of DetCon-S's grid against 45% (results/surrogate_regions_cifar10.json). This arm isolates that: each exact
@@ -16,7 +16,7 @@ effect. If pretraining on these targets loses no more kNN points than the surrog
 boundaries can explain the gap; if it is level with exact targets, the gap lies in where the surrogate draws its
 boundaries and what it adds.
 
-Found (results/surrogate_parity_1248.json, docs/surrogate.md): kNN 0.4 to 1.0 points below exact targets and
+Found (results/surrogate_parity_1248.json, docs/findings.md, "The surrogate"): kNN 0.4 to 1.0 points below exact targets and
 level with the surrogate's own targets (-0.2 to +0.3, inside the spread): the missed boundaries account for the gap.
 Linear 0.4 to 1.2 below exact targets, 0.6 to 1.2 below the surrogate's: the extra coarsening costs linear points.
 

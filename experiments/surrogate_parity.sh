@@ -25,7 +25,7 @@
 # downstream); and a third pretraining seed of the exact targets (_exact_seed2), kept apart, to see how far the two
 # seeds every arm is compared with sit from a third;
 # `experiments/collect_results.py parity [--steps 1248]` writes results/surrogate_parity[_1248].json.
-# Found (docs/surrogate.md): at 1,248 steps, with half the targets from the surrogate, the linear probe is level
+# Found (docs/surrogate.md has the table, docs/findings.md each arm's reading): at 1,248 steps, with half the targets from the surrogate, the linear probe is level
 # with exact targets (inside the seeds' spread at every share of the labels) and kNN 0.2 to 1.0 points below; with
 # every target from it, 0.3 to 0.5 linear and 0.7 to 1.2 kNN points below. At 624 steps the gaps were wider. The
 # 40,000-image surrogate's targets: linear level, kNN 0.2 to 1.0 below; with its small regions merged, kNN 0.4 to
