@@ -41,25 +41,25 @@ if [ ! -f "$OUT/photos_unlabelled/surrogate.pt" ] && [ -f "$REFERENCE/surrogate.
   mkdir -p "$OUT/photos_unlabelled"
   cp -r "$REFERENCE"/{surrogate.pt,run.json,history.json} "$OUT/photos_unlabelled/"
 fi
-for data in photos_unlabelled photos_horses_a horses_a; do   # side by side, one thread each
-  if [ ! -f "$OUT/$data/surrogate.pt" ]; then
-    saliency-ssl train-surrogate "runs/data/$data" --cache "$CACHE" --out "$OUT/$data" --size 96 \
-        --max-steps "$STEPS" --threads 1 --seed 0 --quiet &
+# train DATA RUN [train-surrogate options]: a 96 px surrogate of runs/data/DATA into $OUT/RUN, seed 0, once: a RUN
+# with its surrogate.pt is kept
+train() {
+  local data=$1 run=$2; shift 2
+  if [ ! -f "$OUT/$run/surrogate.pt" ]; then
+    saliency-ssl train-surrogate "runs/data/$data" --cache "$CACHE" --out "$OUT/$run" --size 96 "$@" --seed 0 --quiet
   fi
+}
+for data in photos_unlabelled photos_horses_a horses_a; do   # side by side, one thread each
+  train "$data" "$data" --max-steps "$STEPS" --threads 1 &
 done
 wait
 # the training horses alone again, each with 16 variants (random crops, rescales and mirrors, labelled exactly as
 # images of their own): more exact pairs from the same 164 photos
-if [ ! -f "$OUT/horses_a_v16/surrogate.pt" ]; then
-  saliency-ssl train-surrogate runs/data/horses_a --cache "$CACHE" --out "$OUT/horses_a_v16" --size 96 \
-      --max-steps "$STEPS" --variants 16 --workers 1 --threads 1 --seed 0 --quiet
-fi
+train horses_a horses_a_v16 --max-steps "$STEPS" --variants 16 --workers 1 --threads 1
 # the photos and the training horses again, for twice the steps (two threads: a step budget, so they buy no steps)
-if [ ! -f "$OUT/photos_horses_a_$((2 * STEPS))/surrogate.pt" ]; then
-  saliency-ssl train-surrogate runs/data/photos_horses_a --cache "$CACHE" --out "$OUT/photos_horses_a_$((2 * STEPS))" \
-      --size 96 --max-steps $((2 * STEPS)) --threads 2 --seed 0 --quiet
-fi
-for data in photos_unlabelled photos_horses_a horses_a horses_a_v16 "photos_horses_a_$((2 * STEPS))"; do
+LONGER=photos_horses_a_$((2 * STEPS))
+train photos_horses_a "$LONGER" --max-steps $((2 * STEPS)) --threads 2
+for data in photos_unlabelled photos_horses_a horses_a horses_a_v16 "$LONGER"; do
   saliency-ssl fidelity runs/data/horses_b --cache "$CACHE" --surrogate "$OUT/$data/surrogate.pt" \
       --masks "$SHARED/weizmann_horses/masks" --json "$OUT/$data/weizmann_horses_b.json" --quiet
 done
