@@ -58,6 +58,16 @@ def _cache_arm(grids, name, record_name, detcon, **record):
     return config
 
 
+def _scored_surrogate(grids, folder, presence, iou, boundary_f, **extra):
+    """A surrogate run folder holding only its test report (test.json, as saliency-ssl fidelity writes it: 10,000
+    images, the given presence accuracy, mask IoU on present masks and region boundary F, and ``extra`` keys);
+    returns its surrogate.pt's path, as a config names it."""
+    (grids / folder).mkdir(exist_ok=True)
+    (grids / folder / "test.json").write_text(json.dumps(
+        {"n": 10000, "presence_accuracy": presence, "mask_iou_present": iou, "boundary_f": boundary_f, **extra}))
+    return str(grids / folder / "surrogate.pt")
+
+
 @pytest.fixture
 def grids(tmp_path, monkeypatch):
     both = [["simclr", "default"], ["detcon-simclr", "default"]]
@@ -117,10 +127,7 @@ def test_recipe_tables_pool_configs_that_differ_in_their_pretraining_seed(grids)
 
 
 def test_parity_table_compares_each_arm_with_the_exact_targets_over_their_seeds(grids, monkeypatch):
-    (grids / "sur").mkdir()
-    (grids / "sur" / "test.json").write_text(json.dumps(
-        {"n": 10000, "presence_accuracy": 0.7, "mask_iou_present": 0.35, "boundary_f": 0.6,
-         "surrogate": str(grids / "sur" / "surrogate.pt")}))
+    _scored_surrogate(grids, "sur", 0.7, 0.35, 0.6, surrogate=str(grids / "sur" / "surrogate.pt"))
     collect_results.main(["parity", "--out", str(grids / "results"), "--machine", "test"])
     written = json.loads((grids / "results" / "surrogate_parity.json").read_text())
     rows = _rows(grids / "results" / "surrogate_parity.json")
@@ -160,9 +167,7 @@ def test_parity_table_compares_each_arm_with_the_exact_targets_over_their_seeds(
 def test_parity_carry_keeps_the_arms_not_collected_again_and_recomputes_gaps_to_the_new_one(grids):
     import shutil
 
-    (grids / "sur").mkdir()
-    (grids / "sur" / "test.json").write_text(json.dumps(
-        {"n": 10000, "presence_accuracy": 0.7, "mask_iou_present": 0.35, "boundary_f": 0.6}))
+    _scored_surrogate(grids, "sur", 0.7, 0.35, 0.6)
     out = ["--out", str(grids / "results"), "--machine", "test"]
     collect_results.main(["parity", "--date", "2026-01-01", *out])
     first = _rows(grids / "results" / "surrogate_parity.json")
@@ -170,8 +175,7 @@ def test_parity_carry_keeps_the_arms_not_collected_again_and_recomputes_gaps_to_
     for folder in ("g0", "g1", "gp"):
         shutil.rmtree(grids / folder)
     _results(str(grids / "half.json"), _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.45, 0.04), (0.69, 0.0)]))
-    (grids / "sur" / "test.json").write_text(json.dumps(
-        {"n": 10000, "presence_accuracy": 0.71, "mask_iou_present": 0.36, "boundary_f": 0.61}))
+    _scored_surrogate(grids, "sur", 0.71, 0.36, 0.61)
     collect_results.main(["parity", "--carry", "--date", "2026-02-02", *out])
     written = json.loads((grids / "results" / "surrogate_parity.json").read_text())
     rows = _rows(grids / "results" / "surrogate_parity.json")
@@ -218,9 +222,7 @@ def test_parity_carry_keeps_the_arms_not_collected_again_and_recomputes_gaps_to_
 
 def test_parity_all_arm_is_compared_with_the_exact_targets_and_names_its_surrogate(grids, monkeypatch):
     for folder, iou in (("sur", 0.39), ("sur_all", 0.41)):
-        (grids / folder).mkdir()
-        (grids / folder / "test.json").write_text(json.dumps(
-            {"n": 10000, "presence_accuracy": 0.73, "mask_iou_present": iou, "boundary_f": 0.66}))
+        _scored_surrogate(grids, folder, 0.73, iou, 0.66)
     every = _config(grids / "all.json", grids / "ga", 0, [["detcon-simclr", "default"]],
                     aug_source="surrogate", surrogate=str(grids / "sur_all" / "surrogate.pt"))
     _results(every, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.48, 0.01), (0.70, 0.0)]))
@@ -599,40 +601,33 @@ def test_parity_merged_arm_is_named_by_the_surrogate_of_the_all_arm(grids, monke
     """The merged arm's config serves targets from a cache (no surrogate of its own): its note is that of the
     surrogate the cache records, the 40,000-image one, shared with the all arm; an arm not run is named as not
     measured. The recut arm's cache was written by the same script from the same surrogate: it shares that note, and
-    has its gap row against the all arm. The b30 arm's cache was written from another surrogate (the all arm's recipe
-    with the boundary term x3): its note is its own, and it has its gap row against the all arm, whose name begins
-    its own; so has the seed1 arm's (a second training of that recipe). The coarsened arm pretrains on the labeller's targets (its cache's record is of its own kind): it
-    has its gap rows (against exact targets and against the all arm, as the merged arm has) and its note, and no
-    surrogate's agreement."""
-    (grids / "sur_all").mkdir()
-    (grids / "sur_all" / "test.json").write_text(json.dumps(
-        {"n": 10000, "presence_accuracy": 0.74, "mask_iou_present": 0.43, "boundary_f": 0.67}))
+    has its gap row against the all arm. The b30 arm's cache was written from another surrogate (the all arm's
+    recipe with the boundary term x3): its note is its own, and it has its gap row against the all arm, whose name
+    begins its own; so has the seed1 arm's (a second training of that recipe). The coarsened arm pretrains on the
+    labeller's targets (its cache's record is of its own kind): it has its gap rows (against exact targets and
+    against the all arm, as the merged arm has) and its note, and no surrogate's agreement."""
+    sur_all = _scored_surrogate(grids, "sur_all", 0.74, 0.43, 0.67)
     every = _config(grids / "all.json", grids / "ga", 0, [["detcon-simclr", "default"]],
-                    aug_source="surrogate", surrogate=str(grids / "sur_all" / "surrogate.pt"))
+                    aug_source="surrogate", surrogate=sur_all)
     # its cache records the surrogate that made it, as experiments/merged_regions_cache.py writes it
     merged = _cache_arm(grids, "merged", "merged_regions.json", [(0.49, 0.01), (0.72, 0.0)],
-                        command="python m.py", min_pixels=50, surrogate=str(grids / "sur_all" / "surrogate.pt"))
+                        command="python m.py", min_pixels=50, surrogate=sur_all)
     half_all = _config(grids / "half_all.json", grids / "gha", 0, [["detcon-simclr", "default"]],
-                       aug_source="cache,surrogate", surrogate=str(grids / "sur_all" / "surrogate.pt"))
+                       aug_source="cache,surrogate", surrogate=sur_all)
     _results(every, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.48, 0.01), (0.70, 0.0)]))
     recut = _cache_arm(grids, "recut", "merged_regions.json", [(0.50, 0.01), (0.69, 0.0)],  # a lower boundary cut
                        command="python m.py --boundary-threshold 0.3", boundary_threshold=0.3, min_pixels=50,
-                       surrogate=str(grids / "sur_all" / "surrogate.pt"))
-    (grids / "sur_b30").mkdir()  # another surrogate, with its own test report and training record
-    (grids / "sur_b30" / "test.json").write_text(json.dumps(
-        {"n": 10000, "presence_accuracy": 0.73, "mask_iou_present": 0.42, "boundary_f": 0.70}))
+                       surrogate=sur_all)
+    sur_b30 = _scored_surrogate(grids, "sur_b30", 0.73, 0.42, 0.70)  # another surrogate, with its training record
     (grids / "sur_b30" / "run.json").write_text(json.dumps({"outcome": {"steps": 21846, "minutes": 15.2}}))
     b30 = _cache_arm(grids, "b30", "merged_regions.json", [(0.49, 0.01), (0.73, 0.0)],
                      command="python m.py --min-pixels 0", boundary_threshold=0.5, min_pixels=0,
-                     surrogate=str(grids / "sur_b30" / "surrogate.pt"))
-    (grids / "sur_seed1").mkdir()  # a second training of the all arm's recipe
-    (grids / "sur_seed1" / "test.json").write_text(json.dumps(
-        {"n": 10000, "presence_accuracy": 0.75, "mask_iou_present": 0.41, "boundary_f": 0.68}))
+                     surrogate=sur_b30)
+    sur_seed1 = _scored_surrogate(grids, "sur_seed1", 0.75, 0.41, 0.68)  # a second training of the all arm's recipe
     seed1 = _cache_arm(grids, "retrained", "merged_regions.json", [(0.47, 0.01), (0.71, 0.0)],
-                       command="python m.py --min-pixels 0", boundary_threshold=0.5, min_pixels=0,
-                       surrogate=str(grids / "sur_seed1" / "surrogate.pt"))
+                       command="python m.py --min-pixels 0", boundary_threshold=0.5, min_pixels=0, surrogate=sur_seed1)
     coarsened = _cache_arm(grids, "coarsened", "coarsened_exact.json", [(0.47, 0.01), (0.70, 0.0)],
-                           command="python c.py", surrogate=str(grids / "sur_all" / "surrogate.pt"))
+                           command="python c.py", surrogate=sur_all)
     seed2 = _config(grids / "seed2.json", grids / "gs2", 2, [["detcon-simclr", "default"]])
     _results(seed2, _accuracy([(0.0, 0.0), (0.0, 0.0)], [(0.46, 0.01), (0.70, 0.0)]))
     monkeypatch.setitem(collect_results.PARITY_BUDGETS, "1248", {
