@@ -1,24 +1,25 @@
 """A cache of the exact targets with only the region boundaries a surrogate also draws, to test where DetCon-S's kNN
 gap comes from.
 
-Pretrained on the surrogate's targets, DetCon-S's backbones are level with exact targets on the linear probe and
-0.2 to 1.0 kNN points below (docs/surrogate.md, "How good it is"). Merging the surrogate's small fragments did not close that gap
-(experiments/merged_regions_cache.py); what is left is that its partition is coarser where it counts: with the
-fragments merged it has 3.7 regions an image against the labeller's 5.0, and its largest region owns 57% of the
+Pretrained on the surrogate's targets, DetCon-S's backbones are level with exact targets on the linear probe and 0.2
+to 1.0 kNN points below (docs/surrogate.md, "How good it is"). Merging the surrogate's small fragments did not close
+that gap (experiments/merged_regions_cache.py); what is left is that its partition is coarser where it counts: with
+the fragments merged it has 3.7 regions an image against the labeller's 5.0, and its largest region owns 57% of the
 cells of DetCon-S's grid against 45% (results/surrogate_regions_cifar10.json). This arm isolates that: each exact
 region is assigned to the surrogate region it overlaps most, and two 4-adjacent exact regions assigned to the same
-surrogate region are merged (transitively). What is left are the labeller's own boundaries, placed where the labeller
-placed them, but only those between regions whose larger parts the surrogate separates; the mask and the saliency
-map are the labeller's (DetCon-S's default policy reads only the regions). A boundary the surrogate draws along only
-part of a border goes too, so the result is coarser than the surrogate's own partition (3.3 regions an image, the
-largest owning 60% of the cells, against 3.7 and 57% with its fragments merged): the test leans towards finding an
-effect. If pretraining on these targets loses no more kNN points than the surrogate's own targets do, the missed
-boundaries can explain the gap; if it is level with exact targets, the gap lies in where the surrogate draws its
-boundaries and what it adds.
+surrogate region are merged (transitively). What is left are the labeller's own boundaries, placed where the
+labeller placed them, but only those between regions whose larger parts the surrogate separates; the mask and the
+saliency map are the labeller's (DetCon-S's default policy reads only the regions). A boundary the surrogate draws
+along only part of a border goes too, so the result is coarser than the surrogate's own partition (3.3 regions an
+image, the largest owning 60% of the cells, against 3.7 and 57% with its fragments merged): the test leans towards
+finding an effect. If pretraining on these targets loses no more kNN points than the surrogate's own targets do, the
+missed boundaries can explain the gap; if it is level with exact targets, the gap lies in where the surrogate draws
+its boundaries and what it adds.
 
-Found (results/surrogate_parity_1248.json, docs/findings.md, "The surrogate"): kNN 0.4 to 1.0 points below exact targets and
-level with the surrogate's own targets (-0.2 to +0.3, inside the spread): the missed boundaries account for the gap.
-Linear 0.4 to 1.2 below exact targets, 0.6 to 1.2 below the surrogate's: the extra coarsening costs linear points.
+Found (results/surrogate_parity_1248.json, docs/findings.md, "The surrogate"): kNN 0.4 to 1.0 points below exact
+targets and level with the surrogate's own targets (-0.2 to +0.3, inside the spread): the missed boundaries account
+for the gap. Linear 0.4 to 1.2 below exact targets, 0.6 to 1.2 below the surrogate's: the extra coarsening costs
+linear points.
 
 Labels: a merged region takes the lowest exact label among its members, so an image where nothing merges keeps its
 exact labels bit for bit (and DetCon-S's ties between regions, a grid cell split evenly going to the lower label,

@@ -25,21 +25,22 @@
 # downstream); and a third pretraining seed of the exact targets (_exact_seed2), kept apart, to see how far the two
 # seeds every arm is compared with sit from a third;
 # `experiments/collect_results.py parity [--steps 1248]` writes results/surrogate_parity[_1248].json.
-# Found (docs/surrogate.md has the table, docs/findings.md each arm's reading): at 1,248 steps, with half the targets from the surrogate, the linear probe is level
-# with exact targets (inside the seeds' spread at every share of the labels) and kNN 0.2 to 1.0 points below; with
-# every target from it, 0.3 to 0.5 linear and 0.7 to 1.2 kNN points below. At 624 steps the gaps were wider. The
-# 40,000-image surrogate's targets: linear level, kNN 0.2 to 1.0 below; with its small regions merged, kNN 0.4 to
-# 0.7 below and linear 0.5 to 0.6 below (the fragments do not explain the kNN gap); half of its targets with half
-# exact (_half_all): linear level, kNN 0.5 to 0.8 below. The exact targets cut to that surrogate's regions
-# (_coarsened) lose the same kNN points (0.4 to 1.0 below exact, level with the surrogate's targets): the gap is the
-# boundaries the surrogate misses; a third exact seed (_exact_seed2) stays with the first two. Its boundary channel
-# cut at 0.3 does not win the kNN points back: merged under 50 pixels (_recut, the labeller's number of regions),
-# 0.3 to 0.8 below; none merged (_cut, the most of the labeller's boundaries drawn, in fragments), 0.7 to 1.3 below.
-# Nor does a heavier boundary term: x3 (_b30) draws 69% of the labeller's boundaries against 65%, in more regions,
-# and its targets fall 0.9 to 1.5 kNN and up to 1.2 linear points below exact targets (0.2 to 1.3 kNN and 0.7 to
-# 1.0 linear below the usual weight's). A second training of the usual recipe (_seed1) lands within 0.25 kNN
-# points of the first's at every share (linear within 0.25 but 0.7 at 50%): the gap is the recipe's, and the x3
-# arm's losses are beyond what a second training moves.
+# Found (docs/surrogate.md has the table, docs/findings.md each arm's reading): at 1,248 steps, with half the
+# targets from the surrogate, the linear probe is level with exact targets (inside the seeds' spread at every
+# share of the labels) and kNN 0.2 to 1.0 points below; with every target from it, 0.3 to 0.5 linear and 0.7 to
+# 1.2 kNN points below. At 624 steps the gaps were wider. The 40,000-image surrogate's targets: linear level, kNN
+# 0.2 to 1.0 below; with its small regions merged, kNN 0.4 to 0.7 below and linear 0.5 to 0.6 below (the fragments
+# do not explain the kNN gap); half of its targets with half exact (_half_all): linear level, kNN 0.5 to 0.8
+# below. The exact targets cut to that surrogate's regions (_coarsened) lose the same kNN points (0.4 to 1.0 below
+# exact, level with the surrogate's targets): the gap is the boundaries the surrogate misses; a third exact seed
+# (_exact_seed2) stays with the first two. Its boundary channel cut at 0.3 does not win the kNN points back:
+# merged under 50 pixels (_recut, the labeller's number of regions), 0.3 to 0.8 below; none merged (_cut, the most
+# of the labeller's boundaries drawn, in fragments), 0.7 to 1.3 below. Nor does a heavier boundary term: x3 (_b30)
+# draws 69% of the labeller's boundaries against 65%, in more regions, and its targets fall 0.9 to 1.5 kNN and up
+# to 1.2 linear points below exact targets (0.2 to 1.3 kNN and 0.7 to 1.0 linear below the usual weight's). A
+# second training of the usual recipe (_seed1) lands within 0.25 kNN points of the first's at every share (linear
+# within 0.25 but 0.7 at 50%): the gap is the recipe's, and the x3 arm's losses are beyond what a second training
+# moves.
 set -euo pipefail
 SHARED=${SHARED:-../shared/data}
 CACHE=${CACHE:-runs/caches/cifar}
