@@ -90,12 +90,10 @@ def labelling_rate(images_dir: Path, files: list[Path], executor) -> float:
 
     config = LabellerConfig()
     warm = [(config.options(), [(str(Path(files[0]).resolve()), True, False)])] * (4 * max(1, executor.workers))
-    with tempfile.TemporaryDirectory() as tmp:
-        cache = TargetCache(tmp, config.fingerprint())
+    with executor, tempfile.TemporaryDirectory() as tmp, TargetCache(tmp, config.fingerprint()) as cache:
         list(executor.imap_unordered(label_files, warm))
         start = time.perf_counter()
         summary = label_folder(images_dir, cache, config, executor=executor, paths=files, progress=False,
                                chunk_size=1)
         seconds = time.perf_counter() - start
-    executor.close()
     return summary.labelled / seconds

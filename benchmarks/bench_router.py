@@ -11,7 +11,7 @@ Without --cache it labels the images it needs into a temporary cache; without --
 uses a freshly initialised surrogate of the default architecture (timing does not depend on
 its weights).
 
-Example (measured figures: docs/findings.md):
+Example (no result file holds its figures yet):
   python benchmarks/bench_router.py --data ../shared/data/cifar10/train --cache runs/cifar_cache --num-images 1024 \\
       --image-size 32 --batches 10 --json runs/bench_router32.json
   python benchmarks/bench_router.py --data ../shared/data/cifar10/train --cache runs/cifar_cache --num-images 1024 \\
@@ -99,10 +99,9 @@ def main(argv=None) -> int:
             paths = image_set.paths
             if paths is not None:
                 print(f"labelling {len(missing)} images into {cache_dir} ...", flush=True)
-                executor = make_executor(args.workers)
-                label_folder(args.data, cache, labeller.config, executor=executor, paths=[paths[i] for i in missing],
-                             progress=False)
-                executor.close()
+                with make_executor(args.workers) as executor:
+                    label_folder(args.data, cache, labeller.config, executor=executor,
+                                 paths=[paths[i] for i in missing], progress=False)
             else:  # CIFAR batches: no files, label in process
                 for i in missing:
                     cache.put(images.hashes[i], labeller(image_set.image(i)))

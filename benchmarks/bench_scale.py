@@ -9,7 +9,7 @@
    (building from the cache reads and decodes every entry; a pack at the training size is
    memory-mapped).
 
-Example (measured figures: docs/findings.md):
+Example (no result file holds its figures yet):
   python benchmarks/bench_scale.py --label-images ../shared/data/salbench/images \\
       --pack-data ../shared/data/cifar10/train --cache runs/cifar_cache --image-size 32 --json runs/bench_scale.json
 """
@@ -72,11 +72,10 @@ def main(argv=None) -> int:
             print(f"labelling {len(missing)} images into {cache_dir} first ...", flush=True)
             from saliencyssl.cache.executors import make_executor
 
-            executor = make_executor(2)
             paths = data.images.paths
-            label_folder(args.pack_data, cache, config, executor=executor,
-                         paths=[paths[i] for i in missing] if paths else None)
-            executor.close()
+            with make_executor(2) as executor:
+                label_folder(args.pack_data, cache, config, executor=executor,
+                             paths=[paths[i] for i in missing] if paths else None)
         start = time.perf_counter()
         from_cache = FrozenPack.build(data.hashes, cache, args.image_size)
         build_seconds = time.perf_counter() - start

@@ -54,6 +54,9 @@ class ImageDecodeError(ValueError):
         self.reason = reason
         super().__init__(f"{path}: cannot decode image ({reason}); check the file or remove it from the folder")
 
+    def __reduce__(self):  # rebuilt from its fields when a worker process sends it back
+        return type(self), (self.path, self.reason)
+
 
 def list_images(root: str | Path) -> list[Path]:
     """All image files below ``root`` (recursive), sorted by their path relative to ``root``.

@@ -338,3 +338,18 @@ def test_show_views_draws_guided_crops_with_their_boxes_and_composites(labelled,
     same = (np.abs(images_row - view_row).max(-1) <= 1)
     grey = (np.ptp(view_row, axis=-1) == 0)
     assert (same | grey).mean() > 0.99
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_exact_labelling_keeps_the_labellers_pixel_budget_in_worker_processes_too(labelled, workers):
+    from saliencyssl.saliency import ImageTooLargeError
+
+    images = TrainingImages(labelled["set"], SIZE)
+    x = images.stack()
+    small = Labeller(max_pixels=100)  # every image here has more pixels than that
+    router = TargetRouter("exact", SIZE, labeller=small, image_set=labelled["set"], exact_workers=workers)
+    try:
+        with pytest.raises(ImageTooLargeError, match="100"):
+            router.targets(torch.tensor([0]), x[:1])
+    finally:
+        router.close()

@@ -423,3 +423,22 @@ def test_collect_only_names_a_damaged_results_file_and_keeps_the_table(tmp_path,
     assert "recorded method options [1] are not a map" in capsys.readouterr().err
     with pytest.raises(ValueError, match="name holds text that is not valid Unicode"):
         GridConfig.load(_write(tmp_path, name="n\ud800"))
+
+
+def test_a_grid_on_cifar_batches_labels_the_spread_images_in_workers_and_leaves_no_png_behind(tmp_path):
+    import tempfile
+
+    from test_untrusted import _cifar_folder
+
+    from saliencyssl.app.label import CIFAR_TEMP_PREFIX
+    from saliencyssl.datasets import open_image_set
+
+    _cifar_folder(tmp_path / "cifar", n=6)
+    config = GridConfig.load(_write(tmp_path, train=str(tmp_path / "cifar")))
+    tmp = Path(tempfile.gettempdir())
+    before = set(tmp.glob(CIFAR_TEMP_PREFIX + "*"))
+    run_grid_cli._label(config, {"limit": 4}, progress=False)
+    wanted = open_image_set(tmp_path / "cifar").spread(4).hashes()
+    with TargetCache(config.cache, LabellerConfig().fingerprint()) as cache:
+        assert len(cache) == 4 and all(h in cache for h in wanted), "the spread images, under the hashes pretraining reads"
+    assert set(tmp.glob(CIFAR_TEMP_PREFIX + "*")) == before, "the PNG copies are removed"

@@ -222,3 +222,24 @@ def test_workers_get_absolute_paths(tmp_path, photo, monkeypatch):
     summary = label_folder("images", TargetCache("cache", config.fingerprint()), config, executor=Recording(),
                            progress=False)
     assert summary.labelled == 1 and sent and all(Path(p).is_absolute() for p in sent)
+
+
+def test_a_failing_map_export_keeps_the_targets_already_labelled(tmp_path, photo, monkeypatch):
+    """The maps were written inside the chunk's transaction: an export error other than OSError rolled back every
+    target of the chunk. Targets are committed first, then their maps are written."""
+    from saliencyssl.cache import labelling
+
+    root = tmp_path / "images"
+    root.mkdir()
+    for i, image in enumerate(_variants(photo, 3, size=(48, 72))):
+        Image.fromarray(image).save(root / f"{i}.png")
+
+    def broken_encoder(*args, **kwargs):
+        raise RuntimeError("the PNG encoder failed")
+
+    monkeypatch.setattr(labelling, "export_maps", broken_encoder)
+    config = LabellerConfig()
+    with TargetCache(tmp_path / "cache", config.fingerprint()) as cache:
+        with pytest.raises(RuntimeError, match="PNG encoder"):
+            labelling.label_folder(root, cache, config, export_dir=tmp_path / "maps", progress=False, chunk_size=3)
+        assert len(cache) == 3, "the chunk's targets are stored"

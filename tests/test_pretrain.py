@@ -345,3 +345,22 @@ def test_detcon_from_the_command_line_and_without_targets(shapes, tmp_path, caps
                                    "--method-option", "masks=foreground", "--method-option", "num_masks=4"]) == 0
     _, config = load_backbone(out / "backbone.pt")
     assert config["method"] == "detcon-simclr" and config["method_options"] == {"masks": "foreground", "num_masks": 4}
+
+
+def test_a_run_that_fails_while_it_is_set_up_closes_its_router(tmp_path, monkeypatch):
+    from saliencyssl.app.rundir import RunDir
+    from saliencyssl.augment.router import TargetRouter
+
+    data = write_embedded_dataset(tmp_path / "data", per_class_train=2, per_class_test=1, size=32, photos=False)
+    closed = []
+    monkeypatch.setattr(TargetRouter, "close", lambda self: closed.append(self))
+
+    def full_disk(*args, **kwargs):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(RunDir, "start", full_disk)
+    with pytest.raises(OSError, match="no space left"):
+        Pretrainer(PretrainConfig(data=str(data["train"]), out=str(tmp_path / "run"), method="simclr",
+                                  policy="default", aug_source="none", epochs=1, batch_size=4, progress=False,
+                                  tensorboard=False))
+    assert len(closed) == 1, "the router (and any labelling workers it started) is closed"

@@ -431,6 +431,9 @@ def cells(config: GridConfig) -> list[Cell]:
 
 
 def _label(config: GridConfig, pretrain: dict, progress: bool = True) -> None:
+    from contextlib import ExitStack
+
+    from saliencyssl.app.label import cifar_image_files, cifar_png
     from saliencyssl.cache import TargetCache
     from saliencyssl.cache.executors import default_workers, make_executor
     from saliencyssl.cache.labelling import label_folder
@@ -441,20 +444,14 @@ def _label(config: GridConfig, pretrain: dict, progress: bool = True) -> None:
     image_set = open_image_set(config.train, keep_decoded=False)
     if pretrain.get("limit"):
         image_set = image_set.spread(int(pretrain["limit"]))
-    paths = image_set.paths
-    cache = TargetCache(config.cache, labeller.fingerprint(), params=labeller.params())
-    if paths is None:  # CIFAR batches: label in this process
-        for i, h in enumerate(image_set.hashes()):
-            if h not in cache:
-                from saliencyssl.saliency import Labeller
-
-                cache.put(h, Labeller(labeller)(image_set.image(i)))
-        return
-    executor = make_executor(default_workers())
-    try:
-        summary = label_folder(config.train, cache, labeller, executor=executor, paths=paths, progress=progress)
-    finally:
-        executor.close()
+    with ExitStack() as stack:
+        folder, paths = config.train, image_set.paths
+        if paths is None:  # CIFAR batches: the workers label PNG copies, as `saliency-ssl label` does
+            folder, _ = stack.enter_context(cifar_image_files(Path(config.train), progress=progress))
+            paths = [cifar_png(folder, name) for name in image_set.names]
+        cache = stack.enter_context(TargetCache(config.cache, labeller.fingerprint(), params=labeller.params()))
+        executor = stack.enter_context(make_executor(default_workers()))
+        summary = label_folder(folder, cache, labeller, executor=executor, paths=paths, progress=progress)
     print(f"labelling: {summary.labelled} labelled now, {summary.cached} already cached, {summary.duplicates} "
           f"duplicates, {len(summary.failed)} failed; no object in {summary.no_object_share:.1%}", flush=True)
 

@@ -145,15 +145,11 @@ def run(config: LabelConfig) -> LabelSummary:
         # CIFAR batches are read (and refused, when damaged or hostile) before the cache is created.
         folder, names = (stack.enter_context(cifar_image_files(config.images, progress=config.progress))
                          if is_cifar(config.images) else (config.images, {}))
-        cache = TargetCache(config.cache, fingerprint, params=config.labeller.params())
-        executor = make_executor(config.workers if config.workers is not None else default_workers(),
-                                 config.scheduler)
-        try:
-            summary = label_folder(folder, cache, config.labeller, executor=executor, export_dir=config.export,
-                                   progress=config.progress, limits=config.limits)
-        finally:
-            executor.close()
-            cache.close()
+        cache = stack.enter_context(TargetCache(config.cache, fingerprint, params=config.labeller.params()))
+        executor = stack.enter_context(make_executor(config.workers if config.workers is not None
+                                                     else default_workers(), config.scheduler))
+        summary = label_folder(folder, cache, config.labeller, executor=executor, export_dir=config.export,
+                               progress=config.progress, limits=config.limits)
     summary.failed = [(names.get(path, path), reason) for path, reason in summary.failed]
     if config.json:
         config.json.parent.mkdir(parents=True, exist_ok=True)
@@ -261,12 +257,18 @@ def cifar_image_files(path: Path, progress: bool = False) -> Iterator[tuple[Path
                    disable=not progress or len(image_set) < 2000)
         for i in bar:
             batch, index = image_set.names[i].rsplit(":", 1)
-            file = folder / batch / f"{int(index):05d}.png"
+            file = cifar_png(folder, image_set.names[i])
             file.parent.mkdir(exist_ok=True)
             if not cv2.imwrite(str(file), cv2.cvtColor(image_set.image(i), cv2.COLOR_RGB2BGR)):
                 raise OSError(f"cannot write {file} (disk full?)")
             names[os.path.abspath(file)] = f"{path if path.is_file() else path / batch}:{index}"
         yield folder, names
+
+
+def cifar_png(folder: Path, name: str) -> Path:
+    """The PNG :func:`cifar_image_files` writes in ``folder`` for the CIFAR image named ``<batch>:<index>``."""
+    batch, index = name.rsplit(":", 1)
+    return folder / batch / f"{int(index):05d}.png"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -217,20 +217,27 @@ class Pretrainer:
     def __init__(self, config: PretrainConfig, dist_info: DistInfo | None = None):
         self.config = config
         self.dist = dist_info or init_distributed(config.device)
-        self.device = self.dist.device
-        self.out = Path(config.out)
-        self.run_dir = RunDir(self.out, "pretrain")
-        settings, free = pretrain_settings(config)
-        # A resume with other settings (or a new run into a used folder) is refused before any work;
-        # the record is written once the run's pieces are all there, before any other file.
-        self.run_state = self.run_dir.check(settings, resume=config.resume)
-        self.history: list[EpochRecord] = []
-        self.start_epoch = 0
-        self._setup()
-        if self.dist.is_main:
-            self.run_dir.start(settings, free, resume=config.resume)
-        barrier(self.dist)
-        self._open_outputs()
+        try:
+            self.device = self.dist.device
+            self.out = Path(config.out)
+            self.run_dir = RunDir(self.out, "pretrain")
+            settings, free = pretrain_settings(config)
+            # A resume with other settings (or a new run into a used folder) is refused before any work;
+            # the record is written once the run's pieces are all there, before any other file.
+            self.run_state = self.run_dir.check(settings, resume=config.resume)
+            self.history: list[EpochRecord] = []
+            self.start_epoch = 0
+            self._setup()
+            if self.dist.is_main:
+                self.run_dir.start(settings, free, resume=config.resume)
+            barrier(self.dist)
+            self._open_outputs()
+        except BaseException:
+            if getattr(self, "router", None) is not None:
+                self.router.close()
+            if dist_info is None:  # the process group this run started is left, as run() leaves it
+                cleanup(self.dist)
+            raise
 
     # -- setup ------------------------------------------------------------------------------------
     def _say(self, message: str) -> None:

@@ -181,13 +181,9 @@ def run(config: QuickstartConfig) -> Path:
     keep = [p for i, p in enumerate(train_set.paths) if i % 3 != 2]
     print(f"  labelling {len(keep)} of {len(train_set)} training images; the other {len(train_set) - len(keep)} "
           f"are left to the surrogate")
-    executor = make_executor(config.workers if config.workers is not None else default_workers())
-    cache = TargetCache(cache_dir, labeller_config.fingerprint(), params=labeller_config.params())
-    try:
+    with (TargetCache(cache_dir, labeller_config.fingerprint(), params=labeller_config.params()) as cache,
+          make_executor(config.workers if config.workers is not None else default_workers()) as executor):
         label_folder(train, cache, labeller_config, executor=executor, paths=keep, progress=False)
-    finally:
-        executor.close()
-        cache.close()
     rows = []
     labeller = Labeller(labeller_config)
     photos = open_image_set(data["photos"], keep_decoded=False)

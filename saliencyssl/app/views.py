@@ -155,8 +155,8 @@ def run(config: ViewsConfig) -> Path:
     targets = pack = None
     if policy.uses_targets:
         fingerprint = config.labeller.fingerprint()
-        cache = TargetCache(config.cache, fingerprint, create=False)
-        pack = FrozenPack.build(images.hashes, cache, config.image_size)
+        with TargetCache(config.cache, fingerprint, create=False) as cache:
+            pack = FrozenPack.build(images.hashes, cache, config.image_size)
         print(pack.report.line())
         candidates = candidates[pack.present_at(candidates)]
         if len(candidates) == 0:

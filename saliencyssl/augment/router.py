@@ -91,15 +91,16 @@ class SourceCounters:
                 f"({self.seconds['exact']:.2f}s)")
 
 
-def _label_chunk(job: tuple[dict, list[tuple[int, np.ndarray]]]) -> list[tuple[int, bytes]]:
-    """Worker: label ``(position, image)`` pairs with a labeller built from config fields."""
+def _label_chunk(job: tuple[dict, int, list[tuple[int, np.ndarray]]]) -> list[tuple[int, bytes]]:
+    """Worker: label ``(position, image)`` pairs with a labeller built from config fields and the router's labeller's
+    pixel budget (so a worker refuses what the router's own labeller refuses, and no more)."""
     from saliencyssl.cache.codec import encode_target
     from saliencyssl.cache.executors import prepare_worker_process
     from saliencyssl.cache.labelling import _labeller
 
     prepare_worker_process()
-    fields_, items = job
-    labeller = _labeller(fields_)
+    fields_, max_pixels, items = job
+    labeller = _labeller(fields_, max_pixels)
     return [(pos, encode_target(_label_one(labeller, image, pos))) for pos, image in items]
 
 
@@ -124,7 +125,8 @@ class TargetRouter:
         surrogate: a :class:`TargetPredictor` (needed by ``surrogate``).
         labeller: a :class:`~saliencyssl.saliency.Labeller` (needed by ``exact``).
         image_set: the :class:`~saliencyssl.datasets.ImageSet` (``exact`` labels its originals).
-        cache: the :class:`~saliencyssl.cache.TargetCache` that ``cache,exact`` writes back to.
+        cache: the :class:`~saliencyssl.cache.TargetCache` that ``cache,exact`` writes back to; :meth:`close`
+            closes its connection.
         exact_workers: processes for exact labelling (0 = in this process).
     """
 
@@ -252,7 +254,7 @@ class TargetRouter:
                 self._pool = PoolExecutor(self.exact_workers)
             params = self.labeller.config.options()
             chunk = max(1, len(items) // (2 * self.exact_workers) + 1)
-            jobs = [(params, items[i:i + chunk]) for i in range(0, len(items), chunk)]
+            jobs = [(params, self.labeller.max_pixels, items[i:i + chunk]) for i in range(0, len(items), chunk)]
             encoded = dict(pair for result in self._pool.imap_unordered(_label_chunk, jobs) for pair in result)
             full = {pos: decode_target(encoded[pos]) for pos in positions}
         else:
@@ -277,9 +279,12 @@ class TargetRouter:
         return counters
 
     def close(self) -> None:
+        """Stop the exact labeller's worker pool and close the cache's database connection."""
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+        if self.cache is not None:
+            self.cache.close()
 
     def __repr__(self) -> str:
         return f"TargetRouter(sources={','.join(self.sources)}, image_size={self.image_size})"

@@ -116,7 +116,21 @@ def _init_pool_worker(parent: int) -> None:
     watch_parent(parent)
 
 
-class InlineExecutor:
+class _Executor:
+    """What every executor shares: ``with make_executor(...) as executor:`` closes it (its workers
+    shut down) however the block ends."""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class InlineExecutor(_Executor):
     """Run every chunk in this process, in order."""
 
     workers = 1
@@ -126,11 +140,8 @@ class InlineExecutor:
         for chunk in chunks:
             yield fn(chunk)
 
-    def close(self) -> None:
-        pass
 
-
-class PoolExecutor:
+class PoolExecutor(_Executor):
     """A pool of ``workers`` processes (spawned, so nothing of the parent's state is shared).
 
     At most ``2 * workers`` chunks are in flight, so memory stays bounded however many images
@@ -176,7 +187,7 @@ class PoolExecutor:
             pass
 
 
-class DaskExecutor:
+class DaskExecutor(_Executor):
     """Chunks run as tasks on a Dask cluster.
 
     Args:
@@ -293,7 +304,7 @@ def default_workers() -> int:
 
 def make_executor(workers: int | None = None, scheduler: str | None = None):
     """The executor of a labelling job: ``scheduler`` (Dask), else ``workers`` processes (default:
-    :func:`default_workers` processes)."""
+    :func:`default_workers` processes); a context manager that closes it."""
     if scheduler:
         return DaskExecutor(scheduler)
     if workers is None:

@@ -42,6 +42,7 @@ from saliencyssl.hashing import content_hash
 from saliencyssl.imageio import IMAGE_SUFFIXES, ImageDecodeError, list_images, read_image
 from saliencyssl.saliency.labeller import (DEFAULT_MAX_PIXELS, MAX_PIXELS_LIMIT, ImageTooLargeError, Labeller,
                                           LabellerConfig)
+from saliencyssl.target import Target
 
 #: Default per-image time limit of a labelling job, in seconds (an image within the pixel budget
 #: takes about a minute at most on one core).
@@ -415,9 +416,10 @@ def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerCon
     bar = tqdm(total=len(todo), desc="labelling", unit="img", disable=not progress)
     jobs = ((config_fields, chunk, limits) for chunk in _chunks(todo, size))
     for results in executor.imap_unordered(label_files, jobs):
-        with cache.transaction():
-            for record in results:
-                _store(record, cache, summary, export, root, clashing)
+        with cache.transaction():  # one commit a chunk; the maps are written after it (no lock held meanwhile)
+            stored = [(record, _store(record, cache, summary)) for record in results]
+        for record, target in stored:
+            _export(record, target, summary, export, root, clashing)
         bar.update(len(results))
         if summary.label_seconds:
             bar.set_postfix(s_per_img=f"{summary.seconds_per_image:.3f}", failed=len(summary.failed))
@@ -438,7 +440,7 @@ def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerCon
         for results in executor.imap_unordered(label_files,
                                                ((config_fields, chunk, limits) for chunk in _chunks(kept, size))):
             for record in results:
-                _store(record, cache, summary, export, root, clashing)
+                _export(record, _store(record, cache, summary), summary, export, root, clashing)
             bar.update(len(results))
         bar.close()
     summary.wall_seconds = time.perf_counter() - start
@@ -452,29 +454,36 @@ def _relative(path: Path, root: Path) -> Path:
         return Path(path.name)
 
 
-def _store(record: dict, cache: TargetCache, summary: LabelSummary, export: Path | None, root: Path,
-           clashing: set[Path] | frozenset = frozenset()) -> None:
+def _store(record: dict, cache: TargetCache, summary: LabelSummary) -> Target | None:
+    """Store a worker's new target in the cache (counted in ``summary``); returns the image's target, new or cached,
+    or ``None`` when it failed."""
     path = record["path"]
     if record["error"] is not None:
         summary.failed.append((path, record["error"]))
+        return None
+    if record["target"] is None:
+        return cache.get(record["hash"])
+    try:
+        target = decode_target(record["target"])  # before storing: a target the codec cannot hold fails its image
+        cache.put_encoded(record["hash"], record["target"])
+    except CorruptTargetError as error:
+        summary.failed.append((path, f"its target cannot be stored ({error})"))
+        return None
+    summary.labelled += 1
+    summary.label_seconds.append(record["seconds"])
+    summary.no_object += int(not target.mask.any())
+    return target
+
+
+def _export(record: dict, target: Target | None, summary: LabelSummary, export: Path | None, root: Path,
+            clashing: set[Path] | frozenset = frozenset()) -> None:
+    """Write the maps of a stored ``target`` (nothing without ``export`` or a target)."""
+    if export is None or target is None:
         return
-    if record["target"] is not None:
-        try:
-            target = decode_target(record["target"])  # before storing: a target the codec cannot hold fails its image
-            cache.put_encoded(record["hash"], record["target"])
-        except CorruptTargetError as error:
-            summary.failed.append((path, f"its target cannot be stored ({error})"))
-            return
-        summary.labelled += 1
-        summary.label_seconds.append(record["seconds"])
-        summary.no_object += int(not target.mask.any())
-    else:
-        target = cache.get(record["hash"])
-    if export is not None and target is not None:
-        try:
-            export_maps(export, _relative(Path(path), root), target, record["hc"], clashing)
-        except OSError as error:  # a map name too long for the file system, a full disk: this image's maps only
-            summary.failed.append((path, f"its maps cannot be exported: {error}"))
-            return
-        summary.exported += 1
+    try:
+        export_maps(export, _relative(Path(record["path"]), root), target, record["hc"], clashing)
+    except OSError as error:  # a map name too long for the file system, a full disk: this image's maps only
+        summary.failed.append((record["path"], f"its maps cannot be exported: {error}"))
+        return
+    summary.exported += 1
 

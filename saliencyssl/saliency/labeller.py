@@ -66,6 +66,9 @@ class ImageTooLargeError(ValueError):
                          f"{working_size[0] * working_size[1]:,} pixels, over the labeller's budget of "
                          f"{max_pixels:,}; shrink large images first (max_side) or raise the budget (max_pixels)")
 
+    def __reduce__(self):  # rebuilt from its fields when a labelling worker sends it back
+        return type(self), (self.size, self.working_size, self.max_pixels)
+
 
 @dataclass(frozen=True)
 class LabellerConfig:

@@ -262,13 +262,9 @@ def label_variants(paths: Sequence[Path], root: str | Path, cache_dir: str | Pat
     from saliencyssl.cache.executors import default_workers, make_executor
     from saliencyssl.cache.labelling import label_folder
 
-    cache = TargetCache(cache_dir, config.fingerprint(), params=config.params())
-    executor = make_executor(default_workers() if workers is None else workers)
-    try:
+    with (TargetCache(cache_dir, config.fingerprint(), params=config.params()) as cache,
+          make_executor(default_workers() if workers is None else workers) as executor):
         return label_folder(root, cache, config, executor=executor, progress=progress, paths=list(paths))
-    finally:
-        executor.close()
-        cache.close()
 
 
 def make_variants(image_set: ImageSet, train, cache_dir: str | Path, out_dir: str | Path, spec: VariantSpec,
