@@ -5,7 +5,9 @@ Every file the toolkit writes goes first to a new file of a fresh random name be
 (:func:`tempfile.mkstemp`: created exclusively, so never an existing file, link or pipe an
 earlier run or another user left at a name that could be guessed), then moves over the place
 (:func:`os.replace`, which replaces a link at the place rather than writing into its target). A
-write that fails removes its temporary file and leaves the place as it was.
+write that fails removes its temporary file and leaves the place as it was. The file gets the mode
+``open`` would give a new file (``0o666`` less the process's umask), not ``mkstemp``'s owner-only
+``0o600``: packs, checkpoints and results are read by other accounts' jobs too.
 """
 
 from __future__ import annotations
@@ -16,6 +18,17 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+
+def _new_file_mode() -> int:
+    """``0o666`` less the umask (read by setting it and setting it back, at import, before any thread)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+#: The mode of every file the toolkit writes.
+NEW_FILE_MODE = _new_file_mode()
 
 
 @contextmanager
@@ -36,11 +49,21 @@ def temporary_beside(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     temporary = Path(name)
     try:
+        os.chmod(temporary, NEW_FILE_MODE)
         yield temporary
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def nearest_existing(path: str | Path) -> Path:
+    """``path``'s folder, or the nearest of its parents that exists (a link counts): where a write to ``path``
+    would create the missing folders, and on which disk it would land."""
+    folder = Path(path).parent
+    while not os.path.lexists(folder) and folder != folder.parent:
+        folder = folder.parent
+    return folder
 
 
 def replace_file(path: str | Path, data: bytes | str) -> Path:

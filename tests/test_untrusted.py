@@ -303,6 +303,31 @@ def test_older_entries_are_read_and_upgraded_by_verify(tmp_path):
         decode_target(cache.get_encoded("a" * 32), cache.key_of("b" * 32))
 
 
+def test_an_import_skips_entries_whose_checksum_does_not_cover_their_key(tmp_path, capsys):
+    """An entry of the first codec format, moved under another image's key, passed the import's check and was then
+    re-signed under that key. It is skipped and reported; verify on a trusted source rewrites it for a later import."""
+    import hashlib
+    import struct
+
+    import cache as cache_cli
+    from saliencyssl.cache.transfer import import_cache
+
+    source = TargetCache(tmp_path / "source", FP)
+    moved = encode_target(_target(5), source.key_of("a" * 32))[22:]
+    old = struct.pack("<4sBBII8s", b"SSLT", 1, 1, 8, 8, hashlib.blake2b(moved, digest_size=8).digest()) + moved
+    source._cache.set(source.key_of("b" * 32), old)     # image a's target under image b's key
+    source.put("c" * 32, _target(6))
+    source.close()
+    report = import_cache(tmp_path / "source", tmp_path / "api", FP)
+    assert (report.count, report.unkeyed, report.damaged) == (1, ["b" * 32], [])
+    with TargetCache(tmp_path / "api", FP) as copy:
+        assert "b" * 32 not in copy and copy.get("c" * 32).equals(_target(6))
+    assert cache_cli.main(["import", str(tmp_path / "source"), "--cache", str(tmp_path / "cli")]) == 1
+    assert "first target format" in capsys.readouterr().err
+    assert cache_cli.main(["verify", str(tmp_path / "source")]) == 0   # the owner vouches for it: rewritten
+    assert import_cache(tmp_path / "source", tmp_path / "cli", FP).unkeyed == []
+
+
 # -- bounded work, and no process outliving its job ------------------------------------------------
 def _photos(folder, photo, count):
     import cv2
@@ -801,6 +826,23 @@ def test_what_torch_would_read_differently_or_build_without_bound_is_refused(tmp
                        ("encode", b"c_codecs\nencode\nX\x01\x00\x00\x00aX\x08\x00\x00\x00punycode\x86R")):
         with pytest.raises(UnsafeTorchFileError, match=f"names .*{name}, which no checkpoint holds"):
             load_torch_file(_torch_file_with(tmp_path, name, b"\x80\x02}(X\x01\x00\x00\x00a" + call + b"u."))
+
+
+def test_outputs_are_readable_by_the_group_and_others_as_the_umask_allows(tmp_path):
+    """mkstemp makes owner-only files; a pack or checkpoint written through it could not be read by another account's
+    job. Outputs get the mode a new file gets from open(): 0o666 less the umask."""
+    import stat
+
+    from saliencyssl.files import NEW_FILE_MODE, replace_file
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert NEW_FILE_MODE == 0o666 & ~umask
+    path = replace_file(tmp_path / "results.json", "{}")
+    assert stat.S_IMODE(path.stat().st_mode) == NEW_FILE_MODE
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    assert stat.S_IMODE(plain.stat().st_mode) == NEW_FILE_MODE, "the mode open() gives"
 
 
 def test_outputs_replace_links_and_hard_links_instead_of_writing_through_them(tmp_path, capsys, photo):

@@ -327,6 +327,36 @@ def test_the_checksum_covers_the_format_and_the_parameters(tmp_path, capsys):
     assert "format 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("array,value", [("mask", 2), ("regions", -1)])
+def test_a_pack_whose_checksum_holds_but_whose_values_saliency_ssl_never_writes_is_refused(tmp_path, array, value):
+    """Anyone can recompute the (unkeyed) checksum of a crafted pack: a mask byte of 2 became an invalid torch.bool,
+    a negative region an invalid label. Training from it is refused, naming the file."""
+    from saliencyssl.augment.pack import load_pack
+
+    honest = _pack(tmp_path)
+    pack = open_pack(honest)
+    arrays = {name: np.array(pack.arrays[name]) for name, _ in packfile._ARRAYS}
+    arrays[array][5] = value
+    digests = [hashlib.blake2b(memoryview(np.ascontiguousarray(arrays[name])).cast("B"), digest_size=16).digest()
+               for name, _ in packfile._ARRAYS]
+    crafted = tmp_path / "crafted.pack"
+
+    def resign(header):
+        header["checksum"] = packfile._checksum(digests, header, PACK_FORMAT)
+
+    _rewrite(honest, crafted, resign)
+    data = bytearray(crafted.read_bytes())
+    offset = json.loads(data[16:16 + struct.unpack("<Q", data[8:16])[0]])["arrays"][array]["offset"]
+    raw = arrays[array].tobytes()
+    data[offset:offset + len(raw)] = raw
+    crafted.write_bytes(bytes(data))
+    assert verify_pack(open_pack(crafted)), "the checksum holds"
+    hashes = [f"{i:032x}" for i in range(4)]
+    assert len(load_pack(honest, hashes, 8)) == 4
+    with pytest.raises(PackError, match=f"{crafted}.*never writes"):
+        load_pack(crafted, hashes, 8)
+
+
 def test_an_empty_pack_says_it_holds_no_targets(tmp_path, capsys):
     def empty(header):
         header.update(hashes=[], shapes=[], offsets=[], total_pixels=0)
@@ -476,6 +506,25 @@ def test_a_write_error_names_the_pack_and_leaves_nothing(tmp_path, monkeypatch, 
     assert err.count("\n") == 1 and str(out / "data.pack") in err and os.strerror(errno.ENOSPC) in err
     assert "free space in" in err
     assert list(out.iterdir()) == []                                          # no partial pack, no scratch
+
+
+def test_the_room_for_a_pack_in_folders_not_made_yet_is_looked_up_on_their_disk(tmp_path, monkeypatch, capsys):
+    """With --out in a folder that does not exist yet, the free space of the working folder's disk was checked."""
+    from saliencyssl.cache import transfer
+
+    images, cache = _images_and_cache(tmp_path)
+    asked = []
+
+    def no_room(folder):
+        asked.append(Path(folder))
+        return shutil._ntuple_diskusage(1, 1, 0)
+
+    monkeypatch.setattr(transfer.shutil, "disk_usage", no_room)
+    monkeypatch.chdir(images)
+    out = tmp_path / "new" / "deeper" / "data.pack"
+    assert cache_cli.main(["export", str(cache), str(images), "--out", str(out)]) == 2
+    assert asked == [tmp_path] and f"{tmp_path} has 0 B free" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize("params", ["[" * 100_000 + "]" * 100_000, '{"version": 1' + "0" * 5000 + "}",

@@ -160,7 +160,8 @@ def _verify(args: VerifyConfig) -> int:
     # The fingerprint of the labeller options given is checked even when the cache holds none of
     # its targets (say so), and its pass also finds and removes foreign keys.
     for fp in dict.fromkeys([config.fingerprint(), *fingerprints]):
-        report = TargetCache(args.path, fp, create=False).verify(remove=True)
+        with TargetCache(args.path, fp, create=False) as cache:
+            report = cache.verify(remove=True)
         if report.foreign:
             bad += len(report.foreign)
             print(f"{len(report.foreign)} foreign entries (keys saliency-ssl never writes, e.g. {report.foreign[0]:.60}"
@@ -197,11 +198,12 @@ def _export(args: ExportConfig) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    cache = TargetCache(args.cache, config.fingerprint(), create=False)
     image_set = open_image_set(args.images, keep_decoded=False)
     bar = (lambda it: tqdm(it, total=len(image_set), desc="hashing", unit="img")) if len(image_set) >= 2000 else None
     try:
-        report = export_pack(cache, image_set, args.out, config.params(), args.image_size, args.allow_missing, bar)
+        with TargetCache(args.cache, config.fingerprint(), create=False) as cache:
+            report = export_pack(cache, image_set, args.out, config.params(), args.image_size, args.allow_missing,
+                                 bar)
     except UndecodableImagesError as error:
         name, reason = error.failed[0]
         print(f"error: {args.images / name}: cannot decode image ({reason}); --allow-missing exports the other "
@@ -246,6 +248,12 @@ def _import(args: ImportConfig) -> int:
             print(f"warning: skipped {len(report.damaged)} damaged entries of {args.source} (e.g. "
                   f"{report.damaged[0]}); `saliency-ssl cache verify {args.source}` removes them, then rerun "
                   f"saliency-ssl label", file=sys.stderr)
+        if report.unkeyed:
+            print(f"warning: skipped {len(report.unkeyed)} entries of {args.source} in the first target format "
+                  f"(e.g. {report.unkeyed[0]}), whose checksum does not cover the image they belong to; if you "
+                  f"trust that cache, `saliency-ssl cache verify {args.source}` rewrites them with one, then import "
+                  f"again", file=sys.stderr)
+        if report.damaged or report.unkeyed:
             print(f"imported {report.count} targets of fingerprint {fingerprint} into {args.cache}")
             return 1
     else:

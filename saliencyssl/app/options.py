@@ -261,6 +261,8 @@ def check_output_file(out, flag: str, suffixes: tuple[str, ...], inputs: dict | 
     import stat
     from pathlib import Path
 
+    from saliencyssl.files import nearest_existing
+
     if out is None:
         return
     out = Path(out)
@@ -274,9 +276,7 @@ def check_output_file(out, flag: str, suffixes: tuple[str, ...], inputs: dict | 
                 example = Path(folder).resolve().parent / example.name
         raise ValueError(f"{flag} {out} must end in {' or '.join(suffixes)} (what it writes); e.g. {flag} {example}")
     check_outside(out, inputs or {}, flag)
-    folder = out.parent  # its nearest existing folder must be one: a file there would fail the write at the end
-    while not os.path.lexists(folder) and folder != folder.parent:
-        folder = folder.parent
+    folder = nearest_existing(out)  # it must be a folder: a file there would fail the write at the end
     if not folder.is_dir():
         raise ValueError(f"{flag} {out}: {folder} is a file, not a folder; give a path inside a folder")
     if not os.path.lexists(out):

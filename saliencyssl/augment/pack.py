@@ -201,6 +201,12 @@ def load_pack(path: str | Path, hashes: Sequence[str], image_size: int, expect_f
     if verify and not verify_pack(pack):
         raise PackError(f"{path} fails its checksum: it was damaged after it was written; export it again, or "
                         f"copy it again from where it was made")
+    # The checksum says the file is as written, not that its writer was honest: a mask byte other than 0 or 1
+    # would be an invalid torch.bool, a negative region an invalid label.
+    mask, regions = pack.arrays["mask"], pack.arrays["regions"]
+    if (mask.size and int(mask.max()) > 1) or (regions.size and int(regions.min()) < 0):
+        raise PackError(f"{path} holds mask values other than 0 and 1 or negative region labels, which "
+                        f"saliency-ssl never writes; export it again from the cache it came from")
     rows = pack.row_of()
     position_rows = torch.tensor([rows.get(h, -1) for h in hashes], dtype=torch.long)
     present = position_rows >= 0

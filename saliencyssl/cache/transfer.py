@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from saliencyssl.cache.codec import CorruptTargetError
+from saliencyssl.cache.codec import CorruptTargetError, entry_version
 from saliencyssl.cache.packfile import MAGIC, PackError, open_pack, verify_pack, write_pack
 from saliencyssl.cache.store import CacheReader, TargetCache, check_labeller_params
+from saliencyssl.files import nearest_existing
 from saliencyssl.hashing import content_hash
 from saliencyssl.imageio import ImageDecodeError
 
@@ -76,10 +77,13 @@ class ExportReport:
 
 @dataclass
 class ImportReport:
-    """What an import stored: ``count`` targets, and the hashes of damaged source entries it skipped."""
+    """What an import stored: ``count`` targets; the hashes of damaged source entries it skipped, and of entries in
+    the first codec format (``unkeyed``: their checksum does not cover their key, so an entry moved to another
+    image's key would pass) it skipped too."""
 
     count: int
     damaged: list[str] = field(default_factory=list)
+    unkeyed: list[str] = field(default_factory=list)
 
 
 def is_pack_file(path: str | Path) -> bool:
@@ -185,7 +189,7 @@ def export_pack(cache: TargetCache, image_set, out: str | Path, params: dict | N
         raise PackError("nothing to export: the cache holds none of these images' targets")
     total = len(present) * image_size * image_size if image_size is not None else sum(pixels[h] for h in present)
     needed = total * PACK_BYTES_PER_PIXEL * 2  # temporary parts + the pack
-    folder = out.parent if out.parent.exists() else Path.cwd()
+    folder = nearest_existing(out)  # the disk the pack lands on, though its folder is not made yet
     free = shutil.disk_usage(folder).free
     if needed > free:
         at = f" at {image_size} px" if image_size is not None else ""
@@ -259,7 +263,9 @@ def import_cache(source_dir: str | Path, cache_dir: str | Path, fingerprint: str
 
     The source is audited and read through :class:`~saliencyssl.cache.store.CacheReader`: its
     ``cache.db`` keeps its bytes and nothing is created there. Each entry is checked against its
-    key and the damaged ones are skipped (their hashes reported). The parameters recorded in the
+    key and the damaged ones are skipped (their hashes reported), as are entries of the first codec
+    format, whose checksum does not cover the key (``saliency-ssl cache verify`` rewrites those in a
+    cache one trusts). The parameters recorded in the
     destination follow :func:`_params_to_record`.
 
     Raises:
@@ -284,6 +290,9 @@ def import_cache(source_dir: str | Path, cache_dir: str | Path, fingerprint: str
                     data = source.get_encoded(fingerprint, h)
                     if data is None:  # listed, but its value file is gone
                         raise CorruptTargetError("value missing")
+                    if entry_version(data) == 1:
+                        report.unkeyed.append(h)
+                        continue
                     cache.put_encoded(h, data, from_key=cache.key_of(h))
                 except CorruptTargetError:
                     report.damaged.append(h)
