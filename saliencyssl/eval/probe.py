@@ -5,6 +5,13 @@ the backbone stays frozen, each feature dimension is standardised (zero mean, un
 statistics from the labelled training subset only) and a multinomial logistic regression
 (scikit-learn, L-BFGS, L2 penalty ``C``) is fitted on the labelled subset and scored by top-1
 accuracy on the test set. The fit is deterministic, so with a fixed subset it gives one answer.
+
+This is the linear evaluation SimCLR uses for transfer (T. Chen, S. Kornblith, M. Norouzi and
+G. Hinton, "A Simple Framework for Contrastive Learning of Visual Representations", ICML 2020,
+appendix B: an L2-regularised multinomial logistic regression on frozen features, fitted by
+L-BFGS, no augmentation), after Kolesnikov, Zhai and Beyer ("Revisiting Self-Supervised Visual
+Representation Learning", CVPR 2019). Departure: ``C`` is fixed rather than chosen on a
+validation split per data set, so that every backbone of a comparison is probed alike.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """Weighted Gaussian mixture of colours, built by Orchard-Bouman splitting (Cheng's ``CmGMM``).
 
+Paper: M. T. Orchard and C. A. Bouman, "Color Quantization of Images", IEEE Transactions on
+Signal Processing 39(12), 1991. Reference code: CmCode (https://github.com/MCG-NKU/CmCode),
+``CmLib/Cluster/CmGMM.cpp``.
+
 Building (:meth:`ColorGMM.build`): one Gaussian over all pixels (weighted), then repeatedly the
 component with the largest covariance eigenvalue is split along its principal eigenvector at
 the projection of its mean, until the mixture has ``max_components`` components or the largest

@@ -1,5 +1,9 @@
 """Cheng's GrabCut engine (``CmSalCut``), which differs from OpenCV's ``cv2.grabCut``.
 
+Paper: C. Rother, V. Kolmogorov and A. Blake, "GrabCut: Interactive Foreground Extraction using
+Iterated Graph Cuts", SIGGRAPH 2004; Cheng et al.'s variant (TPAMI 2015). Reference code: CmCode
+(https://github.com/MCG-NKU/CmCode), ``CmLib/Saliency/CmSalCut.cpp``.
+
 The state is a trimap (background / unknown / foreground) and a soft segmentation in [0, 1].
 :meth:`SalGrabCut.fit_gmms` builds a foreground colour GMM weighted by the segmentation and a
 background GMM weighted by ``1 - segmentation`` (on the first round the segmentation *is* the

@@ -1,5 +1,9 @@
 """The graph segmentation RC works on: Felzenszwalb-Huttenlocher on the Lab image.
 
+Paper: P. F. Felzenszwalb and D. P. Huttenlocher, "Efficient Graph-Based Image Segmentation",
+IJCV 59(2), 2004. Reference code: the authors' ``segment-image``, as Cheng's CmCode embeds it
+(https://github.com/MCG-NKU/CmCode, ``CmLib/Segmentation/EfficientGraphBased``).
+
 Cheng's ``SegmentImage`` blurs the float Lab image (sigma 0.5, replicated borders), builds
 8-neighbour edges weighted by colour distance and merges with ``k = 50`` and a 200-pixel
 minimum segment. scikit-image's :func:`skimage.segmentation.felzenszwalb` reproduces it exactly

@@ -1,5 +1,7 @@
 """Histogram-based contrast (HC) saliency, Cheng et al. (CVPR 2011, TPAMI 2015).
 
+Reference code: CmCode (https://github.com/MCG-NKU/CmCode), ``GetHC`` in ``CmLib/Saliency/CmSaliencyRC.cpp``.
+
 A colour is salient when it differs from the colours the rest of the image is made of:
 ``S(c_i) = sum_j f_j D(c_i, c_j)`` over the quantised colours (:mod:`.quantize`), with ``f_j``
 the share of pixels of colour ``j`` and ``D`` the Lab distance; then colour-space smoothing over

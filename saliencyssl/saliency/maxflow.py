@@ -2,6 +2,8 @@
 
 Algorithm: Boykov-Kolmogorov (BK), "An Experimental Comparison of Min-Cut/Max-Flow Algorithms
 for Energy Minimization in Vision" (PAMI 2004), written from the paper and compiled with numba.
+Reference code: the authors' maxflow library, which Cheng's CmSalCut calls (CmCode,
+https://github.com/MCG-NKU/CmCode, ``CmLib/Segmentation/Maxflow``); its results are compared, not its code copied.
 Two search trees grow from the terminals (S from the source, T from the sink) along edges
 with positive residual capacity; when they touch, the flow on the found path is augmented,
 saturated tree edges turn their children into orphans, and an adoption stage re-attaches

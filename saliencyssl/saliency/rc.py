@@ -1,5 +1,7 @@
 """Region-based contrast (RC) saliency, Cheng et al. (CVPR 2011, TPAMI 2015).
 
+Reference code: CmCode (https://github.com/MCG-NKU/CmCode), ``GetRC`` in ``CmLib/Saliency/CmSaliencyRC.cpp``.
+
 The image is segmented (:mod:`.graphseg`); a region is salient when its colour histogram
 differs from those of large, nearby regions:
 

@@ -1,5 +1,9 @@
 """SaliencyCut: a salient-object mask from the RC map by iterated GrabCut (Cheng's ``CutObjs``).
 
+Paper: M.-M. Cheng, N. J. Mitra, X. Huang, P. H. S. Torr and S.-M. Hu, "Global Contrast based
+Salient Region Detection", TPAMI 37(3), 2015 (SaliencyCut, its section 5). Reference code:
+CmCode (https://github.com/MCG-NKU/CmCode), ``CmLib/Saliency/CmSalCut.cpp``.
+
 :func:`saliency_cut` blurs the RC map (9x9 Gaussian), min-max normalises it and tries
 ``t2 = 0.9, 0.7, 0.5, 0.3`` (``t1 = 0.1``) until :func:`cut_objects` returns a mask. One attempt:
 
