@@ -18,9 +18,9 @@ starts with the r-th source), and reports the median over rounds: seconds per ep
 the ratio to ``none`` measured within each round (its sources ran minutes apart, not a whole run).
 The compute column (forward, backward, step) of one epoch still moves by several percent from epoch
 to epoch on a shared CPU; benchmarks/bench_view_compute.py tells whether a difference there is the
-saliency views' own cost (measured figures: docs/findings.md).
+saliency views' own cost.
 
-Example (measured figures: docs/findings.md):
+Example (no result file holds its figures yet):
   python benchmarks/bench_epoch.py --data ../shared/data/cifar10/train --cache runs/cifar_cache --num-images 790 \\
       --image-size 32 --batch-size 128 --sources none,cache,surrogate,exact --epochs 2 --rounds 3 \\
       --json runs/bench_epoch.json

@@ -8,7 +8,7 @@ recall averaged over images at 256 thresholds, F with beta^2 = 0.3, MAE; masks: 
 recall averaged, then F), for ours and for the C++ outputs alike. With --scaling, labelling
 throughput with 1 and 2 worker processes (scripts/label.py's pool) on the same images.
 
-Example (measured figures: docs/findings.md):
+Example (its salbench figures: results/labeller_cpp.json, shown in docs/label.md):
   python benchmarks/bench_labeller.py ../shared/data/salbench/images \\
       --reference ../shared/data/salbench/cheng_cpp --gt ../shared/data/salbench/masks \\
       --engines faithful,opencv --scaling --json runs/bench_labeller.json

@@ -10,7 +10,7 @@ step on every stored batch of both kinds, the kind that goes first alternating b
 Both kinds share every step's machine state, the weights' trajectory included, so the ratio of
 their median step times is the views' cost alone. The first round is a warm-up and is not counted.
 
-Example (measured figures: docs/findings.md):
+Example (no result file holds its figures yet):
   python benchmarks/bench_view_compute.py --data ../shared/data/cifar10/train --cache runs/cifar_cache \\
       --image-size 32 --batch-size 128 --batches 6 --rounds 6 --amp --json runs/bench_view_compute.json
 """

@@ -752,3 +752,22 @@ def test_coarsen_keeps_only_the_exact_boundaries_the_guide_also_draws():
     # strips 9 and 5 both lie in guide region 7 but do not touch: the strip between them keeps them apart
     apart = np.repeat(np.array([[7, 7, 8, 8, 7, 7, 6, 6]]), 4, axis=0)
     assert np.array_equal(coarsen(exact, apart), exact)
+
+
+def test_labeller_table_comes_from_the_committed_benchmark_output(tmp_path, capsys):
+    """The committed salbench benchmark output makes the committed table; one measured without --gt is refused."""
+    from _paths import REPO
+
+    raw = REPO / "results" / "raw" / "labeller"
+    collect_results.main(["labeller", "--runs", str(raw), "--out", str(tmp_path)])
+    made = json.loads((tmp_path / "labeller_cpp.json").read_text())
+    committed = json.loads((REPO / "results" / "labeller_cpp.json").read_text())
+    assert made["rows"] == committed["rows"] and made["notes"] == committed["notes"]
+    rows = {row[0]: row for row in made["rows"]}
+    assert rows["RC map"][1] == "identical" and rows["SaliencyCut mask"][4] == rows["SaliencyCut mask"][5]
+    partial = json.loads((raw / "bench_labeller.json").read_text())
+    del partial["accuracy_vs_gt"]
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "bench_labeller.json").write_text(json.dumps(partial))
+    with pytest.raises(SystemExit, match="without --reference or --gt"):
+        collect_results.main(["labeller", "--runs", str(tmp_path / "partial"), "--out", str(tmp_path)])
