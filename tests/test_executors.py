@@ -77,3 +77,19 @@ def test_an_error_a_worker_raises_comes_back_as_itself_not_as_a_dead_worker():
         with pytest.raises(ImageDecodeError, match="a.png: cannot decode image \\(truncated\\)") as error:
             list(executor.imap_unordered(_refuse, ["a.png"]))
     assert (error.value.path, error.value.reason) == ("a.png", "truncated")
+
+
+def test_a_failing_block_stops_the_workers_without_waiting_for_their_chunks():
+    """An interrupted labelling job waited for every running chunk (two minutes of large photos after a SIGTERM)."""
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        with make_executor(2) as executor:
+            workers = [executor._pool.submit(_pid, 0).result() for _ in range(4)]  # the workers are up
+            running = [executor._pool.submit(time.sleep, 60) for _ in range(2)]
+            time.sleep(0.5)
+            raise KeyboardInterrupt
+    assert time.monotonic() - start < 20, "the sleeping chunks were not waited for"
+    assert not any(future.done() and future.exception() is None for future in running)
+    for worker in set(workers):
+        with pytest.raises(ProcessLookupError):
+            os.kill(worker, 0)

@@ -118,16 +118,24 @@ def _init_pool_worker(parent: int) -> None:
 
 class _Executor:
     """What every executor shares: ``with make_executor(...) as executor:`` closes it (its workers
-    shut down) however the block ends."""
+    shut down) however the block ends: waiting for the work in flight when the block ends normally,
+    dropping it (:meth:`abandon`) when it raises, Ctrl-C and ``SIGTERM`` included."""
 
     def close(self) -> None:
         pass
 
+    def abandon(self) -> None:
+        """Stop now, dropping the work in flight (its results would only be thrown away)."""
+        self.close()
+
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abandon()
 
 
 class InlineExecutor(_Executor):
@@ -185,6 +193,19 @@ class PoolExecutor(_Executor):
             self._pool.shutdown(wait=True, cancel_futures=True)
         except BrokenProcessPool:
             pass
+
+    def abandon(self) -> None:
+        """Terminate the workers at once instead of waiting for their chunks: a chunk of 64 large
+        photos takes minutes, longer than a batch system waits between ``SIGTERM`` and ``SIGKILL``.
+        What the job stored is kept; a rerun labels the rest."""
+        processes = list((getattr(self._pool, "_processes", None) or {}).values())
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(timeout=10)
+        self.close()  # reaps the pool's own thread (the pool is broken now, which close expects)
 
 
 class DaskExecutor(_Executor):
