@@ -17,7 +17,8 @@ The speed-up divides the labeller's median per image by the surrogate's; both ru
 threads (torch for the surrogate, OpenCV for the labeller; default 1, as one labelling worker).
 
 The surrogate is a freshly initialised one of the default architecture (Surrogate.fresh), since
-its weights do not change its cost, or --surrogate PATH. On CUDA it also reports images per
+its weights do not change its network's cost (--ngf gives it another width), or --surrogate PATH.
+A fresh network's boundaries are noise, so time the regions on a trained one. On CUDA it also reports images per
 second at 32 and 96 px (--gpu-sizes), fp16 autocast as in training and the router: the loaded
 surrogate at its own size, a fresh one of the same widths at the others ("fresh" in the JSON),
 for predict, the network alone and the regions alone.
@@ -156,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="surrogate device: cpu or cuda (default %(default)s)")
     p.add_argument("--surrogate", type=Path, default=None, metavar="PATH",
                    help="time this surrogate.pt instead of a fresh default one (same cost for the same arch)")
+    p.add_argument("--ngf", type=int, default=None, metavar="N",
+                   help="the fresh surrogate's generator width (default: the default architecture's; not with "
+                        "--surrogate)")
     p.add_argument("--repeats", type=int, default=3, help="passes over the images, median kept (default 3)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch and OpenCV CPU threads (default 1: one core, as one labeller worker uses; 0 = their "
@@ -164,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="on CUDA, also images/s at these sizes (default %(default)s)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the figures as JSON")
     args = p.parse_args(argv)
+    if args.ngf is not None and args.surrogate:
+        p.error("--ngf sets the width of a fresh surrogate; a loaded one has its own")
 
     from saliencyssl.datasets import fit_square, open_image_set
     from saliencyssl.surrogate.model import Surrogate
@@ -184,12 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.surrogate:
         surrogate = Surrogate.load(args.surrogate, device=device, expect_image_size=args.image_size)
     else:
-        surrogate = Surrogate.fresh(args.image_size, device=device)
+        surrogate = Surrogate.fresh(args.image_size, device=device,
+                                    **({"ngf": args.ngf} if args.ngf is not None else {}))
     result = {
         "date": time.strftime("%Y-%m-%d"), "device": str(device), "device_name": device_name(device),
         "cpu": cpu_name(),
         "torch": str(torch.__version__), "threads": torch.get_num_threads(), "image_size": args.image_size,
-        "batch_size": args.batch_size, "num_images": n, "surrogate": str(args.surrogate or "fresh default"),
+        "batch_size": args.batch_size, "num_images": n, "surrogate": str(args.surrogate or ("fresh default" if args.ngf is None else f"fresh, ngf {args.ngf}")),
         "arch": surrogate.arch.as_dict(),
         "autocast": str(surrogate.autocast_dtype).replace("torch.", "") if surrogate.autocast_dtype else "float32",
     }

@@ -9,6 +9,7 @@
     python experiments/collect_results.py photo_surrogate --runs runs/exp/photo_surrogate/measure
     python experiments/collect_results.py test_suite --runs runs/tests
     python experiments/collect_results.py labeller --runs results/raw/labeller
+    python experiments/collect_results.py surrogate_width --runs results/raw/surrogate_width
     python experiments/collect_results.py parity [--steps 624|1248] [--carry]
 
 Each subcommand reads the results.json / history.json files its experiment wrote and writes one or
@@ -979,6 +980,50 @@ def labeller(args) -> None:
           args.date, args.machine)
 
 
+# -- the surrogate's network at narrower widths, against the labeller on the original photos -----------------
+def surrogate_width(args) -> None:
+    """From ``bench_surrogate_ngf<N>.json`` (``benchmarks/bench_surrogate.py --ngf N``, fresh networks at 96 px, one
+    thread, the labeller not timed) and ``bench_labeller.json`` (the labeller on the original street photos) of one
+    folder, measured one after the other: the network's time per image at each width against the labeller's."""
+    from saliencyssl.surrogate.networks import Architecture
+
+    root = Path(args.runs)
+    benches = sorted(root.glob("bench_surrogate_ngf*.json"), key=lambda p: int(p.stem.rsplit("ngf", 1)[1]))
+    labeller_file = root / "bench_labeller.json"
+    if not benches or not labeller_file.is_file():
+        sys.exit(f"error: {root} needs bench_surrogate_ngf<N>.json files and bench_labeller.json (the commands are in "
+                 f"results/surrogate_width.json)")
+    lab = json.loads(labeller_file.read_text())
+    original = sum(lab["seconds"][k]["median"] for k in ("hc", "rc", "cut_faithful")) * 1000
+    rows, commands, size = [], [], None
+    for path in benches:
+        b = json.loads(path.read_text())
+        ngf, size = b["arch"]["ngf"], b["image_size"]
+        net = b["surrogate_network_ms_per_image"]
+        rows.append([f"ngf {ngf}" + (" (the default)" if ngf == Architecture.ngf else ""),
+                     round(b["network_mflop_per_image"], 1), round(b["network_gflop_per_second"], 1), round(net, 3),
+                     round(original / net, 1)])
+        commands.append(f"python benchmarks/bench_surrogate.py --data ../shared/data/clothing_parsing/images "
+                        f"--image-size {size} --num-images {b['num_images']} --batch-size {b['batch_size']} "
+                        f"--labeller-images 0 --ngf {ngf} --threads 1 --json {path}")
+        autocast = b["autocast"]
+    commands += [f"python benchmarks/bench_labeller.py ../shared/data/clothing_parsing/images --engines faithful "
+                 f"--limit {lab['images']} --json {labeller_file}",
+                 f"python experiments/collect_results.py surrogate_width --runs {args.runs}"]
+    write(Path(args.out) / "surrogate_width.json",
+          f"The surrogate's network at {size} px by width, against the exact labeller on the original photo, "
+          f"one CPU thread",
+          ["generator width", "MFLOP per image", "GFLOP/s", "network ms per image",
+           "x the labeller's time (network alone)"],
+          rows, commands,
+          [f"Fresh generators of each width (their cost does not depend on their weights), batches of "
+           f"{b['batch_size']}, {autocast} autocast, medians; the labeller: HC + RC + SaliencyCut on {lab['images']} "
+           f"original Clothing Co-Parsing photos one by one, {original:.0f} ms (medians), measured right after.",
+           "The last column leaves the regions out (0.3 ms an image at 96 px for the trained default surrogate, "
+           "results/photo_surrogate_speed.json): it bounds what a width can give from above."],
+          args.date, args.machine)
+
+
 # -- the test suite: how long it takes --------------------------------------------------------------------
 def test_suite(args) -> None:
     """From pytest's own summary line (``pytest -q | tee pytest.log``), or from a JUnit XML file."""
@@ -1011,7 +1056,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("experiment", choices=("mask_aware_cifar10", "photos", "surrogate_curve", "surrogate_shapes",
                                                "baseline_stats", "photo_surrogate", "test_suite",
                                                "mask_aware_controls", "parity", "surrogate_gpu",
-                                               "surrogate_regions", "labeller"))
+                                               "surrogate_regions", "labeller", "surrogate_width"))
     parser.add_argument("--runs", default=None, help="the experiment's run folder")
     parser.add_argument("--config", nargs="+", default=None,
                         help="mask_aware_cifar10 (required): its grid config(s); several configs that differ only "
@@ -1042,7 +1087,7 @@ def main(argv: list[str] | None = None) -> int:
      "photo_surrogate": photo_surrogate, "test_suite": test_suite,
      "mask_aware_controls": mask_aware_controls, "parity": parity,
      "surrogate_gpu": surrogate_gpu, "surrogate_regions": surrogate_regions,
-     "labeller": labeller}[args.experiment](args)
+     "labeller": labeller, "surrogate_width": surrogate_width}[args.experiment](args)
     return 0
 
 

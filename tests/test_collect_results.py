@@ -771,3 +771,19 @@ def test_labeller_table_comes_from_the_committed_benchmark_output(tmp_path, caps
     (tmp_path / "partial" / "bench_labeller.json").write_text(json.dumps(partial))
     with pytest.raises(SystemExit, match="without --reference or --gt"):
         collect_results.main(["labeller", "--runs", str(tmp_path / "partial"), "--out", str(tmp_path)])
+
+
+def test_surrogate_width_table_comes_from_the_committed_benchmark_outputs(tmp_path):
+    """The committed width benchmarks make the committed table, narrowest first, each against the same labeller."""
+    from _paths import REPO
+
+    raw = REPO / "results" / "raw" / "surrogate_width"
+    collect_results.main(["surrogate_width", "--runs", str(raw), "--out", str(tmp_path)])
+    made = json.loads((tmp_path / "surrogate_width.json").read_text())
+    committed = json.loads((REPO / "results" / "surrogate_width.json").read_text())
+    assert made["rows"] == committed["rows"] and made["notes"] == committed["notes"]
+    assert [row[0] for row in made["rows"]] == ["ngf 4", "ngf 8", "ngf 16 (the default)"]
+    labeller_ms = {round(row[3] * row[4]) for row in made["rows"]}  # network ms x ratio: the one labeller time
+    assert max(labeller_ms) - min(labeller_ms) <= 1
+    with pytest.raises(SystemExit, match="needs bench_surrogate_ngf"):
+        collect_results.main(["surrogate_width", "--runs", str(tmp_path), "--out", str(tmp_path)])
