@@ -364,3 +364,33 @@ def test_a_run_that_fails_while_it_is_set_up_closes_its_router(tmp_path, monkeyp
                                   policy="default", aug_source="none", epochs=1, batch_size=4, progress=False,
                                   tensorboard=False))
     assert len(closed) == 1, "the router (and any labelling workers it started) is closed"
+
+
+def test_a_resumed_moco_run_keeps_its_queue_of_negatives(shapes, tmp_path):
+    """lightly keeps MoCo's queue out of the state dict: a resumed run scored its next batches against noise."""
+    from saliencyssl.app.pretrain import _unsaved_buffers
+
+    config = dict(method="moco", policy="default", aug_source="none", epochs=2)
+    first = Pretrainer(_config(shapes, tmp_path / "m", **config))
+    fresh = {name: b.clone() for name, b in _unsaved_buffers(first.method).items()}
+    assert any("bank" in name for name in fresh), "MoCo's queue is a buffer outside the state dict"
+    first.history.append(first.train_epoch(0))
+    first._save_checkpoint(0)
+    trained = _unsaved_buffers(first.method)
+    assert not all(torch.equal(fresh[name], trained[name]) for name in fresh), "the epoch filled the queue"
+    resumed = Pretrainer(_config(shapes, tmp_path / "m", resume=True, **config))
+    restored = _unsaved_buffers(resumed.method)
+    assert all(torch.equal(trained[name], restored[name]) for name in trained)
+
+
+def test_the_knn_monitor_refuses_sets_an_evaluation_would_refuse(shapes, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(shapes["test"], other)
+    first = sorted(p for p in other.iterdir() if p.is_dir())[0]
+    first.rename(other / "renamed")
+    with pytest.raises(ValueError, match="classes"):
+        Pretrainer(_config(shapes, tmp_path / "a", knn_train=str(shapes["train"]), knn_test=str(other)))
+    with pytest.raises(ValueError, match="also in the train set"):
+        Pretrainer(_config(shapes, tmp_path / "b", knn_train=str(shapes["train"]), knn_test=str(shapes["train"])))

@@ -16,7 +16,9 @@ policy (:class:`~saliencyssl.augment.SSLAugmentation`), the ResNet-18 and its me
   counters per source and, when labelled sets are given, kNN accuracy (lightly's
   ``knn_predict``), all to TensorBoard (``RUN_DIR/tb``) and ``RUN_DIR/history.json``;
 - a checkpoint after each epoch (``RUN_DIR/checkpoint.pt``: weights, optimizer, schedule, grad
-  scaler and every RNG state), so ``resume=True`` continues exactly where a run stopped;
+  scaler, the buffers a method keeps outside its state dict (MoCo's queue) and every RNG state),
+  so ``resume=True`` continues exactly where a run stopped in one process; under ``torchrun``
+  only rank 0's generators are saved, and every process's restart from the seed and the epoch;
 - at the end ``RUN_DIR/backbone.pt`` for the evaluation tools.
 
 ``RUN_DIR`` is a :class:`~saliencyssl.app.rundir.RunDir`: its ``run.json`` records the settings
@@ -371,14 +373,18 @@ class Pretrainer:
                             image_set=self.image_set, cache=cache, exact_workers=c.workers)
 
     def _knn_sets(self, train: str, test: str) -> dict:
-        sets = {}
+        """The kNN monitor's labelled sets, refused (as ``saliency-ssl evaluate`` refuses them) when their classes
+        differ or the test set is not held out."""
+        from saliencyssl.eval.classification import require_held_out, require_same_labels
+
+        opened = {name: open_image_set(path) for name, path in (("train", train), ("test", test))}
         for name, path in (("train", train), ("test", test)):
-            image_set = open_image_set(path)
-            if not image_set.has_labels:
+            if not opened[name].has_labels:
                 raise ValueError(f"kNN monitoring needs labelled images (class sub-folders) in {path}")
-            sets[name] = (TrainingImages(image_set, self.config.image_size).stack(), image_set.labels,
-                          len(image_set.classes))
-        return sets
+        require_same_labels(opened["train"], train, opened["test"], test, ["knn"])
+        require_held_out(opened["train"], train, opened["test"], test)
+        return {name: (TrainingImages(image_set, self.config.image_size).stack(), image_set.labels,
+                       len(image_set.classes)) for name, image_set in opened.items()}
 
     # -- checkpoints -------------------------------------------------------------------------------
     @property
@@ -393,6 +399,7 @@ class Pretrainer:
             "config": {**asdict(self.config), "data": str(Path(self.config.data).resolve())},
             "method": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "buffers": {name: buffer.detach().cpu() for name, buffer in _unsaved_buffers(self.method).items()},
             "rng": _rng_state(), "history": [asdict(h) for h in self.history],
         }
         with temporary_beside(self.checkpoint_path) as tmp:
@@ -426,7 +433,13 @@ class Pretrainer:
                 raise ValueError(f"epoch {str(epoch)[:20]} is not one of this run's {self.config.epochs}")
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
+            if state["scaler"]:  # empty when the run was not --amp on CUDA: a scaler switched on since starts afresh
+                self.scaler.load_state_dict(state["scaler"])
+            buffers = _unsaved_buffers(self.method)
+            for name, value in state.get("buffers", {}).items():  # absent from checkpoints of older versions
+                if name not in buffers or buffers[name].shape != value.shape:
+                    raise ValueError(f"its saved buffer {str(name)[:40]} does not fit this {self.config.method} model")
+                buffers[name].copy_(value)
             self.history = [EpochRecord(**h) for h in state["history"]]
             _set_rng_state(state["rng"])
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, IndexError) as error:
@@ -675,6 +688,14 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _unsaved_buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Buffers ``module`` keeps out of its state dict, which a checkpoint must hold too: lightly registers MoCo's
+    queue of negatives (``memory_bank.bank``, ``bank_ptr``) with ``persistent=False``, so a resumed run would score
+    its next batches against a fresh random queue."""
+    saved = module.state_dict().keys()
+    return {name: buffer for name, buffer in module.named_buffers() if name not in saved}
+
+
 def _rng_state() -> dict:
     """Every RNG's state as tensors and plain Python values (loadable with ``weights_only=True``)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
@@ -690,8 +711,9 @@ def _set_rng_state(state: dict) -> None:
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():  # as many GPUs as both the run and this process see
+        for device, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, device)
 
 
 # -- the command line -------------------------------------------------------------------------

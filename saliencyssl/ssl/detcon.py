@@ -64,12 +64,14 @@ DetCon does at stride 32.
   0.996 and LARS (lr 0.2 x batch/256, weight decay 1.5e-6, warm-up) at batch 4096; the comparison
   with SimCLR / BYOL is then between equal heads and recipes.
 - Loss normalisation: [1] sums, over the masks with a positive, their weighted cross-entropies
-  and divides by ``batch x num_masks``, then adds the two directions; here the sum is divided by
-  the number of masks with a positive and the two directions are averaged, so the loss is a mean
-  over masks as NT-Xent is a mean over images. Within a batch every term keeps [1]'s relative
-  weight; only the overall scale differs. The scale matters to SGD (it sets the step size), not
-  to LARS, whose layer-wise normalised update ignores it: this keeps the learning rate tuned for
-  SimCLR / BYOL appropriate.
+  and divides by ``batch x num_masks``, then adds the two directions; here each direction's sum is
+  divided by its own number of masks with a positive and the two directions are averaged, so the
+  loss is a mean over masks as NT-Xent is a mean over images. Within a direction every term keeps
+  [1]'s relative weight. Two things differ: the two directions weigh the same even when one has
+  more masks with a positive (in [1] the one with more weighs more), and the overall scale follows
+  the number of such masks in the batch instead of the fixed ``batch x num_masks``. The scale
+  matters to SGD (it sets the step size), not to LARS, whose layer-wise normalised update ignores
+  it: a mean keeps the learning rate tuned for SimCLR / BYOL appropriate.
 - DetCon-B's loss is DetCon's contrastive loss between the online predictions and the target
   projections (``objective="contrastive"``, the default, as in [1]); ``objective="regression"``
   is BYOL's negative cosine between each drawn mask's prediction and the same mask's target
