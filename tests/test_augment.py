@@ -16,7 +16,7 @@ from saliencyssl.cache import TargetCache
 from saliencyssl.datasets import open_image_set
 from saliencyssl.embedded import write_embedded_dataset
 from saliencyssl.saliency import Labeller, LabellerConfig
-from saliencyssl.target import TargetBatch
+from saliencyssl.target import Target, TargetBatch
 
 SIZE = 48
 
@@ -353,3 +353,40 @@ def test_exact_labelling_keeps_the_labellers_pixel_budget_in_worker_processes_to
             router.targets(torch.tensor([0]), x[:1])
     finally:
         router.close()
+
+
+def test_default_is_read_first_wherever_it_stands_in_a_policy():
+    for text in ("jitter0.3+default", "default+jitter0.3"):
+        config = parse_policy(text)
+        assert config.jitter == 0.3 and config.crop == 1.0 and config.hflip == 0.5, text
+
+
+def test_a_crop_probability_is_drawn_per_image_not_per_batch():
+    """kornia's RandomResizedCrop(p=P) crops all of a batch or none of it; crop=P crops each image with probability P,
+    and an image not cropped keeps its whole frame, its targets untouched."""
+    torch.manual_seed(0)
+    aug = SSLAugmentation("none,crop=0.5", 16)
+    images = torch.randint(0, 256, (200, 3, 16, 16), dtype=torch.uint8)
+    targets = TargetBatch(torch.rand(200, 1, 16, 16), torch.rand(200, 1, 16, 16) > 0.5,
+                          torch.randint(0, 5, (200, 1, 16, 16)))
+    _, warped = aug(images, targets, return_targets=True)
+    src = aug.last_crop["src"]
+    whole = torch.tensor([[0.0, 0.0], [15.0, 0.0], [15.0, 15.0], [0.0, 15.0]])
+    kept = (src == whole).flatten(1).all(dim=1)
+    assert 60 <= int(kept.sum()) <= 140, f"{int(kept.sum())} of 200 images kept their frame"
+    assert torch.equal(warped.regions[kept], targets.regions[kept].long())
+    assert torch.equal(warped.mask[kept], targets.mask[kept])
+    assert not torch.equal(warped.regions[~kept], targets.regions[~kept].long())
+
+
+def test_region_labels_past_int16_keep_their_partition_in_a_frozen_pack():
+    """Labels were folded modulo 32768, so regions 5 and 32773 became one."""
+    regions = np.zeros((8, 8), np.uint16)
+    regions[:, 4:] = 32773
+    regions[:4, :4] = 5
+    target = Target.from_maps(np.zeros((8, 8)), np.zeros((8, 8), bool), regions)
+    pack = FrozenPack.empty(["a" * 32], 8, "fp")
+    pack._set(0, target)
+    stored = pack.regions[0].numpy()
+    assert len(np.unique(stored)) == 3
+    assert len(np.unique(stored[:, 4:])) == 1 and len(np.unique(stored[:4, :4])) == 1 and stored[0, 0] != stored[0, 7]

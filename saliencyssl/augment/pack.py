@@ -114,8 +114,12 @@ class FrozenPack:
 
     def _set(self, index: int, target: Target) -> None:
         regions = target.regions.astype(np.int64)
-        if regions.max(initial=0) > _REGION_MAX:
-            regions = regions % (_REGION_MAX + 1)
+        if regions.max(initial=0) > _REGION_MAX:  # labels past int16: the same partition, numbered 0..R-1
+            _, compact = np.unique(regions, return_inverse=True)
+            regions = compact.reshape(regions.shape)
+            if regions.max(initial=0) > _REGION_MAX:
+                raise ValueError(f"a target of {int(regions.max()) + 1:,} regions; a frozen pack holds at most "
+                                 f"{_REGION_MAX + 1:,} an image")
         self.saliency[index] = torch.from_numpy(target.saliency)
         self.mask[index] = torch.from_numpy(target.mask)
         self.regions[index] = torch.from_numpy(regions.astype(np.int16))

@@ -163,6 +163,8 @@ def parse_policy(text: str) -> PolicyConfig:
     tokens = [t for t in head.split("+") if t]
     if not tokens:
         raise ValueError(f"empty policy; choose a preset ({', '.join(PRESETS)}) or e.g. 'sal0.3+default'")
+    if "default" in tokens:  # first, wherever it stands: "jitter0.3+default" keeps jitter 0.3
+        values.update({k: _DEFAULTS[k] for k in ("crop", "hflip", "vflip", "rotation", "jitter", "gray", "blur")})
     seen: set[str] = set()
     for token in tokens:
         match = re.fullmatch(r"(salcrop|sal|comp|jitter|default|none)([0-9]*\.?[0-9]+)?", token)
@@ -177,9 +179,7 @@ def parse_policy(text: str) -> PolicyConfig:
             raise ValueError(f"{text!r}: 'sal' and 'comp' both set the probability of the one view rendered from the "
                              f"target; use one (comp is the same as sal with view=composite)")
         seen.add(kind)
-        if kind == "default":
-            values.update({k: _DEFAULTS[k] for k in ("crop", "hflip", "vflip", "rotation", "jitter", "gray", "blur")})
-        elif kind == "sal":
+        if kind == "sal":
             values["saliency"] = p
         elif kind == "comp":
             values["saliency"] = p
@@ -314,7 +314,8 @@ class SSLAugmentation(nn.Module):
         s = self.image_size
         if c.crop > 0:
             self._crop_index = len(ops)
-            ops.append(K.RandomResizedCrop((s, s), scale=(c.min_scale, 1.0), p=c.crop, align_corners=False))
+            # p=1: kornia draws a crop's probability once a batch (p_batch); crop_parameters draws it per image
+            ops.append(K.RandomResizedCrop((s, s), scale=(c.min_scale, 1.0), p=1.0, align_corners=False))
         if c.hflip > 0:
             ops.append(K.RandomHorizontalFlip(p=c.hflip))
         if c.vflip > 0:
@@ -366,6 +367,13 @@ class SSLAugmentation(nn.Module):
                                  f"give a target source other than 'none', or a policy without 'salcrop'")
             boxes, has_box = target_boxes(targets, c.crop_box, c.box_thresh)
             params = guide_crop_parameters(params, boxes, has_box, alpha=c.alpha, p=c.guided_crop)
+        if c.crop < 1:  # per image, as every other probability: an image not cropped keeps its whole frame
+            keep = torch.rand(params["src"].shape[0]) >= c.crop
+            height, width = (float(v) for v in params["input_size"][0])
+            whole = torch.tensor([[0.0, 0.0], [width - 1, 0.0], [width - 1, height - 1], [0.0, height - 1]])
+            params["src"][keep.to(params["src"].device)] = whole.to(params["src"])
+            if "guided" in params:
+                params["guided"] = params["guided"] & ~keep.to(params["guided"].device)
         return params
 
     def forward(self, images: torch.Tensor, targets: TargetBatch | None = None,

@@ -610,8 +610,9 @@ class SurrogateTrainer:
         self.discriminator.load_state_dict(blob["discriminator"])
         self.opt_g.load_state_dict(blob["optim_g"])
         self.opt_d.load_state_dict(blob["optim_d"])
-        self.scaler_g.load_state_dict(blob["scaler_g"])
-        self.scaler_d.load_state_dict(blob["scaler_d"])
+        for scaler, saved in ((self.scaler_g, blob["scaler_g"]), (self.scaler_d, blob["scaler_d"])):
+            if saved:  # empty when the run was not --amp on CUDA: a scaler switched on since starts afresh
+                scaler.load_state_dict(saved)
         state = blob["trainer"]
         self.epoch, self.step, self.elapsed = int(state["epoch"]), int(state["step"]), float(state["elapsed"])
         self.batch_in_epoch = int(state.get("batch_in_epoch", 0))  # older checkpoints: the epoch from its start
