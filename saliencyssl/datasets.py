@@ -752,7 +752,10 @@ def fit_square(array: np.ndarray, size: int, nearest: bool = False) -> np.ndarra
         array: ``(H, W)`` or ``(H, W, C)``.
         size: output side length.
         nearest: nearest-neighbour interpolation (labels, masks); otherwise area for shrinking
-            and bicubic for enlarging.
+            and bicubic for enlarging. The nearest source pixel is the one under each output
+            pixel's centre (``cv2.INTER_NEAREST_EXACT``), the grid area and bicubic resampling
+            use; ``cv2.INTER_NEAREST`` takes the corner of each block, which put masks up to half
+            an output pixel off their images when shrinking.
     """
     import cv2
 
@@ -762,7 +765,7 @@ def fit_square(array: np.ndarray, size: int, nearest: bool = False) -> np.ndarra
     scale = size / min(h, w)
     nh, nw = max(size, int(round(h * scale))), max(size, int(round(w * scale)))
     if nearest:
-        interpolation = cv2.INTER_NEAREST
+        interpolation = cv2.INTER_NEAREST_EXACT
     else:
         interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
     src = array

@@ -427,3 +427,17 @@ def test_eval_fidelity_on_salbench_photos(tmp_path, one_torch_thread):
     # Measured: exact F 0.83, centre box 0.57, predict nothing 0.
     assert vs["exact"]["f"] > vs["centre_box"]["f"] + 0.1 and vs["nothing"]["f"] == 0.0
     assert vs["exact"]["mae"] < vs["centre_box"]["mae"]
+
+
+def test_a_mask_brought_down_with_its_image_stays_centred_on_it():
+    """cv2.INTER_NEAREST samples each block's corner: a square's mask sat half a pixel off the area-resized image."""
+    from saliencyssl.datasets import fit_square
+
+    image = np.zeros((96, 96), np.uint8)
+    image[32:64, 32:64] = 255
+    small_image = fit_square(image, 32).astype(np.float64)
+    small_mask = fit_square(image > 0, 32, nearest=True)
+    rows, cols = np.indices(small_mask.shape)
+    image_centre = ((rows * small_image).sum() / small_image.sum(), (cols * small_image).sum() / small_image.sum())
+    mask_centre = (rows[small_mask].mean(), cols[small_mask].mean())
+    assert np.allclose(image_centre, mask_centre, atol=1e-9), (image_centre, mask_centre)
