@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 import time
 from pathlib import Path
@@ -117,7 +118,8 @@ def main(argv=None) -> int:
         stems.append(path.stem)
         print(f"{path.name}: " + " ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()), flush=True)
 
-    result = {"images": len(files), "machine": cpu_name(),
+    result = {"images": len(files), "date": time.strftime("%Y-%m-%d"), "machine": cpu_name(),
+              "cores": os.cpu_count(),
               "seconds": {k: {"median": pct(v, 50), "p90": pct(v, 90)} for k, v in times.items()}}
 
     if args.reference:

@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                                     **({"ngf": args.ngf} if args.ngf is not None else {}))
     result = {
         "date": time.strftime("%Y-%m-%d"), "device": str(device), "device_name": device_name(device),
-        "cpu": cpu_name(),
+        "cpu": cpu_name(), "cores": os.cpu_count(),
         "torch": str(torch.__version__), "threads": torch.get_num_threads(), "image_size": args.image_size,
         "batch_size": args.batch_size, "num_images": n, "surrogate": str(args.surrogate or ("fresh default" if args.ngf is None else f"fresh, ngf {args.ngf}")),
         "arch": surrogate.arch.as_dict(),

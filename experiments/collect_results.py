@@ -808,8 +808,8 @@ PHOTO_DATA = {
 #: photo_surrogate_domain.sh's, which score on the half of the horses no run trained on.
 _PHOTO_NOTE = ("Trained on 1,295 photos without masks (clothing_parsing/unlabelled and bsds500_test) at 96 px on one "
                "torch thread, for the optimiser steps in each row (15 minutes of wall time, or a step budget); scored "
-               "at 96 px on the centre crop against the human masks of three sets, none of them trained on (one of "
-               "the 1,003 street photos is also a training photo, without its mask). Mask F-measure "
+               "at 96 px on the centre crop against the human masks of three sets, no mask of which it trained on "
+               "(one of the 1,003 street photos is also one of its training photos). Mask F-measure "
                "with beta^2 = 0.3, mask IoU, MAE of the saliency map (Cheng's conventions), means over the images.")
 _PHOTO_DOMAIN_NOTE = ("Trained at 96 px on one torch thread for the optimiser steps in each row, on the 1,295 photos "
                       "without masks (clothing_parsing/unlabelled and bsds500_test) or on the data a row names; "
@@ -879,7 +879,7 @@ def photo_surrogate(args) -> None:
                  f"bench_surrogate.json with bench_labeller.json; run experiments/photo_surrogate.sh first")
     if bench.is_file() and labeller.is_file():
         b, lab = json.loads(bench.read_text()), json.loads(labeller.read_text())
-        original = sum(lab["seconds"][k]["median"] for k in ("hc", "rc", "cut_faithful")) * 1000
+        original = _labeller_ms(lab)
         surrogate = b["surrogate_ms_per_image"]
         speed = [["exact labeller, original photo (HC + RC + SaliencyCut, medians)", lab["images"], round(original, 1),
                   round(original / surrogate, 1)],
@@ -938,6 +938,19 @@ def _earlier_speed(path: Path, speed: list[list], date: str) -> list[str]:
             f"surrogate {rows[2][2]:g} ms, {rows[0][3]:g} times."]
 
 
+def _labeller_ms(bench: dict) -> float:
+    """The exact labeller's ms per image in a bench_labeller.json: the medians of HC, RC and the faithful cut."""
+    return sum(bench["seconds"][k]["median"] for k in ("hc", "rc", "cut_faithful")) * 1000
+
+
+def _measured(bench: dict, args, how: str) -> tuple[str, str]:
+    """The date and machine a benchmark recorded (the collection's, for files of older versions), unless --date or
+    --machine say otherwise; ``how`` says how it ran."""
+    cpu = bench.get("cpu") or bench.get("machine") or cpu_name()
+    machine = args.machine_given or f"{cpu} ({bench.get('cores') or os.cpu_count()} cores), {how}, no GPU"
+    return (args.date if args.date_given else bench.get("date", args.date)), machine
+
+
 # -- the exact labeller against Cheng's C++ -------------------------------------------------------------
 def labeller(args) -> None:
     """From ``bench_labeller.json`` of ``benchmarks/bench_labeller.py`` run with ``--reference`` and ``--gt`` on the
@@ -972,12 +985,12 @@ def labeller(args) -> None:
            f"../shared/data/salbench/cheng_cpp --gt ../shared/data/salbench/masks --engines faithful --json {bench}",
            f"python experiments/collect_results.py labeller --runs {args.runs}"],
           ["The C++ outputs and times come with the data (salbench/cheng_cpp): Cheng's CmCode at its default "
-           "parameters, built with OpenCV 4.6 and timed on a 2-core x86-64 machine its provenance does not name further "
-           "(its HC time includes some start-up cost), so the two time columns may compare two machines. Here: one image at a time, the faithful "
-           "cut engine, after one untimed image.",
+           "parameters, built with OpenCV 4.6 and timed on a 2-core x86-64 machine its provenance does not name "
+           "further (its HC time includes some start-up cost), so the two time columns may compare two machines. "
+           "Here: one image at a time, the faithful cut engine, after one untimed image.",
            "F with beta^2 = 0.3 (Cheng's CmEvaluation): for the maps the largest over 256 thresholds, for the mask "
            "from its precision and recall averaged over the images."],
-          args.date, args.machine)
+          *_measured(b, args, "one image at a time on one core"))
 
 
 # -- the surrogate's network at narrower widths, against the labeller on the original photos -----------------
@@ -994,7 +1007,7 @@ def surrogate_width(args) -> None:
         sys.exit(f"error: {root} needs bench_surrogate_ngf<N>.json files and bench_labeller.json (the commands are in "
                  f"results/surrogate_width.json)")
     lab = json.loads(labeller_file.read_text())
-    original = sum(lab["seconds"][k]["median"] for k in ("hc", "rc", "cut_faithful")) * 1000
+    original = _labeller_ms(lab)
     rows, commands, size = [], [], None
     for path in benches:
         b = json.loads(path.read_text())
@@ -1018,10 +1031,10 @@ def surrogate_width(args) -> None:
           rows, commands,
           [f"Fresh generators of each width (their cost does not depend on their weights), batches of "
            f"{b['batch_size']}, {autocast} autocast, medians; the labeller: HC + RC + SaliencyCut on {lab['images']} "
-           f"original Clothing Co-Parsing photos one by one, {original:.0f} ms (medians), measured right after.",
+           f"original Clothing Co-Parsing photos one by one, {original:.0f} ms (medians), measured after them.",
            "The last column leaves the regions out (0.3 ms an image at 96 px for the trained default surrogate, "
            "results/photo_surrogate_speed.json): it bounds what a width can give from above."],
-          args.date, args.machine)
+          *_measured(b, args, "one thread"))
 
 
 # -- the test suite: how long it takes --------------------------------------------------------------------
@@ -1071,7 +1084,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(default mask_aware_cifar10); photo_surrogate: NAME.json and NAME_speed.json (default "
                              "photo_surrogate)")
     parser.add_argument("--out", default="results", help="where the result files go (default %(default)s)")
-    parser.add_argument("--date", default=time.strftime("%Y-%m-%d"))
+    parser.add_argument("--date", default=None,
+                        help="default: the date a benchmark recorded (labeller, surrogate_width), else today")
     parser.add_argument("--machine", default=None, help="default: this CPU, 2 cores, one torch thread per run")
     args = parser.parse_args(argv)
     if args.experiment == "mask_aware_cifar10" and not args.config:
@@ -1081,6 +1095,7 @@ def main(argv: list[str] | None = None) -> int:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.name):
         parser.error(f"--name {args.name!r}: a file stem of letters, digits, '_', '.' and '-' (no folder)")
     args.machine_given = args.machine
+    args.date_given, args.date = args.date is not None, args.date or time.strftime("%Y-%m-%d")
     args.machine = args.machine or f"{cpu_name()} ({os.cpu_count()} cores), one torch thread per run, no GPU"
     {"mask_aware_cifar10": mask_aware_cifar10, "photos": photos, "surrogate_curve": surrogate_curve,
      "surrogate_shapes": surrogate_shapes, "baseline_stats": baseline_stats,

@@ -2,33 +2,23 @@
 small text file (a record, a result) so that a link to a device or a pipe named like it is refused unread.
 
 Every file the toolkit writes goes first to a new file of a fresh random name beside its place
-(:func:`tempfile.mkstemp`: created exclusively, so never an existing file, link or pipe an
-earlier run or another user left at a name that could be guessed), then moves over the place
-(:func:`os.replace`, which replaces a link at the place rather than writing into its target). A
-write that fails removes its temporary file and leaves the place as it was. The file gets the mode
-``open`` would give a new file (``0o666`` less the process's umask), not ``mkstemp``'s owner-only
-``0o600``: packs, checkpoints and results are read by other accounts' jobs too.
+(created exclusively, ``O_EXCL``, as :func:`tempfile.mkstemp` creates, so never an existing file,
+link or pipe an earlier run or another user left at a name that could be guessed), then moves over
+the place (:func:`os.replace`, which replaces a link at the place rather than writing into its
+target). A write that fails removes its temporary file and leaves the place as it was. The file is
+created with mode ``0o666``, less the umask as the kernel applies it, the mode ``open`` gives a new
+file (``mkstemp``'s owner-only ``0o600`` kept packs, checkpoints and results from other accounts'
+jobs).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import stat
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
-
-
-def _new_file_mode() -> int:
-    """``0o666`` less the umask (read by setting it and setting it back, at import, before any thread)."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-#: The mode of every file the toolkit writes.
-NEW_FILE_MODE = _new_file_mode()
 
 
 @contextmanager
@@ -45,11 +35,9 @@ def temporary_beside(path: str | Path) -> Iterator[Path]:
         ('done', ['out.txt'])
     """
     path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    temporary = Path(name)
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"  # 64 random bits: never guessed
+    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
     try:
-        os.chmod(temporary, NEW_FILE_MODE)
         yield temporary
         os.replace(temporary, path)
     except BaseException:

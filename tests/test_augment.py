@@ -379,14 +379,13 @@ def test_a_crop_probability_is_drawn_per_image_not_per_batch():
     assert not torch.equal(warped.regions[~kept], targets.regions[~kept].long())
 
 
-def test_region_labels_past_int16_keep_their_partition_in_a_frozen_pack():
-    """Labels were folded modulo 32768, so regions 5 and 32773 became one."""
-    regions = np.zeros((8, 8), np.uint16)
-    regions[:, 4:] = 32773
-    regions[:4, :4] = 5
-    target = Target.from_maps(np.zeros((8, 8)), np.zeros((8, 8), bool), regions)
-    pack = FrozenPack.empty(["a" * 32], 8, "fp")
-    pack._set(0, target)
-    stored = pack.regions[0].numpy()
-    assert len(np.unique(stored)) == 3
-    assert len(np.unique(stored[:, 4:])) == 1 and len(np.unique(stored[:4, :4])) == 1 and stored[0, 0] != stored[0, 7]
+def test_a_frozen_pack_refuses_region_labels_past_int16_instead_of_merging_them(tmp_path):
+    """Labels were folded modulo 32768, so regions 5 and 32773 became one; the labeller numbers its regions 0..R-1,
+    so only a target of more than 32,768 regions reaches the int16 limit, and it is refused."""
+    side = 200
+    regions = np.arange(side * side, dtype=np.uint16).reshape(side, side)  # 40,000 one-pixel regions
+    target = Target.from_maps(np.zeros((side, side)), np.zeros((side, side), bool), regions)
+    cache = TargetCache(tmp_path / "c", "fp")
+    cache.put("a" * 32, target)
+    with pytest.raises(ValueError, match="region label 39,999"):
+        FrozenPack.build(["a" * 32], cache, side)

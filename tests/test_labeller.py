@@ -26,8 +26,8 @@ def test_maps_and_cut_agree_with_cheng_cpp(salbench, stem):
     bgr = _read_bgr(salbench / "images" / f"{stem}.jpg")
     hc = np.rint(hc_saliency(bgr) * 255)
     rc = rc_saliency(bgr)
-    # Measured on all 36 photos: HC 2e-8, RC 0, cut IoU 1.0 (docs/findings.md); the issue asks
-    # for 0.005 and 0.98, these bounds catch a drift long before that.
+    # Measured on all 36 photos: HC 2e-8, RC 0, cut IoU 1.0 (results/labeller_cpp.json); the issue
+    # asks for 0.005 and 0.98, these bounds catch a drift long before that.
     assert np.abs(hc - _ref(salbench, stem, "hc")).mean() / 255 <= 0.0005
     assert np.abs(np.rint(rc.saliency * 255) - _ref(salbench, stem, "rc")).mean() / 255 <= 0.0005
     mask = saliency_cut(bgr, rc.saliency)

@@ -316,16 +316,18 @@ def test_an_import_skips_entries_whose_checksum_does_not_cover_their_key(tmp_pat
     moved = encode_target(_target(5), source.key_of("a" * 32))[22:]
     old = struct.pack("<4sBBII8s", b"SSLT", 1, 1, 8, 8, hashlib.blake2b(moved, digest_size=8).digest()) + moved
     source._cache.set(source.key_of("b" * 32), old)     # image a's target under image b's key
+    source._cache.set(source.key_of("d" * 32), old[:-1] + bytes([old[-1] ^ 1]))  # and a damaged one
     source.put("c" * 32, _target(6))
     source.close()
     report = import_cache(tmp_path / "source", tmp_path / "api", FP)
-    assert (report.count, report.unkeyed, report.damaged) == (1, ["b" * 32], [])
+    assert (report.count, report.unkeyed, report.damaged) == (1, ["b" * 32], ["d" * 32])
     with TargetCache(tmp_path / "api", FP) as copy:
         assert "b" * 32 not in copy and copy.get("c" * 32).equals(_target(6))
     assert cache_cli.main(["import", str(tmp_path / "source"), "--cache", str(tmp_path / "cli")]) == 1
     assert "first target format" in capsys.readouterr().err
-    assert cache_cli.main(["verify", str(tmp_path / "source")]) == 0   # the owner vouches for it: rewritten
-    assert import_cache(tmp_path / "source", tmp_path / "cli", FP).unkeyed == []
+    assert cache_cli.main(["verify", str(tmp_path / "source")]) == 1   # the damaged one removed, the rest rewritten
+    again = import_cache(tmp_path / "source", tmp_path / "cli", FP)
+    assert (again.unkeyed, again.damaged) == ([], [])
 
 
 # -- bounded work, and no process outliving its job ------------------------------------------------
@@ -830,19 +832,21 @@ def test_what_torch_would_read_differently_or_build_without_bound_is_refused(tmp
 
 def test_outputs_are_readable_by_the_group_and_others_as_the_umask_allows(tmp_path):
     """mkstemp makes owner-only files; a pack or checkpoint written through it could not be read by another account's
-    job. Outputs get the mode a new file gets from open(): 0o666 less the umask."""
+    job. Outputs get the mode open() gives a new file under the umask in force when they are written."""
     import stat
 
-    from saliencyssl.files import NEW_FILE_MODE, replace_file
+    from saliencyssl.files import replace_file
 
-    umask = os.umask(0o022)
-    os.umask(umask)
-    assert NEW_FILE_MODE == 0o666 & ~umask
-    path = replace_file(tmp_path / "results.json", "{}")
-    assert stat.S_IMODE(path.stat().st_mode) == NEW_FILE_MODE
-    plain = tmp_path / "plain.json"
-    plain.write_text("{}")
-    assert stat.S_IMODE(plain.stat().st_mode) == NEW_FILE_MODE, "the mode open() gives"
+    previous = os.umask(0o022)
+    try:
+        for umask in (0o022, 0o027):
+            os.umask(umask)
+            path = replace_file(tmp_path / f"results{umask}.json", "{}")
+            plain = tmp_path / f"plain{umask}.json"
+            plain.write_text("{}")
+            assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~umask
+    finally:
+        os.umask(previous)
 
 
 def test_outputs_replace_links_and_hard_links_instead_of_writing_through_them(tmp_path, capsys, photo):

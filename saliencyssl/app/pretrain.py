@@ -360,15 +360,21 @@ class Pretrainer:
                     raise MissingPieceError(f"--cache {c.cache} is not a cache folder (no cache.db); fill it with: "
                                             f"saliency-ssl label {c.data} --cache {c.cache}")
                 cache = TargetCache(c.cache, fingerprint, params=self.labeller.config.params())
+        try:
+            if cache is not None:
                 pack = FrozenPack.build(self.images.hashes, cache, c.image_size, progress=self.dist.is_main)
             if pack is not None:
                 self._say(pack.report.line())
                 pack = pack.to(self.device) if self.device.type == "cuda" else pack
-        if "surrogate" in self.sources and c.surrogate:
-            from saliencyssl.surrogate import Surrogate
+            if "surrogate" in self.sources and c.surrogate:
+                from saliencyssl.surrogate import Surrogate
 
-            surrogate = Surrogate.load(c.surrogate, device=self.device, expect_fingerprint=fingerprint,
-                                       expect_image_size=c.image_size)
+                surrogate = Surrogate.load(c.surrogate, device=self.device, expect_fingerprint=fingerprint,
+                                           expect_image_size=c.image_size)
+        except BaseException:
+            if cache is not None:  # the router that would close it is not built
+                cache.close()
+            raise
         return TargetRouter(self.sources, c.image_size, pack=pack, surrogate=surrogate, labeller=self.labeller,
                             image_set=self.image_set, cache=cache, exact_workers=c.workers)
 
@@ -378,7 +384,7 @@ class Pretrainer:
         from saliencyssl.eval.classification import require_held_out, require_same_labels
 
         opened = {name: open_image_set(path) for name, path in (("train", train), ("test", test))}
-        for name, path in (("train", train), ("test", test)):
+        for name, path in (("train", train), ("test", test)):  # before require_same_labels: its hint is evaluate's
             if not opened[name].has_labels:
                 raise ValueError(f"kNN monitoring needs labelled images (class sub-folders) in {path}")
         require_same_labels(opened["train"], train, opened["test"], test, ["knn"])

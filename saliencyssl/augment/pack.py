@@ -114,12 +114,9 @@ class FrozenPack:
 
     def _set(self, index: int, target: Target) -> None:
         regions = target.regions.astype(np.int64)
-        if regions.max(initial=0) > _REGION_MAX:  # labels past int16: the same partition, numbered 0..R-1
-            _, compact = np.unique(regions, return_inverse=True)
-            regions = compact.reshape(regions.shape)
-            if regions.max(initial=0) > _REGION_MAX:
-                raise ValueError(f"a target of {int(regions.max()) + 1:,} regions; a frozen pack holds at most "
-                                 f"{_REGION_MAX + 1:,} an image")
+        if regions.max(initial=0) > _REGION_MAX:  # targets number their regions 0..R-1 (relabel_raster)
+            raise ValueError(f"a target with region label {int(regions.max()):,}; a frozen pack holds labels up to "
+                             f"{_REGION_MAX:,} (int16)")
         self.saliency[index] = torch.from_numpy(target.saliency)
         self.mask[index] = torch.from_numpy(target.mask)
         self.regions[index] = torch.from_numpy(regions.astype(np.int16))
@@ -192,7 +189,9 @@ def load_pack(path: str | Path, hashes: Sequence[str], image_size: int, expect_f
             is refused). ``False`` only for a pack verified just before.
 
     Raises:
-        PackError: another labeller's pack, a damaged header, or (with ``verify``) a checksum mismatch.
+        PackError: another labeller's pack, a damaged header, (with ``verify``) a checksum mismatch, or
+            mask or region values saliency-ssl never writes (read once more when the pack is used as it
+            is, whatever ``verify`` says).
 
     When every row of the pack is ``image_size`` square, the pack's tensors are the memory map
     itself (shared between processes; nothing copied) and a data-set position maps to its row
@@ -205,16 +204,16 @@ def load_pack(path: str | Path, hashes: Sequence[str], image_size: int, expect_f
     if verify and not verify_pack(pack):
         raise PackError(f"{path} fails its checksum: it was damaged after it was written; export it again, or "
                         f"copy it again from where it was made")
-    # The checksum says the file is as written, not that its writer was honest: a mask byte other than 0 or 1
-    # would be an invalid torch.bool, a negative region an invalid label.
-    mask, regions = pack.arrays["mask"], pack.arrays["regions"]
-    if (mask.size and int(mask.max()) > 1) or (regions.size and int(regions.min()) < 0):
-        raise PackError(f"{path} holds mask values other than 0 and 1 or negative region labels, which "
-                        f"saliency-ssl never writes; export it again from the cache it came from")
     rows = pack.row_of()
     position_rows = torch.tensor([rows.get(h, -1) for h in hashes], dtype=torch.long)
     present = position_rows >= 0
     if pack.uniform_size == (image_size, image_size):
+        # The memory map becomes the tensors as it is. Its checksum says the file is as written, not that its writer
+        # was honest: a mask byte other than 0 or 1 would be an invalid torch.bool, a negative region an invalid label.
+        mask, regions = pack.arrays["mask"], pack.arrays["regions"]
+        if (mask.size and int(mask.max()) > 1) or (regions.size and int(regions.min()) < 0):
+            raise PackError(f"{path} holds mask values other than 0 and 1 or negative region labels, which "
+                            f"saliency-ssl never writes; export it again from the cache it came from")
         n = len(pack)
         view = {name: torch.from_numpy(arr).view(n, image_size, image_size) for name, arr in pack.arrays.items()}
         frozen = FrozenPack(view["saliency"], view["mask"].view(torch.bool), view["regions"], present, hashes,

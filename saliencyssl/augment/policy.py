@@ -369,7 +369,7 @@ class SSLAugmentation(nn.Module):
             params = guide_crop_parameters(params, boxes, has_box, alpha=c.alpha, p=c.guided_crop)
         if c.crop < 1:  # per image, as every other probability: an image not cropped keeps its whole frame
             keep = torch.rand(params["src"].shape[0]) >= c.crop
-            height, width = (float(v) for v in params["input_size"][0])
+            height, width = (float(v) for v in batch_shape[-2:])
             whole = torch.tensor([[0.0, 0.0], [width - 1, 0.0], [width - 1, height - 1], [0.0, height - 1]])
             params["src"][keep.to(params["src"].device)] = whole.to(params["src"])
             if "guided" in params:

@@ -119,7 +119,8 @@ def _init_pool_worker(parent: int) -> None:
 class _Executor:
     """What every executor shares: ``with make_executor(...) as executor:`` closes it (its workers
     shut down) however the block ends: waiting for the work in flight when the block ends normally,
-    dropping it (:meth:`abandon`) when it raises, Ctrl-C and ``SIGTERM`` included."""
+    dropping it (:meth:`abandon`) when it raises: Ctrl-C, and ``SIGTERM`` where the stage turns it
+    into an exception (``saliency-ssl label`` does)."""
 
     def close(self) -> None:
         pass
@@ -199,13 +200,15 @@ class PoolExecutor(_Executor):
         photos takes minutes, longer than a batch system waits between ``SIGTERM`` and ``SIGKILL``.
         What the job stored is kept; a rerun labels the rest."""
         processes = list((getattr(self._pool, "_processes", None) or {}).values())
-        self._pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             if process.is_alive():
                 process.terminate()
         for process in processes:
             process.join(timeout=10)
-        self.close()  # reaps the pool's own thread (the pool is broken now, which close expects)
+            if process.is_alive():  # a worker deaf to SIGTERM
+                process.kill()
+                process.join()
+        self.close()  # the pool, broken now, cancels what is queued and its thread ends
 
 
 class DaskExecutor(_Executor):

@@ -417,7 +417,7 @@ def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerCon
     jobs = ((config_fields, chunk, limits) for chunk in _chunks(todo, size))
     for results in executor.imap_unordered(label_files, jobs):
         with cache.transaction():  # one commit a chunk; the maps are written after it (no lock held meanwhile)
-            stored = [(record, _store(record, cache, summary)) for record in results]
+            stored = [(record, _store(record, cache, summary, keep=export is not None)) for record in results]
         for record, target in stored:
             _export(record, target, summary, export, root, clashing)
         bar.update(len(results))
@@ -440,7 +440,7 @@ def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerCon
         for results in executor.imap_unordered(label_files,
                                                ((config_fields, chunk, limits) for chunk in _chunks(kept, size))):
             for record in results:
-                _export(record, _store(record, cache, summary), summary, export, root, clashing)
+                _export(record, _store(record, cache, summary, keep=True), summary, export, root, clashing)
             bar.update(len(results))
         bar.close()
     summary.wall_seconds = time.perf_counter() - start
@@ -454,15 +454,15 @@ def _relative(path: Path, root: Path) -> Path:
         return Path(path.name)
 
 
-def _store(record: dict, cache: TargetCache, summary: LabelSummary) -> Target | None:
-    """Store a worker's new target in the cache (counted in ``summary``); returns the image's target, new or cached,
-    or ``None`` when it failed."""
+def _store(record: dict, cache: TargetCache, summary: LabelSummary, keep: bool) -> Target | None:
+    """Store a worker's new target in the cache (counted in ``summary``); with ``keep`` (maps to export) returns the
+    image's target, new or cached (``None`` when it failed), else ``None``."""
     path = record["path"]
     if record["error"] is not None:
         summary.failed.append((path, record["error"]))
         return None
     if record["target"] is None:
-        return cache.get(record["hash"])
+        return cache.get(record["hash"]) if keep else None
     try:
         target = decode_target(record["target"])  # before storing: a target the codec cannot hold fails its image
         cache.put_encoded(record["hash"], record["target"])
@@ -472,7 +472,7 @@ def _store(record: dict, cache: TargetCache, summary: LabelSummary) -> Target | 
     summary.labelled += 1
     summary.label_seconds.append(record["seconds"])
     summary.no_object += int(not target.mask.any())
-    return target
+    return target if keep else None
 
 
 def _export(record: dict, target: Target | None, summary: LabelSummary, export: Path | None, root: Path,
