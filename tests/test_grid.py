@@ -442,3 +442,17 @@ def test_a_grid_on_cifar_batches_labels_the_spread_images_in_workers_and_leaves_
     with TargetCache(config.cache, LabellerConfig().fingerprint()) as cache:
         assert len(cache) == 4 and all(h in cache for h in wanted), "the spread images, under the hashes pretraining reads"
     assert set(tmp.glob(CIFAR_TEMP_PREFIX + "*")) == before, "the PNG copies are removed"
+
+
+def test_an_interrupted_grid_says_what_is_kept_and_exits_as_interrupted(tmp_path, monkeypatch, capsys):
+    from saliencyssl.app.label import Terminated
+
+    path = _write(tmp_path)
+    for error, code in ((KeyboardInterrupt(), 130), (Terminated(15), 143)):
+        def interrupted(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(run_grid_cli, "run", interrupted)
+        assert run_grid_cli.main([str(path), "--quiet"]) == code
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "kept: rerun the same command" in err

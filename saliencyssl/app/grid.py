@@ -433,7 +433,7 @@ def cells(config: GridConfig) -> list[Cell]:
 def _label(config: GridConfig, pretrain: dict, progress: bool = True) -> None:
     from contextlib import ExitStack
 
-    from saliencyssl.app.label import cifar_image_files, cifar_png
+    from saliencyssl.app.label import cifar_image_files, terminate_as_interrupt
     from saliencyssl.cache import TargetCache
     from saliencyssl.cache.executors import default_workers, make_executor
     from saliencyssl.cache.labelling import label_folder
@@ -445,10 +445,11 @@ def _label(config: GridConfig, pretrain: dict, progress: bool = True) -> None:
     if pretrain.get("limit"):
         image_set = image_set.spread(int(pretrain["limit"]))
     with ExitStack() as stack:
+        stack.enter_context(terminate_as_interrupt())  # SIGTERM stops the workers and removes the PNG copies
         folder, paths = config.train, image_set.paths
-        if paths is None:  # CIFAR batches: the workers label PNG copies, as `saliency-ssl label` does
-            folder, _ = stack.enter_context(cifar_image_files(Path(config.train), progress=progress))
-            paths = [cifar_png(folder, name) for name in image_set.names]
+        if paths is None:  # CIFAR batches: the workers label PNG copies of these images, as `saliency-ssl label` does
+            folder, names = stack.enter_context(cifar_image_files(Path(config.train), progress, image_set))
+            paths = list(names)
         cache = stack.enter_context(TargetCache(config.cache, labeller.fingerprint(), params=labeller.params()))
         executor = stack.enter_context(make_executor(default_workers()))
         summary = label_folder(folder, cache, labeller, executor=executor, paths=paths, progress=progress)
@@ -762,6 +763,11 @@ def main(argv: list[str] | None = None) -> int:
                                                             LabellerConfig(**config.labeller), config.image_size))
         except (OSError, ValueError) as error:  # StaleCellError and RunDirError too: they name the fix
             return fail(error)
+        except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM while labelling
+            signum = getattr(error, "signum", None)
+            return fail(f"{'terminated' if signum else 'interrupted'}; finished cells, their checkpoints and the "
+                        f"targets stored so far are kept: rerun the same command to go on",
+                        128 + signum if signum else 130)
         if only is not None:
             print(f"\nran {', '.join(only)}; run saliency-ssl grid {args.config} without --only for the baselines and the table")
             return 0

@@ -216,7 +216,7 @@ def remove_stale_cifar_folders(temp_dir: str | Path | None = None) -> list[Path]
 
 
 @contextmanager
-def cifar_image_files(path: Path, progress: bool = False) -> Iterator[tuple[Path, dict[str, str]]]:
+def cifar_image_files(path: Path, progress: bool = False, image_set=None) -> Iterator[tuple[Path, dict[str, str]]]:
     """The images of CIFAR-10 python batches as lossless PNG files in a temporary folder, for the
     labelling workers (which read files by path).
 
@@ -227,6 +227,12 @@ def cifar_image_files(path: Path, progress: bool = False) -> Iterator[tuple[Path
     The folder is removed on exit, whatever happens (``SIGTERM`` included, under :func:`run`); its name
     records this process's id, so that a later job removes it when this one was killed with ``SIGKILL``
     (:func:`remove_stale_cifar_folders`, called first).
+
+    Args:
+        path: a CIFAR-10 folder or batch file.
+        progress: a progress bar for large sets.
+        image_set: its batches already opened, or part of them (:meth:`ImageSet.spread`): only
+            these images are written (default: every image of ``path``).
 
     Yields:
         ``(folder, names)``: the temporary folder, and each PNG's absolute path mapped to the image's
@@ -242,7 +248,7 @@ def cifar_image_files(path: Path, progress: bool = False) -> Iterator[tuple[Path
     import cv2
     from tqdm import tqdm
 
-    image_set = open_image_set(path)
+    image_set = open_image_set(path) if image_set is None else image_set
     for stale in remove_stale_cifar_folders():
         logger.info("removed %s, left by a labelling job that no longer runs", stale)
     with tempfile.TemporaryDirectory(prefix=f"{CIFAR_TEMP_PREFIX}{os.getpid()}-") as tmp:
@@ -257,18 +263,12 @@ def cifar_image_files(path: Path, progress: bool = False) -> Iterator[tuple[Path
                    disable=not progress or len(image_set) < 2000)
         for i in bar:
             batch, index = image_set.names[i].rsplit(":", 1)
-            file = cifar_png(folder, image_set.names[i])
+            file = folder / batch / f"{int(index):05d}.png"
             file.parent.mkdir(exist_ok=True)
             if not cv2.imwrite(str(file), cv2.cvtColor(image_set.image(i), cv2.COLOR_RGB2BGR)):
                 raise OSError(f"cannot write {file} (disk full?)")
             names[os.path.abspath(file)] = f"{path if path.is_file() else path / batch}:{index}"
         yield folder, names
-
-
-def cifar_png(folder: Path, name: str) -> Path:
-    """The PNG :func:`cifar_image_files` writes in ``folder`` for the CIFAR image named ``<batch>:<index>``."""
-    batch, index = name.rsplit(":", 1)
-    return folder / batch / f"{int(index):05d}.png"
 
 
 def build_parser() -> argparse.ArgumentParser:
