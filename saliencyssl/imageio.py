@@ -397,9 +397,11 @@ def read_mask(path: str | Path) -> np.ndarray:
     """A mask PNG as ``(H, W)`` bool. A mask of two values (0/255, 0/1, 0/255 stored in 16 bits)
     or of small integers (an index map such as 0/1/3, where 255 is VOC's "void" border and not an
     object) has every non-zero pixel as foreground; a
-    soft (anti-aliased) mask has the values above half its type's range. In a colour mask a pixel
-    counts by its largest colour channel (so a red, green or white object on black all work); an
-    alpha channel is ignored.
+    soft (anti-aliased) mask has the values above half its type's range. A palette PNG (VOC's
+    class maps) is read as the index map it stores: every index but 0 and VOC's void 255 is
+    foreground, whatever colour the palette gives it. In a colour mask a pixel counts by its
+    largest colour channel (so a red, green or white object on black all work); an alpha channel is
+    ignored.
 
     Raises:
         ValueError: the file cannot be decoded (naming it).
@@ -411,6 +413,15 @@ def read_mask(path: str | Path) -> np.ndarray:
         data = read_image_file(path)
     except ImageDecodeError as error:
         raise ValueError(f"{path}: cannot decode the mask ({error.reason})") from error
+    from PIL import Image, UnidentifiedImageError
+
+    try:  # OpenCV would turn a palette's indices into its colours
+        with Image.open(io.BytesIO(data)) as image:
+            if image.mode == "P":
+                index = np.asarray(image)
+                return (index > 0) & (index != 255)
+    except (UnidentifiedImageError, OSError, ValueError):
+        pass  # OpenCV decodes it, or says it cannot
     try:
         mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     except cv2.error:

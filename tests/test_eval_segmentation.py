@@ -122,6 +122,32 @@ def test_split_by_hash_is_fixed_and_disjoint():
         maskdata.split_by_hash(hashes, 1.0)
 
 
+def test_copies_of_an_image_fall_on_one_side_of_the_split():
+    """Sorting by hash and cutting at the test count put one copy of an image in each split."""
+    hashes = ["h1", "h2", "h2", "h3", "h4", "h5", "h6"]
+    train, test = maskdata.split_by_hash(hashes, 0.3)
+    assert test.tolist() == [0, 1, 2] and train.tolist() == [3, 4, 5, 6]
+    with pytest.raises(ValueError, match="copies of one image"):
+        maskdata.split_by_hash(["h"] * 4, 0.5)
+
+
+def test_a_palette_mask_is_read_as_its_indices_not_its_colours(tmp_path):
+    """OpenCV decodes a palette PNG to colours: VOC's class 8 (dark red) was read as background, its void border as
+    an object."""
+    from PIL import Image
+
+    index = np.zeros((20, 20), np.uint8)
+    index[2:8, 2:8], index[10:16, 2:8], index[2:8, 10:16] = 1, 8, 15
+    index[0, :] = 255                                                     # VOC's void border
+    palette = [0, 0, 0] + [0] * 3 * 255
+    palette[3:6], palette[24:27], palette[45:48], palette[765:768] = [128, 0, 0], [64, 0, 0], [192, 128, 128], \
+        [224, 224, 192]
+    image = Image.fromarray(index, mode="P")
+    image.putpalette(palette)
+    image.save(tmp_path / "voc.png")
+    assert np.array_equal(maskdata.read_mask(tmp_path / "voc.png"), (index > 0) & (index != 255))
+
+
 # ---------------------------------------------------------------------------------------- scores
 def test_probability_scores_known_values():
     gt = torch.zeros(4, 1, 4, 4)

@@ -165,7 +165,7 @@ def run(config: ViewsConfig) -> Path:
                                  f"({describe_params(config.labeller.params())}) in {config.cache}", others)
     index = candidates[: config.count]
     check_memory(12 * 3 * len(index) * config.image_size ** 2 * 4, f"{len(index)} views at {config.image_size}px")
-    x = images.stack()[index]
+    x = images.images.subset(index.tolist()).stack(config.image_size)  # only the images drawn are decoded
     if policy.uses_targets:
         targets = TargetRouter("cache", config.image_size, pack=pack).targets(index, x)
     torch.manual_seed(config.seed)

@@ -99,7 +99,8 @@ def to_arrays(pairs: MaskPairs, size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def split_by_hash(hashes: list[str], test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """A fixed train/test split: images sorted by content hash, the first ``round(test_fraction * N)``
-    (at least 1, and leaving at least 1 for training) are the test split.
+    (at least 1, and leaving at least 1 for training) are the test split, with every other copy of
+    an image among them (copies never fall on both sides).
 
     Args:
         hashes: one content hash per image.
@@ -109,7 +110,7 @@ def split_by_hash(hashes: list[str], test_fraction: float) -> tuple[np.ndarray, 
         ``(train_indices, test_indices)``, each sorted ascending int64.
 
     Raises:
-        ValueError: ``test_fraction`` outside (0, 1) or fewer than 2 images.
+        ValueError: ``test_fraction`` outside (0, 1), fewer than 2 images, or no two different ones.
     """
     n = len(hashes)
     if not 0.0 < float(test_fraction) < 1.0:
@@ -119,8 +120,11 @@ def split_by_hash(hashes: list[str], test_fraction: float) -> tuple[np.ndarray, 
         raise ValueError(f"segmentation needs at least 2 images (one to train, one to test), got {n}")
     n_test = min(n - 1, max(1, int(math.floor(test_fraction * n + 0.5))))
     order = sorted(range(n), key=lambda i: (hashes[i], i))
-    test = np.sort(np.array(order[:n_test], np.int64))
-    train = np.sort(np.array(order[n_test:], np.int64))
+    held_out = {hashes[i] for i in order[:n_test]}
+    test = np.array([i for i in range(n) if hashes[i] in held_out], np.int64)
+    train = np.array([i for i in range(n) if hashes[i] not in held_out], np.int64)
+    if len(train) == 0:
+        raise ValueError(f"all {n} images are copies of one image: nothing is left to train on")
     return train, test
 
 
