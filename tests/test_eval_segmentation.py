@@ -399,3 +399,27 @@ def test_the_out_folder_is_a_run_folder(tmp_path, capsys):
     assert "epochs 1 (now 2)" in capsys.readouterr().err
     assert script.main(base + ["--force"]) == 0
     assert (out / "results.json").stat().st_mtime_ns != written
+
+
+def test_a_sweep_stopped_half_way_goes_on_from_the_next_model(tmp_path, monkeypatch, capsys):
+    """The scores lived in memory until the end: an error at the last model lost every finished one."""
+    images, masks = _write_pairs(tmp_path / "data", 6)
+    out = tmp_path / "out"
+    base = ["--backbone", "random", "--images", str(images), "--masks", str(masks), "--fractions", "0.5,1.0",
+            "--seeds", "2", "--epochs", "1", "--batch-size", "4", "--fpn-channels", "8", "--out", str(out)]
+    trained = []
+    real = seg.FPNProtocol.score
+
+    def failing_fourth(self, *args, **kwargs):
+        trained.append(args[3].tolist())  # the labelled subset
+        if len(trained) == 4:
+            raise FloatingPointError("the loss is NaN")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(seg.FPNProtocol, "score", failing_fourth)
+    assert script.main(base) == 2 and "NaN" in capsys.readouterr().err
+    assert len(list((out / "partial").glob("*.json"))) == 3
+    trained.clear()
+    assert script.main(base) == 0
+    assert len(trained) == 1, "only the model that failed is trained again"
+    assert not (out / "partial").exists() and (out / "results.json").is_file()

@@ -9,14 +9,18 @@ are :class:`~saliencyssl.eval.segmentation.FPNProtocol` and
 
 The out folder is a run folder (:class:`~saliencyssl.app.rundir.RunDir`): a finished evaluation
 with the same settings is not redone (``--force`` redoes it), one with other settings is refused
-with the settings that differ.
+with the settings that differ. Each finished (fraction, seed) model's scores are kept in
+``partial/`` under a digest of the settings as soon as it is scored, so a sweep stopped half way
+(an error, Ctrl-C) goes on from the next model when run again with the same settings.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import platform
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,6 +29,7 @@ from pathlib import Path
 from saliencyssl.app.options import (add_backbone_options, check_count, check_outside, cpu_limit, fail,
                                      one_line_errors)
 from saliencyssl.app.rundir import RunDir, RunDirError, RunExistsError
+from saliencyssl.files import read_text_file, replace_file
 from saliencyssl.eval.masks import F_BETA2, THRESHOLD, SegmentTrainConfig
 
 SUMMARY = "a segmenter fine-tuned on a backbone at label fractions (IoU, F, mask AP)"
@@ -182,15 +187,32 @@ def run(s: SegmentConfig, verbose: bool = True) -> dict:
     bar = tqdm(total=steps * len(fractions) * len(seeds), desc=f"training {s.model} models", unit="step",
                disable=not s.progress)
 
+    partial = run_dir / "partial"
+    if s.force:
+        shutil.rmtree(partial, ignore_errors=True)
+    run_key = hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=8).hexdigest()
+
     def score(subset, seed):
         labelled = train_idx[subset]
+        subset_key = hashlib.blake2b(np.asarray(labelled, np.int64).tobytes(), digest_size=8).hexdigest()
+        kept = partial / f"{run_key}_seed{seed}_{subset_key}.json"
+        try:  # scored by an earlier, interrupted run of these settings
+            scores = json.loads(read_text_file(kept, 1 << 16, "kept score"))
+            if isinstance(scores, dict) and scores and all(isinstance(v, float) for v in scores.values()):
+                bar.update(steps)
+                return scores
+        except (FileNotFoundError, ValueError):
+            pass  # none, or damaged: score it again
 
         def on_step(step, loss):
             bar.update(1)
             bar.set_postfix(n=len(labelled), seed=seed, loss=f"{loss:.3f}")
 
-        return protocol.score(encoder, images, masks, labelled, config, seed, s.device, on_step, test_images,
-                              test_masks)
+        scores = protocol.score(encoder, images, masks, labelled, config, seed, s.device, on_step, test_images,
+                                test_masks)
+        partial.mkdir(exist_ok=True)
+        replace_file(kept, json.dumps({k: float(v) for k, v in scores.items()}))
+        return scores
 
     # One "class" for the whole training split: subsets are plain random draws of round(fraction * n).
     results_by_fraction = frac.sweep(np.zeros(len(train_idx), np.int64), fractions, seeds, score)
@@ -228,6 +250,7 @@ def run(s: SegmentConfig, verbose: bool = True) -> dict:
     rows = report.segmentation_rows(results_by_fraction)
     paths = report.write_report(s.out, results, rows, report.segmentation_markdown(results, rows))
     run_dir.finish(results="results.json", seconds=round(elapsed, 1))
+    shutil.rmtree(partial, ignore_errors=True)  # results.json holds them all now
     if not verbose:
         return results
     print("IoU: " + ", ".join(f"{e.fraction}: {e.mean('iou'):.3f}±{e.std('iou'):.3f}" for e in results_by_fraction))
