@@ -18,8 +18,8 @@ threads (torch for the surrogate, OpenCV for the labeller; default 1, as one lab
 
 The surrogate is a freshly initialised one of the default architecture (Surrogate.fresh), since
 its weights do not change its network's cost (--ngf gives it another width), or --surrogate PATH.
-A fresh network's boundaries are noise, so time the regions on a trained one. On CUDA it also reports images per
-second at 32 and 96 px (--gpu-sizes), fp16 autocast as in training and the router: the loaded
+A fresh network's boundaries are noise, so time the regions on a trained one. On CUDA it also
+reports images per second at 32 and 96 px (--gpu-sizes), fp16 autocast as in training and the router: the loaded
 surrogate at its own size, a fresh one of the same widths at the others ("fresh" in the JSON),
 for predict, the network alone and the regions alone.
 
@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"), "device": str(device), "device_name": device_name(device),
         "cpu": cpu_name(), "cores": os.cpu_count(),
         "torch": str(torch.__version__), "threads": torch.get_num_threads(), "image_size": args.image_size,
-        "batch_size": args.batch_size, "num_images": n, "surrogate": str(args.surrogate or ("fresh default" if args.ngf is None else f"fresh, ngf {args.ngf}")),
+        "batch_size": args.batch_size, "num_images": n,
+        "surrogate": str(args.surrogate or ("fresh default" if args.ngf is None else f"fresh, ngf {args.ngf}")),
         "arch": surrogate.arch.as_dict(),
         "autocast": str(surrogate.autocast_dtype).replace("torch.", "") if surrogate.autocast_dtype else "float32",
     }

@@ -18,7 +18,8 @@ policy (:class:`~saliencyssl.augment.SSLAugmentation`), the ResNet-18 and its me
 - a checkpoint after each epoch (``RUN_DIR/checkpoint.pt``: weights, optimizer, schedule, grad
   scaler, the buffers a method keeps outside its state dict (MoCo's queue) and every RNG state),
   so ``resume=True`` continues exactly where a run stopped in one process; under ``torchrun``
-  only rank 0's generators are saved, and every process's restart from the seed and the epoch;
+  only rank 0's generators are saved, and every process restarts its own from the seed and the
+  epoch;
 - at the end ``RUN_DIR/backbone.pt`` for the evaluation tools.
 
 ``RUN_DIR`` is a :class:`~saliencyssl.app.rundir.RunDir`: its ``run.json`` records the settings
@@ -383,9 +384,10 @@ class Pretrainer:
         differ or the test set is not held out."""
         from saliencyssl.eval.classification import require_held_out, require_same_labels
 
-        opened = {name: open_image_set(path) for name, path in (("train", train), ("test", test))}
-        for name, path in (("train", train), ("test", test)):  # before require_same_labels: its hint is evaluate's
-            if not opened[name].has_labels:
+        opened = {}
+        for name, path in (("train", train), ("test", test)):
+            opened[name] = open_image_set(path)
+            if not opened[name].has_labels:  # before require_same_labels, whose hint is evaluate's
                 raise ValueError(f"kNN monitoring needs labelled images (class sub-folders) in {path}")
         require_same_labels(opened["train"], train, opened["test"], test, ["knn"])
         require_held_out(opened["train"], train, opened["test"], test)

@@ -265,8 +265,7 @@ def import_cache(source_dir: str | Path, cache_dir: str | Path, fingerprint: str
     ``cache.db`` keeps its bytes and nothing is created there. Each entry is checked against its
     key and the damaged ones are skipped (their hashes reported), as are entries of the first codec
     format, whose checksum does not cover the key (``saliency-ssl cache verify`` rewrites those in a
-    cache one trusts). The parameters recorded in the
-    destination follow :func:`_params_to_record`.
+    cache one trusts). The parameters recorded in the destination follow :func:`_params_to_record`.
 
     Raises:
         FileNotFoundError: the source is not a cache folder.
