@@ -553,4 +553,22 @@ def test_a_pack_header_of_millions_of_empty_objects_is_refused_before_it_is_pars
     pack.write_bytes(MAGIC + struct_.pack("<Q", len(body)) + body + b"\0" * 64)
     assert cache_cli.main(["verify", str(pack)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "bomb.pack has a damaged header: more than 1,000 JSON objects" in err
+    assert err.count("\n") == 1 and "bomb.pack has a damaged header: 200,002 JSON objects and lists" in err
+
+
+def test_a_pack_of_thousands_of_rows_is_read_and_shapes_without_their_rows_are_not(tmp_path, capsys):
+    """The header's container bound counted each row's [h, w] shape: every pack of over 995 rows was refused."""
+    import struct as struct_
+
+    from saliencyssl.cache.packfile import MAGIC, open_pack, verify_pack
+
+    pack = write_pack(tmp_path / "big.pack", [(f"{i:032x}", _target(i, (4, 4))) for i in range(2500)], FP, PARAMS)
+    opened = open_pack(pack, FP)
+    assert len(opened) == 2500 and verify_pack(opened)
+    assert cache_cli.main(["verify", str(pack)]) == 0
+    # shape lists beyond the handful need a content hash each
+    body = json.dumps({"format": 3, "hashes": [], "shapes": [[1, 1]] * 5000}).encode()
+    crafted = tmp_path / "shapes.pack"
+    crafted.write_bytes(MAGIC + struct_.pack("<Q", len(body)) + body + b"\0" * 64)
+    assert cache_cli.main(["verify", str(crafted)]) == 2
+    assert "shapes.pack has a damaged header: 5,003 JSON objects and lists" in capsys.readouterr().err

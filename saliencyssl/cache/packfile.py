@@ -73,6 +73,7 @@ _ALIGN = 64
 _ARRAYS = (("saliency", np.uint8), ("mask", np.uint8), ("regions", np.int16))
 _FIELDS = ("format", "fingerprint", "params", "hashes", "shapes", "offsets", "checksum", "total_pixels", "arrays")
 _HASH = re.compile(f"[0-9a-f]{{{HASH_HEX_LENGTH}}}")
+_QUOTED_HASH = re.compile(f'"[0-9a-f]{{{HASH_HEX_LENGTH}}}"')
 _CHECKSUM = re.compile("[0-9a-f]{32}")
 _FINGERPRINT = re.compile(r"[0-9A-Za-z_.-]{1,64}")
 #: Largest recorded labeller parameters a header may hold: entries, characters of a text value, list length.
@@ -268,20 +269,24 @@ def _round_up(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
-#: The most objects and lists a pack header's JSON may hold (one writes a handful: the header, its arrays, its
-#: parameters); a 128 MiB header of "{}," would otherwise build 3 GB of empty dicts before any field is checked.
+#: The most objects and lists a pack header's JSON may hold besides its rows' ``[h, w]`` shapes (one writes a
+#: handful: the header, its arrays, its parameters); a 128 MiB header of "{}," would otherwise build 3 GB of empty
+#: dicts before any field is checked.
 MAX_HEADER_CONTAINERS = 1_000
 
 
 def _check_header_text(text: str) -> None:
-    """Refuse header JSON with more than :data:`MAX_HEADER_CONTAINERS` objects and lists, counted outside its
-    strings (a name may hold braces) before it is parsed."""
+    """Refuse header JSON with more objects and lists than a pack's header can hold, counted outside its strings
+    (a name may hold braces) before it is parsed: :data:`MAX_HEADER_CONTAINERS`, and one shape list a row, as
+    many as the header holds content hashes. Each list allowed beyond the handful thus comes with a 34-byte
+    string, which bounds what parsing can allocate to a few times the header's size, as for a real header."""
     if text.count("{") + text.count("[") <= MAX_HEADER_CONTAINERS:
         return
     structure = re.sub(r'"(?:[^"\\]|\\.)*"', "", text)
-    if structure.count("{") + structure.count("[") > MAX_HEADER_CONTAINERS:
-        raise _Refused(f"has a damaged header: more than {MAX_HEADER_CONTAINERS:,} JSON objects and lists, where a "
-                       f"pack's header holds a handful; export it again")
+    containers = structure.count("{") + structure.count("[")
+    if containers > MAX_HEADER_CONTAINERS + sum(1 for _ in _QUOTED_HASH.finditer(text)):
+        raise _Refused(f"has a damaged header: {containers:,} JSON objects and lists, where a pack's header holds "
+                       f"a handful and one a row; export it again")
 
 
 def open_pack(path: str | Path, expect_fingerprint: str | None = None) -> PackFile:
