@@ -7,7 +7,9 @@ this folder is on ``sys.path``).
 from __future__ import annotations
 
 import json
+import os
 import platform
+import time
 from pathlib import Path
 
 import torch
@@ -40,7 +42,13 @@ def device_name(device: str | torch.device) -> str:
 
 
 def emit(result: dict, json_path: Path | None) -> None:
-    """Print the result as JSON and, when asked, write it to ``json_path`` (parents created)."""
+    """Print the result as JSON and, when asked, write it to ``json_path`` (parents created). The day, the CPU's
+    model and its core count are added where the script did not record them, so every result file says when and
+    where it was measured."""
+    result.setdefault("date", time.strftime("%Y-%m-%d"))
+    if "machine" not in result:
+        result.setdefault("cpu", cpu_name())
+    result.setdefault("cores", os.cpu_count())
     text = json.dumps(result, indent=2)
     print(text)
     if json_path:

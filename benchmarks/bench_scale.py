@@ -9,7 +9,7 @@
    (building from the cache reads and decodes every entry; a pack at the training size is
    memory-mapped).
 
-Example (no result file holds its figures yet):
+Example (results/scale_cpu.json holds a run's figures; its commands are there):
   python benchmarks/bench_scale.py --label-images ../shared/data/salbench/images \\
       --pack-data ../shared/data/cifar10/train --cache runs/cifar_cache --image-size 32 --json runs/bench_scale.json
 """
@@ -65,33 +65,33 @@ def main(argv=None) -> int:
     if args.pack_data:
         config = LabellerConfig()
         cache_dir = args.cache or Path(tempfile.mkdtemp())
-        cache = TargetCache(cache_dir, config.fingerprint(), params=config.params())
-        data = TrainingImages(str(args.pack_data), args.image_size)
-        missing = [i for i, h in enumerate(data.hashes) if h not in cache]
-        if missing:
-            print(f"labelling {len(missing)} images into {cache_dir} first ...", flush=True)
-            from saliencyssl.cache.executors import make_executor
+        with TargetCache(cache_dir, config.fingerprint(), params=config.params()) as cache:
+            data = TrainingImages(str(args.pack_data), args.image_size)
+            missing = [i for i, h in enumerate(data.hashes) if h not in cache]
+            if missing:
+                print(f"labelling {len(missing)} images into {cache_dir} first ...", flush=True)
+                from saliencyssl.cache.executors import make_executor
 
-            paths = data.images.paths
-            with make_executor(2) as executor:
-                label_folder(args.pack_data, cache, config, executor=executor,
-                             paths=[paths[i] for i in missing] if paths else None)
-        start = time.perf_counter()
-        from_cache = FrozenPack.build(data.hashes, cache, args.image_size)
-        build_seconds = time.perf_counter() - start
-        with tempfile.TemporaryDirectory() as tmp:
-            pack_path = Path(tmp) / "data.pack"
-            from saliencyssl.datasets import target_at_size
-
-            write_pack(pack_path, [(h, target_at_size(cache.get(h), args.image_size)) for h in dict.fromkeys(data.hashes)],
-                       config.fingerprint(), config.params())
+                paths = data.images.paths
+                with make_executor(2) as executor:
+                    label_folder(args.pack_data, cache, config, executor=executor,
+                                 paths=[paths[i] for i in missing] if paths else None)
             start = time.perf_counter()
-            mapped = load_pack(pack_path, data.hashes, args.image_size)
-            load_seconds = time.perf_counter() - start
-            assert mapped.report.hits == from_cache.report.hits
-            result["pack_vs_cache"] = {
-                "images": len(data), "cache_dir_bytes": du(cache_dir), "pack_bytes": pack_path.stat().st_size,
-                "frozen_pack_from_cache_seconds": build_seconds, "frozen_pack_from_pack_file_seconds": load_seconds}
+            from_cache = FrozenPack.build(data.hashes, cache, args.image_size)
+            build_seconds = time.perf_counter() - start
+            with tempfile.TemporaryDirectory() as tmp:
+                pack_path = Path(tmp) / "data.pack"
+                from saliencyssl.datasets import target_at_size
+
+                targets = [(h, target_at_size(cache.get(h), args.image_size)) for h in dict.fromkeys(data.hashes)]
+                write_pack(pack_path, targets, config.fingerprint(), config.params())
+                start = time.perf_counter()
+                mapped = load_pack(pack_path, data.hashes, args.image_size)
+                load_seconds = time.perf_counter() - start
+                assert mapped.report.hits == from_cache.report.hits
+                result["pack_vs_cache"] = {
+                    "images": len(data), "cache_dir_bytes": du(cache_dir), "pack_bytes": pack_path.stat().st_size,
+                    "frozen_pack_from_cache_seconds": build_seconds, "frozen_pack_from_pack_file_seconds": load_seconds}
         print(json.dumps(result["pack_vs_cache"], indent=2), flush=True)
 
     emit(result, args.json)

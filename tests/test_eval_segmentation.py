@@ -401,6 +401,28 @@ def test_the_out_folder_is_a_run_folder(tmp_path, capsys):
     assert (out / "results.json").stat().st_mtime_ns != written
 
 
+def test_a_mask_changed_in_place_is_not_taken_for_the_scored_one(tmp_path, capsys):
+    """The record named the folders only: masks mended in place were reported with the old scores."""
+    import cv2
+
+    images, masks = _write_pairs(tmp_path / "data", 6)
+    out = tmp_path / "out"
+    base = ["--backbone", "random", "--images", str(images), "--masks", str(masks), "--fractions", "1.0",
+            "--seeds", "1", "--epochs", "1", "--batch-size", "4", "--fpn-channels", "8", "--freeze-encoder",
+            "--out", str(out)]
+    assert script.main(base) == 0
+    capsys.readouterr()
+    # the encoder's rate does nothing to a frozen encoder: not a difference
+    assert script.main(base + ["--encoder-lr", "0.5"]) == 0
+    assert "already holds this evaluation" in capsys.readouterr().out
+    mask = cv2.imread(str(masks / "img03.png"), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(masks / "img03.png"), 255 - mask)
+    assert script.main(base) == 2
+    assert "data " in capsys.readouterr().err
+    record = json.loads((out / "run.json").read_text())
+    assert record["settings"]["mask_sampling"] == maskdata.MASK_SAMPLING
+
+
 def test_a_sweep_stopped_half_way_goes_on_from_the_next_model(tmp_path, monkeypatch, capsys):
     """The scores lived in memory until the end: an error at the last model lost every finished one."""
     images, masks = _write_pairs(tmp_path / "data", 6)

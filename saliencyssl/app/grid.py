@@ -431,28 +431,15 @@ def cells(config: GridConfig) -> list[Cell]:
 
 
 def _label(config: GridConfig, pretrain: dict, progress: bool = True) -> None:
-    from contextlib import ExitStack
-
-    from saliencyssl.app.label import cifar_image_files, terminate_as_interrupt
-    from saliencyssl.cache import TargetCache
-    from saliencyssl.cache.executors import default_workers, make_executor
-    from saliencyssl.cache.labelling import label_folder
+    from saliencyssl.app.label import label_images
     from saliencyssl.datasets import open_image_set
     from saliencyssl.saliency import LabellerConfig
 
-    labeller = LabellerConfig(**config.labeller)
     image_set = open_image_set(config.train, keep_decoded=False)
     if pretrain.get("limit"):
         image_set = image_set.spread(int(pretrain["limit"]))
-    with ExitStack() as stack:
-        stack.enter_context(terminate_as_interrupt())  # SIGTERM stops the workers and removes the PNG copies
-        folder, paths = config.train, image_set.paths
-        if paths is None:  # CIFAR batches: the workers label PNG copies of these images, as `saliency-ssl label` does
-            folder, names = stack.enter_context(cifar_image_files(Path(config.train), progress, image_set))
-            paths = list(names)
-        cache = stack.enter_context(TargetCache(config.cache, labeller.fingerprint(), params=labeller.params()))
-        executor = stack.enter_context(make_executor(default_workers()))
-        summary = label_folder(folder, cache, labeller, executor=executor, paths=paths, progress=progress)
+    summary = label_images(Path(config.train), config.cache, LabellerConfig(**config.labeller), image_set=image_set,
+                           progress=progress)
     print(f"labelling: {summary.labelled} labelled now, {summary.cached} already cached, {summary.duplicates} "
           f"duplicates, {len(summary.failed)} failed; no object in {summary.no_object_share:.1%}", flush=True)
 

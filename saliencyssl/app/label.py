@@ -140,21 +140,50 @@ def run(config: LabelConfig) -> LabelSummary:
         KeyboardInterrupt: Ctrl-C, or :class:`Terminated` on ``SIGTERM`` (after the clean-up).
     """
     fingerprint = config.labeller.fingerprint()
-    with ExitStack() as stack:
-        stack.enter_context(terminate_as_interrupt())
-        # CIFAR batches are read (and refused, when damaged or hostile) before the cache is created.
-        folder, names = (stack.enter_context(cifar_image_files(config.images, progress=config.progress))
-                         if is_cifar(config.images) else (config.images, {}))
-        cache = stack.enter_context(TargetCache(config.cache, fingerprint, params=config.labeller.params()))
-        executor = stack.enter_context(make_executor(config.workers if config.workers is not None
-                                                     else default_workers(), config.scheduler))
-        summary = label_folder(folder, cache, config.labeller, executor=executor, export_dir=config.export,
-                               progress=config.progress, limits=config.limits)
-    summary.failed = [(names.get(path, path), reason) for path, reason in summary.failed]
+    summary = label_images(config.images, config.cache, config.labeller, workers=config.workers,
+                           scheduler=config.scheduler, export=config.export, limits=config.limits,
+                           progress=config.progress)
     if config.json:
         config.json.parent.mkdir(parents=True, exist_ok=True)
         replace_file(config.json, json.dumps({"fingerprint": fingerprint, "params": config.labeller.params(),
                                               **summary.as_dict()}, indent=2))
+    return summary
+
+
+def label_images(images: Path, cache: Path, labeller: LabellerConfig, *, image_set=None, workers: int | None = None,
+                 scheduler: str | None = None, export: Path | None = None, limits: LabelLimits | None = None,
+                 progress: bool = True) -> LabelSummary:
+    """Label an image folder or CIFAR-10 batches into the cache folder ``cache``: every stage's labelling job.
+
+    ``SIGTERM`` is raised as :class:`Terminated` for the job's duration; CIFAR images are labelled from PNG
+    copies in a temporary folder (:func:`cifar_image_files`); the cache, the workers and the copies are
+    closed, stopped and removed however the job ends.
+
+    Args:
+        images: the image folder, or CIFAR-10 python batches (a folder or one batch file).
+        cache: the cache folder (created if missing).
+        labeller: the labeller's parameters.
+        image_set: ``images`` opened, or part of it (:meth:`~saliencyssl.datasets.ImageSet.subset`): only
+            these images are labelled (default: all).
+        workers: worker processes (``None``: the CPUs available; 0: this process).
+        scheduler: a Dask scheduler address or ``local:N`` instead of the pool.
+        export, limits, progress: as for :func:`~saliencyssl.cache.labelling.label_folder`.
+
+    Returns:
+        The job's summary; a failed image is named as the user knows it (``<batch file>:<index>`` for CIFAR).
+    """
+    images = Path(images)
+    with ExitStack() as stack:
+        stack.enter_context(terminate_as_interrupt())
+        folder, names, paths = images, {}, image_set.paths if image_set is not None else None
+        if is_cifar(images):  # read (and refused, when damaged or hostile) before the cache is created
+            folder, names = stack.enter_context(cifar_image_files(images, progress, image_set))
+        target_cache = stack.enter_context(TargetCache(cache, labeller.fingerprint(), params=labeller.params()))
+        executor = stack.enter_context(make_executor(workers if workers is not None else default_workers(),
+                                                     scheduler))
+        summary = label_folder(folder, target_cache, labeller, executor=executor, paths=paths, export_dir=export,
+                               progress=progress, limits=limits)
+    summary.failed = [(names.get(path, path), reason) for path, reason in summary.failed]
     return summary
 
 

@@ -151,9 +151,7 @@ def run(config: QuickstartConfig) -> Path:
         OSError, ValueError: a stage refused its inputs (the message says which).
     """
     from saliencyssl.app import evaluate, fidelity, train_surrogate, views
-    from saliencyssl.cache import TargetCache
-    from saliencyssl.cache.executors import default_workers, make_executor
-    from saliencyssl.cache.labelling import label_folder
+    from saliencyssl.app.label import label_images
     from saliencyssl.datasets import open_image_set
     from saliencyssl.embedded import write_embedded_dataset
     from saliencyssl.saliency import Labeller, LabellerConfig
@@ -178,12 +176,12 @@ def run(config: QuickstartConfig) -> Path:
     _label(data["photos"], cache_dir, config.workers, export=out / "maps")
     _label(test, cache_dir, config.workers)
     train_set = open_image_set(train, keep_decoded=False)
-    keep = [p for i, p in enumerate(train_set.paths) if i % 3 != 2]
+    keep = train_set.subset([i for i in range(len(train_set)) if i % 3 != 2])
     print(f"  labelling {len(keep)} of {len(train_set)} training images; the other {len(train_set) - len(keep)} "
           f"are left to the surrogate")
-    with (TargetCache(cache_dir, labeller_config.fingerprint(), params=labeller_config.params()) as cache,
-          make_executor(config.workers if config.workers is not None else default_workers()) as executor):
-        label_folder(train, cache, labeller_config, executor=executor, paths=keep, progress=False)
+    summary = label_images(train, cache_dir, labeller_config, workers=config.workers, progress=False, image_set=keep)
+    if summary.failed:
+        raise StageFailedError(f"labelling {train} failed for {len(summary.failed)} images")
     rows = []
     labeller = Labeller(labeller_config)
     photos = open_image_set(data["photos"], keep_decoded=False)

@@ -30,7 +30,7 @@ from saliencyssl.app.options import (add_backbone_options, check_count, check_ou
                                      one_line_errors)
 from saliencyssl.app.rundir import RunDir, RunDirError, RunExistsError
 from saliencyssl.files import read_text_file, replace_file
-from saliencyssl.eval.masks import F_BETA2, THRESHOLD, SegmentTrainConfig
+from saliencyssl.eval.masks import F_BETA2, MASK_SAMPLING, THRESHOLD, SegmentTrainConfig
 
 SUMMARY = "a segmenter fine-tuned on a backbone at label fractions (IoU, F, mask AP)"
 
@@ -162,10 +162,12 @@ def run(s: SegmentConfig, verbose: bool = True) -> dict:
     lr = protocol_class.lr if s.lr is None else s.lr
     encoder_lr = protocol_class.encoder_lr if s.encoder_lr is None else s.encoder_lr
     encoder, info = open_backbone(s.backbone, s.image_size, s.backbone_seed, s.random_stem)
+    pairs = load_mask_pairs(s.images, s.masks)  # missing masks stop the run before its record is written
     settings = {"backbone": info.identity, "image_size": info.image_size, "images": str(Path(s.images).resolve()),
-                "masks": str(Path(s.masks).resolve()), "fractions": [t for t, _ in fractions], "seeds": seeds,
-                "epochs": s.epochs, "test_split": s.test_split, "freeze_encoder": s.freeze_encoder,
-                "batch_size": s.batch_size, "lr": lr, "encoder_lr": encoder_lr, "fpn_channels": s.fpn_channels,
+                "masks": str(Path(s.masks).resolve()), "data": pairs.digest(), "mask_sampling": MASK_SAMPLING,
+                "fractions": [t for t, _ in fractions], "seeds": seeds, "epochs": s.epochs,
+                "test_split": s.test_split, "freeze_encoder": s.freeze_encoder, "batch_size": s.batch_size,
+                "lr": lr, "encoder_lr": None if s.freeze_encoder else encoder_lr, "fpn_channels": s.fpn_channels,
                 "model": s.model}
     run_dir = RunDir(s.out, "segment")
     state = run_dir.state(settings)
@@ -173,8 +175,6 @@ def run(s: SegmentConfig, verbose: bool = True) -> dict:
         if verbose:
             print(f"{s.out} already holds this evaluation (--force redoes it)")
         return json.loads((run_dir / "results.json").read_text())
-    run_dir.check(settings, resume=True, restart_unfinished=True)
-    pairs = load_mask_pairs(s.images, s.masks)  # missing masks stop the run before its record is written
     run_dir.start(settings, free={"device": s.device, "threads": torch.get_num_threads()}, resume=True,
                   restart_unfinished=True)
     images, masks = to_arrays(pairs, info.image_size)

@@ -77,6 +77,12 @@ def entry_version(data: bytes) -> int:
     return data[4] if isinstance(data, (bytes, bytearray)) and len(data) >= _HEADER.size else 0
 
 
+def covers_key(data: bytes) -> bool:
+    """Whether an entry's checksum covers the key it is stored under (version 2 on): an entry of the first format
+    could be moved to another image's key unnoticed."""
+    return entry_version(data) >= 2
+
+
 def _check(data, key: str | None) -> tuple[int, int, int, int, bytes]:
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) < _HEADER.size:
         raise CorruptTargetError(f"entry too short ({len(data) if hasattr(data, '__len__') else type(data).__name__})")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from saliencyssl.cache.codec import CorruptTargetError, decode_target, entry_version
+from saliencyssl.cache.codec import CorruptTargetError, covers_key, decode_target
 from saliencyssl.cache.packfile import MAGIC, PackError, open_pack, verify_pack, write_pack
 from saliencyssl.cache.store import CacheReader, TargetCache, check_labeller_params
 from saliencyssl.files import nearest_existing
@@ -289,7 +289,7 @@ def import_cache(source_dir: str | Path, cache_dir: str | Path, fingerprint: str
                     data = source.get_encoded(fingerprint, h)
                     if data is None:  # listed, but its value file is gone
                         raise CorruptTargetError("value missing")
-                    if entry_version(data) < 2:  # the first format's checksum leaves the key out
+                    if not covers_key(data):  # a first-format entry could be another image's
                         decode_target(data)  # a damaged one is damage, not merely unkeyed
                         report.unkeyed.append(h)
                         continue

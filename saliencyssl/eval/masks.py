@@ -21,6 +21,7 @@ keeps, not at each image's full resolution.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,10 @@ from saliencyssl.metrics import mask_scores as _binary_scores
 
 #: Probability above which a pixel counts as foreground.
 THRESHOLD = 0.5
+
+#: How :func:`to_arrays` samples a mask when shrinking it: a run record names it, so scores made
+#: under an earlier rule (each block's corner pixel) are not taken for current ones.
+MASK_SAMPLING = "nearest, block centre"
 
 
 @dataclass
@@ -54,6 +59,15 @@ class MaskPairs:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def digest(self) -> str:
+        """A digest of what the pairs hold: each image's name and content hash and its mask's pixels, so a run
+        record tells a mask (or image) changed in place from the one it was scored with."""
+        h = hashlib.blake2b(digest_size=16)
+        for name, image_hash, mask in zip(self.images.names, self.images.hashes(), self.masks):
+            h.update(f"{name}\0{image_hash}\0{mask.shape[0]}x{mask.shape[1]}\0".encode())
+            h.update(np.packbits(np.asarray(mask, bool)).tobytes())
+        return h.hexdigest()
 
 
 def load_mask_pairs(images_dir: str | Path, masks_dir: str | Path) -> MaskPairs:
