@@ -102,7 +102,8 @@ CIFAR_META = "batches.meta"
 #: that would only fill memory.
 MAX_CIFAR_FILE_BYTES = 256 << 20
 #: What a CIFAR pickle may build through numpy's rebuilders and ``_codecs.encode`` (arrays, bytes, scalars, and
-#: bytearrays) in all, beyond twice its own size: room for the small objects of ``batches.meta``.
+#: bytearrays) and its instructions in all, beyond three times its own size: room for the small objects of
+#: ``batches.meta``.
 CIFAR_BUILD_SLACK_BYTES = 1 << 20
 #: What every pickle instruction is charged against the same budget: a bound on the Python object it may create
 #: (an empty dict, list or tuple, a number, a reference on the stack), so millions of one-byte instructions
@@ -201,7 +202,8 @@ class CifarUnpickler(pickle._Unpickler):
       make to one running total, refused past ``max_total_bytes``: each call is bounded by the file,
       but a pickle may memoise one large object and pass it to a rebuilder again and again (a 1 MB
       file could build gigabytes). An honest batch builds its data at most twice (the latin-1
-      ``bytes`` of a protocol-2 pickle, then the array), so twice the file's size bounds it;
+      ``bytes`` of a protocol-2 pickle, or the bytearray of a protocol-5 one, then the array), and its
+      instructions (below) a few percent more, so three times the file's size bounds it;
     - charges every instruction :data:`CIFAR_OPCODE_BYTES` to the same total, for the object it may
       create (5 MB of "empty list" instructions would otherwise build a gigabyte of lists);
     - refuses sets (the format has none) and dict keys other than bytes and strings (a deeply nested
@@ -216,7 +218,7 @@ class CifarUnpickler(pickle._Unpickler):
     Args:
         file: the pickle, as a binary file.
         max_bytes: the largest array it may build (default: its size, which bounds any honest array).
-        max_total_bytes: the most it may build in all (default: ``2 * max_bytes`` plus
+        max_total_bytes: the most it may build in all (default: ``3 * max_bytes`` plus
             :data:`CIFAR_BUILD_SLACK_BYTES`).
 
     Example:
@@ -239,7 +241,7 @@ class CifarUnpickler(pickle._Unpickler):
                 except (AttributeError, OSError, io.UnsupportedOperation):
                     max_bytes = MAX_CIFAR_FILE_BYTES
         self.max_bytes = int(max_bytes)
-        self.max_total_bytes = (2 * self.max_bytes + CIFAR_BUILD_SLACK_BYTES if max_total_bytes is None
+        self.max_total_bytes = (3 * self.max_bytes + CIFAR_BUILD_SLACK_BYTES if max_total_bytes is None
                                 else int(max_total_bytes))
         self.built_bytes = 0
         super().__init__(_BoundedReader(file, self.max_bytes), **kwargs)
@@ -479,7 +481,7 @@ def load_cifar_pickle(path: str | Path) -> object:
     The file must be a regular file (a pipe or device is refused unopened) of at most
     :data:`MAX_CIFAR_FILE_BYTES`, checked on the opened file; it is then unpickled as it is read
     (no copy of the whole file), every array and bytes object bounded by the file's size, and all of them
-    together by twice its size (plus :data:`CIFAR_BUILD_SLACK_BYTES`).
+    together by three times its size (plus :data:`CIFAR_BUILD_SLACK_BYTES`).
 
     Raises:
         ImageDecodeError: the file is unreadable, too large, not a pickle, or names a callable outside the format.

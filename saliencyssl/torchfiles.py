@@ -48,6 +48,11 @@ MAX_PICKLE_BYTES = 8 << 20
 MAX_PICKLE_OPS = 1_000_000
 #: How deep a value may be nested (a tensor inside a state dict inside a checkpoint: about 6).
 MAX_NESTING = 100
+#: The longest tuple a checkpoint may hold more than once (pickle stores a shared object once and refers to it):
+#: two optimizers built with one ``betas`` tuple share it in torch releases that keep the caller's tuple, and
+#: every empty tuple is the same object. Longer shared values, and shared lists and dicts, are refused: a few
+#: bytes of references could make them look gigabytes long to whatever walks the checkpoint.
+MAX_SHARED_TUPLE = 16
 #: Integers at least this large (in magnitude) are refused as dict keys: Python hashes an integer
 #: modulo 2**61 - 1, so multiples of it all collide.
 _HASH_MODULUS = 2 ** 61 - 1
@@ -149,6 +154,9 @@ def check_loaded(obj) -> None:
         if depth >= MAX_NESTING:
             raise UnsafeTorchFileError(f"it nests values more than {MAX_NESTING} deep, which no checkpoint does")
         if id(value) in seen:
+            if isinstance(value, tuple) and len(value) <= MAX_SHARED_TUPLE and not any(
+                    isinstance(child, (dict, list, tuple)) for child in value):
+                continue  # one small tuple of numbers held twice: Adam's betas given to two optimizers, or ()
             raise UnsafeTorchFileError("it holds a container twice or inside itself, which no checkpoint does")
         seen.add(id(value))
         todo.extend((child, depth + 1) for child in children)

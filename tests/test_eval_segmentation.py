@@ -423,6 +423,18 @@ def test_a_mask_changed_in_place_is_not_taken_for_the_scored_one(tmp_path, capsy
     assert record["settings"]["mask_sampling"] == maskdata.MASK_SAMPLING
 
 
+def test_one_labelled_image_on_a_one_pixel_feature_map_names_the_fix(tmp_path, capsys):
+    """An ImageNet stem at 32 px ends in 1x1 features: one labelled image stopped on torch's BatchNorm message."""
+    images, masks = _write_pairs(tmp_path / "data", 8)
+    base = ["--backbone", "random", "--random-stem", "imagenet", "--image-size", "32", "--images", str(images),
+            "--masks", str(masks), "--fractions", "0.01", "--seeds", "1", "--epochs", "1", "--batch-size", "4",
+            "--fpn-channels", "8", "--out", str(tmp_path / "out")]
+    assert script.main(base) == 2
+    err = capsys.readouterr().err
+    assert "error: 1 labelled image (of 6 in the training split)" in err and "--freeze-encoder" in err
+    assert err.count("error:") == 1 and "Traceback" not in err
+
+
 def test_a_sweep_stopped_half_way_goes_on_from_the_next_model(tmp_path, monkeypatch, capsys):
     """The scores lived in memory until the end: an error at the last model lost every finished one."""
     images, masks = _write_pairs(tmp_path / "data", 6)

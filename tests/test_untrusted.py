@@ -789,6 +789,29 @@ def test_checkpoints_that_would_crash_stall_or_inflate_the_safe_loader_are_refus
     assert err.count("\n") == 1 and "nests values more than 100 deep" in err
 
 
+def test_a_small_tuple_held_twice_loads_and_a_shared_list_does_not(tmp_path):
+    """Pickle stores a shared object once: two Adam optimizers built with one betas tuple (torch releases that keep
+    the caller's tuple) and any two empty tuples came back as one object held twice, and every such checkpoint was
+    refused. A list held twice still is: references to it could make a small file look gigabytes long."""
+    import torch
+
+    from saliencyssl.torchfiles import UnsafeTorchFileError, load_torch_file
+
+    betas = (0.5, 0.999)
+    shared = tmp_path / "shared.pt"
+    torch.save({"opt_g": {"betas": betas}, "opt_d": {"betas": betas}, "a": (), "b": ()}, shared)
+    loaded = load_torch_file(shared)
+    assert loaded["opt_g"]["betas"] == loaded["opt_d"]["betas"] == betas and loaded["a"] == ()
+    values = [1.0] * 4
+    torch.save({"x": values, "y": values}, tmp_path / "list.pt")
+    with pytest.raises(UnsafeTorchFileError, match="a container twice"):
+        load_torch_file(tmp_path / "list.pt")
+    nested = ((1, 2),)
+    torch.save({"x": nested, "y": nested}, tmp_path / "nested.pt")
+    with pytest.raises(UnsafeTorchFileError, match="a container twice"):
+        load_torch_file(tmp_path / "nested.pt")
+
+
 def test_what_torch_would_read_differently_or_build_without_bound_is_refused(tmp_path):
     """The checks see what torch sees: a pickle with an archive appended (torch's legacy reader took the pickle),
     a second data.pkl differing in case (torch's reader ignores case), deep nesting through the pickle's memo, and

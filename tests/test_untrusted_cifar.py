@@ -76,6 +76,24 @@ def test_an_honest_batch_still_loads_under_the_budget(tmp_path, protocol):
     assert np.array_equal(image_set.image(5), batch[b"data"][5].reshape(3, 32, 32).transpose(1, 2, 0))
 
 
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_full_sized_batches_with_their_file_names_load_in_every_protocol(tmp_path, protocol):
+    """The budget was twice the file: a protocol-5 pickle builds its data twice (the bytearray, then the array) and
+    its ten thousand labels and names filled the rest, so a CIFAR-100-style file of 10,000 images was refused."""
+    rng = np.random.default_rng(0)
+    n = 10_000
+    batch = {b"batch_label": b"testing batch 1 of 1", b"coarse_labels": [int(v) for v in rng.integers(0, 10, n)],
+             b"labels": [int(v) for v in rng.integers(0, 10, n)],
+             b"filenames": [f"image_{i:05d}_of_the_test_set_{i * 7919 % 10 ** 6:06d}.png".encode() for i in range(n)],
+             b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8)}
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=protocol))
+    (tmp_path / "c" / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a"] * 10}, protocol=protocol))
+    image_set = open_image_set(tmp_path / "c")
+    assert len(image_set) == n and list(image_set.labels) == batch[b"labels"]
+    assert np.array_equal(image_set.image(n - 1), batch[b"data"][-1].reshape(3, 32, 32).transpose(1, 2, 0))
+
+
 def _meta(root: Path, meta: bytes) -> Path:
     """A CIFAR folder whose data_batch_1 is honest and whose batches.meta is ``meta``."""
     _cifar_folder(root, n=4)

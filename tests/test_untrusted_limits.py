@@ -63,6 +63,17 @@ def test_the_architecture_bounds_live_in_one_place():
         Architecture(8192)
 
 
+def test_training_refuses_a_generator_its_checkpoint_could_not_be_loaded_with():
+    """Widths within the limits at 256 px make generators above what Surrogate.load accepts: such a run trained to
+    the end and left a surrogate.pt every stage refused."""
+    from saliencyssl.surrogate.networks import MAX_GENERATOR_PARAMETERS
+    from saliencyssl.surrogate.training import TrainConfig, TrainConfigError
+
+    assert TrainConfig(image_size=256, ngf=64).ngf == 64  # 54 M parameters
+    with pytest.raises(TrainConfigError, match=f"217,660,098 parameters, more than the {MAX_GENERATOR_PARAMETERS:,}"):
+        TrainConfig(image_size=256, ngf=128)
+
+
 @pytest.mark.parametrize("arch_change, message", [
     ({"ngf": 4096}, "ngf = 4096 is above the limit of 512"),
     ({"head": 10 ** 7}, "head = 10000000 is above the limit of 1024"),

@@ -208,8 +208,17 @@ def run(s: SegmentConfig, verbose: bool = True) -> dict:
             bar.update(1)
             bar.set_postfix(n=len(labelled), seed=seed, loss=f"{loss:.3f}")
 
-        scores = protocol.score(encoder, images, masks, labelled, config, seed, s.device, on_step, test_images,
-                                test_masks)
+        try:
+            scores = protocol.score(encoder, images, masks, labelled, config, seed, s.device, on_step, test_images,
+                                    test_masks)
+        except ValueError as error:
+            if "more than 1 value per channel" not in str(error):
+                raise
+            raise ValueError(f"{len(labelled)} labelled image (of {len(train_idx)} in the training split): the "
+                             f"encoder's last feature map is one pixel at {info.image_size} px "
+                             f"and BatchNorm cannot train on a single value a channel; use fractions that label at "
+                             f"least 2 images, --freeze-encoder, a larger --image-size, or a backbone with the "
+                             f"CIFAR stem") from None
         partial.mkdir(exist_ok=True)
         replace_file(kept, json.dumps({k: float(v) for k, v in scores.items()}))
         return scores

@@ -73,9 +73,10 @@ ARCH_LIMITS = {"ngf": 512, "ndf": 512, "max_mult": 64, "head": 1024, "dropout_bl
 #: Upper bound of a generator's parameter count that :meth:`Surrogate.load
 #: <saliencyssl.surrogate.model.Surrogate.load>` accepts from a checkpoint record (counted on the
 #: ``meta`` device from :meth:`Architecture.generator_shapes`, before anything is allocated).
-#: The default generator (ngf 16) has about 1.0 M parameters, Pix2Pix's ngf 64 about 16.7 M, ngf
-#: 128 about 67 M; 100 M (400 MB of float32) is far above any useful surrogate, yet the widths
-#: within :data:`ARCH_LIMITS` reach 1.6 G parameters (6.5 GB).
+#: The default generator (ngf 16) has about 1.0 M parameters at 32 to 96 px; Pix2Pix's ngf 64 about
+#: 16.7 M at 32 px and 54 M at 256 px (eight levels); ngf 128 67 M at 224 px and 218 M at 256 px.
+#: 100 M (400 MB of float32) is far above any useful surrogate, yet the widths within
+#: :data:`ARCH_LIMITS` reach 1.6 G parameters (6.5 GB); training refuses what loading would.
 MAX_GENERATOR_PARAMETERS = 100_000_000
 
 
