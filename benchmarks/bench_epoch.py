@@ -95,8 +95,8 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         cache_dir = args.cache or tmp / "cache"
         if "cache" in sources:
-            cache = TargetCache(cache_dir, labeller.fingerprint, params=labeller.config.params())
-            label_missing(cache, image_set, args.image_size, labeller)
+            with TargetCache(cache_dir, labeller.fingerprint, params=labeller.config.params()) as cache:
+                label_missing(cache, image_set, args.image_size, labeller)
         surrogate = args.surrogate
         if surrogate is None and "surrogate" in sources:
             from saliencyssl.surrogate import Surrogate

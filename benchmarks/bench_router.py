@@ -93,19 +93,19 @@ def main(argv=None) -> int:
         cache_dir = Path(tmp.name)
     pack = None
     if cache_dir is not None:
-        cache = TargetCache(cache_dir, labeller.fingerprint)
-        missing = [i for i, h in enumerate(images.hashes) if h not in cache]
-        if missing:
-            paths = image_set.paths
-            if paths is not None:
-                print(f"labelling {len(missing)} images into {cache_dir} ...", flush=True)
-                with make_executor(args.workers) as executor:
-                    label_folder(args.data, cache, labeller.config, executor=executor,
-                                 paths=[paths[i] for i in missing], progress=False)
-            else:  # CIFAR batches: no files, label in process
-                for i in missing:
-                    cache.put(images.hashes[i], labeller(image_set.image(i)))
-        pack = FrozenPack.build(images.hashes, cache, args.image_size).to(device)
+        with TargetCache(cache_dir, labeller.fingerprint, params=labeller.config.params()) as cache:
+            missing = [i for i, h in enumerate(images.hashes) if h not in cache]
+            if missing:
+                paths = image_set.paths
+                if paths is not None:
+                    print(f"labelling {len(missing)} images into {cache_dir} ...", flush=True)
+                    with make_executor(args.workers) as executor:
+                        label_folder(args.data, cache, labeller.config, executor=executor,
+                                     paths=[paths[i] for i in missing], progress=False)
+                else:  # CIFAR batches: no files, label in process
+                    for i in missing:
+                        cache.put(images.hashes[i], labeller(image_set.image(i)))
+            pack = FrozenPack.build(images.hashes, cache, args.image_size).to(device)
         print(pack.report.line())
 
     from saliencyssl.surrogate import Surrogate

@@ -63,8 +63,8 @@ def main(argv=None) -> int:
         parser.error(f"--batches {args.batches} of {args.batch_size} need {n} images; {args.data} has "
                      f"{len(image_set)}")
     labeller = Labeller()
-    cache = TargetCache(args.cache, labeller.fingerprint, params=labeller.config.params())
-    label_missing(cache, image_set.spread(n), args.image_size, labeller)
+    with TargetCache(args.cache, labeller.fingerprint, params=labeller.config.params()) as cache:
+        label_missing(cache, image_set.spread(n), args.image_size, labeller)
 
     with tempfile.TemporaryDirectory() as tmp:  # an epoch per kind and round: one step per stored batch
         trainer = Pretrainer(PretrainConfig(

@@ -10,6 +10,7 @@
     python experiments/collect_results.py test_suite --runs runs/tests
     python experiments/collect_results.py labeller --runs results/raw/labeller
     python experiments/collect_results.py surrogate_width --runs results/raw/surrogate_width
+    python experiments/collect_results.py cpu_speed --runs results/raw/cpu_speed
     python experiments/collect_results.py parity [--steps 624|1248] [--carry]
 
 Each subcommand reads the results.json / history.json files its experiment wrote and writes one or
@@ -1038,6 +1039,91 @@ def surrogate_width(args) -> None:
           *_measured(b, args, "one thread"))
 
 
+# -- the speed benchmarks on a CPU: scale-out, the router, the epoch ---------------------------------------------
+def _bench(root: Path, name: str) -> dict:
+    path = root / name
+    if not path.is_file():
+        sys.exit(f"error: no {path}; run experiments/cpu_speed.sh {root} first")
+    return json.loads(path.read_text())
+
+
+def cpu_speed(args) -> None:
+    """From the JSON files of ``experiments/cpu_speed.sh OUT``: results/scale_cpu.json (the pool against Dask),
+    results/pack_cpu.json (a cache folder against a pack file), results/router_cpu.json (augmentation per batch by
+    target source) and results/epoch_cpu.json (SimCLR's epoch by target source)."""
+    root = Path(args.runs)
+    scale, epoch = _bench(root, "bench_scale.json"), _bench(root, "bench_epoch.json")
+    routers = {size: _bench(root, f"bench_router{size}.json") for size in (32, 96)}
+    script = f"bash experiments/cpu_speed.sh {args.runs}"
+    collect = f"python experiments/collect_results.py cpu_speed --runs {args.runs}"
+    machine = _measured(scale, args, "nothing else running")
+
+    rates = scale["labelling_images_per_second"]
+    rows = [["process pool", 1, round(rates["pool_1"], 2), 1.0],
+            ["process pool", 2, round(rates["pool_2"], 2), round(rates["pool_2_vs_1"], 2)],
+            ["Dask LocalCluster", 1, round(rates["dask_1"], 2), round(rates["dask_1"] / rates["pool_1"], 2)],
+            ["Dask LocalCluster", 2, round(rates["dask_2"], 2), round(rates["dask_2"] / rates["pool_1"], 2)]]
+    write(Path(args.out) / "scale_cpu.json", f"Labelling throughput by executor, {rates['images']} salbench photos",
+          ["executor", "workers", "images per second", "x the pool with 1 worker"], rows,
+          [script, collect],
+          [f"Dask against the pool at equal workers: {rates['dask_vs_pool_1']:.2f} (1 worker), "
+           f"{rates['dask_vs_pool_2']:.2f} (2 workers). Each executor labels the same photos into an empty cache "
+           f"with warm workers (benchmarks/bench_scale.py); one run, one after the other."],
+          *machine)
+
+    pack = scale["pack_vs_cache"]
+    rows = [["cache folder (diskcache)", round(pack["cache_dir_bytes"] / 1e6, 1),
+             round(pack["frozen_pack_from_cache_seconds"], 2)],
+            ["pack file (cache export)", round(pack["pack_bytes"] / 1e6, 1),
+             round(pack["frozen_pack_from_pack_file_seconds"], 3)]]
+    write(Path(args.out) / "pack_cpu.json",
+          f"The targets of {pack['images']:,} CIFAR-10 images at 32 px: a cache folder against a pack",
+          ["held in", "MB on disk", "seconds to a frozen pack"], rows, [script, collect],
+          ["The cache folder holds each target as labelled, compressed; the pack holds them at 32 px, raw and "
+           "memory-mapped. From the cache every entry is read and decoded; from the pack the rows are mapped "
+           "(its checksum verified)."],
+          *machine)
+
+    sources = [s for s in ("none", "cache", "surrogate", "exact") if s in routers[32]["seconds_per_batch"]]
+    rows = []
+    for source in sources:
+        row = [source]
+        for size in (32, 96):
+            b = routers[size]
+            row += [round(b["seconds_per_batch"][source] * 1000, 1), round(b["ratio_to_none"][source], 2)]
+        rows.append(row)
+    r32 = routers[32]
+    write(Path(args.out) / "router_cpu.json",
+          f"Targets and views per batch of {r32['batch_size']} by target source ({r32['policy']}, two views)",
+          ["source", "ms per batch, 32 px", "x none, 32 px", "ms per batch, 96 px", "x none, 96 px"], rows,
+          [script, collect],
+          [f"Medians over the timed batches (exact: 3), sources interleaved, on {r32['num_images']:,} CIFAR-10 "
+           f"train images (brought to 96 px for the second pair of columns; exact labels the 32 px originals); "
+           f"none is the policy without its "
+           f"saliency view. The surrogate is a fresh one of the default architecture. Frozen-pack gathers: "
+           f"{r32['pack_gather_images_per_second'] / 1e6:.1f} M images/s at 32 px, "
+           f"{routers[96]['pack_gather_images_per_second'] / 1e6:.1f} M at 96 px. {r32['device']}."],
+          *machine)
+
+    rows = []
+    for source in epoch["sources"]:
+        split = epoch["seconds_split"][source]
+        rows.append([source, round(epoch["seconds_per_epoch"][source], 2), round(split["data"], 2),
+                     round(split["augmentation"], 2), round(split["compute"], 2),
+                     round(epoch["ratio_to_none"][source], 2) if "ratio_to_none" in epoch else None])
+    write(Path(args.out) / "epoch_cpu.json",
+          f"An epoch of pretraining (--method {epoch['method']}) by target source: {epoch['num_images']} CIFAR-10 "
+          f"images at "
+          f"{epoch['image_size']} px, batch {epoch['batch_size']}",
+          ["source", "seconds per epoch", "data", "augmentation", "compute", "x none"], rows, [script, collect],
+          [f"Policy {epoch['policy']} (none: without its saliency view); each source {epoch['epochs']} epochs a "
+           f"round, the first a warm-up, {len(epoch['rounds'])} rounds in rotated order; medians over the rounds, "
+           f"the ratio taken within each round. exact labels each batch in {epoch['workers']} worker processes; the "
+           f"surrogate is a fresh one of the default architecture. The sources differ in the augmentation column; "
+           f"the compute column drifts with the machine between epochs. {epoch['device']}."],
+          *_measured(epoch, args, "nothing else running"))
+
+
 # -- the test suite: how long it takes --------------------------------------------------------------------
 def test_suite(args) -> None:
     """From pytest's own summary line (``pytest -q | tee pytest.log``), or from a JUnit XML file."""
@@ -1070,7 +1156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("experiment", choices=("mask_aware_cifar10", "photos", "surrogate_curve", "surrogate_shapes",
                                                "baseline_stats", "photo_surrogate", "test_suite",
                                                "mask_aware_controls", "parity", "surrogate_gpu",
-                                               "surrogate_regions", "labeller", "surrogate_width"))
+                                               "surrogate_regions", "labeller", "surrogate_width", "cpu_speed"))
     parser.add_argument("--runs", default=None, help="the experiment's run folder")
     parser.add_argument("--config", nargs="+", default=None,
                         help="mask_aware_cifar10 (required): its grid config(s); several configs that differ only "
@@ -1103,7 +1189,7 @@ def main(argv: list[str] | None = None) -> int:
      "photo_surrogate": photo_surrogate, "test_suite": test_suite,
      "mask_aware_controls": mask_aware_controls, "parity": parity,
      "surrogate_gpu": surrogate_gpu, "surrogate_regions": surrogate_regions,
-     "labeller": labeller, "surrogate_width": surrogate_width}[args.experiment](args)
+     "labeller": labeller, "surrogate_width": surrogate_width, "cpu_speed": cpu_speed}[args.experiment](args)
     return 0
 
 

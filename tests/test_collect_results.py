@@ -787,3 +787,20 @@ def test_surrogate_width_table_comes_from_the_committed_benchmark_outputs(tmp_pa
     assert max(labeller_ms) - min(labeller_ms) <= 1
     with pytest.raises(SystemExit, match="needs bench_surrogate_ngf"):
         collect_results.main(["surrogate_width", "--runs", str(tmp_path), "--out", str(tmp_path)])
+
+
+def test_cpu_speed_tables_come_from_the_committed_benchmark_outputs(tmp_path):
+    """The committed CPU benchmarks make the four committed tables; a folder without them is refused by name."""
+    from _paths import REPO
+
+    raw = REPO / "results" / "raw" / "cpu_speed"
+    collect_results.main(["cpu_speed", "--runs", str(raw), "--out", str(tmp_path)])
+    for name in ("scale_cpu", "pack_cpu", "router_cpu", "epoch_cpu"):
+        made = json.loads((tmp_path / f"{name}.json").read_text())
+        committed = json.loads((REPO / "results" / f"{name}.json").read_text())
+        assert made["rows"] == committed["rows"] and made["notes"] == committed["notes"], name
+        assert made["date"] == committed["date"] == "2026-12-07"
+    router = {row[0]: row for row in json.loads((tmp_path / "router_cpu.json").read_text())["rows"]}
+    assert router["none"][2] == router["none"][4] == 1.0 and router["exact"][1] > router["cache"][1]
+    with pytest.raises(SystemExit, match="no .*bench_scale.json; run experiments/cpu_speed.sh"):
+        collect_results.main(["cpu_speed", "--runs", str(tmp_path), "--out", str(tmp_path)])

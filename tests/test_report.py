@@ -43,6 +43,9 @@ def test_a_missing_or_malformed_result_file_is_named(tmp_path, capsys):
 
 def test_the_shipped_documents_are_in_step_with_their_result_files():
     documents = [REPO / d for d in report.DEFAULT_DOCUMENTS if (REPO / d).is_file()]
+    with_blocks = {str(d.relative_to(REPO)) for d in [REPO / "README.md", *(REPO / "docs").glob("*.md")]
+                   if "<!-- result: " in d.read_text()}
+    assert with_blocks <= set(report.DEFAULT_DOCUMENTS), "a document with result blocks that report never renders"
     for document in documents:
         _, changed = report.update_document(document, REPO)
         assert changed == [], f"{document}: run saliency-ssl report (out of date: {changed})"

@@ -46,7 +46,8 @@ from saliencyssl.files import read_text_file, replace_file
 SUMMARY = "the findings tables, regenerated from the committed result files (results/*.json)"
 
 #: The documents ``saliency-ssl report`` keeps in step by default.
-DEFAULT_DOCUMENTS = ("docs/findings.md", "docs/surrogate.md", "docs/label.md", "README.md")
+DEFAULT_DOCUMENTS = ("docs/findings.md", "docs/surrogate.md", "docs/label.md", "docs/benchmarks.md", "docs/cache.md",
+                     "README.md")
 
 #: Largest document read (the findings document is tens of KB).
 MAX_DOCUMENT_BYTES = 10 << 20
