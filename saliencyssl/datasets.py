@@ -597,10 +597,10 @@ class ImageSet:
             from tqdm import tqdm
 
             indices = tqdm(indices, desc=f"decoding images at {size}px", unit="img")
-        out = np.empty((len(self), size, size, 3), np.uint8)
+        out = torch.empty((len(self), 3, size, size), dtype=torch.uint8)  # filled in place: no second copy
         for i in indices:
-            out[i] = fit_square(self.image(i), size)
-        return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+            out[i] = torch.from_numpy(fit_square(self.image(i), size)).permute(2, 0, 1)
+        return out
 
 
 def open_image_set(path: str | Path, keep_decoded: bool | None = None) -> ImageSet:

@@ -135,3 +135,25 @@ def test_cache_stage_configs_run_without_a_command_line(tmp_path, photo, capsys)
     assert "1 entries checked, 0 damaged" in capsys.readouterr().out
     assert stage.run(stage.VerifyConfig(tmp_path / "cache")) == 0  # other options than the targets': said, not damage
     assert "(the labeller options given): no targets in" in capsys.readouterr().out
+
+
+def test_put_many_commits_chunk_by_chunk_and_keeps_what_it_committed(tmp_path):
+    """One transaction for a whole pack import held the write lock for as long as it ran, and an import stopped
+    half way kept nothing."""
+    rng = np.random.default_rng(0)
+    targets = [Target.from_maps(rng.random((6, 6)), rng.random((6, 6)) > 0.5, rng.integers(0, 3, (6, 6)))
+               for _ in range(7)]
+
+    def items(stop_at=None):
+        for i, target in enumerate(targets):
+            if i == stop_at:
+                raise KeyboardInterrupt
+            yield f"{i:032x}", target
+
+    with TargetCache(tmp_path / "all", "fp") as cache:
+        assert cache.put_many(items(), chunk=3) == 7 and len(list(cache.hashes())) == 7
+        assert np.array_equal(cache.get(f"{6:032x}").mask, targets[6].mask)
+    with TargetCache(tmp_path / "stopped", "fp") as cache:
+        with pytest.raises(KeyboardInterrupt):
+            cache.put_many(items(stop_at=5), chunk=3)
+        assert sorted(cache.hashes()) == [f"{i:032x}" for i in range(3)]  # the first chunk; the second rolled back

@@ -83,6 +83,7 @@ class LabelSummary:
     exported: int = 0
     export_dir: str = ""
     executor: str = ""
+    _summed: tuple[int, float] = field(default=(0, 0.0), repr=False, compare=False)  # running_seconds_per_image's
 
     @property
     def with_target(self) -> int:
@@ -96,6 +97,13 @@ class LabelSummary:
     def seconds_per_image(self) -> float:
         """Mean labelling seconds per labelled image (worker time, not wall time)."""
         return float(np.mean(self.label_seconds)) if self.label_seconds else 0.0
+
+    def running_seconds_per_image(self) -> float:
+        """:attr:`seconds_per_image`, summing only the times added since the last call: the progress bar asks
+        after every chunk, and the mean of the whole list each time made a job of n images cost n²/chunk."""
+        total = self._summed[1] + sum(self.label_seconds[self._summed[0]:])
+        self._summed = (len(self.label_seconds), total)
+        return total / len(self.label_seconds) if self.label_seconds else 0.0
 
     @property
     def too_few_objects(self) -> bool:
@@ -422,7 +430,7 @@ def label_folder(images_dir: str | Path, cache: TargetCache, config: LabellerCon
             _export(record, target, summary, export, root, clashing)
         bar.update(len(results))
         if summary.label_seconds:
-            bar.set_postfix(s_per_img=f"{summary.seconds_per_image:.3f}", failed=len(summary.failed))
+            bar.set_postfix(s_per_img=f"{summary.running_seconds_per_image():.3f}", failed=len(summary.failed))
     bar.close()
 
     # Pass 3: the duplicates, from the entries pass 2 stored (their own HC maps when exporting).

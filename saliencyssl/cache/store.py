@@ -788,15 +788,27 @@ class TargetCache:
         return self._cache.transact()
 
     @_database_errors
-    def put_many(self, items: Iterable[tuple[str, Target]]) -> int:
-        """Store several targets in one transaction; returns how many."""
+    def put_many(self, items: Iterable[tuple[str, Target]], chunk: int = 1000) -> int:
+        """Store several targets, ``chunk`` a transaction; returns how many.
+
+        A transaction holds the database's write lock: one for a whole import of a million rows would make every
+        other writer wait past its timeout, and an import stopped half way would keep nothing. Chunk by chunk, it
+        keeps what it committed (importing again stores the rest).
+        """
         count = 0
-        with self.transaction():
-            for image_hash, target in items:
-                key = self.key_of(image_hash)
-                self._cache.set(key, encode_target(target, key))
-                count += 1
-        return count
+        items = iter(items)
+        while True:
+            with self.transaction():
+                stored = 0
+                for image_hash, target in items:
+                    key = self.key_of(image_hash)
+                    self._cache.set(key, encode_target(target, key))
+                    stored += 1
+                    if stored == chunk:
+                        break
+            count += stored
+            if stored < chunk:
+                return count
 
     @_database_errors
     def put_encoded(self, image_hash: str, data: bytes, from_key: str | None = None) -> None:
