@@ -444,3 +444,19 @@ def test_tsne_plot_draws_class_folders_whose_names_are_not_utf8(tmp_path):
     labels = np.arange(20) % 2
     path = plot_tsne(rng.normal(size=(20, 2)), labels, labels, ["cat", name], tmp_path / "tsne.png")
     assert Image.open(path).size[0] > 100
+
+
+def test_knn_blocks_shrink_with_the_bank_and_predict_the_same(monkeypatch):
+    """1,024 test images a block against a bank of 1.28 M features held 5 GB of similarities at once."""
+    import lightly.utils.benchmarking as benchmarking
+
+    rng = np.random.default_rng(0)
+    train, labels, test = rng.normal(size=(3000, 16)), rng.integers(0, 5, 3000), rng.normal(size=(500, 16))
+    whole = knn.knn_predictions(train, labels, test, 5)
+    blocks = []
+    real = benchmarking.knn_predict
+    monkeypatch.setattr(benchmarking, "knn_predict", lambda feature, *a, **k: blocks.append(len(feature)) or
+                        real(feature, *a, **k))
+    monkeypatch.setattr(knn, "MAX_BLOCK_VALUES", 3000 * 64)
+    assert np.array_equal(knn.knn_predictions(train, labels, test, 5), whole)
+    assert max(blocks) == 64 and sum(blocks) == 500

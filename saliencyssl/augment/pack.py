@@ -87,7 +87,10 @@ class FrozenPack:
 
     @classmethod
     def empty(cls, hashes: Sequence[str], image_size: int, fingerprint: str) -> "FrozenPack":
+        from saliencyssl.datasets import check_memory
+
         n, s = len(hashes), image_size
+        check_memory(n * s * s * 4, f"the targets of {n:,} images at {s}x{s}")  # saliency, mask, two region bytes
         return cls(torch.zeros(n, s, s, dtype=torch.uint8), torch.zeros(n, s, s, dtype=torch.bool),
                    torch.zeros(n, s, s, dtype=torch.int16), torch.zeros(n, dtype=torch.bool), hashes, fingerprint)
 

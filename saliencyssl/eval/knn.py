@@ -18,6 +18,9 @@ import torch.nn.functional as F
 #: lightly's benchmark settings.
 DEFAULT_K = 200
 DEFAULT_TEMPERATURE = 0.1
+#: The most similarities one block of test images holds (float32): 1,024 test images against a bank of 65,536,
+#: or 52 against ImageNet's 1.28 M (1,024 against it would take 5 GB at once).
+MAX_BLOCK_VALUES = 1 << 26
 
 
 def knn_predictions(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
@@ -32,7 +35,8 @@ def knn_predictions(train_features: np.ndarray, train_labels: np.ndarray, test_f
         num_classes: number of classes.
         k: neighbours (capped at ``M``).
         temperature: similarity temperature (> 0).
-        batch_size: test images per similarity block (bounds memory at ``batch_size * M`` floats).
+        batch_size: test images per similarity block at most; fewer for a large bank, so that a block holds at
+            most :data:`MAX_BLOCK_VALUES` similarities (about 256 MB).
 
     Returns:
         ``(T,)`` int64 predicted labels.
@@ -47,10 +51,11 @@ def knn_predictions(train_features: np.ndarray, train_labels: np.ndarray, test_f
     bank_labels = torch.as_tensor(np.asarray(train_labels), dtype=torch.long)
     test = F.normalize(torch.as_tensor(np.asarray(test_features), dtype=torch.float32), dim=1)
     k = int(min(int(k), bank.shape[1]))
+    block = max(1, min(int(batch_size), MAX_BLOCK_VALUES // bank.shape[1]))
     out = []
     with torch.no_grad():
-        for start in range(0, len(test), int(batch_size)):
-            ranked = knn_predict(test[start:start + int(batch_size)], bank, bank_labels, num_classes=int(num_classes),
+        for start in range(0, len(test), block):
+            ranked = knn_predict(test[start:start + block], bank, bank_labels, num_classes=int(num_classes),
                                  knn_k=k, knn_t=float(temperature))
             out.append(ranked[:, 0])
     if not out:
