@@ -85,6 +85,14 @@ def test_source_orders():
         parse_sources("surrogate,cache")
 
 
+def test_training_images_hash_only_when_asked(labelled):
+    """Every pretraining run hashed its whole set, one decode of every image more, even a run without targets."""
+    fresh = open_image_set(labelled["data"], keep_decoded=False)
+    images = TrainingImages(fresh, SIZE)
+    assert images.stack().shape == (len(fresh), 3, SIZE, SIZE) and fresh._hashes is None
+    assert images.hashes == labelled["set"].hashes() and fresh._hashes is not None
+
+
 @pytest.mark.slow
 def test_pack_reports_hits_and_misses_and_gathers_cache_targets(labelled):
     images = TrainingImages(labelled["set"], SIZE)
@@ -295,7 +303,7 @@ def test_empty_and_unreadable_data_give_clear_errors(tmp_path):
     (bad / "broken.png").write_bytes(b"\x89PNG broken")
     image_set = open_image_set(bad)
     with pytest.raises(ValueError, match="broken.png"):
-        TrainingImages(image_set, 32)
+        TrainingImages(image_set, 32).stack()
 
 
 def test_show_views_draws_images_and_two_views_and_names_the_labeller_it_looked_for(labelled, tmp_path, capsys):

@@ -41,8 +41,13 @@ class TrainingImages(Dataset):
         if len(self.images) == 0:
             raise ValueError(f"{self.images.root} holds no images")
         self.image_size = check_image_size(image_size, "image_size")
-        self.hashes = self.images.hashes(progress=True)
         self._stack: torch.Tensor | None = None
+
+    @property
+    def hashes(self) -> list[str]:
+        """Content hash of every image, computed when first asked for (a run without targets never asks, and
+        hashing decodes every image once more than the stack does)."""
+        return self.images.hashes(progress=True)
 
     def __len__(self) -> int:
         return len(self.images)
