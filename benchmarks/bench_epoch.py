@@ -20,7 +20,7 @@ The compute column (forward, backward, step) of one epoch still moves by several
 to epoch on a shared CPU; benchmarks/bench_view_compute.py tells whether a difference there is the
 saliency views' own cost.
 
-Example (no result file holds its figures yet):
+Example (a CPU run's figures: results/epoch_cpu.json, made by experiments/cpu_speed.sh):
   python benchmarks/bench_epoch.py --data ../shared/data/cifar10/train --cache runs/cifar_cache --num-images 790 \\
       --image-size 32 --batch-size 128 --sources none,cache,surrogate,exact --epochs 2 --rounds 3 \\
       --json runs/bench_epoch.json

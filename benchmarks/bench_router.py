@@ -11,7 +11,7 @@ Without --cache it labels the images it needs into a temporary cache; without --
 uses a freshly initialised surrogate of the default architecture (timing does not depend on
 its weights).
 
-Example (no result file holds its figures yet):
+Example (a CPU run's figures: results/router_cpu.json, made by experiments/cpu_speed.sh):
   python benchmarks/bench_router.py --data ../shared/data/cifar10/train --cache runs/cifar_cache --num-images 1024 \\
       --image-size 32 --batches 10 --json runs/bench_router32.json
   python benchmarks/bench_router.py --data ../shared/data/cifar10/train --cache runs/cifar_cache --num-images 1024 \\

@@ -9,7 +9,7 @@
    (building from the cache reads and decodes every entry; a pack at the training size is
    memory-mapped).
 
-Example (results/scale_cpu.json holds a run's figures; its commands are there):
+Example (a CPU run's figures: results/scale_cpu.json and pack_cpu.json, made by experiments/cpu_speed.sh):
   python benchmarks/bench_scale.py --label-images ../shared/data/salbench/images \\
       --pack-data ../shared/data/cifar10/train --cache runs/cifar_cache --image-size 32 --json runs/bench_scale.json
 """
@@ -28,7 +28,6 @@ from bench_common import emit, labelling_rate
 from saliencyssl.augment import FrozenPack, TrainingImages
 from saliencyssl.cache import TargetCache
 from saliencyssl.cache.executors import DaskExecutor, PoolExecutor
-from saliencyssl.cache.labelling import label_folder
 from saliencyssl.augment.pack import load_pack
 from saliencyssl.cache.packfile import write_pack
 from saliencyssl.imageio import list_images
@@ -65,17 +64,15 @@ def main(argv=None) -> int:
     if args.pack_data:
         config = LabellerConfig()
         cache_dir = args.cache or Path(tempfile.mkdtemp())
+        data = TrainingImages(str(args.pack_data), args.image_size)
         with TargetCache(cache_dir, config.fingerprint(), params=config.params()) as cache:
-            data = TrainingImages(str(args.pack_data), args.image_size)
             missing = [i for i, h in enumerate(data.hashes) if h not in cache]
-            if missing:
-                print(f"labelling {len(missing)} images into {cache_dir} first ...", flush=True)
-                from saliencyssl.cache.executors import make_executor
+        if missing:  # a folder or CIFAR batches, as `saliency-ssl label` labels them
+            from saliencyssl.app.label import label_images
 
-                paths = data.images.paths
-                with make_executor(2) as executor:
-                    label_folder(args.pack_data, cache, config, executor=executor,
-                                 paths=[paths[i] for i in missing] if paths else None)
+            print(f"labelling {len(missing)} images into {cache_dir} first ...", flush=True)
+            label_images(args.pack_data, cache_dir, config, image_set=data.images.subset(missing), workers=2)
+        with TargetCache(cache_dir, config.fingerprint(), params=config.params()) as cache:
             start = time.perf_counter()
             from_cache = FrozenPack.build(data.hashes, cache, args.image_size)
             build_seconds = time.perf_counter() - start

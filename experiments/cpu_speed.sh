@@ -6,7 +6,7 @@
 #   2. benchmarks/bench_router.py: augmentation time per batch by target source, at 32 and 96 px;
 #   3. benchmarks/bench_epoch.py: SimCLR's epoch time per target source at 32 px, the paper's 790 images.
 # Then `python experiments/collect_results.py cpu_speed --runs OUT` writes results/scale_cpu.json,
-# results/router_cpu.json and results/epoch_cpu.json.
+# results/pack_cpu.json, results/router_cpu.json and results/epoch_cpu.json.
 #
 #   bash experiments/cpu_speed.sh [OUT]      # OUT defaults to results/raw/cpu_speed
 # SHARED (default ../shared/data) holds the data; CACHE (default runs/caches/cifar) is the exact cache of the

@@ -154,8 +154,8 @@ def check_loaded(obj) -> None:
         if depth >= MAX_NESTING:
             raise UnsafeTorchFileError(f"it nests values more than {MAX_NESTING} deep, which no checkpoint does")
         if id(value) in seen:
-            if isinstance(value, tuple) and len(value) <= MAX_SHARED_TUPLE and not any(
-                    isinstance(child, (dict, list, tuple)) for child in value):
+            if isinstance(value, tuple) and len(value) <= MAX_SHARED_TUPLE and all(
+                    child is None or type(child) in (int, float, bool) for child in value):
                 continue  # one small tuple of numbers held twice: Adam's betas given to two optimizers, or ()
             raise UnsafeTorchFileError("it holds a container twice or inside itself, which no checkpoint does")
         seen.add(id(value))

@@ -157,3 +157,5 @@ def test_put_many_commits_chunk_by_chunk_and_keeps_what_it_committed(tmp_path):
         with pytest.raises(KeyboardInterrupt):
             cache.put_many(items(stop_at=5), chunk=3)
         assert sorted(cache.hashes()) == [f"{i:032x}" for i in range(3)]  # the first chunk; the second rolled back
+        with pytest.raises(ValueError, match="a chunk of at least 1"):
+            cache.put_many(items(), chunk=0)  # looped for ever

@@ -433,6 +433,9 @@ def test_one_labelled_image_on_a_one_pixel_feature_map_names_the_fix(tmp_path, c
     err = capsys.readouterr().err
     assert "error: 1 labelled image (of 6 in the training split)" in err and "--freeze-encoder" in err
     assert err.count("error:") == 1 and "Traceback" not in err
+    base[base.index("--fractions") + 1], base[base.index("--batch-size") + 1] = "1.0", "1"
+    assert script.main(base) == 2
+    assert "error: --batch-size 1: batches of one image" in capsys.readouterr().err
 
 
 def test_a_sweep_stopped_half_way_goes_on_from_the_next_model(tmp_path, monkeypatch, capsys):

@@ -806,10 +806,10 @@ def test_a_small_tuple_held_twice_loads_and_a_shared_list_does_not(tmp_path):
     torch.save({"x": values, "y": values}, tmp_path / "list.pt")
     with pytest.raises(UnsafeTorchFileError, match="a container twice"):
         load_torch_file(tmp_path / "list.pt")
-    nested = ((1, 2),)
-    torch.save({"x": nested, "y": nested}, tmp_path / "nested.pt")
-    with pytest.raises(UnsafeTorchFileError, match="a container twice"):
-        load_torch_file(tmp_path / "nested.pt")
+    for name, value in (("nested", ((1, 2),)), ("text", ("a", "b")), ("long", tuple(range(17)))):
+        torch.save({"x": value, "y": value}, tmp_path / f"{name}.pt")
+        with pytest.raises(UnsafeTorchFileError, match="a container twice"):
+            load_torch_file(tmp_path / f"{name}.pt")
 
 
 def test_what_torch_would_read_differently_or_build_without_bound_is_refused(tmp_path):

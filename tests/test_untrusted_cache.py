@@ -556,6 +556,20 @@ def test_a_pack_header_of_millions_of_empty_objects_is_refused_before_it_is_pars
     assert err.count("\n") == 1 and "bomb.pack has a damaged header: 200,002 JSON objects and lists" in err
 
 
+def test_a_pack_header_with_an_unclosed_string_is_refused_at_once(tmp_path, capsys):
+    """The pattern that stripped strings before counting backtracked over an unclosed one from every quote: 41 KB
+    of escaped quotes took 5 s, and the time grows with the square: this 400 KB header about 8 minutes."""
+    import struct as struct_
+
+    from saliencyssl.cache.packfile import MAGIC
+
+    body = b"[" * 1001 + b'"' + b'\\"' * 200_000
+    pack = tmp_path / "unclosed.pack"
+    pack.write_bytes(MAGIC + struct_.pack("<Q", len(body)) + body + b"\0" * 64)
+    assert cache_cli.main(["verify", str(pack)]) == 2
+    assert "unclosed.pack has a damaged header: 1,001 JSON objects and lists" in capsys.readouterr().err
+
+
 def test_a_pack_of_thousands_of_rows_is_read_and_shapes_without_their_rows_are_not(tmp_path, capsys):
     """The header's container bound counted each row's [h, w] shape: every pack of over 995 rows was refused."""
     import struct as struct_

@@ -214,11 +214,13 @@ def run(s: SegmentConfig, verbose: bool = True) -> dict:
         except ValueError as error:
             if "more than 1 value per channel" not in str(error):
                 raise
-            raise ValueError(f"{len(labelled)} labelled image (of {len(train_idx)} in the training split): the "
-                             f"encoder's last feature map is one pixel at {info.image_size} px "
-                             f"and BatchNorm cannot train on a single value a channel; use fractions that label at "
-                             f"least 2 images, --freeze-encoder, a larger --image-size, or a backbone with the "
-                             f"CIFAR stem") from None
+            one, more = ((f"--batch-size {s.batch_size}: batches of one image", "a larger --batch-size")
+                         if s.batch_size == 1 else
+                         (f"{len(labelled)} labelled image (of {len(train_idx)} in the training split)",
+                          "fractions that label at least 2 images"))
+            raise ValueError(f"{one}: the encoder's last feature map is one pixel at {info.image_size} px and "
+                             f"BatchNorm cannot train on a single value a channel; use {more}, --freeze-encoder, a "
+                             f"larger --image-size, or a backbone with the CIFAR stem") from None
         partial.mkdir(exist_ok=True)
         replace_file(kept, json.dumps({k: float(v) for k, v in scores.items()}))
         return scores

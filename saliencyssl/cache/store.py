@@ -795,6 +795,8 @@ class TargetCache:
         other writer wait past its timeout, and an import stopped half way would keep nothing. Chunk by chunk, it
         keeps what it committed (importing again stores the rest).
         """
+        if chunk < 1:
+            raise ValueError(f"put_many needs a chunk of at least 1 target, got {chunk}")
         count = 0
         items = iter(items)
         while True:
