@@ -294,6 +294,16 @@ def test_dataloader_workers_read_one_cache_and_never_render_a_damaged_entry(labe
     assert present == [True, True, False, True, True, True, False, False]
 
 
+def test_small_images_are_kept_decoded_only_when_they_fit_in_memory(labelled, monkeypatch):
+    """Any folder of images up to 64 px was decoded whole into memory: ImageNet at 64 px is 16 GB."""
+    import saliencyssl.datasets as datasets
+
+    assert len(open_image_set(labelled["data"])._cached) == len(labelled["set"])  # 14 small images: kept
+    monkeypatch.setattr(datasets, "available_memory", lambda: 4 * 1024)
+    streamed = open_image_set(labelled["data"])
+    assert len(streamed._cached) <= 1 and streamed.image(3).shape == labelled["set"].image(3).shape
+
+
 def test_empty_and_unreadable_data_give_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no images"):

@@ -27,6 +27,15 @@ def test_codec_round_trip_and_size():
     assert len(encode_target(small)) < 200
 
 
+def test_a_target_the_decoder_would_refuse_is_not_encoded():
+    """A 70,000 x 2 px strip labelled and stored read back as damage and was labelled again on every run."""
+    strip = Target.from_maps(np.zeros((2, 70_000)), np.zeros((2, 70_000), bool), np.zeros((2, 70_000), int))
+    with pytest.raises(ValueError, match="a 70000x2 target cannot be stored: .* at most 65,535 px"):
+        encode_target(strip)
+    edge = Target.from_maps(np.zeros((1, 65_535)), np.ones((1, 65_535), bool), np.zeros((1, 65_535), int))
+    assert decode_target(encode_target(edge)).equals(edge)
+
+
 def test_codec_detects_damage():
     data = bytearray(encode_target(_random_target(1)))
     data[-5] ^= 0xFF

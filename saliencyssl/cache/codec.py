@@ -63,8 +63,15 @@ def encode_target(target: Target, key: str = "", level: int = 1) -> bytes:
         key: the cache key it will be stored under (``""`` for bytes that travel first and
             are bound with :func:`bind_key` when stored).
         level: zlib compression level.
+
+    Raises:
+        ValueError: a side over :data:`MAX_SIDE` or an area over :data:`MAX_PIXELS`, which :func:`decode_target`
+            would refuse: stored, the entry would read as damaged and be labelled again on every run.
     """
     h, w = target.shape
+    if h > MAX_SIDE or w > MAX_SIDE or h * w > MAX_PIXELS:
+        raise ValueError(f"a {w}x{h} target cannot be stored: a cached target has sides of at most {MAX_SIDE:,} px "
+                         f"and at most {MAX_PIXELS:,} pixels; crop or shrink the image first")
     label_bytes = 1 if target.num_regions <= 256 else 2
     regions = target.regions.astype(np.uint8 if label_bytes == 1 else "<u2")
     raw = b"".join((target.saliency.tobytes(), np.packbits(target.mask, axis=None).tobytes(), regions.tobytes()))
