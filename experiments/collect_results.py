@@ -11,6 +11,7 @@
     python experiments/collect_results.py labeller --runs results/raw/labeller
     python experiments/collect_results.py surrogate_width --runs results/raw/surrogate_width
     python experiments/collect_results.py cpu_speed --runs results/raw/cpu_speed
+    python experiments/collect_results.py gpu_speed --runs OUT      (OUT of experiments/gpu_speed.sh run)
     python experiments/collect_results.py parity [--steps 624|1248] [--carry]
 
 Each subcommand reads the results.json / history.json files its experiment wrote and writes one or
@@ -1043,7 +1044,8 @@ def surrogate_width(args) -> None:
 def _bench(root: Path, name: str) -> dict:
     path = root / name
     if not path.is_file():
-        sys.exit(f"error: no {path}; run experiments/cpu_speed.sh {root} first")
+        sys.exit(f"error: no {path}; run the experiment that writes it first (experiments/cpu_speed.sh or "
+                 f"experiments/gpu_speed.sh run)")
     return json.loads(path.read_text())
 
 
@@ -1124,6 +1126,48 @@ def cpu_speed(args) -> None:
           *_measured(epoch, args, "nothing else running"))
 
 
+# -- the speed aims on a GPU: experiments/gpu_speed.sh ------------------------------------------------------------
+def _met(value: float, limit: float, at_most: bool) -> str:
+    return "yes" if (value <= limit if at_most else value >= limit) else "no"
+
+
+def gpu_speed(args) -> None:
+    """From the OUT folder of ``experiments/gpu_speed.sh run``: the issue's speed aims, measured and met or not, in
+    results/speed_gpu.json (``--name`` another stem, e.g. for a CPU smoke run)."""
+    root = Path(args.runs)
+    sal, detcon = _bench(root, "epoch_sal.json"), _bench(root, "epoch_detcon.json")
+    speed = {size: _bench(root, f"speed{size}.json") for size in (32, 96)}
+    labeller_ms = _labeller_ms(_bench(root, "labeller.json"))
+    ratio = sal["ratio_to_none"]
+    detcon_ratio = float(np.median([rd["surrogate"]["epoch"] / rd["cache"]["epoch"] for rd in detcon["rounds"]]))
+    rows = [[f"SimCLR ({sal['policy']}) epoch from the cache / without targets", round(ratio["cache"], 3),
+             "at most 1.05", _met(ratio["cache"], 1.05, True)],
+            [f"SimCLR ({sal['policy']}) epoch from the surrogate / without targets", round(ratio["surrogate"], 3),
+             "at most 1.15", _met(ratio["surrogate"], 1.15, True)],
+            ["DetCon-S epoch from the surrogate / from the cache", round(detcon_ratio, 3), "", ""]]
+    for size in (32, 96):
+        b = speed[size]
+        over = b["surrogate_regions_ms_per_image"] / b["surrogate_network_ms_per_image"]
+        rows.append([f"the surrogate's regions / its network at {size} px", round(over, 3), "at most 1",
+                     _met(over, 1.0, True)])
+    photo = labeller_ms / speed[96]["surrogate_ms_per_image"]
+    rows.append(["labelling an original street photo / the surrogate at 96 px", round(photo, 1), "at least 1,000",
+                 _met(photo, 1000, False)])
+    card = speed[32].get("device_name") or speed[32]["device"]
+    write(Path(args.out) / f"{args.name}.json", f"The speed aims on {card}",
+          ["measure", "measured", "aim", "met"], rows,
+          ["bash experiments/gpu_speed.sh stage", f"OUT={args.runs} bash experiments/gpu_speed.sh run",
+           f"python experiments/collect_results.py gpu_speed --runs {args.runs}"],
+          [f"Epochs: {sal['num_images']:,} CIFAR-10 images at {sal['image_size']} px, batch {sal['batch_size']}, "
+           f"{'float16 autocast' if sal['amp'] else 'float32'}, {len(sal['rounds'])} rounds of {sal['epochs']} "
+           f"epochs (the first a warm-up), sources in rotated order, medians of the ratios within rounds; trained "
+           f"surrogates ({sal['surrogate']}). Surrogate time per image: batches of {speed[32]['batch_size']} at "
+           f"32 px and {speed[96]['batch_size']} at 96 px, medians. The labeller: HC + RC + SaliencyCut on the "
+           f"original photos one by one on the CPU ({labeller_ms:.0f} ms), against the surrogate's "
+           f"{speed[96]['surrogate_ms_per_image']:.3f} ms at 96 px on the device. torch {speed[32]['torch']}."],
+          speed[32].get("date", args.date), args.machine_given or f"{card}; CPU {speed[32].get('cpu', '')}")
+
+
 # -- the test suite: how long it takes --------------------------------------------------------------------
 def test_suite(args) -> None:
     """From pytest's own summary line (``pytest -q | tee pytest.log``), or from a JUnit XML file."""
@@ -1156,7 +1200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("experiment", choices=("mask_aware_cifar10", "photos", "surrogate_curve", "surrogate_shapes",
                                                "baseline_stats", "photo_surrogate", "test_suite",
                                                "mask_aware_controls", "parity", "surrogate_gpu",
-                                               "surrogate_regions", "labeller", "surrogate_width", "cpu_speed"))
+                                               "surrogate_regions", "labeller", "surrogate_width", "cpu_speed",
+                                               "gpu_speed"))
     parser.add_argument("--runs", default=None, help="the experiment's run folder")
     parser.add_argument("--config", nargs="+", default=None,
                         help="mask_aware_cifar10 (required): its grid config(s); several configs that differ only "
@@ -1178,7 +1223,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.experiment == "mask_aware_cifar10" and not args.config:
         parser.error("mask_aware_cifar10 needs --config: the grid configs whose cells it tabulates (the commands in "
                      "results/mask_aware_cifar10_linear.json name them)")
-    args.name = args.name or {"photo_surrogate": "photo_surrogate"}.get(args.experiment, "mask_aware_cifar10")
+    args.name = args.name or {"photo_surrogate": "photo_surrogate", "gpu_speed": "speed_gpu"}.get(args.experiment,
+                                                                                                  "mask_aware_cifar10")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.name):
         parser.error(f"--name {args.name!r}: a file stem of letters, digits, '_', '.' and '-' (no folder)")
     args.machine_given = args.machine
@@ -1189,7 +1235,8 @@ def main(argv: list[str] | None = None) -> int:
      "photo_surrogate": photo_surrogate, "test_suite": test_suite,
      "mask_aware_controls": mask_aware_controls, "parity": parity,
      "surrogate_gpu": surrogate_gpu, "surrogate_regions": surrogate_regions,
-     "labeller": labeller, "surrogate_width": surrogate_width, "cpu_speed": cpu_speed}[args.experiment](args)
+     "labeller": labeller, "surrogate_width": surrogate_width, "cpu_speed": cpu_speed,
+     "gpu_speed": gpu_speed}[args.experiment](args)
     return 0
 
 

@@ -13,6 +13,8 @@
 # needs are importable there (`pip install -e .`, or wheels installed with --target into a folder on PYTHONPATH):
 #   OUT=/tmp/gpu_speed bash experiments/gpu_speed.sh run
 # Each stage has a time limit, so the run ends on time; results land in OUT as JSON files and log.txt.
+# Then `python experiments/collect_results.py gpu_speed --runs OUT` writes results/speed_gpu.json: each aim, measured
+# and met or not (tested on the outputs of the CPU smoke run below).
 # DEVICE=cpu EPOCH_IMAGES=64 EPOCH_BATCH=32 EPOCH_ROUNDS=1 bash experiments/gpu_speed.sh run: a smoke test on a CPU.
 #
 # stage reads SHARED (default ../shared/data), the exact cache CACHE (default runs/caches/cifar, holding the

@@ -802,5 +802,27 @@ def test_cpu_speed_tables_come_from_the_committed_benchmark_outputs(tmp_path):
         assert made["date"] == committed["date"] == "2026-12-07"
     router = {row[0]: row for row in json.loads((tmp_path / "router_cpu.json").read_text())["rows"]}
     assert router["none"][2] == router["none"][4] == 1.0 and router["exact"][1] > router["cache"][1]
-    with pytest.raises(SystemExit, match="no .*bench_scale.json; run experiments/cpu_speed.sh"):
+    with pytest.raises(SystemExit, match="no .*bench_scale.json; run the experiment that writes it first"):
         collect_results.main(["cpu_speed", "--runs", str(tmp_path), "--out", str(tmp_path)])
+
+
+def test_gpu_speed_table_says_which_aims_are_met(tmp_path):
+    """experiments/gpu_speed.sh run's OUT folder (the fields its benchmarks write) becomes the aims table."""
+    rounds = [{"none": {"epoch": 10.0}, "cache": {"epoch": 10.2}, "surrogate": {"epoch": 12.0}}]
+    (tmp_path / "epoch_sal.json").write_text(json.dumps({
+        "policy": "sal+default", "ratio_to_none": {"none": 1.0, "cache": 1.02, "surrogate": 1.2}, "num_images": 5000,
+        "image_size": 32, "batch_size": 256, "amp": True, "rounds": rounds, "epochs": 2, "surrogate": "sur32.pt"}))
+    (tmp_path / "epoch_detcon.json").write_text(json.dumps({"rounds": [{"cache": {"epoch": 8.0},
+                                                                         "surrogate": {"epoch": 8.8}}]}))
+    for size, regions in ((32, 0.001), (96, 0.004)):
+        (tmp_path / f"speed{size}.json").write_text(json.dumps({
+            "surrogate_regions_ms_per_image": regions, "surrogate_network_ms_per_image": 0.002,
+            "surrogate_ms_per_image": 0.003 + regions, "batch_size": 512, "device_name": "NVIDIA H100 80GB HBM3",
+            "device": "cuda", "torch": "2.11.0", "date": "2026-12-08", "cpu": "AMD EPYC"}))
+    (tmp_path / "labeller.json").write_text(json.dumps({"seconds": {k: {"median": 0.1} for k in
+                                                                    ("hc", "rc", "cut_faithful")}}))
+    collect_results.main(["gpu_speed", "--runs", str(tmp_path), "--out", str(tmp_path)])
+    made = json.loads((tmp_path / "speed_gpu.json").read_text())
+    assert made["title"] == "The speed aims on NVIDIA H100 80GB HBM3" and made["date"] == "2026-12-08"
+    assert [row[1] for row in made["rows"]] == [1.02, 1.2, 1.1, 0.5, 2.0, 42857.1]  # 300 ms / 0.007 ms
+    assert [row[3] for row in made["rows"]] == ["yes", "no", "", "yes", "no", "yes"]

@@ -301,11 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "(unread), or check a pack file's checksum. Exit status 1 if anything is damaged or the cache "
                        "holds no target at all; a cache whose targets are all of other labeller options than those "
                        "given passes, and the output says so.")
-    p.add_argument("path", type=Path, metavar="CACHE_DIR|PACK")
+    p.add_argument("path", type=Path, metavar="CACHE_DIR|PACK", help="a cache folder, or a pack file")
     add_labeller_options(p)
-    p = sub.add_parser("export", help="a data set's targets as one memory-mappable pack file")
-    p.add_argument("cache", type=Path)
-    p.add_argument("images", type=Path)
+    p = sub.add_parser("export", help="a data set's targets as one memory-mappable pack file",
+                       description="Write the targets of IMAGES_DIR's images from CACHE_DIR into one pack file, "
+                       "the file to copy to a training machine (saliency-ssl pretrain --pack). Images the cache "
+                       "lacks stop the export, named, unless --allow-missing.")
+    p.add_argument("cache", type=Path, metavar="CACHE_DIR", help="the cache holding the targets")
+    p.add_argument("images", type=Path, metavar="IMAGES_DIR",
+                   help="the data set whose targets are exported (an image folder or CIFAR-10 python batches)")
     p.add_argument("--out", type=Path, required=True,
                    help="the pack file to write (not inside IMAGES_DIR nor inside the cache folder)")
     p.add_argument("--image-size", type=int, default=None,
@@ -315,9 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing pack at --out (only a pack file: never another kind of file)")
     add_labeller_options(p)
-    p = sub.add_parser("import", help="merge a pack or a cache directory into a cache")
-    p.add_argument("source", type=Path)
-    p.add_argument("--cache", type=Path, required=True)
+    p = sub.add_parser("import", help="merge a pack or a cache directory into a cache",
+                       description="Merge the targets of a pack file or of another cache folder (read, never "
+                       "written) into --cache. A pack's checksum is verified first (a damaged pack is refused "
+                       "whole); a cache folder's entries are each checked against their key, and damaged ones and "
+                       "first-format entries whose checksum does not cover their key are skipped and reported "
+                       "(exit 1).")
+    p.add_argument("source", type=Path, metavar="PACK|CACHE_DIR", help="a pack file, or another cache folder")
+    p.add_argument("--cache", type=Path, required=True, help="the cache folder to merge into (created if missing)")
     add_labeller_options(p)
     return parser
 
