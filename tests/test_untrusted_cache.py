@@ -142,6 +142,20 @@ def test_cache_stats_counts_each_fingerprint_without_writing_to_the_folder(tmp_p
     assert f"fingerprint {FP}: {expected.entries} targets, {expected.bytes / 1e6:.2f} MB" in out
 
 
+def test_stats_sizes_come_from_the_columns_as_reading_every_value_gave_them(tmp_path):
+    """`cache stats` read every value to measure it (a cache of 50,000 photos: gigabytes); the columns give the same
+    figures, a value saliency-ssl never stores counting 0 bytes either way."""
+    import pickle
+
+    from saliencyssl.cache.store import _entry_sizes
+
+    source = _cache(tmp_path / "source", n=5, big=2)
+    _sql(source, "UPDATE Cache SET mode = 4, value = ? WHERE key = ?", (pickle.dumps([1] * 50), f"{FP}/{4:032x}"))
+    with CacheReader(source) as reader:
+        sizes = reader.sizes()
+        assert sizes == _entry_sizes(reader) and sizes[FP][0] == 5 and sizes[FP][1] > 2 * 100_000
+
+
 def test_a_source_open_for_writing_elsewhere_is_read_with_its_log(tmp_path):
     source = tmp_path / "source"
     writer = TargetCache(source, FP, params=PARAMS)       # another process labelling into it, in WAL mode

@@ -576,9 +576,28 @@ class CacheReader:
             if entry and entry.group(1) == fingerprint:
                 yield entry.group(2)
 
+    @_database_errors
     def sizes(self) -> dict[str, tuple[int, int]]:
-        """Entries and encoded bytes per fingerprint, ``{fingerprint: (entries, bytes)}`` (see :func:`_entry_sizes`)."""
-        return _entry_sizes(self)
+        """Entries and encoded bytes per fingerprint, ``{fingerprint: (entries, bytes)}``, from the database's columns
+        without reading a value (reading them all took minutes for a cache of photos): an inline value's length, a
+        value file's recorded size; a value saliency-ssl never stores counts with 0 bytes, as in
+        :func:`_entry_sizes`."""
+        import diskcache.core
+
+        counts: dict[str, list[int]] = {}
+        cursor = self._connection.execute(
+            "SELECT key, raw, CASE WHEN mode = ? AND typeof(value) = 'blob' THEN length(value) "
+            "WHEN mode = ? AND typeof(size) = 'integer' THEN size ELSE 0 END FROM Cache",
+            (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY))
+        while rows := cursor.fetchmany(1000):
+            for key, raw, size in rows:
+                key = self._disk.get(key, raw)
+                entry = _ENTRY_KEY.fullmatch(key) if isinstance(key, str) else None
+                if entry is not None:
+                    count = counts.setdefault(entry.group(1), [0, 0])
+                    count[0] += 1
+                    count[1] += max(0, int(size))
+        return {fingerprint: (n, size) for fingerprint, (n, size) in counts.items()}
 
     def disk_bytes(self) -> int:
         """Bytes of the folder's regular files (database and value files), links not followed."""
