@@ -62,10 +62,11 @@ class TrainingImages(Dataset):
                 "label": int(self.images.labels[index]), "hash": self.hashes[index]}
 
     def stack(self, device: str | torch.device = "cpu", pin: bool = False) -> torch.Tensor:
-        """Every image as one ``(N, 3, S, S)`` uint8 tensor on ``device`` (decoded once)."""
-        if self._stack is None:
-            self._stack = self.images.stack(self.image_size, progress=True)
-        out = self._stack.to(device)
+        """Every image as one ``(N, 3, S, S)`` uint8 tensor on ``device`` (decoded once; a copy in this process's
+        memory is kept only when ``device`` is the CPU, so a run on a GPU does not hold the data set twice)."""
+        stack = self._stack if self._stack is not None else self.images.stack(self.image_size, progress=True)
+        out = stack.to(device)
+        self._stack = stack if out.device.type == "cpu" else None
         if pin and out.device.type == "cpu" and torch.cuda.is_available():
             out = out.pin_memory()
         return out
