@@ -207,15 +207,22 @@ def rotate_quarters(x: "torch.Tensor", turns: "torch.Tensor") -> "torch.Tensor":
     return out
 
 
-def relabel_raster(labels: np.ndarray) -> np.ndarray:
-    """Renumber a label map 0..R-1 in raster order of first appearance, as uint16."""
+def relabel_raster(labels: np.ndarray, dtype=np.uint16) -> np.ndarray:
+    """Renumber a label map 0..R-1 in raster order of first appearance, as ``dtype`` (a target's uint16 by default).
+
+    Raises:
+        ValueError: more regions than ``dtype`` can number (they would share labels unseen): 65,536 for a target.
+    """
     flat = np.asarray(labels).ravel()
     _, first = np.unique(flat, return_index=True)
+    if first.size - 1 > np.iinfo(dtype).max:
+        raise ValueError(f"{first.size:,} regions, more than the {np.iinfo(dtype).max + 1:,} a target can number; "
+                         f"label the image at a smaller working size (--max-side) or with larger segments")
     order = np.argsort(first, kind="stable")
     mapping = np.empty(order.size, np.int64)
     mapping[order] = np.arange(order.size)
     _, inverse = np.unique(flat, return_inverse=True)
-    return mapping[inverse].reshape(labels.shape).astype(np.uint16)
+    return mapping[inverse].reshape(labels.shape).astype(dtype)
 
 
 @dataclass

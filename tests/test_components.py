@@ -245,3 +245,15 @@ def test_cuda_labels_equal_the_cpu_labels():
     on_gpu = label_components(inside.cuda())
     assert on_gpu.device.type == "cuda"
     assert torch.equal(on_gpu.cpu(), label_components(inside))
+
+
+def test_relabel_raster_refuses_more_regions_than_its_type_numbers():
+    """Past 65,536 regions the uint16 cast folded labels onto each other unseen (two regions, one label)."""
+    from saliencyssl.target import relabel_raster
+
+    many = np.arange(70_000).reshape(280, 250) * 7
+    with pytest.raises(ValueError, match="70,000 regions, more than the 65,536 a target can number"):
+        relabel_raster(many)
+    numbered = relabel_raster(many, np.int32)
+    assert numbered.dtype == np.int32 and numbered.max() == 69_999 and numbered[0, 1] == 1
+    assert relabel_raster(np.array([[5, 5, 2], [9, 2, 5]])).tolist() == [[0, 0, 1], [2, 1, 0]]
