@@ -1165,7 +1165,8 @@ def gpu_speed(args) -> None:
            f"32 px and {speed[96]['batch_size']} at 96 px, medians. The labeller: HC + RC + SaliencyCut on the "
            f"original photos one by one on the CPU ({labeller_ms:.0f} ms), against the surrogate's "
            f"{speed[96]['surrogate_ms_per_image']:.3f} ms at 96 px on the device. torch {speed[32]['torch']}."],
-          speed[32].get("date", args.date), args.machine_given or f"{card}; CPU {speed[32].get('cpu', '')}")
+          args.date if args.date_given else speed[32].get("date", args.date),
+          args.machine_given or f"{card}; CPU {speed[32].get('cpu', '')}")
 
 
 # -- the test suite: how long it takes --------------------------------------------------------------------

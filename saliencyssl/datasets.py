@@ -609,9 +609,10 @@ def open_image_set(path: str | Path, keep_decoded: bool | None = None) -> ImageS
     Args:
         path: folder or batch file.
         keep_decoded: keep decoded pixels in memory; default: for sets of images up to 64 px
-            (decided from the first image) that take at most a quarter of the memory available
-            (CIFAR-10's 50,000 images: 154 MB; ImageNet at 64 px, 16 GB, is read as needed), and
-            CIFAR batches.
+            (decided from the first image) that take at most a quarter of the memory available, shared
+            among the processes torchrun starts on the machine (CIFAR-10's 50,000 images: 154 MB;
+            ImageNet at 64 px, 16 GB, is read as needed unless 64 GB a process are free), and CIFAR
+            batches.
 
     Raises:
         FileNotFoundError: the path does not exist, or holds no images.
@@ -650,9 +651,10 @@ def open_image_set(path: str | Path, keep_decoded: bool | None = None) -> ImageS
     if keep_decoded is None:
         try:
             first = image_set.image(0)
-            available = available_memory()
+            available = available_memory()  # shared by the processes torchrun starts on this machine
+            share = 4 * max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
             keep_decoded = max(first.shape[:2]) <= 64 and (available is None or
-                                                           len(files) * first.nbytes <= available // 4)
+                                                           len(files) * first.nbytes <= available // share)
         except ImageDecodeError:
             keep_decoded = False
     if keep_decoded:

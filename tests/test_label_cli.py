@@ -243,3 +243,23 @@ def test_a_failing_map_export_keeps_the_targets_already_labelled(tmp_path, photo
         with pytest.raises(RuntimeError, match="PNG encoder"):
             labelling.label_folder(root, cache, config, export_dir=tmp_path / "maps", progress=False, chunk_size=3)
         assert len(cache) == 3, "the chunk's targets are stored"
+
+
+def test_an_image_wider_than_a_target_can_be_fails_before_it_is_labelled(tmp_path, monkeypatch):
+    """Its target was stored, then read back as damage and labelled again on every run; then it was labelled in
+    full only to be refused when stored."""
+    from saliencyssl.app import label
+    from saliencyssl.saliency import labeller as labeller_module
+
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "strip.png"), np.full((2, 70_000, 3), 90, np.uint8))
+    cv2.imwrite(str(images / "small.png"), np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8))
+    labelled = []
+    real = labeller_module.Labeller.label
+    monkeypatch.setattr(labeller_module.Labeller, "label",
+                        lambda self, image, **kw: labelled.append(image.shape) or real(self, image, **kw))
+    summary = label.run(label.LabelConfig(images=images, cache=tmp_path / "cache", workers=0, progress=False))
+    assert summary.labelled == 1 and [name for name, _ in summary.failed] == [str(images / "strip.png")]
+    assert "a 70000x2 image: a cached target has sides of at most 65,535 px" in summary.failed[0][1]
+    assert labelled == [(40, 40, 3)]

@@ -149,11 +149,21 @@ def test_stats_sizes_come_from_the_columns_as_reading_every_value_gave_them(tmp_
 
     from saliencyssl.cache.store import _entry_sizes
 
-    source = _cache(tmp_path / "source", n=5, big=2)
-    _sql(source, "UPDATE Cache SET mode = 4, value = ? WHERE key = ?", (pickle.dumps([1] * 50), f"{FP}/{4:032x}"))
+    source = _cache(tmp_path / "source", n=7, big=3)
     with CacheReader(source) as reader:
-        sizes = reader.sizes()
-        assert sizes == _entry_sizes(reader) and sizes[FP][0] == 5 and sizes[FP][1] > 2 * 100_000
+        whole = reader.sizes()
+        assert whole == _entry_sizes(reader) and whole[FP][0] == 7 and whole[FP][1] > 3 * 100_000
+    _sql(source, "UPDATE Cache SET mode = 4, value = ? WHERE key = ?", (pickle.dumps([1] * 50), f"{FP}/{6:032x}"))
+    _sql(source, "UPDATE Cache SET expire_time = 1 WHERE key = ?", (f"{FP}/{5:032x}",))
+    connection = sqlite3.connect(str(source / "cache.db"))
+    files = [source / name for (name,) in connection.execute("SELECT filename FROM Cache WHERE filename IS NOT NULL "
+                                                              "ORDER BY key")]
+    connection.close()
+    files[0].unlink()                                          # a value file gone
+    files[1].write_bytes(files[1].read_bytes()[:1000])         # one cut short
+    with CacheReader(source) as reader:
+        damaged = reader.sizes()
+        assert damaged == _entry_sizes(reader) and damaged[FP][0] == 7 and damaged[FP][1] < whole[FP][1] - 100_000
 
 
 def test_a_source_open_for_writing_elsewhere_is_read_with_its_log(tmp_path):

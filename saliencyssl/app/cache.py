@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="a data set's targets as one memory-mappable pack file",
                        description="Write the targets of IMAGES_DIR's images from CACHE_DIR into one pack file, "
                        "the file to copy to a training machine (saliency-ssl pretrain --pack). Images the cache "
-                       "lacks stop the export, named, unless --allow-missing.")
+                       "lacks, or that cannot be decoded, stop the export, named, unless --allow-missing.")
     p.add_argument("cache", type=Path, metavar="CACHE_DIR", help="the cache holding the targets")
     p.add_argument("images", type=Path, metavar="IMAGES_DIR",
                    help="the data set whose targets are exported (an image folder or CIFAR-10 python batches)")

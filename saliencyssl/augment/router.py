@@ -242,7 +242,7 @@ class TargetRouter:
     def _exact(self, indices: torch.Tensor, write: bool) -> TargetBatch:
         """Label the original images at ``indices`` exactly; with ``write``, store them in cache and pack."""
         from saliencyssl.datasets import target_at_size
-        from saliencyssl.cache.codec import decode_target
+        from saliencyssl.cache.codec import decode_target, storable
 
         start = time.perf_counter()
         positions = indices.cpu().tolist()
@@ -263,7 +263,8 @@ class TargetRouter:
             hashes = self.image_set.hashes()
             with self.cache.transaction():
                 for pos, target in full.items():
-                    self.cache.put(hashes[pos], target)
+                    if storable(*target.shape):  # a panorama over 65,535 px trains on its target unstored
+                        self.cache.put(hashes[pos], target)
         sized = [target_at_size(full[pos], self.image_size) for pos in positions]
         if write and self.pack is not None:
             self.pack.update(positions, sized)

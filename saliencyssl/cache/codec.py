@@ -55,6 +55,11 @@ def _checksum(body: bytes, key: str | None) -> bytes:
     return digest.digest()
 
 
+def storable(height: int, width: int) -> bool:
+    """Whether a target of this size can be stored and read back (:data:`MAX_SIDE`, :data:`MAX_PIXELS`)."""
+    return height <= MAX_SIDE and width <= MAX_SIDE and height * width <= MAX_PIXELS
+
+
 def encode_target(target: Target, key: str = "", level: int = 1) -> bytes:
     """Serialise a target to bytes (see the module docstring for the layout).
 
@@ -69,7 +74,7 @@ def encode_target(target: Target, key: str = "", level: int = 1) -> bytes:
             would refuse: stored, the entry would read as damaged and be labelled again on every run.
     """
     h, w = target.shape
-    if h > MAX_SIDE or w > MAX_SIDE or h * w > MAX_PIXELS:
+    if not storable(h, w):
         raise ValueError(f"a {w}x{h} target cannot be stored: a cached target has sides of at most {MAX_SIDE:,} px "
                          f"and at most {MAX_PIXELS:,} pixels; crop or shrink the image first")
     label_bytes = 1 if target.num_regions <= 256 else 2

@@ -578,26 +578,46 @@ class CacheReader:
 
     @_database_errors
     def sizes(self) -> dict[str, tuple[int, int]]:
-        """Entries and encoded bytes per fingerprint, ``{fingerprint: (entries, bytes)}``, from the database's columns
-        without reading a value (reading them all took minutes for a cache of photos): an inline value's length, a
-        value file's recorded size; a value saliency-ssl never stores counts with 0 bytes, as in
-        :func:`_entry_sizes`."""
+        """Entries and encoded bytes per fingerprint, ``{fingerprint: (entries, bytes)}``, as :func:`_entry_sizes`
+        counts them, without reading a value (reading them all took minutes for a cache of photos): an inline
+        value's length from the database, a value file's from the file system (0 when it is missing, not one of the
+        cache's own regular files, or over :data:`MAX_VALUE_BYTES`); a value saliency-ssl never stores, or an
+        expired one, counts with 0 bytes."""
+        import time
+
         import diskcache.core
 
         counts: dict[str, list[int]] = {}
         cursor = self._connection.execute(
-            "SELECT key, raw, CASE WHEN mode = ? AND typeof(value) = 'blob' THEN length(value) "
-            "WHEN mode = ? AND typeof(size) = 'integer' THEN size ELSE 0 END FROM Cache",
-            (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY))
+            "SELECT key, raw, mode, filename, CASE WHEN mode = ? AND typeof(value) = 'blob' THEN length(value) "
+            "ELSE 0 END, expire_time IS NULL OR expire_time > ? FROM Cache",
+            (diskcache.core.MODE_RAW, time.time()))
         while rows := cursor.fetchmany(1000):
-            for key, raw, size in rows:
+            for key, raw, mode, filename, inline, live in rows:
                 key = self._disk.get(key, raw)
                 entry = _ENTRY_KEY.fullmatch(key) if isinstance(key, str) else None
-                if entry is not None:
-                    count = counts.setdefault(entry.group(1), [0, 0])
-                    count[0] += 1
-                    count[1] += max(0, int(size))
+                if entry is None:
+                    continue
+                count = counts.setdefault(entry.group(1), [0, 0])
+                count[0] += 1
+                if not live:
+                    continue
+                if mode == diskcache.core.MODE_BINARY and filename is not None:
+                    count[1] += self._value_file_bytes(filename)
+                else:
+                    count[1] += max(0, int(inline or 0))
         return {fingerprint: (n, size) for fingerprint, (n, size) in counts.items()}
+
+    def _value_file_bytes(self, filename) -> int:
+        """The size of one of the cache's own value files, as reading it would give it; 0 for anything else."""
+        path = self._disk._own_file(filename)
+        try:
+            info = os.lstat(path) if path is not None else None
+        except OSError:
+            return 0
+        if info is None or not stat.S_ISREG(info.st_mode) or info.st_size > MAX_VALUE_BYTES:
+            return 0
+        return info.st_size
 
     def disk_bytes(self) -> int:
         """Bytes of the folder's regular files (database and value files), links not followed."""
