@@ -652,7 +652,8 @@ def open_image_set(path: str | Path, keep_decoded: bool | None = None) -> ImageS
         try:
             first = image_set.image(0)
             available = available_memory()  # shared by the processes torchrun starts on this machine
-            share = 4 * max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+            local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+            share = 4 * (int(local) if local.isdigit() and int(local) > 0 else 1)
             keep_decoded = max(first.shape[:2]) <= 64 and (available is None or
                                                            len(files) * first.nbytes <= available // share)
         except ImageDecodeError:

@@ -302,6 +302,11 @@ def test_small_images_are_kept_decoded_only_when_they_fit_in_memory(labelled, mo
     monkeypatch.setattr(datasets, "available_memory", lambda: 4 * 1024)
     streamed = open_image_set(labelled["data"])
     assert len(streamed._cached) <= 1 and streamed.image(3).shape == labelled["set"].image(3).shape
+    needed = sum(labelled["set"].image(0).nbytes for _ in range(len(labelled["set"])))
+    monkeypatch.setattr(datasets, "available_memory", lambda: 4 * needed)
+    assert len(open_image_set(labelled["data"])._cached) == len(labelled["set"])  # a quarter: kept
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun processes share it: each may use an eighth
+    assert len(open_image_set(labelled["data"])._cached) <= 1
 
 
 def test_empty_and_unreadable_data_give_clear_errors(tmp_path):
