@@ -39,7 +39,6 @@ the file.
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,8 @@ import torch
 from saliencyssl.files import temporary_beside
 from saliencyssl.precision import autocast_dtype
 from saliencyssl.surrogate.networks import (MAX_GENERATOR_PARAMETERS, Architecture, RetiredArchitectureError,
-                                            UNetGenerator, build_networks, image_to_input, to_probabilities)
+                                            UNetGenerator, build_networks, image_to_input, parameter_count,
+                                            to_probabilities)
 from saliencyssl.target import TARGET_CHANNELS, TargetBatch
 from saliencyssl.text import short_repr
 from saliencyssl.torchfiles import UnsafeTorchFileError, load_torch_file
@@ -233,7 +233,7 @@ def _checked_weights(path: Path, blob: dict, arch: Architecture) -> dict[str, to
                                            f"{'a floating-point' if dtype.is_floating_point else 'an integer'} "
                                            f"tensor; the file is damaged or was edited, retrain it")
     # Shapes that fit an oversized record are refused before any computation on the tensors.
-    count = sum(math.prod(shape) for shape, _ in expected.values())
+    count = parameter_count(expected)
     if count > MAX_GENERATOR_PARAMETERS:
         raise SurrogateCheckpointError(
             f"{path}: the recorded architecture {arch.as_dict()} has {count:,} generator parameters, above the "

@@ -52,6 +52,7 @@ image; Pix2Pix itself uses ``ngf=64``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -78,6 +79,12 @@ ARCH_LIMITS = {"ngf": 512, "ndf": 512, "max_mult": 64, "head": 1024, "dropout_bl
 #: 100 M (400 MB of float32) is far above any useful surrogate, yet the widths within
 #: :data:`ARCH_LIMITS` reach 1.6 G parameters (6.5 GB); training refuses what loading would.
 MAX_GENERATOR_PARAMETERS = 100_000_000
+
+
+def parameter_count(shapes: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> int:
+    """The values of :meth:`Architecture.generator_shapes` (``{key: (shape, dtype)}``) in all: what
+    :data:`MAX_GENERATOR_PARAMETERS` bounds, for training and loading alike."""
+    return sum(math.prod(shape) for shape, _ in shapes.values())
 
 
 def unet_depth(image_size: int) -> int:

@@ -87,7 +87,7 @@ from saliencyssl.surrogate.model import (Surrogate, SurrogateCheckpointError, ch
                                          save_checkpoint)
 from saliencyssl.surrogate.networks import (ARCH_LIMITS, MAX_GENERATOR_PARAMETERS, MIN_DEPTH, Architecture,
                                             PatchDiscriminator, UNetGenerator, build_networks, image_to_input,
-                                            to_probabilities, unet_depth)
+                                            parameter_count, to_probabilities, unet_depth)
 from saliencyssl.surrogate.pairs import PairSet, hash_prefixes
 from saliencyssl.target import TargetBatch, rotate_quarters
 
@@ -243,7 +243,7 @@ class TrainConfig:
             raise TrainConfigError("select", self.select, "'best' or 'last'")
         if self.gan_mode not in GAN_MODES:
             raise TrainConfigError("gan_mode", self.gan_mode, f"one of {', '.join(GAN_MODES)}")
-        count = sum(math.prod(shape) for shape, _ in self.architecture().generator_shapes().values())
+        count = parameter_count(self.architecture().generator_shapes())
         if count > MAX_GENERATOR_PARAMETERS:  # trained, it could not be loaded: refused before any step
             raise TrainConfigError("ngf", self.ngf, f"with max_mult {self.max_mult} at {self.image_size} px the "
                                                     f"generator has {count:,} parameters, more than the "
