@@ -60,6 +60,13 @@ def storable(height: int, width: int) -> bool:
     return height <= MAX_SIDE and width <= MAX_SIDE and height * width <= MAX_PIXELS
 
 
+def check_storable(height: int, width: int, what: str) -> None:
+    """Raise ``ValueError`` ("a WxH <what>: ...") when a target of this size cannot be stored (:func:`storable`)."""
+    if not storable(height, width):
+        raise ValueError(f"a {width}x{height} {what}: a cached target has sides of at most {MAX_SIDE:,} px and at "
+                         f"most {MAX_PIXELS:,} pixels; crop or shrink the image first")
+
+
 def encode_target(target: Target, key: str = "", level: int = 1) -> bytes:
     """Serialise a target to bytes (see the module docstring for the layout).
 
@@ -74,9 +81,7 @@ def encode_target(target: Target, key: str = "", level: int = 1) -> bytes:
             would refuse: stored, the entry would read as damaged and be labelled again on every run.
     """
     h, w = target.shape
-    if not storable(h, w):
-        raise ValueError(f"a {w}x{h} target cannot be stored: a cached target has sides of at most {MAX_SIDE:,} px "
-                         f"and at most {MAX_PIXELS:,} pixels; crop or shrink the image first")
+    check_storable(h, w, "target cannot be stored")
     label_bytes = 1 if target.num_regions <= 256 else 2
     regions = target.regions.astype(np.uint8 if label_bytes == 1 else "<u2")
     raw = b"".join((target.saliency.tobytes(), np.packbits(target.mask, axis=None).tobytes(), regions.tobytes()))

@@ -34,7 +34,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from saliencyssl.cache.codec import MAX_SIDE, CorruptTargetError, decode_target, encode_target, storable
+from saliencyssl.cache.codec import CorruptTargetError, check_storable, decode_target, encode_target
 from saliencyssl.cache.executors import prepare_worker_process
 from saliencyssl.cache.store import TargetCache
 from saliencyssl.files import replace_file
@@ -266,10 +266,8 @@ def label_files(job: tuple) -> list[dict]:
             with time_limit(limits.image_timeout):  # decoding too: a crafted file can take long to decode
                 image = read_image(path)
                 record["hash"] = content_hash(image)
-                if need_target and not storable(*image.shape[:2]):  # refused before the work, not after it
-                    raise ValueError(f"a {image.shape[1]}x{image.shape[0]} image: a cached target has sides of at "
-                                     f"most {MAX_SIDE:,} px; crop or split it first")
                 if need_target:
+                    check_storable(*image.shape[:2], "image")  # refused before the work, not after it
                     result = labeller.label(image, with_hc=want_hc)
                     record["target"] = encode_target(result.target)
                     record["seconds"] = result.seconds["total"]
