@@ -806,6 +806,9 @@ PHOTO_DATA = {
 }
 
 
+#: The side the photo surrogate is trained and scored at unless a run says otherwise.
+PHOTO_SIZE = 96
+
 #: The first note of the photo surrogate's table: of photo_surrogate.sh's and photo_surrogate_data.sh's runs, and of
 #: photo_surrogate_domain.sh's, which score on the half of the horses no run trained on.
 _PHOTO_NOTE = ("Trained on 1,295 photos without masks (clothing_parsing/unlabelled and bsds500_test) at 96 px on one "
@@ -826,12 +829,28 @@ def photo_surrogate(args) -> None:
 
     root = Path(args.runs)
     runs = sorted(p for p in root.iterdir() if p.is_dir() and (p / "run.json").is_file())
+    # experiments/labeller_at_input.py's folders: the labeller on the S px crop the surrogate is given
+    at_input = sorted((p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"at_input_\d+", p.name)),
+                      key=lambda p: int(p.name.rsplit("_", 1)[1]))
+    sizes = {json.loads((run / "run.json").read_text())["settings"].get("image_size", PHOTO_SIZE) for run in runs}
+    sizes |= {int(p.name.rsplit("_", 1)[1]) for p in at_input}
+    at_size = (lambda size: f", scored at {size} px") if sizes - {PHOTO_SIZE} else (lambda size: "")
     rows, commands = [], []  # commands: each run's training command
     exact_done = set()
+
+    def add_references(name: str, label: str, scores: dict, size: int) -> None:
+        if (name, size) not in exact_done:  # the labeller and the box once per set and size
+            exact_done.add((name, size))
+            for key, who in (("exact", "exact SaliencyCut"), ("centre_box", "centred box (image-blind)")):
+                e = scores[key]
+                rows.append([label, who + at_size(size), scores["n"], round(e["f"], 4), round(e["iou"], 4),
+                             round(e["mae"], 4), size])
+
     for run in runs:
         record = json.loads((run / "run.json").read_text())
         history = json.loads((run / "history.json").read_text()) if (run / "history.json").is_file() else []
         variants = record["settings"].get("variants", {}).get("count", 0)
+        size = record["settings"].get("image_size", PHOTO_SIZE)
         commands.append("saliency-ssl " + " ".join(record["history"][0]["command"][1:]))
         steps = _steps_run(record, history)
         for name, label in PHOTO_SETS:
@@ -839,30 +858,51 @@ def photo_surrogate(args) -> None:
             if not path.is_file():
                 continue
             scores = json.loads(path.read_text())["vs_masks"]
-            if name not in exact_done:
-                exact_done.add(name)
-                for key, who in (("exact", "exact SaliencyCut"), ("centre_box", "centred box (image-blind)")):
-                    e = scores[key]
-                    rows.append([label, who, scores["n"], round(e["f"], 4), round(e["iou"], 4), round(e["mae"], 4)])
+            add_references(name, label, scores, size)
             s = scores["surrogate"]
             data = Path(record["settings"].get("data", "")).name
             trained = "" if data in ("", "photos_unlabelled") else f", trained on {data}"
             ngf = record["settings"].get("ngf", Architecture.ngf)
             trained += "" if ngf == Architecture.ngf else f", ngf {ngf}"
+            trained += "" if size == PHOTO_SIZE else f", {size} px"
             rows.append([label, f"surrogate, {variants} variants a photo, {steps} steps{trained}", scores["n"],
-                         round(s["f"], 4), round(s["iou"], 4), round(s["mae"], 4)])
-    rows.sort(key=lambda r: [n for n, _ in PHOTO_SETS].index(next(n for n, l in PHOTO_SETS if l == r[0])))
+                         round(s["f"], 4), round(s["iou"], 4), round(s["mae"], 4), size])
+    for folder in at_input:
+        size = int(folder.name.rsplit("_", 1)[1])
+        for name, label in PHOTO_SETS:
+            path = folder / f"{name}.json"
+            if path.is_file():
+                scores = json.loads(path.read_text())
+                add_references(name, label, scores, size)
+                s = scores["at_input"]
+                rows.append([label, f"exact SaliencyCut on the {size} px input", scores["n"], round(s["f"], 4),
+                             round(s["iou"], 4), round(s["mae"], 4), size])
+    # by set, then by side (a row's last value, dropped here); in each, the references, the runs, the labeller on
+    # the input
+    rows.sort(key=lambda r: ([n for n, _ in PHOTO_SETS].index(next(n for n, l in PHOTO_SETS if l == r[0])), r[-1]))
+    rows = [row[:-1] for row in rows]
     # which experiment made the runs: the domain one scores the held-out horses, the data one trains on CIFAR photos
     domain = any(row[0] == dict(PHOTO_SETS)["weizmann_horses_b"] for row in rows)
-    script = ("photo_surrogate_domain.sh" if domain else "photo_surrogate_data.sh"
-              if any(", trained on photos_cifar5k" in row[1] for row in rows) else "photo_surrogate.sh")
+    script = ("photo_surrogate_domain.sh" if domain else "photo_surrogate_size.sh" if at_input or sizes - {PHOTO_SIZE}
+              else "photo_surrogate_data.sh" if any(", trained on photos_cifar5k" in row[1] for row in rows)
+              else "photo_surrogate.sh")
     commands = [f"bash experiments/{script}", *commands,
                 "saliency-ssl fidelity ../shared/data/SET/images --cache CACHE --surrogate RUN/surrogate.pt "
                 "--masks ../shared/data/SET/masks --json RUN/SET.json"]
+    commands += [f"python experiments/labeller_at_input.py ../shared/data/SET/images ../shared/data/SET/masks --cache "
+                 f"CACHE --size {p.name.rsplit('_', 1)[1]} --json {p}/SET.json" for p in at_input]
     if domain:
         commands.append("saliency-ssl fidelity runs/data/horses_b --cache CACHE --surrogate RUN/surrogate.pt --masks "
                         "../shared/data/weizmann_horses/masks --json RUN/weizmann_horses_b.json")
     notes = [_PHOTO_DOMAIN_NOTE if domain else _PHOTO_NOTE]
+    if sizes - {PHOTO_SIZE}:
+        notes.append(f"A row at another side than {PHOTO_SIZE} px is trained, or scored, at that side: images, "
+                     f"targets and human masks brought to it on the centre crop, so the labeller's rows differ by "
+                     f"side too.")
+    if at_input:
+        notes.append("Exact SaliencyCut on the S px input: the same labeller (saliency-ssl label's defaults) run on "
+                     "the very S x S centre crop the surrogate is given, instead of the whole photo "
+                     "(experiments/labeller_at_input.py).")
     name_option = "" if args.name == "photo_surrogate" else f" --name {args.name}"
     collect = f"python experiments/collect_results.py photo_surrogate --runs {args.runs}{name_option}"
     for data, text in PHOTO_DATA.items():

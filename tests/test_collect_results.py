@@ -14,6 +14,7 @@ import torch
 
 import collect_results
 from saliencyssl.app.grid import GridConfig, cells
+from saliencyssl.embedded import write_embedded_dataset
 
 pytestmark = pytest.mark.experiment
 
@@ -434,6 +435,67 @@ def test_photo_surrogate_table_names_each_run_by_its_steps_variants_and_training
     assert any(note.startswith("photos_cifar5k:") for note in written["notes"])
     assert any(note.startswith("ngf 32: the U-Net at 2 times the default width") for note in written["notes"])
     assert not (tmp_path / "results" / "photo_surrogate.json").exists()
+
+
+def test_photo_surrogate_size_table_orders_rows_by_side_with_the_labeller_on_the_input(tmp_path):
+    """experiments/photo_surrogate_size.sh's OUT: runs at 96 and 128 px and labeller_at_input.py's folders. Each side
+    has its own labeller and box rows (scored at that side), then its surrogate, then the labeller on the input."""
+    runs = tmp_path / "runs"
+    for size, f in ((96, 0.74), (128, 0.77)):
+        run = runs / f"s{size}"
+        run.mkdir(parents=True)
+        data = "runs/data/photos_unlabelled"
+        run.joinpath("run.json").write_text(json.dumps(
+            {"settings": {"data": data, "image_size": size},
+             "history": [{"command": ["saliency-ssl", "train-surrogate", data, "--size", str(size)]}],
+             "outcome": {"steps": 1500}}))
+        exact = {"f": 0.86 + size / 10000, "iou": 0.75, "mae": 0.15}
+        run.joinpath("weizmann_horses.json").write_text(json.dumps({"vs_masks": {
+            "n": 328, "surrogate": {"f": f, "iou": 0.6, "mae": 0.2}, "exact": exact,
+            "centre_box": {"f": 0.59, "iou": 0.4, "mae": 0.25}}}))
+        (runs / f"at_input_{size}").mkdir()
+        (runs / f"at_input_{size}" / "weizmann_horses.json").write_text(json.dumps(
+            {"n": 328, "image_size": size, "exact": exact, "at_input": {"f": 0.5 + size / 1000, "iou": 0.4, "mae": 0.2},
+             "centre_box": {"f": 0.59, "iou": 0.4, "mae": 0.25}}))
+    collect_results.main(["photo_surrogate", "--runs", str(runs), "--name", "size", "--out",
+                          str(tmp_path / "results"), "--machine", "test"])
+    written = json.loads((tmp_path / "results" / "size.json").read_text())
+    assert [row[1:4] for row in written["rows"]] == [
+        ["exact SaliencyCut, scored at 96 px", 328, 0.8696], ["centred box (image-blind), scored at 96 px", 328, 0.59],
+        ["surrogate, 0 variants a photo, 1500 steps", 328, 0.74], ["exact SaliencyCut on the 96 px input", 328, 0.596],
+        ["exact SaliencyCut, scored at 128 px", 328, 0.8728], ["centred box (image-blind), scored at 128 px", 328, 0.59],
+        ["surrogate, 0 variants a photo, 1500 steps, 128 px", 328, 0.77],
+        ["exact SaliencyCut on the 128 px input", 328, 0.628]]
+    assert written["command"][0] == "bash experiments/photo_surrogate_size.sh"
+    assert any(c.startswith("python experiments/labeller_at_input.py") and "--size 128" in c
+               for c in written["command"])
+    assert any(note.startswith("Exact SaliencyCut on the S px input") for note in written["notes"])
+
+
+def test_labeller_at_input_scores_the_labeller_on_the_surrogates_own_pixels(tmp_path):
+    """Generated shapes, their true masks as the human masks: the labeller finds the shapes on the whole 64 px image
+    and on the 32 px input alike, far above the centred box; the JSON holds the three rows and the image count."""
+    import labeller_at_input
+
+    from saliencyssl.app.label import label_images
+    from saliencyssl.saliency import LabellerConfig
+
+    paths = write_embedded_dataset(tmp_path / "data", per_class_train=2, per_class_test=0, size=64, photos=False)
+    label_images(paths["train"], tmp_path / "cache", LabellerConfig(), workers=0, progress=False)
+    out = tmp_path / "at_input_32" / "shapes.json"
+    assert labeller_at_input.main([str(paths["train"]), str(paths["masks_train"]), "--cache", str(tmp_path / "cache"),
+                                   "--size", "32", "--json", str(out), "--quiet"]) == 0
+    written = json.loads(out.read_text())
+    assert written["n"] == 8 and written["image_size"] == 32
+    assert written["exact"]["iou"] > 0.8 and written["at_input"]["iou"] > 0.8
+    assert written["centre_box"]["iou"] < written["at_input"]["iou"] - 0.2
+    from PIL import Image
+
+    first = sorted((paths["train"] / "ellipse").glob("*.png"))[0]  # an image the cache lacks: named, with the fix
+    Image.open(first).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(paths["train"] / "ellipse" / "mirrored.png")
+    with pytest.raises(SystemExit, match="1 images of .* have no target in .*saliency-ssl label"):
+        labeller_at_input.main([str(paths["train"]), str(paths["masks_train"]), "--cache", str(tmp_path / "cache"),
+                                "--size", "32", "--json", str(out), "--quiet"])
 
 
 def test_photo_surrogate_domain_table_scores_every_run_on_the_held_out_horses(tmp_path):
