@@ -809,11 +809,55 @@ PHOTO_DATA = {
 #: The side the photo surrogate is trained and scored at unless a run says otherwise.
 PHOTO_SIZE = 96
 
+#: train-surrogate options a photo run's row names when its run.json sets them away from today's defaults: the
+#: settings key, the flag (a switch for a boolean, named when it is off) and what the note under the table says of it.
+#: The data, the side and the width are named in their own words; a key an older run.json lacks is not named.
+PHOTO_OPTIONS = {"rotate": ("--no-rotate", "mirrors only, no quarter turns: the photos scored are all upright"),
+                 "flip": ("--no-flip", "no mirrors"),
+                 "lambda_mask": ("--lambda-mask", "the mask term's weight"),
+                 "lambda_l1": ("--lambda-l1", "the saliency map's L1 weight"),
+                 "lambda_boundary": ("--lambda-boundary", "the boundary term's weight"),
+                 "boundary_pos_weight": ("--boundary-pos-weight", "the weight of boundary pixels"),
+                 "lambda_gan": ("--lambda-gan", "the adversarial term's weight"),
+                 "gan_mode": ("--gan-mode", "the adversarial loss"),
+                 "lr": ("--lr", "the learning rate"),
+                 "decay_start": ("--decay-start", "the share of the run before the rate decays"),
+                 "batch_size": ("--batch-size", "pairs a step"),
+                 "held_out": ("--held-out", "the share held out to choose the step kept"),
+                 "limit": ("--limit", "training images"),
+                 "seed": ("--seed", "the training seed"),
+                 "ndf": ("--ndf", "the discriminator's width"),
+                 "head": ("--head", "channels of the full-resolution head"),
+                 "dropout_blocks": ("--dropout-blocks", "decoder blocks with dropout")}
+
+
+def _photo_defaults() -> dict:
+    """train-surrogate's default of each of :data:`PHOTO_OPTIONS`, as its run.json records them."""
+    from saliencyssl.app.train_surrogate import TrainSurrogateConfig, surrogate_settings
+
+    settings, _ = surrogate_settings(TrainSurrogateConfig(images=Path("."), cache=Path("."), out=Path(".")), "")
+    return {key: settings[key] for key in PHOTO_OPTIONS}
+
+
+def _photo_value(value) -> str:
+    return "balanced" if value is None else value if isinstance(value, str) else f"{value:g}"
+
+
+def _photo_options(settings: dict, defaults: dict) -> dict[str, str]:
+    """Each of :data:`PHOTO_OPTIONS` a run set away from ``defaults``: its key and ``", --flag value"``."""
+    out = {}
+    for key, default in defaults.items():
+        if key in settings and settings[key] != default:
+            flag = PHOTO_OPTIONS[key][0]
+            out[key] = f", {flag}" if isinstance(default, bool) else f", {flag} {_photo_value(settings[key])}"
+    return out
+
+
 #: The first note of the photo surrogate's table: of photo_surrogate.sh's and photo_surrogate_data.sh's runs, and of
 #: photo_surrogate_domain.sh's, which score on the half of the horses no run trained on.
-_PHOTO_NOTE = ("Trained on 1,295 photos without masks (clothing_parsing/unlabelled and bsds500_test) at 96 px on one "
+_PHOTO_NOTE = ("Trained on 1,295 photos without masks (clothing_parsing/unlabelled and bsds500_test) at {side} on one "
                "torch thread, for the optimiser steps in each row (15 minutes of wall time, or a step budget); scored "
-               "at 96 px on the centre crop against the human masks of three sets, no mask of which it trained on "
+               "at {side} on the centre crop against the human masks of three sets, no mask of which it trained on "
                "(one of the 1,003 street photos is also one of its training photos). Mask F-measure "
                "with beta^2 = 0.3, mask IoU, MAE of the saliency map (Cheng's conventions), means over the images.")
 _PHOTO_DOMAIN_NOTE = ("Trained at 96 px on one torch thread for the optimiser steps in each row, on the 1,295 photos "
@@ -829,10 +873,13 @@ def photo_surrogate(args) -> None:
 
     root = Path(args.runs)
     runs = sorted(p for p in root.iterdir() if p.is_dir() and (p / "run.json").is_file())
+    records = {run: json.loads((run / "run.json").read_text()) for run in runs}
+    defaults = _photo_defaults()
+    optioned = any(_photo_options(record["settings"], defaults) for record in records.values())
     # experiments/labeller_at_input.py's folders: the labeller on the S px crop the surrogate is given
     at_input = sorted((p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"at_input_\d+", p.name)),
                       key=lambda p: int(p.name.rsplit("_", 1)[1]))
-    sizes = {json.loads((run / "run.json").read_text())["settings"].get("image_size", PHOTO_SIZE) for run in runs}
+    sizes = {record["settings"].get("image_size", PHOTO_SIZE) for record in records.values()}
     sizes |= {int(p.name.rsplit("_", 1)[1]) for p in at_input}
     at_size = (lambda size: f", scored at {size} px") if sizes - {PHOTO_SIZE} else (lambda size: "")
     rows, commands = [], []  # commands: each run's training command
@@ -847,7 +894,7 @@ def photo_surrogate(args) -> None:
                              round(e["mae"], 4), size])
 
     for run in runs:
-        record = json.loads((run / "run.json").read_text())
+        record = records[run]
         history = json.loads((run / "history.json").read_text()) if (run / "history.json").is_file() else []
         variants = record["settings"].get("variants", {}).get("count", 0)
         size = record["settings"].get("image_size", PHOTO_SIZE)
@@ -865,6 +912,7 @@ def photo_surrogate(args) -> None:
             ngf = record["settings"].get("ngf", Architecture.ngf)
             trained += "" if ngf == Architecture.ngf else f", ngf {ngf}"
             trained += "" if size == PHOTO_SIZE else f", {size} px"
+            trained += "".join(_photo_options(record["settings"], defaults).values())
             rows.append([label, f"surrogate, {variants} variants a photo, {steps} steps{trained}", scores["n"],
                          round(s["f"], 4), round(s["iou"], 4), round(s["mae"], 4), size])
     for folder in at_input:
@@ -884,6 +932,7 @@ def photo_surrogate(args) -> None:
     # which experiment made the runs: the domain one scores the held-out horses, the data one trains on CIFAR photos
     domain = any(row[0] == dict(PHOTO_SETS)["weizmann_horses_b"] for row in rows)
     script = ("photo_surrogate_domain.sh" if domain else "photo_surrogate_size.sh" if at_input or sizes - {PHOTO_SIZE}
+              else "photo_surrogate_options.sh" if optioned
               else "photo_surrogate_data.sh" if any(", trained on photos_cifar5k" in row[1] for row in rows)
               else "photo_surrogate.sh")
     commands = [f"bash experiments/{script}", *commands,
@@ -894,11 +943,19 @@ def photo_surrogate(args) -> None:
     if domain:
         commands.append("saliency-ssl fidelity runs/data/horses_b --cache CACHE --surrogate RUN/surrogate.pt --masks "
                         "../shared/data/weizmann_horses/masks --json RUN/weizmann_horses_b.json")
-    notes = [_PHOTO_DOMAIN_NOTE if domain else _PHOTO_NOTE]
+    side = f"{PHOTO_SIZE} px" if not sizes - {PHOTO_SIZE} else f"the side each row names ({PHOTO_SIZE} px unless it says)"
+    notes = [_PHOTO_DOMAIN_NOTE if domain else _PHOTO_NOTE.format(side=side)]
     if sizes - {PHOTO_SIZE}:
         notes.append(f"A row at another side than {PHOTO_SIZE} px is trained, or scored, at that side: images, "
                      f"targets and human masks brought to it on the centre crop, so the labeller's rows differ by "
                      f"side too.")
+    used = [key for key in PHOTO_OPTIONS
+            if any(key in _photo_options(record["settings"], defaults) for record in records.values())]
+    if used:
+        notes.append("Options away from train-surrogate's defaults: " + "; ".join(
+            f"{PHOTO_OPTIONS[key][0]}, {PHOTO_OPTIONS[key][1]}"
+            + ("" if isinstance(defaults[key], bool) else f" (default {_photo_value(defaults[key])})")
+            for key in used) + ".")
     if at_input:
         notes.append("Exact SaliencyCut on the S px input: the same labeller (saliency-ssl label's defaults) run on "
                      "the very S x S centre crop the surrogate is given, instead of the whole photo "

@@ -19,10 +19,10 @@ photos and horses (0.579, 0.680) and stays far below.
     python experiments/labeller_at_input.py ../shared/data/weizmann_horses/images \\
         ../shared/data/weizmann_horses/masks --cache runs/caches/photos --size 96 --json OUT/at_input_96/horses.json
 
-The images must have been labelled into ``--cache`` with ``saliency-ssl label``'s defaults. Output JSON:
-``n``, ``image_size``, ``ms_per_image`` (the labeller on one ``S x S`` image, this process), and for ``exact`` (the
-whole photo's target), ``at_input`` (the labeller on the ``S x S`` input) and ``centre_box``: ``f`` (beta^2 = 0.3),
-``iou``, ``mae``, ``precision``, ``recall`` as in ``vs_masks``.
+The images must have been labelled into ``--cache`` with ``saliency-ssl label``'s defaults. Output JSON: ``n``,
+``image_size``, and for ``exact`` (the whole photo's target), ``at_input`` (the labeller on the ``S x S`` input) and
+``centre_box``: ``f`` (beta^2 = 0.3), ``iou``, ``mae``, ``precision``, ``recall`` as in ``vs_masks``. Its time is
+not measured here: ``benchmarks/bench_surrogate.py`` times the labeller on these crops.
 """
 
 from __future__ import annotations
@@ -30,14 +30,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from saliencyssl.datasets import fit_square, open_image_set
+from saliencyssl.datasets import open_image_set
 from saliencyssl.files import replace_file
 from saliencyssl.saliency import Labeller
 from saliencyssl.surrogate.evaluation import load_human_masks, match_masks, vs_masks_report
@@ -48,18 +47,11 @@ from saliencyssl.target import TargetBatch
 KEYS = ("f", "iou", "mae", "precision", "recall")
 
 
-def label_at_input(image_set, names: list[str], size: int, progress: bool = True) -> tuple[TargetBatch, float]:
-    """The default labeller's targets of each named image's ``fit_square`` crop at ``size`` px, and the mean
-    seconds it took per image."""
+def label_at_input(images: torch.Tensor, progress: bool = True) -> TargetBatch:
+    """The default labeller's targets of ``(N, 3, S, S)`` uint8 RGB images, each labelled as an image of its own."""
     labeller = Labeller()
-    position = {name: i for i, name in enumerate(image_set.names)}
-    targets, seconds = [], 0.0
-    for name in tqdm(names, desc=f"labelling at {size} px", disable=not progress):
-        image = np.ascontiguousarray(fit_square(image_set.image(position[name]), size))
-        start = time.perf_counter()
-        targets.append(labeller(image))
-        seconds += time.perf_counter() - start
-    return TargetBatch.from_targets(targets), seconds / max(len(names), 1)
+    return TargetBatch.from_targets([labeller(np.ascontiguousarray(image.permute(1, 2, 0).numpy()))
+                                     for image in tqdm(images, desc="labelling the inputs", disable=not progress)])
 
 
 def score(images: Path, masks: Path, cache: Path, size: int, progress: bool = True) -> dict:
@@ -71,13 +63,12 @@ def score(images: Path, masks: Path, cache: Path, size: int, progress: bool = Tr
         raise SystemExit(f"error: {len(pairs.misses)} images of {images} have no target in {cache}; label them "
                          f"first: saliency-ssl label {images} --cache {cache}")
     human = load_human_masks(image_set, pairs.names, masks, size)
-    names = [pairs.names[i] for i in human.indices]
-    at_input, seconds = label_at_input(image_set, names, size, progress)
-    report = vs_masks_report(human.masks, pairs.targets.index_select(torch.from_numpy(human.indices)), at_input,
-                             names=names)
+    index = torch.from_numpy(human.indices)
+    at_input = label_at_input(pairs.images.index_select(0, index), progress)  # the pixels the surrogate is given
+    report = vs_masks_report(human.masks, pairs.targets.index_select(index), at_input,
+                             names=[pairs.names[i] for i in human.indices])
     return {"images_dir": str(images), "masks_dir": str(masks), "n": report["n"], "image_size": size,
-            "n_without_mask": len(human.without), "ms_per_image": round(1000 * seconds, 3),
-            "torch_threads": torch.get_num_threads(),
+            "n_without_mask": len(human.without),
             **{who: {key: report[source][key] for key in KEYS}
                for who, source in (("exact", "exact"), ("at_input", "surrogate"), ("centre_box", "centre_box"))}}
 
@@ -97,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     replace_file(args.json, json.dumps(out, indent=2))
     print(f"{args.images} at {args.size} px, {out['n']} images: F whole photo {out['exact']['f']:.3f}, on the "
-          f"{args.size} px input {out['at_input']['f']:.3f}, centred box {out['centre_box']['f']:.3f}; "
-          f"{out['ms_per_image']:.1f} ms an image; wrote {args.json}")
+          f"{args.size} px input {out['at_input']['f']:.3f}, centred box {out['centre_box']['f']:.3f}; wrote "
+          f"{args.json}")
     return 0
 
 

@@ -472,6 +472,31 @@ def test_photo_surrogate_size_table_orders_rows_by_side_with_the_labeller_on_the
     assert any(note.startswith("Exact SaliencyCut on the S px input") for note in written["notes"])
 
 
+def test_photo_surrogate_options_table_names_each_option_away_from_the_defaults(tmp_path):
+    """experiments/photo_surrogate_options.sh's runs: a run is named by each training option it set away from
+    train-surrogate's defaults (a switch by its flag, a value with it), and a note says what each one is."""
+    runs = tmp_path / "runs"
+    for name, settings, f in (("plain", {}, 0.75), ("norotate", {"rotate": False}, 0.76),
+                              ("mask40", {"lambda_mask": 40.0, "rotate": True}, 0.77)):
+        (runs / name).mkdir(parents=True)
+        data = "runs/data/photos_unlabelled"
+        (runs / name / "run.json").write_text(json.dumps(
+            {"settings": {"data": data, **settings}, "outcome": {"steps": 1500},
+             "history": [{"command": ["saliency-ssl", "train-surrogate", data]}]}))
+        (runs / name / "weizmann_horses.json").write_text(json.dumps({"vs_masks": {
+            "n": 328, "surrogate": {"f": f, "iou": 0.6, "mae": 0.2}, "exact": {"f": 0.87, "iou": 0.75, "mae": 0.15},
+            "centre_box": {"f": 0.59, "iou": 0.4, "mae": 0.25}}}))
+    collect_results.main(["photo_surrogate", "--runs", str(runs), "--name", "options", "--out",
+                          str(tmp_path / "results"), "--machine", "test"])
+    written = json.loads((tmp_path / "results" / "options.json").read_text())
+    assert [row[1] for row in written["rows"][2:]] == ["surrogate, 0 variants a photo, 1500 steps, --lambda-mask 40",
+                                                       "surrogate, 0 variants a photo, 1500 steps, --no-rotate",
+                                                       "surrogate, 0 variants a photo, 1500 steps"]
+    assert written["command"][0] == "bash experiments/photo_surrogate_options.sh"
+    assert any(note.startswith("Options away from train-surrogate's defaults: --no-rotate, mirrors only")
+               and "--lambda-mask, the mask term's weight (default 20)" in note for note in written["notes"])
+
+
 def test_labeller_at_input_scores_the_labeller_on_the_surrogates_own_pixels(tmp_path):
     """Generated shapes, their true masks as the human masks: the labeller finds the shapes on the whole 64 px image
     and on the 32 px input alike, far above the centred box; the JSON holds the three rows and the image count."""
