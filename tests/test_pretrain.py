@@ -112,6 +112,23 @@ def test_run_starts_from_the_random_backbone_of_its_seed(shapes, tmp_path, metho
         assert all(torch.equal(start[k], initial[k]) for k in initial)
 
 
+def test_a_run_fed_by_a_surrogate_starts_from_the_random_backbone_of_its_seed(shapes, tmp_path):
+    """The router loads the surrogate after the seeding and before the backbone is built: loading it must not draw
+    from the RNG (a generator's initialisation did, so --aug-source surrogate runs started elsewhere)."""
+    from saliencyssl.surrogate import Surrogate
+
+    path = Surrogate.fresh(32, LabellerConfig().fingerprint(), ngf=4).save(tmp_path / "surrogate.pt")
+    before = torch.get_rng_state()
+    Surrogate.load(path)
+    assert torch.equal(torch.get_rng_state(), before)
+    for source in ("surrogate", "cache,surrogate"):
+        run = Pretrainer(_config(shapes, tmp_path / source.replace(",", "_"), aug_source=source,
+                                 surrogate=str(path)))
+        initial = random_backbone(3, cifar_stem=True).state_dict()
+        start = run.method.backbone.state_dict()
+        assert all(torch.equal(start[k], initial[k]) for k in initial), source
+
+
 def test_resume_refuses_another_configuration(shapes, tmp_path):
     run = Pretrainer(_config(shapes, tmp_path / "x", epochs=1))
     run.run()

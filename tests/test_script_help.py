@@ -51,3 +51,24 @@ def test_script_help_runs_from_anywhere(help_runs, script):
     done = help_runs[script]
     assert done.returncode == 0, f"{script} --help failed:\n{done.stderr[-2000:]}"
     assert "usage:" in done.stdout.lower(), f"{script} --help printed no usage:\n{done.stdout[:500]}"
+
+
+def test_the_command_lists_every_stage_with_its_summary_without_importing_the_stages(tmp_path):
+    """``saliency-ssl --help`` read each stage's SUMMARY by importing the stage, which loaded torch and lightly
+    (seconds); it now reads the line from the source, and must show what the module says."""
+    import importlib
+
+    from saliencyssl.app.cli import STAGES, usage
+
+    listed = {line.split()[0]: line for line in usage().split("stages:\n")[1].splitlines()}
+    assert list(listed) == list(STAGES)
+    for name, module in STAGES.items():
+        summary = importlib.import_module(module).SUMMARY
+        assert summary and listed[name].endswith(f"  {summary}"), name
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = ("import sys, contextlib, io\nfrom saliencyssl.app.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()): main(['--help'])\n"
+            "print(sorted(m for m in ('torch', 'lightly', 'numpy', 'cv2') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+                         check=True).stdout
+    assert out.strip() == "[]"

@@ -480,6 +480,28 @@ def test_paths_the_file_system_refuses_are_one_line_naming_the_path(tmp_path, ph
     assert "longer than the file system allows" in capsys.readouterr().err
 
 
+def test_a_worker_that_died_is_one_line_in_every_stage(tmp_path, monkeypatch, capsys):
+    """label caught a dead labelling worker; grid and quickstart, whose labelling jobs run the same pool, ended in a
+    traceback. The stages' net turns it into one line with exit status 3; another RuntimeError is not hidden."""
+    from saliencyssl.app import quickstart
+    from saliencyssl.cache.executors import WorkerDiedError
+
+    def die(config):
+        raise WorkerDiedError("a worker process died while labelling (killed, or out of memory)")
+
+    monkeypatch.setattr(quickstart, "run", die)
+    assert quickstart.main(["--out", str(tmp_path / "q")]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "died while labelling" in err and "rerun the same command" in err
+
+    def fail(config):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(quickstart, "run", fail)
+    with pytest.raises(RuntimeError, match="a bug"):
+        quickstart.main(["--out", str(tmp_path / "q")])
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):

@@ -2,13 +2,17 @@
 
 Each stage is a module of :mod:`saliencyssl.app` with a ``SUMMARY`` line and ``main(argv)``; the
 module is imported only when its stage runs, so ``saliency-ssl label`` never loads torch's SSL
-methods and ``saliency-ssl --help`` is quick.
+methods. ``saliency-ssl --help`` reads each ``SUMMARY`` from the module's source without importing
+it (the stages' imports load torch), so it is quick.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
 import sys
+from importlib.util import find_spec
+from pathlib import Path
 
 #: Stage name -> module, in the order the data flows.
 STAGES = {
@@ -27,7 +31,13 @@ STAGES = {
 
 
 def _summary(module_name: str) -> str:
-    return getattr(importlib.import_module(module_name), "SUMMARY", "")
+    """The stage module's ``SUMMARY = "..."``, read from its source ('' when it has none)."""
+    tree = ast.parse(Path(find_spec(module_name).origin).read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "SUMMARY" for t in node.targets):
+            value = node.value
+            return value.value if isinstance(value, ast.Constant) and isinstance(value.value, str) else ""
+    return ""
 
 
 def usage() -> str:

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from saliencyssl.app.options import (add_labeller_options, check_count, check_outside, check_output_file, cpu_limit,
-                                     fail, labeller_config_from_args, one_line_errors)
+from saliencyssl.app.options import (WORKER_DIED, add_labeller_options, check_count, check_outside, check_output_file,
+                                     cpu_limit, fail, labeller_config_from_args, one_line_errors)
 from saliencyssl.cache import CacheOpenError, TargetCache
 from saliencyssl.cache.executors import WorkerDiedError, default_workers, make_executor
 from saliencyssl.cache.labelling import DEFAULT_IMAGE_TIMEOUT, LabelLimits, LabelSummary, label_folder
@@ -42,10 +42,6 @@ from saliencyssl.saliency import DEFAULT_MAX_PIXELS, LabellerConfig
 SUMMARY = "exact targets of an image folder into a cache"
 
 logger = logging.getLogger(__name__)
-
-#: Exit status when a worker process died (the job is resumable).
-WORKER_DIED = 3
-
 
 class Terminated(KeyboardInterrupt):
     """The job received ``SIGTERM``: raised in the main thread like Ctrl-C, so that every clean-up runs

@@ -130,11 +130,17 @@ _PATH_FIXES = {errno.ENAMETOOLONG: "a name in it is longer than the file system 
                errno.ENOSPC: "the disk is full; free some space or give a path on another disk"}
 
 
-def one_line_errors(main):
-    """A stage's ``main`` that reports an operating-system error on a path as one line naming the path and
-    the fix (exit status 2), instead of a traceback: a name too long, no permission, a loop of links.
+#: The exit status of a stage whose worker process died (killed, or out of memory).
+WORKER_DIED = 3
 
-    The stages catch the errors they foresee; this is the net under them for paths the user gave.
+
+def one_line_errors(main):
+    """A stage's ``main`` that reports, as one line naming the fix instead of a traceback, an operating-system error
+    on a path (exit status 2: a name too long, no permission, a loop of links) and a worker process that died
+    (:data:`WORKER_DIED`: labelling workers of ``label``, ``grid`` and ``quickstart``, ``pretrain``'s exact
+    labeller, ``train-surrogate``'s variants).
+
+    The stages catch the errors they foresee; this is the net under them.
     """
 
     @functools.wraps(main)
@@ -146,6 +152,13 @@ def one_line_errors(main):
                 raise
             fix = _PATH_FIXES.get(error.errno, error.strerror or type(error).__name__)
             return fail(f"{error.filename}: {fix}")
+        except RuntimeError as error:
+            from saliencyssl.cache.executors import WorkerDiedError  # the pool's module, imported when one failed
+
+            if not isinstance(error, WorkerDiedError):
+                raise
+            return fail(f"{error}. What the job finished is kept; rerun the same command (with fewer --workers, or a "
+                        f"smaller --max-pixels, if memory ran out)", WORKER_DIED)
 
     return wrapped
 

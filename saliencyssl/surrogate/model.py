@@ -363,7 +363,11 @@ class Surrogate:
             raise SurrogateCheckpointError(f"{path}: architecture is for {arch.image_size} px but the checkpoint says "
                                            f"{size} px; the file is inconsistent, retrain it")
         weights = _checked_weights(path, blob, arch)
-        generator = UNetGenerator(arch)  # costs what the file's own weights cost: their shapes were checked above
+        # costs what the file's own weights cost (their shapes were checked above); its random initialisation is
+        # replaced by them, so it draws from a forked RNG: loading a surrogate leaves the caller's streams as they were
+        # (pretraining seeds, then loads it, then builds the backbone its --seed promises)
+        with torch.random.fork_rng(devices=[]):
+            generator = UNetGenerator(arch)
         try:
             generator.load_state_dict(weights)
         except (RuntimeError, KeyError, TypeError, AttributeError) as error:
