@@ -137,8 +137,9 @@ WORKER_DIED = 3
 def one_line_errors(main):
     """A stage's ``main`` that reports, as one line naming the fix instead of a traceback, an operating-system error
     on a path (exit status 2: a name too long, no permission, a loop of links) and a worker process that died
-    (:data:`WORKER_DIED`: labelling workers of ``label``, ``grid`` and ``quickstart``, ``pretrain``'s exact
-    labeller, ``train-surrogate``'s variants).
+    (:data:`WORKER_DIED`) in a stage that does not say more itself: ``grid`` and ``quickstart``, whose labelling
+    jobs run the pool that ``label`` reports with its cache's name, and that ``pretrain`` and ``train-surrogate``
+    report with ``--resume``.
 
     The stages catch the errors they foresee; this is the net under them.
     """
