@@ -8,9 +8,9 @@
 # --masks) beside the plain recipe: photo_surrogate_size.sh's 96 px run (PLAIN), linked as OUT/plain, or trained here
 # by the same command when it is missing.
 # Found (results/photo_surrogate_options.json, docs/surrogate.md): without quarter turns horses F falls from 0.755 to
-# 0.651 (street photos level, salbench -0.010): the turns likely keep the street photos' upright subjects from becoming the
-# surrogate's prior. Twice the mask term moves F by -0.003 / +0.001 / +0.013 (street photos / horses / salbench),
-# within what two trainings of one recipe differ by. Neither narrows the horses gap.
+# 0.651 (street photos level, salbench -0.010): the turns likely keep the street photos' upright subjects from
+# becoming the surrogate's prior. Twice the mask term moves F by -0.003 / +0.001 / +0.013 (street photos / horses /
+# salbench), within what two trainings of one recipe differ by. Neither narrows the horses gap.
 #
 #   bash experiments/photo_surrogate_options.sh    (after experiments/photo_surrogate.sh's labelling)
 #   python experiments/collect_results.py photo_surrogate --runs runs/exp/photo_surrogate_options \

@@ -13,7 +13,8 @@
 # 0.11 below the labeller on horses.
 #
 #   bash experiments/photo_surrogate_size.sh    (after experiments/photo_surrogate.sh's labelling)
-#   python experiments/collect_results.py photo_surrogate --runs runs/exp/photo_surrogate_size --name photo_surrogate_size
+#   python experiments/collect_results.py photo_surrogate --runs runs/exp/photo_surrogate_size \
+#       --name photo_surrogate_size
 set -euo pipefail
 SHARED=${SHARED:-../shared/data}
 CACHE=${CACHE:-runs/caches/photos}

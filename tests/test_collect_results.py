@@ -402,6 +402,23 @@ def test_gpu_surrogate_table_has_a_row_per_scored_run_and_names_the_card(tmp_pat
         collect_results.main(["surrogate_gpu", "--runs", str(tmp_path / "results"), "--out", str(tmp_path / "r2")])
 
 
+def _photo_run(run, f, settings=None, sets=("weizmann_horses",), n=328, exact=None, box_f=0.59, outcome=1500,
+               command=()):
+    """A photo surrogate's run folder as train-surrogate and fidelity --masks leave it: run.json (settings, command,
+    the steps of its outcome unless None) and SET.json with the vs_masks summary for each of ``sets``."""
+    settings = {"data": "runs/data/photos_unlabelled", **(settings or {})}
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps(
+        {"settings": settings,
+         "history": [{"command": ["saliency-ssl", "train-surrogate", settings["data"], *command]}],
+         **({"outcome": {"steps": outcome}} if outcome else {})}))
+    for set_name in sets:
+        (run / f"{set_name}.json").write_text(json.dumps({"vs_masks": {
+            "n": n, "surrogate": {"f": f, "iou": 0.6, "mae": 0.2},
+            "exact": exact or {"f": 0.87, "iou": 0.75, "mae": 0.15},
+            "centre_box": {"f": box_f, "iou": 0.4, "mae": 0.25}}}))
+
+
 def test_photo_surrogate_table_names_each_run_by_its_steps_variants_and_training_data(tmp_path):
     """One row per (set, run), the exact labeller and the centred box once per set; a run trained on another folder
     than the photos without masks, or at another width, says so, and --name writes another file whose command
@@ -409,19 +426,12 @@ def test_photo_surrogate_table_names_each_run_by_its_steps_variants_and_training
     runs = tmp_path / "runs"
     # the steps a run took are its outcome's (1,500), not its last epoch end's (1,410); a run without an
     # outcome (stopped early) falls back to that last epoch's step
-    for name, data, f, outcome, ngf in (("a", "runs/data/photos_unlabelled", 0.80, {"steps": 1500}, 16),
+    for name, data, f, outcome, ngf in (("a", "runs/data/photos_unlabelled", 0.80, 1500, 16),
                                         ("b", "runs/data/photos_cifar5k", 0.85, None, 16),
-                                        ("c", "runs/data/photos_unlabelled", 0.82, {"steps": 1500}, 32)):
-        (runs / name).mkdir(parents=True)
-        (runs / name / "run.json").write_text(json.dumps(
-            {"settings": {"data": data, "ngf": ngf},
-             "history": [{"command": ["saliency-ssl", "train-surrogate", data]}],
-             **({"outcome": outcome} if outcome else {})}))
+                                        ("c", "runs/data/photos_unlabelled", 0.82, 1500, 32)):
+        _photo_run(runs / name, f, {"data": data, "ngf": ngf}, sets=("clothing_parsing", "weizmann_horses", "salbench"),
+                   n=10, exact={"f": 0.86, "iou": 0.75, "mae": 0.15}, box_f=0.6, outcome=outcome)
         (runs / name / "history.json").write_text(json.dumps([{"step": 470}, {"step": 1410}]))
-        for set_name in ("clothing_parsing", "weizmann_horses", "salbench"):
-            (runs / name / f"{set_name}.json").write_text(json.dumps({"vs_masks": {
-                "n": 10, "surrogate": {"f": f, "iou": 0.6, "mae": 0.2}, "exact": {"f": 0.86, "iou": 0.75, "mae": 0.15},
-                "centre_box": {"f": 0.6, "iou": 0.4, "mae": 0.22}}}))
     collect_results.main(["photo_surrogate", "--runs", str(runs), "--name", "photo_data", "--out",
                           str(tmp_path / "results"), "--machine", "test"])
     written = json.loads((tmp_path / "results" / "photo_data.json").read_text())
@@ -442,17 +452,8 @@ def test_photo_surrogate_size_table_orders_rows_by_side_with_the_labeller_on_the
     has its own labeller and box rows (scored at that side), then its surrogate, then the labeller on the input."""
     runs = tmp_path / "runs"
     for size, f in ((96, 0.74), (128, 0.77)):
-        run = runs / f"s{size}"
-        run.mkdir(parents=True)
-        data = "runs/data/photos_unlabelled"
-        run.joinpath("run.json").write_text(json.dumps(
-            {"settings": {"data": data, "image_size": size},
-             "history": [{"command": ["saliency-ssl", "train-surrogate", data, "--size", str(size)]}],
-             "outcome": {"steps": 1500}}))
         exact = {"f": 0.86 + size / 10000, "iou": 0.75, "mae": 0.15}
-        run.joinpath("weizmann_horses.json").write_text(json.dumps({"vs_masks": {
-            "n": 328, "surrogate": {"f": f, "iou": 0.6, "mae": 0.2}, "exact": exact,
-            "centre_box": {"f": 0.59, "iou": 0.4, "mae": 0.25}}}))
+        _photo_run(runs / f"s{size}", f, {"image_size": size}, exact=exact, command=("--size", str(size)))
         (runs / f"at_input_{size}").mkdir()
         (runs / f"at_input_{size}" / "weizmann_horses.json").write_text(json.dumps(
             {"n": 328, "image_size": size, "exact": exact, "at_input": {"f": 0.5 + size / 1000, "iou": 0.4, "mae": 0.2},
@@ -463,7 +464,8 @@ def test_photo_surrogate_size_table_orders_rows_by_side_with_the_labeller_on_the
     assert [row[1:4] for row in written["rows"]] == [
         ["exact SaliencyCut, scored at 96 px", 328, 0.8696], ["centred box (image-blind), scored at 96 px", 328, 0.59],
         ["surrogate, 0 variants a photo, 1500 steps", 328, 0.74], ["exact SaliencyCut on the 96 px input", 328, 0.596],
-        ["exact SaliencyCut, scored at 128 px", 328, 0.8728], ["centred box (image-blind), scored at 128 px", 328, 0.59],
+        ["exact SaliencyCut, scored at 128 px", 328, 0.8728],
+        ["centred box (image-blind), scored at 128 px", 328, 0.59],
         ["surrogate, 0 variants a photo, 1500 steps, 128 px", 328, 0.77],
         ["exact SaliencyCut on the 128 px input", 328, 0.628]]
     assert written["command"][0] == "bash experiments/photo_surrogate_size.sh"
@@ -478,14 +480,7 @@ def test_photo_surrogate_options_table_names_each_option_away_from_the_defaults(
     runs = tmp_path / "runs"
     for name, settings, f in (("plain", {}, 0.75), ("norotate", {"rotate": False}, 0.76),
                               ("mask40", {"lambda_mask": 40.0, "rotate": True}, 0.77)):
-        (runs / name).mkdir(parents=True)
-        data = "runs/data/photos_unlabelled"
-        (runs / name / "run.json").write_text(json.dumps(
-            {"settings": {"data": data, **settings}, "outcome": {"steps": 1500},
-             "history": [{"command": ["saliency-ssl", "train-surrogate", data]}]}))
-        (runs / name / "weizmann_horses.json").write_text(json.dumps({"vs_masks": {
-            "n": 328, "surrogate": {"f": f, "iou": 0.6, "mae": 0.2}, "exact": {"f": 0.87, "iou": 0.75, "mae": 0.15},
-            "centre_box": {"f": 0.59, "iou": 0.4, "mae": 0.25}}}))
+        _photo_run(runs / name, f, settings)
     collect_results.main(["photo_surrogate", "--runs", str(runs), "--name", "options", "--out",
                           str(tmp_path / "results"), "--machine", "test"])
     written = json.loads((tmp_path / "results" / "options.json").read_text())
@@ -529,14 +524,7 @@ def test_photo_surrogate_domain_table_scores_every_run_on_the_held_out_horses(tm
     and the first note says which horses scored them."""
     runs = tmp_path / "runs"
     for name, f in (("photos_unlabelled", 0.74), ("photos_horses_a", 0.80), ("horses_a", 0.78)):
-        (runs / name).mkdir(parents=True)
-        data = f"runs/data/{name}"
-        (runs / name / "run.json").write_text(json.dumps(
-            {"settings": {"data": data}, "history": [{"command": ["saliency-ssl", "train-surrogate", data]}],
-             "outcome": {"steps": 1500}}))
-        (runs / name / "weizmann_horses_b.json").write_text(json.dumps({"vs_masks": {
-            "n": 164, "surrogate": {"f": f, "iou": 0.6, "mae": 0.2}, "exact": {"f": 0.87, "iou": 0.75, "mae": 0.15},
-            "centre_box": {"f": 0.6, "iou": 0.4, "mae": 0.22}}}))
+        _photo_run(runs / name, f, {"data": f"runs/data/{name}"}, sets=("weizmann_horses_b",), n=164, box_f=0.6)
     collect_results.main(["photo_surrogate", "--runs", str(runs), "--name", "domain", "--out",
                           str(tmp_path / "results"), "--machine", "test"])
     written = json.loads((tmp_path / "results" / "domain.json").read_text())
